@@ -1,0 +1,1 @@
+//! destinations (to be written).

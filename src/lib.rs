@@ -1,0 +1,36 @@
+//! pgcapi: PostgreSQL logical replication → ad platforms' conversion APIs.
+//!
+//! # Layout
+//!
+//! ```text
+//! Postgres ──pgoutput──▶ source ──▶ decode ──▶ rules ──▶ identity ──▶ outbox ──▶ dispatch ──▶ destinations
+//!  (slot)                 protocol   pgoutput   match,     normalize,   control    claim,       meta,
+//!                         framing,   messages,  consent,   hash         table +    batch,       google_ads,
+//!                         feedback   values     events                  slot LSN   send, record tiktok
+//! ```
+//!
+//! - [`source`]: our replication connection (startup, auth, TLS, CopyBoth, status updates).
+//! - [`decode`]: pure pgoutput v1 decoder and text-value parsing by column type.
+//! - [`rules`]: a row change → conversion or retraction events.
+//! - [`identity`]: per-platform normalization and SHA-256 hashing of match keys.
+//! - [`outbox`]: the control table (`pgcapi.deliveries`) and the stored slot position.
+//! - [`capture`]: the worker that drives source → outbox and confirms LSNs.
+//! - [`setup`]: installs the control schema, publication and slot.
+//! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
+//! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
+
+pub mod capture;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod decode;
+pub mod destinations;
+pub mod identity;
+pub mod lsn;
+pub mod outbox;
+pub mod rules;
+pub mod sandbox;
+pub mod setup;
+pub mod shutdown;
+pub mod source;
