@@ -1,6 +1,16 @@
-//! The TOML configuration (see `examples/pgcapi.toml`).
+//! The TOML configuration (see `examples/pgcapi.toml`): loading, `${VAR}` expansion and validation.
+//!
+//! Loading happens in three steps so that every problem is reported at once, each with its key path:
+//! the TOML is parsed into a tree, `${VAR}` / `${VAR:-default}` are expanded in its strings, unknown keys
+//! are collected, and only then is the tree turned into typed structs and checked for meaning
+//! ([`Config::validate`]). Checks that need the database (columns named by templates) live in
+//! [`crate::setup`].
 
+use crate::identity::MatchKey;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
 
 /// An ad platform pgcapi can deliver to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -15,6 +25,9 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// Every platform, in a stable order.
+    pub const ALL: [Platform; 3] = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
+
     /// The stable name used in config, logs, metrics and the control table.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -22,5 +35,1167 @@ impl Platform {
             Platform::GoogleAds => "google_ads",
             Platform::Tiktok => "tiktok",
         }
+    }
+
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`).
+    pub fn from_name(name: &str) -> Option<Platform> {
+        Platform::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the platform can retract a conversion it has already accepted.
+    pub fn can_retract(self) -> bool {
+        matches!(self, Platform::GoogleAds)
+    }
+}
+
+/// A value that must never be printed: tokens, secrets, URLs with passwords.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// One problem found in the configuration, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, e.g. `rules[0].event_time` or `destinations.meta.access_token`.
+    pub path: String,
+    /// What is wrong, never including a secret value.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message (line and column included).
+        message: String,
+    },
+    /// The file is valid TOML but its content has problems; all of them are listed.
+    #[error("config file {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// The source database, publication and slot.
+    pub source: SourceConfig,
+    /// Defaults for rows that carry no region or currency.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Capture tuning.
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    /// Dispatch tuning.
+    #[serde(default)]
+    pub dispatch: DispatchConfig,
+    /// Destinations by name.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    /// Rules, in order.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SourceConfig {
+    /// The database holding the watched tables (and, unless `control_url` is set, the control schema).
+    pub url: Secret,
+    /// Where the control schema lives; defaults to `url`.
+    #[serde(default)]
+    pub control_url: Option<Secret>,
+    /// The publication pgcapi creates and reads.
+    #[serde(default = "SourceConfig::default_publication")]
+    pub publication: String,
+    /// The logical replication slot pgcapi creates and reads.
+    #[serde(default = "SourceConfig::default_slot")]
+    pub slot: String,
+    /// The control schema.
+    #[serde(default = "SourceConfig::default_schema")]
+    pub schema: String,
+}
+
+impl SourceConfig {
+    fn default_publication() -> String {
+        "pgcapi".to_string()
+    }
+    fn default_slot() -> String {
+        "pgcapi".to_string()
+    }
+    fn default_schema() -> String {
+        "pgcapi".to_string()
+    }
+
+    /// The URL of the control database.
+    pub fn control_url(&self) -> &Secret {
+        self.control_url.as_ref().unwrap_or(&self.url)
+    }
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Defaults {
+    /// ISO 3166-1 alpha-2 region for phone numbers without a country.
+    #[serde(default = "Defaults::default_region")]
+    pub region: String,
+    /// ISO 4217 currency for rows without one.
+    #[serde(default = "Defaults::default_currency")]
+    pub currency: String,
+}
+
+impl Defaults {
+    fn default_region() -> String {
+        "US".to_string()
+    }
+    fn default_currency() -> String {
+        "USD".to_string()
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            region: Self::default_region(),
+            currency: Self::default_currency(),
+        }
+    }
+}
+
+/// `[capture]`: group commit and flow control.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CaptureConfig {
+    /// Most control-table rows written in one control transaction.
+    #[serde(default = "CaptureConfig::default_group_max_rows")]
+    pub group_max_rows: usize,
+    /// Longest a finished source transaction waits for others to share its control transaction.
+    #[serde(default = "CaptureConfig::default_group_max_ms")]
+    pub group_max_ms: u64,
+    /// How often a standby status update is sent when nothing else prompts one.
+    #[serde(default = "CaptureConfig::default_status_interval_ms")]
+    pub status_interval_ms: u64,
+}
+
+impl CaptureConfig {
+    fn default_group_max_rows() -> usize {
+        5_000
+    }
+    fn default_group_max_ms() -> u64 {
+        5
+    }
+    fn default_status_interval_ms() -> u64 {
+        1_000
+    }
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            group_max_rows: Self::default_group_max_rows(),
+            group_max_ms: Self::default_group_max_ms(),
+            status_interval_ms: Self::default_status_interval_ms(),
+        }
+    }
+}
+
+/// `[dispatch]`: retries and leases.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DispatchConfig {
+    /// How long a claimed row is reserved for the process that claimed it.
+    #[serde(default = "DispatchConfig::default_lease_secs")]
+    pub lease_secs: u64,
+    /// After this age a row that still fails with retryable errors becomes `failed`.
+    #[serde(default = "DispatchConfig::default_give_up_after_secs")]
+    pub give_up_after_secs: u64,
+    /// First retry delay.
+    #[serde(default = "DispatchConfig::default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay.
+    #[serde(default = "DispatchConfig::default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Per-request timeout.
+    #[serde(default = "DispatchConfig::default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl DispatchConfig {
+    fn default_lease_secs() -> u64 {
+        60
+    }
+    fn default_give_up_after_secs() -> u64 {
+        24 * 3600
+    }
+    fn default_retry_initial_ms() -> u64 {
+        500
+    }
+    fn default_retry_max_ms() -> u64 {
+        300_000
+    }
+    fn default_request_timeout_ms() -> u64 {
+        30_000
+    }
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            lease_secs: Self::default_lease_secs(),
+            give_up_after_secs: Self::default_give_up_after_secs(),
+            retry_initial_ms: Self::default_retry_initial_ms(),
+            retry_max_ms: Self::default_retry_max_ms(),
+            request_timeout_ms: Self::default_request_timeout_ms(),
+        }
+    }
+}
+
+/// `[destinations.NAME]`: one platform account. Which keys are required depends on `platform`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DestinationConfig {
+    /// `meta`, `google_ads` or `tiktok`.
+    pub platform: Platform,
+    /// Base URL of the API (the sandbox in tests and the demo).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// API version path segment (`v21.0`, `v21`, ...); each platform has a default.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Meta pixel / dataset id.
+    #[serde(default)]
+    pub pixel_id: Option<String>,
+    /// Meta and TikTok access token.
+    #[serde(default)]
+    pub access_token: Option<Secret>,
+    /// Meta and TikTok test event code: events show in the test tools only.
+    #[serde(default)]
+    pub test_event_code: Option<String>,
+    /// TikTok pixel code (`event_source_id`).
+    #[serde(default)]
+    pub pixel_code: Option<String>,
+    /// Google Ads customer id (digits, no dashes).
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    /// Google Ads manager account id sent as `login-customer-id`.
+    #[serde(default)]
+    pub login_customer_id: Option<String>,
+    /// Google Ads developer token.
+    #[serde(default)]
+    pub developer_token: Option<Secret>,
+    /// Google OAuth client id.
+    #[serde(default)]
+    pub client_id: Option<Secret>,
+    /// Google OAuth client secret.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Google OAuth refresh token.
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
+    /// Google OAuth token endpoint.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// Google `validateOnly`: the platform checks requests without recording conversions.
+    #[serde(default)]
+    pub validate_only: bool,
+    /// Largest batch sent in one request (capped by the platform's limit).
+    #[serde(default)]
+    pub batch_max_events: Option<usize>,
+}
+
+impl DestinationConfig {
+    /// The keys each platform requires.
+    fn required_keys(&self) -> &'static [&'static str] {
+        match self.platform {
+            Platform::Meta => &["pixel_id", "access_token"],
+            Platform::GoogleAds => &[
+                "customer_id",
+                "developer_token",
+                "client_id",
+                "client_secret",
+                "refresh_token",
+            ],
+            Platform::Tiktok => &["pixel_code", "access_token"],
+        }
+    }
+
+    fn has_key(&self, key: &str) -> bool {
+        match key {
+            "pixel_id" => self.pixel_id.is_some(),
+            "access_token" => self.access_token.is_some(),
+            "pixel_code" => self.pixel_code.is_some(),
+            "customer_id" => self.customer_id.is_some(),
+            "developer_token" => self.developer_token.is_some(),
+            "client_id" => self.client_id.is_some(),
+            "client_secret" => self.client_secret.is_some(),
+            "refresh_token" => self.refresh_token.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// A `when` condition value: one value or a list of accepted values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WhenValue {
+    /// Any of these.
+    List(Vec<Scalar>),
+    /// Exactly this.
+    One(Scalar),
+}
+
+impl WhenValue {
+    /// The accepted values as text, as they are compared with the column's text form.
+    pub fn accepted(&self) -> Vec<String> {
+        match self {
+            WhenValue::One(s) => vec![s.as_text()],
+            WhenValue::List(list) => list.iter().map(Scalar::as_text).collect(),
+        }
+    }
+}
+
+/// A TOML scalar in a `when` condition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// Text.
+    Text(String),
+}
+
+impl Scalar {
+    /// The text form compared with the column value's text form.
+    pub fn as_text(&self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// `[[rules]]`: which row changes become which events.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuleConfig {
+    /// Unique rule name; part of the control table's natural key.
+    pub name: String,
+    /// `schema.table` (or `table`, meaning `public.table`).
+    pub table: String,
+    /// Column conditions on the new row; all must hold.
+    #[serde(default)]
+    pub when: BTreeMap<String, WhenValue>,
+    /// The event name sent to the platforms (`Purchase`, `Lead`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+    /// Template of the stable event id (`order-{order_number}`).
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// `{column}` holding the event time; the commit time when absent.
+    #[serde(default)]
+    pub event_time: Option<String>,
+    /// `{column}` holding the value.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Template (usually `{column}`) of the ISO 4217 currency; `[defaults] currency` when absent or empty.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Column holding the consent; no consent column means consent is not checked.
+    #[serde(default)]
+    pub consent: Option<String>,
+    /// `website`, `system_generated`, `physical_store`, ...
+    #[serde(default)]
+    pub action_source: Option<String>,
+    /// Template of the page URL (website events).
+    #[serde(default)]
+    pub event_source_url: Option<String>,
+    /// Destination names.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// Match keys: key name → column.
+    #[serde(default, rename = "match")]
+    pub match_keys: BTreeMap<String, String>,
+    /// Meta-specific settings.
+    #[serde(default)]
+    pub meta: MetaRuleConfig,
+    /// Google-specific settings.
+    #[serde(default)]
+    pub google: GoogleRuleConfig,
+    /// TikTok-specific settings.
+    #[serde(default)]
+    pub tiktok: TiktokRuleConfig,
+    /// The rule whose conversions this rule retracts (refunds).
+    #[serde(default)]
+    pub retracts: Option<String>,
+    /// The rule whose conversions this rule restates with a new value (partial refunds).
+    #[serde(default)]
+    pub restates: Option<String>,
+}
+
+impl RuleConfig {
+    /// The rule whose conversion this rule adjusts (retracts or restates), if any.
+    pub fn adjusts(&self) -> Option<&str> {
+        self.retracts.as_deref().or(self.restates.as_deref())
+    }
+}
+
+/// `[rules.meta]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetaRuleConfig {
+    /// `lead_event_source` of CRM events (the CRM's name).
+    #[serde(default)]
+    pub lead_event_source: Option<String>,
+    /// Overrides the event name for Meta.
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+/// `[rules.google]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GoogleRuleConfig {
+    /// `customers/{cid}/conversionActions/{id}`.
+    #[serde(default)]
+    pub conversion_action: Option<String>,
+}
+
+/// `[rules.tiktok]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TiktokRuleConfig {
+    /// The TikTok event name (`CompletePayment`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+/// Match-key names accepted in `[rules.match]` besides [`MatchKey`] names: `fbclid` (builds `fbc`) and
+/// `click_time` (the click's time, for `fbc` and Google's click window).
+pub const EXTRA_MATCH_NAMES: [&str; 2] = ["fbclid", "click_time"];
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses `text` with variables looked up by `env`; `origin` names the source in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut problems = Vec::new();
+        for (key, value) in tree.iter_mut() {
+            expand_value(value, key, env, &mut problems);
+        }
+        check_keys(&tree, &mut problems);
+        let invalid = |problems| ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        };
+        let config: Config = match toml::Value::Table(tree).try_into() {
+            Ok(config) => config,
+            Err(e) => {
+                problems.push(Problem {
+                    path: "(config)".to_string(),
+                    message: e.message().to_string(),
+                });
+                return Err(invalid(problems));
+            }
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(problems))
+        }
+    }
+
+    /// Checks the meaning of a parsed config; returns every problem found.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push = |path: String, message: String| problems.push(Problem { path, message });
+        if self.source.url.expose().trim().is_empty() {
+            push("source.url".into(), "must not be empty".into());
+        }
+        for (key, value) in [
+            ("source.publication", &self.source.publication),
+            ("source.slot", &self.source.slot),
+            ("source.schema", &self.source.schema),
+        ] {
+            if !is_identifier(value) {
+                push(
+                    key.into(),
+                    format!("{value:?} must be a lowercase SQL identifier (a-z, 0-9, _)"),
+                );
+            }
+        }
+        if self
+            .defaults
+            .region
+            .to_ascii_uppercase()
+            .parse::<phonenumber::country::Id>()
+            .is_err()
+        {
+            push(
+                "defaults.region".into(),
+                format!(
+                    "{:?} is not an ISO 3166-1 alpha-2 region code",
+                    self.defaults.region
+                ),
+            );
+        }
+        if !is_currency(&self.defaults.currency) {
+            push(
+                "defaults.currency".into(),
+                format!(
+                    "{:?} is not a three-letter ISO 4217 code",
+                    self.defaults.currency
+                ),
+            );
+        }
+        if self.capture.group_max_rows == 0 {
+            push("capture.group_max_rows".into(), "must be at least 1".into());
+        }
+        for (name, dest) in &self.destinations {
+            for key in dest.required_keys() {
+                if !dest.has_key(key) {
+                    push(
+                        format!("destinations.{name}.{key}"),
+                        format!("is required for platform {}", dest.platform.as_str()),
+                    );
+                }
+            }
+            if let Some(endpoint) = &dest.endpoint {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    push(
+                        format!("destinations.{name}.endpoint"),
+                        "must start with http:// or https://".into(),
+                    );
+                }
+            }
+        }
+        let names: BTreeSet<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = |key: &str| format!("rules[{i}] ({}).{key}", rule.name);
+            if !seen.insert(rule.name.as_str()) {
+                push(at("name"), "is used by another rule".into());
+            }
+            if rule.name.trim().is_empty() {
+                push(at("name"), "must not be empty".into());
+            }
+            if rule.when.is_empty() {
+                push(
+                    at("when"),
+                    "is required: a rule without a condition would fire on every change".into(),
+                );
+            }
+            for key in ["event_time", "value"] {
+                let field = if key == "event_time" {
+                    &rule.event_time
+                } else {
+                    &rule.value
+                };
+                if let Some(t) = field {
+                    if Template::parse(t)
+                        .ok()
+                        .is_none_or(|t| t.single_column().is_none())
+                    {
+                        push(at(key), format!("must be a single {{column}}, got {t:?}"));
+                    }
+                }
+            }
+            for (key, field) in [
+                ("event_id", &rule.event_id),
+                ("currency", &rule.currency),
+                ("event_source_url", &rule.event_source_url),
+            ] {
+                if let Some(t) = field {
+                    if let Err(e) = Template::parse(t) {
+                        push(at(key), e);
+                    }
+                }
+            }
+            for (key, column) in &rule.match_keys {
+                if MatchKey::from_name(key).is_none() && !EXTRA_MATCH_NAMES.contains(&key.as_str())
+                {
+                    push(
+                        format!("{}.{key}", at("match")),
+                        "is not a known match key".into(),
+                    );
+                }
+                if column.trim().is_empty() {
+                    push(format!("{}.{key}", at("match")), "names no column".into());
+                }
+            }
+            if rule.retracts.is_some() && rule.restates.is_some() {
+                push(
+                    at("restates"),
+                    "a rule retracts or restates, not both".into(),
+                );
+            }
+            if let Some(target) = rule.adjusts() {
+                let key = if rule.retracts.is_some() {
+                    "retracts"
+                } else {
+                    "restates"
+                };
+                match self.rules.iter().find(|r| r.name == target) {
+                    None => push(at(key), format!("names no rule ({target:?})")),
+                    Some(t) if t.adjusts().is_some() => push(
+                        at(key),
+                        format!("{target:?} is itself a retraction or restatement rule"),
+                    ),
+                    Some(_) => {}
+                }
+                if rule.restates.is_some() && rule.value.is_none() {
+                    push(at("value"), "is required for a restatement rule".into());
+                }
+                if !rule.destinations.is_empty() {
+                    push(
+                        at("destinations"),
+                        "must be left out: an adjustment goes to the adjusted rule's destinations"
+                            .into(),
+                    );
+                }
+            } else {
+                if rule.event.is_none() {
+                    push(at("event"), "is required".into());
+                }
+                if rule.event_id.is_none() {
+                    push(
+                        at("event_id"),
+                        "is required (the stable id platforms deduplicate on)".into(),
+                    );
+                }
+                if rule.destinations.is_empty() {
+                    push(
+                        at("destinations"),
+                        "must name at least one destination".into(),
+                    );
+                }
+            }
+            for (j, dest) in rule.destinations.iter().enumerate() {
+                match self.destinations.get(dest) {
+                    None => push(
+                        format!("{}[{j}]", at("destinations")),
+                        format!("names no destination ({dest:?})"),
+                    ),
+                    Some(d)
+                        if d.platform == Platform::GoogleAds
+                            && rule.google.conversion_action.is_none() =>
+                    {
+                        push(
+                            at("google.conversion_action"),
+                            format!("is required to send to Google Ads destination {dest:?}"),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let Some(action) = &rule.google.conversion_action {
+                if !is_conversion_action(action) {
+                    push(
+                        at("google.conversion_action"),
+                        "must look like customers/{customer_id}/conversionActions/{id}".into(),
+                    );
+                }
+            }
+        }
+        let _ = names;
+        problems
+    }
+
+    /// The rule named `name`.
+    pub fn rule(&self, name: &str) -> Option<&RuleConfig> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+/// A string with `{column}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// Literal text and column references, in order.
+    pub parts: Vec<TemplatePart>,
+}
+
+/// One piece of a [`Template`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    /// Text copied as is.
+    Literal(String),
+    /// The value of a column.
+    Column(String),
+}
+
+impl Template {
+    /// Parses `text`; `{{` and `}}` stand for literal braces.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("unclosed '{{' in {text:?}")),
+                        }
+                    }
+                    let name = name.trim().to_string();
+                    if name.is_empty() {
+                        return Err(format!("empty {{}} in {text:?}"));
+                    }
+                    if !literal.is_empty() {
+                        parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(TemplatePart::Column(name));
+                }
+                '}' => return Err(format!("unmatched '}}' in {text:?}")),
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(TemplatePart::Literal(literal));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The column when the template is exactly one `{column}`.
+    pub fn single_column(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [TemplatePart::Column(c)] => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The columns the template reads.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::Column(c) => Some(c.as_str()),
+            TemplatePart::Literal(_) => None,
+        })
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string of `value`; `path` is its key path.
+fn expand_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match value {
+        toml::Value::String(s) => match expand(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(Problem {
+                path: path.to_string(),
+                message,
+            }),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_value(item, &format!("{path}[{i}]"), env, problems);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                expand_value(item, &format!("{path}.{key}"), env, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Expands the variables of one string. An unset variable without default is an error naming it.
+pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed \"${\" in value".to_string())?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (inner, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("invalid variable name {name:?} in ${{...}}"));
+        }
+        match (env(name).filter(|v| !v.is_empty()), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => return Err(format!(
+                "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The keys each table may hold; anything else is reported as unknown.
+fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
+    const TOP: &[&str] = &[
+        "source",
+        "defaults",
+        "capture",
+        "dispatch",
+        "destinations",
+        "rules",
+    ];
+    const SOURCE: &[&str] = &["url", "control_url", "publication", "slot", "schema"];
+    const DEFAULTS: &[&str] = &["region", "currency"];
+    const CAPTURE: &[&str] = &["group_max_rows", "group_max_ms", "status_interval_ms"];
+    const DISPATCH: &[&str] = &[
+        "lease_secs",
+        "give_up_after_secs",
+        "retry_initial_ms",
+        "retry_max_ms",
+        "request_timeout_ms",
+    ];
+    const DESTINATION_COMMON: &[&str] =
+        &["platform", "endpoint", "api_version", "batch_max_events"];
+    const META: &[&str] = &["pixel_id", "access_token", "test_event_code"];
+    const GOOGLE: &[&str] = &[
+        "customer_id",
+        "login_customer_id",
+        "developer_token",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "token_endpoint",
+        "validate_only",
+    ];
+    const TIKTOK: &[&str] = &["pixel_code", "access_token", "test_event_code"];
+    const RULE: &[&str] = &[
+        "name",
+        "table",
+        "when",
+        "event",
+        "event_id",
+        "event_time",
+        "value",
+        "currency",
+        "consent",
+        "action_source",
+        "event_source_url",
+        "destinations",
+        "match",
+        "meta",
+        "google",
+        "tiktok",
+        "retracts",
+        "restates",
+    ];
+    fn check(table: Option<&toml::Value>, path: &str, allowed: &[&str], out: &mut Vec<String>) {
+        if let Some(toml::Value::Table(t)) = table {
+            for key in t.keys() {
+                if !allowed.contains(&key.as_str()) {
+                    out.push(format!("{path}.{key}"));
+                }
+            }
+        }
+    }
+    let mut unknown: Vec<String> = Vec::new();
+    for key in tree.keys() {
+        if !TOP.contains(&key.as_str()) {
+            unknown.push(key.clone());
+        }
+    }
+    check(tree.get("source"), "source", SOURCE, &mut unknown);
+    check(tree.get("defaults"), "defaults", DEFAULTS, &mut unknown);
+    check(tree.get("capture"), "capture", CAPTURE, &mut unknown);
+    check(tree.get("dispatch"), "dispatch", DISPATCH, &mut unknown);
+    if let Some(toml::Value::Table(dests)) = tree.get("destinations") {
+        for (name, dest) in dests {
+            let platform = dest
+                .get("platform")
+                .and_then(|p| p.as_str())
+                .and_then(Platform::from_name);
+            let specific: &[&str] = match platform {
+                Some(Platform::Meta) => META,
+                Some(Platform::GoogleAds) => GOOGLE,
+                Some(Platform::Tiktok) => TIKTOK,
+                None => continue, // reported when the platform is parsed
+            };
+            let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
+            check(
+                Some(dest),
+                &format!("destinations.{name}"),
+                &allowed,
+                &mut unknown,
+            );
+        }
+    }
+    if let Some(toml::Value::Array(rules)) = tree.get("rules") {
+        for (i, rule) in rules.iter().enumerate() {
+            let path = format!("rules[{i}]");
+            check(Some(rule), &path, RULE, &mut unknown);
+            check(
+                rule.get("meta"),
+                &format!("{path}.meta"),
+                &["lead_event_source", "event"],
+                &mut unknown,
+            );
+            check(
+                rule.get("google"),
+                &format!("{path}.google"),
+                &["conversion_action"],
+                &mut unknown,
+            );
+            check(
+                rule.get("tiktok"),
+                &format!("{path}.tiktok"),
+                &["event"],
+                &mut unknown,
+            );
+        }
+    }
+    problems.extend(unknown.into_iter().map(|path| Problem {
+        path,
+        message: "unknown key".to_string(),
+    }));
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_currency(s: &str) -> bool {
+    s.len() == 3 && s.chars().all(|c| c.is_ascii_alphabetic())
+}
+
+fn is_conversion_action(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    matches!(parts.as_slice(), ["customers", cid, "conversionActions", id]
+        if !cid.is_empty() && cid.chars().all(|c| c.is_ascii_digit())
+        && !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// Splits `schema.table` (default schema `public`).
+pub fn split_table(table: &str) -> (&str, &str) {
+    table.split_once('.').unwrap_or(("public", table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = include_str!("../examples/pgcapi.toml");
+
+    fn env_all(name: &str) -> Option<String> {
+        match name {
+            "PGCAPI_DATABASE_URL" => Some("postgres://u:pw@127.0.0.1/shop".into()),
+            "META_ENDPOINT"
+            | "GOOGLE_ADS_ENDPOINT"
+            | "TIKTOK_ENDPOINT"
+            | "GOOGLE_OAUTH_ENDPOINT" => None,
+            other => Some(format!("secret-{other}")),
+        }
+    }
+
+    #[test]
+    fn the_contract_config_is_accepted_as_is() {
+        let config = Config::from_toml(CONTRACT, "pgcapi.toml", &env_all).unwrap();
+        assert_eq!(config.rules.len(), 3);
+        assert_eq!(config.source.slot, "pgcapi");
+        let meta = &config.destinations["meta"];
+        assert_eq!(meta.platform, Platform::Meta);
+        assert_eq!(meta.endpoint.as_deref(), Some("https://graph.facebook.com"));
+        assert_eq!(
+            meta.access_token.as_ref().unwrap().expose(),
+            "secret-META_ACCESS_TOKEN"
+        );
+        let deal = config.rule("deal_won").unwrap();
+        assert_eq!(deal.match_keys["lead_id"], "meta_lead_id");
+        assert_eq!(deal.meta.lead_event_source.as_deref(), Some("pgcapi"));
+        assert_eq!(
+            config.rule("order_refunded").unwrap().retracts.as_deref(),
+            Some("order_paid")
+        );
+        assert_eq!(
+            config.rule("order_paid").unwrap().tiktok.event.as_deref(),
+            Some("CompletePayment")
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_without_default_names_the_variable_and_the_key() {
+        let env = |name: &str| {
+            (name != "META_ACCESS_TOKEN")
+                .then(|| env_all(name))
+                .flatten()
+        };
+        let err = Config::from_toml(CONTRACT, "pgcapi.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("destinations.meta.access_token"), "{err}");
+        assert!(err.contains("META_ACCESS_TOKEN is not set"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output_or_errors() {
+        let config = Config::from_toml(CONTRACT, "pgcapi.toml", &env_all).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("secret-"), "{debug}");
+        assert!(!debug.contains(":pw@"), "{debug}");
+        let broken = CONTRACT.replace("pixel_id = \"1234567890\"", "pixel_idd = \"1\"");
+        let err = Config::from_toml(&broken, "x", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret-"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key_path() {
+        let broken = CONTRACT
+            .replace("retracts = \"order_paid\"", "retracts = \"order_payed\"")
+            .replace(
+                "event_time = \"{paid_at}\"",
+                "event_time = \"at {paid_at}\"",
+            )
+            .replace(
+                "value = \"{deal_value}\"",
+                "value = \"{deal_value}{currency}\"",
+            )
+            .replace(
+                "destinations = [\"meta\", \"google\"]",
+                "destinations = [\"meta\", \"bing\"]",
+            )
+            .replace("slot = \"pgcapi\"", "slot = \"pgcapi\"\nslots = 2")
+            .replace("email = \"email\"\nphone", "emial = \"email\"\nphone");
+        let err = Config::from_toml(&broken, "x.toml", &env_all).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "source.slots",
+            "rules[1] (order_refunded).retracts",
+            "rules[0] (order_paid).event_time",
+            "rules[2] (deal_won).value",
+            "rules[2] (deal_won).destinations[1]",
+            "rules[0] (order_paid).match.emial",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn variables_expand_with_defaults_and_literals_around_them() {
+        let env = |name: &str| (name == "A").then(|| "x".to_string());
+        assert_eq!(expand("a-${A}-b", &env).unwrap(), "a-x-b");
+        assert_eq!(expand("${B:-http://d}", &env).unwrap(), "http://d");
+        assert_eq!(expand("${A:-d}", &env).unwrap(), "x");
+        assert!(expand("${B}", &env).unwrap_err().contains("B is not set"));
+        assert!(expand("${A", &env).is_err());
+    }
+
+    #[test]
+    fn templates_parse_columns_and_literals() {
+        let t = Template::parse("order-{order_number}").unwrap();
+        assert_eq!(
+            t.parts,
+            vec![
+                TemplatePart::Literal("order-".into()),
+                TemplatePart::Column("order_number".into())
+            ]
+        );
+        assert_eq!(
+            Template::parse("{paid_at}").unwrap().single_column(),
+            Some("paid_at")
+        );
+        assert_eq!(Template::parse("x{a}").unwrap().single_column(), None);
+        assert!(Template::parse("{a").is_err());
+        assert!(Template::parse("{}").is_err());
+        assert_eq!(
+            Template::parse("{{x}}").unwrap().parts,
+            vec![TemplatePart::Literal("{x}".into())]
+        );
     }
 }
