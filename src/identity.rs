@@ -41,3 +41,13 @@ impl MatchKey {
         .then_some(MatchKey::Email)
     }
 }
+
+impl MatchKey {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        "email"
+    }
+}
+
+/// Normalized match keys.
+pub type MatchKeys = std::collections::BTreeMap<MatchKey, String>;

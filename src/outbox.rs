@@ -1,1 +1,393 @@
-//! outbox (to be written).
+//! The control table: `pgcapi.deliveries` rows and the stored slot position (`pgcapi.checkpoints`).
+//!
+//! Capture writes a group of [`NewDelivery`] rows and the new checkpoint in one transaction
+//! ([`write_group`]); the unique key `(rule, destination, event_id)` turns replays after a crash into
+//! no-ops. Dispatch reads [`Delivery`] rows back.
+
+use crate::config::Platform;
+use crate::identity::MatchKeys;
+use crate::lsn::Lsn;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::GenericClient;
+
+/// The control schema's SQL files, in the order they are applied.
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "001_control_schema.sql",
+    include_str!("../sql/001_control_schema.sql"),
+)];
+
+/// What a delivery row asks the platform to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Record a conversion.
+    Conversion,
+    /// Withdraw a conversion sent earlier (refund).
+    Retraction,
+    /// Replace the value of a conversion sent earlier (partial refund).
+    Restatement,
+}
+
+impl Kind {
+    /// The name stored in `deliveries.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Conversion => "conversion",
+            Kind::Retraction => "retraction",
+            Kind::Restatement => "restatement",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [Kind::Conversion, Kind::Retraction, Kind::Restatement]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+}
+
+/// Where a delivery row stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Waiting to be sent (or retried at `next_attempt_at`).
+    Pending,
+    /// Accepted by the platform.
+    Sent,
+    /// Rejected for good; `last_error` holds the platform's message.
+    Failed,
+    /// Deliberately not sent; `last_error` says why (`no consent`, `no match keys`, ...).
+    Skipped,
+    /// Withdrawn before it was sent (a refund arrived first).
+    Cancelled,
+}
+
+impl State {
+    /// The name stored in `deliveries.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Sent => "sent",
+            State::Failed => "failed",
+            State::Skipped => "skipped",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_name(name: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::Sent,
+            State::Failed,
+            State::Skipped,
+            State::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+/// The `payload` column: everything the platform request needs besides the typed columns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Normalized match keys, hashed where the platform wants hashes; never raw identifiers.
+    #[serde(default)]
+    pub keys: MatchKeys,
+    /// The page of a website event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_source_url: Option<String>,
+    /// The platform's own event name where it differs from `event_name` (TikTok `CompletePayment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_event: Option<String>,
+    /// Meta CRM events: the CRM's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_event_source: Option<String>,
+    /// Google Ads conversion action resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_action: Option<String>,
+    /// When the ad was clicked, if the rule maps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_time: Option<DateTime<Utc>>,
+    /// Whether the person consented to ad use of their data (always true for rows that are sent).
+    #[serde(default)]
+    pub consent: bool,
+}
+
+/// A delivery row as capture writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    /// The rule that produced it.
+    pub rule: String,
+    /// The destination name from the config.
+    pub destination: String,
+    /// The destination's platform.
+    pub platform: Platform,
+    /// The stable event id (for adjustments: the id of the adjusted conversion).
+    pub event_id: String,
+    /// Conversion, retraction or restatement.
+    pub kind: Kind,
+    /// For adjustments: the rule whose conversion is adjusted.
+    pub adjusts_rule: Option<String>,
+    /// The event name.
+    pub event_name: Option<String>,
+    /// When the conversion happened.
+    pub event_time: DateTime<Utc>,
+    /// The value as decimal text.
+    pub value: Option<String>,
+    /// ISO 4217 code.
+    pub currency: Option<String>,
+    /// Meta `action_source` and the like.
+    pub action_source: Option<String>,
+    /// Hashed keys and platform fields.
+    pub payload: Payload,
+    /// `pending`, or `skipped` with a reason in `last_error`.
+    pub state: State,
+    /// Why the row was skipped.
+    pub last_error: Option<String>,
+    /// `schema.table` of the source row.
+    pub source_table: String,
+    /// The commit end LSN of the source transaction.
+    pub source_lsn: Lsn,
+    /// The commit time of the source transaction.
+    pub commit_time: DateTime<Utc>,
+}
+
+/// A delivery row as dispatch reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Primary key.
+    pub id: i64,
+    /// The rule that produced it.
+    pub rule: String,
+    /// The destination name.
+    pub destination: String,
+    /// The stable event id.
+    pub event_id: String,
+    /// Conversion, retraction or restatement.
+    pub kind: Kind,
+    /// For adjustments: the adjusted rule.
+    pub adjusts_rule: Option<String>,
+    /// The event name.
+    pub event_name: Option<String>,
+    /// When the conversion happened.
+    pub event_time: DateTime<Utc>,
+    /// The value as decimal text.
+    pub value: Option<String>,
+    /// ISO 4217 code.
+    pub currency: Option<String>,
+    /// Meta `action_source` and the like.
+    pub action_source: Option<String>,
+    /// Hashed keys and platform fields.
+    pub payload: Payload,
+    /// How many sends were attempted.
+    pub attempts: i32,
+    /// When capture recorded the row.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A control-table operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database refused or the connection broke.
+    #[error("control table ({what}): {source}")]
+    Db {
+        /// What was being done.
+        what: &'static str,
+        /// The database error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("control table row {id}: {message}")]
+    Corrupt {
+        /// The row.
+        id: i64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl OutboxError {
+    /// True when the error is a lost or refused connection (retry later), not a statement error.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            OutboxError::Db { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            OutboxError::Corrupt { .. } => false,
+        }
+    }
+}
+
+fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> OutboxError {
+    move |source| OutboxError::Db { what, source }
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Inserts `rows` (ignoring ones already recorded) and returns how many were new. One statement per call:
+/// the rows travel as parallel arrays and are expanded with `unnest`.
+pub async fn insert_deliveries(
+    client: &impl GenericClient,
+    schema: &str,
+    rows: &[NewDelivery],
+) -> Result<u64, OutboxError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let n = rows.len();
+    let mut rule = Vec::with_capacity(n);
+    let mut destination = Vec::with_capacity(n);
+    let mut platform = Vec::with_capacity(n);
+    let mut event_id = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut adjusts = Vec::with_capacity(n);
+    let mut event_name = Vec::with_capacity(n);
+    let mut event_time = Vec::with_capacity(n);
+    let mut value = Vec::with_capacity(n);
+    let mut currency = Vec::with_capacity(n);
+    let mut action_source = Vec::with_capacity(n);
+    let mut payload = Vec::with_capacity(n);
+    let mut match_keys = Vec::with_capacity(n);
+    let mut state = Vec::with_capacity(n);
+    let mut last_error = Vec::with_capacity(n);
+    let mut source_table = Vec::with_capacity(n);
+    let mut source_lsn = Vec::with_capacity(n);
+    let mut commit_time = Vec::with_capacity(n);
+    for r in rows {
+        rule.push(r.rule.as_str());
+        destination.push(r.destination.as_str());
+        platform.push(r.platform.as_str());
+        event_id.push(r.event_id.as_str());
+        kind.push(r.kind.as_str());
+        adjusts.push(r.adjusts_rule.as_deref());
+        event_name.push(r.event_name.as_deref());
+        event_time.push(r.event_time);
+        value.push(r.value.as_deref());
+        currency.push(r.currency.as_deref());
+        action_source.push(r.action_source.as_deref());
+        payload.push(serde_json::to_string(&r.payload).expect("payload serializes"));
+        match_keys.push(
+            r.payload
+                .keys
+                .keys()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        state.push(r.state.as_str());
+        last_error.push(r.last_error.as_deref());
+        source_table.push(r.source_table.as_str());
+        source_lsn.push(r.source_lsn.to_string());
+        commit_time.push(r.commit_time);
+    }
+    let sql = format!(
+        "insert into {s}.deliveries (rule, destination, platform, event_id, kind, adjusts_rule, \
+           event_name, event_time, value, currency, action_source, payload, match_keys, state, \
+           last_error, source_table, source_lsn, commit_time) \
+         select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
+           value::numeric, currency, action_source, payload::jsonb, \
+           string_to_array(nullif(match_keys, ''), ','), state, last_error, source_table, \
+           source_lsn::pg_lsn, commit_time \
+         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+           $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], \
+           $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[]) \
+           as t(rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
+           value, currency, action_source, payload, match_keys, state, last_error, source_table, \
+           source_lsn, commit_time) \
+         on conflict (rule, destination, event_id) do nothing",
+        s = quote_ident(schema)
+    );
+    client
+        .execute(
+            &sql,
+            &[
+                &rule,
+                &destination,
+                &platform,
+                &event_id,
+                &kind,
+                &adjusts,
+                &event_name,
+                &event_time,
+                &value,
+                &currency,
+                &action_source,
+                &payload,
+                &match_keys,
+                &state,
+                &last_error,
+                &source_table,
+                &source_lsn,
+                &commit_time,
+            ],
+        )
+        .await
+        .map_err(db("inserting deliveries"))
+}
+
+/// Stores the slot position up to which every change is recorded.
+pub async fn save_checkpoint(
+    client: &impl GenericClient,
+    schema: &str,
+    slot: &str,
+    lsn: Lsn,
+) -> Result<(), OutboxError> {
+    let sql = format!(
+        "insert into {s}.checkpoints (slot, lsn, updated_at) values ($1, $2::text::pg_lsn, now()) \
+         on conflict (slot) do update set lsn = greatest({s}.checkpoints.lsn, excluded.lsn), \
+           updated_at = now()",
+        s = quote_ident(schema)
+    );
+    client
+        .execute(&sql, &[&slot, &lsn.to_string()])
+        .await
+        .map(drop)
+        .map_err(db("saving the checkpoint"))
+}
+
+/// The stored slot position, if capture has recorded one.
+pub async fn load_checkpoint(
+    client: &impl GenericClient,
+    schema: &str,
+    slot: &str,
+) -> Result<Option<Lsn>, OutboxError> {
+    let sql = format!(
+        "select lsn::text from {}.checkpoints where slot = $1",
+        quote_ident(schema)
+    );
+    let row = client
+        .query_opt(&sql, &[&slot])
+        .await
+        .map_err(db("loading the checkpoint"))?;
+    Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+}
+
+/// Writes `rows` and the checkpoint `lsn` in one transaction, so that the control table and the stored
+/// position always agree. Returns how many rows were new.
+pub async fn write_group(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    slot: &str,
+    rows: &[NewDelivery],
+    lsn: Option<Lsn>,
+) -> Result<u64, OutboxError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db("beginning a transaction"))?;
+    let inserted = insert_deliveries(&tx, schema, rows).await?;
+    if let Some(lsn) = lsn {
+        save_checkpoint(&tx, schema, slot, lsn).await?;
+    }
+    tx.commit().await.map_err(db("committing"))?;
+    Ok(inserted)
+}
+
+/// Notifies dispatchers listening on `{schema}_deliveries` that new rows are due.
+pub fn notify_channel(schema: &str) -> String {
+    format!("{schema}_deliveries")
+}
