@@ -1,1 +1,513 @@
-//! capture (to be written).
+//! The capture worker: replication stream → rules → control table, with the slot position kept in step.
+//!
+//! The LSN rule: the flush position reported to PostgreSQL is always a commit end whose rows, and those of
+//! every earlier transaction, are committed in the control table together with the stored checkpoint.
+//! Rows of many small source transactions share one control transaction (group commit, bounded by
+//! `capture.group_max_rows` and `capture.group_max_ms`); a large transaction is written in chunks of
+//! `group_max_rows` and confirmed only at its commit end, so memory stays bounded. When nothing is in
+//! flight, the keepalive position is stored and confirmed so that WAL of unrelated tables is released.
+
+use crate::config::Config;
+use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
+use crate::lsn::Lsn;
+use crate::outbox::{self, NewDelivery, OutboxError};
+use crate::rules::{Bound, DropCounts, RuleError, Rules, TxContext};
+use crate::source::{ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Startup options of the replication connection: fixed formats for the values pgoutput prints.
+pub const REPLICATION_OPTIONS: &str =
+    "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3 -c wal_sender_timeout=60s";
+
+/// Capture stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The replication connection failed.
+    #[error("replication connection: {0}")]
+    Source(#[from] SourceError),
+    /// A pgoutput message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
+    /// A rule cannot be applied (dropped column, unparseable type).
+    #[error("{error} (at LSN {lsn}; the slot stays before this change)")]
+    Rule {
+        /// What is wrong.
+        error: RuleError,
+        /// Where in the WAL.
+        lsn: Lsn,
+    },
+    /// The control table could not be written.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The control database connection could not be opened.
+    #[error("control database: {0}")]
+    Db(String),
+    /// The slot's confirmed position is ahead of what pgcapi recorded.
+    #[error(
+        "slot {slot:?} was advanced to {slot_lsn} by something other than this pgcapi, but pgcapi has \
+         recorded changes only up to {checkpoint}: the changes in between were never captured. Recreate \
+         the slot (and backfill), or if this is intended, update {schema}.checkpoints"
+    )]
+    SlotAhead {
+        /// The slot.
+        slot: String,
+        /// The slot's confirmed_flush_lsn.
+        slot_lsn: Lsn,
+        /// The stored checkpoint.
+        checkpoint: Lsn,
+        /// The control schema.
+        schema: String,
+    },
+    /// The slot does not exist.
+    #[error("replication slot {0:?} does not exist: run `pgcapi setup` first")]
+    NoSlot(String),
+    /// A message arrived out of order.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl CaptureError {
+    /// True for outages worth waiting out (connections lost or refused); false for problems that need an
+    /// operator (config, schema, data).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CaptureError::Source(e) => e.is_retryable(),
+            CaptureError::Outbox(e) => e.is_connection_error(),
+            CaptureError::Db(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Progress counters, shared with status and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct CaptureStats {
+    /// Row changes decoded.
+    pub changes: u64,
+    /// Control-table rows written (new ones).
+    pub rows_inserted: u64,
+    /// The last confirmed (flushed) LSN.
+    pub confirmed: Lsn,
+    /// Identifiers dropped as invalid.
+    pub dropped_keys: u64,
+}
+
+/// The capture worker for one slot.
+pub struct Capture {
+    config: Arc<Config>,
+    rules: Rules,
+    source: ConnInfo,
+    control: ConnInfo,
+    stats: watch::Sender<CaptureStats>,
+}
+
+impl Capture {
+    /// Prepares a capture worker; connections are opened by [`Capture::run`].
+    pub fn new(config: Arc<Config>) -> Result<Capture, CaptureError> {
+        let source: ConnInfo = config
+            .source
+            .url
+            .expose()
+            .parse()
+            .map_err(|e| CaptureError::Db(format!("source.url: {e}")))?;
+        let control: ConnInfo = config
+            .source
+            .control_url()
+            .expose()
+            .parse()
+            .map_err(|e| CaptureError::Db(format!("source.control_url: {e}")))?;
+        let rules = Rules::new(&config);
+        let (stats, _) = watch::channel(CaptureStats::default());
+        Ok(Capture {
+            config,
+            rules,
+            source,
+            control,
+            stats,
+        })
+    }
+
+    /// A receiver of progress counters.
+    pub fn stats(&self) -> watch::Receiver<CaptureStats> {
+        self.stats.subscribe()
+    }
+
+    /// Runs until `shutdown` turns true; reconnects after outages; returns an error only for problems
+    /// that need an operator.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), CaptureError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            match self.session(&mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(SessionEnd::SlotInUse) => {
+                    info!(slot = %self.config.source.slot, "another process holds the slot; waiting to take over");
+                    delay = Duration::from_secs(1);
+                }
+                Err(SessionEnd::Error(e)) if e.is_retryable() => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted; reconnecting");
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(SessionEnd::Error(e)) => return Err(e),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionEnd> {
+        let schema = self.config.source.schema.clone();
+        let slot = self.config.source.slot.clone();
+        let mut control = crate::db::connect(&self.control)
+            .await
+            .map_err(|e| CaptureError::Db(e.to_string()))?;
+        let checkpoint = outbox::load_checkpoint(&control, &schema, &slot).await?;
+        let source_sql = crate::db::connect(&self.source)
+            .await
+            .map_err(|e| CaptureError::Db(e.to_string()))?;
+        let slot_lsn = slot_position(&source_sql, &slot).await?;
+        verify_not_ahead(&slot, &schema, slot_lsn, checkpoint)?;
+        let connection = ReplicationConnection::connect(&self.source, REPLICATION_OPTIONS)
+            .await
+            .map_err(CaptureError::from)?;
+        let stream = match connection
+            .start_logical(&slot, Lsn::ZERO, &self.config.source.publication)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) if e.is_slot_in_use() => return Err(SessionEnd::SlotInUse),
+            Err(e) => return Err(CaptureError::from(e).into()),
+        };
+        // Verify again now that we hold the slot: nothing may have moved it in between.
+        let slot_lsn = slot_position(&source_sql, &slot).await?;
+        verify_not_ahead(&slot, &schema, slot_lsn, checkpoint)?;
+        drop(source_sql);
+        let start = checkpoint.unwrap_or(slot_lsn).max(slot_lsn);
+        info!(%slot, start = %start, "capture started");
+        let mut session = Session {
+            capture: self,
+            stream,
+            control: &mut control,
+            schema: &schema,
+            slot: &slot,
+            relations: RelationCache::new(),
+            bound: HashMap::new(),
+            tx: None,
+            ordinal: 0,
+            group: Vec::new(),
+            group_end: None,
+            group_deadline: None,
+            confirmed: start,
+            received: start,
+            keepalive_end: start,
+            drops: DropCounts::default(),
+            last_status: Instant::now(),
+        };
+        let result = session.pump(shutdown).await;
+        match result {
+            Ok(()) => {
+                session.finish().await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+enum SessionEnd {
+    SlotInUse,
+    Error(CaptureError),
+}
+
+impl From<CaptureError> for SessionEnd {
+    fn from(e: CaptureError) -> Self {
+        SessionEnd::Error(e)
+    }
+}
+
+impl From<OutboxError> for SessionEnd {
+    fn from(e: OutboxError) -> Self {
+        SessionEnd::Error(e.into())
+    }
+}
+
+async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> Result<Lsn, CaptureError> {
+    let row = client
+        .query_opt(
+            "select coalesce(confirmed_flush_lsn, '0/0')::text from pg_replication_slots \
+             where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| CaptureError::Db(format!("reading slot {slot:?}: {e}")))?
+        .ok_or_else(|| CaptureError::NoSlot(slot.to_string()))?;
+    row.get::<_, String>(0)
+        .parse()
+        .map_err(|e| CaptureError::Protocol(format!("slot position: {e}")))
+}
+
+fn verify_not_ahead(
+    slot: &str,
+    schema: &str,
+    slot_lsn: Lsn,
+    checkpoint: Option<Lsn>,
+) -> Result<(), CaptureError> {
+    match checkpoint {
+        Some(checkpoint) if slot_lsn > checkpoint => Err(CaptureError::SlotAhead {
+            slot: slot.to_string(),
+            slot_lsn,
+            checkpoint,
+            schema: schema.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The open source transaction.
+struct OpenTx {
+    context: TxContext,
+}
+
+/// One replication session's state.
+struct Session<'a> {
+    capture: &'a Capture,
+    stream: ReplicationStream,
+    control: &'a mut tokio_postgres::Client,
+    schema: &'a str,
+    slot: &'a str,
+    relations: RelationCache,
+    bound: HashMap<u32, Option<Bound>>,
+    tx: Option<OpenTx>,
+    ordinal: u64,
+    /// Rows waiting for the next control transaction.
+    group: Vec<NewDelivery>,
+    /// The commit end of the newest complete transaction in the group.
+    group_end: Option<Lsn>,
+    group_deadline: Option<tokio::time::Instant>,
+    /// The newest position stored and reported as flushed.
+    confirmed: Lsn,
+    /// The newest WAL end received.
+    received: Lsn,
+    /// The newest keepalive position seen while no transaction was open.
+    keepalive_end: Lsn,
+    drops: DropCounts,
+    last_status: Instant,
+}
+
+impl Session<'_> {
+    async fn pump(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
+        let interval = Duration::from_millis(self.capture.config.capture.status_interval_ms);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.group_deadline;
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
+                }
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    self.flush_group().await?;
+                }
+                message = self.stream.next() => {
+                    match message? {
+                        None => return Err(CaptureError::Source(SourceError::Protocol(
+                            "the server ended the replication stream".to_string()))),
+                        Some(ReplicationMessage::XLogData { wal_start, wal_end, data, .. }) => {
+                            self.received = self.received.max(wal_end);
+                            let message = decode::decode(&data, wal_start)?;
+                            self.handle(message, wal_start).await?;
+                        }
+                        Some(ReplicationMessage::Keepalive { wal_end, reply_requested, .. }) => {
+                            self.received = self.received.max(wal_end);
+                            if self.tx.is_none() && self.group.is_empty() && self.group_end.is_none() {
+                                self.keepalive_end = self.keepalive_end.max(wal_end);
+                            }
+                            if reply_requested {
+                                self.advance_idle().await?;
+                                self.send_status(false).await?;
+                            }
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    self.advance_idle().await?;
+                    self.send_status(false).await?;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: PgOutput, at: Lsn) -> Result<(), CaptureError> {
+        match message {
+            PgOutput::Begin(begin) => {
+                self.tx = Some(OpenTx {
+                    context: TxContext {
+                        commit_lsn: begin.final_lsn,
+                        commit_time: begin.commit_time,
+                    },
+                });
+                self.ordinal = 0;
+            }
+            PgOutput::Commit(commit) => {
+                if self.tx.take().is_none() {
+                    return Err(CaptureError::Protocol(format!(
+                        "Commit without Begin at {at}"
+                    )));
+                }
+                self.group_end = Some(commit.end_lsn);
+                if self.group.len() >= self.capture.config.capture.group_max_rows {
+                    self.flush_group().await?;
+                } else if self.group_deadline.is_none() {
+                    self.group_deadline = Some(
+                        tokio::time::Instant::now()
+                            + Duration::from_millis(self.capture.config.capture.group_max_ms),
+                    );
+                }
+            }
+            PgOutput::Relation(relation) => {
+                let oid = relation.oid;
+                let relation = self.relations.insert(relation);
+                let bound = self
+                    .capture
+                    .rules
+                    .bind(relation)
+                    .map_err(|error| CaptureError::Rule { error, lsn: at })?;
+                self.bound.insert(oid, bound);
+            }
+            PgOutput::Insert(insert) => {
+                self.change(insert.relation, &insert.new, at).await?;
+            }
+            PgOutput::Update(mut update) => {
+                fill_unchanged_toast(&mut update.new, update.old.as_ref());
+                self.change(update.relation, &update.new, at).await?;
+            }
+            PgOutput::Delete(_) | PgOutput::Truncate(_) => {
+                self.bump_changes();
+            }
+            PgOutput::Origin(_) | PgOutput::Type(_) | PgOutput::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    fn bump_changes(&self) {
+        self.capture.stats.send_modify(|s| s.changes += 1);
+    }
+
+    async fn change(
+        &mut self,
+        relation: u32,
+        new: &decode::Tuple,
+        at: Lsn,
+    ) -> Result<(), CaptureError> {
+        self.bump_changes();
+        let Some(tx) = self.tx.as_ref().map(|t| t.context) else {
+            return Err(CaptureError::Protocol(format!(
+                "row change outside a transaction at {at}"
+            )));
+        };
+        let Some(bound) = self.bound.get(&relation) else {
+            return Err(CaptureError::Protocol(format!(
+                "change for relation {relation} before its Relation message at {at}"
+            )));
+        };
+        let Some(bound) = bound else {
+            return Ok(());
+        };
+        self.ordinal += 1;
+        let before = self.drops.by_key.values().sum::<u64>();
+        let rows = self
+            .capture
+            .rules
+            .evaluate(bound, new, tx, self.ordinal, &mut self.drops)
+            .map_err(|error| CaptureError::Rule { error, lsn: at })?;
+        let dropped = self.drops.by_key.values().sum::<u64>() - before;
+        if dropped > 0 {
+            self.capture.stats.send_modify(|s| s.dropped_keys += dropped);
+        }
+        self.group.extend(rows);
+        // Bound memory inside a large transaction: write a chunk without moving the checkpoint.
+        if self.group.len() >= self.capture.config.capture.group_max_rows {
+            self.write(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the group and the checkpoint of its newest complete transaction, then confirms it.
+    async fn flush_group(&mut self) -> Result<(), CaptureError> {
+        self.group_deadline = None;
+        let Some(end) = self.group_end.take() else {
+            return Ok(());
+        };
+        self.write(Some(end)).await?;
+        self.confirmed = self.confirmed.max(end);
+        self.keepalive_end = self.keepalive_end.max(end);
+        self.send_status(false).await
+    }
+
+    async fn write(&mut self, checkpoint: Option<Lsn>) -> Result<(), CaptureError> {
+        let rows = std::mem::take(&mut self.group);
+        let inserted =
+            outbox::write_group(self.control, self.schema, self.slot, &rows, checkpoint).await?;
+        if inserted > 0 {
+            self.capture
+                .stats
+                .send_modify(|s| s.rows_inserted += inserted);
+        }
+        debug!(rows = rows.len(), inserted, checkpoint = ?checkpoint.map(|l| l.to_string()), "control transaction committed");
+        Ok(())
+    }
+
+    /// With nothing in flight, stores and confirms the keepalive position so unrelated WAL is released.
+    async fn advance_idle(&mut self) -> Result<(), CaptureError> {
+        if self.tx.is_some() || !self.group.is_empty() || self.group_end.is_some() {
+            return Ok(());
+        }
+        if self.keepalive_end > self.confirmed {
+            outbox::write_group(
+                self.control,
+                self.schema,
+                self.slot,
+                &[],
+                Some(self.keepalive_end),
+            )
+            .await?;
+            self.confirmed = self.keepalive_end;
+        }
+        Ok(())
+    }
+
+    async fn send_status(&mut self, reply: bool) -> Result<(), CaptureError> {
+        self.stream
+            .send_status(self.received, self.confirmed, self.confirmed, reply)
+            .await?;
+        self.last_status = Instant::now();
+        let confirmed = self.confirmed;
+        self.capture.stats.send_modify(|s| s.confirmed = confirmed);
+        Ok(())
+    }
+
+    /// Clean stop: commit the complete transactions of the group, report the last position, end the copy.
+    async fn finish(mut self) -> Result<(), CaptureError> {
+        if self.tx.is_some() {
+            // Rows of the open transaction are written (harmless, deduplicated) but not confirmed.
+            self.write(None).await?;
+        }
+        self.flush_group().await?;
+        self.advance_idle().await?;
+        self.send_status(false).await?;
+        info!(confirmed = %self.confirmed, "capture stopped");
+        self.stream.finish().await?;
+        Ok(())
+    }
+}

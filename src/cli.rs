@@ -1,6 +1,168 @@
-//! Command-line interface.
+//! Command-line interface: `pgcapi setup | run | sandbox`.
+
+use crate::capture::Capture;
+use crate::config::Config;
+use crate::rules::Rules;
+use crate::setup::{self, SetupOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tracing::{error, info};
+
+/// pgcapi: stream conversions from PostgreSQL into ad platforms' conversion APIs.
+#[derive(Debug, Parser)]
+#[command(name = "pgcapi", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check prerequisites and install the control schema, publication and slot (idempotent).
+    Setup {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Set REPLICA IDENTITY FULL on watched tables that have no usable replica identity.
+        #[arg(long)]
+        set_replica_identity_full: bool,
+    },
+    /// Capture changes into the control table until SIGTERM or SIGINT.
+    Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file (and nothing else).
+    Validate {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
 
 /// Runs the CLI and returns the process exit code.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the tracing subscriber; `RUST_LOG` overrides the default filter. `tokio_postgres` stays at
+/// `info` or above because at debug it logs query parameters, which hold identifiers.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive("tokio_postgres=info".parse().expect("valid directive"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn dispatch(command: Command) -> Result<(), String> {
+    match command {
+        Command::Validate { config } => {
+            Config::load(&config).map_err(|e| e.to_string())?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Setup {
+            config,
+            set_replica_identity_full,
+        } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let report = setup::setup(
+                &config,
+                SetupOptions {
+                    set_replica_identity_full,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            print!("{}", report.render());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            run(Arc::new(config)).await
+        }
+    }
+}
+
+/// `pgcapi run`: checks the config against the database, then captures until a signal.
+pub async fn run(config: Arc<Config>) -> Result<(), String> {
+    let source = setup::connect(config.source.url.expose(), "source database")
+        .await
+        .map_err(|e| e.to_string())?;
+    let problems = setup::check_columns(&source, &Rules::new(&config))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !problems.is_empty() {
+        return Err(setup::SetupError::NotReady(problems).to_string());
+    }
+    drop(source);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested");
+        let _ = shutdown_tx.send(true);
+    });
+    let capture = Capture::new(config).map_err(|e| e.to_string())?;
+    match capture.run(shutdown_rx).await {
+        Ok(()) => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+        Err(e) => {
+            error!(error = %e, "capture stopped");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -32,5 +32,4 @@ pub mod outbox;
 pub mod rules;
 pub mod sandbox;
 pub mod setup;
-pub mod shutdown;
 pub mod source;

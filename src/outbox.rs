@@ -383,6 +383,12 @@ pub async fn write_group(
     if let Some(lsn) = lsn {
         save_checkpoint(&tx, schema, slot, lsn).await?;
     }
+    if inserted > 0 {
+        // Delivered at commit: dispatchers wake up as soon as the rows are visible.
+        tx.execute("select pg_notify($1, '')", &[&notify_channel(schema)])
+            .await
+            .map_err(db("notifying dispatchers"))?;
+    }
     tx.commit().await.map_err(db("committing"))?;
     Ok(inserted)
 }

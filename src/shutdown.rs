@@ -1,1 +1,0 @@
-//! shutdown (to be written).
