@@ -1,3 +1,5 @@
 //! Integration test cases, one file per capability.
 
+mod capture;
 mod cluster;
+mod crash;

@@ -58,3 +58,71 @@ pub async fn connect_url(url: &str) -> Client {
     });
     client
 }
+
+/// The shop schema of the contract (`examples/shop.sql`).
+pub const SHOP_SQL: &str = include_str!("../../examples/shop.sql");
+
+/// The contract config (`examples/pgcapi.toml`).
+pub const CONTRACT_TOML: &str = include_str!("../../examples/pgcapi.toml");
+
+/// Environment for the contract config: the database URL, dummy secrets, and `endpoint` for every
+/// platform (a local sandbox, or an unreachable address when nothing should be sent).
+pub fn contract_env(database_url: &str, endpoint: &str) -> Vec<(String, String)> {
+    let mut env = vec![("PGCAPI_DATABASE_URL".to_string(), database_url.to_string())];
+    for (name, value) in [
+        ("META_ACCESS_TOKEN", "test-meta-token-s3cr3t"),
+        ("GOOGLE_ADS_DEVELOPER_TOKEN", "test-google-dev-token-s3cr3t"),
+        ("GOOGLE_ADS_CLIENT_ID", "test-client-id"),
+        ("GOOGLE_ADS_CLIENT_SECRET", "test-client-secret-s3cr3t"),
+        ("GOOGLE_ADS_REFRESH_TOKEN", "test-refresh-token-s3cr3t"),
+        ("TIKTOK_ACCESS_TOKEN", "test-tiktok-token-s3cr3t"),
+    ] {
+        env.push((name.to_string(), value.to_string()));
+    }
+    for name in ["META_ENDPOINT", "GOOGLE_ADS_ENDPOINT", "TIKTOK_ENDPOINT"] {
+        env.push((name.to_string(), endpoint.to_string()));
+    }
+    env.push((
+        "GOOGLE_OAUTH_ENDPOINT".to_string(),
+        format!("{endpoint}/token"),
+    ));
+    env
+}
+
+/// Parses a config text with `env` as the environment.
+pub fn config_from(text: &str, env: &[(String, String)]) -> pgcapi::config::Config {
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    pgcapi::config::Config::from_toml(text, "test config", &lookup)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `secs` seconds with `what`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Counts rows of a query returning one bigint.
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
