@@ -1,1 +1,0 @@
-//! identity (to be written).
