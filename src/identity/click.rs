@@ -1,0 +1,148 @@
+//! Values sent as stored: click ids, cookies, lead ids, IP address, user agent, and Meta's `fbc`.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+
+use super::text::clean;
+use super::{Reason, EMPTY};
+
+/// Reason for an `fbc` that is not `fb.<digit>.<13-digit ms>.<fbclid>`.
+const INVALID_FBC: Reason = "invalid fbc";
+
+/// Reason for an `fbclid` with whitespace inside.
+const INVALID_FBCLID: Reason = "invalid fbclid";
+
+/// Reason for a client IP that is neither IPv4 nor IPv6.
+const INVALID_IP: Reason = "invalid IP address";
+
+/// A value sent exactly as stored, trimmed (after NFC), or `EMPTY`.
+pub(crate) fn as_stored_checked(raw: &str) -> Result<String, Reason> {
+    clean(raw).ok_or(EMPTY)
+}
+
+/// Normalizes a click id, cookie, lead id or user agent: trimmed, otherwise exactly as stored.
+pub fn normalize_click_id(raw: &str) -> Option<String> {
+    as_stored_checked(raw).ok()
+}
+
+/// Validates a client IP address, or says why it is left out.
+///
+/// Sent as stored, but only when it parses: one malformed IP can make Meta or TikTok reject the whole
+/// batch. Postgres `inet` text of a host (`203.0.113.5/32`) loses its full-length prefix.
+pub(crate) fn client_ip_checked(raw: &str) -> Result<String, Reason> {
+    let cleaned = clean(raw).ok_or(EMPTY)?;
+    let host = match cleaned.split_once('/') {
+        Some((host, "32")) if host.parse::<std::net::Ipv4Addr>().is_ok() => host,
+        Some((host, "128")) if host.parse::<std::net::Ipv6Addr>().is_ok() => host,
+        _ => cleaned.as_str(),
+    };
+    host.parse::<IpAddr>().map_err(|_| INVALID_IP)?;
+    Ok(host.to_owned())
+}
+
+/// Validates a client IP address (IPv4 or IPv6, an `inet` host prefix dropped); `None` when invalid.
+pub fn normalize_client_ip(raw: &str) -> Option<String> {
+    client_ip_checked(raw).ok()
+}
+
+/// Validates a stored `fbc`, or says why it is left out.
+///
+/// Shape: `fb.` + one digit + `.` + 13 digits of milliseconds + `.` + the fbclid. The fbclid may carry
+/// the optional fifth segment Meta's parameter builder appends (`.AQICAQMC`), which Meta accepts.
+pub(crate) fn fbc_checked(raw: &str) -> Result<String, Reason> {
+    let cleaned = clean(raw).ok_or(EMPTY)?;
+    let mut parts = cleaned.splitn(4, '.');
+    let (Some("fb"), Some(index), Some(millis), Some(fbclid)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(INVALID_FBC);
+    };
+    let index_ok = index.len() == 1 && index.bytes().all(|b| b.is_ascii_digit());
+    let millis_ok = millis.len() == 13 && millis.bytes().all(|b| b.is_ascii_digit());
+    let fbclid_ok = !fbclid.is_empty() && !fbclid.chars().any(char::is_whitespace);
+    if index_ok && millis_ok && fbclid_ok {
+        Ok(cleaned)
+    } else {
+        Err(INVALID_FBC)
+    }
+}
+
+/// Validates a stored `fbc` (`fb.1.1554763741205.IwAR…`); `None` when it has another shape.
+pub fn normalize_fbc(raw: &str) -> Option<String> {
+    fbc_checked(raw).ok()
+}
+
+/// Builds an `fbc` from a bare fbclid, or says why it cannot.
+pub(crate) fn fbc_from_fbclid_checked(
+    fbclid: &str,
+    click_time: DateTime<Utc>,
+) -> Result<String, Reason> {
+    let fbclid = clean(fbclid).ok_or(EMPTY)?;
+    if fbclid.chars().any(char::is_whitespace) {
+        return Err(INVALID_FBCLID);
+    }
+    Ok(format!("fb.1.{}.{fbclid}", click_time.timestamp_millis()))
+}
+
+/// Builds `fb.1.<click time in ms>.<fbclid>` (the fbclid keeps its case); `None` for a blank fbclid or
+/// one with whitespace inside. Pass the click time if known, else the event time.
+pub fn fbc_from_fbclid(fbclid: &str, click_time: DateTime<Utc>) -> Option<String> {
+    fbc_from_fbclid_checked(fbclid, click_time).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_well_formed_fbc_passes_as_stored() {
+        let fbc = "fb.1.1554763741205.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk";
+        assert_eq!(normalize_fbc(&format!("  {fbc} ")).as_deref(), Some(fbc));
+        let with_appendix = format!("{fbc}.AQICAQMC");
+        assert_eq!(normalize_fbc(&with_appendix), Some(with_appendix));
+    }
+
+    #[test]
+    fn a_malformed_fbc_is_left_out() {
+        for raw in [
+            "IwAR2F4",
+            "fb.1.155476374120.IwAR",
+            "fb.12.1554763741205.IwAR",
+            "fb.1.1554763741205.",
+            "fb.1.1554763741205",
+            "fb.x.1554763741205.IwAR",
+            "fx.1.1554763741205.IwAR",
+            "fb.1.1554763741205.Iw AR",
+        ] {
+            assert_eq!(fbc_checked(raw), Err(INVALID_FBC), "{raw}");
+        }
+    }
+
+    #[test]
+    fn fbc_is_built_from_fbclid_in_milliseconds_keeping_case() {
+        let time = DateTime::from_timestamp_millis(1_554_763_741_205).unwrap();
+        assert_eq!(
+            fbc_from_fbclid(" IwAR2F4-dbP0l7 ", time).as_deref(),
+            Some("fb.1.1554763741205.IwAR2F4-dbP0l7")
+        );
+        assert_eq!(fbc_from_fbclid_checked("Iw AR", time), Err(INVALID_FBCLID));
+        assert_eq!(fbc_from_fbclid_checked(" ", time), Err(EMPTY));
+    }
+
+    #[test]
+    fn client_ips_must_parse() {
+        assert_eq!(normalize_client_ip(" 203.0.113.5 ").as_deref(), Some("203.0.113.5"));
+        assert_eq!(normalize_client_ip("203.0.113.5/32").as_deref(), Some("203.0.113.5"));
+        assert_eq!(normalize_client_ip("2001:db8::1").as_deref(), Some("2001:db8::1"));
+        assert_eq!(normalize_client_ip("2001:db8::1/128").as_deref(), Some("2001:db8::1"));
+        assert_eq!(client_ip_checked("203.0.113.0/24"), Err(INVALID_IP));
+        assert_eq!(client_ip_checked("localhost"), Err(INVALID_IP));
+    }
+
+    #[test]
+    fn click_ids_are_only_trimmed() {
+        assert_eq!(normalize_click_id(" Cj0KCQ-abc_DEF ").as_deref(), Some("Cj0KCQ-abc_DEF"));
+        assert_eq!(as_stored_checked("\t"), Err(EMPTY));
+    }
+}

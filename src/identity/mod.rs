@@ -1,0 +1,516 @@
+//! Per-platform normalization and SHA-256 hashing of match keys (rules: `normalization.md`).
+//!
+//! Raw identifiers arrive as a [`RawIdentity`] that lives only in memory. [`match_keys`] turns it into
+//! the [`MatchKeys`] one platform accepts: normalized, and hashed where the platform requires, so that
+//! what is stored in the control table and sent is never the raw value of an email, phone, name or
+//! address. A present value that cannot be normalized is left out and reported as [`Dropped`], with a
+//! reason but never the value.
+//!
+//! Which keys each platform takes (`platforms.md` §1.5, §2.1, §2.3, §3, §8):
+//!
+//! | platform | hashed | sent as stored |
+//! |---|---|---|
+//! | Meta | email, phone, first/last name, city, state, zip, country, external_id, date_of_birth, gender | client_ip, user_agent, fbc, fbp, lead_id |
+//! | Google Ads | email, phone | gclid, gbraid, wbraid |
+//! | TikTok | email, phone, external_id | client_ip, user_agent, ttclid, ttp, lead_id |
+//!
+//! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
+//! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
+//! not send, and `user_ip_address` is allow-listed. So they are not produced for Google Ads, which also
+//! keeps unhashed city, state, zip and country out of the control table. The Google normalizers for those
+//! fields still exist ([`normalize_city`] and friends) for a future enhancement path. TikTok's hashed
+//! names/zip and plain city/state/country are only documented by third parties (§3), so they are left out.
+
+mod address;
+mod click;
+mod country;
+mod email;
+mod person;
+mod phone;
+mod text;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::config::Platform;
+
+pub use address::{normalize_city, normalize_state, normalize_zip};
+pub use click::{fbc_from_fbclid, normalize_click_id, normalize_client_ip, normalize_fbc};
+pub use country::{country_code, normalize_country};
+pub use email::normalize_email;
+pub use person::{normalize_date_of_birth, normalize_external_id, normalize_gender};
+pub use phone::{normalize_phone, phone_region};
+pub use text::normalize_name;
+
+/// Raw identifiers of one event as read from the row; lives only in memory.
+///
+/// `Debug` is written by hand and prints only which fields are present, never a value, so that a stray
+/// `{:?}` in a log line cannot leak personal data.
+#[derive(Default, Clone)]
+pub struct RawIdentity {
+    /// Email address.
+    pub email: Option<String>,
+    /// Phone number in any format; national numbers are read in the row's country or the default region.
+    pub phone: Option<String>,
+    /// Given name.
+    pub first_name: Option<String>,
+    /// Family name.
+    pub last_name: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// State, province or region (name or code).
+    pub state: Option<String>,
+    /// Postal code.
+    pub zip: Option<String>,
+    /// Country as alpha-2, alpha-3 or English name; also the region for phones, zips and dates.
+    pub country: Option<String>,
+    /// The advertiser's own stable customer id.
+    pub external_id: Option<String>,
+    /// Date of birth as text (`YYYY-MM-DD`, `YYYYMMDD`, `MM/DD/YYYY` in US rows, ...).
+    pub date_of_birth: Option<String>,
+    /// Gender word or letter.
+    pub gender: Option<String>,
+    /// Client IP address (IPv4 or IPv6).
+    pub client_ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// Meta click cookie `fb.<n>.<ms>.<fbclid>`.
+    pub fbc: Option<String>,
+    /// Bare Meta click id from a landing URL; builds `fbc` when no valid `fbc` is present.
+    pub fbclid: Option<String>,
+    /// Meta browser cookie `_fbp`.
+    pub fbp: Option<String>,
+    /// Google click id.
+    pub gclid: Option<String>,
+    /// Google app-to-web click id (iOS).
+    pub gbraid: Option<String>,
+    /// Google web-to-app click id (iOS).
+    pub wbraid: Option<String>,
+    /// TikTok click id.
+    pub ttclid: Option<String>,
+    /// TikTok browser cookie `_ttp`.
+    pub ttp: Option<String>,
+    /// Microsoft click id.
+    pub msclkid: Option<String>,
+    /// Platform lead id (Meta lead ads, TikTok CRM).
+    pub lead_id: Option<String>,
+    /// When the ad was clicked; used as the `fbc` creation time when building it from `fbclid`.
+    pub click_time: Option<DateTime<Utc>>,
+}
+
+impl RawIdentity {
+    /// The raw text of one match key, if present (`Fbc` is the `fbc` column only, not `fbclid`).
+    pub fn get(&self, key: MatchKey) -> Option<&str> {
+        let value = match key {
+            MatchKey::Email => &self.email,
+            MatchKey::Phone => &self.phone,
+            MatchKey::FirstName => &self.first_name,
+            MatchKey::LastName => &self.last_name,
+            MatchKey::City => &self.city,
+            MatchKey::State => &self.state,
+            MatchKey::Zip => &self.zip,
+            MatchKey::Country => &self.country,
+            MatchKey::ExternalId => &self.external_id,
+            MatchKey::DateOfBirth => &self.date_of_birth,
+            MatchKey::Gender => &self.gender,
+            MatchKey::ClientIp => &self.client_ip,
+            MatchKey::UserAgent => &self.user_agent,
+            MatchKey::Fbc => &self.fbc,
+            MatchKey::Fbp => &self.fbp,
+            MatchKey::Gclid => &self.gclid,
+            MatchKey::Gbraid => &self.gbraid,
+            MatchKey::Wbraid => &self.wbraid,
+            MatchKey::Ttclid => &self.ttclid,
+            MatchKey::Ttp => &self.ttp,
+            MatchKey::Msclkid => &self.msclkid,
+            MatchKey::LeadId => &self.lead_id,
+        };
+        value.as_deref()
+    }
+}
+
+impl fmt::Debug for RawIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names of present fields only: values are personal data.
+        let mut present: Vec<&'static str> = MatchKey::ALL
+            .iter()
+            .filter(|key| self.get(**key).is_some())
+            .map(|key| key.as_str())
+            .collect();
+        if self.fbclid.is_some() {
+            present.push("fbclid");
+        }
+        if self.click_time.is_some() {
+            present.push("click_time");
+        }
+        f.debug_struct("RawIdentity")
+            .field("present", &present)
+            .finish()
+    }
+}
+
+/// A match key pgcapi knows (serde snake_case; `as_str` gives the same name, e.g. "first_name").
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchKey {
+    /// Email address.
+    Email,
+    /// Phone number.
+    Phone,
+    /// Given name.
+    FirstName,
+    /// Family name.
+    LastName,
+    /// City.
+    City,
+    /// State or province.
+    State,
+    /// Postal code.
+    Zip,
+    /// Country.
+    Country,
+    /// Advertiser customer id.
+    ExternalId,
+    /// Date of birth.
+    DateOfBirth,
+    /// Gender.
+    Gender,
+    /// Client IP address.
+    ClientIp,
+    /// Client user agent.
+    UserAgent,
+    /// Meta click cookie.
+    Fbc,
+    /// Meta browser cookie.
+    Fbp,
+    /// Google click id.
+    Gclid,
+    /// Google iOS app-to-web click id.
+    Gbraid,
+    /// Google iOS web-to-app click id.
+    Wbraid,
+    /// TikTok click id.
+    Ttclid,
+    /// TikTok browser cookie.
+    Ttp,
+    /// Microsoft click id.
+    Msclkid,
+    /// Platform lead id.
+    LeadId,
+}
+
+impl MatchKey {
+    /// Every key, in declaration (and `Ord`) order.
+    pub const ALL: [MatchKey; 22] = [
+        MatchKey::Email,
+        MatchKey::Phone,
+        MatchKey::FirstName,
+        MatchKey::LastName,
+        MatchKey::City,
+        MatchKey::State,
+        MatchKey::Zip,
+        MatchKey::Country,
+        MatchKey::ExternalId,
+        MatchKey::DateOfBirth,
+        MatchKey::Gender,
+        MatchKey::ClientIp,
+        MatchKey::UserAgent,
+        MatchKey::Fbc,
+        MatchKey::Fbp,
+        MatchKey::Gclid,
+        MatchKey::Gbraid,
+        MatchKey::Wbraid,
+        MatchKey::Ttclid,
+        MatchKey::Ttp,
+        MatchKey::Msclkid,
+        MatchKey::LeadId,
+    ];
+
+    /// The config and storage name, identical to the serde name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchKey::Email => "email",
+            MatchKey::Phone => "phone",
+            MatchKey::FirstName => "first_name",
+            MatchKey::LastName => "last_name",
+            MatchKey::City => "city",
+            MatchKey::State => "state",
+            MatchKey::Zip => "zip",
+            MatchKey::Country => "country",
+            MatchKey::ExternalId => "external_id",
+            MatchKey::DateOfBirth => "date_of_birth",
+            MatchKey::Gender => "gender",
+            MatchKey::ClientIp => "client_ip",
+            MatchKey::UserAgent => "user_agent",
+            MatchKey::Fbc => "fbc",
+            MatchKey::Fbp => "fbp",
+            MatchKey::Gclid => "gclid",
+            MatchKey::Gbraid => "gbraid",
+            MatchKey::Wbraid => "wbraid",
+            MatchKey::Ttclid => "ttclid",
+            MatchKey::Ttp => "ttp",
+            MatchKey::Msclkid => "msclkid",
+            MatchKey::LeadId => "lead_id",
+        }
+    }
+
+    /// The key with this config spelling; `fbclid` and `click_time` are inputs, not keys, so `None`.
+    pub fn from_name(name: &str) -> Option<MatchKey> {
+        MatchKey::ALL.into_iter().find(|key| key.as_str() == name)
+    }
+
+    /// True for personal data (hashed somewhere); false for click ids, cookies, lead id, IP, user agent.
+    pub fn is_personal(self) -> bool {
+        matches!(
+            self,
+            MatchKey::Email
+                | MatchKey::Phone
+                | MatchKey::FirstName
+                | MatchKey::LastName
+                | MatchKey::City
+                | MatchKey::State
+                | MatchKey::Zip
+                | MatchKey::Country
+                | MatchKey::ExternalId
+                | MatchKey::DateOfBirth
+                | MatchKey::Gender
+        )
+    }
+
+    /// True when the value sent to this platform is a SHA-256 hex digest.
+    ///
+    /// Every personal key is hashed except Google's address parts (city, state, zip, country), which
+    /// Google takes in clear (§2.3, §2.5). For a key the platform does not accept this still answers
+    /// with the rule that would apply, so personal data defaults to hashed.
+    pub fn is_hashed(self, platform: Platform) -> bool {
+        let google_clear = platform == Platform::GoogleAds
+            && matches!(
+                self,
+                MatchKey::City | MatchKey::State | MatchKey::Zip | MatchKey::Country
+            );
+        self.is_personal() && !google_clear
+    }
+
+    /// True when `match_keys` produces this key for the platform (see the module table).
+    pub fn is_accepted_by(self, platform: Platform) -> bool {
+        accepted_keys(platform).contains(&self)
+    }
+}
+
+impl fmt::Display for MatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The keys Meta's `user_data` takes from us (§1.5).
+const META_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::City,
+    MatchKey::State,
+    MatchKey::Zip,
+    MatchKey::Country,
+    MatchKey::ExternalId,
+    MatchKey::DateOfBirth,
+    MatchKey::Gender,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::Fbc,
+    MatchKey::Fbp,
+    MatchKey::LeadId,
+];
+
+/// The keys a Google Ads click conversion takes (§2.1: only hashed email and phone as identifiers).
+const GOOGLE_ADS_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::Gclid,
+    MatchKey::Gbraid,
+    MatchKey::Wbraid,
+];
+
+/// The keys TikTok's Events API `user` object takes (§3, officially documented ones only).
+const TIKTOK_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::ExternalId,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::Ttclid,
+    MatchKey::Ttp,
+    MatchKey::LeadId,
+];
+
+/// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
+pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
+    match platform {
+        Platform::Meta => META_KEYS,
+        Platform::GoogleAds => GOOGLE_ADS_KEYS,
+        Platform::Tiktok => TIKTOK_KEYS,
+    }
+}
+
+/// Normalized values, hashed where the platform requires, ready to store and send.
+pub type MatchKeys = BTreeMap<MatchKey, String>;
+
+/// A present raw value that was left out, and why ("invalid email", "not a valid phone number for
+/// region", "empty", ...). Never holds the value itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The key whose value was left out.
+    pub key: MatchKey,
+    /// Why, in a few words; safe to log.
+    pub reason: &'static str,
+}
+
+/// Why a value that was present is not sent: a short static phrase, safe to log.
+pub type Reason = &'static str;
+
+/// Reason for a value that is empty after NFC and trimming.
+pub const EMPTY: Reason = "empty";
+
+/// Normalize and hash every present identifier for one platform.
+///
+/// Only keys the platform accepts are returned (see [`accepted_keys`]); present values of other keys
+/// are ignored silently, present values of accepted keys that fail normalization are reported as
+/// [`Dropped`]. `default_region` (ISO alpha-2, any case) is the region for phones, zips and dates when
+/// the row's country is absent or not a known country. `event_time` is the `fbc` creation time when
+/// `fbc` is built from `fbclid` and the row has no click time.
+pub fn match_keys(
+    platform: Platform,
+    raw: &RawIdentity,
+    default_region: &str,
+    event_time: DateTime<Utc>,
+) -> (MatchKeys, Vec<Dropped>) {
+    let region = row_region(raw.country.as_deref(), default_region);
+    // A known country the phone metadata lacks (e.g. AQ) falls back to the default region for phones.
+    let phone_region = phone_region(Some(&region), default_region).to_ascii_uppercase();
+    let mut keys = MatchKeys::new();
+    let mut dropped = Vec::new();
+    for &key in accepted_keys(platform) {
+        let result = if key == MatchKey::Fbc {
+            fbc_value(raw, event_time)
+        } else {
+            let region = if key == MatchKey::Phone {
+                &phone_region
+            } else {
+                &region
+            };
+            raw.get(key)
+                .map(|value| match_key_value(platform, key, value, region))
+        };
+        match result {
+            Some(Ok(value)) => {
+                keys.insert(key, value);
+            }
+            Some(Err(reason)) => dropped.push(Dropped { key, reason }),
+            None => {}
+        }
+    }
+    (keys, dropped)
+}
+
+/// The region of a row: its country if that is a known country, else the default region (uppercase).
+pub fn row_region(country: Option<&str>, default_region: &str) -> String {
+    country
+        .and_then(country_code)
+        .unwrap_or(default_region)
+        .to_ascii_uppercase()
+}
+
+/// The `fbc` to send: a valid stored `fbc`, else one built from `fbclid`, else the reason neither works.
+fn fbc_value(raw: &RawIdentity, event_time: DateTime<Utc>) -> Option<Result<String, Reason>> {
+    let stored = raw.fbc.as_deref().map(click::fbc_checked);
+    if let Some(Ok(fbc)) = stored {
+        return Some(Ok(fbc));
+    }
+    if let Some(fbclid) = raw.fbclid.as_deref() {
+        let built = click::fbc_from_fbclid_checked(fbclid, raw.click_time.unwrap_or(event_time));
+        // Report the stored fbc's problem rather than the fbclid's when both fail.
+        if built.is_ok() || stored.is_none() {
+            return Some(built);
+        }
+    }
+    stored
+}
+
+/// The value of one key as sent to a platform: normalized, then hashed when [`MatchKey::is_hashed`].
+///
+/// A hashed key whose value already is 64 hex characters is taken as pre-hashed: lowercased and passed
+/// through. `region` is the row's region (see [`row_region`]). `Fbc` here only validates a stored
+/// value; [`match_keys`] also builds it from `fbclid`.
+pub fn match_key_value(
+    platform: Platform,
+    key: MatchKey,
+    raw: &str,
+    region: &str,
+) -> Result<String, Reason> {
+    if key.is_hashed(platform) {
+        let cleaned = text::clean(raw).ok_or(EMPTY)?;
+        if is_sha256_hex(&cleaned) {
+            return Ok(cleaned.to_ascii_lowercase());
+        }
+        normalize_key(platform, key, &cleaned, region).map(|value| hash(&value))
+    } else {
+        normalize_key(platform, key, raw, region)
+    }
+}
+
+/// The normalized, unhashed value of one key for a platform, or why it is left out.
+///
+/// This is the plain-text stage only: it never hashes and does not detect pre-hashed input.
+pub fn normalize_key(
+    platform: Platform,
+    key: MatchKey,
+    raw: &str,
+    region: &str,
+) -> Result<String, Reason> {
+    match key {
+        MatchKey::Email => email::email_checked(platform, raw),
+        MatchKey::Phone => phone::phone_checked(platform, raw, region),
+        MatchKey::FirstName | MatchKey::LastName => text::name_checked(platform, raw),
+        MatchKey::City => address::city_checked(platform, raw),
+        MatchKey::State => address::state_checked(platform, raw),
+        MatchKey::Zip => address::zip_checked(platform, raw, region),
+        MatchKey::Country => country::country_checked(platform, raw),
+        MatchKey::ExternalId => person::external_id_checked(raw),
+        MatchKey::DateOfBirth => person::date_of_birth_checked(raw, region),
+        MatchKey::Gender => person::gender_checked(raw),
+        MatchKey::ClientIp => click::client_ip_checked(raw),
+        MatchKey::Fbc => click::fbc_checked(raw),
+        MatchKey::UserAgent
+        | MatchKey::Fbp
+        | MatchKey::Gclid
+        | MatchKey::Gbraid
+        | MatchKey::Wbraid
+        | MatchKey::Ttclid
+        | MatchKey::Ttp
+        | MatchKey::Msclkid
+        | MatchKey::LeadId => click::as_stored_checked(raw),
+    }
+}
+
+/// SHA-256 of the UTF-8 bytes, lowercase hex; a value that is already 64 hex chars is lowercased and
+/// passed through, so nothing is ever hashed twice.
+pub fn hash(normalized: &str) -> String {
+    if is_sha256_hex(normalized) {
+        return normalized.to_ascii_lowercase();
+    }
+    hex::encode(Sha256::digest(normalized.as_bytes()))
+}
+
+/// True when the text is exactly 64 ASCII hex digits (either case), i.e. looks like a SHA-256 digest.
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,753 @@
+//! Tests of `match_keys`, hashing, the SDK test vectors and the normalization laws.
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use serde::Deserialize;
+
+use super::*;
+
+/// The platforms, for loops.
+const PLATFORMS: [Platform; 3] = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
+
+/// A fixed event time: 2024-05-01T12:00:00Z.
+fn event_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+}
+
+/// SHA-256 hex of a string, computed here independently of `hash` (no pass-through).
+fn sha(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hashing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn hash_is_lowercase_sha256_hex_of_the_utf8_bytes() {
+    assert_eq!(
+        hash("john.doe@example.com"),
+        "836f82db99121b3481011f16b49dfa5fbc714a0d1b1b9f784a1ebbbf5b39577f"
+    );
+    // "josé" in NFC: U+00E9 is two UTF-8 bytes.
+    assert_eq!(
+        hash("jos\u{e9}"),
+        "d994e1d001886fe5b45b1267bd1fa2b752ac50742579bd3dad7b2a2aa0ed6866"
+    );
+    assert_eq!(hash(""), sha(""));
+}
+
+#[test]
+fn hash_passes_a_digest_through_lowercased() {
+    let upper = "836F82DB99121B3481011F16B49DFA5FBC714A0D1B1B9F784A1EBBBF5B39577F";
+    assert_eq!(hash(upper), upper.to_ascii_lowercase());
+    assert_eq!(hash(&hash("x")), hash("x"));
+    // 63 or 65 hex chars, or a non-hex char, is not a digest.
+    assert_eq!(hash(&upper[1..]), sha(&upper[1..]));
+    let not_hex = format!("{}g", &upper[1..]);
+    assert_eq!(hash(&not_hex), sha(&not_hex));
+}
+
+// ---------------------------------------------------------------------------------------------
+// MatchKey
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn match_key_names_round_trip_and_agree_with_serde() {
+    for key in MatchKey::ALL {
+        assert_eq!(MatchKey::from_name(key.as_str()), Some(key));
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(json, format!("\"{}\"", key.as_str()));
+        assert_eq!(serde_json::from_str::<MatchKey>(&json).unwrap(), key);
+    }
+    assert_eq!(MatchKey::from_name("first_name"), Some(MatchKey::FirstName));
+    assert_eq!(MatchKey::from_name("fbclid"), None);
+    assert_eq!(MatchKey::from_name("click_time"), None);
+    assert_eq!(MatchKey::from_name("Email"), None);
+    let mut sorted = MatchKey::ALL;
+    sorted.sort();
+    assert_eq!(sorted, MatchKey::ALL);
+}
+
+#[test]
+fn personal_data_is_hashed_except_google_address_parts() {
+    for platform in PLATFORMS {
+        for key in [MatchKey::Email, MatchKey::Phone, MatchKey::FirstName, MatchKey::LastName] {
+            assert!(key.is_hashed(platform));
+        }
+        for key in [
+            MatchKey::ClientIp,
+            MatchKey::UserAgent,
+            MatchKey::Fbc,
+            MatchKey::Fbp,
+            MatchKey::Gclid,
+            MatchKey::Gbraid,
+            MatchKey::Wbraid,
+            MatchKey::Ttclid,
+            MatchKey::Ttp,
+            MatchKey::Msclkid,
+            MatchKey::LeadId,
+        ] {
+            assert!(!key.is_hashed(platform), "{key}");
+        }
+    }
+    for key in [MatchKey::City, MatchKey::State, MatchKey::Zip, MatchKey::Country] {
+        assert!(key.is_hashed(Platform::Meta));
+        assert!(!key.is_hashed(Platform::GoogleAds));
+    }
+    assert!(MatchKey::ExternalId.is_hashed(Platform::Tiktok));
+}
+
+#[test]
+fn every_accepted_key_is_listed_once_in_key_order() {
+    for platform in PLATFORMS {
+        let keys = accepted_keys(platform);
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "{platform:?}");
+    }
+    assert!(MatchKey::Fbc.is_accepted_by(Platform::Meta));
+    assert!(!MatchKey::Gclid.is_accepted_by(Platform::Meta));
+    assert!(!MatchKey::FirstName.is_accepted_by(Platform::GoogleAds));
+    assert!(MatchKey::Ttclid.is_accepted_by(Platform::Tiktok));
+    assert!(!MatchKey::Msclkid.is_accepted_by(Platform::Tiktok));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RawIdentity
+// ---------------------------------------------------------------------------------------------
+
+/// A row with every field set to a distinctive value.
+fn full_row() -> RawIdentity {
+    RawIdentity {
+        email: Some("  Alice.Smith+news@Gmail.com ".into()),
+        phone: Some("(415) 555-0132".into()),
+        first_name: Some("Zoë-Anne".into()),
+        last_name: Some("O'Hara".into()),
+        city: Some("San Francisco".into()),
+        state: Some("California".into()),
+        zip: Some("94105-1234".into()),
+        country: Some("United States".into()),
+        external_id: Some(" CRM-77 ".into()),
+        date_of_birth: Some("07/04/1985".into()),
+        gender: Some("Female".into()),
+        client_ip: Some("198.51.100.23".into()),
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".into()),
+        fbc: None,
+        fbclid: Some("IwAR0abcXYZ".into()),
+        fbp: Some("fb.1.1714564800000.987654321".into()),
+        gclid: Some("Cj0KCQjwgclidvalue".into()),
+        gbraid: Some("0AAAAAgbraidvalue".into()),
+        wbraid: Some("CkwbraidvalueQ".into()),
+        ttclid: Some("E.C.P.ttclidvalue".into()),
+        ttp: Some("ttpcookievalue".into()),
+        msclkid: Some("msclkidvalue123".into()),
+        lead_id: Some("123456789012345".into()),
+        click_time: Some(Utc.with_ymd_and_hms(2024, 4, 30, 8, 0, 0).unwrap()),
+    }
+}
+
+#[test]
+fn debug_of_raw_identity_shows_field_names_but_no_value() {
+    let row = full_row();
+    let debug = format!("{row:?}");
+    let pretty = format!("{row:#?}");
+    for key in MatchKey::ALL {
+        let value = row.get(key).unwrap_or_default();
+        for part in value.split_whitespace().filter(|p| p.len() > 3) {
+            assert!(!debug.contains(part), "{key} leaked in {debug}");
+            assert!(!pretty.contains(part), "{key} leaked in {pretty}");
+        }
+    }
+    for secret in ["IwAR0abcXYZ", "2024", "Alice", "415", "94105"] {
+        assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+    }
+    assert!(debug.contains("email") && debug.contains("fbclid") && debug.contains("click_time"));
+    let empty = format!("{:?}", RawIdentity::default());
+    assert_eq!(empty, "RawIdentity { present: [] }");
+}
+
+// ---------------------------------------------------------------------------------------------
+// match_keys
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn meta_gets_every_personal_key_hashed_and_click_data_as_stored() {
+    let (keys, dropped) = match_keys(Platform::Meta, &full_row(), "US", event_time());
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let expected_plain = [
+        (MatchKey::Email, "alice.smith+news@gmail.com"),
+        (MatchKey::Phone, "14155550132"),
+        (MatchKey::FirstName, "zoëanne"),
+        (MatchKey::LastName, "ohara"),
+        (MatchKey::City, "sanfrancisco"),
+        (MatchKey::State, "ca"),
+        (MatchKey::Zip, "94105"),
+        (MatchKey::Country, "us"),
+        (MatchKey::ExternalId, "crm-77"),
+        (MatchKey::DateOfBirth, "19850704"),
+        (MatchKey::Gender, "f"),
+    ];
+    for (key, plain) in expected_plain {
+        assert_eq!(keys[&key], sha(plain), "{key}");
+    }
+    assert_eq!(keys[&MatchKey::ClientIp], "198.51.100.23");
+    assert_eq!(keys[&MatchKey::UserAgent], "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0");
+    assert_eq!(keys[&MatchKey::Fbp], "fb.1.1714564800000.987654321");
+    assert_eq!(keys[&MatchKey::LeadId], "123456789012345");
+    // Built from fbclid with the click time (2024-04-30T08:00:00Z), not the event time.
+    assert_eq!(keys[&MatchKey::Fbc], "fb.1.1714464000000.IwAR0abcXYZ");
+    assert_eq!(keys.len(), 16);
+    assert!(keys.keys().all(|key| key.is_accepted_by(Platform::Meta)));
+}
+
+#[test]
+fn google_ads_gets_hashed_email_and_phone_and_its_click_ids() {
+    let (keys, dropped) = match_keys(Platform::GoogleAds, &full_row(), "US", event_time());
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let expected: MatchKeys = [
+        (MatchKey::Email, sha("alicesmith@gmail.com")),
+        (MatchKey::Phone, sha("+14155550132")),
+        (MatchKey::Gclid, "Cj0KCQjwgclidvalue".to_owned()),
+        (MatchKey::Gbraid, "0AAAAAgbraidvalue".to_owned()),
+        (MatchKey::Wbraid, "CkwbraidvalueQ".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, expected);
+}
+
+#[test]
+fn tiktok_gets_hashed_email_phone_external_id_and_its_click_data() {
+    let (keys, dropped) = match_keys(Platform::Tiktok, &full_row(), "US", event_time());
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let expected: MatchKeys = [
+        (MatchKey::Email, sha("alice.smith+news@gmail.com")),
+        (MatchKey::Phone, sha("+14155550132")),
+        (MatchKey::ExternalId, sha("crm-77")),
+        (MatchKey::ClientIp, "198.51.100.23".to_owned()),
+        (MatchKey::UserAgent, "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".to_owned()),
+        (MatchKey::Ttclid, "E.C.P.ttclidvalue".to_owned()),
+        (MatchKey::Ttp, "ttpcookievalue".to_owned()),
+        (MatchKey::LeadId, "123456789012345".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, expected);
+}
+
+#[test]
+fn an_empty_row_gives_nothing_and_drops_nothing() {
+    for platform in PLATFORMS {
+        let (keys, dropped) = match_keys(platform, &RawIdentity::default(), "US", event_time());
+        assert!(keys.is_empty() && dropped.is_empty());
+    }
+}
+
+#[test]
+fn invalid_and_empty_values_are_dropped_with_a_reason_and_no_value() {
+    let row = RawIdentity {
+        email: Some("john doe@example.com".into()),
+        phone: Some("555-1212".into()),
+        first_name: Some("   ".into()),
+        country: Some("Atlantis".into()),
+        date_of_birth: Some("1990-02-30".into()),
+        gender: Some("other".into()),
+        client_ip: Some("not-an-ip".into()),
+        fbc: Some("fb.1.123.abc".into()),
+        ..RawIdentity::default()
+    };
+    let (keys, dropped) = match_keys(Platform::Meta, &row, "US", event_time());
+    assert!(keys.is_empty(), "{keys:?}");
+    let expected = vec![
+        Dropped { key: MatchKey::Email, reason: "invalid email" },
+        Dropped { key: MatchKey::Phone, reason: "not a valid phone number for region" },
+        Dropped { key: MatchKey::FirstName, reason: "empty" },
+        Dropped { key: MatchKey::Country, reason: "unknown country" },
+        Dropped { key: MatchKey::DateOfBirth, reason: "invalid date of birth" },
+        Dropped { key: MatchKey::Gender, reason: "unknown gender" },
+        Dropped { key: MatchKey::ClientIp, reason: "invalid IP address" },
+        Dropped { key: MatchKey::Fbc, reason: "invalid fbc" },
+    ];
+    assert_eq!(dropped, expected);
+}
+
+#[test]
+fn keys_a_platform_does_not_take_are_ignored_not_dropped() {
+    let row = RawIdentity {
+        first_name: Some("!!!".into()),
+        gclid: Some("abc".into()),
+        ..RawIdentity::default()
+    };
+    let (keys, dropped) = match_keys(Platform::Tiktok, &row, "US", event_time());
+    assert!(keys.is_empty() && dropped.is_empty());
+}
+
+#[test]
+fn pre_hashed_values_pass_through_lowercased_for_hashed_keys_only() {
+    let digest = "836F82DB99121B3481011F16B49DFA5FBC714A0D1B1B9F784A1EBBBF5B39577F";
+    let row = RawIdentity {
+        email: Some(format!(" {digest} ")),
+        phone: Some(digest.to_owned()),
+        external_id: Some(digest.to_owned()),
+        lead_id: Some(digest.to_owned()),
+        ..RawIdentity::default()
+    };
+    let lower = digest.to_ascii_lowercase();
+    for platform in PLATFORMS {
+        let (keys, dropped) = match_keys(platform, &row, "US", event_time());
+        assert!(dropped.is_empty(), "{platform:?}: {dropped:?}");
+        assert_eq!(keys[&MatchKey::Email], lower);
+        assert_eq!(keys[&MatchKey::Phone], lower);
+    }
+    let (keys, _) = match_keys(Platform::Tiktok, &row, "US", event_time());
+    assert_eq!(keys[&MatchKey::ExternalId], lower);
+    // lead_id is never hashed, so a digest-looking lead id is just a value, kept as stored.
+    assert_eq!(keys[&MatchKey::LeadId], digest);
+}
+
+#[test]
+fn national_phones_are_read_in_the_row_country_before_the_default_region() {
+    let mut row = RawIdentity {
+        phone: Some("020 7946 0958".into()),
+        country: Some("UK".into()),
+        ..RawIdentity::default()
+    };
+    let (keys, _) = match_keys(Platform::GoogleAds, &row, "US", event_time());
+    assert_eq!(keys[&MatchKey::Phone], sha("+442079460958"));
+    // An unknown country falls back to the default region, where this number is invalid.
+    row.country = Some("Atlantis".into());
+    let (keys, dropped) = match_keys(Platform::GoogleAds, &row, "US", event_time());
+    assert!(!keys.contains_key(&MatchKey::Phone));
+    assert_eq!(dropped[0].key, MatchKey::Phone);
+    // Antarctica is a country but has no phone metadata: the default region is used for the phone.
+    row.country = Some("Antarctica".into());
+    let (keys, _) = match_keys(Platform::GoogleAds, &row, "GB", event_time());
+    assert_eq!(keys[&MatchKey::Phone], sha("+442079460958"));
+}
+
+#[test]
+fn zip_and_date_rules_follow_the_row_country() {
+    let row = RawIdentity {
+        zip: Some("SW1A 1AA".into()),
+        date_of_birth: Some("04/07/1985".into()),
+        country: Some("GB".into()),
+        ..RawIdentity::default()
+    };
+    let (keys, _) = match_keys(Platform::Meta, &row, "US", event_time());
+    assert_eq!(keys[&MatchKey::Zip], sha("sw1a1aa"));
+    assert_eq!(keys[&MatchKey::DateOfBirth], sha("19850704"));
+    let us_row = RawIdentity { country: None, ..row };
+    let (keys, _) = match_keys(Platform::Meta, &us_row, "US", event_time());
+    assert_eq!(keys[&MatchKey::Zip], sha("sw1a1"));
+    assert_eq!(keys[&MatchKey::DateOfBirth], sha("19850407"));
+}
+
+#[test]
+fn fbc_prefers_a_valid_stored_value_then_fbclid_with_click_or_event_time() {
+    let stored = "fb.1.1554763741205.IwAR2F4";
+    let mut row = RawIdentity {
+        fbc: Some(stored.into()),
+        fbclid: Some("IwARother".into()),
+        ..RawIdentity::default()
+    };
+    let fbc = |row: &RawIdentity| {
+        let (keys, dropped) = match_keys(Platform::Meta, row, "US", event_time());
+        (keys.get(&MatchKey::Fbc).cloned(), dropped)
+    };
+    assert_eq!(fbc(&row), (Some(stored.to_owned()), vec![]));
+    // An invalid stored fbc gives way to the fbclid; the event time is used without a click time.
+    row.fbc = Some("garbage".into());
+    assert_eq!(fbc(&row), (Some("fb.1.1714564800000.IwARother".to_owned()), vec![]));
+    row.fbc = None;
+    row.click_time = Some(Utc.with_ymd_and_hms(2024, 4, 30, 8, 0, 0).unwrap());
+    assert_eq!(fbc(&row).0.as_deref(), Some("fb.1.1714464000000.IwARother"));
+    // Both unusable: the stored fbc's reason is reported.
+    row.fbc = Some("garbage".into());
+    row.fbclid = Some("Iw AR".into());
+    let reasons: Vec<_> = fbc(&row).1.into_iter().map(|d| d.reason).collect();
+    assert_eq!(reasons, ["invalid fbc"]);
+    // fbclid is Meta-only.
+    let (keys, _) = match_keys(Platform::Tiktok, &row, "US", event_time());
+    assert!(!keys.contains_key(&MatchKey::Fbc));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every example in normalization.md, through the public normalizers and match_keys.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_example_in_the_rules_document_holds() {
+    use Platform::{GoogleAds as G, Meta as M, Tiktok as T};
+    // Email.
+    for p in PLATFORMS {
+        assert_eq!(normalize_email(p, "  John.Doe@Example.COM ").unwrap(), "john.doe@example.com");
+        assert_eq!(normalize_email(p, "john doe@example.com"), None);
+    }
+    assert_eq!(normalize_email(M, "John.Doe+promo@Gmail.com").unwrap(), "john.doe+promo@gmail.com");
+    assert_eq!(normalize_email(T, "John.Doe+promo@Gmail.com").unwrap(), "john.doe+promo@gmail.com");
+    assert_eq!(normalize_email(G, "John.Doe+promo@Gmail.com").unwrap(), "johndoe@gmail.com");
+    // Phone (default region US).
+    for (raw, region, e164) in [
+        ("(650) 555-1212", "US", "+16505551212"),
+        ("650.555.1212", "US", "+16505551212"),
+        ("+44 (0)20 7946 0958", "US", "+442079460958"),
+        ("0044 20 7946 0958", "US", "+442079460958"),
+        ("020 7946 0958", "GB", "+442079460958"),
+    ] {
+        assert_eq!(normalize_phone(G, raw, region).unwrap(), e164);
+        assert_eq!(normalize_phone(T, raw, region).unwrap(), e164);
+        assert_eq!(normalize_phone(M, raw, region).unwrap(), e164[1..]);
+    }
+    // Names.
+    for p in [M, T] {
+        assert_eq!(normalize_name(p, "  Mary-Jane ").unwrap(), "maryjane");
+        assert_eq!(normalize_name(p, "O'Brien").unwrap(), "obrien");
+        assert_eq!(normalize_name(p, "Jos\u{e9}").unwrap(), "jos\u{e9}");
+        assert_eq!(normalize_name(p, "Jose\u{301}").unwrap(), "jos\u{e9}");
+    }
+    assert_eq!(normalize_name(G, "Mary-Jane").unwrap(), "mary-jane");
+    // Address (Meta).
+    assert_eq!(normalize_city(M, "St. Louis").unwrap(), "stlouis");
+    assert_eq!(normalize_city(M, "Saint-\u{c9}tienne").unwrap(), "saint\u{e9}tienne");
+    assert_eq!(normalize_state(M, "California").unwrap(), "ca");
+    assert_eq!(normalize_state(M, "N.Y.").unwrap(), "ny");
+    assert_eq!(normalize_zip(M, "94105-1234", "US").unwrap(), "94105");
+    assert_eq!(normalize_zip(M, "SW1A 1AA", "GB").unwrap(), "sw1a1aa");
+    for raw in ["United States", "usa", "US"] {
+        assert_eq!(normalize_country(M, raw).unwrap(), "us");
+    }
+    for raw in ["UK", "U.K.", "United Kingdom"] {
+        assert_eq!(normalize_country(M, raw).unwrap(), "gb");
+    }
+    assert_eq!(normalize_country(M, "Narnia"), None);
+    // Address (Google): region code uppercase, postal code trimmed as is.
+    assert_eq!(normalize_country(G, "United Kingdom").unwrap(), "GB");
+    assert_eq!(normalize_zip(G, " 94105-1234 ", "US").unwrap(), "94105-1234");
+    // Date of birth.
+    assert_eq!(normalize_date_of_birth("1990-01-15", "US").unwrap(), "19900115");
+    assert_eq!(normalize_date_of_birth("19900115", "FR").unwrap(), "19900115");
+    assert_eq!(normalize_date_of_birth("01/15/1990", "US").unwrap(), "19900115");
+    assert_eq!(normalize_date_of_birth("15/01/1990", "FR").unwrap(), "19900115");
+    assert_eq!(normalize_date_of_birth("15.01.1990", "DE").unwrap(), "19900115");
+    assert_eq!(normalize_date_of_birth("1990-02-30", "US"), None);
+    // Gender.
+    for raw in ["f", "Female", "WOMAN"] {
+        assert_eq!(normalize_gender(raw).unwrap(), "f");
+    }
+    for raw in ["M", "male", "Man"] {
+        assert_eq!(normalize_gender(raw).unwrap(), "m");
+    }
+    assert_eq!(normalize_gender("x"), None);
+    // External id: trim, lowercase, remove whitespace, hash.
+    assert_eq!(normalize_external_id(" CRM 00123 ").unwrap(), "crm00123");
+    assert_eq!(
+        match_key_value(M, MatchKey::ExternalId, " CRM-00123 ", "US").unwrap(),
+        sha("crm-00123")
+    );
+    // Never hashed: sent as stored, trimmed.
+    for p in PLATFORMS {
+        assert_eq!(match_key_value(p, MatchKey::Gclid, " AbC ", "US").unwrap(), "AbC");
+        assert_eq!(match_key_value(p, MatchKey::LeadId, " 1234 ", "US").unwrap(), "1234");
+    }
+    // fbc.
+    assert_eq!(normalize_fbc("fb.1.1554763741205.AbCd").unwrap(), "fb.1.1554763741205.AbCd");
+    let click = DateTime::from_timestamp_millis(1_554_763_741_205).unwrap();
+    assert_eq!(fbc_from_fbclid("AbCd", click).unwrap(), "fb.1.1554763741205.AbCd");
+    // Hash: a 64-hex value in a hashed field is lowercased and passed through.
+    let digest = sha("x").to_ascii_uppercase();
+    assert_eq!(match_key_value(M, MatchKey::Email, &digest, "US").unwrap(), sha("x"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// SDK test vectors
+// ---------------------------------------------------------------------------------------------
+
+/// One row of `tests/data/normalization_vectors.json`: what an official SDK produced.
+#[derive(Debug, Deserialize)]
+struct Vector {
+    /// `meta` or `google`.
+    platform: String,
+    /// The SDK's field name.
+    field: String,
+    /// The input.
+    raw: String,
+    /// The pre-hash string, `null` on error.
+    normalized: Option<String>,
+    /// The digest sent, `null` when sent unhashed or on error.
+    sha256: Option<String>,
+    /// The SDK's error, if it refused or dropped the value.
+    error: Option<String>,
+    /// Package and version.
+    sdk: String,
+    /// Input id, shared across SDKs.
+    id: String,
+}
+
+/// Rows where pgcapi deliberately differs from the SDK, and why (normalization.md wins).
+///
+/// (sdk package prefix, input id, reason)
+const DIFFERS: &[(&str, &str, &str)] = &[
+    ("facebook-business", "email_inner_space", "Email: whitespace inside makes an email invalid; the SDK hashes it"),
+    ("facebook-business", "phone_us_local", "Phone: a national number gets its region's country code (16505551212)"),
+    ("facebook-business", "phone_us_dots", "Phone: dots are formatting; the SDK raises on them"),
+    ("facebook-business", "phone_uk_trunk_zero", "Phone: the trunk 0 in +44 (0)20 is not part of E.164"),
+    ("facebook-business", "phone_uk_national", "Phone: read in GB it is 442079460958; the SDK drops the country"),
+    ("facebook-business", "name_hyphen_spaces", "Names: Meta removes punctuation (maryjane); the SDK keeps it"),
+    ("facebook-business", "name_accent_nfd", "Every text value: NFC first; the SDK hashes the decomposed form"),
+    ("facebook-business", "name_apostrophe", "Names: Meta removes punctuation (obrien)"),
+    ("facebook-business", "name_title_prefix", "Names: Meta removes punctuation and spaces (drsmithjonesjr)"),
+    ("facebook-business", "state_full_name", "Address: US state names map to codes (ca)"),
+    ("facebook-business", "country_full_name", "Address: English country names map to alpha-2 (us)"),
+    ("facebook-business", "country_alpha3", "Address: alpha-3 codes map to alpha-2 (us)"),
+    ("facebook-business", "country_dotted", "Address: U.K. maps to gb; the SDK raises"),
+    ("facebook-business", "dob_iso", "Date of birth: YYYY-MM-DD becomes YYYYMMDD; the SDK does no date parsing"),
+    ("facebook-business", "dob_us_slash", "Date of birth: MM/DD/YYYY in US rows becomes YYYYMMDD"),
+    ("facebook-business", "dob_eu_dots", "Date of birth: DD.MM.YYYY becomes YYYYMMDD"),
+    ("facebook-business", "gender_word", "Gender: female becomes f"),
+    ("facebook-business", "external_id_mixed", "External id: trimmed, lowercased and hashed; the SDK sends it raw"),
+    ("capi-param-builder", "phone_us_local", "Phone: a national number gets its region's country code"),
+    ("capi-param-builder", "phone_us_dots", "Phone: a national number gets its region's country code"),
+    ("capi-param-builder", "phone_uk_trunk_zero", "Phone: the trunk 0 in +44 (0)20 is not part of E.164"),
+    ("capi-param-builder", "phone_uk_national", "Phone: read in GB it is 442079460958; the builder drops the country"),
+    ("capi-param-builder", "name_accent_nfd", "Every text value: NFC first; the builder hashes the decomposed form"),
+    ("capi-param-builder", "city_accent_hyphen", "Address: Meta cities keep accented letters (saintétienne)"),
+    ("capi-param-builder", "zip_uk_space", "Address: Meta zips lose inner whitespace (sw1a1aa)"),
+    ("capi-param-builder", "country_dotted", "Address: U.K. maps to gb; uk is not an ISO code"),
+    ("google-ads-datamanager-util", "email_prehashed_upper", "Hash: a 64-hex value in a hashed field is pre-hashed and passed through; the SDK raises"),
+    ("google-ads-datamanager-util", "phone_us_local", "Phone: a national number gets its region's country code (+16505551212)"),
+    ("google-ads-datamanager-util", "phone_us_dots", "Phone: a national number gets its region's country code"),
+    ("google-ads-datamanager-util", "phone_uk_trunk_zero", "Phone: the trunk 0 in +44 (0)20 is not part of E.164"),
+    ("google-ads-datamanager-util", "phone_uk_00_prefix", "Phone: 00 is an international prefix (+44…, not +0044…)"),
+    ("google-ads-datamanager-util", "phone_uk_national", "Phone: read in GB it is +442079460958"),
+    ("google-ads-datamanager-util", "name_accent_nfd", "Every text value: NFC first; the SDK hashes the decomposed form"),
+    ("google-ads-datamanager-util", "country_full_name", "Address: English country names map to alpha-2 (US)"),
+    ("google-ads-datamanager-util", "country_alpha3", "Address: alpha-3 codes map to alpha-2 (US)"),
+    ("google-ads-datamanager-util", "country_dotted", "Address: U.K. maps to GB"),
+];
+
+/// The platform and key a vector row exercises.
+fn vector_target(row: &Vector) -> (Platform, MatchKey) {
+    let platform = match row.platform.as_str() {
+        "meta" => Platform::Meta,
+        "google" => Platform::GoogleAds,
+        other => panic!("unknown platform {other}"),
+    };
+    let key = match row.field.as_str() {
+        "em" | "email_address" => MatchKey::Email,
+        "ph" | "phone_number" => MatchKey::Phone,
+        "fn" | "address.given_name" => MatchKey::FirstName,
+        "ln" | "address.family_name" => MatchKey::LastName,
+        "ct" | "address.city" => MatchKey::City,
+        "st" | "address.administrative_area" => MatchKey::State,
+        "zp" | "address.postal_code" => MatchKey::Zip,
+        "country" | "address.region_code" => MatchKey::Country,
+        "db" => MatchKey::DateOfBirth,
+        "ge" => MatchKey::Gender,
+        "external_id" => MatchKey::ExternalId,
+        other => panic!("unknown field {other}"),
+    };
+    (platform, key)
+}
+
+/// The region the vector's input belongs to: UK inputs are GB rows, everything else US.
+fn vector_region(row: &Vector) -> &'static str {
+    if row.id.contains("_uk_") {
+        "GB"
+    } else {
+        "US"
+    }
+}
+
+/// What pgcapi makes of a vector row: (pre-hash string, value sent), or the drop reason.
+fn ours(row: &Vector) -> Result<(String, String), Reason> {
+    let (platform, key) = vector_target(row);
+    let region = vector_region(row);
+    let sent = match_key_value(platform, key, &row.raw, region)?;
+    let plain = if is_sha256_hex(row.raw.trim()) {
+        row.raw.trim().to_ascii_lowercase()
+    } else {
+        normalize_key(platform, key, &row.raw, region)?
+    };
+    Ok((plain, sent))
+}
+
+/// The vector rows, parsed from the copy inside the project.
+fn vectors() -> Vec<Vector> {
+    serde_json::from_str(include_str!("../../tests/data/normalization_vectors.json")).unwrap()
+}
+
+/// True when the row is listed in `DIFFERS`.
+fn differs(row: &Vector) -> bool {
+    DIFFERS
+        .iter()
+        .any(|(sdk, id, _)| row.sdk.starts_with(sdk) && row.id == *id)
+}
+
+#[test]
+fn sdk_vectors_agree_with_our_rules_except_the_listed_differences() {
+    let rows = vectors();
+    assert_eq!(rows.len(), 115);
+    let mut checked = 0;
+    for row in rows.iter().filter(|row| !differs(row)) {
+        let result = ours(row);
+        let context = format!("{} {} {}", row.sdk, row.id, row.field);
+        match (&row.error, &row.normalized, &row.sha256) {
+            // The SDK refused or dropped it: so do we (rules: Email shape, gmail local part, Country).
+            (Some(_), _, _) => assert!(result.is_err(), "{context}: we kept {result:?}"),
+            // Sent hashed: the digest must match (rules: Email, Phone, Names, Address, DOB, Gender,
+            // External id, Hash), and so must the pre-hash string.
+            (None, Some(normalized), Some(digest)) => {
+                let (plain, sent) = result.unwrap_or_else(|e| panic!("{context}: dropped, {e}"));
+                assert_eq!(&sent, digest, "{context}");
+                assert_eq!(plain.to_ascii_lowercase(), normalized.to_ascii_lowercase(), "{context}");
+                if !is_sha256_hex(row.raw.trim()) {
+                    assert_eq!(sha(&plain), sent, "{context}");
+                }
+            }
+            // Sent in clear (Google address parts): the text must match (rule: Address, Google).
+            (None, Some(normalized), None) => {
+                let (plain, sent) = result.unwrap_or_else(|e| panic!("{context}: dropped, {e}"));
+                assert_eq!(&plain, normalized, "{context}");
+                assert_eq!(&sent, normalized, "{context}");
+            }
+            (None, None, _) => panic!("{context}: row without result"),
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 115 - DIFFERS.len());
+}
+
+#[test]
+fn every_listed_difference_is_a_real_difference() {
+    let rows = vectors();
+    for (sdk, id, reason) in DIFFERS {
+        let row = rows
+            .iter()
+            .find(|row| row.sdk.starts_with(sdk) && row.id == *id)
+            .unwrap_or_else(|| panic!("no vector {sdk} {id}"));
+        let same = match (ours(row), &row.sha256, &row.normalized) {
+            (Err(_), _, None) => true,
+            (Ok((_, sent)), Some(digest), _) => &sent == digest,
+            (Ok((plain, _)), None, Some(normalized)) => &plain == normalized,
+            _ => false,
+        };
+        assert!(!same, "{sdk} {id} is listed as different ({reason}) but agrees");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotence: normalizing an already-normalized value changes nothing.
+// ---------------------------------------------------------------------------------------------
+
+/// Text mixing ASCII, accented Latin (both forms), other scripts, punctuation, symbols and spaces.
+fn messy_text() -> impl Strategy<Value = String> {
+    proptest::string::string_regex(
+        "[ a-zA-Z0-9.,'\\-_+@#&/()\u{e9}\u{c9}\u{301}\u{308}\u{df}\u{130}\u{3a3}\u{416}\u{5d0}\u{4e2d}\u{a0}\u{2019}\u{20ac}\u{1f600}\t]{0,24}",
+    )
+    .unwrap()
+}
+
+/// Plausible emails, with case, spaces and gmail tags.
+fn emails() -> impl Strategy<Value = String> {
+    proptest::string::string_regex(
+        " ?[a-zA-Z0-9.+_\u{e9}\u{301}-]{0,12}@(gmail\\.com|GoogleMail\\.com|[a-zA-Z0-9-]{1,8}\\.[a-zA-Z]{2,4}) ?",
+    )
+    .unwrap()
+}
+
+/// Phone-like strings: national and international, with formatting.
+fn phones() -> impl Strategy<Value = String> {
+    proptest::string::string_regex("(\\+|00)?[1-9]?[ (]?[0-9]{2,4}[) .-]?[0-9]{3}[ .-]?[0-9]{3,5}").unwrap()
+}
+
+/// Regions for phones and zips.
+fn regions() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["US", "GB", "DE", "FR", "IN", "BR", "JP", "AU"])
+}
+
+/// Country spellings from the table's keys plus noise.
+fn countries() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "us", "USA", "United States", "U.K.", "gb", "Deutschland", "Germany", "fra", "Côte d'Ivoire",
+            "Bosnia & Herzegovina", "Türkiye", "japan", " nz ",
+        ])
+        .prop_map(str::to_owned),
+        messy_text(),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn email_normalization_is_idempotent(raw in emails(), platform in prop::sample::select(PLATFORMS.to_vec())) {
+        if let Some(once) = normalize_email(platform, &raw) {
+            prop_assert_eq!(normalize_email(platform, &once), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn phone_normalization_is_idempotent(raw in phones(), region in regions()) {
+        for platform in [Platform::GoogleAds, Platform::Tiktok] {
+            if let Some(once) = normalize_phone(platform, &raw, region) {
+                prop_assert!(once.starts_with('+'));
+                prop_assert_eq!(normalize_phone(platform, &once, region), Some(once.clone()));
+            }
+        }
+        // Meta's form drops the `+`, so it is re-read as international with the `+` put back.
+        if let Some(once) = normalize_phone(Platform::Meta, &raw, region) {
+            prop_assert!(once.bytes().all(|b| b.is_ascii_digit()));
+            prop_assert_eq!(normalize_phone(Platform::Meta, &format!("+{once}"), region), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn name_normalization_is_idempotent(raw in messy_text(), platform in prop::sample::select(PLATFORMS.to_vec())) {
+        if let Some(once) = normalize_name(platform, &raw) {
+            prop_assert_eq!(normalize_name(platform, &once), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn city_normalization_is_idempotent(raw in messy_text(), platform in prop::sample::select(PLATFORMS.to_vec())) {
+        if let Some(once) = normalize_city(platform, &raw) {
+            prop_assert_eq!(normalize_city(platform, &once), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn state_normalization_is_idempotent(raw in messy_text(), platform in prop::sample::select(PLATFORMS.to_vec())) {
+        if let Some(once) = normalize_state(platform, &raw) {
+            prop_assert_eq!(normalize_state(platform, &once), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn zip_normalization_is_idempotent(raw in messy_text(), region in regions(), platform in prop::sample::select(PLATFORMS.to_vec())) {
+        if let Some(once) = normalize_zip(platform, &raw, region) {
+            prop_assert_eq!(normalize_zip(platform, &once, region), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn country_normalization_is_idempotent(raw in countries(), platform in prop::sample::select(PLATFORMS.to_vec())) {
+        if let Some(once) = normalize_country(platform, &raw) {
+            prop_assert_eq!(once.len(), 2);
+            prop_assert_eq!(normalize_country(platform, &once), Some(once.clone()));
+        }
+    }
+
+    #[test]
+    fn normalizers_never_panic_on_arbitrary_text(raw in any::<String>(), region in regions()) {
+        for platform in PLATFORMS {
+            for key in MatchKey::ALL {
+                let _ = match_key_value(platform, key, &raw, region);
+            }
+        }
+    }
+
+    #[test]
+    fn hashed_values_are_always_64_lowercase_hex(raw in messy_text()) {
+        let digest = hash(&raw);
+        prop_assert!(is_sha256_hex(&digest));
+        prop_assert_eq!(digest.to_ascii_lowercase(), digest.clone());
+    }
+}

@@ -1,0 +1,151 @@
+//! Text steps shared by all fields (NFC, trim, case, Unicode categories) and the name normalizer.
+
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+
+use super::{Reason, EMPTY};
+use crate::config::Platform;
+
+/// Unicode NFC, then trim surrounding whitespace; `None` when nothing is left.
+pub(crate) fn clean(raw: &str) -> Option<String> {
+    let composed = nfc(raw.to_owned());
+    let trimmed = composed.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+}
+
+/// NFC of a string, skipping the work when a quick check says it is already NFC (the common case).
+pub(crate) fn nfc(value: String) -> String {
+    if is_nfc_quick(value.chars()) == IsNormalized::Yes {
+        value
+    } else {
+        value.nfc().collect()
+    }
+}
+
+/// Unicode lowercase, re-composed: lowercasing and removing characters can leave decomposed sequences.
+pub(crate) fn lower(value: &str) -> String {
+    nfc(value.to_lowercase())
+}
+
+/// True for Unicode punctuation (P*) and symbols (S*).
+pub(crate) fn is_punct_or_symbol(c: char) -> bool {
+    matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Punctuation | GeneralCategoryGroup::Symbol
+    )
+}
+
+/// True for characters that a "letters only" rule removes: whitespace, P*, S* and control characters.
+pub(crate) fn is_separator_like(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || is_punct_or_symbol(c)
+}
+
+/// Keeps the characters `keep` accepts, re-composes, and turns an empty result into `EMPTY`.
+pub(crate) fn retain(value: &str, keep: impl Fn(char) -> bool) -> Result<String, Reason> {
+    let kept = nfc(value.chars().filter(|c| keep(*c)).collect());
+    if kept.is_empty() {
+        Err(EMPTY)
+    } else {
+        Ok(kept)
+    }
+}
+
+/// Lowercase, punctuation and symbols removed, whitespace runs collapsed to one space (Google style).
+pub(crate) fn lower_words(value: &str) -> Result<String, Reason> {
+    let lowered = lower(value);
+    let stripped: String = lowered
+        .chars()
+        .filter(|c| !is_punct_or_symbol(*c) && !c.is_control())
+        .collect();
+    let words = stripped.split_whitespace().collect::<Vec<_>>().join(" ");
+    if words.is_empty() {
+        Err(EMPTY)
+    } else {
+        Ok(nfc(words))
+    }
+}
+
+/// A key for table look-ups: accents removed, lowercase, `&` read as "and", letters and digits only.
+///
+/// `"Québec"`, `"QUEBEC"` and `"quebec"` all give `"quebec"`; `"U.K."` gives `"uk"`.
+pub(crate) fn fold(value: &str) -> String {
+    value
+        .replace('&', " and ")
+        .nfd()
+        .filter(|c| c.general_category_group() != GeneralCategoryGroup::Mark)
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric())
+        .collect()
+}
+
+/// Normalizes a first or last name, or says why it is left out.
+pub(crate) fn name_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
+    let cleaned = clean(raw).ok_or(EMPTY)?;
+    match platform {
+        // Google: lowercase and trim only; inner punctuation is kept (§2.5).
+        Platform::GoogleAds => Ok(lower(&cleaned)),
+        // Meta and TikTok: letters (and digits) only.
+        Platform::Meta | Platform::Tiktok => retain(&lower(&cleaned), |c| !is_separator_like(c)),
+    }
+}
+
+/// Normalizes a first or last name: Meta/TikTok lowercase without whitespace, punctuation and symbols
+/// (`"O'Brien"` → `"obrien"`); Google lowercase and trimmed (`"Mary-Jane"` → `"mary-jane"`).
+pub fn normalize_name(platform: Platform, raw: &str) -> Option<String> {
+    name_checked(platform, raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_composes_trims_and_empties() {
+        assert_eq!(clean("  Jose\u{301} ").as_deref(), Some("Jos\u{e9}"));
+        assert_eq!(clean(" \t\n "), None);
+        assert_eq!(clean(""), None);
+    }
+
+    #[test]
+    fn names_follow_the_published_examples() {
+        for platform in [Platform::Meta, Platform::Tiktok] {
+            assert_eq!(
+                normalize_name(platform, "  Mary-Jane ").as_deref(),
+                Some("maryjane")
+            );
+            assert_eq!(normalize_name(platform, "O'Brien").as_deref(), Some("obrien"));
+            assert_eq!(normalize_name(platform, "Jos\u{e9}").as_deref(), Some("jos\u{e9}"));
+            assert_eq!(normalize_name(platform, "Jose\u{301}").as_deref(), Some("jos\u{e9}"));
+        }
+        assert_eq!(
+            normalize_name(Platform::GoogleAds, "Mary-Jane").as_deref(),
+            Some("mary-jane")
+        );
+        assert_eq!(
+            normalize_name(Platform::GoogleAds, "Jose\u{301}").as_deref(),
+            Some("jos\u{e9}")
+        );
+    }
+
+    #[test]
+    fn names_of_only_punctuation_are_left_out() {
+        assert_eq!(name_checked(Platform::Meta, " -.' "), Err(EMPTY));
+        assert_eq!(name_checked(Platform::Meta, "   "), Err(EMPTY));
+        assert_eq!(name_checked(Platform::GoogleAds, "   "), Err(EMPTY));
+    }
+
+    #[test]
+    fn names_keep_non_latin_letters() {
+        assert_eq!(normalize_name(Platform::Meta, "Zoë Ångström").as_deref(), Some("zoëångström"));
+        assert_eq!(normalize_name(Platform::Meta, "Владимир").as_deref(), Some("владимир"));
+        assert_eq!(normalize_name(Platform::Meta, "山田 太郎").as_deref(), Some("山田太郎"));
+    }
+
+    #[test]
+    fn fold_removes_accents_case_and_punctuation() {
+        assert_eq!(fold("Québec"), "quebec");
+        assert_eq!(fold("U.K."), "uk");
+        assert_eq!(fold("Bosnia & Herzegovina"), "bosniaandherzegovina");
+        assert_eq!(fold("Côte d'Ivoire"), "cotedivoire");
+    }
+}
