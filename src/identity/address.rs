@@ -225,5 +225,7 @@ mod tests {
         );
         assert_eq!(normalize_zip(Platform::GoogleAds, "SW1A 1AA", "GB").as_deref(), Some("SW1A 1AA"));
         assert_eq!(zip_checked(Platform::Meta, "-1234", "US"), Err(EMPTY));
+        // Found by proptest: removing the space between "k" and U+0301 must re-compose them.
+        assert_eq!(normalize_zip(Platform::Meta, "K \u{301}", "US").as_deref(), Some("\u{1e31}"));
     }
 }
