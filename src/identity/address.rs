@@ -85,17 +85,21 @@ const STATES: &[(&str, &str)] = &[
 ];
 
 /// Folded state/province name → two-letter code.
-static STATE_BY_NAME: LazyLock<HashMap<String, &'static str>> =
-    LazyLock::new(|| STATES.iter().map(|(code, name)| (fold(name), *code)).collect());
+static STATE_BY_NAME: LazyLock<HashMap<String, &'static str>> = LazyLock::new(|| {
+    STATES
+        .iter()
+        .map(|(code, name)| (fold(name), *code))
+        .collect()
+});
 
 /// Normalizes a city, or says why it is left out.
 pub(crate) fn city_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
     match platform {
         Platform::GoogleAds => lower_words(&cleaned),
-        Platform::Meta | Platform::Tiktok => {
-            retain(&lower(&cleaned), |c| !is_separator_like(c) && !c.is_numeric())
-        }
+        Platform::Meta | Platform::Tiktok => retain(&lower(&cleaned), |c| {
+            !is_separator_like(c) && !c.is_numeric()
+        }),
     }
 }
 
@@ -167,7 +171,10 @@ mod tests {
             ("Paris 75001", "paris"),
         ];
         for (raw, expected) in cases {
-            assert_eq!(normalize_city(Platform::Meta, raw).as_deref(), Some(expected));
+            assert_eq!(
+                normalize_city(Platform::Meta, raw).as_deref(),
+                Some(expected)
+            );
         }
         assert_eq!(city_checked(Platform::Meta, "12345"), Err(EMPTY));
     }
@@ -198,7 +205,11 @@ mod tests {
             ("Île-de-France", "îledefrance"),
         ];
         for (raw, expected) in cases {
-            assert_eq!(normalize_state(Platform::Meta, raw).as_deref(), Some(expected), "{raw}");
+            assert_eq!(
+                normalize_state(Platform::Meta, raw).as_deref(),
+                Some(expected),
+                "{raw}"
+            );
         }
         assert_eq!(state_checked(Platform::Meta, " . "), Err(EMPTY));
     }
@@ -209,21 +220,47 @@ mod tests {
             normalize_state(Platform::GoogleAds, "California").as_deref(),
             Some("california")
         );
-        assert_eq!(normalize_state(Platform::GoogleAds, "N.Y.").as_deref(), Some("ny"));
+        assert_eq!(
+            normalize_state(Platform::GoogleAds, "N.Y.").as_deref(),
+            Some("ny")
+        );
     }
 
     #[test]
     fn zips_follow_the_published_examples() {
-        assert_eq!(normalize_zip(Platform::Meta, "94105-1234", "US").as_deref(), Some("94105"));
-        assert_eq!(normalize_zip(Platform::Meta, "941051234", "US").as_deref(), Some("94105"));
-        assert_eq!(normalize_zip(Platform::Meta, "SW1A 1AA", "GB").as_deref(), Some("sw1a1aa"));
-        assert_eq!(normalize_zip(Platform::Meta, " 02134 ", "US").as_deref(), Some("02134"));
-        assert_eq!(normalize_zip(Platform::Meta, "1234-567", "PT").as_deref(), Some("1234"));
+        assert_eq!(
+            normalize_zip(Platform::Meta, "94105-1234", "US").as_deref(),
+            Some("94105")
+        );
+        assert_eq!(
+            normalize_zip(Platform::Meta, "941051234", "US").as_deref(),
+            Some("94105")
+        );
+        assert_eq!(
+            normalize_zip(Platform::Meta, "SW1A 1AA", "GB").as_deref(),
+            Some("sw1a1aa")
+        );
+        assert_eq!(
+            normalize_zip(Platform::Meta, " 02134 ", "US").as_deref(),
+            Some("02134")
+        );
+        assert_eq!(
+            normalize_zip(Platform::Meta, "1234-567", "PT").as_deref(),
+            Some("1234")
+        );
         assert_eq!(
             normalize_zip(Platform::GoogleAds, " 94105-1234 ", "US").as_deref(),
             Some("94105-1234")
         );
-        assert_eq!(normalize_zip(Platform::GoogleAds, "SW1A 1AA", "GB").as_deref(), Some("SW1A 1AA"));
+        assert_eq!(
+            normalize_zip(Platform::GoogleAds, "SW1A 1AA", "GB").as_deref(),
+            Some("SW1A 1AA")
+        );
         assert_eq!(zip_checked(Platform::Meta, "-1234", "US"), Err(EMPTY));
+        // Found by proptest: removing the space between "k" and U+0301 must re-compose them.
+        assert_eq!(
+            normalize_zip(Platform::Meta, "K \u{301}", "US").as_deref(),
+            Some("\u{1e31}")
+        );
     }
 }

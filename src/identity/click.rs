@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn a_well_formed_fbc_passes_as_stored() {
-        let fbc = "fb.1.1554763741205.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk";
+        let fbc =
+            "fb.1.1554763741205.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk";
         assert_eq!(normalize_fbc(&format!("  {fbc} ")).as_deref(), Some(fbc));
         let with_appendix = format!("{fbc}.AQICAQMC");
         assert_eq!(normalize_fbc(&with_appendix), Some(with_appendix));
@@ -132,17 +133,32 @@ mod tests {
 
     #[test]
     fn client_ips_must_parse() {
-        assert_eq!(normalize_client_ip(" 203.0.113.5 ").as_deref(), Some("203.0.113.5"));
-        assert_eq!(normalize_client_ip("203.0.113.5/32").as_deref(), Some("203.0.113.5"));
-        assert_eq!(normalize_client_ip("2001:db8::1").as_deref(), Some("2001:db8::1"));
-        assert_eq!(normalize_client_ip("2001:db8::1/128").as_deref(), Some("2001:db8::1"));
+        assert_eq!(
+            normalize_client_ip(" 203.0.113.5 ").as_deref(),
+            Some("203.0.113.5")
+        );
+        assert_eq!(
+            normalize_client_ip("203.0.113.5/32").as_deref(),
+            Some("203.0.113.5")
+        );
+        assert_eq!(
+            normalize_client_ip("2001:db8::1").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            normalize_client_ip("2001:db8::1/128").as_deref(),
+            Some("2001:db8::1")
+        );
         assert_eq!(client_ip_checked("203.0.113.0/24"), Err(INVALID_IP));
         assert_eq!(client_ip_checked("localhost"), Err(INVALID_IP));
     }
 
     #[test]
     fn click_ids_are_only_trimmed() {
-        assert_eq!(normalize_click_id(" Cj0KCQ-abc_DEF ").as_deref(), Some("Cj0KCQ-abc_DEF"));
+        assert_eq!(
+            normalize_click_id(" Cj0KCQ-abc_DEF ").as_deref(),
+            Some("Cj0KCQ-abc_DEF")
+        );
         assert_eq!(as_stored_checked("\t"), Err(EMPTY));
     }
 }

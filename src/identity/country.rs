@@ -319,11 +319,23 @@ mod tests {
     #[test]
     fn published_examples_map_to_alpha2() {
         for raw in ["United States", "usa", "US", "us", "U.S.A.", "U.S."] {
-            assert_eq!(normalize_country(Platform::Meta, raw).as_deref(), Some("us"), "{raw}");
-            assert_eq!(normalize_country(Platform::GoogleAds, raw).as_deref(), Some("US"), "{raw}");
+            assert_eq!(
+                normalize_country(Platform::Meta, raw).as_deref(),
+                Some("us"),
+                "{raw}"
+            );
+            assert_eq!(
+                normalize_country(Platform::GoogleAds, raw).as_deref(),
+                Some("US"),
+                "{raw}"
+            );
         }
         for raw in ["UK", "U.K.", "United Kingdom", "GBR", "gb"] {
-            assert_eq!(normalize_country(Platform::Meta, raw).as_deref(), Some("gb"), "{raw}");
+            assert_eq!(
+                normalize_country(Platform::Meta, raw).as_deref(),
+                Some("gb"),
+                "{raw}"
+            );
         }
     }
 

@@ -122,6 +122,15 @@ mod tests {
     }
 
     #[test]
+    fn removing_gmail_dots_recomposes_accents() {
+        // Found by proptest: the dot kept "a" and U+0301 apart, so removing it must re-compose.
+        assert_eq!(
+            normalize_email(Platform::GoogleAds, "a.\u{301}@gmail.com").as_deref(),
+            Some("\u{e1}@gmail.com")
+        );
+    }
+
+    #[test]
     fn decomposed_unicode_in_emails_is_composed() {
         assert_eq!(
             normalize_email(Platform::Meta, "Jose\u{301}@example.com").as_deref(),

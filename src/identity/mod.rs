@@ -514,3 +514,6 @@ pub fn is_sha256_hex(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod vectors;

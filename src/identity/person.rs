@@ -78,7 +78,10 @@ pub fn normalize_gender(raw: &str) -> Option<String> {
 /// Normalizes an external id, or says why it is left out.
 pub(crate) fn external_id_checked(raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
-    Ok(nfc(lower(&cleaned).chars().filter(|c| !c.is_whitespace()).collect()))
+    Ok(nfc(lower(&cleaned)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect()))
 }
 
 /// Normalizes an external id: trimmed, lowercase, whitespace removed (`" CRM-00123 "` → `crm-00123`).
@@ -105,7 +108,11 @@ mod tests {
             ("1990-01-15T00:00:00Z", "US", "19900115"),
         ];
         for (raw, region, expected) in cases {
-            assert_eq!(normalize_date_of_birth(raw, region).as_deref(), Some(expected), "{raw}");
+            assert_eq!(
+                normalize_date_of_birth(raw, region).as_deref(),
+                Some(expected),
+                "{raw}"
+            );
         }
     }
 
@@ -120,7 +127,11 @@ mod tests {
             ("Jan 15 1990", "US"),
             ("1990/01/15", "US"),
         ] {
-            assert_eq!(date_of_birth_checked(raw, region), Err(INVALID_DATE), "{raw}");
+            assert_eq!(
+                date_of_birth_checked(raw, region),
+                Err(INVALID_DATE),
+                "{raw}"
+            );
         }
         assert_eq!(date_of_birth_checked("", "US"), Err(EMPTY));
     }
@@ -140,8 +151,14 @@ mod tests {
 
     #[test]
     fn external_ids_are_lowercased_without_whitespace() {
-        assert_eq!(normalize_external_id(" CRM-00123 ").as_deref(), Some("crm-00123"));
-        assert_eq!(normalize_external_id("Cust 42\tB").as_deref(), Some("cust42b"));
+        assert_eq!(
+            normalize_external_id(" CRM-00123 ").as_deref(),
+            Some("crm-00123")
+        );
+        assert_eq!(
+            normalize_external_id("Cust 42\tB").as_deref(),
+            Some("cust42b")
+        );
         assert_eq!(external_id_checked("  "), Err(EMPTY));
     }
 }

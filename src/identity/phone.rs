@@ -98,8 +98,14 @@ mod tests {
 
     #[test]
     fn a_national_number_that_is_invalid_in_its_region_is_left_out() {
-        assert_eq!(phone_checked(Platform::Meta, "020 7946 0958", "US"), Err(INVALID));
-        assert_eq!(phone_checked(Platform::Meta, "555-1212", "US"), Err(INVALID));
+        assert_eq!(
+            phone_checked(Platform::Meta, "020 7946 0958", "US"),
+            Err(INVALID)
+        );
+        assert_eq!(
+            phone_checked(Platform::Meta, "555-1212", "US"),
+            Err(INVALID)
+        );
         assert_eq!(phone_checked(Platform::Meta, "123", "US"), Err(INVALID));
         assert_eq!(phone_checked(Platform::Meta, "call me", "US"), Err(INVALID));
         assert_eq!(phone_checked(Platform::Meta, "+", "US"), Err(INVALID));
@@ -112,8 +118,14 @@ mod tests {
             normalize_phone(Platform::GoogleAds, "030 12345678", "de").as_deref(),
             Some("+493012345678")
         );
-        assert_eq!(phone_checked(Platform::GoogleAds, "(650) 555-1212", "ZZ"), Err(NO_REGION));
-        assert_eq!(phone_checked(Platform::GoogleAds, "(650) 555-1212", ""), Err(NO_REGION));
+        assert_eq!(
+            phone_checked(Platform::GoogleAds, "(650) 555-1212", "ZZ"),
+            Err(NO_REGION)
+        );
+        assert_eq!(
+            phone_checked(Platform::GoogleAds, "(650) 555-1212", ""),
+            Err(NO_REGION)
+        );
         assert_eq!(
             normalize_phone(Platform::GoogleAds, "+1 650 555 1212", "ZZ").as_deref(),
             Some("+16505551212")

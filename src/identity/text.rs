@@ -113,9 +113,18 @@ mod tests {
                 normalize_name(platform, "  Mary-Jane ").as_deref(),
                 Some("maryjane")
             );
-            assert_eq!(normalize_name(platform, "O'Brien").as_deref(), Some("obrien"));
-            assert_eq!(normalize_name(platform, "Jos\u{e9}").as_deref(), Some("jos\u{e9}"));
-            assert_eq!(normalize_name(platform, "Jose\u{301}").as_deref(), Some("jos\u{e9}"));
+            assert_eq!(
+                normalize_name(platform, "O'Brien").as_deref(),
+                Some("obrien")
+            );
+            assert_eq!(
+                normalize_name(platform, "Jos\u{e9}").as_deref(),
+                Some("jos\u{e9}")
+            );
+            assert_eq!(
+                normalize_name(platform, "Jose\u{301}").as_deref(),
+                Some("jos\u{e9}")
+            );
         }
         assert_eq!(
             normalize_name(Platform::GoogleAds, "Mary-Jane").as_deref(),
@@ -136,9 +145,18 @@ mod tests {
 
     #[test]
     fn names_keep_non_latin_letters() {
-        assert_eq!(normalize_name(Platform::Meta, "Zoë Ångström").as_deref(), Some("zoëångström"));
-        assert_eq!(normalize_name(Platform::Meta, "Владимир").as_deref(), Some("владимир"));
-        assert_eq!(normalize_name(Platform::Meta, "山田 太郎").as_deref(), Some("山田太郎"));
+        assert_eq!(
+            normalize_name(Platform::Meta, "Zoë Ångström").as_deref(),
+            Some("zoëångström")
+        );
+        assert_eq!(
+            normalize_name(Platform::Meta, "Владимир").as_deref(),
+            Some("владимир")
+        );
+        assert_eq!(
+            normalize_name(Platform::Meta, "山田 太郎").as_deref(),
+            Some("山田太郎")
+        );
     }
 
     #[test]
