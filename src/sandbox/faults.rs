@@ -89,7 +89,11 @@ pub(crate) async fn gate(shared: &Shared, conn: &ConnControl, platform: Platform
     };
     let (lo, hi) = faults.latency_ms;
     if hi > 0 {
-        let ms = if hi > lo { rand::rng().random_range(lo..=hi) } else { hi };
+        let ms = if hi > lo {
+            rand::rng().random_range(lo..=hi)
+        } else {
+            hi
+        };
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let decision = roll(&faults);
@@ -191,10 +195,9 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
         }),
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(retry_after_secs),
-    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     response
 }
 
@@ -221,7 +224,13 @@ impl axum::serve::Listener for KillableListener {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let killed = Arc::new(AtomicBool::new(false));
-                    return (KillableStream { inner: stream, killed }, addr);
+                    return (
+                        KillableStream {
+                            inner: stream,
+                            killed,
+                        },
+                        addr,
+                    );
                 }
                 // Accept errors (e.g. too many open files) are transient; back off briefly.
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -251,7 +260,10 @@ impl KillableStream {
 
 /// The error a killed connection reports to hyper, which then closes the socket.
 fn killed_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped by sandbox fault")
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "connection dropped by sandbox fault",
+    )
 }
 
 impl AsyncRead for KillableStream {

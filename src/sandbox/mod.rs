@@ -197,7 +197,10 @@ impl SandboxHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
         let mut task = self.task;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+            .await
+            .is_err()
+        {
             task.abort();
         }
     }
@@ -268,7 +271,9 @@ impl Shared {
 
     /// Locks the state; a panic in another handler never makes the sandbox unusable.
     pub(crate) fn lock(&self) -> MutexGuard<'_, SandboxState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Clears everything except issued Google tokens.
@@ -314,10 +319,7 @@ async fn get_faults(AxState(shared): AxState<Arc<Shared>>) -> Json<Faults> {
 }
 
 /// `POST /_sandbox/faults`: replaces the faults; omitted fields take their defaults.
-async fn post_faults(
-    AxState(shared): AxState<Arc<Shared>>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn post_faults(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     match serde_json::from_slice::<Faults>(&body) {
         Ok(faults) => {
             shared.lock().faults = faults.clone();
@@ -350,7 +352,9 @@ pub(crate) fn random_id(len: usize) -> String {
 
 /// True for a SHA-256 digest written as 64 lowercase hex characters.
 pub(crate) fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Parses an `application/x-www-form-urlencoded` body; `None` if it is not valid UTF-8.
@@ -383,6 +387,13 @@ fn percent_decode(s: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
+}
+
+/// True for a JSON string holding a plain IPv4 or IPv6 address (a hashed IP is not one).
+pub(crate) fn is_ip_address(value: &serde_json::Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok())
 }
 
 /// Reads a JSON value as a Unix-seconds integer (a JSON integer or a string of digits).

@@ -7,7 +7,6 @@
 //! match key per event and uppercase ISO 4217 currencies — assumptions marked [UNVERIFIED] in §3.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -21,8 +20,11 @@ use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
 use super::records::{AcceptedEvent, Seen};
-use super::{as_number, as_unix_seconds, credential_ok, is_sha256_hex, json_response, random_id};
 use super::Shared;
+use super::{
+    as_number, as_unix_seconds, credential_ok, is_ip_address, is_sha256_hex, json_response,
+    random_id,
+};
 use crate::config::Platform;
 
 /// Events per request (§3).
@@ -34,7 +36,14 @@ const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// `event_source` values (§3).
 const EVENT_SOURCES: &[&str] = &["web", "app", "offline", "crm"];
 /// `user` keys that must be SHA-256 hex, as a string or a list of strings.
-const HASHED_KEYS: &[&str] = &["email", "phone", "external_id", "first_name", "last_name", "zip_code"];
+const HASHED_KEYS: &[&str] = &[
+    "email",
+    "phone",
+    "external_id",
+    "first_name",
+    "last_name",
+    "zip_code",
+];
 /// `user` keys that are never hashed and are kept in the records.
 const PLAIN_KEYS: &[&str] = &["ttclid", "ttp", "lead_id"];
 /// Code for a successful request.
@@ -71,7 +80,11 @@ struct Violation {
 impl Violation {
     /// A parameter error.
     fn param(message: impl Into<String>, count: usize) -> Self {
-        Violation { code: CODE_PARAM, message: message.into(), count }
+        Violation {
+            code: CODE_PARAM,
+            message: message.into(),
+            count,
+        }
     }
 }
 
@@ -82,7 +95,10 @@ impl Violation {
 /// Parses and checks the envelope.
 fn parse_envelope(body: &[u8]) -> Result<Envelope, Violation> {
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
-        return Err(Violation::param("Invalid parameter: the request body must be a JSON object", 0));
+        return Err(Violation::param(
+            "Invalid parameter: the request body must be a JSON object",
+            0,
+        ));
     };
     let data = obj.remove("data");
     let count = data.as_ref().and_then(Value::as_array).map_or(0, Vec::len);
@@ -115,10 +131,19 @@ fn parse_envelope(body: &[u8]) -> Result<Envelope, Violation> {
     for (i, item) in list.into_iter().enumerate() {
         match item {
             Value::Object(ev) => events.push(ev),
-            _ => return Err(Violation::param(format!("Invalid parameter at data[{i}]: event must be an object"), count)),
+            _ => {
+                return Err(Violation::param(
+                    format!("Invalid parameter at data[{i}]: event must be an object"),
+                    count,
+                ))
+            }
         }
     }
-    Ok(Envelope { event_source, test_event_code, events })
+    Ok(Envelope {
+        event_source,
+        test_event_code,
+        events,
+    })
 }
 
 /// Checks one event; the error is the reason without the index.
@@ -153,7 +178,9 @@ fn validate_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
     if let Some(page) = ev.get("page") {
         let url_ok = match page.get("url") {
             None => true,
-            Some(u) => u.as_str().is_some_and(|s| s.starts_with("http://") || s.starts_with("https://")),
+            Some(u) => u
+                .as_str()
+                .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://")),
         };
         if !page.is_object() || !url_ok {
             return Err("page.url must be an http(s) URL".into());
@@ -165,7 +192,9 @@ fn validate_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
 /// Checks hashed keys, unhashed identifiers and that some match key is present.
 fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
     for key in HASHED_KEYS {
-        let Some(value) = user.get(*key) else { continue };
+        let Some(value) = user.get(*key) else {
+            continue;
+        };
         let ok = match value {
             Value::String(s) => is_sha256_hex(s),
             Value::Array(items) => {
@@ -174,7 +203,9 @@ fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
             _ => false,
         };
         if !ok {
-            return Err(format!("user.{key} must be a SHA-256 hash (64 lowercase hex characters)"));
+            return Err(format!(
+                "user.{key} must be a SHA-256 hash (64 lowercase hex characters)"
+            ));
         }
     }
     for key in ["ttclid", "ttp", "user_agent", "lead_id", "locale"] {
@@ -185,12 +216,14 @@ fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
         }
     }
     if let Some(ip) = user.get("ip") {
-        if !ip.as_str().is_some_and(|s| s.parse::<IpAddr>().is_ok()) {
+        if !is_ip_address(ip) {
             return Err("user.ip is not a valid IP address (do not hash it)".into());
         }
     }
     let has = |k: &str| user.get(k).is_some_and(|v| !v.is_null());
-    let usable = ["email", "phone", "external_id", "ttclid", "ttp", "lead_id"].iter().any(|k| has(k))
+    let usable = ["email", "phone", "external_id", "ttclid", "ttp", "lead_id"]
+        .iter()
+        .any(|k| has(k))
         || (has("ip") && has("user_agent"));
     if !usable {
         return Err("user has no usable match key (email, phone, external_id, ttclid, ttp, lead_id, or ip with user_agent)".into());
@@ -211,7 +244,10 @@ fn validate_properties(properties: Option<&Value>) -> Result<(), String> {
         }
     }
     if let Some(c) = props.get("currency") {
-        if !c.as_str().is_some_and(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())) {
+        if !c
+            .as_str()
+            .is_some_and(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()))
+        {
             return Err("properties.currency must be an uppercase ISO 4217 code".into());
         }
     }
@@ -268,13 +304,20 @@ fn process(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), Viol
         } else {
             "Authentication error: the access token is invalid or has been revoked"
         };
-        return Err(Violation { code: CODE_AUTH, message: message.into(), count });
+        return Err(Violation {
+            code: CODE_AUTH,
+            message: message.into(),
+            count,
+        });
     }
     let env = parse_envelope(body)?;
     let now = Utc::now();
     for (i, ev) in env.events.iter().enumerate() {
         if let Err(reason) = validate_event(ev, now.timestamp()) {
-            return Err(Violation::param(format!("Invalid parameter at data[{i}]: {reason}"), env.events.len()));
+            return Err(Violation::param(
+                format!("Invalid parameter at data[{i}]: {reason}"),
+                env.events.len(),
+            ));
         }
     }
     record(shared, &env, now);
@@ -286,8 +329,15 @@ fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
     let window = shared.config.dedup_window;
     let mut state = shared.lock();
     for ev in &env.events {
-        let name = ev.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
-        let event_id = ev.get("event_id").and_then(Value::as_str).map(str::to_string);
+        let name = ev
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let event_id = ev
+            .get("event_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if let Some(id) = &event_id {
             let key = format!("{name}\u{1f}{id}");
             if state.tiktok.sends.note(&key) {
@@ -319,7 +369,10 @@ fn accepted_event(
         for key in HASHED_KEYS {
             let values: Vec<String> = match user.get(*key) {
                 Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
                 _ => continue,
             };
             hashed.insert(key.to_string(), values);
@@ -334,12 +387,18 @@ fn accepted_event(
     AcceptedEvent {
         event_name,
         event_id,
-        event_time: ev.get("event_time").and_then(as_unix_seconds).unwrap_or_default(),
+        event_time: ev
+            .get("event_time")
+            .and_then(as_unix_seconds)
+            .unwrap_or_default(),
         source: env.event_source.clone(),
         hashed,
         plain,
         value: props.and_then(|p| p.get("value")).and_then(as_number),
-        currency: props.and_then(|p| p.get("currency")).and_then(Value::as_str).map(str::to_string),
+        currency: props
+            .and_then(|p| p.get("currency"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
         test_event_code: env.test_event_code.clone(),
         received_at: now,
     }

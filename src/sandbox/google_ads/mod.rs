@@ -9,6 +9,7 @@
 
 mod adjustments;
 mod conversions;
+mod oauth;
 mod schema;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -26,11 +27,9 @@ use serde_json::{json, Value};
 
 use super::faults::{self, ConnControl, Gate};
 use super::records::SendLog;
-use super::{credential_ok, json_response, parse_form, random_id, Shared};
+use super::{credential_ok, json_response, random_id, Shared};
 use crate::config::Platform;
 
-/// Lifetime of issued access tokens, as Google's token endpoint reports it.
-const TOKEN_LIFETIME_SECS: i64 = 3599;
 /// How far in the future a date-time may be (clock skew allowance).
 const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 
@@ -65,8 +64,15 @@ pub(crate) struct Ledger {
 }
 
 /// The key of a click at a conversion time, comparable whatever offset was used.
-fn click_key(action_id: &str, click: &str, time: &DateTime<FixedOffset>) -> (String, String, String) {
-    let utc = time.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S").to_string();
+fn click_key(
+    action_id: &str,
+    click: &str,
+    time: &DateTime<FixedOffset>,
+) -> (String, String, String) {
+    let utc = time
+        .with_timezone(&Utc)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
     (action_id.to_string(), click.to_string(), utc)
 }
 
@@ -84,16 +90,29 @@ struct RowError {
 
 impl RowError {
     /// A row error.
-    fn new(family: &'static str, code: &'static str, field: Option<&'static str>, message: impl Into<String>) -> Self {
-        RowError { family, code, message: message.into(), field }
+    fn new(
+        family: &'static str,
+        code: &'static str,
+        field: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        RowError {
+            family,
+            code,
+            message: message.into(),
+            field,
+        }
     }
 
     /// Whether this is a duplicate the platform's dedup recognised (counted as deduplicated).
     fn is_duplicate(&self) -> bool {
         matches!(
             self.code,
-            "ORDER_ID_ALREADY_IN_USE" | "DUPLICATE_ORDER_ID" | "CLICK_CONVERSION_ALREADY_EXISTS"
-                | "DUPLICATE_CLICK_CONVERSION_IN_REQUEST" | "RESTATEMENT_ALREADY_EXISTS"
+            "ORDER_ID_ALREADY_IN_USE"
+                | "DUPLICATE_ORDER_ID"
+                | "CLICK_CONVERSION_ALREADY_EXISTS"
+                | "DUPLICATE_CLICK_CONVERSION_IN_REQUEST"
+                | "RESTATEMENT_ALREADY_EXISTS"
                 | "DUPLICATE_ADJUSTMENT_IN_REQUEST"
         )
     }
@@ -138,27 +157,48 @@ fn not_in_future(t: &DateTime<FixedOffset>, now: DateTime<Utc>) -> bool {
 fn check_user_identifiers(ids: Option<&Value>) -> Result<(Vec<String>, Vec<String>), RowError> {
     let mut emails = Vec::new();
     let mut phones = Vec::new();
-    let Some(list) = ids.and_then(Value::as_array) else { return Ok((emails, phones)) };
+    let Some(list) = ids.and_then(Value::as_array) else {
+        return Ok((emails, phones));
+    };
     if list.len() > 5 {
-        return Err(RowError::new("collectionSizeError", "TOO_MANY", Some("user_identifiers"), "At most 5 user identifiers are allowed."));
+        return Err(RowError::new(
+            "collectionSizeError",
+            "TOO_MANY",
+            Some("user_identifiers"),
+            "At most 5 user identifiers are allowed.",
+        ));
     }
     for id in list {
-        let unsupported = ["mobileId", "thirdPartyUserId", "addressInfo"].iter().any(|k| id.get(*k).is_some_and(|v| !v.is_null()));
+        let unsupported = ["mobileId", "thirdPartyUserId", "addressInfo"]
+            .iter()
+            .any(|k| id.get(*k).is_some_and(|v| !v.is_null()));
         let email = id.get("hashedEmail").and_then(Value::as_str);
         let phone = id.get("hashedPhoneNumber").and_then(Value::as_str);
         if unsupported || (email.is_none() && phone.is_none()) {
-            return Err(RowError::new("conversionUploadError", "UNSUPPORTED_USER_IDENTIFIER", Some("user_identifiers"),
-                "Only hashed_email and hashed_phone_number user identifiers are supported."));
+            return Err(RowError::new(
+                "conversionUploadError",
+                "UNSUPPORTED_USER_IDENTIFIER",
+                Some("user_identifiers"),
+                "Only hashed_email and hashed_phone_number user identifiers are supported.",
+            ));
         }
         if email.is_some() && phone.is_some() {
-            return Err(RowError::new("conversionUploadError", "INVALID_USER_IDENTIFIER", Some("user_identifiers"),
-                "A user identifier must set exactly one identifier."));
+            return Err(RowError::new(
+                "conversionUploadError",
+                "INVALID_USER_IDENTIFIER",
+                Some("user_identifiers"),
+                "A user identifier must set exactly one identifier.",
+            ));
         }
         for (value, out) in [(email, &mut emails), (phone, &mut phones)] {
             if let Some(v) = value {
                 if !super::is_sha256_hex(v) {
-                    return Err(RowError::new("conversionUploadError", "INVALID_USER_IDENTIFIER", Some("user_identifiers"),
-                        "User identifiers must be SHA-256 hashes (64 lowercase hex characters)."));
+                    return Err(RowError::new(
+                        "conversionUploadError",
+                        "INVALID_USER_IDENTIFIER",
+                        Some("user_identifiers"),
+                        "User identifiers must be SHA-256 hashes (64 lowercase hex characters).",
+                    ));
                 }
                 out.push(v.to_string());
             }
@@ -179,66 +219,8 @@ fn currency_ok(code: &str) -> bool {
 /// The Google routes.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
-        .route("/token", post(handle_token))
+        .route("/token", post(oauth::handle_token))
         .route("/{version}/customers/{call}", post(handle_call))
-}
-
-/// `POST /token`: exchanges a refresh token for an access token.
-async fn handle_token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    let fields: HashMap<String, String> = if is_json {
-        serde_json::from_slice::<HashMap<String, Value>>(&body)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
-            .collect()
-    } else {
-        parse_form(&body).unwrap_or_default().into_iter().collect()
-    };
-    let field = |k: &str| fields.get(k).map(String::as_str);
-    let oauth_error = |status: StatusCode, error: &str, description: &str| {
-        json_response(status, json!({"error": error, "error_description": description}))
-    };
-    let config = &shared.config;
-    match field("grant_type") {
-        Some("refresh_token") => {}
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: grant_type"),
-        Some(_) => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Invalid grant_type"),
-    }
-    if field("client_id").is_none_or(str::is_empty) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Could not determine client ID from request.");
-    }
-    if !credential_ok(&config.google_client_id, field("client_id")) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "The OAuth client was not found.");
-    }
-    if !credential_ok(&config.google_client_secret, field("client_secret")) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Unauthorized");
-    }
-    if field("refresh_token").is_none_or(str::is_empty) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: refresh_token");
-    }
-    if !credential_ok(&config.google_refresh_token, field("refresh_token")) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Bad Request");
-    }
-    let token = format!("ya29.sandbox-{}", random_id(40));
-    {
-        let mut state = shared.lock();
-        let expires = Utc::now() + chrono::Duration::seconds(TOKEN_LIFETIME_SECS);
-        state.google_tokens.insert(token.clone(), expires);
-        state.records.google_ads.tokens_issued += 1;
-    }
-    json_response(
-        StatusCode::OK,
-        json!({
-            "access_token": token,
-            "expires_in": TOKEN_LIFETIME_SECS,
-            "scope": "https://www.googleapis.com/auth/adwords",
-            "token_type": "Bearer",
-        }),
-    )
 }
 
 /// `POST /{version}/customers/{cid}:uploadClickConversions|uploadConversionAdjustments`.
@@ -252,8 +234,10 @@ async fn handle_call(
     let Some((customer_id, method)) = call.split_once(':') else {
         return not_found();
     };
-    if !matches!(method, "uploadClickConversions" | "uploadConversionAdjustments")
-        || !version_is_valid(&version)
+    if !matches!(
+        method,
+        "uploadClickConversions" | "uploadConversionAdjustments"
+    ) || !version_is_valid(&version)
     {
         return not_found();
     }
@@ -261,11 +245,14 @@ async fn handle_call(
         Gate::Respond(response) => return response,
         Gate::Proceed { drop_after } => drop_after,
     };
-    let ctx = Call { version: &version, customer_id };
+    let ctx = Call {
+        version: &version,
+        customer_id,
+    };
     let response = match authenticate(&shared, &ctx, &headers) {
         Err(response) => {
             shared.lock().records.google_ads.counters.rejected_requests += 1;
-            response
+            *response
         }
         Ok(()) if method == "uploadClickConversions" => conversions::process(&shared, &ctx, &body),
         Ok(()) => adjustments::process(&shared, &ctx, &body),
@@ -283,7 +270,9 @@ struct Call<'a> {
 
 /// `v` followed by digits, e.g. `v21`.
 fn version_is_valid(version: &str) -> bool {
-    version.strip_prefix('v').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    version
+        .strip_prefix('v')
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A 10-digit customer id without dashes.
@@ -291,27 +280,54 @@ fn customer_id_ok(cid: &str) -> bool {
     cid.len() == 10 && cid.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// A whole-request failure (boxed: responses are large and errors are the rare path).
+fn fail<T>(response: Response) -> Result<T, Box<Response>> {
+    Err(Box::new(response))
+}
+
 /// Checks the bearer token, developer token and customer ids.
-fn authenticate(shared: &Shared, ctx: &Call<'_>, headers: &HeaderMap) -> Result<(), Response> {
+fn authenticate(shared: &Shared, ctx: &Call<'_>, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(bearer) = header_str("authorization").and_then(|v| v.strip_prefix("Bearer ")) else {
-        return Err(error(ctx, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED",
+        return fail(error(ctx, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED",
             "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
             &[]));
     };
     let expiry = shared.lock().google_tokens.get(bearer).copied();
     match expiry {
-        None => return Err(auth_failure(ctx, "OAUTH_TOKEN_INVALID", "Oauth token is invalid.")),
-        Some(at) if at < Utc::now() => return Err(auth_failure(ctx, "OAUTH_TOKEN_EXPIRED", "Oauth token is expired.")),
+        None => {
+            return fail(auth_failure(
+                ctx,
+                "OAUTH_TOKEN_INVALID",
+                "Oauth token is invalid.",
+            ))
+        }
+        Some(at) if at < Utc::now() => {
+            return fail(auth_failure(
+                ctx,
+                "OAUTH_TOKEN_EXPIRED",
+                "Oauth token is expired.",
+            ))
+        }
         Some(_) => {}
     }
     match header_str("developer-token") {
         None | Some("") => {
             let detail = json!({"errorCode": {"requestError": "DEVELOPER_TOKEN_PARAMETER_MISSING"}, "message": "developer-token parameter is missing."});
-            return Err(error(ctx, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Request contains an invalid argument.", &[detail]));
+            return fail(error(
+                ctx,
+                StatusCode::BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                &[detail],
+            ));
         }
         token if !credential_ok(&shared.config.google_developer_token, token) => {
-            return Err(auth_failure(ctx, "DEVELOPER_TOKEN_INVALID", "The developer token is not valid."));
+            return fail(auth_failure(
+                ctx,
+                "DEVELOPER_TOKEN_INVALID",
+                "The developer token is not valid.",
+            ));
         }
         _ => {}
     }
@@ -319,29 +335,48 @@ fn authenticate(shared: &Shared, ctx: &Call<'_>, headers: &HeaderMap) -> Result<
     if !customer_id_ok(ctx.customer_id) || !login_ok {
         let detail = json!({"errorCode": {"requestError": "INVALID_CUSTOMER_ID"},
             "message": "Customer ids must be 10 digits without dashes (path and login-customer-id)."});
-        return Err(error(ctx, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Request contains an invalid argument.", &[detail]));
+        return fail(error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            &[detail],
+        ));
     }
     Ok(())
 }
 
 /// Parses, camel-cases and shape-checks an upload body; `Err` is a whole-request 400.
-fn parse_body(ctx: &Call<'_>, body: &[u8], kind: &schema::Kind) -> Result<Value, Response> {
+fn parse_body(ctx: &Call<'_>, body: &[u8], kind: &schema::Kind) -> Result<Value, Box<Response>> {
     let bad_request = |message: String| {
         let violation = json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
             "fieldViolations": [{"description": message}]});
-        json_response(StatusCode::BAD_REQUEST, json!({"error": {
-            "code": 400, "message": message, "status": "INVALID_ARGUMENT", "details": [violation],
-        }}))
+        json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {
+                "code": 400, "message": message, "status": "INVALID_ARGUMENT", "details": [violation],
+            }}),
+        )
     };
     let value = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => schema::camelize_keys(v),
-        _ => return Err(bad_request("Invalid JSON payload received. Expected a JSON object.".into())),
+        _ => {
+            return fail(bad_request(
+                "Invalid JSON payload received. Expected a JSON object.".into(),
+            ))
+        }
     };
-    schema::check(&value, kind, "").map_err(bad_request)?;
+    schema::check(&value, kind, "").map_err(|m| Box::new(bad_request(m)))?;
     if value.get("partialFailure") != Some(&Value::Bool(true)) {
         let detail = json!({"errorCode": {"partialFailureError": "PARTIAL_FAILURE_MODE_REQUIRED"},
             "message": "The partial failure field must be set to true."});
-        return Err(error(ctx, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Request contains an invalid argument.", &[detail]));
+        return fail(error(
+            ctx,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            &[detail],
+        ));
     }
     Ok(value)
 }
@@ -352,12 +387,22 @@ fn parse_body(ctx: &Call<'_>, body: &[u8], kind: &schema::Kind) -> Result<Value,
 
 /// The `@type` of Google Ads failure details for this API version.
 fn failure_type(ctx: &Call<'_>) -> String {
-    format!("type.googleapis.com/google.ads.googleads.{}.errors.GoogleAdsFailure", ctx.version)
+    format!(
+        "type.googleapis.com/google.ads.googleads.{}.errors.GoogleAdsFailure",
+        ctx.version
+    )
 }
 
 /// A whole-request error: `{"error": {code, message, status, details: [GoogleAdsFailure]}}`.
-fn error(ctx: &Call<'_>, status: StatusCode, status_name: &str, message: &str, errors: &[Value]) -> Response {
-    let mut body = json!({"error": {"code": status.as_u16(), "message": message, "status": status_name}});
+fn error(
+    ctx: &Call<'_>,
+    status: StatusCode,
+    status_name: &str,
+    message: &str,
+    errors: &[Value],
+) -> Response {
+    let mut body =
+        json!({"error": {"code": status.as_u16(), "message": message, "status": status_name}});
     if !errors.is_empty() {
         body["error"]["details"] = json!([{
             "@type": failure_type(ctx), "errors": errors, "requestId": random_id(22),
@@ -375,14 +420,32 @@ fn auth_failure(ctx: &Call<'_>, code: &str, message: &str) -> Response {
 }
 
 /// A request-level error with one GoogleAdsFailure error located at the collection.
-fn collection_error(ctx: &Call<'_>, collection: &str, family: &str, code: &str, message: &str) -> Response {
+fn collection_error(
+    ctx: &Call<'_>,
+    collection: &str,
+    family: &str,
+    code: &str,
+    message: &str,
+) -> Response {
     let detail = json!({"errorCode": {family: code}, "message": message,
         "location": {"fieldPathElements": [{"fieldName": collection}]}});
-    error(ctx, StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "Request contains an invalid argument.", &[detail])
+    error(
+        ctx,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "Request contains an invalid argument.",
+        &[detail],
+    )
 }
 
 /// The success body: `results` (empty objects for failed rows) and `partialFailureError` if any row failed.
-fn upload_response(ctx: &Call<'_>, collection: &str, results: Vec<Value>, errors: &[(usize, RowError)], job_id: Option<i64>) -> Response {
+fn upload_response(
+    ctx: &Call<'_>,
+    collection: &str,
+    results: Vec<Value>,
+    errors: &[(usize, RowError)],
+    job_id: Option<i64>,
+) -> Response {
     let mut body = json!({ "results": results });
     if !errors.is_empty() {
         let mut details = Vec::with_capacity(errors.len());
@@ -415,7 +478,10 @@ fn upload_response(ctx: &Call<'_>, collection: &str, results: Vec<Value>, errors
 
 /// Google's 404 for an unknown method or version.
 fn not_found() -> Response {
-    json_response(StatusCode::NOT_FOUND, json!({"error": {
-        "code": 404, "message": "The requested URL was not found on this server.", "status": "NOT_FOUND",
-    }}))
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": {
+            "code": 404, "message": "The requested URL was not found on this server.", "status": "NOT_FOUND",
+        }}),
+    )
 }

@@ -31,7 +31,10 @@ const CONSENT: &[&str] = &["UNSPECIFIED", "UNKNOWN", "GRANTED", "DENIED"];
 
 /// `UserIdentifier` (only hashed email and phone are allowed in uploads; checked later).
 static USER_IDENTIFIER: Kind = Kind::Obj(&[
-    ("userIdentifierSource", Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "FIRST_PARTY", "THIRD_PARTY"])),
+    (
+        "userIdentifierSource",
+        Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "FIRST_PARTY", "THIRD_PARTY"]),
+    ),
     ("hashedEmail", Kind::Str),
     ("hashedPhoneNumber", Kind::Str),
     ("mobileId", Kind::Str),
@@ -53,9 +56,21 @@ static CLICK_CONVERSION: Kind = Kind::Obj(&[
     ("customVariables", Kind::List(&Kind::AnyObj)),
     ("cartData", Kind::AnyObj),
     ("userIdentifiers", Kind::List(&USER_IDENTIFIER)),
-    ("conversionEnvironment", Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "APP", "WEB"])),
-    ("consent", Kind::Obj(&[("adUserData", Kind::Enum(CONSENT)), ("adPersonalization", Kind::Enum(CONSENT))])),
-    ("customerType", Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "NEW", "RETURNING"])),
+    (
+        "conversionEnvironment",
+        Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "APP", "WEB"]),
+    ),
+    (
+        "consent",
+        Kind::Obj(&[
+            ("adUserData", Kind::Enum(CONSENT)),
+            ("adPersonalization", Kind::Enum(CONSENT)),
+        ]),
+    ),
+    (
+        "customerType",
+        Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "NEW", "RETURNING"]),
+    ),
     ("userIpAddress", Kind::Str),
     ("sessionAttributesEncoded", Kind::Str),
     ("sessionAttributesKeyValuePairs", Kind::AnyObj),
@@ -72,12 +87,27 @@ pub(super) static UPLOAD_CLICKS_REQUEST: Kind = Kind::Obj(&[
 
 /// `ConversionAdjustment` (§2.2).
 static CONVERSION_ADJUSTMENT: Kind = Kind::Obj(&[
-    ("gclidDateTimePair", Kind::Obj(&[("gclid", Kind::Str), ("conversionDateTime", Kind::Str)])),
+    (
+        "gclidDateTimePair",
+        Kind::Obj(&[("gclid", Kind::Str), ("conversionDateTime", Kind::Str)]),
+    ),
     ("orderId", Kind::Str),
     ("conversionAction", Kind::Str),
     ("adjustmentDateTime", Kind::Str),
-    ("adjustmentType", Kind::Enum(&["UNSPECIFIED", "UNKNOWN", "RETRACTION", "RESTATEMENT", "ENHANCEMENT"])),
-    ("restatementValue", Kind::Obj(&[("adjustedValue", Kind::Num), ("currencyCode", Kind::Str)])),
+    (
+        "adjustmentType",
+        Kind::Enum(&[
+            "UNSPECIFIED",
+            "UNKNOWN",
+            "RETRACTION",
+            "RESTATEMENT",
+            "ENHANCEMENT",
+        ]),
+    ),
+    (
+        "restatementValue",
+        Kind::Obj(&[("adjustedValue", Kind::Num), ("currencyCode", Kind::Str)]),
+    ),
     ("userIdentifiers", Kind::List(&USER_IDENTIFIER)),
     ("userAgent", Kind::Str),
 ]);
@@ -149,30 +179,44 @@ pub(super) fn check(value: &Value, kind: &Kind, path: &str) -> Result<(), String
         Kind::Bool => invalid("TYPE_BOOL"),
         Kind::Num if super::super::as_number(value).is_some() => Ok(()),
         Kind::Num => invalid("TYPE_DOUBLE"),
-        Kind::Int if value.as_i64().is_some() || super::super::as_unix_seconds(value).is_some() => Ok(()),
+        Kind::Int if value.as_i64().is_some() || super::super::as_unix_seconds(value).is_some() => {
+            Ok(())
+        }
         Kind::Int => invalid("TYPE_INT64"),
         Kind::Enum(names) if value.as_str().is_some_and(|s| names.contains(&s)) => Ok(()),
         Kind::Enum(_) => invalid("TYPE_ENUM"),
         Kind::AnyObj if value.is_object() => Ok(()),
         Kind::AnyObj => invalid("TYPE_MESSAGE"),
         Kind::List(inner) => {
-            let Some(items) = value.as_array() else { return invalid("TYPE_MESSAGE[]") };
+            let Some(items) = value.as_array() else {
+                return invalid("TYPE_MESSAGE[]");
+            };
             for (i, item) in items.iter().enumerate() {
                 check(item, inner, &format!("{path}[{i}]"))?;
             }
             Ok(())
         }
         Kind::Obj(fields) => {
-            let Some(obj) = value.as_object() else { return invalid("TYPE_MESSAGE") };
+            let Some(obj) = value.as_object() else {
+                return invalid("TYPE_MESSAGE");
+            };
             for (key, inner) in obj {
                 let Some((_, field_kind)) = fields.iter().find(|(name, _)| name == key) else {
-                    let at = if path.is_empty() { String::new() } else { format!(" at '{path}'") };
+                    let at = if path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" at '{path}'")
+                    };
                     return Err(format!(
                         "Invalid JSON payload received. Unknown name \"{}\"{at}: Cannot find field.",
                         to_snake(key)
                     ));
                 };
-                let child = if path.is_empty() { to_snake(key) } else { format!("{path}.{}", to_snake(key)) };
+                let child = if path.is_empty() {
+                    to_snake(key)
+                } else {
+                    format!("{path}.{}", to_snake(key))
+                };
                 check(inner, field_kind, &child)?;
             }
             Ok(())
@@ -187,21 +231,31 @@ mod tests {
 
     #[test]
     fn snake_case_keys_become_camel_case_recursively() {
-        let value = camelize_keys(json!({"order_id": "1", "user_identifiers": [{"hashed_email": "x"}]}));
-        assert_eq!(value, json!({"orderId": "1", "userIdentifiers": [{"hashedEmail": "x"}]}));
+        let value =
+            camelize_keys(json!({"order_id": "1", "user_identifiers": [{"hashed_email": "x"}]}));
+        assert_eq!(
+            value,
+            json!({"orderId": "1", "userIdentifiers": [{"hashedEmail": "x"}]})
+        );
     }
 
     #[test]
     fn unknown_field_is_reported_with_its_path() {
         let body = json!({"conversions": [{"orderId": "1", "bogus": 1}], "partialFailure": true});
         let err = check(&body, &UPLOAD_CLICKS_REQUEST, "").unwrap_err();
-        assert!(err.contains("Unknown name \"bogus\" at 'conversions[0]'"), "{err}");
+        assert!(
+            err.contains("Unknown name \"bogus\" at 'conversions[0]'"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field_but_not_the_value() {
         let body = json!({"conversions": [{"conversionValue": "twelve"}]});
         let err = check(&body, &UPLOAD_CLICKS_REQUEST, "").unwrap_err();
-        assert_eq!(err, "Invalid value at 'conversions[0].conversion_value' (TYPE_DOUBLE)");
+        assert_eq!(
+            err,
+            "Invalid value at 'conversions[0].conversion_value' (TYPE_DOUBLE)"
+        );
     }
 }

@@ -25,7 +25,10 @@ fn tiktok_body() -> Value {
 /// Sends a valid Meta request; the result is the raw reqwest outcome so faults can be observed.
 async fn send_meta(sandbox: &SandboxHandle) -> reqwest::Result<reqwest::Response> {
     client()
-        .post(format!("{}/v21.0/1234567890/events?access_token=t", sandbox.base_url()))
+        .post(format!(
+            "{}/v21.0/1234567890/events?access_token=t",
+            sandbox.base_url()
+        ))
         .json(&meta_body())
         .send()
         .await
@@ -46,7 +49,11 @@ async fn the_records_endpoint_matches_the_snapshot_and_reset_clears_it() {
     assert_eq!(served, sandbox.records());
     assert_eq!(served.meta.events.len(), 1);
 
-    let reset = client().post(format!("{}/_sandbox/reset", sandbox.base_url())).send().await.unwrap();
+    let reset = client()
+        .post(format!("{}/_sandbox/reset", sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reset.status(), 200);
     assert_eq!(sandbox.records(), Records::default());
     // Dedup memory is gone too: the same event counts again.
@@ -58,13 +65,19 @@ async fn the_records_endpoint_matches_the_snapshot_and_reset_clears_it() {
 #[tokio::test]
 async fn an_injected_500_records_nothing() {
     let sandbox = start().await;
-    sandbox.set_faults(Faults { error_500_ratio: 1.0, ..Faults::default() });
+    sandbox.set_faults(Faults {
+        error_500_ratio: 1.0,
+        ..Faults::default()
+    });
     let response = send_meta(&sandbox).await.unwrap();
     assert_eq!(response.status(), 500);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["is_transient"], true);
     let counters = sandbox.records().meta.counters;
-    assert_eq!((counters.requests, counters.faulted, counters.accepted), (1, 1, 0));
+    assert_eq!(
+        (counters.requests, counters.faulted, counters.accepted),
+        (1, 1, 0)
+    );
     sandbox.shutdown().await;
 }
 
@@ -72,7 +85,12 @@ async fn an_injected_500_records_nothing() {
 async fn an_injected_429_carries_retry_after_in_each_platform_shape() {
     let sandbox = start().await;
     let faults = json!({"throttle_429_ratio": 1.0, "retry_after_secs": 7});
-    let set = client().post(format!("{}/_sandbox/faults", sandbox.base_url())).json(&faults).send().await.unwrap();
+    let set = client()
+        .post(format!("{}/_sandbox/faults", sandbox.base_url()))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(set.status(), 200);
 
     let response = send_meta(&sandbox).await.unwrap();
@@ -92,13 +110,19 @@ async fn an_injected_429_carries_retry_after_in_each_platform_shape() {
     assert_eq!(response.json::<Value>().await.unwrap()["code"], 40_100);
 
     let response = client()
-        .post(format!("{}/v21/customers/1234567890:uploadClickConversions", sandbox.base_url()))
+        .post(format!(
+            "{}/v21/customers/1234567890:uploadClickConversions",
+            sandbox.base_url()
+        ))
         .json(&json!({}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 429);
-    assert_eq!(response.json::<Value>().await.unwrap()["error"]["status"], "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["status"],
+        "RESOURCE_EXHAUSTED"
+    );
     let records = sandbox.records();
     assert!(records.meta.events.is_empty() && records.tiktok.events.is_empty());
     sandbox.shutdown().await;
@@ -107,7 +131,10 @@ async fn an_injected_429_carries_retry_after_in_each_platform_shape() {
 #[tokio::test]
 async fn a_dropped_connection_is_a_client_error_and_records_nothing() {
     let sandbox = start().await;
-    sandbox.set_faults(Faults { drop_connection_ratio: 1.0, ..Faults::default() });
+    sandbox.set_faults(Faults {
+        drop_connection_ratio: 1.0,
+        ..Faults::default()
+    });
     assert!(send_meta(&sandbox).await.is_err());
     let counters = sandbox.records().meta.counters;
     assert_eq!((counters.faulted, counters.accepted), (1, 0));
@@ -120,7 +147,10 @@ async fn a_dropped_connection_is_a_client_error_and_records_nothing() {
 #[tokio::test]
 async fn accept_then_drop_records_the_events_but_loses_the_response() {
     let sandbox = start().await;
-    sandbox.set_faults(Faults { accept_then_drop_ratio: 1.0, ..Faults::default() });
+    sandbox.set_faults(Faults {
+        accept_then_drop_ratio: 1.0,
+        ..Faults::default()
+    });
     assert!(send_meta(&sandbox).await.is_err());
     let counters = sandbox.records().meta.counters;
     assert_eq!((counters.faulted, counters.accepted), (1, 1));
@@ -130,7 +160,10 @@ async fn accept_then_drop_records_the_events_but_loses_the_response() {
 #[tokio::test]
 async fn latency_delays_the_answer() {
     let sandbox = start().await;
-    sandbox.set_faults(Faults { latency_ms: (150, 200), ..Faults::default() });
+    sandbox.set_faults(Faults {
+        latency_ms: (150, 200),
+        ..Faults::default()
+    });
     let started = Instant::now();
     assert_eq!(send_meta(&sandbox).await.unwrap().status(), 200);
     assert!(started.elapsed() >= Duration::from_millis(150));
@@ -140,10 +173,17 @@ async fn latency_delays_the_answer() {
 #[tokio::test]
 async fn unknown_paths_get_a_sandbox_404() {
     let sandbox = start().await;
-    let response = client().get(format!("{}/nope", sandbox.base_url())).send().await.unwrap();
+    let response = client()
+        .get(format!("{}/nope", sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     let response = client()
-        .post(format!("{}/v21/customers/1234567890:mutate", sandbox.base_url()))
+        .post(format!(
+            "{}/v21/customers/1234567890:mutate",
+            sandbox.base_url()
+        ))
         .send()
         .await
         .unwrap();
@@ -159,7 +199,17 @@ async fn run_until_serves_until_the_signal_fires() {
     let server = tokio::spawn(sandbox.run_until(async {
         let _ = rx.await;
     }));
-    assert_eq!(client().get(&url).send().await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
     tx.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert!(client().get(&url).send().await.is_err());

@@ -32,7 +32,12 @@ async fn post(sandbox: &SandboxHandle, token: Option<&str>, body: &Value) -> (u1
     if let Some(token) = token {
         url = format!("{url}?access_token={token}");
     }
-    let response = client().post(url).json(body).send().await.expect("request is answered");
+    let response = client()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("request is answered");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON body"))
 }
@@ -49,7 +54,8 @@ fn graph_error(body: &Value) -> &Value {
 #[tokio::test]
 async fn a_valid_batch_is_accepted_and_recorded() {
     let sandbox = start().await;
-    let body = json!({"data": [purchase("order-1"), purchase("order-2")], "test_event_code": "TEST1"});
+    let body =
+        json!({"data": [purchase("order-1"), purchase("order-2")], "test_event_code": "TEST1"});
     let (status, reply) = post(&sandbox, Some("token"), &body).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["events_received"], 2);
@@ -88,16 +94,34 @@ async fn an_unhashed_email_rejects_the_whole_batch_naming_its_index() {
     let sandbox = start().await;
     let mut bad = purchase("order-2");
     bad["user_data"]["em"] = json!("john.doe@example.com");
-    let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [purchase("order-1"), bad]})).await;
+    let (status, reply) = post(
+        &sandbox,
+        Some("token"),
+        &json!({"data": [purchase("order-1"), bad]}),
+    )
+    .await;
     assert_eq!(status, 400);
     let error = graph_error(&reply);
     assert_eq!(error["code"], 100);
     assert!(error["error_subcode"].is_u64());
     let message = error["message"].as_str().unwrap();
-    assert!(message.contains("data[1]") && message.contains("user_data.em"), "{message}");
-    assert!(!message.contains("john.doe"), "the message must not echo the value");
+    assert!(
+        message.contains("data[1]") && message.contains("user_data.em"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("john.doe"),
+        "the message must not echo the value"
+    );
     let counters = sandbox.records().meta.counters;
-    assert_eq!((counters.accepted, counters.rejected, counters.rejected_requests), (0, 2, 1));
+    assert_eq!(
+        (
+            counters.accepted,
+            counters.rejected,
+            counters.rejected_requests
+        ),
+        (0, 2, 1)
+    );
     sandbox.shutdown().await;
 }
 
@@ -108,7 +132,10 @@ async fn uppercase_hex_is_not_a_valid_hash() {
     bad["user_data"]["ph"] = json!(sha("16505551212").to_uppercase());
     let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
     assert_eq!(status, 400);
-    assert!(graph_error(&reply)["message"].as_str().unwrap().contains("user_data.ph"));
+    assert!(graph_error(&reply)["message"]
+        .as_str()
+        .unwrap()
+        .contains("user_data.ph"));
     sandbox.shutdown().await;
 }
 
@@ -116,23 +143,41 @@ async fn uppercase_hex_is_not_a_valid_hash() {
 async fn a_website_event_without_a_user_agent_is_rejected() {
     let sandbox = start().await;
     let mut bad = purchase("order-1");
-    bad["user_data"].as_object_mut().unwrap().remove("client_user_agent");
+    bad["user_data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("client_user_agent");
     let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
     assert_eq!(status, 400);
     let message = graph_error(&reply)["message"].as_str().unwrap().to_string();
-    assert!(message.contains("data[0]") && message.contains("client_user_agent"), "{message}");
+    assert!(
+        message.contains("data[0]") && message.contains("client_user_agent"),
+        "{message}"
+    );
     sandbox.shutdown().await;
 }
 
 #[tokio::test]
 async fn each_missing_required_field_is_named() {
     let sandbox = start().await;
-    for field in ["event_name", "event_time", "action_source", "user_data", "event_source_url"] {
+    for field in [
+        "event_name",
+        "event_time",
+        "action_source",
+        "user_data",
+        "event_source_url",
+    ] {
         let mut bad = purchase("order-1");
         bad.as_object_mut().unwrap().remove(field);
         let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
         assert_eq!(status, 400, "{field}");
-        assert!(graph_error(&reply)["message"].as_str().unwrap().contains(field), "{field}: {reply}");
+        assert!(
+            graph_error(&reply)["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{field}: {reply}"
+        );
     }
     sandbox.shutdown().await;
 }
@@ -142,7 +187,12 @@ async fn an_event_older_than_seven_days_rejects_the_batch() {
     let sandbox = start().await;
     let mut stale = purchase("old");
     stale["event_time"] = json!(now_secs() - 8 * 24 * 3600);
-    let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [purchase("new"), stale]})).await;
+    let (status, reply) = post(
+        &sandbox,
+        Some("token"),
+        &json!({"data": [purchase("new"), stale]}),
+    )
+    .await;
     assert_eq!(status, 400);
     let error = graph_error(&reply);
     assert_eq!(error["error_subcode"], 2_804_003);
@@ -169,7 +219,10 @@ async fn a_millisecond_event_time_is_rejected_as_future() {
     bad["event_time"] = json!(now_secs() * 1000);
     let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
     assert_eq!(status, 400);
-    assert!(graph_error(&reply)["message"].as_str().unwrap().contains("future"));
+    assert!(graph_error(&reply)["message"]
+        .as_str()
+        .unwrap()
+        .contains("future"));
     sandbox.shutdown().await;
 }
 
@@ -188,7 +241,13 @@ async fn malformed_identifiers_are_rejected() {
         bad["user_data"][field] = value;
         let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
         assert_eq!(status, 400, "{field}");
-        assert!(graph_error(&reply)["message"].as_str().unwrap().contains(field), "{reply}");
+        assert!(
+            graph_error(&reply)["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{reply}"
+        );
     }
     sandbox.shutdown().await;
 }
@@ -213,7 +272,10 @@ async fn a_purchase_without_currency_is_rejected() {
     bad["custom_data"] = json!({"value": 10});
     let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
     assert_eq!(status, 400);
-    assert!(graph_error(&reply)["message"].as_str().unwrap().contains("currency"));
+    assert!(graph_error(&reply)["message"]
+        .as_str()
+        .unwrap()
+        .contains("currency"));
     sandbox.shutdown().await;
 }
 
@@ -230,13 +292,22 @@ async fn more_than_1000_events_are_rejected() {
 
 #[tokio::test]
 async fn missing_and_wrong_tokens_get_graph_auth_errors() {
-    let config = SandboxConfig { meta_access_token: Some("right".into()), ..SandboxConfig::default() };
+    let config = SandboxConfig {
+        meta_access_token: Some("right".into()),
+        ..SandboxConfig::default()
+    };
     let sandbox = start_with(config).await;
     let body = json!({"data": [purchase("x")]});
     let (status, reply) = post(&sandbox, None, &body).await;
-    assert_eq!((status, graph_error(&reply)["code"].as_u64()), (400, Some(104)));
+    assert_eq!(
+        (status, graph_error(&reply)["code"].as_u64()),
+        (400, Some(104))
+    );
     let (status, reply) = post(&sandbox, Some("wrong"), &body).await;
-    assert_eq!((status, graph_error(&reply)["code"].as_u64()), (400, Some(190)));
+    assert_eq!(
+        (status, graph_error(&reply)["code"].as_u64()),
+        (400, Some(190))
+    );
     let (status, _) = post(&sandbox, Some("right"), &body).await;
     assert_eq!(status, 200);
     assert_eq!(sandbox.records().meta.counters.rejected_requests, 2);
@@ -247,7 +318,10 @@ async fn missing_and_wrong_tokens_get_graph_auth_errors() {
 async fn a_non_numeric_pixel_id_is_an_unsupported_post_request() {
     let sandbox = start().await;
     let response = client()
-        .post(format!("{}/v21.0/not-a-pixel/events?access_token=t", sandbox.base_url()))
+        .post(format!(
+            "{}/v21.0/not-a-pixel/events?access_token=t",
+            sandbox.base_url()
+        ))
         .json(&json!({"data": [purchase("x")]}))
         .send()
         .await
@@ -269,18 +343,35 @@ async fn a_resent_event_id_is_deduplicated_within_48_hours() {
     let records = sandbox.records();
     assert_eq!(records.meta.events.len(), 1);
     let counters = records.meta.counters;
-    assert_eq!((counters.accepted, counters.deduplicated, counters.duplicate_sends), (1, 1, 1));
+    assert_eq!(
+        (
+            counters.accepted,
+            counters.deduplicated,
+            counters.duplicate_sends
+        ),
+        (1, 1, 1)
+    );
     sandbox.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_resend_outside_the_dedup_window_is_counted_again_but_still_a_duplicate_send() {
-    let config = SandboxConfig { dedup_window: Duration::ZERO, ..SandboxConfig::default() };
+    let config = SandboxConfig {
+        dedup_window: Duration::ZERO,
+        ..SandboxConfig::default()
+    };
     let sandbox = start_with(config).await;
     let body = json!({"data": [purchase("order-1")]});
     post(&sandbox, Some("token"), &body).await;
     post(&sandbox, Some("token"), &body).await;
     let counters = sandbox.records().meta.counters;
-    assert_eq!((counters.accepted, counters.deduplicated, counters.duplicate_sends), (2, 0, 1));
+    assert_eq!(
+        (
+            counters.accepted,
+            counters.deduplicated,
+            counters.duplicate_sends
+        ),
+        (2, 0, 1)
+    );
     sandbox.shutdown().await;
 }

@@ -23,12 +23,17 @@ async fn start() -> SandboxHandle {
 
 /// Starts a sandbox with `config`.
 async fn start_with(config: SandboxConfig) -> SandboxHandle {
-    Sandbox::start_with_config(any_port(), config).await.expect("sandbox starts")
+    Sandbox::start_with_config(any_port(), config)
+        .await
+        .expect("sandbox starts")
 }
 
 /// An HTTP client that ignores proxy settings from the environment.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("client builds")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client builds")
 }
 
 /// SHA-256 of `s` as lowercase hex, the form every platform expects.

@@ -74,12 +74,27 @@ async fn an_unhashed_email_rejects_the_whole_batch_with_code_40002() {
     let sandbox = start().await;
     let mut bad = payment("order-2");
     bad["user"]["email"] = json!("john.doe@example.com");
-    let (status, reply) = post(&sandbox, Some("token"), &batch(vec![payment("order-1"), bad])).await;
+    let (status, reply) = post(
+        &sandbox,
+        Some("token"),
+        &batch(vec![payment("order-1"), bad]),
+    )
+    .await;
     let message = expect_code(status, &reply, 40_002);
-    assert!(message.contains("data[1]") && message.contains("user.email"), "{message}");
+    assert!(
+        message.contains("data[1]") && message.contains("user.email"),
+        "{message}"
+    );
     assert!(!message.contains("john.doe"));
     let counters = sandbox.records().tiktok.counters;
-    assert_eq!((counters.accepted, counters.rejected, counters.rejected_requests), (0, 2, 1));
+    assert_eq!(
+        (
+            counters.accepted,
+            counters.rejected,
+            counters.rejected_requests
+        ),
+        (0, 2, 1)
+    );
     sandbox.shutdown().await;
 }
 
@@ -90,13 +105,19 @@ async fn missing_fields_are_rejected_and_named() {
         let mut bad = payment("x");
         bad.as_object_mut().unwrap().remove(field);
         let (status, reply) = post(&sandbox, Some("token"), &batch(vec![bad])).await;
-        assert!(expect_code(status, &reply, 40_002).contains(field), "{field}");
+        assert!(
+            expect_code(status, &reply, 40_002).contains(field),
+            "{field}"
+        );
     }
     for field in ["event_source", "event_source_id", "data"] {
         let mut body = batch(vec![payment("x")]);
         body.as_object_mut().unwrap().remove(field);
         let (status, reply) = post(&sandbox, Some("token"), &body).await;
-        assert!(expect_code(status, &reply, 40_002).contains(field), "{field}");
+        assert!(
+            expect_code(status, &reply, 40_002).contains(field),
+            "{field}"
+        );
     }
     sandbox.shutdown().await;
 }
@@ -123,7 +144,10 @@ async fn bad_values_are_rejected() {
         let mut bad = payment("x");
         bad[object][field] = value;
         let (status, reply) = post(&sandbox, Some("token"), &batch(vec![bad])).await;
-        assert!(expect_code(status, &reply, 40_002).contains(field), "{field}");
+        assert!(
+            expect_code(status, &reply, 40_002).contains(field),
+            "{field}"
+        );
     }
     sandbox.shutdown().await;
 }
@@ -139,7 +163,10 @@ async fn more_than_1000_events_are_rejected() {
 
 #[tokio::test]
 async fn missing_and_wrong_access_tokens_get_code_40001() {
-    let config = SandboxConfig { tiktok_access_token: Some("right".into()), ..SandboxConfig::default() };
+    let config = SandboxConfig {
+        tiktok_access_token: Some("right".into()),
+        ..SandboxConfig::default()
+    };
     let sandbox = start_with(config).await;
     let body = batch(vec![payment("x")]);
     let (status, reply) = post(&sandbox, None, &body).await;
@@ -160,6 +187,13 @@ async fn a_resent_event_id_is_deduplicated() {
     let records = sandbox.records();
     assert_eq!(records.tiktok.events.len(), 1);
     let counters = records.tiktok.counters;
-    assert_eq!((counters.accepted, counters.deduplicated, counters.duplicate_sends), (1, 1, 1));
+    assert_eq!(
+        (
+            counters.accepted,
+            counters.deduplicated,
+            counters.duplicate_sends
+        ),
+        (1, 1, 1)
+    );
     sandbox.shutdown().await;
 }
