@@ -87,13 +87,10 @@ pub(crate) async fn gate(shared: &Shared, conn: &ConnControl, platform: Platform
         state.records.counters_mut(platform).requests += 1;
         state.faults.clone()
     };
-    let (lo, hi) = faults.latency_ms;
+    let (a, b) = faults.latency_ms;
+    let (lo, hi) = (a.min(b), a.max(b));
     if hi > 0 {
-        let ms = if hi > lo {
-            rand::rng().random_range(lo..=hi)
-        } else {
-            hi
-        };
+        let ms = rand::rng().random_range(lo..=hi);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let decision = roll(&faults);

@@ -16,6 +16,13 @@
 //! The sandbox is as strict as the published rules, and stricter only where noted in each platform
 //! file (it cannot know, for example, when a click happened). Error messages name the field and the
 //! reason, never the value, so they are safe to log.
+//!
+//! To point pgcapi at a running sandbox, set every destination `endpoint` to
+//! [`SandboxHandle::base_url`] and the Google `token_endpoint` to `{base_url}/token`.
+//!
+//! Faults (see [`Faults`]) apply to the three conversion endpoints only: 500, 429 and dropped
+//! connections are decided before the body is read and record nothing; `accept_then_drop_ratio`
+//! processes and records the request, then cuts the connection so the response is lost.
 
 mod faults;
 mod google_ads;
@@ -146,7 +153,7 @@ impl Sandbox {
     }
 }
 
-/// A running sandbox. Dropping it leaves the server running until the runtime ends.
+/// A running sandbox. Dropping the handle shuts the server down gracefully in the background.
 pub struct SandboxHandle {
     /// The bound address.
     addr: SocketAddr,

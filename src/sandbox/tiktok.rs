@@ -4,7 +4,7 @@
 //! 40002 a parameter error (one bad event rejects the whole batch; the message names its index).
 //! The stored docs do not give an event-age limit; the sandbox applies 7 days, the "risky" line of
 //! §3, and rejects times more than [`FUTURE_TOLERANCE_SECS`] ahead. It also requires at least one
-//! match key per event and uppercase ISO 4217 currencies — assumptions marked [UNVERIFIED] in §3.
+//! match key per event and uppercase ISO 4217 currencies — assumptions marked as unverified in §3.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
