@@ -1,1 +1,424 @@
-//! sandbox (to be written).
+//! A local HTTP server that speaks the platforms' conversion endpoints and enforces their rules.
+//!
+//! Tests and `pgcapi demo` point pgcapi's destinations at it, so nothing ever needs a real platform.
+//! One server serves all three platforms, on the same paths as the real hosts (see
+//! `reference/platforms.md` §1–§3):
+//!
+//! | platform | endpoint |
+//! |---|---|
+//! | Meta | `POST /{version}/{pixel_id}/events` |
+//! | Google Ads | `POST /token` (OAuth), `POST /{version}/customers/{cid}:uploadClickConversions`, `…:uploadConversionAdjustments` |
+//! | TikTok | `POST /open_api/v1.3/event/track/` |
+//!
+//! Admin endpoints: `GET /_sandbox/records`, `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`,
+//! `GET /_sandbox/health`.
+//!
+//! The sandbox is as strict as the published rules, and stricter only where noted in each platform
+//! file (it cannot know, for example, when a click happened). Error messages name the field and the
+//! reason, never the value, so they are safe to log.
+//!
+//! To point pgcapi at a running sandbox, set every destination `endpoint` to
+//! [`SandboxHandle::base_url`] and the Google `token_endpoint` to `{base_url}/token`.
+//!
+//! Faults (see [`Faults`]) apply to the three conversion endpoints only: 500, 429 and dropped
+//! connections are decided before the body is read and record nothing; `accept_then_drop_ratio`
+//! processes and records the request, then cuts the connection so the response is lost.
+
+mod faults;
+mod google_ads;
+mod meta;
+mod records;
+mod tiktok;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use faults::Faults;
+pub use records::{
+    AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, EventRecords,
+    GoogleAdsRecords, Records,
+};
+
+use faults::{ConnControl, KillableListener};
+use records::EventMemory;
+
+/// Largest request body accepted; well above a full batch of any platform.
+const BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long [`SandboxHandle::shutdown`] waits for open connections before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Which credentials the sandbox accepts, and its dedup window.
+///
+/// Every credential is `None` by default, meaning "any non-empty value"; set one to make a wrong
+/// value testable. Google access tokens are always the ones the sandbox's own `/token` endpoint
+/// issued, as with the real OAuth flow.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Meta `access_token`.
+    pub meta_access_token: Option<String>,
+    /// Google OAuth `client_id`.
+    pub google_client_id: Option<String>,
+    /// Google OAuth `client_secret`.
+    pub google_client_secret: Option<String>,
+    /// Google OAuth `refresh_token`.
+    pub google_refresh_token: Option<String>,
+    /// Google Ads `developer-token` header.
+    pub google_developer_token: Option<String>,
+    /// TikTok `Access-Token` header.
+    pub tiktok_access_token: Option<String>,
+    /// Meta and TikTok dedup window (48 hours on both platforms).
+    pub dedup_window: Duration,
+    /// Faults active from the start.
+    pub faults: Faults,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            meta_access_token: None,
+            google_client_id: None,
+            google_client_secret: None,
+            google_refresh_token: None,
+            google_developer_token: None,
+            tiktok_access_token: None,
+            dedup_window: Duration::from_secs(48 * 3600),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Checks a presented credential against a configured one (`None` accepts any non-empty value).
+pub(crate) fn credential_ok(expected: &Option<String>, presented: Option<&str>) -> bool {
+    match (expected, presented) {
+        (_, None) => false,
+        (_, Some("")) => false,
+        (None, Some(_)) => true,
+        (Some(want), Some(got)) => want == got,
+    }
+}
+
+/// The platform sandbox server.
+pub struct Sandbox;
+
+impl Sandbox {
+    /// Starts the sandbox with the default config on `addr` (port 0 picks a free port).
+    pub async fn start(addr: SocketAddr) -> io::Result<SandboxHandle> {
+        Sandbox::start_with_config(addr, SandboxConfig::default()).await
+    }
+
+    /// Starts the sandbox with `config` on `addr` (port 0 picks a free port).
+    pub async fn start_with_config(
+        addr: SocketAddr,
+        config: SandboxConfig,
+    ) -> io::Result<SandboxHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let app = router(shared.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let serve = axum::serve(
+            KillableListener::new(listener),
+            app.into_make_service_with_connect_info::<ConnControl>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        });
+        let task = tokio::spawn(async move { serve.await });
+        Ok(SandboxHandle {
+            addr,
+            shared,
+            shutdown: tx,
+            task,
+        })
+    }
+}
+
+/// A running sandbox. Dropping the handle shuts the server down gracefully in the background.
+pub struct SandboxHandle {
+    /// The bound address.
+    addr: SocketAddr,
+    /// State shared with the handlers.
+    shared: Arc<Shared>,
+    /// Fires the graceful shutdown.
+    shutdown: oneshot::Sender<()>,
+    /// The server task.
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl SandboxHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://host:port`, with a wildcard bind address replaced by loopback.
+    pub fn base_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            let loopback: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            addr.set_ip(loopback);
+        }
+        format!("http://{addr}")
+    }
+
+    /// A snapshot of the records.
+    pub fn records(&self) -> Records {
+        self.shared.lock().records.clone()
+    }
+
+    /// Replaces the active faults.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock().faults = faults;
+    }
+
+    /// Forgets records, dedup memory, known Google orders and faults (issued tokens stay valid).
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to a few seconds), then stops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+
+    /// Serves until `signal` completes (e.g. Ctrl-C in `pgcapi sandbox`), then shuts down.
+    ///
+    /// Returns early with the server's error if it stops on its own.
+    pub async fn run_until<F>(self, signal: F) -> io::Result<()>
+    where
+        F: Future<Output = ()>,
+    {
+        let SandboxHandle {
+            addr,
+            shared,
+            shutdown,
+            mut task,
+        } = self;
+        tokio::select! {
+            () = signal => {
+                SandboxHandle { addr, shared, shutdown, task }.shutdown().await;
+                Ok(())
+            }
+            joined = &mut task => match joined {
+                Ok(result) => result,
+                Err(err) => Err(io::Error::other(err)),
+            },
+        }
+    }
+}
+
+/// State shared by all handlers.
+pub(crate) struct Shared {
+    /// Accepted credentials and dedup window.
+    pub(crate) config: SandboxConfig,
+    /// Everything mutable, behind one lock that is never held across an await.
+    state: Mutex<SandboxState>,
+}
+
+/// The mutable part of the sandbox.
+#[derive(Default)]
+pub(crate) struct SandboxState {
+    /// What was accepted, and the counters.
+    pub(crate) records: Records,
+    /// Active faults.
+    pub(crate) faults: Faults,
+    /// Meta dedup memory.
+    pub(crate) meta: EventMemory,
+    /// TikTok dedup memory.
+    pub(crate) tiktok: EventMemory,
+    /// Google Ads orders, clicks and adjustments already accepted.
+    pub(crate) google: google_ads::Ledger,
+    /// Google access tokens issued by `/token`, with their expiry.
+    pub(crate) google_tokens: HashMap<String, DateTime<Utc>>,
+}
+
+impl Shared {
+    /// Fresh state for `config`.
+    fn new(config: SandboxConfig) -> Self {
+        let state = SandboxState {
+            faults: config.faults.clone(),
+            ..SandboxState::default()
+        };
+        Shared {
+            config,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Locks the state; a panic in another handler never makes the sandbox unusable.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SandboxState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Clears everything except issued Google tokens.
+    fn reset(&self) {
+        let mut state = self.lock();
+        let tokens = std::mem::take(&mut state.google_tokens);
+        *state = SandboxState {
+            google_tokens: tokens,
+            ..SandboxState::default()
+        };
+    }
+}
+
+/// All routes of the sandbox.
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .merge(meta::routes())
+        .merge(google_ads::routes())
+        .merge(tiktok::routes())
+        .route("/_sandbox/health", get(|| async { "ok" }))
+        .route("/_sandbox/records", get(get_records))
+        .route("/_sandbox/reset", post(post_reset))
+        .route("/_sandbox/faults", get(get_faults).post(post_faults))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(shared)
+}
+
+/// `GET /_sandbox/records`.
+async fn get_records(AxState(shared): AxState<Arc<Shared>>) -> Json<Records> {
+    Json(shared.lock().records.clone())
+}
+
+/// `POST /_sandbox/reset`.
+async fn post_reset(AxState(shared): AxState<Arc<Shared>>) -> Json<serde_json::Value> {
+    shared.reset();
+    Json(json!({"reset": true}))
+}
+
+/// `GET /_sandbox/faults`.
+async fn get_faults(AxState(shared): AxState<Arc<Shared>>) -> Json<Faults> {
+    Json(shared.lock().faults.clone())
+}
+
+/// `POST /_sandbox/faults`: replaces the faults; omitted fields take their defaults.
+async fn post_faults(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(faults) => {
+            shared.lock().faults = faults.clone();
+            Json(faults).into_response()
+        }
+        Err(err) => json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("invalid faults: {err}")}),
+        ),
+    }
+}
+
+/// Any other path: a plain 404 that says it came from the sandbox.
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": "no such endpoint in the pgcapi platform sandbox"}),
+    )
+}
+
+/// A JSON response with `status`.
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// A random alphanumeric id (trace ids, request ids, tokens).
+pub(crate) fn random_id(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+/// True for a SHA-256 digest written as 64 lowercase hex characters.
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Parses an `application/x-www-form-urlencoded` body; `None` if it is not valid UTF-8.
+pub(crate) fn parse_form(body: &[u8]) -> Option<Vec<(String, String)>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut pairs = Vec::new();
+    for part in text.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').unwrap_or((part, ""));
+        pairs.push((percent_decode(key)?, percent_decode(value)?));
+    }
+    Some(pairs)
+}
+
+/// Decodes `+` and `%XX` escapes; `None` on a bad escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// True for a JSON string holding a plain IPv4 or IPv6 address (a hashed IP is not one).
+pub(crate) fn is_ip_address(value: &serde_json::Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok())
+}
+
+/// Reads a JSON value as a Unix-seconds integer (a JSON integer or a string of digits).
+pub(crate) fn as_unix_seconds(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Reads a JSON value as a number (a JSON number or a numeric string).
+pub(crate) fn as_number(value: &serde_json::Value) -> Option<f64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
+        _ => None,
+    }
+}

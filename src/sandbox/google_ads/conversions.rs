@@ -1,0 +1,454 @@
+//! `customers/{cid}:uploadClickConversions` (platforms.md §2.1, §2.3).
+
+use std::collections::HashSet;
+
+use axum::response::Response;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde_json::{json, Map, Value};
+
+use super::{
+    action_id, check_user_identifiers, click_key, collection_error, currency_ok, not_in_future,
+    parse_body, parse_date_time, schema, upload_response, Call, Ledger, RowError, StoredConversion,
+};
+use crate::sandbox::records::AcceptedConversion;
+use crate::sandbox::{as_number, Shared};
+
+/// Conversions per request (§2.1).
+const MAX_CONVERSIONS: usize = 2_000;
+/// The longest click-through window an action can have, 90 days (§2.1).
+const MAX_AGE_DAYS: i64 = 90;
+/// The collection name used in error locations.
+const COLLECTION: &str = "conversions";
+
+// ---------------------------------------------------------------------------------------------
+// Request types
+// ---------------------------------------------------------------------------------------------
+
+/// One conversion that passed the per-row rules.
+struct Row<'a> {
+    /// The action resource name.
+    action: &'a str,
+    /// The numeric action id (what Google keys on).
+    action_id: &'a str,
+    /// `conversionDateTime` as sent.
+    time_text: &'a str,
+    /// `conversionDateTime` parsed.
+    time: DateTime<FixedOffset>,
+    /// `orderId`.
+    order_id: Option<&'a str>,
+    /// `gclid`.
+    gclid: Option<&'a str>,
+    /// `gbraid`.
+    gbraid: Option<&'a str>,
+    /// `wbraid`.
+    wbraid: Option<&'a str>,
+    /// Hashed emails.
+    emails: Vec<String>,
+    /// Hashed phone numbers.
+    phones: Vec<String>,
+}
+
+impl Row<'_> {
+    /// The one click id, if any.
+    fn click(&self) -> Option<&str> {
+        self.gclid.or(self.gbraid).or(self.wbraid)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+/// A non-empty string field of a row.
+fn text<'a>(row: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    row.get(key).and_then(Value::as_str)
+}
+
+/// Characters Google click ids are made of (URL-safe base64).
+fn click_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Applies the per-row rules of §2.1 (everything except dedup).
+fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, RowError> {
+    let err = RowError::new;
+    let action = text(row, "conversionAction").ok_or_else(|| {
+        err(
+            "fieldError",
+            "REQUIRED",
+            Some("conversion_action"),
+            "The required field was not present.",
+        )
+    })?;
+    let id = action_id(action).ok_or_else(|| {
+        err(
+            "requestError",
+            "RESOURCE_NAME_MALFORMED",
+            Some("conversion_action"),
+            "The resource name must be customers/{customer_id}/conversionActions/{action_id}.",
+        )
+    })?;
+    let time_text = text(row, "conversionDateTime").ok_or_else(|| {
+        err(
+            "fieldError",
+            "REQUIRED",
+            Some("conversion_date_time"),
+            "The required field was not present.",
+        )
+    })?;
+    let time = parse_date_time(time_text).ok_or_else(|| {
+        err(
+            "dateError",
+            "INVALID_STRING_DATE_TIME_SECONDS_WITH_OFFSET",
+            Some("conversion_date_time"),
+            "The string date time must be in the format yyyy-mm-dd hh:mm:ss+|-hh:mm.",
+        )
+    })?;
+    if now - time.with_timezone(&Utc) > chrono::Duration::days(MAX_AGE_DAYS) {
+        return Err(err("conversionUploadError", "EXPIRED_EVENT", Some("conversion_date_time"),
+            "The click associated with the given identifier or iOS URL parameter occurred too long ago to be attributed."));
+    }
+    if !not_in_future(&time, now) {
+        return Err(err(
+            "dateError",
+            "LATER_THAN_MAXIMUM_DATE",
+            Some("conversion_date_time"),
+            "The date time is in the future.",
+        ));
+    }
+    let (gclid, gbraid, wbraid) = (text(row, "gclid"), text(row, "gbraid"), text(row, "wbraid"));
+    if gbraid.is_some() && wbraid.is_some() {
+        return Err(err(
+            "conversionUploadError",
+            "GBRAID_WBRAID_BOTH_SET",
+            Some("gbraid"),
+            "The conversion cannot have both gbraid and wbraid set.",
+        ));
+    }
+    if gclid.is_some() && (gbraid.is_some() || wbraid.is_some()) {
+        let field = if gbraid.is_some() { "gbraid" } else { "wbraid" };
+        return Err(err(
+            "fieldError",
+            "VALUE_MUST_BE_UNSET",
+            Some(field),
+            "Only one click id can be set.",
+        ));
+    }
+    for (value, field, code) in [
+        (gclid, "gclid", "UNPARSEABLE_GCLID"),
+        (gbraid, "gbraid", "UNPARSEABLE_GBRAID"),
+        (wbraid, "wbraid", "UNPARSEABLE_WBRAID"),
+    ] {
+        if value.is_some_and(|v| !click_id_ok(v)) {
+            return Err(err(
+                "conversionUploadError",
+                code,
+                Some(field),
+                "The click id could not be decoded.",
+            ));
+        }
+    }
+    let (emails, phones) = check_user_identifiers(row.get("userIdentifiers"))?;
+    if gclid.is_none()
+        && gbraid.is_none()
+        && wbraid.is_none()
+        && emails.is_empty()
+        && phones.is_empty()
+    {
+        return Err(err(
+            "fieldError",
+            "REQUIRED",
+            Some("gclid"),
+            "A click id (gclid, gbraid or wbraid) or user identifiers are required.",
+        ));
+    }
+    let order_id = text(row, "orderId");
+    if order_id.is_some_and(|o| o.trim().is_empty()) {
+        return Err(err(
+            "fieldError",
+            "INVALID_VALUE",
+            Some("order_id"),
+            "The order id must not be empty.",
+        ));
+    }
+    if order_id.is_some_and(|o| o.contains('@')) {
+        return Err(err(
+            "conversionUploadError",
+            "ORDER_ID_CONTAINS_PII",
+            Some("order_id"),
+            "The order id contains personally identifiable information.",
+        ));
+    }
+    if row
+        .get("conversionValue")
+        .and_then(as_number)
+        .is_some_and(|v| v < 0.0)
+    {
+        return Err(err(
+            "fieldError",
+            "INVALID_VALUE",
+            Some("conversion_value"),
+            "The conversion value must not be negative.",
+        ));
+    }
+    if text(row, "currencyCode").is_some_and(|c| !currency_ok(c)) {
+        return Err(err(
+            "currencyCodeError",
+            "UNSUPPORTED",
+            Some("currency_code"),
+            "The currency code must be an uppercase ISO 4217 code.",
+        ));
+    }
+    Ok(Row {
+        action,
+        action_id: id,
+        time_text,
+        time,
+        order_id,
+        gclid,
+        gbraid,
+        wbraid,
+        emails,
+        phones,
+    })
+}
+
+/// Google's dedup: order id per action forever, else click + action + time (§2.1, §8 item 10).
+///
+/// `in_request` holds the keys of earlier rows of the same request. Returns whether the key had been
+/// received before (for `duplicate_sends`) alongside the verdict.
+fn dedup(
+    ledger: &mut Ledger,
+    row: &Row<'_>,
+    in_request: &mut HashSet<String>,
+) -> (bool, Result<(), RowError>) {
+    let err = RowError::new;
+    let (send_key, verdict) = if let Some(order) = row.order_id {
+        let key = format!("order\u{1f}{}\u{1f}{order}", row.action_id);
+        let verdict =
+            if in_request.contains(&key) {
+                Err(err(
+                    "conversionUploadError",
+                    "DUPLICATE_ORDER_ID",
+                    Some("order_id"),
+                    "The request contains more than one conversion with the same order id.",
+                ))
+            } else if ledger
+                .by_order
+                .contains_key(&(row.action_id.to_string(), order.to_string()))
+            {
+                Err(err("conversionUploadError", "ORDER_ID_ALREADY_IN_USE", Some("order_id"),
+                "The order id is already in use by another conversion of this conversion action."))
+            } else {
+                Ok(())
+            };
+        (Some(key), verdict)
+    } else if let Some(click) = row.click() {
+        let (a, c, t) = click_key(row.action_id, click, &row.time);
+        let key = format!("click\u{1f}{a}\u{1f}{c}\u{1f}{t}");
+        let verdict = if in_request.contains(&key) {
+            Err(err(
+                "conversionUploadError",
+                "DUPLICATE_CLICK_CONVERSION_IN_REQUEST",
+                Some("gclid"),
+                "The request contains more than one conversion for the same click and time.",
+            ))
+        } else if ledger.by_click.contains_key(&(a, c, t)) {
+            Err(err(
+                "conversionUploadError",
+                "CLICK_CONVERSION_ALREADY_EXISTS",
+                Some("gclid"),
+                "A conversion for this click, action and time was already uploaded.",
+            ))
+        } else {
+            Ok(())
+        };
+        (Some(key), verdict)
+    } else {
+        // Enhanced conversions for leads without an order id: nothing to dedup on.
+        (None, Ok(()))
+    };
+    let resent = match send_key {
+        Some(key) => {
+            let resent = ledger.sends.note(&key);
+            in_request.insert(key);
+            resent
+        }
+        None => false,
+    };
+    (resent, verdict)
+}
+
+/// Remembers an accepted conversion for later dedup and adjustments.
+fn store(ledger: &mut Ledger, row: &Row<'_>) {
+    let index = ledger.conversions.len();
+    ledger.conversions.push(StoredConversion {
+        order_id: row.order_id.map(str::to_string),
+        conversion_time: row.time,
+        retracted: false,
+        last_restatement: None,
+    });
+    if let Some(order) = row.order_id {
+        ledger
+            .by_order
+            .insert((row.action_id.to_string(), order.to_string()), index);
+    }
+    if let Some(click) = row.click() {
+        ledger
+            .by_click
+            .entry(click_key(row.action_id, click, &row.time))
+            .or_insert(index);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handler
+// ---------------------------------------------------------------------------------------------
+
+/// Validates, dedups and records an upload; rows fail individually.
+pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response {
+    let reject = |response: Response| {
+        shared.lock().records.google_ads.counters.rejected_requests += 1;
+        response
+    };
+    let request = match parse_body(ctx, body, &schema::UPLOAD_CLICKS_REQUEST) {
+        Ok(value) => value,
+        Err(response) => return reject(*response),
+    };
+    let empty = Vec::new();
+    let rows = request
+        .get("conversions")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    if rows.is_empty() {
+        return reject(collection_error(
+            ctx,
+            COLLECTION,
+            "fieldError",
+            "REQUIRED",
+            "The required field was not present.",
+        ));
+    }
+    if rows.len() > MAX_CONVERSIONS {
+        return reject(collection_error(
+            ctx,
+            COLLECTION,
+            "conversionUploadError",
+            "TOO_MANY_CONVERSIONS_IN_REQUEST",
+            "The request contains more than 2000 conversions.",
+        ));
+    }
+    let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
+    let now = Utc::now();
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    let mut scratch = None;
+    let ledger = if validate_only {
+        scratch.insert(state.google.clone())
+    } else {
+        &mut state.google
+    };
+    let mut in_request = HashSet::new();
+    let mut results = Vec::with_capacity(rows.len());
+    let mut errors = Vec::new();
+    let mut accepted = Vec::new();
+    let mut resent = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let outcome = row
+            .as_object()
+            .ok_or_else(|| {
+                RowError::new(
+                    "fieldError",
+                    "REQUIRED",
+                    None,
+                    "A conversion must be an object.",
+                )
+            })
+            .and_then(|obj| check_row(obj, now).map(|checked| (obj, checked)));
+        let (obj, checked) = match outcome {
+            Ok(pair) => pair,
+            Err(e) => {
+                errors.push((i, e));
+                results.push(json!({}));
+                continue;
+            }
+        };
+        let (was_sent, verdict) = dedup(ledger, &checked, &mut in_request);
+        resent += u64::from(was_sent);
+        if let Err(e) = verdict {
+            errors.push((i, e));
+            results.push(json!({}));
+            continue;
+        }
+        store(ledger, &checked);
+        results.push(result_of(&checked));
+        accepted.push(record_of(ctx, obj, &checked, now));
+    }
+    if !validate_only {
+        let records = &mut state.records.google_ads;
+        let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
+        records.counters.accepted += accepted.len() as u64;
+        records.counters.deduplicated += duplicates;
+        records.counters.rejected += errors.len() as u64 - duplicates;
+        records.counters.duplicate_sends += resent;
+        records.conversions.extend(accepted);
+    }
+    drop(guard);
+    let job_id = request
+        .get("jobId")
+        .and_then(crate::sandbox::as_unix_seconds);
+    upload_response(ctx, COLLECTION, results, &errors, job_id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+// ---------------------------------------------------------------------------------------------
+
+/// A `ClickConversionResult` for an accepted row.
+fn result_of(row: &Row<'_>) -> Value {
+    let mut result = json!({
+        "conversionAction": row.action,
+        "conversionDateTime": row.time_text,
+    });
+    for (key, value) in [
+        ("gclid", row.gclid),
+        ("gbraid", row.gbraid),
+        ("wbraid", row.wbraid),
+    ] {
+        if let Some(v) = value {
+            result[key] = json!(v);
+        }
+    }
+    result
+}
+
+/// The record of an accepted row.
+fn record_of(
+    ctx: &Call<'_>,
+    obj: &Map<String, Value>,
+    row: &Row<'_>,
+    now: DateTime<Utc>,
+) -> AcceptedConversion {
+    AcceptedConversion {
+        customer_id: ctx.customer_id.to_string(),
+        conversion_action: row.action.to_string(),
+        order_id: row.order_id.map(str::to_string),
+        gclid: row.gclid.map(str::to_string),
+        gbraid: row.gbraid.map(str::to_string),
+        wbraid: row.wbraid.map(str::to_string),
+        conversion_date_time: row.time_text.to_string(),
+        value: obj.get("conversionValue").and_then(as_number),
+        currency: text(obj, "currencyCode").map(str::to_string),
+        hashed_emails: row.emails.clone(),
+        hashed_phones: row.phones.clone(),
+        ad_user_data_consent: obj
+            .get("consent")
+            .and_then(|c| c.get("adUserData"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        received_at: now,
+    }
+}

@@ -1,0 +1,225 @@
+//! What the sandbox accepted, per platform, plus counters and the dedup memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Platform;
+
+/// A snapshot of everything the sandbox accepted since start or the last reset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Records {
+    /// Meta Conversions API.
+    pub meta: EventRecords,
+    /// Google Ads click conversions and adjustments.
+    pub google_ads: GoogleAdsRecords,
+    /// TikTok Events API.
+    pub tiktok: EventRecords,
+}
+
+impl Records {
+    /// The counters of one platform.
+    pub fn counters(&self, platform: Platform) -> &Counters {
+        match platform {
+            Platform::Meta => &self.meta.counters,
+            Platform::GoogleAds => &self.google_ads.counters,
+            Platform::Tiktok => &self.tiktok.counters,
+        }
+    }
+
+    /// The counters of one platform, for updating.
+    pub(crate) fn counters_mut(&mut self, platform: Platform) -> &mut Counters {
+        match platform {
+            Platform::Meta => &mut self.meta.counters,
+            Platform::GoogleAds => &mut self.google_ads.counters,
+            Platform::Tiktok => &mut self.tiktok.counters,
+        }
+    }
+}
+
+/// Counters of one platform. An "item" is an event, a conversion or an adjustment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Requests that reached the platform's conversion endpoints, whatever their outcome.
+    pub requests: u64,
+    /// Items the platform counted (these are the items listed in the records).
+    pub accepted: u64,
+    /// Items in an accepted request that the platform's dedup dropped (within its window, or an
+    /// already-used Google order id / click, or a Google adjustment ignored after a retraction).
+    pub deduplicated: u64,
+    /// Items whose id had been received before in a valid request, at any time since the last
+    /// reset, whether or not inside the dedup window. This is what the connector resent.
+    pub duplicate_sends: u64,
+    /// Items refused for breaking a rule (for Meta and TikTok every item of a rejected batch).
+    pub rejected: u64,
+    /// Requests refused as a whole (credentials, envelope, batch size, any bad Meta/TikTok event).
+    pub rejected_requests: u64,
+    /// Requests that got an injected fault (500, 429, dropped connection, accept-then-drop).
+    pub faulted: u64,
+}
+
+/// Accepted Meta or TikTok events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventRecords {
+    /// Counters.
+    pub counters: Counters,
+    /// Every event the platform counted, in arrival order.
+    pub events: Vec<AcceptedEvent>,
+}
+
+/// One event counted by Meta or TikTok.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceptedEvent {
+    /// Meta `event_name` or TikTok `event`.
+    pub event_name: String,
+    /// The dedup id, when sent.
+    pub event_id: Option<String>,
+    /// Unix seconds.
+    pub event_time: i64,
+    /// Meta `action_source` or TikTok `event_source`.
+    pub source: String,
+    /// Hashed match keys by the platform's field name (`em`, `ph`, … or `email`, `phone`, …).
+    pub hashed: BTreeMap<String, Vec<String>>,
+    /// Unhashed identifiers by field name (`fbc`, `fbp`, `lead_id`, `ttclid`, `ttp`, …).
+    pub plain: BTreeMap<String, String>,
+    /// Conversion value, when sent.
+    pub value: Option<f64>,
+    /// Currency, as sent.
+    pub currency: Option<String>,
+    /// The request's `test_event_code`, when sent.
+    pub test_event_code: Option<String>,
+    /// When the sandbox received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Accepted Google Ads conversions and adjustments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoogleAdsRecords {
+    /// Counters (conversions and adjustments together).
+    pub counters: Counters,
+    /// Every accepted click conversion, in arrival order.
+    pub conversions: Vec<AcceptedConversion>,
+    /// Every applied adjustment, in arrival order.
+    pub adjustments: Vec<AcceptedAdjustment>,
+    /// Access tokens handed out by the OAuth token endpoint.
+    pub tokens_issued: u64,
+}
+
+/// One accepted Google Ads click conversion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceptedConversion {
+    /// Customer id from the URL.
+    pub customer_id: String,
+    /// `customers/{cid}/conversionActions/{id}`.
+    pub conversion_action: String,
+    /// The order id, when sent.
+    pub order_id: Option<String>,
+    /// Click ids, when sent.
+    pub gclid: Option<String>,
+    /// iOS app-to-web click id.
+    pub gbraid: Option<String>,
+    /// iOS web-to-app click id.
+    pub wbraid: Option<String>,
+    /// As sent: `yyyy-mm-dd hh:mm:ss+hh:mm`.
+    pub conversion_date_time: String,
+    /// Conversion value, when sent.
+    pub value: Option<f64>,
+    /// Currency, when sent.
+    pub currency: Option<String>,
+    /// `hashedEmail` user identifiers.
+    pub hashed_emails: Vec<String>,
+    /// `hashedPhoneNumber` user identifiers.
+    pub hashed_phones: Vec<String>,
+    /// `consent.adUserData`, when sent.
+    pub ad_user_data_consent: Option<String>,
+    /// When the sandbox received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// One applied Google Ads conversion adjustment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceptedAdjustment {
+    /// Customer id from the URL.
+    pub customer_id: String,
+    /// The conversion action of the original conversion.
+    pub conversion_action: String,
+    /// `RETRACTION`, `RESTATEMENT` or `ENHANCEMENT`.
+    pub adjustment_type: String,
+    /// As sent: `yyyy-mm-dd hh:mm:ss+hh:mm`.
+    pub adjustment_date_time: String,
+    /// The original's order id, when the adjustment used it.
+    pub order_id: Option<String>,
+    /// The original's gclid, when the adjustment used a gclid/date-time pair.
+    pub gclid: Option<String>,
+    /// The new total value for a restatement.
+    pub adjusted_value: Option<f64>,
+    /// The restatement currency, when sent.
+    pub currency: Option<String>,
+    /// When the sandbox received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// How a dedup key relates to what was seen before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Never seen since the last reset.
+    New,
+    /// Seen, and the counted copy is inside the dedup window: drop it.
+    WithinWindow,
+    /// Seen, but the counted copy is older than the window: count it again.
+    OutsideWindow,
+}
+
+/// Arrival-time dedup on a string key, as Meta and TikTok do on name + event id.
+#[derive(Debug, Default)]
+pub(crate) struct DedupMemory {
+    /// Key → arrival time of the copy that was last counted.
+    counted_at: HashMap<String, DateTime<Utc>>,
+}
+
+impl DedupMemory {
+    /// Classifies `key` without changing the memory.
+    pub(crate) fn check(&self, key: &str, now: DateTime<Utc>, window: Duration) -> Seen {
+        match self.counted_at.get(key) {
+            None => Seen::New,
+            Some(at) => {
+                let age = (now - *at).to_std().unwrap_or_default();
+                if age < window {
+                    Seen::WithinWindow
+                } else {
+                    Seen::OutsideWindow
+                }
+            }
+        }
+    }
+
+    /// Remembers that `key` was counted at `now`.
+    pub(crate) fn remember(&mut self, key: String, now: DateTime<Utc>) {
+        self.counted_at.insert(key, now);
+    }
+}
+
+/// The set of ids received so far, for the `duplicate_sends` counter.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SendLog {
+    /// Every id received in a valid request.
+    seen: HashSet<String>,
+}
+
+impl SendLog {
+    /// Notes a received id; true when it had been received before.
+    pub(crate) fn note(&mut self, key: &str) -> bool {
+        !self.seen.insert(key.to_string())
+    }
+}
+
+/// Dedup state of an event platform (Meta or TikTok).
+#[derive(Debug, Default)]
+pub(crate) struct EventMemory {
+    /// Arrival-time dedup on name + event id.
+    pub(crate) dedup: DedupMemory,
+    /// Every name + event id received.
+    pub(crate) sends: SendLog,
+}
