@@ -239,9 +239,8 @@ impl Cluster {
         conf.extend(self.options.extra_conf.iter().cloned());
         append_file(&data.join("postgresql.conf"), &(conf.join("\n") + "\n"))?;
         // Replication connections need their own pg_hba lines.
-        let hba = format!(
-            "local replication all trust\nhost replication all 127.0.0.1/32 {auth_host}\n"
-        );
+        let hba =
+            format!("local replication all trust\nhost replication all 127.0.0.1/32 {auth_host}\n");
         append_file(&data.join("pg_hba.conf"), &hba)
     }
 
@@ -294,7 +293,14 @@ impl Cluster {
         };
         command.args(args).current_dir(self.dir.path());
         // Keep the caller's libpq settings from leaking into pg_ctl's readiness checks.
-        for var in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSSLMODE"] {
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGDATABASE",
+            "PGUSER",
+            "PGPASSWORD",
+            "PGSSLMODE",
+        ] {
             command.env_remove(var);
         }
         let output = command
@@ -349,21 +355,26 @@ pub fn find_bin_dir() -> Option<PathBuf> {
     if let Some((_, dir)) = versions.pop() {
         return Some(dir);
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).find(|dir| has_tools(dir))
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).find(|dir| has_tools(dir)))
 }
 
 /// True when this process runs as root, which PostgreSQL refuses to run as.
 pub fn running_as_root() -> bool {
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn chown_to_postgres(path: &Path) -> Result<(), ClusterError> {
     let uid = id_of("-u")?;
     let gid = id_of("-g")?;
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| io(&format!("giving {} to the postgres user", path.display()), e))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+        io(
+            &format!("giving {} to the postgres user", path.display()),
+            e,
+        )
+    })
 }
 
 fn id_of(flag: &str) -> Result<u32, ClusterError> {
