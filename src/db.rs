@@ -1,1 +1,193 @@
-//! db (to be written).
+//! Ordinary SQL connections (tokio-postgres) with the same settings and TLS rules as the replication one.
+
+use crate::source::tls::{self, TlsError};
+use crate::source::{ConnInfo, Host, SslMode};
+use rustls::pki_types::ServerName;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+use tokio_postgres::Socket;
+
+/// Why an SQL connection could not be opened. Messages never contain the password.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// TLS settings could not be built (e.g. an unreadable `sslrootcert`).
+    #[error("database TLS settings")]
+    Tls(#[from] TlsError),
+    /// Connecting, TLS negotiation or authentication failed; tokio-postgres never prints the password.
+    #[error("connecting to the database")]
+    Connect(#[source] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// The SQLSTATE of a server-side failure, if any.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            DbError::Connect(e) => e.code().map(|c| c.code()),
+            DbError::Tls(_) => None,
+        }
+    }
+}
+
+/// Opens an ordinary SQL connection honouring `sslmode` with rustls (verify-full checks the host name,
+/// verify-ca only the chain, require encrypts without verifying, prefer tries TLS then plain), over TCP
+/// or a Unix socket (where, as in libpq, TLS is not used), and spawns the connection task.
+pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
+    let tls_config = tls::client_config(info)?;
+    let attempt = connect_with(info, tls_config.clone()).await;
+    match attempt {
+        // libpq's `prefer` falls back to plain text when the TLS handshake itself fails.
+        Err(DbError::Connect(ref e))
+            if info.sslmode == SslMode::Prefer && tls_config.is_some() && is_tls_failure(e) =>
+        {
+            tracing::info!("TLS handshake failed under sslmode=prefer; retrying without TLS");
+            connect_with(info, None).await
+        }
+        other => other,
+    }
+}
+
+/// One connection attempt; `tls_config` of `None` means plain text.
+async fn connect_with(
+    info: &ConnInfo,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+) -> Result<tokio_postgres::Client, DbError> {
+    let mut config = tokio_postgres::Config::new();
+    config.user(&info.user).dbname(&info.dbname);
+    if let Some(password) = &info.password {
+        config.password(password);
+    }
+    if let Some(name) = &info.application_name {
+        config.application_name(name);
+    }
+    if let Some(timeout) = info.connect_timeout {
+        config.connect_timeout(timeout);
+    }
+    config.port(info.port);
+    let ssl_mode = match (&info.host, &tls_config) {
+        (Host::Unix(dir), _) => {
+            config.host_path(dir);
+            tokio_postgres::config::SslMode::Disable
+        }
+        (Host::Tcp(host), None) => {
+            config.host(host);
+            tokio_postgres::config::SslMode::Disable
+        }
+        (Host::Tcp(host), Some(_)) => {
+            config.host(host);
+            match info.sslmode {
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            }
+        }
+    };
+    config.ssl_mode(ssl_mode);
+    let connector = RustlsConnect { config: tls_config };
+    let (client, connection) = config.connect(connector).await.map_err(DbError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection ended with an error");
+        }
+    });
+    Ok(client)
+}
+
+/// Whether a connect error came from the TLS layer rather than the server or the network.
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(err) = source {
+        if err.is::<rustls::Error>() || err.is::<TlsError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// tokio-postgres's TLS factory over our rustls settings.
+#[derive(Clone)]
+struct RustlsConnect {
+    /// `None` when TLS is disabled; tokio-postgres then never asks for a connector.
+    config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl MakeTlsConnect<Socket> for RustlsConnect {
+    type Stream = RustlsStream;
+    type TlsConnect = RustlsConnector;
+    type Error = TlsError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, TlsError> {
+        let config = self.config.clone().ok_or(TlsError::NotSupported)?;
+        Ok(RustlsConnector {
+            config,
+            name: tls::server_name(domain)?,
+        })
+    }
+}
+
+/// Runs the TLS handshake for one host.
+struct RustlsConnector {
+    /// The rustls settings for the connection's `sslmode`.
+    config: Arc<rustls::ClientConfig>,
+    /// The name the certificate is checked against (verify-full only).
+    name: ServerName<'static>,
+}
+
+impl TlsConnect<Socket> for RustlsConnector {
+    type Stream = RustlsStream;
+    type Error = TlsError;
+    type Future = Pin<Box<dyn Future<Output = Result<RustlsStream, TlsError>> + Send>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        Box::pin(async move {
+            let stream = tokio_rustls::TlsConnector::from(self.config)
+                .connect(self.name, stream)
+                .await
+                .map_err(TlsError::Handshake)?;
+            Ok(RustlsStream(Box::new(stream)))
+        })
+    }
+}
+
+/// A TLS stream as tokio-postgres wants it.
+struct RustlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+
+impl tokio_postgres::tls::TlsStream for RustlsStream {
+    fn channel_binding(&self) -> ChannelBinding {
+        // SCRAM then runs without channel binding, which every server accepts.
+        ChannelBinding::none()
+    }
+}
+
+impl AsyncRead for RustlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().0.as_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RustlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.get_mut().0.as_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().0.as_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.get_mut().0.as_mut()).poll_shutdown(cx)
+    }
+}
