@@ -168,11 +168,11 @@ impl Capture {
         let slot = self.config.source.slot.clone();
         let mut control = crate::db::connect(&self.control)
             .await
-            .map_err(|e| CaptureError::Db(e.to_string()))?;
+            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
         let checkpoint = outbox::load_checkpoint(&control, &schema, &slot).await?;
         let source_sql = crate::db::connect(&self.source)
             .await
-            .map_err(|e| CaptureError::Db(e.to_string()))?;
+            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
         let slot_lsn = slot_position(&source_sql, &slot).await?;
         verify_not_ahead(&slot, &schema, slot_lsn, checkpoint)?;
         let connection = ReplicationConnection::connect(&self.source, REPLICATION_OPTIONS)

@@ -112,7 +112,7 @@ fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
 /// tokio-postgres's TLS factory over our rustls settings.
 #[derive(Clone)]
 struct RustlsConnect {
-    /// `None` when TLS is disabled; tokio-postgres then never asks for a connector.
+    /// `None` when TLS is disabled. tokio-postgres asks for a connector even then (and never uses it).
     config: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -122,20 +122,20 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
     type Error = TlsError;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, TlsError> {
-        let config = self.config.clone().ok_or(TlsError::NotSupported)?;
+        let Some(config) = self.config.clone() else {
+            return Ok(RustlsConnector { tls: None });
+        };
         Ok(RustlsConnector {
-            config,
-            name: tls::server_name(domain)?,
+            tls: Some((config, tls::server_name(domain)?)),
         })
     }
 }
 
 /// Runs the TLS handshake for one host.
 struct RustlsConnector {
-    /// The rustls settings for the connection's `sslmode`.
-    config: Arc<rustls::ClientConfig>,
-    /// The name the certificate is checked against (verify-full only).
-    name: ServerName<'static>,
+    /// The rustls settings for the connection's `sslmode` and the name the certificate is checked
+    /// against (verify-full only); `None` when TLS is disabled.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl TlsConnect<Socket> for RustlsConnector {
@@ -145,8 +145,9 @@ impl TlsConnect<Socket> for RustlsConnector {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let stream = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+            let (config, name) = self.tls.ok_or(TlsError::NotSupported)?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
                 .await
                 .map_err(TlsError::Handshake)?;
             Ok(RustlsStream(Box::new(stream)))

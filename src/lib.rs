@@ -33,3 +33,18 @@ pub mod rules;
 pub mod sandbox;
 pub mod setup;
 pub mod source;
+
+/// An error and its sources as one line (`a: b: c`), for messages shown to operators.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

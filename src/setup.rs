@@ -83,7 +83,7 @@ pub async fn connect(url: &str, what: &'static str) -> Result<Client, SetupError
         .await
         .map_err(|e| SetupError::Connect {
             what,
-            message: e.to_string(),
+            message: crate::error_chain(&e),
         })
 }
 
