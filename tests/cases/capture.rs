@@ -110,6 +110,18 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
 
     // THEN exactly these rows exist (3 destinations per order, 2 per lead).
     let expected_rows = 3 * 5 + 3 + 2 * 2;
+    let settled = wait_for(20, "all deliveries", || async {
+        let n = count(&client, "select count(*) from pgcapi.deliveries").await;
+        if running.task.is_finished() {
+            return Some(-1);
+        }
+        (n >= expected_rows).then_some(n)
+    })
+    .await;
+    if settled == -1 {
+        panic!("capture stopped early: {:?}", running.task.await);
+    }
+    assert_eq!(settled, expected_rows, "{:#?}", deliveries(&client).await);
     wait_for(20, "all deliveries", || async {
         (count(&client, "select count(*) from pgcapi.deliveries").await == expected_rows).then_some(())
     })
