@@ -12,7 +12,9 @@ use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
 use crate::lsn::Lsn;
 use crate::outbox::{self, NewDelivery, OutboxError};
 use crate::rules::{Bound, DropCounts, RuleError, Rules, TxContext};
-use crate::source::{ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError};
+use crate::source::{
+    ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -433,7 +435,9 @@ impl Session<'_> {
             .map_err(|error| CaptureError::Rule { error, lsn: at })?;
         let dropped = self.drops.by_key.values().sum::<u64>() - before;
         if dropped > 0 {
-            self.capture.stats.send_modify(|s| s.dropped_keys += dropped);
+            self.capture
+                .stats
+                .send_modify(|s| s.dropped_keys += dropped);
         }
         self.group.extend(rows);
         // Bound memory inside a large transaction: write a chunk without moving the checkpoint.

@@ -904,9 +904,11 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         match (env(name).filter(|v| !v.is_empty()), default) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
-            (None, None) => return Err(format!(
+            (None, None) => {
+                return Err(format!(
                 "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-            )),
+            ))
+            }
         }
         rest = &after[end + 1..];
     }

@@ -98,9 +98,8 @@ struct Compiled {
 impl Compiled {
     fn from_config(rule: &RuleConfig, config: &Config, adjusts: Option<Arc<Compiled>>) -> Compiled {
         let template = |t: &Option<String>| t.as_deref().and_then(|t| Template::parse(t).ok());
-        let single = |t: &Option<String>| {
-            template(t).and_then(|t| t.single_column().map(str::to_string))
-        };
+        let single =
+            |t: &Option<String>| template(t).and_then(|t| t.single_column().map(str::to_string));
         let kind = if rule.retracts.is_some() {
             Kind::Retraction
         } else if rule.restates.is_some() {
@@ -187,7 +186,10 @@ impl Compiled {
         if let Some(target) = &self.adjusts {
             for (field, column) in target.columns() {
                 if !field.starts_with("when.") {
-                    out.push((format!("{} (via {}).{field}", target.name, self.name), column));
+                    out.push((
+                        format!("{} (via {}).{field}", target.name, self.name),
+                        column,
+                    ));
                 }
             }
         }
@@ -309,10 +311,7 @@ impl Rules {
         drops: &mut DropCounts,
     ) -> Result<Vec<NewDelivery>, RuleError> {
         let mut out = Vec::new();
-        let row = RowView {
-            bound,
-            tuple: new,
-        };
+        let row = RowView { bound, tuple: new };
         for rule in &bound.rules {
             if !row.matches(rule)? {
                 continue;
@@ -337,7 +336,17 @@ impl Rules {
         let fields = match EventFields::read(rule, rule, row, tx, &self.default_currency)? {
             Ok(fields) => fields,
             Err(reason) => {
-                failed_rows(rule, &rule.destinations, Kind::Conversion, None, row, tx, ordinal, reason, out);
+                failed_rows(
+                    rule,
+                    &rule.destinations,
+                    Kind::Conversion,
+                    None,
+                    row,
+                    tx,
+                    ordinal,
+                    reason,
+                    out,
+                );
                 return Ok(());
             }
         };
@@ -646,7 +655,7 @@ impl RowView<'_> {
             let Some(text) = self.text(rule, column)? else {
                 return Ok(false);
             };
-            if !accepted.iter().any(|a| *a == text) {
+            if !accepted.contains(&text) {
                 return Ok(false);
             }
         }

@@ -90,10 +90,12 @@ pub async fn connect(url: &str, what: &'static str) -> Result<Client, SetupError
 /// Installs the control schema in `client`'s database under `schema` (idempotent).
 pub async fn install_control_schema(client: &Client, schema: &str) -> Result<(), SetupError> {
     for (name, text) in MIGRATIONS {
-        let text = text.replace("pgcapi.", &format!("{}.", quote_ident(schema))).replace(
-            "create schema if not exists pgcapi;",
-            &format!("create schema if not exists {};", quote_ident(schema)),
-        );
+        let text = text
+            .replace("pgcapi.", &format!("{}.", quote_ident(schema)))
+            .replace(
+                "create schema if not exists pgcapi;",
+                &format!("create schema if not exists {};", quote_ident(schema)),
+            );
         client
             .batch_execute(&text)
             .await
@@ -339,7 +341,9 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
                      SELECT pg_drop_replication_slot('{slot}'); rerun setup, and backfill"
                 ));
             } else {
-                report.done.push(format!("replication slot {slot} (pgoutput) exists"));
+                report
+                    .done
+                    .push(format!("replication slot {slot} (pgoutput) exists"));
             }
         }
         None if wal_level == "logical" => {
@@ -350,7 +354,9 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
                 )
                 .await
                 .map_err(sql("creating the replication slot"))?;
-            report.done.push(format!("replication slot {slot} created (pgoutput)"));
+            report
+                .done
+                .push(format!("replication slot {slot} created (pgoutput)"));
         }
         None => report.todo.push(format!(
             "replication slot {slot} not created yet: rerun setup once wal_level = logical"

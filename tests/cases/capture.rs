@@ -1,9 +1,7 @@
 //! Capture: row changes of the shop schema become control-table rows exactly once, with the slot kept
 //! in step.
 
-use crate::support::{
-    config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
-};
+use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
 use pgcapi::capture::{Capture, CaptureError};
 use pgcapi::config::Config;
 use pgcapi::setup::{setup, SetupOptions};
@@ -41,11 +39,15 @@ async fn shop() -> (TestDb, Client, Config) {
         CONTRACT_TOML,
         &contract_env(&db.url(), "http://127.0.0.1:9"),
     );
-    setup(&config, SetupOptions::default()).await.expect("setup");
+    setup(&config, SetupOptions::default())
+        .await
+        .expect("setup");
     (db, client, config)
 }
 
-async fn deliveries(client: &Client) -> Vec<(String, String, String, String, String, Option<String>)> {
+async fn deliveries(
+    client: &Client,
+) -> Vec<(String, String, String, String, String, Option<String>)> {
     client
         .query(
             "select rule, destination, event_id, kind, state, last_error from pgcapi.deliveries \
@@ -70,7 +72,8 @@ async fn confirmed_flush(client: &Client) -> String {
         .get(0)
 }
 
-const PAID_ORDER: &str = "insert into orders (order_number, email, phone, first_name, last_name, city, \
+const PAID_ORDER: &str =
+    "insert into orders (order_number, email, phone, first_name, last_name, city, \
     region, postal_code, country, client_ip, user_agent, fbc, fbp, gclid, ttclid, total, currency, \
     status, ad_consent, paid_at) values ($1, ' Jane.Doe@Example.COM ', '(650) 555-1212', 'Jane', \
     'Doe', 'San Francisco', 'California', '94105-1234', 'US', '203.0.113.7', 'Mozilla/5.0 test', \
@@ -86,7 +89,10 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
     // WHEN orders are paid (with, without and with unknown consent), a pending order is paid later,
     // a paid order is updated again and again, one is refunded, and leads are won.
     for (number, consent) in [("1001", Some(true)), ("1002", Some(false)), ("1003", None)] {
-        client.execute(PAID_ORDER, &[&number, &consent]).await.unwrap();
+        client
+            .execute(PAID_ORDER, &[&number, &consent])
+            .await
+            .unwrap();
     }
     client
         .batch_execute(
@@ -123,7 +129,8 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
     }
     assert_eq!(settled, expected_rows, "{:#?}", deliveries(&client).await);
     wait_for(20, "all deliveries", || async {
-        (count(&client, "select count(*) from pgcapi.deliveries").await == expected_rows).then_some(())
+        (count(&client, "select count(*) from pgcapi.deliveries").await == expected_rows)
+            .then_some(())
     })
     .await;
     let rows = deliveries(&client).await;
@@ -135,12 +142,21 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
     };
     for dest in ["meta", "google", "tiktok"] {
         let r = find("order-1001", "order_paid", dest);
-        assert_eq!((r.3.as_str(), r.4.as_str(), r.5), ("conversion", "pending", None));
+        assert_eq!(
+            (r.3.as_str(), r.4.as_str(), r.5),
+            ("conversion", "pending", None)
+        );
         let r = find("order-1002", "order_paid", dest);
-        assert_eq!((r.4.as_str(), r.5.as_deref()), ("skipped", Some("no consent")));
+        assert_eq!(
+            (r.4.as_str(), r.5.as_deref()),
+            ("skipped", Some("no consent"))
+        );
         // NULL consent (never asked) is no consent.
         let r = find("order-1003", "order_paid", dest);
-        assert_eq!((r.4.as_str(), r.5.as_deref()), ("skipped", Some("no consent")));
+        assert_eq!(
+            (r.4.as_str(), r.5.as_deref()),
+            ("skipped", Some("no consent"))
+        );
         let r = find("order-1003", "order_refunded", dest);
         assert_eq!((r.3.as_str(), r.4.as_str()), ("retraction", "pending"));
         assert_eq!(find("order-1004", "order_paid", dest).4, "pending");
@@ -148,7 +164,10 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
     // An invalid email and a phone that is not a number leave no usable key for any platform.
     for dest in ["meta", "google", "tiktok"] {
         let r = find("order-1005", "order_paid", dest);
-        assert_eq!((r.4.as_str(), r.5.as_deref()), ("skipped", Some("no match keys")));
+        assert_eq!(
+            (r.4.as_str(), r.5.as_deref()),
+            ("skipped", Some("no match keys"))
+        );
     }
     let lead_id: i64 = client
         .query_one("select id from leads where email = 'lead@example.org'", &[])
@@ -180,7 +199,11 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
     })
     .await;
     assert_eq!(
-        count(&client, "select count(*) from pgcapi.deliveries where event_id = 'order-1001'").await,
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-1001'"
+        )
+        .await,
         3
     );
     running.stop().await.expect("clean stop");
@@ -191,7 +214,10 @@ async fn no_raw_identifier_reaches_the_control_schema() {
     // GIVEN captured orders and leads with personal data.
     let (_db, client, config) = shop().await;
     let running = Running::start(&config);
-    client.execute(PAID_ORDER, &[&"2001", &Some(true)]).await.unwrap();
+    client
+        .execute(PAID_ORDER, &[&"2001", &Some(true)])
+        .await
+        .unwrap();
     client
         .batch_execute(
             "insert into leads (email, phone, first_name, last_name, country, stage, deal_value, consent)
@@ -200,7 +226,12 @@ async fn no_raw_identifier_reaches_the_control_schema() {
         .await
         .unwrap();
     wait_for(20, "deliveries", || async {
-        (count(&client, "select count(*) from pgcapi.deliveries where state = 'pending'").await == 5)
+        (count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'pending'",
+        )
+        .await
+            == 5)
             .then_some(())
     })
     .await;
@@ -218,10 +249,26 @@ async fn no_raw_identifier_reaches_the_control_schema() {
         .unwrap()
         .get(0);
     for raw in [
-        "jane", "Jane", "doe@", "Doe", "650", "555-1212", "5551212", "San Francisco", "sanfrancisco",
-        "Annabelle", "annabelle", "Leighton", "lead.person", "Lead.Person", "7946",
+        "jane",
+        "Jane",
+        "doe@",
+        "Doe",
+        "650",
+        "555-1212",
+        "5551212",
+        "San Francisco",
+        "sanfrancisco",
+        "Annabelle",
+        "annabelle",
+        "Leighton",
+        "lead.person",
+        "Lead.Person",
+        "7946",
     ] {
-        assert!(!dump.contains(raw), "raw identifier {raw:?} found in the control schema");
+        assert!(
+            !dump.contains(raw),
+            "raw identifier {raw:?} found in the control schema"
+        );
     }
     // AND the hashes are there instead.
     assert!(dump.contains(&pgcapi::identity::hash("jane.doe@example.com")));
@@ -251,11 +298,14 @@ async fn the_slot_advances_while_watched_tables_are_idle_and_another_table_is_bu
             .unwrap()
             .get(0);
         // THEN the slot's confirmed position keeps reaching the current WAL position.
-        last = wait_for(20, &format!("confirmed_flush_lsn to reach {wal} (round {round})"), || {
-            let client = &client;
-            let wal = wal.clone();
-            async move {
-                let ok: bool = client
+        last = wait_for(
+            20,
+            &format!("confirmed_flush_lsn to reach {wal} (round {round})"),
+            || {
+                let client = &client;
+                let wal = wal.clone();
+                async move {
+                    let ok: bool = client
                     .query_one(
                         "select confirmed_flush_lsn >= $1::text::pg_lsn from pg_replication_slots \
                          where slot_name = 'pgcapi'",
@@ -264,13 +314,14 @@ async fn the_slot_advances_while_watched_tables_are_idle_and_another_table_is_bu
                     .await
                     .unwrap()
                     .get(0);
-                if ok {
-                    Some(confirmed_flush(client).await)
-                } else {
-                    None
+                    if ok {
+                        Some(confirmed_flush(client).await)
+                    } else {
+                        None
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
     }
     assert_ne!(last, start);
@@ -282,7 +333,10 @@ async fn a_dropped_mapped_column_stops_capture_and_the_change_is_processed_after
     // GIVEN capture running on the contract config.
     let (_db, client, config) = shop().await;
     let running = Running::start(&config);
-    client.execute(PAID_ORDER, &[&"3001", &Some(true)]).await.unwrap();
+    client
+        .execute(PAID_ORDER, &[&"3001", &Some(true)])
+        .await
+        .unwrap();
     wait_for(20, "first order", || async {
         (count(&client, "select count(*) from pgcapi.deliveries").await == 3).then_some(())
     })
@@ -310,7 +364,11 @@ async fn a_dropped_mapped_column_stops_capture_and_the_change_is_processed_after
     }
     // AND the change was not recorded and the slot did not move past it.
     assert_eq!(
-        count(&client, "select count(*) from pgcapi.deliveries where event_id = 'order-3002'").await,
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-3002'"
+        )
+        .await,
         0
     );
     let behind: bool = client
@@ -331,7 +389,11 @@ async fn a_dropped_mapped_column_stops_capture_and_the_change_is_processed_after
 
     // THEN the change is processed.
     wait_for(20, "order 3002 after the fix", || async {
-        (count(&client, "select count(*) from pgcapi.deliveries where event_id = 'order-3002'").await
+        (count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-3002'",
+        )
+        .await
             == 3)
             .then_some(())
     })
@@ -345,14 +407,22 @@ async fn a_second_capture_waits_for_the_slot_and_takes_over() {
     let (_db, client, config) = shop().await;
     let first = Running::start(&config);
     wait_for(20, "the slot to be active", || async {
-        (count(&client, "select count(*) from pg_replication_slots where active").await == 1)
+        (count(
+            &client,
+            "select count(*) from pg_replication_slots where active",
+        )
+        .await
+            == 1)
             .then_some(())
     })
     .await;
 
     // WHEN a second one starts, it waits instead of failing.
     let second = Running::start(&config);
-    client.execute(PAID_ORDER, &[&"4001", &Some(true)]).await.unwrap();
+    client
+        .execute(PAID_ORDER, &[&"4001", &Some(true)])
+        .await
+        .unwrap();
     wait_for(20, "order 4001", || async {
         (count(&client, "select count(*) from pgcapi.deliveries").await == 3).then_some(())
     })
@@ -361,7 +431,10 @@ async fn a_second_capture_waits_for_the_slot_and_takes_over() {
 
     // AND when the first stops, the second takes over.
     first.stop().await.unwrap();
-    client.execute(PAID_ORDER, &[&"4002", &Some(true)]).await.unwrap();
+    client
+        .execute(PAID_ORDER, &[&"4002", &Some(true)])
+        .await
+        .unwrap();
     wait_for(30, "order 4002 through the second capture", || async {
         (count(&client, "select count(*) from pgcapi.deliveries").await == 6).then_some(())
     })
@@ -399,10 +472,7 @@ async fn setup_twice_changes_nothing_and_reports_what_is_missing() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(before, after);
-    assert_eq!(
-        after,
-        vec!["pgcapi", "pgcapi:leads", "pgcapi:orders"]
-    );
+    assert_eq!(after, vec!["pgcapi", "pgcapi:leads", "pgcapi:orders"]);
 
     // AND a table without a usable replica identity is reported with the SQL to fix it, not changed.
     client
@@ -411,20 +481,36 @@ async fn setup_twice_changes_nothing_and_reports_what_is_missing() {
         .unwrap();
     let report = setup(&config, SetupOptions::default()).await.unwrap();
     assert!(
-        report.todo.iter().any(|t| t.contains("public.leads") && t.contains("REPLICA IDENTITY FULL")),
+        report
+            .todo
+            .iter()
+            .any(|t| t.contains("public.leads") && t.contains("REPLICA IDENTITY FULL")),
         "{:?}",
         report.todo
     );
     let identity: String = client
-        .query_one("select relreplident::text from pg_class where relname = 'leads'", &[])
+        .query_one(
+            "select relreplident::text from pg_class where relname = 'leads'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(identity, "n");
     // AND with --set-replica-identity-full it is set.
-    setup(&config, SetupOptions { set_replica_identity_full: true }).await.unwrap();
+    setup(
+        &config,
+        SetupOptions {
+            set_replica_identity_full: true,
+        },
+    )
+    .await
+    .unwrap();
     let identity: String = client
-        .query_one("select relreplident::text from pg_class where relname = 'leads'", &[])
+        .query_one(
+            "select relreplident::text from pg_class where relname = 'leads'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -435,7 +521,10 @@ async fn setup_twice_changes_nothing_and_reports_what_is_missing() {
 #[tokio::test]
 async fn a_template_naming_a_missing_column_is_reported_at_start() {
     let (_db, client, config) = shop().await;
-    client.batch_execute("alter table leads drop column meta_lead_id").await.unwrap();
+    client
+        .batch_execute("alter table leads drop column meta_lead_id")
+        .await
+        .unwrap();
     let problems = pgcapi::setup::check_columns(&client, &pgcapi::rules::Rules::new(&config))
         .await
         .unwrap();

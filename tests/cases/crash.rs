@@ -84,7 +84,11 @@ async fn kill_9_at_several_points_loses_and_repeats_nothing() {
     );
     // Consent: every fifth order was not consented.
     assert_eq!(
-        count(&client, "select count(*) from pgcapi.deliveries where last_error = 'no consent'").await,
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where last_error = 'no consent'"
+        )
+        .await,
         (orders / 5) * 3
     );
     // Every order and lead has its rows.

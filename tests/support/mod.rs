@@ -91,11 +91,7 @@ pub fn contract_env(database_url: &str, endpoint: &str) -> Vec<(String, String)>
 
 /// Parses a config text with `env` as the environment.
 pub fn config_from(text: &str, env: &[(String, String)]) -> pgcapi::config::Config {
-    let lookup = |name: &str| {
-        env.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     pgcapi::config::Config::from_toml(text, "test config", &lookup)
         .unwrap_or_else(|e| panic!("{e}"))
 }
