@@ -3,3 +3,4 @@
 mod capture;
 mod cluster;
 mod crash;
+mod large;
