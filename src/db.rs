@@ -2,7 +2,6 @@
 
 use crate::source::tls::{self, TlsError};
 use crate::source::{ConnInfo, Host, SslMode};
-use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -122,20 +121,20 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
     type Error = TlsError;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, TlsError> {
-        let config = self.config.clone().ok_or(TlsError::NotSupported)?;
+        // tokio-postgres asks for a connector even when TLS is off: fail only if it is used.
         Ok(RustlsConnector {
-            config,
-            name: tls::server_name(domain)?,
+            config: self.config.clone(),
+            domain: domain.to_string(),
         })
     }
 }
 
 /// Runs the TLS handshake for one host.
 struct RustlsConnector {
-    /// The rustls settings for the connection's `sslmode`.
-    config: Arc<rustls::ClientConfig>,
-    /// The name the certificate is checked against (verify-full only).
-    name: ServerName<'static>,
+    /// The rustls settings for the connection's `sslmode`; `None` when TLS is off.
+    config: Option<Arc<rustls::ClientConfig>>,
+    /// The host name the certificate is checked against (verify-full only).
+    domain: String,
 }
 
 impl TlsConnect<Socket> for RustlsConnector {
@@ -145,8 +144,10 @@ impl TlsConnect<Socket> for RustlsConnector {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let stream = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+            let config = self.config.ok_or(TlsError::NotSupported)?;
+            let name = tls::server_name(&self.domain)?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
                 .await
                 .map_err(TlsError::Handshake)?;
             Ok(RustlsStream(Box::new(stream)))
