@@ -20,6 +20,9 @@ pub enum DbError {
     /// Connecting, TLS negotiation or authentication failed; tokio-postgres never prints the password.
     #[error("connecting to the database")]
     Connect(#[source] tokio_postgres::Error),
+    /// Connecting (authentication included) took longer than `connect_timeout`.
+    #[error("connecting to the database timed out")]
+    Timeout,
 }
 
 impl DbError {
@@ -27,7 +30,7 @@ impl DbError {
     pub fn code(&self) -> Option<&str> {
         match self {
             DbError::Connect(e) => e.code().map(|c| c.code()),
-            DbError::Tls(_) => None,
+            DbError::Tls(_) | DbError::Timeout => None,
         }
     }
 }
@@ -35,7 +38,18 @@ impl DbError {
 /// Opens an ordinary SQL connection honouring `sslmode` with rustls (verify-full checks the host name,
 /// verify-ca only the chain, require encrypts without verifying, prefer tries TLS then plain), over TCP
 /// or a Unix socket (where, as in libpq, TLS is not used), and spawns the connection task.
+/// `connect_timeout` bounds the whole exchange, authentication included.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
+    match info.connect_timeout {
+        Some(limit) => tokio::time::timeout(limit, connect_untimed(info))
+            .await
+            .map_err(|_| DbError::Timeout)?,
+        None => connect_untimed(info).await,
+    }
+}
+
+/// [`connect`] without the overall time limit.
+async fn connect_untimed(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
     let tls_config = tls::client_config(info)?;
     let attempt = connect_with(info, tls_config.clone()).await;
     match attempt {
@@ -62,9 +76,6 @@ async fn connect_with(
     }
     if let Some(name) = &info.application_name {
         config.application_name(name);
-    }
-    if let Some(timeout) = info.connect_timeout {
-        config.connect_timeout(timeout);
     }
     config.port(info.port);
     let ssl_mode = match (&info.host, &tls_config) {

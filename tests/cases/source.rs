@@ -145,6 +145,7 @@ struct TestPki {
     key: PathBuf,
 }
 
+/// Generates a fresh CA and a `localhost` server certificate into a temporary directory.
 fn make_pki() -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let dir = tempfile::tempdir().unwrap();
