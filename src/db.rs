@@ -2,7 +2,6 @@
 
 use crate::source::tls::{self, TlsError};
 use crate::source::{ConnInfo, Host, SslMode};
-use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,6 +20,9 @@ pub enum DbError {
     /// Connecting, TLS negotiation or authentication failed; tokio-postgres never prints the password.
     #[error("connecting to the database")]
     Connect(#[source] tokio_postgres::Error),
+    /// Connecting (authentication included) took longer than `connect_timeout`.
+    #[error("connecting to the database timed out")]
+    Timeout,
 }
 
 impl DbError {
@@ -28,7 +30,7 @@ impl DbError {
     pub fn code(&self) -> Option<&str> {
         match self {
             DbError::Connect(e) => e.code().map(|c| c.code()),
-            DbError::Tls(_) => None,
+            DbError::Tls(_) | DbError::Timeout => None,
         }
     }
 }
@@ -36,7 +38,18 @@ impl DbError {
 /// Opens an ordinary SQL connection honouring `sslmode` with rustls (verify-full checks the host name,
 /// verify-ca only the chain, require encrypts without verifying, prefer tries TLS then plain), over TCP
 /// or a Unix socket (where, as in libpq, TLS is not used), and spawns the connection task.
+/// `connect_timeout` bounds the whole exchange, authentication included.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
+    match info.connect_timeout {
+        Some(limit) => tokio::time::timeout(limit, connect_untimed(info))
+            .await
+            .map_err(|_| DbError::Timeout)?,
+        None => connect_untimed(info).await,
+    }
+}
+
+/// [`connect`] without the overall time limit.
+async fn connect_untimed(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
     let tls_config = tls::client_config(info)?;
     let attempt = connect_with(info, tls_config.clone()).await;
     match attempt {
@@ -63,9 +76,6 @@ async fn connect_with(
     }
     if let Some(name) = &info.application_name {
         config.application_name(name);
-    }
-    if let Some(timeout) = info.connect_timeout {
-        config.connect_timeout(timeout);
     }
     config.port(info.port);
     let ssl_mode = match (&info.host, &tls_config) {
@@ -112,7 +122,7 @@ fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
 /// tokio-postgres's TLS factory over our rustls settings.
 #[derive(Clone)]
 struct RustlsConnect {
-    /// `None` when TLS is disabled. tokio-postgres asks for a connector even then (and never uses it).
+    /// `None` when TLS is disabled; tokio-postgres then never asks for a connector.
     config: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -122,20 +132,20 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
     type Error = TlsError;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, TlsError> {
-        let Some(config) = self.config.clone() else {
-            return Ok(RustlsConnector { tls: None });
-        };
+        // tokio-postgres asks for a connector even when TLS is off: fail only if it is used.
         Ok(RustlsConnector {
-            tls: Some((config, tls::server_name(domain)?)),
+            config: self.config.clone(),
+            domain: domain.to_string(),
         })
     }
 }
 
 /// Runs the TLS handshake for one host.
 struct RustlsConnector {
-    /// The rustls settings for the connection's `sslmode` and the name the certificate is checked
-    /// against (verify-full only); `None` when TLS is disabled.
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    /// The rustls settings for the connection's `sslmode`; `None` when TLS is off.
+    config: Option<Arc<rustls::ClientConfig>>,
+    /// The host name the certificate is checked against (verify-full only).
+    domain: String,
 }
 
 impl TlsConnect<Socket> for RustlsConnector {
@@ -145,7 +155,8 @@ impl TlsConnect<Socket> for RustlsConnector {
 
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
-            let (config, name) = self.tls.ok_or(TlsError::NotSupported)?;
+            let config = self.config.ok_or(TlsError::NotSupported)?;
+            let name = tls::server_name(&self.domain)?;
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, stream)
                 .await

@@ -44,6 +44,7 @@ impl ReplicationConnection {
         }
     }
 
+    /// [`ReplicationConnection::connect`] without the time limit.
     async fn connect_inner(
         info: &ConnInfo,
         options: &str,

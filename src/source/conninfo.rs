@@ -128,6 +128,7 @@ pub enum ConnInfoError {
     Missing(&'static str),
 }
 
+/// A [`ConnInfoError::Invalid`] for `key`.
 fn invalid(key: &str, reason: &'static str) -> ConnInfoError {
     ConnInfoError::Invalid {
         key: key.to_string(),
@@ -415,6 +416,7 @@ fn parse_key_values(s: &str, settings: &mut Settings) -> Result<(), ConnInfoErro
 mod tests {
     use super::*;
 
+    /// Parses `s`, failing the test with the error.
     fn parse(s: &str) -> ConnInfo {
         s.parse().unwrap_or_else(|e| panic!("parsing {s:?}: {e}"))
     }

@@ -81,6 +81,7 @@ impl SourceError {
 mod tests {
     use super::*;
 
+    /// A server error with SQLSTATE `code`.
     fn server(code: &str) -> SourceError {
         SourceError::Server {
             code: code.into(),

@@ -164,7 +164,12 @@ impl ReplicationStream {
     pub async fn finish(mut self) -> Result<(), SourceError> {
         tokio::time::timeout(FINISH_TIMEOUT, async {
             frontend::copy_done(&mut self.framed.wbuf);
-            self.framed.send().await?;
+            match self.framed.send().await {
+                Ok(()) => {}
+                // A walsender that has ended the copy itself may already have closed the socket.
+                Err(SourceError::Io(_)) if self.server_done => return Ok(()),
+                Err(e) => return Err(e),
+            }
             loop {
                 let message = match self.framed.read_message().await {
                     Ok(m) => m,

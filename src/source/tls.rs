@@ -218,6 +218,7 @@ impl ServerCertVerifier for NoVerification {
 mod tests {
     use super::*;
 
+    /// Parses `s`.
     fn info(s: &str) -> ConnInfo {
         s.parse().unwrap()
     }

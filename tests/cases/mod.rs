@@ -4,3 +4,4 @@ mod capture;
 mod cluster;
 mod crash;
 mod large;
+mod source;
