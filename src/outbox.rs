@@ -290,7 +290,7 @@ pub async fn insert_deliveries(
            last_error, source_table, source_lsn, commit_time) \
          select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
            value::numeric, currency, action_source, payload::jsonb, \
-           string_to_array(nullif(match_keys, ''), ','), state, last_error, source_table, \
+           coalesce(string_to_array(nullif(match_keys, ''), ','), '{{}}'), state, last_error, source_table, \
            source_lsn::pg_lsn, commit_time \
          from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
            $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], \

@@ -1,3 +1,4 @@
 //! Integration test cases, one file per capability.
 
 mod cluster;
+mod dispatch;
