@@ -278,13 +278,10 @@ impl Dispatcher {
         let mut rows = Vec::with_capacity(count);
         for c in claimed {
             match c {
-                Claimed::Row(d) => rows.push(d),
-                Claimed::Unreadable { id, error } => records.push(Record::new(
-                    id,
-                    Record::FAILED,
-                    Some(error),
-                    0,
-                )),
+                Claimed::Row(d) => rows.push(*d),
+                Claimed::Unreadable { id, error } => {
+                    records.push(Record::new(id, Record::FAILED, Some(error), 0))
+                }
             }
         }
         let (to_send, resolved) = self.resolve_adjustments(dest.platform(), rows).await?;
@@ -379,12 +376,17 @@ impl Dispatcher {
         let mut send_adjustments = Vec::new();
         for mut d in adjustments {
             let target = targets.iter().find(|t| t.adjustment_id == d.id);
-            let verb = if d.kind == Kind::Retraction { "retract" } else { "restate" };
+            let verb = if d.kind == Kind::Retraction {
+                "retract"
+            } else {
+                "restate"
+            };
             let Some(target) = target.and_then(|t| t.conversion.as_ref()) else {
                 resolved.skip(d.id, format!("no conversion to {verb}"));
                 continue;
             };
-            let mine = claimed_ids.contains(&target.id) && target.lease_owner.as_deref() == Some(&self.owner);
+            let mine = claimed_ids.contains(&target.id)
+                && target.lease_owner.as_deref() == Some(&self.owner);
             match target.state.as_str() {
                 "pending" if d.kind == Kind::Retraction && (mine || !target.leased) => {
                     if self.cancel_both(target.id, d.id).await? {
@@ -424,7 +426,10 @@ impl Dispatcher {
         to_send.retain(|d| !dropped.contains(&d.id));
         to_send.extend(send_adjustments);
         if platform != Platform::GoogleAds {
-            debug!(platform = platform.as_str(), "adjustments go to a platform that cannot retract");
+            debug!(
+                platform = platform.as_str(),
+                "adjustments go to a platform that cannot retract"
+            );
         }
         Ok((to_send, resolved))
     }
@@ -488,7 +493,11 @@ impl Dispatcher {
 
     /// Applies a restatement to a conversion that was not sent (its value becomes the restated total)
     /// and closes the restatement, atomically. False when the conversion was claimed meanwhile.
-    async fn restate_unsent(&self, conversion: i64, restatement: i64) -> Result<bool, DispatchError> {
+    async fn restate_unsent(
+        &self,
+        conversion: i64,
+        restatement: i64,
+    ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with r as (select value, currency from {s}.deliveries where id = $2), \
              conv as ( \
@@ -609,7 +618,7 @@ pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Durat
 
 /// A claimed row, or the id of one that cannot be read back (it fails without being sent).
 enum Claimed {
-    Row(Delivery),
+    Row(Box<Delivery>),
     Unreadable { id: i64, error: String },
 }
 
@@ -632,7 +641,7 @@ fn read_delivery(r: &Row) -> Claimed {
             }
         }
     };
-    Claimed::Row(Delivery {
+    Claimed::Row(Box::new(Delivery {
         id,
         rule: r.get(1),
         destination: r.get(2),
@@ -647,7 +656,7 @@ fn read_delivery(r: &Row) -> Claimed {
         payload,
         attempts: r.get(12),
         created_at: r.get(13),
-    })
+    }))
 }
 
 /// A short, value-free name for a JSON error.

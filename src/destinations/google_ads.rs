@@ -183,7 +183,11 @@ pub fn encode_conversion(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
     if !identifiers.is_empty() {
         c.insert("userIdentifiers".into(), Value::Array(identifiers));
     }
-    let consent = if d.payload.consent { "GRANTED" } else { "DENIED" };
+    let consent = if d.payload.consent {
+        "GRANTED"
+    } else {
+        "DENIED"
+    };
     c.insert("consent".into(), json!({ "adUserData": consent }));
     Ok(Value::Object(c))
 }
@@ -299,9 +303,12 @@ impl GoogleAds {
         let token = body.get("access_token").and_then(Value::as_str);
         match token {
             Some(token) if status.is_success() => {
-                let lifetime = body.get("expires_in").and_then(Value::as_u64).unwrap_or(3600);
-                let renew_at = Instant::now()
-                    + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN);
+                let lifetime = body
+                    .get("expires_in")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(3600);
+                let renew_at =
+                    Instant::now() + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN);
                 let token = Secret::new(token);
                 *cached = Some(CachedToken {
                     token: token.clone(),
@@ -312,7 +319,9 @@ impl GoogleAds {
             _ => {
                 let s = |k: &str| body.get(k).and_then(Value::as_str);
                 let error = match (s("error"), s("error_description")) {
-                    (Some(e), Some(d)) => format!("google oauth: HTTP {}: {e}: {d}", status.as_u16()),
+                    (Some(e), Some(d)) => {
+                        format!("google oauth: HTTP {}: {e}: {d}", status.as_u16())
+                    }
                     (Some(e), None) => format!("google oauth: HTTP {}: {e}", status.as_u16()),
                     _ => format!("google oauth: HTTP {}: {}", status.as_u16(), excerpt(&text)),
                 };
@@ -486,7 +495,12 @@ fn ads_errors(status: &Value) -> Vec<AdsError> {
     let mut out = Vec::new();
     let details = status.get("details").and_then(Value::as_array);
     for detail in details.into_iter().flatten() {
-        for e in detail.get("errors").and_then(Value::as_array).into_iter().flatten() {
+        for e in detail
+            .get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let (family, code) = e
                 .get("errorCode")
                 .and_then(Value::as_object)
@@ -515,7 +529,12 @@ fn ads_errors(status: &Value) -> Vec<AdsError> {
 }
 
 /// What one row error means for its row.
-fn row_outcome(e: &AdsError, d: &Delivery, platform_ref: &Option<String>, now: DateTime<Utc>) -> Outcome {
+fn row_outcome(
+    e: &AdsError,
+    d: &Delivery,
+    platform_ref: &Option<String>,
+    now: DateTime<Utc>,
+) -> Outcome {
     let error = format!("{}: {}", e.code, e.message);
     if ALREADY_THERE.contains(&e.code.as_str()) {
         return Outcome::Sent {
@@ -524,7 +543,10 @@ fn row_outcome(e: &AdsError, d: &Delivery, platform_ref: &Option<String>, now: D
     }
     match e.code.as_str() {
         "TOO_RECENT_EVENT" => {
-            let ready = d.payload.click_time.map(|c| c + TimeDelta::hours(MIN_CLICK_AGE_HOURS));
+            let ready = d
+                .payload
+                .click_time
+                .map(|c| c + TimeDelta::hours(MIN_CLICK_AGE_HOURS));
             let wait = ready
                 .and_then(|r| (r - now).to_std().ok())
                 .unwrap_or(Duration::from_secs(3600))
@@ -592,7 +614,12 @@ pub fn classify(
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             })
-            .or_else(|| parsed.get("results").is_none().then(|| "validate_only".to_string()));
+            .or_else(|| {
+                parsed
+                    .get("results")
+                    .is_none()
+                    .then(|| "validate_only".to_string())
+            });
         let mut outcomes: Vec<Option<Outcome>> = vec![None; sent.len()];
         if let Some(failure) = parsed.get("partialFailureError").filter(|f| !f.is_null()) {
             let errors = ads_errors(failure);
@@ -665,14 +692,22 @@ pub fn classify(
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .flat_map(|d| d.get("fieldViolations").and_then(Value::as_array).into_iter().flatten())
+            .flat_map(|d| {
+                d.get("fieldViolations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+            })
             .any(|v| {
                 let text = format!(
                     "{} {}",
                     v.get("field").and_then(Value::as_str).unwrap_or_default(),
-                    v.get("description").and_then(Value::as_str).unwrap_or_default()
+                    v.get("description")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
                 );
-                text.contains("conversions[") || text.contains("conversion_adjustments[")
+                text.contains("conversions[")
+                    || text.contains("conversion_adjustments[")
                     || text.contains("conversionAdjustments[")
             });
     if status == reqwest::StatusCode::BAD_REQUEST && names_a_row {
@@ -778,7 +813,10 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         }
         d.payload.conversion_action = None;
-        assert!(matches!(encode_conversion(&d, t0()), Err(Outcome::Failed { .. })));
+        assert!(matches!(
+            encode_conversion(&d, t0()),
+            Err(Outcome::Failed { .. })
+        ));
     }
 
     #[test]
@@ -800,10 +838,15 @@ pub(crate) mod tests {
         d.value = Some("30".into());
         let r = encode_adjustment(&d, now).unwrap();
         assert_eq!(r["adjustmentType"], "RESTATEMENT");
-        assert_eq!(r["restatementValue"], json!({"adjustedValue": 30.0, "currencyCode": "EUR"}));
+        assert_eq!(
+            r["restatementValue"],
+            json!({"adjustedValue": 30.0, "currencyCode": "EUR"})
+        );
         assert_eq!(
             encode_adjustment(&d, t0() + TimeDelta::days(55)),
-            Err(Outcome::skipped("too old for google ads adjustments (54 days)"))
+            Err(Outcome::skipped(
+                "too old for google ads adjustments (54 days)"
+            ))
         );
     }
 
@@ -847,7 +890,9 @@ pub(crate) mod tests {
         assert_eq!(
             answer,
             UploadAnswer::Rows(vec![
-                Outcome::failed("EXPIRED_EVENT: The click associated with this conversion is too old."),
+                Outcome::failed(
+                    "EXPIRED_EVENT: The click associated with this conversion is too old."
+                ),
                 sent_42.clone(),
                 sent_42,
             ])
@@ -862,10 +907,17 @@ pub(crate) mod tests {
             {"errorCode": {"conversionUploadError": "TOO_RECENT_EVENT"}, "message": "m", "location": at(0)},
             {"errorCode": {"internalError": "INTERNAL_ERROR"}, "message": "m", "location": at(2)},
         ]));
-        let UploadAnswer::Rows(out) = classify(reqwest::StatusCode::OK, None, &body, &sent, t0()) else {
+        let UploadAnswer::Rows(out) = classify(reqwest::StatusCode::OK, None, &body, &sent, t0())
+        else {
             panic!()
         };
-        assert!(matches!(out[0], Outcome::Retry { retry_after: Some(_), .. }));
+        assert!(matches!(
+            out[0],
+            Outcome::Retry {
+                retry_after: Some(_),
+                ..
+            }
+        ));
         assert!(matches!(out[1], Outcome::Sent { .. }));
         assert!(matches!(out[2], Outcome::Retry { .. }));
     }
@@ -884,7 +936,8 @@ pub(crate) mod tests {
         assert_eq!(
             quota,
             UploadAnswer::Batch(BatchAnswer::Retry {
-                error: "google ads: HTTP 429 RESOURCE_EXHAUSTED: Resource has been exhausted".into(),
+                error: "google ads: HTTP 429 RESOURCE_EXHAUSTED: Resource has been exhausted"
+                    .into(),
                 retry_after: Some(Duration::from_secs(30)),
             })
         );
@@ -896,7 +949,10 @@ pub(crate) mod tests {
             &sent,
             t0(),
         );
-        assert!(matches!(schema, UploadAnswer::Batch(BatchAnswer::Rejected(_))));
+        assert!(matches!(
+            schema,
+            UploadAnswer::Batch(BatchAnswer::Rejected(_))
+        ));
         let developer = classify(
             reqwest::StatusCode::UNAUTHORIZED,
             None,
@@ -939,7 +995,10 @@ pub(crate) mod tests {
             let auth = headers["authorization"].to_str().unwrap().to_string();
             assert_eq!(headers["developer-token"], "dev");
             assert_eq!(headers["login-customer-id"], "1112223333");
-            seen.lock().unwrap().uploads.push((call, auth, body.clone()));
+            seen.lock()
+                .unwrap()
+                .uploads
+                .push((call, auth, body.clone()));
             let n = body
                 .get("conversions")
                 .or_else(|| body.get("conversionAdjustments"))
@@ -1002,8 +1061,14 @@ pub(crate) mod tests {
                 "1234567890:uploadClickConversions"
             ]
         );
-        assert!(seen.uploads.iter().all(|(_, auth, _)| auth == "Bearer at-1"));
-        assert_eq!(seen.uploads[0].2["conversions"].as_array().unwrap().len(), 2);
+        assert!(seen
+            .uploads
+            .iter()
+            .all(|(_, auth, _)| auth == "Bearer at-1"));
+        assert_eq!(
+            seen.uploads[0].2["conversions"].as_array().unwrap().len(),
+            2
+        );
         assert_eq!(
             seen.uploads[1].2["conversionAdjustments"][0]["adjustmentType"],
             "RETRACTION"

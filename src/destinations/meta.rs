@@ -6,8 +6,8 @@
 
 use super::{
     base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, required,
-    retry_after, transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    retry_after, transport_error, value_number, BatchAnswer, Destination, DestinationError,
+    Outcome, SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
 use crate::identity::MatchKey;
@@ -263,7 +263,13 @@ impl Destination for Meta {
                 }
             }
             let events = &events;
-            outcomes.extend(isolate(to_send, |part| async move { self.post(events, &part).await }).await);
+            outcomes.extend(
+                isolate(
+                    to_send,
+                    |part| async move { self.post(events, &part).await },
+                )
+                .await,
+            );
             in_order(batch.len(), outcomes)
         })
     }
@@ -332,7 +338,12 @@ pub fn classify(
 
 /// Meta's error, verbatim: type, code, subcode, message and the user-facing title and text.
 fn describe(status: reqwest::StatusCode, error: &Value) -> String {
-    let s = |k: &str| error.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let s = |k: &str| {
+        error
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
     let n = |k: &str| error.get(k).and_then(Value::as_i64);
     let mut out = format!("meta: HTTP {}", status.as_u16());
     if let Some(t) = s("type") {
@@ -401,7 +412,9 @@ mod tests {
         let mut d = purchase(8, t0());
         d.action_source = Some("system_generated".into());
         d.payload.event_source_url = None;
-        d.payload.keys.insert(MatchKey::LeadId, "123456789012345".into());
+        d.payload
+            .keys
+            .insert(MatchKey::LeadId, "123456789012345".into());
         d.payload.lead_event_source = Some("pgcapi".into());
         d.payload.platform_event = Some("Converted".into());
         let event = encode_event(&d, t0()).unwrap();
@@ -426,7 +439,9 @@ mod tests {
     #[test]
     fn events_without_a_usable_match_key_are_skipped() {
         let mut d = purchase(1, t0());
-        d.payload.keys.retain(|k, _| *k == MatchKey::UserAgent || *k == MatchKey::Gclid);
+        d.payload
+            .keys
+            .retain(|k, _| *k == MatchKey::UserAgent || *k == MatchKey::Gclid);
         assert_eq!(
             encode_event(&d, t0()),
             Err(Outcome::skipped("no usable match key for meta"))
@@ -478,7 +493,11 @@ mod tests {
         );
         assert!(matches!(business, BatchAnswer::Retry { .. }));
         assert!(matches!(
-            classify(reqwest::StatusCode::BAD_GATEWAY, None, "<html>bad gateway</html>"),
+            classify(
+                reqwest::StatusCode::BAD_GATEWAY,
+                None,
+                "<html>bad gateway</html>"
+            ),
             BatchAnswer::Retry { .. }
         ));
         let token = classify(
@@ -525,12 +544,18 @@ mod tests {
             let bad = ids.iter().any(|id| id == "order-3");
             let mut seen = seen.lock().unwrap();
             seen.requests.push(ids);
-            seen.tokens.extend(q.into_iter().filter(|(k, _)| k == "access_token").map(|(_, v)| v));
+            seen.tokens.extend(
+                q.into_iter()
+                    .filter(|(k, _)| k == "access_token")
+                    .map(|(_, v)| v),
+            );
             if bad {
                 (
                     axum::http::StatusCode::BAD_REQUEST,
-                    Json(json!({"error": {"message": "Invalid parameter", "type": "OAuthException",
-                        "code": 100, "error_subcode": 2804019, "fbtrace_id": "T"}})),
+                    Json(
+                        json!({"error": {"message": "Invalid parameter", "type": "OAuthException",
+                        "code": 100, "error_subcode": 2804019, "fbtrace_id": "T"}}),
+                    ),
                 )
             } else {
                 (
@@ -575,7 +600,13 @@ mod tests {
                     )
                 );
             } else {
-                assert_eq!(o, &Outcome::Sent { platform_ref: Some("OK".into()) }, "row {i}");
+                assert_eq!(
+                    o,
+                    &Outcome::Sent {
+                        platform_ref: Some("OK".into())
+                    },
+                    "row {i}"
+                );
             }
         }
         let seen = seen.lock().unwrap();

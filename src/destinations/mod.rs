@@ -157,7 +157,9 @@ pub(crate) fn http_client(
 ) -> Result<reqwest::Client, DestinationError> {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(dispatch.request_timeout_ms.max(1)))
-        .connect_timeout(Duration::from_millis(dispatch.request_timeout_ms.clamp(1, 10_000)))
+        .connect_timeout(Duration::from_millis(
+            dispatch.request_timeout_ms.clamp(1, 10_000),
+        ))
         .user_agent(concat!("pgcapi/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|source| DestinationError::Client {
@@ -236,17 +238,15 @@ where
                     },
                 )
             })),
-            BatchAnswer::Retry { error, retry_after } => {
-                out.extend(part.into_iter().map(|i| {
-                    (
-                        i,
-                        Outcome::Retry {
-                            error: error.clone(),
-                            retry_after,
-                        },
-                    )
-                }))
-            }
+            BatchAnswer::Retry { error, retry_after } => out.extend(part.into_iter().map(|i| {
+                (
+                    i,
+                    Outcome::Retry {
+                        error: error.clone(),
+                        retry_after,
+                    },
+                )
+            })),
             BatchAnswer::Rejected(error) if part.len() == 1 => {
                 out.push((part[0], Outcome::Failed { error }))
             }
@@ -264,7 +264,10 @@ where
 
 /// Puts per-index outcomes back into row order; any index without an outcome (a bug) becomes a retry,
 /// so that a row is never lost.
-pub(crate) fn in_order(len: usize, outcomes: impl IntoIterator<Item = (usize, Outcome)>) -> Vec<Outcome> {
+pub(crate) fn in_order(
+    len: usize,
+    outcomes: impl IntoIterator<Item = (usize, Outcome)>,
+) -> Vec<Outcome> {
     let mut slots: Vec<Option<Outcome>> = vec![None; len];
     for (i, outcome) in outcomes {
         if let Some(slot) = slots.get_mut(i) {
@@ -295,7 +298,11 @@ pub(crate) fn transport_error(platform: &str, err: reqwest::Error) -> BatchAnswe
 
 /// Parses a `Retry-After` header: delay seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     parse_retry_after(value, Utc::now())
 }
 
@@ -305,7 +312,11 @@ pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Durat
         return Some(Duration::from_secs(secs));
     }
     let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&Utc) - now).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// True for HTTP statuses worth retrying: 408, 429 and 5xx.

@@ -6,8 +6,8 @@
 
 use super::{
     base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, required,
-    retry_after, transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    retry_after, transport_error, value_number, BatchAnswer, Destination, DestinationError,
+    Outcome, SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
 use crate::identity::MatchKey;
@@ -236,8 +236,10 @@ impl Destination for Tiktok {
             let events = &events;
             for (source, rows) in [("web", web), ("crm", crm)] {
                 outcomes.extend(
-                    isolate(rows, |part| async move { self.post(source, events, &part).await })
-                        .await,
+                    isolate(rows, |part| async move {
+                        self.post(source, events, &part).await
+                    })
+                    .await,
                 );
             }
             in_order(batch.len(), outcomes)
@@ -257,9 +259,16 @@ pub fn classify(
     body: &str,
 ) -> BatchAnswer {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let code = parsed.as_ref().and_then(|v| v.get("code")).and_then(Value::as_i64);
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v.get("code"))
+        .and_then(Value::as_i64);
     let (Some(code), true) = (code, status.is_success()) else {
-        let message = match parsed.as_ref().and_then(|v| v.get("message")).and_then(Value::as_str) {
+        let message = match parsed
+            .as_ref()
+            .and_then(|v| v.get("message"))
+            .and_then(Value::as_str)
+        {
             Some(m) => format!("tiktok: HTTP {}: {m}", status.as_u16()),
             None => format!("tiktok: HTTP {}: {}", status.as_u16(), excerpt(body)),
         };
@@ -277,7 +286,12 @@ pub fn classify(
             BatchAnswer::Rejected(message)
         };
     };
-    let field = |k: &str| parsed.as_ref().and_then(|v| v.get(k)).and_then(Value::as_str);
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(Value::as_str)
+    };
     if code == CODE_OK {
         return BatchAnswer::Sent(field("request_id").map(str::to_string));
     }
@@ -411,7 +425,9 @@ mod tests {
                     assert_eq!(headers["access-token"], "tok");
                     let data = body["data"].as_array().unwrap();
                     let bad = data.iter().any(|e| e["event_id"] == "order-2");
-                    s.lock().unwrap().push((body["event_source"].as_str().unwrap().into(), data.len()));
+                    s.lock()
+                        .unwrap()
+                        .push((body["event_source"].as_str().unwrap().into(), data.len()));
                     Json(if bad {
                         json!({"code": 40002, "message": "Invalid parameter"})
                     } else {

@@ -85,7 +85,10 @@ impl Fake {
             return axum::Json(json!({"access_token": "at", "expires_in": 3600})).into_response();
         }
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.requests.lock().unwrap().push((path.clone(), body.clone()));
+        self.requests
+            .lock()
+            .unwrap()
+            .push((path.clone(), body.clone()));
         if let Some(s) = self.script.lock().unwrap().pop_front() {
             let mut headers = HeaderMap::new();
             if let Some(r) = s.retry_after {
@@ -134,7 +137,12 @@ fn dispatch_config() -> DispatchConfig {
 }
 
 /// A destination of `platform` pointed at the fake platform.
-fn destination(name: &str, platform: Platform, endpoint: &str, extra: &str) -> Box<dyn Destination> {
+fn destination(
+    name: &str,
+    platform: Platform,
+    endpoint: &str,
+    extra: &str,
+) -> Box<dyn Destination> {
     let specific = match platform {
         Platform::Meta => "platform = \"meta\"\npixel_id = \"1234567890\"\naccess_token = \"tok\"",
         Platform::GoogleAds => {
@@ -209,7 +217,9 @@ fn retraction(destination: &str, platform: Platform, event_id: &str) -> NewDeliv
 }
 
 async fn insert(client: &Client, rows: &[NewDelivery]) {
-    outbox::insert_deliveries(client, SCHEMA, rows).await.unwrap();
+    outbox::insert_deliveries(client, SCHEMA, rows)
+        .await
+        .unwrap();
 }
 
 /// A row's state as the tests check it.
@@ -252,20 +262,30 @@ async fn a_row_failing_twice_with_500_is_retried_with_backoff_then_recorded_as_s
     let (fake, endpoint) = Fake::start().await;
     fake.script([Scripted::status(500), Scripted::status(500)]);
     insert(&client, &[conversion("meta", Platform::Meta, "order-1")]).await;
-    let d = dispatcher(&db, vec![destination("meta", Platform::Meta, &endpoint, "")]).await;
+    let d = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, "")],
+    )
+    .await;
 
     // WHEN dispatch runs once
     assert_eq!(d.run_once().await.unwrap(), 1);
     // THEN the row is pending again with one attempt, the 500 recorded, and due within the backoff cap
     let r = row(&client, "order_paid", "meta", "order-1").await;
     assert_eq!((r.state.as_str(), r.attempts), ("pending", 1), "{r:?}");
-    assert!(r.last_error.as_deref().unwrap().contains("HTTP 500"), "{r:?}");
+    assert!(
+        r.last_error.as_deref().unwrap().contains("HTTP 500"),
+        "{r:?}"
+    );
     assert!(r.due_in_ms <= 100.0 && r.due_in_ms > -1_000.0, "{r:?}");
 
     // WHEN it runs again after the backoff, twice
     tokio::time::sleep(Duration::from_millis(150)).await;
     d.run_once().await.unwrap();
-    assert_eq!(row(&client, "order_paid", "meta", "order-1").await.attempts, 2);
+    assert_eq!(
+        row(&client, "order_paid", "meta", "order-1").await.attempts,
+        2
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
     d.run_once().await.unwrap();
     // THEN the row is sent after three attempts, with Meta's trace id and no error left
@@ -290,7 +310,11 @@ async fn a_permanent_rejection_fails_the_row_with_the_platforms_message() {
         retry_after: None,
     }]);
     insert(&client, &[conversion("meta", Platform::Meta, "order-1")]).await;
-    let d = dispatcher(&db, vec![destination("meta", Platform::Meta, &endpoint, "")]).await;
+    let d = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, "")],
+    )
+    .await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN the row failed once, with Meta's code and message
@@ -311,8 +335,16 @@ async fn a_429_with_retry_after_reschedules_no_earlier_than_asked() {
         retry_after: Some("30"),
         ..Scripted::status(429)
     }]);
-    insert(&client, &[conversion("tiktok", Platform::Tiktok, "order-1")]).await;
-    let d = dispatcher(&db, vec![destination("tiktok", Platform::Tiktok, &endpoint, "")]).await;
+    insert(
+        &client,
+        &[conversion("tiktok", Platform::Tiktok, "order-1")],
+    )
+    .await;
+    let d = dispatcher(
+        &db,
+        vec![destination("tiktok", Platform::Tiktok, &endpoint, "")],
+    )
+    .await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN the row waits at least 30 s, far beyond the 100 ms backoff cap
@@ -337,14 +369,19 @@ async fn a_row_older_than_give_up_after_secs_fails_instead_of_retrying() {
         ..dispatch_config()
     };
     let dests = vec![destination("meta", Platform::Meta, &endpoint, "")];
-    let d = Dispatcher::connect(&db.url(), SCHEMA, config, dests).await.unwrap();
+    let d = Dispatcher::connect(&db.url(), SCHEMA, config, dests)
+        .await
+        .unwrap();
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN the row failed, saying it gave up and why
     let r = row(&client, "order_paid", "meta", "order-1").await;
     assert_eq!(r.state, "failed");
     let error = r.last_error.unwrap();
-    assert!(error.starts_with("gave up after 60 s: meta: HTTP 503"), "{error}");
+    assert!(
+        error.starts_with("gave up after 60 s: meta: HTTP 503"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -358,8 +395,16 @@ async fn two_dispatchers_on_one_table_never_send_a_row_twice() {
         .collect();
     insert(&client, &rows).await;
     let extra = "batch_max_events = 7";
-    let a = dispatcher(&db, vec![destination("meta", Platform::Meta, &endpoint, extra)]).await;
-    let b = dispatcher(&db, vec![destination("meta", Platform::Meta, &endpoint, extra)]).await;
+    let a = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, extra)],
+    )
+    .await;
+    let b = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, extra)],
+    )
+    .await;
     assert_ne!(a.owner(), b.owner());
     // WHEN both dispatch concurrently until nothing is pending
     let drain = |d: Dispatcher| async move {
@@ -378,7 +423,9 @@ async fn two_dispatchers_on_one_table_never_send_a_row_twice() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for body in fake.requests("/events") {
         for e in body["data"].as_array().unwrap() {
-            *seen.entry(e["event_id"].as_str().unwrap().to_string()).or_default() += 1;
+            *seen
+                .entry(e["event_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     assert_eq!(seen.len(), 120);
@@ -416,14 +463,21 @@ async fn a_retraction_of_an_unsent_conversion_cancels_both_without_sending() {
         )
         .await
         .unwrap();
-    let d = dispatcher(&db, vec![destination("meta", Platform::Meta, &endpoint, "")]).await;
+    let d = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, "")],
+    )
+    .await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN all four rows are cancelled with their reasons, and nothing reached the platform
     for id in ["order-1", "order-2"] {
         let c = row(&client, "order_paid", "meta", id).await;
         assert_eq!(c.state, "cancelled", "{id}: {c:?}");
-        assert_eq!(c.last_error.as_deref(), Some("retracted before it was sent"));
+        assert_eq!(
+            c.last_error.as_deref(),
+            Some("retracted before it was sent")
+        );
         let r = row(&client, "order_refunded", "meta", id).await;
         assert_eq!(r.state, "cancelled", "{id}: {r:?}");
         assert_eq!(r.last_error.as_deref(), Some("conversion was not sent yet"));
@@ -454,8 +508,14 @@ async fn a_retraction_of_a_sent_conversion_is_sent_to_google_and_skipped_for_met
     )
     .await;
     d.run_once().await.unwrap();
-    assert_eq!(row(&client, "order_paid", "google", "order-1").await.state, "sent");
-    assert_eq!(row(&client, "order_paid", "meta", "order-1").await.state, "sent");
+    assert_eq!(
+        row(&client, "order_paid", "google", "order-1").await.state,
+        "sent"
+    );
+    assert_eq!(
+        row(&client, "order_paid", "meta", "order-1").await.state,
+        "sent"
+    );
     // WHEN the order is refunded and dispatch runs
     insert(
         &client,
@@ -474,7 +534,10 @@ async fn a_retraction_of_a_sent_conversion_is_sent_to_google_and_skipped_for_met
     let adj = &adjustments[0]["conversionAdjustments"][0];
     assert_eq!(adj["adjustmentType"], "RETRACTION");
     assert_eq!(adj["orderId"], "order-1");
-    assert_eq!(adj["conversionAction"], "customers/1234567890/conversionActions/1001");
+    assert_eq!(
+        adj["conversionAction"],
+        "customers/1234567890/conversionActions/1001"
+    );
     assert_eq!(adjustments[0]["partialFailure"], true);
     let m = row(&client, "order_refunded", "meta", "order-1").await;
     assert_eq!(m.state, "skipped");
@@ -503,7 +566,11 @@ async fn a_retraction_waits_for_a_conversion_in_flight_and_skips_a_missing_one()
         )
         .await
         .unwrap();
-    let d = dispatcher(&db, vec![destination("meta", Platform::Meta, &endpoint, "")]).await;
+    let d = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, "")],
+    )
+    .await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN the first retraction stays pending (no attempt counted, due again shortly, lease released)
@@ -524,15 +591,22 @@ async fn new_rows_are_picked_up_on_notify_without_waiting_for_the_poll() {
     // GIVEN a running dispatcher that would otherwise poll only once a minute
     let (db, client) = control_db().await;
     let (fake, endpoint) = Fake::start().await;
-    let d = dispatcher(&db, vec![destination("tiktok", Platform::Tiktok, &endpoint, "")])
-        .await
-        .with_poll_interval(Duration::from_secs(60));
+    let d = dispatcher(
+        &db,
+        vec![destination("tiktok", Platform::Tiktok, &endpoint, "")],
+    )
+    .await
+    .with_poll_interval(Duration::from_secs(60));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(d.run(shutdown));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // WHEN a row is inserted and capture's NOTIFY arrives
     let started = tokio::time::Instant::now();
-    insert(&client, &[conversion("tiktok", Platform::Tiktok, "order-1")]).await;
+    insert(
+        &client,
+        &[conversion("tiktok", Platform::Tiktok, "order-1")],
+    )
+    .await;
     client
         .batch_execute(&format!("notify {}", outbox::notify_channel(SCHEMA)))
         .await
