@@ -11,7 +11,7 @@
 //! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
 //! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].
 
-use crate::config::{DispatchConfig, Platform};
+use crate::config::DispatchConfig;
 use crate::destinations::{Destination, Outcome};
 use crate::outbox::{notify_channel, quote_ident, Delivery, Kind, OutboxError, Payload};
 use rand::Rng;
@@ -60,18 +60,26 @@ impl DispatchError {
     }
 }
 
+/// Wraps a database error with what was being done.
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DispatchError {
     move |source| DispatchError::Control(OutboxError::Db { what, source })
 }
 
 /// Sends the control table's pending rows to their destinations.
 pub struct Dispatcher {
+    /// The control connection, shared by the workers (tokio-postgres pipelines their statements).
     client: Arc<Client>,
+    /// The control schema.
     schema: String,
+    /// This dispatcher's lease owner id, unique per dispatcher.
     owner: String,
+    /// Leases, retries and timeouts.
     config: DispatchConfig,
+    /// One worker each.
     destinations: Vec<Arc<dyn Destination>>,
+    /// Changes on every `NOTIFY` when this dispatcher drives its own connection.
     wakeups: Option<watch::Receiver<u64>>,
+    /// The fallback poll interval.
     poll_interval: Duration,
 }
 
@@ -145,8 +153,9 @@ impl Dispatcher {
         &self.owner
     }
 
-    /// Runs one worker per destination until `shutdown` turns true (a round in progress is finished),
-    /// or until the control connection is lost (an error: restart dispatch with a new connection).
+    /// Runs one worker per destination until `shutdown` turns true or its sender is dropped (a round in
+    /// progress is finished first), or until the control connection is lost (an error: restart dispatch
+    /// with a new connection). The first worker error stops the others.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), DispatchError> {
         if self.wakeups.is_some() {
             let channel = notify_channel(&self.schema);
@@ -175,6 +184,15 @@ impl Dispatcher {
             let name = dest.name().to_string();
             let task = this.clone().worker(index, stop_rx.clone());
             workers.spawn(async move { (name, task.await) });
+        }
+        if workers.is_empty() {
+            // Nothing to dispatch to: still end on shutdown, like a worker would.
+            let mut stop = stop_rx;
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
         }
         let mut first_error = None;
         while let Some(joined) = workers.join_next().await {
@@ -284,7 +302,7 @@ impl Dispatcher {
                 }
             }
         }
-        let (to_send, resolved) = self.resolve_adjustments(dest.platform(), rows).await?;
+        let (to_send, resolved) = self.resolve_adjustments(rows).await?;
         let cancelled = resolved.cancelled;
         records.extend(resolved.records);
         let outcomes = if to_send.is_empty() {
@@ -292,19 +310,19 @@ impl Dispatcher {
         } else {
             dest.send(&to_send).await
         };
-        let mut tally = Tally::default();
         for (d, outcome) in to_send.iter().zip(outcomes) {
-            tally.count(&outcome);
             records.push(self.record(d, outcome));
         }
         self.write(&records).await?;
+        let tally = |state: &str| records.iter().filter(|r| r.state == state).count();
         info!(
             claimed = count,
-            sent = tally.sent,
-            failed = tally.failed,
-            retried = tally.retried,
-            skipped = tally.skipped,
+            sent = tally(Record::SENT),
+            failed = tally(Record::FAILED),
+            retried = tally(Record::RETRY),
+            skipped = tally(Record::SKIPPED),
             cancelled,
+            waiting = tally(Record::WAIT),
             "batch dispatched"
         );
         Ok(count)
@@ -349,7 +367,6 @@ impl Dispatcher {
     /// send (conversions, and adjustments of conversions already sent) and the records of the others.
     async fn resolve_adjustments(
         &self,
-        platform: Platform,
         rows: Vec<Delivery>,
     ) -> Result<(Vec<Delivery>, Resolved), DispatchError> {
         let adjustment_ids: Vec<i64> = rows
@@ -424,13 +441,9 @@ impl Dispatcher {
             }
         }
         to_send.retain(|d| !dropped.contains(&d.id));
+        // Adjustments of sent conversions go to the destination, which sends them (Google) or answers
+        // that it cannot retract (Meta, TikTok).
         to_send.extend(send_adjustments);
-        if platform != Platform::GoogleAds {
-            debug!(
-                platform = platform.as_str(),
-                "adjustments go to a platform that cannot retract"
-            );
-        }
         Ok((to_send, resolved))
     }
 
@@ -618,8 +631,15 @@ pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Durat
 
 /// A claimed row, or the id of one that cannot be read back (it fails without being sent).
 enum Claimed {
+    /// A readable row (boxed: a delivery is large).
     Row(Box<Delivery>),
-    Unreadable { id: i64, error: String },
+    /// A row whose kind or payload cannot be read.
+    Unreadable {
+        /// The row.
+        id: i64,
+        /// What is wrong (never a value).
+        error: String,
+    },
 }
 
 /// Reads a claimed row.
@@ -661,6 +681,7 @@ fn read_delivery(r: &Row) -> Claimed {
 
 /// A short, value-free name for a JSON error.
 trait ClassifyName {
+    /// The category of the error, in words.
     fn classify_name(&self) -> &'static str;
 }
 
@@ -677,12 +698,17 @@ impl ClassifyName for serde_json::Error {
 
 /// One row's new state, as written by [`Dispatcher::write`].
 struct Record {
+    /// The row.
     id: i64,
     /// `sent`, `failed`, `skipped`, `cancelled`, or `retry` / `wait` (both back to pending).
     state: &'static str,
+    /// The new `last_error` (cleared when `None`).
     error: Option<String>,
+    /// The platform's reference; the stored one is kept when `None`.
     platform_ref: Option<String>,
+    /// For `retry` / `wait`: how long until the row is due again.
     delay: Duration,
+    /// 1 when a request was attempted for the row, else 0.
     attempted: i32,
 }
 
@@ -694,6 +720,7 @@ impl Record {
     const RETRY: &'static str = "retry";
     const WAIT: &'static str = "wait";
 
+    /// A record without platform reference or delay.
     fn new(id: i64, state: &'static str, error: Option<String>, attempted: i32) -> Record {
         Record {
             id,
@@ -709,11 +736,14 @@ impl Record {
 /// The records of adjustments resolved without sending.
 #[derive(Default)]
 struct Resolved {
+    /// Records of adjustments decided without sending.
     records: Vec<Record>,
+    /// Rows cancelled directly in the database (conversions and their adjustments).
     cancelled: usize,
 }
 
 impl Resolved {
+    /// The adjustment is not sent, for `reason`.
     fn skip(&mut self, id: i64, reason: String) {
         self.records
             .push(Record::new(id, Record::SKIPPED, Some(reason), 0));
@@ -735,38 +765,26 @@ impl Resolved {
 
 /// An adjustment row and the conversion it adjusts, if that exists.
 struct Target {
+    /// The adjustment row.
     adjustment_id: i64,
+    /// The adjusted conversion, if it was ever recorded.
     conversion: Option<Conversion>,
 }
 
 /// What an adjustment needs to know about its conversion.
 struct Conversion {
+    /// Its row.
     id: i64,
+    /// Its state.
     state: String,
+    /// Who holds (or last held) its lease.
     lease_owner: Option<String>,
+    /// Whether its lease is still valid.
     leased: bool,
+    /// The Google conversion action it was sent with.
     conversion_action: Option<String>,
+    /// Its currency.
     currency: Option<String>,
-}
-
-/// Outcome counts of a round, for the log line.
-#[derive(Default)]
-struct Tally {
-    sent: usize,
-    failed: usize,
-    retried: usize,
-    skipped: usize,
-}
-
-impl Tally {
-    fn count(&mut self, o: &Outcome) {
-        match o {
-            Outcome::Sent { .. } => self.sent += 1,
-            Outcome::Failed { .. } => self.failed += 1,
-            Outcome::Retry { .. } => self.retried += 1,
-            Outcome::Skipped { .. } => self.skipped += 1,
-        }
-    }
 }
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes

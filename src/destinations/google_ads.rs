@@ -41,23 +41,37 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
 /// A Google Ads customer account reached with an OAuth2 refresh token and a developer token.
 pub struct GoogleAds {
+    /// The config name.
     name: String,
+    /// `{endpoint}/{version}/customers/{customer_id}`.
     customer_url: String,
+    /// Where refresh tokens are exchanged.
     token_endpoint: String,
+    /// OAuth client id.
     client_id: Secret,
+    /// OAuth client secret.
     client_secret: Secret,
+    /// OAuth refresh token.
     refresh_token: Secret,
+    /// The `developer-token` header.
     developer_token: Secret,
+    /// The `login-customer-id` header (manager account), digits only.
     login_customer_id: Option<String>,
+    /// Send `validateOnly: true`.
     validate_only: bool,
+    /// Rows per request.
     max_batch: usize,
+    /// The HTTP client.
     http: reqwest::Client,
+    /// The cached access token; the lock also keeps concurrent senders from refreshing twice.
     token: tokio::sync::Mutex<Option<CachedToken>>,
 }
 
 /// An access token and when to stop using it.
 struct CachedToken {
+    /// The bearer token.
     token: Secret,
+    /// When to fetch a new one (expiry minus a margin).
     renew_at: Instant,
 }
 
@@ -239,6 +253,7 @@ pub enum Upload {
 }
 
 impl Upload {
+    /// The REST method of the upload.
     fn method(self) -> &'static str {
         match self {
             Upload::Conversions => "uploadClickConversions",
@@ -246,6 +261,7 @@ impl Upload {
         }
     }
 
+    /// The request field holding the rows.
     fn collection(self) -> &'static str {
         match self {
             Upload::Conversions => "conversions",
@@ -484,9 +500,13 @@ const ALREADY_THERE: &[&str] = &[
 /// One Google Ads error: its family (`conversionUploadError`), code, message and row index.
 #[derive(Debug, Clone, PartialEq)]
 struct AdsError {
+    /// The error family, e.g. `conversionUploadError`.
     family: String,
+    /// The code, e.g. `EXPIRED_EVENT`.
     code: String,
+    /// Google's message.
     message: String,
+    /// The row index from `location.fieldPathElements`, if the error names a row.
     index: Option<usize>,
 }
 
@@ -569,6 +589,7 @@ fn row_outcome(
     }
 }
 
+/// Whether the row carries a Google click id.
 fn has_click_id(d: &Delivery) -> bool {
     [MatchKey::Gclid, MatchKey::Gbraid, MatchKey::Wbraid]
         .iter()
@@ -577,6 +598,7 @@ fn has_click_id(d: &Delivery) -> bool {
 
 /// Combines several outcomes for one row: a failure wins, then a retry, then a skip, then sent.
 fn worst(a: Outcome, b: Outcome) -> Outcome {
+    /// Severity order.
     fn rank(o: &Outcome) -> u8 {
         match o {
             Outcome::Failed { .. } => 3,

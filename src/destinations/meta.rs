@@ -32,11 +32,17 @@ pub const MAX_AGE_PHYSICAL_STORE_DAYS: i64 = 62;
 
 /// A Meta dataset (pixel) and the token that may write to it.
 pub struct Meta {
+    /// The config name.
     name: String,
+    /// The events endpoint.
     url: String,
+    /// The access token.
     access_token: Secret,
+    /// Routes events to the platform's test tool.
     test_event_code: Option<String>,
+    /// Events per request.
     max_batch: usize,
+    /// The HTTP client.
     http: reqwest::Client,
 }
 

@@ -149,8 +149,8 @@ pub fn build_all(
 // Shared plumbing for the platform modules
 // ---------------------------------------------------------------------------------------------
 
-/// The HTTP client every destination uses: the dispatch request timeout, no proxies from the environment
-/// surprises aside, and a user agent naming pgcapi.
+/// The HTTP client every destination uses: the dispatch request timeout (which also bounds a hung
+/// platform, turning it into a retry) and a user agent naming pgcapi.
 pub(crate) fn http_client(
     destination: &str,
     dispatch: &DispatchConfig,

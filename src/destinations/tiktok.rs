@@ -36,12 +36,19 @@ const CODE_RATE_LIMIT: i64 = 40_100;
 
 /// A TikTok pixel and the token that may write to it.
 pub struct Tiktok {
+    /// The config name.
     name: String,
+    /// The events endpoint.
     url: String,
+    /// The access token.
     access_token: Secret,
+    /// `event_source_id`.
     pixel_code: String,
+    /// Routes events to the platform's test tool.
     test_event_code: Option<String>,
+    /// Events per request.
     max_batch: usize,
+    /// The HTTP client.
     http: reqwest::Client,
 }
 

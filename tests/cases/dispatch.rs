@@ -628,3 +628,82 @@ async fn new_rows_are_picked_up_on_notify_without_waiting_for_the_poll() {
         .unwrap()
         .unwrap();
 }
+
+/// The restatement of `event_id`'s `order_paid` conversion to a new total of `value`.
+fn restatement(destination: &str, platform: Platform, event_id: &str, value: &str) -> NewDelivery {
+    NewDelivery {
+        rule: "order_partially_refunded".into(),
+        kind: Kind::Restatement,
+        value: Some(value.into()),
+        ..retraction(destination, platform, event_id)
+    }
+}
+
+#[tokio::test]
+async fn a_restatement_updates_an_unsent_conversion_or_is_sent_to_google_after_it() {
+    // GIVEN order-1 already sent to Google, and order-2 pending but not yet due
+    let (db, client) = control_db().await;
+    let (fake, endpoint) = Fake::start().await;
+    insert(
+        &client,
+        &[conversion("google", Platform::GoogleAds, "order-1")],
+    )
+    .await;
+    let d = dispatcher(
+        &db,
+        vec![destination("google", Platform::GoogleAds, &endpoint, "")],
+    )
+    .await;
+    d.run_once().await.unwrap();
+    insert(
+        &client,
+        &[conversion("google", Platform::GoogleAds, "order-2")],
+    )
+    .await;
+    client
+        .batch_execute(
+            "update pgcapi.deliveries set next_attempt_at = now() + interval '1 hour' \
+             where event_id = 'order-2'",
+        )
+        .await
+        .unwrap();
+    // WHEN both are restated to a new total of 5 and dispatch runs
+    insert(
+        &client,
+        &[
+            restatement("google", Platform::GoogleAds, "order-1", "5"),
+            restatement("google", Platform::GoogleAds, "order-2", "5"),
+        ],
+    )
+    .await;
+    d.run_once().await.unwrap();
+    // THEN order-1's restatement went to Google as a RESTATEMENT with the new total
+    let sent = row(&client, "order_partially_refunded", "google", "order-1").await;
+    assert_eq!(sent.state, "sent", "{sent:?}");
+    let adjustments = fake.requests(":uploadConversionAdjustments");
+    assert_eq!(adjustments.len(), 1);
+    let adj = &adjustments[0]["conversionAdjustments"][0];
+    assert_eq!(adj["adjustmentType"], "RESTATEMENT");
+    assert_eq!(adj["orderId"], "order-1");
+    assert_eq!(
+        adj["restatementValue"],
+        json!({"adjustedValue": 5.0, "currencyCode": "USD"})
+    );
+    // AND order-2's unsent conversion now carries the new value, its restatement closed
+    let applied = row(&client, "order_partially_refunded", "google", "order-2").await;
+    assert_eq!(applied.state, "cancelled");
+    let value: String = client
+        .query_one(
+            "select value::text from pgcapi.deliveries \
+             where rule = 'order_paid' and event_id = 'order-2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(value, "5");
+    assert_eq!(
+        row(&client, "order_paid", "google", "order-2").await.state,
+        "pending"
+    );
+}
