@@ -15,6 +15,8 @@
 //! - [`identity`]: per-platform normalization and SHA-256 hashing of match keys.
 //! - [`outbox`]: the control table (`pgcapi.deliveries`) and the stored slot position.
 //! - [`capture`]: the worker that drives source → outbox and confirms LSNs.
+//! - [`dispatch`]: per-destination workers that claim, send and record control-table rows.
+//! - [`destinations`]: one module per platform: request building and response classification.
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
 //! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod db;
 pub mod decode;
 pub mod destinations;
+pub mod dispatch;
 pub mod identity;
 pub mod lsn;
 pub mod outbox;

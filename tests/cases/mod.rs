@@ -3,5 +3,6 @@
 mod capture;
 mod cluster;
 mod crash;
+mod dispatch;
 mod large;
 mod source;

@@ -1,0 +1,473 @@
+//! TikTok Events API 2.0: `POST {endpoint}/open_api/v1.3/event/track/` (platforms.md §3).
+//!
+//! TikTok answers HTTP 200 with a JSON `code` that decides the outcome: 0 is success; one bad event
+//! fails the whole request, so rejected batches are bisected like Meta's. `event_source` is an envelope
+//! field, so web and CRM events travel in separate requests. TikTok cannot retract (§7).
+
+use super::{
+    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, required,
+    retry_after, transport_error, value_number, BatchAnswer, Destination, DestinationError,
+    Outcome, SendFuture, OPERATOR_RETRY_FLOOR,
+};
+use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
+use crate::identity::MatchKey;
+use crate::outbox::{Delivery, Kind};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Map, Value};
+
+// ---------------------------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------------------------
+
+/// Production TikTok Business API host.
+pub const DEFAULT_ENDPOINT: &str = "https://business-api.tiktok.com";
+/// Business API version (§3).
+pub const DEFAULT_API_VERSION: &str = "v1.3";
+/// Events per request (§3).
+pub const MAX_EVENTS: usize = 1_000;
+/// TikTok publishes no event-age limit; platforms.md §3 calls anything older than 7 days risky.
+pub const MAX_AGE_DAYS: i64 = 7;
+/// Response code of a successful request.
+const CODE_OK: i64 = 0;
+/// Response code of an authentication error (§3).
+const CODE_AUTH: i64 = 40_001;
+/// Response code of rate limiting (§3).
+const CODE_RATE_LIMIT: i64 = 40_100;
+
+/// A TikTok pixel and the token that may write to it.
+pub struct Tiktok {
+    /// The config name.
+    name: String,
+    /// The events endpoint.
+    url: String,
+    /// The access token.
+    access_token: Secret,
+    /// `event_source_id`.
+    pixel_code: String,
+    /// Routes events to the platform's test tool.
+    test_event_code: Option<String>,
+    /// Events per request.
+    max_batch: usize,
+    /// The HTTP client.
+    http: reqwest::Client,
+}
+
+impl Tiktok {
+    /// Builds the destination; `pixel_code` and `access_token` are required.
+    pub fn new(
+        name: &str,
+        config: &DestinationConfig,
+        dispatch: &DispatchConfig,
+    ) -> Result<Tiktok, DestinationError> {
+        let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        Ok(Tiktok {
+            name: name.to_string(),
+            url: format!(
+                "{}/open_api/{version}/event/track/",
+                base_url(&config.endpoint, DEFAULT_ENDPOINT)
+            ),
+            access_token: required(name, "access_token", &config.access_token)?.clone(),
+            pixel_code: required(name, "pixel_code", &config.pixel_code)?.clone(),
+            test_event_code: config.test_event_code.clone(),
+            max_batch: batch_size(config, MAX_EVENTS),
+            http: super::http_client(name, dispatch)?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder
+// ---------------------------------------------------------------------------------------------
+
+/// TikTok's `user` name for a match key; `None` for keys TikTok's `user` does not take here.
+fn user_field(key: MatchKey) -> Option<&'static str> {
+    Some(match key {
+        MatchKey::Email => "email",
+        MatchKey::Phone => "phone",
+        MatchKey::ExternalId => "external_id",
+        MatchKey::Ttclid => "ttclid",
+        MatchKey::Ttp => "ttp",
+        MatchKey::ClientIp => "ip",
+        MatchKey::UserAgent => "user_agent",
+        MatchKey::LeadId => "lead_id",
+        _ => return None,
+    })
+}
+
+/// `event_source`: `crm` for CRM events (`action_source = system_generated`), else `web` (§3).
+pub fn event_source(d: &Delivery) -> &'static str {
+    if d.action_source.as_deref() == Some("system_generated") {
+        "crm"
+    } else {
+        "web"
+    }
+}
+
+/// Builds one event, or the outcome that replaces sending it.
+pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
+    if d.kind != Kind::Conversion {
+        return Err(Outcome::skipped("platform cannot retract"));
+    }
+    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
+        return Err(Outcome::skipped(format!(
+            "too old for tiktok ({MAX_AGE_DAYS} days)"
+        )));
+    }
+    let Some(name) = event_name(d) else {
+        return Err(Outcome::failed("tiktok needs an event name (rule event)"));
+    };
+    let mut user = Map::new();
+    for (key, value) in &d.payload.keys {
+        if let Some(field) = user_field(*key) {
+            user.insert(field.to_string(), json!(value));
+        }
+    }
+    let has = |k: &str| user.contains_key(k);
+    let usable = ["email", "phone", "external_id", "ttclid", "ttp", "lead_id"]
+        .iter()
+        .any(|k| has(k))
+        || (has("ip") && has("user_agent"));
+    if !usable {
+        return Err(Outcome::skipped("no usable match key for tiktok"));
+    }
+    let mut event = Map::new();
+    event.insert("event".into(), json!(name));
+    event.insert("event_time".into(), json!(d.event_time.timestamp()));
+    event.insert("event_id".into(), json!(d.event_id));
+    event.insert("user".into(), Value::Object(user));
+    let mut properties = Map::new();
+    match value_number(d) {
+        Ok(Some(v)) => {
+            properties.insert("value".into(), Value::Number(v));
+        }
+        Ok(None) => {}
+        Err(e) => return Err(Outcome::failed(format!("tiktok: {e}"))),
+    }
+    if let Some(c) = d.currency.as_deref().filter(|c| !c.is_empty()) {
+        properties.insert("currency".into(), json!(c.to_ascii_uppercase()));
+    }
+    if !properties.is_empty() {
+        event.insert("properties".into(), Value::Object(properties));
+    }
+    if let Some(url) = d.payload.event_source_url.as_deref() {
+        event.insert("page".into(), json!({ "url": url }));
+    }
+    Ok(Value::Object(event))
+}
+
+/// The request envelope for events of one `event_source`.
+pub fn request_body(
+    source: &str,
+    pixel_code: &str,
+    test_event_code: Option<&str>,
+    events: Vec<Value>,
+) -> Value {
+    let mut body = json!({
+        "event_source": source,
+        "event_source_id": pixel_code,
+        "data": events,
+    });
+    if let Some(code) = test_event_code {
+        body["test_event_code"] = json!(code);
+    }
+    body
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+impl Tiktok {
+    /// Sends one request with the events at `indices`, all of event source `source`.
+    async fn post(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
+        let body = request_body(
+            source,
+            &self.pixel_code,
+            self.test_event_code.as_deref(),
+            indices.iter().map(|&i| events[i].clone()).collect(),
+        );
+        let response = self
+            .http
+            .post(&self.url)
+            .header("Access-Token", self.access_token.expose())
+            .json(&body)
+            .send()
+            .await;
+        match response {
+            Err(e) => transport_error("tiktok", e),
+            Ok(r) => {
+                let status = r.status();
+                let delay = retry_after(r.headers());
+                let text = r.text().await.unwrap_or_default();
+                classify(status, delay, &text)
+            }
+        }
+    }
+}
+
+impl Destination for Tiktok {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn platform(&self) -> Platform {
+        Platform::Tiktok
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
+        Box::pin(async move {
+            let now = Utc::now();
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut events = Vec::with_capacity(batch.len());
+            let mut web = Vec::new();
+            let mut crm = Vec::new();
+            for (i, d) in batch.iter().enumerate() {
+                match encode_event(d, now) {
+                    Ok(event) => {
+                        events.push(event);
+                        match event_source(d) {
+                            "crm" => crm.push(i),
+                            _ => web.push(i),
+                        }
+                    }
+                    Err(outcome) => {
+                        events.push(Value::Null);
+                        outcomes.push((i, outcome));
+                    }
+                }
+            }
+            let events = &events;
+            for (source, rows) in [("web", web), ("crm", crm)] {
+                outcomes.extend(
+                    isolate(rows, |part| async move {
+                        self.post(source, events, &part).await
+                    })
+                    .await,
+                );
+            }
+            in_order(batch.len(), outcomes)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response classification
+// ---------------------------------------------------------------------------------------------
+
+/// Turns TikTok's answer into a batch answer: the body's `code` decides (0 sent, 40100 and 5xxxx system
+/// errors retried, 40001 held back for the operator, anything else blamed on the events and bisected).
+pub fn classify(
+    status: reqwest::StatusCode,
+    retry_after: Option<std::time::Duration>,
+    body: &str,
+) -> BatchAnswer {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|v| v.get("code"))
+        .and_then(Value::as_i64);
+    let (Some(code), true) = (code, status.is_success()) else {
+        let message = match parsed
+            .as_ref()
+            .and_then(|v| v.get("message"))
+            .and_then(Value::as_str)
+        {
+            Some(m) => format!("tiktok: HTTP {}: {m}", status.as_u16()),
+            None => format!("tiktok: HTTP {}: {}", status.as_u16(), excerpt(body)),
+        };
+        return if is_retryable_status(status) {
+            BatchAnswer::Retry {
+                error: message,
+                retry_after,
+            }
+        } else if matches!(status.as_u16(), 401 | 403) {
+            BatchAnswer::Retry {
+                error: message,
+                retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
+            }
+        } else {
+            BatchAnswer::Rejected(message)
+        };
+    };
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(Value::as_str)
+    };
+    if code == CODE_OK {
+        return BatchAnswer::Sent(field("request_id").map(str::to_string));
+    }
+    let mut message = format!(
+        "tiktok: code {code}: {}",
+        field("message").unwrap_or("(no message)")
+    );
+    if let Some(id) = field("request_id") {
+        message.push_str(&format!(" [request_id {id}]"));
+    }
+    match code {
+        CODE_RATE_LIMIT | 50_000..=59_999 => BatchAnswer::Retry {
+            error: message,
+            retry_after,
+        },
+        CODE_AUTH => BatchAnswer::Retry {
+            error: message,
+            retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
+        },
+        _ => BatchAnswer::Rejected(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn a_website_purchase_becomes_tiktok_s_exact_event_shape() {
+        // GIVEN a website purchase whose TikTok event name differs from the rule's
+        let mut d = purchase(7, t0());
+        d.payload.platform_event = Some("CompletePayment".into());
+        // WHEN it is encoded into a request
+        let event = encode_event(&d, t0()).unwrap();
+        let body = request_body(event_source(&d), "CTEST12345", None, vec![event]);
+        // THEN names, seconds, plain click id/IP/UA, hashed email/phone and uppercase currency are as TikTok wants
+        assert_eq!(
+            body,
+            json!({
+                "event_source": "web",
+                "event_source_id": "CTEST12345",
+                "data": [{
+                    "event": "CompletePayment",
+                    "event_time": t0().timestamp(),
+                    "event_id": "order-7",
+                    "user": {
+                        "email": h('a'),
+                        "phone": h('b'),
+                        "ip": "203.0.113.7",
+                        "user_agent": "Mozilla/5.0",
+                        "ttclid": "E.C.P.test",
+                    },
+                    "properties": {"value": 49.9, "currency": "EUR"},
+                    "page": {"url": "https://shop.example.com/orders/7"},
+                }],
+            })
+        );
+    }
+
+    #[test]
+    fn crm_events_use_the_crm_event_source_and_retractions_are_skipped() {
+        let mut d = purchase(1, t0());
+        d.action_source = Some("system_generated".into());
+        assert_eq!(event_source(&d), "crm");
+        d.kind = Kind::Retraction;
+        assert_eq!(
+            encode_event(&d, t0()),
+            Err(Outcome::skipped("platform cannot retract"))
+        );
+        let mut old = purchase(2, t0());
+        old.kind = Kind::Conversion;
+        assert_eq!(
+            encode_event(&old, t0() + TimeDelta::days(8)),
+            Err(Outcome::skipped("too old for tiktok (7 days)"))
+        );
+    }
+
+    #[test]
+    fn the_code_in_a_200_body_decides_the_outcome() {
+        let ok = classify(
+            reqwest::StatusCode::OK,
+            None,
+            r#"{"code":0,"message":"OK","request_id":"r1","data":{}}"#,
+        );
+        assert_eq!(ok, BatchAnswer::Sent(Some("r1".into())));
+        let bad = classify(
+            reqwest::StatusCode::OK,
+            None,
+            r#"{"code":40002,"message":"Invalid parameter at data[0]: event is required","request_id":"r2"}"#,
+        );
+        assert_eq!(
+            bad,
+            BatchAnswer::Rejected(
+                "tiktok: code 40002: Invalid parameter at data[0]: event is required [request_id r2]"
+                    .into()
+            )
+        );
+        let limited = classify(
+            reqwest::StatusCode::OK,
+            None,
+            r#"{"code":40100,"message":"Too many requests"}"#,
+        );
+        assert!(matches!(limited, BatchAnswer::Retry { .. }));
+        let throttled = classify(
+            reqwest::StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(5)),
+            "",
+        );
+        assert!(matches!(
+            throttled,
+            BatchAnswer::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(5)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_batch_is_split_and_web_and_crm_events_travel_separately() {
+        // GIVEN a fake TikTok rejecting (code 40002) any request holding event order-2
+        let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+        let s = seen.clone();
+        let app = Router::new().route(
+            "/open_api/v1.3/event/track/",
+            post(move |headers: HeaderMap, Json(body): Json<Value>| {
+                let s = s.clone();
+                async move {
+                    assert_eq!(headers["access-token"], "tok");
+                    let data = body["data"].as_array().unwrap();
+                    let bad = data.iter().any(|e| e["event_id"] == "order-2");
+                    s.lock()
+                        .unwrap()
+                        .push((body["event_source"].as_str().unwrap().into(), data.len()));
+                    Json(if bad {
+                        json!({"code": 40002, "message": "Invalid parameter"})
+                    } else {
+                        json!({"code": 0, "message": "OK", "request_id": "ok"})
+                    })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = DestinationConfig {
+            endpoint: Some(format!("http://{addr}")),
+            pixel_code: Some("CTEST".into()),
+            access_token: Some(Secret::new("tok")),
+            ..empty_config(Platform::Tiktok)
+        };
+        let t = Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let now = Utc::now();
+        let mut batch: Vec<Delivery> = (0..5).map(|i| purchase(i, now)).collect();
+        batch[4].action_source = Some("system_generated".into());
+        // WHEN the batch is sent
+        let out = t.send(&batch).await;
+        // THEN only order-2 failed, and the CRM event went in a request of its own
+        for (i, o) in out.iter().enumerate() {
+            if i == 2 {
+                assert_eq!(o, &Outcome::failed("tiktok: code 40002: Invalid parameter"));
+            } else {
+                assert!(matches!(o, Outcome::Sent { .. }), "{i}: {o:?}");
+            }
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], ("web".to_string(), 4));
+        assert_eq!(seen.last().unwrap(), &("crm".to_string(), 1));
+    }
+}

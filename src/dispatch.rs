@@ -1,0 +1,859 @@
+//! Dispatch: per destination, claim due rows of the control table under a lease, send them, and record each row's outcome.
+//!
+//! A worker per destination repeats one *round*: claim up to one platform batch of due `pending` rows
+//! (`for update skip locked`, then a lease owned by this process), resolve retractions and restatements
+//! against the conversion they adjust, send the rest through the [`Destination`], and write every row's
+//! outcome in one statement. Rows are only ever updated by the lease owner, so several pgcapi processes
+//! can dispatch from one control table without sending a row twice while its lease holds. A crash
+//! leaves leased rows that are claimed again once the lease expires: at-least-once on the wire, made
+//! effectively-once by the platforms' deduplication on `event_id` / `orderId`.
+//!
+//! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
+//! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].
+
+use crate::config::DispatchConfig;
+use crate::destinations::{Destination, Outcome};
+use crate::outbox::{notify_channel, quote_ident, Delivery, Kind, OutboxError, Payload};
+use rand::Rng;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, Client, Connection, Row};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How often a worker looks for due rows when no notification arrives.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an adjustment waits when the conversion it adjusts is being sent by someone else.
+const WAIT_FOR_IN_FLIGHT: Duration = Duration::from_secs(1);
+/// Pause after a failed round that did not lose the connection (a statement error).
+const ROUND_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Dispatch stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The control table could not be read or written.
+    #[error(transparent)]
+    Control(#[from] OutboxError),
+    /// The control database could not be reached.
+    #[error("connecting to the control database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    /// A worker task panicked or was cancelled.
+    #[error("dispatch worker for destination {destination} stopped: {message}")]
+    Worker {
+        /// The destination the worker served.
+        destination: String,
+        /// What happened to it.
+        message: String,
+    },
+}
+
+impl DispatchError {
+    /// True when the control connection is gone: dispatch must be restarted with a new one.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            DispatchError::Control(e) => e.is_connection_error(),
+            DispatchError::Connect(_) => true,
+            DispatchError::Worker { .. } => false,
+        }
+    }
+}
+
+/// Wraps a database error with what was being done.
+fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DispatchError {
+    move |source| DispatchError::Control(OutboxError::Db { what, source })
+}
+
+/// Sends the control table's pending rows to their destinations.
+pub struct Dispatcher {
+    /// The control connection, shared by the workers (tokio-postgres pipelines their statements).
+    client: Arc<Client>,
+    /// The control schema.
+    schema: String,
+    /// This dispatcher's lease owner id, unique per dispatcher.
+    owner: String,
+    /// Leases, retries and timeouts.
+    config: DispatchConfig,
+    /// One worker each.
+    destinations: Vec<Arc<dyn Destination>>,
+    /// Changes on every `NOTIFY` when this dispatcher drives its own connection.
+    wakeups: Option<watch::Receiver<u64>>,
+    /// The fallback poll interval.
+    poll_interval: Duration,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `client` (whose connection the caller drives; no notifications, polling only).
+    pub fn new(
+        client: Client,
+        schema: &str,
+        config: DispatchConfig,
+        destinations: Vec<Box<dyn Destination>>,
+    ) -> Dispatcher {
+        Dispatcher {
+            client: Arc::new(client),
+            schema: schema.to_string(),
+            owner: format!(
+                "pgcapi-{}-{:08x}",
+                std::process::id(),
+                rand::rng().random::<u32>()
+            ),
+            config,
+            destinations: destinations.into_iter().map(Arc::from).collect(),
+            wakeups: None,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// A dispatcher that drives `connection` itself and wakes up on its notifications (any TLS mode).
+    pub fn with_connection<S, T>(
+        client: Client,
+        connection: Connection<S, T>,
+        schema: &str,
+        config: DispatchConfig,
+        destinations: Vec<Box<dyn Destination>>,
+    ) -> Dispatcher
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut dispatcher = Dispatcher::new(client, schema, config, destinations);
+        dispatcher.wakeups = Some(drive(connection));
+        dispatcher
+    }
+
+    /// Connects to the control database at `url` without TLS (local sockets, tests, the demo).
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        config: DispatchConfig,
+        destinations: Vec<Box<dyn Destination>>,
+    ) -> Result<Dispatcher, DispatchError> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(DispatchError::Connect)?;
+        Ok(Dispatcher::with_connection(
+            client,
+            connection,
+            schema,
+            config,
+            destinations,
+        ))
+    }
+
+    /// Changes the fallback poll interval.
+    pub fn with_poll_interval(mut self, interval: Duration) -> Dispatcher {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The lease owner id of this process, as stored in `deliveries.lease_owner`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs one worker per destination until `shutdown` turns true or its sender is dropped (a round in
+    /// progress is finished first), or until the control connection is lost (an error: restart dispatch
+    /// with a new connection). The first worker error stops the others.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), DispatchError> {
+        if self.wakeups.is_some() {
+            let channel = notify_channel(&self.schema);
+            self.client
+                .batch_execute(&format!("listen {}", quote_ident(&channel)))
+                .await
+                .map_err(db("listening for new deliveries"))?;
+        }
+        let this = Arc::new(self);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let forward = {
+            let stop_tx = stop_tx.clone();
+            let mut shutdown = shutdown;
+            tokio::spawn(async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+                let _ = stop_tx.send(true);
+            })
+        };
+        let mut workers = tokio::task::JoinSet::new();
+        for (index, dest) in this.destinations.iter().enumerate() {
+            let name = dest.name().to_string();
+            let task = this.clone().worker(index, stop_rx.clone());
+            workers.spawn(async move { (name, task.await) });
+        }
+        if workers.is_empty() {
+            // Nothing to dispatch to: still end on shutdown, like a worker would.
+            let mut stop = stop_rx;
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        let mut first_error = None;
+        while let Some(joined) = workers.join_next().await {
+            let error = match joined {
+                Ok((_, Ok(()))) => continue,
+                Ok((_, Err(e))) => e,
+                Err(e) => DispatchError::Worker {
+                    destination: "?".into(),
+                    message: e.to_string(),
+                },
+            };
+            let _ = stop_tx.send(true);
+            first_error.get_or_insert(error);
+        }
+        forward.abort();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Claims and processes one round (at most one batch) for every destination; returns how many rows
+    /// were claimed in total.
+    pub async fn run_once(&self) -> Result<usize, DispatchError> {
+        let mut total = 0;
+        for dest in &self.destinations {
+            total += self.round(dest.as_ref()).await?;
+        }
+        Ok(total)
+    }
+
+    /// One destination's loop: rounds back to back while batches are full, else wait for a wake-up.
+    async fn worker(
+        self: Arc<Self>,
+        index: usize,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), DispatchError> {
+        let dest = self.destinations[index].clone();
+        let span = info_span!(
+            "dispatch",
+            destination = dest.name(),
+            platform = dest.platform().as_str()
+        );
+        let mut wakeups = self.wakeups.clone();
+        async move {
+            info!("dispatch worker started");
+            loop {
+                if *stop.borrow() {
+                    info!("dispatch worker stopped");
+                    return Ok(());
+                }
+                let pause = match self.round(dest.as_ref()).await {
+                    Ok(n) if n >= dest.max_batch() => continue,
+                    Ok(_) => self
+                        .until_next_due(dest.name())
+                        .await?
+                        .min(self.poll_interval),
+                    Err(e) if e.is_connection_error() => return Err(e),
+                    Err(e) => {
+                        warn!(error = %e, "dispatch round failed");
+                        ROUND_ERROR_PAUSE
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => {}
+                    changed = changed(&mut wakeups) => if !changed { wakeups = None },
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// How long until the earliest pending row of `destination` is due (zero if one is due now).
+    async fn until_next_due(&self, destination: &str) -> Result<Duration, DispatchError> {
+        let sql = format!(
+            "select extract(epoch from min(greatest(next_attempt_at, \
+               coalesce(lease_until, next_attempt_at))) - now())::float8 \
+             from {}.deliveries where destination = $1 and state = 'pending'",
+            quote_ident(&self.schema)
+        );
+        let row = self
+            .client
+            .query_one(&sql, &[&destination])
+            .await
+            .map_err(db("finding the next due delivery"))?;
+        Ok(row
+            .get::<_, Option<f64>>(0)
+            .map_or(self.poll_interval, |secs| {
+                Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
+            }))
+    }
+
+    /// Claims, resolves, sends and records one batch for `dest`; returns how many rows were claimed.
+    async fn round(&self, dest: &dyn Destination) -> Result<usize, DispatchError> {
+        let claimed = self.claim(dest.name(), dest.max_batch()).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let count = claimed.len();
+        let mut records = Vec::with_capacity(count);
+        let mut rows = Vec::with_capacity(count);
+        for c in claimed {
+            match c {
+                Claimed::Row(d) => rows.push(*d),
+                Claimed::Unreadable { id, error } => {
+                    records.push(Record::new(id, Record::FAILED, Some(error), 0))
+                }
+            }
+        }
+        let (to_send, resolved) = self.resolve_adjustments(rows).await?;
+        let cancelled = resolved.cancelled;
+        records.extend(resolved.records);
+        let outcomes = if to_send.is_empty() {
+            Vec::new()
+        } else {
+            dest.send(&to_send).await
+        };
+        for (d, outcome) in to_send.iter().zip(outcomes) {
+            records.push(self.record(d, outcome));
+        }
+        self.write(&records).await?;
+        let tally = |state: &str| records.iter().filter(|r| r.state == state).count();
+        info!(
+            claimed = count,
+            sent = tally(Record::SENT),
+            failed = tally(Record::FAILED),
+            retried = tally(Record::RETRY),
+            skipped = tally(Record::SKIPPED),
+            cancelled,
+            waiting = tally(Record::WAIT),
+            "batch dispatched"
+        );
+        Ok(count)
+    }
+
+    /// Claims up to `limit` due pending rows of `destination` under this process's lease.
+    async fn claim(&self, destination: &str, limit: usize) -> Result<Vec<Claimed>, DispatchError> {
+        let sql = format!(
+            "update {s}.deliveries d \
+               set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
+                   updated_at = now() \
+             where d.id in ( \
+               select id from {s}.deliveries \
+                where destination = $1 and state = 'pending' and next_attempt_at <= now() \
+                  and (lease_until is null or lease_until < now()) \
+                order by next_attempt_at, id \
+                limit $4 \
+                for update skip locked) \
+             returning d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
+               d.event_time, d.value::text, d.currency, d.action_source, d.payload::text, d.attempts, \
+               d.created_at",
+            s = quote_ident(&self.schema)
+        );
+        let lease = i64::try_from(self.config.lease_secs.max(1)).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(&sql, &[&destination, &self.owner, &lease, &limit])
+            .await
+            .map_err(db("claiming due deliveries"))?;
+        let mut claimed: Vec<Claimed> = rows.iter().map(read_delivery).collect();
+        // `returning` does not keep the subquery's order: restore it (ids grow with time).
+        claimed.sort_by_key(|c| match c {
+            Claimed::Row(d) => d.id,
+            Claimed::Unreadable { id, .. } => *id,
+        });
+        debug!(claimed = claimed.len(), "claimed deliveries");
+        Ok(claimed)
+    }
+
+    /// Resolves the adjustments among `rows` against the conversions they adjust. Returns the rows to
+    /// send (conversions, and adjustments of conversions already sent) and the records of the others.
+    async fn resolve_adjustments(
+        &self,
+        rows: Vec<Delivery>,
+    ) -> Result<(Vec<Delivery>, Resolved), DispatchError> {
+        let adjustment_ids: Vec<i64> = rows
+            .iter()
+            .filter(|d| d.kind != Kind::Conversion)
+            .map(|d| d.id)
+            .collect();
+        let mut resolved = Resolved::default();
+        if adjustment_ids.is_empty() {
+            return Ok((rows, resolved));
+        }
+        let claimed_ids: HashSet<i64> = rows.iter().map(|d| d.id).collect();
+        let targets = self.adjusted_conversions(&adjustment_ids).await?;
+        let mut dropped: HashSet<i64> = HashSet::new();
+        let mut to_send = Vec::with_capacity(rows.len());
+        let mut adjustments = Vec::new();
+        for d in rows {
+            if d.kind == Kind::Conversion {
+                to_send.push(d);
+            } else {
+                adjustments.push(d);
+            }
+        }
+        let mut send_adjustments = Vec::new();
+        for mut d in adjustments {
+            let target = targets.iter().find(|t| t.adjustment_id == d.id);
+            let verb = if d.kind == Kind::Retraction {
+                "retract"
+            } else {
+                "restate"
+            };
+            let Some(target) = target.and_then(|t| t.conversion.as_ref()) else {
+                resolved.skip(d.id, format!("no conversion to {verb}"));
+                continue;
+            };
+            let mine = claimed_ids.contains(&target.id)
+                && target.lease_owner.as_deref() == Some(&self.owner);
+            match target.state.as_str() {
+                "pending" if d.kind == Kind::Retraction && (mine || !target.leased) => {
+                    if self.cancel_both(target.id, d.id).await? {
+                        dropped.insert(target.id);
+                        resolved.cancelled += 2;
+                    } else {
+                        resolved.wait(d.id);
+                    }
+                }
+                "pending" if d.kind == Kind::Restatement && !mine && !target.leased => {
+                    if self.restate_unsent(target.id, d.id).await? {
+                        resolved.cancelled += 1;
+                    } else {
+                        resolved.wait(d.id);
+                    }
+                }
+                "pending" => resolved.wait(d.id),
+                "sent" => {
+                    // The adjustment needs what the conversion was sent with.
+                    if d.payload.conversion_action.is_none() {
+                        d.payload.conversion_action = target.conversion_action.clone();
+                    }
+                    if d.currency.is_none() {
+                        d.currency = target.currency.clone();
+                    }
+                    send_adjustments.push(d);
+                }
+                "cancelled" => resolved.records.push(Record::new(
+                    d.id,
+                    Record::CANCELLED,
+                    Some("conversion was not sent yet".into()),
+                    0,
+                )),
+                _ => resolved.skip(d.id, format!("no conversion to {verb}")),
+            }
+        }
+        to_send.retain(|d| !dropped.contains(&d.id));
+        // Adjustments of sent conversions go to the destination, which sends them (Google) or answers
+        // that it cannot retract (Meta, TikTok).
+        to_send.extend(send_adjustments);
+        Ok((to_send, resolved))
+    }
+
+    /// The conversions adjusted by the rows `ids` (same destination, rule = adjusts_rule, event id).
+    async fn adjusted_conversions(&self, ids: &[i64]) -> Result<Vec<Target>, DispatchError> {
+        let sql = format!(
+            "select a.id, c.id, c.state, c.lease_owner, \
+               coalesce(c.lease_until >= now(), false), c.payload->>'conversion_action', c.currency \
+             from {s}.deliveries a \
+             left join {s}.deliveries c on c.destination = a.destination and c.rule = a.adjusts_rule \
+               and c.event_id = a.event_id and c.kind = 'conversion' \
+             where a.id = any($1)",
+            s = quote_ident(&self.schema)
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&ids])
+            .await
+            .map_err(db("looking up adjusted conversions"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Target {
+                adjustment_id: r.get(0),
+                conversion: r.get::<_, Option<i64>>(1).map(|id| Conversion {
+                    id,
+                    state: r.get(2),
+                    lease_owner: r.get(3),
+                    leased: r.get(4),
+                    conversion_action: r.get(5),
+                    currency: r.get(6),
+                }),
+            })
+            .collect())
+    }
+
+    /// Cancels a conversion that was not sent and the retraction of it, atomically (one statement).
+    /// False when the conversion was claimed by another process in the meantime.
+    async fn cancel_both(&self, conversion: i64, retraction: i64) -> Result<bool, DispatchError> {
+        let sql = format!(
+            "with conv as ( \
+               update {s}.deliveries set state = 'cancelled', \
+                 last_error = 'retracted before it was sent', lease_owner = null, lease_until = null, \
+                 updated_at = now() \
+               where id = $1 and state = 'pending' \
+                 and (lease_until is null or lease_until < now() or lease_owner = $3) \
+               returning id) \
+             update {s}.deliveries set state = 'cancelled', last_error = 'conversion was not sent yet', \
+               lease_owner = null, lease_until = null, updated_at = now() \
+             where id = $2 and lease_owner = $3 and state = 'pending' and exists (select 1 from conv) \
+             returning id",
+            s = quote_ident(&self.schema)
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&conversion, &retraction, &self.owner])
+            .await
+            .map_err(db("cancelling a retracted conversion"))?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Applies a restatement to a conversion that was not sent (its value becomes the restated total)
+    /// and closes the restatement, atomically. False when the conversion was claimed meanwhile.
+    async fn restate_unsent(
+        &self,
+        conversion: i64,
+        restatement: i64,
+    ) -> Result<bool, DispatchError> {
+        let sql = format!(
+            "with r as (select value, currency from {s}.deliveries where id = $2), \
+             conv as ( \
+               update {s}.deliveries c set value = r.value, currency = coalesce(r.currency, c.currency), \
+                 updated_at = now() \
+               from r \
+               where c.id = $1 and c.state = 'pending' and (c.lease_until is null or c.lease_until < now()) \
+               returning c.id) \
+             update {s}.deliveries set state = 'cancelled', \
+               last_error = 'restated value applied to the conversion before it was sent', \
+               lease_owner = null, lease_until = null, updated_at = now() \
+             where id = $2 and lease_owner = $3 and state = 'pending' and exists (select 1 from conv) \
+             returning id",
+            s = quote_ident(&self.schema)
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&conversion, &restatement, &self.owner])
+            .await
+            .map_err(db("applying a restatement to an unsent conversion"))?;
+        Ok(!rows.is_empty())
+    }
+
+    /// The record of one sent row's outcome.
+    fn record(&self, d: &Delivery, outcome: Outcome) -> Record {
+        match outcome {
+            Outcome::Sent { platform_ref } => Record {
+                platform_ref,
+                ..Record::new(d.id, Record::SENT, None, 1)
+            },
+            Outcome::Failed { error } => Record::new(d.id, Record::FAILED, Some(error), 1),
+            Outcome::Skipped { reason } => Record::new(d.id, Record::SKIPPED, Some(reason), 0),
+            Outcome::Retry { error, retry_after } => Record {
+                delay: backoff(&self.config, d.attempts, retry_after),
+                ..Record::new(d.id, Record::RETRY, Some(error), 1)
+            },
+        }
+    }
+
+    /// Writes every record of a round in one statement and releases the leases. Rows whose lease was
+    /// lost (expired and claimed by another process) are left alone: the new owner records them.
+    async fn write(&self, records: &[Record]) -> Result<(), DispatchError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "update {s}.deliveries d set \
+               state = case when u.state in ('retry', 'wait') then \
+                   case when d.created_at <= now() - $2::bigint * interval '1 second' \
+                     then 'failed' else 'pending' end \
+                 else u.state end, \
+               last_error = case when u.state in ('retry', 'wait') \
+                   and d.created_at <= now() - $2::bigint * interval '1 second' \
+                 then 'gave up after ' || $2::bigint || ' s: ' || coalesce(u.error, '') \
+                 else u.error end, \
+               attempts = d.attempts + u.attempted, \
+               platform_ref = coalesce(u.platform_ref, d.platform_ref), \
+               sent_at = case when u.state = 'sent' then now() else d.sent_at end, \
+               next_attempt_at = case when u.state in ('retry', 'wait') \
+                 then now() + u.delay_ms * interval '1 millisecond' else d.next_attempt_at end, \
+               lease_owner = null, lease_until = null, updated_at = now() \
+             from unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int4[]) \
+               as u(id, state, error, platform_ref, delay_ms, attempted) \
+             where d.id = u.id and d.lease_owner = $1 and d.state = 'pending'",
+            s = quote_ident(&self.schema)
+        );
+        let give_up = i64::try_from(self.config.give_up_after_secs).unwrap_or(i64::MAX);
+        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        let states: Vec<&str> = records.iter().map(|r| r.state).collect();
+        let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
+        let refs: Vec<Option<&str>> = records.iter().map(|r| r.platform_ref.as_deref()).collect();
+        let delays: Vec<i64> = records
+            .iter()
+            .map(|r| i64::try_from(r.delay.as_millis()).unwrap_or(i64::MAX))
+            .collect();
+        let attempted: Vec<i32> = records.iter().map(|r| r.attempted).collect();
+        let updated = self
+            .client
+            .execute(
+                &sql,
+                &[
+                    &self.owner,
+                    &give_up,
+                    &ids,
+                    &states,
+                    &errors,
+                    &refs,
+                    &delays,
+                    &attempted,
+                ],
+            )
+            .await
+            .map_err(db("recording delivery outcomes"))?;
+        if updated < records.len() as u64 {
+            warn!(
+                recorded = updated,
+                expected = records.len(),
+                "some leases expired before their outcome was recorded"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The retry delay after `attempts` earlier attempts: exponential from `retry_initial_ms`, capped at
+/// `retry_max_ms`, with full jitter (uniform between zero and the cap, so that many rows failing
+/// together do not retry together), and never shorter than the platform's `Retry-After`.
+pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Duration>) -> Duration {
+    let exponent = u32::try_from(attempts.clamp(0, 62)).unwrap_or(0);
+    let cap = config
+        .retry_initial_ms
+        .saturating_mul(1u64.checked_shl(exponent).unwrap_or(u64::MAX))
+        .min(config.retry_max_ms)
+        .max(1);
+    let jittered = Duration::from_millis(rand::rng().random_range(0..=cap));
+    jittered.max(retry_after.unwrap_or_default())
+}
+
+/// A claimed row, or the id of one that cannot be read back (it fails without being sent).
+enum Claimed {
+    /// A readable row (boxed: a delivery is large).
+    Row(Box<Delivery>),
+    /// A row whose kind or payload cannot be read.
+    Unreadable {
+        /// The row.
+        id: i64,
+        /// What is wrong (never a value).
+        error: String,
+    },
+}
+
+/// Reads a claimed row.
+fn read_delivery(r: &Row) -> Claimed {
+    let id: i64 = r.get(0);
+    let kind: String = r.get(4);
+    let Some(kind) = Kind::from_name(&kind) else {
+        return Claimed::Unreadable {
+            id,
+            error: "unknown kind in the control table".into(),
+        };
+    };
+    let payload: Payload = match serde_json::from_str(&r.get::<_, String>(11)) {
+        Ok(p) => p,
+        Err(e) => {
+            return Claimed::Unreadable {
+                id,
+                error: format!("payload cannot be read: {}", e.classify_name()),
+            }
+        }
+    };
+    Claimed::Row(Box::new(Delivery {
+        id,
+        rule: r.get(1),
+        destination: r.get(2),
+        event_id: r.get(3),
+        kind,
+        adjusts_rule: r.get(5),
+        event_name: r.get(6),
+        event_time: r.get(7),
+        value: r.get(8),
+        currency: r.get(9),
+        action_source: r.get(10),
+        payload,
+        attempts: r.get(12),
+        created_at: r.get(13),
+    }))
+}
+
+/// A short, value-free name for a JSON error.
+trait ClassifyName {
+    /// The category of the error, in words.
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "io error",
+            serde_json::error::Category::Syntax => "invalid JSON",
+            serde_json::error::Category::Data => "unexpected fields or types",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+/// One row's new state, as written by [`Dispatcher::write`].
+struct Record {
+    /// The row.
+    id: i64,
+    /// `sent`, `failed`, `skipped`, `cancelled`, or `retry` / `wait` (both back to pending).
+    state: &'static str,
+    /// The new `last_error` (cleared when `None`).
+    error: Option<String>,
+    /// The platform's reference; the stored one is kept when `None`.
+    platform_ref: Option<String>,
+    /// For `retry` / `wait`: how long until the row is due again.
+    delay: Duration,
+    /// 1 when a request was attempted for the row, else 0.
+    attempted: i32,
+}
+
+impl Record {
+    const SENT: &'static str = "sent";
+    const FAILED: &'static str = "failed";
+    const SKIPPED: &'static str = "skipped";
+    const CANCELLED: &'static str = "cancelled";
+    const RETRY: &'static str = "retry";
+    const WAIT: &'static str = "wait";
+
+    /// A record without platform reference or delay.
+    fn new(id: i64, state: &'static str, error: Option<String>, attempted: i32) -> Record {
+        Record {
+            id,
+            state,
+            error,
+            platform_ref: None,
+            delay: Duration::ZERO,
+            attempted,
+        }
+    }
+}
+
+/// The records of adjustments resolved without sending.
+#[derive(Default)]
+struct Resolved {
+    /// Records of adjustments decided without sending.
+    records: Vec<Record>,
+    /// Rows cancelled directly in the database (conversions and their adjustments).
+    cancelled: usize,
+}
+
+impl Resolved {
+    /// The adjustment is not sent, for `reason`.
+    fn skip(&mut self, id: i64, reason: String) {
+        self.records
+            .push(Record::new(id, Record::SKIPPED, Some(reason), 0));
+    }
+
+    /// The adjusted conversion is being sent: look again shortly, without counting an attempt.
+    fn wait(&mut self, id: i64) {
+        self.records.push(Record {
+            delay: WAIT_FOR_IN_FLIGHT,
+            ..Record::new(
+                id,
+                Record::WAIT,
+                Some("waiting: the adjusted conversion is being sent".into()),
+                0,
+            )
+        });
+    }
+}
+
+/// An adjustment row and the conversion it adjusts, if that exists.
+struct Target {
+    /// The adjustment row.
+    adjustment_id: i64,
+    /// The adjusted conversion, if it was ever recorded.
+    conversion: Option<Conversion>,
+}
+
+/// What an adjustment needs to know about its conversion.
+struct Conversion {
+    /// Its row.
+    id: i64,
+    /// Its state.
+    state: String,
+    /// Who holds (or last held) its lease.
+    lease_owner: Option<String>,
+    /// Whether its lease is still valid.
+    leased: bool,
+    /// The Google conversion action it was sent with.
+    conversion_action: Option<String>,
+    /// Its currency.
+    currency: Option<String>,
+}
+
+/// Drives a control connection in the background and counts its notifications; the receiver changes
+/// on every `NOTIFY`, and its sender is dropped when the connection ends.
+fn drive<S, T>(mut connection: Connection<S, T>) -> watch::Receiver<u64>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = watch::channel(0u64);
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => tx.send_modify(|n| *n += 1),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    warn!(error = %e, "control connection failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the next notification; false when there will be none (no listener or connection gone).
+async fn changed(wakeups: &mut Option<watch::Receiver<u64>>) -> bool {
+    match wakeups {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(initial: u64, max: u64) -> DispatchConfig {
+        DispatchConfig {
+            retry_initial_ms: initial,
+            retry_max_ms: max,
+            ..DispatchConfig::default()
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_its_cap() {
+        let c = config(100, 1_000);
+        for _ in 0..200 {
+            assert!(backoff(&c, 0, None) <= Duration::from_millis(100));
+            assert!(backoff(&c, 2, None) <= Duration::from_millis(400));
+            assert!(backoff(&c, 30, None) <= Duration::from_millis(1_000));
+            assert!(backoff(&c, i32::MAX, None) <= Duration::from_millis(1_000));
+        }
+    }
+
+    #[test]
+    fn backoff_is_jittered_over_the_whole_range() {
+        let c = config(1_000, 1_000);
+        let samples: Vec<Duration> = (0..200).map(|_| backoff(&c, 0, None)).collect();
+        assert!(samples.iter().any(|d| *d < Duration::from_millis(300)));
+        assert!(samples.iter().any(|d| *d > Duration::from_millis(700)));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_even_beyond_the_cap() {
+        let c = config(100, 1_000);
+        let d = backoff(&c, 3, Some(Duration::from_secs(30)));
+        assert_eq!(d, Duration::from_secs(30));
+    }
+}
