@@ -49,6 +49,12 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Serve the platform sandbox (Meta, Google Ads, TikTok rules) for tests and trials.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: std::net::SocketAddr,
+    },
     /// Check a config file (and nothing else).
     Validate {
         /// The config file.
@@ -118,6 +124,16 @@ async fn dispatch(command: Command) -> Result<(), String> {
             print!("{}", report.render());
             Ok(())
         }
+        Command::Sandbox { listen } => {
+            let handle = crate::sandbox::Sandbox::start(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            println!("sandbox listening on {}", handle.base_url());
+            handle
+                .run_until(wait_for_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
         Command::Run { config } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             run(Arc::new(config)).await
@@ -143,15 +159,66 @@ pub async fn run(config: Arc<Config>) -> Result<(), String> {
         info!("shutdown requested");
         let _ = shutdown_tx.send(true);
     });
-    let capture = Capture::new(config).map_err(|e| e.to_string())?;
-    match capture.run(shutdown_rx).await {
+    let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
+    let dispatch = tokio::spawn(run_dispatch(config, shutdown_rx.clone()));
+    let result = capture.run(shutdown_rx).await;
+    // Dispatch follows capture: it stops on the same signal, or here when capture failed.
+    dispatch.abort();
+    let _ = dispatch.await;
+    match result {
         Ok(()) => {
             info!("stopped cleanly");
             Ok(())
         }
         Err(e) => {
-            error!(error = %e, "capture stopped");
-            Err(e.to_string())
+            error!(error = %crate::error_chain(&e), "capture stopped");
+            Err(crate::error_chain(&e))
+        }
+    }
+}
+
+/// Dispatches pending deliveries until shutdown, reconnecting after control-database outages.
+async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let attempt = async {
+            let info: crate::source::ConnInfo = config
+                .source
+                .control_url()
+                .expose()
+                .parse()
+                .map_err(|e| format!("source.control_url: {e}"))?;
+            let destinations =
+                crate::destinations::build_all(&config.destinations, &config.dispatch)
+                    .map_err(|e| crate::error_chain(&e))?;
+            let (client, connection) = crate::db::connect_parts(&info)
+                .await
+                .map_err(|e| crate::error_chain(&e))?;
+            crate::dispatch::Dispatcher::with_connection(
+                client,
+                connection,
+                &config.source.schema,
+                config.dispatch.clone(),
+                destinations,
+            )
+            .run(shutdown.clone())
+            .await
+            .map_err(|e| crate::error_chain(&e))
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) => {
+                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "dispatch interrupted");
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        }
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

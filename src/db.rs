@@ -40,6 +40,22 @@ impl DbError {
 /// or a Unix socket (where, as in libpq, TLS is not used), and spawns the connection task.
 /// `connect_timeout` bounds the whole exchange, authentication included.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
+    let (client, connection) = connect_parts(info).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "database connection ended with an error");
+        }
+    });
+    Ok(client)
+}
+
+/// The connection future of [`connect_parts`]: the caller drives it (and may read notifications).
+pub type Connection = tokio_postgres::Connection<Socket, RustlsStream>;
+
+/// Like [`connect`], but returns the connection for the caller to drive (e.g. to receive `NOTIFY`).
+pub async fn connect_parts(
+    info: &ConnInfo,
+) -> Result<(tokio_postgres::Client, Connection), DbError> {
     match info.connect_timeout {
         Some(limit) => tokio::time::timeout(limit, connect_untimed(info))
             .await
@@ -48,8 +64,8 @@ pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError>
     }
 }
 
-/// [`connect`] without the overall time limit.
-async fn connect_untimed(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
+/// [`connect_parts`] without the overall time limit.
+async fn connect_untimed(info: &ConnInfo) -> Result<(tokio_postgres::Client, Connection), DbError> {
     let tls_config = tls::client_config(info)?;
     let attempt = connect_with(info, tls_config.clone()).await;
     match attempt {
@@ -68,7 +84,7 @@ async fn connect_untimed(info: &ConnInfo) -> Result<tokio_postgres::Client, DbEr
 async fn connect_with(
     info: &ConnInfo,
     tls_config: Option<Arc<rustls::ClientConfig>>,
-) -> Result<tokio_postgres::Client, DbError> {
+) -> Result<(tokio_postgres::Client, Connection), DbError> {
     let mut config = tokio_postgres::Config::new();
     config.user(&info.user).dbname(&info.dbname);
     if let Some(password) = &info.password {
@@ -97,13 +113,7 @@ async fn connect_with(
     };
     config.ssl_mode(ssl_mode);
     let connector = RustlsConnect { config: tls_config };
-    let (client, connection) = config.connect(connector).await.map_err(DbError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "database connection ended with an error");
-        }
-    });
-    Ok(client)
+    config.connect(connector).await.map_err(DbError::Connect)
 }
 
 /// Whether a connect error came from the TLS layer rather than the server or the network.
@@ -167,7 +177,7 @@ impl TlsConnect<Socket> for RustlsConnector {
 }
 
 /// A TLS stream as tokio-postgres wants it.
-struct RustlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+pub struct RustlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
 
 impl tokio_postgres::tls::TlsStream for RustlsStream {
     fn channel_binding(&self) -> ChannelBinding {
