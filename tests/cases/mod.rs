@@ -4,5 +4,6 @@ mod capture;
 mod cluster;
 mod crash;
 mod dispatch;
+mod end_to_end;
 mod large;
 mod source;
