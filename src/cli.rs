@@ -49,6 +49,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the demo: a throwaway PostgreSQL, the sandbox, the example config and a short story.
+    Demo,
     /// Serve the platform sandbox (Meta, Google Ads, TikTok rules) for tests and trials.
     Sandbox {
         /// Address to listen on.
@@ -122,6 +124,11 @@ async fn dispatch(command: Command) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
             print!("{}", report.render());
+            Ok(())
+        }
+        Command::Demo => {
+            let report = crate::demo::run().await?;
+            print!("{report}");
             Ok(())
         }
         Command::Sandbox { listen } => {

@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod decode;
+pub mod demo;
 pub mod destinations;
 pub mod dispatch;
 pub mod identity;
