@@ -639,7 +639,6 @@ impl Config {
                 }
             }
         }
-        let names: BTreeSet<&str> = self.rules.iter().map(|r| r.name.as_str()).collect();
         let mut seen = BTreeSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let at = |key: &str| format!("rules[{i}] ({}).{key}", rule.name);
@@ -767,7 +766,6 @@ impl Config {
                 }
             }
         }
-        let _ = names;
         problems
     }
 
