@@ -6,5 +6,6 @@ mod crash;
 mod demo;
 mod dispatch;
 mod end_to_end;
+mod ha;
 mod large;
 mod source;
