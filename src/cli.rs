@@ -57,6 +57,26 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8480")]
         listen: std::net::SocketAddr,
     },
+    /// Record conversions for existing rows of one rule's table changed since a time, for dispatch
+    /// to send (rows already recorded are left alone; rows past a platform's window end skipped).
+    Backfill {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The rule to evaluate.
+        #[arg(long)]
+        rule: String,
+        /// Rows whose timestamp column is at or after this: a time (2026-11-16T00:00:00Z), a date
+        /// (2026-11-16) or an age (7d, 36h).
+        #[arg(long)]
+        since: String,
+        /// The timestamp column to filter on (default: the rule's event_time column).
+        #[arg(long)]
+        column: Option<String>,
+        /// Evaluate and count, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check a config file (and nothing else).
     Validate {
         /// The config file.
@@ -140,6 +160,27 @@ async fn dispatch(command: Command) -> Result<(), String> {
                 .run_until(wait_for_signal())
                 .await
                 .map_err(|e| e.to_string())
+        }
+        Command::Backfill {
+            config,
+            rule,
+            since,
+            column,
+            dry_run,
+        } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let since = crate::backfill::parse_since(&since, chrono::Utc::now())?;
+            let options = crate::backfill::BackfillOptions {
+                rule,
+                since,
+                column,
+                dry_run,
+            };
+            let report = crate::backfill::backfill(&config, &options)
+                .await
+                .map_err(|e| crate::error_chain(&e))?;
+            print!("{}", report.render());
+            Ok(())
         }
         Command::Run { config } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;

@@ -21,6 +21,7 @@
 //! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
 //! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
 
+pub mod backfill;
 pub mod capture;
 pub mod cli;
 pub mod cluster;

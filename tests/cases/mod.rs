@@ -1,5 +1,6 @@
 //! Integration test cases, one file per capability.
 
+mod backfill;
 mod capture;
 mod cluster;
 mod crash;
