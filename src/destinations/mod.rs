@@ -97,6 +97,37 @@ pub trait Destination: Send + Sync {
     fn max_batch(&self) -> usize;
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
+    /// What [`send`](Destination::send) would do with `batch`, without sending anything: the requests
+    /// of its first attempt (before any bisection), built exactly as `send` builds them, and the rows it
+    /// would decide without a request. Used by `pgcapi run --dry-run`.
+    fn preview(&self, batch: &[Delivery]) -> Preview {
+        Preview {
+            requests: Vec::new(),
+            not_sent: (0..batch.len())
+                .map(|i| (i, Outcome::skipped("this destination cannot show its requests")))
+                .collect(),
+        }
+    }
+}
+
+/// One request a destination would send, as `pgcapi run --dry-run` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRequest {
+    /// The URL posted to, without credentials (they travel in headers or the query string).
+    pub url: String,
+    /// The rows the request carries (indices into the batch).
+    pub rows: Vec<usize>,
+    /// The JSON body, exactly as it would be sent.
+    pub body: serde_json::Value,
+}
+
+/// What a destination would do with a batch (see [`Destination::preview`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Preview {
+    /// The requests it would send.
+    pub requests: Vec<PlannedRequest>,
+    /// Rows decided without a request (too old, no usable match key, cannot retract, ...).
+    pub not_sent: Vec<(usize, Outcome)>,
 }
 
 /// A destination could not be built from its config.
@@ -260,6 +291,16 @@ where
         }
     }
     out
+}
+
+/// Counts one platform request of `destination` that started at `started` and came to `answer`.
+pub(crate) fn observe_request(destination: &str, started: std::time::Instant, answer: &BatchAnswer) {
+    let outcome = match answer {
+        BatchAnswer::Sent(_) => crate::metrics::RequestOutcome::Accepted,
+        BatchAnswer::Rejected(_) => crate::metrics::RequestOutcome::Rejected,
+        BatchAnswer::Retry { .. } => crate::metrics::RequestOutcome::Retry,
+    };
+    crate::metrics::dispatch_request(destination, outcome, started.elapsed());
 }
 
 /// Puts per-index outcomes back into row order; any index without an outcome (a bug) becomes a retry,
