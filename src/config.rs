@@ -1010,7 +1010,12 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
     check(tree.get("defaults"), "defaults", DEFAULTS, &mut unknown);
     check(tree.get("capture"), "capture", CAPTURE, &mut unknown);
     check(tree.get("dispatch"), "dispatch", DISPATCH, &mut unknown);
-    check(tree.get("metrics"), "metrics", &["listen", "refresh_ms"], &mut unknown);
+    check(
+        tree.get("metrics"),
+        "metrics",
+        &["listen", "refresh_ms"],
+        &mut unknown,
+    );
     if let Some(toml::Value::Table(dests)) = tree.get("destinations") {
         for (name, dest) in dests {
             let platform = dest

@@ -88,8 +88,13 @@ pub async fn run(config: Arc<Config>, output: Output, shutdown: watch::Receiver<
             platform = dest.platform().as_str()
         );
         workers.spawn(
-            worker(config.clone(), Arc::from(dest), output.clone(), shutdown.clone())
-                .instrument(span),
+            worker(
+                config.clone(),
+                Arc::from(dest),
+                output.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span),
         );
     }
     while workers.join_next().await.is_some() {}

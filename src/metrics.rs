@@ -611,14 +611,20 @@ mod tests {
     #[test]
     fn metrics_are_named_by_prometheus_conventions_and_carry_no_event_ids() {
         deliveries_recorded("meta-test", ["sent", "sent", "failed"]);
-        dispatch_request("meta-test", RequestOutcome::Accepted, Duration::from_millis(12));
+        dispatch_request(
+            "meta-test",
+            RequestOutcome::Accepted,
+            Duration::from_millis(12),
+        );
         let text = global().encode();
         assert!(
             text.contains(r#"pgcapi_deliveries_total{destination="meta-test",state="sent"} 2"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"pgcapi_dispatch_requests_total{destination="meta-test",outcome="accepted"} 1"#),
+            text.contains(
+                r#"pgcapi_dispatch_requests_total{destination="meta-test",outcome="accepted"} 1"#
+            ),
             "{text}"
         );
         assert!(text.contains("# TYPE pgcapi_dispatch_request_duration_seconds histogram"));

@@ -104,7 +104,12 @@ pub trait Destination: Send + Sync {
         Preview {
             requests: Vec::new(),
             not_sent: (0..batch.len())
-                .map(|i| (i, Outcome::skipped("this destination cannot show its requests")))
+                .map(|i| {
+                    (
+                        i,
+                        Outcome::skipped("this destination cannot show its requests"),
+                    )
+                })
                 .collect(),
         }
     }
@@ -294,7 +299,11 @@ where
 }
 
 /// Counts one platform request of `destination` that started at `started` and came to `answer`.
-pub(crate) fn observe_request(destination: &str, started: std::time::Instant, answer: &BatchAnswer) {
+pub(crate) fn observe_request(
+    destination: &str,
+    started: std::time::Instant,
+    answer: &BatchAnswer,
+) {
     let outcome = match answer {
         BatchAnswer::Sent(_) => crate::metrics::RequestOutcome::Accepted,
         BatchAnswer::Rejected(_) => crate::metrics::RequestOutcome::Rejected,
