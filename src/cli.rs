@@ -198,11 +198,11 @@ pub async fn run_with(
     });
     let metrics = crate::metrics::start(config.clone(), shutdown_rx.clone()).await?;
     let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
+    let span = tracing::info_span!("capture", slot = %config.source.slot);
     let dispatch = match dry_run {
         Some(output) => tokio::spawn(crate::dry_run::run(config, output, shutdown_rx.clone())),
         None => tokio::spawn(run_dispatch(config, shutdown_rx.clone())),
     };
-    let span = tracing::info_span!("capture");
     let result = capture.run(shutdown_rx).instrument(span).await;
     crate::metrics::set_capture_state(crate::metrics::CaptureState::Stopped);
     // Dispatch follows capture: it stops on the same signal, or here when capture failed.

@@ -542,3 +542,97 @@ mod tests {
         assert!(e.chars().count() <= 201);
     }
 }
+
+#[cfg(test)]
+mod preview_tests {
+    use super::test_support::{empty_config, purchase};
+    use super::*;
+    use crate::config::Secret;
+    use crate::outbox::Kind;
+    use serde_json::{json, Value};
+
+    fn meta_config() -> DestinationConfig {
+        DestinationConfig {
+            endpoint: Some("http://sandbox.test/".into()),
+            pixel_id: Some("123".into()),
+            access_token: Some(Secret::new("tok-s3cr3t")),
+            test_event_code: Some("T1".into()),
+            ..empty_config(Platform::Meta)
+        }
+    }
+
+    #[test]
+    fn a_meta_preview_is_the_request_send_would_make_without_the_token() {
+        // GIVEN a fresh purchase and one too old for Meta
+        let meta = build("meta", &meta_config(), &DispatchConfig::default()).unwrap();
+        let mut old = purchase(2, Utc::now());
+        old.event_time = Utc::now() - chrono::TimeDelta::days(30);
+        // WHEN previewed
+        let preview = meta.preview(&[purchase(1, Utc::now()), old]);
+        // THEN one request carries the fresh one with the test code; the old one is skipped
+        assert_eq!(preview.requests.len(), 1);
+        let request = &preview.requests[0];
+        assert_eq!(request.url, "http://sandbox.test/v26.0/123/events");
+        assert_eq!(request.rows, vec![0]);
+        assert_eq!(request.body["test_event_code"], "T1");
+        assert_eq!(request.body["data"][0]["event_id"], "order-1");
+        assert!(!request.body.to_string().contains("s3cr3t"));
+        assert_eq!(preview.not_sent.len(), 1);
+        assert_eq!(preview.not_sent[0].0, 1);
+        assert!(matches!(preview.not_sent[0].1, Outcome::Skipped { .. }));
+    }
+
+    #[test]
+    fn a_google_preview_splits_uploads_and_carries_validate_only() {
+        let config = DestinationConfig {
+            customer_id: Some("123-456-7890".into()),
+            developer_token: Some(Secret::new("dev")),
+            client_id: Some(Secret::new("id")),
+            client_secret: Some(Secret::new("secret")),
+            refresh_token: Some(Secret::new("rt")),
+            validate_only: true,
+            ..empty_config(Platform::GoogleAds)
+        };
+        let google = build("google", &config, &DispatchConfig::default()).unwrap();
+        let mut conversion = purchase(1, Utc::now());
+        conversion.payload.conversion_action =
+            Some("customers/1234567890/conversionActions/1".into());
+        let mut retraction = conversion.clone();
+        retraction.id = 2;
+        retraction.kind = Kind::Retraction;
+        let preview = google.preview(&[conversion, retraction]);
+        let urls: Vec<&str> = preview.requests.iter().map(|r| r.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://googleads.googleapis.com/v26/customers/1234567890:uploadClickConversions",
+                "https://googleads.googleapis.com/v26/customers/1234567890:uploadConversionAdjustments"
+            ]
+        );
+        for request in &preview.requests {
+            assert_eq!(request.body["validateOnly"], true, "{}", request.body);
+        }
+        assert!(preview.not_sent.is_empty());
+    }
+
+    #[test]
+    fn a_tiktok_preview_sends_web_and_crm_events_apart() {
+        let config = DestinationConfig {
+            pixel_code: Some("CPIX".into()),
+            access_token: Some(Secret::new("tok")),
+            ..empty_config(Platform::Tiktok)
+        };
+        let tiktok = build("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let web = purchase(1, Utc::now());
+        let mut crm = purchase(2, Utc::now());
+        crm.action_source = Some("system_generated".into());
+        let preview = tiktok.preview(&[web, crm]);
+        let sources: Vec<&Value> = preview
+            .requests
+            .iter()
+            .map(|r| &r.body["event_source"])
+            .collect();
+        assert_eq!(sources, [&json!("web"), &json!("crm")]);
+        assert_eq!(preview.requests[1].rows, vec![1]);
+    }
+}
