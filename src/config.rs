@@ -1109,6 +1109,28 @@ mod tests {
     }
 
     #[test]
+    fn a_metrics_section_is_optional_and_checked() {
+        let none = Config::from_toml(CONTRACT, "pgcapi.toml", &env_all).unwrap();
+        assert!(none.metrics.is_none());
+        let text = format!("{CONTRACT}\n[metrics]\nlisten = \"127.0.0.1:9187\"\n");
+        let on = Config::from_toml(&text, "pgcapi.toml", &env_all).unwrap();
+        let metrics = on.metrics.unwrap();
+        assert_eq!(metrics.listen.to_string(), "127.0.0.1:9187");
+        assert_eq!(metrics.refresh_ms, 5_000);
+        let bad = format!(
+            "{CONTRACT}\n[metrics]\nlisten = \"127.0.0.1:9187\"\nrefresh_ms = 5\nport = 1\n"
+        );
+        let err = Config::from_toml(&bad, "pgcapi.toml", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.refresh_ms: must be at least 100"),
+            "{err}"
+        );
+        assert!(err.contains("metrics.port"), "{err}");
+    }
+
+    #[test]
     fn the_contract_config_is_accepted_as_is() {
         let config = Config::from_toml(CONTRACT, "pgcapi.toml", &env_all).unwrap();
         assert_eq!(config.rules.len(), 3);
