@@ -16,7 +16,7 @@
 //! | `pgcapi_changes_decoded_total` | counter | row changes decoded from the replication stream |
 //! | `pgcapi_transactions_total` | counter | source transactions whose commit was decoded |
 //! | `pgcapi_events_captured_total` | counter | control-table rows (one per event and destination) newly written by capture |
-//! | `pgcapi_deliveries_total{destination,state}` | counter | outcomes this process recorded: `sent`, `failed`, `skipped`, `cancelled`, `retry` (pending again with a backoff), `wait` (an adjustment waiting for its conversion) |
+//! | `pgcapi_deliveries_total{destination,state}` | counter | outcomes this process recorded: `sent`, `failed`, `skipped`, `cancelled`, `retry` (pending again with a backoff), `wait` (an adjustment waiting for its conversion); a `retry` past `give_up_after_secs` is stored as `failed` but counted here as `retry` |
 //! | `pgcapi_dispatch_requests_total{destination,outcome}` | counter | requests to a platform: `accepted` (the platform processed the request; per-row results are in the deliveries), `rejected` (refused because of its events), `retry` (temporary failure, no answer, or credentials at fault) |
 //! | `pgcapi_dispatch_request_duration_seconds{destination}` | histogram | duration of one platform request (Google: with the OAuth exchange when one was needed) |
 //! | `pgcapi_dispatch_latency_seconds{destination}` | histogram | from the row's creation in the control table (capture) to the platform's acceptance, per sent row |
