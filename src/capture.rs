@@ -149,10 +149,12 @@ impl Capture {
             match self.session(&mut shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(SessionEnd::SlotInUse) => {
+                    crate::metrics::set_capture_state(crate::metrics::CaptureState::Standby);
                     info!(slot = %self.config.source.slot, "another process holds the slot; waiting to take over");
                     delay = Duration::from_secs(1);
                 }
                 Err(SessionEnd::Error(e)) if e.is_retryable() => {
+                    crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted; reconnecting");
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -194,6 +196,7 @@ impl Capture {
         drop(source_sql);
         let start = checkpoint.unwrap_or(slot_lsn).max(slot_lsn);
         info!(%slot, start = %start, "capture started");
+        crate::metrics::set_capture_state(crate::metrics::CaptureState::Streaming);
         let mut session = Session {
             capture: self,
             stream,
@@ -367,6 +370,7 @@ impl Session<'_> {
                         "Commit without Begin at {at}"
                     )));
                 }
+                crate::metrics::transaction_committed();
                 self.group_end = Some(commit.end_lsn);
                 if self.group.len() >= self.capture.config.capture.group_max_rows {
                     self.flush_group().await?;
@@ -403,6 +407,7 @@ impl Session<'_> {
     }
 
     fn bump_changes(&self) {
+        crate::metrics::changes_decoded(1);
         self.capture.stats.send_modify(|s| s.changes += 1);
     }
 
@@ -464,6 +469,7 @@ impl Session<'_> {
         let inserted =
             outbox::write_group(self.control, self.schema, self.slot, &rows, checkpoint).await?;
         if inserted > 0 {
+            crate::metrics::events_captured(inserted);
             self.capture
                 .stats
                 .send_modify(|s| s.rows_inserted += inserted);

@@ -1,4 +1,4 @@
-//! Command-line interface: `pgcapi setup | run | sandbox`.
+//! Command-line interface: `pgcapi setup | run | check | demo | sandbox | validate`.
 
 use crate::capture::Capture;
 use crate::config::Config;
@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tracing::{error, info};
+use tracing::{error, info, Instrument};
 
 /// pgcapi: stream conversions from PostgreSQL into ad platforms' conversion APIs.
 #[derive(Debug, Parser)]
@@ -43,8 +43,22 @@ pub enum Command {
         #[arg(long)]
         set_replica_identity_full: bool,
     },
-    /// Capture changes into the control table until SIGTERM or SIGINT.
+    /// Capture changes into the control table and dispatch them until SIGTERM or SIGINT.
     Run {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Capture as usual but send nothing: write the requests dispatch would send instead (rows stay
+        /// pending, so a later run without --dry-run sends them).
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: append the would-be requests to DIR/{destination}.jsonl instead of stdout.
+        #[arg(long, value_name = "DIR", requires = "dry_run")]
+        dry_run_output: Option<PathBuf>,
+    },
+    /// Check the config, the database prerequisites and each destination's credentials, without
+    /// recording any conversion; exits non-zero when a check fails.
+    Check {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
@@ -182,15 +196,29 @@ async fn dispatch(command: Command) -> Result<(), String> {
             print!("{}", report.render());
             Ok(())
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            dry_run,
+            dry_run_output,
+        } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            run(Arc::new(config)).await
+            let dry_run = dry_run.then(|| crate::dry_run::Output::from_option(dry_run_output));
+            run_with(Arc::new(config), dry_run).await
         }
+        Command::Check { config } => crate::check::run(&config).await,
     }
 }
 
 /// `pgcapi run`: checks the config against the database, then captures until a signal.
 pub async fn run(config: Arc<Config>) -> Result<(), String> {
+    run_with(config, None).await
+}
+
+/// `pgcapi run`, or with `dry_run` set `pgcapi run --dry-run` (see [`crate::dry_run`]).
+pub async fn run_with(
+    config: Arc<Config>,
+    dry_run: Option<crate::dry_run::Output>,
+) -> Result<(), String> {
     let source = setup::connect(config.source.url.expose(), "source database")
         .await
         .map_err(|e| e.to_string())?;
@@ -202,17 +230,30 @@ pub async fn run(config: Arc<Config>) -> Result<(), String> {
     }
     drop(source);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    let on_signal = shutdown_tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutdown requested");
-        let _ = shutdown_tx.send(true);
+        let _ = on_signal.send(true);
     });
+    let metrics = crate::metrics::start(config.clone(), shutdown_rx.clone()).await?;
     let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
-    let dispatch = tokio::spawn(run_dispatch(config, shutdown_rx.clone()));
-    let result = capture.run(shutdown_rx).await;
+    let span = tracing::info_span!("capture", slot = %config.source.slot);
+    let dispatch = match dry_run {
+        Some(output) => tokio::spawn(crate::dry_run::run(config, output, shutdown_rx.clone())),
+        None => tokio::spawn(run_dispatch(config, shutdown_rx.clone())),
+    };
+    let result = capture.run(shutdown_rx).instrument(span).await;
+    crate::metrics::set_capture_state(crate::metrics::CaptureState::Stopped);
     // Dispatch follows capture: it stops on the same signal, or here when capture failed.
     dispatch.abort();
     let _ = dispatch.await;
+    // Capture may have stopped on its own (an error): stop the metrics server too.
+    let _ = shutdown_tx.send(true);
+    if let Some(metrics) = metrics {
+        metrics.join().await;
+    }
     match result {
         Ok(()) => {
             info!("stopped cleanly");

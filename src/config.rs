@@ -149,6 +149,25 @@ pub struct Config {
     /// Rules, in order.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// The metrics and health endpoints of `pgcapi run`; off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where `pgcapi run` serves `/metrics`, `/healthz` and `/readyz` (see [`crate::metrics`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsConfig {
+    /// The address to listen on, e.g. `127.0.0.1:9187` (port 0 picks a free port, logged at start).
+    pub listen: std::net::SocketAddr,
+    /// How often the gauges read from the databases (pending deliveries, slot lag) are refreshed.
+    #[serde(default = "MetricsConfig::default_refresh_ms")]
+    pub refresh_ms: u64,
+}
+
+impl MetricsConfig {
+    fn default_refresh_ms() -> u64 {
+        5_000
+    }
 }
 
 /// `[source]`.
@@ -621,6 +640,9 @@ impl Config {
         if self.capture.group_max_rows == 0 {
             push("capture.group_max_rows".into(), "must be at least 1".into());
         }
+        if self.metrics.as_ref().is_some_and(|m| m.refresh_ms < 100) {
+            push("metrics.refresh_ms".into(), "must be at least 100".into());
+        }
         for (name, dest) in &self.destinations {
             for key in dest.required_keys() {
                 if !dest.has_key(key) {
@@ -923,6 +945,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "dispatch",
         "destinations",
         "rules",
+        "metrics",
     ];
     const SOURCE: &[&str] = &["url", "control_url", "publication", "slot", "schema"];
     const DEFAULTS: &[&str] = &["region", "currency"];
@@ -987,6 +1010,12 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
     check(tree.get("defaults"), "defaults", DEFAULTS, &mut unknown);
     check(tree.get("capture"), "capture", CAPTURE, &mut unknown);
     check(tree.get("dispatch"), "dispatch", DISPATCH, &mut unknown);
+    check(
+        tree.get("metrics"),
+        "metrics",
+        &["listen", "refresh_ms"],
+        &mut unknown,
+    );
     if let Some(toml::Value::Table(dests)) = tree.get("destinations") {
         for (name, dest) in dests {
             let platform = dest
@@ -1077,6 +1106,28 @@ mod tests {
             | "GOOGLE_OAUTH_ENDPOINT" => None,
             other => Some(format!("secret-{other}")),
         }
+    }
+
+    #[test]
+    fn a_metrics_section_is_optional_and_checked() {
+        let none = Config::from_toml(CONTRACT, "pgcapi.toml", &env_all).unwrap();
+        assert!(none.metrics.is_none());
+        let text = format!("{CONTRACT}\n[metrics]\nlisten = \"127.0.0.1:9187\"\n");
+        let on = Config::from_toml(&text, "pgcapi.toml", &env_all).unwrap();
+        let metrics = on.metrics.unwrap();
+        assert_eq!(metrics.listen.to_string(), "127.0.0.1:9187");
+        assert_eq!(metrics.refresh_ms, 5_000);
+        let bad = format!(
+            "{CONTRACT}\n[metrics]\nlisten = \"127.0.0.1:9187\"\nrefresh_ms = 5\nport = 1\n"
+        );
+        let err = Config::from_toml(&bad, "pgcapi.toml", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.refresh_ms: must be at least 100"),
+            "{err}"
+        );
+        assert!(err.contains("metrics.port"), "{err}");
     }
 
     #[test]

@@ -311,9 +311,14 @@ impl Dispatcher {
             dest.send(&to_send).await
         };
         for (d, outcome) in to_send.iter().zip(outcomes) {
+            if matches!(outcome, Outcome::Sent { .. }) {
+                crate::metrics::delivery_sent(dest.name(), d.created_at);
+            }
             records.push(self.record(d, outcome));
         }
         self.write(&records).await?;
+        crate::metrics::deliveries_recorded(dest.name(), records.iter().map(|r| r.state));
+        crate::metrics::deliveries_recorded_n(dest.name(), Record::CANCELLED, cancelled as u64);
         let tally = |state: &str| records.iter().filter(|r| r.state == state).count();
         info!(
             claimed = count,
@@ -630,7 +635,7 @@ pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Durat
 }
 
 /// A claimed row, or the id of one that cannot be read back (it fails without being sent).
-enum Claimed {
+pub(crate) enum Claimed {
     /// A readable row (boxed: a delivery is large).
     Row(Box<Delivery>),
     /// A row whose kind or payload cannot be read.
@@ -643,7 +648,7 @@ enum Claimed {
 }
 
 /// Reads a claimed row.
-fn read_delivery(r: &Row) -> Claimed {
+pub(crate) fn read_delivery(r: &Row) -> Claimed {
     let id: i64 = r.get(0);
     let kind: String = r.get(4);
     let Some(kind) = Kind::from_name(&kind) else {

@@ -20,9 +20,13 @@
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
 //! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`check`]: `pgcapi check`, prerequisites and credentials without recording conversions.
+//! - [`dry_run`]: `pgcapi run --dry-run`, the would-be requests instead of sending.
 
 pub mod backfill;
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -31,8 +35,10 @@ pub mod decode;
 pub mod demo;
 pub mod destinations;
 pub mod dispatch;
+pub mod dry_run;
 pub mod identity;
 pub mod lsn;
+pub mod metrics;
 pub mod outbox;
 pub mod rules;
 pub mod sandbox;

@@ -138,6 +138,113 @@ pub async fn check_columns(client: &Client, rules: &Rules) -> Result<Vec<Problem
     Ok(problems)
 }
 
+/// The server's `wal_level` (`logical` is needed).
+pub async fn wal_level(client: &Client) -> Result<String, SetupError> {
+    Ok(client
+        .query_one("show wal_level", &[])
+        .await
+        .map_err(sql("reading wal_level"))?
+        .get(0))
+}
+
+/// Whether the connected role may open replication connections, and its name.
+pub async fn replication_role(client: &Client) -> Result<(bool, String), SetupError> {
+    let row = client
+        .query_one(
+            "select rolreplication or rolsuper, current_user::text from pg_roles \
+             where rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(sql("reading the role's privileges"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The replica identity of an existing `table` (`schema.table`): its name and whether UPDATEs of the
+/// table can be published with it.
+pub async fn replica_identity(
+    client: &Client,
+    table: &str,
+) -> Result<(&'static str, bool), SetupError> {
+    let (schema, name) = split_table(table);
+    let row = client
+        .query_one(
+            "select c.relreplident::text, exists (select 1 from pg_index i \
+               where i.indrelid = c.oid and i.indisprimary) \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where n.nspname = $1 and c.relname = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(sql(format!("reading the replica identity of {table}")))?;
+    let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
+    Ok(match identity.as_str() {
+        "f" => ("FULL", true),
+        "i" => ("USING INDEX", true),
+        "d" if has_pk => ("DEFAULT (primary key)", true),
+        "d" => ("DEFAULT without a primary key", false),
+        _ => ("NOTHING", false),
+    })
+}
+
+/// The tables of `publication` as `schema.table`, sorted; `None` when it does not exist.
+pub async fn publication_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<Vec<String>>, SetupError> {
+    let exists = client
+        .query_opt(
+            "select 1 from pg_publication where pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("reading the publication"))?
+        .is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "select schemaname::text || '.' || tablename::text from pg_publication_tables \
+             where pubname = $1 order by 1",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("reading the publication"))?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    /// The output plugin.
+    pub plugin: String,
+    /// The database it decodes.
+    pub database: String,
+    /// `reserved`, `extended`, `unreserved`, `lost` or empty.
+    pub wal_status: String,
+    /// The database `client` is connected to.
+    pub current_database: String,
+}
+
+/// The slot named `slot`, if it exists.
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SetupError> {
+    let row = client
+        .query_opt(
+            "select plugin::text, database::text, coalesce(wal_status, ''), \
+               current_database()::text from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql("reading the replication slot"))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        wal_status: r.get(2),
+        current_database: r.get(3),
+    }))
+}
+
 /// Runs setup: checks, control schema, publication, slot. A second run changes nothing.
 pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, SetupError> {
     let mut report = Report::default();
@@ -145,11 +252,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
     let rules = Rules::new(config);
 
     // Server prerequisites.
-    let wal_level: String = source
-        .query_one("show wal_level", &[])
-        .await
-        .map_err(sql("reading wal_level"))?
-        .get(0);
+    let wal_level = wal_level(&source).await?;
     if wal_level == "logical" {
         report.done.push("wal_level = logical".into());
     } else {
@@ -158,15 +261,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
              then restart PostgreSQL"
         ));
     }
-    let row = source
-        .query_one(
-            "select rolreplication or rolsuper, current_user::text from pg_roles \
-             where rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(sql("reading the role's privileges"))?;
-    let (can_replicate, user): (bool, String) = (row.get(0), row.get(1));
+    let (can_replicate, user) = replication_role(&source).await?;
     if can_replicate {
         report
             .done
@@ -191,32 +286,12 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
     // Replica identity: updates of a published table without one fail on the source.
     for table in rules.tables() {
         let (schema, name) = split_table(&table);
-        let row = source
-            .query_one(
-                "select c.relreplident::text, exists (select 1 from pg_index i \
-                   where i.indrelid = c.oid and i.indisprimary) \
-                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-                 where n.nspname = $1 and c.relname = $2",
-                &[&schema, &name],
-            )
-            .await
-            .map_err(sql(format!("reading the replica identity of {table}")))?;
-        let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
+        let (identity, usable) = replica_identity(&source, &table).await?;
         let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
-        let usable = match identity.as_str() {
-            "f" | "i" => true,
-            "d" => has_pk,
-            _ => false,
-        };
         if usable {
-            report.done.push(format!(
-                "{table}: replica identity {} is usable",
-                match identity.as_str() {
-                    "f" => "FULL",
-                    "i" => "USING INDEX",
-                    _ => "DEFAULT (primary key)",
-                }
-            ));
+            report
+                .done
+                .push(format!("{table}: replica identity {identity} is usable"));
         } else if options.set_replica_identity_full {
             source
                 .batch_execute(&format!("alter table {qualified} replica identity full"))
@@ -257,23 +332,9 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
             format!("{}.{}", quote_ident(s), quote_ident(n))
         })
         .collect();
-    let existing = source
-        .query(
-            "select schemaname::text || '.' || tablename::text from pg_publication_tables \
-             where pubname = $1 order by 1",
-            &[publication],
-        )
-        .await
-        .map_err(sql("reading the publication"))?;
-    let exists = source
-        .query_opt(
-            "select 1 from pg_publication where pubname = $1",
-            &[publication],
-        )
-        .await
-        .map_err(sql("reading the publication"))?
-        .is_some();
-    let current: Vec<String> = existing.iter().map(|r| r.get(0)).collect();
+    let existing = publication_tables(&source, publication).await?;
+    let exists = existing.is_some();
+    let current = existing.unwrap_or_default();
     if !exists {
         source
             .batch_execute(&format!(
@@ -309,23 +370,13 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
 
     // Slot.
     let slot = &config.source.slot;
-    let existing = source
-        .query_opt(
-            "select plugin::text, database::text, coalesce(wal_status, '') from pg_replication_slots \
-             where slot_name = $1",
-            &[slot],
-        )
-        .await
-        .map_err(sql("reading the replication slot"))?;
-    match existing {
-        Some(row) => {
-            let (plugin, database, wal_status): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
-            let current_db: String = source
-                .query_one("select current_database()::text", &[])
-                .await
-                .map_err(sql("reading the database name"))?
-                .get(0);
+    match slot_info(&source, slot).await? {
+        Some(SlotInfo {
+            plugin,
+            database,
+            wal_status,
+            current_database: current_db,
+        }) => {
             if plugin != "pgoutput" || database != current_db {
                 return Err(SetupError::NotReady(vec![Problem {
                     path: "source.slot".into(),

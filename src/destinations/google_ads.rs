@@ -353,6 +353,26 @@ impl GoogleAds {
 
     /// Sends one upload request with `rows`.
     async fn post(&self, upload: Upload, rows: Vec<Value>, sent: &[&Delivery]) -> UploadAnswer {
+        let started = std::time::Instant::now();
+        let answer = self.post_untimed(upload, rows, sent).await;
+        match &answer {
+            UploadAnswer::Rows(_) => crate::metrics::dispatch_request(
+                &self.name,
+                crate::metrics::RequestOutcome::Accepted,
+                started.elapsed(),
+            ),
+            UploadAnswer::Batch(batch) => super::observe_request(&self.name, started, batch),
+        }
+        answer
+    }
+
+    /// [`GoogleAds::post`] without the metrics.
+    async fn post_untimed(
+        &self,
+        upload: Upload,
+        rows: Vec<Value>,
+        sent: &[&Delivery],
+    ) -> UploadAnswer {
         let token = match self.access_token().await {
             Ok(t) => t,
             Err(answer) => return UploadAnswer::Batch(answer),
@@ -449,29 +469,12 @@ impl Destination for GoogleAds {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let now = Utc::now();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            let mut rows = Vec::with_capacity(batch.len());
-            let mut conversions = Vec::new();
-            let mut adjustments = Vec::new();
-            for (i, d) in batch.iter().enumerate() {
-                let (encoded, group) = match d.kind {
-                    Kind::Conversion => (encode_conversion(d, now), &mut conversions),
-                    Kind::Retraction | Kind::Restatement => {
-                        (encode_adjustment(d, now), &mut adjustments)
-                    }
-                };
-                match encoded {
-                    Ok(row) => {
-                        rows.push(row);
-                        group.push(i);
-                    }
-                    Err(outcome) => {
-                        rows.push(Value::Null);
-                        outcomes.push((i, outcome));
-                    }
-                }
-            }
+            let Plan {
+                rows,
+                conversions,
+                adjustments,
+                mut outcomes,
+            } = plan(batch, Utc::now());
             outcomes.extend(
                 self.upload(Upload::Conversions, batch, &rows, conversions)
                     .await,
@@ -480,8 +483,93 @@ impl Destination for GoogleAds {
                 self.upload(Upload::Adjustments, batch, &rows, adjustments)
                     .await,
             );
-            in_order(batch.len(), outcomes)
+            let outcomes = in_order(batch.len(), outcomes);
+            if self.validate_only {
+                // Google checked the rows and recorded nothing: they were not delivered.
+                return outcomes.into_iter().map(validated_only).collect();
+            }
+            outcomes
         })
+    }
+
+    fn preview(&self, batch: &[Delivery]) -> super::Preview {
+        let Plan {
+            rows,
+            conversions,
+            adjustments,
+            outcomes,
+        } = plan(batch, Utc::now());
+        let requests = [
+            (Upload::Conversions, conversions),
+            (Upload::Adjustments, adjustments),
+        ]
+        .into_iter()
+        .filter(|(_, indices)| !indices.is_empty())
+        .map(|(upload, indices)| super::PlannedRequest {
+            url: format!("{}:{}", self.customer_url, upload.method()),
+            body: request_body(
+                upload,
+                indices.iter().map(|&i| rows[i].clone()).collect(),
+                self.validate_only,
+            ),
+            rows: indices,
+        })
+        .collect();
+        super::Preview {
+            requests,
+            not_sent: outcomes,
+        }
+    }
+}
+
+/// The reason recorded for rows Google accepted under `validate_only`.
+pub const VALIDATE_ONLY_REASON: &str =
+    "validate_only: Google validated the row and recorded nothing";
+
+/// Under `validate_only` an accepted row was not delivered: it becomes a skip saying so.
+fn validated_only(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Sent { .. } => Outcome::skipped(VALIDATE_ONLY_REASON),
+        other => other,
+    }
+}
+
+/// A batch encoded for sending: each row's upload row (`Null` where none), the conversion and
+/// adjustment rows to upload, and the outcomes of the rows decided without sending.
+struct Plan {
+    rows: Vec<Value>,
+    conversions: Vec<usize>,
+    adjustments: Vec<usize>,
+    outcomes: Vec<(usize, Outcome)>,
+}
+
+/// Encodes `batch` as of `now`.
+fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut conversions = Vec::new();
+    let mut adjustments = Vec::new();
+    for (i, d) in batch.iter().enumerate() {
+        let (encoded, group) = match d.kind {
+            Kind::Conversion => (encode_conversion(d, now), &mut conversions),
+            Kind::Retraction | Kind::Restatement => (encode_adjustment(d, now), &mut adjustments),
+        };
+        match encoded {
+            Ok(row) => {
+                rows.push(row);
+                group.push(i);
+            }
+            Err(outcome) => {
+                rows.push(Value::Null);
+                outcomes.push((i, outcome));
+            }
+        }
+    }
+    Plan {
+        rows,
+        conversions,
+        adjustments,
+        outcomes,
     }
 }
 

@@ -214,6 +214,14 @@ pub fn request_body(events: Vec<Value>, test_event_code: Option<&str>) -> Value 
 impl Meta {
     /// Sends one request with the events at `indices` of `events`.
     async fn post(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
+        let started = std::time::Instant::now();
+        let answer = self.post_untimed(events, indices).await;
+        super::observe_request(&self.name, started, &answer);
+        answer
+    }
+
+    /// [`Meta::post`] without the metrics.
+    async fn post_untimed(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
         let body = request_body(
             indices.iter().map(|&i| events[i].clone()).collect(),
             self.test_event_code.as_deref(),
@@ -252,22 +260,11 @@ impl Destination for Meta {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let now = Utc::now();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            let mut events = Vec::with_capacity(batch.len());
-            let mut to_send = Vec::new();
-            for (i, d) in batch.iter().enumerate() {
-                match encode_event(d, now) {
-                    Ok(event) => {
-                        to_send.push(i);
-                        events.push(event);
-                    }
-                    Err(outcome) => {
-                        outcomes.push((i, outcome));
-                        events.push(Value::Null);
-                    }
-                }
-            }
+            let Plan {
+                events,
+                to_send,
+                mut outcomes,
+            } = plan(batch, Utc::now());
             let events = &events;
             outcomes.extend(
                 isolate(
@@ -278,6 +275,61 @@ impl Destination for Meta {
             );
             in_order(batch.len(), outcomes)
         })
+    }
+
+    fn preview(&self, batch: &[Delivery]) -> super::Preview {
+        let Plan {
+            events,
+            to_send,
+            outcomes,
+        } = plan(batch, Utc::now());
+        let mut requests = Vec::new();
+        if !to_send.is_empty() {
+            requests.push(super::PlannedRequest {
+                url: self.url.clone(),
+                body: request_body(
+                    to_send.iter().map(|&i| events[i].clone()).collect(),
+                    self.test_event_code.as_deref(),
+                ),
+                rows: to_send,
+            });
+        }
+        super::Preview {
+            requests,
+            not_sent: outcomes,
+        }
+    }
+}
+
+/// A batch encoded for sending: each row's event (`Null` where none), the rows to send, and the
+/// outcomes of the rows decided without sending.
+struct Plan {
+    events: Vec<Value>,
+    to_send: Vec<usize>,
+    outcomes: Vec<(usize, Outcome)>,
+}
+
+/// Encodes `batch` as of `now`.
+fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    let mut to_send = Vec::new();
+    for (i, d) in batch.iter().enumerate() {
+        match encode_event(d, now) {
+            Ok(event) => {
+                to_send.push(i);
+                events.push(event);
+            }
+            Err(outcome) => {
+                outcomes.push((i, outcome));
+                events.push(Value::Null);
+            }
+        }
+    }
+    Plan {
+        events,
+        to_send,
+        outcomes,
     }
 }
 

@@ -97,6 +97,42 @@ pub trait Destination: Send + Sync {
     fn max_batch(&self) -> usize;
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
+    /// What [`send`](Destination::send) would do with `batch`, without sending anything: the requests
+    /// of its first attempt (before any bisection), built exactly as `send` builds them, and the rows it
+    /// would decide without a request. Used by `pgcapi run --dry-run`.
+    fn preview(&self, batch: &[Delivery]) -> Preview {
+        Preview {
+            requests: Vec::new(),
+            not_sent: (0..batch.len())
+                .map(|i| {
+                    (
+                        i,
+                        Outcome::skipped("this destination cannot show its requests"),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One request a destination would send, as `pgcapi run --dry-run` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedRequest {
+    /// The URL posted to, without credentials (they travel in headers or the query string).
+    pub url: String,
+    /// The rows the request carries (indices into the batch).
+    pub rows: Vec<usize>,
+    /// The JSON body, exactly as it would be sent.
+    pub body: serde_json::Value,
+}
+
+/// What a destination would do with a batch (see [`Destination::preview`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Preview {
+    /// The requests it would send.
+    pub requests: Vec<PlannedRequest>,
+    /// Rows decided without a request (too old, no usable match key, cannot retract, ...).
+    pub not_sent: Vec<(usize, Outcome)>,
 }
 
 /// A destination could not be built from its config.
@@ -260,6 +296,20 @@ where
         }
     }
     out
+}
+
+/// Counts one platform request of `destination` that started at `started` and came to `answer`.
+pub(crate) fn observe_request(
+    destination: &str,
+    started: std::time::Instant,
+    answer: &BatchAnswer,
+) {
+    let outcome = match answer {
+        BatchAnswer::Sent(_) => crate::metrics::RequestOutcome::Accepted,
+        BatchAnswer::Rejected(_) => crate::metrics::RequestOutcome::Rejected,
+        BatchAnswer::Retry { .. } => crate::metrics::RequestOutcome::Retry,
+    };
+    crate::metrics::dispatch_request(destination, outcome, started.elapsed());
 }
 
 /// Puts per-index outcomes back into row order; any index without an outcome (a bug) becomes a retry,
@@ -490,5 +540,99 @@ mod tests {
         let e = excerpt(&long);
         assert!(!e.contains('\n'));
         assert!(e.chars().count() <= 201);
+    }
+}
+
+#[cfg(test)]
+mod preview_tests {
+    use super::test_support::{empty_config, purchase};
+    use super::*;
+    use crate::config::Secret;
+    use crate::outbox::Kind;
+    use serde_json::{json, Value};
+
+    fn meta_config() -> DestinationConfig {
+        DestinationConfig {
+            endpoint: Some("http://sandbox.test/".into()),
+            pixel_id: Some("123".into()),
+            access_token: Some(Secret::new("tok-s3cr3t")),
+            test_event_code: Some("T1".into()),
+            ..empty_config(Platform::Meta)
+        }
+    }
+
+    #[test]
+    fn a_meta_preview_is_the_request_send_would_make_without_the_token() {
+        // GIVEN a fresh purchase and one too old for Meta
+        let meta = build("meta", &meta_config(), &DispatchConfig::default()).unwrap();
+        let mut old = purchase(2, Utc::now());
+        old.event_time = Utc::now() - chrono::TimeDelta::days(30);
+        // WHEN previewed
+        let preview = meta.preview(&[purchase(1, Utc::now()), old]);
+        // THEN one request carries the fresh one with the test code; the old one is skipped
+        assert_eq!(preview.requests.len(), 1);
+        let request = &preview.requests[0];
+        assert_eq!(request.url, "http://sandbox.test/v26.0/123/events");
+        assert_eq!(request.rows, vec![0]);
+        assert_eq!(request.body["test_event_code"], "T1");
+        assert_eq!(request.body["data"][0]["event_id"], "order-1");
+        assert!(!request.body.to_string().contains("s3cr3t"));
+        assert_eq!(preview.not_sent.len(), 1);
+        assert_eq!(preview.not_sent[0].0, 1);
+        assert!(matches!(preview.not_sent[0].1, Outcome::Skipped { .. }));
+    }
+
+    #[test]
+    fn a_google_preview_splits_uploads_and_carries_validate_only() {
+        let config = DestinationConfig {
+            customer_id: Some("123-456-7890".into()),
+            developer_token: Some(Secret::new("dev")),
+            client_id: Some(Secret::new("id")),
+            client_secret: Some(Secret::new("secret")),
+            refresh_token: Some(Secret::new("rt")),
+            validate_only: true,
+            ..empty_config(Platform::GoogleAds)
+        };
+        let google = build("google", &config, &DispatchConfig::default()).unwrap();
+        let mut conversion = purchase(1, Utc::now());
+        conversion.payload.conversion_action =
+            Some("customers/1234567890/conversionActions/1".into());
+        let mut retraction = conversion.clone();
+        retraction.id = 2;
+        retraction.kind = Kind::Retraction;
+        let preview = google.preview(&[conversion, retraction]);
+        let urls: Vec<&str> = preview.requests.iter().map(|r| r.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://googleads.googleapis.com/v26/customers/1234567890:uploadClickConversions",
+                "https://googleads.googleapis.com/v26/customers/1234567890:uploadConversionAdjustments"
+            ]
+        );
+        for request in &preview.requests {
+            assert_eq!(request.body["validateOnly"], true, "{}", request.body);
+        }
+        assert!(preview.not_sent.is_empty());
+    }
+
+    #[test]
+    fn a_tiktok_preview_sends_web_and_crm_events_apart() {
+        let config = DestinationConfig {
+            pixel_code: Some("CPIX".into()),
+            access_token: Some(Secret::new("tok")),
+            ..empty_config(Platform::Tiktok)
+        };
+        let tiktok = build("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let web = purchase(1, Utc::now());
+        let mut crm = purchase(2, Utc::now());
+        crm.action_source = Some("system_generated".into());
+        let preview = tiktok.preview(&[web, crm]);
+        let sources: Vec<&Value> = preview
+            .requests
+            .iter()
+            .map(|r| &r.body["event_source"])
+            .collect();
+        assert_eq!(sources, [&json!("web"), &json!("crm")]);
+        assert_eq!(preview.requests[1].rows, vec![1]);
     }
 }

@@ -180,6 +180,14 @@ pub fn request_body(
 impl Tiktok {
     /// Sends one request with the events at `indices`, all of event source `source`.
     async fn post(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
+        let started = std::time::Instant::now();
+        let answer = self.post_untimed(source, events, indices).await;
+        super::observe_request(&self.name, started, &answer);
+        answer
+    }
+
+    /// [`Tiktok::post`] without the metrics.
+    async fn post_untimed(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
         let body = request_body(
             source,
             &self.pixel_code,
@@ -220,28 +228,13 @@ impl Destination for Tiktok {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let now = Utc::now();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            let mut events = Vec::with_capacity(batch.len());
-            let mut web = Vec::new();
-            let mut crm = Vec::new();
-            for (i, d) in batch.iter().enumerate() {
-                match encode_event(d, now) {
-                    Ok(event) => {
-                        events.push(event);
-                        match event_source(d) {
-                            "crm" => crm.push(i),
-                            _ => web.push(i),
-                        }
-                    }
-                    Err(outcome) => {
-                        events.push(Value::Null);
-                        outcomes.push((i, outcome));
-                    }
-                }
-            }
+            let Plan {
+                events,
+                groups,
+                mut outcomes,
+            } = plan(batch, Utc::now());
             let events = &events;
-            for (source, rows) in [("web", web), ("crm", crm)] {
+            for (source, rows) in groups {
                 outcomes.extend(
                     isolate(rows, |part| async move {
                         self.post(source, events, &part).await
@@ -251,6 +244,68 @@ impl Destination for Tiktok {
             }
             in_order(batch.len(), outcomes)
         })
+    }
+
+    fn preview(&self, batch: &[Delivery]) -> super::Preview {
+        let Plan {
+            events,
+            groups,
+            outcomes,
+        } = plan(batch, Utc::now());
+        let requests = groups
+            .into_iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(source, rows)| super::PlannedRequest {
+                url: self.url.clone(),
+                body: request_body(
+                    source,
+                    &self.pixel_code,
+                    self.test_event_code.as_deref(),
+                    rows.iter().map(|&i| events[i].clone()).collect(),
+                ),
+                rows,
+            })
+            .collect();
+        super::Preview {
+            requests,
+            not_sent: outcomes,
+        }
+    }
+}
+
+/// A batch encoded for sending: each row's event (`Null` where none), the rows to send per
+/// `event_source` (`web`, then `crm`), and the outcomes of the rows decided without sending.
+struct Plan {
+    events: Vec<Value>,
+    groups: [(&'static str, Vec<usize>); 2],
+    outcomes: Vec<(usize, Outcome)>,
+}
+
+/// Encodes `batch` as of `now`.
+fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    let mut web = Vec::new();
+    let mut crm = Vec::new();
+    for (i, d) in batch.iter().enumerate() {
+        match encode_event(d, now) {
+            Ok(event) => {
+                events.push(event);
+                match event_source(d) {
+                    "crm" => crm.push(i),
+                    _ => web.push(i),
+                }
+            }
+            Err(outcome) => {
+                events.push(Value::Null);
+                outcomes.push((i, outcome));
+            }
+        }
+    }
+    Plan {
+        events,
+        groups: [("web", web), ("crm", crm)],
+        outcomes,
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | platform | endpoint |
 //! |---|---|
-//! | Meta | `POST /{version}/{pixel_id}/events` |
+//! | Meta | `POST /{version}/{pixel_id}/events`, `GET /{version}/{pixel_id}?fields=id` (a read of the pixel) |
 //! | Google Ads | `POST /token` (OAuth), `POST /{version}/customers/{cid}:uploadClickConversions`, `…:uploadConversionAdjustments` |
 //! | TikTok | `POST /open_api/v1.3/event/track/` |
 //!

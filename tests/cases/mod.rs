@@ -9,4 +9,5 @@ mod dispatch;
 mod end_to_end;
 mod ha;
 mod large;
+mod observe;
 mod source;

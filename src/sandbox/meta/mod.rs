@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use chrono::Utc;
 use serde_json::{json, Map, Value};
@@ -97,9 +97,61 @@ fn string_of(value: Value) -> Option<String> {
 // Handler
 // ---------------------------------------------------------------------------------------------
 
-/// The Meta route.
+/// The Meta routes: the events endpoint and a read of the pixel (what `pgcapi check` calls).
 pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new().route("/{version}/{pixel_id}/events", post(handle_events))
+    Router::new()
+        .route("/{version}/{pixel_id}/events", post(handle_events))
+        .route("/{version}/{pixel_id}", get(handle_pixel))
+}
+
+/// `GET /{version}/{pixel_id}?fields=id`: reads the dataset (pixel) node, which checks the token and
+/// the pixel id without recording anything. Answers `{"id": …}` plus `name` when asked for.
+async fn handle_pixel(
+    State(shared): State<Arc<Shared>>,
+    Path((version, pixel_id)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let token = query
+        .iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.as_str());
+    match token {
+        None | Some("") => {
+            return auth_error(104, "An access token is required to request this resource.")
+        }
+        t if !credential_ok(&shared.config.meta_access_token, t) => {
+            return auth_error(
+                190,
+                "Invalid OAuth access token - Cannot parse access token",
+            )
+        }
+        _ => {}
+    }
+    if !version_is_valid(&version) {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            2500,
+            None,
+            "Unknown path components: invalid API version",
+        );
+    }
+    if pixel_id.is_empty() || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            Some(33),
+            "Unsupported get request. Object with the given ID does not exist, cannot be loaded due to missing permissions, or does not support this operation.",
+        );
+    }
+    let fields = query
+        .iter()
+        .find(|(k, _)| k == "fields")
+        .map_or("id", |(_, v)| v.as_str());
+    let mut body = json!({ "id": pixel_id });
+    if fields.split(',').any(|f| f.trim() == "name") {
+        body["name"] = json!("pgcapi sandbox pixel");
+    }
+    json_response(StatusCode::OK, body)
 }
 
 /// `POST /{version}/{pixel_id}/events`.

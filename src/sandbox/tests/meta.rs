@@ -375,3 +375,39 @@ async fn a_resend_outside_the_dedup_window_is_counted_again_but_still_a_duplicat
     );
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn reading_the_pixel_checks_the_token_and_records_nothing() {
+    // GIVEN a sandbox that accepts only one Meta token
+    let sandbox = start_with(SandboxConfig {
+        meta_access_token: Some("good".into()),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let get = |token: &'static str, pixel: &'static str| {
+        let url = format!(
+            "{}/v21.0/{pixel}?fields=id,name&access_token={token}",
+            sandbox.base_url()
+        );
+        async move {
+            let response = client().get(url).send().await.expect("answered");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON body"))
+        }
+    };
+    // WHEN the pixel is read with the right token, a wrong one, and an unknown pixel id
+    let (ok_status, ok_body) = get("good", "1234567890").await;
+    let (bad_status, bad_body) = get("wrong", "1234567890").await;
+    let (pixel_status, pixel_body) = get("good", "not-a-pixel").await;
+    // THEN only the first succeeds, the token error is Graph's 190, and nothing is recorded
+    assert_eq!(ok_status, 200, "{ok_body}");
+    assert_eq!(ok_body["id"], "1234567890");
+    assert!(ok_body["name"].is_string());
+    assert_eq!(bad_status, 400);
+    assert_eq!(graph_error(&bad_body)["code"], 190);
+    assert_eq!(pixel_status, 400);
+    assert_eq!(graph_error(&pixel_body)["code"], 100);
+    let records = sandbox.records();
+    assert!(records.meta.events.is_empty());
+    assert_eq!(records.meta.counters.requests, 0);
+}
