@@ -269,6 +269,8 @@ async fn a_resent_order_id_gets_order_id_already_in_use() {
         ),
         (2, 2, 2, 0)
     );
+    // Four conversions received, two distinct orders counted.
+    assert_eq!((counters.received, counters.unique), (4, 2));
     sandbox.shutdown().await;
 }
 
@@ -483,6 +485,8 @@ async fn restatements_need_newer_times_and_a_retraction_is_final() {
         .collect();
     assert_eq!(kinds, ["RESTATEMENT", "RETRACTION"]);
     assert_eq!(records.counters.deduplicated, 2);
+    // 1 conversion + 5 adjustments received; the conversion and two adjustments counted.
+    assert_eq!((records.counters.received, records.counters.unique), (6, 3));
     sandbox.shutdown().await;
 }
 
