@@ -179,7 +179,8 @@ fn conversion(destination: &str, platform: Platform, event_id: &str) -> NewDeliv
         kind: Kind::Conversion,
         adjusts_rule: None,
         event_name: Some("Purchase".into()),
-        event_time: Utc::now(),
+        // A minute ago: a Google adjustment sent right after must be timed a second after it.
+        event_time: Utc::now() - chrono::TimeDelta::minutes(1),
         value: Some("19.99".into()),
         currency: Some("USD".into()),
         action_source: Some("website".into()),

@@ -525,3 +525,20 @@ async fn a_gclid_pair_finds_only_conversions_uploaded_without_an_order_id() {
     );
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_adjustment_in_the_same_second_as_its_conversion_is_refused() {
+    // Google wants the adjustment after the conversion, and both are written to the second (§2.2).
+    let sandbox = start().await;
+    let original = conversion("S1");
+    upload(&sandbox, vec![original.clone()]).await;
+    let mut retraction = adjustment("S1", "RETRACTION", 0, None);
+    retraction["adjustmentDateTime"] = original["conversionDateTime"].clone();
+    let (status, reply) = adjust(&sandbox, vec![retraction]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        row_errors(&reply),
+        vec![(0, "ADJUSTMENT_PRECEDES_CONVERSION".to_string())]
+    );
+    sandbox.shutdown().await;
+}
