@@ -363,8 +363,8 @@ impl Dispatcher {
                   and (x.lease_until is null or x.lease_until < now()) \
                   and not (x.kind = 'conversion' and (x.attempts = 0 or not $5) and exists ( \
                     select 1 from {s}.deliveries a \
-                     where a.event_id = x.event_id and a.destination = x.destination \
-                       and a.adjusts_rule = x.rule and a.state = 'pending')) \
+                     where a.destination = $1 and a.state = 'pending' and a.kind <> 'conversion' \
+                       and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
                 order by x.next_attempt_at, x.id \
                 limit $4 \
                 for update skip locked) \
