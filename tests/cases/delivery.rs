@@ -440,3 +440,48 @@ async fn a_stale_order_among_fresh_ones_is_skipped_for_meta_naming_the_window() 
     );
     pipeline.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_right_after_the_conversion_was_sent_is_retracted_on_google_not_failed() {
+    // GIVEN capture and dispatch running, and an order whose payment time is two seconds ahead of
+    // this clock (a source database whose clock runs ahead), sent to every platform
+    let (sandbox, db, client, config) = shop(1_000).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+    client
+        .batch_execute(&paid_order("q1").replace("now())", "now() + interval '2 seconds')"))
+        .await
+        .unwrap();
+    settled(&client, 3, 20).await;
+    // WHEN it is refunded at once, in the second of its conversion time or before
+    client
+        .batch_execute("update orders set status = 'refunded' where order_number = 'q1'")
+        .await
+        .unwrap();
+    // THEN Google's retraction waits for a time after the conversion and is accepted, instead of
+    // failing with ADJUSTMENT_PRECEDES_CONVERSION; Meta and TikTok say they cannot retract
+    settled(&client, 6, 20).await;
+    let outcome: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select destination, state, last_error from pgcapi.deliveries
+             where kind = 'retraction' order by destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(outcome[0], ("google".into(), "sent".into(), None));
+    for (destination, state, error) in &outcome[1..] {
+        assert_eq!(
+            (state.as_str(), error.as_deref()),
+            ("skipped", Some("platform cannot retract")),
+            "{destination}"
+        );
+    }
+    let adjustments = sandbox.records().google_ads.adjustments;
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].adjustment_type, "RETRACTION");
+    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-q1"));
+    pipeline.stop().await;
+}
