@@ -276,12 +276,12 @@ async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_o
     });
     let pipeline = Pipeline::start(config, &db.url()).await;
 
-    // WHEN 300 orders are paid and 40 deals won, ten per source transaction
-    for chunk in 0..34 {
+    // WHEN 200 orders are paid and 40 deals won, ten per source transaction
+    for chunk in 0..24 {
         let mut sql = String::from("begin;");
         for i in 0..10 {
             let n = chunk * 10 + i;
-            if n < 300 {
+            if n < 200 {
                 sql.push_str(&paid_order(&format!("f{n}")));
             } else {
                 sql.push_str(&format!(
@@ -297,15 +297,15 @@ async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_o
     }
 
     // THEN every conversion ends sent
-    let expected = [("meta", 340), ("google", 340), ("tiktok", 300)];
-    settled(&client, 980, 40).await;
+    let expected = [("meta", 240), ("google", 240), ("tiktok", 200)];
+    settled(&client, 680, 40).await;
     assert_eq!(
         count(
             &client,
             "select count(*) from pgcapi.deliveries where state = 'sent'"
         )
         .await,
-        980
+        680
     );
     let stats: Stats = sandbox.stats();
     for ((destination, rows), (_, platform)) in expected.into_iter().zip(DESTINATIONS) {
@@ -360,7 +360,7 @@ async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_o
     }
     pipeline.stop().await;
     eprintln!(
-        "fault load: 980 conversions, {} requests, {} faulted, {resent} resent, {:.1}s",
+        "fault load: 680 conversions, {} requests, {} faulted, {resent} resent, {:.1}s",
         stats.meta.requests + stats.google_ads.requests + stats.tiktok.requests,
         stats.meta.faulted + stats.google_ads.faulted + stats.tiktok.faulted,
         started.elapsed().as_secs_f64()
