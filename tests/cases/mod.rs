@@ -4,6 +4,7 @@ mod backfill;
 mod capture;
 mod cluster;
 mod crash;
+mod delivery;
 mod demo;
 mod dispatch;
 mod end_to_end;
