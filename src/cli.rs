@@ -1,4 +1,4 @@
-//! Command-line interface: `pgcapi setup | run | sandbox`.
+//! Command-line interface: `pgcapi setup | run | status | retry | replay | purge | sandbox | demo`.
 
 use crate::capture::Capture;
 use crate::config::Config;
@@ -63,6 +63,23 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the replication slot, each destination's health and recent failures.
+    ///
+    /// Exit code 0 when healthy, 2 when unhealthy (slot missing or lost, more WAL retained than
+    /// --max-wal-retained, deliveries failed in the last hour), 1 when status could not be read.
+    Status(crate::status::StatusArgs),
+    /// Requeue failed deliveries (all, or those matching the filters) and wake up running dispatchers.
+    Retry(crate::repair::RetryArgs),
+    /// Send rows again after fixing a destination setting (skipped and failed rows since a time).
+    ///
+    /// Takes rows that reached skipped or failed (and with --state sent, sent) since --since (required).
+    /// Platforms deduplicate on the event id: Meta and TikTok drop an event id they received in the last
+    /// 48 hours (and count it again after that), Google Ads drops an order id it already has. So
+    /// replaying sent rows is for a destination that pointed at the wrong place (wrong pixel or account).
+    /// Cancelled conversions, retracted conversions and rows recorded without consent are never replayed.
+    Replay(crate::repair::ReplayArgs),
+    /// Delete old sent, skipped and cancelled rows now (as `run` does hourly), or failed rows with --failed.
+    Purge(crate::retention::PurgeArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -79,8 +96,8 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(dispatch_with_code(cli.command)) {
+        Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -103,8 +120,22 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Runs the commands that choose their own exit code, and the others through [`dispatch`].
+async fn dispatch_with_code(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Status(args) => crate::status::run_status(args).await,
+        Command::Retry(args) => crate::repair::run_retry(args).await,
+        Command::Replay(args) => crate::repair::run_replay(args).await,
+        Command::Purge(args) => crate::retention::run_purge(args).await,
+        other => dispatch(other).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
 async fn dispatch(command: Command) -> Result<(), String> {
     match command {
+        Command::Status(_) | Command::Retry(_) | Command::Replay(_) | Command::Purge(_) => {
+            unreachable!("handled by dispatch_with_code")
+        }
         Command::Validate { config } => {
             Config::load(&config).map_err(|e| e.to_string())?;
             println!("{}: ok", config.display());
@@ -167,11 +198,17 @@ pub async fn run(config: Arc<Config>) -> Result<(), String> {
         let _ = shutdown_tx.send(true);
     });
     let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
+    let retention = tokio::spawn(crate::retention::run_periodic(
+        config.clone(),
+        shutdown_rx.clone(),
+    ));
     let dispatch = tokio::spawn(run_dispatch(config, shutdown_rx.clone()));
     let result = capture.run(shutdown_rx).await;
     // Dispatch follows capture: it stops on the same signal, or here when capture failed.
     dispatch.abort();
     let _ = dispatch.await;
+    retention.abort();
+    let _ = retention.await;
     match result {
         Ok(()) => {
             info!("stopped cleanly");

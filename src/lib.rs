@@ -20,6 +20,10 @@
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
 //! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
+//! - [`status`]: `pgcapi status`: slot, destination health and failures, with an exit code.
+//! - [`repair`]: `pgcapi retry` and `pgcapi replay`: requeue control-table rows.
+//! - [`retention`]: deletes old finished rows (`pgcapi run` hourly, `pgcapi purge`).
+//! - [`units`]: human durations, sizes and timestamps.
 
 pub mod capture;
 pub mod cli;
@@ -33,10 +37,14 @@ pub mod dispatch;
 pub mod identity;
 pub mod lsn;
 pub mod outbox;
+pub mod repair;
+pub mod retention;
 pub mod rules;
 pub mod sandbox;
 pub mod setup;
 pub mod source;
+pub mod status;
+pub mod units;
 
 /// An error and its sources as one line (`a: b: c`), for messages shown to operators.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
