@@ -1230,7 +1230,11 @@ mod tests {
             config.retention.keep().unwrap(),
             Some(std::time::Duration::from_secs(30 * 86_400))
         );
-        for (keep, expected) in [("\"off\"", None), ("\"0\"", None), ("\"12h\"", Some(43_200))] {
+        for (keep, expected) in [
+            ("\"off\"", None),
+            ("\"0\"", None),
+            ("\"12h\"", Some(43_200)),
+        ] {
             let text = format!("{CONTRACT}\n[retention]\nkeep = {keep}\n");
             let config = Config::from_toml(&text, "x", &env_all).unwrap();
             assert_eq!(
@@ -1240,8 +1244,13 @@ mod tests {
             );
         }
         let text = format!("{CONTRACT}\n[retention]\nkeep = \"a month\"\nbatch = 5\n");
-        let err = Config::from_toml(&text, "x", &env_all).unwrap_err().to_string();
-        assert!(err.contains("retention.keep: \"a month\" is not a duration"), "{err}");
+        let err = Config::from_toml(&text, "x", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retention.keep: \"a month\" is not a duration"),
+            "{err}"
+        );
         assert!(err.contains("retention.batch: unknown key"), "{err}");
     }
 

@@ -382,7 +382,11 @@ fn row_table(lines: &[RowLine], reasons: bool) -> String {
         "event_id",
         "state",
         "attempts",
-        if reasons { "held back because" } else { "last_error" },
+        if reasons {
+            "held back because"
+        } else {
+            "last_error"
+        },
     ];
     let rows: Vec<Vec<String>> = lines
         .iter()
@@ -456,7 +460,12 @@ pub struct ReplayArgs {
     /// The states to take rows from, comma-separated. `sent` rows are deduplicated by a platform that
     /// already has them (Meta and TikTok for 48 hours, Google Ads forever): replay them only when the
     /// destination pointed at the wrong place.
-    #[arg(long = "state", value_enum, value_delimiter = ',', default_value = "skipped,failed")]
+    #[arg(
+        long = "state",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "skipped,failed"
+    )]
     pub states: Vec<ReplayState>,
     /// Show what would be requeued without changing anything.
     #[arg(long)]

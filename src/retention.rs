@@ -94,7 +94,12 @@ pub enum RetentionError {
 }
 
 /// The condition of `target` on `d` and its own parameters (numbered from `$1`).
-fn target_condition(target: Target) -> (String, Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>) {
+fn target_condition(
+    target: Target,
+) -> (
+    String,
+    Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+) {
     match target {
         Target::Finished { keep } => {
             let retractable: Vec<String> = Platform::ALL

@@ -578,9 +578,10 @@ impl StatusReport {
                 slot.active_pid.map_or("-".into(), |p| p.to_string()),
                 slot.wal_status.clone().unwrap_or_else(|| "-".into()),
                 slot.wal_retained_bytes.map_or("-".into(), format_bytes),
-                slot.safe_wal_size
-                    .map_or("unlimited".into(), format_bytes),
-                slot.confirmed_flush_lsn.clone().unwrap_or_else(|| "-".into()),
+                slot.safe_wal_size.map_or("unlimited".into(), format_bytes),
+                slot.confirmed_flush_lsn
+                    .clone()
+                    .unwrap_or_else(|| "-".into()),
                 slot.checkpoint_lsn.clone().unwrap_or_else(|| "-".into()),
                 slot.secs_since_checkpoint
                     .map_or("-".into(), |s| format!("{} ago", format_secs(s))),
@@ -630,9 +631,9 @@ impl StatusReport {
             .destinations
             .iter()
             .filter_map(|d| {
-                d.last_error.as_ref().map(|e| {
-                    vec![d.destination.clone(), time(d.last_error_at), clip(e, 100)]
-                })
+                d.last_error
+                    .as_ref()
+                    .map(|e| vec![d.destination.clone(), time(d.last_error_at), clip(e, 100)])
             })
             .collect();
         if !errors.is_empty() {
@@ -748,7 +749,10 @@ mod tests {
     fn a_quiet_connector_is_healthy_and_each_problem_gives_a_reason() {
         let options = StatusOptions::default();
         let (reasons, warnings) = judge(&slot(), &[], &options);
-        assert!(reasons.is_empty() && warnings.is_empty(), "{reasons:?} {warnings:?}");
+        assert!(
+            reasons.is_empty() && warnings.is_empty(),
+            "{reasons:?} {warnings:?}"
+        );
 
         let lost = SlotStatus {
             wal_status: Some("lost".into()),
@@ -772,7 +776,10 @@ mod tests {
         meta.failed = 3;
         let (reasons, warnings) = judge(&slot(), std::slice::from_ref(&meta), &options);
         assert!(reasons[0].starts_with("2 delivery(ies) failed in the last hour (meta 2)"));
-        assert!(warnings[0].starts_with("1 older failed row(s)"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("1 older failed row(s)"),
+            "{warnings:?}"
+        );
         let allow = StatusOptions {
             allow_failures: true,
             ..StatusOptions::default()

@@ -22,7 +22,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
@@ -179,10 +181,16 @@ mod tests {
     #[test]
     fn durations_parse_with_units_and_reject_the_rest() {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7_200));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(2_592_000));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(2_592_000)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5_400));
         assert_eq!(parse_duration("45 s").unwrap(), Duration::from_secs(45));
-        assert_eq!(parse_duration("2 weeks").unwrap(), Duration::from_secs(1_209_600));
+        assert_eq!(
+            parse_duration("2 weeks").unwrap(),
+            Duration::from_secs(1_209_600)
+        );
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "h", "2", "2x", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");

@@ -7,4 +7,5 @@ mod demo;
 mod dispatch;
 mod end_to_end;
 mod large;
+mod operate;
 mod source;
