@@ -380,7 +380,7 @@ fn row_table(lines: &[RowLine], reasons: bool) -> String {
         "rule",
         "kind",
         "event_id",
-        "state",
+        "from state",
         "attempts",
         if reasons {
             "held back because"

@@ -569,7 +569,7 @@ impl StatusReport {
                 "safe_wal_size",
                 "confirmed",
                 "stored position",
-                "stored",
+                "moved",
             ],
             &[vec![
                 slot.name.clone(),

@@ -457,6 +457,27 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
         }
     }
 
+    // AND the README's example queries run as written.
+    for (sql, rows) in [
+        (
+            "select id, destination, kind, state, attempts, sent_at, last_error, match_keys \
+             from pgcapi.send_log where event_id = 'order-5002'",
+            3,
+        ),
+        (
+            "select destination, pending, oldest_pending_secs, sent_1h, failed_1h, last_sent_at, \
+               match_score, last_error from pgcapi.health",
+            3,
+        ),
+        (
+            "select slot, active, pg_size_pretty(wal_retained_bytes), wal_status, \
+               secs_since_checkpoint from pgcapi.lag",
+            1,
+        ),
+    ] {
+        assert_eq!(c.query(sql, &[]).await.unwrap().len(), rows, "{sql}");
+    }
+
     // AND the lag view shows the slot, its stored position, and the WAL it retains, which grows by what
     // is written while nothing reads the slot.
     capture.stop().await;
