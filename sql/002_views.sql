@@ -7,6 +7,9 @@
 --
 -- The views read pgcapi.deliveries in full (health) or row by row (send_log): the table is kept small by
 -- retention ([retention] keep in the config), so this stays cheap.
+--
+-- For maintainers: `create or replace view` may only add columns at the end; changing or removing a column
+-- needs a later file that drops the view first.
 
 -- The send log. No identifier is ever shown: `match_keys` lists the keys each row carries as
 -- `name:xxxx..`, where xxxx are the first 4 hex digits of the SHA-256 of the stored value (for keys stored

@@ -189,9 +189,6 @@ pub enum RepairError {
     /// The arguments make no sense.
     #[error("{0}")]
     Usage(String),
-    /// The control database could not be reached.
-    #[error("{0}")]
-    Connect(String),
     /// A statement failed.
     #[error("{what}: {source}")]
     Sql {

@@ -188,6 +188,9 @@ pub enum StatusError {
     /// A database could not be reached.
     #[error("{0}")]
     Connect(String),
+    /// The control schema or its views are missing.
+    #[error("{0}")]
+    NotInstalled(String),
     /// A statement failed.
     #[error("{what}: {source}")]
     Sql {
@@ -232,7 +235,7 @@ pub async fn status(config: &Config, options: &StatusOptions) -> Result<StatusRe
         .map_err(sql("looking for the control schema"))?
         .get(0);
     if !installed {
-        return Err(StatusError::Connect(format!(
+        return Err(StatusError::NotInstalled(format!(
             "the control schema {schema:?} (with its views) is not installed in the control database: \
              run `pgcapi setup --config FILE`"
         )));
