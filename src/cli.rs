@@ -1,4 +1,5 @@
-//! Command-line interface: `pgcapi setup | run | check | demo | sandbox | validate`.
+//! Command-line interface: `pgcapi setup | run | check | status | retry | replay | purge |
+//! backfill | sandbox | demo | validate`.
 
 use crate::capture::Capture;
 use crate::config::Config;
@@ -97,6 +98,23 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the replication slot, each destination's health and recent failures.
+    ///
+    /// Exit code 0 when healthy, 2 when unhealthy (slot missing or lost, more WAL retained than
+    /// --max-wal-retained, deliveries failed in the last hour), 1 when status could not be read.
+    Status(crate::status::StatusArgs),
+    /// Requeue failed deliveries (all, or those matching the filters) and wake up running dispatchers.
+    Retry(crate::repair::RetryArgs),
+    /// Send rows again after fixing a destination setting (skipped and failed rows since a time).
+    ///
+    /// Takes rows that reached skipped or failed (and with --state sent, sent) since --since (required).
+    /// Platforms deduplicate on the event id: Meta and TikTok drop an event id they received in the last
+    /// 48 hours (and count it again after that), Google Ads drops an order id it already has. So
+    /// replaying sent rows is for a destination that pointed at the wrong place (wrong pixel or account).
+    /// Cancelled conversions, retracted conversions and rows recorded without consent are never replayed.
+    Replay(crate::repair::ReplayArgs),
+    /// Delete old sent, skipped and cancelled rows now (as `run` does hourly), or failed rows with --failed.
+    Purge(crate::retention::PurgeArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -113,8 +131,8 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(dispatch_with_code(cli.command)) {
+        Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
@@ -137,8 +155,22 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// Runs the commands that choose their own exit code, and the others through [`dispatch`].
+async fn dispatch_with_code(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Status(args) => crate::status::run_status(args).await,
+        Command::Retry(args) => crate::repair::run_retry(args).await,
+        Command::Replay(args) => crate::repair::run_replay(args).await,
+        Command::Purge(args) => crate::retention::run_purge(args).await,
+        other => dispatch(other).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
 async fn dispatch(command: Command) -> Result<(), String> {
     match command {
+        Command::Status(_) | Command::Retry(_) | Command::Replay(_) | Command::Purge(_) => {
+            unreachable!("handled by dispatch_with_code")
+        }
         Command::Validate { config } => {
             Config::load(&config).map_err(|e| e.to_string())?;
             println!("{}: ok", config.display());
@@ -240,6 +272,13 @@ pub async fn run_with(
     let metrics = crate::metrics::start(config.clone(), shutdown_rx.clone()).await?;
     let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
     let span = tracing::info_span!("capture", slot = %config.source.slot);
+    // Retention deletes finished rows; a dry run changes nothing, so it runs without it.
+    let retention = dry_run.is_none().then(|| {
+        tokio::spawn(crate::retention::run_periodic(
+            config.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
     let dispatch = match dry_run {
         Some(output) => tokio::spawn(crate::dry_run::run(config, output, shutdown_rx.clone())),
         None => tokio::spawn(run_dispatch(config, shutdown_rx.clone())),
@@ -249,6 +288,10 @@ pub async fn run_with(
     // Dispatch follows capture: it stops on the same signal, or here when capture failed.
     dispatch.abort();
     let _ = dispatch.await;
+    if let Some(retention) = retention {
+        retention.abort();
+        let _ = retention.await;
+    }
     // Capture may have stopped on its own (an error): stop the metrics server too.
     let _ = shutdown_tx.send(true);
     if let Some(metrics) = metrics {

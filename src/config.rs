@@ -152,6 +152,9 @@ pub struct Config {
     /// The metrics and health endpoints of `pgcapi run`; off when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// How long finished control-table rows are kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 /// `[metrics]`: where `pgcapi run` serves `/metrics`, `/healthz` and `/readyz` (see [`crate::metrics`]).
@@ -317,6 +320,51 @@ impl Default for DispatchConfig {
             retry_initial_ms: Self::default_retry_initial_ms(),
             retry_max_ms: Self::default_retry_max_ms(),
             request_timeout_ms: Self::default_request_timeout_ms(),
+        }
+    }
+}
+
+/// `[retention]`: how long `sent`, `skipped` and `cancelled` rows stay in the control table (failed rows
+/// stay until retried or purged explicitly). See [`crate::retention`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionConfig {
+    /// Age after which finished rows are deleted (`30d`, `12h`, ...); `0` or `off` keeps them forever.
+    #[serde(default = "RetentionConfig::default_keep")]
+    pub keep: String,
+    /// Most rows deleted by one statement.
+    #[serde(default = "RetentionConfig::default_batch_rows")]
+    pub batch_rows: usize,
+    /// Pause between two delete statements, so that retention never holds the table busy.
+    #[serde(default = "RetentionConfig::default_batch_pause_ms")]
+    pub batch_pause_ms: u64,
+}
+
+impl RetentionConfig {
+    fn default_keep() -> String {
+        "30d".to_string()
+    }
+    fn default_batch_rows() -> usize {
+        1_000
+    }
+    fn default_batch_pause_ms() -> u64 {
+        100
+    }
+
+    /// The retention age, or `None` when retention is off. Validation has checked `keep`.
+    pub fn keep(&self) -> Result<Option<std::time::Duration>, String> {
+        if self.keep.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        crate::units::parse_duration(&self.keep).map(|d| (!d.is_zero()).then_some(d))
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep: Self::default_keep(),
+            batch_rows: Self::default_batch_rows(),
+            batch_pause_ms: Self::default_batch_pause_ms(),
         }
     }
 }
@@ -643,6 +691,12 @@ impl Config {
         if self.metrics.as_ref().is_some_and(|m| m.refresh_ms < 100) {
             push("metrics.refresh_ms".into(), "must be at least 100".into());
         }
+        if let Err(e) = self.retention.keep() {
+            push("retention.keep".into(), format!("{e} (or \"off\")"));
+        }
+        if self.retention.batch_rows == 0 {
+            push("retention.batch_rows".into(), "must be at least 1".into());
+        }
         for (name, dest) in &self.destinations {
             for key in dest.required_keys() {
                 if !dest.has_key(key) {
@@ -946,6 +1000,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "destinations",
         "rules",
         "metrics",
+        "retention",
     ];
     const SOURCE: &[&str] = &["url", "control_url", "publication", "slot", "schema"];
     const DEFAULTS: &[&str] = &["region", "currency"];
@@ -957,6 +1012,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "retry_max_ms",
         "request_timeout_ms",
     ];
+    const RETENTION: &[&str] = &["keep", "batch_rows", "batch_pause_ms"];
     const DESTINATION_COMMON: &[&str] =
         &["platform", "endpoint", "api_version", "batch_max_events"];
     const META: &[&str] = &["pixel_id", "access_token", "test_event_code"];
@@ -1016,6 +1072,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         &["listen", "refresh_ms"],
         &mut unknown,
     );
+    check(tree.get("retention"), "retention", RETENTION, &mut unknown);
     if let Some(toml::Value::Table(dests)) = tree.get("destinations") {
         for (name, dest) in dests {
             let platform = dest
@@ -1215,6 +1272,37 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn retention_defaults_to_30_days_and_rejects_bad_ages_and_unknown_keys() {
+        let config = Config::from_toml(CONTRACT, "pgcapi.toml", &env_all).unwrap();
+        assert_eq!(
+            config.retention.keep().unwrap(),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        for (keep, expected) in [
+            ("\"off\"", None),
+            ("\"0\"", None),
+            ("\"12h\"", Some(43_200)),
+        ] {
+            let text = format!("{CONTRACT}\n[retention]\nkeep = {keep}\n");
+            let config = Config::from_toml(&text, "x", &env_all).unwrap();
+            assert_eq!(
+                config.retention.keep().unwrap(),
+                expected.map(std::time::Duration::from_secs),
+                "{keep}"
+            );
+        }
+        let text = format!("{CONTRACT}\n[retention]\nkeep = \"a month\"\nbatch = 5\n");
+        let err = Config::from_toml(&text, "x", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retention.keep: \"a month\" is not a duration"),
+            "{err}"
+        );
+        assert!(err.contains("retention.batch: unknown key"), "{err}");
     }
 
     #[test]

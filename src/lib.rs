@@ -23,6 +23,10 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`check`]: `pgcapi check`, prerequisites and credentials without recording conversions.
 //! - [`dry_run`]: `pgcapi run --dry-run`, the would-be requests instead of sending.
+//! - [`status`]: `pgcapi status`: slot, destination health and failures, with an exit code.
+//! - [`repair`]: `pgcapi retry` and `pgcapi replay`: requeue control-table rows.
+//! - [`retention`]: deletes old finished rows (`pgcapi run` hourly, `pgcapi purge`).
+//! - [`units`]: human durations, sizes and timestamps.
 
 pub mod backfill;
 pub mod capture;
@@ -40,10 +44,14 @@ pub mod identity;
 pub mod lsn;
 pub mod metrics;
 pub mod outbox;
+pub mod repair;
+pub mod retention;
 pub mod rules;
 pub mod sandbox;
 pub mod setup;
 pub mod source;
+pub mod status;
+pub mod units;
 
 /// An error and its sources as one line (`a: b: c`), for messages shown to operators.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

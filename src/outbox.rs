@@ -12,10 +12,14 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 /// The control schema's SQL files, in the order they are applied.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "001_control_schema.sql",
-    include_str!("../sql/001_control_schema.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "001_control_schema.sql",
+        include_str!("../sql/001_control_schema.sql"),
+    ),
+    ("002_views.sql", include_str!("../sql/002_views.sql")),
+    ("003_retired.sql", include_str!("../sql/003_retired.sql")),
+];
 
 /// What a delivery row asks the platform to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -228,7 +232,8 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Inserts `rows` (ignoring ones already recorded) and returns how many were new. One statement per call:
+/// Inserts `rows` (ignoring ones already recorded, and ones whose key was retired by retention) and returns
+/// how many were new. One statement per call:
 /// the rows travel as parallel arrays and are expanded with `unnest`.
 pub async fn insert_deliveries(
     client: &impl GenericClient,
@@ -298,6 +303,8 @@ pub async fn insert_deliveries(
            as t(rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
            value, currency, action_source, payload, match_keys, state, last_error, source_table, \
            source_lsn, commit_time) \
+         where not exists (select 1 from {s}.retired r where r.rule = t.rule \
+           and r.destination = t.destination and r.event_id = t.event_id) \
          on conflict (rule, destination, event_id) do nothing",
         s = quote_ident(schema)
     );

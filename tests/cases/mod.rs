@@ -11,4 +11,5 @@ mod end_to_end;
 mod ha;
 mod large;
 mod observe;
+mod operate;
 mod source;
