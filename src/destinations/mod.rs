@@ -594,7 +594,8 @@ mod preview_tests {
             ..empty_config(Platform::GoogleAds)
         };
         let google = build("google", &config, &DispatchConfig::default()).unwrap();
-        let mut conversion = purchase(1, Utc::now());
+        // A minute old: an adjustment must come after its conversion's second.
+        let mut conversion = purchase(1, Utc::now() - chrono::Duration::minutes(1));
         conversion.payload.conversion_action =
             Some("customers/1234567890/conversionActions/1".into());
         let mut retraction = conversion.clone();
