@@ -627,11 +627,11 @@ impl Dispatcher {
         let sql = format!(
             "update {s}.deliveries d set \
                state = case when u.state in ('retry', 'wait') then \
-                   case when d.created_at <= now() - $2::bigint * interval '1 second' \
+                   case when d.queued_at <= now() - $2::bigint * interval '1 second' \
                      then 'failed' else 'pending' end \
                  else u.state end, \
                last_error = case when u.state in ('retry', 'wait') \
-                   and d.created_at <= now() - $2::bigint * interval '1 second' \
+                   and d.queued_at <= now() - $2::bigint * interval '1 second' \
                  then 'gave up after ' || $2::bigint || ' s: ' || coalesce(u.error, '') \
                  else u.error end, \
                attempts = d.attempts + u.attempted, \

@@ -19,6 +19,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("002_views.sql", include_str!("../sql/002_views.sql")),
     ("003_retired.sql", include_str!("../sql/003_retired.sql")),
+    (
+        "004_queued_at.sql",
+        include_str!("../sql/004_queued_at.sql"),
+    ),
 ];
 
 /// What a delivery row asks the platform to do.

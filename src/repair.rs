@@ -317,8 +317,8 @@ async fn requeue(
     }
     let ids: Vec<i64> = report.requeued.iter().map(|l| l.id).collect();
     let update = format!(
-        "update {s}.deliveries set state = 'pending', next_attempt_at = now(), lease_owner = null, \
-           lease_until = null, updated_at = now() \
+        "update {s}.deliveries set state = 'pending', next_attempt_at = now(), queued_at = now(), \
+           lease_owner = null, lease_until = null, updated_at = now() \
          where id = any($1::bigint[])"
     );
     tx.execute(&update, &[&ids])

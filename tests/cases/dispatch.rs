@@ -816,3 +816,70 @@ async fn a_refund_of_a_conversion_that_may_have_reached_the_platform_retracts_it
     );
     assert!(fake.requests("/events").is_empty());
 }
+
+#[tokio::test]
+async fn a_retried_old_row_gets_the_full_retry_budget_again() {
+    // GIVEN two Meta conversions recorded two days ago (past the give-up age): one failed and retried
+    // with `pgcapi retry`, the other pending all along; and a platform answering 500.
+    let (db, client) = control_db().await;
+    let (fake, endpoint) = Fake::start().await;
+    outbox::insert_deliveries(
+        &client,
+        SCHEMA,
+        &[
+            conversion("meta", Platform::Meta, "order-retried"),
+            conversion("meta", Platform::Meta, "order-waiting"),
+        ],
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute(
+            "update pgcapi.deliveries set created_at = now() - interval '2 days',
+                 queued_at = now() - interval '2 days';
+             update pgcapi.deliveries set state = 'failed', last_error = 'meta: HTTP 400'
+             where event_id = 'order-retried';",
+        )
+        .await
+        .unwrap();
+    let mut repair_client = db.connect().await;
+    let filters = pgcapi::repair::Filters {
+        ids: vec![],
+        destination: None,
+        rule: None,
+        since: None,
+        before: None,
+    };
+    let report = pgcapi::repair::retry(&mut repair_client, SCHEMA, &filters, false)
+        .await
+        .unwrap();
+    assert_eq!(report.requeued.len(), 1);
+    fake.script(vec![Scripted::status(500); 2]);
+
+    // WHEN dispatch meets the 500.
+    let d = dispatcher(
+        &db,
+        vec![destination("meta", Platform::Meta, &endpoint, "")],
+    )
+    .await;
+    d.run_once().await.unwrap();
+
+    // THEN the retried row waits for another try (its clock restarted at the retry), while the row
+    // that has been retrying for two days is given up.
+    let rows = client
+        .query(
+            "select event_id, state, coalesce(last_error, '') from pgcapi.deliveries order by 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(got[0].0, "order-retried");
+    assert_eq!(got[0].1, "pending", "{got:?}");
+    assert_eq!(got[1].0, "order-waiting");
+    assert_eq!(got[1].1, "failed", "{got:?}");
+    assert!(got[1].2.starts_with("gave up after"), "{got:?}");
+}
