@@ -1,11 +1,14 @@
 //! `pgcapi backfill`: rows that existed before pgcapi watched the table become conversions through the
 //! same control table and dedup as captured changes.
 
-use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
+use crate::support::{
+    config_from, contract_env, count, pgcapi_command, spawn_run, wait_for, TestDb, CONTRACT_TOML,
+    SHOP_SQL,
+};
 use pgcapi::backfill::{backfill, BackfillOptions};
 use pgcapi::sandbox::Sandbox;
 use pgcapi::setup::{setup, SetupOptions};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use tokio_postgres::Client;
 
 /// Inserts an order paid `days_ago` days ago with `status`.
@@ -95,8 +98,7 @@ async fn backfill_records_existing_rows_once_and_dispatch_sends_them() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgcapi.toml");
     std::fs::write(&path, CONTRACT_TOML).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgcapi"));
-    command
+    let output = pgcapi_command(&env)
         .args([
             "backfill",
             "--rule",
@@ -106,11 +108,10 @@ async fn backfill_records_existing_rows_once_and_dispatch_sends_them() {
             "--config",
         ])
         .arg(&path)
-        .stderr(Stdio::piped());
-    for (k, v) in &env {
-        command.env(k, v);
-    }
-    let output = command.output().unwrap();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -130,17 +131,7 @@ async fn backfill_records_existing_rows_once_and_dispatch_sends_them() {
     );
 
     // WHEN `pgcapi run` starts and a backfilled order is touched again (captured as a change) …
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgcapi"));
-    command
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in &env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().unwrap();
+    let mut child = spawn_run(&path, &env);
     client
         .execute(
             "update orders set notes = 'touched' where order_number = 'bf-1'",
@@ -180,8 +171,7 @@ async fn backfill_records_existing_rows_once_and_dispatch_sends_them() {
             .then_some(())
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert_eq!(
         count(&client, "select count(*) from pgcapi.deliveries").await,
         12,

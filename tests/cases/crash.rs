@@ -1,24 +1,10 @@
 //! `kill -9` of `pgcapi run` during a workload: after restarts, every expected row exists exactly once.
 
-use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
+use crate::support::{
+    config_from, contract_env, count, spawn_run, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
+};
 use pgcapi::setup::{setup, SetupOptions};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// Starts `pgcapi run` on the contract config with `env`.
-fn spawn_run(config_path: &std::path::Path, env: &[(String, String)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgcapi"));
-    command
-        .args(["run", "--config"])
-        .arg(config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.spawn().expect("spawn pgcapi run")
-}
 
 #[tokio::test]
 async fn kill_9_at_several_points_loses_and_repeats_nothing() {
@@ -58,8 +44,7 @@ async fn kill_9_at_several_points_loses_and_repeats_nothing() {
         if batch % 2 == 1 {
             // Kill while capture is busy with the batch just written.
             tokio::time::sleep(Duration::from_millis(30 * batch as u64)).await;
-            child.kill().unwrap();
-            child.wait().unwrap();
+            child.kill();
             child = spawn_run(&config_path, &env);
         }
     }
@@ -72,8 +57,7 @@ async fn kill_9_at_several_points_loses_and_repeats_nothing() {
         (count(&client, "select count(*) from pgcapi.deliveries").await == expected).then_some(())
     })
     .await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     assert_eq!(
         count(
             &client,

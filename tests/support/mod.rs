@@ -122,3 +122,45 @@ pub async fn count(client: &Client, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
 }
+
+/// The built `pgcapi` binary with `env` in its environment, `RUST_LOG=warn`, and its output discarded
+/// (callers change any of these).
+pub fn pgcapi_command(env: &[(String, String)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgcapi"));
+    command
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// `pgcapi` behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `pgcapi run --config {config_path}` with `env`.
+pub fn spawn_run(config_path: &std::path::Path, env: &[(String, String)]) -> KillOnDrop {
+    let child = pgcapi_command(env)
+        .args(["run", "--config"])
+        .arg(config_path)
+        .spawn()
+        .expect("spawn pgcapi run");
+    KillOnDrop(child)
+}
