@@ -14,6 +14,10 @@ use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The longest event id accepted, in bytes. The control table's unique key indexes it, and a btree entry
+/// cannot exceed about 2.7 kB: a longer id would stop capture at the insert, so it fails the row instead.
+pub const MAX_EVENT_ID_BYTES: usize = 1_000;
+
 /// A rule cannot be applied to a table as it now is.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -524,8 +528,17 @@ impl EventFields {
         let Some(template) = &id_rule.event_id else {
             return Ok(Err(format!("rule {} has no event_id", id_rule.name)));
         };
+        // Every column of the id must hold something: with a literal prefix, an empty column would still
+        // render a non-empty id ("order-"), shared by every row with that column empty, and the platform
+        // and the control table would drop all but the first as duplicates.
+        let mut blank_column = false;
+        for column in template.columns() {
+            blank_column |= row
+                .text(id_rule, column)?
+                .is_none_or(|t| t.trim().is_empty());
+        }
         let event_id = match row.render(id_rule, template)? {
-            Some(id) if !id.trim().is_empty() => id,
+            Some(id) if !blank_column && !id.trim().is_empty() => id,
             _ => {
                 let columns: Vec<&str> = template.columns().collect();
                 return Ok(Err(format!(
@@ -534,6 +547,14 @@ impl EventFields {
                 )));
             }
         };
+        if event_id.len() > MAX_EVENT_ID_BYTES {
+            let columns: Vec<&str> = template.columns().collect();
+            return Ok(Err(format!(
+                "event_id from column(s) {} is {} bytes long, more than the {MAX_EVENT_ID_BYTES} allowed",
+                columns.join(", "),
+                event_id.len()
+            )));
+        }
         let event_time = match &id_rule.event_time {
             None => tx.commit_time,
             Some(column) => match row.value(id_rule, column)? {

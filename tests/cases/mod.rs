@@ -6,5 +6,6 @@ mod crash;
 mod demo;
 mod dispatch;
 mod end_to_end;
+mod faults;
 mod large;
 mod source;
