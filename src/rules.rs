@@ -36,9 +36,23 @@ pub enum RuleError {
         /// The config field naming it.
         field: String,
     },
-    /// A column's value could not be parsed as its declared type.
+    /// A column's value cannot be read as the rule needs it (an unchanged TOAST value without an old
+    /// tuple): the table's replica identity must change, so capture stops.
     #[error("rule {rule:?}: column {column:?} of table {table}: {message}")]
     Unparseable {
+        /// The rule.
+        rule: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The parser's reason (never the value).
+        message: String,
+    },
+    /// One row's value is not usable as its type (`NaN` or infinite numerics, infinite timestamps): that
+    /// row fails with the reason, the others go on. Never leaves [`Rules::evaluate`].
+    #[error("rule {rule:?}: column {column:?} of table {table}: {message}")]
+    BadValue {
         /// The rule.
         rule: String,
         /// The table.
@@ -317,12 +331,34 @@ impl Rules {
         let mut out = Vec::new();
         let row = RowView { bound, tuple: new };
         for rule in &bound.rules {
-            if !row.matches(rule)? {
-                continue;
-            }
-            match &rule.adjusts {
-                None => self.conversion(rule, &row, tx, ordinal, drops, &mut out)?,
-                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, &mut out)?,
+            let mut rows = Vec::new();
+            let applied = row.matches(rule).and_then(|matched| match &rule.adjusts {
+                _ if !matched => Ok(()),
+                None => self.conversion(rule, &row, tx, ordinal, drops, &mut rows),
+                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, &mut rows),
+            });
+            match applied {
+                Ok(()) => out.extend(rows),
+                // A value of this row that cannot be used fails the row, visibly; capture goes on.
+                Err(RuleError::BadValue {
+                    column, message, ..
+                }) => {
+                    let (destinations, adjusts) = match &rule.adjusts {
+                        None => (&rule.destinations, None),
+                        Some(target) => (&target.destinations, Some(target.name.as_str())),
+                    };
+                    failed_rows(
+                        rule,
+                        destinations,
+                        rule.kind,
+                        adjusts,
+                        tx,
+                        ordinal,
+                        format!("column {column:?}: {message}"),
+                        &mut out,
+                    );
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -655,7 +691,7 @@ impl RowView<'_> {
                     .to_string(),
             }),
             Some(Datum::Text(bytes)) | Some(Datum::Binary(bytes)) => parse_value(type_oid, bytes)
-                .map_err(|e| RuleError::Unparseable {
+                .map_err(|e| RuleError::BadValue {
                     rule: rule.name.clone(),
                     table: table(),
                     column: column.to_string(),

@@ -40,9 +40,12 @@ const BATCH: usize = 50;
 /// At least this many `kill -9`.
 const MIN_KILLS: u32 = 10;
 /// A kill comes this long (uniformly drawn, milliseconds) after the previous one.
-const KILL_INTERVAL_MS: (u64, u64) = (1_500, 4_500);
+const KILL_INTERVAL_MS: (u64, u64) = (3_000, 7_000);
 /// How long the idle spell lasts.
-const IDLE: Duration = Duration::from_secs(12);
+const IDLE: Duration = Duration::from_secs(10);
+/// Waves start at this pace at most, so that kills land all through the workload (and capture, in a
+/// debug build on two cores, keeps roughly up).
+const WAVE_PACE: Duration = Duration::from_millis(1_700);
 /// Destinations of orders and of leads (names from the contract config).
 const ORDER_DESTINATIONS: [&str; 3] = ["meta", "google", "tiktok"];
 const LEAD_DESTINATIONS: [&str; 2] = ["meta", "google"];
@@ -642,7 +645,10 @@ impl Supervisor {
         command
             .args(["run", "--config"])
             .arg(&self.config_path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("PGCAPI_FAULT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         for (k, v) in &self.env {
@@ -667,9 +673,14 @@ impl Supervisor {
         }
     }
 
-    /// SIGKILL, then start a new incarnation at once.
+    /// SIGKILL, then start a new incarnation at once (if the current one already ended by itself, it is
+    /// noted and replaced instead).
     fn kill_and_restart(&mut self) {
+        let exits = self.unexpected_exits.len();
         self.check_alive();
+        if self.unexpected_exits.len() > exits {
+            return;
+        }
         let child = self.child.as_mut().expect("a child");
         child.kill().unwrap();
         child.wait().unwrap();
@@ -728,12 +739,32 @@ async fn restart_postgres(db: &TestDb, supervisor: &Mutex<Supervisor>) -> Durati
     let url = db.url();
     let mut s = supervisor.lock().await;
     // Restart only once the current incarnation is past its start-up checks and streaming.
-    let since = s.spawned_at;
-    wait_for(60, "pgcapi to hold the slot before the restart", || {
-        let url = url.clone();
-        async move { slot_held_since(&url, since).await.then_some(()) }
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !slot_held_since(&url, s.spawned_at).await {
+        s.check_alive();
+        if Instant::now() > deadline {
+            let client = connect_url(&url).await;
+            let slot: Vec<String> = client
+                .query(
+                    "select format('%s active=%s pid=%s start=%s now=%s', s.slot_name, s.active, \
+                     s.active_pid, a.backend_start, now()) from pg_replication_slots s \
+                     left join pg_stat_activity a on a.pid = s.active_pid",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            panic!(
+                "pgcapi (spawned {}) does not hold the slot before the restart: {slot:?}; exits: {:?}\n{}",
+                s.spawned_at,
+                s.unexpected_exits,
+                std::fs::read_to_string(s.log_path(s.incarnations)).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let pid = s.child.as_ref().unwrap().id();
     let started = Instant::now();
     tokio::task::block_in_place(|| db.cluster.restart_with_mode("fast"))
@@ -828,14 +859,18 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     setup(&config_from(&toml, &env), SetupOptions::default())
         .await
         .unwrap();
+    // Each incarnation's log goes to this directory; PGCAPI_FAULT_KEEP_LOGS=1 keeps it.
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("pgcapi.toml");
+    let (logs, _dir) = if std::env::var_os("PGCAPI_FAULT_KEEP_LOGS").is_some() {
+        let kept = dir.keep();
+        eprintln!("logs kept in {}", kept.display());
+        (kept, None)
+    } else {
+        (dir.path().to_path_buf(), Some(dir))
+    };
+    let config_path = logs.join("pgcapi.toml");
     std::fs::write(&config_path, &toml).unwrap();
-    let supervisor = Arc::new(Mutex::new(Supervisor::new(
-        config_path,
-        env,
-        dir.path().to_path_buf(),
-    )));
+    let supervisor = Arc::new(Mutex::new(Supervisor::new(config_path, env, logs)));
 
     // WHEN kills come at random moments from a seeded schedule, all through the run,
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -862,6 +897,11 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     let mut changes = 0u64;
     let mut pg_restart = None;
     for (w, wave) in workload.waves.iter().enumerate() {
+        // Pacing only (the workload's tempo), not a synchronization.
+        let due = WAVE_PACE * w as u32;
+        if let Some(early) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(early).await;
+        }
         if w == WAVES / 2 {
             pg_restart = Some(restart_postgres(&db, &supervisor).await);
             client = db.connect().await;
@@ -880,8 +920,22 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         }
     }
     let workload_done = started.elapsed();
+    eprintln!(
+        "{:?} workload done: {}",
+        started.elapsed(),
+        progress(&client).await
+    );
 
-    // AND then a long idle spell in which only an unrelated table changes.
+    // AND then, once capture has caught up with the workload, a long idle spell in which only an
+    // unrelated table changes.
+    let (_, wal_at_workload_end) = slot_and_wal(&client).await;
+    wait_for(120, "capture to catch up with the workload", || {
+        let client = &client;
+        async move { (slot_and_wal(client).await.0 >= wal_at_workload_end).then_some(()) }
+    })
+    .await;
+    let caught_up = started.elapsed();
+    eprintln!("{caught_up:?} caught up: {}", progress(&client).await);
     let idle_started = Instant::now();
     let mut unrelated = 0u64;
     let mut mark = None;
@@ -903,17 +957,21 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
             }
             _ => {}
         }
+        eprintln!("{:?} idle: {}", started.elapsed(), progress(&client).await);
         // Pace the unrelated writes (this is the spell's length, not a synchronization).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, wal_at_idle_end) = slot_and_wal(&client).await;
     // THEN the slot follows the WAL of the unrelated table: it is not retained.
-    let advanced_after = advanced_after.unwrap_or_else(|| {
+    let Some(advanced_after) = advanced_after else {
+        let mut s = supervisor.lock().await;
+        s.check_alive();
         panic!(
             "the slot's confirmed_flush_lsn did not advance past unrelated WAL during the {IDLE:?} \
-             idle spell (it was {confirmed_before_idle} before)"
+             idle spell (it was {confirmed_before_idle} before); pgcapi exits: {:#?}",
+            s.unexpected_exits
         )
-    });
+    };
     wait_for(60, "the slot to confirm the idle spell's WAL", || {
         let client = &client;
         async move { (slot_and_wal(client).await.0 >= wal_at_idle_end).then_some(()) }
@@ -1200,7 +1258,7 @@ impl Verdict {
                             if o.kind == OrderKind::BadCurrency {
                                 "currency"
                             } else {
-                                "value column"
+                                "column \"total\": invalid numeric value"
                             },
                         ))
                         .or_default() += 1;
@@ -1254,7 +1312,7 @@ impl Verdict {
                             if l.kind == LeadKind::WonBadCurrency {
                                 "currency"
                             } else {
-                                "value column"
+                                "column \"deal_value\": invalid numeric value"
                             },
                         ))
                         .or_default() += 1;
@@ -1995,6 +2053,81 @@ async fn an_empty_id_column_fails_the_row_instead_of_sharing_an_event_id() {
         .await,
         0
     );
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+}
+
+async fn progress(client: &Client) -> String {
+    let (c, w) = slot_and_wal(client).await;
+    let rows = count(client, "select count(*) from pgcapi.deliveries").await;
+    let pending = count(
+        client,
+        "select count(*) from pgcapi.deliveries where state = 'pending'",
+    )
+    .await;
+    format!(
+        "slot behind {} kB, rows {rows}, pending {pending}",
+        (w - c) / 1024
+    )
+}
+
+/// Found by the suite: a `NaN` total (or an infinite `paid_at`), which PostgreSQL stores happily, stopped
+/// capture for good ("the slot stays before this change") and so every later order with it. Now that row
+/// fails with the reason, and the next order goes through.
+#[tokio::test]
+async fn a_nan_total_or_infinite_time_fails_its_row_and_capture_goes_on() {
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    client.batch_execute(SHOP_SQL).await.unwrap();
+    let config = config_from(
+        CONTRACT_TOML,
+        &contract_env(&db.url(), "http://127.0.0.1:9"),
+    );
+    setup(&config, SetupOptions::default()).await.unwrap();
+    let capture = pgcapi::capture::Capture::new(Arc::new(config)).unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+
+    // WHEN an order with total NaN, one paid at 'infinity', and a normal one are paid.
+    client
+        .batch_execute(
+            "insert into orders (order_number, email, user_agent, total, status, ad_consent, paid_at)
+             values ('nan', 'a@example.com', 'ua', 'NaN', 'paid', true, now()),
+                    ('inf', 'a@example.com', 'ua', 10, 'paid', true, 'infinity'),
+                    ('fine', 'a@example.com', 'ua', 10, 'paid', true, now())",
+        )
+        .await
+        .unwrap();
+
+    // THEN the normal order is recorded, the two others are failed with reasons naming the column.
+    wait_for(30, "the normal order", || {
+        let client = &client;
+        async move {
+            (count(
+                client,
+                "select count(*) from pgcapi.deliveries where event_id = 'order-fine'",
+            )
+            .await
+                == 3)
+                .then_some(())
+        }
+    })
+    .await;
+    for column in ["total", "paid_at"] {
+        assert_eq!(
+            count(
+                &client,
+                &format!(
+                    "select count(*) from pgcapi.deliveries where state = 'failed' \
+                     and event_id like 'invalid-%' and last_error like '%column \"{column}\"%'"
+                )
+            )
+            .await,
+            3,
+            "{column}"
+        );
+    }
+    assert!(!task.is_finished(), "capture stopped");
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
 }
