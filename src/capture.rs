@@ -205,6 +205,7 @@ impl Capture {
             tx: None,
             ordinal: 0,
             group: Vec::new(),
+            group_complete: 0,
             group_end: None,
             group_deadline: None,
             confirmed: start,
@@ -291,6 +292,11 @@ struct Session<'a> {
     ordinal: u64,
     /// Rows waiting for the next control transaction.
     group: Vec<NewDelivery>,
+    /// How many rows at the front of `group` belong to complete source transactions; the rest belong
+    /// to the open one and wait for its commit, so that the rows of one source transaction (a payment
+    /// and its refund) become visible to dispatch together. Only a transaction larger than
+    /// `group_max_rows` is split, to bound memory.
+    group_complete: usize,
     /// The commit end of the newest complete transaction in the group.
     group_end: Option<Lsn>,
     group_deadline: Option<tokio::time::Instant>,
@@ -368,6 +374,7 @@ impl Session<'_> {
                     )));
                 }
                 self.group_end = Some(commit.end_lsn);
+                self.group_complete = self.group.len();
                 if self.group.len() >= self.capture.config.capture.group_max_rows {
                     self.flush_group().await?;
                 } else if self.group_deadline.is_none() {
@@ -447,13 +454,20 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Writes the group and the checkpoint of its newest complete transaction, then confirms it.
+    /// Writes the group's complete transactions and the checkpoint of the newest, then confirms it.
+    /// Rows of a transaction still open (the group deadline can fire in the middle of one) stay in the
+    /// group until its commit.
     async fn flush_group(&mut self) -> Result<(), CaptureError> {
         self.group_deadline = None;
         let Some(end) = self.group_end.take() else {
             return Ok(());
         };
-        self.write(Some(end)).await?;
+        let open = self
+            .group
+            .split_off(self.group_complete.min(self.group.len()));
+        let written = self.write(Some(end)).await;
+        self.group = open;
+        written?;
         self.confirmed = self.confirmed.max(end);
         self.keepalive_end = self.keepalive_end.max(end);
         self.send_status(false).await
@@ -461,6 +475,7 @@ impl Session<'_> {
 
     async fn write(&mut self, checkpoint: Option<Lsn>) -> Result<(), CaptureError> {
         let rows = std::mem::take(&mut self.group);
+        self.group_complete = 0;
         let inserted =
             outbox::write_group(self.control, self.schema, self.slot, &rows, checkpoint).await?;
         if inserted > 0 {

@@ -8,10 +8,19 @@
 //! leaves leased rows that are claimed again once the lease expires: at-least-once on the wire, made
 //! effectively-once by the platforms' deduplication on `event_id` / `orderId`.
 //!
+//! Refunds: a pending conversion is *cancellable* — its retraction cancels it, its restatement replaces
+//! its value, and it is never sent — when it was never attempted (it cannot have reached the
+//! platform), or when the platform cannot retract anyway (Meta, TikTok: sending it now could only add
+//! a refunded purchase). A Google conversion attempted before (a lost answer, a 5xx) may already be
+//! counted, so it is finished first and then retracted or restated, which leaves Google right either
+//! way. An adjustment whose conversion is being sent waits (pending, short delay) for its outcome; an
+//! adjustment of a sent conversion goes to Google, and is skipped as "platform cannot retract" for the
+//! others; one whose conversion never existed, or was skipped or failed, is skipped with that reason.
+//!
 //! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
 //! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].
 
-use crate::config::DispatchConfig;
+use crate::config::{DispatchConfig, Platform};
 use crate::destinations::{Destination, Outcome};
 use crate::outbox::{notify_channel, quote_ident, Delivery, Kind, OutboxError, Payload};
 use rand::Rng;
@@ -287,7 +296,10 @@ impl Dispatcher {
 
     /// Claims, resolves, sends and records one batch for `dest`; returns how many rows were claimed.
     async fn round(&self, dest: &dyn Destination) -> Result<usize, DispatchError> {
-        let claimed = self.claim(dest.name(), dest.max_batch()).await?;
+        let can_retract = can_retract(dest.platform());
+        let claimed = self
+            .claim(dest.name(), dest.max_batch(), can_retract)
+            .await?;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -302,7 +314,7 @@ impl Dispatcher {
                 }
             }
         }
-        let (to_send, resolved) = self.resolve_adjustments(rows).await?;
+        let (to_send, resolved) = self.resolve_adjustments(rows, can_retract).await?;
         let cancelled = resolved.cancelled;
         records.extend(resolved.records);
         let outcomes = if to_send.is_empty() {
@@ -329,16 +341,31 @@ impl Dispatcher {
     }
 
     /// Claims up to `limit` due pending rows of `destination` under this process's lease.
-    async fn claim(&self, destination: &str, limit: usize) -> Result<Vec<Claimed>, DispatchError> {
+    ///
+    /// A cancellable (module docs) conversion with a pending retraction or restatement is not
+    /// claimed: the adjustment decides its fate when it is claimed itself (cancel both, or apply the
+    /// restated value), so a batch boundary between the two can never send a refunded conversion.
+    /// Capture writes a source transaction's rows in one control transaction, so a conversion and the
+    /// refund of the same source transaction become visible together.
+    async fn claim(
+        &self,
+        destination: &str,
+        limit: usize,
+        can_retract: bool,
+    ) -> Result<Vec<Claimed>, DispatchError> {
         let sql = format!(
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
                    updated_at = now() \
              where d.id in ( \
-               select id from {s}.deliveries \
-                where destination = $1 and state = 'pending' and next_attempt_at <= now() \
-                  and (lease_until is null or lease_until < now()) \
-                order by next_attempt_at, id \
+               select x.id from {s}.deliveries x \
+                where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \
+                  and (x.lease_until is null or x.lease_until < now()) \
+                  and not (x.kind = 'conversion' and (x.attempts = 0 or not $5) and exists ( \
+                    select 1 from {s}.deliveries a \
+                     where a.destination = $1 and a.state = 'pending' and a.kind <> 'conversion' \
+                       and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
+                order by x.next_attempt_at, x.id \
                 limit $4 \
                 for update skip locked) \
              returning d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
@@ -350,7 +377,10 @@ impl Dispatcher {
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let rows = self
             .client
-            .query(&sql, &[&destination, &self.owner, &lease, &limit])
+            .query(
+                &sql,
+                &[&destination, &self.owner, &lease, &limit, &can_retract],
+            )
             .await
             .map_err(db("claiming due deliveries"))?;
         let mut claimed: Vec<Claimed> = rows.iter().map(read_delivery).collect();
@@ -365,9 +395,14 @@ impl Dispatcher {
 
     /// Resolves the adjustments among `rows` against the conversions they adjust. Returns the rows to
     /// send (conversions, and adjustments of conversions already sent) and the records of the others.
+    ///
+    /// A pending conversion is cancelled by its retraction (or takes its restatement's value) when
+    /// it is cancellable (module docs) and nobody else is sending it; otherwise the adjustment waits
+    /// until the conversion has an outcome, and is then sent (Google) or skipped (Meta, TikTok).
     async fn resolve_adjustments(
         &self,
         rows: Vec<Delivery>,
+        can_retract: bool,
     ) -> Result<(Vec<Delivery>, Resolved), DispatchError> {
         let adjustment_ids: Vec<i64> = rows
             .iter()
@@ -404,17 +439,22 @@ impl Dispatcher {
             };
             let mine = claimed_ids.contains(&target.id)
                 && target.lease_owner.as_deref() == Some(&self.owner);
+            let cancellable = target.attempts == 0 || !can_retract;
             match target.state.as_str() {
-                "pending" if d.kind == Kind::Retraction && (mine || !target.leased) => {
-                    if self.cancel_both(target.id, d.id).await? {
+                "pending"
+                    if d.kind == Kind::Retraction && cancellable && (mine || !target.leased) =>
+                {
+                    if self.cancel_both(target.id, d.id, can_retract).await? {
                         dropped.insert(target.id);
                         resolved.cancelled += 2;
                     } else {
                         resolved.wait(d.id);
                     }
                 }
-                "pending" if d.kind == Kind::Restatement && !mine && !target.leased => {
-                    if self.restate_unsent(target.id, d.id).await? {
+                "pending"
+                    if d.kind == Kind::Restatement && cancellable && !mine && !target.leased =>
+                {
+                    if self.restate_unsent(target.id, d.id, can_retract).await? {
                         resolved.cancelled += 1;
                     } else {
                         resolved.wait(d.id);
@@ -429,6 +469,8 @@ impl Dispatcher {
                     if d.currency.is_none() {
                         d.currency = target.currency.clone();
                     }
+                    // Adjustments are keyed by, and timed after, the conversion as it was sent.
+                    d.event_time = target.event_time;
                     send_adjustments.push(d);
                 }
                 "cancelled" => resolved.records.push(Record::new(
@@ -437,6 +479,10 @@ impl Dispatcher {
                     Some("conversion was not sent yet".into()),
                     0,
                 )),
+                state @ ("failed" | "skipped") => resolved.skip(
+                    d.id,
+                    format!("the conversion was {state}, not sent: nothing to {verb}"),
+                ),
                 _ => resolved.skip(d.id, format!("no conversion to {verb}")),
             }
         }
@@ -451,7 +497,8 @@ impl Dispatcher {
     async fn adjusted_conversions(&self, ids: &[i64]) -> Result<Vec<Target>, DispatchError> {
         let sql = format!(
             "select a.id, c.id, c.state, c.lease_owner, \
-               coalesce(c.lease_until >= now(), false), c.payload->>'conversion_action', c.currency \
+               coalesce(c.lease_until >= now(), false), c.payload->>'conversion_action', c.currency, \
+               c.attempts, c.event_time \
              from {s}.deliveries a \
              left join {s}.deliveries c on c.destination = a.destination and c.rule = a.adjusts_rule \
                and c.event_id = a.event_id and c.kind = 'conversion' \
@@ -474,20 +521,29 @@ impl Dispatcher {
                     leased: r.get(4),
                     conversion_action: r.get(5),
                     currency: r.get(6),
+                    attempts: r.get(7),
+                    event_time: r.get(8),
                 }),
             })
             .collect())
     }
 
-    /// Cancels a conversion that was not sent and the retraction of it, atomically (one statement).
-    /// False when the conversion was claimed by another process in the meantime.
-    async fn cancel_both(&self, conversion: i64, retraction: i64) -> Result<bool, DispatchError> {
+    /// Cancels a cancellable conversion that was not sent and the retraction of it, atomically (one
+    /// statement). False when the conversion was claimed by another process in the meantime.
+    async fn cancel_both(
+        &self,
+        conversion: i64,
+        retraction: i64,
+        can_retract: bool,
+    ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with conv as ( \
                update {s}.deliveries set state = 'cancelled', \
-                 last_error = 'retracted before it was sent', lease_owner = null, lease_until = null, \
-                 updated_at = now() \
-               where id = $1 and state = 'pending' \
+                 last_error = case when attempts = 0 then 'retracted before it was sent' \
+                   else 'retracted before its delivery was confirmed (an earlier attempt may have \
+                     reached the platform, which cannot retract)' end, \
+                 lease_owner = null, lease_until = null, updated_at = now() \
+               where id = $1 and state = 'pending' and (attempts = 0 or not $4) \
                  and (lease_until is null or lease_until < now() or lease_owner = $3) \
                returning id) \
              update {s}.deliveries set state = 'cancelled', last_error = 'conversion was not sent yet', \
@@ -498,7 +554,7 @@ impl Dispatcher {
         );
         let rows = self
             .client
-            .query(&sql, &[&conversion, &retraction, &self.owner])
+            .query(&sql, &[&conversion, &retraction, &self.owner, &can_retract])
             .await
             .map_err(db("cancelling a retracted conversion"))?;
         Ok(!rows.is_empty())
@@ -510,6 +566,7 @@ impl Dispatcher {
         &self,
         conversion: i64,
         restatement: i64,
+        can_retract: bool,
     ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with r as (select value, currency from {s}.deliveries where id = $2), \
@@ -517,7 +574,8 @@ impl Dispatcher {
                update {s}.deliveries c set value = r.value, currency = coalesce(r.currency, c.currency), \
                  updated_at = now() \
                from r \
-               where c.id = $1 and c.state = 'pending' and (c.lease_until is null or c.lease_until < now()) \
+               where c.id = $1 and c.state = 'pending' and (c.attempts = 0 or not $4) \
+                 and (c.lease_until is null or c.lease_until < now()) \
                returning c.id) \
              update {s}.deliveries set state = 'cancelled', \
                last_error = 'restated value applied to the conversion before it was sent', \
@@ -528,7 +586,10 @@ impl Dispatcher {
         );
         let rows = self
             .client
-            .query(&sql, &[&conversion, &restatement, &self.owner])
+            .query(
+                &sql,
+                &[&conversion, &restatement, &self.owner, &can_retract],
+            )
             .await
             .map_err(db("applying a restatement to an unsent conversion"))?;
         Ok(!rows.is_empty())
@@ -613,6 +674,12 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: only Google
+/// Ads among the supported platforms).
+pub fn can_retract(platform: Platform) -> bool {
+    matches!(platform, Platform::GoogleAds)
 }
 
 /// The retry delay after `attempts` earlier attempts: exponential from `retry_initial_ms`, capped at
@@ -785,6 +852,10 @@ struct Conversion {
     conversion_action: Option<String>,
     /// Its currency.
     currency: Option<String>,
+    /// How many sends were attempted: above zero, the platform may have it even if still pending.
+    attempts: i32,
+    /// The time it was (or will be) sent with.
+    event_time: chrono::DateTime<chrono::Utc>,
 }
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes

@@ -215,6 +215,22 @@ pub fn encode_adjustment(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
             "too old for google ads adjustments ({MAX_ADJUSTMENT_AGE_DAYS} days)"
         )));
     }
+    // The adjustment must be timed after the conversion (§2.2, `ADJUSTMENT_PRECEDES_CONVERSION`), and
+    // both are written to the second: a refund of a conversion sent in the same second waits for the
+    // next one rather than being refused for good. No other waiting period applies since Sep 2024.
+    let conversion_second = d.event_time.timestamp();
+    if now.timestamp() <= conversion_second {
+        let next_second = DateTime::<Utc>::from_timestamp(conversion_second + 1, 0).unwrap_or(now);
+        return Err(Outcome::Retry {
+            error: "google ads: an adjustment must be timed after its conversion; waiting for the next second".into(),
+            retry_after: Some(
+                (next_second - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(50)),
+            ),
+        });
+    }
     let mut a = Map::new();
     a.insert("conversionAction".into(), json!(action));
     a.insert("orderId".into(), json!(d.event_id));
@@ -580,6 +596,12 @@ fn row_outcome(
             error,
             retry_after: Some(Duration::from_secs(3600)),
         },
+        // Google's error enum for adjustments still lists a conversion "too recent" to adjust (the
+        // old 24 h wait, lifted in Sep 2024 per §2.2): should it come back, it is worth waiting for.
+        "TOO_RECENT_CONVERSION" => Outcome::Retry {
+            error,
+            retry_after: Some(Duration::from_secs(3600)),
+        },
         // Another row of the same request carried this order id; alone it is either new or a duplicate.
         "DUPLICATE_ORDER_ID" => Outcome::retry(error),
         // Enhanced conversions for leads without a Google click: expected, nothing to attribute (§2.3).
@@ -872,6 +894,25 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn a_retraction_in_the_second_of_its_conversion_waits_for_the_next_second() {
+        // GIVEN a conversion at 12:00:00.300 and a refund dispatched at 12:00:00.800
+        let mut d = purchase(7, t0() + TimeDelta::milliseconds(300));
+        google(&mut d);
+        d.kind = Kind::Retraction;
+        let now = t0() + TimeDelta::milliseconds(800);
+        // THEN it is retried once 12:00:01 has come, not sent with an equal time and refused for good
+        match encode_adjustment(&d, now) {
+            Err(Outcome::Retry { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_millis(200)))
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        // AND a second later it is sent, timed after the conversion
+        let later = encode_adjustment(&d, t0() + TimeDelta::milliseconds(1_000)).unwrap();
+        assert_eq!(later["adjustmentDateTime"], "2026-03-01 12:00:01+00:00");
+    }
+
     fn partial_failure(errors: Value) -> String {
         json!({
             "results": [{}, {"gclid": "x"}, {}],
@@ -1063,6 +1104,7 @@ pub(crate) mod tests {
         let mut batch: Vec<Delivery> = (0..3).map(|i| purchase(i, now)).collect();
         batch.iter_mut().for_each(google);
         batch[1].kind = Kind::Retraction;
+        batch[1].event_time = now - TimeDelta::hours(1);
         // WHEN it is sent twice
         let out = g.send(&batch).await;
         let again = g.send(&batch[..1]).await;

@@ -212,6 +212,36 @@ pub fn request_body(events: Vec<Value>, test_event_code: Option<&str>) -> Value 
 // ---------------------------------------------------------------------------------------------
 
 impl Meta {
+    /// Sends `batch` with the pre-send checks (event age above all) made against `now`. A clock
+    /// behind Meta's lets a stale event through the checks: Meta then rejects the whole request and
+    /// bisection fails that event alone.
+    async fn send_at(&self, batch: &[Delivery], now: DateTime<Utc>) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        let mut to_send = Vec::new();
+        for (i, d) in batch.iter().enumerate() {
+            match encode_event(d, now) {
+                Ok(event) => {
+                    to_send.push(i);
+                    events.push(event);
+                }
+                Err(outcome) => {
+                    outcomes.push((i, outcome));
+                    events.push(Value::Null);
+                }
+            }
+        }
+        let events = &events;
+        outcomes.extend(
+            isolate(
+                to_send,
+                |part| async move { self.post(events, &part).await },
+            )
+            .await,
+        );
+        in_order(batch.len(), outcomes)
+    }
+
     /// Sends one request with the events at `indices` of `events`.
     async fn post(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
         let body = request_body(
@@ -251,33 +281,7 @@ impl Destination for Meta {
     }
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let now = Utc::now();
-            let mut outcomes = Vec::with_capacity(batch.len());
-            let mut events = Vec::with_capacity(batch.len());
-            let mut to_send = Vec::new();
-            for (i, d) in batch.iter().enumerate() {
-                match encode_event(d, now) {
-                    Ok(event) => {
-                        to_send.push(i);
-                        events.push(event);
-                    }
-                    Err(outcome) => {
-                        outcomes.push((i, outcome));
-                        events.push(Value::Null);
-                    }
-                }
-            }
-            let events = &events;
-            outcomes.extend(
-                isolate(
-                    to_send,
-                    |part| async move { self.post(events, &part).await },
-                )
-                .await,
-            );
-            in_order(batch.len(), outcomes)
-        })
+        Box::pin(self.send_at(batch, Utc::now()))
     }
 }
 
@@ -627,5 +631,56 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(accepted.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_stale_event_the_checks_missed_fails_alone_when_the_sandbox_rejects_its_batch() {
+        // GIVEN the sandbox, and pgcapi's clock three hours behind it, so that an event 7 days and
+        // one hour old passes the pre-send age check among five fresh ones
+        let sandbox = crate::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let config = DestinationConfig {
+            endpoint: Some(sandbox.base_url()),
+            pixel_id: Some("1234567890".into()),
+            access_token: Some(Secret::new("tok")),
+            ..empty_config(Platform::Meta)
+        };
+        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let now = Utc::now();
+        let mut batch: Vec<Delivery> = (0..6).map(|i| purchase(i, now)).collect();
+        batch[2].event_time = now - TimeDelta::days(7) - TimeDelta::hours(1);
+        let behind = now - TimeDelta::hours(3);
+        assert!(encode_event(&batch[2], behind).is_ok());
+        // WHEN the batch is sent
+        let out = meta.send_at(&batch, behind).await;
+        // THEN the sandbox refused the whole batch, and bisection failed the stale event alone, with
+        // the platform's message naming the 7-day window
+        for (i, o) in out.iter().enumerate() {
+            match o {
+                Outcome::Failed { error } if i == 2 => {
+                    assert!(error.contains("older than 7 days"), "{error}")
+                }
+                Outcome::Sent { .. } if i != 2 => {}
+                other => panic!("row {i}: {other:?}"),
+            }
+        }
+        let records = sandbox.records().meta;
+        assert!(records.counters.rejected_requests >= 1);
+        let mut ids: Vec<_> = records
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["order-0", "order-1", "order-3", "order-4", "order-5"]);
+        // AND with the right clock the same event is skipped before sending, naming the window
+        let out = meta.send(&batch[2..3]).await;
+        assert_eq!(out, vec![Outcome::skipped("too old for meta (7 days)")]);
+        assert_eq!(
+            sandbox.records().meta.counters.requests,
+            records.counters.requests
+        );
+        sandbox.shutdown().await;
     }
 }

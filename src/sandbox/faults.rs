@@ -3,7 +3,13 @@
 //! Faults are decided per request, before the platform handler looks at the body, so a 500, 429 or
 //! dropped connection never records anything. The one exception is `accept_then_drop_ratio`: the
 //! request is processed (and recorded) normally, then the connection is cut before the response is
-//! written, which simulates a response lost on the way back.
+//! written, which simulates a response lost on the way back — the case that makes a client send the
+//! same events again.
+//!
+//! The dice come from one random generator per sandbox. With [`Faults::seed`] set it is seeded from
+//! that number each time the faults are set, so the same sequence of requests meets the same sequence
+//! of faults (requests sent one at a time get reproducible faults; concurrent requests share the
+//! sequence in arrival order).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,8 +23,9 @@ use axum::extract::connect_info::Connected;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
-use rand::Rng;
-use serde::{Deserialize, Serialize};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,8 +35,13 @@ use crate::config::Platform;
 
 /// The faults the sandbox injects into the platforms' conversion endpoints.
 ///
-/// Ratios are probabilities in `[0, 1]`; `1.0` makes a fault deterministic, which is what tests use.
-/// The admin and OAuth endpoints are never faulted, so a test can always read records and fetch tokens.
+/// Ratios are probabilities in `[0, 1]`; `1.0` makes a fault certain. Each request meets at most one
+/// fault, rolled in the order drop, 500, 429, accept-then-drop, so a ratio is the share of the
+/// requests the earlier faults left over. The admin and OAuth endpoints are never faulted, so a test
+/// can always read records and fetch tokens.
+///
+/// Over HTTP (`POST /_sandbox/faults`) the same fields are JSON keys; omitted keys take their
+/// defaults, and `latency_ms` may be a number (fixed) or `[min, max]` (uniform).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -43,8 +55,11 @@ pub struct Faults {
     pub drop_connection_ratio: f64,
     /// Share of requests that are processed and recorded, then lose their response.
     pub accept_then_drop_ratio: f64,
-    /// Extra latency per request, drawn uniformly from `[min, max]` milliseconds.
+    /// Extra latency per request, drawn uniformly from `[min, max]` milliseconds (`min == max`: fixed).
+    #[serde(deserialize_with = "latency_range")]
     pub latency_ms: (u64, u64),
+    /// Seeds the fault dice, for reproducible runs; `None` draws a fresh seed from the OS.
+    pub seed: Option<u64>,
 }
 
 impl Default for Faults {
@@ -56,6 +71,7 @@ impl Default for Faults {
             drop_connection_ratio: 0.0,
             accept_then_drop_ratio: 0.0,
             latency_ms: (0, 0),
+            seed: None,
         }
     }
 }
@@ -65,6 +81,55 @@ impl Faults {
     pub fn none() -> Self {
         Faults::default()
     }
+
+    /// Checks that every ratio is a probability; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, ratio) in [
+            ("error_500_ratio", self.error_500_ratio),
+            ("throttle_429_ratio", self.throttle_429_ratio),
+            ("drop_connection_ratio", self.drop_connection_ratio),
+            ("accept_then_drop_ratio", self.accept_then_drop_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(format!("{name} must be between 0 and 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The generator the dice are rolled with: seeded from [`Faults::seed`], else from the OS.
+    pub(crate) fn rng(&self) -> StdRng {
+        match self.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        }
+    }
+}
+
+/// The fault dice: one generator per sandbox, reseeded whenever the faults are set.
+pub(crate) struct Dice(pub(crate) StdRng);
+
+impl Default for Dice {
+    fn default() -> Self {
+        Dice(StdRng::from_os_rng())
+    }
+}
+
+/// Reads `latency_ms` as a number (fixed latency) or a `[min, max]` pair.
+fn latency_range<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(u64, u64), D::Error> {
+    /// The two accepted JSON shapes.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Latency {
+        /// One number: always this latency.
+        Fixed(u64),
+        /// `[min, max]`.
+        Range(u64, u64),
+    }
+    Ok(match Latency::deserialize(deserializer)? {
+        Latency::Fixed(ms) => (ms, ms),
+        Latency::Range(a, b) => (a.min(b), a.max(b)),
+    })
 }
 
 /// What the fault gate decided for one request.
@@ -82,20 +147,18 @@ pub(crate) enum Gate {
 ///
 /// Counts every request and every injected fault in the platform's counters.
 pub(crate) async fn gate(shared: &Shared, conn: &ConnControl, platform: Platform) -> Gate {
-    let faults = {
-        let mut state = shared.lock();
+    let (retry_after_secs, latency, decision) = {
+        let mut guard = shared.lock();
+        let state = &mut *guard;
         state.records.counters_mut(platform).requests += 1;
-        state.faults.clone()
+        let (latency, decision) = roll(&state.faults, &mut state.fault_dice.0);
+        if !matches!(decision, Roll::None | Roll::AcceptThenDrop) {
+            state.records.counters_mut(platform).faulted += 1;
+        }
+        (state.faults.retry_after_secs, latency, decision)
     };
-    let (a, b) = faults.latency_ms;
-    let (lo, hi) = (a.min(b), a.max(b));
-    if hi > 0 {
-        let ms = rand::rng().random_range(lo..=hi);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    let decision = roll(&faults);
-    if !matches!(decision, Roll::None | Roll::AcceptThenDrop) {
-        shared.lock().records.counters_mut(platform).faulted += 1;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     match decision {
         Roll::Drop => {
@@ -103,7 +166,7 @@ pub(crate) async fn gate(shared: &Shared, conn: &ConnControl, platform: Platform
             Gate::Respond(StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
         Roll::ServerError => Gate::Respond(server_error(platform)),
-        Roll::Throttle => Gate::Respond(throttled(platform, faults.retry_after_secs)),
+        Roll::Throttle => Gate::Respond(throttled(platform, retry_after_secs)),
         Roll::AcceptThenDrop => Gate::Proceed { drop_after: true },
         Roll::None => Gate::Proceed { drop_after: false },
     }
@@ -125,7 +188,8 @@ pub(crate) fn finish(
 }
 
 /// The outcome of rolling the dice once per fault kind.
-enum Roll {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Roll {
     /// No fault.
     None,
     /// Close the connection before processing.
@@ -138,21 +202,26 @@ enum Roll {
     AcceptThenDrop,
 }
 
-/// Rolls the faults in a fixed order: drop, 500, 429, accept-then-drop.
-fn roll(faults: &Faults) -> Roll {
-    let mut rng = rand::rng();
-    let mut hit = |ratio: f64| ratio > 0.0 && rng.random::<f64>() < ratio;
-    if hit(faults.drop_connection_ratio) {
+/// Rolls one request's latency, then its fault in a fixed order: drop, 500, 429, accept-then-drop.
+/// Every die is rolled whatever the earlier ones showed, so one request always uses the same number
+/// of draws and a seeded sequence does not shift when a ratio changes from zero.
+pub(crate) fn roll(faults: &Faults, rng: &mut StdRng) -> (Duration, Roll) {
+    let (a, b) = faults.latency_ms;
+    let ms = rng.random_range(a.min(b)..=a.max(b));
+    let dice: [f64; 4] = std::array::from_fn(|_| rng.random::<f64>());
+    let hit = |die: f64, ratio: f64| ratio > 0.0 && die < ratio;
+    let roll = if hit(dice[0], faults.drop_connection_ratio) {
         Roll::Drop
-    } else if hit(faults.error_500_ratio) {
+    } else if hit(dice[1], faults.error_500_ratio) {
         Roll::ServerError
-    } else if hit(faults.throttle_429_ratio) {
+    } else if hit(dice[2], faults.throttle_429_ratio) {
         Roll::Throttle
-    } else if hit(faults.accept_then_drop_ratio) {
+    } else if hit(dice[3], faults.accept_then_drop_ratio) {
         Roll::AcceptThenDrop
     } else {
         Roll::None
-    }
+    };
+    (Duration::from_millis(ms), roll)
 }
 
 /// The platform's shape for an internal server error.

@@ -10,8 +10,8 @@
 //! | Google Ads | `POST /token` (OAuth), `POST /{version}/customers/{cid}:uploadClickConversions`, `…:uploadConversionAdjustments` |
 //! | TikTok | `POST /open_api/v1.3/event/track/` |
 //!
-//! Admin endpoints: `GET /_sandbox/records`, `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`,
-//! `GET /_sandbox/health`.
+//! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
+//! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
 //!
 //! The sandbox is as strict as the published rules, and stricter only where noted in each platform
 //! file (it cannot know, for example, when a click happened). Error messages name the field and the
@@ -22,7 +22,13 @@
 //!
 //! Faults (see [`Faults`]) apply to the three conversion endpoints only: 500, 429 and dropped
 //! connections are decided before the body is read and record nothing; `accept_then_drop_ratio`
-//! processes and records the request, then cuts the connection so the response is lost.
+//! processes and records the request, then cuts the connection so the response is lost. Set them at
+//! start ([`SandboxConfig::faults`]), from Rust ([`SandboxHandle::set_faults`]) or over HTTP
+//! (`POST /_sandbox/faults`); a `seed` makes the dice reproducible.
+//!
+//! Every platform's [`Counters`] separate raw traffic (`requests`, `received`) from what the platform
+//! counted once after its dedup (`unique`); [`SandboxHandle::stats`] and `GET /_sandbox/stats` serve
+//! them without the records.
 
 mod faults;
 mod google_ads;
@@ -55,7 +61,7 @@ use tokio::task::JoinHandle;
 pub use faults::Faults;
 pub use records::{
     AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, EventRecords,
-    GoogleAdsRecords, Records,
+    GoogleAdsRecords, Records, Stats,
 };
 
 use faults::{ConnControl, KillableListener};
@@ -190,9 +196,19 @@ impl SandboxHandle {
         self.shared.lock().records.clone()
     }
 
-    /// Replaces the active faults.
+    /// Replaces the active faults (and reseeds their dice from [`Faults::seed`]).
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.lock().faults = faults;
+        self.shared.set_faults(faults);
+    }
+
+    /// The active faults.
+    pub fn faults(&self) -> Faults {
+        self.shared.lock().faults.clone()
+    }
+
+    /// A snapshot of the counters of every platform, without the records themselves.
+    pub fn stats(&self) -> Stats {
+        Stats::of(&self.shared.lock().records)
     }
 
     /// Forgets records, dedup memory, known Google orders and faults (issued tokens stay valid).
@@ -253,6 +269,8 @@ pub(crate) struct SandboxState {
     pub(crate) records: Records,
     /// Active faults.
     pub(crate) faults: Faults,
+    /// The dice the faults are rolled with.
+    pub(crate) fault_dice: faults::Dice,
     /// Meta dedup memory.
     pub(crate) meta: EventMemory,
     /// TikTok dedup memory.
@@ -268,6 +286,7 @@ impl Shared {
     fn new(config: SandboxConfig) -> Self {
         let state = SandboxState {
             faults: config.faults.clone(),
+            fault_dice: faults::Dice(config.faults.rng()),
             ..SandboxState::default()
         };
         Shared {
@@ -281,6 +300,14 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the active faults and reseeds their dice.
+    fn set_faults(&self, faults: Faults) {
+        let dice = faults::Dice(faults.rng());
+        let mut state = self.lock();
+        state.faults = faults;
+        state.fault_dice = dice;
     }
 
     /// Clears everything except issued Google tokens.
@@ -302,6 +329,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(tiktok::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))
+        .route("/_sandbox/stats", get(get_stats))
         .route("/_sandbox/reset", post(post_reset))
         .route("/_sandbox/faults", get(get_faults).post(post_faults))
         .fallback(not_found)
@@ -312,6 +340,11 @@ fn router(shared: Arc<Shared>) -> Router {
 /// `GET /_sandbox/records`.
 async fn get_records(AxState(shared): AxState<Arc<Shared>>) -> Json<Records> {
     Json(shared.lock().records.clone())
+}
+
+/// `GET /_sandbox/stats`: the counters of every platform.
+async fn get_stats(AxState(shared): AxState<Arc<Shared>>) -> Json<Stats> {
+    Json(Stats::of(&shared.lock().records))
 }
 
 /// `POST /_sandbox/reset`.
@@ -327,9 +360,12 @@ async fn get_faults(AxState(shared): AxState<Arc<Shared>>) -> Json<Faults> {
 
 /// `POST /_sandbox/faults`: replaces the faults; omitted fields take their defaults.
 async fn post_faults(AxState(shared): AxState<Arc<Shared>>, body: axum::body::Bytes) -> Response {
-    match serde_json::from_slice::<Faults>(&body) {
+    match serde_json::from_slice::<Faults>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|f| f.validate().map(|()| f))
+    {
         Ok(faults) => {
-            shared.lock().faults = faults.clone();
+            shared.set_faults(faults.clone());
             Json(faults).into_response()
         }
         Err(err) => json_response(

@@ -40,12 +40,24 @@ impl Records {
 }
 
 /// Counters of one platform. An "item" is an event, a conversion or an adjustment.
+///
+/// Raw traffic is `requests` and `received`; what the platform ends up counting once is `unique`. A
+/// connector that delivers every event exactly once at the platform has `unique` equal to the number
+/// of distinct events, whatever faults made it send some of them more than once (`duplicate_sends`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Requests that reached the platform's conversion endpoints, whatever their outcome.
     pub requests: u64,
+    /// Items carried by the requests the platform processed (not those cut short by an injected
+    /// 500, 429 or dropped connection), whether accepted, deduplicated or rejected.
+    pub received: u64,
     /// Items the platform counted (these are the items listed in the records).
     pub accepted: u64,
+    /// Items counted for the first time since the last reset: distinct dedup keys (Meta and TikTok
+    /// event name + `event_id`, Google conversion action + order id or click, Google adjustment).
+    /// Differs from `accepted` only when an event is counted again after the dedup window.
+    pub unique: u64,
     /// Items in an accepted request that the platform's dedup dropped (within its window, or an
     /// already-used Google order id / click, or a Google adjustment ignored after a retraction).
     pub deduplicated: u64,
@@ -58,6 +70,37 @@ pub struct Counters {
     pub rejected_requests: u64,
     /// Requests that got an injected fault (500, 429, dropped connection, accept-then-drop).
     pub faulted: u64,
+}
+
+/// The counters of every platform: what `GET /_sandbox/stats` serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Meta Conversions API.
+    pub meta: Counters,
+    /// Google Ads conversions and adjustments together.
+    pub google_ads: Counters,
+    /// TikTok Events API.
+    pub tiktok: Counters,
+}
+
+impl Stats {
+    /// The counters of `records`.
+    pub fn of(records: &Records) -> Stats {
+        Stats {
+            meta: records.meta.counters,
+            google_ads: records.google_ads.counters,
+            tiktok: records.tiktok.counters,
+        }
+    }
+
+    /// The counters of one platform.
+    pub fn platform(&self, platform: Platform) -> &Counters {
+        match platform {
+            Platform::Meta => &self.meta,
+            Platform::GoogleAds => &self.google_ads,
+            Platform::Tiktok => &self.tiktok,
+        }
+    }
 }
 
 /// Accepted Meta or TikTok events.

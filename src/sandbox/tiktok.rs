@@ -285,6 +285,7 @@ async fn handle_track(
             let mut state = shared.lock();
             state.records.tiktok.counters.rejected_requests += 1;
             state.records.tiktok.counters.rejected += v.count as u64;
+            state.records.tiktok.counters.received += v.count as u64;
             reply(v.code, &v.message)
         }
     };
@@ -328,6 +329,7 @@ fn process(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), Viol
 fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
     let window = shared.config.dedup_window;
     let mut state = shared.lock();
+    state.records.tiktok.counters.received += env.events.len() as u64;
     for ev in &env.events {
         let name = ev
             .get("event")
@@ -343,11 +345,17 @@ fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
             if state.tiktok.sends.note(&key) {
                 state.records.tiktok.counters.duplicate_sends += 1;
             }
-            if state.tiktok.dedup.check(&key, now, window) == Seen::WithinWindow {
-                state.records.tiktok.counters.deduplicated += 1;
-                continue;
+            match state.tiktok.dedup.check(&key, now, window) {
+                Seen::WithinWindow => {
+                    state.records.tiktok.counters.deduplicated += 1;
+                    continue;
+                }
+                Seen::New => state.records.tiktok.counters.unique += 1,
+                Seen::OutsideWindow => {}
             }
             state.tiktok.dedup.remember(key, now);
+        } else {
+            state.records.tiktok.counters.unique += 1;
         }
         let accepted = accepted_event(ev, name, event_id, env, now);
         state.records.tiktok.counters.accepted += 1;

@@ -30,11 +30,19 @@ fn the_demo_tells_its_story_and_exits_cleanly() {
             row("order-1002", "order_paid", dest, "conversion", "skipped"),
             "{stdout}"
         );
-        // Paid and refunded in one transaction: normally both cancelled before sending; dispatch may
-        // still claim the conversion first (a known race, see the issue notes), so either end is accepted.
+        // Paid and refunded in one transaction: both cancelled, nothing sent.
         assert!(
-            row("order-1004", "order_paid", dest, "conversion", "cancelled")
-                || row("order-1004", "order_paid", dest, "conversion", "sent"),
+            row("order-1004", "order_paid", dest, "conversion", "cancelled"),
+            "{stdout}"
+        );
+        assert!(
+            row(
+                "order-1004",
+                "order_refunded",
+                dest,
+                "retraction",
+                "cancelled"
+            ),
             "{stdout}"
         );
     }
@@ -62,7 +70,20 @@ fn the_demo_tells_its_story_and_exits_cleanly() {
         row("deal-1", "deal_won", "google", "conversion", "sent"),
         "{stdout}"
     );
+    assert!(
+        row(
+            "order-1001",
+            "order_refunded",
+            "tiktok",
+            "retraction",
+            "skipped"
+        ),
+        "{stdout}"
+    );
     assert!(stdout.contains("RETRACTION"), "{stdout}");
+    // The platforms never heard of order 1004 (the received list comes before the table).
+    let received = stdout.split("pgcapi.deliveries:").next().unwrap_or("");
+    assert!(!received.contains("order-1004"), "{stdout}");
     assert!(!stdout.lines().any(|l| l.contains(" pending ")), "{stdout}");
     assert!(
         !stdout.contains("Jane.Doe@Example.com") && !stdout.contains("555-1212"),

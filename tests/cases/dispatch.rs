@@ -179,7 +179,8 @@ fn conversion(destination: &str, platform: Platform, event_id: &str) -> NewDeliv
         kind: Kind::Conversion,
         adjusts_rule: None,
         event_name: Some("Purchase".into()),
-        event_time: Utc::now(),
+        // A minute ago: a Google adjustment sent right after must be timed a second after it.
+        event_time: Utc::now() - chrono::TimeDelta::minutes(1),
         value: Some("19.99".into()),
         currency: Some("USD".into()),
         action_source: Some("website".into()),
@@ -706,4 +707,112 @@ async fn a_restatement_updates_an_unsent_conversion_or_is_sent_to_google_after_i
         row(&client, "order_paid", "google", "order-2").await.state,
         "pending"
     );
+}
+
+#[tokio::test]
+async fn a_batch_boundary_between_a_conversion_and_its_retraction_never_sends_the_conversion() {
+    // GIVEN ten orders paid and refunded (conversion, then retraction, in id order) and batches of
+    // three, so that a batch could end right after a conversion
+    let (db, client) = control_db().await;
+    let (fake, endpoint) = Fake::start().await;
+    let rows: Vec<NewDelivery> = (0..10)
+        .flat_map(|i| {
+            let id = format!("order-{i}");
+            [
+                conversion("meta", Platform::Meta, &id),
+                retraction("meta", Platform::Meta, &id),
+            ]
+        })
+        .collect();
+    insert(&client, &rows).await;
+    let d = dispatcher(
+        &db,
+        vec![destination(
+            "meta",
+            Platform::Meta,
+            &endpoint,
+            "batch_max_events = 3",
+        )],
+    )
+    .await;
+    // WHEN dispatch runs until nothing is left to claim
+    while d.run_once().await.unwrap() > 0 {}
+    // THEN every conversion and retraction is cancelled and nothing reached the platform
+    let cancelled = crate::support::count(
+        &client,
+        "select count(*) from pgcapi.deliveries where state = 'cancelled' and attempts = 0",
+    )
+    .await;
+    assert_eq!(cancelled, 20);
+    assert!(fake.requests("").is_empty());
+}
+
+#[tokio::test]
+async fn a_refund_of_a_conversion_that_may_have_reached_the_platform_retracts_it_on_google_only() {
+    // GIVEN a Google and a Meta conversion each attempted once already (the answer was lost), back
+    // to pending, and then refunded
+    let (db, client) = control_db().await;
+    let (fake, endpoint) = Fake::start().await;
+    insert(
+        &client,
+        &[
+            conversion("google", Platform::GoogleAds, "order-1"),
+            retraction("google", Platform::GoogleAds, "order-1"),
+            conversion("meta", Platform::Meta, "order-1"),
+            retraction("meta", Platform::Meta, "order-1"),
+        ],
+    )
+    .await;
+    client
+        .batch_execute("update pgcapi.deliveries set attempts = 1 where rule = 'order_paid'")
+        .await
+        .unwrap();
+    let d = dispatcher(
+        &db,
+        vec![
+            destination("google", Platform::GoogleAds, &endpoint, ""),
+            destination("meta", Platform::Meta, &endpoint, ""),
+        ],
+    )
+    .await;
+    // WHEN dispatch runs until both refunds are settled (the Google one waits for its conversion)
+    crate::support::wait_for(10, "the refunds to settle", || async {
+        d.run_once().await.unwrap();
+        let pending = crate::support::count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'pending'",
+        )
+        .await;
+        (pending == 0).then_some(())
+    })
+    .await;
+    // THEN Google got the conversion again (idempotent on its order id) and then its RETRACTION
+    let g = row(&client, "order_paid", "google", "order-1").await;
+    assert_eq!((g.state.as_str(), g.attempts), ("sent", 2), "{g:?}");
+    let r = row(&client, "order_refunded", "google", "order-1").await;
+    assert_eq!(r.state, "sent", "{r:?}");
+    let adjustments = fake.requests(":uploadConversionAdjustments");
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(
+        adjustments[0]["conversionAdjustments"][0]["adjustmentType"],
+        "RETRACTION"
+    );
+    // AND Meta, which cannot retract, cancelled both instead of sending a refunded purchase, saying
+    // that the earlier attempt may have reached it
+    let m = row(&client, "order_paid", "meta", "order-1").await;
+    assert_eq!(m.state, "cancelled", "{m:?}");
+    assert!(
+        m.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("earlier attempt may have reached the platform"),
+        "{m:?}"
+    );
+    assert_eq!(
+        row(&client, "order_refunded", "meta", "order-1")
+            .await
+            .state,
+        "cancelled"
+    );
+    assert!(fake.requests("/events").is_empty());
 }

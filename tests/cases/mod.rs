@@ -3,6 +3,7 @@
 mod capture;
 mod cluster;
 mod crash;
+mod delivery;
 mod demo;
 mod dispatch;
 mod end_to_end;

@@ -457,6 +457,8 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
         let records = &mut state.records.google_ads;
         let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
         records.counters.accepted += applied.len() as u64;
+        records.counters.unique += applied.len() as u64;
+        records.counters.received += rows.len() as u64;
         records.counters.deduplicated += duplicates + ignored;
         records.counters.rejected += errors.len() as u64 - duplicates;
         records.counters.duplicate_sends += resent;

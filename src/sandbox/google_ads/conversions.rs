@@ -391,6 +391,8 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
         let records = &mut state.records.google_ads;
         let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
         records.counters.accepted += accepted.len() as u64;
+        records.counters.unique += accepted.len() as u64;
+        records.counters.received += rows.len() as u64;
         records.counters.deduplicated += duplicates;
         records.counters.rejected += errors.len() as u64 - duplicates;
         records.counters.duplicate_sends += resent;

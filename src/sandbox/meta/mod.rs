@@ -153,6 +153,7 @@ fn process(
         Some(Value::Array(list)) => list.len(),
         _ => 0,
     };
+    shared.lock().records.meta.counters.received += count as u64;
     match token.as_deref() {
         None | Some("") => {
             return reject(
@@ -239,11 +240,17 @@ fn record(
             if state.meta.sends.note(&key) {
                 state.records.meta.counters.duplicate_sends += 1;
             }
-            if state.meta.dedup.check(&key, now, window) == Seen::WithinWindow {
-                state.records.meta.counters.deduplicated += 1;
-                continue;
+            match state.meta.dedup.check(&key, now, window) {
+                Seen::WithinWindow => {
+                    state.records.meta.counters.deduplicated += 1;
+                    continue;
+                }
+                Seen::New => state.records.meta.counters.unique += 1,
+                Seen::OutsideWindow => {}
             }
             state.meta.dedup.remember(key, now);
+        } else {
+            state.records.meta.counters.unique += 1;
         }
         let accepted = accepted_event(ev, name, event_id, test_event_code.clone(), now);
         state.records.meta.counters.accepted += 1;

@@ -214,3 +214,193 @@ async fn run_until_serves_until_the_signal_fires() {
     server.await.unwrap().unwrap();
     assert!(client().get(&url).send().await.is_err());
 }
+
+/// A Meta request body with one event per id.
+fn meta_events(ids: &[&str]) -> Value {
+    let data: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            json!({
+                "event_name": "Lead", "event_time": now_secs(), "event_id": id,
+                "action_source": "system_generated", "user_data": {"em": sha("a@example.com")},
+            })
+        })
+        .collect();
+    json!({ "data": data })
+}
+
+/// Posts a Meta body; `Err` when the connection broke.
+async fn post_meta(sandbox: &SandboxHandle, body: &Value) -> reqwest::Result<reqwest::Response> {
+    client()
+        .post(format!(
+            "{}/v21.0/1234567890/events?access_token=t",
+            sandbox.base_url()
+        ))
+        .json(body)
+        .send()
+        .await
+}
+
+/// What a client saw for one request: the HTTP status, or 0 for a broken connection.
+async fn status_of(sandbox: &SandboxHandle) -> u16 {
+    match send_meta(sandbox).await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Posts `faults` as JSON to the admin endpoint; returns the status and body.
+async fn post_faults(sandbox: &SandboxHandle, faults: &Value) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}/_sandbox/faults", sandbox.base_url()))
+        .json(faults)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[test]
+fn the_same_seed_rolls_the_same_faults_and_ratios_hold() {
+    let faults = Faults {
+        error_500_ratio: 0.2,
+        throttle_429_ratio: 0.1,
+        accept_then_drop_ratio: 0.05,
+        latency_ms: (0, 30),
+        seed: Some(7),
+        ..Faults::default()
+    };
+    let run = |faults: &Faults| {
+        let mut rng = faults.rng();
+        (0..2_000)
+            .map(|_| crate::sandbox::faults::roll(faults, &mut rng))
+            .collect::<Vec<_>>()
+    };
+    let first = run(&faults);
+    assert_eq!(first, run(&faults), "a seed must give the same sequence");
+    let other = run(&Faults {
+        seed: Some(8),
+        ..faults.clone()
+    });
+    assert_ne!(first, other, "another seed gives another sequence");
+
+    use crate::sandbox::faults::Roll;
+    let share = |kind: Roll| first.iter().filter(|(_, r)| *r == kind).count() as f64 / 2_000.0;
+    // 20 % of all, then 10 % of the remaining 80 %, then 5 % of the remaining 72 %.
+    assert!((share(Roll::ServerError) - 0.20).abs() < 0.03);
+    assert!((share(Roll::Throttle) - 0.08).abs() < 0.03);
+    assert!((share(Roll::AcceptThenDrop) - 0.036).abs() < 0.02);
+    assert_eq!(share(Roll::Drop), 0.0);
+    assert!(first.iter().all(|(d, _)| *d <= Duration::from_millis(30)));
+    assert!(first.iter().any(|(d, _)| *d >= Duration::from_millis(20)));
+}
+
+#[tokio::test]
+async fn seeded_faults_set_over_http_replay_the_same_statuses() {
+    let sandbox = start().await;
+    let faults = json!({"error_500_ratio": 0.3, "throttle_429_ratio": 0.3, "retry_after_secs": 2, "seed": 42});
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (status, echoed) = post_faults(&sandbox, &faults).await;
+        assert_eq!(status, 200);
+        assert_eq!(echoed["seed"], 42);
+        let mut statuses = Vec::new();
+        for _ in 0..30 {
+            statuses.push(status_of(&sandbox).await);
+        }
+        runs.push(statuses);
+    }
+    assert_eq!(runs[0], runs[1]);
+    for code in [200, 429, 500] {
+        assert!(runs[0].contains(&code), "{code} missing from {:?}", runs[0]);
+    }
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_over_http_accept_a_fixed_latency_and_refuse_bad_ratios() {
+    let sandbox = start().await;
+    let (status, echoed) = post_faults(&sandbox, &json!({"latency_ms": 40})).await;
+    assert_eq!(status, 200);
+    assert_eq!(echoed["latency_ms"], json!([40, 40]));
+    assert_eq!(sandbox.faults().latency_ms, (40, 40));
+    let (status, _) = post_faults(&sandbox, &json!({"latency_ms": [90, 10]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(sandbox.faults().latency_ms, (10, 90));
+
+    let (status, body) = post_faults(&sandbox, &json!({"error_500_ratio": 1.5})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("error_500_ratio"),
+        "{body}"
+    );
+    // The refused faults did not replace the active ones.
+    assert_eq!(sandbox.faults().latency_ms, (10, 90));
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn stats_count_raw_traffic_apart_from_unique_events() {
+    let sandbox = start().await;
+    // Two events, then the same two plus a new one: 5 received, 3 unique, 2 deduplicated.
+    assert_eq!(
+        post_meta(&sandbox, &meta_events(&["o-1", "o-2"]))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_meta(&sandbox, &meta_events(&["o-1", "o-2", "o-3"]))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A response lost on the way back: processed and counted, then the client resends it.
+    sandbox.set_faults(Faults {
+        accept_then_drop_ratio: 1.0,
+        ..Faults::default()
+    });
+    assert!(post_meta(&sandbox, &meta_events(&["o-4"])).await.is_err());
+    sandbox.set_faults(Faults {
+        error_500_ratio: 1.0,
+        ..Faults::default()
+    });
+    assert_eq!(
+        post_meta(&sandbox, &meta_events(&["o-4"]))
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    sandbox.set_faults(Faults::none());
+    assert_eq!(
+        post_meta(&sandbox, &meta_events(&["o-4"]))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let stats = sandbox.stats();
+    let meta = stats.meta;
+    assert_eq!(meta.requests, 5);
+    assert_eq!(meta.faulted, 2);
+    assert_eq!(meta.received, 7, "the 500 carried no processed event");
+    assert_eq!((meta.accepted, meta.unique), (4, 4));
+    assert_eq!((meta.deduplicated, meta.duplicate_sends), (3, 3));
+    assert_eq!(stats.tiktok, Default::default());
+
+    let served: crate::sandbox::Stats = client()
+        .get(format!("{}/_sandbox/stats", sandbox.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served, stats);
+    assert_eq!(sandbox.records().meta.counters, meta);
+    sandbox.shutdown().await;
+}

@@ -269,6 +269,8 @@ async fn a_resent_order_id_gets_order_id_already_in_use() {
         ),
         (2, 2, 2, 0)
     );
+    // Four conversions received, two distinct orders counted.
+    assert_eq!((counters.received, counters.unique), (4, 2));
     sandbox.shutdown().await;
 }
 
@@ -483,6 +485,8 @@ async fn restatements_need_newer_times_and_a_retraction_is_final() {
         .collect();
     assert_eq!(kinds, ["RESTATEMENT", "RETRACTION"]);
     assert_eq!(records.counters.deduplicated, 2);
+    // 1 conversion + 5 adjustments received; the conversion and two adjustments counted.
+    assert_eq!((records.counters.received, records.counters.unique), (6, 3));
     sandbox.shutdown().await;
 }
 
@@ -518,6 +522,23 @@ async fn a_gclid_pair_finds_only_conversions_uploaded_without_an_order_id() {
     assert_eq!(
         reply["results"][0]["gclidDateTimePair"]["gclid"],
         "click-only"
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_adjustment_in_the_same_second_as_its_conversion_is_refused() {
+    // Google wants the adjustment after the conversion, and both are written to the second (§2.2).
+    let sandbox = start().await;
+    let original = conversion("S1");
+    upload(&sandbox, vec![original.clone()]).await;
+    let mut retraction = adjustment("S1", "RETRACTION", 0, None);
+    retraction["adjustmentDateTime"] = original["conversionDateTime"].clone();
+    let (status, reply) = adjust(&sandbox, vec![retraction]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        row_errors(&reply),
+        vec![(0, "ADJUSTMENT_PRECEDES_CONVERSION".to_string())]
     );
     sandbox.shutdown().await;
 }

@@ -195,5 +195,6 @@ async fn a_resent_event_id_is_deduplicated() {
         ),
         (1, 1, 1)
     );
+    assert_eq!((counters.received, counters.unique), (2, 1));
     sandbox.shutdown().await;
 }

@@ -1,0 +1,487 @@
+//! Delivery end to end, in process: capture and dispatch on a real PostgreSQL, the platforms played by
+//! the sandbox. Refunds inside the paying transaction, a fault-loaded platform, a stale Meta event.
+
+use crate::support::{config_from, contract_env, count, TestDb, CONTRACT_TOML, SHOP_SQL};
+use pgcapi::capture::Capture;
+use pgcapi::config::{Config, Platform};
+use pgcapi::dispatch::Dispatcher;
+use pgcapi::sandbox::{Faults, Sandbox, SandboxHandle, Stats};
+use pgcapi::setup::{setup, SetupOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// Capture and dispatch running in this process; stopped (and checked) by [`Pipeline::stop`], or
+/// aborted when dropped by a failing test.
+struct Pipeline {
+    stop: watch::Sender<bool>,
+    capture: Option<JoinHandle<Result<(), String>>>,
+    dispatch: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Pipeline {
+    /// Installs the control schema, publication and slot, then starts capture and dispatch.
+    async fn start(config: Config, database_url: &str) -> Pipeline {
+        setup(&config, SetupOptions::default()).await.unwrap();
+        let config = Arc::new(config);
+        let (stop, shutdown) = watch::channel(false);
+        let capture = Capture::new(config.clone()).unwrap();
+        let rx = shutdown.clone();
+        let capture = tokio::spawn(async move { capture.run(rx).await.map_err(|e| e.to_string()) });
+        let destinations =
+            pgcapi::destinations::build_all(&config.destinations, &config.dispatch).unwrap();
+        let dispatcher = Dispatcher::connect(
+            database_url,
+            &config.source.schema,
+            config.dispatch.clone(),
+            destinations,
+        )
+        .await
+        .unwrap()
+        .with_poll_interval(Duration::from_millis(200));
+        let dispatch =
+            tokio::spawn(async move { dispatcher.run(shutdown).await.map_err(|e| e.to_string()) });
+        Pipeline {
+            stop,
+            capture: Some(capture),
+            dispatch: Some(dispatch),
+        }
+    }
+
+    /// Stops both and checks that neither failed.
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for (what, task) in [
+            ("capture", self.capture.take()),
+            ("dispatch", self.dispatch.take()),
+        ] {
+            let task = task.expect("running");
+            let ended = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .unwrap_or_else(|_| panic!("{what} did not stop"))
+                .unwrap_or_else(|e| panic!("{what} task: {e}"));
+            ended.unwrap_or_else(|e| panic!("{what} failed: {e}"));
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in [self.capture.take(), self.dispatch.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The sandbox, a shop database and the contract config pointed at both, with fast retries and
+/// `batch` events per request for every destination.
+async fn shop(batch: usize) -> (SandboxHandle, TestDb, Client, Config) {
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    client.batch_execute(SHOP_SQL).await.unwrap();
+    let mut config = config_from(CONTRACT_TOML, &contract_env(&db.url(), &sandbox.base_url()));
+    config.dispatch.retry_initial_ms = 20;
+    config.dispatch.retry_max_ms = 200;
+    config.dispatch.request_timeout_ms = 5_000;
+    for destination in config.destinations.values_mut() {
+        destination.batch_max_events = Some(batch);
+    }
+    (sandbox, db, client, config)
+}
+
+/// An order paid now by a consenting customer (email, user agent: enough for all three platforms).
+fn paid_order(number: &str) -> String {
+    format!(
+        "insert into orders (order_number, email, user_agent, total, status, ad_consent, paid_at)
+         values ('{number}', 'buyer{number}@example.com', 'Mozilla/5.0 (test)', 25.00, 'paid', true, now());"
+    )
+}
+
+/// Waits until no row is pending and `total` rows exist; on timeout, says where the rows stand.
+async fn settled(client: &Client, total: i64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let row = client
+            .query_one(
+                "select count(*), count(*) filter (where state = 'pending') from pgcapi.deliveries",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (all, pending): (i64, i64) = (row.get(0), row.get(1));
+        if all == total && pending == 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let summary: Vec<String> = client
+                .query(
+                    "select destination, state, count(*), max(attempts), min(last_error)
+                     from pgcapi.deliveries group by 1, 2 order by 1, 2",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} (max attempts {}, e.g. {:?})",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, i64>(2),
+                        r.get::<_, i32>(3),
+                        r.get::<_, Option<String>>(4)
+                    )
+                })
+                .collect();
+            panic!(
+                "not settled after {secs}s: {all} of {total} rows, {pending} pending: {summary:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many rows of `destination` are in `state`, by kind.
+async fn states(client: &Client, destination: &str) -> HashMap<(String, String), i64> {
+    client
+        .query(
+            "select kind, state, count(*) from pgcapi.deliveries where destination = $1 group by 1, 2",
+            &[&destination],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect()
+}
+
+/// Every event id the sandbox counted for `platform` (Google: conversions' order ids).
+fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
+    let records = sandbox.records();
+    match platform {
+        Platform::Meta => records
+            .meta
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect(),
+        Platform::Tiktok => records
+            .tiktok
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect(),
+        Platform::GoogleAds => records
+            .google_ads
+            .conversions
+            .iter()
+            .filter_map(|c| c.order_id.clone())
+            .collect(),
+    }
+}
+
+const DESTINATIONS: [(&str, Platform); 3] = [
+    ("meta", Platform::Meta),
+    ("google", Platform::GoogleAds),
+    ("tiktok", Platform::Tiktok),
+];
+
+#[tokio::test]
+async fn orders_paid_and_refunded_in_one_transaction_are_cancelled_and_never_sent() {
+    // GIVEN capture and dispatch running, with small batches so that batch boundaries fall between
+    // a conversion and its retraction
+    let (sandbox, db, client, config) = shop(7).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN 200 orders are each paid and refunded in one source transaction, among 20 orders that
+    // are only paid, arriving in bursts while dispatch runs
+    for burst in 0..20 {
+        let mut sql = String::new();
+        for i in 0..10 {
+            let number = format!("r{}", burst * 10 + i);
+            sql.push_str(&format!(
+                "begin; {} update orders set status = 'refunded' where order_number = '{number}'; commit;",
+                paid_order(&number)
+            ));
+        }
+        sql.push_str(&paid_order(&format!("c{burst}")));
+        client.batch_execute(&sql).await.unwrap();
+    }
+
+    // THEN every conversion of a refunded order and its retraction end cancelled, the paid ones sent
+    settled(&client, 200 * 3 * 2 + 20 * 3, 30).await;
+    for (destination, platform) in DESTINATIONS {
+        let by_state = states(&client, destination).await;
+        let get = |kind: &str, state: &str| {
+            by_state
+                .get(&(kind.to_string(), state.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            get("conversion", "cancelled"),
+            200,
+            "{destination}: {by_state:?}"
+        );
+        assert_eq!(
+            get("retraction", "cancelled"),
+            200,
+            "{destination}: {by_state:?}"
+        );
+        assert_eq!(get("conversion", "sent"), 20, "{destination}: {by_state:?}");
+        // AND the platform never heard of a refunded order
+        let ids = counted_ids(&sandbox, platform);
+        assert_eq!(ids.len(), 20, "{destination}: {ids:?}");
+        assert!(
+            ids.iter().all(|id| id.starts_with("order-c")),
+            "{destination}: {ids:?}"
+        );
+    }
+    assert!(sandbox.records().google_ads.adjustments.is_empty());
+    let cancelled_with_reason = count(
+        &client,
+        "select count(*) from pgcapi.deliveries where kind = 'conversion' and state = 'cancelled'
+           and last_error = 'retracted before it was sent' and attempts = 0",
+    )
+    .await;
+    assert_eq!(cancelled_with_reason, 600);
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_once() {
+    // GIVEN platforms answering 20 % of requests with 500, 10 % with 429 (Retry-After: 1 s), and
+    // losing the answer to 5 % after processing them; one event per request, so that attempts and
+    // requests can be compared one to one
+    let started = Instant::now();
+    let (sandbox, db, client, config) = shop(1).await;
+    sandbox.set_faults(Faults {
+        error_500_ratio: 0.2,
+        throttle_429_ratio: 0.1,
+        retry_after_secs: 1,
+        accept_then_drop_ratio: 0.05,
+        latency_ms: (0, 2),
+        seed: Some(2024),
+        ..Faults::default()
+    });
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN 200 orders are paid and 40 deals won, ten per source transaction
+    for chunk in 0..24 {
+        let mut sql = String::from("begin;");
+        for i in 0..10 {
+            let n = chunk * 10 + i;
+            if n < 200 {
+                sql.push_str(&paid_order(&format!("f{n}")));
+            } else {
+                sql.push_str(&format!(
+                    "insert into leads (email, gclid, clicked_at, meta_lead_id, stage, deal_value,
+                       consent, won_at)
+                     values ('lead{n}@example.com', 'Cj0KCQiA-lead{n}', now() - interval '2 days',
+                       '1234567890{n:05}', 'won', 900, 'granted', now());"
+                ));
+            }
+        }
+        sql.push_str("commit;");
+        client.batch_execute(&sql).await.unwrap();
+    }
+
+    // THEN every conversion ends sent
+    let expected = [("meta", 240), ("google", 240), ("tiktok", 200)];
+    settled(&client, 680, 40).await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'sent'"
+        )
+        .await,
+        680
+    );
+    let stats: Stats = sandbox.stats();
+    for ((destination, rows), (_, platform)) in expected.into_iter().zip(DESTINATIONS) {
+        let counters = *stats.platform(platform);
+        // AND the platform counted each event exactly once, whatever was sent twice
+        let ids = counted_ids(&sandbox, platform);
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!((ids.len(), distinct.len()), (rows, rows), "{destination}");
+        assert_eq!(
+            (counters.unique, counters.accepted),
+            (rows as u64, rows as u64),
+            "{destination}: {counters:?}"
+        );
+        assert!(counters.faulted > 0, "{destination}: {counters:?}");
+        // AND the control table accounts for every request: one attempt per request, and every
+        // attempt but the last of each row met a fault
+        let row = client
+            .query_one(
+                "select sum(attempts)::bigint, count(*) filter (where attempts > 1),
+                        min(attempts)
+                 from pgcapi.deliveries where destination = $1",
+                &[&destination],
+            )
+            .await
+            .unwrap();
+        let (attempts, retried, min): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            attempts as u64, counters.requests,
+            "{destination}: {counters:?}"
+        );
+        assert_eq!(
+            attempts as u64 - rows as u64,
+            counters.faulted,
+            "{destination}: {counters:?}"
+        );
+        assert!(
+            retried > 0 && min >= 1,
+            "{destination}: {retried} retried, min {min}"
+        );
+    }
+    // AND answers lost after processing made pgcapi send some events again, which the platforms'
+    // dedup absorbed
+    let resent: u64 = [stats.meta, stats.google_ads, stats.tiktok]
+        .iter()
+        .map(|c| c.duplicate_sends)
+        .sum();
+    assert!(resent > 0, "{stats:?}");
+    for c in [stats.meta, stats.tiktok] {
+        assert_eq!(c.received, c.unique + c.deduplicated, "{c:?}");
+    }
+    pipeline.stop().await;
+    eprintln!(
+        "fault load: 680 conversions, {} requests, {} faulted, {resent} resent, {:.1}s",
+        stats.meta.requests + stats.google_ads.requests + stats.tiktok.requests,
+        stats.meta.faulted + stats.google_ads.faulted + stats.tiktok.faulted,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn a_stale_order_among_fresh_ones_is_skipped_for_meta_naming_the_window() {
+    // GIVEN capture and dispatch running
+    let (sandbox, db, client, config) = shop(1_000).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN ten fresh orders and one paid eight days ago arrive in one transaction (one Meta batch)
+    let mut sql = String::from("begin;");
+    for i in 0..10 {
+        sql.push_str(&paid_order(&format!("s{i}")));
+    }
+    sql.push_str(&paid_order("old").replace("now())", "now() - interval '8 days')"));
+    sql.push_str("commit;");
+    client.batch_execute(&sql).await.unwrap();
+
+    // THEN the stale one is skipped for Meta (and TikTok) with a reason naming the 7-day window,
+    // and did not poison the batch: the others are sent
+    settled(&client, 33, 30).await;
+    let stale = |destination: &'static str| {
+        let client = &client;
+        async move {
+            let r = client
+                .query_one(
+                    "select state, last_error from pgcapi.deliveries
+                     where destination = $1 and event_id = 'order-old'",
+                    &[&destination],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0), r.get::<_, Option<String>>(1))
+        }
+    };
+    assert_eq!(
+        stale("meta").await,
+        (
+            "skipped".to_string(),
+            Some("too old for meta (7 days)".to_string())
+        )
+    );
+    assert_eq!(
+        stale("tiktok").await,
+        (
+            "skipped".to_string(),
+            Some("too old for tiktok (7 days)".to_string())
+        )
+    );
+    // Google takes conversions up to 90 days after the click.
+    assert_eq!(stale("google").await.0, "sent");
+    for (destination, platform) in DESTINATIONS {
+        let fresh_sent = count(
+            &client,
+            &format!(
+                "select count(*) from pgcapi.deliveries where destination = '{destination}'
+                   and event_id like 'order-s%' and state = 'sent'"
+            ),
+        )
+        .await;
+        assert_eq!(fresh_sent, 10, "{destination}");
+        let ids = counted_ids(&sandbox, platform);
+        let expected = if platform == Platform::GoogleAds {
+            11
+        } else {
+            10
+        };
+        assert_eq!(ids.len(), expected, "{destination}: {ids:?}");
+    }
+    let stats = sandbox.stats();
+    assert_eq!(
+        stats.meta.rejected_requests + stats.tiktok.rejected_requests,
+        0
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_right_after_the_conversion_was_sent_is_retracted_on_google_not_failed() {
+    // GIVEN capture and dispatch running, and an order whose payment time is two seconds ahead of
+    // this clock (a source database whose clock runs ahead), sent to every platform
+    let (sandbox, db, client, config) = shop(1_000).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+    client
+        .batch_execute(&paid_order("q1").replace("now())", "now() + interval '2 seconds')"))
+        .await
+        .unwrap();
+    settled(&client, 3, 20).await;
+    // WHEN it is refunded at once, in the second of its conversion time or before
+    client
+        .batch_execute("update orders set status = 'refunded' where order_number = 'q1'")
+        .await
+        .unwrap();
+    // THEN Google's retraction waits for a time after the conversion and is accepted, instead of
+    // failing with ADJUSTMENT_PRECEDES_CONVERSION; Meta and TikTok say they cannot retract
+    settled(&client, 6, 20).await;
+    let outcome: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select destination, state, last_error from pgcapi.deliveries
+             where kind = 'retraction' order by destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(outcome[0], ("google".into(), "sent".into(), None));
+    for (destination, state, error) in &outcome[1..] {
+        assert_eq!(
+            (state.as_str(), error.as_deref()),
+            ("skipped", Some("platform cannot retract")),
+            "{destination}"
+        );
+    }
+    let adjustments = sandbox.records().google_ads.adjustments;
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].adjustment_type, "RETRACTION");
+    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-q1"));
+    pipeline.stop().await;
+}
