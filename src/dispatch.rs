@@ -448,7 +448,7 @@ impl Dispatcher {
                         dropped.insert(target.id);
                         resolved.cancelled += 2;
                     } else {
-                        resolved.wait(d.id);
+                        resolved.wait(d.id, target.due_in);
                     }
                 }
                 "pending"
@@ -457,10 +457,10 @@ impl Dispatcher {
                     if self.restate_unsent(target.id, d.id, can_retract).await? {
                         resolved.cancelled += 1;
                     } else {
-                        resolved.wait(d.id);
+                        resolved.wait(d.id, target.due_in);
                     }
                 }
-                "pending" => resolved.wait(d.id),
+                "pending" => resolved.wait(d.id, target.due_in),
                 "sent" => {
                     // The adjustment needs what the conversion was sent with.
                     if d.payload.conversion_action.is_none() {
@@ -498,7 +498,8 @@ impl Dispatcher {
         let sql = format!(
             "select a.id, c.id, c.state, c.lease_owner, \
                coalesce(c.lease_until >= now(), false), c.payload->>'conversion_action', c.currency, \
-               c.attempts, c.event_time \
+               c.attempts, c.event_time, \
+               greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8 \
              from {s}.deliveries a \
              left join {s}.deliveries c on c.destination = a.destination and c.rule = a.adjusts_rule \
                and c.event_id = a.event_id and c.kind = 'conversion' \
@@ -523,6 +524,7 @@ impl Dispatcher {
                     currency: r.get(6),
                     attempts: r.get(7),
                     event_time: r.get(8),
+                    due_in: Duration::from_secs_f64(r.get::<_, f64>(9).min(86_400.0)),
                 }),
             })
             .collect())
@@ -816,10 +818,11 @@ impl Resolved {
             .push(Record::new(id, Record::SKIPPED, Some(reason), 0));
     }
 
-    /// The adjusted conversion is being sent: look again shortly, without counting an attempt.
-    fn wait(&mut self, id: i64) {
+    /// The adjusted conversion is being sent, or is due again in `due_in`: look again shortly after,
+    /// without counting an attempt.
+    fn wait(&mut self, id: i64, due_in: Duration) {
         self.records.push(Record {
-            delay: WAIT_FOR_IN_FLIGHT,
+            delay: due_in.max(WAIT_FOR_IN_FLIGHT),
             ..Record::new(
                 id,
                 Record::WAIT,
@@ -856,6 +859,8 @@ struct Conversion {
     attempts: i32,
     /// The time it was (or will be) sent with.
     event_time: chrono::DateTime<chrono::Utc>,
+    /// How long until it is due again (zero when due or in flight).
+    due_in: Duration,
 }
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes
