@@ -833,6 +833,7 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         retry_after_secs: 1,
         accept_then_drop_ratio: 0.02,
         latency_ms: (0, 40),
+        seed: Some(seed.wrapping_add(2)),
         ..Faults::default()
     };
     let sandbox = Sandbox::start_with_config(
@@ -1050,16 +1051,20 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     ] {
         let c = records.counters(platform);
         summary.push(format!(
-            "{name}: {} requests, {} faulted; {} items counted, {} deduplicated, {} rejected; \
-             raw duplicate sends {} (bound {} = ({kills} kills + {} faulted requests) x {BATCH})",
+            "{name}: {} requests ({} faulted, {} responses lost); items: {} received raw, {} unique, \
+             {} counted, {} deduplicated, {} rejected; raw duplicate sends {} (bound {} = ({kills} \
+             kills + {} lost responses) x {BATCH})",
             c.requests,
             c.faulted,
+            c.responses_lost,
+            c.received,
+            c.unique,
             c.accepted,
             c.deduplicated,
             c.rejected,
             c.duplicate_sends,
-            (u64::from(kills) + c.faulted) * BATCH as u64,
-            c.faulted
+            (u64::from(kills) + c.responses_lost) * BATCH as u64,
+            c.responses_lost
         ));
     }
     summary.push(format!(
@@ -1089,7 +1094,7 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         pgcapi::config::Platform::Tiktok,
     ] {
         let c = records.counters(platform);
-        let bound = (u64::from(kills) + c.faulted) * BATCH as u64;
+        let bound = (u64::from(kills) + c.responses_lost) * BATCH as u64;
         assert!(
             c.duplicate_sends <= bound,
             "{platform:?}: {} raw duplicate sends, more than {bound}",
@@ -1236,10 +1241,15 @@ impl Verdict {
                         v.expect_absent(&what, conv, times)
                     }
                 }
-                if matches!(
-                    o.kind,
-                    OrderKind::DeniedThenRefunded | OrderKind::RefundedUnpaid
-                ) {
+                if o.kind == OrderKind::DeniedThenRefunded {
+                    v.expect(
+                        &format!("{what} retraction"),
+                        retr,
+                        "skipped",
+                        "the conversion was skipped, not sent: nothing to retract",
+                        0,
+                    );
+                } else if o.kind == OrderKind::RefundedUnpaid {
                     v.expect(
                         &format!("{what} retraction"),
                         retr,
@@ -2128,6 +2138,155 @@ async fn a_nan_total_or_infinite_time_fails_its_row_and_capture_goes_on() {
         );
     }
     assert!(!task.is_finished(), "capture stopped");
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+}
+
+/// A destination that sends, then never answers: the process "dies" after the platform got the batch
+/// and before the outcome is recorded.
+struct SendThenHang(Box<dyn pgcapi::destinations::Destination>);
+
+impl pgcapi::destinations::Destination for SendThenHang {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn platform(&self) -> pgcapi::config::Platform {
+        self.0.platform()
+    }
+    fn max_batch(&self) -> usize {
+        self.0.max_batch()
+    }
+    fn send<'a>(
+        &'a self,
+        batch: &'a [pgcapi::outbox::Delivery],
+    ) -> pgcapi::destinations::SendFuture<'a> {
+        Box::pin(async move {
+            let _ = self.0.send(batch).await;
+            std::future::pending().await
+        })
+    }
+}
+
+/// Found by the suite: a conversion whose batch reached Google just before a `kill -9` (so no outcome
+/// was recorded: attempts 0, the dead process's lease left behind) was cancelled by the refund that
+/// came next as if it had never been sent, and Google kept counting the refunded order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
+    // GIVEN capture running, and a paid order recorded for the three platforms.
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    client.batch_execute(SHOP_SQL).await.unwrap();
+    let config = config_from(CONTRACT_TOML, &contract_env(&db.url(), &sandbox.base_url()));
+    setup(&config, SetupOptions::default()).await.unwrap();
+    let capture = pgcapi::capture::Capture::new(Arc::new(config.clone())).unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+    client
+        .batch_execute(
+            "insert into orders (order_number, email, user_agent, total, status, ad_consent, paid_at)
+             values ('c1', 'a@example.com', 'ua', 10, 'paid', true, now())",
+        )
+        .await
+        .unwrap();
+    let rows = |sql: &'static str, n: i64| {
+        let client = &client;
+        move || async move { (count(client, sql).await == n).then_some(()) }
+    };
+    wait_for(
+        30,
+        "the conversions",
+        rows("select count(*) from pgcapi.deliveries", 3),
+    )
+    .await;
+
+    // AND a pgcapi whose Google batch reached the platform, then died before recording the outcome.
+    let google = || {
+        pgcapi::destinations::build("google", &config.destinations["google"], &config.dispatch)
+            .unwrap()
+    };
+    let dying = pgcapi::dispatch::Dispatcher::new(
+        connect_url(&db.url()).await,
+        "pgcapi",
+        config.dispatch.clone(),
+        vec![Box::new(SendThenHang(google()))],
+    );
+    let round = tokio::spawn(async move { dying.run_once().await });
+    wait_for(30, "Google to count the conversion", || async {
+        (sandbox.records().google_ads.conversions.len() == 1).then_some(())
+    })
+    .await;
+    round.abort();
+    // Its lease has run out (as after lease_secs).
+    client
+        .batch_execute(
+            "update pgcapi.deliveries set lease_until = now() - interval '1 second'
+             where destination = 'google' and lease_owner is not null",
+        )
+        .await
+        .unwrap();
+
+    // WHEN the order is refunded and a live pgcapi dispatches to Google.
+    client
+        .batch_execute("update orders set status = 'refunded' where order_number = 'c1'")
+        .await
+        .unwrap();
+    wait_for(
+        30,
+        "the retractions",
+        rows("select count(*) from pgcapi.deliveries", 6),
+    )
+    .await;
+    let live = pgcapi::dispatch::Dispatcher::new(
+        connect_url(&db.url()).await,
+        "pgcapi",
+        config.dispatch.clone(),
+        vec![google()],
+    );
+    wait_for(30, "Google's rows to settle", || {
+        let (client, live) = (&client, &live);
+        async move {
+            live.run_once().await.unwrap();
+            (count(
+                client,
+                "select count(*) from pgcapi.deliveries where destination = 'google' and state = 'pending'",
+            )
+            .await
+                == 0)
+                .then_some(())
+        }
+    })
+    .await;
+
+    // THEN Google's conversion is recorded as sent, and retracted there.
+    let google_rows: Vec<(String, String, String)> = client
+        .query(
+            "select kind, state, coalesce(last_error, '') from pgcapi.deliveries
+             where destination = 'google' order by kind",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        google_rows
+            .iter()
+            .map(|(k, s, _)| (k.as_str(), s.as_str()))
+            .collect::<Vec<_>>(),
+        [("conversion", "sent"), ("retraction", "sent")],
+        "{google_rows:?}"
+    );
+    let records = sandbox.records();
+    assert_eq!(records.google_ads.conversions.len(), 1);
+    assert_eq!(records.google_ads.adjustments.len(), 1);
+    assert_eq!(
+        records.google_ads.adjustments[0].order_id.as_deref(),
+        Some("order-c1")
+    );
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
 }
