@@ -2319,3 +2319,97 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
 }
+
+/// Found by the suite: when PostgreSQL restarted (fast shutdown) while capture was writing, the control
+/// connection answered "FATAL: terminating connection due to administrator command" (57P01), which
+/// capture took for a statement error and stopped for good. Here the control connection is terminated
+/// again and again while orders flow: capture must reconnect every time and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_reconnects_when_its_control_connection_is_terminated() {
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    client.batch_execute(SHOP_SQL).await.unwrap();
+    let config = config_from(
+        CONTRACT_TOML,
+        &contract_env(&db.url(), "http://127.0.0.1:9"),
+    );
+    setup(&config, SetupOptions::default()).await.unwrap();
+    let capture = pgcapi::capture::Capture::new(Arc::new(config)).unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+
+    // WHEN orders are paid in many small transactions while capture's control connection is
+    // terminated again and again, each time once capture is busy writing again.
+    let writer = db.connect().await;
+    let writer_pid: i32 = writer
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inserts = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut n: i64 = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                writer
+                    .execute(
+                        "insert into orders (order_number, email, user_agent, total, status,
+                                             ad_consent, paid_at)
+                         values ($1, 'a@example.com', 'ua', 10, 'paid', true, now())",
+                        &[&format!("t{n}")],
+                    )
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let control_backends = "select pid from pg_stat_activity
+         where datname = current_database() and pid not in (pg_backend_pid(), $1)
+           and backend_type = 'client backend'";
+    for round in 0..4 {
+        let before = count(&client, "select count(*) from pgcapi.deliveries").await;
+        wait_for(30, "capture to reconnect and write", || {
+            let client = &client;
+            async move {
+                let connected = !client
+                    .query(control_backends, &[&writer_pid])
+                    .await
+                    .unwrap()
+                    .is_empty();
+                let writing =
+                    count(client, "select count(*) from pgcapi.deliveries").await > before + 30;
+                (connected && writing).then_some(())
+            }
+        })
+        .await;
+        client
+            .execute(
+                &format!("select pg_terminate_backend(pid) from ({control_backends}) b"),
+                &[&writer_pid],
+            )
+            .await
+            .unwrap();
+        assert!(
+            !task.is_finished(),
+            "capture stopped after {round} terminations"
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let orders = inserts.await.unwrap();
+
+    // THEN capture is still running and recorded every order.
+    wait_for(60, "every order", || {
+        let client = &client;
+        async move {
+            (count(client, "select count(*) from pgcapi.deliveries").await == orders * 3)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(!task.is_finished(), "capture stopped");
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+}
