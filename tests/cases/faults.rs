@@ -967,7 +967,6 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
             }
             _ => {}
         }
-        eprintln!("{:?} idle: {}", started.elapsed(), progress(&client).await);
         // Pace the unrelated writes (this is the spell's length, not a synchronization).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1111,6 +1110,14 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
             c.duplicate_sends
         );
     }
+    // The faults really happened on every platform, and some responses were lost after processing.
+    let stats = [
+        records.counters(pgcapi::config::Platform::Meta),
+        records.counters(pgcapi::config::Platform::GoogleAds),
+        records.counters(pgcapi::config::Platform::Tiktok),
+    ];
+    assert!(stats.iter().all(|c| c.faulted > 0));
+    assert!(stats.iter().map(|c| c.responses_lost).sum::<u64>() > 0);
     // Both refund paths were exercised.
     assert!(verdict.cancelled_before_send > 0 && verdict.sent_then_refunded > 0);
 }
@@ -1585,15 +1592,16 @@ fn corpus() -> Vec<CorpusRow> {
         row.push((col, value));
         row
     };
-    let mut rows: Vec<CorpusRow> = Vec::new();
     // NULLs everywhere, and empty or blank ids.
-    rows.push(vec![]);
-    rows.push(vec![("ref", Some(String::new()))]);
-    rows.push(vec![("ref", Some("   ".into()))]);
-    rows.push(vec![("ref", Some("nulls".into()))]);
-    rows.push(with("null-consent", "consent", None));
-    rows.push(with("null-amount", "amount", None));
-    rows.push(with("null-currency", "currency", None));
+    let mut rows: Vec<CorpusRow> = vec![
+        vec![],
+        vec![("ref", Some(String::new()))],
+        vec![("ref", Some("   ".into()))],
+        vec![("ref", Some("nulls".into()))],
+        with("null-consent", "consent", None),
+        with("null-amount", "amount", None),
+        with("null-currency", "currency", None),
+    ];
     // Text that looks like other encodings, control and invisible characters.
     for (i, text) in [
         "Ã©Ã¨Ã ",
