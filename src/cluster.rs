@@ -165,6 +165,29 @@ impl Cluster {
         self.pg_ctl_start()
     }
 
+    /// Restarts a running server in one step (`pg_ctl restart -m {mode}`) and waits until it accepts
+    /// connections again. With `fast`, every client is disconnected and open transactions roll back.
+    pub fn restart_with_mode(&self, mode: &str) -> Result<(), ClusterError> {
+        let data = self.data_dir();
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+        )
+        .map(drop)
+    }
+
     /// The last `lines` lines of the server log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();

@@ -10,7 +10,7 @@
 //!
 //! Refunds: a pending conversion is *cancellable* — its retraction cancels it, its restatement replaces
 //! its value, and it is never sent — when it was never attempted (it cannot have reached the
-//! platform), or when the platform cannot retract anyway (Meta, TikTok: sending it now could only add
+//! platform; a claim left behind by a process that died mid-round counts as an attempt), or when the platform cannot retract anyway (Meta, TikTok: sending it now could only add
 //! a refunded purchase). A Google conversion attempted before (a lost answer, a 5xx) may already be
 //! counted, so it is finished first and then retracted or restated, which leaves Google right either
 //! way. An adjustment whose conversion is being sent waits (pending, short delay) for its outcome; an
@@ -361,12 +361,13 @@ impl Dispatcher {
         let sql = format!(
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
-                   updated_at = now() \
+                   attempts = d.attempts + (d.lease_owner is not null)::int, updated_at = now() \
              where d.id in ( \
                select x.id from {s}.deliveries x \
                 where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \
                   and (x.lease_until is null or x.lease_until < now()) \
-                  and not (x.kind = 'conversion' and (x.attempts = 0 or not $5) and exists ( \
+                  and not (x.kind = 'conversion' \
+                    and ((x.attempts = 0 and x.lease_owner is null) or not $5) and exists ( \
                     select 1 from {s}.deliveries a \
                      where a.destination = $1 and a.state = 'pending' and a.kind <> 'conversion' \
                        and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
@@ -444,7 +445,10 @@ impl Dispatcher {
             };
             let mine = claimed_ids.contains(&target.id)
                 && target.lease_owner.as_deref() == Some(&self.owner);
-            let cancellable = target.attempts == 0 || !can_retract;
+            // A conversion left leased by a round that never recorded its outcome (a crash) may have
+            // reached the platform: like one attempted, it is not cancelled but sent, then retracted.
+            let cancellable =
+                (target.attempts == 0 && (mine || target.lease_owner.is_none())) || !can_retract;
             match target.state.as_str() {
                 "pending"
                     if d.kind == Kind::Retraction && cancellable && (mine || !target.leased) =>
@@ -546,11 +550,13 @@ impl Dispatcher {
         let sql = format!(
             "with conv as ( \
                update {s}.deliveries set state = 'cancelled', \
-                 last_error = case when attempts = 0 then 'retracted before it was sent' \
+                 last_error = case when attempts = 0 and (lease_owner is null or lease_owner = $3) \
+                   then 'retracted before it was sent' \
                    else 'retracted before its delivery was confirmed (an earlier attempt may have \
                      reached the platform, which cannot retract)' end, \
                  lease_owner = null, lease_until = null, updated_at = now() \
-               where id = $1 and state = 'pending' and (attempts = 0 or not $4) \
+               where id = $1 and state = 'pending' \
+                 and ((attempts = 0 and (lease_owner is null or lease_owner = $3)) or not $4) \
                  and (lease_until is null or lease_until < now() or lease_owner = $3) \
                returning id) \
              update {s}.deliveries set state = 'cancelled', last_error = 'conversion was not sent yet', \
@@ -581,7 +587,8 @@ impl Dispatcher {
                update {s}.deliveries c set value = r.value, currency = coalesce(r.currency, c.currency), \
                  updated_at = now() \
                from r \
-               where c.id = $1 and c.state = 'pending' and (c.attempts = 0 or not $4) \
+               where c.id = $1 and c.state = 'pending' \
+                 and ((c.attempts = 0 and c.lease_owner is null) or not $4) \
                  and (c.lease_until is null or c.lease_until < now()) \
                returning c.id) \
              update {s}.deliveries set state = 'cancelled', \

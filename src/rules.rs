@@ -14,6 +14,10 @@ use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The longest event id accepted, in bytes. The control table's unique key indexes it, and a btree entry
+/// cannot exceed about 2.7 kB: a longer id would stop capture at the insert, so it fails the row instead.
+pub const MAX_EVENT_ID_BYTES: usize = 1_000;
+
 /// A rule cannot be applied to a table as it now is.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -32,9 +36,23 @@ pub enum RuleError {
         /// The config field naming it.
         field: String,
     },
-    /// A column's value could not be parsed as its declared type.
+    /// A column's value cannot be read as the rule needs it (an unchanged TOAST value without an old
+    /// tuple): the table's replica identity must change, so capture stops.
     #[error("rule {rule:?}: column {column:?} of table {table}: {message}")]
     Unparseable {
+        /// The rule.
+        rule: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The parser's reason (never the value).
+        message: String,
+    },
+    /// One row's value is not usable as its type (`NaN` or infinite numerics, infinite timestamps): that
+    /// row fails with the reason, the others go on. Never leaves [`Rules::evaluate`].
+    #[error("rule {rule:?}: column {column:?} of table {table}: {message}")]
+    BadValue {
         /// The rule.
         rule: String,
         /// The table.
@@ -313,12 +331,34 @@ impl Rules {
         let mut out = Vec::new();
         let row = RowView { bound, tuple: new };
         for rule in &bound.rules {
-            if !row.matches(rule)? {
-                continue;
-            }
-            match &rule.adjusts {
-                None => self.conversion(rule, &row, tx, ordinal, drops, &mut out)?,
-                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, &mut out)?,
+            let mut rows = Vec::new();
+            let applied = row.matches(rule).and_then(|matched| match &rule.adjusts {
+                _ if !matched => Ok(()),
+                None => self.conversion(rule, &row, tx, ordinal, drops, &mut rows),
+                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, &mut rows),
+            });
+            match applied {
+                Ok(()) => out.extend(rows),
+                // A value of this row that cannot be used fails the row, visibly; capture goes on.
+                Err(RuleError::BadValue {
+                    column, message, ..
+                }) => {
+                    let (destinations, adjusts) = match &rule.adjusts {
+                        None => (&rule.destinations, None),
+                        Some(target) => (&target.destinations, Some(target.name.as_str())),
+                    };
+                    failed_rows(
+                        rule,
+                        destinations,
+                        rule.kind,
+                        adjusts,
+                        tx,
+                        ordinal,
+                        format!("column {column:?}: {message}"),
+                        &mut out,
+                    );
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -524,8 +564,17 @@ impl EventFields {
         let Some(template) = &id_rule.event_id else {
             return Ok(Err(format!("rule {} has no event_id", id_rule.name)));
         };
+        // Every column of the id must hold something: with a literal prefix, an empty column would still
+        // render a non-empty id ("order-"), shared by every row with that column empty, and the platform
+        // and the control table would drop all but the first as duplicates.
+        let mut blank_column = false;
+        for column in template.columns() {
+            blank_column |= row
+                .text(id_rule, column)?
+                .is_none_or(|t| t.trim().is_empty());
+        }
         let event_id = match row.render(id_rule, template)? {
-            Some(id) if !id.trim().is_empty() => id,
+            Some(id) if !blank_column && !id.trim().is_empty() => id,
             _ => {
                 let columns: Vec<&str> = template.columns().collect();
                 return Ok(Err(format!(
@@ -534,6 +583,14 @@ impl EventFields {
                 )));
             }
         };
+        if event_id.len() > MAX_EVENT_ID_BYTES {
+            let columns: Vec<&str> = template.columns().collect();
+            return Ok(Err(format!(
+                "event_id from column(s) {} is {} bytes long, more than the {MAX_EVENT_ID_BYTES} allowed",
+                columns.join(", "),
+                event_id.len()
+            )));
+        }
         let event_time = match &id_rule.event_time {
             None => tx.commit_time,
             Some(column) => match row.value(id_rule, column)? {
@@ -634,7 +691,7 @@ impl RowView<'_> {
                     .to_string(),
             }),
             Some(Datum::Text(bytes)) | Some(Datum::Binary(bytes)) => parse_value(type_oid, bytes)
-                .map_err(|e| RuleError::Unparseable {
+                .map_err(|e| RuleError::BadValue {
                     rule: rule.name.clone(),
                     table: table(),
                     column: column.to_string(),

@@ -181,7 +181,11 @@ pub(crate) fn finish(
     response: Response,
 ) -> Response {
     if drop_after {
-        shared.lock().records.counters_mut(platform).faulted += 1;
+        let mut state = shared.lock();
+        let counters = state.records.counters_mut(platform);
+        counters.faulted += 1;
+        counters.responses_lost += 1;
+        drop(state);
         conn.kill();
     }
     response

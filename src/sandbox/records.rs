@@ -70,6 +70,10 @@ pub struct Counters {
     pub rejected_requests: u64,
     /// Requests that got an injected fault (500, 429, dropped connection, accept-then-drop).
     pub faulted: u64,
+    /// Of the faulted requests, those processed and recorded whose response was then cut
+    /// (accept-then-drop): the connector cannot know they arrived, so it sends their items again.
+    #[serde(default)]
+    pub responses_lost: u64,
 }
 
 /// The counters of every platform: what `GET /_sandbox/stats` serves.

@@ -8,6 +8,7 @@ mod delivery;
 mod demo;
 mod dispatch;
 mod end_to_end;
+mod faults;
 mod ha;
 mod large;
 mod observe;

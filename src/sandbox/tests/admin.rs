@@ -154,6 +154,7 @@ async fn accept_then_drop_records_the_events_but_loses_the_response() {
     assert!(send_meta(&sandbox).await.is_err());
     let counters = sandbox.records().meta.counters;
     assert_eq!((counters.faulted, counters.accepted), (1, 1));
+    assert_eq!(counters.responses_lost, 1);
     sandbox.shutdown().await;
 }
 
