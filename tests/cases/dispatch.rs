@@ -362,7 +362,10 @@ async fn a_row_older_than_give_up_after_secs_fails_instead_of_retrying() {
     fake.script([Scripted::status(503)]);
     insert(&client, &[conversion("meta", Platform::Meta, "order-1")]).await;
     client
-        .batch_execute("update pgcapi.deliveries set created_at = now() - interval '2 minutes'")
+        .batch_execute(
+            "update pgcapi.deliveries set created_at = now() - interval '2 minutes',
+             queued_at = now() - interval '2 minutes'",
+        )
         .await
         .unwrap();
     let config = DispatchConfig {
