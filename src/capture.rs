@@ -6,6 +6,12 @@
 //! `capture.group_max_rows` and `capture.group_max_ms`); a large transaction is written in chunks of
 //! `group_max_rows` and confirmed only at its commit end, so memory stays bounded. When nothing is in
 //! flight, the keepalive position is stored and confirmed so that WAL of unrelated tables is released.
+//!
+//! Control transactions are written by a [`ControlWriter`] task that owns the control connection, so
+//! decoding and rule evaluation of the next group overlap the insert of the previous one. Groups reach it
+//! in order through a bounded queue (at most one group waits while one is written, so memory stays
+//! bounded), and the session advances its confirmed position only from the writer's acknowledgements,
+//! each sent after the commit holding the rows and the checkpoint.
 
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
@@ -105,6 +111,8 @@ pub struct Capture {
     source: ConnInfo,
     control: ConnInfo,
     stats: watch::Sender<CaptureStats>,
+    /// Stop cleanly once everything up to this position is recorded (benchmarks and tests).
+    stop_at: Option<Lsn>,
 }
 
 impl Capture {
@@ -130,7 +138,16 @@ impl Capture {
             source,
             control,
             stats,
+            stop_at: None,
         })
+    }
+
+    /// Makes [`Capture::run`] return once every change up to `lsn` is recorded and confirmed, as if
+    /// shut down there. For benchmarks and tests that replay a known stretch of WAL; `run` never stops
+    /// by itself otherwise.
+    pub fn stop_at(mut self, lsn: Lsn) -> Capture {
+        self.stop_at = Some(lsn);
+        self
     }
 
     /// A receiver of progress counters.
@@ -168,7 +185,7 @@ impl Capture {
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionEnd> {
         let schema = self.config.source.schema.clone();
         let slot = self.config.source.slot.clone();
-        let mut control = crate::db::connect(&self.control)
+        let control = crate::db::connect(&self.control)
             .await
             .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
         let checkpoint = outbox::load_checkpoint(&control, &schema, &slot).await?;
@@ -194,12 +211,12 @@ impl Capture {
         drop(source_sql);
         let start = checkpoint.unwrap_or(slot_lsn).max(slot_lsn);
         info!(%slot, start = %start, "capture started");
+        let writer = ControlWriter::start(control, schema.clone(), slot.clone());
         let mut session = Session {
             capture: self,
             stream,
-            control: &mut control,
-            schema: &schema,
-            slot: &slot,
+            writer,
+            queued: start,
             relations: RelationCache::new(),
             bound: HashMap::new(),
             tx: None,
@@ -282,9 +299,10 @@ struct OpenTx {
 struct Session<'a> {
     capture: &'a Capture,
     stream: ReplicationStream,
-    control: &'a mut tokio_postgres::Client,
-    schema: &'a str,
-    slot: &'a str,
+    /// Writes control transactions in order, off the decoding path.
+    writer: ControlWriter,
+    /// The newest checkpoint handed to the writer (confirmed once acknowledged).
+    queued: Lsn,
     relations: RelationCache,
     bound: HashMap<u32, Option<Bound>>,
     tx: Option<OpenTx>,
@@ -304,12 +322,127 @@ struct Session<'a> {
     last_status: Instant,
 }
 
+/// A control transaction for the writer: rows, and the checkpoint to store with them.
+struct WriteJob {
+    rows: Vec<NewDelivery>,
+    checkpoint: Option<Lsn>,
+}
+
+/// A control transaction the writer committed.
+struct Written {
+    rows: usize,
+    inserted: u64,
+    checkpoint: Option<Lsn>,
+    elapsed: Duration,
+}
+
+/// The task that owns the control connection and commits [`WriteJob`]s one by one, in order.
+struct ControlWriter {
+    jobs: Option<tokio::sync::mpsc::Sender<WriteJob>>,
+    acks: tokio::sync::mpsc::UnboundedReceiver<Result<Written, CaptureError>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Jobs sent and not acknowledged yet.
+    in_flight: usize,
+}
+
+impl ControlWriter {
+    /// Starts the task. One job may wait while another is written.
+    fn start(mut client: tokio_postgres::Client, schema: String, slot: String) -> ControlWriter {
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<WriteJob>(1);
+        let (ack, acks) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                let started = Instant::now();
+                let result =
+                    outbox::write_group(&mut client, &schema, &slot, &job.rows, job.checkpoint)
+                        .await;
+                let failed = result.is_err();
+                let _ = ack.send(
+                    result
+                        .map(|inserted| Written {
+                            rows: job.rows.len(),
+                            inserted,
+                            checkpoint: job.checkpoint,
+                            elapsed: started.elapsed(),
+                        })
+                        .map_err(CaptureError::from),
+                );
+                if failed {
+                    // Nothing after a failed transaction may be committed: the session stops.
+                    return;
+                }
+            }
+        });
+        ControlWriter {
+            jobs: Some(jobs),
+            acks,
+            task,
+            in_flight: 0,
+        }
+    }
+
+    /// Queues a job; waits while the queue is full. Fails with the writer's error if it has stopped.
+    async fn send(&mut self, job: WriteJob) -> Result<(), CaptureError> {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(job).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            self.in_flight += 1;
+            Ok(())
+        } else {
+            Err(self.failure().await)
+        }
+    }
+
+    /// The next acknowledgement; pending while nothing is in flight.
+    async fn next(&mut self) -> Result<Written, CaptureError> {
+        if self.in_flight == 0 {
+            return std::future::pending().await;
+        }
+        match self.acks.recv().await {
+            Some(result) => {
+                self.in_flight -= 1;
+                result
+            }
+            None => Err(CaptureError::Db(
+                "the control writer stopped unexpectedly".to_string(),
+            )),
+        }
+    }
+
+    /// Why the writer stopped: its error, found among the acknowledgements.
+    async fn failure(&mut self) -> CaptureError {
+        while let Some(result) = self.acks.recv().await {
+            if let Err(e) = result {
+                return e;
+            }
+        }
+        CaptureError::Db("the control writer stopped unexpectedly".to_string())
+    }
+}
+
+impl Drop for ControlWriter {
+    fn drop(&mut self) {
+        // A session that ends with an error leaves queued jobs unwritten: nothing was confirmed for them.
+        self.task.abort();
+    }
+}
+
 impl Session<'_> {
     async fn pump(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), CaptureError> {
         let interval = Duration::from_millis(self.capture.config.capture.status_interval_ms);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(stop) = self.capture.stop_at {
+                if self.idle() && self.keepalive_end >= stop {
+                    self.advance_idle().await?;
+                }
+                if self.confirmed >= stop {
+                    return Ok(());
+                }
+            }
             let deadline = self.group_deadline;
             tokio::select! {
                 biased;
@@ -332,7 +465,7 @@ impl Session<'_> {
                         }
                         Some(ReplicationMessage::Keepalive { wal_end, reply_requested, .. }) => {
                             self.received = self.received.max(wal_end);
-                            if self.tx.is_none() && self.group.is_empty() && self.group_end.is_none() {
+                            if self.idle() {
                                 self.keepalive_end = self.keepalive_end.max(wal_end);
                             }
                             if reply_requested {
@@ -342,12 +475,44 @@ impl Session<'_> {
                         }
                     }
                 }
+                written = self.writer.next() => {
+                    self.acknowledged(written?).await?;
+                }
                 _ = ticker.tick() => {
                     self.advance_idle().await?;
                     self.send_status(false).await?;
                 }
             }
         }
+    }
+
+    /// The writer committed a control transaction: count it, and confirm its checkpoint.
+    async fn acknowledged(&mut self, written: Written) -> Result<(), CaptureError> {
+        if written.inserted > 0 {
+            self.capture
+                .stats
+                .send_modify(|s| s.rows_inserted += written.inserted);
+        }
+        debug!(
+            rows = written.rows,
+            inserted = written.inserted,
+            checkpoint = ?written.checkpoint.map(|l| l.to_string()),
+            elapsed_ms = written.elapsed.as_millis() as u64,
+            "control transaction committed"
+        );
+        if let Some(checkpoint) = written.checkpoint {
+            if checkpoint > self.confirmed {
+                self.confirmed = checkpoint;
+                self.keepalive_end = self.keepalive_end.max(checkpoint);
+                self.send_status(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when no transaction is open and nothing waits to be written.
+    fn idle(&self) -> bool {
+        self.tx.is_none() && self.group.is_empty() && self.group_end.is_none()
     }
 
     async fn handle(&mut self, message: PgOutput, at: Lsn) -> Result<(), CaptureError> {
@@ -447,46 +612,41 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Writes the group and the checkpoint of its newest complete transaction, then confirms it.
+    /// Hands the group and the checkpoint of its newest complete transaction to the writer; the
+    /// checkpoint is confirmed once the writer has committed it.
     async fn flush_group(&mut self) -> Result<(), CaptureError> {
         self.group_deadline = None;
         let Some(end) = self.group_end.take() else {
             return Ok(());
         };
-        self.write(Some(end)).await?;
-        self.confirmed = self.confirmed.max(end);
-        self.keepalive_end = self.keepalive_end.max(end);
-        self.send_status(false).await
+        self.write(Some(end)).await
     }
 
     async fn write(&mut self, checkpoint: Option<Lsn>) -> Result<(), CaptureError> {
-        let rows = std::mem::take(&mut self.group);
-        let inserted =
-            outbox::write_group(self.control, self.schema, self.slot, &rows, checkpoint).await?;
-        if inserted > 0 {
-            self.capture
-                .stats
-                .send_modify(|s| s.rows_inserted += inserted);
+        let rows = std::mem::replace(
+            &mut self.group,
+            Vec::with_capacity(self.capture.config.capture.group_max_rows.min(8192)),
+        );
+        if let Some(checkpoint) = checkpoint {
+            self.queued = self.queued.max(checkpoint);
         }
-        debug!(rows = rows.len(), inserted, checkpoint = ?checkpoint.map(|l| l.to_string()), "control transaction committed");
-        Ok(())
+        self.writer.send(WriteJob { rows, checkpoint }).await
     }
 
     /// With nothing in flight, stores and confirms the keepalive position so unrelated WAL is released.
     async fn advance_idle(&mut self) -> Result<(), CaptureError> {
-        if self.tx.is_some() || !self.group.is_empty() || self.group_end.is_some() {
+        if !self.idle() {
             return Ok(());
         }
-        if self.keepalive_end > self.confirmed {
-            outbox::write_group(
-                self.control,
-                self.schema,
-                self.slot,
-                &[],
-                Some(self.keepalive_end),
-            )
-            .await?;
-            self.confirmed = self.keepalive_end;
+        if self.keepalive_end > self.queued {
+            // Queued behind every earlier group, so it is committed after them.
+            self.queued = self.keepalive_end;
+            self.writer
+                .send(WriteJob {
+                    rows: Vec::new(),
+                    checkpoint: Some(self.keepalive_end),
+                })
+                .await?;
         }
         Ok(())
     }
@@ -509,6 +669,12 @@ impl Session<'_> {
         }
         self.flush_group().await?;
         self.advance_idle().await?;
+        // Wait for the writer to commit everything queued.
+        self.writer.jobs = None;
+        while self.writer.in_flight > 0 {
+            let written = self.writer.next().await?;
+            self.acknowledged(written).await?;
+        }
         self.send_status(false).await?;
         info!(confirmed = %self.confirmed, "capture stopped");
         self.stream.finish().await?;

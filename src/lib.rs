@@ -20,7 +20,9 @@
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
 //! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
+//! - [`bench`]: `pgcapi bench`, throughput, latency and memory against `pg_recvlogical`.
 
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod cluster;

@@ -7,7 +7,7 @@
 
 use crate::config::{Config, Platform, RuleConfig, Template, TemplatePart};
 use crate::decode::{parse_value, Datum, Relation, Tuple, Value};
-use crate::identity::{self, MatchKey, RawIdentity};
+use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
@@ -358,6 +358,8 @@ impl Rules {
         } else {
             RawIdentity::default()
         };
+        // Parsed and hashed once for all destinations.
+        let mut identity = EventIdentity::new(&raw, &self.default_region);
         for (destination, platform) in &rule.destinations {
             let mut payload = Payload {
                 event_source_url: fields.event_source_url.clone(),
@@ -372,8 +374,7 @@ impl Rules {
                 Platform::Tiktok => payload.platform_event = rule.tiktok_event.clone(),
             }
             let (state, last_error) = if consent {
-                let (keys, dropped) =
-                    identity::match_keys(*platform, &raw, &self.default_region, fields.event_time);
+                let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
                 for d in dropped {
                     *drops.by_key.entry(d.key).or_default() += 1;
                 }
