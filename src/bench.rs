@@ -128,6 +128,10 @@ struct RatioResult {
     recvlogical_secs: f64,
     /// Of the best pgcapi run.
     pgcapi_cpu_secs: f64,
+    /// Server CPU during the best pgcapi run.
+    capture_server: ServerCpu,
+    /// Server CPU during the best `pg_recvlogical` run.
+    recvlogical_server: ServerCpu,
     /// Highest peak RSS over the pgcapi runs, KiB.
     peak_rss_kib: u64,
 }
@@ -475,21 +479,22 @@ impl Bench<'_> {
             .await
             .map_err(|e| e.to_string())?
             .get(0);
-        let mut best_recv = f64::INFINITY;
-        let mut best_cap: Option<CaptureReport> = None;
-        let mut best_cap_secs = f64::INFINITY;
+        let mut best_recv: Option<Run> = None;
+        let mut best_cap: Option<(Run, CaptureReport)> = None;
         let mut peak = 0;
         for k in 0..self.repeats {
             let recv = self
-                .time_recvlogical(&format!("bench_{tag}_recv_{k}"), &end)
+                .time_recvlogical(client, &format!("bench_{tag}_recv_{k}"), &end)
                 .await?;
-            best_recv = best_recv.min(recv);
+            if best_recv.as_ref().is_none_or(|b| recv.secs < b.secs) {
+                best_recv = Some(recv);
+            }
             client
                 .batch_execute("truncate pgcapi.deliveries")
                 .await
                 .map_err(|e| e.to_string())?;
-            let (secs, report) = self
-                .time_capture(&format!("bench_{tag}_cap_{k}"), &end)
+            let (run, report) = self
+                .time_capture(client, &format!("bench_{tag}_cap_{k}"), &end)
                 .await?;
             if report.changes != total as u64 {
                 return Err(format!(
@@ -505,11 +510,12 @@ impl Bench<'_> {
                 ));
             }
             peak = peak.max(report.peak_rss_kib);
-            if secs < best_cap_secs {
-                best_cap_secs = secs;
-                best_cap = Some(report);
+            if best_cap.as_ref().is_none_or(|(b, _)| run.secs < b.secs) {
+                best_cap = Some((run, report));
             }
         }
+        let recv = best_recv.ok_or("no run")?;
+        let (cap, report) = best_cap.ok_or("no run")?;
         for slot in &slots {
             client
                 .execute("select pg_drop_replication_slot($1)", &[slot])
@@ -525,9 +531,11 @@ impl Bench<'_> {
             workload,
             small,
             rows: total,
-            pgcapi_secs: best_cap_secs,
-            recvlogical_secs: best_recv,
-            pgcapi_cpu_secs: best_cap.map_or(0.0, |r| r.cpu_seconds),
+            pgcapi_secs: cap.secs,
+            recvlogical_secs: recv.secs,
+            pgcapi_cpu_secs: report.cpu_seconds,
+            capture_server: cap.server,
+            recvlogical_server: recv.server,
             peak_rss_kib: peak,
         })
     }
@@ -561,8 +569,13 @@ impl Bench<'_> {
         Ok(n)
     }
 
-    /// Runs `pg_recvlogical` on `slot` up to `end`, output to /dev/null; returns seconds from spawn to exit.
-    async fn time_recvlogical(&self, slot: &str, end: &str) -> Result<f64, String> {
+    /// Runs `pg_recvlogical` on `slot` up to `end`, output to /dev/null.
+    async fn time_recvlogical(
+        &self,
+        client: &Client,
+        slot: &str,
+        end: &str,
+    ) -> Result<Run, String> {
         let mut command = Command::new(&self.recvlogical);
         command
             .args([
@@ -591,15 +604,7 @@ impl Bench<'_> {
         for var in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"] {
             command.env_remove(var);
         }
-        let output = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let output = command.output();
-            (started.elapsed(), output)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let (elapsed, output) = output;
-        let output = output.map_err(|e| format!("running pg_recvlogical: {e}"))?;
+        let (run, output) = watched(client, command).await?;
         if !output.status.success() {
             return Err(format!(
                 "pg_recvlogical failed ({}): {}",
@@ -607,11 +612,16 @@ impl Bench<'_> {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
-        Ok(elapsed.as_secs_f64())
+        Ok(run)
     }
 
-    /// Runs `pgcapi bench-capture` on `slot` up to `end`; returns seconds from spawn to exit and its report.
-    async fn time_capture(&self, slot: &str, end: &str) -> Result<(f64, CaptureReport), String> {
+    /// Runs `pgcapi bench-capture` on `slot` up to `end`.
+    async fn time_capture(
+        &self,
+        client: &Client,
+        slot: &str,
+        end: &str,
+    ) -> Result<(Run, CaptureReport), String> {
         let config = self.write_config(slot, &self.config_text(slot, &["meta"]))?;
         let log = format!("{slot}.log");
         let mut command = self.pgcapi(
@@ -626,14 +636,7 @@ impl Bench<'_> {
             &log,
         )?;
         command.stdout(Stdio::piped());
-        let (elapsed, output) = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let output = command.output();
-            (started.elapsed(), output)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let output = output.map_err(|e| format!("running pgcapi bench-capture: {e}"))?;
+        let (run, output) = watched(client, command).await?;
         if !output.status.success() {
             return Err(format!(
                 "pgcapi bench-capture failed ({}): {}",
@@ -647,7 +650,7 @@ impl Bench<'_> {
             .last()
             .and_then(|l| serde_json::from_str(l).ok())
             .ok_or_else(|| format!("pgcapi bench-capture printed no report: {stdout}"))?;
-        Ok((elapsed.as_secs_f64(), report))
+        Ok((run, report))
     }
 
     /// A database with the shop schema and pgcapi set up for `destinations` (slot `slot`).
@@ -800,6 +803,13 @@ impl Bench<'_> {
             .spawn()
             .map_err(|e| format!("starting pgcapi run: {e}"))?;
         let mut child = ChildGuard(Some(child));
+        // As an application would commit: flushed at commit, so the walsender sees it at once (the
+        // throwaway cluster defaults to synchronous_commit = off, which delays WAL by up to
+        // wal_writer_delay; fsync stays off, so the flush costs no disk wait).
+        client
+            .batch_execute("set synchronous_commit = on")
+            .await
+            .map_err(|e| e.to_string())?;
         let insert = format!(
             "insert into orders {COLUMNS} {} from generate_series($1::int, $2::int) g",
             order_select("lat", Rows::Paid, "g")
@@ -916,6 +926,81 @@ fn order_select(tag: &str, rows: Rows, g: &str) -> String {
            'fb.1.1700000000000.AbCdEf' || {g}, 'fb.1.1700000000000.' || {g}, 'Cj0KCQiA-gclid-' || {g}, \
            'E.C.P.ttclid' || {g}, ({g} % 1000) + 0.99, '{status}', true, now()"
     )
+}
+
+/// One timed child process.
+#[derive(Debug)]
+struct Run {
+    /// From spawn to exit.
+    secs: f64,
+    /// CPU of the server processes that served it.
+    server: ServerCpu,
+}
+
+/// CPU seconds of the server processes of the benchmark database while a child ran, sampled every
+/// 50 ms from `/proc` (the last 50 ms may be missed).
+#[derive(Debug, Default, Clone, Copy)]
+struct ServerCpu {
+    /// The walsender (logical decoding and pgoutput).
+    walsender: f64,
+    /// Ordinary backends (pgcapi's control connection and SQL).
+    backends: f64,
+}
+
+/// Runs `command` to completion while sampling the CPU time of the server processes serving it.
+async fn watched(
+    client: &Client,
+    mut command: Command,
+) -> Result<(Run, std::process::Output), String> {
+    let hz = clock_ticks_per_second();
+    let started = Instant::now();
+    let child = command
+        .spawn()
+        .map_err(|e| format!("starting {:?}: {e}", command.get_program()))?;
+    let waiter = tokio::task::spawn_blocking(move || {
+        let output = child.wait_with_output();
+        (started.elapsed(), output)
+    });
+    tokio::pin!(waiter);
+    let mut seen: HashMap<i32, (bool, f64)> = HashMap::new();
+    let (elapsed, output) = loop {
+        tokio::select! {
+            joined = &mut waiter => break joined.map_err(|e| e.to_string())?,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                let rows = client
+                    .query(
+                        "select pid, backend_type = 'walsender' from pg_stat_activity \
+                         where datname = current_database() and pid <> pg_backend_pid() \
+                           and backend_type in ('walsender', 'client backend')",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for row in rows {
+                    let pid: i32 = row.get(0);
+                    if let Some(ticks) = process_cpu_ticks(&format!("/proc/{pid}/stat")) {
+                        seen.insert(pid, (row.get(1), ticks / hz));
+                    }
+                }
+            }
+        }
+    };
+    let output = output.map_err(|e| format!("waiting for {:?}: {e}", command.get_program()))?;
+    let mut server = ServerCpu::default();
+    for (walsender, cpu) in seen.into_values() {
+        if walsender {
+            server.walsender += cpu;
+        } else {
+            server.backends += cpu;
+        }
+    }
+    Ok((
+        Run {
+            secs: elapsed.as_secs_f64(),
+            server,
+        },
+        output,
+    ))
 }
 
 /// A child process that is killed if the benchmark stops early.
@@ -1037,6 +1122,35 @@ impl Results {
                 verdict(mib <= 64.0),
             );
         }
+        if !self.ratios.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nWhere the time of the ratio runs goes (CPU seconds; server processes sampled from /proc):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| run | wall s | client CPU s | walsender CPU s | backend CPU s | busy cores |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|");
+            for r in &self.ratios {
+                for (who, wall, client, server) in [
+                    ("pg_recvlogical", r.recvlogical_secs, None, r.recvlogical_server),
+                    ("pgcapi", r.pgcapi_secs, Some(r.pgcapi_cpu_secs), r.capture_server),
+                ] {
+                    let total = client.unwrap_or(0.0) + server.walsender + server.backends;
+                    let _ = writeln!(
+                        out,
+                        "| {} {}, {who} | {wall:.2} | {} | {:.2} | {:.2} | {:.2} |",
+                        r.measure,
+                        r.workload,
+                        client.map_or("—".to_string(), |c| format!("{c:.2}")),
+                        server.walsender,
+                        server.backends,
+                        total / wall,
+                    );
+                }
+            }
+        }
         let _ = writeln!(
             out,
             "\nRatios: pgcapi rows/s divided by pg_recvlogical rows/s on the same WAL \
@@ -1090,21 +1204,28 @@ fn own_peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// This process's user + system CPU time, from `/proc/self/stat` (clock ticks, `getconf CLK_TCK`).
+/// This process's user + system CPU time.
 fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    process_cpu_ticks("/proc/self/stat").unwrap_or(0.0) / clock_ticks_per_second()
+}
+
+/// User + system CPU time from a `/proc/<pid>/stat` file, in clock ticks.
+fn process_cpu_ticks(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14, 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    let hz = Command::new("getconf")
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `getconf CLK_TCK` (100 on Linux unless it says otherwise).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks / hz
+        .unwrap_or(100.0)
 }

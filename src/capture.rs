@@ -346,7 +346,7 @@ struct ControlWriter {
 }
 
 impl ControlWriter {
-    /// Starts the task. One job may wait while another is written.
+    /// Starts the task.
     fn start(mut client: tokio_postgres::Client, schema: String, slot: String) -> ControlWriter {
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<WriteJob>(1);
         let (ack, acks) = tokio::sync::mpsc::unbounded_channel();
@@ -381,7 +381,7 @@ impl ControlWriter {
         }
     }
 
-    /// Queues a job; waits while the queue is full. Fails with the writer's error if it has stopped.
+    /// Queues a job. Fails with the writer's error if it has stopped.
     async fn send(&mut self, job: WriteJob) -> Result<(), CaptureError> {
         let sent = match &self.jobs {
             Some(jobs) => jobs.send(job).await.is_ok(),
@@ -444,6 +444,9 @@ impl Session<'_> {
                 }
             }
             let deadline = self.group_deadline;
+            // Group commit: while the writer commits one group, the next keeps growing (up to
+            // group_max_rows) and goes as soon as the writer is free.
+            let flush_due = deadline.is_some() && self.writer.in_flight == 0;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -451,7 +454,7 @@ impl Session<'_> {
                         return Ok(());
                     }
                 }
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if flush_due => {
                     self.flush_group().await?;
                 }
                 message = self.stream.next() => {
@@ -630,7 +633,17 @@ impl Session<'_> {
         if let Some(checkpoint) = checkpoint {
             self.queued = self.queued.max(checkpoint);
         }
-        self.writer.send(WriteJob { rows, checkpoint }).await
+        self.send_job(WriteJob { rows, checkpoint }).await
+    }
+
+    /// Hands a job to the writer once the previous one is committed: one group is written while the
+    /// next is decoded, and no more than those two are held in memory.
+    async fn send_job(&mut self, job: WriteJob) -> Result<(), CaptureError> {
+        while self.writer.in_flight > 0 {
+            let written = self.writer.next().await?;
+            self.acknowledged(written).await?;
+        }
+        self.writer.send(job).await
     }
 
     /// With nothing in flight, stores and confirms the keepalive position so unrelated WAL is released.
@@ -641,12 +654,11 @@ impl Session<'_> {
         if self.keepalive_end > self.queued {
             // Queued behind every earlier group, so it is committed after them.
             self.queued = self.keepalive_end;
-            self.writer
-                .send(WriteJob {
-                    rows: Vec::new(),
-                    checkpoint: Some(self.keepalive_end),
-                })
-                .await?;
+            self.send_job(WriteJob {
+                rows: Vec::new(),
+                checkpoint: Some(self.keepalive_end),
+            })
+            .await?;
         }
         Ok(())
     }

@@ -577,7 +577,7 @@ pub fn hash(normalized: &str) -> String {
     let mut text = [0u8; 64];
     hex::encode_to_slice(Sha256::digest(normalized.as_bytes()), &mut text)
         .expect("a SHA-256 digest is 32 bytes");
-    String::from_utf8_lossy(&text).into_owned()
+    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
 }
 
 /// True when the text is exactly 64 ASCII hex digits (either case), i.e. looks like a SHA-256 digest.
