@@ -153,6 +153,12 @@ struct EndToEnd {
     sent_secs: f64,
     /// Rows not `sent` at the end (failed, skipped) — should be none.
     not_sent: i64,
+    /// CPU seconds of the `pgcapi run` process.
+    pgcapi_cpu: f64,
+    /// CPU seconds of this process (the sandbox, and the benchmark's polling) during the run.
+    sandbox_cpu: f64,
+    /// CPU seconds of the server processes.
+    server: ServerCpu,
 }
 
 /// The latency measurement.
@@ -381,7 +387,10 @@ impl Bench<'_> {
     fn env(&self, database: &str) -> Vec<(String, String)> {
         let base = self.sandbox.base_url();
         let mut env = vec![
-            ("PGCAPI_DATABASE_URL".to_string(), self.cluster.url(database)),
+            (
+                "PGCAPI_DATABASE_URL".to_string(),
+                self.cluster.url(database),
+            ),
             ("GOOGLE_OAUTH_ENDPOINT".to_string(), format!("{base}/token")),
         ];
         for name in ["META_ENDPOINT", "GOOGLE_ADS_ENDPOINT", "TIKTOK_ENDPOINT"] {
@@ -416,7 +425,9 @@ impl Bench<'_> {
     /// A `pgcapi` child process with the config's environment; stderr goes to a log file.
     fn pgcapi(&self, database: &str, args: &[&str], log: &str) -> Result<Command, String> {
         let wrapper = std::env::var(CAPTURE_WRAPPER_ENV).unwrap_or_default();
-        let mut wrapper = wrapper.split_whitespace().filter(|_| args[0] == "bench-capture");
+        let mut wrapper = wrapper
+            .split_whitespace()
+            .filter(|_| args[0] == "bench-capture");
         let mut command = match wrapper.next() {
             Some(program) => {
                 let mut c = Command::new(program);
@@ -541,7 +552,12 @@ impl Bench<'_> {
     }
 
     /// (a): many transactions of `rows_per_tx` rows, committed one by one in a `DO` block.
-    async fn write_small_txs(&self, client: &Client, tag: &str, rows: Rows) -> Result<usize, String> {
+    async fn write_small_txs(
+        &self,
+        client: &Client,
+        tag: &str,
+        rows: Rows,
+    ) -> Result<usize, String> {
         let (txs, per) = (self.sizes.small_txs, self.sizes.rows_per_tx);
         let select = order_select(tag, rows, "g");
         let sql = format!(
@@ -552,7 +568,10 @@ impl Bench<'_> {
              end loop; end $$",
             last = txs - 1
         );
-        client.batch_execute(&sql).await.map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(txs * per)
     }
 
@@ -682,7 +701,12 @@ impl Bench<'_> {
     }
 
     /// Drops a database and its slot once its pgcapi has stopped.
-    async fn drop_database(&self, admin: &Client, database: &str, slot: &str) -> Result<(), String> {
+    async fn drop_database(
+        &self,
+        admin: &Client,
+        database: &str,
+        slot: &str,
+    ) -> Result<(), String> {
         admin
             .execute("select pg_drop_replication_slot($1)", &[&slot])
             .await
@@ -735,44 +759,64 @@ impl Bench<'_> {
         let mut child = ChildGuard(Some(child));
         let expected = (n * destinations) as i64;
         let deadline = Instant::now() + Duration::from_secs(1800);
-        let not_sent = loop {
+        let hz = clock_ticks_per_second();
+        let bench_cpu_before = process_cpu_ticks("/proc/self/stat").unwrap_or(0.0) / hz;
+        let mut seen = HashMap::new();
+        // Cheap polls (primary key and the partial index of pending rows), so that measuring adds
+        // little work to the server being measured.
+        loop {
             let row = client
                 .query_one(
-                    "select count(*) filter (where state = 'sent'), \
-                       count(*) filter (where state not in ('sent', 'pending')) \
-                     from pgcapi.deliveries",
+                    "select (select coalesce(max(id), 0) from pgcapi.deliveries), \
+                       (select count(*) from pgcapi.deliveries where state = 'pending')",
                     &[],
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            let (sent, done_otherwise): (i64, i64) = (row.get(0), row.get(1));
-            if sent + done_otherwise >= expected {
-                break done_otherwise;
+            let (recorded, pending): (i64, i64) = (row.get(0), row.get(1));
+            sample_server_cpu(&client, hz, &mut seen).await?;
+            if recorded >= expected && pending == 0 {
+                break;
             }
             if let Some(status) = child.exited() {
                 return Err(format!(
-                    "pgcapi run exited ({status}) with {sent} of {expected} rows sent: {}",
+                    "pgcapi run exited ({status}) with {recorded} of {expected} rows recorded, \
+                     {pending} pending: {}",
                     self.log_tail(&log)
                 ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "end-to-end run timed out with {sent} of {expected} rows sent"
+                    "end-to-end run timed out with {recorded} of {expected} rows recorded, \
+                     {pending} pending"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        }
+        let pgcapi_cpu = child
+            .id()
+            .and_then(|pid| process_cpu_ticks(&format!("/proc/{pid}/stat")))
+            .unwrap_or(0.0)
+            / hz;
+        let bench_cpu = process_cpu_ticks("/proc/self/stat").unwrap_or(0.0) / hz - bench_cpu_before;
         let row = client
             .query_one(
-                "select max(created_at), max(sent_at) from pgcapi.deliveries",
+                "select max(created_at), max(sent_at), count(*) filter (where state <> 'sent'), \
+                   count(*) from pgcapi.deliveries",
                 &[],
             )
             .await
             .map_err(|e| e.to_string())?;
         let (captured, sent): (DateTime<Utc>, Option<DateTime<Utc>>) = (row.get(0), row.get(1));
+        let (not_sent, total): (i64, i64) = (row.get(2), row.get(3));
         child.stop();
         drop(client);
         self.drop_database(admin, &database, &slot).await?;
+        if total != expected {
+            return Err(format!(
+                "end-to-end: {total} control rows, expected {expected}"
+            ));
+        }
         let secs = |t: DateTime<Utc>| (t - started).num_microseconds().unwrap_or(0) as f64 / 1e6;
         Ok(EndToEnd {
             destinations,
@@ -780,6 +824,9 @@ impl Bench<'_> {
             captured_secs: secs(captured),
             sent_secs: sent.map_or(f64::NAN, secs),
             not_sent,
+            pgcapi_cpu,
+            sandbox_cpu: bench_cpu,
+            server: server_cpu(seen),
         })
     }
 
@@ -849,7 +896,12 @@ impl Bench<'_> {
             .events
             .iter()
             .filter_map(|e| {
-                let g: i32 = e.event_id.as_deref()?.strip_prefix("order-lat-")?.parse().ok()?;
+                let g: i32 = e
+                    .event_id
+                    .as_deref()?
+                    .strip_prefix("order-lat-")?
+                    .parse()
+                    .ok()?;
                 let at = committed.get(&g)?;
                 Some((e.received_at - *at).num_microseconds()? as f64 / 1000.0)
             })
@@ -863,7 +915,9 @@ impl Bench<'_> {
             ));
         }
         latencies.sort_by(f64::total_cmp);
-        let at = |q: f64| latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
+        let at = |q: f64| {
+            latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
+        };
         Ok(Latency {
             changes: produced,
             rate,
@@ -909,7 +963,8 @@ impl Bench<'_> {
 }
 
 /// The columns the workload fills.
-const COLUMNS: &str = "(order_number, email, phone, first_name, last_name, city, region, postal_code, \
+const COLUMNS: &str =
+    "(order_number, email, phone, first_name, last_name, city, region, postal_code, \
     country, client_ip, user_agent, fbc, fbp, gclid, ttclid, total, status, ad_consent, paid_at)";
 
 /// A `select` of realistic order rows from the series column `g` (every identifier present and valid).
@@ -962,38 +1017,17 @@ async fn watched(
         (started.elapsed(), output)
     });
     tokio::pin!(waiter);
-    let mut seen: HashMap<i32, (bool, f64)> = HashMap::new();
+    let mut seen = HashMap::new();
     let (elapsed, output) = loop {
         tokio::select! {
             joined = &mut waiter => break joined.map_err(|e| e.to_string())?,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                let rows = client
-                    .query(
-                        "select pid, backend_type = 'walsender' from pg_stat_activity \
-                         where datname = current_database() and pid <> pg_backend_pid() \
-                           and backend_type in ('walsender', 'client backend')",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for row in rows {
-                    let pid: i32 = row.get(0);
-                    if let Some(ticks) = process_cpu_ticks(&format!("/proc/{pid}/stat")) {
-                        seen.insert(pid, (row.get(1), ticks / hz));
-                    }
-                }
+                sample_server_cpu(client, hz, &mut seen).await?;
             }
         }
     };
     let output = output.map_err(|e| format!("waiting for {:?}: {e}", command.get_program()))?;
-    let mut server = ServerCpu::default();
-    for (walsender, cpu) in seen.into_values() {
-        if walsender {
-            server.walsender += cpu;
-        } else {
-            server.backends += cpu;
-        }
-    }
+    let server = server_cpu(seen);
     Ok((
         Run {
             secs: elapsed.as_secs_f64(),
@@ -1003,10 +1037,53 @@ async fn watched(
     ))
 }
 
+/// Samples the CPU seconds of the walsenders and client backends of the current database (other than
+/// the sampling connection) into `seen`, by pid.
+async fn sample_server_cpu(
+    client: &Client,
+    hz: f64,
+    seen: &mut HashMap<i32, (bool, f64)>,
+) -> Result<(), String> {
+    let rows = client
+        .query(
+            "select pid, backend_type = 'walsender' from pg_stat_activity \
+             where datname = current_database() and pid <> pg_backend_pid() \
+               and backend_type in ('walsender', 'client backend')",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    for row in rows {
+        let pid: i32 = row.get(0);
+        if let Some(ticks) = process_cpu_ticks(&format!("/proc/{pid}/stat")) {
+            seen.insert(pid, (row.get(1), ticks / hz));
+        }
+    }
+    Ok(())
+}
+
+/// Sums samples by kind of process.
+fn server_cpu(seen: HashMap<i32, (bool, f64)>) -> ServerCpu {
+    let mut server = ServerCpu::default();
+    for (walsender, cpu) in seen.into_values() {
+        if walsender {
+            server.walsender += cpu;
+        } else {
+            server.backends += cpu;
+        }
+    }
+    server
+}
+
 /// A child process that is killed if the benchmark stops early.
 struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
+    /// The process id, while the child runs.
+    fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     /// The exit status, if the child has exited.
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
@@ -1077,7 +1154,11 @@ impl Results {
             );
         }
         for e in &self.e2e {
-            let target = if e.destinations == 1 { 30_000.0 } else { 10_000.0 };
+            let target = if e.destinations == 1 {
+                30_000.0
+            } else {
+                10_000.0
+            };
             let rate = e.conversions as f64 / e.sent_secs;
             let _ = writeln!(
                 out,
@@ -1134,8 +1215,18 @@ impl Results {
             let _ = writeln!(out, "|---|---|---|---|---|---|");
             for r in &self.ratios {
                 for (who, wall, client, server) in [
-                    ("pg_recvlogical", r.recvlogical_secs, None, r.recvlogical_server),
-                    ("pgcapi", r.pgcapi_secs, Some(r.pgcapi_cpu_secs), r.capture_server),
+                    (
+                        "pg_recvlogical",
+                        r.recvlogical_secs,
+                        None,
+                        r.recvlogical_server,
+                    ),
+                    (
+                        "pgcapi",
+                        r.pgcapi_secs,
+                        Some(r.pgcapi_cpu_secs),
+                        r.capture_server,
+                    ),
                 ] {
                     let total = client.unwrap_or(0.0) + server.walsender + server.backends;
                     let _ = writeln!(
@@ -1149,6 +1240,31 @@ impl Results {
                         total / wall,
                     );
                 }
+            }
+        }
+        if !self.e2e.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nWhere the time of the end-to-end runs goes (CPU seconds):\n"
+            );
+            let _ = writeln!(
+                out,
+                "| run | wall s | pgcapi run | sandbox + bench | walsender | backends | busy cores |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for e in &self.e2e {
+                let total = e.pgcapi_cpu + e.sandbox_cpu + e.server.walsender + e.server.backends;
+                let _ = writeln!(
+                    out,
+                    "| {} destination(s) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    e.destinations,
+                    e.sent_secs,
+                    e.pgcapi_cpu,
+                    e.sandbox_cpu,
+                    e.server.walsender,
+                    e.server.backends,
+                    total / e.sent_secs
+                );
             }
         }
         let _ = writeln!(
@@ -1226,6 +1342,11 @@ fn clock_ticks_per_second() -> f64 {
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .unwrap_or(100.0)
 }

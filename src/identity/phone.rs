@@ -270,8 +270,16 @@ mod tests {
                     continue;
                 };
                 let mut variants = vec![example.to_string()];
-                let last = example.chars().last().and_then(|c| c.to_digit(10)).unwrap_or(0);
-                variants.push(format!("{}{}", &example[..example.len() - 1], (last + 1) % 10));
+                let last = example
+                    .chars()
+                    .last()
+                    .and_then(|c| c.to_digit(10))
+                    .unwrap_or(0);
+                variants.push(format!(
+                    "{}{}",
+                    &example[..example.len() - 1],
+                    (last + 1) % 10
+                ));
                 variants.push(format!("{example}7"));
                 variants.push(example[..example.len().saturating_sub(1)].to_string());
                 variants.push(format!("9{example}"));
@@ -293,7 +301,10 @@ mod tests {
             }
         }
         // Both answers occur often, so agreement is not trivial.
-        assert!(checked > 2_000 && valid > 500 && checked - valid > 500, "{checked} {valid}");
+        assert!(
+            checked > 2_000 && valid > 500 && checked - valid > 500,
+            "{checked} {valid}"
+        );
     }
 
     #[test]
