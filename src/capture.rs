@@ -229,6 +229,7 @@ impl Capture {
             keepalive_end: start,
             drops: DropCounts::default(),
             last_status: Instant::now(),
+            uncounted: 0,
         };
         let result = session.pump(shutdown).await;
         match result {
@@ -320,7 +321,12 @@ struct Session<'a> {
     keepalive_end: Lsn,
     drops: DropCounts,
     last_status: Instant,
+    /// Changes decoded and not yet added to the shared counters.
+    uncounted: u64,
 }
+
+/// How many changes are counted locally before the shared counters are updated.
+const CHANGES_PER_STATS_UPDATE: u64 = 1_000;
 
 /// A control transaction for the writer: rows, and the checkpoint to store with them.
 struct WriteJob {
@@ -536,6 +542,7 @@ impl Session<'_> {
                     )));
                 }
                 self.group_end = Some(commit.end_lsn);
+                self.publish_changes();
                 if self.group.len() >= self.capture.config.capture.group_max_rows {
                     self.flush_group().await?;
                 } else if self.group_deadline.is_none() {
@@ -570,8 +577,21 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn bump_changes(&self) {
-        self.capture.stats.send_modify(|s| s.changes += 1);
+    /// Counts a row change; the shared counter is updated every [`CHANGES_PER_STATS_UPDATE`] changes
+    /// and at each commit (a shared update per change cost more than decoding the change).
+    fn bump_changes(&mut self) {
+        self.uncounted += 1;
+        if self.uncounted >= CHANGES_PER_STATS_UPDATE {
+            self.publish_changes();
+        }
+    }
+
+    /// Adds the changes counted since the last update to the shared counters.
+    fn publish_changes(&mut self) {
+        if self.uncounted > 0 {
+            let n = std::mem::take(&mut self.uncounted);
+            self.capture.stats.send_modify(|s| s.changes += n);
+        }
     }
 
     async fn change(
@@ -664,6 +684,7 @@ impl Session<'_> {
     }
 
     async fn send_status(&mut self, reply: bool) -> Result<(), CaptureError> {
+        self.publish_changes();
         self.stream
             .send_status(self.received, self.confirmed, self.confirmed, reply)
             .await?;

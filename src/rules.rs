@@ -645,7 +645,7 @@ impl RowView<'_> {
     }
 
     fn text(&self, rule: &Compiled, column: &str) -> Result<Option<String>, RuleError> {
-        Ok(self.value(rule, column)?.to_text())
+        Ok(self.value(rule, column)?.into_text())
     }
 
     fn matches(&self, rule: &Compiled) -> Result<bool, RuleError> {
@@ -686,7 +686,7 @@ impl RowView<'_> {
                 };
                 continue;
             }
-            let text = value.to_text();
+            let text = value.into_text();
             let slot = match field {
                 RawField::Fbclid => &mut raw.fbclid,
                 RawField::ClickTime => unreachable!("handled above"),
