@@ -6,6 +6,12 @@
 //! `capture.group_max_rows` and `capture.group_max_ms`); a large transaction is written in chunks of
 //! `group_max_rows` and confirmed only at its commit end, so memory stays bounded. When nothing is in
 //! flight, the keepalive position is stored and confirmed so that WAL of unrelated tables is released.
+//!
+//! Control transactions are written by a [`ControlWriter`] task that owns the control connection, so
+//! decoding and rule evaluation of the next group overlap the insert of the previous one. Groups reach it
+//! in order through a bounded queue (at most one group waits while one is written, so memory stays
+//! bounded), and the session advances its confirmed position only from the writer's acknowledgements,
+//! each sent after the commit holding the rows and the checkpoint.
 
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
@@ -105,6 +111,8 @@ pub struct Capture {
     source: ConnInfo,
     control: ConnInfo,
     stats: watch::Sender<CaptureStats>,
+    /// Stop cleanly once everything up to this position is recorded (benchmarks and tests).
+    stop_at: Option<Lsn>,
 }
 
 impl Capture {
@@ -130,7 +138,16 @@ impl Capture {
             source,
             control,
             stats,
+            stop_at: None,
         })
+    }
+
+    /// Makes [`Capture::run`] return once every change up to `lsn` is recorded and confirmed, as if
+    /// shut down there. For benchmarks and tests that replay a known stretch of WAL; `run` never stops
+    /// by itself otherwise.
+    pub fn stop_at(mut self, lsn: Lsn) -> Capture {
+        self.stop_at = Some(lsn);
+        self
     }
 
     /// A receiver of progress counters.
@@ -170,7 +187,7 @@ impl Capture {
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionEnd> {
         let schema = self.config.source.schema.clone();
         let slot = self.config.source.slot.clone();
-        let mut control = crate::db::connect(&self.control)
+        let control = crate::db::connect(&self.control)
             .await
             .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
         let checkpoint = outbox::load_checkpoint(&control, &schema, &slot).await?;
@@ -197,12 +214,12 @@ impl Capture {
         let start = checkpoint.unwrap_or(slot_lsn).max(slot_lsn);
         info!(%slot, start = %start, "capture started");
         crate::metrics::set_capture_state(crate::metrics::CaptureState::Streaming);
+        let writer = ControlWriter::start(control, schema.clone(), slot.clone());
         let mut session = Session {
             capture: self,
             stream,
-            control: &mut control,
-            schema: &schema,
-            slot: &slot,
+            writer,
+            queued: start,
             relations: RelationCache::new(),
             bound: HashMap::new(),
             tx: None,
@@ -216,6 +233,7 @@ impl Capture {
             keepalive_end: start,
             drops: DropCounts::default(),
             last_status: Instant::now(),
+            uncounted: 0,
         };
         let result = session.pump(shutdown).await;
         match result {
@@ -286,9 +304,10 @@ struct OpenTx {
 struct Session<'a> {
     capture: &'a Capture,
     stream: ReplicationStream,
-    control: &'a mut tokio_postgres::Client,
-    schema: &'a str,
-    slot: &'a str,
+    /// Writes control transactions in order, off the decoding path.
+    writer: ControlWriter,
+    /// The newest checkpoint handed to the writer (confirmed once acknowledged).
+    queued: Lsn,
     relations: RelationCache,
     bound: HashMap<u32, Option<Bound>>,
     tx: Option<OpenTx>,
@@ -311,6 +330,118 @@ struct Session<'a> {
     keepalive_end: Lsn,
     drops: DropCounts,
     last_status: Instant,
+    /// Changes decoded and not yet added to the shared counters.
+    uncounted: u64,
+}
+
+/// How many changes are counted locally before the shared counters are updated.
+const CHANGES_PER_STATS_UPDATE: u64 = 1_000;
+
+/// A control transaction for the writer: rows, and the checkpoint to store with them.
+struct WriteJob {
+    rows: Vec<NewDelivery>,
+    checkpoint: Option<Lsn>,
+}
+
+/// A control transaction the writer committed.
+struct Written {
+    rows: usize,
+    inserted: u64,
+    checkpoint: Option<Lsn>,
+    elapsed: Duration,
+}
+
+/// The task that owns the control connection and commits [`WriteJob`]s one by one, in order.
+struct ControlWriter {
+    jobs: Option<tokio::sync::mpsc::Sender<WriteJob>>,
+    acks: tokio::sync::mpsc::UnboundedReceiver<Result<Written, CaptureError>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Jobs sent and not acknowledged yet.
+    in_flight: usize,
+}
+
+impl ControlWriter {
+    /// Starts the task.
+    fn start(mut client: tokio_postgres::Client, schema: String, slot: String) -> ControlWriter {
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<WriteJob>(1);
+        let (ack, acks) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(job) = queue.recv().await {
+                let started = Instant::now();
+                let result =
+                    outbox::write_group(&mut client, &schema, &slot, &job.rows, job.checkpoint)
+                        .await;
+                let failed = result.is_err();
+                let _ = ack.send(
+                    result
+                        .map(|inserted| Written {
+                            rows: job.rows.len(),
+                            inserted,
+                            checkpoint: job.checkpoint,
+                            elapsed: started.elapsed(),
+                        })
+                        .map_err(CaptureError::from),
+                );
+                if failed {
+                    // Nothing after a failed transaction may be committed: the session stops.
+                    return;
+                }
+            }
+        });
+        ControlWriter {
+            jobs: Some(jobs),
+            acks,
+            task,
+            in_flight: 0,
+        }
+    }
+
+    /// Queues a job. Fails with the writer's error if it has stopped.
+    async fn send(&mut self, job: WriteJob) -> Result<(), CaptureError> {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(job).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            self.in_flight += 1;
+            Ok(())
+        } else {
+            Err(self.failure().await)
+        }
+    }
+
+    /// The next acknowledgement; pending while nothing is in flight.
+    async fn next(&mut self) -> Result<Written, CaptureError> {
+        if self.in_flight == 0 {
+            return std::future::pending().await;
+        }
+        match self.acks.recv().await {
+            Some(result) => {
+                self.in_flight -= 1;
+                result
+            }
+            None => Err(CaptureError::Db(
+                "the control writer stopped unexpectedly".to_string(),
+            )),
+        }
+    }
+
+    /// Why the writer stopped: its error, found among the acknowledgements.
+    async fn failure(&mut self) -> CaptureError {
+        while let Some(result) = self.acks.recv().await {
+            if let Err(e) = result {
+                return e;
+            }
+        }
+        CaptureError::Db("the control writer stopped unexpectedly".to_string())
+    }
+}
+
+impl Drop for ControlWriter {
+    fn drop(&mut self) {
+        // A session that ends with an error leaves queued jobs unwritten: nothing was confirmed for them.
+        self.task.abort();
+    }
 }
 
 impl Session<'_> {
@@ -319,7 +450,18 @@ impl Session<'_> {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Some(stop) = self.capture.stop_at {
+                if self.idle() && self.keepalive_end >= stop {
+                    self.advance_idle().await?;
+                }
+                if self.confirmed >= stop {
+                    return Ok(());
+                }
+            }
             let deadline = self.group_deadline;
+            // Group commit: while the writer commits one group, the next keeps growing (up to
+            // group_max_rows) and goes as soon as the writer is free.
+            let flush_due = deadline.is_some() && self.writer.in_flight == 0;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -327,7 +469,7 @@ impl Session<'_> {
                         return Ok(());
                     }
                 }
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if flush_due => {
                     self.flush_group().await?;
                 }
                 message = self.stream.next() => {
@@ -341,7 +483,7 @@ impl Session<'_> {
                         }
                         Some(ReplicationMessage::Keepalive { wal_end, reply_requested, .. }) => {
                             self.received = self.received.max(wal_end);
-                            if self.tx.is_none() && self.group.is_empty() && self.group_end.is_none() {
+                            if self.idle() {
                                 self.keepalive_end = self.keepalive_end.max(wal_end);
                             }
                             if reply_requested {
@@ -351,12 +493,45 @@ impl Session<'_> {
                         }
                     }
                 }
+                written = self.writer.next() => {
+                    self.acknowledged(written?).await?;
+                }
                 _ = ticker.tick() => {
                     self.advance_idle().await?;
                     self.send_status(false).await?;
                 }
             }
         }
+    }
+
+    /// The writer committed a control transaction: count it, and confirm its checkpoint.
+    async fn acknowledged(&mut self, written: Written) -> Result<(), CaptureError> {
+        if written.inserted > 0 {
+            crate::metrics::events_captured(written.inserted);
+            self.capture
+                .stats
+                .send_modify(|s| s.rows_inserted += written.inserted);
+        }
+        debug!(
+            rows = written.rows,
+            inserted = written.inserted,
+            checkpoint = ?written.checkpoint.map(|l| l.to_string()),
+            elapsed_ms = written.elapsed.as_millis() as u64,
+            "control transaction committed"
+        );
+        if let Some(checkpoint) = written.checkpoint {
+            if checkpoint > self.confirmed {
+                self.confirmed = checkpoint;
+                self.keepalive_end = self.keepalive_end.max(checkpoint);
+                self.send_status(false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when no transaction is open and nothing waits to be written.
+    fn idle(&self) -> bool {
+        self.tx.is_none() && self.group.is_empty() && self.group_end.is_none()
     }
 
     async fn handle(&mut self, message: PgOutput, at: Lsn) -> Result<(), CaptureError> {
@@ -379,6 +554,7 @@ impl Session<'_> {
                 crate::metrics::transaction_committed();
                 self.group_end = Some(commit.end_lsn);
                 self.group_complete = self.group.len();
+                self.publish_changes();
                 if self.group.len() >= self.capture.config.capture.group_max_rows {
                     self.flush_group().await?;
                 } else if self.group_deadline.is_none() {
@@ -413,9 +589,22 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn bump_changes(&self) {
-        crate::metrics::changes_decoded(1);
-        self.capture.stats.send_modify(|s| s.changes += 1);
+    /// Counts a row change; the shared counter is updated every [`CHANGES_PER_STATS_UPDATE`] changes
+    /// and at each commit (a shared update per change cost more than decoding the change).
+    fn bump_changes(&mut self) {
+        self.uncounted += 1;
+        if self.uncounted >= CHANGES_PER_STATS_UPDATE {
+            self.publish_changes();
+        }
+    }
+
+    /// Adds the changes counted since the last update to the shared counters.
+    fn publish_changes(&mut self) {
+        if self.uncounted > 0 {
+            let n = std::mem::take(&mut self.uncounted);
+            crate::metrics::changes_decoded(n);
+            self.capture.stats.send_modify(|s| s.changes += n);
+        }
     }
 
     async fn change(
@@ -459,60 +648,64 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Writes the group's complete transactions and the checkpoint of the newest, then confirms it.
-    /// Rows of a transaction still open (the group deadline can fire in the middle of one) stay in the
-    /// group until its commit.
+    /// Hands the group's complete transactions and the checkpoint of the newest to the writer; the
+    /// checkpoint is confirmed once the writer has committed it. Rows of a transaction still open stay
+    /// in the group until its commit, so a source transaction's rows are committed together.
     async fn flush_group(&mut self) -> Result<(), CaptureError> {
         self.group_deadline = None;
         let Some(end) = self.group_end.take() else {
             return Ok(());
         };
+        // Rows of a transaction still open (the deadline can fire in the middle of one) stay.
         let open = self
             .group
             .split_off(self.group_complete.min(self.group.len()));
         let written = self.write(Some(end)).await;
         self.group = open;
-        written?;
-        self.confirmed = self.confirmed.max(end);
-        self.keepalive_end = self.keepalive_end.max(end);
-        self.send_status(false).await
+        written
     }
 
     async fn write(&mut self, checkpoint: Option<Lsn>) -> Result<(), CaptureError> {
-        let rows = std::mem::take(&mut self.group);
+        let rows = std::mem::replace(
+            &mut self.group,
+            Vec::with_capacity(self.capture.config.capture.group_max_rows.min(8192)),
+        );
         self.group_complete = 0;
-        let inserted =
-            outbox::write_group(self.control, self.schema, self.slot, &rows, checkpoint).await?;
-        if inserted > 0 {
-            crate::metrics::events_captured(inserted);
-            self.capture
-                .stats
-                .send_modify(|s| s.rows_inserted += inserted);
+        if let Some(checkpoint) = checkpoint {
+            self.queued = self.queued.max(checkpoint);
         }
-        debug!(rows = rows.len(), inserted, checkpoint = ?checkpoint.map(|l| l.to_string()), "control transaction committed");
-        Ok(())
+        self.send_job(WriteJob { rows, checkpoint }).await
+    }
+
+    /// Hands a job to the writer once the previous one is committed: one group is written while the
+    /// next is decoded, and no more than those two are held in memory.
+    async fn send_job(&mut self, job: WriteJob) -> Result<(), CaptureError> {
+        while self.writer.in_flight > 0 {
+            let written = self.writer.next().await?;
+            self.acknowledged(written).await?;
+        }
+        self.writer.send(job).await
     }
 
     /// With nothing in flight, stores and confirms the keepalive position so unrelated WAL is released.
     async fn advance_idle(&mut self) -> Result<(), CaptureError> {
-        if self.tx.is_some() || !self.group.is_empty() || self.group_end.is_some() {
+        if !self.idle() {
             return Ok(());
         }
-        if self.keepalive_end > self.confirmed {
-            outbox::write_group(
-                self.control,
-                self.schema,
-                self.slot,
-                &[],
-                Some(self.keepalive_end),
-            )
+        if self.keepalive_end > self.queued {
+            // Queued behind every earlier group, so it is committed after them.
+            self.queued = self.keepalive_end;
+            self.send_job(WriteJob {
+                rows: Vec::new(),
+                checkpoint: Some(self.keepalive_end),
+            })
             .await?;
-            self.confirmed = self.keepalive_end;
         }
         Ok(())
     }
 
     async fn send_status(&mut self, reply: bool) -> Result<(), CaptureError> {
+        self.publish_changes();
         self.stream
             .send_status(self.received, self.confirmed, self.confirmed, reply)
             .await?;
@@ -530,6 +723,12 @@ impl Session<'_> {
         }
         self.flush_group().await?;
         self.advance_idle().await?;
+        // Wait for the writer to commit everything queued.
+        self.writer.jobs = None;
+        while self.writer.in_flight > 0 {
+            let written = self.writer.next().await?;
+            self.acknowledged(written).await?;
+        }
         self.send_status(false).await?;
         info!(confirmed = %self.confirmed, "capture stopped");
         self.stream.finish().await?;

@@ -92,6 +92,28 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Measure throughput, latency and memory on a throwaway PostgreSQL and print a table.
+    Bench {
+        /// A smaller run (a tenth of the rows) to check that everything works.
+        #[arg(long)]
+        quick: bool,
+        /// How many times each ratio measurement is repeated (the best run is reported).
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
+        /// Run only some measurements: any of `decode`, `capture`, `e2e`, `latency` (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// The benchmark's capture process: capture until an LSN, then print a JSON report.
+    #[command(hide = true)]
+    BenchCapture {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop once everything up to this LSN is recorded.
+        #[arg(long)]
+        stop_at: String,
+    },
     /// Check a config file (and nothing else).
     Validate {
         /// The config file.
@@ -196,6 +218,23 @@ async fn dispatch(command: Command) -> Result<(), String> {
             let report = crate::demo::run().await?;
             print!("{report}");
             Ok(())
+        }
+        Command::Bench {
+            quick,
+            repeats,
+            only,
+        } => {
+            let options = crate::bench::BenchOptions {
+                quick,
+                repeats,
+                only,
+            };
+            let report = crate::bench::run(options).await?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::BenchCapture { config, stop_at } => {
+            crate::bench::capture_child(&config, &stop_at).await
         }
         Command::Sandbox { listen } => {
             let handle = crate::sandbox::Sandbox::start(listen)

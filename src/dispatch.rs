@@ -352,6 +352,10 @@ impl Dispatcher {
     /// restated value), so a batch boundary between the two can never send a refunded conversion.
     /// Capture writes a source transaction's rows in one control transaction, so a conversion and the
     /// refund of the same source transaction become visible together.
+    ///
+    /// `= any(array(…))` rather than `in (…)`: the claimed ids are then looked up by primary key, where
+    /// `in` let the planner hash-join them against a sequential scan of the whole table, making every
+    /// claim cost O(table) while a backlog drains (seen in `pgcapi bench`).
     async fn claim(
         &self,
         destination: &str,
@@ -362,7 +366,7 @@ impl Dispatcher {
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
                    attempts = d.attempts + (d.lease_owner is not null)::int, updated_at = now() \
-             where d.id in ( \
+             where d.id = any(array( \
                select x.id from {s}.deliveries x \
                 where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \
                   and (x.lease_until is null or x.lease_until < now()) \
@@ -373,7 +377,7 @@ impl Dispatcher {
                        and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
                 order by x.next_attempt_at, x.id \
                 limit $4 \
-                for update skip locked) \
+                for update skip locked)) \
              returning d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
                d.event_time, d.value::text, d.currency, d.action_source, d.payload::text, d.attempts, \
                d.created_at",

@@ -27,8 +27,11 @@
 //! - [`repair`]: `pgcapi retry` and `pgcapi replay`: requeue control-table rows.
 //! - [`retention`]: deletes old finished rows (`pgcapi run` hourly, `pgcapi purge`).
 //! - [`units`]: human durations, sizes and timestamps.
+//! - [`backfill`]: `pgcapi backfill`, conversions for rows that existed before the slot.
+//! - [`bench`]: `pgcapi bench`, throughput, latency and memory against `pg_recvlogical`.
 
 pub mod backfill;
+pub mod bench;
 pub mod capture;
 pub mod check;
 pub mod cli;

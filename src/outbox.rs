@@ -390,6 +390,9 @@ pub async fn load_checkpoint(
     Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
 }
 
+/// Most rows [`write_group`] puts in one insert statement.
+pub const WRITE_CHUNK_ROWS: usize = 1_000;
+
 /// Writes `rows` and the checkpoint `lsn` in one transaction, so that the control table and the stored
 /// position always agree. Returns how many rows were new.
 pub async fn write_group(
@@ -403,7 +406,12 @@ pub async fn write_group(
         .transaction()
         .await
         .map_err(db("beginning a transaction"))?;
-    let inserted = insert_deliveries(&tx, schema, rows).await?;
+    let mut inserted = 0;
+    // Statements of at most WRITE_CHUNK_ROWS rows: the encoded parameters of one statement are a copy
+    // of its rows, so smaller statements keep the peak memory of a large group down.
+    for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
+        inserted += insert_deliveries(&tx, schema, chunk).await?;
+    }
     if let Some(lsn) = lsn {
         save_checkpoint(&tx, schema, slot, lsn).await?;
     }

@@ -7,7 +7,7 @@
 
 use crate::config::{Config, Platform, RuleConfig, Template, TemplatePart};
 use crate::decode::{parse_value, Datum, Relation, Tuple, Value};
-use crate::identity::{self, MatchKey, RawIdentity};
+use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
@@ -398,6 +398,8 @@ impl Rules {
         } else {
             RawIdentity::default()
         };
+        // Parsed and hashed once for all destinations.
+        let mut identity = EventIdentity::new(&raw, &self.default_region);
         for (destination, platform) in &rule.destinations {
             let mut payload = Payload {
                 event_source_url: fields.event_source_url.clone(),
@@ -412,8 +414,7 @@ impl Rules {
                 Platform::Tiktok => payload.platform_event = rule.tiktok_event.clone(),
             }
             let (state, last_error) = if consent {
-                let (keys, dropped) =
-                    identity::match_keys(*platform, &raw, &self.default_region, fields.event_time);
+                let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
                 for d in dropped {
                     *drops.by_key.entry(d.key).or_default() += 1;
                 }
@@ -701,7 +702,7 @@ impl RowView<'_> {
     }
 
     fn text(&self, rule: &Compiled, column: &str) -> Result<Option<String>, RuleError> {
-        Ok(self.value(rule, column)?.to_text())
+        Ok(self.value(rule, column)?.into_text())
     }
 
     fn matches(&self, rule: &Compiled) -> Result<bool, RuleError> {
@@ -742,7 +743,7 @@ impl RowView<'_> {
                 };
                 continue;
             }
-            let text = value.to_text();
+            let text = value.into_text();
             let slot = match field {
                 RawField::Fbclid => &mut raw.fbclid,
                 RawField::ClickTime => unreachable!("handled above"),

@@ -148,6 +148,14 @@ impl Value {
         })
     }
 
+    /// [`Value::to_text`], moving the text out of text-like values instead of copying it.
+    pub fn into_text(self) -> Option<String> {
+        match self {
+            Value::Text(s) | Value::Numeric(s) | Value::Uuid(s) => Some(s),
+            other => other.to_text(),
+        }
+    }
+
     /// True for [`Value::Null`].
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)

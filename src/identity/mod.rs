@@ -390,32 +390,102 @@ pub fn match_keys(
     default_region: &str,
     event_time: DateTime<Utc>,
 ) -> (MatchKeys, Vec<Dropped>) {
-    let region = row_region(raw.country.as_deref(), default_region);
-    // A known country the phone metadata lacks (e.g. AQ) falls back to the default region for phones.
-    let phone_region = phone_region(Some(&region), default_region).to_ascii_uppercase();
-    let mut keys = MatchKeys::new();
-    let mut dropped = Vec::new();
-    for &key in accepted_keys(platform) {
-        let result = if key == MatchKey::Fbc {
-            fbc_value(raw, event_time)
-        } else {
-            let region = if key == MatchKey::Phone {
-                &phone_region
-            } else {
-                &region
-            };
-            raw.get(key)
-                .map(|value| match_key_value(platform, key, value, region))
-        };
-        match result {
-            Some(Ok(value)) => {
-                keys.insert(key, value);
-            }
-            Some(Err(reason)) => dropped.push(Dropped { key, reason }),
-            None => {}
+    EventIdentity::new(raw, default_region).match_keys(platform, event_time)
+}
+
+/// One event's identifiers, prepared once for all of its destinations.
+///
+/// The row's region is worked out once, the phone is parsed once (the platforms differ only in
+/// whether E.164 keeps its `+`), and each digest is computed once and shared by the platforms that
+/// normalize a value alike. [`EventIdentity::match_keys`] answers exactly what [`match_keys`] does.
+pub struct EventIdentity<'a> {
+    raw: &'a RawIdentity,
+    region: String,
+    phone_region: String,
+    /// The phone as E.164 with `+`, or why it is left out; parsed on first use.
+    phone: Option<Result<String, Reason>>,
+    /// (normalized value, digest) pairs computed so far.
+    digests: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for EventIdentity<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No values: they are personal data.
+        f.debug_struct("EventIdentity")
+            .field("raw", &self.raw)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> EventIdentity<'a> {
+    /// Prepares `raw`; `default_region` as in [`match_keys`].
+    pub fn new(raw: &'a RawIdentity, default_region: &str) -> EventIdentity<'a> {
+        let region = row_region(raw.country.as_deref(), default_region);
+        // A known country the phone metadata lacks (e.g. AQ) falls back to the default region for phones.
+        let phone_region = phone_region(Some(&region), default_region).to_ascii_uppercase();
+        EventIdentity {
+            raw,
+            region,
+            phone_region,
+            phone: None,
+            digests: Vec::new(),
         }
     }
-    (keys, dropped)
+
+    /// Normalized and hashed keys for one platform, as [`match_keys`].
+    pub fn match_keys(
+        &mut self,
+        platform: Platform,
+        event_time: DateTime<Utc>,
+    ) -> (MatchKeys, Vec<Dropped>) {
+        let raw = self.raw;
+        let mut keys = MatchKeys::new();
+        let mut dropped = Vec::new();
+        for &key in accepted_keys(platform) {
+            let result = if key == MatchKey::Fbc {
+                fbc_value(raw, event_time)
+            } else {
+                raw.get(key).map(|value| self.value(platform, key, value))
+            };
+            match result {
+                Some(Ok(value)) => {
+                    keys.insert(key, value);
+                }
+                Some(Err(reason)) => dropped.push(Dropped { key, reason }),
+                None => {}
+            }
+        }
+        (keys, dropped)
+    }
+
+    /// [`match_key_value`] with the phone parsed once and digests memoized.
+    fn value(&mut self, platform: Platform, key: MatchKey, raw: &str) -> Result<String, Reason> {
+        if !key.is_hashed(platform) {
+            return normalize_key(platform, key, raw, &self.region);
+        }
+        let cleaned = text::clean(raw).ok_or(EMPTY)?;
+        if is_sha256_hex(&cleaned) {
+            return Ok(cleaned.to_ascii_lowercase());
+        }
+        let normalized = if key == MatchKey::Phone {
+            let region = &self.phone_region;
+            let e164 = self
+                .phone
+                .get_or_insert_with(|| phone::phone_e164(&cleaned, region))
+                .as_deref()
+                .map_err(|reason| *reason)?;
+            phone::for_platform(platform, e164)
+        } else {
+            normalize_key(platform, key, &cleaned, &self.region)?
+        };
+        if let Some((_, digest)) = self.digests.iter().find(|(n, _)| *n == normalized) {
+            return Ok(digest.clone());
+        }
+        let digest = hash(&normalized);
+        self.digests.push((normalized, digest.clone()));
+        Ok(digest)
+    }
 }
 
 /// The region of a row: its country if that is a known country, else the default region (uppercase).
@@ -504,7 +574,10 @@ pub fn hash(normalized: &str) -> String {
     if is_sha256_hex(normalized) {
         return normalized.to_ascii_lowercase();
     }
-    hex::encode(Sha256::digest(normalized.as_bytes()))
+    let mut text = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(normalized.as_bytes()), &mut text)
+        .expect("a SHA-256 digest is 32 bytes");
+    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
 }
 
 /// True when the text is exactly 64 ASCII hex digits (either case), i.e. looks like a SHA-256 digest.

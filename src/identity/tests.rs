@@ -682,3 +682,24 @@ proptest! {
         prop_assert_eq!(digest.to_ascii_lowercase(), digest.clone());
     }
 }
+
+#[test]
+fn one_event_identity_for_every_platform_answers_as_separate_match_keys_calls() {
+    let mut invalid_phone = full_row();
+    invalid_phone.phone = Some("call me".into());
+    let mut prehashed = full_row();
+    prehashed.email = Some(hash("alice@example.com").to_ascii_uppercase());
+    prehashed.country = Some("GB".into());
+    prehashed.phone = Some("020 7946 0958".into());
+    for row in [full_row(), invalid_phone, prehashed, RawIdentity::default()] {
+        let mut shared = EventIdentity::new(&row, "US");
+        // Twice around: the second round is served from the memo.
+        for platform in [Platform::Meta, Platform::GoogleAds, Platform::Tiktok].repeat(2) {
+            assert_eq!(
+                shared.match_keys(platform, event_time()),
+                match_keys(platform, &row, "US", event_time()),
+                "{platform:?} {row:?}"
+            );
+        }
+    }
+}

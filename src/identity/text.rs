@@ -8,6 +8,16 @@ use crate::config::Platform;
 
 /// Unicode NFC, then trim surrounding whitespace; `None` when nothing is left.
 pub(crate) fn clean(raw: &str) -> Option<String> {
+    if raw.is_ascii() {
+        // ASCII is already NFC: one allocation instead of two.
+        let trimmed = raw.trim();
+        return (!trimmed.is_empty()).then(|| trimmed.to_owned());
+    }
+    clean_unicode(raw)
+}
+
+/// [`clean`] without the ASCII shortcut.
+fn clean_unicode(raw: &str) -> Option<String> {
     let composed = nfc(raw.to_owned());
     let trimmed = composed.trim();
     (!trimmed.is_empty()).then(|| trimmed.to_owned())
@@ -69,6 +79,23 @@ pub(crate) fn lower_words(value: &str) -> Result<String, Reason> {
 ///
 /// `"Québec"`, `"QUEBEC"` and `"quebec"` all give `"quebec"`; `"U.K."` gives `"uk"`.
 pub(crate) fn fold(value: &str) -> String {
+    if value.is_ascii() {
+        // For ASCII, NFD and the mark filter change nothing and lowercasing is ASCII lowercasing.
+        let mut out = String::with_capacity(value.len());
+        for b in value.bytes() {
+            if b == b'&' {
+                out.push_str("and");
+            } else if b.is_ascii_alphanumeric() {
+                out.push(char::from(b.to_ascii_lowercase()));
+            }
+        }
+        return out;
+    }
+    fold_unicode(value)
+}
+
+/// [`fold`] without the ASCII shortcut.
+fn fold_unicode(value: &str) -> String {
     value
         .replace('&', " and ")
         .nfd()
@@ -165,5 +192,14 @@ mod tests {
         assert_eq!(fold("U.K."), "uk");
         assert_eq!(fold("Bosnia & Herzegovina"), "bosniaandherzegovina");
         assert_eq!(fold("Côte d'Ivoire"), "cotedivoire");
+        assert_eq!(fold("Trinidad & Tobago"), "trinidadandtobago");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_ascii_shortcuts_answer_as_the_unicode_paths(value in "[ -~\t\n]{0,24}") {
+            proptest::prop_assert_eq!(fold(&value), fold_unicode(&value));
+            proptest::prop_assert_eq!(clean(&value), clean_unicode(&value));
+        }
     }
 }
