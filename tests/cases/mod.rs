@@ -1,5 +1,6 @@
 //! Integration test cases, one file per capability.
 
+mod bench;
 mod capture;
 mod cluster;
 mod crash;
