@@ -9,9 +9,10 @@
 //!
 //! Control transactions are written by a [`ControlWriter`] task that owns the control connection, so
 //! decoding and rule evaluation of the next group overlap the insert of the previous one. Groups reach it
-//! in order through a bounded queue (at most one group waits while one is written, so memory stays
-//! bounded), and the session advances its confirmed position only from the writer's acknowledgements,
-//! each sent after the commit holding the rows and the checkpoint.
+//! in order, and a group is handed over only once the previous one is committed, so at most two groups
+//! are in memory; while the writer is busy the next group keeps growing (group commit). The session
+//! advances its confirmed position only from the writer's acknowledgements, each sent after the commit
+//! holding the rows and the checkpoint.
 
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};

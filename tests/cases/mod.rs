@@ -1,6 +1,7 @@
 //! Integration test cases, one file per capability.
 
 mod backfill;
+mod bench;
 mod capture;
 mod cluster;
 mod crash;
