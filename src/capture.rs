@@ -28,6 +28,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+/// The first wait before reconnecting after an outage; it doubles up to 10 s while outages go on.
+const INITIAL_RECONNECT_DELAY: Duration = Duration::from_millis(200);
+
+/// A session that streamed at least this long ended a healthy period: the backoff starts again.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
 /// Startup options of the replication connection: fixed formats for the values pgoutput prints.
 pub const REPLICATION_OPTIONS: &str =
     "-c datestyle=ISO -c timezone=UTC -c extra_float_digits=3 -c wal_sender_timeout=60s";
@@ -159,12 +165,18 @@ impl Capture {
     /// Runs until `shutdown` turns true; reconnects after outages; returns an error only for problems
     /// that need an operator.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), CaptureError> {
-        let mut delay = Duration::from_millis(200);
+        let mut delay = INITIAL_RECONNECT_DELAY;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            match self.session(&mut shutdown).await {
+            let started = Instant::now();
+            let outcome = self.session(&mut shutdown).await;
+            if started.elapsed() >= HEALTHY_SESSION {
+                // The outage is new, not the previous one going on: start the backoff again.
+                delay = INITIAL_RECONNECT_DELAY;
+            }
+            match outcome {
                 Ok(()) => return Ok(()),
                 Err(SessionEnd::SlotInUse) => {
                     crate::metrics::set_capture_state(crate::metrics::CaptureState::Standby);
