@@ -379,7 +379,13 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
             .await
             .map_err(|e| crate::error_chain(&e))
         };
-        match attempt.await {
+        let started = std::time::Instant::now();
+        let outcome = attempt.await;
+        if started.elapsed() >= std::time::Duration::from_secs(30) {
+            // A new outage after a healthy spell: start the backoff again.
+            delay = std::time::Duration::from_millis(200);
+        }
+        match outcome {
             Ok(()) => return,
             Err(e) => {
                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "dispatch interrupted");
