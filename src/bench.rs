@@ -810,6 +810,19 @@ impl Bench<'_> {
         let (captured, sent): (DateTime<Utc>, Option<DateTime<Utc>>) = (row.get(0), row.get(1));
         let (not_sent, total): (i64, i64) = (row.get(2), row.get(3));
         child.stop();
+        // Statistics reach the shared view when backends flush them (at the latest on exit): shown as a
+        // diagnostic of how many dispatch updates were HOT (no new index entries).
+        if let Ok(row) = client
+            .query_one(
+                "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables \
+                 where schemaname = 'pgcapi' and relname = 'deliveries'",
+                &[],
+            )
+            .await
+        {
+            let (updates, hot): (i64, i64) = (row.get(0), row.get(1));
+            eprintln!("bench: deliveries updates: {updates}, of them HOT: {hot}");
+        }
         drop(client);
         self.drop_database(admin, &database, &slot).await?;
         if total != expected {

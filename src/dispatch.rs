@@ -356,6 +356,11 @@ impl Dispatcher {
     /// `= any(array(…))` rather than `in (…)`: the claimed ids are then looked up by primary key, where
     /// `in` let the planner hash-join them against a sequential scan of the whole table, making every
     /// claim cost O(table) while a backlog drains (seen in `pgcapi bench`).
+    ///
+    /// The claim changes no indexed column (only the lease and `attempts`; `updated_at` keeps meaning
+    /// "when the row reached its current state", and a claim changes no state), so PostgreSQL can make
+    /// it a HOT update when the page has room (`sql/005_dispatch_hot.sql` leaves some): no new index
+    /// entries per claimed row.
     async fn claim(
         &self,
         destination: &str,
@@ -365,7 +370,7 @@ impl Dispatcher {
         let sql = format!(
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
-                   attempts = d.attempts + (d.lease_owner is not null)::int, updated_at = now() \
+                   attempts = d.attempts + (d.lease_owner is not null)::int \
              where d.id = any(array( \
                select x.id from {s}.deliveries x \
                 where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \

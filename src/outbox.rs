@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "004_queued_at.sql",
         include_str!("../sql/004_queued_at.sql"),
     ),
+    (
+        "005_dispatch_hot.sql",
+        include_str!("../sql/005_dispatch_hot.sql"),
+    ),
 ];
 
 /// What a delivery row asks the platform to do.
