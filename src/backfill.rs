@@ -15,7 +15,7 @@ use crate::decode::{Datum, Relation, RelationColumn, Tuple};
 use crate::lsn::Lsn;
 use crate::outbox::{insert_deliveries, notify_channel, quote_ident, NewDelivery};
 use crate::rules::{DropCounts, Rules, TxContext};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -118,27 +118,6 @@ pub enum BackfillError {
 fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
     let what = what.into();
     move |source| BackfillError::Database { what, source }
-}
-
-/// Parses `--since`: an RFC 3339 time, a date (midnight UTC), or an age such as `7d`, `36h`, `90m`.
-pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    }
-    match humantime::parse_duration(text) {
-        Ok(age) => chrono::Duration::from_std(age)
-            .ok()
-            .and_then(|age| now.checked_sub_signed(age))
-            .ok_or_else(|| format!("--since {text:?} is too far back")),
-        Err(_) => Err(format!(
-            "--since {text:?} is not a time (2026-11-16T00:00:00Z), a date (2026-11-16) or an age \
-             (7d, 36h)"
-        )),
-    }
 }
 
 /// Runs a backfill for `options.rule` of `config`.
@@ -338,36 +317,4 @@ async fn load_relation(
             })
             .collect(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_accepts_times_dates_and_ages() {
-        let now = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            parse_since("2026-11-16T08:30:00+01:00", now)
-                .unwrap()
-                .to_rfc3339(),
-            "2026-11-16T07:30:00+00:00"
-        );
-        assert_eq!(
-            parse_since("2026-11-16", now).unwrap().to_rfc3339(),
-            "2026-11-16T00:00:00+00:00"
-        );
-        assert_eq!(
-            parse_since("7d", now).unwrap().to_rfc3339(),
-            "2026-11-16T12:00:00+00:00"
-        );
-        assert_eq!(
-            parse_since("36h", now).unwrap().to_rfc3339(),
-            "2026-11-22T00:00:00+00:00"
-        );
-        let err = parse_since("last week", now).unwrap_err();
-        assert!(err.contains("last week") && err.contains("7d"), "{err}");
-    }
 }

@@ -81,10 +81,10 @@ pub enum Command {
         /// The rule to evaluate.
         #[arg(long)]
         rule: String,
-        /// Rows whose timestamp column is at or after this: a time (2026-11-16T00:00:00Z), a date
-        /// (2026-11-16) or an age (7d, 36h).
-        #[arg(long)]
-        since: String,
+        /// Rows whose timestamp column is at or after this: an age (7d, 36h) or a time (2026-11-16,
+        /// 2026-11-16 14:00, RFC 3339; UTC unless an offset is given).
+        #[arg(long, value_name = "AGE|TIME")]
+        since: crate::units::TimeRef,
         /// The timestamp column to filter on (default: the rule's event_time column).
         #[arg(long)]
         column: Option<String>,
@@ -254,7 +254,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
             dry_run,
         } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            let since = crate::backfill::parse_since(&since, chrono::Utc::now())?;
+            let since = since.resolve(chrono::Utc::now());
             let options = crate::backfill::BackfillOptions {
                 rule,
                 since,

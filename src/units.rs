@@ -120,6 +120,17 @@ impl TimeRef {
         }
     }
 
+    /// The moment this names, with `now` as the reference for an age.
+    pub fn resolve(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            TimeRef::At(at) => *at,
+            TimeRef::Ago(age) => chrono::Duration::from_std(*age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
+
     /// The two SQL parameters `(timestamp, seconds_ago)`, exactly one of them set, for
     /// `coalesce($ts, now() - $secs * interval '1 second')`.
     pub fn sql_params(&self) -> (Option<DateTime<Utc>>, Option<i64>) {
@@ -225,6 +236,13 @@ mod tests {
         assert_eq!(at("2025-01-31T14:05:06+01:00"), "2025-01-31T13:05:06+00:00");
         let err = TimeRef::parse("yesterday").unwrap_err();
         assert!(err.contains("neither a duration"), "{err}");
+        let now = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let resolved = |s: &str| TimeRef::parse(s).unwrap().resolve(now).to_rfc3339();
+        assert_eq!(resolved("7d"), "2026-11-16T12:00:00+00:00");
+        assert_eq!(resolved("36h"), "2026-11-22T00:00:00+00:00");
+        assert_eq!(resolved("2026-11-16"), "2026-11-16T00:00:00+00:00");
     }
 
     #[test]
