@@ -5,9 +5,9 @@
 //! are bisected until the bad events stand alone. Meta cannot retract an event (§1.12, §7).
 
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, required,
-    retry_after, transport_error, value_number, BatchAnswer, Destination, DestinationError,
-    Outcome, SendFuture, OPERATOR_RETRY_FLOOR,
+    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
+    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
 use crate::identity::MatchKey;
@@ -253,15 +253,7 @@ impl Meta {
             .json(&body)
             .send()
             .await;
-        match response {
-            Err(e) => transport_error("meta", e),
-            Ok(r) => {
-                let status = r.status();
-                let delay = retry_after(r.headers());
-                let text = r.text().await.unwrap_or_default();
-                classify(status, delay, &text)
-            }
-        }
+        read_answer("meta", response, classify).await
     }
 }
 

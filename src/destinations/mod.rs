@@ -346,6 +346,24 @@ pub(crate) fn transport_error(platform: &str, err: reqwest::Error) -> BatchAnswe
     }
 }
 
+/// Reads a platform's answer to one request and classifies it with the platform's `classify`: a
+/// transport error (no answer) is retryable; otherwise the status, `Retry-After` and body decide.
+pub(crate) async fn read_answer(
+    platform: &str,
+    response: Result<reqwest::Response, reqwest::Error>,
+    classify: fn(reqwest::StatusCode, Option<Duration>, &str) -> BatchAnswer,
+) -> BatchAnswer {
+    match response {
+        Err(e) => transport_error(platform, e),
+        Ok(r) => {
+            let status = r.status();
+            let delay = retry_after(r.headers());
+            let text = r.text().await.unwrap_or_default();
+            classify(status, delay, &text)
+        }
+    }
+}
+
 /// Parses a `Retry-After` header: delay seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers
