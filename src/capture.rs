@@ -641,13 +641,13 @@ impl Session<'_> {
             return Ok(());
         };
         self.ordinal += 1;
-        let before = self.drops.by_key.values().sum::<u64>();
+        let before = self.drops.total;
         let rows = self
             .capture
             .rules
             .evaluate(bound, new, tx, self.ordinal, &mut self.drops)
             .map_err(|error| CaptureError::Rule { error, lsn: at })?;
-        let dropped = self.drops.by_key.values().sum::<u64>() - before;
+        let dropped = self.drops.total - before;
         if dropped > 0 {
             self.capture
                 .stats

@@ -76,8 +76,8 @@ pub struct TxContext {
 /// Counters of identifiers left out because they were invalid (values never kept).
 #[derive(Debug, Default, Clone)]
 pub struct DropCounts {
-    /// How many identifiers were dropped, by key.
-    pub by_key: HashMap<MatchKey, u64>,
+    /// How many identifiers were dropped.
+    pub total: u64,
 }
 
 /// Where a match-key column goes in [`RawIdentity`].
@@ -415,9 +415,7 @@ impl Rules {
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
-                for d in dropped {
-                    *drops.by_key.entry(d.key).or_default() += 1;
-                }
+                drops.total += dropped.len() as u64;
                 payload.keys = keys;
                 if payload.keys.is_empty() {
                     (State::Skipped, Some("no match keys".to_string()))
