@@ -171,6 +171,5 @@ async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_noth
         records.tiktok.counters.duplicate_sends
     );
 
-    // Both processes dispatch: the standby sent rows after the kill (the first is gone).
     second.kill();
 }
