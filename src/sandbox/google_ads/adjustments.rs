@@ -11,8 +11,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{
-    action_id, click_key, collection_error, currency_ok, not_in_future, parse_body,
-    parse_date_time, schema, upload_response, Call, Ledger, RowError,
+    action_id, click_key, currency_ok, not_in_future, parse_date_time, schema, upload_response,
+    Call, Ledger, RowError, UploadEnvelope,
 };
 use crate::sandbox::records::AcceptedAdjustment;
 use crate::sandbox::{as_number, is_sha256_hex, Shared};
@@ -360,37 +360,22 @@ fn adjustment_key(row: &Row<'_>) -> String {
 
 /// Validates and applies an adjustment upload; rows fail individually.
 pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response {
-    let reject = |response: Response| {
-        shared.lock().records.google_ads.counters.rejected_requests += 1;
-        response
-    };
-    let request = match parse_body(ctx, body, &schema::UPLOAD_ADJUSTMENTS_REQUEST) {
-        Ok(value) => value,
-        Err(response) => return reject(*response),
-    };
-    let empty = Vec::new();
-    let rows = request
-        .get("conversionAdjustments")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    if rows.is_empty() {
-        return reject(collection_error(
-            ctx,
-            COLLECTION,
-            "fieldError",
-            "REQUIRED",
-            "The required field was not present.",
-        ));
-    }
-    if rows.len() > MAX_ADJUSTMENTS {
-        return reject(collection_error(
-            ctx,
-            COLLECTION,
+    let envelope = UploadEnvelope {
+        kind: &schema::UPLOAD_ADJUSTMENTS_REQUEST,
+        field: "conversionAdjustments",
+        collection: COLLECTION,
+        max: MAX_ADJUSTMENTS,
+        too_many: (
             FAMILY,
             "TOO_MANY_ADJUSTMENTS_IN_REQUEST",
             "The request contains more than 2000 adjustments.",
-        ));
-    }
+        ),
+    };
+    let request = match envelope.check(shared, ctx, body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let rows = envelope.rows(&request);
     let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
     let now = Utc::now();
     let mut guard = shared.lock();

@@ -7,8 +7,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{
-    action_id, check_user_identifiers, click_key, collection_error, currency_ok, not_in_future,
-    parse_body, parse_date_time, schema, upload_response, Call, Ledger, RowError, StoredConversion,
+    action_id, check_user_identifiers, click_key, currency_ok, not_in_future, parse_date_time,
+    schema, upload_response, Call, Ledger, RowError, StoredConversion, UploadEnvelope,
 };
 use crate::sandbox::records::AcceptedConversion;
 use crate::sandbox::{as_number, Shared};
@@ -310,37 +310,22 @@ fn store(ledger: &mut Ledger, row: &Row<'_>) {
 
 /// Validates, dedups and records an upload; rows fail individually.
 pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response {
-    let reject = |response: Response| {
-        shared.lock().records.google_ads.counters.rejected_requests += 1;
-        response
-    };
-    let request = match parse_body(ctx, body, &schema::UPLOAD_CLICKS_REQUEST) {
-        Ok(value) => value,
-        Err(response) => return reject(*response),
-    };
-    let empty = Vec::new();
-    let rows = request
-        .get("conversions")
-        .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    if rows.is_empty() {
-        return reject(collection_error(
-            ctx,
-            COLLECTION,
-            "fieldError",
-            "REQUIRED",
-            "The required field was not present.",
-        ));
-    }
-    if rows.len() > MAX_CONVERSIONS {
-        return reject(collection_error(
-            ctx,
-            COLLECTION,
+    let envelope = UploadEnvelope {
+        kind: &schema::UPLOAD_CLICKS_REQUEST,
+        field: "conversions",
+        collection: COLLECTION,
+        max: MAX_CONVERSIONS,
+        too_many: (
             "conversionUploadError",
             "TOO_MANY_CONVERSIONS_IN_REQUEST",
             "The request contains more than 2000 conversions.",
-        ));
-    }
+        ),
+    };
+    let request = match envelope.check(shared, ctx, body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let rows = envelope.rows(&request);
     let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
     let now = Utc::now();
     let mut guard = shared.lock();

@@ -419,6 +419,63 @@ fn auth_failure(ctx: &Call<'_>, code: &str, message: &str) -> Response {
         &[detail])
 }
 
+/// What an upload endpoint checks before its rows: the body's shape, then that its `collection` array
+/// (`conversions` or `conversionAdjustments`) holds 1 to `max` rows. A refused request is counted and
+/// answered with Google's request-level error.
+struct UploadEnvelope<'a> {
+    kind: &'a schema::Kind,
+    /// The JSON field holding the rows.
+    field: &'a str,
+    /// The field path Google names in its errors.
+    collection: &'a str,
+    max: usize,
+    /// The error family and code, and the message, for more than `max` rows.
+    too_many: (&'a str, &'a str, &'a str),
+}
+
+impl UploadEnvelope<'_> {
+    /// The parsed request when its envelope is valid.
+    fn check(&self, shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Result<Value, Box<Response>> {
+        let reject = |response: Response| {
+            shared.lock().records.google_ads.counters.rejected_requests += 1;
+            Box::new(response)
+        };
+        let request = parse_body(ctx, body, self.kind).map_err(|r| reject(*r))?;
+        let rows = request
+            .get(self.field)
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if rows == 0 {
+            return Err(reject(collection_error(
+                ctx,
+                self.collection,
+                "fieldError",
+                "REQUIRED",
+                "The required field was not present.",
+            )));
+        }
+        if rows > self.max {
+            let (family, code, message) = self.too_many;
+            return Err(reject(collection_error(
+                ctx,
+                self.collection,
+                family,
+                code,
+                message,
+            )));
+        }
+        Ok(request)
+    }
+
+    /// The rows of a request [`UploadEnvelope::check`] accepted.
+    fn rows<'v>(&self, request: &'v Value) -> &'v [Value] {
+        request
+            .get(self.field)
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
 /// A request-level error with one GoogleAdsFailure error located at the collection.
 fn collection_error(
     ctx: &Call<'_>,
