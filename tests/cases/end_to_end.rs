@@ -1,34 +1,29 @@
 //! End to end: `pgcapi run` (capture + dispatch) on a real PostgreSQL, delivering to the sandbox.
 
-use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
-use pgcapi::sandbox::Sandbox;
-use pgcapi::setup::{setup, SetupOptions};
+use crate::support::Shop;
+use crate::support::{count, wait_for, CONTRACT_TOML};
 use std::process::{Command, Stdio};
 
 #[tokio::test]
 async fn paid_orders_reach_every_platform_once_and_refunds_retract_where_possible() {
     // GIVEN the sandbox, a shop database and `pgcapi run` pointed at the sandbox.
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SHOP_SQL).await.unwrap();
-    let env = contract_env(&db.url(), &sandbox.base_url());
-    let config = config_from(CONTRACT_TOML, &env);
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgcapi.toml");
-    std::fs::write(&path, CONTRACT_TOML).unwrap();
+    let shop = Shop::start(CONTRACT_TOML).await;
+    let (sandbox, client, env, dir, path) = (
+        &shop.sandbox,
+        &shop.client,
+        &shop.env,
+        &shop.dir,
+        &shop.config_path,
+    );
     let log = dir.path().join("pgcapi.log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_pgcapi"));
     command
         .args(["run", "--config"])
-        .arg(&path)
+        .arg(path)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in &env {
+    for (k, v) in env {
         command.env(k, v);
     }
     let mut child = command.spawn().unwrap();
@@ -47,7 +42,7 @@ async fn paid_orders_reach_every_platform_once_and_refunds_retract_where_possibl
     // THEN each platform receives each consented conversion once.
     wait_for(30, "the conversions to be sent", || async {
         (count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where state = 'sent'",
         )
         .await
@@ -103,7 +98,7 @@ async fn paid_orders_reach_every_platform_once_and_refunds_retract_where_possibl
     // THEN Google gets a RETRACTION; Meta and TikTok record that they cannot retract.
     wait_for(30, "the retractions to settle", || async {
         (count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where kind = 'retraction' and state <> 'pending'",
         )
         .await

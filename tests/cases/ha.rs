@@ -2,11 +2,8 @@
 //! dispatch. Killing the capturing process hands the slot to the standby, and nothing is lost or
 //! counted twice by the platforms.
 
-use crate::support::{
-    config_from, contract_env, count, spawn_run, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
-};
-use pgcapi::sandbox::Sandbox;
-use pgcapi::setup::{setup, SetupOptions};
+use crate::support::Shop;
+use crate::support::{count, spawn_run, wait_for, CONTRACT_TOML};
 use std::time::Instant;
 use tokio_postgres::Client;
 
@@ -41,32 +38,23 @@ async fn pay_orders(client: &Client, from: i32, n: i32) {
 async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_nothing() {
     // GIVEN the sandbox, a shop database and two `pgcapi run` processes on the same slot, the first
     // holding it and the second waiting. A short lease brings the killed process's claims back fast.
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SHOP_SQL).await.unwrap();
-    let env = contract_env(&db.url(), &sandbox.base_url());
     let text = format!("{CONTRACT_TOML}\n[dispatch]\nlease_secs = 2\nretry_initial_ms = 50\n");
-    let config = config_from(&text, &env);
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("pgcapi.toml");
-    std::fs::write(&config_path, &text).unwrap();
+    let shop = Shop::start(&text).await;
+    let (sandbox, client, env, config_path) =
+        (&shop.sandbox, &shop.client, &shop.env, &shop.config_path);
 
-    let mut first = spawn_run(&config_path, &env);
+    let mut first = spawn_run(config_path, env);
     let first_holder = wait_for(60, "the first process to hold the slot", || async {
-        slot_holder(&client).await
+        slot_holder(client).await
     })
     .await;
-    let mut second = spawn_run(&config_path, &env);
+    let mut second = spawn_run(config_path, env);
 
     // WHEN orders are paid, the capturing process is killed mid-stream, and more orders are paid.
-    pay_orders(&client, 0, 300).await;
+    pay_orders(client, 0, 300).await;
     wait_for(60, "some deliveries to be sent", || async {
         (count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where state = 'sent'",
         )
         .await
@@ -76,13 +64,11 @@ async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_noth
     .await;
     first.kill();
     let killed_at = Instant::now();
-    pay_orders(&client, 300, 300).await;
+    pay_orders(client, 300, 300).await;
 
     // THEN the standby takes the slot within seconds …
     let second_holder = wait_for(60, "the standby to take the slot", || async {
-        slot_holder(&client)
-            .await
-            .filter(|pid| *pid != first_holder)
+        slot_holder(client).await.filter(|pid| *pid != first_holder)
     })
     .await;
     let takeover = killed_at.elapsed();
@@ -96,7 +82,7 @@ async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_noth
     let expected = 600 * 3;
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
     while count(
-        &client,
+        client,
         "select count(*) from pgcapi.deliveries where state = 'sent'",
     )
     .await
@@ -128,7 +114,7 @@ async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_noth
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(
-        count(&client, "select count(*) from pgcapi.deliveries").await,
+        count(client, "select count(*) from pgcapi.deliveries").await,
         expected,
         "no extra delivery rows"
     );

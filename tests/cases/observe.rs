@@ -1,8 +1,9 @@
 //! Operating `pgcapi run`: metrics and health endpoints, JSON logs, dry run, Google `validate_only`, and
 //! `pgcapi check` — each through the real binary, a real PostgreSQL and the sandbox.
 
+use crate::support::Shop;
 use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
-use pgcapi::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use pgcapi::sandbox::{Sandbox, SandboxConfig};
 use pgcapi::setup::{setup, SetupOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -34,37 +35,7 @@ const RAW_PII: &[&str] = &[
     "94105",
 ];
 
-/// A shop database with the contract schema, set up for the contract config, and that config on disk.
-struct Shop {
-    db: TestDb,
-    client: tokio_postgres::Client,
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-    config_path: PathBuf,
-}
-
 impl Shop {
-    /// Prepares the shop with `toml` as the config, pointed at `endpoint` for every platform.
-    async fn start(toml: &str, endpoint: &str) -> Shop {
-        let db = TestDb::start().await;
-        let client = db.connect().await;
-        client.batch_execute(SHOP_SQL).await.unwrap();
-        let env = contract_env(&db.url(), endpoint);
-        setup(&config_from(toml, &env), SetupOptions::default())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("pgcapi.toml");
-        std::fs::write(&config_path, toml).unwrap();
-        Shop {
-            db,
-            client,
-            env,
-            dir,
-            config_path,
-        }
-    }
-
     /// Starts `pgcapi run` with `args` after `--config FILE`, logging JSON to `log` (in the temp dir).
     fn run(&self, args: &[&str], log: &str) -> Running {
         let log = self.dir.path().join(log);
@@ -186,17 +157,11 @@ fn sample(scrape: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
-async fn start_sandbox() -> SandboxHandle {
-    Sandbox::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_match_the_control_table_and_readyz_follows_capture_and_the_database() {
     // GIVEN `pgcapi run` with a metrics server, delivering to the sandbox
-    let sandbox = start_sandbox().await;
-    let shop = Shop::start(&with_metrics(CONTRACT_TOML), &sandbox.base_url()).await;
+    let shop = Shop::start(&with_metrics(CONTRACT_TOML)).await;
+    let _sandbox = &shop.sandbox;
     let mut active = shop.run(&[], "active.log");
     let url = active.metrics_url().await;
     assert_eq!(get(&format!("{url}/healthz")).await.unwrap().0, 200);
@@ -323,8 +288,8 @@ async fn metrics_match_the_control_table_and_readyz_follows_capture_and_the_data
 #[tokio::test]
 async fn json_logs_name_their_workers_and_hold_no_identifier_or_secret() {
     // GIVEN `pgcapi run --log-format json` at debug level with a metrics server
-    let sandbox = start_sandbox().await;
-    let shop = Shop::start(&with_metrics(CONTRACT_TOML), &sandbox.base_url()).await;
+    let shop = Shop::start(&with_metrics(CONTRACT_TOML)).await;
+    let _sandbox = &shop.sandbox;
     let mut run = shop.run(&[], "run.log");
     run.metrics_url().await;
 
@@ -385,8 +350,8 @@ async fn json_logs_name_their_workers_and_hold_no_identifier_or_secret() {
 #[tokio::test]
 async fn a_dry_run_sends_nothing_writes_the_would_be_requests_and_leaves_rows_for_a_real_run() {
     // GIVEN `pgcapi run --dry-run --dry-run-output DIR`
-    let sandbox = start_sandbox().await;
-    let shop = Shop::start(CONTRACT_TOML, &sandbox.base_url()).await;
+    let shop = Shop::start(CONTRACT_TOML).await;
+    let sandbox = &shop.sandbox;
     let out = shop.dir.path().join("dry-run");
     let mut run = shop.run(
         &["--dry-run", "--dry-run-output", out.to_str().unwrap()],
@@ -481,13 +446,13 @@ async fn a_dry_run_sends_nothing_writes_the_would_be_requests_and_leaves_rows_fo
 #[tokio::test]
 async fn google_validate_only_reaches_the_sandbox_and_records_nothing() {
     // GIVEN the Google destination with validate_only = true
-    let sandbox = start_sandbox().await;
     let toml = CONTRACT_TOML.replace(
         "platform = \"google_ads\"\n",
         "platform = \"google_ads\"\nvalidate_only = true\n",
     );
     assert_ne!(toml, CONTRACT_TOML);
-    let shop = Shop::start(&toml, &sandbox.base_url()).await;
+    let shop = Shop::start(&toml).await;
+    let sandbox = &shop.sandbox;
     let _run = shop.run(&[], "run.log");
 
     // WHEN an order is paid

@@ -2,7 +2,8 @@
 //! real PostgreSQL with rows produced by the real pipeline (capture, dispatch, sandbox) or written with the
 //! outbox functions and moved to the rarer states by SQL.
 
-use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
+use crate::support::{config_from, count, wait_for, TestDb, CONTRACT_TOML};
+use crate::support::{KillOnDrop, Shop};
 use chrono::Utc;
 use pgcapi::capture::Capture;
 use pgcapi::config::{Config, Platform};
@@ -12,7 +13,6 @@ use pgcapi::lsn::Lsn;
 use pgcapi::outbox::{self, Kind, NewDelivery, Payload, State};
 use pgcapi::repair::{self, Filters, RepairError, ReplayState};
 use pgcapi::retention::{self, Batching, Target};
-use pgcapi::sandbox::{Sandbox, SandboxHandle};
 use pgcapi::setup::{install_control_schema, setup, SetupOptions};
 use pgcapi::status::{self, StatusOptions};
 use pgcapi::units::TimeRef;
@@ -74,35 +74,7 @@ impl Worker {
     }
 }
 
-/// A shop database set up for `toml` (the contract config, possibly edited), and the sandbox.
-struct Shop {
-    sandbox: SandboxHandle,
-    db: TestDb,
-    client: Client,
-    env: Vec<(String, String)>,
-    config: Config,
-}
-
 impl Shop {
-    async fn start(toml: &str) -> Shop {
-        let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let db = TestDb::start().await;
-        let client = db.connect().await;
-        client.batch_execute(SHOP_SQL).await.unwrap();
-        let env = contract_env(&db.url(), &sandbox.base_url());
-        let config = config_from(toml, &env);
-        setup(&config, SetupOptions::default()).await.unwrap();
-        Shop {
-            sandbox,
-            db,
-            client,
-            env,
-            config,
-        }
-    }
-
     /// Writes `toml` to a file in `dir` for the binary.
     fn config_file(&self, dir: &Path, toml: &str) -> std::path::PathBuf {
         let path = dir.join("pgcapi.toml");
@@ -110,7 +82,7 @@ impl Shop {
         path
     }
 
-    /// The built binary with the config's environment.
+    /// The built binary with the config's environment (output captured by `output()`).
     fn binary(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pgcapi"));
         command.env("RUST_LOG", "warn");
@@ -1562,14 +1534,4 @@ async fn pgcapi_run_purges_old_rows_at_start_and_a_later_update_of_the_order_sen
         stdout.contains("would delete 2 sent, skipped and cancelled rows older than 1d"),
         "{stdout}"
     );
-}
-
-/// Kills a child process when dropped (also when the test fails).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -164,3 +164,51 @@ pub fn spawn_run(config_path: &std::path::Path, env: &[(String, String)]) -> Kil
         .expect("spawn pgcapi run");
     KillOnDrop(child)
 }
+
+/// The common end-to-end setting: the sandbox standing in for every platform, a shop database set up
+/// (control schema, publication, slot) for a config, and that config written to a file for the binary.
+pub struct Shop {
+    /// The sandbox; every destination's endpoint points at it.
+    pub sandbox: pgcapi::sandbox::SandboxHandle,
+    /// The database.
+    pub db: TestDb,
+    /// A SQL connection to it.
+    pub client: Client,
+    /// The environment the config reads (database URL, dummy secrets, endpoints).
+    pub env: Vec<(String, String)>,
+    /// The config, as `pgcapi` reads it.
+    pub config: pgcapi::config::Config,
+    /// Holds the config file (and any logs a test writes there).
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config_path: std::path::PathBuf,
+}
+
+impl Shop {
+    /// Starts it all for `toml` (the contract config, perhaps with sections appended).
+    pub async fn start(toml: &str) -> Shop {
+        let sandbox = pgcapi::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let db = TestDb::start().await;
+        let client = db.connect().await;
+        client.batch_execute(SHOP_SQL).await.unwrap();
+        let env = contract_env(&db.url(), &sandbox.base_url());
+        let config = config_from(toml, &env);
+        pgcapi::setup::setup(&config, pgcapi::setup::SetupOptions::default())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("pgcapi.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        Shop {
+            sandbox,
+            db,
+            client,
+            env,
+            config,
+            dir,
+            config_path,
+        }
+    }
+}
