@@ -51,9 +51,4 @@ create table if not exists pgcapi.deliveries (
     unique (rule, destination, event_id)
 );
 
--- Dispatch claims due pending rows per destination in this order.
-create index if not exists deliveries_due_idx
-    on pgcapi.deliveries (destination, next_attempt_at) where state = 'pending';
--- Retractions look up the conversion they adjust.
-create index if not exists deliveries_event_idx on pgcapi.deliveries (event_id);
-create index if not exists deliveries_state_updated_idx on pgcapi.deliveries (state, updated_at);
+-- The indexes besides the keys are made by 006_cheaper_writes.sql (version 1 had others).

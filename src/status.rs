@@ -3,7 +3,7 @@
 //!
 //! The slot is read from the source database (so this works when the control schema lives elsewhere);
 //! destination health comes from the `health` view and failures from the `send_log` view of the control
-//! schema (see `sql/002_views.sql`).
+//! schema (see `sql/views.sql`).
 //!
 //! Unhealthy (exit code 2), each with the reason printed:
 //! - the slot does not exist, or its `wal_status` is `lost` (changes were missed) or `unreserved` (about
@@ -125,7 +125,7 @@ pub struct DestinationHealth {
     pub external_id_share: Option<f64>,
     /// ... with a browser id (fbp, ttp).
     pub browser_id_share: Option<f64>,
-    /// Estimated match quality, 0..10 (formula in `sql/002_views.sql` and the README).
+    /// Estimated match quality, 0..10 (formula in `sql/views.sql` and the README).
     pub match_score: Option<f64>,
     /// The newest platform error (failed or retrying rows).
     pub last_error: Option<String>,

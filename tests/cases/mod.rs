@@ -14,4 +14,5 @@ mod ha;
 mod large;
 mod observe;
 mod operate;
+mod outbox;
 mod source;

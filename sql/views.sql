@@ -1,5 +1,6 @@
--- pgcapi operator views, version 2. Idempotent (`create or replace view`). Like 001, `pgcapi setup` installs
--- this file with the configured schema name in place of `pgcapi`.
+-- pgcapi operator views. Idempotent (`create or replace view`). `pgcapi setup` installs this file after the
+-- numbered ones (which may drop a view to change a column it reads), with the configured schema name in place
+-- of `pgcapi`, like the others.
 --
 --   pgcapi.send_log  one line per delivery, match keys masked
 --   pgcapi.health    per destination: outcomes, backlog, last success and error, match-key coverage
@@ -8,8 +9,8 @@
 -- The views read pgcapi.deliveries in full (health) or row by row (send_log): the table is kept small by
 -- retention ([retention] keep in the config), so this stays cheap.
 --
--- For maintainers: `create or replace view` may only add columns at the end; changing or removing a column
--- needs a later file that drops the view first.
+-- For maintainers: `create or replace view` may only add columns at the end; to change or remove a column,
+-- a numbered file drops the view first and this file recreates it.
 
 -- The send log. No identifier is ever shown: `match_keys` lists the keys each row carries as
 -- `name:xxxx..`, where xxxx are the first 4 hex digits of the SHA-256 of the stored value (for keys stored
@@ -43,7 +44,7 @@ select
                         else encode(sha256(convert_to(k.value, 'UTF8')), 'hex') end, 4) || '..'
                    order by k.key)
         from jsonb_each_text(
-            case when jsonb_typeof(d.payload -> 'keys') = 'object' then d.payload -> 'keys'
+            case when jsonb_typeof(d.payload::jsonb -> 'keys') = 'object' then d.payload::jsonb -> 'keys'
                  else '{}'::jsonb end) as k
     ), '{}'::text[]) as match_keys,
     d.source_table
