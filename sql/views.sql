@@ -83,7 +83,7 @@ with flagged as (
         d.updated_at >= now() - interval '1 hour' as in_1h,
         d.updated_at >= now() - interval '1 day' as in_24h,
         (d.kind = 'conversion' and d.created_at >= now() - interval '1 day'
-            and d.payload ->> 'consent' = 'true') as scored,
+            and d.payload::json ->> 'consent' = 'true') as scored,
         d.match_keys && array['email'] as has_email,
         d.match_keys && array['phone'] as has_phone,
         d.match_keys @> array['first_name', 'last_name'] as has_name,

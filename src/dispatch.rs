@@ -515,7 +515,7 @@ impl Dispatcher {
     async fn adjusted_conversions(&self, ids: &[i64]) -> Result<Vec<Target>, DispatchError> {
         let sql = format!(
             "select a.id, c.id, c.state, c.lease_owner, \
-               coalesce(c.lease_until >= now(), false), c.payload->>'conversion_action', c.currency, \
+               coalesce(c.lease_until >= now(), false), c.payload::json ->> 'conversion_action', c.currency, \
                c.attempts, c.event_time, \
                greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8 \
              from {s}.deliveries a \

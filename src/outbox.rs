@@ -350,7 +350,7 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
            event_name, event_time, value, currency, action_source, payload, match_keys, state, \
            last_error, source_table, source_lsn, commit_time) \
          select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
-           value::numeric, currency, action_source, payload::json, \
+           value::numeric, currency, action_source, payload, \
            coalesce(string_to_array(nullif(match_keys, ''), ','), '{{}}'), state, last_error, \
            source_table, source_lsn::pg_lsn, commit_time \
          from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \

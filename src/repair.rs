@@ -208,7 +208,7 @@ fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RepairError 
 pub(crate) fn held_back_reason(schema: &str) -> String {
     format!(
         "case \
-           when d.payload ->> 'consent' is distinct from 'true' \
+           when d.payload::json ->> 'consent' is distinct from 'true' \
              then 'recorded without consent or as an invalid row: never sendable' \
            when d.kind = 'conversion' and exists (select 1 from {s}.deliveries r \
                where r.kind = 'retraction' and r.destination = d.destination \
