@@ -3,8 +3,10 @@
 //! The LSN rule: the flush position reported to PostgreSQL is always a commit end whose rows, and those of
 //! every earlier transaction, are committed in the control table together with the stored checkpoint.
 //! Rows of many small source transactions share one control transaction (group commit, bounded by
-//! `capture.group_max_rows` and `capture.group_max_ms`); a large transaction is written in chunks of
-//! `group_max_rows` and confirmed only at its commit end, so memory stays bounded. When nothing is in
+//! `capture.group_max_rows` and `capture.group_max_ms`); a larger transaction is handed to the writer in
+//! parts of `group_max_rows` rows, so memory stays bounded, which it inserts into one control transaction
+//! committed with the checkpoint at the source commit: the rows of a source transaction always become
+//! visible together. When nothing is in
 //! flight, the keepalive position is stored and confirmed so that WAL of unrelated tables is released.
 //!
 //! Control transactions are written by a [`ControlWriter`] task that owns the control connection, so
@@ -329,8 +331,8 @@ struct Session<'a> {
     group: Vec<NewDelivery>,
     /// How many rows at the front of `group` belong to complete source transactions; the rest belong
     /// to the open one and wait for its commit, so that the rows of one source transaction (a payment
-    /// and its refund) become visible to dispatch together. Only a transaction larger than
-    /// `group_max_rows` is split, to bound memory.
+    /// and its refund) become visible to dispatch together. A transaction larger than
+    /// `group_max_rows` is handed over in parts of one control transaction, committed at its commit.
     group_complete: usize,
     /// The commit end of the newest complete transaction in the group.
     group_end: Option<Lsn>,
@@ -350,7 +352,9 @@ struct Session<'a> {
 /// How many changes are counted locally before the shared counters are updated.
 const CHANGES_PER_STATS_UPDATE: u64 = 1_000;
 
-/// A control transaction for the writer: rows, and the checkpoint to store with them.
+/// A control transaction for the writer: rows, and the checkpoint to store with them. A job without a
+/// checkpoint is a part: the writer keeps its transaction open for the following jobs, up to one with a
+/// checkpoint, and commits them together.
 struct WriteJob {
     rows: Vec<NewDelivery>,
     checkpoint: Option<Lsn>,
@@ -379,11 +383,33 @@ impl ControlWriter {
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<WriteJob>(1);
         let (ack, acks) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
+            // A control transaction left open by parts (jobs without a checkpoint), committed by the
+            // next job that has one.
+            let mut open: Option<outbox::OpenGroup> = None;
             while let Some(job) = queue.recv().await {
                 let started = Instant::now();
-                let result =
-                    outbox::write_group(&mut client, &schema, &slot, &job.rows, job.checkpoint)
-                        .await;
+                let result = match (open.take(), job.checkpoint) {
+                    (None, Some(lsn)) => {
+                        outbox::write_group(&mut client, &schema, &slot, &job.rows, Some(lsn)).await
+                    }
+                    (group, checkpoint) => {
+                        async {
+                            let mut group = match group {
+                                Some(group) => group,
+                                None => outbox::OpenGroup::begin(&client).await?,
+                            };
+                            group.add(&client, &schema, &job.rows).await?;
+                            match checkpoint {
+                                Some(lsn) => group.commit(&client, &schema, &slot, lsn).await,
+                                None => {
+                                    open = Some(group);
+                                    Ok(0)
+                                }
+                            }
+                        }
+                        .await
+                    }
+                };
                 let failed = result.is_err();
                 let _ = ack.send(
                     result
@@ -654,8 +680,13 @@ impl Session<'_> {
                 .send_modify(|s| s.dropped_keys += dropped);
         }
         self.group.extend(rows);
-        // Bound memory inside a large transaction: write a chunk without moving the checkpoint.
+        // Bound memory inside a large transaction: hand the group over as a part of a control
+        // transaction that the writer commits with the checkpoint at this transaction's commit (the
+        // complete transactions grouped before it go in the same control transaction, so their
+        // checkpoint waits too).
         if self.group.len() >= self.capture.config.capture.group_max_rows {
+            self.group_end = None;
+            self.group_deadline = None;
             self.write(None).await?;
         }
         Ok(())
@@ -730,10 +761,8 @@ impl Session<'_> {
 
     /// Clean stop: commit the complete transactions of the group, report the last position, end the copy.
     async fn finish(mut self) -> Result<(), CaptureError> {
-        if self.tx.is_some() {
-            // Rows of the open transaction are written (harmless, deduplicated) but not confirmed.
-            self.write(None).await?;
-        }
+        // Rows of a transaction still open stay unwritten (a control transaction holding parts of it is
+        // rolled back when the writer's connection closes): the slot gives them again at the next start.
         self.flush_group().await?;
         self.advance_idle().await?;
         // Wait for the writer to commit everything queued.

@@ -496,6 +496,67 @@ async fn write_group_once(
     Ok(inserted)
 }
 
+/// A control transaction that capture writes in several parts: the rows of a source transaction larger
+/// than `capture.group_max_rows` (and of the complete transactions grouped before it) arrive in parts so
+/// that memory stays bounded, and are committed together with the checkpoint of its commit. Until then no
+/// other session sees any of them, so a payment and its refund in one large source transaction still
+/// reach dispatch together.
+///
+/// Parts are inserted with `on conflict do nothing` (a failed part could not be written again: its rows
+/// are gone). The transaction is begun on the plain client, so nothing else may use the client until
+/// [`OpenGroup::commit`]; dropping the connection rolls it back.
+#[derive(Debug)]
+pub struct OpenGroup {
+    inserted: u64,
+}
+
+impl OpenGroup {
+    /// Begins the control transaction.
+    pub async fn begin(client: &tokio_postgres::Client) -> Result<OpenGroup, OutboxError> {
+        client
+            .batch_execute("begin")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        Ok(OpenGroup { inserted: 0 })
+    }
+
+    /// Inserts one part, in statements of at most [`WRITE_CHUNK_ROWS`] rows.
+    pub async fn add(
+        &mut self,
+        client: &tokio_postgres::Client,
+        schema: &str,
+        rows: &[NewDelivery],
+    ) -> Result<(), OutboxError> {
+        for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
+            self.inserted += insert_rows(client, schema, chunk, Duplicates::OnConflict).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the checkpoint `lsn`, notifies dispatchers if rows are new, and commits. Returns how many
+    /// rows of all parts were new.
+    pub async fn commit(
+        self,
+        client: &tokio_postgres::Client,
+        schema: &str,
+        slot: &str,
+        lsn: Lsn,
+    ) -> Result<u64, OutboxError> {
+        save_checkpoint(client, schema, slot, lsn).await?;
+        if self.inserted > 0 {
+            client
+                .execute("select pg_notify($1, '')", &[&notify_channel(schema)])
+                .await
+                .map_err(db("notifying dispatchers"))?;
+        }
+        client
+            .batch_execute("commit")
+            .await
+            .map_err(db("committing"))?;
+        Ok(self.inserted)
+    }
+}
+
 /// Notifies dispatchers listening on `{schema}_deliveries` that new rows are due.
 pub fn notify_channel(schema: &str) -> String {
     format!("{schema}_deliveries")

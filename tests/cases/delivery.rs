@@ -259,6 +259,68 @@ async fn orders_paid_and_refunded_in_one_transaction_are_cancelled_and_never_sen
 }
 
 #[tokio::test]
+async fn a_transaction_larger_than_a_capture_group_reaches_dispatch_whole() {
+    // GIVEN capture groups of at most 10 rows (so one large source transaction is written in parts) and
+    // dispatch running with batches of 5
+    let (sandbox, db, client, mut config) = shop(5).await;
+    config.capture.group_max_rows = 10;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN one source transaction pays 40 orders and then refunds 30 of them: the refunds come 40
+    // changes (120 delivery rows, a dozen parts) after the payments
+    let mut sql = String::from("begin;");
+    for i in 0..40 {
+        sql.push_str(&paid_order(&format!("big{i}")));
+    }
+    sql.push_str(
+        "update orders set status = 'refunded' \
+         where order_number in (select 'big' || g from generate_series(0, 29) g); commit;",
+    );
+    client.batch_execute(&sql).await.unwrap();
+
+    // THEN the 30 refunded orders end cancelled and the platforms only ever hear of the other 10:
+    // no part of the transaction was visible to dispatch before its commit
+    settled(&client, (40 + 30) * 3, 30).await;
+    for (destination, platform) in DESTINATIONS {
+        let by_state = states(&client, destination).await;
+        let get = |kind: &str, state: &str| {
+            by_state
+                .get(&(kind.to_string(), state.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            get("conversion", "cancelled"),
+            30,
+            "{destination}: {by_state:?}"
+        );
+        assert_eq!(
+            get("retraction", "cancelled"),
+            30,
+            "{destination}: {by_state:?}"
+        );
+        assert_eq!(get("conversion", "sent"), 10, "{destination}: {by_state:?}");
+        let mut ids = counted_ids(&sandbox, platform);
+        ids.sort();
+        let expected: Vec<String> = {
+            let mut v: Vec<String> = (30..40).map(|i| format!("order-big{i}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids, expected, "{destination}");
+    }
+    assert!(sandbox.records().google_ads.adjustments.is_empty());
+    // AND the whole transaction went into one control transaction (`created_at` is its start time)
+    let transactions = count(
+        &client,
+        "select count(distinct created_at) from pgcapi.deliveries",
+    )
+    .await;
+    assert_eq!(transactions, 1);
+    pipeline.stop().await;
+}
+
+#[tokio::test]
 async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_once() {
     // GIVEN platforms answering 20 % of requests with 500, 10 % with 429 (Retry-After: 1 s), and
     // losing the answer to 5 % after processing them; one event per request, so that attempts and
