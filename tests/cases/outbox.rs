@@ -59,6 +59,20 @@ async fn checkpoint(client: &Client) -> Option<String> {
         .map(|r| r.get(0))
 }
 
+/// Every recorded (event id, value), by event id.
+async fn event_values(client: &Client) -> Vec<(String, String)> {
+    client
+        .query(
+            "select event_id, value::text from pgcapi.deliveries order by event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 async fn indexes(client: &Client, schema: &str) -> Vec<String> {
     client
         .query(
@@ -91,16 +105,7 @@ async fn a_group_records_each_key_once_and_keeps_the_first_row_of_a_repeated_key
             .await
             .unwrap();
     assert_eq!(inserted, 2);
-    let values: Vec<(String, String)> = client
-        .query(
-            "select event_id, value::text from pgcapi.deliveries order by event_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let values = event_values(&client).await;
     assert_eq!(
         values,
         [("o-1", "10.00"), ("o-2", "20.00"), ("o-3", "30.00")]
@@ -158,16 +163,7 @@ async fn a_key_recorded_concurrently_makes_the_group_write_again_without_it() {
         inserted, 1,
         "o-6 is new, o-7 was recorded by the other transaction"
     );
-    let values: Vec<(String, String)> = client
-        .query(
-            "select event_id, value::text from pgcapi.deliveries order by event_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let values = event_values(&client).await;
     assert_eq!(
         values,
         [("o-6", "60.00"), ("o-7", "70.00")].map(|(a, b)| (a.to_string(), b.to_string()))
