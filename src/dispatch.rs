@@ -93,6 +93,9 @@ pub struct Dispatcher {
     wakeups: Option<watch::Receiver<u64>>,
     /// The fallback poll interval.
     poll_interval: Duration,
+    /// More control connections: destination worker `i` uses `[client, worker_clients…][i % n]`,
+    /// so that the workers' statements run in parallel server processes.
+    worker_clients: Vec<Arc<Client>>,
 }
 
 impl Dispatcher {
@@ -115,6 +118,40 @@ impl Dispatcher {
             destinations: destinations.into_iter().map(Arc::from).collect(),
             wakeups: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            worker_clients: Vec::new(),
+        }
+    }
+
+    /// Adds control connections (driven by the caller) for the destination workers beyond the first,
+    /// which otherwise all queue their statements on one connection, served by one server process.
+    /// Notifications still arrive on the first connection only.
+    pub fn with_worker_clients(mut self, clients: Vec<Client>) -> Dispatcher {
+        self.worker_clients = clients.into_iter().map(Arc::new).collect();
+        self
+    }
+
+    /// This dispatcher on each of its control connections: the same owner, destinations and
+    /// wake-ups.
+    fn on_each_connection(self: &Arc<Self>) -> Vec<Arc<Dispatcher>> {
+        (0..=self.worker_clients.len())
+            .map(|i| self.on_connection(i))
+            .collect()
+    }
+
+    /// This dispatcher on control connection `i` (0: the first).
+    fn on_connection(self: &Arc<Self>, i: usize) -> Arc<Dispatcher> {
+        match i {
+            0 => self.clone(),
+            i => Arc::new(Dispatcher {
+                client: self.worker_clients[i - 1].clone(),
+                schema: self.schema.clone(),
+                owner: self.owner.clone(),
+                config: self.config.clone(),
+                destinations: self.destinations.clone(),
+                wakeups: self.wakeups.clone(),
+                poll_interval: self.poll_interval,
+                worker_clients: Vec::new(),
+            }),
         }
     }
 
@@ -192,9 +229,14 @@ impl Dispatcher {
             })
         };
         let mut workers = tokio::task::JoinSet::new();
+        let connections: Arc<[Arc<Dispatcher>]> = this.on_each_connection().into();
         for (index, dest) in this.destinations.iter().enumerate() {
             let name = dest.name().to_string();
-            let task = this.clone().worker(index, stop_rx.clone());
+            let task = connections[index % connections.len()].clone().worker(
+                index,
+                stop_rx.clone(),
+                connections.clone(),
+            );
             workers.spawn(async move { (name, task.await) });
         }
         if workers.is_empty() {
@@ -240,11 +282,14 @@ impl Dispatcher {
     /// Claims are made one after the other, so batches never compete for rows; what overlaps is
     /// the slow part of a round (the request, the platform, the outcome write) with the claim of
     /// the next batch. A batch is only claimed when a slot is free, so its lease starts running
-    /// when it is about to be sent, as with one batch at a time.
+    /// when it is about to be sent, as with one batch at a time. The worker claims on its own control
+    /// connection and spreads its batches over all of them (`connections`), so that recording one
+    /// batch and claiming the next can run in parallel server processes.
     async fn worker(
         self: Arc<Self>,
         index: usize,
         mut stop: watch::Receiver<bool>,
+        connections: Arc<[Arc<Dispatcher>]>,
     ) -> Result<(), DispatchError> {
         let dest = self.destinations[index].clone();
         let span = info_span!(
@@ -253,6 +298,7 @@ impl Dispatcher {
             platform = dest.platform().as_str()
         );
         let mut wakeups = self.wakeups.clone();
+        let mut next_connection = index;
         async move {
             info!("dispatch worker started");
             let mut in_flight: tokio::task::JoinSet<Result<Progress, DispatchError>> =
@@ -280,7 +326,8 @@ impl Dispatcher {
                         Ok(claimed) => {
                             let full = claimed.len() >= dest.max_batch();
                             if !claimed.is_empty() {
-                                let this = self.clone();
+                                next_connection += 1;
+                                let this = connections[next_connection % connections.len()].clone();
                                 let dest = dest.clone();
                                 in_flight.spawn(
                                     async move {
