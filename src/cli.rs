@@ -368,6 +368,16 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
             let (client, connection) = crate::db::connect_parts(&info)
                 .await
                 .map_err(|e| crate::error_chain(&e))?;
+            // One control connection per destination worker, so that their statements run in
+            // parallel server processes.
+            let mut worker_clients = Vec::new();
+            for _ in 1..destinations.len() {
+                let (client, connection) = crate::db::connect_parts(&info)
+                    .await
+                    .map_err(|e| crate::error_chain(&e))?;
+                tokio::spawn(connection);
+                worker_clients.push(client);
+            }
             crate::dispatch::Dispatcher::with_connection(
                 client,
                 connection,
@@ -375,6 +385,7 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
                 config.dispatch.clone(),
                 destinations,
             )
+            .with_worker_clients(worker_clients)
             .run(shutdown.clone())
             .await
             .map_err(|e| crate::error_chain(&e))

@@ -38,6 +38,9 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const WAIT_FOR_IN_FLIGHT: Duration = Duration::from_secs(1);
 /// Pause after a failed round that did not lose the connection (a statement error).
 const ROUND_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// How many claimed batches of one destination a worker has in progress at once (being resolved,
+/// sent or recorded); see [`Dispatcher::run`].
+pub const BATCHES_IN_FLIGHT: usize = 3;
 
 /// Dispatch stopped.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,9 @@ pub struct Dispatcher {
     wakeups: Option<watch::Receiver<u64>>,
     /// The fallback poll interval.
     poll_interval: Duration,
+    /// More control connections: destination worker `i` uses `[client, worker_clients…][i % n]`,
+    /// so that the workers' statements run in parallel server processes.
+    worker_clients: Vec<Arc<Client>>,
 }
 
 impl Dispatcher {
@@ -112,6 +118,40 @@ impl Dispatcher {
             destinations: destinations.into_iter().map(Arc::from).collect(),
             wakeups: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            worker_clients: Vec::new(),
+        }
+    }
+
+    /// Adds control connections (driven by the caller) for the destination workers beyond the first,
+    /// which otherwise all queue their statements on one connection, served by one server process.
+    /// Notifications still arrive on the first connection only.
+    pub fn with_worker_clients(mut self, clients: Vec<Client>) -> Dispatcher {
+        self.worker_clients = clients.into_iter().map(Arc::new).collect();
+        self
+    }
+
+    /// This dispatcher on each of its control connections: the same owner, destinations and
+    /// wake-ups.
+    fn on_each_connection(self: &Arc<Self>) -> Vec<Arc<Dispatcher>> {
+        (0..=self.worker_clients.len())
+            .map(|i| self.on_connection(i))
+            .collect()
+    }
+
+    /// This dispatcher on control connection `i` (0: the first).
+    fn on_connection(self: &Arc<Self>, i: usize) -> Arc<Dispatcher> {
+        match i {
+            0 => self.clone(),
+            i => Arc::new(Dispatcher {
+                client: self.worker_clients[i - 1].clone(),
+                schema: self.schema.clone(),
+                owner: self.owner.clone(),
+                config: self.config.clone(),
+                destinations: self.destinations.clone(),
+                wakeups: self.wakeups.clone(),
+                poll_interval: self.poll_interval,
+                worker_clients: Vec::new(),
+            }),
         }
     }
 
@@ -189,9 +229,14 @@ impl Dispatcher {
             })
         };
         let mut workers = tokio::task::JoinSet::new();
+        let connections: Arc<[Arc<Dispatcher>]> = this.on_each_connection().into();
         for (index, dest) in this.destinations.iter().enumerate() {
             let name = dest.name().to_string();
-            let task = this.clone().worker(index, stop_rx.clone());
+            let task = connections[index % connections.len()].clone().worker(
+                index,
+                stop_rx.clone(),
+                connections.clone(),
+            );
             workers.spawn(async move { (name, task.await) });
         }
         if workers.is_empty() {
@@ -230,11 +275,21 @@ impl Dispatcher {
         Ok(total)
     }
 
-    /// One destination's loop: rounds back to back while batches are full, else wait for a wake-up.
+    /// One destination's loop: claims back to back while batches come back full, with up to
+    /// [`BATCHES_IN_FLIGHT`] claimed batches being sent and recorded at once, else waits for a
+    /// wake-up (a notification, the next due row, a batch that left rows to retry, or the poll).
+    ///
+    /// Claims are made one after the other, so batches never compete for rows; what overlaps is
+    /// the slow part of a round (the request, the platform, the outcome write) with the claim of
+    /// the next batch. A batch is only claimed when a slot is free, so its lease starts running
+    /// when it is about to be sent, as with one batch at a time. The worker claims on its own control
+    /// connection and spreads its batches over all of them (`connections`), so that recording one
+    /// batch and claiming the next can run in parallel server processes.
     async fn worker(
         self: Arc<Self>,
         index: usize,
         mut stop: watch::Receiver<bool>,
+        connections: Arc<[Arc<Dispatcher>]>,
     ) -> Result<(), DispatchError> {
         let dest = self.destinations[index].clone();
         let span = info_span!(
@@ -243,30 +298,86 @@ impl Dispatcher {
             platform = dest.platform().as_str()
         );
         let mut wakeups = self.wakeups.clone();
+        let mut next_connection = index;
         async move {
             info!("dispatch worker started");
+            let mut in_flight: tokio::task::JoinSet<Result<Progress, DispatchError>> =
+                tokio::task::JoinSet::new();
             loop {
                 if *stop.borrow() {
+                    // Rounds in progress are finished first.
+                    while let Some(joined) = in_flight.join_next().await {
+                        finished(joined, dest.name())?;
+                    }
                     info!("dispatch worker stopped");
                     return Ok(());
                 }
-                let pause = match self.round(dest.as_ref()).await {
-                    Ok(n) if n >= dest.max_batch() => continue,
-                    Ok(_) => self
-                        .until_next_due(dest.name())
-                        .await?
-                        .min(self.poll_interval),
-                    Err(e) if e.is_connection_error() => return Err(e),
-                    Err(e) => {
-                        warn!(error = %e, "dispatch round failed");
-                        ROUND_ERROR_PAUSE
+                let mut pause = None;
+                while in_flight.len() >= BATCHES_IN_FLIGHT {
+                    if let Some(joined) = in_flight.join_next().await {
+                        if finished(joined, dest.name())? == Progress::Failed {
+                            pause = Some(ROUND_ERROR_PAUSE);
+                        }
                     }
+                }
+                let pause = match pause {
+                    Some(pause) => pause,
+                    None => match self.claim_for(dest.as_ref()).await {
+                        Ok(claimed) => {
+                            let full = claimed.len() >= dest.max_batch();
+                            if !claimed.is_empty() {
+                                next_connection += 1;
+                                let this = connections[next_connection % connections.len()].clone();
+                                let dest = dest.clone();
+                                in_flight.spawn(
+                                    async move {
+                                        match this.process(dest.as_ref(), claimed).await {
+                                            Ok(processed) => Ok(processed.progress()),
+                                            Err(e) if e.is_connection_error() => Err(e),
+                                            Err(e) => {
+                                                warn!(error = %e, "dispatch round failed");
+                                                Ok(Progress::Failed)
+                                            }
+                                        }
+                                    }
+                                    .in_current_span(),
+                                );
+                            }
+                            if full {
+                                continue;
+                            }
+                            self.until_next_due(dest.name())
+                                .await?
+                                .min(self.poll_interval)
+                        }
+                        Err(e) if e.is_connection_error() => return Err(e),
+                        Err(e) => {
+                            warn!(error = %e, "dispatch round failed");
+                            ROUND_ERROR_PAUSE
+                        }
+                    },
                 };
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => {}
-                    changed = changed(&mut wakeups) => if !changed { wakeups = None },
-                    _ = tokio::time::sleep(pause) => {}
+                let sleep = tokio::time::sleep(pause);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed() => break,
+                        changed = changed(&mut wakeups) => {
+                            if !changed {
+                                wakeups = None;
+                            }
+                            break;
+                        }
+                        Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                            // A batch that left rows to retry or waiting may have made a row due
+                            // sooner than the pause: look again.
+                            if finished(joined, dest.name())? == Progress::Rescheduled {
+                                break;
+                            }
+                        }
+                        _ = &mut sleep => break,
+                    }
                 }
             }
         }
@@ -296,13 +407,26 @@ impl Dispatcher {
 
     /// Claims, resolves, sends and records one batch for `dest`; returns how many rows were claimed.
     async fn round(&self, dest: &dyn Destination) -> Result<usize, DispatchError> {
-        let can_retract = can_retract(dest.platform());
-        let claimed = self
-            .claim(dest.name(), dest.max_batch(), can_retract)
-            .await?;
+        let claimed = self.claim_for(dest).await?;
         if claimed.is_empty() {
             return Ok(0);
         }
+        Ok(self.process(dest, claimed).await?.claimed)
+    }
+
+    /// Claims up to one batch of `dest`'s due rows.
+    async fn claim_for(&self, dest: &dyn Destination) -> Result<Vec<Claimed>, DispatchError> {
+        self.claim(dest.name(), dest.max_batch(), can_retract(dest.platform()))
+            .await
+    }
+
+    /// Resolves, sends and records a claimed batch of `dest`.
+    async fn process(
+        &self,
+        dest: &dyn Destination,
+        claimed: Vec<Claimed>,
+    ) -> Result<Processed, DispatchError> {
+        let can_retract = can_retract(dest.platform());
         let count = claimed.len();
         let mut records = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
@@ -342,7 +466,10 @@ impl Dispatcher {
             waiting = tally(Record::WAIT),
             "batch dispatched"
         );
-        Ok(count)
+        Ok(Processed {
+            claimed: count,
+            rescheduled: tally(Record::RETRY) + tally(Record::WAIT),
+        })
     }
 
     /// Claims up to `limit` due pending rows of `destination` under this process's lease.
@@ -699,6 +826,50 @@ impl Dispatcher {
     }
 }
 
+/// What a processed batch came to.
+struct Processed {
+    /// Rows claimed.
+    claimed: usize,
+    /// Rows put back to pending with a delay (retries, adjustments waiting for their conversion).
+    rescheduled: usize,
+}
+
+impl Processed {
+    /// What the worker needs to know.
+    fn progress(&self) -> Progress {
+        if self.rescheduled > 0 {
+            Progress::Rescheduled
+        } else {
+            Progress::Done
+        }
+    }
+}
+
+/// How a batch in flight ended, as far as the worker loop cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Every row recorded; nothing became due sooner.
+    Done,
+    /// Some rows were put back to pending with a delay.
+    Rescheduled,
+    /// The round failed without losing the connection (logged): pause before the next claim.
+    Failed,
+}
+
+/// Unwraps a finished batch task: connection errors and panics stop the worker.
+fn finished(
+    joined: Result<Result<Progress, DispatchError>, tokio::task::JoinError>,
+    destination: &str,
+) -> Result<Progress, DispatchError> {
+    match joined {
+        Ok(result) => result,
+        Err(e) => Err(DispatchError::Worker {
+            destination: destination.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: only Google
 /// Ads among the supported platforms).
 pub fn can_retract(platform: Platform) -> bool {
@@ -735,14 +906,13 @@ pub(crate) enum Claimed {
 /// Reads a claimed row.
 pub(crate) fn read_delivery(r: &Row) -> Claimed {
     let id: i64 = r.get(0);
-    let kind: String = r.get(4);
-    let Some(kind) = Kind::from_name(&kind) else {
+    let Some(kind) = Kind::from_name(r.get::<_, &str>(4)) else {
         return Claimed::Unreadable {
             id,
             error: "unknown kind in the control table".into(),
         };
     };
-    let payload: Payload = match serde_json::from_str(&r.get::<_, String>(11)) {
+    let payload: Payload = match serde_json::from_str(r.get::<_, &str>(11)) {
         Ok(p) => p,
         Err(e) => {
             return Claimed::Unreadable {

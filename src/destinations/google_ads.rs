@@ -8,8 +8,8 @@
 
 use super::{
     base_url, batch_size, excerpt, in_order, is_retryable_status, required, retry_after,
-    transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
+    transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
+    SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
 use crate::identity::MatchKey;
@@ -295,6 +295,26 @@ pub fn request_body(upload: Upload, rows: Vec<Value>, validate_only: bool) -> Va
     body
 }
 
+/// [`request_body`] as sent: the rows borrowed from the encoded batch.
+struct Envelope<'a> {
+    upload: Upload,
+    rows: Picked<'a>,
+    validate_only: bool,
+}
+
+impl serde::Serialize for Envelope<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(self.upload.collection(), &self.rows)?;
+        map.serialize_entry("partialFailure", &true)?;
+        if self.validate_only {
+            map.serialize_entry("validateOnly", &true)?;
+        }
+        map.end()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
@@ -368,7 +388,7 @@ impl GoogleAds {
     }
 
     /// Sends one upload request with `rows`.
-    async fn post(&self, upload: Upload, rows: Vec<Value>, sent: &[&Delivery]) -> UploadAnswer {
+    async fn post(&self, upload: Upload, rows: Picked<'_>, sent: &[&Delivery]) -> UploadAnswer {
         let started = std::time::Instant::now();
         let answer = self.post_untimed(upload, rows, sent).await;
         match &answer {
@@ -386,7 +406,7 @@ impl GoogleAds {
     async fn post_untimed(
         &self,
         upload: Upload,
-        rows: Vec<Value>,
+        rows: Picked<'_>,
         sent: &[&Delivery],
     ) -> UploadAnswer {
         let token = match self.access_token().await {
@@ -401,7 +421,11 @@ impl GoogleAds {
         if let Some(login) = &self.login_customer_id {
             request = request.header("login-customer-id", login);
         }
-        let body = request_body(upload, rows, self.validate_only);
+        let body = Envelope {
+            upload,
+            rows,
+            validate_only: self.validate_only,
+        };
         let response = match request.json(&body).send().await {
             Ok(r) => r,
             Err(e) => return UploadAnswer::Batch(transport_error("google ads", e)),
@@ -431,7 +455,10 @@ impl GoogleAds {
                 continue;
             }
             let sent: Vec<&Delivery> = part.iter().map(|&i| &batch[i]).collect();
-            let body_rows = part.iter().map(|&i| rows[i].clone()).collect();
+            let body_rows = Picked {
+                items: rows,
+                indices: &part,
+            };
             match self.post(upload, body_rows, &sent).await {
                 UploadAnswer::Rows(outcomes) => out.extend(part.into_iter().zip(outcomes)),
                 UploadAnswer::Batch(BatchAnswer::Rejected(error)) if part.len() == 1 => {

@@ -6,8 +6,8 @@
 
 use super::{
     base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
+    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
+    SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
 use crate::identity::MatchKey;
@@ -207,6 +207,14 @@ pub fn request_body(events: Vec<Value>, test_event_code: Option<&str>) -> Value 
     body
 }
 
+/// [`request_body`] as sent: the events borrowed from the encoded batch.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    data: Picked<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_event_code: Option<&'a str>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
@@ -242,10 +250,13 @@ impl Meta {
 
     /// [`Meta::post`] without the metrics.
     async fn post_untimed(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
-        let body = request_body(
-            indices.iter().map(|&i| events[i].clone()).collect(),
-            self.test_event_code.as_deref(),
-        );
+        let body = Envelope {
+            data: Picked {
+                items: events,
+                indices,
+            },
+            test_event_code: self.test_event_code.as_deref(),
+        };
         let response = self
             .http
             .post(&self.url)

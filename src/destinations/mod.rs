@@ -225,6 +225,21 @@ pub(crate) fn base_url(endpoint: &Option<String>, default: &str) -> String {
         .to_string()
 }
 
+/// Some of a batch's encoded items, serialized as a JSON array in the order of `indices` without
+/// copying them (a request body borrows the items instead of cloning each one).
+pub(crate) struct Picked<'a> {
+    /// Every encoded item of the batch.
+    pub items: &'a [serde_json::Value],
+    /// The items the request carries.
+    pub indices: &'a [usize],
+}
+
+impl serde::Serialize for Picked<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.indices.iter().map(|&i| &self.items[i]))
+    }
+}
+
 /// The batch size: the configured `batch_max_events`, capped by the platform's limit, at least 1.
 pub(crate) fn batch_size(config: &DestinationConfig, platform_limit: usize) -> usize {
     config

@@ -6,8 +6,8 @@
 
 use super::{
     base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
+    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
+    SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
 use crate::identity::MatchKey;
@@ -173,6 +173,16 @@ pub fn request_body(
     body
 }
 
+/// [`request_body`] as sent: the events borrowed from the encoded batch.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    event_source: &'a str,
+    event_source_id: &'a str,
+    data: Picked<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_event_code: Option<&'a str>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
@@ -188,12 +198,15 @@ impl Tiktok {
 
     /// [`Tiktok::post`] without the metrics.
     async fn post_untimed(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
-        let body = request_body(
-            source,
-            &self.pixel_code,
-            self.test_event_code.as_deref(),
-            indices.iter().map(|&i| events[i].clone()).collect(),
-        );
+        let body = Envelope {
+            event_source: source,
+            event_source_id: &self.pixel_code,
+            data: Picked {
+                items: events,
+                indices,
+            },
+            test_event_code: self.test_event_code.as_deref(),
+        };
         let response = self
             .http
             .post(&self.url)

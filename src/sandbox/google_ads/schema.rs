@@ -123,6 +123,14 @@ pub(super) static UPLOAD_ADJUSTMENTS_REQUEST: Kind = Kind::Obj(&[
 /// Rewrites every object key from `snake_case` to `lowerCamelCase`, as proto3 JSON accepts both.
 pub(super) fn camelize_keys(value: Value) -> Value {
     match value {
+        // Keys already in camel case (what pgcapi sends) stay where they are: only the values are
+        // visited, without rebuilding the map.
+        Value::Object(mut obj) if !obj.keys().any(|k| k.contains('_')) => {
+            for inner in obj.values_mut() {
+                *inner = camelize_keys(std::mem::take(inner));
+            }
+            Value::Object(obj)
+        }
         Value::Object(obj) => {
             let mut out = Map::with_capacity(obj.len());
             for (key, inner) in obj {
@@ -130,7 +138,12 @@ pub(super) fn camelize_keys(value: Value) -> Value {
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(camelize_keys).collect()),
+        Value::Array(mut items) => {
+            for inner in &mut items {
+                *inner = camelize_keys(std::mem::take(inner));
+            }
+            Value::Array(items)
+        }
         other => other,
     }
 }
