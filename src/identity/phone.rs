@@ -29,14 +29,134 @@ fn region_id(region: &str) -> Option<country::Id> {
     region.trim().to_ascii_uppercase().parse().ok()
 }
 
-/// Parses and validates a number; `+` or `00` makes it international, otherwise it is read in `region`.
-fn parse(cleaned: &str, region: &str) -> Result<PhoneNumber, Reason> {
-    let international = if let Some(rest) = cleaned.strip_prefix('+') {
+/// The number as the crate reads an international one (`+` first) when it starts with `+` or `00`.
+fn international(cleaned: &str) -> Option<String> {
+    if let Some(rest) = cleaned.strip_prefix('+') {
         Some(format!("+{rest}"))
     } else {
         cleaned.strip_prefix("00").map(|rest| format!("+{rest}"))
+    }
+}
+
+/// What [`parse`] and E.164 formatting answer for an international number written plainly: `+`, then
+/// ASCII digits and the separators space, `-`, `.`, `(` and `)`, with at least one space unless it is
+/// digits only. `None` for any other shape, which takes the crate's parser.
+///
+/// `phonenumber::parse(None, ..)` spends most of its time looking metadata patterns up in its shared
+/// LRU cache (the region among those sharing a country code, national prefix rules). For this shape
+/// its steps reduce to the ones below, done here on patterns compiled once. The shape is what keeps
+/// the reduction exact: a space rules out the crate's RFC 3966 reading (which would take the digits
+/// before the first separator as the country code), only separators and digits rule out letters,
+/// extensions and second numbers, and a pure digit string is not RFC 3966 either.
+fn plain_international(number: &str) -> Option<Result<String, Reason>> {
+    let rest = number.strip_prefix('+')?;
+    let separator = |b: u8| matches!(b, b' ' | b'-' | b'.' | b'(' | b')');
+    if !rest.bytes().all(|b| b.is_ascii_digit() || separator(b)) {
+        return None;
+    }
+    if !rest.contains(' ') && !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
+    Some(plain_international_digits(&digits))
+}
+
+/// [`plain_international`] on the digits after the `+`.
+fn plain_international_digits(digits: &str) -> Result<String, Reason> {
+    // The crate's viability check needs three digits, its country code step more than two and no
+    // leading zero.
+    if digits.len() < 3 || digits.starts_with('0') {
+        return Err(INVALID);
+    }
+    let database = &*DATABASE;
+    let (code, mut national) = (1..=3)
+        .find_map(|len| {
+            let code: u16 = digits[..len].parse().ok()?;
+            database
+                .by_code(&code)
+                .is_some()
+                .then(|| (code, &digits[len..]))
+        })
+        .ok_or(INVALID)?;
+    let mut transformed = None;
+    if let Some(meta) = region_metadata(code, national.trim_start_matches('0')) {
+        let mut potential = strip_national_prefix(meta, national, &mut transformed);
+        if let Some(prefix) = meta.national_prefix() {
+            potential = potential.strip_prefix(prefix).unwrap_or(potential);
+        }
+        if !is_too_short(meta, potential.len()) {
+            national = potential;
+        }
+    }
+    if !(2..=17).contains(&national.len()) {
+        return Err(INVALID);
+    }
+    // `NationalNumber`: leading zeros counted apart, the rest a number below 2^56.
+    let significant = national.trim_start_matches('0');
+    match significant.parse::<u64>() {
+        Ok(value) if value < 1 << 56 => {}
+        _ => return Err(INVALID),
+    }
+    let valid =
+        region_metadata(code, national).is_some_and(|meta| has_known_type(meta, national));
+    if valid {
+        Ok(format!("+{code}{national}"))
+    } else {
+        Err(INVALID)
+    }
+}
+
+/// The crate's `helper::national_number` on the national part (carrier codes are not kept):
+/// the national prefix for parsing removed or transformed when the metadata says so.
+fn strip_national_prefix<'a>(
+    meta: &'static Metadata,
+    national: &'a str,
+    transformed: &'a mut Option<String>,
+) -> &'a str {
+    let Some(parsing) = meta.national_prefix_for_parsing() else {
+        return match meta.national_prefix() {
+            Some(prefix) => national.strip_prefix(prefix).unwrap_or(national),
+            None => national,
+        };
     };
-    let parsed = match international {
+    let parsing = compiled(parsing.as_str());
+    let Some(found) = parsing.find(national) else {
+        return national;
+    };
+    if found.start() != 0 {
+        return national;
+    }
+    let general = meta.descriptors().general();
+    let viable = descriptor_matches(general, national);
+    let last_group = parsing
+        .captures(national)
+        .and_then(|c| c.get(c.len() - 1))
+        .is_some();
+    match meta.national_prefix_transform_rule() {
+        Some(rule) if last_group => {
+            let replaced = parsing.replace(national, rule).into_owned();
+            if viable && !descriptor_matches(general, &replaced) {
+                return national;
+            }
+            transformed.insert(replaced).as_str()
+        }
+        // The crate also compares with the text from the match start, which is 0 here: no change.
+        _ => &national[found.end()..],
+    }
+}
+
+/// `validator::length(meta, number, Type::Unknown) == Validation::TooShort` for a national part of
+/// `len` digits.
+fn is_too_short(meta: &'static Metadata, len: usize) -> bool {
+    let general = meta.descriptors().general();
+    let possible = general.possible_length();
+    let len = len as u16;
+    !possible.is_empty() && !general.possible_local_length().contains(&len) && len < possible[0]
+}
+
+/// Parses and validates a number; `+` or `00` makes it international, otherwise it is read in `region`.
+fn parse(cleaned: &str, region: &str) -> Result<PhoneNumber, Reason> {
+    let parsed = match international(cleaned) {
         // With a region given the crate applies that region's national prefix rules to a foreign
         // number (`+44 (0)20…` read with US keeps the 0), so international numbers get none.
         Some(number) => phonenumber::parse(None, number),
@@ -163,6 +283,12 @@ pub(crate) fn phone_checked(platform: Platform, raw: &str, region: &str) -> Resu
 /// The number in E.164 with its `+`, or why it is left out.
 pub(crate) fn phone_e164(raw: &str, region: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
+    if let Some(e164) = international(&cleaned)
+        .as_deref()
+        .and_then(plain_international)
+    {
+        return e164;
+    }
     let number = parse(&cleaned, region)?;
     Ok(number.format().mode(Mode::E164).to_string())
 }
@@ -305,6 +431,103 @@ mod tests {
             checked > 2_000 && valid > 500 && checked - valid > 500,
             "{checked} {valid}"
         );
+    }
+
+    /// What the crate's own parser, validator and formatter answer for an international number.
+    fn crate_e164(number: &str) -> Result<String, Reason> {
+        let parsed = phonenumber::parse(None, number).map_err(|_| INVALID)?;
+        if phonenumber::is_valid(&parsed) {
+            Ok(parsed.format().mode(Mode::E164).to_string())
+        } else {
+            Err(INVALID)
+        }
+    }
+
+    /// Every example number of the metadata and near misses of each (a digit changed, added or
+    /// removed, a national prefix or a zero in front), written with the separators the shortcut
+    /// takes: the shortcut answers exactly as the crate for every one.
+    #[test]
+    fn plain_international_numbers_get_the_crates_answer_on_every_metadata_example() {
+        let mut checked = 0;
+        let mut valid = 0;
+        for meta in DATABASE.iter() {
+            let code = meta.country_code();
+            let prefix = meta.national_prefix().unwrap_or("0").to_string();
+            for kind in VALID_TYPES.iter().copied().chain([Type::Unknown]) {
+                let Some(example) = meta.descriptors().get(kind).and_then(|d| d.example()) else {
+                    continue;
+                };
+                let last = example
+                    .chars()
+                    .last()
+                    .and_then(|c| c.to_digit(10))
+                    .unwrap_or(0);
+                let variants = [
+                    example.to_string(),
+                    format!("{}{}", &example[..example.len() - 1], (last + 1) % 10),
+                    format!("{example}7"),
+                    example[..example.len().saturating_sub(1)].to_string(),
+                    format!("9{example}"),
+                    format!("{prefix}{example}"),
+                    format!("0{example}"),
+                    format!("({prefix}){example}"),
+                ];
+                for variant in variants {
+                    let (head, tail) = variant.split_at(variant.len().min(3));
+                    let texts = [
+                        format!("+{code}{variant}"),
+                        format!("+{code} {variant}"),
+                        format!("+{code} {head} {tail}"),
+                        format!("+({code}) {head}-{tail}."),
+                        format!("+ {code} {head}.{tail}"),
+                    ];
+                    for text in texts {
+                        let Some(fast) = plain_international(&text) else {
+                            // Only the variant with parentheses around a prefix and no space may
+                            // fall back.
+                            assert!(!text.contains(' '), "{text}");
+                            continue;
+                        };
+                        let expected = crate_e164(&text);
+                        assert_eq!(fast, expected, "{text}");
+                        checked += 1;
+                        valid += usize::from(expected.is_ok());
+                    }
+                }
+            }
+        }
+        assert!(
+            checked > 10_000 && valid > 3_000 && checked - valid > 3_000,
+            "{checked} {valid}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1_000))]
+
+        /// Any text of the shortcut's alphabet: the shortcut either declines or answers as the crate.
+        #[test]
+        fn plain_international_agrees_with_the_crate_on_any_text(
+            text in "\\+[0-9 ().-]{0,20}",
+        ) {
+            if let Some(fast) = plain_international(&text) {
+                proptest::prop_assert_eq!(fast, crate_e164(&text), "{}", text);
+            }
+        }
+
+        /// Digit strings after a real country code, spaced or not.
+        #[test]
+        fn plain_international_agrees_with_the_crate_after_a_country_code(
+            index in 0usize..1_000,
+            national in "[0-9]{0,16}",
+            space in proptest::bool::ANY,
+        ) {
+            let codes: Vec<u16> = DATABASE.iter().map(|m| m.country_code()).collect();
+            let code = codes[index % codes.len()];
+            let text = if space { format!("+{code} {national}") } else { format!("+{code}{national}") };
+            let fast = plain_international(&text).expect("the shape the shortcut takes");
+            proptest::prop_assert_eq!(fast, crate_e164(&text), "{}", text);
+        }
     }
 
     #[test]
