@@ -642,10 +642,16 @@ impl Session<'_> {
         };
         self.ordinal += 1;
         let before = self.drops.total;
-        let rows = self
-            .capture
+        self.capture
             .rules
-            .evaluate(bound, new, tx, self.ordinal, &mut self.drops)
+            .evaluate_into(
+                bound,
+                new,
+                tx,
+                self.ordinal,
+                &mut self.drops,
+                &mut self.group,
+            )
             .map_err(|error| CaptureError::Rule { error, lsn: at })?;
         let dropped = self.drops.total - before;
         if dropped > 0 {
@@ -653,7 +659,6 @@ impl Session<'_> {
                 .stats
                 .send_modify(|s| s.dropped_keys += dropped);
         }
-        self.group.extend(rows);
         // Bound memory inside a large transaction: write a chunk without moving the checkpoint.
         if self.group.len() >= self.capture.config.capture.group_max_rows {
             self.write(None).await?;
@@ -674,7 +679,8 @@ impl Session<'_> {
             .group
             .split_off(self.group_complete.min(self.group.len()));
         let written = self.write(Some(end)).await;
-        self.group = open;
+        // Into the group `write` sized for a full group, rather than replacing it with a small one.
+        self.group.extend(open);
         written
     }
 

@@ -11,6 +11,7 @@ use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use fnv::FnvHashMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -233,7 +234,8 @@ pub struct Rules {
 pub struct Bound {
     relation: Arc<Relation>,
     rules: Vec<Arc<Compiled>>,
-    index: HashMap<String, usize>,
+    /// Column name to position; FNV because every value a rule reads looks its column up here.
+    index: FnvHashMap<String, usize>,
 }
 
 impl Rules {
@@ -293,7 +295,7 @@ impl Rules {
         let Some(rules) = self.by_table.get(&table) else {
             return Ok(None);
         };
-        let index: HashMap<String, usize> = relation
+        let index: FnvHashMap<String, usize> = relation
             .columns
             .iter()
             .enumerate()
@@ -329,16 +331,51 @@ impl Rules {
         drops: &mut DropCounts,
     ) -> Result<Vec<NewDelivery>, RuleError> {
         let mut out = Vec::new();
+        self.evaluate_into(bound, new, tx, ordinal, drops, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Rules::evaluate`], appending the rows to `out`; on an error `out` is left as it was.
+    pub fn evaluate_into(
+        &self,
+        bound: &Bound,
+        new: &Tuple,
+        tx: TxContext,
+        ordinal: u64,
+        drops: &mut DropCounts,
+        out: &mut Vec<NewDelivery>,
+    ) -> Result<(), RuleError> {
+        let start = out.len();
+        let result = self.evaluate_rules(bound, new, tx, ordinal, drops, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn evaluate_rules(
+        &self,
+        bound: &Bound,
+        new: &Tuple,
+        tx: TxContext,
+        ordinal: u64,
+        drops: &mut DropCounts,
+        out: &mut Vec<NewDelivery>,
+    ) -> Result<(), RuleError> {
         let row = RowView { bound, tuple: new };
         for rule in &bound.rules {
-            let mut rows = Vec::new();
+            // Rows of a rule go straight to `out` and are taken back if the rule fails the row.
+            let rule_start = out.len();
             let applied = row.matches(rule).and_then(|matched| match &rule.adjusts {
                 _ if !matched => Ok(()),
-                None => self.conversion(rule, &row, tx, ordinal, drops, &mut rows),
-                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, &mut rows),
+                None => self.conversion(rule, &row, tx, ordinal, drops, out),
+                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, out),
             });
+            if applied.is_err() {
+                out.truncate(rule_start);
+            }
             match applied {
-                Ok(()) => out.extend(rows),
+                Ok(()) => {}
                 // A value of this row that cannot be used fails the row, visibly; capture goes on.
                 Err(RuleError::BadValue {
                     column, message, ..
@@ -355,13 +392,13 @@ impl Rules {
                         tx,
                         ordinal,
                         format!("column {column:?}: {message}"),
-                        &mut out,
+                        out,
                     );
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn conversion(
@@ -373,7 +410,7 @@ impl Rules {
         drops: &mut DropCounts,
         out: &mut Vec<NewDelivery>,
     ) -> Result<(), RuleError> {
-        let fields = match EventFields::read(rule, rule, row, tx, &self.default_currency)? {
+        let mut fields = match EventFields::read(rule, rule, row, tx, &self.default_currency)? {
             Ok(fields) => fields,
             Err(reason) => {
                 failed_rows(
@@ -399,10 +436,20 @@ impl Rules {
             RawIdentity::default()
         };
         // Parsed and hashed once for all destinations.
-        let mut identity = EventIdentity::new(&raw, &self.default_region);
-        for (destination, platform) in &rule.destinations {
+        let mut identity = EventIdentity::new(&raw, &self.default_region)
+            .for_destinations(rule.destinations.len());
+        let last = rule.destinations.len().saturating_sub(1);
+        for (i, (destination, platform)) in rule.destinations.iter().enumerate() {
+            // The last destination takes the row's own values instead of copies.
+            let take = |value: &mut Option<String>| {
+                if i == last {
+                    value.take()
+                } else {
+                    value.clone()
+                }
+            };
             let mut payload = Payload {
-                event_source_url: fields.event_source_url.clone(),
+                event_source_url: take(&mut fields.event_source_url),
                 lead_event_source: rule.lead_event_source.clone(),
                 click_time: raw.click_time,
                 consent,
@@ -425,17 +472,22 @@ impl Rules {
             } else {
                 (State::Skipped, Some("no consent".to_string()))
             };
+            let event_id = if i == last {
+                std::mem::take(&mut fields.event_id)
+            } else {
+                fields.event_id.clone()
+            };
             out.push(NewDelivery {
                 rule: rule.name.clone(),
                 destination: destination.clone(),
                 platform: *platform,
-                event_id: fields.event_id.clone(),
+                event_id,
                 kind: Kind::Conversion,
                 adjusts_rule: None,
                 event_name: rule.event.clone(),
                 event_time: fields.event_time,
-                value: fields.value.clone(),
-                currency: fields.currency.clone(),
+                value: take(&mut fields.value),
+                currency: take(&mut fields.currency),
                 action_source: rule.action_source.clone(),
                 payload,
                 state,

@@ -1,7 +1,8 @@
 //! Phone normalization through libphonenumber's metadata (the `phonenumber` crate): E.164 per platform.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
+
+use fnv::FnvHashMap;
 
 use phonenumber::metadata::{Descriptor, Metadata, DATABASE};
 use phonenumber::{country, Mode, PhoneNumber, Type};
@@ -97,8 +98,7 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
         Ok(value) if value < 1 << 56 => {}
         _ => return Err(INVALID),
     }
-    let valid =
-        region_metadata(code, national).is_some_and(|meta| has_known_type(meta, national));
+    let valid = region_metadata(code, national).is_some_and(|meta| has_known_type(meta, national));
     if valid {
         Ok(format!("+{code}{national}"))
     } else {
@@ -250,7 +250,7 @@ fn descriptor_matches(descriptor: &'static Descriptor, national: &str) -> bool {
 /// The metadata pattern `source`, compiled as the crate compiles it (whitespace ignored), once per
 /// process. Patterns live in the static metadata, so their address identifies them.
 fn compiled(source: &'static str) -> Arc<regex::Regex> {
-    static CACHE: OnceLock<RwLock<HashMap<usize, Arc<regex::Regex>>>> = OnceLock::new();
+    static CACHE: OnceLock<RwLock<FnvHashMap<usize, Arc<regex::Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = source.as_ptr() as usize;
     if let Some(regex) = cache
@@ -295,9 +295,14 @@ pub(crate) fn phone_e164(raw: &str, region: &str) -> Result<String, Reason> {
 
 /// E.164 as a platform takes it: Meta without the `+`, Google and TikTok with it.
 pub(crate) fn for_platform(platform: Platform, e164: &str) -> String {
+    platform_form(platform, e164).to_owned()
+}
+
+/// [`for_platform`] without the copy.
+pub(crate) fn platform_form(platform: Platform, e164: &str) -> &str {
     match platform {
-        Platform::Meta => e164.trim_start_matches('+').to_owned(),
-        Platform::GoogleAds | Platform::Tiktok => e164.to_owned(),
+        Platform::Meta => e164.trim_start_matches('+'),
+        Platform::GoogleAds | Platform::Tiktok => e164,
     }
 }
 
