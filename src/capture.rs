@@ -238,6 +238,7 @@ impl Capture {
             tx: None,
             ordinal: 0,
             group: Vec::new(),
+            spare: Vec::new(),
             group_complete: 0,
             group_end: None,
             group_deadline: None,
@@ -327,6 +328,8 @@ struct Session<'a> {
     ordinal: u64,
     /// Rows waiting for the next control transaction.
     group: Vec<NewDelivery>,
+    /// An emptied group buffer back from the writer, to be the next group.
+    spare: Vec<NewDelivery>,
     /// How many rows at the front of `group` belong to complete source transactions; the rest belong
     /// to the open one and wait for its commit, so that the rows of one source transaction (a payment
     /// and its refund) become visible to dispatch together. Only a transaction larger than
@@ -359,6 +362,9 @@ struct WriteJob {
 /// A control transaction the writer committed.
 struct Written {
     rows: usize,
+    /// The job's row buffer, emptied, for the next group: a group buffer is megabytes, and freeing and
+    /// allocating one per group made the allocator sweep its free lists each time.
+    spare: Vec<NewDelivery>,
     inserted: u64,
     checkpoint: Option<Lsn>,
     elapsed: Duration,
@@ -385,10 +391,14 @@ impl ControlWriter {
                     outbox::write_group(&mut client, &schema, &slot, &job.rows, job.checkpoint)
                         .await;
                 let failed = result.is_err();
+                let rows = job.rows.len();
+                let mut spare = job.rows;
+                spare.clear();
                 let _ = ack.send(
                     result
                         .map(|inserted| Written {
-                            rows: job.rows.len(),
+                            rows,
+                            spare,
                             inserted,
                             checkpoint: job.checkpoint,
                             elapsed: started.elapsed(),
@@ -518,7 +528,10 @@ impl Session<'_> {
     }
 
     /// The writer committed a control transaction: count it, and confirm its checkpoint.
-    async fn acknowledged(&mut self, written: Written) -> Result<(), CaptureError> {
+    async fn acknowledged(&mut self, mut written: Written) -> Result<(), CaptureError> {
+        if written.spare.capacity() > self.spare.capacity() {
+            self.spare = std::mem::take(&mut written.spare);
+        }
         if written.inserted > 0 {
             crate::metrics::events_captured(written.inserted);
             self.capture
@@ -685,10 +698,12 @@ impl Session<'_> {
     }
 
     async fn write(&mut self, checkpoint: Option<Lsn>) -> Result<(), CaptureError> {
-        let rows = std::mem::replace(
-            &mut self.group,
-            Vec::with_capacity(self.capture.config.capture.group_max_rows.min(8192)),
-        );
+        let next = if self.spare.capacity() > 0 {
+            std::mem::take(&mut self.spare)
+        } else {
+            Vec::with_capacity(self.capture.config.capture.group_max_rows.min(8192))
+        };
+        let rows = std::mem::replace(&mut self.group, next);
         self.group_complete = 0;
         if let Some(checkpoint) = checkpoint {
             self.queued = self.queued.max(checkpoint);

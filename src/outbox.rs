@@ -170,7 +170,11 @@ impl Payload {
 
 /// Appends `value` as a JSON string; serde_json escapes only control characters, `"` and `\`.
 fn push_json_string(out: &mut String, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold rather than `all`: no early exit, so the check runs over whole vectors of bytes.
+    let plain = value.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
         out.push('"');
         out.push_str(value);
         out.push('"');

@@ -588,13 +588,12 @@ pub fn hash(normalized: &str) -> String {
     if is_sha256_hex(normalized) {
         return normalized.to_ascii_lowercase();
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(64);
-    for byte in Sha256::digest(normalized.as_bytes()) {
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    text
+    let mut text = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(normalized.as_bytes()), &mut text)
+        .expect("a SHA-256 digest is 32 bytes");
+    std::str::from_utf8(&text)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
 
 /// True when the text is exactly 64 ASCII hex digits (either case), i.e. looks like a SHA-256 digest.

@@ -80,7 +80,9 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
         })
         .ok_or(INVALID)?;
     let mut transformed = None;
-    if let Some(meta) = region_metadata(code, national.trim_start_matches('0')) {
+    let without_zeros = national.trim_start_matches('0');
+    let source = region_metadata(code, without_zeros);
+    if let Some(meta) = source {
         let mut potential = strip_national_prefix(meta, national, &mut transformed);
         if let Some(prefix) = meta.national_prefix() {
             potential = potential.strip_prefix(prefix).unwrap_or(potential);
@@ -98,7 +100,14 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
         Ok(value) if value < 1 << 56 => {}
         _ => return Err(INVALID),
     }
-    let valid = region_metadata(code, national).is_some_and(|meta| has_known_type(meta, national));
+    // The region depends only on the code and the text, so the one found above serves again when the
+    // national part is that same text (the usual case: no prefix and no leading zero).
+    let meta = if national == without_zeros {
+        source
+    } else {
+        region_metadata(code, national)
+    };
+    let valid = meta.is_some_and(|meta| has_known_type(meta, national));
     if valid {
         Ok(format!("+{code}{national}"))
     } else {

@@ -28,7 +28,7 @@ fn clean_unicode(raw: &str) -> Option<String> {
 
 /// NFC of a string, skipping the work when a quick check says it is already NFC (the common case).
 pub(crate) fn nfc(value: String) -> String {
-    if is_nfc_quick(value.chars()) == IsNormalized::Yes {
+    if value.is_ascii() || is_nfc_quick(value.chars()) == IsNormalized::Yes {
         value
     } else {
         value.nfc().collect()
@@ -37,11 +37,24 @@ pub(crate) fn nfc(value: String) -> String {
 
 /// Unicode lowercase, re-composed: lowercasing and removing characters can leave decomposed sequences.
 pub(crate) fn lower(value: &str) -> String {
+    if value.is_ascii() {
+        // Unicode lowercasing of ASCII is ASCII lowercasing, and ASCII is NFC.
+        return value.to_ascii_lowercase();
+    }
     nfc(value.to_lowercase())
 }
 
 /// True for Unicode punctuation (P*) and symbols (S*).
 pub(crate) fn is_punct_or_symbol(c: char) -> bool {
+    if c.is_ascii() {
+        // The ASCII punctuation characters are exactly the ASCII ones in P* or S*.
+        return c.is_ascii_punctuation();
+    }
+    is_punct_or_symbol_by_category(c)
+}
+
+/// [`is_punct_or_symbol`] from the Unicode general category, for every character.
+fn is_punct_or_symbol_by_category(c: char) -> bool {
     matches!(
         c.general_category_group(),
         GeneralCategoryGroup::Punctuation | GeneralCategoryGroup::Symbol
@@ -196,6 +209,23 @@ mod tests {
         assert_eq!(fold("Bosnia & Herzegovina"), "bosniaandherzegovina");
         assert_eq!(fold("Côte d'Ivoire"), "cotedivoire");
         assert_eq!(fold("Trinidad & Tobago"), "trinidadandtobago");
+    }
+
+    #[test]
+    fn the_ascii_punctuation_shortcut_answers_as_the_general_category() {
+        for c in (0u8..=127).map(char::from) {
+            assert_eq!(
+                is_punct_or_symbol(c),
+                is_punct_or_symbol_by_category(c),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lower_of_ascii_is_unicode_lowercase() {
+        let all: String = (0u8..=127).map(char::from).collect();
+        assert_eq!(lower(&all), nfc(all.to_lowercase()));
     }
 
     proptest::proptest! {
