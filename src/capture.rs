@@ -362,8 +362,11 @@ struct WriteJob {
 /// A control transaction the writer committed.
 struct Written {
     rows: usize,
-    /// The job's row buffer, emptied, for the next group: a group buffer is megabytes, and freeing and
-    /// allocating one per group made the allocator sweep its free lists each time.
+    /// The job's rows, handed back to be dropped on the capture side and their buffer reused for the
+    /// next group. A group buffer is megabytes: freeing and allocating one per group made the allocator
+    /// sweep its free lists each time. And rows freed by the thread that allocated them go back to its
+    /// own caches, where the writer's thread would return them to another thread's arena, one locked
+    /// free at a time.
     spare: Vec<NewDelivery>,
     inserted: u64,
     checkpoint: Option<Lsn>,
@@ -392,8 +395,7 @@ impl ControlWriter {
                         .await;
                 let failed = result.is_err();
                 let rows = job.rows.len();
-                let mut spare = job.rows;
-                spare.clear();
+                let spare = job.rows;
                 let _ = ack.send(
                     result
                         .map(|inserted| Written {
@@ -529,6 +531,7 @@ impl Session<'_> {
 
     /// The writer committed a control transaction: count it, and confirm its checkpoint.
     async fn acknowledged(&mut self, mut written: Written) -> Result<(), CaptureError> {
+        written.spare.clear();
         if written.spare.capacity() > self.spare.capacity() {
             self.spare = std::mem::take(&mut written.spare);
         }
