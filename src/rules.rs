@@ -6,12 +6,13 @@
 //! an event is still returned as a `failed` row with the reason, never dropped silently.
 
 use crate::config::{Config, Platform, RuleConfig, Template, TemplatePart};
-use crate::decode::{parse_value, Datum, Relation, Tuple, Value};
+use crate::decode::{is_plain_text, parse_value, Datum, Relation, Tuple, Value};
 use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use fnv::FnvHashMap;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -621,7 +622,7 @@ impl EventFields {
         let mut blank_column = false;
         for column in template.columns() {
             blank_column |= row
-                .text(id_rule, column)?
+                .text_ref(id_rule, column)?
                 .is_none_or(|t| t.trim().is_empty());
         }
         let event_id = match row.render(id_rule, template)? {
@@ -755,12 +756,26 @@ impl RowView<'_> {
         Ok(self.value(rule, column)?.into_text())
     }
 
+    /// [`RowView::text`], borrowed from the message when the column is a text type (no copy).
+    fn text_ref(&self, rule: &Compiled, column: &str) -> Result<Option<Cow<'_, str>>, RuleError> {
+        if let Some(&i) = self.bound.index.get(column) {
+            if let Some(Datum::Text(bytes)) = self.tuple.0.get(i) {
+                if is_plain_text(self.bound.relation.columns[i].type_oid) {
+                    if let Ok(text) = std::str::from_utf8(bytes) {
+                        return Ok(Some(Cow::Borrowed(text)));
+                    }
+                }
+            }
+        }
+        Ok(self.text(rule, column)?.map(Cow::Owned))
+    }
+
     fn matches(&self, rule: &Compiled) -> Result<bool, RuleError> {
         for (column, accepted) in &rule.when {
-            let Some(text) = self.text(rule, column)? else {
+            let Some(text) = self.text_ref(rule, column)? else {
                 return Ok(false);
             };
-            if !accepted.contains(&text) {
+            if !accepted.iter().any(|a| *a == *text) {
                 return Ok(false);
             }
         }
@@ -768,11 +783,11 @@ impl RowView<'_> {
     }
 
     fn render(&self, rule: &Compiled, template: &Template) -> Result<Option<String>, RuleError> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(64);
         for part in &template.parts {
             match part {
                 TemplatePart::Literal(l) => out.push_str(l),
-                TemplatePart::Column(c) => match self.text(rule, c)? {
+                TemplatePart::Column(c) => match self.text_ref(rule, c)? {
                     Some(t) => out.push_str(t.trim_end()),
                     None => return Ok(None),
                 },

@@ -32,16 +32,20 @@ fn region_id(region: &str) -> Option<country::Id> {
 
 /// The number as the crate reads an international one (`+` first) when it starts with `+` or `00`.
 fn international(cleaned: &str) -> Option<String> {
-    if let Some(rest) = cleaned.strip_prefix('+') {
-        Some(format!("+{rest}"))
-    } else {
-        cleaned.strip_prefix("00").map(|rest| format!("+{rest}"))
-    }
+    international_rest(cleaned).map(|rest| format!("+{rest}"))
 }
 
-/// What [`parse`] and E.164 formatting answer for an international number written plainly: `+`, then
-/// ASCII digits and the separators space, `-`, `.`, `(` and `)`, with at least one space unless it is
-/// digits only. `None` for any other shape, which takes the crate's parser.
+/// What follows the `+` or `00` of an international number.
+fn international_rest(cleaned: &str) -> Option<&str> {
+    cleaned
+        .strip_prefix('+')
+        .or_else(|| cleaned.strip_prefix("00"))
+}
+
+/// What [`parse`] and E.164 formatting answer for an international number written plainly, given
+/// what follows its `+` (or `00`): ASCII digits and the separators space, `-`, `.`, `(` and `)`, with
+/// at least one space unless it is digits only. `None` for any other shape, which takes the crate's
+/// parser.
 ///
 /// `phonenumber::parse(None, ..)` spends most of its time looking metadata patterns up in its shared
 /// LRU cache (the region among those sharing a country code, national prefix rules). For this shape
@@ -49,8 +53,7 @@ fn international(cleaned: &str) -> Option<String> {
 /// the reduction exact: a space rules out the crate's RFC 3966 reading (which would take the digits
 /// before the first separator as the country code), only separators and digits rule out letters,
 /// extensions and second numbers, and a pure digit string is not RFC 3966 either.
-fn plain_international(number: &str) -> Option<Result<String, Reason>> {
-    let rest = number.strip_prefix('+')?;
+fn plain_international_rest(rest: &str) -> Option<Result<String, Reason>> {
     let separator = |b: u8| matches!(b, b' ' | b'-' | b'.' | b'(' | b')');
     if !rest.bytes().all(|b| b.is_ascii_digit() || separator(b)) {
         return None;
@@ -58,11 +61,12 @@ fn plain_international(number: &str) -> Option<Result<String, Reason>> {
     if !rest.contains(' ') && !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
+    let mut digits = String::with_capacity(rest.len());
+    digits.extend(rest.chars().filter(char::is_ascii_digit));
     Some(plain_international_digits(&digits))
 }
 
-/// [`plain_international`] on the digits after the `+`.
+/// [`plain_international_rest`] on the digits after the `+`.
 fn plain_international_digits(digits: &str) -> Result<String, Reason> {
     // The crate's viability check needs three digits, its country code step more than two and no
     // leading zero.
@@ -70,15 +74,13 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
         return Err(INVALID);
     }
     let database = &*DATABASE;
-    let (code, mut national) = (1..=3)
+    let (code, code_len) = (1..=3)
         .find_map(|len| {
             let code: u16 = digits[..len].parse().ok()?;
-            database
-                .by_code(&code)
-                .is_some()
-                .then(|| (code, &digits[len..]))
+            database.by_code(&code).is_some().then_some((code, len))
         })
         .ok_or(INVALID)?;
+    let mut national = &digits[code_len..];
     let mut transformed = None;
     let without_zeros = national.trim_start_matches('0');
     let source = region_metadata(code, without_zeros);
@@ -109,7 +111,12 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
     };
     let valid = meta.is_some_and(|meta| has_known_type(meta, national));
     if valid {
-        Ok(format!("+{code}{national}"))
+        // `+`, the code as written (no leading zero), the national part.
+        let mut e164 = String::with_capacity(1 + code_len + national.len());
+        e164.push('+');
+        e164.push_str(&digits[..code_len]);
+        e164.push_str(national);
+        Ok(e164)
     } else {
         Err(INVALID)
     }
@@ -292,10 +299,7 @@ pub(crate) fn phone_checked(platform: Platform, raw: &str, region: &str) -> Resu
 /// The number in E.164 with its `+`, or why it is left out.
 pub(crate) fn phone_e164(raw: &str, region: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
-    if let Some(e164) = international(&cleaned)
-        .as_deref()
-        .and_then(plain_international)
-    {
+    if let Some(e164) = international_rest(&cleaned).and_then(plain_international_rest) {
         return e164;
     }
     let number = parse(&cleaned, region)?;
@@ -445,6 +449,11 @@ mod tests {
             checked > 2_000 && valid > 500 && checked - valid > 500,
             "{checked} {valid}"
         );
+    }
+
+    /// The shortcut on a whole `+…` number.
+    fn plain_international(number: &str) -> Option<Result<String, Reason>> {
+        plain_international_rest(number.strip_prefix('+')?)
     }
 
     /// What the crate's own parser, validator and formatter answer for an international number.

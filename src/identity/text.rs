@@ -68,7 +68,9 @@ pub(crate) fn is_separator_like(c: char) -> bool {
 
 /// Keeps the characters `keep` accepts, re-composes, and turns an empty result into `EMPTY`.
 pub(crate) fn retain(value: &str, keep: impl Fn(char) -> bool) -> Result<String, Reason> {
-    let kept = nfc(value.chars().filter(|c| keep(*c)).collect());
+    let mut kept = String::with_capacity(value.len());
+    kept.extend(value.chars().filter(|c| keep(*c)));
+    let kept = nfc(kept);
     if kept.is_empty() {
         Err(EMPTY)
     } else {
