@@ -589,12 +589,28 @@ pub fn hash(normalized: &str) -> String {
         return normalized.to_ascii_lowercase();
     }
     let mut text = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(normalized.as_bytes()), &mut text)
-        .expect("a SHA-256 digest is 32 bytes");
+    for (pair, byte) in text
+        .chunks_exact_mut(2)
+        .zip(Sha256::digest(normalized.as_bytes()))
+    {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
     std::str::from_utf8(&text)
         .expect("hex digits are ASCII")
         .to_owned()
 }
+
+/// The two lowercase hex digits of every byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    pairs
+};
 
 /// True when the text is exactly 64 ASCII hex digits (either case), i.e. looks like a SHA-256 digest.
 pub fn is_sha256_hex(value: &str) -> bool {

@@ -83,8 +83,8 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
     let mut national = &digits[code_len..];
     let mut transformed = None;
     let without_zeros = national.trim_start_matches('0');
-    let source = region_metadata(code, without_zeros);
-    if let Some(meta) = source {
+    let source = region_metadata_and_type(code, without_zeros);
+    if let Some((meta, _)) = source {
         let mut potential = strip_national_prefix(meta, national, &mut transformed);
         if let Some(prefix) = meta.national_prefix() {
             potential = potential.strip_prefix(prefix).unwrap_or(potential);
@@ -103,13 +103,14 @@ fn plain_international_digits(digits: &str) -> Result<String, Reason> {
         _ => return Err(INVALID),
     }
     // The region depends only on the code and the text, so the one found above serves again when the
-    // national part is that same text (the usual case: no prefix and no leading zero).
-    let meta = if national == without_zeros {
+    // national part is that same text (the usual case: no prefix and no leading zero), and so does
+    // its type check when choosing the region ran it.
+    let found = if national == without_zeros {
         source
     } else {
-        region_metadata(code, national)
+        region_metadata_and_type(code, national)
     };
-    let valid = meta.is_some_and(|meta| has_known_type(meta, national));
+    let valid = found.is_some_and(|(meta, known)| known || has_known_type(meta, national));
     if valid {
         // `+`, the code as written (no leading zero), the national part.
         let mut e164 = String::with_capacity(1 + code_len + national.len());
@@ -218,26 +219,32 @@ fn is_valid(number: &PhoneNumber) -> bool {
 
 /// The metadata a number is validated against (the crate's `source_for`, then `by_id` / `by_code`).
 fn region_metadata(code: u16, national: &str) -> Option<&'static Metadata> {
+    region_metadata_and_type(code, national).map(|(meta, _)| meta)
+}
+
+/// [`region_metadata`], and whether choosing it already showed [`has_known_type`] to be true.
+fn region_metadata_and_type(code: u16, national: &str) -> Option<(&'static Metadata, bool)> {
     let database = &*DATABASE;
     let regions = database.region(&code)?;
     if regions.len() == 1 {
-        return if regions[0] == "001" {
+        let meta = if regions[0] == "001" {
             database.by_code(&code)?.into_iter().next()
         } else {
             // The crate goes through `country::Id`, which knows every region of its own metadata.
             regions[0].parse::<country::Id>().ok()?;
             database.by_id(regions[0])
         };
+        return meta.map(|meta| (meta, false));
     }
     regions.into_iter().find_map(|region| {
         let meta = database.by_id(region)?;
-        let belongs = match meta.leading_digits() {
+        match meta.leading_digits() {
             Some(pattern) => compiled(pattern.as_str())
                 .find(national)
-                .is_some_and(|m| m.start() == 0),
-            None => has_known_type(meta, national),
-        };
-        belongs.then_some(meta)
+                .is_some_and(|m| m.start() == 0)
+                .then_some((meta, false)),
+            None => has_known_type(meta, national).then_some((meta, true)),
+        }
     })
 }
 
