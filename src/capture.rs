@@ -240,6 +240,7 @@ impl Capture {
             tx: None,
             ordinal: 0,
             group: Vec::new(),
+            spare: Vec::new(),
             group_complete: 0,
             group_end: None,
             group_deadline: None,
@@ -329,6 +330,8 @@ struct Session<'a> {
     ordinal: u64,
     /// Rows waiting for the next control transaction.
     group: Vec<NewDelivery>,
+    /// An emptied group buffer back from the writer, to be the next group.
+    spare: Vec<NewDelivery>,
     /// How many rows at the front of `group` belong to complete source transactions; the rest belong
     /// to the open one and wait for its commit, so that the rows of one source transaction (a payment
     /// and its refund) become visible to dispatch together. A transaction larger than
@@ -363,6 +366,12 @@ struct WriteJob {
 /// A control transaction the writer committed.
 struct Written {
     rows: usize,
+    /// The job's rows, handed back to be dropped on the capture side and their buffer reused for the
+    /// next group. A group buffer is megabytes: freeing and allocating one per group made the allocator
+    /// sweep its free lists each time. And rows freed by the thread that allocated them go back to its
+    /// own caches, where the writer's thread would return them to another thread's arena, one locked
+    /// free at a time.
+    spare: Vec<NewDelivery>,
     inserted: u64,
     checkpoint: Option<Lsn>,
     elapsed: Duration,
@@ -411,10 +420,13 @@ impl ControlWriter {
                     }
                 };
                 let failed = result.is_err();
+                let rows = job.rows.len();
+                let spare = job.rows;
                 let _ = ack.send(
                     result
                         .map(|inserted| Written {
-                            rows: job.rows.len(),
+                            rows,
+                            spare,
                             inserted,
                             checkpoint: job.checkpoint,
                             elapsed: started.elapsed(),
@@ -544,7 +556,11 @@ impl Session<'_> {
     }
 
     /// The writer committed a control transaction: count it, and confirm its checkpoint.
-    async fn acknowledged(&mut self, written: Written) -> Result<(), CaptureError> {
+    async fn acknowledged(&mut self, mut written: Written) -> Result<(), CaptureError> {
+        written.spare.clear();
+        if written.spare.capacity() > self.spare.capacity() {
+            self.spare = std::mem::take(&mut written.spare);
+        }
         if written.inserted > 0 {
             crate::metrics::events_captured(written.inserted);
             self.capture
@@ -668,10 +684,16 @@ impl Session<'_> {
         };
         self.ordinal += 1;
         let before = self.drops.total;
-        let rows = self
-            .capture
+        self.capture
             .rules
-            .evaluate(bound, new, tx, self.ordinal, &mut self.drops)
+            .evaluate_into(
+                bound,
+                new,
+                tx,
+                self.ordinal,
+                &mut self.drops,
+                &mut self.group,
+            )
             .map_err(|error| CaptureError::Rule { error, lsn: at })?;
         let dropped = self.drops.total - before;
         if dropped > 0 {
@@ -679,7 +701,6 @@ impl Session<'_> {
                 .stats
                 .send_modify(|s| s.dropped_keys += dropped);
         }
-        self.group.extend(rows);
         // Bound memory inside a large transaction: hand the group over as a part of a control
         // transaction that the writer commits with the checkpoint at this transaction's commit (the
         // complete transactions grouped before it go in the same control transaction, so their
@@ -705,15 +726,18 @@ impl Session<'_> {
             .group
             .split_off(self.group_complete.min(self.group.len()));
         let written = self.write(Some(end)).await;
-        self.group = open;
+        // Into the group `write` sized for a full group, rather than replacing it with a small one.
+        self.group.extend(open);
         written
     }
 
     async fn write(&mut self, checkpoint: Option<Lsn>) -> Result<(), CaptureError> {
-        let rows = std::mem::replace(
-            &mut self.group,
-            Vec::with_capacity(self.capture.config.capture.group_max_rows.min(8192)),
-        );
+        let next = if self.spare.capacity() > 0 {
+            std::mem::take(&mut self.spare)
+        } else {
+            Vec::with_capacity(self.capture.config.capture.group_max_rows.min(8192))
+        };
+        let rows = std::mem::replace(&mut self.group, next);
         self.group_complete = 0;
         if let Some(checkpoint) = checkpoint {
             self.queued = self.queued.max(checkpoint);

@@ -132,6 +132,81 @@ pub struct Payload {
     pub consent: bool,
 }
 
+impl Payload {
+    /// The `payload` column's JSON: byte for byte what `serde_json::to_string` gives, written without
+    /// serde's per-character escaping pass for the (usual) strings that need no escape.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(64 + self.keys.len() * 80);
+        out.push_str("{\"keys\":{");
+        for (i, (key, value)) in self.keys.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(key.as_str());
+            out.push_str("\":");
+            push_json_string(&mut out, value);
+        }
+        out.push('}');
+        let optional = [
+            ("event_source_url", &self.event_source_url),
+            ("platform_event", &self.platform_event),
+            ("lead_event_source", &self.lead_event_source),
+            ("conversion_action", &self.conversion_action),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                push_json_string(&mut out, value);
+            }
+        }
+        if let Some(click_time) = &self.click_time {
+            out.push_str(",\"click_time\":");
+            out.push_str(&serde_json::to_string(click_time).expect("a time serializes"));
+        }
+        out.push_str(",\"consent\":");
+        out.push_str(if self.consent { "true" } else { "false" });
+        out.push('}');
+        out
+    }
+}
+
+/// Appends `value` as a JSON string; serde_json escapes only control characters, `"` and `\`.
+fn push_json_string(out: &mut String, value: &str) {
+    if !needs_json_escape(value.as_bytes()) {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(value).expect("a string serializes"));
+    }
+}
+
+/// True when some byte is a control character, `"` or `\\`: the bytes JSON escapes inside a string.
+/// Eight bytes at a time: `x - 0x01…` borrows into a byte's high bit exactly when some byte of `x` is
+/// below the subtrahend (a borrow only starts at a byte that is itself a hit), so "any hit" is exact.
+fn needs_json_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("chunks of eight"));
+        if below(x, 0x20)
+            || below(x ^ (ONES * u64::from(b'"')), 1)
+            || below(x ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// A delivery row as capture writes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {
@@ -322,15 +397,15 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
         value.push(r.value.as_deref());
         currency.push(r.currency.as_deref());
         action_source.push(r.action_source.as_deref());
-        payload.push(serde_json::to_string(&r.payload).expect("payload serializes"));
-        match_keys.push(
-            r.payload
-                .keys
-                .keys()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
+        payload.push(r.payload.to_json());
+        let mut names = String::with_capacity(r.payload.keys.len() * 10);
+        for (i, key) in r.payload.keys.keys().enumerate() {
+            if i > 0 {
+                names.push(',');
+            }
+            names.push_str(key.as_str());
+        }
+        match_keys.push(names);
         state.push(r.state.as_str());
         last_error.push(r.last_error.as_deref());
         source_table.push(r.source_table.as_str());
@@ -564,7 +639,59 @@ pub fn notify_channel(schema: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ends_the_connection;
+    use super::{ends_the_connection, Payload};
+    use crate::identity::MatchKey;
+    use chrono::{TimeZone, Utc};
+    use proptest::prelude::*;
+
+    fn optional_text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            "[a-zA-Z0-9:/._ -]{0,30}",
+            any::<String>(),
+            "[\"\\\\\u{0}-\u{1f}\u{7f}é€😀a]{0,8}",
+        ])
+    }
+
+    proptest! {
+        /// The eight-bytes-at-a-time check answers as a byte-by-byte one.
+        #[test]
+        fn the_escape_check_answers_as_a_byte_loop(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), 0x1fu8..0x22, 0x5bu8..0x5e],
+                0..40,
+            ),
+        ) {
+            let naive = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(super::needs_json_escape(&bytes), naive);
+        }
+
+        /// The hand-written payload JSON is byte for byte serde_json's, escapes included.
+        #[test]
+        fn payload_json_is_serde_jsons(
+            keys in proptest::collection::btree_map(
+                proptest::sample::select(MatchKey::ALL.to_vec()),
+                prop_oneof!["[0-9a-f]{64}", any::<String>(), "[\"\\\\\u{0}-\u{1f}a]{0,6}"],
+                0..12,
+            ),
+            event_source_url in optional_text(),
+            platform_event in optional_text(),
+            lead_event_source in optional_text(),
+            conversion_action in optional_text(),
+            click_micros in proptest::option::of(0i64..4_000_000_000_000_000),
+            consent in any::<bool>(),
+        ) {
+            let payload = Payload {
+                keys,
+                event_source_url,
+                platform_event,
+                lead_event_source,
+                conversion_action,
+                click_time: click_micros.map(|m| Utc.timestamp_micros(m).unwrap()),
+                consent,
+            };
+            prop_assert_eq!(payload.to_json(), serde_json::to_string(&payload).unwrap());
+        }
+    }
 
     #[test]
     fn shutdowns_and_connection_exceptions_end_the_connection_statement_errors_do_not() {

@@ -6,11 +6,13 @@
 //! an event is still returned as a `failed` row with the reason, never dropped silently.
 
 use crate::config::{Config, Platform, RuleConfig, Template, TemplatePart};
-use crate::decode::{parse_value, Datum, Relation, Tuple, Value};
+use crate::decode::{is_plain_text, parse_value, Datum, Relation, Tuple, Value};
 use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use fnv::FnvHashMap;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -233,7 +235,8 @@ pub struct Rules {
 pub struct Bound {
     relation: Arc<Relation>,
     rules: Vec<Arc<Compiled>>,
-    index: HashMap<String, usize>,
+    /// Column name to position; FNV because every value a rule reads looks its column up here.
+    index: FnvHashMap<String, usize>,
 }
 
 impl Rules {
@@ -293,7 +296,7 @@ impl Rules {
         let Some(rules) = self.by_table.get(&table) else {
             return Ok(None);
         };
-        let index: HashMap<String, usize> = relation
+        let index: FnvHashMap<String, usize> = relation
             .columns
             .iter()
             .enumerate()
@@ -329,16 +332,51 @@ impl Rules {
         drops: &mut DropCounts,
     ) -> Result<Vec<NewDelivery>, RuleError> {
         let mut out = Vec::new();
+        self.evaluate_into(bound, new, tx, ordinal, drops, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Rules::evaluate`], appending the rows to `out`; on an error `out` is left as it was.
+    pub fn evaluate_into(
+        &self,
+        bound: &Bound,
+        new: &Tuple,
+        tx: TxContext,
+        ordinal: u64,
+        drops: &mut DropCounts,
+        out: &mut Vec<NewDelivery>,
+    ) -> Result<(), RuleError> {
+        let start = out.len();
+        let result = self.evaluate_rules(bound, new, tx, ordinal, drops, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn evaluate_rules(
+        &self,
+        bound: &Bound,
+        new: &Tuple,
+        tx: TxContext,
+        ordinal: u64,
+        drops: &mut DropCounts,
+        out: &mut Vec<NewDelivery>,
+    ) -> Result<(), RuleError> {
         let row = RowView { bound, tuple: new };
         for rule in &bound.rules {
-            let mut rows = Vec::new();
+            // Rows of a rule go straight to `out` and are taken back if the rule fails the row.
+            let rule_start = out.len();
             let applied = row.matches(rule).and_then(|matched| match &rule.adjusts {
                 _ if !matched => Ok(()),
-                None => self.conversion(rule, &row, tx, ordinal, drops, &mut rows),
-                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, &mut rows),
+                None => self.conversion(rule, &row, tx, ordinal, drops, out),
+                Some(target) => self.adjustment(rule, target, &row, tx, ordinal, out),
             });
+            if applied.is_err() {
+                out.truncate(rule_start);
+            }
             match applied {
-                Ok(()) => out.extend(rows),
+                Ok(()) => {}
                 // A value of this row that cannot be used fails the row, visibly; capture goes on.
                 Err(RuleError::BadValue {
                     column, message, ..
@@ -355,13 +393,13 @@ impl Rules {
                         tx,
                         ordinal,
                         format!("column {column:?}: {message}"),
-                        &mut out,
+                        out,
                     );
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn conversion(
@@ -373,7 +411,7 @@ impl Rules {
         drops: &mut DropCounts,
         out: &mut Vec<NewDelivery>,
     ) -> Result<(), RuleError> {
-        let fields = match EventFields::read(rule, rule, row, tx, &self.default_currency)? {
+        let mut fields = match EventFields::read(rule, rule, row, tx, &self.default_currency)? {
             Ok(fields) => fields,
             Err(reason) => {
                 failed_rows(
@@ -399,10 +437,20 @@ impl Rules {
             RawIdentity::default()
         };
         // Parsed and hashed once for all destinations.
-        let mut identity = EventIdentity::new(&raw, &self.default_region);
-        for (destination, platform) in &rule.destinations {
+        let mut identity = EventIdentity::new(&raw, &self.default_region)
+            .for_destinations(rule.destinations.len());
+        let last = rule.destinations.len().saturating_sub(1);
+        for (i, (destination, platform)) in rule.destinations.iter().enumerate() {
+            // The last destination takes the row's own values instead of copies.
+            let take = |value: &mut Option<String>| {
+                if i == last {
+                    value.take()
+                } else {
+                    value.clone()
+                }
+            };
             let mut payload = Payload {
-                event_source_url: fields.event_source_url.clone(),
+                event_source_url: take(&mut fields.event_source_url),
                 lead_event_source: rule.lead_event_source.clone(),
                 click_time: raw.click_time,
                 consent,
@@ -425,17 +473,22 @@ impl Rules {
             } else {
                 (State::Skipped, Some("no consent".to_string()))
             };
+            let event_id = if i == last {
+                std::mem::take(&mut fields.event_id)
+            } else {
+                fields.event_id.clone()
+            };
             out.push(NewDelivery {
                 rule: rule.name.clone(),
                 destination: destination.clone(),
                 platform: *platform,
-                event_id: fields.event_id.clone(),
+                event_id,
                 kind: Kind::Conversion,
                 adjusts_rule: None,
                 event_name: rule.event.clone(),
                 event_time: fields.event_time,
-                value: fields.value.clone(),
-                currency: fields.currency.clone(),
+                value: take(&mut fields.value),
+                currency: take(&mut fields.currency),
                 action_source: rule.action_source.clone(),
                 payload,
                 state,
@@ -569,7 +622,7 @@ impl EventFields {
         let mut blank_column = false;
         for column in template.columns() {
             blank_column |= row
-                .text(id_rule, column)?
+                .text_ref(id_rule, column)?
                 .is_none_or(|t| t.trim().is_empty());
         }
         let event_id = match row.render(id_rule, template)? {
@@ -703,12 +756,26 @@ impl RowView<'_> {
         Ok(self.value(rule, column)?.into_text())
     }
 
+    /// [`RowView::text`], borrowed from the message when the column is a text type (no copy).
+    fn text_ref(&self, rule: &Compiled, column: &str) -> Result<Option<Cow<'_, str>>, RuleError> {
+        if let Some(&i) = self.bound.index.get(column) {
+            if let Some(Datum::Text(bytes)) = self.tuple.0.get(i) {
+                if is_plain_text(self.bound.relation.columns[i].type_oid) {
+                    if let Ok(text) = std::str::from_utf8(bytes) {
+                        return Ok(Some(Cow::Borrowed(text)));
+                    }
+                }
+            }
+        }
+        Ok(self.text(rule, column)?.map(Cow::Owned))
+    }
+
     fn matches(&self, rule: &Compiled) -> Result<bool, RuleError> {
         for (column, accepted) in &rule.when {
-            let Some(text) = self.text(rule, column)? else {
+            let Some(text) = self.text_ref(rule, column)? else {
                 return Ok(false);
             };
-            if !accepted.contains(&text) {
+            if !accepted.iter().any(|a| *a == *text) {
                 return Ok(false);
             }
         }
@@ -716,11 +783,11 @@ impl RowView<'_> {
     }
 
     fn render(&self, rule: &Compiled, template: &Template) -> Result<Option<String>, RuleError> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(64);
         for part in &template.parts {
             match part {
                 TemplatePart::Literal(l) => out.push_str(l),
-                TemplatePart::Column(c) => match self.text(rule, c)? {
+                TemplatePart::Column(c) => match self.text_ref(rule, c)? {
                     Some(t) => out.push_str(t.trim_end()),
                     None => return Ok(None),
                 },

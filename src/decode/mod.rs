@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 
 use crate::lsn::Lsn;
 
-pub use value::{parse_datum, parse_value, type_name, type_oid, Value, ValueError};
+pub use value::{is_plain_text, parse_datum, parse_value, type_name, type_oid, Value, ValueError};
 
 /// One decoded pgoutput message.
 #[derive(Debug, Clone, PartialEq, Eq)]

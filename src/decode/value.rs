@@ -217,6 +217,13 @@ pub fn parse_datum(type_oid: u32, datum: &Datum) -> Result<Value, ValueError> {
     }
 }
 
+/// True for the text types (`text`, `varchar`, `char(n)`, `"char"`, `name`): their value is the text
+/// itself, so [`parse_value`] gives [`Value::Text`] of any valid UTF-8.
+pub fn is_plain_text(type_oid: u32) -> bool {
+    use type_oid::*;
+    matches!(type_oid, TEXT | VARCHAR | BPCHAR | CHAR | NAME)
+}
+
 /// Parses one text-format value by its column type OID.
 ///
 /// Text types (and unknown types) must be UTF-8 and are returned as is. `numeric` NaN/Infinity and
@@ -502,6 +509,20 @@ mod tests {
     use bytes::Bytes;
     use chrono::TimeZone;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The text types are taken as is: `is_plain_text` callers may skip `parse_value`.
+        #[test]
+        fn plain_text_types_parse_to_their_own_text(text in any::<String>()) {
+            for oid in [TEXT, VARCHAR, BPCHAR, CHAR, NAME] {
+                prop_assert!(is_plain_text(oid));
+                prop_assert_eq!(
+                    parse_value(oid, text.as_bytes()).unwrap().into_text(),
+                    Some(text.clone())
+                );
+            }
+        }
+    }
 
     /// Parses `s` as type `oid`.
     fn p(oid: u32, s: &str) -> Result<Value, ValueError> {

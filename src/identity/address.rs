@@ -132,7 +132,7 @@ pub fn normalize_state(platform: Platform, raw: &str) -> Option<String> {
 pub(crate) fn zip_checked(platform: Platform, raw: &str, region: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
     if platform == Platform::GoogleAds {
-        return Ok(cleaned);
+        return Ok(cleaned.into_owned());
     }
     let compact = nfc(lower(&cleaned)
         .chars()

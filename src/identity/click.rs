@@ -1,5 +1,6 @@
 //! Values sent as stored: click ids, cookies, lead ids, IP address, user agent, and Meta's `fbc`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ const INVALID_IP: Reason = "invalid IP address";
 
 /// A value sent exactly as stored, trimmed (after NFC), or `EMPTY`.
 pub(crate) fn as_stored_checked(raw: &str) -> Result<String, Reason> {
-    clean(raw).ok_or(EMPTY)
+    clean(raw).map(Cow::into_owned).ok_or(EMPTY)
 }
 
 /// Normalizes a click id, cookie, lead id or user agent: trimmed, otherwise exactly as stored.
@@ -35,7 +36,7 @@ pub(crate) fn client_ip_checked(raw: &str) -> Result<String, Reason> {
     let host = match cleaned.split_once('/') {
         Some((host, "32")) if host.parse::<std::net::Ipv4Addr>().is_ok() => host,
         Some((host, "128")) if host.parse::<std::net::Ipv6Addr>().is_ok() => host,
-        _ => cleaned.as_str(),
+        _ => &*cleaned,
     };
     host.parse::<IpAddr>().map_err(|_| INVALID_IP)?;
     Ok(host.to_owned())
@@ -62,7 +63,7 @@ pub(crate) fn fbc_checked(raw: &str) -> Result<String, Reason> {
     let millis_ok = millis.len() == 13 && millis.bytes().all(|b| b.is_ascii_digit());
     let fbclid_ok = !fbclid.is_empty() && !fbclid.chars().any(char::is_whitespace);
     if index_ok && millis_ok && fbclid_ok {
-        Ok(cleaned)
+        Ok(cleaned.into_owned())
     } else {
         Err(INVALID_FBC)
     }

@@ -29,6 +29,7 @@ mod person;
 mod phone;
 mod text;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -406,6 +407,8 @@ pub struct EventIdentity<'a> {
     phone: Option<Result<String, Reason>>,
     /// (normalized value, digest) pairs computed so far.
     digests: Vec<(String, String)>,
+    /// Whether digests are kept for later platforms (off when only one platform will ask).
+    memoize: bool,
 }
 
 impl std::fmt::Debug for EventIdentity<'_> {
@@ -430,7 +433,15 @@ impl<'a> EventIdentity<'a> {
             phone_region,
             phone: None,
             digests: Vec::new(),
+            memoize: true,
         }
+    }
+
+    /// Tells how many destinations will ask: with one there is nothing to share, so digests are not
+    /// kept (the answers are the same).
+    pub fn for_destinations(mut self, count: usize) -> EventIdentity<'a> {
+        self.memoize = count > 1;
+        self
     }
 
     /// Normalized and hashed keys for one platform, as [`match_keys`].
@@ -468,22 +479,25 @@ impl<'a> EventIdentity<'a> {
         if is_sha256_hex(&cleaned) {
             return Ok(cleaned.to_ascii_lowercase());
         }
-        let normalized = if key == MatchKey::Phone {
+        let normalized: Cow<'_, str> = if key == MatchKey::Phone {
             let region = &self.phone_region;
             let e164 = self
                 .phone
                 .get_or_insert_with(|| phone::phone_e164(&cleaned, region))
                 .as_deref()
                 .map_err(|reason| *reason)?;
-            phone::for_platform(platform, e164)
+            Cow::Borrowed(phone::platform_form(platform, e164))
         } else {
-            normalize_key(platform, key, &cleaned, &self.region)?
+            Cow::Owned(normalize_key(platform, key, &cleaned, &self.region)?)
         };
-        if let Some((_, digest)) = self.digests.iter().find(|(n, _)| *n == normalized) {
+        if !self.memoize {
+            return Ok(hash(&normalized));
+        }
+        if let Some((_, digest)) = self.digests.iter().find(|(n, _)| *n == *normalized) {
             return Ok(digest.clone());
         }
         let digest = hash(&normalized);
-        self.digests.push((normalized, digest.clone()));
+        self.digests.push((normalized.into_owned(), digest.clone()));
         Ok(digest)
     }
 }
@@ -575,10 +589,28 @@ pub fn hash(normalized: &str) -> String {
         return normalized.to_ascii_lowercase();
     }
     let mut text = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(normalized.as_bytes()), &mut text)
-        .expect("a SHA-256 digest is 32 bytes");
-    String::from_utf8(text.to_vec()).expect("hex digits are ASCII")
+    for (pair, byte) in text
+        .chunks_exact_mut(2)
+        .zip(Sha256::digest(normalized.as_bytes()))
+    {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+    }
+    std::str::from_utf8(&text)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
+
+/// The two lowercase hex digits of every byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    pairs
+};
 
 /// True when the text is exactly 64 ASCII hex digits (either case), i.e. looks like a SHA-256 digest.
 pub fn is_sha256_hex(value: &str) -> bool {

@@ -700,6 +700,14 @@ fn one_event_identity_for_every_platform_answers_as_separate_match_keys_calls() 
                 match_keys(platform, &row, "US", event_time()),
                 "{platform:?} {row:?}"
             );
+            // One destination: nothing kept for later, same answer.
+            assert_eq!(
+                EventIdentity::new(&row, "US")
+                    .for_destinations(1)
+                    .match_keys(platform, event_time()),
+                match_keys(platform, &row, "US", event_time()),
+                "{platform:?} {row:?}"
+            );
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Text steps shared by all fields (NFC, trim, case, Unicode categories) and the name normalizer.
 
+use std::borrow::Cow;
+
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
@@ -7,13 +9,14 @@ use super::{Reason, EMPTY};
 use crate::config::Platform;
 
 /// Unicode NFC, then trim surrounding whitespace; `None` when nothing is left.
-pub(crate) fn clean(raw: &str) -> Option<String> {
+///
+/// ASCII is already NFC, so for ASCII text this borrows the trimmed part and allocates nothing.
+pub(crate) fn clean(raw: &str) -> Option<Cow<'_, str>> {
     if raw.is_ascii() {
-        // ASCII is already NFC: one allocation instead of two.
         let trimmed = raw.trim();
-        return (!trimmed.is_empty()).then(|| trimmed.to_owned());
+        return (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed));
     }
-    clean_unicode(raw)
+    clean_unicode(raw).map(Cow::Owned)
 }
 
 /// [`clean`] without the ASCII shortcut.
@@ -25,7 +28,7 @@ fn clean_unicode(raw: &str) -> Option<String> {
 
 /// NFC of a string, skipping the work when a quick check says it is already NFC (the common case).
 pub(crate) fn nfc(value: String) -> String {
-    if is_nfc_quick(value.chars()) == IsNormalized::Yes {
+    if value.is_ascii() || is_nfc_quick(value.chars()) == IsNormalized::Yes {
         value
     } else {
         value.nfc().collect()
@@ -34,11 +37,24 @@ pub(crate) fn nfc(value: String) -> String {
 
 /// Unicode lowercase, re-composed: lowercasing and removing characters can leave decomposed sequences.
 pub(crate) fn lower(value: &str) -> String {
+    if value.is_ascii() {
+        // Unicode lowercasing of ASCII is ASCII lowercasing, and ASCII is NFC.
+        return value.to_ascii_lowercase();
+    }
     nfc(value.to_lowercase())
 }
 
 /// True for Unicode punctuation (P*) and symbols (S*).
 pub(crate) fn is_punct_or_symbol(c: char) -> bool {
+    if c.is_ascii() {
+        // The ASCII punctuation characters are exactly the ASCII ones in P* or S*.
+        return c.is_ascii_punctuation();
+    }
+    is_punct_or_symbol_by_category(c)
+}
+
+/// [`is_punct_or_symbol`] from the Unicode general category, for every character.
+fn is_punct_or_symbol_by_category(c: char) -> bool {
     matches!(
         c.general_category_group(),
         GeneralCategoryGroup::Punctuation | GeneralCategoryGroup::Symbol
@@ -52,7 +68,9 @@ pub(crate) fn is_separator_like(c: char) -> bool {
 
 /// Keeps the characters `keep` accepts, re-composes, and turns an empty result into `EMPTY`.
 pub(crate) fn retain(value: &str, keep: impl Fn(char) -> bool) -> Result<String, Reason> {
-    let kept = nfc(value.chars().filter(|c| keep(*c)).collect());
+    let mut kept = String::with_capacity(value.len());
+    kept.extend(value.chars().filter(|c| keep(*c)));
+    let kept = nfc(kept);
     if kept.is_empty() {
         Err(EMPTY)
     } else {
@@ -195,11 +213,28 @@ mod tests {
         assert_eq!(fold("Trinidad & Tobago"), "trinidadandtobago");
     }
 
+    #[test]
+    fn the_ascii_punctuation_shortcut_answers_as_the_general_category() {
+        for c in (0u8..=127).map(char::from) {
+            assert_eq!(
+                is_punct_or_symbol(c),
+                is_punct_or_symbol_by_category(c),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lower_of_ascii_is_unicode_lowercase() {
+        let all: String = (0u8..=127).map(char::from).collect();
+        assert_eq!(lower(&all), nfc(all.to_lowercase()));
+    }
+
     proptest::proptest! {
         #[test]
         fn the_ascii_shortcuts_answer_as_the_unicode_paths(value in "[ -~\t\n]{0,24}") {
             proptest::prop_assert_eq!(fold(&value), fold_unicode(&value));
-            proptest::prop_assert_eq!(clean(&value), clean_unicode(&value));
+            proptest::prop_assert_eq!(clean(&value).map(Cow::into_owned), clean_unicode(&value));
         }
     }
 }
