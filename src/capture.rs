@@ -701,14 +701,17 @@ impl Session<'_> {
                 .stats
                 .send_modify(|s| s.dropped_keys += dropped);
         }
-        // Bound memory inside a large transaction: hand the group over as a part of a control
-        // transaction that the writer commits with the checkpoint at this transaction's commit (the
-        // complete transactions grouped before it go in the same control transaction, so their
-        // checkpoint waits too).
-        if self.group.len() >= self.capture.config.capture.group_max_rows {
-            self.group_end = None;
-            self.group_deadline = None;
-            self.write(None).await?;
+        let max = self.capture.config.capture.group_max_rows;
+        if self.group.len() >= max {
+            // A full group: the complete transactions in it go now, committed with their checkpoint;
+            // the rows of the open one stay for its commit.
+            self.flush_group().await?;
+            if self.group.len() >= max {
+                // The open transaction alone fills a group: bound memory by handing it over as a part
+                // of a control transaction that the writer commits with the checkpoint at its commit.
+                self.group_deadline = None;
+                self.write(None).await?;
+            }
         }
         Ok(())
     }

@@ -313,6 +313,41 @@ async fn a_transaction_larger_than_a_capture_group_reaches_dispatch_whole() {
 }
 
 #[tokio::test]
+async fn a_burst_of_small_transactions_is_committed_group_by_group() {
+    // GIVEN capture groups of at most 10 rows
+    let (_sandbox, db, client, mut config) = shop(50).await;
+    config.capture.group_max_rows = 10;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN 40 transactions of 3 paid orders (9 deliveries each) arrive in one burst
+    let mut sql = String::new();
+    for t in 0..40 {
+        sql.push_str("begin;");
+        for i in 0..3 {
+            sql.push_str(&paid_order(&format!("burst{t}-{i}")));
+        }
+        sql.push_str("commit;");
+    }
+    client.batch_execute(&sql).await.unwrap();
+    settled(&client, 40 * 3 * 3, 30).await;
+
+    // THEN no control transaction held more than a full group plus the rest of the transaction that
+    // filled it (a full group commits its complete transactions; only a transaction larger than a
+    // group is written in parts of one control transaction). `created_at` is the control
+    // transaction's start time.
+    let largest = count(
+        &client,
+        "select max(n) from (select count(*) as n from pgcapi.deliveries group by created_at) g",
+    )
+    .await;
+    assert!(
+        largest <= 10 + 9 - 1,
+        "a control transaction held {largest} rows"
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test]
 async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_once() {
     // GIVEN platforms answering 20 % of requests with 500, 10 % with 429 (Retry-After: 1 s), and
     // losing the answer to 5 % after processing them; one event per request, so that attempts and
