@@ -1062,7 +1062,7 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         summary.push(format!(
             "{name}: {} requests ({} faulted, {} responses lost); items: {} received raw, {} unique, \
              {} counted, {} deduplicated, {} rejected; raw duplicate sends {} (bound {} = ({kills} \
-             kills + {} lost responses) x {BATCH})",
+             kills x {IN_FLIGHT} batches in flight + {} lost responses) x {BATCH})",
             c.requests,
             c.faulted,
             c.responses_lost,
@@ -1072,7 +1072,7 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
             c.deduplicated,
             c.rejected,
             c.duplicate_sends,
-            (u64::from(kills) + c.responses_lost) * BATCH as u64,
+            duplicate_bound(kills, c.responses_lost),
             c.responses_lost
         ));
     }
@@ -1096,14 +1096,14 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         verdict.problems[..verdict.problems.len().min(25)].join("\n")
     );
     // Raw duplicates (resent items, before the platform's dedup) come only from batches in flight at a
-    // kill or whose response was lost; each is at most one batch per destination.
+    // kill (at most IN_FLIGHT per destination) or whose response was lost.
     for platform in [
         pgcapi::config::Platform::Meta,
         pgcapi::config::Platform::GoogleAds,
         pgcapi::config::Platform::Tiktok,
     ] {
         let c = records.counters(platform);
-        let bound = (u64::from(kills) + c.responses_lost) * BATCH as u64;
+        let bound = duplicate_bound(kills, c.responses_lost);
         assert!(
             c.duplicate_sends <= bound,
             "{platform:?}: {} raw duplicate sends, more than {bound}",
@@ -2420,4 +2420,13 @@ async fn capture_reconnects_when_its_control_connection_is_terminated() {
     assert!(!task.is_finished(), "capture stopped");
     let _ = stop.send(true);
     task.await.unwrap().unwrap();
+}
+
+/// Batches a destination has in flight at once: each may be resent after a kill.
+const IN_FLIGHT: u64 = pgcapi::dispatch::BATCHES_IN_FLIGHT as u64;
+
+/// The most raw duplicate items a platform may receive: every batch in flight at each kill, and every
+/// batch whose response was lost, resent once.
+fn duplicate_bound(kills: u32, responses_lost: u64) -> u64 {
+    (u64::from(kills) * IN_FLIGHT + responses_lost) * BATCH as u64
 }
