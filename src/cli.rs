@@ -372,10 +372,9 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
             // parallel server processes.
             let mut worker_clients = Vec::new();
             for _ in 1..destinations.len() {
-                let (client, connection) = crate::db::connect_parts(&info)
+                let client = crate::db::connect(&info)
                     .await
                     .map_err(|e| crate::error_chain(&e))?;
-                tokio::spawn(connection);
                 worker_clients.push(client);
             }
             crate::dispatch::Dispatcher::with_connection(
