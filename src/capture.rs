@@ -388,7 +388,7 @@ struct ControlWriter {
 
 impl ControlWriter {
     /// Starts the task.
-    fn start(mut client: tokio_postgres::Client, schema: String, slot: String) -> ControlWriter {
+    fn start(client: tokio_postgres::Client, schema: String, slot: String) -> ControlWriter {
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<WriteJob>(1);
         let (ack, acks) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -399,7 +399,7 @@ impl ControlWriter {
                 let started = Instant::now();
                 let result = match (open.take(), job.checkpoint) {
                     (None, Some(lsn)) => {
-                        outbox::write_group(&mut client, &schema, &slot, &job.rows, Some(lsn)).await
+                        outbox::write_group(&client, &schema, &slot, &job.rows, lsn).await
                     }
                     (group, checkpoint) => {
                         async {

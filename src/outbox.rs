@@ -515,18 +515,18 @@ pub const WRITE_CHUNK_ROWS: usize = 1_000;
 /// the same key between the check and the insert: then the transaction fails with a unique violation and
 /// is written again with `on conflict do nothing`.
 pub async fn write_group(
-    client: &mut tokio_postgres::Client,
+    client: &tokio_postgres::Client,
     schema: &str,
     slot: &str,
     rows: &[NewDelivery],
-    lsn: Option<Lsn>,
+    lsn: Lsn,
 ) -> Result<u64, OutboxError> {
     let firsts = first_of_each_key(rows);
-    match write_group_once(client, schema, slot, &firsts, lsn, Duplicates::AntiJoin).await {
+    match write_whole(client, schema, slot, &firsts, lsn, Duplicates::AntiJoin).await {
         Err(OutboxError::Db { source, .. })
             if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
         {
-            write_group_once(client, schema, slot, &firsts, lsn, Duplicates::OnConflict).await
+            write_whole(client, schema, slot, &firsts, lsn, Duplicates::OnConflict).await
         }
         other => other,
     }
@@ -540,76 +540,78 @@ fn first_of_each_key(rows: &[NewDelivery]) -> Vec<&NewDelivery> {
         .collect()
 }
 
-async fn write_group_once(
-    client: &mut tokio_postgres::Client,
+/// One control transaction holding all of `rows`; rolled back if any step fails.
+async fn write_whole(
+    client: &tokio_postgres::Client,
     schema: &str,
     slot: &str,
     rows: &[&NewDelivery],
-    lsn: Option<Lsn>,
+    lsn: Lsn,
     duplicates: Duplicates,
 ) -> Result<u64, OutboxError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(db("beginning a transaction"))?;
-    let mut inserted = 0;
-    // Statements of at most WRITE_CHUNK_ROWS rows: the encoded parameters of one statement are a copy
-    // of its rows, so smaller statements keep the peak memory of a large group down.
-    for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
-        inserted += insert_rows(&tx, schema, chunk, duplicates).await?;
+    let mut group = OpenGroup::begin_with(client, duplicates).await?;
+    let written = match group.add(client, schema, rows).await {
+        Ok(()) => group.commit(client, schema, slot, lsn).await,
+        Err(e) => Err(e),
+    };
+    if written.is_err() {
+        // Harmless when the commit itself failed and ended the transaction.
+        let _ = client.batch_execute("rollback").await;
     }
-    if let Some(lsn) = lsn {
-        save_checkpoint(&tx, schema, slot, lsn).await?;
-    }
-    if inserted > 0 {
-        // Delivered at commit: dispatchers wake up as soon as the rows are visible.
-        tx.execute("select pg_notify($1, '')", &[&notify_channel(schema)])
-            .await
-            .map_err(db("notifying dispatchers"))?;
-    }
-    tx.commit().await.map_err(db("committing"))?;
-    Ok(inserted)
+    written
 }
 
-/// A control transaction that capture writes in several parts: the rows of a source transaction larger
-/// than `capture.group_max_rows` (and of the complete transactions grouped before it) arrive in parts so
-/// that memory stays bounded, and are committed together with the checkpoint of its commit. Until then no
-/// other session sees any of them, so a payment and its refund in one large source transaction still
-/// reach dispatch together.
+/// A control transaction of capture's, begun on the plain client (nothing else may use the client until
+/// [`OpenGroup::commit`]; dropping the connection rolls it back).
 ///
-/// Parts are inserted with `on conflict do nothing` (a failed part could not be written again: its rows
-/// are gone). The transaction is begun on the plain client, so nothing else may use the client until
-/// [`OpenGroup::commit`]; dropping the connection rolls it back.
+/// [`write_group`] uses one for a whole group. The writer also keeps one open across several parts: the
+/// rows of a source transaction larger than `capture.group_max_rows` (and of the complete transactions
+/// grouped before it) arrive in parts so that memory stays bounded, and are committed together with the
+/// checkpoint of its commit. Until then no other session sees any of them, so a payment and its refund in
+/// one large source transaction still reach dispatch together. Parts are inserted with `on conflict do
+/// nothing`, since a failed part could not be written again: its rows are gone.
 #[derive(Debug)]
 pub struct OpenGroup {
     inserted: u64,
+    duplicates: Duplicates,
 }
 
 impl OpenGroup {
-    /// Begins the control transaction.
+    /// Begins a control transaction for parts.
     pub async fn begin(client: &tokio_postgres::Client) -> Result<OpenGroup, OutboxError> {
+        OpenGroup::begin_with(client, Duplicates::OnConflict).await
+    }
+
+    async fn begin_with(
+        client: &tokio_postgres::Client,
+        duplicates: Duplicates,
+    ) -> Result<OpenGroup, OutboxError> {
         client
             .batch_execute("begin")
             .await
             .map_err(db("beginning a transaction"))?;
-        Ok(OpenGroup { inserted: 0 })
+        Ok(OpenGroup {
+            inserted: 0,
+            duplicates,
+        })
     }
 
-    /// Inserts one part, in statements of at most [`WRITE_CHUNK_ROWS`] rows.
-    pub async fn add(
+    /// Inserts one part, in statements of at most [`WRITE_CHUNK_ROWS`] rows: the encoded parameters of
+    /// one statement are a copy of its rows, so smaller statements keep the peak memory down.
+    pub async fn add<R: std::borrow::Borrow<NewDelivery>>(
         &mut self,
         client: &tokio_postgres::Client,
         schema: &str,
-        rows: &[NewDelivery],
+        rows: &[R],
     ) -> Result<(), OutboxError> {
         for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
-            self.inserted += insert_rows(client, schema, chunk, Duplicates::OnConflict).await?;
+            self.inserted += insert_rows(client, schema, chunk, self.duplicates).await?;
         }
         Ok(())
     }
 
-    /// Stores the checkpoint `lsn`, notifies dispatchers if rows are new, and commits. Returns how many
-    /// rows of all parts were new.
+    /// Stores the checkpoint `lsn`, notifies dispatchers if rows are new (delivered at commit, so they
+    /// wake up as soon as the rows are visible), and commits. Returns how many rows of all parts were new.
     pub async fn commit(
         self,
         client: &tokio_postgres::Client,

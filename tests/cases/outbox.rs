@@ -90,7 +90,7 @@ async fn indexes(client: &Client, schema: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_group_records_each_key_once_and_keeps_the_first_row_of_a_repeated_key() {
     let (db, client) = control_db().await;
-    let mut control = db.connect().await;
+    let control = db.connect().await;
     outbox::insert_deliveries(&client, "pgcapi", &[paid("o-1", "10.00")])
         .await
         .unwrap();
@@ -100,10 +100,9 @@ async fn a_group_records_each_key_once_and_keeps_the_first_row_of_a_repeated_key
         paid("o-2", "21.00"), // repeats o-2 within the group: the first one stays
         paid("o-3", "30.00"),
     ];
-    let inserted =
-        outbox::write_group(&mut control, "pgcapi", "slot_a", &rows, Some(Lsn(0x2_0000)))
-            .await
-            .unwrap();
+    let inserted = outbox::write_group(&control, "pgcapi", "slot_a", &rows, Lsn(0x2_0000))
+        .await
+        .unwrap();
     assert_eq!(inserted, 2);
     let values = event_values(&client).await;
     assert_eq!(
@@ -135,10 +134,10 @@ async fn a_key_recorded_concurrently_makes_the_group_write_again_without_it() {
         .await
         .unwrap();
     // `other` has not committed: the group does not see o-7 and blocks on its unique-key entry.
-    let mut control = db.connect().await;
+    let control = db.connect().await;
     let group = tokio::spawn(async move {
         let rows = vec![paid("o-6", "60.00"), paid("o-7", "77.00")];
-        outbox::write_group(&mut control, "pgcapi", "slot_a", &rows, Some(Lsn(0x3_0000))).await
+        outbox::write_group(&control, "pgcapi", "slot_a", &rows, Lsn(0x3_0000)).await
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
