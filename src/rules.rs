@@ -347,22 +347,6 @@ impl Rules {
         out: &mut Vec<NewDelivery>,
     ) -> Result<(), RuleError> {
         let start = out.len();
-        let result = self.evaluate_rules(bound, new, tx, ordinal, drops, out);
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
-    }
-
-    fn evaluate_rules(
-        &self,
-        bound: &Bound,
-        new: &Tuple,
-        tx: TxContext,
-        ordinal: u64,
-        drops: &mut DropCounts,
-        out: &mut Vec<NewDelivery>,
-    ) -> Result<(), RuleError> {
         let row = RowView { bound, tuple: new };
         for rule in &bound.rules {
             // Rows of a rule go straight to `out` and are taken back if the rule fails the row.
@@ -396,7 +380,10 @@ impl Rules {
                         out,
                     );
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
             }
         }
         Ok(())
