@@ -49,3 +49,11 @@ mod tests {
         assert!("x/1".parse::<Lsn>().is_err());
     }
 }
+
+/// Serializes an optional position as its text form (`16/B374D848`) or null.
+pub fn serialize_opt<S: serde::Serializer>(lsn: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match lsn {
+        Some(lsn) => s.collect_str(lsn),
+        None => s.serialize_none(),
+    }
+}

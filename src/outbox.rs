@@ -30,6 +30,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "006_cheaper_writes.sql",
         include_str!("../sql/006_cheaper_writes.sql"),
     ),
+    (
+        "007_capture_state.sql",
+        include_str!("../sql/007_capture_state.sql"),
+    ),
     // Last, so that a numbered file may drop a view to change a column it reads.
     ("views.sql", include_str!("../sql/views.sql")),
 ];
@@ -704,4 +708,107 @@ mod tests {
             assert!(!ends_the_connection(code), "{code}");
         }
     }
+}
+
+/// What capture is doing, as stored in `capture_state` (see `sql/007_capture_state.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapturePhase {
+    /// Holding the slot and recording changes.
+    Streaming,
+    /// Waiting out an outage (connection lost or refused); it resumes by itself.
+    Retrying,
+    /// A change it cannot apply until an operator acts; `error` says what and `error_lsn` where.
+    Stuck,
+}
+
+impl CapturePhase {
+    /// The name stored in `capture_state.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapturePhase::Streaming => "streaming",
+            CapturePhase::Retrying => "retrying",
+            CapturePhase::Stuck => "stuck",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn from_name(name: &str) -> Option<CapturePhase> {
+        [
+            CapturePhase::Streaming,
+            CapturePhase::Retrying,
+            CapturePhase::Stuck,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
+}
+
+/// One slot's row of `capture_state`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaptureReport {
+    /// What capture is doing.
+    pub phase: CapturePhase,
+    /// Why it is not streaming.
+    pub error: Option<String>,
+    /// The WAL position of the change it is stuck on.
+    #[serde(serialize_with = "crate::lsn::serialize_opt")]
+    pub error_lsn: Option<Lsn>,
+    /// When the current problem started.
+    pub error_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a capture process last wrote the row.
+    pub seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Records what capture of `slot` is doing. `error_since` is kept while the phase stays the same, so it
+/// tells how long the problem has lasted; streaming clears the error. Called at each change of phase and
+/// at least every 30 s while capture runs (that refreshes `seen_at`).
+pub async fn report_capture(
+    client: &impl GenericClient,
+    schema: &str,
+    slot: &str,
+    phase: CapturePhase,
+    error: Option<&str>,
+    error_lsn: Option<Lsn>,
+) -> Result<(), OutboxError> {
+    let sql = format!(
+        "insert into {s}.capture_state as c (slot, state, error, error_lsn, error_since, seen_at) \
+         values ($1, $2, $3, $4::text::pg_lsn, case when $2 = 'streaming' then null else now() end, now()) \
+         on conflict (slot) do update set state = excluded.state, error = excluded.error, \
+           error_lsn = excluded.error_lsn, seen_at = now(), \
+           error_since = case when excluded.state = 'streaming' then null \
+                              when c.state = excluded.state then coalesce(c.error_since, now()) \
+                              else now() end",
+        s = quote_ident(schema)
+    );
+    let error_lsn = error_lsn.map(|l| l.to_string());
+    client
+        .execute(&sql, &[&slot, &phase.as_str(), &error, &error_lsn])
+        .await
+        .map(drop)
+        .map_err(db("recording the capture state"))
+}
+
+/// The stored state of `slot`'s capture, if a capture process ever recorded one.
+pub async fn load_capture_report(
+    client: &impl GenericClient,
+    schema: &str,
+    slot: &str,
+) -> Result<Option<CaptureReport>, OutboxError> {
+    let sql = format!(
+        "select state, error, error_lsn::text, error_since, seen_at from {}.capture_state \
+         where slot = $1",
+        quote_ident(schema)
+    );
+    let row = client
+        .query_opt(&sql, &[&slot])
+        .await
+        .map_err(db("reading the capture state"))?;
+    Ok(row.map(|r| CaptureReport {
+        phase: CapturePhase::from_name(r.get::<_, &str>(0)).unwrap_or(CapturePhase::Retrying),
+        error: r.get(1),
+        error_lsn: r.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()),
+        error_since: r.get(3),
+        seen_at: r.get(4),
+    }))
 }
