@@ -35,6 +35,14 @@ impl FromStr for Lsn {
     }
 }
 
+/// Serializes an optional position as its text form (`16/B374D848`) or null.
+pub fn serialize_opt<S: serde::Serializer>(lsn: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match lsn {
+        Some(lsn) => s.collect_str(lsn),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,13 +55,5 @@ mod tests {
         assert_eq!(Lsn::ZERO.to_string(), "0/0");
         assert!("16-B3".parse::<Lsn>().is_err());
         assert!("x/1".parse::<Lsn>().is_err());
-    }
-}
-
-/// Serializes an optional position as its text form (`16/B374D848`) or null.
-pub fn serialize_opt<S: serde::Serializer>(lsn: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
-    match lsn {
-        Some(lsn) => s.collect_str(lsn),
-        None => s.serialize_none(),
     }
 }
