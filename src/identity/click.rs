@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
-use super::text::clean;
+use super::text::clean_as_stored;
 use super::{Reason, EMPTY};
 
 /// Reason for an `fbc` that is not `fb.<digit>.<13-digit ms>.<fbclid>`.
@@ -19,7 +19,7 @@ const INVALID_IP: Reason = "invalid IP address";
 
 /// A value sent exactly as stored, trimmed (after NFC), or `EMPTY`.
 pub(crate) fn as_stored_checked(raw: &str) -> Result<String, Reason> {
-    clean(raw).map(Cow::into_owned).ok_or(EMPTY)
+    clean_as_stored(raw).map(Cow::into_owned).ok_or(EMPTY)
 }
 
 /// Normalizes a click id, cookie, lead id or user agent: trimmed, otherwise exactly as stored.
@@ -32,7 +32,7 @@ pub fn normalize_click_id(raw: &str) -> Option<String> {
 /// Sent as stored, but only when it parses: one malformed IP can make Meta or TikTok reject the whole
 /// batch. Postgres `inet` text of a host (`203.0.113.5/32`) loses its full-length prefix.
 pub(crate) fn client_ip_checked(raw: &str) -> Result<String, Reason> {
-    let cleaned = clean(raw).ok_or(EMPTY)?;
+    let cleaned = clean_as_stored(raw).ok_or(EMPTY)?;
     let host = match cleaned.split_once('/') {
         Some((host, "32")) if host.parse::<std::net::Ipv4Addr>().is_ok() => host,
         Some((host, "128")) if host.parse::<std::net::Ipv6Addr>().is_ok() => host,
@@ -52,7 +52,7 @@ pub fn normalize_client_ip(raw: &str) -> Option<String> {
 /// Shape: `fb.` + one digit + `.` + 13 digits of milliseconds + `.` + the fbclid. The fbclid may carry
 /// the optional fifth segment Meta's parameter builder appends (`.AQICAQMC`), which Meta accepts.
 pub(crate) fn fbc_checked(raw: &str) -> Result<String, Reason> {
-    let cleaned = clean(raw).ok_or(EMPTY)?;
+    let cleaned = clean_as_stored(raw).ok_or(EMPTY)?;
     let mut parts = cleaned.splitn(4, '.');
     let (Some("fb"), Some(index), Some(millis), Some(fbclid)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -79,7 +79,7 @@ pub(crate) fn fbc_from_fbclid_checked(
     fbclid: &str,
     click_time: DateTime<Utc>,
 ) -> Result<String, Reason> {
-    let fbclid = clean(fbclid).ok_or(EMPTY)?;
+    let fbclid = clean_as_stored(fbclid).ok_or(EMPTY)?;
     if fbclid.chars().any(char::is_whitespace) {
         return Err(INVALID_FBCLID);
     }

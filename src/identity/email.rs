@@ -4,7 +4,7 @@ use super::text::{clean, lower, nfc};
 use super::{Reason, EMPTY};
 use crate::config::Platform;
 
-/// Reason for an address that is not `local@domain.tld` without whitespace.
+/// Reason for an address that is not `local@domain.tld` (no empty domain label) without whitespace.
 const INVALID: Reason = "invalid email";
 
 /// Reason for a gmail address whose local part is empty once Google's rule has run (`+tag@gmail.com`).
@@ -20,8 +20,8 @@ pub(crate) fn email_checked(platform: Platform, raw: &str) -> Result<String, Rea
     let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(INVALID);
     };
-    // A domain needs a dot between two non-empty parts ("a@b" and "a@b." are not addresses).
-    let domain_ok = domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.');
+    // A domain is two or more non-empty labels ("a@b", "a@b.", "a@.com" and "a@b..com" are not).
+    let domain_ok = domain.contains('.') && domain.split('.').all(|label| !label.is_empty());
     if local.is_empty() || !domain_ok {
         return Err(INVALID);
     }
@@ -38,9 +38,10 @@ pub(crate) fn email_checked(platform: Platform, raw: &str) -> Result<String, Rea
     Ok(email)
 }
 
-/// Normalizes an email: NFC, trim, lowercase; `None` unless it has exactly one `@`, a non-empty local
-/// part, a dotted domain and no whitespace. For Google, gmail.com/googlemail.com addresses also lose
-/// their `+tag` and dots (`John.Doe+promo@Gmail.com` → `johndoe@gmail.com`).
+/// Normalizes an email: format characters removed, NFKC, trim, lowercase; `None` unless it has exactly
+/// one `@`, a non-empty local part, a domain of two or more non-empty labels and no whitespace. For
+/// Google, gmail.com/googlemail.com addresses also lose their `+tag` and dots
+/// (`John.Doe+promo@Gmail.com` → `johndoe@gmail.com`).
 pub fn normalize_email(platform: Platform, raw: &str) -> Option<String> {
     email_checked(platform, raw).ok()
 }
@@ -112,6 +113,11 @@ mod tests {
             "john@localhost",
             "john@.com",
             "john@example.",
+            "a@b..com",
+            "a@.com",
+            "a@com.",
+            "a@b.com.",
+            "a@.b.com",
             "john@exam\u{a0}ple.com",
         ] {
             for platform in ALL {

@@ -1,16 +1,21 @@
-//! Text steps shared by all fields (NFC, trim, case, Unicode categories) and the name normalizer.
+//! Text steps shared by all fields (format characters, NFKC/NFC, trim, case, Unicode categories) and
+//! the name normalizer.
 
 use std::borrow::Cow;
 
-use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
-use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+use unicode_normalization::{is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNormalization};
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use super::{Reason, EMPTY};
 use crate::config::Platform;
 
-/// Unicode NFC, then trim surrounding whitespace; `None` when nothing is left.
+/// The first step of every normalized value: invisible format characters (Unicode category Cf:
+/// zero-width space and joiners, bidi marks and isolates, soft hyphen, BOM, ...) removed, compatibility
+/// forms folded (NFKC: fullwidth `Ｐａｔ` → `Pat`, ligature `ﬁ` → `fi`, no-break space → space), then
+/// surrounding whitespace trimmed; `None` when nothing is left.
 ///
-/// ASCII is already NFC, so for ASCII text this borrows the trimmed part and allocates nothing.
+/// ASCII has no format characters and is its own NFKC, so for ASCII text this borrows the trimmed part
+/// and does no other work.
 pub(crate) fn clean(raw: &str) -> Option<Cow<'_, str>> {
     if raw.is_ascii() {
         let trimmed = raw.trim();
@@ -21,9 +26,36 @@ pub(crate) fn clean(raw: &str) -> Option<Cow<'_, str>> {
 
 /// [`clean`] without the ASCII shortcut.
 fn clean_unicode(raw: &str) -> Option<String> {
+    let folded = visible_nfkc(raw);
+    let trimmed = folded.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+}
+
+/// For values sent exactly as stored (click ids, cookies, user agent): Unicode NFC and trim only, so
+/// nothing but encoding and surrounding whitespace is changed; `None` when nothing is left.
+pub(crate) fn clean_as_stored(raw: &str) -> Option<Cow<'_, str>> {
+    if raw.is_ascii() {
+        let trimmed = raw.trim();
+        return (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed));
+    }
     let composed = nfc(raw.to_owned());
     let trimmed = composed.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+    (!trimmed.is_empty()).then(|| Cow::Owned(trimmed.to_owned()))
+}
+
+/// True for an invisible format character (general category Cf), e.g. U+200B, U+202E, U+FEFF, U+00AD.
+pub(crate) fn is_format(c: char) -> bool {
+    !c.is_ascii() && c.general_category() == GeneralCategory::Format
+}
+
+/// Format characters removed, then NFKC; skips the work when a scan finds nothing to change.
+fn visible_nfkc(value: &str) -> String {
+    let has_format = value.chars().any(is_format);
+    if !has_format && is_nfkc_quick(value.chars()) == IsNormalized::Yes {
+        return value.to_owned();
+    }
+    // Removed before composing: a format character between a letter and its accent kept them apart.
+    value.chars().filter(|c| !is_format(*c)).nfkc().collect()
 }
 
 /// NFC of a string, skipping the work when a quick check says it is already NFC (the common case).
@@ -112,11 +144,11 @@ pub(crate) fn fold(value: &str) -> String {
     fold_unicode(value)
 }
 
-/// [`fold`] without the ASCII shortcut.
+/// [`fold`] without the ASCII shortcut; compatibility forms fold too (`ＵＳ` → `us`).
 fn fold_unicode(value: &str) -> String {
     value
         .replace('&', " and ")
-        .nfd()
+        .nfkd()
         .filter(|c| c.general_category_group() != GeneralCategoryGroup::Mark)
         .flat_map(char::to_lowercase)
         .filter(|c| c.is_alphanumeric())
