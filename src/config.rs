@@ -2,8 +2,8 @@
 //!
 //! Loading happens in three steps so that every problem is reported at once, each with its key path:
 //! the TOML is parsed into a tree, `${VAR}` / `${VAR:-default}` are expanded in its strings, unknown keys
-//! are collected, and only then is the tree turned into typed structs and checked for meaning
-//! ([`Config::validate`]). Checks that need the database (columns named by templates) live in
+//! are collected, and only then is the tree turned into typed structs (every type error is collected:
+//! see `deserialize_all`) and checked for meaning ([`Config::validate`]). Checks that need the database (columns named by templates) live in
 //! [`crate::setup`].
 
 use crate::identity::MatchKey;
@@ -72,7 +72,20 @@ impl fmt::Debug for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        /// Anything but a string is refused without the value in the message: a secret written
+        /// without quotes (`client_id = 1234`) must not be printed by the type error.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        match Text::deserialize(d)? {
+            Text::Text(text) => Ok(Secret(text)),
+            Text::Other(_) => Err(serde::de::Error::custom(
+                "invalid type: expected a string (the value is a secret and not shown)",
+            )),
+        }
     }
 }
 
@@ -616,29 +629,22 @@ impl Config {
             message: e.to_string(),
         })?;
         let mut problems = Vec::new();
+        let mut expanded = BTreeMap::new();
         for (key, value) in tree.iter_mut() {
-            expand_value(value, key, env, &mut problems);
+            expand_value(value, key, env, &mut problems, &mut expanded);
         }
         check_keys(&tree, &mut problems);
-        let invalid = |problems| ConfigError::Invalid {
-            path: origin.to_string(),
-            problems,
-        };
-        let config: Config = match toml::Value::Table(tree).try_into() {
-            Ok(config) => config,
-            Err(e) => {
-                problems.push(Problem {
-                    path: "(config)".to_string(),
-                    message: e.message().to_string(),
-                });
-                return Err(invalid(problems));
-            }
-        };
-        problems.extend(config.validate());
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(invalid(problems))
+        let (config, left_out) = deserialize_all(tree, &expanded, &mut problems);
+        if let Some(config) = &config {
+            let validated = config.validate();
+            problems.extend(validated.into_iter().filter(|p| !left_out.explains(p)));
+        }
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems,
+            }),
         }
     }
 
@@ -929,15 +935,24 @@ impl Template {
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string of `value`; `path` is its key path.
+///
+/// `expanded` receives the path and new text of every string that read a variable, so that an error
+/// about such a value can leave the value out (it may come from a secret).
 fn expand_value(
     value: &mut toml::Value,
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
+    expanded: &mut BTreeMap<String, String>,
 ) {
     match value {
         toml::Value::String(s) => match expand(s, env) {
-            Ok(expanded) => *s = expanded,
+            Ok(text) => {
+                if text != *s {
+                    expanded.insert(path.to_string(), text.clone());
+                }
+                *s = text;
+            }
             Err(message) => problems.push(Problem {
                 path: path.to_string(),
                 message,
@@ -945,16 +960,253 @@ fn expand_value(
         },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_value(item, &format!("{path}[{i}]"), env, problems);
+                expand_value(item, &format!("{path}[{i}]"), env, problems, expanded);
             }
         }
         toml::Value::Table(table) => {
             for (key, item) in table.iter_mut() {
-                expand_value(item, &format!("{path}.{key}"), env, problems);
+                expand_value(item, &format!("{path}.{key}"), env, problems, expanded);
             }
         }
         _ => {}
     }
+}
+
+/// The parts of the tree [`deserialize_all`] left out because they did not deserialize.
+#[derive(Debug, Default)]
+struct LeftOut {
+    /// Their key paths, without rule names (`rules[0].value`, `destinations.meta`).
+    paths: Vec<String>,
+    /// A whole rule or destination was left out: other rules' references to it would be reported
+    /// as dangling, so no rule problem is reported until the types are fixed.
+    whole_item: bool,
+}
+
+impl LeftOut {
+    /// Whether a validation problem may only be a consequence of a part left out (a required key
+    /// reported missing because its value had the wrong type, ...).
+    fn explains(&self, problem: &Problem) -> bool {
+        // `rules[0] (order_paid).value` is `rules[0].value` here.
+        let path = match problem.path.split_once(" (") {
+            Some((rule, rest)) => match rest.split_once(')') {
+                Some((_, tail)) => format!("{rule}{tail}"),
+                None => problem.path.clone(),
+            },
+            None => problem.path.clone(),
+        };
+        let related = |a: &str, b: &str| {
+            a == b || (a.starts_with(b) && matches!(a.as_bytes().get(b.len()), Some(b'.' | b'[')))
+        };
+        // A rule's keys depend on each other (without `retracts` it needs an `event`): a key left
+        // out of a rule stands for the whole rule.
+        let scope = |left: &'_ str| -> String {
+            match left
+                .strip_prefix("rules[")
+                .and_then(|rest| rest.split_once(']'))
+            {
+                Some((index, _)) => format!("rules[{index}]"),
+                None => left.to_string(),
+            }
+        };
+        (self.whole_item && path.starts_with("rules"))
+            || self
+                .paths
+                .iter()
+                .map(|left| scope(left))
+                .any(|left| related(&path, &left) || related(&left, &path))
+    }
+}
+
+/// Turns the expanded tree into a [`Config`], reporting every type error with its key path.
+///
+/// Serde stops at the first error, so the failing key is taken out of the tree and the rest is
+/// deserialized again, until it succeeds; each error is reported once, with its value left out when it
+/// came from a variable. A key that is required cannot be taken out alone: then its table goes (a
+/// destination, a rule), or, at the top, nothing is built (`None`). The config built without the failing
+/// parts is returned so that the rest can still be validated.
+fn deserialize_all(
+    mut tree: toml::Table,
+    expanded: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> (Option<Config>, LeftOut) {
+    use serde_path_to_error::Segment;
+    let rule_names: Vec<Option<String>> = match tree.get("rules") {
+        Some(toml::Value::Array(rules)) => rules
+            .iter()
+            .map(|r| r.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // Where each rule still in the tree was in the file, as rules are taken out of the array.
+    let mut rule_index: Vec<usize> = (0..rule_names.len()).collect();
+    let mut left_out = LeftOut::default();
+    // Each round takes one key out, so the rounds are bounded by the keys in the file.
+    loop {
+        let error =
+            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(tree.clone())) {
+                Ok(config) => return (Some(config), left_out),
+                Err(error) => error,
+            };
+        let mut segments: Vec<Segment> = error.path().iter().cloned().collect();
+        // Seq indexes of the top-level rules array are positions in the file again.
+        if let [Segment::Map { key }, Segment::Seq { index }, ..] = segments.as_mut_slice() {
+            if key == "rules" {
+                *index = rule_index.get(*index).copied().unwrap_or(*index);
+            }
+        }
+        let path = path_text(&segments, None);
+        let message = error.inner().message().trim().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'));
+        if let Some(field) = missing {
+            // Reported as "source.url: is required", unless `source.url` was just taken out for its
+            // type: then it is no news.
+            let child = if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
+            if !left_out.paths.contains(&child) {
+                let mut at = path_text(&segments, Some(&rule_names));
+                at.push_str(&format!("{}{field}", if at.is_empty() { "" } else { "." }));
+                problems.push(Problem {
+                    path: at,
+                    message: "is required".to_string(),
+                });
+            }
+        } else {
+            let message = match expanded.get(&path) {
+                Some(value) if !value.is_empty() => message
+                    .replace(&format!("{value:?}"), "(value of a variable, not shown)")
+                    .replace(value.as_str(), "***"),
+                _ => message,
+            };
+            let at = path_text(&segments, Some(&rule_names));
+            problems.push(Problem {
+                path: if at.is_empty() {
+                    "(top level)".to_string()
+                } else {
+                    at
+                },
+                message,
+            });
+        }
+        // What to take out: the key, except that a list element takes its whole list with it (its
+        // siblings' indexes would shift), and a missing field takes out the table that lacks it.
+        let mut target = segments;
+        if let Some(last) = target
+            .iter()
+            .rposition(|s| matches!(s, Segment::Seq { .. }))
+        {
+            let is_rule = last == 1 && matches!(&target[0], Segment::Map { key } if key == "rules");
+            if !is_rule {
+                target.truncate(last);
+            } else if target.len() == 2 {
+                left_out.whole_item = true;
+            }
+        }
+        if matches!(target.as_slice(), [Segment::Map { key }, _] if key == "destinations") {
+            left_out.whole_item = true;
+        }
+        if target.is_empty() || !take_out(&mut tree, &target, &mut rule_index) {
+            return (None, left_out);
+        }
+        left_out.paths.push(path_text(&target, None));
+    }
+}
+
+/// Removes the value at `path` from the tree; `false` when there is no such value.
+fn take_out(
+    tree: &mut toml::Table,
+    path: &[serde_path_to_error::Segment],
+    rule_index: &mut Vec<usize>,
+) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((Segment::Map { key: first }, rest)) = path.split_first() else {
+        return false;
+    };
+    if rest.is_empty() {
+        return tree.remove(first).is_some();
+    }
+    let mut node = match tree.get_mut(first) {
+        Some(node) => node,
+        None => return false,
+    };
+    for (i, segment) in rest.iter().enumerate() {
+        let last = i + 1 == rest.len();
+        match (segment, node) {
+            (Segment::Map { key }, toml::Value::Table(table)) if last => {
+                return table.remove(key).is_some();
+            }
+            (Segment::Seq { index }, toml::Value::Array(items)) if last => {
+                // Only rules are taken out one by one (see `deserialize_all`).
+                let file_index = rule_index.iter().position(|at| at == index);
+                return match file_index {
+                    Some(position) if position < items.len() => {
+                        items.remove(position);
+                        rule_index.remove(position);
+                        true
+                    }
+                    _ => false,
+                };
+            }
+            (Segment::Map { key }, toml::Value::Table(table)) => match table.get_mut(key) {
+                Some(child) => node = child,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(items)) => {
+                let position = if i == 0 && first == "rules" {
+                    rule_index.iter().position(|at| at == index)
+                } else {
+                    Some(*index)
+                };
+                match position.and_then(|p| items.get_mut(p)) {
+                    Some(child) => node = child,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// A key path as text: `destinations.meta.batch_max_events`, `rules[0].match`; with `rule_names`,
+/// rules are written as [`Config::validate`] writes them: `rules[0] (order_paid).match`.
+fn path_text(
+    path: &[serde_path_to_error::Segment],
+    rule_names: Option<&[Option<String>]>,
+) -> String {
+    use serde_path_to_error::Segment;
+    let mut text = String::new();
+    for (i, segment) in path.iter().enumerate() {
+        match segment {
+            Segment::Seq { index } => {
+                text.push_str(&format!("[{index}]"));
+                let in_rules = i == 1 && text.starts_with("rules[");
+                if let Some(Some(name)) = rule_names
+                    .filter(|_| in_rules)
+                    .and_then(|names| names.get(*index))
+                {
+                    text.push_str(&format!(" ({name})"));
+                }
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Segment::Unknown => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push('?');
+            }
+        }
+    }
+    text
 }
 
 /// Expands the variables of one string. An unset variable without default is an error naming it.
@@ -975,13 +1227,19 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("invalid variable name {name:?} in ${{...}}"));
         }
-        match (env(name).filter(|v| !v.is_empty()), default) {
-            (Some(value), _) => out.push_str(&value),
-            (None, Some(default)) => out.push_str(default),
+        // As in a shell, `:-` takes the default when the variable is unset or empty.
+        match (env(name), default) {
+            (Some(value), _) if !value.is_empty() => out.push_str(&value),
+            (_, Some(default)) => out.push_str(default),
+            (Some(_), None) => {
+                return Err(format!(
+                    "environment variable {name} is set but empty (use ${{{name}:-default}} for a default)"
+                ))
+            }
             (None, None) => {
                 return Err(format!(
-                "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
-            ))
+                    "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+                ))
             }
         }
         rest = &after[end + 1..];
@@ -1272,6 +1530,160 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    /// The problems of a config text that must not load.
+    fn problems_of(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+        match Config::from_toml(text, "x.toml", env) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => panic!("expected Invalid, got {other}"),
+            Ok(_) => panic!("expected Invalid, got a config"),
+        }
+    }
+
+    #[test]
+    fn a_type_error_carries_its_key_path() {
+        let text = CONTRACT.replace(
+            "pixel_id = \"1234567890\"",
+            "pixel_id = \"1234567890\"\nbatch_max_events = \"x\"",
+        );
+        assert_eq!(
+            problems_of(&text, &env_all),
+            ["destinations.meta.batch_max_events: invalid type: string \"x\", expected usize"]
+        );
+    }
+
+    #[test]
+    fn every_type_error_is_reported_at_once_with_the_validation_problems() {
+        let text = CONTRACT
+            .replace(
+                "pixel_id = \"1234567890\"",
+                "pixel_id = \"1234567890\"\nbatch_max_events = \"x\"",
+            )
+            .replace(
+                "customer_id = \"1234567890\"",
+                "customer_id = \"1234567890\"\nvalidate_only = 1",
+            )
+            .replace("pixel_code = \"CTEST12345\"", "pixel_code = 12345")
+            .replace("slot = \"pgcapi\"", "slot = \"pgcapi\"\nslots = 2")
+            .replace("currency = \"USD\"", "currency = \"EURO\"")
+            .replace("retracts = \"order_paid\"", "retracts = [\"order_paid\"]")
+            .replace(
+                "destinations = [\"meta\", \"google\"]",
+                "destinations = [\"meta\", 7]",
+            )
+            + "\n[dispatch]\nlease_secs = \"long\"\n";
+        let problems = problems_of(&text, &env_all);
+        for expected in [
+            "destinations.meta.batch_max_events: invalid type: string \"x\", expected usize",
+            "destinations.google.validate_only: invalid type: integer `1`, expected a boolean",
+            "destinations.tiktok.pixel_code: invalid type: integer `12345`, expected a string",
+            "dispatch.lease_secs: invalid type: string \"long\", expected u64",
+            "rules[1] (order_refunded).retracts: invalid type: sequence, expected a string",
+            "rules[2] (deal_won).destinations[1]: invalid type: integer `7`, expected a string",
+            // Unknown keys and validation problems come in the same report.
+            "source.slots: unknown key",
+            "defaults.currency: \"EURO\" is not a three-letter ISO 4217 code",
+        ] {
+            assert!(
+                problems.contains(&expected.to_string()),
+                "missing {expected:?} in {problems:#?}"
+            );
+        }
+        // Nothing reported twice, and nothing that only follows from a key left out for its type
+        // (tiktok's pixel_code "is required", deal_won's destinations "must name at least one").
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_rule_missing_a_required_key_is_reported_and_the_rules_after_it_keep_their_index() {
+        let text = CONTRACT
+            .replace(
+                "table = \"public.orders\"\nwhen = { status = \"refunded\" }",
+                "when = { status = \"refunded\" }",
+            )
+            .replace("event_id = \"deal-{id}\"", "event_id = 5");
+        let problems = problems_of(&text, &env_all);
+        assert_eq!(
+            problems,
+            [
+                "rules[1] (order_refunded).table: is required",
+                "rules[2] (deal_won).event_id: invalid type: integer `5`, expected a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_required_key_of_the_wrong_type_is_reported_once() {
+        let text = CONTRACT.replace("url = \"${PGCAPI_DATABASE_URL}\"", "url = 5");
+        assert_eq!(
+            problems_of(&text, &env_all),
+            ["source.url: invalid type: expected a string (the value is a secret and not shown)"]
+        );
+        let text = CONTRACT.replace("[source]", "[sourc]");
+        assert_eq!(
+            problems_of(&text, &env_all),
+            ["sourc: unknown key", "source: is required"]
+        );
+        let text = CONTRACT.replace("platform = \"tiktok\"", "platform = \"tiktak\"");
+        let problems = problems_of(&text, &env_all);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("destinations.tiktok.platform: unknown variant `tiktak`"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_never_show_a_secret() {
+        // A secret written without quotes.
+        let text = CONTRACT.replace(
+            "client_id = \"${GOOGLE_ADS_CLIENT_ID}\"",
+            "client_id = 987654321",
+        );
+        let problems = problems_of(&text, &env_all).join("\n");
+        assert!(
+            problems.contains("destinations.google.client_id: invalid type"),
+            "{problems}"
+        );
+        assert!(!problems.contains("987654321"), "{problems}");
+        // A variable (perhaps a secret) expanded into a key of another type.
+        let text = CONTRACT.replace(
+            "pixel_id = \"1234567890\"",
+            "pixel_id = \"1234567890\"\nbatch_max_events = \"${META_ACCESS_TOKEN}\"",
+        );
+        let problems = problems_of(&text, &env_all).join("\n");
+        assert!(
+            problems.contains("destinations.meta.batch_max_events: invalid type: string (value of a variable, not shown), expected usize"),
+            "{problems}"
+        );
+        assert!(!problems.contains("secret-"), "{problems}");
+    }
+
+    #[test]
+    fn an_empty_variable_is_reported_as_empty_and_an_unset_one_as_unset() {
+        let env = |name: &str| match name {
+            "META_ACCESS_TOKEN" => Some(String::new()),
+            "TIKTOK_ACCESS_TOKEN" => None,
+            other => env_all(other),
+        };
+        let problems = problems_of(CONTRACT, &env);
+        assert!(
+            problems.contains(&"destinations.meta.access_token: environment variable META_ACCESS_TOKEN is set but empty (use ${META_ACCESS_TOKEN:-default} for a default)".to_string()),
+            "{problems:#?}"
+        );
+        assert!(
+            problems.contains(&"destinations.tiktok.access_token: environment variable TIKTOK_ACCESS_TOKEN is not set (use ${TIKTOK_ACCESS_TOKEN:-default} for a default)".to_string()),
+            "{problems:#?}"
+        );
+        // `:-` takes the default when the variable is empty, as a shell does.
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(expand("${A:-d}", &empty).unwrap(), "d");
+        assert!(expand("${A}", &empty)
+            .unwrap_err()
+            .contains("A is set but empty"));
     }
 
     #[test]
