@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
-use tokio_postgres::Socket;
+use tokio_postgres::{AsyncMessage, Socket};
 
 /// Why an SQL connection could not be opened. Messages never contain the password.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +40,75 @@ impl DbError {
 /// or a Unix socket (where, as in libpq, TLS is not used), and spawns the connection task.
 /// `connect_timeout` bounds the whole exchange, authentication included.
 pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError> {
-    let (client, connection) = connect_parts(info).await?;
+    let (client, mut connection) = connect_parts(info).await?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        // What `connection.await` does, but with the server's notices logged by `log_notice`
+        // (tokio-postgres logs every notice at info).
+        let ended = std::future::poll_fn(|cx| loop {
+            match connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => log_notice(&notice),
+                // Notifications: nobody listens on these connections.
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        if let Err(e) = ended {
             tracing::warn!(error = %e, "database connection ended with an error");
         }
     });
     Ok(client)
+}
+
+/// Logs a notice or warning the server sent on an SQL connection, at the level [`notice_level`] gives.
+pub fn log_notice(notice: &tokio_postgres::error::DbError) {
+    let severity = notice
+        .parsed_severity()
+        .map_or_else(|| notice.severity().to_string(), |s| s.to_string());
+    log_server_notice("sql", &severity, notice.code().code(), notice.message());
+}
+
+/// Logs a server notice (SQLSTATE, non-localized severity, primary message) at its level;
+/// `connection` says which kind of connection received it (`sql`, `replication`).
+pub(crate) fn log_server_notice(connection: &str, severity: &str, code: &str, message: &str) {
+    macro_rules! notice {
+        ($level:ident) => {
+            tracing::$level!(
+                connection,
+                sqlstate = %code,
+                severity = %severity,
+                message = %message,
+                "notice from the server"
+            )
+        };
+    }
+    match notice_level(severity, code, message) {
+        tracing::Level::WARN => notice!(warn),
+        tracing::Level::INFO => notice!(info),
+        _ => notice!(debug),
+    }
+}
+
+/// How loud a server notice is logged: a WARNING at warn, DEBUG messages at debug, the answers of
+/// idempotent statements (`CREATE ... IF NOT EXISTS`: "relation ... already exists, skipping", `DROP
+/// ... IF EXISTS`: "view ... does not exist, skipping", which `setup` meets on every run after the
+/// first) at debug, every other notice at info.
+pub(crate) fn notice_level(severity: &str, code: &str, message: &str) -> tracing::Level {
+    /// duplicate_schema, duplicate_table (any relation), duplicate_object, duplicate_column and
+    /// duplicate_function: as a NOTICE, only ever an `IF NOT EXISTS` that skipped.
+    const SKIPPED: [&str; 5] = ["42P06", "42P07", "42710", "42701", "42723"];
+    match severity {
+        "WARNING" => tracing::Level::WARN,
+        "DEBUG" => tracing::Level::DEBUG,
+        // `DROP ... IF EXISTS` notices carry no specific SQLSTATE: recognized by their (English)
+        // wording; under another `lc_messages` they stay at info.
+        "NOTICE" if SKIPPED.contains(&code) || message.ends_with(", skipping") => {
+            tracing::Level::DEBUG
+        }
+        _ => tracing::Level::INFO,
+    }
 }
 
 /// The connection future of [`connect_parts`]: the caller drives it (and may read notifications).
@@ -211,5 +273,50 @@ impl AsyncWrite for RustlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(self.get_mut().0.as_mut()).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn idempotent_statement_notices_are_debug_and_other_notices_keep_their_level() {
+        for (code, message) in [
+            ("42P07", "relation \"deliveries\" already exists, skipping"),
+            ("42P06", "schema \"pgcapi\" already exists, skipping"),
+            ("42710", "extension \"x\" already exists, skipping"),
+            (
+                "42701",
+                "column \"error_lsn\" of relation \"capture_state\" already exists, skipping",
+            ),
+            ("00000", "view \"v_health\" does not exist, skipping"),
+            (
+                "00000",
+                "trigger \"t\" for relation \"orders\" does not exist, skipping",
+            ),
+            // Localized wording, recognized by its SQLSTATE.
+            (
+                "42P07",
+                "relation \u{ab}deliveries\u{bb} existe d\u{e9}j\u{e0}, poursuite du traitement",
+            ),
+        ] {
+            assert_eq!(
+                notice_level("NOTICE", code, message),
+                Level::DEBUG,
+                "{message}"
+            );
+        }
+        assert_eq!(
+            notice_level("NOTICE", "00000", "table \"orders\" has no primary key"),
+            Level::INFO
+        );
+        assert_eq!(notice_level("INFO", "00000", "vacuuming"), Level::INFO);
+        assert_eq!(
+            notice_level("WARNING", "01000", "wal_level is insufficient, skipping"),
+            Level::WARN
+        );
+        assert_eq!(notice_level("DEBUG", "00000", "x"), Level::DEBUG);
     }
 }

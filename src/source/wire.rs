@@ -236,13 +236,14 @@ pub(crate) fn server_error(body: &backend::ErrorResponseBody) -> SourceError {
     }
 }
 
-/// Logs a NoticeResponse: SQLSTATE, severity and the server's own message.
+/// Logs a NoticeResponse: SQLSTATE, severity and the server's own message, at the level
+/// [`crate::db::notice_level`] gives.
 pub(crate) fn log_notice(body: &backend::NoticeResponseBody) {
     let fields = server_fields(body.fields());
-    tracing::info!(
-        sqlstate = %fields.code,
-        severity = %fields.severity,
-        message = %fields.message,
-        "replication connection notice from the server"
+    crate::db::log_server_notice(
+        "replication",
+        &fields.severity,
+        &fields.code,
+        &fields.message,
     );
 }

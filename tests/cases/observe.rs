@@ -613,3 +613,61 @@ async fn check_passes_against_the_sandbox_and_names_what_is_wrong() {
     );
     assert!(out.contains("✓ meta (meta)"), "{out}");
 }
+
+/// Runs `pgcapi setup` with `RUST_LOG` as given (unset: the default level), stderr into a file (not a
+/// terminal); returns whether it succeeded and what it logged.
+fn setup_logging_to_a_file(
+    config: &Path,
+    env: &[(String, String)],
+    rust_log: Option<&str>,
+    log: &Path,
+) -> (bool, Vec<u8>) {
+    let mut command = crate::support::pgcapi_command(env);
+    command.env_remove("RUST_LOG").env_remove("NO_COLOR");
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
+    let file = std::fs::File::create(log).unwrap();
+    let status = command
+        .args(["setup", "--config"])
+        .arg(config)
+        .stderr(file)
+        .status()
+        .expect("run pgcapi setup");
+    (status.success(), std::fs::read(log).unwrap())
+}
+
+#[tokio::test]
+async fn setup_run_again_logs_no_colours_and_no_skipping_notices_at_the_default_level() {
+    // GIVEN a shop database and the contract config
+    let db = TestDb::start().await;
+    db.connect().await.batch_execute(SHOP_SQL).await.unwrap();
+    let env = contract_env(&db.url(), "http://127.0.0.1:9");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgcapi.toml");
+    std::fs::write(&config, CONTRACT_TOML).unwrap();
+    let log = dir.path().join("stderr.log");
+    // WHEN setup runs twice, its stderr going to a file
+    for run in 1..=2 {
+        let (ok, stderr) = setup_logging_to_a_file(&config, &env, None, &log);
+        let text = String::from_utf8_lossy(&stderr);
+        assert!(ok, "setup run {run} failed: {text}");
+        // THEN the file has no ANSI escape and no "already exists, skipping" lines
+        assert!(
+            !stderr.contains(&0x1b),
+            "ANSI escape in run {run}: {text:?}"
+        );
+        assert!(!text.contains("skipping"), "run {run}: {text}");
+    }
+    // AND the notices are still there at debug level, still without colours
+    let (ok, stderr) = setup_logging_to_a_file(&config, &env, Some("debug"), &log);
+    let text = String::from_utf8_lossy(&stderr);
+    assert!(ok, "{text}");
+    assert!(!stderr.contains(&0x1b), "{text:?}");
+    assert!(
+        text.lines().any(|l| l.contains("DEBUG")
+            && l.contains("notice from the server")
+            && l.contains("skipping")),
+        "{text}"
+    );
+}
