@@ -1077,9 +1077,16 @@ fn deserialize_all(
             }
         } else {
             let message = match expanded.get(&path) {
-                Some(value) if !value.is_empty() => message
-                    .replace(&format!("{value:?}"), "(value of a variable, not shown)")
-                    .replace(value.as_str(), "***"),
+                Some(value) if !value.is_empty() => {
+                    let message =
+                        message.replace(&format!("{value:?}"), "(value of a variable, not shown)");
+                    // Any other quoting of it too, unless it is too short to be a secret.
+                    if value.len() >= 4 {
+                        message.replace(value.as_str(), "***")
+                    } else {
+                        message
+                    }
+                }
                 _ => message,
             };
             let at = path_text(&segments, Some(&rule_names));
@@ -1106,7 +1113,9 @@ fn deserialize_all(
                 left_out.whole_item = true;
             }
         }
-        if matches!(target.as_slice(), [Segment::Map { key }, _] if key == "destinations") {
+        if matches!(target.first(), Some(Segment::Map { key }) if key == "destinations")
+            && target.len() <= 2
+        {
             left_out.whole_item = true;
         }
         if target.is_empty() || !take_out(&mut tree, &target, &mut rule_index) {
@@ -1626,6 +1635,18 @@ mod tests {
         assert_eq!(
             problems_of(&text, &env_all),
             ["sourc: unknown key", "source: is required"]
+        );
+        // Without its destinations, the rules' references are not reported as dangling.
+        let cut = CONTRACT.find("[destinations.meta]").unwrap();
+        let rules = CONTRACT.find("[[rules]]").unwrap();
+        let text = format!(
+            "destinations = 5\n{}{}",
+            &CONTRACT[..cut],
+            &CONTRACT[rules..]
+        );
+        assert_eq!(
+            problems_of(&text, &env_all),
+            ["destinations: invalid type: integer `5`, expected a map"]
         );
         let text = CONTRACT.replace("platform = \"tiktok\"", "platform = \"tiktak\"");
         let problems = problems_of(&text, &env_all);
