@@ -15,47 +15,43 @@ use crate::config::Platform;
 /// surrounding whitespace trimmed; `None` when nothing is left.
 ///
 /// ASCII has no format characters and is its own NFKC, so for ASCII text this borrows the trimmed part
-/// and does no other work.
+/// and does no other work; other text is borrowed too when a scan finds nothing to remove or fold.
 pub(crate) fn clean(raw: &str) -> Option<Cow<'_, str>> {
     if raw.is_ascii() {
-        let trimmed = raw.trim();
-        return (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed));
+        return non_empty(raw.trim()).map(Cow::Borrowed);
     }
-    clean_unicode(raw).map(Cow::Owned)
+    clean_unicode(raw)
 }
 
-/// [`clean`] without the ASCII shortcut.
-fn clean_unicode(raw: &str) -> Option<String> {
-    let folded = visible_nfkc(raw);
-    let trimmed = folded.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_owned())
+/// [`clean`] without the ASCII shortcut; borrows when nothing but trimming is needed.
+fn clean_unicode(raw: &str) -> Option<Cow<'_, str>> {
+    let has_format = raw.chars().any(is_format);
+    if !has_format && is_nfkc_quick(raw.chars()) == IsNormalized::Yes {
+        return non_empty(raw.trim()).map(Cow::Borrowed);
+    }
+    // Removed before composing: a format character between a letter and its accent kept them apart.
+    let folded: String = raw.chars().filter(|c| !is_format(*c)).nfkc().collect();
+    non_empty(folded.trim()).map(|trimmed| Cow::Owned(trimmed.to_owned()))
 }
 
 /// For values sent exactly as stored (click ids, cookies, user agent): Unicode NFC and trim only, so
 /// nothing but encoding and surrounding whitespace is changed; `None` when nothing is left.
 pub(crate) fn clean_as_stored(raw: &str) -> Option<Cow<'_, str>> {
-    if raw.is_ascii() {
-        let trimmed = raw.trim();
-        return (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed));
+    if raw.is_ascii() || is_nfc_quick(raw.chars()) == IsNormalized::Yes {
+        return non_empty(raw.trim()).map(Cow::Borrowed);
     }
-    let composed = nfc(raw.to_owned());
-    let trimmed = composed.trim();
-    (!trimmed.is_empty()).then(|| Cow::Owned(trimmed.to_owned()))
+    let composed: String = raw.nfc().collect();
+    non_empty(composed.trim()).map(|trimmed| Cow::Owned(trimmed.to_owned()))
+}
+
+/// `None` for an empty string.
+fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
 }
 
 /// True for an invisible format character (general category Cf), e.g. U+200B, U+202E, U+FEFF, U+00AD.
 pub(crate) fn is_format(c: char) -> bool {
     !c.is_ascii() && c.general_category() == GeneralCategory::Format
-}
-
-/// Format characters removed, then NFKC; skips the work when a scan finds nothing to change.
-fn visible_nfkc(value: &str) -> String {
-    let has_format = value.chars().any(is_format);
-    if !has_format && is_nfkc_quick(value.chars()) == IsNormalized::Yes {
-        return value.to_owned();
-    }
-    // Removed before composing: a format character between a letter and its accent kept them apart.
-    value.chars().filter(|c| !is_format(*c)).nfkc().collect()
 }
 
 /// NFC of a string, skipping the work when a quick check says it is already NFC (the common case).
@@ -266,7 +262,10 @@ mod tests {
         #[test]
         fn the_ascii_shortcuts_answer_as_the_unicode_paths(value in "[ -~\t\n]{0,24}") {
             proptest::prop_assert_eq!(fold(&value), fold_unicode(&value));
-            proptest::prop_assert_eq!(clean(&value).map(Cow::into_owned), clean_unicode(&value));
+            proptest::prop_assert_eq!(
+                clean(&value).map(Cow::into_owned),
+                clean_unicode(&value).map(Cow::into_owned)
+            );
         }
     }
 }
