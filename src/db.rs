@@ -63,7 +63,7 @@ pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError>
 }
 
 /// Logs a notice or warning the server sent on an SQL connection, at the level [`notice_level`] gives.
-pub fn log_notice(notice: &tokio_postgres::error::DbError) {
+fn log_notice(notice: &tokio_postgres::error::DbError) {
     let severity = notice
         .parsed_severity()
         .map_or_else(|| notice.severity().to_string(), |s| s.to_string());
