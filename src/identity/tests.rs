@@ -625,6 +625,29 @@ fn format_characters_anywhere_in_a_value_change_no_key() {
 }
 
 #[test]
+fn a_row_typed_with_invisible_and_fullwidth_characters_gives_the_same_keys_as_the_plain_row() {
+    let plain = full_row();
+    let mut messy = full_row();
+    // Fullwidth "Alice" and "＠", a soft hyphen, a zero-width space, bidi isolates and marks, a BOM.
+    messy.email = Some(
+        "  \u{ff21}\u{ff4c}\u{ff49}\u{ff43}\u{ff45}.Smith+news\u{ff20}Gmail.com\u{feff} ".into(),
+    );
+    messy.phone = Some("\u{2066}(415) 555-0132\u{2069}".into());
+    messy.first_name = Some("Zo\u{eb}\u{ad}-Anne\u{200b}".into());
+    messy.last_name = Some("\u{200f}O'Hara\u{200e}".into());
+    messy.city = Some("San\u{a0}Fran\u{200c}cisco".into());
+    messy.zip = Some("\u{ff19}\u{ff14}\u{ff11}\u{ff10}\u{ff15}-1234".into());
+    messy.country = Some("\u{ff35}nited States".into());
+    for platform in PLATFORMS {
+        assert_eq!(
+            EventIdentity::new(&messy, "US").match_keys(platform, event_time()),
+            EventIdentity::new(&plain, "US").match_keys(platform, event_time()),
+            "{platform:?}"
+        );
+    }
+}
+
+#[test]
 fn a_format_character_between_a_letter_and_its_accent_is_removed_before_composing() {
     assert_eq!(
         normalize_name(Platform::Meta, "Jose\u{200b}\u{301}").as_deref(),
