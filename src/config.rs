@@ -3,8 +3,8 @@
 //! Loading happens in three steps so that every problem is reported at once, each with its key path:
 //! the TOML is parsed into a tree, `${VAR}` / `${VAR:-default}` are expanded in its strings, unknown keys
 //! are collected, and only then is the tree turned into typed structs (every type error is collected:
-//! see `deserialize_all`) and checked for meaning ([`Config::validate`]). Checks that need the database (columns named by templates) live in
-//! [`crate::setup`].
+//! see `deserialize_all`) and checked for meaning ([`Config::validate`]). Checks that need the database
+//! (columns named by templates) live in [`crate::setup`].
 
 use crate::identity::MatchKey;
 use serde::{Deserialize, Serialize};
@@ -1075,6 +1075,8 @@ fn deserialize_all(
                     message: "is required".to_string(),
                 });
             }
+        } else if problems.iter().any(|p| p.path == path) {
+            // Already reported: a `${VAR}` that could not be expanded is no string of digits either.
         } else {
             let message = match expanded.get(&path) {
                 Some(value) if !value.is_empty() => {
@@ -1654,6 +1656,19 @@ mod tests {
         assert!(
             problems[0].starts_with("destinations.tiktok.platform: unknown variant `tiktak`"),
             "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_in_a_typed_key_is_reported_once() {
+        let text = CONTRACT.replace(
+            "pixel_id = \"1234567890\"",
+            "pixel_id = \"1234567890\"\nbatch_max_events = \"${META_BATCH}\"",
+        );
+        let env = |name: &str| (name != "META_BATCH").then(|| env_all(name)).flatten();
+        assert_eq!(
+            problems_of(&text, &env),
+            ["destinations.meta.batch_max_events: environment variable META_BATCH is not set (use ${META_BATCH:-default} for a default)"]
         );
     }
 
