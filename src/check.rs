@@ -337,7 +337,10 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         Ok(false) => list.fail(format!(
             "control schema {schema} is not installed: run pgcapi setup"
         )),
-        Err(e) => list.fail(format!("reading the control schema: {e}")),
+        Err(e) => list.fail(format!(
+            "reading the control schema: {}",
+            crate::db::describe(&e)
+        )),
     }
 }
 

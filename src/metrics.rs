@@ -546,10 +546,12 @@ impl Probe {
              group by destination",
             quote_ident(&config.source.schema)
         );
-        let rows = client
-            .query(&sql, &[])
-            .await
-            .map_err(|e| format!("control database: counting pending deliveries: {e}"))?;
+        let rows = client.query(&sql, &[]).await.map_err(|e| {
+            format!(
+                "control database: counting pending deliveries: {}",
+                crate::db::describe(&e)
+            )
+        })?;
         let m = global();
         for name in config.destinations.keys() {
             let n = rows
@@ -590,7 +592,7 @@ impl Probe {
                 &[&config.source.slot],
             )
             .await
-            .map_err(|e| format!("reading the slot: {e}"))?;
+            .map_err(|e| format!("reading the slot: {}", crate::db::describe(&e)))?;
         if let Some(row) = row {
             let m = global();
             if let Some(lsn) = row.get::<_, Option<i64>>(0) {

@@ -22,7 +22,7 @@ pub enum SetupError {
         message: String,
     },
     /// A statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Sql {
         /// What was being done.
         what: String,

@@ -192,7 +192,7 @@ pub enum StatusError {
     #[error("{0}")]
     NotInstalled(String),
     /// A statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Sql {
         /// What was being read.
         what: String,
