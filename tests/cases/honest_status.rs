@@ -453,3 +453,46 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     })
     .await;
 }
+
+#[tokio::test]
+async fn check_shows_the_servers_message_for_a_permission_problem() {
+    // GIVEN the control schema installed by the superuser, and a role that may not read it
+    let shop = Shop::start(CONTRACT_TOML).await;
+    shop.client
+        .batch_execute(&format!(
+            "create role pgcapi_reader login replication; \
+             grant select on all tables in schema public to pgcapi_reader; \
+             grant create on database {} to pgcapi_reader;",
+            shop.db.name
+        ))
+        .await
+        .unwrap();
+    let url = shop
+        .db
+        .url()
+        .replacen("postgres://postgres@", "postgres://pgcapi_reader@", 1);
+    let env: Vec<(String, String)> = shop
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "PGCAPI_DATABASE_URL" => (k.clone(), url.clone()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    // WHEN check runs as that role
+    let output = pgcapi_command(&env)
+        .args(["check", "-c"])
+        .arg(&shop.config_path)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    // THEN it quotes the server: which schema, and the SQLSTATE; never a bare "db error"
+    assert!(
+        out.contains(
+            "✗ reading the control schema: permission denied for schema pgcapi (SQLSTATE 42501)"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("db error"), "{out}");
+}
