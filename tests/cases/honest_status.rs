@@ -496,3 +496,71 @@ async fn check_shows_the_servers_message_for_a_permission_problem() {
     );
     assert!(!out.contains("db error"), "{out}");
 }
+
+#[tokio::test]
+async fn an_invalidated_slot_gives_the_servers_detail_and_what_to_do() {
+    // GIVEN a slot the server invalidated (max_slot_wal_keep_size exceeded, wal_status lost)
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    client
+        .batch_execute("alter system set max_slot_wal_keep_size = '1MB'")
+        .await
+        .unwrap();
+    client
+        .batch_execute("select pg_reload_conf()")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "create table t (id int primary key, pad text); \
+             create publication p for table t;",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("select pg_create_logical_replication_slot('s', 'pgoutput')")
+        .await
+        .unwrap();
+    wait_for(60, "the slot to be lost", || async {
+        client
+            .batch_execute(
+                "insert into t select g, repeat('x', 100) from generate_series(1, 5000) g \
+                 on conflict (id) do update set pad = excluded.pad || 'y'; \
+                 select pg_switch_wal();",
+            )
+            .await
+            .unwrap();
+        client.batch_execute("checkpoint").await.unwrap();
+        let status: Option<String> = client
+            .query_one(
+                "select wal_status from pg_replication_slots where slot_name = 's'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (status.as_deref() == Some("lost")).then_some(())
+    })
+    .await;
+
+    // WHEN capture's replication connection starts streaming from it
+    let info: pgcapi::source::ConnInfo = db.url().parse().unwrap();
+    let conn = pgcapi::source::ReplicationConnection::connect(&info, "")
+        .await
+        .unwrap();
+    let err = match conn.start_logical("s", pgcapi::lsn::Lsn::ZERO, "p").await {
+        Ok(mut stream) => stream.next().await.map(|_| ()).unwrap_err(),
+        Err(e) => e,
+    };
+    // THEN the error carries the server's detail and says what to do, and is not retried
+    let text = err.to_string();
+    assert!(err.is_slot_invalidated() && !err.is_retryable(), "{text}");
+    assert!(
+        text.contains("server error 55000: cannot read from logical replication slot \"s\"")
+            && text.contains("DETAIL: This slot has been invalidated")
+            && text.contains("SELECT pg_drop_replication_slot('s');")
+            && text.contains("`pgcapi setup`")
+            && text.contains("`pgcapi backfill`"),
+        "{text}"
+    );
+}
