@@ -507,24 +507,39 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
         Err(SetupError::Sql { source: e, .. }) if insufficient_privilege(&e) => {
             let client = control.as_ref().unwrap_or(&source);
             let row = client
-                .query_one("select current_database()::text, current_user::text", &[])
+                .query_one(
+                    "select current_database()::text, current_user::text, \
+                       (select pg_get_userbyid(nspowner)::text from pg_namespace \
+                         where nspname = $1 and not pg_has_role(current_user, nspowner, 'USAGE'))",
+                    &[&config.source.schema],
+                )
                 .await
                 .map_err(sql("reading the control database's name"))?;
-            let (database, user): (String, String) = (row.get(0), row.get(1));
-            report.dba(
-                format!(
-                    "role {user} may not create the control schema {} ({}): it needs CREATE on \
-                     database {database}",
+            let (database, user, owner): (String, String, Option<String>) =
+                (row.get(0), row.get(1), row.get(2));
+            if let Some(owner) = owner {
+                report.todo.push(format!(
+                    "the control schema {} belongs to role {owner}, so role {user} may not update \
+                     it ({}): run `pgcapi setup` once as role {owner} or a superuser",
                     config.source.schema,
                     crate::db::describe(&e)
-                ),
-                format!("the owner of database {database} or a superuser"),
-                format!(
-                    "GRANT CREATE ON DATABASE {} TO {};",
-                    quote_ident(&database),
-                    quote_ident(&user)
-                ),
-            );
+                ));
+            } else {
+                report.dba(
+                    format!(
+                        "role {user} may not create the control schema {} ({}): it needs CREATE \
+                         on database {database}",
+                        config.source.schema,
+                        crate::db::describe(&e)
+                    ),
+                    format!("the owner of database {database} or a superuser"),
+                    format!(
+                        "GRANT CREATE ON DATABASE {} TO {};",
+                        quote_ident(&database),
+                        quote_ident(&user)
+                    ),
+                );
+            }
         }
         Err(e) => return Err(e),
     }

@@ -345,12 +345,10 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     let admin = db.connect().await;
     admin.batch_execute(SHOP_SQL).await.unwrap();
     admin
-        .batch_execute(&format!(
+        .batch_execute(
             "create role pgcapi_app login replication; \
-             grant select on all tables in schema public to pgcapi_app; \
-             grant create on database {} to pgcapi_app;",
-            db.name
-        ))
+             grant select on all tables in schema public to pgcapi_app;",
+        )
         .await
         .unwrap();
     let role_url = db
@@ -383,6 +381,24 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
+
+    // (WHEN the CREATE on the database is missing, THEN setup says so with the GRANT for the DBA)
+    let (code, out) = command(&["setup"]);
+    assert_eq!(code, Some(3), "{out}");
+    let grant = format!(
+        "GRANT CREATE ON DATABASE \"{}\" TO \"pgcapi_app\";",
+        db.name
+    );
+    assert!(
+        out.contains(&grant)
+            && out.contains("permission denied for database")
+            && out.contains(&format!(
+                "-- run as the owner of database {} or a superuser:",
+                db.name
+            )),
+        "{out}"
+    );
+    admin.batch_execute(&grant).await.unwrap();
 
     // WHEN setup runs as that role
     let (code, out) = command(&["setup"]);
