@@ -236,6 +236,30 @@ async fn status_says_when_the_slot_is_ahead_of_the_stored_position() {
     );
 }
 
+/// Runs the binary with `args` and `-c config` (without blocking this test's runtime, where the sandbox
+/// answers): its exit code, and its stdout followed by its stderr.
+async fn pgcapi(
+    env: &[(String, String)],
+    args: &[&str],
+    config: &std::path::Path,
+) -> (Option<i32>, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgcapi"));
+    command
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().await.unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -366,24 +390,10 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgcapi.toml");
     std::fs::write(&path, CONTRACT_TOML).unwrap();
-    let command = |args: &[&str]| {
-        let output = pgcapi_command(&env)
-            .args(args)
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    };
+    let command = |args: &'static [&'static str]| pgcapi(&env, args, &path);
 
     // (WHEN the CREATE on the database is missing, THEN setup says so with the GRANT for the DBA)
-    let (code, out) = command(&["setup"]);
+    let (code, out) = command(&["setup"]).await;
     assert_eq!(code, Some(3), "{out}");
     let grant = format!(
         "GRANT CREATE ON DATABASE \"{}\" TO \"pgcapi_app\";",
@@ -401,7 +411,7 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     admin.batch_execute(&grant).await.unwrap();
 
     // WHEN setup runs as that role
-    let (code, out) = command(&["setup"]);
+    let (code, out) = command(&["setup"]).await;
     // THEN it installs the control schema, exits 3 and prints the publication's SQL and who runs it
     assert_eq!(code, Some(3), "{out}");
     let create =
@@ -423,7 +433,7 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
         0
     );
     // AND check names the missing SQL and who runs it, instead of "run pgcapi setup"
-    let (code, out) = command(&["check"]);
+    let (code, out) = command(&["check"]).await;
     assert_ne!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!(
@@ -437,6 +447,7 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
 
     // WHEN the DBA runs the printed SQL as the tables' owner
     let sql: String = command(&["setup"])
+        .await
         .1
         .lines()
         .filter(|l| l.starts_with("CREATE ") || l.starts_with("ALTER ") || l.starts_with("GRANT "))
@@ -446,10 +457,10 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     admin.batch_execute(&sql).await.unwrap();
 
     // THEN setup completes (slot created), check passes the database items
-    let (code, out) = command(&["setup"]);
+    let (code, out) = command(&["setup"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("replication slot pgcapi created"), "{out}");
-    let (_, out) = command(&["check"]);
+    let (_, out) = command(&["check"]).await;
     assert!(
         !out.contains("✗ publication") && !out.contains("✗ replication slot"),
         "{out}"
@@ -496,13 +507,7 @@ async fn check_shows_the_servers_message_for_a_permission_problem() {
         })
         .collect();
     // WHEN check runs as that role
-    let output = pgcapi_command(&env)
-        .args(["check", "-c"])
-        .arg(&shop.config_path)
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&output.stdout);
+    let (_, out) = pgcapi(&env, &["check"], &shop.config_path).await;
     // THEN it quotes the server: which schema, and the SQLSTATE; never a bare "db error"
     assert!(
         out.contains(
