@@ -96,7 +96,7 @@ pub enum BackfillError {
     #[error("{0}")]
     Invalid(String),
     /// A database statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Database {
         /// What was being done.
         what: String,

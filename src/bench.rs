@@ -476,7 +476,7 @@ impl Bench<'_> {
                         &[&slot],
                     )
                     .await
-                    .map_err(|e| format!("creating slot {slot}: {e}"))?;
+                    .map_err(|e| format!("creating slot {slot}: {}", crate::db::describe(&e)))?;
                 slots.push(slot);
             }
         }
@@ -531,7 +531,7 @@ impl Bench<'_> {
             client
                 .execute("select pg_drop_replication_slot($1)", &[slot])
                 .await
-                .map_err(|e| format!("dropping slot {slot}: {e}"))?;
+                .map_err(|e| format!("dropping slot {slot}: {}", crate::db::describe(&e)))?;
         }
         client
             .batch_execute("truncate orders; truncate pgcapi.deliveries; checkpoint")
@@ -710,7 +710,7 @@ impl Bench<'_> {
         admin
             .execute("select pg_drop_replication_slot($1)", &[&slot])
             .await
-            .map_err(|e| format!("dropping slot {slot}: {e}"))?;
+            .map_err(|e| format!("dropping slot {slot}: {}", crate::db::describe(&e)))?;
         admin
             .batch_execute(&format!("drop database {database}"))
             .await

@@ -287,7 +287,12 @@ async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> Result<Ls
             &[&slot],
         )
         .await
-        .map_err(|e| CaptureError::Db(format!("reading slot {slot:?}: {e}")))?
+        .map_err(|e| {
+            CaptureError::Db(format!(
+                "reading slot {slot:?}: {}",
+                crate::db::describe(&e)
+            ))
+        })?
         .ok_or_else(|| CaptureError::NoSlot(slot.to_string()))?;
     row.get::<_, String>(0)
         .parse()

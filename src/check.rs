@@ -256,34 +256,71 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         }
         Err(e) => list.fail(e.to_string()),
     }
+    let publication = &config.source.publication;
+    let privileges = match setup::privileges(&source, &tables, publication).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            list.fail(crate::error_chain(&e));
+            None
+        }
+    };
     for table in &tables {
         if missing.contains(&format!("rules (table {table})")) {
             continue;
         }
+        let owner = privileges
+            .as_ref()
+            .and_then(|p| p.not_owned.iter().find(|(t, _)| t == table))
+            .map(|(_, o)| o.clone());
         match setup::replica_identity(&source, table).await {
             Ok((identity, true)) => {
                 list.pass(format!("{table}: replica identity {identity} is usable"))
             }
-            Ok((identity, false)) => list.fail(format!(
-                "{table}: replica identity {identity} cannot publish UPDATEs: add a primary key \
-                 or run pgcapi setup --set-replica-identity-full"
-            )),
+            Ok((identity, false)) => list.fail(match owner {
+                Some(owner) => format!(
+                    "{table}: replica identity {identity} cannot publish UPDATEs: its owner (role \
+                     {owner}) or a superuser adds a primary key or runs ALTER TABLE {} REPLICA \
+                     IDENTITY FULL;",
+                    setup::qualified(table)
+                ),
+                None => format!(
+                    "{table}: replica identity {identity} cannot publish UPDATEs: add a primary key \
+                     or run pgcapi setup --set-replica-identity-full"
+                ),
+            }),
             Err(e) => list.fail(e.to_string()),
         }
     }
-    let publication = &config.source.publication;
+    // Who can fix the publication: pgcapi setup when its role may, else the DBA with the SQL.
+    let fix = |statement: String| match &privileges {
+        Some(p) if !p.may_manage_publication() => format!(
+            "{}; so {} runs: {statement}",
+            setup::publication_refusal(p),
+            p.who()
+        ),
+        _ => "run pgcapi setup".to_string(),
+    };
+    let mut publication_exists = false;
     match setup::publication_tables(&source, publication).await {
-        Ok(Some(covered)) if covered == tables => list.pass(format!(
-            "publication {publication} covers {}",
-            tables.join(", ")
-        )),
-        Ok(Some(covered)) => list.fail(format!(
-            "publication {publication} covers [{}] but the rules read [{}]: run pgcapi setup",
-            covered.join(", "),
-            tables.join(", ")
-        )),
+        Ok(Some(covered)) if covered == tables => {
+            publication_exists = true;
+            list.pass(format!(
+                "publication {publication} covers {}",
+                tables.join(", ")
+            ))
+        }
+        Ok(Some(covered)) => {
+            publication_exists = true;
+            list.fail(format!(
+                "publication {publication} covers [{}] but the rules read [{}]: {}",
+                covered.join(", "),
+                tables.join(", "),
+                fix(setup::alter_publication_sql(publication, &tables))
+            ))
+        }
         Ok(None) => list.fail(format!(
-            "publication {publication} does not exist: run pgcapi setup"
+            "publication {publication} does not exist: {}",
+            fix(setup::create_publication_sql(publication, &tables))
         )),
         Err(e) => list.fail(e.to_string()),
     }
@@ -299,6 +336,10 @@ async fn check_database(config: &Config, list: &mut Checklist) {
             "slot {slot} is lost (its WAL was removed): drop it, rerun pgcapi setup, and backfill"
         )),
         Ok(Some(_)) => list.pass(format!("replication slot {slot} exists (pgoutput)")),
+        Ok(None) if !publication_exists => list.fail(format!(
+            "replication slot {slot} does not exist: run pgcapi setup once publication \
+             {publication} exists (it creates the slot then)"
+        )),
         Ok(None) => list.fail(format!(
             "replication slot {slot} does not exist: run pgcapi setup"
         )),
@@ -337,7 +378,10 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         Ok(false) => list.fail(format!(
             "control schema {schema} is not installed: run pgcapi setup"
         )),
-        Err(e) => list.fail(format!("reading the control schema: {e}")),
+        Err(e) => list.fail(format!(
+            "reading the control schema: {}",
+            crate::db::describe(&e)
+        )),
     }
 }
 

@@ -36,6 +36,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check prerequisites and install the control schema, publication and slot (idempotent).
+    ///
+    /// Exits 0 when pgcapi is ready, 3 when something is left for the DBA (printed with the SQL and
+    /// who must run it; run setup again once it is applied), 1 on an error.
     Setup {
         /// The config file.
         #[arg(long, short)]
@@ -194,23 +197,6 @@ fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> b
 async fn dispatch_with_code(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Status(args) => crate::status::run_status(args).await,
-        Command::Retry(args) => crate::repair::run_retry(args).await,
-        Command::Replay(args) => crate::repair::run_replay(args).await,
-        Command::Purge(args) => crate::retention::run_purge(args).await,
-        other => dispatch(other).await.map(|()| ExitCode::SUCCESS),
-    }
-}
-
-async fn dispatch(command: Command) -> Result<(), String> {
-    match command {
-        Command::Status(_) | Command::Retry(_) | Command::Replay(_) | Command::Purge(_) => {
-            unreachable!("handled by dispatch_with_code")
-        }
-        Command::Validate { config } => {
-            Config::load(&config).map_err(|e| e.to_string())?;
-            println!("{}: ok", config.display());
-            Ok(())
-        }
         Command::Setup {
             config,
             set_replica_identity_full,
@@ -223,8 +209,29 @@ async fn dispatch(command: Command) -> Result<(), String> {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::error_chain(&e))?;
             print!("{}", report.render());
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Command::Retry(args) => crate::repair::run_retry(args).await,
+        Command::Replay(args) => crate::repair::run_replay(args).await,
+        Command::Purge(args) => crate::retention::run_purge(args).await,
+        other => dispatch(other).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), String> {
+    match command {
+        Command::Status(_)
+        | Command::Setup { .. }
+        | Command::Retry(_)
+        | Command::Replay(_)
+        | Command::Purge(_) => {
+            unreachable!("handled by dispatch_with_code")
+        }
+        Command::Validate { config } => {
+            Config::load(&config).map_err(|e| e.to_string())?;
+            println!("{}: ok", config.display());
             Ok(())
         }
         Command::Demo => {

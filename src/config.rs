@@ -305,6 +305,10 @@ pub struct DispatchConfig {
     /// Per-request timeout.
     #[serde(default = "DispatchConfig::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// `status` and `/readyz` call a destination failing once rows have waited this long while every
+    /// attempt in that time failed and nothing was sent.
+    #[serde(default = "DispatchConfig::default_failing_after_secs")]
+    pub failing_after_secs: u64,
 }
 
 impl DispatchConfig {
@@ -323,6 +327,9 @@ impl DispatchConfig {
     fn default_request_timeout_ms() -> u64 {
         30_000
     }
+    fn default_failing_after_secs() -> u64 {
+        600
+    }
 }
 
 impl Default for DispatchConfig {
@@ -333,6 +340,7 @@ impl Default for DispatchConfig {
             retry_initial_ms: Self::default_retry_initial_ms(),
             retry_max_ms: Self::default_retry_max_ms(),
             request_timeout_ms: Self::default_request_timeout_ms(),
+            failing_after_secs: Self::default_failing_after_secs(),
         }
     }
 }
@@ -1280,6 +1288,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "retry_initial_ms",
         "retry_max_ms",
         "request_timeout_ms",
+        "failing_after_secs",
     ];
     const RETENTION: &[&str] = &["keep", "batch_rows", "batch_pause_ms"];
     const DESTINATION_COMMON: &[&str] =

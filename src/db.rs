@@ -35,6 +35,50 @@ impl DbError {
     }
 }
 
+/// A database error as one line for operators: for an error the server sent, its message with the
+/// SQLSTATE, detail and hint (`permission denied for schema shop (SQLSTATE 42501)`); otherwise the
+/// driver's own description with its cause. tokio-postgres prints only `db error` for the former.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => describe_server(db),
+        None => {
+            let mut out = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !out.contains(&text) {
+                    out.push_str(": ");
+                    out.push_str(&text);
+                }
+                source = cause.source();
+            }
+            out
+        }
+    }
+}
+
+/// An error the server sent, as one line: message, SQLSTATE, detail and hint.
+pub fn describe_server(db: &tokio_postgres::error::DbError) -> String {
+    let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    if let Some(detail) = db
+        .detail()
+        .filter(|d| !crate::source::detail_quotes_rows(d))
+    {
+        out.push_str("; DETAIL: ");
+        out.push_str(&one_line(detail));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str("; HINT: ");
+        out.push_str(&one_line(hint));
+    }
+    out
+}
+
+/// `text` with its line breaks turned into spaces.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Opens an ordinary SQL connection honouring `sslmode` with rustls (verify-full checks the host name,
 /// verify-ca only the chain, require encrypts without verifying, prefer tries TLS then plain), over TCP
 /// or a Unix socket (where, as in libpq, TLS is not used), and spawns the connection task.
@@ -56,7 +100,7 @@ pub async fn connect(info: &ConnInfo) -> Result<tokio_postgres::Client, DbError>
         })
         .await;
         if let Err(e) = ended {
-            tracing::warn!(error = %e, "database connection ended with an error");
+            tracing::warn!(error = %describe(&e), "database connection ended with an error");
         }
     });
     Ok(client)

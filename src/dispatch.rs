@@ -49,7 +49,7 @@ pub enum DispatchError {
     #[error(transparent)]
     Control(#[from] OutboxError),
     /// The control database could not be reached.
-    #[error("connecting to the control database: {0}")]
+    #[error("connecting to the control database: {}", crate::db::describe(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// A worker task panicked or was cancelled.
     #[error("dispatch worker for destination {destination} stopped: {message}")]
@@ -1068,7 +1068,7 @@ where
                 Some(Ok(AsyncMessage::Notification(_))) => tx.send_modify(|n| *n += 1),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    warn!(error = %e, "control connection failed");
+                    warn!(error = %crate::db::describe(&e), "control connection failed");
                     break;
                 }
                 None => break,

@@ -179,7 +179,7 @@ async fn show_batch(
             ],
         )
         .await
-        .map_err(|e| format!("reading pending deliveries: {e}"))?;
+        .map_err(|e| format!("reading pending deliveries: {}", crate::db::describe(&e)))?;
     let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
         return Ok(None);
     };

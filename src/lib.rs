@@ -57,16 +57,29 @@ pub mod status;
 pub mod units;
 
 /// An error and its sources as one line (`a: b: c`), for messages shown to operators.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
+/// A database error in the chain is shown with the server's message, SQLSTATE, detail and hint
+/// ([`db::describe`]), never as tokio-postgres's bare `db error`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let (text, last) = if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+            (db::describe(pg), true)
+        } else if let Some(server) = e.downcast_ref::<tokio_postgres::error::DbError>() {
+            (db::describe_server(server), true)
+        } else {
+            (e.to_string(), false)
+        };
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = e.source();
+        if last {
+            break;
+        }
+        next = e.source();
     }
     out
 }

@@ -6,8 +6,9 @@
 //!
 //! - `GET /metrics`: every metric below, in the OpenMetrics text format Prometheus scrapes;
 //! - `GET /healthz`: 200 while the process runs;
-//! - `GET /readyz`: 200 when the control database answered the last probe and capture is streaming
-//!   (or is a standby waiting for the slot another process holds); 503 with the reasons otherwise.
+//! - `GET /readyz`: 200 when the control database answered the last probe, capture is streaming (or is
+//!   a standby waiting for the slot another process holds) and conversions flow as `pgcapi status`
+//!   judges it ([`crate::status::judge_flow`], the same function); 503 with the reasons otherwise.
 //!
 //! Labels are low-cardinality only (`destination`, `state`, `outcome`): never an event id.
 //!
@@ -24,12 +25,15 @@
 //! | `pgcapi_confirmed_flush_lsn` | gauge | the slot's `confirmed_flush_lsn`, as a byte position |
 //! | `pgcapi_pending_deliveries{destination}` | gauge | rows in state `pending`, read from the control table |
 //! | `pgcapi_capture_active` | gauge | 1 while this process holds the slot and streams |
+//! | `pgcapi_unhealthy{reason}` | gauge | 1 while `pgcapi status` would report this reason (`capture_not_running`, `capture_stuck`, `capture_retrying`, `slot_missing`, `slot_lost`, `slot_unreserved`, `slot_ahead`, `destination_failing`), else 0 |
+//! | `pgcapi_healthy` | gauge | 1 while `/readyz` answers 200 |
 //!
-//! The last four gauges are refreshed every `[metrics] refresh_ms` by a probe that also decides the
-//! control-database half of `/readyz`.
+//! The database-read gauges are refreshed every `[metrics] refresh_ms` by a probe that also decides the
+//! database half of `/readyz`.
 
 use crate::config::Config;
 use crate::outbox::quote_ident;
+use crate::status::{FlowThresholds, Problem, Reason};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -71,6 +75,13 @@ struct RequestLabels {
     destination: String,
     /// `accepted`, `rejected` or `retry`.
     outcome: String,
+}
+
+/// Labels of `pgcapi_unhealthy`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// A [`crate::status::Reason`] name.
+    reason: String,
 }
 
 /// A histogram family with one constructor for all its members.
@@ -138,6 +149,10 @@ pub struct Metrics {
     capture_active: Gauge,
     capture_state: AtomicU8,
     control: Mutex<Option<ControlProbe>>,
+    unhealthy: Family<ReasonLabels, Gauge>,
+    healthy: Gauge,
+    /// The last flow judgement: its problems, or why it could not be made.
+    flow: Mutex<Option<Result<Vec<Problem>, String>>>,
 }
 
 impl Metrics {
@@ -158,6 +173,9 @@ impl Metrics {
             capture_active: Gauge::default(),
             capture_state: AtomicU8::new(CaptureState::Starting as u8),
             control: Mutex::new(None),
+            unhealthy: Family::default(),
+            healthy: Gauge::default(),
+            flow: Mutex::new(None),
         };
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -215,6 +233,12 @@ impl Metrics {
             "1 while this process holds the slot and streams",
             m.capture_active.clone(),
         );
+        registry.register(
+            "unhealthy",
+            "1 while pgcapi status would report this reason, else 0",
+            m.unhealthy.clone(),
+        );
+        registry.register("healthy", "1 while /readyz answers 200", m.healthy.clone());
         Metrics { registry, ..m }
     }
 
@@ -247,6 +271,11 @@ impl Metrics {
             }
             CaptureState::Stopped => reasons.push("capture has stopped".into()),
         }
+        match self.flow.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            None => {}
+            Some(Ok(problems)) => reasons.extend(problems.iter().map(|p| p.message.clone())),
+            Some(Err(why)) => reasons.push(why.clone()),
+        }
         if reasons.is_empty() {
             Ok(())
         } else {
@@ -256,6 +285,23 @@ impl Metrics {
 
     fn set_control(&self, probe: ControlProbe) {
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
+    }
+
+    /// Records the flow judgement and sets `pgcapi_unhealthy` (one series per reason, 0 or 1) and
+    /// `pgcapi_healthy`.
+    fn set_flow(&self, flow: Result<Vec<Problem>, String>) {
+        for reason in Reason::FLOW {
+            let on = flow
+                .as_ref()
+                .is_ok_and(|problems| problems.iter().any(|p| p.reason == reason));
+            self.unhealthy
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().to_string(),
+                })
+                .set(i64::from(on));
+        }
+        *self.flow.lock().unwrap_or_else(|p| p.into_inner()) = Some(flow);
+        self.healthy.set(i64::from(self.readiness().is_ok()));
     }
 }
 
@@ -518,6 +564,18 @@ async fn probe_loop(config: Arc<Config>, refresh: Duration, mut shutdown: watch:
             }
             Err(_) => probe.source = None,
         }
+        let flow = match tokio::time::timeout(limit, probe.flow_round(&config)).await {
+            Ok(Ok(problems)) => Ok(problems),
+            Ok(Err(reason)) => {
+                debug!(%reason, "flow probe failed");
+                Err(reason)
+            }
+            Err(_) => Err(format!(
+                "reading the slot and capture state took longer than {} ms",
+                limit.as_millis()
+            )),
+        };
+        global().set_flow(flow);
         tokio::select! {
             _ = tokio::time::sleep(refresh) => {}
             _ = shutdown.changed() => {}
@@ -546,10 +604,12 @@ impl Probe {
              group by destination",
             quote_ident(&config.source.schema)
         );
-        let rows = client
-            .query(&sql, &[])
-            .await
-            .map_err(|e| format!("control database: counting pending deliveries: {e}"))?;
+        let rows = client.query(&sql, &[]).await.map_err(|e| {
+            format!(
+                "control database: counting pending deliveries: {}",
+                crate::db::describe(&e)
+            )
+        })?;
         let m = global();
         for name in config.destinations.keys() {
             let n = rows
@@ -563,6 +623,32 @@ impl Probe {
                 .set(n);
         }
         Ok(())
+    }
+
+    /// Judges whether conversions flow, exactly as `pgcapi status` does.
+    async fn flow_round(&mut self, config: &Config) -> Result<Vec<Problem>, String> {
+        let shared = config.source.control_url.is_none();
+        let (Some(control), source) = (self.control.as_ref(), self.source.as_ref()) else {
+            return Err("the control database is not connected".into());
+        };
+        let source = if shared {
+            control
+        } else {
+            source.ok_or("the source database is not connected")?
+        };
+        let observation = crate::status::observe(
+            source,
+            control,
+            &config.source.schema,
+            &config.source.slot,
+            FlowThresholds::from_config(config).failing_after,
+        )
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+        Ok(crate::status::judge_flow(
+            &observation,
+            &FlowThresholds::from_config(config),
+        ))
     }
 
     /// Reads the slot's confirmed position and how much WAL it retains.
@@ -590,7 +676,7 @@ impl Probe {
                 &[&config.source.slot],
             )
             .await
-            .map_err(|e| format!("reading the slot: {e}"))?;
+            .map_err(|e| format!("reading the slot: {}", crate::db::describe(&e)))?;
         if let Some(row) = row {
             let m = global();
             if let Some(lsn) = row.get::<_, Option<i64>>(0) {
@@ -651,5 +737,42 @@ mod tests {
         });
         let reasons = m.readiness().unwrap_err();
         assert!(reasons.iter().any(|r| r.contains("connection refused")));
+    }
+
+    #[test]
+    fn the_flow_judgement_drives_readiness_and_the_unhealthy_gauge() {
+        let m = Metrics::new();
+        m.set_control(ControlProbe {
+            ok: true,
+            reason: String::new(),
+        });
+        m.capture_state
+            .store(CaptureState::Streaming as u8, Ordering::Relaxed);
+        m.set_flow(Ok(Vec::new()));
+        assert!(m.readiness().is_ok());
+        let text = m.encode();
+        assert!(
+            text.contains(r#"pgcapi_unhealthy{reason="capture_stuck"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains("pgcapi_healthy 1"), "{text}");
+        m.set_flow(Ok(vec![Problem {
+            reason: Reason::CaptureStuck,
+            message: "capture is stuck at LSN 0/1".into(),
+        }]));
+        assert_eq!(
+            m.readiness().unwrap_err(),
+            ["capture is stuck at LSN 0/1".to_string()]
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(r#"pgcapi_unhealthy{reason="capture_stuck"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pgcapi_unhealthy{reason="slot_ahead"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains("pgcapi_healthy 0"), "{text}");
     }
 }

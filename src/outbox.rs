@@ -287,7 +287,7 @@ pub struct Delivery {
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     /// The database refused or the connection broke.
-    #[error("control table ({what}): {source}")]
+    #[error("control table ({what}): {}", crate::db::describe(source))]
     Db {
         /// What was being done.
         what: &'static str,

@@ -190,7 +190,7 @@ pub enum RepairError {
     #[error("{0}")]
     Usage(String),
     /// A statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Sql {
         /// What was being done.
         what: &'static str,

@@ -83,7 +83,7 @@ pub enum RetentionError {
     #[error("{0}")]
     Usage(String),
     /// A statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Sql {
         /// What was being done.
         what: &'static str,

@@ -2,6 +2,14 @@
 //!
 //! Setup changes only what pgcapi owns (its schema, publication and slot) unless asked to set replica
 //! identities; everything else it checks and reports with the SQL a DBA would run.
+//!
+//! Least privilege: a role with only `LOGIN REPLICATION`, `SELECT` on the tables and `CREATE` on the
+//! database may create the control schema and the slot, but not a publication for tables it does not
+//! own, nor change their replica identity (PostgreSQL requires the tables' owner or a superuser). For
+//! those setup prints the exact SQL and who must run it ([`Report::sql`]) and `pgcapi setup` exits with
+//! [`DBA_EXIT`]; once that SQL was applied, the next run completes. The slot is created only once the
+//! publication exists: decoding a change made between the slot's creation and the publication's
+//! fails on the missing publication.
 
 use crate::config::{split_table, Config, Problem};
 use crate::outbox::{quote_ident, MIGRATIONS};
@@ -22,7 +30,7 @@ pub enum SetupError {
         message: String,
     },
     /// A statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Sql {
         /// What was being done.
         what: String,
@@ -40,6 +48,18 @@ fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupEr
     move |source| SetupError::Sql { what, source }
 }
 
+/// Exit code of `pgcapi setup` when something is left for the DBA (the SQL is printed).
+pub const DBA_EXIT: u8 = 3;
+
+/// A statement setup may not run with its role, and who may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbaSql {
+    /// Who runs it (`the owner of public.orders (role shop_owner), or a superuser`).
+    pub who: String,
+    /// The statement, ending with `;`.
+    pub statement: String,
+}
+
 /// What setup did and what the DBA still has to do.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -47,6 +67,8 @@ pub struct Report {
     pub done: Vec<String>,
     /// Things the DBA must do, each with the SQL to do it.
     pub todo: Vec<String>,
+    /// The statements of `todo` that setup's role may not run, to hand to the DBA as they are.
+    pub sql: Vec<DbaSql>,
 }
 
 impl Report {
@@ -59,11 +81,152 @@ impl Report {
         for line in &self.todo {
             let _ = writeln!(out, "TODO  {line}");
         }
+        if !self.sql.is_empty() {
+            out.push_str(
+                "\nThis role may not do the following. Hand this SQL to the DBA, then run \
+                 `pgcapi setup` again:\n",
+            );
+            for item in &self.sql {
+                let _ = writeln!(out, "\n-- run as {}:\n{}", item.who, item.statement);
+            }
+        }
         if self.todo.is_empty() {
             out.push_str("pgcapi is ready: start it with `pgcapi run --config FILE`.\n");
         }
         out
     }
+
+    /// 0 when pgcapi is ready, [`DBA_EXIT`] when something is left to do.
+    pub fn exit_code(&self) -> u8 {
+        if self.todo.is_empty() {
+            0
+        } else {
+            DBA_EXIT
+        }
+    }
+
+    fn dba(&mut self, todo: String, who: String, statement: String) {
+        self.todo.push(todo);
+        self.sql.push(DbaSql { who, statement });
+    }
+}
+
+/// `schema.table` quoted for SQL.
+pub fn qualified(table: &str) -> String {
+    let (schema, name) = split_table(table);
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// The `CREATE PUBLICATION` statement for `tables`.
+pub fn create_publication_sql(publication: &str, tables: &[String]) -> String {
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update');",
+        quote_ident(publication),
+        tables
+            .iter()
+            .map(|t| qualified(t))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The `ALTER PUBLICATION … SET TABLE` statement for `tables`.
+pub fn alter_publication_sql(publication: &str, tables: &[String]) -> String {
+    format!(
+        "ALTER PUBLICATION {} SET TABLE {};",
+        quote_ident(publication),
+        tables
+            .iter()
+            .map(|t| qualified(t))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// What the connected role may do to the watched tables and the publication.
+#[derive(Debug, Clone)]
+pub struct Privileges {
+    /// The role.
+    pub user: String,
+    /// The database connected to.
+    pub database: String,
+    /// `CREATE` on the database (needed to create a publication or a schema).
+    pub create_on_database: bool,
+    /// Watched tables the role does not own (as member or superuser), each with its owner.
+    pub not_owned: Vec<(String, String)>,
+    /// The publication's owner, when it exists and the role is not (a member of) it.
+    pub publication_owner: Option<String>,
+}
+
+impl Privileges {
+    /// Whether the role may create or change the publication for the watched tables.
+    pub fn may_manage_publication(&self) -> bool {
+        self.create_on_database && self.not_owned.is_empty() && self.publication_owner.is_none()
+    }
+
+    /// Who may run a statement on the publication or the tables.
+    pub fn who(&self) -> String {
+        let mut owners: Vec<&str> = self.not_owned.iter().map(|(_, o)| o.as_str()).collect();
+        owners.extend(self.publication_owner.as_deref());
+        owners.sort_unstable();
+        owners.dedup();
+        match owners.as_slice() {
+            [one] => format!("role {one} (the owner of the tables) or a superuser"),
+            [] => "a superuser, or a role with CREATE on the database owning the tables".into(),
+            _ => format!(
+                "a superuser (the tables have different owners: {})",
+                owners.join(", ")
+            ),
+        }
+    }
+}
+
+/// Reads what the connected role may do on `tables` (existing ones) and `publication`.
+pub async fn privileges(
+    client: &Client,
+    tables: &[String],
+    publication: &str,
+) -> Result<Privileges, SetupError> {
+    let row = client
+        .query_one(
+            "select current_user::text, \
+               has_database_privilege(current_database(), 'CREATE'), \
+               (select pg_get_userbyid(pubowner)::text from pg_publication \
+                 where pubname = $1 and not pg_has_role(current_user, pubowner, 'USAGE')), \
+               current_database()::text",
+            &[&publication],
+        )
+        .await
+        .map_err(sql("reading the role's privileges"))?;
+    let mut not_owned = Vec::new();
+    for table in tables {
+        let (schema, name) = split_table(table);
+        let owner = client
+            .query_opt(
+                "select pg_get_userbyid(c.relowner)::text from pg_class c \
+                 join pg_namespace n on n.oid = c.relnamespace \
+                 where n.nspname = $1 and c.relname = $2 \
+                   and not pg_has_role(current_user, c.relowner, 'USAGE')",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(sql(format!("reading the owner of {table}")))?;
+        if let Some(owner) = owner {
+            not_owned.push((table.clone(), owner.get(0)));
+        }
+    }
+    Ok(Privileges {
+        user: row.get(0),
+        create_on_database: row.get(1),
+        not_owned,
+        publication_owner: row.get(2),
+        database: row.get(3),
+    })
+}
+
+/// Whether a statement was refused for lack of privilege (SQLSTATE 42501).
+fn insufficient_privilege(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
 }
 
 /// Options of `pgcapi setup`.
@@ -283,15 +446,35 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
         rules.tables().join(", ")
     ));
 
+    // What this role may do to the tables and the publication.
+    let publication = &config.source.publication;
+    let privileges = privileges(&source, &rules.tables(), publication).await?;
+
     // Replica identity: updates of a published table without one fail on the source.
     for table in rules.tables() {
-        let (schema, name) = split_table(&table);
         let (identity, usable) = replica_identity(&source, &table).await?;
-        let qualified = format!("{}.{}", quote_ident(schema), quote_ident(name));
+        let qualified = qualified(&table);
+        let owner = privileges
+            .not_owned
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map(|(_, o)| o.clone());
+        let statement = format!("ALTER TABLE {qualified} REPLICA IDENTITY FULL;");
         if usable {
             report
                 .done
                 .push(format!("{table}: replica identity {identity} is usable"));
+        } else if let Some(owner) = owner {
+            report.dba(
+                format!(
+                    "{table} has no usable replica identity, so UPDATEs on it would fail once it is \
+                     published; role {} does not own it: its owner adds a primary key or runs \
+                     {statement}",
+                    privileges.user
+                ),
+                format!("role {owner} (the owner of {table}) or a superuser"),
+                statement,
+            );
         } else if options.set_replica_identity_full {
             source
                 .batch_execute(&format!("alter table {qualified} replica identity full"))
@@ -303,8 +486,8 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
         } else {
             report.todo.push(format!(
                 "{table} has no usable replica identity, so UPDATEs on it would fail once it is \
-                 published: add a primary key, or ALTER TABLE {qualified} REPLICA IDENTITY FULL; \
-                 (or rerun setup with --set-replica-identity-full)"
+                 published: add a primary key, or {statement} (or rerun setup with \
+                 --set-replica-identity-full)"
             ));
         }
     }
@@ -316,56 +499,120 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
     } else {
         Some(connect(config.source.control_url().expose(), "control database").await?)
     };
-    install_control_schema(control.as_ref().unwrap_or(&source), &config.source.schema).await?;
-    report.done.push(format!(
-        "control schema {} installed (pgcapi.deliveries, pgcapi.checkpoints)",
-        config.source.schema
-    ));
+    match install_control_schema(control.as_ref().unwrap_or(&source), &config.source.schema).await {
+        Ok(()) => report.done.push(format!(
+            "control schema {} installed (pgcapi.deliveries, pgcapi.checkpoints)",
+            config.source.schema
+        )),
+        Err(SetupError::Sql { source: e, .. }) if insufficient_privilege(&e) => {
+            let client = control.as_ref().unwrap_or(&source);
+            let row = client
+                .query_one(
+                    "select current_database()::text, current_user::text, \
+                       (select pg_get_userbyid(nspowner)::text from pg_namespace \
+                         where nspname = $1 and not pg_has_role(current_user, nspowner, 'USAGE'))",
+                    &[&config.source.schema],
+                )
+                .await
+                .map_err(sql("reading the control database's name"))?;
+            let (database, user, owner): (String, String, Option<String>) =
+                (row.get(0), row.get(1), row.get(2));
+            if let Some(owner) = owner {
+                report.todo.push(format!(
+                    "the control schema {} belongs to role {owner}, so role {user} may not update \
+                     it ({}): run `pgcapi setup` once as role {owner} or a superuser",
+                    config.source.schema,
+                    crate::db::describe(&e)
+                ));
+            } else {
+                report.dba(
+                    format!(
+                        "role {user} may not create the control schema {} ({}): it needs CREATE \
+                         on database {database}",
+                        config.source.schema,
+                        crate::db::describe(&e)
+                    ),
+                    format!("the owner of database {database} or a superuser"),
+                    format!(
+                        "GRANT CREATE ON DATABASE {} TO {};",
+                        quote_ident(&database),
+                        quote_ident(&user)
+                    ),
+                );
+            }
+        }
+        Err(e) => return Err(e),
+    }
 
     // Publication: exactly the rules' tables.
-    let publication = &config.source.publication;
-    let tables: Vec<String> = rules
-        .tables()
-        .iter()
-        .map(|t| {
-            let (s, n) = split_table(t);
-            format!("{}.{}", quote_ident(s), quote_ident(n))
-        })
-        .collect();
+    let tables = rules.tables();
     let existing = publication_tables(&source, publication).await?;
     let exists = existing.is_some();
     let current = existing.unwrap_or_default();
-    if !exists {
-        source
-            .batch_execute(&format!(
-                "create publication {} for table {} with (publish = 'insert, update')",
-                quote_ident(publication),
-                tables.join(", ")
-            ))
-            .await
-            .map_err(sql("creating the publication"))?;
-        report.done.push(format!(
-            "publication {publication} created for {}",
-            rules.tables().join(", ")
-        ));
-    } else if current != rules.tables() {
-        source
-            .batch_execute(&format!(
-                "alter publication {} set table {}",
-                quote_ident(publication),
-                tables.join(", ")
-            ))
-            .await
-            .map_err(sql("updating the publication"))?;
-        report.done.push(format!(
-            "publication {publication} now covers exactly {}",
-            rules.tables().join(", ")
-        ));
+    let statement = if !exists {
+        Some(create_publication_sql(publication, &tables))
+    } else if current != tables {
+        Some(alter_publication_sql(publication, &tables))
     } else {
-        report.done.push(format!(
+        None
+    };
+    let mut publication_ready = exists;
+    match statement {
+        None => report.done.push(format!(
             "publication {publication} covers {}",
-            rules.tables().join(", ")
-        ));
+            tables.join(", ")
+        )),
+        Some(statement) => {
+            let why_not = if privileges.may_manage_publication() {
+                match source.batch_execute(&statement).await {
+                    Ok(()) => None,
+                    Err(e) if insufficient_privilege(&e) => Some(crate::db::describe(&e)),
+                    Err(e) => {
+                        return Err(SetupError::Sql {
+                            what: if exists {
+                                "updating the publication".into()
+                            } else {
+                                "creating the publication".into()
+                            },
+                            source: e,
+                        })
+                    }
+                }
+            } else {
+                Some(publication_refusal(&privileges))
+            };
+            match why_not {
+                None => {
+                    publication_ready = true;
+                    report.done.push(if exists {
+                        format!(
+                            "publication {publication} now covers exactly {}",
+                            tables.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "publication {publication} created for {}",
+                            tables.join(", ")
+                        )
+                    });
+                }
+                Some(why) => report.dba(
+                    format!(
+                        "publication {publication} {} [{}]; role {} may not {} it: {why}",
+                        if exists {
+                            format!("covers [{}] instead of", current.join(", "))
+                        } else {
+                            "is needed for".into()
+                        },
+                        tables.join(", "),
+                        privileges.user,
+                        if exists { "change" } else { "create" },
+                    ),
+                    privileges.who(),
+                    statement,
+                ),
+            }
+        }
     }
 
     // Slot.
@@ -397,6 +644,11 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
                     .push(format!("replication slot {slot} (pgoutput) exists"));
             }
         }
+        None if !publication_ready => report.todo.push(format!(
+            "replication slot {slot} is created by the next `pgcapi setup` once publication \
+             {publication} exists (a slot made before its publication cannot decode the changes \
+             in between)"
+        )),
         None if wal_level == "logical" => {
             source
                 .query(
@@ -426,4 +678,32 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
         );
     }
     Ok(report)
+}
+
+/// Why the role may not create or change the publication, in words.
+pub fn publication_refusal(privileges: &Privileges) -> String {
+    let mut why = Vec::new();
+    if !privileges.not_owned.is_empty() {
+        why.push(format!(
+            "PostgreSQL requires the owner of every table of a publication, and role {} does not \
+             own {}",
+            privileges.user,
+            privileges
+                .not_owned
+                .iter()
+                .map(|(t, o)| format!("{t} (owner {o})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(owner) = &privileges.publication_owner {
+        why.push(format!("the publication belongs to role {owner}"));
+    }
+    if !privileges.create_on_database {
+        why.push(format!(
+            "role {} lacks CREATE on the database",
+            privileges.user
+        ));
+    }
+    why.join("; ")
 }

@@ -1,20 +1,28 @@
-//! `pgcapi status`: the replication slot, each destination's health and the latest failures, as readable
-//! tables or JSON, with an exit code for scripts and monitoring.
+//! `pgcapi status`: the replication slot, capture, each destination's health and the latest failures,
+//! as readable tables or JSON, with an exit code for scripts and monitoring.
 //!
 //! The slot is read from the source database (so this works when the control schema lives elsewhere);
-//! destination health comes from the `health` view and failures from the `send_log` view of the control
-//! schema (see `sql/views.sql`).
+//! capture's own report from `capture_state`, destination health from the `health` view and failures
+//! from the `send_log` view of the control schema (see `sql/views.sql`).
 //!
-//! Unhealthy (exit code 2), each with the reason printed:
+//! Whether conversions flow is decided by one function, [`judge_flow`], over one reading,
+//! [`observe`]; `pgcapi run`'s `/readyz` and `pgcapi_unhealthy{reason}` use the same two
+//! (see [`crate::metrics`]). Unhealthy (exit code 2), each with the reason and what to do:
 //! - the slot does not exist, or its `wal_status` is `lost` (changes were missed) or `unreserved` (about
 //!   to be lost);
+//! - the slot's confirmed position is ahead of pgcapi's stored checkpoint (changes never captured);
+//! - capture is not running: the slot has no reader and no capture process reported within 60 s;
+//! - capture is stuck on a change, or has been retrying (an outage) for more than 60 s;
+//! - a destination has had only failures for `--failing-after` (default `dispatch.failing_after_secs`,
+//!   10 minutes) while rows wait;
 //! - the slot retains more WAL than `--max-wal-retained` (default 1 GiB);
 //! - a delivery failed in the last hour (unless `--allow-failures`).
 //!
 //! Exit code 1 means status itself could not run (config, connection, missing control schema).
 
 use crate::config::Config;
-use crate::outbox::quote_ident;
+use crate::lsn::Lsn;
+use crate::outbox::{quote_ident, CapturePhase, CaptureReport};
 use crate::repair::clip;
 use crate::units::{format_bytes, format_secs};
 use chrono::{DateTime, Utc};
@@ -22,6 +30,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Exit code of an unhealthy status.
 pub const UNHEALTHY_EXIT: u8 = 2;
@@ -35,6 +44,8 @@ pub struct StatusOptions {
     pub allow_failures: bool,
     /// How many recent failures to list.
     pub recent_failures: usize,
+    /// When conversions count as not flowing.
+    pub flow: FlowThresholds,
 }
 
 impl Default for StatusOptions {
@@ -43,8 +54,137 @@ impl Default for StatusOptions {
             max_wal_retained: 1 << 30,
             allow_failures: false,
             recent_failures: 10,
+            flow: FlowThresholds::default(),
         }
     }
+}
+
+/// The thresholds of [`judge_flow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowThresholds {
+    /// A destination whose rows waited this long while every attempt in that time failed is failing.
+    pub failing_after: Duration,
+    /// A slot without a reader whose capture has not reported for this long is not being read.
+    pub capture_silent_after: Duration,
+    /// Capture retrying (an outage) for longer than this is a problem.
+    pub retrying_after: Duration,
+}
+
+impl Default for FlowThresholds {
+    fn default() -> Self {
+        FlowThresholds {
+            failing_after: Duration::from_secs(600),
+            capture_silent_after: Duration::from_secs(60),
+            retrying_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl FlowThresholds {
+    /// The defaults with `failing_after` from the config (`dispatch.failing_after_secs`).
+    pub fn from_config(config: &Config) -> FlowThresholds {
+        FlowThresholds {
+            failing_after: Duration::from_secs(config.dispatch.failing_after_secs),
+            ..FlowThresholds::default()
+        }
+    }
+}
+
+/// Why conversions do not flow (or need attention), as a stable name for scripts and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The slot does not exist.
+    SlotMissing,
+    /// The slot was invalidated (`wal_status = lost`).
+    SlotLost,
+    /// The slot is about to be lost (`wal_status = unreserved`).
+    SlotUnreserved,
+    /// The slot's confirmed position is ahead of the stored checkpoint.
+    SlotAhead,
+    /// Nothing reads the slot.
+    CaptureNotRunning,
+    /// Capture cannot apply a change until an operator acts.
+    CaptureStuck,
+    /// Capture has been waiting out an outage for too long.
+    CaptureRetrying,
+    /// A destination has had only failures for a while and rows wait.
+    DestinationFailing,
+    /// The slot retains more WAL than `--max-wal-retained` (status only).
+    WalRetained,
+    /// Deliveries failed in the last hour (status only).
+    RecentFailures,
+}
+
+impl Reason {
+    /// The reasons [`judge_flow`] can give: what `/readyz` and `pgcapi_unhealthy` report.
+    pub const FLOW: [Reason; 8] = [
+        Reason::SlotMissing,
+        Reason::SlotLost,
+        Reason::SlotUnreserved,
+        Reason::SlotAhead,
+        Reason::CaptureNotRunning,
+        Reason::CaptureStuck,
+        Reason::CaptureRetrying,
+        Reason::DestinationFailing,
+    ];
+
+    /// The stable name (`capture_stuck`), as in JSON and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::SlotMissing => "slot_missing",
+            Reason::SlotLost => "slot_lost",
+            Reason::SlotUnreserved => "slot_unreserved",
+            Reason::SlotAhead => "slot_ahead",
+            Reason::CaptureNotRunning => "capture_not_running",
+            Reason::CaptureStuck => "capture_stuck",
+            Reason::CaptureRetrying => "capture_retrying",
+            Reason::DestinationFailing => "destination_failing",
+            Reason::WalRetained => "wal_retained",
+            Reason::RecentFailures => "recent_failures",
+        }
+    }
+}
+
+/// One reason for being unhealthy: its name and one line saying what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    /// The stable name.
+    pub reason: Reason,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A destination's recent deliveries, as [`judge_flow`] needs them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DestinationFlow {
+    /// The destination.
+    pub destination: String,
+    /// Rows in state `pending`.
+    pub pending: i64,
+    /// How long the oldest of them has waited (since it was queued), in seconds.
+    pub oldest_pending_secs: Option<i64>,
+    /// Rows sent within the window (`failing_after`).
+    pub sent_in_window: i64,
+    /// Rows whose latest attempt within the window failed (retryable: pending again; or `failed`).
+    pub failed_in_window: i64,
+    /// The newest of those failures' messages.
+    pub last_error: Option<String>,
+}
+
+/// What [`judge_flow`] judges, read by [`observe`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The control database's clock when it was read.
+    pub now: DateTime<Utc>,
+    /// The slot and stored checkpoint.
+    pub slot: SlotStatus,
+    /// Capture's own report, if a capture process ever wrote one.
+    pub capture: Option<CaptureReport>,
+    /// Each destination with rows pending or finished within the window.
+    pub destinations: Vec<DestinationFlow>,
+    /// The control schema's name (for the SQL the messages give).
+    pub schema: String,
 }
 
 /// The replication slot as the source database sees it, with pgcapi's stored position.
@@ -161,10 +301,14 @@ pub struct StatusReport {
     pub healthy: bool,
     /// Why it is unhealthy, one sentence each with what to do.
     pub reasons: Vec<String>,
+    /// The same reasons with their stable names.
+    pub problems: Vec<Problem>,
     /// Worth a look, but not unhealthy.
     pub warnings: Vec<String>,
     /// The replication slot.
     pub slot: SlotStatus,
+    /// What capture last reported (`null` when no capture process ever did).
+    pub capture: Option<CaptureReport>,
     /// One line per destination (configured or present in the control table).
     pub destinations: Vec<DestinationHealth>,
     /// The latest failures, newest first.
@@ -192,7 +336,7 @@ pub enum StatusError {
     #[error("{0}")]
     NotInstalled(String),
     /// A statement failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", crate::db::describe(source))]
     Sql {
         /// What was being read.
         what: String,
@@ -200,6 +344,9 @@ pub enum StatusError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The control schema could not be read.
+    #[error(transparent)]
+    Control(#[from] crate::outbox::OutboxError),
 }
 
 fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StatusError {
@@ -241,18 +388,249 @@ pub async fn status(config: &Config, options: &StatusOptions) -> Result<StatusRe
         )));
     }
 
-    let slot = read_slot(&source, control, &s, &config.source.slot).await?;
+    let observation = observe(
+        &source,
+        control,
+        schema,
+        &config.source.slot,
+        options.flow.failing_after,
+    )
+    .await?;
     let destinations = read_health(control, &s, config).await?;
     let recent_failures = read_failures(control, &s, options.recent_failures).await?;
-    let (reasons, warnings) = judge(&slot, &destinations, options);
+    let (problems, warnings) = judge(&observation, &destinations, options);
     Ok(StatusReport {
-        healthy: reasons.is_empty(),
-        reasons,
+        healthy: problems.is_empty(),
+        reasons: problems.iter().map(|p| p.message.clone()).collect(),
+        problems,
         warnings,
-        slot,
+        slot: observation.slot,
+        capture: observation.capture,
         destinations,
         recent_failures,
     })
+}
+
+/// Reads what [`judge_flow`] judges: the slot (from `source`), the stored checkpoint, capture's report
+/// and each destination's deliveries within `window` (from `control`, the control database).
+pub async fn observe(
+    source: &tokio_postgres::Client,
+    control: &tokio_postgres::Client,
+    schema: &str,
+    slot: &str,
+    window: Duration,
+) -> Result<Observation, StatusError> {
+    let s = quote_ident(schema);
+    let slot_status = read_slot(source, control, &s, slot).await?;
+    let capture = crate::outbox::load_capture_report(control, schema, slot).await?;
+    let now: DateTime<Utc> = control
+        .query_one("select now()", &[])
+        .await
+        .map_err(sql("reading the control database's clock"))?
+        .get(0);
+    let destinations = read_flows(control, &s, window).await?;
+    Ok(Observation {
+        now,
+        slot: slot_status,
+        capture,
+        destinations,
+        schema: schema.to_string(),
+    })
+}
+
+/// Per destination: pending rows and the outcomes of the last `window`. Reads the pending rows and the
+/// rows finished within the window only (both indexed: `deliveries_due_order_idx`,
+/// `deliveries_finished_idx`).
+async fn read_flows(
+    control: &tokio_postgres::Client,
+    s: &str,
+    window: Duration,
+) -> Result<Vec<DestinationFlow>, StatusError> {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let rows = control
+        .query(
+            &format!(
+                "with recent as ( \
+                   select destination, state, attempts, queued_at, sent_at, updated_at, last_error, \
+                     updated_at >= now() - $1::bigint * interval '1 millisecond' as in_window \
+                   from {s}.deliveries \
+                   where state = 'pending' \
+                      or (state <> 'pending' \
+                          and updated_at >= now() - $1::bigint * interval '1 millisecond')), \
+                 flagged as ( \
+                   select *, in_window and (state = 'failed' \
+                       or (state = 'pending' and attempts > 0 and last_error is not null)) as failure \
+                   from recent) \
+                 select destination, \
+                   count(*) filter (where state = 'pending'), \
+                   extract(epoch from now() - min(queued_at) filter (where state = 'pending'))::bigint, \
+                   count(*) filter (where state = 'sent' \
+                     and sent_at >= now() - $1::bigint * interval '1 millisecond'), \
+                   count(*) filter (where failure), \
+                   (array_agg(last_error order by updated_at desc) filter (where failure))[1] \
+                 from flagged group by destination order by destination"
+            ),
+            &[&window_ms],
+        )
+        .await
+        .map_err(sql("reading the recent deliveries"))?;
+    Ok(rows
+        .iter()
+        .map(|r| DestinationFlow {
+            destination: r.get(0),
+            pending: r.get(1),
+            oldest_pending_secs: r.get(2),
+            sent_in_window: r.get(3),
+            failed_in_window: r.get(4),
+            last_error: r.get(5),
+        })
+        .collect())
+}
+
+/// Seconds from `since` to `now` (0 when `since` is later).
+fn secs_between(since: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    (now - since).num_seconds().max(0)
+}
+
+/// Whether conversions flow: every reason they do not, each with what to do. Shared by `pgcapi status`
+/// and `/readyz` (and `pgcapi_unhealthy`), so both always say the same.
+pub fn judge_flow(observation: &Observation, thresholds: &FlowThresholds) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut push = |reason, message: String| problems.push(Problem { reason, message });
+    let slot = &observation.slot;
+    let name = &slot.name;
+    let now = observation.now;
+    if !slot.exists {
+        push(
+            Reason::SlotMissing,
+            format!(
+                "replication slot {name:?} does not exist on the source database, so nothing is \
+                 captured: run `pgcapi setup`, then `pgcapi backfill` for what changed meanwhile"
+            ),
+        );
+    }
+    match slot.wal_status.as_deref() {
+        Some("lost") => push(
+            Reason::SlotLost,
+            format!(
+                "replication slot {name:?} is lost (wal_status = lost): the server removed WAL it \
+                 still needed, so changes were missed; drop it \
+                 (SELECT pg_drop_replication_slot('{name}');), rerun `pgcapi setup`, then \
+                 `pgcapi backfill` for what changed meanwhile"
+            ),
+        ),
+        Some("unreserved") => push(
+            Reason::SlotUnreserved,
+            format!(
+                "replication slot {name:?} is about to be lost (wal_status = unreserved: it retains \
+                 more than max_slot_wal_keep_size): make sure `pgcapi run` is running and confirming"
+            ),
+        ),
+        _ => {}
+    }
+    let confirmed = slot
+        .confirmed_flush_lsn
+        .as_deref()
+        .and_then(|l| l.parse::<Lsn>().ok());
+    let stored = slot
+        .checkpoint_lsn
+        .as_deref()
+        .and_then(|l| l.parse::<Lsn>().ok());
+    if let (Some(confirmed), Some(stored)) = (confirmed, stored) {
+        if confirmed > stored {
+            push(
+                Reason::SlotAhead,
+                format!(
+                    "replication slot {name:?} is at {confirmed}, ahead of the position pgcapi stored \
+                     ({stored}): the changes in between were never captured (the slot was recreated \
+                     or advanced outside pgcapi); run `pgcapi backfill` for the time since the \
+                     stored position was written, then accept the slot's position: \
+                     UPDATE {}.checkpoints SET lsn = '{confirmed}' WHERE slot = '{name}';",
+                    quote_ident(&observation.schema)
+                ),
+            );
+        }
+    }
+    let lost = slot.wal_status.as_deref() == Some("lost");
+    if slot.exists && !lost {
+        let report = observation.capture.as_ref();
+        let silent = report.map(|r| secs_between(r.seen_at, now));
+        let fresh = silent.is_some_and(|s| s <= thresholds.capture_silent_after.as_secs() as i64);
+        if slot.active == Some(false) && !fresh {
+            let last = match (report, silent) {
+                (Some(r), Some(secs)) => format!(
+                    "capture last reported {} ago ({}{})",
+                    format_secs(secs),
+                    r.phase.as_str(),
+                    r.error
+                        .as_deref()
+                        .map(|e| format!(": {}", clip(e, 200)))
+                        .unwrap_or_default()
+                ),
+                _ => "no capture ever reported".to_string(),
+            };
+            push(
+                Reason::CaptureNotRunning,
+                format!(
+                    "no process reads replication slot {name:?} (inactive; {last}), so no change is \
+                     captured: start `pgcapi run` (or see why it stopped in its log)"
+                ),
+            );
+        } else if let Some(r) = report.filter(|_| fresh) {
+            let since = r
+                .error_since
+                .map(|t| (t, secs_between(t, now)))
+                .unwrap_or((now, 0));
+            let error = clip(r.error.as_deref().unwrap_or("no reason recorded"), 300);
+            match r.phase {
+                CapturePhase::Stuck => push(
+                    Reason::CaptureStuck,
+                    format!(
+                        "capture is stuck at LSN {} since {} UTC ({} ago): {error}; nothing after \
+                         that change is captured until it is fixed as the message says (capture \
+                         retries by itself; dispatch goes on)",
+                        r.error_lsn.map_or("unknown".into(), |l| l.to_string()),
+                        since.0.format("%Y-%m-%d %H:%M:%S"),
+                        format_secs(since.1)
+                    ),
+                ),
+                CapturePhase::Retrying if since.1 > thresholds.retrying_after.as_secs() as i64 => {
+                    push(
+                        Reason::CaptureRetrying,
+                        format!(
+                            "capture has been retrying for {} (since {} UTC): {error}; check that \
+                             the source and control databases are reachable and accept pgcapi's \
+                             connections",
+                            format_secs(since.1),
+                            since.0.format("%Y-%m-%d %H:%M:%S")
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+    }
+    let window = thresholds.failing_after.as_secs() as i64;
+    for d in &observation.destinations {
+        let waited = d.oldest_pending_secs.unwrap_or(0);
+        if d.pending > 0 && d.sent_in_window == 0 && d.failed_in_window > 0 && waited >= window {
+            push(
+                Reason::DestinationFailing,
+                format!(
+                    "destination {} has delivered nothing for {}: {} row(s) wait (the oldest for \
+                     {}) and every attempt since failed; last error: {}; check the platform's \
+                     status and the destination's credentials and endpoint (`pgcapi check`); the \
+                     rows are retried by themselves",
+                    d.destination,
+                    format_secs(window),
+                    d.pending,
+                    format_secs(waited),
+                    clip(d.last_error.as_deref().unwrap_or("-"), 200)
+                ),
+            );
+        }
+    }
+    problems
 }
 
 /// The slot from the source and the stored position from the control database.
@@ -265,7 +643,8 @@ async fn read_slot(
     let row = source
         .query_opt(
             "select active, active_pid, wal_status, safe_wal_size, \
-               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, confirmed_flush_lsn::text \
+               pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn() \
+                 else pg_current_wal_lsn() end, restart_lsn)::bigint, confirmed_flush_lsn::text \
              from pg_replication_slots where slot_name = $1",
             &[&name],
         )
@@ -425,52 +804,46 @@ async fn read_failures(
         .collect())
 }
 
-/// The reasons for being unhealthy and the warnings.
+/// The reasons for being unhealthy (those of [`judge_flow`], then status's own thresholds) and the
+/// warnings.
 fn judge(
-    slot: &SlotStatus,
+    observation: &Observation,
     destinations: &[DestinationHealth],
     options: &StatusOptions,
-) -> (Vec<String>, Vec<String>) {
-    let mut reasons = Vec::new();
+) -> (Vec<Problem>, Vec<String>) {
+    let mut problems = judge_flow(observation, &options.flow);
     let mut warnings = Vec::new();
+    let slot = &observation.slot;
     let name = &slot.name;
-    if !slot.exists {
-        reasons.push(format!(
-            "replication slot {name:?} does not exist on the source database, so nothing is captured: \
-             run `pgcapi setup`, then backfill what changed meanwhile"
-        ));
-    }
-    match slot.wal_status.as_deref() {
-        Some("lost") => reasons.push(format!(
-            "replication slot {name:?} is lost (wal_status = lost): the server removed WAL it still \
-             needed, so changes were missed; drop it (SELECT pg_drop_replication_slot('{name}');), \
-             rerun `pgcapi setup` and backfill"
-        )),
-        Some("unreserved") => reasons.push(format!(
-            "replication slot {name:?} is about to be lost (wal_status = unreserved: it retains more \
-             than max_slot_wal_keep_size): make sure `pgcapi run` is running and confirming"
-        )),
-        _ => {}
-    }
     if let Some(retained) = slot.wal_retained_bytes {
         if retained > 0 && retained as u64 > options.max_wal_retained {
-            reasons.push(format!(
-                "replication slot {name:?} retains {} of WAL, over the limit of {} \
-                 (--max-wal-retained){}",
-                format_bytes(retained),
-                format_bytes(i64::try_from(options.max_wal_retained).unwrap_or(i64::MAX)),
-                if slot.active == Some(false) {
-                    ": no process is reading the slot; start `pgcapi run`"
-                } else {
-                    ": pgcapi is behind; see its log"
-                }
-            ));
+            problems.push(Problem {
+                reason: Reason::WalRetained,
+                message: format!(
+                    "replication slot {name:?} retains {} of WAL, over the limit of {} \
+                     (--max-wal-retained){}",
+                    format_bytes(retained),
+                    format_bytes(i64::try_from(options.max_wal_retained).unwrap_or(i64::MAX)),
+                    if slot.active == Some(false) {
+                        ": no process is reading the slot; start `pgcapi run`"
+                    } else {
+                        ": pgcapi is behind; see its log"
+                    }
+                ),
+            });
         }
     }
-    if slot.exists && slot.active == Some(false) && slot.wal_status.as_deref() != Some("lost") {
-        warnings.push(format!(
-            "replication slot {name:?} has no active reader: is `pgcapi run` running?"
-        ));
+    if let Some(r) = &observation.capture {
+        let silent = secs_between(r.seen_at, observation.now);
+        if slot.active == Some(true) && silent > options.flow.capture_silent_after.as_secs() as i64
+        {
+            warnings.push(format!(
+                "replication slot {name:?} is read, but no pgcapi capture has reported for {} \
+                 (last: {}): is another program reading it?",
+                format_secs(silent),
+                r.phase.as_str()
+            ));
+        }
     }
     let failed_1h: i64 = destinations.iter().map(|d| d.failed_1h).sum();
     if failed_1h > 0 {
@@ -487,7 +860,10 @@ fn judge(
         if options.allow_failures {
             warnings.push(text);
         } else {
-            reasons.push(format!("{text} (or pass --allow-failures)"));
+            problems.push(Problem {
+                reason: Reason::RecentFailures,
+                message: format!("{text} (or pass --allow-failures)"),
+            });
         }
     }
     let failed_older: i64 = destinations.iter().map(|d| d.failed - d.failed_1h).sum();
@@ -496,7 +872,7 @@ fn judge(
             "{failed_older} older failed row(s) wait for `pgcapi retry` or `pgcapi purge --failed`"
         ));
     }
-    (reasons, warnings)
+    (problems, warnings)
 }
 
 /// A plain-text table: a header line and one line per row, columns padded to their widest cell and two
@@ -590,6 +966,20 @@ impl StatusReport {
                     .map_or("-".into(), |s| format!("{} ago", format_secs(s))),
             ]],
         ));
+        out.push_str("\nCapture (as it last reported)\n");
+        match &self.capture {
+            None => out.push_str("  no capture process has reported yet\n"),
+            Some(c) => out.push_str(&table(
+                &["state", "since", "at LSN", "last seen", "error"],
+                &[vec![
+                    c.phase.as_str().into(),
+                    time(c.error_since),
+                    c.error_lsn.map_or("-".into(), |l| l.to_string()),
+                    time(Some(c.seen_at)),
+                    clip(c.error.as_deref().unwrap_or("-"), 100),
+                ]],
+            )),
+        }
         out.push_str("\nDestinations (outcomes counted by when they were reached)\n");
         let rows: Vec<Vec<String>> = self
             .destinations
@@ -704,6 +1094,10 @@ pub struct StatusArgs {
     /// How many recent failures to list.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub failures: usize,
+    /// Unhealthy when a destination's rows waited this long while every attempt failed and nothing was
+    /// sent (10m, 30s, 1h; default: `dispatch.failing_after_secs` of the config, 10 minutes).
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub failing_after: Option<Duration>,
 }
 
 /// `pgcapi status` from the command line: prints the report, exits 0 when healthy and 2 when not.
@@ -713,6 +1107,12 @@ pub async fn run_status(args: StatusArgs) -> Result<ExitCode, String> {
         max_wal_retained: args.max_wal_retained,
         allow_failures: args.allow_failures,
         recent_failures: args.failures,
+        flow: FlowThresholds {
+            failing_after: args
+                .failing_after
+                .unwrap_or(Duration::from_secs(config.dispatch.failing_after_secs)),
+            ..FlowThresholds::default()
+        },
     };
     let report = status(&config, &options)
         .await
@@ -748,37 +1148,72 @@ mod tests {
         }
     }
 
+    fn now() -> DateTime<Utc> {
+        "2026-12-05T12:00:00Z".parse().unwrap()
+    }
+
+    fn observation(slot: SlotStatus) -> Observation {
+        Observation {
+            now: now(),
+            slot,
+            capture: None,
+            destinations: Vec::new(),
+            schema: "pgcapi".into(),
+        }
+    }
+
+    fn report(phase: CapturePhase, seen_secs_ago: i64, since_secs_ago: i64) -> CaptureReport {
+        CaptureReport {
+            phase,
+            error: (phase != CapturePhase::Streaming)
+                .then(|| "column \"email\" was dropped".into()),
+            error_lsn: (phase == CapturePhase::Stuck).then_some(Lsn(0x1_6B37_4D48)),
+            error_since: Some(now() - chrono::TimeDelta::seconds(since_secs_ago)),
+            seen_at: now() - chrono::TimeDelta::seconds(seen_secs_ago),
+        }
+    }
+
+    fn reasons(problems: &[Problem]) -> Vec<Reason> {
+        problems.iter().map(|p| p.reason).collect()
+    }
+
     #[test]
     fn a_quiet_connector_is_healthy_and_each_problem_gives_a_reason() {
         let options = StatusOptions::default();
-        let (reasons, warnings) = judge(&slot(), &[], &options);
+        let (problems, warnings) = judge(&observation(slot()), &[], &options);
         assert!(
-            reasons.is_empty() && warnings.is_empty(),
-            "{reasons:?} {warnings:?}"
+            problems.is_empty() && warnings.is_empty(),
+            "{problems:?} {warnings:?}"
         );
 
         let lost = SlotStatus {
             wal_status: Some("lost".into()),
             wal_retained_bytes: None,
+            active: Some(false),
             ..slot()
         };
-        let (reasons, _) = judge(&lost, &[], &options);
-        assert!(reasons[0].contains("is lost"), "{reasons:?}");
+        let (problems, _) = judge(&observation(lost), &[], &options);
+        assert_eq!(reasons(&problems), [Reason::SlotLost], "{problems:?}");
+        assert!(problems[0].message.contains("is lost"));
 
         let behind = SlotStatus {
-            active: Some(false),
             wal_retained_bytes: Some(2 << 30),
             ..slot()
         };
-        let (reasons, warnings) = judge(&behind, &[], &options);
-        assert!(reasons[0].contains("retains 2.0 GiB of WAL"), "{reasons:?}");
-        assert!(warnings[0].contains("no active reader"), "{warnings:?}");
+        let (problems, _) = judge(&observation(behind), &[], &options);
+        assert!(
+            problems[0].message.contains("retains 2.0 GiB of WAL"),
+            "{problems:?}"
+        );
 
         let mut meta = DestinationHealth::empty("meta", "meta");
         meta.failed_1h = 2;
         meta.failed = 3;
-        let (reasons, warnings) = judge(&slot(), std::slice::from_ref(&meta), &options);
-        assert!(reasons[0].starts_with("2 delivery(ies) failed in the last hour (meta 2)"));
+        let (problems, warnings) =
+            judge(&observation(slot()), std::slice::from_ref(&meta), &options);
+        assert!(problems[0]
+            .message
+            .starts_with("2 delivery(ies) failed in the last hour (meta 2)"));
         assert!(
             warnings[0].starts_with("1 older failed row(s)"),
             "{warnings:?}"
@@ -787,9 +1222,146 @@ mod tests {
             allow_failures: true,
             ..StatusOptions::default()
         };
-        let (reasons, warnings) = judge(&slot(), &[meta], &allow);
-        assert!(reasons.is_empty());
+        let (problems, warnings) = judge(&observation(slot()), &[meta], &allow);
+        assert!(problems.is_empty());
         assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn an_unread_slot_is_unhealthy_unless_a_capture_reported_within_a_minute() {
+        let t = FlowThresholds::default();
+        let inactive = SlotStatus {
+            active: Some(false),
+            active_pid: None,
+            ..slot()
+        };
+        // No capture ever reported: nothing reads the slot.
+        let problems = judge_flow(&observation(inactive.clone()), &t);
+        assert_eq!(reasons(&problems), [Reason::CaptureNotRunning]);
+        assert!(problems[0].message.contains("start `pgcapi run`"));
+        // A capture that reported 20 s ago is between two connections: fine.
+        let mut o = observation(inactive.clone());
+        o.capture = Some(report(CapturePhase::Streaming, 20, 0));
+        assert!(judge_flow(&o, &t).is_empty());
+        // Silent for 90 s: not running, and the last report is quoted.
+        o.capture = Some(report(CapturePhase::Stuck, 90, 600));
+        let problems = judge_flow(&o, &t);
+        assert_eq!(reasons(&problems), [Reason::CaptureNotRunning]);
+        assert!(
+            problems[0].message.contains("1m30s ago (stuck"),
+            "{problems:?}"
+        );
+        // A standby: the slot is read by another process.
+        let mut o = observation(slot());
+        o.capture = Some(report(CapturePhase::Streaming, 10, 0));
+        assert!(judge_flow(&o, &t).is_empty());
+    }
+
+    #[test]
+    fn stuck_at_once_retrying_after_a_minute() {
+        let t = FlowThresholds::default();
+        let mut o = observation(slot());
+        o.capture = Some(report(CapturePhase::Stuck, 5, 3));
+        let problems = judge_flow(&o, &t);
+        assert_eq!(reasons(&problems), [Reason::CaptureStuck]);
+        let text = &problems[0].message;
+        assert!(
+            text.contains("stuck at LSN 1/6B374D48 since 2026-12-05 11:59:57 UTC")
+                && text.contains("column \"email\" was dropped"),
+            "{text}"
+        );
+        o.capture = Some(report(CapturePhase::Retrying, 5, 30));
+        assert!(judge_flow(&o, &t).is_empty());
+        o.capture = Some(report(CapturePhase::Retrying, 5, 61));
+        let problems = judge_flow(&o, &t);
+        assert_eq!(reasons(&problems), [Reason::CaptureRetrying]);
+        assert!(
+            problems[0].message.contains("retrying for 1m01s"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_slot_ahead_of_the_stored_position_lost_changes() {
+        let t = FlowThresholds::default();
+        let ahead = SlotStatus {
+            confirmed_flush_lsn: Some("0/3000100".into()),
+            checkpoint_lsn: Some("0/20000A0".into()),
+            ..slot()
+        };
+        let problems = judge_flow(&observation(ahead), &t);
+        assert_eq!(reasons(&problems), [Reason::SlotAhead]);
+        assert!(
+            problems[0].message.contains("`pgcapi backfill`")
+                && problems[0].message.contains(
+                    "UPDATE \"pgcapi\".checkpoints SET lsn = '0/3000100' WHERE slot = 'pgcapi';"
+                ),
+            "{problems:?}"
+        );
+        let behind = SlotStatus {
+            confirmed_flush_lsn: Some("0/20000A0".into()),
+            checkpoint_lsn: Some("0/3000100".into()),
+            ..slot()
+        };
+        assert!(judge_flow(&observation(behind), &t).is_empty());
+        let missing = SlotStatus {
+            exists: false,
+            active: None,
+            ..slot()
+        };
+        assert_eq!(
+            reasons(&judge_flow(&observation(missing), &t)),
+            [Reason::SlotMissing]
+        );
+    }
+
+    #[test]
+    fn a_destination_fails_only_when_rows_waited_the_whole_window_and_nothing_was_sent() {
+        let t = FlowThresholds {
+            failing_after: Duration::from_secs(600),
+            ..FlowThresholds::default()
+        };
+        let failing = DestinationFlow {
+            destination: "meta".into(),
+            pending: 300,
+            oldest_pending_secs: Some(700),
+            sent_in_window: 0,
+            failed_in_window: 300,
+            last_error: Some("HTTP 503: unavailable".into()),
+        };
+        let mut o = observation(slot());
+        o.destinations = vec![failing.clone()];
+        let problems = judge_flow(&o, &t);
+        assert_eq!(reasons(&problems), [Reason::DestinationFailing]);
+        assert!(
+            problems[0]
+                .message
+                .contains("destination meta has delivered nothing for 10m")
+                && problems[0].message.contains("HTTP 503"),
+            "{problems:?}"
+        );
+        for healthy in [
+            DestinationFlow {
+                sent_in_window: 1,
+                ..failing.clone()
+            },
+            DestinationFlow {
+                oldest_pending_secs: Some(300),
+                ..failing.clone()
+            },
+            DestinationFlow {
+                failed_in_window: 0,
+                ..failing.clone()
+            },
+            DestinationFlow {
+                pending: 0,
+                oldest_pending_secs: None,
+                ..failing.clone()
+            },
+        ] {
+            o.destinations = vec![healthy.clone()];
+            assert!(judge_flow(&o, &t).is_empty(), "{healthy:?}");
+        }
     }
 
     #[test]

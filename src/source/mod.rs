@@ -18,8 +18,10 @@ mod wire;
 
 pub use connection::ReplicationConnection;
 pub use conninfo::{ConnInfo, ConnInfoError, Host, SslMode};
+use std::fmt::Write as _;
 pub use stream::{ReplicationMessage, ReplicationStream};
 pub use tls::TlsError;
+pub(crate) use wire::detail_quotes_rows;
 
 /// Why the replication connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +36,16 @@ pub enum SourceError {
     #[error("authentication failed: {0}")]
     Auth(String),
     /// The server reported an error.
-    #[error("server error {code}: {message}")]
+    #[error("server error {code}: {message}{}", server_context(code, message, detail.as_deref(), hint.as_deref()))]
     Server {
         /// SQLSTATE.
         code: String,
         /// The server's primary message.
         message: String,
+        /// The server's DETAIL, unless it may quote row values (`Key (…)=(…)`, `Failing row contains`).
+        detail: Option<String>,
+        /// The server's HINT.
+        hint: Option<String>,
     },
     /// The server sent something the protocol does not allow here.
     #[error("replication protocol error: {0}")]
@@ -52,7 +58,44 @@ pub enum SourceError {
     InvalidArgument(&'static str),
 }
 
+/// What follows a server error's message: its detail and hint, and for an invalidated slot what to do.
+fn server_context(code: &str, message: &str, detail: Option<&str>, hint: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(detail) = detail {
+        out.push_str("; DETAIL: ");
+        out.push_str(detail);
+    }
+    if let Some(hint) = hint {
+        out.push_str("; HINT: ");
+        out.push_str(hint);
+    }
+    if is_slot_invalidated(code, message) {
+        let slot = message.split('"').nth(1).unwrap_or("<slot>");
+        let _ = write!(
+            out,
+            "; the replication slot was invalidated, so the changes since pgcapi last read it are \
+             gone from the WAL and reconnecting cannot help: drop it \
+             (SELECT pg_drop_replication_slot('{slot}');), recreate it with `pgcapi setup`, then run \
+             `pgcapi backfill` for what changed meanwhile"
+        );
+    }
+    out
+}
+
+/// SQLSTATE 55000 on reading a slot: the server invalidated it (its WAL was removed or it conflicted).
+fn is_slot_invalidated(code: &str, message: &str) -> bool {
+    code == "55000"
+        && (message.starts_with("cannot read from logical replication slot")
+            || message.contains("has been invalidated")
+            || message.contains("this slot has been invalidated"))
+}
+
 impl SourceError {
+    /// The server said the slot was invalidated (wal_status lost): reconnecting cannot help.
+    pub fn is_slot_invalidated(&self) -> bool {
+        matches!(self, SourceError::Server { code, message, .. } if is_slot_invalidated(code, message))
+    }
+
     /// SQLSTATE 55006 (object_in_use): the slot is active for another process.
     pub fn is_slot_in_use(&self) -> bool {
         matches!(self, SourceError::Server { code, .. } if code == "55006")
@@ -86,7 +129,35 @@ mod tests {
         SourceError::Server {
             code: code.into(),
             message: "m".into(),
+            detail: None,
+            hint: None,
         }
+    }
+
+    #[test]
+    fn an_invalidated_slot_says_what_the_server_said_and_what_to_do() {
+        let e = SourceError::Server {
+            code: "55000".into(),
+            message: "cannot read from logical replication slot \"pgcapi\"".into(),
+            detail: Some(
+                "This slot has been invalidated because it exceeded the maximum reserved size."
+                    .into(),
+            ),
+            hint: None,
+        };
+        let text = e.to_string();
+        assert!(e.is_slot_invalidated() && !e.is_retryable());
+        assert!(
+            text.contains("DETAIL: This slot has been invalidated"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pg_drop_replication_slot('pgcapi')")
+                && text.contains("`pgcapi setup`")
+                && text.contains("`pgcapi backfill`"),
+            "{text}"
+        );
+        assert!(!server("42703").to_string().contains("invalidated"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The CopyBoth phase of a replication connection: XLogData and keepalives in, status updates out.
 
-use super::wire::{frame_len, log_notice, server_fields, Backend, Framed};
+use super::wire::{frame_len, log_notice, server_error, Backend, Framed};
 use super::SourceError;
 use crate::lsn::Lsn;
 use bytes::{Buf, BufMut, Bytes};
@@ -119,13 +119,7 @@ impl ReplicationStream {
                 Message::CopyDone | Message::CommandComplete(_) | Message::ReadyForQuery(_) => {
                     Ok(Step::End)
                 }
-                Message::ErrorResponse(body) => {
-                    let fields = server_fields(body.fields());
-                    Err(SourceError::Server {
-                        code: fields.code,
-                        message: fields.message,
-                    })
-                }
+                Message::ErrorResponse(body) => Err(server_error(&body)),
                 Message::NoticeResponse(body) => {
                     log_notice(&body);
                     Ok(Step::Skipped)
@@ -184,11 +178,7 @@ impl ReplicationStream {
                 match message {
                     Backend::Message(Message::ReadyForQuery(_)) => break,
                     Backend::Message(Message::ErrorResponse(body)) => {
-                        let fields = server_fields(body.fields());
-                        return Err(SourceError::Server {
-                            code: fields.code,
-                            message: fields.message,
-                        });
+                        return Err(server_error(&body));
                     }
                     Backend::Message(Message::NoticeResponse(body)) => log_notice(&body),
                     Backend::Message(Message::CopyDone) => self.server_done = true,
@@ -378,7 +368,7 @@ mod tests {
         theirs.write_all(&frame).await.unwrap();
         let err = stream.next().await.unwrap_err();
         assert!(
-            matches!(&err, SourceError::Server { code, message } if code == "57P01" && message == "terminating connection"),
+            matches!(&err, SourceError::Server { code, message, .. } if code == "57P01" && message == "terminating connection"),
             "{err:?}"
         );
         assert!(err.is_retryable());

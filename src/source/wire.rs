@@ -195,8 +195,17 @@ pub(crate) struct ServerFields {
     pub(crate) code: String,
     /// Severity (non-localized when the server sends it).
     pub(crate) severity: String,
-    /// The primary message. The detail field is left out: it may quote row values.
+    /// The primary message.
     pub(crate) message: String,
+    /// The detail, unless it may quote row values (`Key (…)=(…)`, `Failing row contains (…)`).
+    pub(crate) detail: Option<String>,
+    /// The hint.
+    pub(crate) hint: Option<String>,
+}
+
+/// Whether a server's DETAIL may quote row values, which must not reach a log line.
+pub(crate) fn detail_quotes_rows(detail: &str) -> bool {
+    detail.starts_with("Key (") || detail.starts_with("Failing row contains")
 }
 
 /// Collects the SQLSTATE, severity and primary message of an error or notice.
@@ -205,6 +214,8 @@ pub(crate) fn server_fields(mut fields: ErrorFields<'_>) -> ServerFields {
         code: String::new(),
         severity: String::new(),
         message: String::new(),
+        detail: None,
+        hint: None,
     };
     let mut localized_severity = String::new();
     while let Ok(Some(field)) = fields.next() {
@@ -212,6 +223,10 @@ pub(crate) fn server_fields(mut fields: ErrorFields<'_>) -> ServerFields {
         match field.type_() {
             b'C' => out.code = value,
             b'M' => out.message = value,
+            b'D' if !detail_quotes_rows(&value) => {
+                out.detail = Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
+            }
+            b'H' => out.hint = Some(value.split_whitespace().collect::<Vec<_>>().join(" ")),
             b'V' => out.severity = value,
             b'S' => localized_severity = value,
             _ => {}
@@ -232,6 +247,8 @@ pub(crate) fn server_error(body: &backend::ErrorResponseBody) -> SourceError {
         _ => SourceError::Server {
             code: fields.code,
             message: fields.message,
+            detail: fields.detail,
+            hint: fields.hint,
         },
     }
 }

@@ -11,6 +11,7 @@ mod dispatch;
 mod end_to_end;
 mod faults;
 mod ha;
+mod honest_status;
 mod large;
 mod observe;
 mod operate;
