@@ -24,6 +24,7 @@
 //! | `pgcapi_confirmed_flush_lsn` | gauge | the slot's `confirmed_flush_lsn`, as a byte position |
 //! | `pgcapi_pending_deliveries{destination}` | gauge | rows in state `pending`, read from the control table |
 //! | `pgcapi_capture_active` | gauge | 1 while this process holds the slot and streams |
+//! | `pgcapi_toast_read_backs_total{outcome}` | counter | changes whose unchanged TOAST values a rule needed, read back from the source by key: `read`, or `unresolved` (no key, row gone, query refused: recorded without them, the identifiers counted as dropped) |
 //!
 //! The last four gauges are refreshed every `[metrics] refresh_ms` by a probe that also decides the
 //! control-database half of `/readyz`.
@@ -70,6 +71,13 @@ struct RequestLabels {
     /// The destination's config name.
     destination: String,
     /// `accepted`, `rejected` or `retry`.
+    outcome: String,
+}
+
+/// Labels of `pgcapi_toast_read_backs_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToastLabels {
+    /// `read` or `unresolved`.
     outcome: String,
 }
 
@@ -136,6 +144,7 @@ pub struct Metrics {
     confirmed_flush_lsn: Gauge,
     pending: Family<DestinationLabels, Gauge>,
     capture_active: Gauge,
+    toast_read_backs: Family<ToastLabels, Counter>,
     capture_state: AtomicU8,
     control: Mutex<Option<ControlProbe>>,
 }
@@ -156,6 +165,7 @@ impl Metrics {
             confirmed_flush_lsn: Gauge::default(),
             pending: Family::default(),
             capture_active: Gauge::default(),
+            toast_read_backs: Family::default(),
             capture_state: AtomicU8::new(CaptureState::Starting as u8),
             control: Mutex::new(None),
         };
@@ -174,6 +184,11 @@ impl Metrics {
             "events_captured",
             "Control-table rows (one per event and destination) newly written by capture",
             m.events_captured.clone(),
+        );
+        registry.register(
+            "toast_read_backs",
+            "Changes whose unchanged TOAST values were read back from the source, by outcome",
+            m.toast_read_backs.clone(),
         );
         registry.register(
             "deliveries",
@@ -283,6 +298,17 @@ pub fn transaction_committed() {
 /// Capture wrote `n` new control-table rows.
 pub fn events_captured(n: u64) {
     global().events_captured.inc_by(n);
+}
+
+/// Capture read back a change's unchanged TOAST values (`read`), or could not (`unresolved`).
+pub fn toast_read_back(read: bool) {
+    let outcome = if read { "read" } else { "unresolved" };
+    global()
+        .toast_read_backs
+        .get_or_create(&ToastLabels {
+            outcome: outcome.to_string(),
+        })
+        .inc();
 }
 
 /// Capture changed state.
