@@ -16,3 +16,4 @@ mod observe;
 mod operate;
 mod outbox;
 mod source;
+mod toast;
