@@ -244,3 +244,75 @@ async fn a_row_deleted_before_it_is_read_back_is_recorded_without_the_value_and_
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Runs `pgcapi <command> --config …` for `shop` and returns its standard output. Awaited, not
+/// blocking: the sandbox answering `check` runs on this test's runtime.
+async fn pgcapi_output(shop: &Shop, command: &str) -> String {
+    let mut std_command = crate::support::pgcapi_command(&shop.env);
+    std_command
+        .args([command, "--config"])
+        .arg(&shop.config_path)
+        .stdout(Stdio::piped());
+    let output = tokio::process::Command::from(std_command)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn setup_and_check_warn_about_toastable_mapped_columns_under_the_default_identity() {
+    // GIVEN the shop under the default replica identity.
+    let shop = Shop::start(CONTRACT_TOML).await;
+
+    // WHEN setup and check run, THEN both warn about the mapped columns that can be TOASTed, name the
+    // read-back and its cost, and give the SQL for FULL; the small types are not named.
+    let setup = pgcapi_output(&shop, "setup").await;
+    let check = pgcapi_output(&shop, "check").await;
+    for (what, out, prefix) in [
+        ("setup", &setup, "WARN  public.orders: mapped column(s) "),
+        ("check", &check, "  ! public.orders: mapped column(s) "),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{what} prints no TOAST warning for orders:\n{out}"));
+        let columns = line[prefix.len()..].split(" can hold").next().unwrap();
+        for column in ["email", "user_agent", "order_number", "status"] {
+            assert!(columns.contains(column), "{what}: {line}");
+        }
+        for small in ["client_ip", "total", "currency", "ad_consent", "paid_at"] {
+            assert!(!columns.contains(small), "{what}: {small} in {line}");
+        }
+        for part in [
+            "reads it back",
+            "one extra query per such change",
+            "ALTER TABLE \"public\".\"orders\" REPLICA IDENTITY FULL;",
+        ] {
+            assert!(line.contains(part), "{what}: {part:?} missing from {line}");
+        }
+        assert!(!out.contains("is usable"), "{what}:\n{out}");
+        // leads maps text columns too.
+        assert!(
+            out.contains("public.leads: mapped column(s) "),
+            "{what}:\n{out}"
+        );
+    }
+
+    // WHEN orders gets REPLICA IDENTITY FULL, THEN the warning about it goes.
+    shop.client
+        .batch_execute("alter table orders replica identity full")
+        .await
+        .unwrap();
+    for command in ["setup", "check"] {
+        let out = pgcapi_output(&shop, command).await;
+        assert!(
+            !out.contains("public.orders: mapped column(s)"),
+            "{command}:\n{out}"
+        );
+        assert!(
+            out.contains("public.leads: mapped column(s)"),
+            "{command}:\n{out}"
+        );
+    }
+}
