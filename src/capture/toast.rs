@@ -18,10 +18,12 @@ use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 /// Settings of the read-back connection: the formats of the replication connection, so that values
 /// read back are written as pgoutput writes them and key values from the WAL parse the same way;
 /// bounds on waiting for a lock (an `ALTER TABLE` in progress) or a slow statement, both retried; read
-/// only; and an empty `search_path`, so that `=` and `::text` can only mean the built-in ones.
+/// only; an empty `search_path`, so that `=` and `::text` can only mean the built-in ones; and a name
+/// for `pg_stat_activity`.
 pub(super) const SESSION_SETTINGS: &str = "set datestyle = 'ISO'; set timezone = 'UTC'; \
      set extra_float_digits = 3; set lock_timeout = '10s'; set statement_timeout = '60s'; \
-     set default_transaction_read_only = on; set search_path = ''";
+     set default_transaction_read_only = on; set search_path = ''; \
+     set application_name = 'pgcapi read-back'";
 
 /// Why a read-back did not give values.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -316,3 +316,70 @@ async fn setup_and_check_warn_about_toastable_mapped_columns_under_the_default_i
         );
     }
 }
+
+#[tokio::test]
+async fn a_lost_read_back_connection_is_retried_not_a_dropped_key() {
+    // GIVEN capture running, and a first order read back (so the read-back connection is open).
+    let shop = Shop::start(CONTRACT_TOML).await;
+    let client = &shop.client;
+    insert_large_order(client, "L-1", 4 * 1024, 10).await;
+    insert_large_order(client, "L-2", 4 * 1024, 10).await;
+    let capture = Capture::new(Arc::new(shop.config.clone())).unwrap();
+    let stats = capture.stats();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(async move { capture.run(stopped).await });
+    client
+        .batch_execute("update orders set status = 'paid' where order_number = 'L-1'")
+        .await
+        .unwrap();
+    wait_for(30, "order L-1 recorded", || async {
+        (count(
+            client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-L-1'",
+        )
+        .await
+            == 3)
+            .then_some(())
+    })
+    .await;
+
+    // WHEN that connection is killed and the next order needs a read-back.
+    let killed = count(
+        client,
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+         where application_name = 'pgcapi read-back') t",
+    )
+    .await;
+    assert_eq!(killed, 1, "one read-back connection");
+    client
+        .batch_execute("update orders set status = 'paid' where order_number = 'L-2'")
+        .await
+        .unwrap();
+
+    // THEN it is read back on a new connection: nothing dropped, both carry their user agent.
+    wait_for(30, "order L-2 recorded", || async {
+        (count(
+            client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-L-2'",
+        )
+        .await
+            == 3)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(
+            client,
+            "select count(*) from pgcapi.deliveries
+             where destination in ('meta', 'tiktok') and 'user_agent' = any(match_keys)",
+        )
+        .await,
+        4
+    );
+    let seen = stats.borrow().clone();
+    assert_eq!(seen.toast_unresolved, 0, "{seen:?}");
+    assert_eq!(seen.dropped_keys, 0, "{seen:?}");
+    assert!(seen.toast_read_backs >= 2, "{seen:?}");
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
