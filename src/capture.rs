@@ -16,6 +16,8 @@
 //! advances its confirmed position only from the writer's acknowledgements, each sent after the commit
 //! holding the rows and the checkpoint.
 
+mod toast;
+
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
 use crate::lsn::Lsn;
@@ -63,6 +65,10 @@ pub enum CaptureError {
     /// The control database connection could not be opened.
     #[error("control database: {0}")]
     Db(String),
+    /// The SQL connection to the source, used to read back unchanged TOAST values, was lost or could
+    /// not be opened (an outage: retried).
+    #[error("reading back a TOASTed value from the source database: {0}")]
+    ReadBack(String),
     /// The slot's confirmed position is ahead of what pgcapi recorded.
     #[error(
         "slot {slot:?} was advanced to {slot_lsn} by something other than this pgcapi, but pgcapi has \
@@ -94,7 +100,7 @@ impl CaptureError {
         match self {
             CaptureError::Source(e) => e.is_retryable(),
             CaptureError::Outbox(e) => e.is_connection_error(),
-            CaptureError::Db(_) => true,
+            CaptureError::Db(_) | CaptureError::ReadBack(_) => true,
             _ => false,
         }
     }
@@ -109,8 +115,13 @@ pub struct CaptureStats {
     pub rows_inserted: u64,
     /// The last confirmed (flushed) LSN.
     pub confirmed: Lsn,
-    /// Identifiers dropped as invalid.
+    /// Identifiers dropped as invalid, or unknown (an unchanged TOAST value that could not be read back).
     pub dropped_keys: u64,
+    /// Rows whose unchanged TOAST values a rule needed were read back from the source by key.
+    pub toast_read_backs: u64,
+    /// Of those, rows that could not be read back (no key, row gone, query refused): their events were
+    /// recorded without the values.
+    pub toast_unresolved: u64,
 }
 
 /// The capture worker for one slot.
@@ -250,6 +261,7 @@ impl Capture {
             drops: DropCounts::default(),
             last_status: Instant::now(),
             uncounted: 0,
+            read_back: None,
         };
         let result = session.pump(shutdown).await;
         match result {
@@ -355,6 +367,9 @@ struct Session<'a> {
     last_status: Instant,
     /// Changes decoded and not yet added to the shared counters.
     uncounted: u64,
+    /// An ordinary SQL connection to the source for reading back unchanged TOAST values, opened at
+    /// the first need and kept for the session.
+    read_back: Option<tokio_postgres::Client>,
 }
 
 /// How many changes are counted locally before the shared counters are updated.
@@ -635,11 +650,11 @@ impl Session<'_> {
                 self.bound.insert(oid, bound);
             }
             PgOutput::Insert(insert) => {
-                self.change(insert.relation, &insert.new, at).await?;
+                self.change(insert.relation, insert.new, at).await?;
             }
             PgOutput::Update(mut update) => {
                 fill_unchanged_toast(&mut update.new, update.old.as_ref());
-                self.change(update.relation, &update.new, at).await?;
+                self.change(update.relation, update.new, at).await?;
             }
             PgOutput::Delete(_) | PgOutput::Truncate(_) => {
                 self.bump_changes();
@@ -670,7 +685,7 @@ impl Session<'_> {
     async fn change(
         &mut self,
         relation: u32,
-        new: &decode::Tuple,
+        mut new: decode::Tuple,
         at: Lsn,
     ) -> Result<(), CaptureError> {
         self.bump_changes();
@@ -687,13 +702,26 @@ impl Session<'_> {
         let Some(bound) = bound else {
             return Ok(());
         };
+        // Values a matching rule needs that the WAL does not carry (unchanged TOAST without an old
+        // row image) are read back from the source by key; only such changes pay for a query.
+        let needed = self.capture.rules.unresolved_columns(bound, &new);
+        let unresolved = if needed.is_empty() {
+            None
+        } else {
+            let relation = Arc::clone(bound.relation());
+            self.resolve_toast(&relation, &mut new, &needed, at).await?
+        };
+        let Some(Some(bound)) = self.bound.get(&relation) else {
+            unreachable!("bound above");
+        };
         self.ordinal += 1;
         let before = self.drops.total;
         self.capture
             .rules
-            .evaluate_into(
+            .evaluate_unresolved_into(
                 bound,
-                new,
+                &new,
+                unresolved.as_deref(),
                 tx,
                 self.ordinal,
                 &mut self.drops,
@@ -719,6 +747,88 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Replaces the unchanged TOAST values at `columns` of `new` by the row's current values, read from
+    /// the source by its replica-identity key. Returns why that was impossible (no usable key, the row
+    /// is gone, the query was refused), leaving those values unknown: the rules then record the event
+    /// without them. A lost connection is an error (capture reconnects and reads again).
+    async fn resolve_toast(
+        &mut self,
+        relation: &decode::Relation,
+        new: &mut decode::Tuple,
+        columns: &[usize],
+        at: Lsn,
+    ) -> Result<Option<String>, CaptureError> {
+        let outcome = match toast::key_of(relation, new) {
+            Err(reason) => Err(reason),
+            Ok(key) => {
+                let client = self.read_back_client().await?;
+                toast::read_back(client, relation, &key, columns).await
+            }
+        };
+        let unresolved = match outcome {
+            Ok(values) => {
+                for (&i, value) in columns.iter().zip(values) {
+                    new.0[i] = match value {
+                        Some(text) => decode::Datum::Text(text.into_bytes().into()),
+                        None => decode::Datum::Null,
+                    };
+                }
+                None
+            }
+            Err(toast::Failure::Retry(message)) => {
+                // Reopened at the next need, in the next session.
+                self.read_back = None;
+                return Err(CaptureError::ReadBack(message));
+            }
+            Err(toast::Failure::Unresolved(reason)) => Some(reason),
+        };
+        let names: Vec<&str> = columns
+            .iter()
+            .map(|&i| relation.columns[i].name.as_str())
+            .collect();
+        match &unresolved {
+            None => debug!(
+                table = %relation.qualified_name(),
+                columns = ?names,
+                lsn = %at,
+                "unchanged TOAST values read back from the source"
+            ),
+            Some(reason) => warn!(
+                table = %relation.qualified_name(),
+                columns = ?names,
+                lsn = %at,
+                %reason,
+                "unchanged TOAST values could not be read back: the change is recorded without them"
+            ),
+        }
+        crate::metrics::toast_read_back(unresolved.is_none());
+        let failed = u64::from(unresolved.is_some());
+        self.capture.stats.send_modify(|s| {
+            s.toast_read_backs += 1;
+            s.toast_unresolved += failed;
+        });
+        Ok(unresolved)
+    }
+
+    /// The SQL connection for read-backs, opened at the first need with the replication connection's
+    /// formats (ISO dates, UTC, exact floats) so values read back are written as the WAL writes them.
+    async fn read_back_client(&mut self) -> Result<&tokio_postgres::Client, CaptureError> {
+        if self.read_back.as_ref().is_some_and(|c| c.is_closed()) {
+            self.read_back = None;
+        }
+        if self.read_back.is_none() {
+            let client = crate::db::connect(&self.capture.source)
+                .await
+                .map_err(|e| CaptureError::ReadBack(crate::error_chain(&e)))?;
+            client
+                .batch_execute(toast::SESSION_SETTINGS)
+                .await
+                .map_err(|e| CaptureError::ReadBack(crate::error_chain(&e)))?;
+            self.read_back = Some(client);
+        }
+        Ok(self.read_back.as_ref().expect("opened above"))
     }
 
     /// Hands the group's complete transactions and the checkpoint of the newest to the writer; the

@@ -5,7 +5,8 @@
 //! - **Config**: the file parses and is valid.
 //! - **Database**: the source database answers; `wal_level = logical`; the role may replicate; every
 //!   table and column the rules read exists; each table's replica identity lets its UPDATEs be
-//!   published; the publication covers exactly the rules' tables; the slot exists (pgoutput, this
+//!   published (with a warning, `!`, when mapped columns can hold TOASTed values under replica identity
+//!   DEFAULT or USING INDEX: see [`crate::setup::toast_advice`]); the publication covers exactly the rules' tables; the slot exists (pgoutput, this
 //!   database, not lost); the control schema is installed. The checks are the ones `pgcapi setup`
 //!   runs (see [`crate::setup`]); `check` changes nothing.
 //! - **Destinations**, each with its credentials and endpoint:
@@ -41,6 +42,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Item {
     /// Whether the check passed.
     pub ok: bool,
+    /// A passed check with a trade-off the operator should know about (printed with `!`).
+    pub warning: bool,
     /// What was checked, and why it failed.
     pub text: String,
 }
@@ -60,13 +63,22 @@ impl Checklist {
     }
 
     fn push(&mut self, ok: bool, text: String) {
+        self.push_item(ok, false, text);
+    }
+
+    fn push_item(&mut self, ok: bool, warning: bool, text: String) {
         if self.sections.is_empty() {
             self.section("Checks");
         }
         let text = self.scrub(&text);
         if let Some((_, items)) = self.sections.last_mut() {
-            items.push(Item { ok, text });
+            items.push(Item { ok, warning, text });
         }
+    }
+
+    /// A warning: passes, but printed with `!`.
+    fn warn(&mut self, text: impl Into<String>) {
+        self.push_item(true, true, text.into());
     }
 
     fn pass(&mut self, text: impl Into<String>) {
@@ -102,7 +114,11 @@ impl Checklist {
         for (title, items) in &self.sections {
             let _ = writeln!(out, "{title}");
             for item in items {
-                let mark = if item.ok { '✓' } else { '✗' };
+                let mark = match (item.ok, item.warning) {
+                    (true, false) => '✓',
+                    (true, true) => '!',
+                    (false, _) => '✗',
+                };
                 let _ = writeln!(out, "  {mark} {}", item.text);
             }
         }
@@ -274,7 +290,15 @@ async fn check_database(config: &Config, list: &mut Checklist) {
             .map(|(_, o)| o.clone());
         match setup::replica_identity(&source, table).await {
             Ok((identity, true)) => {
-                list.pass(format!("{table}: replica identity {identity} is usable"))
+                list.pass(format!(
+                    "{table}: replica identity {identity} lets its UPDATEs be published"
+                ));
+                let columns = setup::rule_columns(&rules, table);
+                match setup::toast_advice(&source, table, &columns).await {
+                    Ok(Some(advice)) => list.warn(advice),
+                    Ok(None) => {}
+                    Err(e) => list.fail(e.to_string()),
+                }
             }
             Ok((identity, false)) => list.fail(match owner {
                 Some(owner) => format!(

@@ -27,6 +27,7 @@
 //! | `pgcapi_capture_active` | gauge | 1 while this process holds the slot and streams |
 //! | `pgcapi_unhealthy{reason}` | gauge | 1 while `pgcapi status` would report this reason (`capture_not_running`, `capture_stuck`, `capture_retrying`, `slot_missing`, `slot_lost`, `slot_unreserved`, `slot_ahead`, `destination_failing`), else 0 |
 //! | `pgcapi_healthy` | gauge | 1 while `/readyz` answers 200 |
+//! | `pgcapi_toast_read_backs_total{outcome}` | counter | changes whose unchanged TOAST values a rule needed, read back from the source by key: `read`, or `unresolved` (no key, row gone, query refused: recorded without them, the identifiers counted as dropped) |
 //!
 //! The database-read gauges are refreshed every `[metrics] refresh_ms` by a probe that also decides the
 //! database half of `/readyz`.
@@ -82,6 +83,13 @@ struct RequestLabels {
 struct ReasonLabels {
     /// A [`crate::status::Reason`] name.
     reason: String,
+}
+
+/// Labels of `pgcapi_toast_read_backs_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ToastLabels {
+    /// `read` or `unresolved`.
+    outcome: String,
 }
 
 /// A histogram family with one constructor for all its members.
@@ -147,6 +155,7 @@ pub struct Metrics {
     confirmed_flush_lsn: Gauge,
     pending: Family<DestinationLabels, Gauge>,
     capture_active: Gauge,
+    toast_read_backs: Family<ToastLabels, Counter>,
     capture_state: AtomicU8,
     control: Mutex<Option<ControlProbe>>,
     unhealthy: Family<ReasonLabels, Gauge>,
@@ -171,6 +180,7 @@ impl Metrics {
             confirmed_flush_lsn: Gauge::default(),
             pending: Family::default(),
             capture_active: Gauge::default(),
+            toast_read_backs: Family::default(),
             capture_state: AtomicU8::new(CaptureState::Starting as u8),
             control: Mutex::new(None),
             unhealthy: Family::default(),
@@ -192,6 +202,11 @@ impl Metrics {
             "events_captured",
             "Control-table rows (one per event and destination) newly written by capture",
             m.events_captured.clone(),
+        );
+        registry.register(
+            "toast_read_backs",
+            "Changes whose unchanged TOAST values were read back from the source, by outcome",
+            m.toast_read_backs.clone(),
         );
         registry.register(
             "deliveries",
@@ -329,6 +344,17 @@ pub fn transaction_committed() {
 /// Capture wrote `n` new control-table rows.
 pub fn events_captured(n: u64) {
     global().events_captured.inc_by(n);
+}
+
+/// Capture read back a change's unchanged TOAST values (`read`), or could not (`unresolved`).
+pub fn toast_read_back(read: bool) {
+    let outcome = if read { "read" } else { "unresolved" };
+    global()
+        .toast_read_backs
+        .get_or_create(&ToastLabels {
+            outcome: outcome.to_string(),
+        })
+        .inc();
 }
 
 /// Capture changed state.

@@ -16,6 +16,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+#[cfg(test)]
+mod toast_tests;
+
 /// The longest event id accepted, in bytes. The control table's unique key indexes it, and a btree entry
 /// cannot exceed about 2.7 kB: a longer id would stop capture at the insert, so it fails the row instead.
 pub const MAX_EVENT_ID_BYTES: usize = 1_000;
@@ -38,21 +41,9 @@ pub enum RuleError {
         /// The config field naming it.
         field: String,
     },
-    /// A column's value cannot be read as the rule needs it (an unchanged TOAST value without an old
-    /// tuple): the table's replica identity must change, so capture stops.
-    #[error("rule {rule:?}: column {column:?} of table {table}: {message}")]
-    Unparseable {
-        /// The rule.
-        rule: String,
-        /// The table.
-        table: String,
-        /// The column.
-        column: String,
-        /// The parser's reason (never the value).
-        message: String,
-    },
-    /// One row's value is not usable as its type (`NaN` or infinite numerics, infinite timestamps): that
-    /// row fails with the reason, the others go on. Never leaves [`Rules::evaluate`].
+    /// One row's value is not usable as its type (`NaN` or infinite numerics, infinite timestamps), or is
+    /// not known at all (an unchanged TOAST value that could not be read back): that row fails with the
+    /// reason, the others go on. Never leaves [`Rules::evaluate`].
     #[error("rule {rule:?}: column {column:?} of table {table}: {message}")]
     BadValue {
         /// The rule.
@@ -88,6 +79,26 @@ enum RawField {
     Key(MatchKey),
     Fbclid,
     ClickTime,
+}
+
+impl RawField {
+    /// The config name of the field (`match.<name>`).
+    fn name(self) -> &'static str {
+        match self {
+            RawField::Key(k) => k.as_str(),
+            RawField::Fbclid => "fbclid",
+            RawField::ClickTime => "click_time",
+        }
+    }
+
+    /// True when `platform` receives this field (as itself, or `fbclid` as Meta's `fbc`).
+    fn accepted_by(self, platform: Platform) -> bool {
+        match self {
+            RawField::Key(k) => crate::identity::accepted_keys(platform).contains(&k),
+            RawField::Fbclid => crate::identity::accepted_keys(platform).contains(&MatchKey::Fbc),
+            RawField::ClickTime => false,
+        }
+    }
 }
 
 /// A rule compiled from the config.
@@ -170,6 +181,42 @@ impl Compiled {
         }
     }
 
+    /// The columns evaluating a change reads: a conversion's every column; an adjustment's condition,
+    /// value and currency, and the id, time and page of the conversion it adjusts (not its identifiers).
+    fn evaluated_columns(&self) -> Vec<&str> {
+        let Some(target) = &self.adjusts else {
+            let mut out: Vec<&str> = self.when.iter().map(|(c, _)| c.as_str()).collect();
+            for t in [&self.event_id, &self.currency, &self.event_source_url]
+                .into_iter()
+                .flatten()
+            {
+                out.extend(t.columns());
+            }
+            out.extend(
+                [&self.event_time, &self.value, &self.consent]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            );
+            out.extend(self.raw_fields.iter().map(|(_, c)| c.as_str()));
+            return out;
+        };
+        let mut out: Vec<&str> = self.when.iter().map(|(c, _)| c.as_str()).collect();
+        for t in [&target.event_id, &self.currency, &target.event_source_url]
+            .into_iter()
+            .flatten()
+        {
+            out.extend(t.columns());
+        }
+        out.extend(
+            [&target.event_time, &self.value]
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+        );
+        out
+    }
+
     /// Every (config field, column) the rule reads, for binding and for checks against the database.
     fn columns(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -196,12 +243,7 @@ impl Compiled {
             }
         }
         for (field, column) in &self.raw_fields {
-            let name = match field {
-                RawField::Key(k) => k.as_str(),
-                RawField::Fbclid => "fbclid",
-                RawField::ClickTime => "click_time",
-            };
-            out.push((format!("match.{name}"), column.clone()));
+            out.push((format!("match.{}", field.name()), column.clone()));
         }
         if let Some(target) = &self.adjusts {
             for (field, column) in target.columns() {
@@ -346,8 +388,65 @@ impl Rules {
         drops: &mut DropCounts,
         out: &mut Vec<NewDelivery>,
     ) -> Result<(), RuleError> {
+        self.evaluate_unresolved_into(bound, new, None, tx, ordinal, drops, out)
+    }
+
+    /// The positions of the columns that `new` holds as unchanged TOAST (the value is not in the WAL)
+    /// and that a rule needs for this change: every column of each rule whose condition holds, or
+    /// cannot be decided because a condition column is itself unchanged TOAST. Empty (no allocation)
+    /// for the usual change, which has no unchanged TOAST value or matches no rule that reads one.
+    pub fn unresolved_columns(&self, bound: &Bound, new: &Tuple) -> Vec<usize> {
+        let is_toast = |i: usize| matches!(new.0.get(i), Some(Datum::UnchangedToast));
+        if !new.0.iter().any(|d| matches!(d, Datum::UnchangedToast)) {
+            return Vec::new();
+        }
+        let row = RowView {
+            bound,
+            tuple: new,
+            unresolved: None,
+        };
+        let mut needed = Vec::new();
+        for rule in &bound.rules {
+            let undecided = rule
+                .when
+                .iter()
+                .any(|(column, _)| bound.index.get(column).is_some_and(|&i| is_toast(i)));
+            // A condition that fails to parse fails the row whatever the other columns hold.
+            if !undecided && !row.matches(rule).unwrap_or(false) {
+                continue;
+            }
+            for column in rule.evaluated_columns() {
+                if let Some(&i) = bound.index.get(column) {
+                    if is_toast(i) && !needed.contains(&i) {
+                        needed.push(i);
+                    }
+                }
+            }
+        }
+        needed.sort_unstable();
+        needed
+    }
+
+    /// [`Rules::evaluate_into`] for a change whose unchanged TOAST values could not all be read back
+    /// (`unresolved` says why): a match key still unknown is left out of the event and counted in
+    /// `drops`; any other column still unknown fails the row with the reason. Never stops capture.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate_unresolved_into(
+        &self,
+        bound: &Bound,
+        new: &Tuple,
+        unresolved: Option<&str>,
+        tx: TxContext,
+        ordinal: u64,
+        drops: &mut DropCounts,
+        out: &mut Vec<NewDelivery>,
+    ) -> Result<(), RuleError> {
         let start = out.len();
-        let row = RowView { bound, tuple: new };
+        let row = RowView {
+            bound,
+            tuple: new,
+            unresolved,
+        };
         for rule in &bound.rules {
             // Rows of a rule go straight to `out` and are taken back if the rule fails the row.
             let rule_start = out.len();
@@ -418,10 +517,10 @@ impl Rules {
             None => true,
             Some(column) => consent_granted(&row.value(rule, column)?),
         };
-        let raw = if consent {
+        let (raw, unknown) = if consent {
             row.raw_identity(rule)?
         } else {
-            RawIdentity::default()
+            (RawIdentity::default(), Vec::new())
         };
         // Parsed and hashed once for all destinations.
         let mut identity = EventIdentity::new(&raw, &self.default_region)
@@ -450,10 +549,24 @@ impl Rules {
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
-                drops.total += dropped.len() as u64;
+                // Keys whose value is unknown (unchanged TOAST that could not be read back) are
+                // dropped too, for the platforms that take them.
+                let unknown_here: Vec<&str> = unknown
+                    .iter()
+                    .filter(|f| f.accepted_by(*platform))
+                    .map(|f| f.name())
+                    .collect();
+                drops.total += (dropped.len() + unknown_here.len()) as u64;
                 payload.keys = keys;
                 if payload.keys.is_empty() {
-                    (State::Skipped, Some("no match keys".to_string()))
+                    let reason = match (unknown_here.is_empty(), row.unresolved) {
+                        (false, Some(why)) => format!(
+                            "no match keys ({} not in the WAL and not read back: {why})",
+                            unknown_here.join(", ")
+                        ),
+                        _ => "no match keys".to_string(),
+                    };
+                    (State::Skipped, Some(reason))
                 } else {
                     (State::Pending, None)
                 }
@@ -705,6 +818,8 @@ pub fn consent_granted(value: &Value) -> bool {
 struct RowView<'a> {
     bound: &'a Bound,
     tuple: &'a Tuple,
+    /// Why the unchanged TOAST values still in `tuple` could not be read back, when that was tried.
+    unresolved: Option<&'a str>,
 }
 
 impl RowView<'_> {
@@ -721,13 +836,18 @@ impl RowView<'_> {
         let type_oid = self.bound.relation.columns[i].type_oid;
         match self.tuple.0.get(i) {
             None | Some(Datum::Null) => Ok(Value::Null),
-            Some(Datum::UnchangedToast) => Err(RuleError::Unparseable {
+            Some(Datum::UnchangedToast) => Err(RuleError::BadValue {
                 rule: rule.name.clone(),
                 table: table(),
                 column: column.to_string(),
-                message: "unchanged TOAST value without an old tuple to fill it from \
-                          (set REPLICA IDENTITY FULL on the table)"
-                    .to_string(),
+                message: match self.unresolved {
+                    Some(why) => format!(
+                        "the value is not in the WAL (unchanged TOAST) and could not be read \
+                         back: {why}"
+                    ),
+                    None => "the value is not in the WAL (unchanged TOAST) and was not read back"
+                        .to_string(),
+                },
             }),
             Some(Datum::Text(bytes)) | Some(Datum::Binary(bytes)) => parse_value(type_oid, bytes)
                 .map_err(|e| RuleError::BadValue {
@@ -783,9 +903,21 @@ impl RowView<'_> {
         Ok(Some(out))
     }
 
-    fn raw_identity(&self, rule: &Compiled) -> Result<RawIdentity, RuleError> {
+    /// The rule's identifiers, and the match-key fields whose value is unknown (unchanged TOAST not
+    /// read back): those are left out, never stop the row.
+    fn raw_identity(&self, rule: &Compiled) -> Result<(RawIdentity, Vec<RawField>), RuleError> {
         let mut raw = RawIdentity::default();
+        let mut unknown = Vec::new();
         for (field, column) in &rule.raw_fields {
+            let toast = self
+                .bound
+                .index
+                .get(column)
+                .and_then(|&i| self.tuple.0.get(i));
+            if let Some(Datum::UnchangedToast) = toast {
+                unknown.push(*field);
+                continue;
+            }
             let value = self.value(rule, column)?;
             if let RawField::ClickTime = field {
                 raw.click_time = match value {
@@ -826,7 +958,7 @@ impl RowView<'_> {
             };
             *slot = text;
         }
-        Ok(raw)
+        Ok((raw, unknown))
     }
 }
 

@@ -45,7 +45,7 @@ const HASHED_KEYS: &[&str] = &[
     "zip_code",
 ];
 /// `user` keys that are never hashed and are kept in the records.
-const PLAIN_KEYS: &[&str] = &["ttclid", "ttp", "lead_id"];
+const PLAIN_KEYS: &[&str] = &["ttclid", "ttp", "lead_id", "ip", "user_agent"];
 /// Code for a successful request.
 const CODE_OK: u32 = 0;
 /// Code for an authentication error.

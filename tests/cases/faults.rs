@@ -17,6 +17,7 @@ use crate::support::{
 use chrono::{DateTime, Utc};
 use pgcapi::sandbox::{Faults, Records, Sandbox, SandboxConfig};
 use pgcapi::setup::{setup, SetupOptions};
+use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ const IDLE: Duration = Duration::from_secs(10);
 /// Waves start at this pace at most, so that kills land all through the workload (and capture, in a
 /// debug build on two cores, keeps roughly up).
 const WAVE_PACE: Duration = Duration::from_millis(1_700);
+/// Length of the random user agents of [`OrderKind::PaidLargeUserAgent`]: incompressible and above the
+/// 2 KB at which PostgreSQL moves a value out of line.
+const LARGE_USER_AGENT: usize = 3_000;
 /// Destinations of orders and of leads (names from the contract config).
 const ORDER_DESTINATIONS: [&str; 3] = ["meta", "google", "tiktok"];
 const LEAD_DESTINATIONS: [&str; 2] = ["meta", "google"];
@@ -61,6 +65,9 @@ enum OrderKind {
     Paid,
     /// Paid, but without a user agent: Meta refuses website events without one (failed); the others send.
     PaidNoUserAgent,
+    /// Paid, with a 3 KB random user agent stored out of line (TOAST): the payment UPDATE leaves it
+    /// unchanged, so the WAL does not carry it and capture reads it back. Sent everywhere, with it.
+    PaidLargeUserAgent,
     /// Paid, refunded a few transactions later (usually before it was sent).
     RefundedSoon,
     /// Paid, refunded a few waves later (usually after it was sent).
@@ -85,8 +92,9 @@ enum OrderKind {
 
 /// The order mix, in percent.
 const ORDER_MIX: &[(OrderKind, u32)] = &[
-    (OrderKind::Paid, 50),
+    (OrderKind::Paid, 47),
     (OrderKind::PaidNoUserAgent, 3),
+    (OrderKind::PaidLargeUserAgent, 3),
     (OrderKind::RefundedSoon, 6),
     (OrderKind::RefundedLater, 12),
     (OrderKind::PaidRefundedOneTx, 3),
@@ -295,6 +303,12 @@ fn make_order(rng: &mut StdRng, number: usize) -> Order {
     };
     match kind {
         OrderKind::PaidNoUserAgent => order.user_agent = None,
+        OrderKind::PaidLargeUserAgent => {
+            order.user_agent = Some(format!(
+                "Mozilla/5.0 ({number}) {}",
+                Alphanumeric.sample_string(rng, LARGE_USER_AGENT)
+            ))
+        }
         OrderKind::ConsentDenied | OrderKind::DeniedThenRefunded => order.consent = Some(false),
         OrderKind::ConsentUnknown => order.consent = None,
         OrderKind::NoMatchKey => {
@@ -517,7 +531,10 @@ fn plan(seed: u64) -> Workload {
         if w > 0 {
             let touched: Vec<&Order> = orders[(w - 1) * ORDERS_PER_WAVE..w * ORDERS_PER_WAVE]
                 .iter()
-                .filter(|o| o.kind == OrderKind::Paid && rng.random_bool(0.5))
+                .filter(|o| {
+                    matches!(o.kind, OrderKind::Paid | OrderKind::PaidLargeUserAgent)
+                        && rng.random_bool(0.5)
+                })
                 .collect();
             for c in chunks(&mut rng, &touched, 50) {
                 txs.push(Tx {
@@ -1237,7 +1254,9 @@ impl Verdict {
                 let times = counted.times(dest, &id);
                 let what = format!("order {id} at {dest} ({:?})", o.kind);
                 match o.kind {
-                    OrderKind::Paid => v.expect_sent(&what, conv, times),
+                    OrderKind::Paid | OrderKind::PaidLargeUserAgent => {
+                        v.expect_sent(&what, conv, times)
+                    }
                     OrderKind::PaidNoUserAgent if dest == "meta" => {
                         v.expect(&what, conv, "failed", "client_user_agent", times)
                     }
@@ -1308,6 +1327,30 @@ impl Verdict {
             } else if counted.retractions.contains_key(&id) {
                 v.problems
                     .push(format!("order {id}: Google retraction without a refund"));
+            }
+        }
+
+        // The user agents read back reached Meta and TikTok exactly as stored.
+        let large: HashMap<String, &str> = workload
+            .orders
+            .iter()
+            .filter(|o| o.kind == OrderKind::PaidLargeUserAgent)
+            .map(|o| (o.event_id(), o.user_agent.as_deref().unwrap_or_default()))
+            .collect();
+        for (dest, events, field) in [
+            ("meta", &records.meta.events, "client_user_agent"),
+            ("tiktok", &records.tiktok.events, "user_agent"),
+        ] {
+            for e in events {
+                let Some(expected) = e.event_id.as_ref().and_then(|id| large.get(id)) else {
+                    continue;
+                };
+                if e.plain.get(field).map(String::as_str) != Some(*expected) {
+                    v.problems.push(format!(
+                        "{dest} {:?}: {field} is not the stored (TOASTed) user agent",
+                        e.event_id
+                    ));
+                }
             }
         }
 

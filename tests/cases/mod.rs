@@ -17,3 +17,4 @@ mod observe;
 mod operate;
 mod outbox;
 mod source;
+mod toast;

@@ -60,7 +60,16 @@ const STRONG_KEYS: &[&str] = &[
     "ctwa_clid",
 ];
 /// Unhashed identifiers kept in the records.
-pub(super) const PLAIN_KEYS: &[&str] = &["fbc", "fbp", "lead_id", "anon_id", "madid", "ctwa_clid"];
+pub(super) const PLAIN_KEYS: &[&str] = &[
+    "fbc",
+    "fbp",
+    "lead_id",
+    "anon_id",
+    "madid",
+    "ctwa_clid",
+    "client_ip_address",
+    "client_user_agent",
+];
 
 /// Error subcode: a required parameter is missing.
 const SUB_MISSING: u32 = 2_804_001;
