@@ -25,8 +25,10 @@ pub const MAX_EVENT_ID_BYTES: usize = 1_000;
 pub enum RuleError {
     /// A column the rule reads is not in the table (dropped or renamed).
     #[error(
-        "rule {rule:?} reads column {column:?} ({field}), which table {table} no longer has \
-         (dropped or renamed?): fix the table or the config, then restart"
+        "rule {rule:?} reads column {column:?} ({field}), which table {table} did not have at this \
+         change (dropped or renamed?). Either rename the column back, or re-add it (changes made while \
+         it was missing then read it as NULL), and capture resumes by itself within a minute; or change \
+         the rule to the column's new name (or remove it from the rule) and restart pgcapi"
     )]
     MissingColumn {
         /// The rule.
@@ -230,6 +232,20 @@ pub struct Rules {
     default_currency: String,
 }
 
+/// How a column a rule reads, missing from a Relation message, is bound anyway (see
+/// [`Rules::bind_recovered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// The column at this position of the relation: it had another name when the change was written
+    /// and has the rule's name again now (renamed back).
+    At(usize),
+    /// The column did not exist when the change was written (dropped, re-added since): read as NULL.
+    Absent,
+}
+
+/// The index of a column bound as [`Recovered::Absent`]: no tuple has a value there.
+const ABSENT: usize = usize::MAX;
+
 /// The rules of one table bound to its current columns.
 #[derive(Debug)]
 pub struct Bound {
@@ -292,16 +308,48 @@ impl Rules {
 
     /// Binds the rules of `relation`'s table to its columns; `Ok(None)` when no rule watches it.
     pub fn bind(&self, relation: Arc<Relation>) -> Result<Option<Bound>, RuleError> {
+        self.bind_recovered(relation, &HashMap::new())
+    }
+
+    /// The columns the rules of `relation`'s table read that `relation` does not have, each once.
+    pub fn missing_columns(&self, relation: &Relation) -> Vec<String> {
+        let mut missing: Vec<String> = self
+            .columns_of(&relation.qualified_name())
+            .into_iter()
+            .map(|(_, _, column)| column)
+            .filter(|c| relation.column_index(c).is_none())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    /// [`Rules::bind`], with columns the relation lacks resolved by `recovered` (see [`Recovered`]).
+    pub fn bind_recovered(
+        &self,
+        relation: Arc<Relation>,
+        recovered: &HashMap<String, Recovered>,
+    ) -> Result<Option<Bound>, RuleError> {
         let table = relation.qualified_name();
         let Some(rules) = self.by_table.get(&table) else {
             return Ok(None);
         };
-        let index: FnvHashMap<String, usize> = relation
+        let mut index: FnvHashMap<String, usize> = relation
             .columns
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
+        for (column, how) in recovered {
+            if !index.contains_key(column) {
+                let position = match how {
+                    Recovered::At(i) if *i < relation.columns.len() => *i,
+                    Recovered::At(_) => continue,
+                    Recovered::Absent => ABSENT,
+                };
+                index.insert(column.clone(), position);
+            }
+        }
         for rule in rules {
             for (field, column) in rule.columns() {
                 if !index.contains_key(&column) {
@@ -718,7 +766,10 @@ impl RowView<'_> {
                 field: "(evaluation)".to_string(),
             });
         };
-        let type_oid = self.bound.relation.columns[i].type_oid;
+        // A column bound as absent (re-added after this change was written) has no value here.
+        let Some(type_oid) = self.bound.relation.columns.get(i).map(|c| c.type_oid) else {
+            return Ok(Value::Null);
+        };
         match self.tuple.0.get(i) {
             None | Some(Datum::Null) => Ok(Value::Null),
             Some(Datum::UnchangedToast) => Err(RuleError::Unparseable {
