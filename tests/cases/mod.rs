@@ -15,4 +15,5 @@ mod large;
 mod observe;
 mod operate;
 mod outbox;
+mod recover;
 mod source;
