@@ -887,3 +887,111 @@ impl Bound {
         &self.relation
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::RelationColumn;
+
+    const CONFIG: &str = r#"
+[source]
+url = "postgres://pgcapi@localhost/shop"
+
+[destinations.meta]
+platform = "meta"
+pixel_id = "1"
+access_token = "token"
+
+[[rules]]
+name = "paid"
+table = "public.t"
+when = { status = "paid" }
+event = "Purchase"
+event_id = "o-{n}"
+value = "{total}"
+action_source = "system_generated"
+destinations = ["meta"]
+
+[rules.match]
+email = "email"
+"#;
+
+    fn rules() -> Rules {
+        let config = Config::from_toml(CONFIG, "test", &|_| None).expect("config");
+        Rules::new(&config)
+    }
+
+    /// A Relation message for `public.t` with these (name, type) columns.
+    fn relation(columns: &[(&str, u32)]) -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'd',
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| RelationColumn {
+                    key: false,
+                    name: name.to_string(),
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        })
+    }
+
+    fn text(values: &[&str]) -> Tuple {
+        Tuple(
+            values
+                .iter()
+                .map(|v| Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())))
+                .collect(),
+        )
+    }
+
+    fn evaluate(rules: &Rules, bound: &Bound, tuple: &Tuple) -> Vec<NewDelivery> {
+        let tx = TxContext {
+            commit_lsn: Lsn::ZERO,
+            commit_time: Utc::now(),
+        };
+        rules
+            .evaluate(bound, tuple, tx, 1, &mut DropCounts::default())
+            .expect("evaluated")
+    }
+
+    #[test]
+    fn a_column_missing_from_the_relation_is_named_and_can_be_bound_by_position_or_as_absent() {
+        let rules = rules();
+        // The WAL's relation calls the email column "mail" (renamed when the change was written).
+        let renamed = relation(&[("n", 25), ("status", 25), ("total", 1700), ("mail", 25)]);
+        let err = rules.bind(renamed.clone()).expect_err("email is missing");
+        assert!(err.to_string().contains("\"email\""), "{err}");
+        assert_eq!(rules.missing_columns(&renamed), vec!["email".to_string()]);
+
+        // Bound by position (renamed back since): the value is read from the column the WAL calls mail.
+        let recovered = HashMap::from([("email".to_string(), Recovered::At(3))]);
+        let bound = rules
+            .bind_recovered(renamed.clone(), &recovered)
+            .unwrap()
+            .expect("bound");
+        let rows = evaluate(
+            &rules,
+            &bound,
+            &text(&["1", "paid", "9.50", "a@example.com"]),
+        );
+        assert_eq!(rows.len(), 1);
+        let hashed = crate::identity::hash("a@example.com");
+        assert!(format!("{rows:?}").contains(&hashed), "{rows:?}");
+
+        // Absent (re-added since): the change is recorded without that key.
+        let dropped = relation(&[("n", 25), ("status", 25), ("total", 1700)]);
+        let recovered = HashMap::from([("email".to_string(), Recovered::Absent)]);
+        let bound = rules
+            .bind_recovered(dropped, &recovered)
+            .unwrap()
+            .expect("bound");
+        let rows = evaluate(&rules, &bound, &text(&["2", "paid", "9.50"]));
+        assert_eq!(rows.len(), 1);
+        assert!(!format!("{rows:?}").contains(&hashed), "{rows:?}");
+    }
+}
