@@ -317,8 +317,17 @@ impl Capture {
         };
         let mut backoff = new_backoff();
         // The tables are checked against the config until they match once; after that, the changes
-        // themselves are checked against the relation the WAL describes.
+        // themselves are checked against the relation the WAL describes. When an earlier process
+        // stopped on a change, that change decides: the config may match the table as it was then
+        // rather than as it is now (the config changed to a column's new name, the changes still in the
+        // slot made under the old one), so the check is left to the change.
         let mut tables_checked = false;
+        if let Some(stuck) = self.stored_stuck_change().await {
+            info!(lsn = %stuck.error_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                "capture was stuck on a change; trying it again");
+            self.state.send_replace(Some(stuck));
+            tables_checked = true;
+        }
         loop {
             if *shutdown.borrow() {
                 return;
@@ -366,6 +375,23 @@ impl Capture {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// The stored capture state, when a process stopped on a change (with its LSN) and has not passed it.
+    async fn stored_stuck_change(&self) -> Option<StateReport> {
+        let client = crate::db::connect(&self.control).await.ok()?;
+        let report = outbox::load_capture_report(
+            &client,
+            &self.config.source.schema,
+            &self.config.source.slot,
+        )
+        .await
+        .ok()??;
+        (report.phase == CapturePhase::Stuck && report.error_lsn.is_some()).then_some(StateReport {
+            phase: report.phase,
+            error: report.error,
+            error_lsn: report.error_lsn,
+        })
     }
 
     /// Checks that the watched tables have the columns the rules read, as they are now.

@@ -350,3 +350,43 @@ async fn changing_the_config_to_the_new_column_name_unblocks_capture() {
     wait_for_state(client, 30, "streaming").await;
     assert!(terminate(&mut run), "exit code 0 on SIGTERM");
 }
+
+#[tokio::test]
+async fn after_a_restart_the_stuck_change_is_judged_by_the_table_as_it_was_then() {
+    // GIVEN pgcapi run stuck on an order paid after the email column was renamed to mail.
+    let shop = Shop::start(&config()).await;
+    let client = &shop.client;
+    let mut run = start(&shop, &shop.config_path, &shop.dir.path().join("run.log"));
+    wait_for_state(client, 30, "streaming").await;
+    client
+        .batch_execute("alter table orders rename column email to mail")
+        .await
+        .unwrap();
+    client
+        .execute(
+            &PAID_ORDER.replace("(order_number, email,", "(order_number, mail,"),
+            &[&"7302"],
+        )
+        .await
+        .unwrap();
+    let stuck = wait_for_state(client, 30, "stuck").await;
+    assert!(stuck.2.is_some(), "stuck on a change, with its LSN");
+    assert!(terminate(&mut run), "exit code 0 on SIGTERM");
+
+    // WHEN the column is renamed once more, and pgcapi restarts with a config naming mail: it matches
+    // the table as of the stuck change, not as it is now.
+    client
+        .batch_execute("alter table orders rename column mail to email_address")
+        .await
+        .unwrap();
+    let fixed = config().replacen("email = \"email\"", "email = \"mail\"", 1);
+    let fixed_path = shop.dir.path().join("fixed.toml");
+    std::fs::write(&fixed_path, fixed).unwrap();
+    let mut run = start(&shop, &fixed_path, &shop.dir.path().join("run2.log"));
+
+    // THEN the stuck change is recorded and delivered with its email, and capture says streaming.
+    wait_sent(client, 60, "7302").await;
+    assert_eq!(received(&shop, "7302"), (1, 1, 1, true));
+    wait_for_state(client, 30, "streaming").await;
+    assert!(terminate(&mut run), "exit code 0 on SIGTERM");
+}
