@@ -21,22 +21,34 @@ mod toast;
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
 use crate::lsn::Lsn;
+use crate::outbox::CapturePhase;
 use crate::outbox::{self, NewDelivery, OutboxError};
-use crate::rules::{Bound, DropCounts, RuleError, Rules, TxContext};
+use crate::rules::{Bound, DropCounts, Recovered, RuleError, Rules, TxContext};
 use crate::source::{
     ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The first wait before reconnecting after an outage; it doubles up to 10 s while outages go on.
 const INITIAL_RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// A session that streamed at least this long ended a healthy period: the backoff starts again.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// While capture is stuck, the first wait before trying again; it doubles up to [`STUCK_MAX_DELAY`].
+const STUCK_MIN_DELAY: Duration = Duration::from_secs(5);
+
+/// The longest wait between two tries of a stuck capture.
+const STUCK_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// How often the capture state row is written again while nothing changes (it refreshes `seen_at`,
+/// which readers expect at least every 30 s).
+const STATE_REFRESH: Duration = Duration::from_secs(20);
 
 /// Startup options of the replication connection: fixed formats for the values pgoutput prints.
 pub const REPLICATION_OPTIONS: &str =
@@ -91,9 +103,22 @@ pub enum CaptureError {
     /// A message arrived out of order.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The config does not match the tables as they are now (checked before capture starts).
+    #[error("the config does not match the database: {0}")]
+    Tables(String),
 }
 
 impl CaptureError {
+    /// The WAL position of the change this error is about, when it is about one.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            CaptureError::Rule { lsn, .. } => Some(*lsn),
+            // A Relation or Type message is sent with position 0/0 (it precedes the change it serves).
+            CaptureError::Decode(e) => (e.lsn() != Lsn::ZERO).then(|| e.lsn()),
+            _ => None,
+        }
+    }
+
     /// True for outages worth waiting out (connections lost or refused); false for problems that need an
     /// operator (config, schema, data).
     pub fn is_retryable(&self) -> bool {
@@ -133,6 +158,94 @@ pub struct Capture {
     stats: watch::Sender<CaptureStats>,
     /// Stop cleanly once everything up to this position is recorded (benchmarks and tests).
     stop_at: Option<Lsn>,
+    /// What capture is doing, for the task that writes it to `capture_state` (`None`: write nothing).
+    state: watch::Sender<Option<StateReport>>,
+    /// Whether a task writing `state` runs (one per capture worker).
+    reporting: AtomicBool,
+}
+
+/// A row of `capture_state` to write.
+#[derive(Debug, Clone, PartialEq)]
+struct StateReport {
+    phase: CapturePhase,
+    error: Option<String>,
+    error_lsn: Option<Lsn>,
+}
+
+/// Aborts the task writing the capture state when the capture run that started it ends.
+struct ReporterGuard<'a> {
+    task: tokio::task::JoinHandle<()>,
+    reporting: &'a AtomicBool,
+}
+
+impl Drop for ReporterGuard<'_> {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.reporting.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Writes the newest [`StateReport`] to `capture_state` on a small connection of its own (never the
+/// writer's, so it never delays or fails a checkpoint), at each change and every [`STATE_REFRESH`]. A
+/// failed write is logged and retried at the next round; it never stops capture.
+async fn write_state(
+    control: ConnInfo,
+    schema: String,
+    slot: String,
+    mut state: watch::Receiver<Option<StateReport>>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut failing = false;
+    loop {
+        let report = state.borrow_and_update().clone();
+        if let Some(report) = report {
+            let written = async {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    let connected =
+                        tokio::time::timeout(Duration::from_secs(10), crate::db::connect(&control))
+                            .await
+                            .map_err(|_| "connecting timed out".to_string())?
+                            .map_err(|e| crate::error_chain(&e))?;
+                    client = Some(connected);
+                }
+                let c = client.as_ref().expect("connected above");
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    outbox::report_capture(
+                        c,
+                        &schema,
+                        &slot,
+                        report.phase,
+                        report.error.as_deref(),
+                        report.error_lsn,
+                    ),
+                )
+                .await
+                .map_err(|_| "writing timed out".to_string())?
+                .map_err(|e| crate::error_chain(&e))
+            }
+            .await;
+            match written {
+                Ok(()) => failing = false,
+                Err(e) => {
+                    client = None;
+                    // Once per failing spell: while the control database is down capture says so.
+                    if !failing {
+                        warn!(error = %e, state = report.phase.as_str(), "could not record the capture state; capture goes on");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            changed = state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(STATE_REFRESH) => {}
+        }
+    }
 }
 
 impl Capture {
@@ -152,6 +265,7 @@ impl Capture {
             .map_err(|e| CaptureError::Db(format!("source.control_url: {e}")))?;
         let rules = Rules::new(&config);
         let (stats, _) = watch::channel(CaptureStats::default());
+        let (state, _) = watch::channel(None);
         Ok(Capture {
             config,
             rules,
@@ -159,7 +273,158 @@ impl Capture {
             control,
             stats,
             stop_at: None,
+            state,
+            reporting: AtomicBool::new(false),
         })
+    }
+
+    /// Starts the task that records the capture state, unless one runs; it stops with the guard.
+    fn start_reporting(&self) -> Option<ReporterGuard<'_>> {
+        if self.reporting.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let task = tokio::spawn(write_state(
+            self.control.clone(),
+            self.config.source.schema.clone(),
+            self.config.source.slot.clone(),
+            self.state.subscribe(),
+        ));
+        Some(ReporterGuard {
+            task,
+            reporting: &self.reporting,
+        })
+    }
+
+    /// Sets what the capture state row should say (`None`: leave it to the process holding the slot).
+    fn report(&self, phase: Option<CapturePhase>, error: Option<String>, error_lsn: Option<Lsn>) {
+        let report = phase.map(|phase| StateReport {
+            phase,
+            error,
+            error_lsn,
+        });
+        self.state.send_if_modified(|current| {
+            let changed = *current != report;
+            *current = report;
+            changed
+        });
+    }
+
+    /// Runs until `shutdown` turns true, whatever happens: what `pgcapi run` uses, so that dispatch never
+    /// depends on capture. Outages are waited out as in [`Capture::run`]; a problem that needs an operator
+    /// (a change a rule cannot apply, a slot that is gone or ahead, a config that does not match the
+    /// tables) is logged with its reason and LSN, recorded as `stuck` in `capture_state` and the metrics,
+    /// and tried again after a wait growing from 5 s to 60 s, so that fixing the database (renaming a
+    /// column back, re-adding it, recreating the slot) resumes capture without a restart.
+    pub async fn run_supervised(&self, mut shutdown: watch::Receiver<bool>) {
+        use backon::BackoffBuilder;
+        let _reporting = self.start_reporting();
+        let new_backoff = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(STUCK_MIN_DELAY)
+                .with_max_delay(STUCK_MAX_DELAY)
+                .with_factor(2.0)
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = new_backoff();
+        // The tables are checked against the config until they match once; after that, the changes
+        // themselves are checked against the relation the WAL describes. When an earlier process
+        // stopped on a change, that change decides: the config may match the table as it was then
+        // rather than as it is now (the config changed to a column's new name, the changes still in the
+        // slot made under the old one), so the check is left to the change.
+        let mut tables_checked = false;
+        if let Some(stuck) = self.stored_stuck_change().await {
+            info!(lsn = %stuck.error_lsn.map(|l| l.to_string()).unwrap_or_default(),
+                "capture was stuck on a change; trying it again");
+            self.state.send_replace(Some(stuck));
+            tables_checked = true;
+        }
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            let outcome = if tables_checked {
+                self.run(shutdown.clone()).await
+            } else {
+                match self.check_tables().await {
+                    Ok(()) => {
+                        tables_checked = true;
+                        self.run(shutdown.clone()).await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let e = match outcome {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if started.elapsed() >= STUCK_MAX_DELAY {
+                // Capture got further than before (or was waiting out an outage): start over.
+                backoff = new_backoff();
+            }
+            let delay = backoff.next().unwrap_or(STUCK_MAX_DELAY);
+            let reason = crate::error_chain(&e);
+            if e.is_retryable() {
+                // Only the table check gets here with an outage (`run` waits those out itself).
+                self.report(Some(CapturePhase::Retrying), Some(reason.clone()), None);
+                crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
+                warn!(error = %reason, retry_in_s = delay.as_secs(), "capture cannot start yet");
+            } else {
+                let lsn = e.lsn();
+                self.report(Some(CapturePhase::Stuck), Some(reason.clone()), lsn);
+                crate::metrics::set_capture_state(crate::metrics::CaptureState::Stuck);
+                error!(
+                    error = %reason,
+                    lsn = %lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".to_string()),
+                    retry_in_s = delay.as_secs(),
+                    "capture is stuck; dispatch goes on, capture tries again"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// The stored capture state, when a process stopped on a change (with its LSN) and has not passed it.
+    async fn stored_stuck_change(&self) -> Option<StateReport> {
+        let client = crate::db::connect(&self.control).await.ok()?;
+        let report = outbox::load_capture_report(
+            &client,
+            &self.config.source.schema,
+            &self.config.source.slot,
+        )
+        .await
+        .ok()??;
+        (report.phase == CapturePhase::Stuck && report.error_lsn.is_some()).then_some(StateReport {
+            phase: report.phase,
+            error: report.error,
+            error_lsn: report.error_lsn,
+        })
+    }
+
+    /// Checks that the watched tables have the columns the rules read, as they are now.
+    async fn check_tables(&self) -> Result<(), CaptureError> {
+        let client = crate::db::connect(&self.source)
+            .await
+            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+        let problems = crate::setup::check_columns(&client, &self.rules)
+            .await
+            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        Err(CaptureError::Tables(format!(
+            "{}. Capture starts once they match: rename or re-add the column, or change the config \
+             and restart pgcapi",
+            listed.join("; ")
+        )))
     }
 
     /// Makes [`Capture::run`] return once every change up to `lsn` is recorded and confirmed, as if
@@ -170,6 +435,12 @@ impl Capture {
         self
     }
 
+    /// Capture holds the slot and makes progress: say so in the metrics and `capture_state`.
+    fn mark_streaming(&self) {
+        crate::metrics::set_capture_state(crate::metrics::CaptureState::Streaming);
+        self.report(Some(CapturePhase::Streaming), None, None);
+    }
+
     /// A receiver of progress counters.
     pub fn stats(&self) -> watch::Receiver<CaptureStats> {
         self.stats.subscribe()
@@ -178,6 +449,7 @@ impl Capture {
     /// Runs until `shutdown` turns true; reconnects after outages; returns an error only for problems
     /// that need an operator.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), CaptureError> {
+        let _reporting = self.start_reporting();
         let mut delay = INITIAL_RECONNECT_DELAY;
         loop {
             if *shutdown.borrow() {
@@ -192,11 +464,18 @@ impl Capture {
             match outcome {
                 Ok(()) => return Ok(()),
                 Err(SessionEnd::SlotInUse) => {
+                    // The process holding the slot reports; a standby leaves the row to it.
+                    self.report(None, None, None);
                     crate::metrics::set_capture_state(crate::metrics::CaptureState::Standby);
                     info!(slot = %self.config.source.slot, "another process holds the slot; waiting to take over");
                     delay = Duration::from_secs(1);
                 }
                 Err(SessionEnd::Error(e)) if e.is_retryable() => {
+                    self.report(
+                        Some(CapturePhase::Retrying),
+                        Some(crate::error_chain(&e)),
+                        None,
+                    );
                     crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted; reconnecting");
                     delay = (delay * 2).min(Duration::from_secs(10));
@@ -239,7 +518,15 @@ impl Capture {
         drop(source_sql);
         let start = checkpoint.unwrap_or(slot_lsn).max(slot_lsn);
         info!(%slot, start = %start, "capture started");
-        crate::metrics::set_capture_state(crate::metrics::CaptureState::Streaming);
+        // After a stop on a change, capture counts as streaming again only once it is past that change:
+        // a retry that stops on it again leaves the state (and how long it has lasted) alone.
+        let stuck_on = match &*self.state.borrow() {
+            Some(r) if r.phase == CapturePhase::Stuck => r.error_lsn,
+            _ => None,
+        };
+        if stuck_on.is_none() {
+            self.mark_streaming();
+        }
         let writer = ControlWriter::start(control, schema.clone(), slot.clone());
         let mut session = Session {
             capture: self,
@@ -262,6 +549,9 @@ impl Capture {
             last_status: Instant::now(),
             uncounted: 0,
             read_back: None,
+            stuck_on,
+            catalog: None,
+            broken: HashMap::new(),
         };
         let result = session.pump(shutdown).await;
         match result {
@@ -370,6 +660,14 @@ struct Session<'a> {
     /// An ordinary SQL connection to the source for reading back unchanged TOAST values, opened at
     /// the first need and kept for the session.
     read_back: Option<tokio_postgres::Client>,
+    /// The change capture stopped on last time, until the confirmed position is past it.
+    stuck_on: Option<Lsn>,
+    /// A SQL connection to the source, opened when a Relation message lacks a column a rule reads, to
+    /// compare it with the table as it is now.
+    catalog: Option<tokio_postgres::Client>,
+    /// Relations whose rules cannot be bound, with why: the error is raised at the relation's next
+    /// change, whose LSN it carries (a Relation message itself comes with position 0/0).
+    broken: HashMap<u32, RuleError>,
 }
 
 /// How many changes are counted locally before the shared counters are updated.
@@ -601,6 +899,11 @@ impl Session<'_> {
                 self.send_status(false).await?;
             }
         }
+        if self.stuck_on.is_some_and(|lsn| self.confirmed > lsn) {
+            self.stuck_on = None;
+            info!(confirmed = %self.confirmed, "capture is past the change it had stopped on");
+            self.capture.mark_streaming();
+        }
         Ok(())
     }
 
@@ -642,12 +945,16 @@ impl Session<'_> {
             PgOutput::Relation(relation) => {
                 let oid = relation.oid;
                 let relation = self.relations.insert(relation);
-                let bound = self
-                    .capture
-                    .rules
-                    .bind(relation)
-                    .map_err(|error| CaptureError::Rule { error, lsn: at })?;
-                self.bound.insert(oid, bound);
+                self.broken.remove(&oid);
+                match self.bind(relation).await? {
+                    Ok(bound) => {
+                        self.bound.insert(oid, bound);
+                    }
+                    Err(error) => {
+                        self.bound.insert(oid, None);
+                        self.broken.insert(oid, error);
+                    }
+                }
             }
             PgOutput::Insert(insert) => {
                 self.change(insert.relation, insert.new, at).await?;
@@ -662,6 +969,92 @@ impl Session<'_> {
             PgOutput::Origin(_) | PgOutput::Type(_) | PgOutput::Message(_) => {}
         }
         Ok(())
+    }
+
+    /// The error that keeps the rules from being bound to `relation`, if any, with the LSN of this
+    /// change (`at`). Every change of a watched table goes through here before it is evaluated.
+    fn check_bound(&self, relation: u32, at: Lsn) -> Result<(), CaptureError> {
+        match self.broken.get(&relation) {
+            Some(error) => Err(CaptureError::Rule {
+                error: error.clone(),
+                lsn: at,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Binds the rules to a Relation message. A column a rule reads that the message lacks is looked
+    /// up in the table as it is now: a change written while the column had another name binds to it by
+    /// position once it has its name back (same position, same type, the other name gone), and a change
+    /// written while it did not exist reads it as NULL once it is re-added. Otherwise the rule error
+    /// stands. The outer error is an outage reading the catalog.
+    async fn bind(
+        &mut self,
+        relation: Arc<decode::Relation>,
+    ) -> Result<Result<Option<Bound>, RuleError>, CaptureError> {
+        let rules = &self.capture.rules;
+        let error = match rules.bind(relation.clone()) {
+            Ok(bound) => return Ok(Ok(bound)),
+            Err(error) => error,
+        };
+        let missing = rules.missing_columns(&relation);
+        let now = self.catalog_columns(relation.oid).await?;
+        let mut recovered = HashMap::new();
+        for column in missing {
+            let Some(position) = now.iter().position(|(name, _)| *name == column) else {
+                continue;
+            };
+            match relation.columns.get(position) {
+                Some(then)
+                    if now.len() == relation.columns.len()
+                        && then.type_oid == now[position].1
+                        && !now.iter().any(|(name, _)| *name == then.name) =>
+                {
+                    warn!(
+                        table = %relation.qualified_name(),
+                        column = %column,
+                        wal_name = %then.name,
+                        "the WAL names this column {:?} (it was renamed, and has its name back): \
+                         reading it by position", then.name
+                    );
+                    recovered.insert(column, Recovered::At(position));
+                }
+                _ if position >= relation.columns.len() => {
+                    warn!(
+                        table = %relation.qualified_name(),
+                        column = %column,
+                        "the column did not exist when these changes were written (re-added since): \
+                         reading it as NULL for them"
+                    );
+                    recovered.insert(column, Recovered::Absent);
+                }
+                _ => {}
+            }
+        }
+        if recovered.is_empty() {
+            return Ok(Err(error));
+        }
+        Ok(rules.bind_recovered(relation, &recovered))
+    }
+
+    /// The live columns of table `oid` now (name and type), in the order pgoutput lists them.
+    async fn catalog_columns(&mut self, oid: u32) -> Result<Vec<(String, u32)>, CaptureError> {
+        if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
+            let client = crate::db::connect(&self.capture.source)
+                .await
+                .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+            self.catalog = Some(client);
+        }
+        let client = self.catalog.as_ref().expect("connected above");
+        let rows = client
+            .query(
+                "select attname::text, atttypid from pg_attribute where attrelid = $1 \
+                 and attnum > 0 and not attisdropped and attgenerated = '' order by attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| CaptureError::Db(format!("reading the columns of table {oid}: {e}")))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Counts a row change; the shared counter is updated every [`CHANGES_PER_STATS_UPDATE`] changes
@@ -694,6 +1087,7 @@ impl Session<'_> {
                 "row change outside a transaction at {at}"
             )));
         };
+        self.check_bound(relation, at)?;
         let Some(bound) = self.bound.get(&relation) else {
             return Err(CaptureError::Protocol(format!(
                 "change for relation {relation} before its Relation message at {at}"

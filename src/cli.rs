@@ -3,7 +3,6 @@
 
 use crate::capture::Capture;
 use crate::config::Config;
-use crate::rules::Rules;
 use crate::setup::{self, SetupOptions};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -300,27 +299,25 @@ async fn dispatch(command: Command) -> Result<(), String> {
     }
 }
 
-/// `pgcapi run`: checks the config against the database, then captures until a signal.
+/// `pgcapi run`: captures and dispatches until a signal.
 pub async fn run(config: Arc<Config>) -> Result<(), String> {
     run_with(config, None).await
 }
 
 /// `pgcapi run`, or with `dry_run` set `pgcapi run --dry-run` (see [`crate::dry_run`]).
+///
+/// Capture, dispatch, retention and metrics run side by side until SIGTERM or SIGINT, and none takes
+/// another down: capture waits out outages and, when it cannot proceed (a change a rule cannot apply,
+/// a slot lost or ahead, a config that does not match the tables), says so in the log, the metrics and
+/// `capture_state` and tries again (see [`Capture::run_supervised`]) while dispatch goes on sending what
+/// is recorded. Only a config that cannot run at all (an unparseable URL) makes it return an error.
 pub async fn run_with(
     config: Arc<Config>,
     dry_run: Option<crate::dry_run::Output>,
 ) -> Result<(), String> {
-    let source = setup::connect(config.source.url.expose(), "source database")
-        .await
-        .map_err(|e| e.to_string())?;
-    let problems = setup::check_columns(&source, &Rules::new(&config))
-        .await
-        .map_err(|e| e.to_string())?;
-    if !problems.is_empty() {
-        return Err(setup::SetupError::NotReady(problems).to_string());
-    }
-    drop(source);
+    let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Held until the end, so that receivers never see the channel closed before they stop.
     let shutdown_tx = Arc::new(shutdown_tx);
     let on_signal = shutdown_tx.clone();
     tokio::spawn(async move {
@@ -329,7 +326,6 @@ pub async fn run_with(
         let _ = on_signal.send(true);
     });
     let metrics = crate::metrics::start(config.clone(), shutdown_rx.clone()).await?;
-    let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
     let span = tracing::info_span!("capture", slot = %config.source.slot);
     // Retention deletes finished rows; a dry run changes nothing, so it runs without it.
     let retention = dry_run.is_none().then(|| {
@@ -342,30 +338,29 @@ pub async fn run_with(
         Some(output) => tokio::spawn(crate::dry_run::run(config, output, shutdown_rx.clone())),
         None => tokio::spawn(run_dispatch(config, shutdown_rx.clone())),
     };
-    let result = capture.run(shutdown_rx).instrument(span).await;
+    // Returns only at shutdown.
+    capture.run_supervised(shutdown_rx).instrument(span).await;
     crate::metrics::set_capture_state(crate::metrics::CaptureState::Stopped);
-    // Dispatch follows capture: it stops on the same signal, or here when capture failed.
-    dispatch.abort();
-    let _ = dispatch.await;
+    // Dispatch and retention stop on the same signal; dispatch records what is in flight first.
+    let mut dispatch = dispatch;
+    if tokio::time::timeout(std::time::Duration::from_secs(30), &mut dispatch)
+        .await
+        .is_err()
+    {
+        error!("dispatch did not stop within 30 s; stopping it");
+        dispatch.abort();
+        let _ = dispatch.await;
+    }
     if let Some(retention) = retention {
         retention.abort();
         let _ = retention.await;
     }
-    // Capture may have stopped on its own (an error): stop the metrics server too.
-    let _ = shutdown_tx.send(true);
     if let Some(metrics) = metrics {
         metrics.join().await;
     }
-    match result {
-        Ok(()) => {
-            info!("stopped cleanly");
-            Ok(())
-        }
-        Err(e) => {
-            error!(error = %crate::error_chain(&e), "capture stopped");
-            Err(crate::error_chain(&e))
-        }
-    }
+    drop(shutdown_tx);
+    info!("stopped cleanly");
+    Ok(())
 }
 
 /// Dispatches pending deliveries until shutdown, reconnecting after control-database outages.

@@ -24,7 +24,7 @@
 //! | `pgcapi_replication_lag_bytes` | gauge | WAL the slot still retains: current WAL position minus the slot's `confirmed_flush_lsn` |
 //! | `pgcapi_confirmed_flush_lsn` | gauge | the slot's `confirmed_flush_lsn`, as a byte position |
 //! | `pgcapi_pending_deliveries{destination}` | gauge | rows in state `pending`, read from the control table |
-//! | `pgcapi_capture_active` | gauge | 1 while this process holds the slot and streams |
+//! | `pgcapi_capture_active` | gauge | 1 while this process holds the slot and streams; 0 while it is standby, reconnecting or stuck on a change it cannot apply (`/readyz` then says which, and `capture_state` holds the reason and LSN) |
 //! | `pgcapi_unhealthy{reason}` | gauge | 1 while `pgcapi status` would report this reason (`capture_not_running`, `capture_stuck`, `capture_retrying`, `slot_missing`, `slot_lost`, `slot_unreserved`, `slot_ahead`, `destination_failing`), else 0 |
 //! | `pgcapi_healthy` | gauge | 1 while `/readyz` answers 200 |
 //! | `pgcapi_toast_read_backs_total{outcome}` | counter | changes whose unchanged TOAST values a rule needed, read back from the source by key: `read`, or `unresolved` (no key, row gone, query refused: recorded without them, the identifiers counted as dropped) |
@@ -116,8 +116,11 @@ pub enum CaptureState {
     Standby = 2,
     /// The connection was lost; reconnecting.
     Reconnecting = 3,
-    /// Capture returned (shutdown or an error needing an operator).
+    /// Capture returned (shutdown).
     Stopped = 4,
+    /// Capture stopped on a change (or a config) it cannot apply until an operator acts, and tries
+    /// again from time to time; dispatch goes on.
+    Stuck = 5,
 }
 
 impl CaptureState {
@@ -127,6 +130,7 @@ impl CaptureState {
             2 => CaptureState::Standby,
             3 => CaptureState::Reconnecting,
             4 => CaptureState::Stopped,
+            5 => CaptureState::Stuck,
             _ => CaptureState::Starting,
         }
     }
@@ -285,6 +289,9 @@ impl Metrics {
                 reasons.push("capture lost its connection and is reconnecting".into())
             }
             CaptureState::Stopped => reasons.push("capture has stopped".into()),
+            CaptureState::Stuck => {
+                reasons.push("capture is stuck on a change it cannot apply (see the log)".into())
+            }
         }
         match self.flow.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             None => {}

@@ -28,8 +28,10 @@ pub const MAX_EVENT_ID_BYTES: usize = 1_000;
 pub enum RuleError {
     /// A column the rule reads is not in the table (dropped or renamed).
     #[error(
-        "rule {rule:?} reads column {column:?} ({field}), which table {table} no longer has \
-         (dropped or renamed?): fix the table or the config, then restart"
+        "rule {rule:?} reads column {column:?} ({field}), which table {table} did not have at this \
+         change (dropped or renamed?). Either rename the column back, or re-add it (changes made while \
+         it was missing then read it as NULL), and capture resumes by itself within a minute; or change \
+         the rule to the column's new name (or remove it from the rule) and restart pgcapi"
     )]
     MissingColumn {
         /// The rule.
@@ -272,6 +274,20 @@ pub struct Rules {
     default_currency: String,
 }
 
+/// How a column a rule reads, missing from a Relation message, is bound anyway (see
+/// [`Rules::bind_recovered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// The column at this position of the relation: it had another name when the change was written
+    /// and has the rule's name again now (renamed back).
+    At(usize),
+    /// The column did not exist when the change was written (dropped, re-added since): read as NULL.
+    Absent,
+}
+
+/// The index of a column bound as [`Recovered::Absent`]: no tuple has a value there.
+const ABSENT: usize = usize::MAX;
+
 /// The rules of one table bound to its current columns.
 #[derive(Debug)]
 pub struct Bound {
@@ -334,16 +350,48 @@ impl Rules {
 
     /// Binds the rules of `relation`'s table to its columns; `Ok(None)` when no rule watches it.
     pub fn bind(&self, relation: Arc<Relation>) -> Result<Option<Bound>, RuleError> {
+        self.bind_recovered(relation, &HashMap::new())
+    }
+
+    /// The columns the rules of `relation`'s table read that `relation` does not have, each once.
+    pub fn missing_columns(&self, relation: &Relation) -> Vec<String> {
+        let mut missing: Vec<String> = self
+            .columns_of(&relation.qualified_name())
+            .into_iter()
+            .map(|(_, _, column)| column)
+            .filter(|c| relation.column_index(c).is_none())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+
+    /// [`Rules::bind`], with columns the relation lacks resolved by `recovered` (see [`Recovered`]).
+    pub fn bind_recovered(
+        &self,
+        relation: Arc<Relation>,
+        recovered: &HashMap<String, Recovered>,
+    ) -> Result<Option<Bound>, RuleError> {
         let table = relation.qualified_name();
         let Some(rules) = self.by_table.get(&table) else {
             return Ok(None);
         };
-        let index: FnvHashMap<String, usize> = relation
+        let mut index: FnvHashMap<String, usize> = relation
             .columns
             .iter()
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
+        for (column, how) in recovered {
+            if !index.contains_key(column) {
+                let position = match how {
+                    Recovered::At(i) if *i < relation.columns.len() => *i,
+                    Recovered::At(_) => continue,
+                    Recovered::Absent => ABSENT,
+                };
+                index.insert(column.clone(), position);
+            }
+        }
         for rule in rules {
             for (field, column) in rule.columns() {
                 if !index.contains_key(&column) {
@@ -833,7 +881,10 @@ impl RowView<'_> {
                 field: "(evaluation)".to_string(),
             });
         };
-        let type_oid = self.bound.relation.columns[i].type_oid;
+        // A column bound as absent (re-added after this change was written) has no value here.
+        let Some(type_oid) = self.bound.relation.columns.get(i).map(|c| c.type_oid) else {
+            return Ok(Value::Null);
+        };
         match self.tuple.0.get(i) {
             None | Some(Datum::Null) => Ok(Value::Null),
             Some(Datum::UnchangedToast) => Err(RuleError::BadValue {
@@ -966,5 +1017,113 @@ impl Bound {
     /// The relation the rules are bound to.
     pub fn relation(&self) -> &Arc<Relation> {
         &self.relation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::RelationColumn;
+
+    const CONFIG: &str = r#"
+[source]
+url = "postgres://pgcapi@localhost/shop"
+
+[destinations.meta]
+platform = "meta"
+pixel_id = "1"
+access_token = "token"
+
+[[rules]]
+name = "paid"
+table = "public.t"
+when = { status = "paid" }
+event = "Purchase"
+event_id = "o-{n}"
+value = "{total}"
+action_source = "system_generated"
+destinations = ["meta"]
+
+[rules.match]
+email = "email"
+"#;
+
+    fn rules() -> Rules {
+        let config = Config::from_toml(CONFIG, "test", &|_| None).expect("config");
+        Rules::new(&config)
+    }
+
+    /// A Relation message for `public.t` with these (name, type) columns.
+    fn relation(columns: &[(&str, u32)]) -> Arc<Relation> {
+        Arc::new(Relation {
+            oid: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: b'd',
+            columns: columns
+                .iter()
+                .map(|(name, type_oid)| RelationColumn {
+                    key: false,
+                    name: name.to_string(),
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        })
+    }
+
+    fn text(values: &[&str]) -> Tuple {
+        Tuple(
+            values
+                .iter()
+                .map(|v| Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes())))
+                .collect(),
+        )
+    }
+
+    fn evaluate(rules: &Rules, bound: &Bound, tuple: &Tuple) -> Vec<NewDelivery> {
+        let tx = TxContext {
+            commit_lsn: Lsn::ZERO,
+            commit_time: Utc::now(),
+        };
+        rules
+            .evaluate(bound, tuple, tx, 1, &mut DropCounts::default())
+            .expect("evaluated")
+    }
+
+    #[test]
+    fn a_column_missing_from_the_relation_is_named_and_can_be_bound_by_position_or_as_absent() {
+        let rules = rules();
+        // The WAL's relation calls the email column "mail" (renamed when the change was written).
+        let renamed = relation(&[("n", 25), ("status", 25), ("total", 1700), ("mail", 25)]);
+        let err = rules.bind(renamed.clone()).expect_err("email is missing");
+        assert!(err.to_string().contains("\"email\""), "{err}");
+        assert_eq!(rules.missing_columns(&renamed), vec!["email".to_string()]);
+
+        // Bound by position (renamed back since): the value is read from the column the WAL calls mail.
+        let recovered = HashMap::from([("email".to_string(), Recovered::At(3))]);
+        let bound = rules
+            .bind_recovered(renamed.clone(), &recovered)
+            .unwrap()
+            .expect("bound");
+        let rows = evaluate(
+            &rules,
+            &bound,
+            &text(&["1", "paid", "9.50", "a@example.com"]),
+        );
+        assert_eq!(rows.len(), 1);
+        let hashed = crate::identity::hash("a@example.com");
+        assert!(format!("{rows:?}").contains(&hashed), "{rows:?}");
+
+        // Absent (re-added since): the change is recorded without that key.
+        let dropped = relation(&[("n", 25), ("status", 25), ("total", 1700)]);
+        let recovered = HashMap::from([("email".to_string(), Recovered::Absent)]);
+        let bound = rules
+            .bind_recovered(dropped, &recovered)
+            .unwrap()
+            .expect("bound");
+        let rows = evaluate(&rules, &bound, &text(&["2", "paid", "9.50"]));
+        assert_eq!(rows.len(), 1);
+        assert!(!format!("{rows:?}").contains(&hashed), "{rows:?}");
     }
 }

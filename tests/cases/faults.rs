@@ -50,6 +50,11 @@ const WAVE_PACE: Duration = Duration::from_millis(1_700);
 /// Length of the random user agents of [`OrderKind::PaidLargeUserAgent`]: incompressible and above the
 /// 2 KB at which PostgreSQL moves a value out of line.
 const LARGE_USER_AGENT: usize = 3_000;
+
+/// In this wave a mapped column (`ttclid`, a match key of `order_paid` the workload leaves NULL) is
+/// renamed, one transaction changing orders is committed, and the column is renamed back: capture stops
+/// on that transaction and must resume by itself, binding its changes to the column by position.
+const DDL_WAVE: usize = 5;
 /// Destinations of orders and of leads (names from the contract config).
 const ORDER_DESTINATIONS: [&str; 3] = ["meta", "google", "tiktok"];
 const LEAD_DESTINATIONS: [&str; 2] = ["meta", "google"];
@@ -933,7 +938,19 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
             pg_restart = Some(restart_postgres(&db, &supervisor).await);
             client = db.connect().await;
         }
+        // The column is renamed before the wave's first transaction that changes orders, and back
+        // after it.
+        let mut renamed = false;
+        let mut renamed_back = w != DDL_WAVE;
         for tx in wave {
+            let orders = tx.statements.iter().any(|(sql, _)| sql.contains("orders"));
+            if !renamed_back && orders {
+                client
+                    .batch_execute("alter table orders rename column ttclid to ttclid_renamed")
+                    .await
+                    .unwrap();
+                renamed = true;
+            }
             let t = client.transaction().await.unwrap();
             for (sql, expected) in &tx.statements {
                 let n = t
@@ -944,7 +961,15 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
                 changes += n;
             }
             t.commit().await.unwrap();
+            if renamed && !renamed_back {
+                client
+                    .batch_execute("alter table orders rename column ttclid_renamed to ttclid")
+                    .await
+                    .unwrap();
+                renamed_back = true;
+            }
         }
+        assert!(renamed_back);
     }
     let workload_done = started.elapsed();
     eprintln!(
@@ -1021,11 +1046,22 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     })
     .await;
     let drained = started.elapsed();
-    let (kills, incarnations, unexpected) = {
+    let (kills, incarnations, unexpected, bound_by_position) = {
         let mut s = supervisor.lock().await;
         s.check_alive();
         s.stop();
-        (s.kills, s.incarnations, s.unexpected_exits.clone())
+        let bound_by_position = (1..=s.incarnations)
+            .filter(|i| {
+                std::fs::read_to_string(s.log_path(*i))
+                    .is_ok_and(|log| log.contains("reading it by position"))
+            })
+            .count();
+        (
+            s.kills,
+            s.incarnations,
+            s.unexpected_exits.clone(),
+            bound_by_position,
+        )
     };
     let records = sandbox.records();
 
@@ -1062,6 +1098,10 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         ),
         format!(
             "idle {IDLE:?}: slot confirmed past unrelated WAL after {advanced_after:.1?}",
+        ),
+        format!(
+            "orders.ttclid renamed for one transaction of wave {DDL_WAVE}: {bound_by_position} \
+             incarnation(s) bound its changes by position"
         ),
         format!("control table: {} rows: {states}", rows.len()),
         format!(
@@ -1106,6 +1146,12 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     );
     assert_eq!(changes, planned_changes);
     assert!(kills >= MIN_KILLS, "only {kills} kills");
+    if std::env::var_os("PGCAPI_FAULT_LOG").is_none() {
+        assert!(
+            bound_by_position > 0,
+            "no incarnation logged binding the renamed column by position"
+        );
+    }
     assert!(
         verdict.problems.is_empty(),
         "{} problem(s), first ones:\n{}",

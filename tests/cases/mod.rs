@@ -16,5 +16,6 @@ mod large;
 mod observe;
 mod operate;
 mod outbox;
+mod recover;
 mod source;
 mod toast;
