@@ -8,14 +8,17 @@
 //! leaves leased rows that are claimed again once the lease expires: at-least-once on the wire, made
 //! effectively-once by the platforms' deduplication on `event_id` / `orderId`.
 //!
-//! Refunds: a pending conversion is *cancellable* — its retraction cancels it, its restatement replaces
-//! its value, and it is never sent — when it was never attempted (it cannot have reached the
-//! platform; a claim left behind by a process that died mid-round counts as an attempt), or when the platform cannot retract anyway (Meta, TikTok: sending it now could only add
-//! a refunded purchase). A Google conversion attempted before (a lost answer, a 5xx) may already be
-//! counted, so it is finished first and then retracted or restated, which leaves Google right either
-//! way. An adjustment whose conversion is being sent waits (pending, short delay) for its outcome; an
-//! adjustment of a sent conversion goes to Google, and is skipped as "platform cannot retract" for the
-//! others; one whose conversion never existed, or was skipped or failed, is skipped with that reason.
+//! Refunds (and deletes of the source row): a pending conversion is *cancellable* — its retraction
+//! cancels it, its restatement replaces its value, and it is never sent — only when it was never
+//! attempted (it cannot have reached the platform; a claim left behind by a process that died
+//! mid-round counts as an attempt). A conversion that may have reached the platform (an attempt whose
+//! answer was lost: a timeout, a dropped connection, a 5xx) is never cancelled, on any platform: the
+//! control table would then say "not sent" about an event the platform may count. It is finished
+//! first — sent again, its stored payload unchanged, which the platform deduplicates — and then the
+//! adjustment goes to Google Ads, or is skipped as "platform cannot retract" for Meta and TikTok, so the
+//! rows say what the platform holds. An adjustment whose conversion is pending waits (pending, short
+//! delay) for its outcome; one whose conversion never existed, or was skipped or failed, is skipped
+//! with that reason. [`resolve`] is the decision, as a pure function.
 //!
 //! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
 //! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].
@@ -416,8 +419,7 @@ impl Dispatcher {
 
     /// Claims up to one batch of `dest`'s due rows.
     async fn claim_for(&self, dest: &dyn Destination) -> Result<Vec<Claimed>, DispatchError> {
-        self.claim(dest.name(), dest.max_batch(), can_retract(dest.platform()))
-            .await
+        self.claim(dest.name(), dest.max_batch()).await
     }
 
     /// Resolves, sends and records a claimed batch of `dest`.
@@ -426,7 +428,6 @@ impl Dispatcher {
         dest: &dyn Destination,
         claimed: Vec<Claimed>,
     ) -> Result<Processed, DispatchError> {
-        let can_retract = can_retract(dest.platform());
         let count = claimed.len();
         let mut records = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
@@ -438,7 +439,7 @@ impl Dispatcher {
                 }
             }
         }
-        let (to_send, resolved) = self.resolve_adjustments(rows, can_retract).await?;
+        let (to_send, resolved) = self.resolve_adjustments(rows).await?;
         let cancelled = resolved.cancelled;
         records.extend(resolved.records);
         let outcomes = if to_send.is_empty() {
@@ -488,12 +489,7 @@ impl Dispatcher {
     /// "when the row reached its current state", and a claim changes no state), so PostgreSQL can make
     /// it a HOT update when the page has room (`sql/005_dispatch_hot.sql` leaves some): no new index
     /// entries per claimed row.
-    async fn claim(
-        &self,
-        destination: &str,
-        limit: usize,
-        can_retract: bool,
-    ) -> Result<Vec<Claimed>, DispatchError> {
+    async fn claim(&self, destination: &str, limit: usize) -> Result<Vec<Claimed>, DispatchError> {
         let sql = format!(
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
@@ -503,7 +499,7 @@ impl Dispatcher {
                 where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \
                   and (x.lease_until is null or x.lease_until < now()) \
                   and not (x.kind = 'conversion' \
-                    and ((x.attempts = 0 and x.lease_owner is null) or not $5) and exists ( \
+                    and x.attempts = 0 and x.lease_owner is null and exists ( \
                     select 1 from {s}.deliveries a \
                      where a.destination = $1 and a.state = 'pending' and a.kind <> 'conversion' \
                        and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
@@ -519,10 +515,7 @@ impl Dispatcher {
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let rows = self
             .client
-            .query(
-                &sql,
-                &[&destination, &self.owner, &lease, &limit, &can_retract],
-            )
+            .query(&sql, &[&destination, &self.owner, &lease, &limit])
             .await
             .map_err(db("claiming due deliveries"))?;
         let mut claimed: Vec<Claimed> = rows.iter().map(read_delivery).collect();
@@ -544,7 +537,6 @@ impl Dispatcher {
     async fn resolve_adjustments(
         &self,
         rows: Vec<Delivery>,
-        can_retract: bool,
     ) -> Result<(Vec<Delivery>, Resolved), DispatchError> {
         let adjustment_ids: Vec<i64> = rows
             .iter()
@@ -569,44 +561,39 @@ impl Dispatcher {
         }
         let mut send_adjustments = Vec::new();
         for mut d in adjustments {
-            let target = targets.iter().find(|t| t.adjustment_id == d.id);
-            let verb = if d.kind == Kind::Retraction {
-                "retract"
-            } else {
-                "restate"
-            };
-            let Some(target) = target.and_then(|t| t.conversion.as_ref()) else {
-                resolved.skip(d.id, format!("no conversion to {verb}"));
-                continue;
-            };
-            let mine = claimed_ids.contains(&target.id)
-                && target.lease_owner.as_deref() == Some(&self.owner);
-            // A conversion left leased by a round that never recorded its outcome (a crash) may have
-            // reached the platform: like one attempted, it is not cancelled but sent, then retracted.
-            let cancellable =
-                (target.attempts == 0 && (mine || target.lease_owner.is_none())) || !can_retract;
-            match target.state.as_str() {
-                "pending"
-                    if d.kind == Kind::Retraction && cancellable && (mine || !target.leased) =>
-                {
-                    if self.cancel_both(target.id, d.id, can_retract).await? {
+            let target = targets
+                .iter()
+                .find(|t| t.adjustment_id == d.id)
+                .and_then(|t| t.conversion.as_ref());
+            let view = target.map(|c| ConversionView {
+                state: c.state.as_str(),
+                may_have_been_sent: c.may_have_been_sent(&self.owner, &claimed_ids),
+                mine: claimed_ids.contains(&c.id) && c.lease_owner.as_deref() == Some(&self.owner),
+                leased: c.leased,
+            });
+            match resolve(d.kind, view) {
+                Resolution::CancelBoth => {
+                    let target = target.expect("resolved against a conversion");
+                    if self.cancel_both(target.id, d.id, &d.rule).await? {
                         dropped.insert(target.id);
                         resolved.cancelled += 2;
                     } else {
                         resolved.wait(d.id, target.due_in);
                     }
                 }
-                "pending"
-                    if d.kind == Kind::Restatement && cancellable && !mine && !target.leased =>
-                {
-                    if self.restate_unsent(target.id, d.id, can_retract).await? {
+                Resolution::RestateUnsent => {
+                    let target = target.expect("resolved against a conversion");
+                    if self.restate_unsent(target.id, d.id).await? {
                         resolved.cancelled += 1;
                     } else {
                         resolved.wait(d.id, target.due_in);
                     }
                 }
-                "pending" => resolved.wait(d.id, target.due_in),
-                "sent" => {
+                Resolution::Wait => {
+                    resolved.wait(d.id, target.map_or(Duration::ZERO, |t| t.due_in));
+                }
+                Resolution::Send => {
+                    let target = target.expect("resolved against a conversion");
                     // The adjustment needs what the conversion was sent with.
                     if d.payload.conversion_action.is_none() {
                         d.payload.conversion_action = target.conversion_action.clone();
@@ -618,17 +605,13 @@ impl Dispatcher {
                     d.event_time = target.event_time;
                     send_adjustments.push(d);
                 }
-                "cancelled" => resolved.records.push(Record::new(
+                Resolution::Cancelled => resolved.records.push(Record::new(
                     d.id,
                     Record::CANCELLED,
                     Some("conversion was not sent yet".into()),
                     0,
                 )),
-                state @ ("failed" | "skipped") => resolved.skip(
-                    d.id,
-                    format!("the conversion was {state}, not sent: nothing to {verb}"),
-                ),
-                _ => resolved.skip(d.id, format!("no conversion to {verb}")),
+                Resolution::Skip(reason) => resolved.skip(d.id, reason),
             }
         }
         to_send.retain(|d| !dropped.contains(&d.id));
@@ -681,19 +664,14 @@ impl Dispatcher {
         &self,
         conversion: i64,
         retraction: i64,
-        can_retract: bool,
+        retraction_rule: &str,
     ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with conv as ( \
-               update {s}.deliveries set state = 'cancelled', \
-                 last_error = case when attempts = 0 and (lease_owner is null or lease_owner = $3) \
-                   then 'retracted before it was sent' \
-                   else 'retracted before its delivery was confirmed (an earlier attempt may have \
-                     reached the platform, which cannot retract)' end, \
+               update {s}.deliveries set state = 'cancelled', last_error = $4, \
                  lease_owner = null, lease_until = null, updated_at = now() \
                where id = $1 and state = 'pending' \
-                 and ((attempts = 0 and (lease_owner is null or lease_owner = $3)) or not $4) \
-                 and (lease_until is null or lease_until < now() or lease_owner = $3) \
+                 and attempts = 0 and (lease_owner is null or lease_owner = $3) \
                returning id) \
              update {s}.deliveries set state = 'cancelled', last_error = 'conversion was not sent yet', \
                lease_owner = null, lease_until = null, updated_at = now() \
@@ -701,9 +679,14 @@ impl Dispatcher {
              returning id",
             s = quote_ident(&self.schema)
         );
+        let reason = if crate::outbox::is_deletion_rule(retraction_rule) {
+            "source row deleted before it was sent"
+        } else {
+            "retracted before it was sent"
+        };
         let rows = self
             .client
-            .query(&sql, &[&conversion, &retraction, &self.owner, &can_retract])
+            .query(&sql, &[&conversion, &retraction, &self.owner, &reason])
             .await
             .map_err(db("cancelling a retracted conversion"))?;
         Ok(!rows.is_empty())
@@ -715,7 +698,6 @@ impl Dispatcher {
         &self,
         conversion: i64,
         restatement: i64,
-        can_retract: bool,
     ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with r as (select value, currency from {s}.deliveries where id = $2), \
@@ -724,8 +706,7 @@ impl Dispatcher {
                  updated_at = now() \
                from r \
                where c.id = $1 and c.state = 'pending' \
-                 and ((c.attempts = 0 and c.lease_owner is null) or not $4) \
-                 and (c.lease_until is null or c.lease_until < now()) \
+                 and c.attempts = 0 and c.lease_owner is null \
                returning c.id) \
              update {s}.deliveries set state = 'cancelled', \
                last_error = 'restated value applied to the conversion before it was sent', \
@@ -736,10 +717,7 @@ impl Dispatcher {
         );
         let rows = self
             .client
-            .query(
-                &sql,
-                &[&conversion, &restatement, &self.owner, &can_retract],
-            )
+            .query(&sql, &[&conversion, &restatement, &self.owner])
             .await
             .map_err(db("applying a restatement to an unsent conversion"))?;
         Ok(!rows.is_empty())
@@ -1024,6 +1002,69 @@ impl Resolved {
     }
 }
 
+/// What an adjustment's resolution needs to know about the conversion it adjusts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConversionView<'a> {
+    /// Its state.
+    pub state: &'a str,
+    /// Whether a request carrying it may have reached the platform: an attempt was recorded (a
+    /// timeout, a lost connection, a 5xx, a 429), or a lease other than this batch's holds or held
+    /// it (a round in flight, or one that died before recording its outcome).
+    pub may_have_been_sent: bool,
+    /// Whether this batch claimed it.
+    pub mine: bool,
+    /// Whether its lease is still valid.
+    pub leased: bool,
+}
+
+/// What becomes of an adjustment (a retraction or restatement) of a conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// The conversion never reached the platform: cancel it and the retraction together.
+    CancelBoth,
+    /// The conversion never reached the platform: it takes the restated value, the restatement closes.
+    RestateUnsent,
+    /// The conversion is being sent, or may have reached the platform and must be finished (sent,
+    /// its stored payload as it is) first: look again once it has an outcome.
+    Wait,
+    /// The conversion was sent: the adjustment goes to the destination, which retracts or restates
+    /// it (Google Ads) or answers that it cannot (Meta, TikTok: skipped, `platform cannot retract`).
+    Send,
+    /// The conversion was cancelled before it was sent: so is the adjustment.
+    Cancelled,
+    /// Nothing to adjust, for this reason.
+    Skip(String),
+}
+
+/// Resolves an adjustment of kind `kind` against its conversion (`None`: never recorded).
+///
+/// The rule that keeps the control table truthful: a conversion that may have reached the platform is
+/// never cancelled (the platform may count it); it is finished first, and the adjustment then follows
+/// what the platform can do. Only a conversion that was never attempted is cancelled (retraction) or
+/// changed in place (restatement), and only while nobody else holds it.
+pub(crate) fn resolve(kind: Kind, conversion: Option<ConversionView<'_>>) -> Resolution {
+    let verb = if kind == Kind::Retraction {
+        "retract"
+    } else {
+        "restate"
+    };
+    let Some(c) = conversion else {
+        return Resolution::Skip(format!("no conversion to {verb}"));
+    };
+    match c.state {
+        "pending" if c.may_have_been_sent => Resolution::Wait,
+        "pending" if kind == Kind::Retraction && (c.mine || !c.leased) => Resolution::CancelBoth,
+        "pending" if kind == Kind::Restatement && !c.mine && !c.leased => Resolution::RestateUnsent,
+        "pending" => Resolution::Wait,
+        "sent" => Resolution::Send,
+        "cancelled" => Resolution::Cancelled,
+        state @ ("failed" | "skipped") => Resolution::Skip(format!(
+            "the conversion was {state}, not sent: nothing to {verb}"
+        )),
+        _ => Resolution::Skip(format!("no conversion to {verb}")),
+    }
+}
+
 /// An adjustment row and the conversion it adjusts, if that exists.
 struct Target {
     /// The adjustment row.
@@ -1052,6 +1093,15 @@ struct Conversion {
     event_time: chrono::DateTime<chrono::Utc>,
     /// How long until it is due again (zero when due or in flight).
     due_in: Duration,
+}
+
+impl Conversion {
+    /// Whether a request carrying it may have reached the platform (see [`ConversionView`]).
+    fn may_have_been_sent(&self, owner: &str, claimed: &HashSet<i64>) -> bool {
+        let claimed_by_this_batch =
+            claimed.contains(&self.id) && self.lease_owner.as_deref() == Some(owner);
+        self.attempts > 0 || (self.lease_owner.is_some() && !claimed_by_this_batch)
+    }
 }
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes
@@ -1095,6 +1145,56 @@ mod tests {
             retry_initial_ms: initial,
             retry_max_ms: max,
             ..DispatchConfig::default()
+        }
+    }
+
+    /// A conversion as an adjustment sees it.
+    fn conv(state: &str, may_have_been_sent: bool, mine: bool, leased: bool) -> ConversionView<'_> {
+        ConversionView {
+            state,
+            may_have_been_sent,
+            mine,
+            leased,
+        }
+    }
+
+    #[test]
+    fn a_conversion_that_may_have_reached_the_platform_is_never_cancelled() {
+        use Kind::{Restatement as Rs, Retraction as Rt};
+        use Resolution::*;
+        let skip = |s: &str| Skip(s.to_string());
+        #[rustfmt::skip]
+        let table: Vec<(Kind, Option<ConversionView>, Resolution)> = vec![
+            // Never attempted, nobody else holds it: cancelled, or changed in place.
+            (Rt, Some(conv("pending", false, false, false)), CancelBoth),
+            (Rt, Some(conv("pending", false, true, true)), CancelBoth),
+            (Rs, Some(conv("pending", false, false, false)), RestateUnsent),
+            // In this very batch: the restatement waits for it to be sent.
+            (Rs, Some(conv("pending", false, true, true)), Wait),
+            // Held by another process: wait for its outcome.
+            (Rt, Some(conv("pending", false, false, true)), Wait),
+            // An attempt whose answer was lost (timeout, 5xx, a crash mid-round): finished first,
+            // on every platform, whoever holds it.
+            (Rt, Some(conv("pending", true, false, false)), Wait),
+            (Rt, Some(conv("pending", true, true, true)), Wait),
+            (Rs, Some(conv("pending", true, false, false)), Wait),
+            // Then the adjustment follows what the platform can do.
+            (Rt, Some(conv("sent", true, false, false)), Send),
+            (Rs, Some(conv("sent", false, false, false)), Send),
+            (Rt, Some(conv("cancelled", false, false, false)), Cancelled),
+            (Rt, Some(conv("failed", true, false, false)),
+                skip("the conversion was failed, not sent: nothing to retract")),
+            (Rs, Some(conv("skipped", false, false, false)),
+                skip("the conversion was skipped, not sent: nothing to restate")),
+            (Rt, None, skip("no conversion to retract")),
+            (Rs, None, skip("no conversion to restate")),
+        ];
+        for (kind, conversion, expected) in table {
+            assert_eq!(
+                resolve(kind, conversion),
+                expected,
+                "{kind:?} of {conversion:?}"
+            );
         }
     }
 

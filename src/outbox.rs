@@ -38,6 +38,21 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("views.sql", include_str!("../sql/views.sql")),
 ];
 
+/// The suffix of the rule name of a retraction that a source row's DELETE produced: `order_paid:deleted`
+/// retracts the `order_paid` conversion of the deleted row. Configured rule names hold only letters,
+/// digits and `_`, so it never names a configured rule.
+pub const DELETION_SUFFIX: &str = ":deleted";
+
+/// The rule name of the retraction a DELETE produces for a conversion of `rule`.
+pub fn deletion_rule(rule: &str) -> String {
+    format!("{rule}{DELETION_SUFFIX}")
+}
+
+/// Whether `rule` names a retraction produced by a DELETE (see [`DELETION_SUFFIX`]).
+pub fn is_deletion_rule(rule: &str) -> bool {
+    rule.ends_with(DELETION_SUFFIX)
+}
+
 /// What a delivery row asks the platform to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -574,3 +574,115 @@ async fn a_refund_right_after_the_conversion_was_sent_is_retracted_on_google_not
     assert_eq!(adjustments[0].order_id.as_deref(), Some("order-q1"));
     pipeline.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_after_a_lost_answer_leaves_the_control_table_agreeing_with_the_platforms() {
+    // GIVEN capture and dispatch running, and platforms that process every request but lose the
+    // answer (the connection drops after the platform counted the events)
+    let (sandbox, db, client, config) = shop(1_000).await;
+    sandbox.set_faults(Faults {
+        accept_then_drop_ratio: 1.0,
+        ..Faults::default()
+    });
+    let pipeline = Pipeline::start(config, &db.url()).await;
+    let mut sql = String::from("begin;");
+    for i in 0..10 {
+        sql.push_str(&paid_order(&format!("lost{i}")));
+    }
+    sql.push_str("commit;");
+    client.batch_execute(&sql).await.unwrap();
+    crate::support::wait_for(30, "every conversion to be attempted", || async {
+        let attempted = count(
+            &client,
+            "select count(*) from pgcapi.deliveries where kind = 'conversion' and attempts > 0
+               and state = 'pending'",
+        )
+        .await;
+        (attempted == 30).then_some(())
+    })
+    .await;
+
+    // WHEN the ten orders are refunded before any retry got an answer, and the platforms then
+    // answer again
+    client
+        .batch_execute("update orders set status = 'refunded' where order_number like 'lost%'")
+        .await
+        .unwrap();
+    crate::support::wait_for(30, "the refunds to be captured", || async {
+        let refunds = count(
+            &client,
+            "select count(*) from pgcapi.deliveries where kind = 'retraction'",
+        )
+        .await;
+        (refunds == 30).then_some(())
+    })
+    .await;
+    sandbox.set_faults(Faults::none());
+
+    // THEN no conversion is cancelled: each was finished (sent), and its refund retracted it at
+    // Google and is skipped, saying why, at Meta and TikTok
+    settled(&client, 60, 30).await;
+    let retractions = sandbox.records().google_ads.adjustments;
+    for (destination, platform) in DESTINATIONS {
+        let by_state = states(&client, destination).await;
+        let get = |kind: &str, state: &str| {
+            by_state
+                .get(&(kind.to_string(), state.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(get("conversion", "sent"), 10, "{destination}: {by_state:?}");
+        let refund_state = if platform == Platform::GoogleAds {
+            "sent"
+        } else {
+            "skipped"
+        };
+        assert_eq!(
+            get("retraction", refund_state),
+            10,
+            "{destination}: {by_state:?}"
+        );
+        if platform != Platform::GoogleAds {
+            let with_reason = count(
+                &client,
+                &format!(
+                    "select count(*) from pgcapi.deliveries where destination = '{destination}'
+                       and kind = 'retraction' and last_error = 'platform cannot retract'"
+                ),
+            )
+            .await;
+            assert_eq!(with_reason, 10, "{destination}");
+        }
+        // AND what the platform counts is exactly what the control table says it holds
+        let mut ids = counted_ids(&sandbox, platform);
+        ids.sort();
+        let mut sent: Vec<String> = client
+            .query(
+                "select event_id from pgcapi.deliveries
+                 where destination = $1 and kind = 'conversion' and state = 'sent'",
+                &[&destination],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        sent.sort();
+        assert_eq!(ids, sent, "{destination}");
+    }
+    let mut retracted: Vec<String> = retractions
+        .iter()
+        .filter(|a| a.adjustment_type == "RETRACTION")
+        .filter_map(|a| a.order_id.clone())
+        .collect();
+    retracted.sort();
+    retracted.dedup();
+    assert_eq!(retracted.len(), 10, "{retracted:?}");
+    // AND the lost answers really made pgcapi send the conversions again
+    let stats = sandbox.stats();
+    for platform in [Platform::Meta, Platform::GoogleAds, Platform::Tiktok] {
+        let c = stats.platform(platform);
+        assert!(c.responses_lost > 0 && c.duplicate_sends >= 10, "{stats:?}");
+    }
+    pipeline.stop().await;
+}
