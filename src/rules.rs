@@ -581,6 +581,34 @@ fn failed_rows(
     }
 }
 
+/// How far after its transaction's commit an event time may lie: a clock a little ahead is tolerated,
+/// an event in the future (a year 9999 placeholder, a wrong time zone) fails the row before any request.
+pub const MAX_TIME_AHEAD: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// The largest value magnitude accepted: beyond it a value is a mistake (an id or a card number in
+/// the value column, `1e308`), not a sale, and would skew the platform's reporting.
+pub const MAX_VALUE: f64 = 1e12;
+
+/// Checks a value (decimal text): a finite number no larger than [`MAX_VALUE`] in magnitude. The
+/// error completes "value column X …" and never repeats the value.
+pub fn check_value(value: &str) -> Result<(), String> {
+    match value.trim().parse::<f64>() {
+        Ok(f) if !f.is_finite() => Err("is not a finite number".to_string()),
+        Ok(f) if f.abs() > MAX_VALUE => Err(format!(
+            "is beyond {MAX_VALUE:e} in magnitude, not a plausible conversion value"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err("is not a number".to_string()),
+    }
+}
+
+/// Whether `code` (three upper-case letters) is an ISO 4217 code of a currency (the `iso_currency`
+/// crate's list): the special codes — `XXX` (no currency), `XTS` (testing), precious metals, units of
+/// account — are not money a platform can count.
+pub fn is_known_currency(code: &str) -> bool {
+    iso_currency::Currency::from_code(code).is_some_and(|c| !c.is_special())
+}
+
 /// The typed fields of one event.
 struct EventFields {
     event_id: String,
@@ -644,6 +672,15 @@ impl EventFields {
                 }
             },
         };
+        if let Some(column) = &id_rule.event_time {
+            if event_time > tx.commit_time + MAX_TIME_AHEAD {
+                return Ok(Err(format!(
+                    "event_time column {column:?} is more than {} minutes after the transaction's \
+                     commit (in the future)",
+                    MAX_TIME_AHEAD.num_minutes()
+                )));
+            }
+        }
         let value = match &value_rule.value {
             None => None,
             Some(column) => match row.value(value_rule, column)? {
@@ -658,6 +695,11 @@ impl EventFields {
                 _ => return Ok(Err(format!("value column {column:?} is not a number"))),
             },
         };
+        if let (Some(column), Some(v)) = (&value_rule.value, &value) {
+            if let Err(reason) = check_value(v) {
+                return Ok(Err(format!("value column {column:?} {reason}")));
+            }
+        }
         let currency = match &value_rule.currency {
             None => Some(default_currency.to_string()),
             Some(t) => {
@@ -666,6 +708,11 @@ impl EventFields {
                 if text.is_empty() {
                     Some(default_currency.to_string())
                 } else if text.len() == 3 && text.chars().all(|c| c.is_ascii_uppercase()) {
+                    if !is_known_currency(&text) {
+                        return Ok(Err(format!(
+                            "currency {text:?} is not an ISO 4217 currency code"
+                        )));
+                    }
                     Some(text)
                 } else {
                     return Ok(Err(
@@ -834,5 +881,41 @@ impl Bound {
     /// The relation the rules are bound to.
     pub fn relation(&self) -> &Arc<Relation> {
         &self.relation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_values_are_refused_plausible_ones_kept() {
+        for ok in ["0", "25.00", "-3.5", "999999999999", "1e12"] {
+            assert_eq!(check_value(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "1e308",
+            "1000000000000.01",
+            "-2e12",
+            "Infinity",
+            "-Infinity",
+            "NaN",
+        ] {
+            assert!(check_value(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            check_value("1e308").unwrap_err(),
+            "is beyond 1e12 in magnitude, not a plausible conversion value"
+        );
+    }
+
+    #[test]
+    fn currencies_are_checked_against_iso_4217() {
+        for ok in ["USD", "EUR", "JPY", "XCG", "ZWG", "CHF"] {
+            assert!(is_known_currency(ok), "{ok}");
+        }
+        for bad in ["XXX", "XTS", "XAU", "ABC", "QQQ"] {
+            assert!(!is_known_currency(bad), "{bad}");
+        }
     }
 }

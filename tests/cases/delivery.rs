@@ -686,3 +686,66 @@ async fn a_refund_after_a_lost_answer_leaves_the_control_table_agreeing_with_the
     }
     pipeline.stop().await;
 }
+
+#[tokio::test]
+async fn a_future_event_time_an_absurd_value_and_an_unknown_currency_fail_before_any_request() {
+    // GIVEN capture and dispatch running, on an orders table whose total takes any numeric
+    let (sandbox, db, client, config) = shop(1_000).await;
+    client
+        .batch_execute("alter table orders alter column total type numeric")
+        .await
+        .unwrap();
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN one transaction pays an order in the year 9999, one worth 1e308, one in currency XXX
+    // (ISO 4217's "no currency"), and an ordinary one
+    let sql = format!(
+        "begin; {} {} {} {} commit;",
+        paid_order("future").replace("now())", "'9999-01-01 00:00:00+00')"),
+        paid_order("huge").replace("25.00", "1e308"),
+        paid_order("xxx")
+            .replace("total, status", "currency, total, status")
+            .replace("25.00,", "'XXX', 25.00,"),
+        paid_order("fine"),
+    );
+    client.batch_execute(&sql).await.unwrap();
+
+    // THEN each absurd order is recorded failed for every destination, with its reason, and only
+    // the ordinary one reached the platforms
+    settled(&client, 12, 30).await;
+    for (reason, what) in [
+        (
+            "invalid row: event_time column \"paid_at\" is more than 10 minutes after the \
+             transaction's commit (in the future)",
+            "year 9999",
+        ),
+        (
+            "invalid row: value column \"total\" is beyond 1e12 in magnitude, not a plausible \
+             conversion value",
+            "1e308",
+        ),
+        (
+            "invalid row: currency \"XXX\" is not an ISO 4217 currency code",
+            "XXX",
+        ),
+    ] {
+        let failed = count(
+            &client,
+            &format!(
+                "select count(*) from pgcapi.deliveries where state = 'failed' and attempts = 0
+                   and last_error = '{}'",
+                reason.replace('\'', "''")
+            ),
+        )
+        .await;
+        assert_eq!(failed, 3, "{what}");
+    }
+    for (destination, platform) in DESTINATIONS {
+        assert_eq!(
+            counted_ids(&sandbox, platform),
+            vec!["order-fine".to_string()],
+            "{destination}"
+        );
+    }
+    pipeline.stop().await;
+}
