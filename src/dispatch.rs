@@ -304,8 +304,9 @@ impl Dispatcher {
         let mut next_connection = index;
         async move {
             info!("dispatch worker started");
-            let mut in_flight: tokio::task::JoinSet<Result<Progress, DispatchError>> =
+            let mut in_flight: tokio::task::JoinSet<Result<Summary, DispatchError>> =
                 tokio::task::JoinSet::new();
+            let mut availability = Availability::default();
             loop {
                 if *stop.borrow() {
                     // Rounds in progress are finished first.
@@ -316,18 +317,31 @@ impl Dispatcher {
                     return Ok(());
                 }
                 let mut pause = None;
-                while in_flight.len() >= BATCHES_IN_FLIGHT {
+                // While the platform is down, one probe at a time.
+                while in_flight.len() >= BATCHES_IN_FLIGHT
+                    || (availability.is_down() && !in_flight.is_empty())
+                {
                     if let Some(joined) = in_flight.join_next().await {
-                        if finished(joined, dest.name())? == Progress::Failed {
+                        let summary = finished(joined, dest.name())?;
+                        if summary.progress == Progress::Failed {
                             pause = Some(ROUND_ERROR_PAUSE);
                         }
+                        self.observe(&mut availability, &summary).await?;
                     }
                 }
+                if pause.is_none() {
+                    pause = availability.until_probe();
+                }
+                let limit = if availability.is_down() {
+                    PROBE_ROWS.min(dest.max_batch())
+                } else {
+                    dest.max_batch()
+                };
                 let pause = match pause {
                     Some(pause) => pause,
-                    None => match self.claim_for(dest.as_ref()).await {
+                    None => match self.claim(dest.name(), limit).await {
                         Ok(claimed) => {
-                            let full = claimed.len() >= dest.max_batch();
+                            let full = claimed.len() >= limit && !availability.is_down();
                             if !claimed.is_empty() {
                                 next_connection += 1;
                                 let this = connections[next_connection % connections.len()].clone();
@@ -335,11 +349,11 @@ impl Dispatcher {
                                 in_flight.spawn(
                                     async move {
                                         match this.process(dest.as_ref(), claimed).await {
-                                            Ok(processed) => Ok(processed.progress()),
+                                            Ok(processed) => Ok(processed.summary()),
                                             Err(e) if e.is_connection_error() => Err(e),
                                             Err(e) => {
                                                 warn!(error = %e, "dispatch round failed");
-                                                Ok(Progress::Failed)
+                                                Ok(Summary::failed())
                                             }
                                         }
                                     }
@@ -374,8 +388,14 @@ impl Dispatcher {
                         }
                         Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                             // A batch that left rows to retry or waiting may have made a row due
-                            // sooner than the pause: look again.
-                            if finished(joined, dest.name())? == Progress::Rescheduled {
+                            // sooner than the pause, and one that found the platform back or down
+                            // changes what to claim: look again.
+                            let summary = finished(joined, dest.name())?;
+                            let was_down = availability.is_down();
+                            self.observe(&mut availability, &summary).await?;
+                            if summary.progress == Progress::Rescheduled
+                                || was_down != availability.is_down()
+                            {
                                 break;
                             }
                         }
@@ -422,6 +442,41 @@ impl Dispatcher {
         self.claim(dest.name(), dest.max_batch()).await
     }
 
+    /// Takes a finished batch into the destination's [`Availability`]; when it shows the platform
+    /// back after an outage, the rows that outage put on backoff become due now.
+    async fn observe(
+        &self,
+        availability: &mut Availability,
+        summary: &Summary,
+    ) -> Result<(), DispatchError> {
+        let was_down = availability.is_down();
+        let requeue = availability.observe(&self.config, summary);
+        if !was_down && availability.is_down() {
+            warn!(
+                failed_batches = availability.failed_batches,
+                "the platform answers no request: probing with one small batch at a time"
+            );
+        }
+        if let Some(ids) = requeue {
+            let sql = format!(
+                "update {s}.deliveries set next_attempt_at = now() \
+                 where id = any($1) and state = 'pending' and next_attempt_at > now() \
+                   and (lease_until is null or lease_until < now())",
+                s = quote_ident(&self.schema)
+            );
+            let requeued = self
+                .client
+                .execute(&sql, &[&ids])
+                .await
+                .map_err(db("requeueing rows after an outage"))?;
+            info!(
+                requeued,
+                "the platform answers again: rows waiting on backoff are due now"
+            );
+        }
+        Ok(())
+    }
+
     /// Resolves, sends and records a claimed batch of `dest`.
     async fn process(
         &self,
@@ -447,9 +502,26 @@ impl Dispatcher {
         } else {
             dest.send(&to_send).await
         };
+        let mut answered = false;
+        let mut unanswered = false;
+        let mut retry_after: Option<Duration> = None;
+        let mut backed_off = Vec::new();
         for (d, outcome) in to_send.iter().zip(outcomes) {
-            if matches!(outcome, Outcome::Sent { .. }) {
-                crate::metrics::delivery_sent(dest.name(), d.created_at);
+            match &outcome {
+                Outcome::Sent { .. } => {
+                    answered = true;
+                    crate::metrics::delivery_sent(dest.name(), d.created_at);
+                }
+                Outcome::Retry {
+                    retry_after: after, ..
+                } => {
+                    unanswered = true;
+                    match after {
+                        None => backed_off.push(d.id),
+                        Some(after) => retry_after = retry_after.max(Some(*after)),
+                    }
+                }
+                Outcome::Failed { .. } | Outcome::Skipped { .. } => {}
             }
             records.push(self.record(d, outcome));
         }
@@ -470,6 +542,10 @@ impl Dispatcher {
         Ok(Processed {
             claimed: count,
             rescheduled: tally(Record::RETRY) + tally(Record::WAIT),
+            answered,
+            unanswered: unanswered && !answered,
+            retry_after,
+            backed_off,
         })
     }
 
@@ -810,17 +886,155 @@ struct Processed {
     claimed: usize,
     /// Rows put back to pending with a delay (retries, adjustments waiting for their conversion).
     rescheduled: usize,
+    /// The platform accepted at least one row.
+    answered: bool,
+    /// Rows were sent and the platform accepted none: every one met a retryable error.
+    unanswered: bool,
+    /// The longest `Retry-After` (or operator floor) among the retries.
+    retry_after: Option<Duration>,
+    /// Rows put back on plain exponential backoff (no platform-given delay).
+    backed_off: Vec<i64>,
 }
 
 impl Processed {
     /// What the worker needs to know.
-    fn progress(&self) -> Progress {
-        if self.rescheduled > 0 {
-            Progress::Rescheduled
-        } else {
-            Progress::Done
+    fn summary(self) -> Summary {
+        Summary {
+            progress: if self.rescheduled > 0 {
+                Progress::Rescheduled
+            } else {
+                Progress::Done
+            },
+            answered: self.answered,
+            unanswered: self.unanswered,
+            retry_after: self.retry_after,
+            backed_off: self.backed_off,
         }
     }
+}
+
+/// A finished batch, as the worker loop sees it.
+struct Summary {
+    /// How it ended.
+    progress: Progress,
+    /// See [`Processed::answered`].
+    answered: bool,
+    /// See [`Processed::unanswered`].
+    unanswered: bool,
+    /// See [`Processed::retry_after`].
+    retry_after: Option<Duration>,
+    /// See [`Processed::backed_off`].
+    backed_off: Vec<i64>,
+}
+
+impl Summary {
+    /// A round that failed without losing the connection.
+    fn failed() -> Summary {
+        Summary {
+            progress: Progress::Failed,
+            answered: false,
+            unanswered: false,
+            retry_after: None,
+            backed_off: Vec::new(),
+        }
+    }
+}
+
+/// How many batches in a row must go unanswered before the destination counts as down.
+const DOWN_AFTER_BATCHES: u32 = 2;
+/// The most rows a probe carries while the destination is down.
+pub const PROBE_ROWS: usize = 10;
+/// The longest wait between two probes (unless the platform's `Retry-After` asks for more): how
+/// late, at most, the end of an outage is noticed.
+pub const PROBE_MAX_INTERVAL: Duration = Duration::from_secs(5);
+/// The most row ids remembered for the requeue at the end of an outage; rows beyond it wait out
+/// their own backoff.
+const MAX_BACKED_OFF_TRACKED: usize = 1_000_000;
+
+/// A destination's availability as its worker sees it.
+///
+/// After [`DOWN_AFTER_BATCHES`] batches in a row that the platform answered for no row (5xx,
+/// timeouts, lost connections, 429s), the destination is *down*: instead of trying every due row
+/// (and pushing each one's backoff further), the worker sends one probe of at most [`PROBE_ROWS`]
+/// rows at a time, spaced by an exponential backoff capped at [`PROBE_MAX_INTERVAL`] (never less
+/// than a `Retry-After`). The first batch the platform accepts ends the outage: the rows the outage
+/// put on plain backoff are due at once, so the backlog drains at full speed (bounded by the
+/// batch size and [`BATCHES_IN_FLIGHT`]). Rows that the platform asked to wait (`Retry-After`, or an
+/// operator's problem) keep their time.
+#[derive(Debug, Default)]
+struct Availability {
+    /// Batches in a row that the platform answered for no row.
+    failed_batches: u32,
+    /// While down: when the next probe may go.
+    probe_at: Option<tokio::time::Instant>,
+    /// Rows put on plain backoff since the last answered batch.
+    backed_off: HashSet<i64>,
+}
+
+impl Availability {
+    /// Whether the platform is considered down (probing).
+    fn is_down(&self) -> bool {
+        self.probe_at.is_some()
+    }
+
+    /// While down, how long until the next probe (`None`: claim now).
+    fn until_probe(&self) -> Option<Duration> {
+        let at = self.probe_at?;
+        let now = tokio::time::Instant::now();
+        (at > now).then(|| at - now)
+    }
+
+    /// Takes a finished batch into account; returns the rows to make due now when it shows the
+    /// platform back after an outage.
+    fn observe(&mut self, config: &DispatchConfig, summary: &Summary) -> Option<Vec<i64>> {
+        if summary.answered {
+            let was_down = self.probe_at.take().is_some();
+            self.failed_batches = 0;
+            let backed_off = std::mem::take(&mut self.backed_off);
+            return (was_down && !backed_off.is_empty()).then(|| backed_off.into_iter().collect());
+        }
+        if !summary.unanswered {
+            return None;
+        }
+        for id in &summary.backed_off {
+            if self.backed_off.len() >= MAX_BACKED_OFF_TRACKED {
+                break;
+            }
+            self.backed_off.insert(*id);
+        }
+        self.failed_batches = self.failed_batches.saturating_add(1);
+        if self.failed_batches >= DOWN_AFTER_BATCHES {
+            self.probe_at = Some(
+                tokio::time::Instant::now()
+                    + probe_delay(
+                        config,
+                        self.failed_batches - DOWN_AFTER_BATCHES,
+                        summary.retry_after,
+                    ),
+            );
+        }
+        None
+    }
+}
+
+/// The wait before the next probe after `failed_probes` unanswered ones: [`backoff`] with its cap
+/// lowered to [`PROBE_MAX_INTERVAL`], never shorter than `retry_after`.
+fn probe_delay(
+    config: &DispatchConfig,
+    failed_probes: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let max = u64::try_from(PROBE_MAX_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+    let probe = DispatchConfig {
+        retry_initial_ms: config.retry_initial_ms.min(max),
+        retry_max_ms: config.retry_max_ms.min(max),
+        ..config.clone()
+    };
+    backoff(
+        &probe,
+        i32::try_from(failed_probes).unwrap_or(i32::MAX),
+        retry_after,
+    )
 }
 
 /// How a batch in flight ended, as far as the worker loop cares.
@@ -836,9 +1050,9 @@ enum Progress {
 
 /// Unwraps a finished batch task: connection errors and panics stop the worker.
 fn finished(
-    joined: Result<Result<Progress, DispatchError>, tokio::task::JoinError>,
+    joined: Result<Result<Summary, DispatchError>, tokio::task::JoinError>,
     destination: &str,
-) -> Result<Progress, DispatchError> {
+) -> Result<Summary, DispatchError> {
     match joined {
         Ok(result) => result,
         Err(e) => Err(DispatchError::Worker {
@@ -1196,6 +1410,41 @@ mod tests {
                 "{kind:?} of {conversion:?}"
             );
         }
+    }
+
+    fn batch(answered: bool, backed_off: &[i64], retry_after: Option<Duration>) -> Summary {
+        Summary {
+            progress: Progress::Rescheduled,
+            answered,
+            unanswered: !answered,
+            retry_after,
+            backed_off: backed_off.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_outage_is_probed_and_its_end_makes_the_backed_off_rows_due() {
+        let c = config(20_000, 300_000);
+        let mut a = Availability::default();
+        // One unanswered batch is not an outage yet.
+        assert_eq!(a.observe(&c, &batch(false, &[1, 2], None)), None);
+        assert!(!a.is_down());
+        // Two in a row are: probes only, at most PROBE_MAX_INTERVAL apart.
+        assert_eq!(a.observe(&c, &batch(false, &[3], None)), None);
+        assert!(a.is_down());
+        assert!(a.until_probe().unwrap_or_default() <= PROBE_MAX_INTERVAL);
+        // A Retry-After is respected even beyond that.
+        a.observe(&c, &batch(false, &[], Some(Duration::from_secs(30))));
+        assert!(a.until_probe().unwrap() >= Duration::from_secs(29));
+        // The first answer ends it: every row the outage backed off is due again.
+        let mut due = a.observe(&c, &batch(true, &[], None)).unwrap();
+        due.sort();
+        assert_eq!(due, [1, 2, 3]);
+        assert!(!a.is_down() && a.until_probe().is_none());
+        // An isolated retry while the platform answers is left to its own backoff.
+        a.observe(&c, &batch(false, &[5], None));
+        assert_eq!(a.observe(&c, &batch(true, &[], None)), None);
+        assert!(a.backed_off.is_empty());
     }
 
     #[test]

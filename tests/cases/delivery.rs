@@ -749,3 +749,72 @@ async fn a_future_event_time_an_absurd_value_and_an_unknown_currency_fail_before
     }
     pipeline.stop().await;
 }
+
+#[tokio::test]
+async fn after_an_outage_only_probes_meet_it_and_the_backlog_drains_at_full_speed() {
+    // GIVEN platforms that answer every request with a 500, retries that start at 20 s (a row that
+    // met the outage waits up to 20 s, and longer each time), and batches of 10
+    let (sandbox, db, client, mut config) = shop(10).await;
+    config.dispatch.retry_initial_ms = 20_000;
+    config.dispatch.retry_max_ms = 300_000;
+    sandbox.set_faults(Faults {
+        error_500_ratio: 1.0,
+        ..Faults::default()
+    });
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN 100 orders are paid during the outage (10 batches per destination), and the outage
+    // goes on until every platform has turned away a few probes
+    let mut sql = String::from("begin;");
+    for i in 0..100 {
+        sql.push_str(&paid_order(&format!("o{i}")));
+    }
+    sql.push_str("commit;");
+    client.batch_execute(&sql).await.unwrap();
+    let platforms = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
+    crate::support::wait_for(60, "a few probes at every platform", || async {
+        let stats = sandbox.stats();
+        platforms
+            .iter()
+            .all(|p| stats.platform(*p).faulted >= 5)
+            .then_some(())
+    })
+    .await;
+    // THEN the outage met probes, not the backlog: fewer requests than batches waiting
+    let during = sandbox.stats();
+    for p in platforms {
+        let faulted = during.platform(p).faulted;
+        assert!(faulted < 10, "{p:?}: {faulted} requests during the outage");
+    }
+    let backed_off = count(
+        &client,
+        "select count(*) from pgcapi.deliveries
+         where state = 'pending' and next_attempt_at > now() + interval '10 seconds'",
+    )
+    .await;
+    assert!(backed_off > 0, "no row was waiting on a long backoff");
+
+    // WHEN the platforms answer again
+    sandbox.set_faults(Faults::none());
+    let recovered = Instant::now();
+    // THEN every row is sent within one probe interval plus a few seconds of draining, instead of
+    // waiting out its own backoff (up to 20 s and more)
+    settled(&client, 300, 60).await;
+    let drained = recovered.elapsed();
+    let bound = pgcapi::dispatch::PROBE_MAX_INTERVAL + Duration::from_secs(5);
+    assert!(drained <= bound, "drained in {drained:?}, bound {bound:?}");
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'sent'"
+        )
+        .await,
+        300
+    );
+    eprintln!(
+        "outage: {} / {} / {} requests turned away (meta/google/tiktok), {backed_off} rows on a \
+         long backoff; drained {drained:.1?} after recovery (bound {bound:?})",
+        during.meta.faulted, during.google_ads.faulted, during.tiktok.faulted
+    );
+    pipeline.stop().await;
+}
