@@ -636,10 +636,48 @@ impl Session<'_> {
                 fill_unchanged_toast(&mut update.new, update.old.as_ref());
                 self.change(update.relation, &update.new, at).await?;
             }
-            PgOutput::Delete(_) | PgOutput::Truncate(_) => {
+            PgOutput::Delete(delete) => {
+                self.bump_changes();
+                self.deleted(delete, at).await?;
+            }
+            PgOutput::Truncate(_) => {
                 self.bump_changes();
             }
             PgOutput::Origin(_) | PgOutput::Type(_) | PgOutput::Message(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A DELETE: retractions of the deleted row's conversions (rules with `on_delete = "retract"`),
+    /// recorded where such a conversion exists; see [`Rules::evaluate_delete`].
+    async fn deleted(&mut self, delete: decode::Delete, at: Lsn) -> Result<(), CaptureError> {
+        let Some(tx) = self.tx.as_ref().map(|t| t.context) else {
+            return Err(CaptureError::Protocol(format!(
+                "row change outside a transaction at {at}"
+            )));
+        };
+        let Some(Some(bound)) = self.bound.get(&delete.relation) else {
+            return Ok(());
+        };
+        let unmatched = self
+            .capture
+            .rules
+            .evaluate_delete(bound, &delete.old, tx, &mut self.group);
+        for rule in unmatched {
+            warn!(
+                rule = %rule,
+                table = %bound.relation().qualified_name(),
+                "a DELETE cannot be matched to this rule's conversion: its event_id reads columns \
+                 outside the table's replica identity key. Set REPLICA IDENTITY FULL on the table \
+                 for deletes to retract conversions (or on_delete = \"ignore\" to silence this)"
+            );
+        }
+        if self.group.len() >= self.capture.config.capture.group_max_rows {
+            self.flush_group().await?;
+            if self.group.len() >= self.capture.config.capture.group_max_rows {
+                self.group_deadline = None;
+                self.write(None).await?;
+            }
         }
         Ok(())
     }

@@ -5,8 +5,8 @@
 //! once and named. Evaluating a change ([`Rules::evaluate`]) is pure: no IO, and a row that cannot become
 //! an event is still returned as a `failed` row with the reason, never dropped silently.
 
-use crate::config::{Config, Platform, RuleConfig, Template, TemplatePart};
-use crate::decode::{is_plain_text, parse_value, Datum, Relation, Tuple, Value};
+use crate::config::{Config, OnDelete, Platform, RuleConfig, Template, TemplatePart};
+use crate::decode::{is_plain_text, parse_value, Datum, OldTuple, Relation, Tuple, Value};
 use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
@@ -113,6 +113,9 @@ struct Compiled {
     meta_event: Option<String>,
     conversion_action: Option<String>,
     tiktok_event: Option<String>,
+    on_delete: OnDelete,
+    /// Set once a DELETE could not be matched to this rule's conversion (reported once per process).
+    delete_unmatched: std::sync::atomic::AtomicBool,
 }
 
 impl Compiled {
@@ -167,6 +170,8 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            on_delete: rule.on_delete,
+            delete_unmatched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -387,6 +392,87 @@ impl Rules {
             }
         }
         Ok(())
+    }
+
+    /// Turns the old tuple of a DELETE into retractions of the conversions of the deleted row, for
+    /// every conversion rule of the table with `on_delete = "retract"` (the default). The rows are
+    /// named by [`crate::outbox::deletion_rule`]; the control table records one only where the
+    /// conversion exists (pending or sent), see [`crate::outbox::insert_deliveries`].
+    ///
+    /// The event id is rendered from the old tuple. Under `REPLICA IDENTITY DEFAULT` (or `USING
+    /// INDEX`) that tuple holds only the key columns: a rule whose event id reads another column
+    /// cannot tell which conversion to retract: its name is returned (the first time only, for the
+    /// caller's logs); `REPLICA IDENTITY FULL` on the table lifts that.
+    pub fn evaluate_delete(
+        &self,
+        bound: &Bound,
+        old: &OldTuple,
+        tx: TxContext,
+        out: &mut Vec<NewDelivery>,
+    ) -> Vec<String> {
+        let mut not_computable = Vec::new();
+        let (tuple, full) = match old {
+            OldTuple::Full(t) => (t, true),
+            OldTuple::Key(t) => (t, false),
+        };
+        let row = RowView { bound, tuple };
+        for rule in &bound.rules {
+            if rule.adjusts.is_some() || rule.on_delete == OnDelete::Ignore {
+                continue;
+            }
+            let Some(template) = &rule.event_id else {
+                continue;
+            };
+            let computable = full
+                || template.columns().all(|c| {
+                    bound
+                        .index
+                        .get(c)
+                        .is_some_and(|&i| bound.relation.columns[i].key)
+                });
+            if !computable {
+                if !rule
+                    .delete_unmatched
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    not_computable.push(rule.name.clone());
+                }
+                continue;
+            }
+            let event_id = match row.render(rule, template) {
+                Ok(Some(id)) if !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES => id,
+                // No usable id: no conversion could have been recorded under it either.
+                _ => continue,
+            };
+            for (destination, platform) in &rule.destinations {
+                out.push(NewDelivery {
+                    rule: crate::outbox::deletion_rule(&rule.name),
+                    destination: destination.clone(),
+                    platform: *platform,
+                    event_id: event_id.clone(),
+                    kind: Kind::Retraction,
+                    adjusts_rule: Some(rule.name.clone()),
+                    event_name: rule.event.clone(),
+                    event_time: tx.commit_time,
+                    value: None,
+                    currency: None,
+                    action_source: rule.action_source.clone(),
+                    payload: Payload {
+                        conversion_action: (*platform == Platform::GoogleAds)
+                            .then(|| rule.conversion_action.clone())
+                            .flatten(),
+                        consent: true,
+                        ..Payload::default()
+                    },
+                    state: State::Pending,
+                    last_error: None,
+                    source_table: rule.table.clone(),
+                    source_lsn: tx.commit_lsn,
+                    commit_time: tx.commit_time,
+                });
+            }
+        }
+        not_computable
     }
 
     fn conversion(

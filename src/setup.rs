@@ -338,7 +338,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
     if !exists {
         source
             .batch_execute(&format!(
-                "create publication {} for table {} with (publish = 'insert, update')",
+                "create publication {} for table {} with (publish = 'insert, update, delete')",
                 quote_ident(publication),
                 tables.join(", ")
             ))
@@ -348,7 +348,30 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
             "publication {publication} created for {}",
             rules.tables().join(", ")
         ));
-    } else if current != rules.tables() {
+    }
+    // Deletes are published (rules' on_delete, README "Refunds and deletes"); installations made
+    // by earlier versions published inserts and updates only.
+    let publishes_deletes = source
+        .query_opt(
+            "select pubdelete from pg_publication where pubname = $1",
+            &[publication],
+        )
+        .await
+        .map_err(sql("reading the publication"))?
+        .is_none_or(|r| r.get::<_, bool>(0));
+    if !publishes_deletes {
+        source
+            .batch_execute(&format!(
+                "alter publication {} set (publish = 'insert, update, delete')",
+                quote_ident(publication)
+            ))
+            .await
+            .map_err(sql("publishing deletes"))?;
+        report
+            .done
+            .push(format!("publication {publication} now publishes deletes"));
+    }
+    if exists && current != rules.tables() {
         source
             .batch_execute(&format!(
                 "alter publication {} set table {}",
@@ -361,7 +384,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
             "publication {publication} now covers exactly {}",
             rules.tables().join(", ")
         ));
-    } else {
+    } else if exists {
         report.done.push(format!(
             "publication {publication} covers {}",
             rules.tables().join(", ")

@@ -818,3 +818,178 @@ async fn after_an_outage_only_probes_meet_it_and_the_backlog_drains_at_full_spee
     );
     pipeline.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
+    // GIVEN capture and dispatch running; orders under REPLICA IDENTITY FULL (the event id reads
+    // order_number, not the key), and won deals whose rule says on_delete = "ignore"
+    let (sandbox, db, client, mut config) = shop(1_000).await;
+    config
+        .rules
+        .iter_mut()
+        .find(|r| r.name == "deal_won")
+        .unwrap()
+        .on_delete = pgcapi::config::OnDelete::Ignore;
+    client
+        .batch_execute("alter table orders replica identity full")
+        .await
+        .unwrap();
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN an order is paid and deleted in one transaction, an unpaid order is deleted, another
+    // is paid, and a deal is won and deleted in one transaction
+    client
+        .batch_execute(&format!(
+            "begin; {} delete from orders where order_number = 'd1'; commit;
+             insert into orders (order_number, email, total) values ('d2', 'x@example.com', 5);
+             delete from orders where order_number = 'd2';
+             {}
+             begin;
+             insert into leads (email, gclid, clicked_at, stage, deal_value, consent, won_at)
+               values ('lead@example.com', 'Cj0KCQiA-del', now() - interval '1 day', 'won', 900,
+                 'granted', now());
+             delete from leads;
+             commit;",
+            paid_order("d1"),
+            paid_order("d3")
+        ))
+        .await
+        .unwrap();
+
+    // THEN the deleted paid order is cancelled everywhere with its reason and never sent, the
+    // unpaid one left no row, and the other order and the deal (ignore) are sent
+    settled(&client, 6 + 3 + 2, 30).await;
+    let d1: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select kind, state, last_error from pgcapi.deliveries where event_id = 'order-d1'
+             order by kind, destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(d1.len(), 6, "{d1:?}");
+    for (kind, state, error) in &d1 {
+        let reason = if kind == "conversion" {
+            "source row deleted before it was sent"
+        } else {
+            "conversion was not sent yet"
+        };
+        assert_eq!(
+            (state.as_str(), error.as_deref()),
+            ("cancelled", Some(reason)),
+            "{d1:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-d2'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'sent' and kind = 'conversion'"
+        )
+        .await,
+        5
+    );
+    for (destination, platform) in DESTINATIONS {
+        let ids = counted_ids(&sandbox, platform);
+        assert!(
+            !ids.contains(&"order-d1".to_string()) && ids.contains(&"order-d3".to_string()),
+            "{destination}: {ids:?}"
+        );
+    }
+
+    // WHEN the sent order is deleted
+    client
+        .batch_execute("delete from orders where order_number = 'd3'")
+        .await
+        .unwrap();
+    // THEN Google retracts it, and Meta and TikTok say they cannot
+    settled(&client, 14, 30).await;
+    let d3: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select destination, state, last_error from pgcapi.deliveries
+             where event_id = 'order-d3' and kind = 'retraction' order by destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        d3,
+        [
+            ("google".into(), "sent".into(), None),
+            (
+                "meta".into(),
+                "skipped".into(),
+                Some("platform cannot retract".into())
+            ),
+            (
+                "tiktok".into(),
+                "skipped".into(),
+                Some("platform cannot retract".into())
+            ),
+        ]
+    );
+    let adjustments = sandbox.records().google_ads.adjustments;
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-d3"));
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn a_deal_won_and_deleted_in_one_transaction_is_cancelled_under_the_default_replica_identity()
+{
+    // GIVEN capture and dispatch running; leads under REPLICA IDENTITY DEFAULT, whose event id
+    // (`deal-{id}`) reads only the primary key, so the key-only old tuple of a DELETE is enough
+    let (sandbox, db, client, config) = shop(1_000).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN a deal is won and deleted in one transaction, next to one that is only won
+    client
+        .batch_execute(
+            "begin;
+             insert into leads (id, email, gclid, clicked_at, stage, deal_value, consent, won_at)
+               values (1, 'a@example.com', 'Cj0KCQiA-a', now() - interval '1 day', 'won', 900,
+                 'granted', now()),
+                      (2, 'b@example.com', 'Cj0KCQiA-b', now() - interval '1 day', 'won', 900,
+                 'granted', now());
+             delete from leads where id = 1;
+             commit;",
+        )
+        .await
+        .unwrap();
+
+    // THEN the deleted deal is cancelled at both destinations and never sent; the other is sent
+    settled(&client, 2 * 2 + 2, 30).await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'deal-1' and state = 'cancelled'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'deal-2' and state = 'sent'"
+        )
+        .await,
+        2
+    );
+    for platform in [Platform::Meta, Platform::GoogleAds] {
+        assert_eq!(counted_ids(&sandbox, platform), ["deal-2"], "{platform:?}");
+    }
+    pipeline.stop().await;
+}
