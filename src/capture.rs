@@ -963,7 +963,11 @@ impl Session<'_> {
                 fill_unchanged_toast(&mut update.new, update.old.as_ref());
                 self.change(update.relation, update.new, at).await?;
             }
-            PgOutput::Delete(_) | PgOutput::Truncate(_) => {
+            PgOutput::Delete(delete) => {
+                self.bump_changes();
+                self.deleted(delete, at).await?;
+            }
+            PgOutput::Truncate(_) => {
                 self.bump_changes();
             }
             PgOutput::Origin(_) | PgOutput::Type(_) | PgOutput::Message(_) => {}
@@ -1055,6 +1059,41 @@ impl Session<'_> {
             .await
             .map_err(|e| CaptureError::Db(format!("reading the columns of table {oid}: {e}")))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// A DELETE: retractions of the deleted row's conversions (rules with `on_delete = "retract"`),
+    /// recorded where such a conversion exists; see [`Rules::evaluate_delete`].
+    async fn deleted(&mut self, delete: decode::Delete, at: Lsn) -> Result<(), CaptureError> {
+        let Some(tx) = self.tx.as_ref().map(|t| t.context) else {
+            return Err(CaptureError::Protocol(format!(
+                "row change outside a transaction at {at}"
+            )));
+        };
+        self.check_bound(delete.relation, at)?;
+        let Some(Some(bound)) = self.bound.get(&delete.relation) else {
+            return Ok(());
+        };
+        let unmatched = self
+            .capture
+            .rules
+            .evaluate_delete(bound, &delete.old, tx, &mut self.group);
+        for rule in unmatched {
+            warn!(
+                rule = %rule,
+                table = %bound.relation().qualified_name(),
+                "a DELETE cannot be matched to this rule's conversion: its event_id reads columns \
+                 outside the table's replica identity key. Set REPLICA IDENTITY FULL on the table \
+                 for deletes to retract conversions (or on_delete = \"ignore\" to silence this)"
+            );
+        }
+        if self.group.len() >= self.capture.config.capture.group_max_rows {
+            self.flush_group().await?;
+            if self.group.len() >= self.capture.config.capture.group_max_rows {
+                self.group_deadline = None;
+                self.write(None).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Counts a row change; the shared counter is updated every [`CHANGES_PER_STATS_UPDATE`] changes

@@ -574,6 +574,21 @@ pub struct RuleConfig {
     /// The rule whose conversions this rule restates with a new value (partial refunds).
     #[serde(default)]
     pub restates: Option<String>,
+    /// What a DELETE of a source row does to this rule's conversion of it (conversion rules only).
+    #[serde(default)]
+    pub on_delete: OnDelete,
+}
+
+/// `on_delete` of a conversion rule: what a DELETE of the source row does to its conversion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDelete {
+    /// Like a refund: a pending conversion is cancelled (or, if it may have reached the platform,
+    /// finished first); a sent one is retracted where the platform can, skipped where it cannot.
+    #[default]
+    Retract,
+    /// Deletes change nothing (rows deleted for archiving or retention).
+    Ignore,
 }
 
 impl RuleConfig {
@@ -737,6 +752,12 @@ impl Config {
             }
             if rule.name.trim().is_empty() {
                 push(at("name"), "must not be empty".into());
+            }
+            if rule.name.contains(':') {
+                push(
+                    at("name"),
+                    "must not contain ':' (reserved for the retractions of deleted rows)".into(),
+                );
             }
             if rule.when.is_empty() {
                 push(

@@ -8,14 +8,17 @@
 //! leaves leased rows that are claimed again once the lease expires: at-least-once on the wire, made
 //! effectively-once by the platforms' deduplication on `event_id` / `orderId`.
 //!
-//! Refunds: a pending conversion is *cancellable* — its retraction cancels it, its restatement replaces
-//! its value, and it is never sent — when it was never attempted (it cannot have reached the
-//! platform; a claim left behind by a process that died mid-round counts as an attempt), or when the platform cannot retract anyway (Meta, TikTok: sending it now could only add
-//! a refunded purchase). A Google conversion attempted before (a lost answer, a 5xx) may already be
-//! counted, so it is finished first and then retracted or restated, which leaves Google right either
-//! way. An adjustment whose conversion is being sent waits (pending, short delay) for its outcome; an
-//! adjustment of a sent conversion goes to Google, and is skipped as "platform cannot retract" for the
-//! others; one whose conversion never existed, or was skipped or failed, is skipped with that reason.
+//! Refunds (and deletes of the source row): a pending conversion is *cancellable* — its retraction
+//! cancels it, its restatement replaces its value, and it is never sent — only when it was never
+//! attempted (it cannot have reached the platform; a claim left behind by a process that died
+//! mid-round counts as an attempt). A conversion that may have reached the platform (an attempt whose
+//! answer was lost: a timeout, a dropped connection, a 5xx) is never cancelled, on any platform: the
+//! control table would then say "not sent" about an event the platform may count. It is finished
+//! first — sent again, its stored payload unchanged, which the platform deduplicates — and then the
+//! adjustment goes to Google Ads, or is skipped as "platform cannot retract" for Meta and TikTok, so the
+//! rows say what the platform holds. An adjustment whose conversion is pending waits (pending, short
+//! delay) for its outcome; one whose conversion never existed, or was skipped or failed, is skipped
+//! with that reason. [`resolve`] is the decision, as a pure function.
 //!
 //! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
 //! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].
@@ -301,8 +304,9 @@ impl Dispatcher {
         let mut next_connection = index;
         async move {
             info!("dispatch worker started");
-            let mut in_flight: tokio::task::JoinSet<Result<Progress, DispatchError>> =
+            let mut in_flight: tokio::task::JoinSet<Result<Summary, DispatchError>> =
                 tokio::task::JoinSet::new();
+            let mut availability = Availability::default();
             loop {
                 if *stop.borrow() {
                     // Rounds in progress are finished first.
@@ -313,18 +317,31 @@ impl Dispatcher {
                     return Ok(());
                 }
                 let mut pause = None;
-                while in_flight.len() >= BATCHES_IN_FLIGHT {
+                // While the platform is down, one probe at a time.
+                while in_flight.len() >= BATCHES_IN_FLIGHT
+                    || (availability.is_down() && !in_flight.is_empty())
+                {
                     if let Some(joined) = in_flight.join_next().await {
-                        if finished(joined, dest.name())? == Progress::Failed {
+                        let summary = finished(joined, dest.name())?;
+                        if summary.progress == Progress::Failed {
                             pause = Some(ROUND_ERROR_PAUSE);
                         }
+                        self.observe(&mut availability, &summary).await?;
                     }
                 }
+                if pause.is_none() {
+                    pause = availability.until_probe();
+                }
+                let limit = if availability.is_down() {
+                    PROBE_ROWS.min(dest.max_batch())
+                } else {
+                    dest.max_batch()
+                };
                 let pause = match pause {
                     Some(pause) => pause,
-                    None => match self.claim_for(dest.as_ref()).await {
+                    None => match self.claim(dest.name(), limit).await {
                         Ok(claimed) => {
-                            let full = claimed.len() >= dest.max_batch();
+                            let full = claimed.len() >= limit && !availability.is_down();
                             if !claimed.is_empty() {
                                 next_connection += 1;
                                 let this = connections[next_connection % connections.len()].clone();
@@ -332,11 +349,11 @@ impl Dispatcher {
                                 in_flight.spawn(
                                     async move {
                                         match this.process(dest.as_ref(), claimed).await {
-                                            Ok(processed) => Ok(processed.progress()),
+                                            Ok(processed) => Ok(processed.summary()),
                                             Err(e) if e.is_connection_error() => Err(e),
                                             Err(e) => {
                                                 warn!(error = %e, "dispatch round failed");
-                                                Ok(Progress::Failed)
+                                                Ok(Summary::failed())
                                             }
                                         }
                                     }
@@ -371,8 +388,14 @@ impl Dispatcher {
                         }
                         Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                             // A batch that left rows to retry or waiting may have made a row due
-                            // sooner than the pause: look again.
-                            if finished(joined, dest.name())? == Progress::Rescheduled {
+                            // sooner than the pause, and one that found the platform back or down
+                            // changes what to claim: look again.
+                            let summary = finished(joined, dest.name())?;
+                            let was_down = availability.is_down();
+                            self.observe(&mut availability, &summary).await?;
+                            if summary.progress == Progress::Rescheduled
+                                || was_down != availability.is_down()
+                            {
                                 break;
                             }
                         }
@@ -416,8 +439,42 @@ impl Dispatcher {
 
     /// Claims up to one batch of `dest`'s due rows.
     async fn claim_for(&self, dest: &dyn Destination) -> Result<Vec<Claimed>, DispatchError> {
-        self.claim(dest.name(), dest.max_batch(), can_retract(dest.platform()))
-            .await
+        self.claim(dest.name(), dest.max_batch()).await
+    }
+
+    /// Takes a finished batch into the destination's [`Availability`]; when it shows the platform
+    /// back after an outage, the rows that outage put on backoff become due now.
+    async fn observe(
+        &self,
+        availability: &mut Availability,
+        summary: &Summary,
+    ) -> Result<(), DispatchError> {
+        let was_down = availability.is_down();
+        let requeue = availability.observe(&self.config, summary);
+        if !was_down && availability.is_down() {
+            warn!(
+                failed_batches = availability.failed_batches,
+                "the platform answers no request: probing with one small batch at a time"
+            );
+        }
+        if let Some(ids) = requeue {
+            let sql = format!(
+                "update {s}.deliveries set next_attempt_at = now() \
+                 where id = any($1) and state = 'pending' and next_attempt_at > now() \
+                   and (lease_until is null or lease_until < now())",
+                s = quote_ident(&self.schema)
+            );
+            let requeued = self
+                .client
+                .execute(&sql, &[&ids])
+                .await
+                .map_err(db("requeueing rows after an outage"))?;
+            info!(
+                requeued,
+                "the platform answers again: rows waiting on backoff are due now"
+            );
+        }
+        Ok(())
     }
 
     /// Resolves, sends and records a claimed batch of `dest`.
@@ -426,7 +483,6 @@ impl Dispatcher {
         dest: &dyn Destination,
         claimed: Vec<Claimed>,
     ) -> Result<Processed, DispatchError> {
-        let can_retract = can_retract(dest.platform());
         let count = claimed.len();
         let mut records = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
@@ -438,7 +494,7 @@ impl Dispatcher {
                 }
             }
         }
-        let (to_send, resolved) = self.resolve_adjustments(rows, can_retract).await?;
+        let (to_send, resolved) = self.resolve_adjustments(rows).await?;
         let cancelled = resolved.cancelled;
         records.extend(resolved.records);
         let outcomes = if to_send.is_empty() {
@@ -446,9 +502,26 @@ impl Dispatcher {
         } else {
             dest.send(&to_send).await
         };
+        let mut answered = false;
+        let mut unanswered = false;
+        let mut retry_after: Option<Duration> = None;
+        let mut backed_off = Vec::new();
         for (d, outcome) in to_send.iter().zip(outcomes) {
-            if matches!(outcome, Outcome::Sent { .. }) {
-                crate::metrics::delivery_sent(dest.name(), d.created_at);
+            match &outcome {
+                Outcome::Sent { .. } => {
+                    answered = true;
+                    crate::metrics::delivery_sent(dest.name(), d.created_at);
+                }
+                Outcome::Retry {
+                    retry_after: after, ..
+                } => {
+                    unanswered = true;
+                    match after {
+                        None => backed_off.push(d.id),
+                        Some(after) => retry_after = retry_after.max(Some(*after)),
+                    }
+                }
+                Outcome::Failed { .. } | Outcome::Skipped { .. } => {}
             }
             records.push(self.record(d, outcome));
         }
@@ -469,6 +542,10 @@ impl Dispatcher {
         Ok(Processed {
             claimed: count,
             rescheduled: tally(Record::RETRY) + tally(Record::WAIT),
+            answered,
+            unanswered: unanswered && !answered,
+            retry_after,
+            backed_off,
         })
     }
 
@@ -488,12 +565,7 @@ impl Dispatcher {
     /// "when the row reached its current state", and a claim changes no state), so PostgreSQL can make
     /// it a HOT update when the page has room (`sql/005_dispatch_hot.sql` leaves some): no new index
     /// entries per claimed row.
-    async fn claim(
-        &self,
-        destination: &str,
-        limit: usize,
-        can_retract: bool,
-    ) -> Result<Vec<Claimed>, DispatchError> {
+    async fn claim(&self, destination: &str, limit: usize) -> Result<Vec<Claimed>, DispatchError> {
         let sql = format!(
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
@@ -503,7 +575,7 @@ impl Dispatcher {
                 where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \
                   and (x.lease_until is null or x.lease_until < now()) \
                   and not (x.kind = 'conversion' \
-                    and ((x.attempts = 0 and x.lease_owner is null) or not $5) and exists ( \
+                    and x.attempts = 0 and x.lease_owner is null and exists ( \
                     select 1 from {s}.deliveries a \
                      where a.destination = $1 and a.state = 'pending' and a.kind <> 'conversion' \
                        and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
@@ -519,10 +591,7 @@ impl Dispatcher {
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         let rows = self
             .client
-            .query(
-                &sql,
-                &[&destination, &self.owner, &lease, &limit, &can_retract],
-            )
+            .query(&sql, &[&destination, &self.owner, &lease, &limit])
             .await
             .map_err(db("claiming due deliveries"))?;
         let mut claimed: Vec<Claimed> = rows.iter().map(read_delivery).collect();
@@ -544,7 +613,6 @@ impl Dispatcher {
     async fn resolve_adjustments(
         &self,
         rows: Vec<Delivery>,
-        can_retract: bool,
     ) -> Result<(Vec<Delivery>, Resolved), DispatchError> {
         let adjustment_ids: Vec<i64> = rows
             .iter()
@@ -569,44 +637,39 @@ impl Dispatcher {
         }
         let mut send_adjustments = Vec::new();
         for mut d in adjustments {
-            let target = targets.iter().find(|t| t.adjustment_id == d.id);
-            let verb = if d.kind == Kind::Retraction {
-                "retract"
-            } else {
-                "restate"
-            };
-            let Some(target) = target.and_then(|t| t.conversion.as_ref()) else {
-                resolved.skip(d.id, format!("no conversion to {verb}"));
-                continue;
-            };
-            let mine = claimed_ids.contains(&target.id)
-                && target.lease_owner.as_deref() == Some(&self.owner);
-            // A conversion left leased by a round that never recorded its outcome (a crash) may have
-            // reached the platform: like one attempted, it is not cancelled but sent, then retracted.
-            let cancellable =
-                (target.attempts == 0 && (mine || target.lease_owner.is_none())) || !can_retract;
-            match target.state.as_str() {
-                "pending"
-                    if d.kind == Kind::Retraction && cancellable && (mine || !target.leased) =>
-                {
-                    if self.cancel_both(target.id, d.id, can_retract).await? {
+            let target = targets
+                .iter()
+                .find(|t| t.adjustment_id == d.id)
+                .and_then(|t| t.conversion.as_ref());
+            let view = target.map(|c| ConversionView {
+                state: c.state.as_str(),
+                may_have_been_sent: c.may_have_been_sent(&self.owner, &claimed_ids),
+                mine: claimed_ids.contains(&c.id) && c.lease_owner.as_deref() == Some(&self.owner),
+                leased: c.leased,
+            });
+            match resolve(d.kind, view) {
+                Resolution::CancelBoth => {
+                    let target = target.expect("resolved against a conversion");
+                    if self.cancel_both(target.id, d.id, &d.rule).await? {
                         dropped.insert(target.id);
                         resolved.cancelled += 2;
                     } else {
                         resolved.wait(d.id, target.due_in);
                     }
                 }
-                "pending"
-                    if d.kind == Kind::Restatement && cancellable && !mine && !target.leased =>
-                {
-                    if self.restate_unsent(target.id, d.id, can_retract).await? {
+                Resolution::RestateUnsent => {
+                    let target = target.expect("resolved against a conversion");
+                    if self.restate_unsent(target.id, d.id).await? {
                         resolved.cancelled += 1;
                     } else {
                         resolved.wait(d.id, target.due_in);
                     }
                 }
-                "pending" => resolved.wait(d.id, target.due_in),
-                "sent" => {
+                Resolution::Wait => {
+                    resolved.wait(d.id, target.map_or(Duration::ZERO, |t| t.due_in));
+                }
+                Resolution::Send => {
+                    let target = target.expect("resolved against a conversion");
                     // The adjustment needs what the conversion was sent with.
                     if d.payload.conversion_action.is_none() {
                         d.payload.conversion_action = target.conversion_action.clone();
@@ -618,17 +681,13 @@ impl Dispatcher {
                     d.event_time = target.event_time;
                     send_adjustments.push(d);
                 }
-                "cancelled" => resolved.records.push(Record::new(
+                Resolution::Cancelled => resolved.records.push(Record::new(
                     d.id,
                     Record::CANCELLED,
                     Some("conversion was not sent yet".into()),
                     0,
                 )),
-                state @ ("failed" | "skipped") => resolved.skip(
-                    d.id,
-                    format!("the conversion was {state}, not sent: nothing to {verb}"),
-                ),
-                _ => resolved.skip(d.id, format!("no conversion to {verb}")),
+                Resolution::Skip(reason) => resolved.skip(d.id, reason),
             }
         }
         to_send.retain(|d| !dropped.contains(&d.id));
@@ -681,19 +740,14 @@ impl Dispatcher {
         &self,
         conversion: i64,
         retraction: i64,
-        can_retract: bool,
+        retraction_rule: &str,
     ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with conv as ( \
-               update {s}.deliveries set state = 'cancelled', \
-                 last_error = case when attempts = 0 and (lease_owner is null or lease_owner = $3) \
-                   then 'retracted before it was sent' \
-                   else 'retracted before its delivery was confirmed (an earlier attempt may have \
-                     reached the platform, which cannot retract)' end, \
+               update {s}.deliveries set state = 'cancelled', last_error = $4, \
                  lease_owner = null, lease_until = null, updated_at = now() \
                where id = $1 and state = 'pending' \
-                 and ((attempts = 0 and (lease_owner is null or lease_owner = $3)) or not $4) \
-                 and (lease_until is null or lease_until < now() or lease_owner = $3) \
+                 and attempts = 0 and (lease_owner is null or lease_owner = $3) \
                returning id) \
              update {s}.deliveries set state = 'cancelled', last_error = 'conversion was not sent yet', \
                lease_owner = null, lease_until = null, updated_at = now() \
@@ -701,9 +755,14 @@ impl Dispatcher {
              returning id",
             s = quote_ident(&self.schema)
         );
+        let reason = if crate::outbox::is_deletion_rule(retraction_rule) {
+            "source row deleted before it was sent"
+        } else {
+            "retracted before it was sent"
+        };
         let rows = self
             .client
-            .query(&sql, &[&conversion, &retraction, &self.owner, &can_retract])
+            .query(&sql, &[&conversion, &retraction, &self.owner, &reason])
             .await
             .map_err(db("cancelling a retracted conversion"))?;
         Ok(!rows.is_empty())
@@ -715,7 +774,6 @@ impl Dispatcher {
         &self,
         conversion: i64,
         restatement: i64,
-        can_retract: bool,
     ) -> Result<bool, DispatchError> {
         let sql = format!(
             "with r as (select value, currency from {s}.deliveries where id = $2), \
@@ -724,8 +782,7 @@ impl Dispatcher {
                  updated_at = now() \
                from r \
                where c.id = $1 and c.state = 'pending' \
-                 and ((c.attempts = 0 and c.lease_owner is null) or not $4) \
-                 and (c.lease_until is null or c.lease_until < now()) \
+                 and c.attempts = 0 and c.lease_owner is null \
                returning c.id) \
              update {s}.deliveries set state = 'cancelled', \
                last_error = 'restated value applied to the conversion before it was sent', \
@@ -736,10 +793,7 @@ impl Dispatcher {
         );
         let rows = self
             .client
-            .query(
-                &sql,
-                &[&conversion, &restatement, &self.owner, &can_retract],
-            )
+            .query(&sql, &[&conversion, &restatement, &self.owner])
             .await
             .map_err(db("applying a restatement to an unsent conversion"))?;
         Ok(!rows.is_empty())
@@ -832,17 +886,155 @@ struct Processed {
     claimed: usize,
     /// Rows put back to pending with a delay (retries, adjustments waiting for their conversion).
     rescheduled: usize,
+    /// The platform accepted at least one row.
+    answered: bool,
+    /// Rows were sent and the platform accepted none: every one met a retryable error.
+    unanswered: bool,
+    /// The longest `Retry-After` (or operator floor) among the retries.
+    retry_after: Option<Duration>,
+    /// Rows put back on plain exponential backoff (no platform-given delay).
+    backed_off: Vec<i64>,
 }
 
 impl Processed {
     /// What the worker needs to know.
-    fn progress(&self) -> Progress {
-        if self.rescheduled > 0 {
-            Progress::Rescheduled
-        } else {
-            Progress::Done
+    fn summary(self) -> Summary {
+        Summary {
+            progress: if self.rescheduled > 0 {
+                Progress::Rescheduled
+            } else {
+                Progress::Done
+            },
+            answered: self.answered,
+            unanswered: self.unanswered,
+            retry_after: self.retry_after,
+            backed_off: self.backed_off,
         }
     }
+}
+
+/// A finished batch, as the worker loop sees it.
+struct Summary {
+    /// How it ended.
+    progress: Progress,
+    /// See [`Processed::answered`].
+    answered: bool,
+    /// See [`Processed::unanswered`].
+    unanswered: bool,
+    /// See [`Processed::retry_after`].
+    retry_after: Option<Duration>,
+    /// See [`Processed::backed_off`].
+    backed_off: Vec<i64>,
+}
+
+impl Summary {
+    /// A round that failed without losing the connection.
+    fn failed() -> Summary {
+        Summary {
+            progress: Progress::Failed,
+            answered: false,
+            unanswered: false,
+            retry_after: None,
+            backed_off: Vec::new(),
+        }
+    }
+}
+
+/// How many batches in a row must go unanswered before the destination counts as down.
+const DOWN_AFTER_BATCHES: u32 = 2;
+/// The most rows a probe carries while the destination is down.
+pub const PROBE_ROWS: usize = 10;
+/// The longest wait between two probes (unless the platform's `Retry-After` asks for more): how
+/// late, at most, the end of an outage is noticed.
+pub const PROBE_MAX_INTERVAL: Duration = Duration::from_secs(5);
+/// The most row ids remembered for the requeue at the end of an outage; rows beyond it wait out
+/// their own backoff.
+const MAX_BACKED_OFF_TRACKED: usize = 1_000_000;
+
+/// A destination's availability as its worker sees it.
+///
+/// After [`DOWN_AFTER_BATCHES`] batches in a row that the platform answered for no row (5xx,
+/// timeouts, lost connections, 429s), the destination is *down*: instead of trying every due row
+/// (and pushing each one's backoff further), the worker sends one probe of at most [`PROBE_ROWS`]
+/// rows at a time, spaced by an exponential backoff capped at [`PROBE_MAX_INTERVAL`] (never less
+/// than a `Retry-After`). The first batch the platform accepts ends the outage: the rows the outage
+/// put on plain backoff are due at once, so the backlog drains at full speed (bounded by the
+/// batch size and [`BATCHES_IN_FLIGHT`]). Rows that the platform asked to wait (`Retry-After`, or an
+/// operator's problem) keep their time.
+#[derive(Debug, Default)]
+struct Availability {
+    /// Batches in a row that the platform answered for no row.
+    failed_batches: u32,
+    /// While down: when the next probe may go.
+    probe_at: Option<tokio::time::Instant>,
+    /// Rows put on plain backoff since the last answered batch.
+    backed_off: HashSet<i64>,
+}
+
+impl Availability {
+    /// Whether the platform is considered down (probing).
+    fn is_down(&self) -> bool {
+        self.probe_at.is_some()
+    }
+
+    /// While down, how long until the next probe (`None`: claim now).
+    fn until_probe(&self) -> Option<Duration> {
+        let at = self.probe_at?;
+        let now = tokio::time::Instant::now();
+        (at > now).then(|| at - now)
+    }
+
+    /// Takes a finished batch into account; returns the rows to make due now when it shows the
+    /// platform back after an outage.
+    fn observe(&mut self, config: &DispatchConfig, summary: &Summary) -> Option<Vec<i64>> {
+        if summary.answered {
+            let was_down = self.probe_at.take().is_some();
+            self.failed_batches = 0;
+            let backed_off = std::mem::take(&mut self.backed_off);
+            return (was_down && !backed_off.is_empty()).then(|| backed_off.into_iter().collect());
+        }
+        if !summary.unanswered {
+            return None;
+        }
+        for id in &summary.backed_off {
+            if self.backed_off.len() >= MAX_BACKED_OFF_TRACKED {
+                break;
+            }
+            self.backed_off.insert(*id);
+        }
+        self.failed_batches = self.failed_batches.saturating_add(1);
+        if self.failed_batches >= DOWN_AFTER_BATCHES {
+            self.probe_at = Some(
+                tokio::time::Instant::now()
+                    + probe_delay(
+                        config,
+                        self.failed_batches - DOWN_AFTER_BATCHES,
+                        summary.retry_after,
+                    ),
+            );
+        }
+        None
+    }
+}
+
+/// The wait before the next probe after `failed_probes` unanswered ones: [`backoff`] with its cap
+/// lowered to [`PROBE_MAX_INTERVAL`], never shorter than `retry_after`.
+fn probe_delay(
+    config: &DispatchConfig,
+    failed_probes: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let max = u64::try_from(PROBE_MAX_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+    let probe = DispatchConfig {
+        retry_initial_ms: config.retry_initial_ms.min(max),
+        retry_max_ms: config.retry_max_ms.min(max),
+        ..config.clone()
+    };
+    backoff(
+        &probe,
+        i32::try_from(failed_probes).unwrap_or(i32::MAX),
+        retry_after,
+    )
 }
 
 /// How a batch in flight ended, as far as the worker loop cares.
@@ -858,9 +1050,9 @@ enum Progress {
 
 /// Unwraps a finished batch task: connection errors and panics stop the worker.
 fn finished(
-    joined: Result<Result<Progress, DispatchError>, tokio::task::JoinError>,
+    joined: Result<Result<Summary, DispatchError>, tokio::task::JoinError>,
     destination: &str,
-) -> Result<Progress, DispatchError> {
+) -> Result<Summary, DispatchError> {
     match joined {
         Ok(result) => result,
         Err(e) => Err(DispatchError::Worker {
@@ -1024,6 +1216,69 @@ impl Resolved {
     }
 }
 
+/// What an adjustment's resolution needs to know about the conversion it adjusts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConversionView<'a> {
+    /// Its state.
+    pub state: &'a str,
+    /// Whether a request carrying it may have reached the platform: an attempt was recorded (a
+    /// timeout, a lost connection, a 5xx, a 429), or a lease other than this batch's holds or held
+    /// it (a round in flight, or one that died before recording its outcome).
+    pub may_have_been_sent: bool,
+    /// Whether this batch claimed it.
+    pub mine: bool,
+    /// Whether its lease is still valid.
+    pub leased: bool,
+}
+
+/// What becomes of an adjustment (a retraction or restatement) of a conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// The conversion never reached the platform: cancel it and the retraction together.
+    CancelBoth,
+    /// The conversion never reached the platform: it takes the restated value, the restatement closes.
+    RestateUnsent,
+    /// The conversion is being sent, or may have reached the platform and must be finished (sent,
+    /// its stored payload as it is) first: look again once it has an outcome.
+    Wait,
+    /// The conversion was sent: the adjustment goes to the destination, which retracts or restates
+    /// it (Google Ads) or answers that it cannot (Meta, TikTok: skipped, `platform cannot retract`).
+    Send,
+    /// The conversion was cancelled before it was sent: so is the adjustment.
+    Cancelled,
+    /// Nothing to adjust, for this reason.
+    Skip(String),
+}
+
+/// Resolves an adjustment of kind `kind` against its conversion (`None`: never recorded).
+///
+/// The rule that keeps the control table truthful: a conversion that may have reached the platform is
+/// never cancelled (the platform may count it); it is finished first, and the adjustment then follows
+/// what the platform can do. Only a conversion that was never attempted is cancelled (retraction) or
+/// changed in place (restatement), and only while nobody else holds it.
+pub(crate) fn resolve(kind: Kind, conversion: Option<ConversionView<'_>>) -> Resolution {
+    let verb = if kind == Kind::Retraction {
+        "retract"
+    } else {
+        "restate"
+    };
+    let Some(c) = conversion else {
+        return Resolution::Skip(format!("no conversion to {verb}"));
+    };
+    match c.state {
+        "pending" if c.may_have_been_sent => Resolution::Wait,
+        "pending" if kind == Kind::Retraction && (c.mine || !c.leased) => Resolution::CancelBoth,
+        "pending" if kind == Kind::Restatement && !c.mine && !c.leased => Resolution::RestateUnsent,
+        "pending" => Resolution::Wait,
+        "sent" => Resolution::Send,
+        "cancelled" => Resolution::Cancelled,
+        state @ ("failed" | "skipped") => Resolution::Skip(format!(
+            "the conversion was {state}, not sent: nothing to {verb}"
+        )),
+        _ => Resolution::Skip(format!("no conversion to {verb}")),
+    }
+}
+
 /// An adjustment row and the conversion it adjusts, if that exists.
 struct Target {
     /// The adjustment row.
@@ -1052,6 +1307,15 @@ struct Conversion {
     event_time: chrono::DateTime<chrono::Utc>,
     /// How long until it is due again (zero when due or in flight).
     due_in: Duration,
+}
+
+impl Conversion {
+    /// Whether a request carrying it may have reached the platform (see [`ConversionView`]).
+    fn may_have_been_sent(&self, owner: &str, claimed: &HashSet<i64>) -> bool {
+        let claimed_by_this_batch =
+            claimed.contains(&self.id) && self.lease_owner.as_deref() == Some(owner);
+        self.attempts > 0 || (self.lease_owner.is_some() && !claimed_by_this_batch)
+    }
 }
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes
@@ -1096,6 +1360,91 @@ mod tests {
             retry_max_ms: max,
             ..DispatchConfig::default()
         }
+    }
+
+    /// A conversion as an adjustment sees it.
+    fn conv(state: &str, may_have_been_sent: bool, mine: bool, leased: bool) -> ConversionView<'_> {
+        ConversionView {
+            state,
+            may_have_been_sent,
+            mine,
+            leased,
+        }
+    }
+
+    #[test]
+    fn a_conversion_that_may_have_reached_the_platform_is_never_cancelled() {
+        use Kind::{Restatement as Rs, Retraction as Rt};
+        use Resolution::*;
+        let skip = |s: &str| Skip(s.to_string());
+        #[rustfmt::skip]
+        let table: Vec<(Kind, Option<ConversionView>, Resolution)> = vec![
+            // Never attempted, nobody else holds it: cancelled, or changed in place.
+            (Rt, Some(conv("pending", false, false, false)), CancelBoth),
+            (Rt, Some(conv("pending", false, true, true)), CancelBoth),
+            (Rs, Some(conv("pending", false, false, false)), RestateUnsent),
+            // In this very batch: the restatement waits for it to be sent.
+            (Rs, Some(conv("pending", false, true, true)), Wait),
+            // Held by another process: wait for its outcome.
+            (Rt, Some(conv("pending", false, false, true)), Wait),
+            // An attempt whose answer was lost (timeout, 5xx, a crash mid-round): finished first,
+            // on every platform, whoever holds it.
+            (Rt, Some(conv("pending", true, false, false)), Wait),
+            (Rt, Some(conv("pending", true, true, true)), Wait),
+            (Rs, Some(conv("pending", true, false, false)), Wait),
+            // Then the adjustment follows what the platform can do.
+            (Rt, Some(conv("sent", true, false, false)), Send),
+            (Rs, Some(conv("sent", false, false, false)), Send),
+            (Rt, Some(conv("cancelled", false, false, false)), Cancelled),
+            (Rt, Some(conv("failed", true, false, false)),
+                skip("the conversion was failed, not sent: nothing to retract")),
+            (Rs, Some(conv("skipped", false, false, false)),
+                skip("the conversion was skipped, not sent: nothing to restate")),
+            (Rt, None, skip("no conversion to retract")),
+            (Rs, None, skip("no conversion to restate")),
+        ];
+        for (kind, conversion, expected) in table {
+            assert_eq!(
+                resolve(kind, conversion),
+                expected,
+                "{kind:?} of {conversion:?}"
+            );
+        }
+    }
+
+    fn batch(answered: bool, backed_off: &[i64], retry_after: Option<Duration>) -> Summary {
+        Summary {
+            progress: Progress::Rescheduled,
+            answered,
+            unanswered: !answered,
+            retry_after,
+            backed_off: backed_off.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_outage_is_probed_and_its_end_makes_the_backed_off_rows_due() {
+        let c = config(20_000, 300_000);
+        let mut a = Availability::default();
+        // One unanswered batch is not an outage yet.
+        assert_eq!(a.observe(&c, &batch(false, &[1, 2], None)), None);
+        assert!(!a.is_down());
+        // Two in a row are: probes only, at most PROBE_MAX_INTERVAL apart.
+        assert_eq!(a.observe(&c, &batch(false, &[3], None)), None);
+        assert!(a.is_down());
+        assert!(a.until_probe().unwrap_or_default() <= PROBE_MAX_INTERVAL);
+        // A Retry-After is respected even beyond that.
+        a.observe(&c, &batch(false, &[], Some(Duration::from_secs(30))));
+        assert!(a.until_probe().unwrap() >= Duration::from_secs(29));
+        // The first answer ends it: every row the outage backed off is due again.
+        let mut due = a.observe(&c, &batch(true, &[], None)).unwrap();
+        due.sort();
+        assert_eq!(due, [1, 2, 3]);
+        assert!(!a.is_down() && a.until_probe().is_none());
+        // An isolated retry while the platform answers is left to its own backoff.
+        a.observe(&c, &batch(false, &[5], None));
+        assert_eq!(a.observe(&c, &batch(true, &[], None)), None);
+        assert!(a.backed_off.is_empty());
     }
 
     #[test]

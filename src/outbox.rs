@@ -38,6 +38,21 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("views.sql", include_str!("../sql/views.sql")),
 ];
 
+/// The suffix of the rule name of a retraction that a source row's DELETE produced: `order_paid:deleted`
+/// retracts the `order_paid` conversion of the deleted row. Configured rule names hold only letters,
+/// digits and `_`, so it never names a configured rule.
+pub const DELETION_SUFFIX: &str = ":deleted";
+
+/// The rule name of the retraction a DELETE produces for a conversion of `rule`.
+pub fn deletion_rule(rule: &str) -> String {
+    format!("{rule}{DELETION_SUFFIX}")
+}
+
+/// Whether `rule` names a retraction produced by a DELETE (see [`DELETION_SUFFIX`]).
+pub fn is_deletion_rule(rule: &str) -> bool {
+    rule.ends_with(DELETION_SUFFIX)
+}
+
 /// What a delivery row asks the platform to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -360,11 +375,34 @@ enum Duplicates {
     AntiJoin,
 }
 
+/// Inserts `rows`; the retractions of deleted source rows ([`DELETION_SUFFIX`]) go in a second
+/// statement, after the others (so that they see a conversion of the same group), and only where
+/// the conversion they retract is recorded and pending or sent: a DELETE of a row that never became
+/// a conversion records nothing.
 async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
     client: &impl GenericClient,
     schema: &str,
     rows: &[R],
     duplicates: Duplicates,
+) -> Result<u64, OutboxError> {
+    if !rows.iter().any(|r| is_deletion_rule(&r.borrow().rule)) {
+        return insert_statement(client, schema, rows, duplicates, false).await;
+    }
+    let (deletions, others): (Vec<&NewDelivery>, Vec<&NewDelivery>) = rows
+        .iter()
+        .map(|r| r.borrow())
+        .partition(|r| is_deletion_rule(&r.rule));
+    let inserted = insert_statement(client, schema, &others, duplicates, false).await?;
+    Ok(inserted + insert_statement(client, schema, &deletions, duplicates, true).await?)
+}
+
+/// One insert statement of `rows`; with `deletions`, only rows whose adjusted conversion exists.
+async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
+    client: &impl GenericClient,
+    schema: &str,
+    rows: &[R],
+    duplicates: Duplicates,
+    deletions: bool,
 ) -> Result<u64, OutboxError> {
     if rows.is_empty() {
         return Ok(0);
@@ -424,6 +462,13 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
             "",
         ),
     };
+    let converted = if deletions {
+        "and exists (select 1 from {s}.deliveries c where c.event_id = t.event_id \
+           and c.destination = t.destination and c.rule = t.adjusts_rule \
+           and c.kind = 'conversion' and c.state in ('pending', 'sent'))"
+    } else {
+        ""
+    };
     let sql = format!(
         "insert into {{s}}.deliveries (rule, destination, platform, event_id, kind, adjusts_rule, \
            event_name, event_time, value, currency, action_source, payload, match_keys, state, \
@@ -440,7 +485,7 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
            source_lsn, commit_time) \
          where not exists (select 1 from {{s}}.retired r where r.rule = t.rule \
            and r.destination = t.destination and r.event_id = t.event_id) \
-         {recorded} {on_conflict}"
+         {converted} {recorded} {on_conflict}"
     )
     .replace("{s}", &quote_ident(schema));
     client

@@ -5,8 +5,8 @@
 //! once and named. Evaluating a change ([`Rules::evaluate`]) is pure: no IO, and a row that cannot become
 //! an event is still returned as a `failed` row with the reason, never dropped silently.
 
-use crate::config::{Config, Platform, RuleConfig, Template, TemplatePart};
-use crate::decode::{is_plain_text, parse_value, Datum, Relation, Tuple, Value};
+use crate::config::{Config, OnDelete, Platform, RuleConfig, Template, TemplatePart};
+use crate::decode::{is_plain_text, parse_value, Datum, OldTuple, Relation, Tuple, Value};
 use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
 use crate::outbox::{Kind, NewDelivery, Payload, State};
@@ -126,6 +126,9 @@ struct Compiled {
     meta_event: Option<String>,
     conversion_action: Option<String>,
     tiktok_event: Option<String>,
+    on_delete: OnDelete,
+    /// Set once a DELETE could not be matched to this rule's conversion (reported once per process).
+    delete_unmatched: std::sync::atomic::AtomicBool,
 }
 
 impl Compiled {
@@ -180,6 +183,8 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            on_delete: rule.on_delete,
+            delete_unmatched: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -536,6 +541,91 @@ impl Rules {
         Ok(())
     }
 
+    /// Turns the old tuple of a DELETE into retractions of the conversions of the deleted row, for
+    /// every conversion rule of the table with `on_delete = "retract"` (the default). The rows are
+    /// named by [`crate::outbox::deletion_rule`]; the control table records one only where the
+    /// conversion exists (pending or sent), see [`crate::outbox::insert_deliveries`].
+    ///
+    /// The event id is rendered from the old tuple. Under `REPLICA IDENTITY DEFAULT` (or `USING
+    /// INDEX`) that tuple holds only the key columns: a rule whose event id reads another column
+    /// cannot tell which conversion to retract: its name is returned (the first time only, for the
+    /// caller's logs); `REPLICA IDENTITY FULL` on the table lifts that.
+    pub fn evaluate_delete(
+        &self,
+        bound: &Bound,
+        old: &OldTuple,
+        tx: TxContext,
+        out: &mut Vec<NewDelivery>,
+    ) -> Vec<String> {
+        let mut not_computable = Vec::new();
+        let (tuple, full) = match old {
+            OldTuple::Full(t) => (t, true),
+            OldTuple::Key(t) => (t, false),
+        };
+        let row = RowView {
+            bound,
+            tuple,
+            unresolved: None,
+        };
+        for rule in &bound.rules {
+            if rule.adjusts.is_some() || rule.on_delete == OnDelete::Ignore {
+                continue;
+            }
+            let Some(template) = &rule.event_id else {
+                continue;
+            };
+            let computable = full
+                || template.columns().all(|c| {
+                    bound
+                        .index
+                        .get(c)
+                        .is_some_and(|&i| bound.relation.columns[i].key)
+                });
+            if !computable {
+                if !rule
+                    .delete_unmatched
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    not_computable.push(rule.name.clone());
+                }
+                continue;
+            }
+            let event_id = match row.render(rule, template) {
+                Ok(Some(id)) if !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES => id,
+                // No usable id: no conversion could have been recorded under it either.
+                _ => continue,
+            };
+            for (destination, platform) in &rule.destinations {
+                out.push(NewDelivery {
+                    rule: crate::outbox::deletion_rule(&rule.name),
+                    destination: destination.clone(),
+                    platform: *platform,
+                    event_id: event_id.clone(),
+                    kind: Kind::Retraction,
+                    adjusts_rule: Some(rule.name.clone()),
+                    event_name: rule.event.clone(),
+                    event_time: tx.commit_time,
+                    value: None,
+                    currency: None,
+                    action_source: rule.action_source.clone(),
+                    payload: Payload {
+                        conversion_action: (*platform == Platform::GoogleAds)
+                            .then(|| rule.conversion_action.clone())
+                            .flatten(),
+                        consent: true,
+                        ..Payload::default()
+                    },
+                    state: State::Pending,
+                    last_error: None,
+                    source_table: rule.table.clone(),
+                    source_lsn: tx.commit_lsn,
+                    commit_time: tx.commit_time,
+                });
+            }
+        }
+        not_computable
+    }
+
     fn conversion(
         &self,
         rule: &Compiled,
@@ -742,6 +832,34 @@ fn failed_rows(
     }
 }
 
+/// How far after its transaction's commit an event time may lie: a clock a little ahead is tolerated,
+/// an event in the future (a year 9999 placeholder, a wrong time zone) fails the row before any request.
+pub const MAX_TIME_AHEAD: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+/// The largest value magnitude accepted: beyond it a value is a mistake (an id or a card number in
+/// the value column, `1e308`), not a sale, and would skew the platform's reporting.
+pub const MAX_VALUE: f64 = 1e12;
+
+/// Checks a value (decimal text): a finite number no larger than [`MAX_VALUE`] in magnitude. The
+/// error completes "value column X …" and never repeats the value.
+pub fn check_value(value: &str) -> Result<(), String> {
+    match value.trim().parse::<f64>() {
+        Ok(f) if !f.is_finite() => Err("is not a finite number".to_string()),
+        Ok(f) if f.abs() > MAX_VALUE => Err(format!(
+            "is beyond {MAX_VALUE:e} in magnitude, not a plausible conversion value"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err("is not a number".to_string()),
+    }
+}
+
+/// Whether `code` (three upper-case letters) is an ISO 4217 code of a currency (the `iso_currency`
+/// crate's list): the special codes — `XXX` (no currency), `XTS` (testing), precious metals, units of
+/// account — are not money a platform can count.
+pub fn is_known_currency(code: &str) -> bool {
+    iso_currency::Currency::from_code(code).is_some_and(|c| !c.is_special())
+}
+
 /// The typed fields of one event.
 struct EventFields {
     event_id: String,
@@ -805,6 +923,15 @@ impl EventFields {
                 }
             },
         };
+        if let Some(column) = &id_rule.event_time {
+            if event_time > tx.commit_time + MAX_TIME_AHEAD {
+                return Ok(Err(format!(
+                    "event_time column {column:?} is more than {} minutes after the transaction's \
+                     commit (in the future)",
+                    MAX_TIME_AHEAD.num_minutes()
+                )));
+            }
+        }
         let value = match &value_rule.value {
             None => None,
             Some(column) => match row.value(value_rule, column)? {
@@ -819,6 +946,11 @@ impl EventFields {
                 _ => return Ok(Err(format!("value column {column:?} is not a number"))),
             },
         };
+        if let (Some(column), Some(v)) = (&value_rule.value, &value) {
+            if let Err(reason) = check_value(v) {
+                return Ok(Err(format!("value column {column:?} {reason}")));
+            }
+        }
         let currency = match &value_rule.currency {
             None => Some(default_currency.to_string()),
             Some(t) => {
@@ -827,6 +959,11 @@ impl EventFields {
                 if text.is_empty() {
                     Some(default_currency.to_string())
                 } else if text.len() == 3 && text.chars().all(|c| c.is_ascii_uppercase()) {
+                    if !is_known_currency(&text) {
+                        return Ok(Err(format!(
+                            "currency {text:?} is not an ISO 4217 currency code"
+                        )));
+                    }
                     Some(text)
                 } else {
                     return Ok(Err(
@@ -1125,5 +1262,36 @@ email = "email"
         let rows = evaluate(&rules, &bound, &text(&["2", "paid", "9.50"]));
         assert_eq!(rows.len(), 1);
         assert!(!format!("{rows:?}").contains(&hashed), "{rows:?}");
+    }
+
+    #[test]
+    fn absurd_values_are_refused_plausible_ones_kept() {
+        for ok in ["0", "25.00", "-3.5", "999999999999", "1e12"] {
+            assert_eq!(check_value(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "1e308",
+            "1000000000000.01",
+            "-2e12",
+            "Infinity",
+            "-Infinity",
+            "NaN",
+        ] {
+            assert!(check_value(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            check_value("1e308").unwrap_err(),
+            "is beyond 1e12 in magnitude, not a plausible conversion value"
+        );
+    }
+
+    #[test]
+    fn currencies_are_checked_against_iso_4217() {
+        for ok in ["USD", "EUR", "JPY", "XCG", "ZWG", "CHF"] {
+            assert!(is_known_currency(ok), "{ok}");
+        }
+        for bad in ["XXX", "XTS", "XAU", "ABC", "QQQ"] {
+            assert!(!is_known_currency(bad), "{bad}");
+        }
     }
 }

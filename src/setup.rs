@@ -125,7 +125,7 @@ pub fn qualified(table: &str) -> String {
 /// The `CREATE PUBLICATION` statement for `tables`.
 pub fn create_publication_sql(publication: &str, tables: &[String]) -> String {
     format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update');",
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete');",
         quote_ident(publication),
         tables
             .iter()
@@ -631,13 +631,29 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
     let existing = publication_tables(&source, publication).await?;
     let exists = existing.is_some();
     let current = existing.unwrap_or_default();
-    let statement = if !exists {
-        Some(create_publication_sql(publication, &tables))
+    // Deletes are published (rules' on_delete, README "Refunds and deletes"); installations made
+    // by earlier versions published inserts and updates only.
+    let publishes_deletes = source
+        .query_opt(
+            "select pubdelete from pg_publication where pubname = $1",
+            &[publication],
+        )
+        .await
+        .map_err(sql("reading the publication"))?
+        .is_none_or(|r| r.get::<_, bool>(0));
+    let mut statements = Vec::new();
+    if !exists {
+        statements.push(create_publication_sql(publication, &tables));
     } else if current != tables {
-        Some(alter_publication_sql(publication, &tables))
-    } else {
-        None
-    };
+        statements.push(alter_publication_sql(publication, &tables));
+    }
+    if exists && !publishes_deletes {
+        statements.push(format!(
+            "ALTER PUBLICATION {} SET (publish = 'insert, update, delete');",
+            quote_ident(publication)
+        ));
+    }
+    let statement = (!statements.is_empty()).then(|| statements.join("\n"));
     let mut publication_ready = exists;
     match statement {
         None => report.done.push(format!(

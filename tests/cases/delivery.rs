@@ -574,3 +574,422 @@ async fn a_refund_right_after_the_conversion_was_sent_is_retracted_on_google_not
     assert_eq!(adjustments[0].order_id.as_deref(), Some("order-q1"));
     pipeline.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_after_a_lost_answer_leaves_the_control_table_agreeing_with_the_platforms() {
+    // GIVEN capture and dispatch running, and platforms that process every request but lose the
+    // answer (the connection drops after the platform counted the events)
+    let (sandbox, db, client, config) = shop(1_000).await;
+    sandbox.set_faults(Faults {
+        accept_then_drop_ratio: 1.0,
+        ..Faults::default()
+    });
+    let pipeline = Pipeline::start(config, &db.url()).await;
+    let mut sql = String::from("begin;");
+    for i in 0..10 {
+        sql.push_str(&paid_order(&format!("lost{i}")));
+    }
+    sql.push_str("commit;");
+    client.batch_execute(&sql).await.unwrap();
+    crate::support::wait_for(30, "every conversion to be attempted", || async {
+        let attempted = count(
+            &client,
+            "select count(*) from pgcapi.deliveries where kind = 'conversion' and attempts > 0
+               and state = 'pending'",
+        )
+        .await;
+        (attempted == 30).then_some(())
+    })
+    .await;
+
+    // WHEN the ten orders are refunded before any retry got an answer, and the platforms then
+    // answer again
+    client
+        .batch_execute("update orders set status = 'refunded' where order_number like 'lost%'")
+        .await
+        .unwrap();
+    crate::support::wait_for(30, "the refunds to be captured", || async {
+        let refunds = count(
+            &client,
+            "select count(*) from pgcapi.deliveries where kind = 'retraction'",
+        )
+        .await;
+        (refunds == 30).then_some(())
+    })
+    .await;
+    sandbox.set_faults(Faults::none());
+
+    // THEN no conversion is cancelled: each was finished (sent), and its refund retracted it at
+    // Google and is skipped, saying why, at Meta and TikTok
+    settled(&client, 60, 30).await;
+    let retractions = sandbox.records().google_ads.adjustments;
+    for (destination, platform) in DESTINATIONS {
+        let by_state = states(&client, destination).await;
+        let get = |kind: &str, state: &str| {
+            by_state
+                .get(&(kind.to_string(), state.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!(get("conversion", "sent"), 10, "{destination}: {by_state:?}");
+        let refund_state = if platform == Platform::GoogleAds {
+            "sent"
+        } else {
+            "skipped"
+        };
+        assert_eq!(
+            get("retraction", refund_state),
+            10,
+            "{destination}: {by_state:?}"
+        );
+        if platform != Platform::GoogleAds {
+            let with_reason = count(
+                &client,
+                &format!(
+                    "select count(*) from pgcapi.deliveries where destination = '{destination}'
+                       and kind = 'retraction' and last_error = 'platform cannot retract'"
+                ),
+            )
+            .await;
+            assert_eq!(with_reason, 10, "{destination}");
+        }
+        // AND what the platform counts is exactly what the control table says it holds
+        let mut ids = counted_ids(&sandbox, platform);
+        ids.sort();
+        let mut sent: Vec<String> = client
+            .query(
+                "select event_id from pgcapi.deliveries
+                 where destination = $1 and kind = 'conversion' and state = 'sent'",
+                &[&destination],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        sent.sort();
+        assert_eq!(ids, sent, "{destination}");
+    }
+    let mut retracted: Vec<String> = retractions
+        .iter()
+        .filter(|a| a.adjustment_type == "RETRACTION")
+        .filter_map(|a| a.order_id.clone())
+        .collect();
+    retracted.sort();
+    retracted.dedup();
+    assert_eq!(retracted.len(), 10, "{retracted:?}");
+    // AND the lost answers really made pgcapi send the conversions again
+    let stats = sandbox.stats();
+    for platform in [Platform::Meta, Platform::GoogleAds, Platform::Tiktok] {
+        let c = stats.platform(platform);
+        assert!(c.responses_lost > 0 && c.duplicate_sends >= 10, "{stats:?}");
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn a_future_event_time_an_absurd_value_and_an_unknown_currency_fail_before_any_request() {
+    // GIVEN capture and dispatch running, on an orders table whose total takes any numeric
+    let (sandbox, db, client, config) = shop(1_000).await;
+    client
+        .batch_execute("alter table orders alter column total type numeric")
+        .await
+        .unwrap();
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN one transaction pays an order in the year 9999, one worth 1e308, one in currency XXX
+    // (ISO 4217's "no currency"), and an ordinary one
+    let sql = format!(
+        "begin; {} {} {} {} commit;",
+        paid_order("future").replace("now())", "'9999-01-01 00:00:00+00')"),
+        paid_order("huge").replace("25.00", "1e308"),
+        paid_order("xxx")
+            .replace("total, status", "currency, total, status")
+            .replace("25.00,", "'XXX', 25.00,"),
+        paid_order("fine"),
+    );
+    client.batch_execute(&sql).await.unwrap();
+
+    // THEN each absurd order is recorded failed for every destination, with its reason, and only
+    // the ordinary one reached the platforms
+    settled(&client, 12, 30).await;
+    for (reason, what) in [
+        (
+            "invalid row: event_time column \"paid_at\" is more than 10 minutes after the \
+             transaction's commit (in the future)",
+            "year 9999",
+        ),
+        (
+            "invalid row: value column \"total\" is beyond 1e12 in magnitude, not a plausible \
+             conversion value",
+            "1e308",
+        ),
+        (
+            "invalid row: currency \"XXX\" is not an ISO 4217 currency code",
+            "XXX",
+        ),
+    ] {
+        let failed = count(
+            &client,
+            &format!(
+                "select count(*) from pgcapi.deliveries where state = 'failed' and attempts = 0
+                   and last_error = '{}'",
+                reason.replace('\'', "''")
+            ),
+        )
+        .await;
+        assert_eq!(failed, 3, "{what}");
+    }
+    for (destination, platform) in DESTINATIONS {
+        assert_eq!(
+            counted_ids(&sandbox, platform),
+            vec!["order-fine".to_string()],
+            "{destination}"
+        );
+    }
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn after_an_outage_only_probes_meet_it_and_the_backlog_drains_at_full_speed() {
+    // GIVEN platforms that answer every request with a 500, retries that start at 20 s (a row that
+    // met the outage waits up to 20 s, and longer each time), and batches of 10
+    let (sandbox, db, client, mut config) = shop(10).await;
+    config.dispatch.retry_initial_ms = 20_000;
+    config.dispatch.retry_max_ms = 300_000;
+    sandbox.set_faults(Faults {
+        error_500_ratio: 1.0,
+        ..Faults::default()
+    });
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN 100 orders are paid during the outage (10 batches per destination), and the outage
+    // goes on until every platform has turned away a few probes
+    let mut sql = String::from("begin;");
+    for i in 0..100 {
+        sql.push_str(&paid_order(&format!("o{i}")));
+    }
+    sql.push_str("commit;");
+    client.batch_execute(&sql).await.unwrap();
+    let platforms = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
+    crate::support::wait_for(60, "a few probes at every platform", || async {
+        let stats = sandbox.stats();
+        platforms
+            .iter()
+            .all(|p| stats.platform(*p).faulted >= 5)
+            .then_some(())
+    })
+    .await;
+    // THEN the outage met probes, not the backlog: fewer requests than batches waiting
+    let during = sandbox.stats();
+    for p in platforms {
+        let faulted = during.platform(p).faulted;
+        assert!(faulted < 10, "{p:?}: {faulted} requests during the outage");
+    }
+    let backed_off = count(
+        &client,
+        "select count(*) from pgcapi.deliveries
+         where state = 'pending' and next_attempt_at > now() + interval '10 seconds'",
+    )
+    .await;
+    assert!(backed_off > 0, "no row was waiting on a long backoff");
+
+    // WHEN the platforms answer again
+    sandbox.set_faults(Faults::none());
+    let recovered = Instant::now();
+    // THEN every row is sent within one probe interval plus a few seconds of draining, instead of
+    // waiting out its own backoff (up to 20 s and more)
+    settled(&client, 300, 60).await;
+    let drained = recovered.elapsed();
+    let bound = pgcapi::dispatch::PROBE_MAX_INTERVAL + Duration::from_secs(5);
+    assert!(drained <= bound, "drained in {drained:?}, bound {bound:?}");
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'sent'"
+        )
+        .await,
+        300
+    );
+    eprintln!(
+        "outage: {} / {} / {} requests turned away (meta/google/tiktok), {backed_off} rows on a \
+         long backoff; drained {drained:.1?} after recovery (bound {bound:?})",
+        during.meta.faulted, during.google_ads.faulted, during.tiktok.faulted
+    );
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
+    // GIVEN capture and dispatch running; orders under REPLICA IDENTITY FULL (the event id reads
+    // order_number, not the key), and won deals whose rule says on_delete = "ignore"
+    let (sandbox, db, client, mut config) = shop(1_000).await;
+    config
+        .rules
+        .iter_mut()
+        .find(|r| r.name == "deal_won")
+        .unwrap()
+        .on_delete = pgcapi::config::OnDelete::Ignore;
+    client
+        .batch_execute("alter table orders replica identity full")
+        .await
+        .unwrap();
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN an order is paid and deleted in one transaction, an unpaid order is deleted, another
+    // is paid, and a deal is won and deleted in one transaction
+    client
+        .batch_execute(&format!(
+            "begin; {} delete from orders where order_number = 'd1'; commit;
+             insert into orders (order_number, email, total) values ('d2', 'x@example.com', 5);
+             delete from orders where order_number = 'd2';
+             {}
+             begin;
+             insert into leads (email, gclid, clicked_at, stage, deal_value, consent, won_at)
+               values ('lead@example.com', 'Cj0KCQiA-del', now() - interval '1 day', 'won', 900,
+                 'granted', now());
+             delete from leads;
+             commit;",
+            paid_order("d1"),
+            paid_order("d3")
+        ))
+        .await
+        .unwrap();
+
+    // THEN the deleted paid order is cancelled everywhere with its reason and never sent, the
+    // unpaid one left no row, and the other order and the deal (ignore) are sent
+    settled(&client, 6 + 3 + 2, 30).await;
+    let d1: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select kind, state, last_error from pgcapi.deliveries where event_id = 'order-d1'
+             order by kind, destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(d1.len(), 6, "{d1:?}");
+    for (kind, state, error) in &d1 {
+        let reason = if kind == "conversion" {
+            "source row deleted before it was sent"
+        } else {
+            "conversion was not sent yet"
+        };
+        assert_eq!(
+            (state.as_str(), error.as_deref()),
+            ("cancelled", Some(reason)),
+            "{d1:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-d2'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where state = 'sent' and kind = 'conversion'"
+        )
+        .await,
+        5
+    );
+    for (destination, platform) in DESTINATIONS {
+        let ids = counted_ids(&sandbox, platform);
+        assert!(
+            !ids.contains(&"order-d1".to_string()) && ids.contains(&"order-d3".to_string()),
+            "{destination}: {ids:?}"
+        );
+    }
+
+    // WHEN the sent order is deleted
+    client
+        .batch_execute("delete from orders where order_number = 'd3'")
+        .await
+        .unwrap();
+    // THEN Google retracts it, and Meta and TikTok say they cannot
+    settled(&client, 14, 30).await;
+    let d3: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select destination, state, last_error from pgcapi.deliveries
+             where event_id = 'order-d3' and kind = 'retraction' order by destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        d3,
+        [
+            ("google".into(), "sent".into(), None),
+            (
+                "meta".into(),
+                "skipped".into(),
+                Some("platform cannot retract".into())
+            ),
+            (
+                "tiktok".into(),
+                "skipped".into(),
+                Some("platform cannot retract".into())
+            ),
+        ]
+    );
+    let adjustments = sandbox.records().google_ads.adjustments;
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-d3"));
+    pipeline.stop().await;
+}
+
+#[tokio::test]
+async fn a_deal_won_and_deleted_in_one_transaction_is_cancelled_under_the_default_replica_identity()
+{
+    // GIVEN capture and dispatch running; leads under REPLICA IDENTITY DEFAULT, whose event id
+    // (`deal-{id}`) reads only the primary key, so the key-only old tuple of a DELETE is enough
+    let (sandbox, db, client, config) = shop(1_000).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN a deal is won and deleted in one transaction, next to one that is only won
+    client
+        .batch_execute(
+            "begin;
+             insert into leads (id, email, gclid, clicked_at, stage, deal_value, consent, won_at)
+               values (1, 'a@example.com', 'Cj0KCQiA-a', now() - interval '1 day', 'won', 900,
+                 'granted', now()),
+                      (2, 'b@example.com', 'Cj0KCQiA-b', now() - interval '1 day', 'won', 900,
+                 'granted', now());
+             delete from leads where id = 1;
+             commit;",
+        )
+        .await
+        .unwrap();
+
+    // THEN the deleted deal is cancelled at both destinations and never sent; the other is sent
+    settled(&client, 2 * 2 + 2, 30).await;
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'deal-1' and state = 'cancelled'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'deal-2' and state = 'sent'"
+        )
+        .await,
+        2
+    );
+    for platform in [Platform::Meta, Platform::GoogleAds] {
+        assert_eq!(counted_ids(&sandbox, platform), ["deal-2"], "{platform:?}");
+    }
+    pipeline.stop().await;
+}

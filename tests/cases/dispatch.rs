@@ -751,7 +751,8 @@ async fn a_batch_boundary_between_a_conversion_and_its_retraction_never_sends_th
 }
 
 #[tokio::test]
-async fn a_refund_of_a_conversion_that_may_have_reached_the_platform_retracts_it_on_google_only() {
+async fn a_refund_of_a_conversion_that_may_have_reached_the_platform_is_sent_first_then_retracted_or_skipped(
+) {
     // GIVEN a Google and a Meta conversion each attempted once already (the answer was lost), back
     // to pending, and then refunded
     let (db, client) = control_db().await;
@@ -800,24 +801,16 @@ async fn a_refund_of_a_conversion_that_may_have_reached_the_platform_retracts_it
         adjustments[0]["conversionAdjustments"][0]["adjustmentType"],
         "RETRACTION"
     );
-    // AND Meta, which cannot retract, cancelled both instead of sending a refunded purchase, saying
-    // that the earlier attempt may have reached it
+    // AND Meta, which cannot retract, is never told "cancelled" about what it may count: the
+    // conversion was finished (sent again, byte for byte what was stored), and the refund skipped
     let m = row(&client, "order_paid", "meta", "order-1").await;
-    assert_eq!(m.state, "cancelled", "{m:?}");
-    assert!(
-        m.last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("earlier attempt may have reached the platform"),
-        "{m:?}"
-    );
-    assert_eq!(
-        row(&client, "order_refunded", "meta", "order-1")
-            .await
-            .state,
-        "cancelled"
-    );
-    assert!(fake.requests("/events").is_empty());
+    assert_eq!((m.state.as_str(), m.attempts), ("sent", 2), "{m:?}");
+    let r = row(&client, "order_refunded", "meta", "order-1").await;
+    assert_eq!(r.state, "skipped", "{r:?}");
+    assert_eq!(r.last_error.as_deref(), Some("platform cannot retract"));
+    let events = fake.requests("/events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"][0]["event_id"], "order-1");
 }
 
 #[tokio::test]

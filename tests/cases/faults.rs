@@ -1105,9 +1105,9 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         ),
         format!("control table: {} rows: {states}", rows.len()),
         format!(
-            "refunded orders x destinations: {} cancelled before sending; {} cancelled after an \
-             attempt that may have arrived (Meta/TikTok); {} sent, then retracted (Google) or skipped",
-            verdict.cancelled_before_send, verdict.cancelled_maybe_sent, verdict.sent_then_refunded
+            "refunded orders x destinations: {} cancelled before sending; {} sent (some after an \
+             attempt whose answer was lost), then retracted (Google) or skipped (Meta, TikTok)",
+            verdict.cancelled_before_send, verdict.sent_then_refunded
         ),
     ];
     for (name, platform) in [
@@ -1274,7 +1274,6 @@ impl Counted {
 struct Verdict {
     problems: Vec<String>,
     cancelled_before_send: usize,
-    cancelled_maybe_sent: usize,
     sent_then_refunded: usize,
 }
 
@@ -1472,12 +1471,6 @@ impl Verdict {
             };
             match get(rule, dest, id) {
                 Some(row) if row.state == "sent" => {}
-                Some(row)
-                    if dest != "google"
-                        && row.state == "cancelled"
-                        && row
-                            .last_error
-                            .contains("an earlier attempt may have reached") => {}
                 other => v.problems.push(format!(
                     "{dest} counted {id} {times} time(s), but the control table says {:?}",
                     other.map(|r| (&r.state, &r.last_error))
@@ -1556,23 +1549,13 @@ impl Verdict {
         id: &str,
     ) {
         let state = |r: Option<&ControlRow>| r.map(|r| (r.state.clone(), r.last_error.clone()));
-        let maybe_reached = |r: Option<&ControlRow>| {
-            r.is_some_and(|r| r.last_error.contains("an earlier attempt may have reached"))
-        };
         match (
             conv.map(|r| r.state.as_str()),
             retr.map(|r| r.state.as_str()),
         ) {
-            (Some("cancelled"), Some("cancelled")) if times == 0 && !maybe_reached(conv) => {
-                self.cancelled_before_send += 1
-            }
-            // Meta and TikTok cannot retract: a conversion attempted before its refund (the answer was
-            // lost) is cancelled, saying honestly that it may have arrived; counted at most once.
-            (Some("cancelled"), Some("cancelled"))
-                if dest != "google" && maybe_reached(conv) && times <= 1 =>
-            {
-                self.cancelled_maybe_sent += 1
-            }
+            // Cancelled only when it never reached the platform; one that may have (an answer lost)
+            // is finished first, below.
+            (Some("cancelled"), Some("cancelled")) if times == 0 => self.cancelled_before_send += 1,
             (Some("sent"), Some("sent")) if times == 1 && dest == "google" => {
                 self.sent_then_refunded += 1;
                 if counted.retractions.get(id).copied().unwrap_or(0) != 1 {

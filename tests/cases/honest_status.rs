@@ -416,7 +416,7 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     assert_eq!(code, Some(3), "{out}");
     let create =
         "CREATE PUBLICATION \"pgcapi\" FOR TABLE \"public\".\"leads\", \"public\".\"orders\" \
-                  WITH (publish = 'insert, update');";
+                  WITH (publish = 'insert, update, delete');";
     assert!(out.contains(create), "{out}");
     assert!(
         out.contains("-- run as role postgres (the owner of the tables) or a superuser:"),
