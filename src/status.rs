@@ -556,7 +556,10 @@ pub fn judge_flow(observation: &Observation, thresholds: &FlowThresholds) -> Vec
         let report = observation.capture.as_ref();
         let silent = report.map(|r| secs_between(r.seen_at, now));
         let fresh = silent.is_some_and(|s| s <= thresholds.capture_silent_after.as_secs() as i64);
-        if slot.active == Some(false) && !fresh {
+        // A capture that streams holds the slot: an inactive slot with "streaming" as the last
+        // report means that process stopped or died (an outage or a stuck change is reported first).
+        let streamed = report.is_some_and(|r| r.phase == CapturePhase::Streaming);
+        if slot.active == Some(false) && (!fresh || streamed) {
             let last = match (report, silent) {
                 (Some(r), Some(secs)) => format!(
                     "capture last reported {} ago ({}{})",

@@ -129,11 +129,18 @@ async fn status_says_when_capture_is_not_running_stuck_or_retrying() {
     assert!(killed.elapsed() <= Duration::from_secs(65));
     assert_eq!(report.exit_code(), 2);
 
-    // WHEN a capture process reported 20 s ago (between two connections), THEN that is fine; 90 s ago
-    // it is not running, and the last report is quoted
-    shop.report_capture("streaming", "null", "now() - interval '20 seconds'")
+    // WHEN a capture process reported 20 s ago that it retries an outage (between two connections),
+    // THEN that is fine; 90 s ago it is not running, and the last report is quoted
+    shop.report_capture("retrying", "now()", "now() - interval '20 seconds'")
         .await;
     assert!(shop.status(&opts).await.healthy);
+    // WHEN the last report says "streaming" but nothing holds the slot, THEN that process is gone
+    shop.report_capture("streaming", "null", "now() - interval '20 seconds'")
+        .await;
+    assert_eq!(
+        reasons(&shop.status(&opts).await),
+        [Reason::CaptureNotRunning]
+    );
     shop.report_capture("stuck", "now()", "now() - interval '90 seconds'")
         .await;
     let report = shop.status(&opts).await;
