@@ -134,6 +134,10 @@ pub struct Payload {
     /// Whether the person consented to ad use of their data (always true for rows that are sent).
     #[serde(default)]
     pub consent: bool,
+    /// Whether `consent` came from the rule's consent column; without one it is assumed, and Google
+    /// destinations send no consent field at all (the account default applies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consent_column: bool,
 }
 
 impl Payload {
@@ -172,6 +176,9 @@ impl Payload {
         }
         out.push_str(",\"consent\":");
         out.push_str(if self.consent { "true" } else { "false" });
+        if self.consent_column {
+            out.push_str(",\"consent_column\":true");
+        }
         out.push('}');
         out
     }
@@ -685,6 +692,7 @@ mod tests {
             conversion_action in optional_text(),
             click_micros in proptest::option::of(0i64..4_000_000_000_000_000),
             consent in any::<bool>(),
+            consent_column in any::<bool>(),
         ) {
             let payload = Payload {
                 keys,
@@ -694,6 +702,7 @@ mod tests {
                 conversion_action,
                 click_time: click_micros.map(|m| Utc.timestamp_micros(m).unwrap()),
                 consent,
+                consent_column,
             };
             prop_assert_eq!(payload.to_json(), serde_json::to_string(&payload).unwrap());
         }

@@ -10,6 +10,8 @@
 //! alone; Google Ads answers per row by index.
 
 pub mod google_ads;
+pub mod google_auth;
+pub mod google_data_manager;
 pub mod meta;
 pub mod tiktok;
 
@@ -146,6 +148,14 @@ pub enum DestinationError {
         /// The missing key.
         key: &'static str,
     },
+    /// The Google credentials cannot be used (a key file that cannot be read, ...). Never a secret.
+    #[error("destinations.{destination}: credentials: {message}")]
+    Credentials {
+        /// The destination's name.
+        destination: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The HTTP client could not be built.
     #[error("destinations.{destination}: cannot build the HTTP client: {source}")]
     Client {
@@ -167,6 +177,9 @@ pub fn build(
         Platform::Meta => Box::new(meta::Meta::new(name, config, dispatch)?),
         Platform::GoogleAds => Box::new(google_ads::GoogleAds::new(name, config, dispatch)?),
         Platform::Tiktok => Box::new(tiktok::Tiktok::new(name, config, dispatch)?),
+        Platform::GoogleDataManager => Box::new(google_data_manager::GoogleDataManager::new(
+            name, config, dispatch,
+        )?),
     })
 }
 
@@ -503,6 +516,11 @@ pub(crate) mod test_support {
             refresh_token: None,
             token_endpoint: None,
             validate_only: false,
+            service_account_key: None,
+            operating_account: None,
+            login_account: None,
+            refunds: crate::config::GoogleRefunds::default(),
+            ads_endpoint: None,
             batch_max_events: None,
         }
     }
