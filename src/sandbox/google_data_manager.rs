@@ -47,8 +47,9 @@ const SCOPE: &str = "https://www.googleapis.com/auth/datamanager";
 /// The Data Manager state of the sandbox.
 #[derive(Debug, Default)]
 pub(crate) struct DataManager {
-    /// (product destination id, transaction id) → index into the records' conversions.
-    by_transaction: HashMap<(String, String), usize>,
+    /// (operating account, product destination id, transaction id) → index into the records'
+    /// conversions.
+    by_transaction: HashMap<(String, String, String), usize>,
     /// Every (product destination id, transaction id) received in a valid request.
     sends: SendLog,
     /// Request id → its status answer.
@@ -390,9 +391,19 @@ fn apply(
         .and_then(Value::as_str)
         .map(str::to_string);
     let txn = e.get("transactionId").and_then(Value::as_str);
-    let key = txn.map(|t| (d.product_destination_id.clone(), t.to_string()));
-    if let Some((pdid, t)) = &key {
-        if state.data_manager.sends.note(&format!("{pdid}\u{0}{t}")) {
+    let key = txn.map(|t| {
+        (
+            d.operating_account.clone(),
+            d.product_destination_id.clone(),
+            t.to_string(),
+        )
+    });
+    if let Some((account, pdid, t)) = &key {
+        if state
+            .data_manager
+            .sends
+            .note(&format!("{account}\u{0}{pdid}\u{0}{t}"))
+        {
             records.counters.duplicate_sends += 1;
         }
     }
@@ -427,7 +438,7 @@ fn apply(
             if let Some(k) = key {
                 if let Some(time) = time {
                     // Google keeps one set of conversions: the Ads API can adjust it by order id.
-                    state.google.import(&k.0, &k.1, time);
+                    state.google.import(&k.1, &k.2, time);
                 }
                 state.data_manager.by_transaction.insert(k, index);
             }
