@@ -365,9 +365,40 @@ enum Duplicates {
     /// check and the insert makes the statement fail with a unique violation, and `rows` must not repeat
     /// a key. [`write_group`] uses it and falls back to [`Duplicates::OnConflict`] on that failure.
     AntiJoin,
+    /// Restatements only: a row whose key is recorded with another value replaces it and is due
+    /// again (a second partial refund of one order restates again, the last value wins); the same
+    /// value changes nothing, so a replay after a crash adds nothing. `rows` must not repeat a key.
+    Restate,
 }
 
 async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
+    client: &impl GenericClient,
+    schema: &str,
+    rows: &[R],
+    duplicates: Duplicates,
+) -> Result<u64, OutboxError> {
+    let is_restatement = |r: &R| r.borrow().kind == Kind::Restatement;
+    if !rows.iter().any(is_restatement) {
+        return insert_some(client, schema, rows, duplicates).await;
+    }
+    // Restatements (rare) go in their own statement, each key once with its last value.
+    let (restatements, others): (Vec<&NewDelivery>, Vec<&NewDelivery>) = rows
+        .iter()
+        .map(|r| r.borrow())
+        .partition(|r| r.kind == Kind::Restatement);
+    let mut last: Vec<&NewDelivery> = Vec::with_capacity(restatements.len());
+    for r in restatements {
+        let key = |d: &NewDelivery| (d.event_id.clone(), d.destination.clone(), d.rule.clone());
+        match last.iter_mut().find(|l| key(l) == key(r)) {
+            Some(slot) => *slot = r,
+            None => last.push(r),
+        }
+    }
+    let inserted = insert_some(client, schema, &others, duplicates).await?;
+    Ok(inserted + insert_some(client, schema, &last, Duplicates::Restate).await?)
+}
+
+async fn insert_some<R: std::borrow::Borrow<NewDelivery>>(
     client: &impl GenericClient,
     schema: &str,
     rows: &[R],
@@ -429,6 +460,18 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
             "and not exists (select 1 from {s}.deliveries d where d.event_id = t.event_id \
                and d.destination = t.destination and d.rule = t.rule)",
             "",
+        ),
+        Duplicates::Restate => (
+            "",
+            "on conflict (event_id, destination, rule) do update set \
+               value = excluded.value, currency = excluded.currency, state = excluded.state, \
+               last_error = excluded.last_error, platform_ref = null, sent_at = null, \
+               lease_owner = null, lease_until = null, \
+               next_attempt_at = greatest(now(), coalesce({s}.deliveries.lease_until, now())), \
+               queued_at = now(), source_lsn = excluded.source_lsn, \
+               commit_time = excluded.commit_time, updated_at = now() \
+             where {s}.deliveries.kind = 'restatement' and excluded.kind = 'restatement' \
+               and {s}.deliveries.value is distinct from excluded.value",
         ),
     };
     let sql = format!(

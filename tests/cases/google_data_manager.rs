@@ -165,6 +165,30 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
         json!({"emailAddress": hash("jane.doe@example.com")})
     );
 
+    // WHEN it is partially refunded again, to 50 (the status stays partially_refunded)
+    c.batch_execute("update orders set net_total = 50 where order_number = '7001'")
+        .await
+        .unwrap();
+    // THEN it is restated again, and the last value is the one Google keeps
+    wait_for(30, "the second restatement", || async {
+        let c = conversion(&g.sandbox.records(), "order-7001");
+        (c.restatements == 2).then_some(c)
+    })
+    .await;
+    let restated = conversion(&g.sandbox.records(), "order-7001");
+    assert_eq!(restated.history, [Some(100.0), Some(70.0), Some(50.0)]);
+    wait_state(c, "google", "restatement", "sent", 1).await;
+    let value: String = c
+        .query_one(
+            "select value::text from pgcapi.deliveries where destination = 'google' \
+             and kind = 'restatement' and event_id = 'order-7001'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(value, "50.00");
+
     // WHEN order 7002 is refunded in full
     c.batch_execute("update orders set status = 'refunded' where order_number = '7002'")
         .await
