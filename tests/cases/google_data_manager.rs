@@ -23,6 +23,8 @@ struct Google {
     client: Client,
     _dir: tempfile::TempDir,
     _run: KillOnDrop,
+    env: Vec<(String, String)>,
+    path: std::path::PathBuf,
 }
 
 /// Starts the sandbox with `sandbox_config`, a shop database set up for `toml`, and `pgcapi run`.
@@ -52,6 +54,8 @@ async fn start(toml: &str, sandbox_config: SandboxConfig, extra_env: &[(&str, &s
         client,
         _dir: dir,
         _run: run,
+        env,
+        path,
     }
 }
 
@@ -336,6 +340,8 @@ async fn start_with_key(toml: &str, sandbox_config: SandboxConfig, key_path: &st
         client,
         _dir: dir,
         _run: run,
+        env,
+        path,
     }
 }
 
@@ -404,4 +410,183 @@ refunds = \"skip\"
         .get(0);
     assert!(skip.contains("platform cannot retract"), "{skip}");
     assert!(records.google_ads.adjustments.is_empty());
+}
+
+/// Runs `pgcapi check`; returns whether it passed and its output.
+async fn check(g: &Google, env: &[(String, String)]) -> (bool, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgcapi"));
+    command
+        .args(["check", "--config"])
+        .arg(&g.path)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().await.expect("run pgcapi check");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(!stdout.contains("s3cr3t"), "{stdout}");
+    (output.status.success(), stdout)
+}
+
+#[tokio::test]
+async fn check_reports_token_account_and_conversion_action_of_data_manager() {
+    // GIVEN a sandbox that takes only the test refresh token
+    let g = start(
+        CONTRACT,
+        SandboxConfig {
+            google_refresh_token: Some("test-refresh-token-s3cr3t".into()),
+            ..SandboxConfig::default()
+        },
+        &[],
+    )
+    .await;
+    // WHEN pgcapi check runs
+    let (ok, out) = check(&g, &g.env).await;
+    // THEN the token, the account and the conversion action each pass, and nothing was recorded
+    let google: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("(google_data_manager)"))
+        .collect();
+    assert!(ok, "{out}");
+    assert_eq!(google.len(), 3, "{out}");
+    assert!(
+        google[0].contains("✓") && google[0].contains("token"),
+        "{out}"
+    );
+    assert!(
+        google[1].contains("✓") && google[1].contains("account 1234567890"),
+        "{out}"
+    );
+    assert!(
+        google[2].contains("✓") && google[2].contains("conversion action 1001"),
+        "{out}"
+    );
+    assert_eq!(g.sandbox.records().google_data_manager.validated, 1);
+    assert!(g.sandbox.records().google_data_manager.events.is_empty());
+    // WHEN the refresh token is wrong
+    let mut env = g.env.clone();
+    env.retain(|(k, _)| k != "GOOGLE_ADS_REFRESH_TOKEN");
+    env.push(("GOOGLE_ADS_REFRESH_TOKEN".into(), "stale".into()));
+    let (ok, out) = check(&g, &env).await;
+    // THEN the token line fails with Google's words
+    assert!(!ok);
+    let line = out
+        .lines()
+        .find(|l| l.contains("(google_data_manager)"))
+        .unwrap();
+    assert!(
+        line.contains("✗") && line.contains("invalid_grant"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn lost_answers_resend_but_data_manager_counts_each_conversion_once_and_restates_nothing() {
+    // GIVEN a sandbox that processes half of the ingest requests and then cuts the connection
+    let faults = pgcapi::sandbox::Faults {
+        accept_then_drop_ratio: 0.5,
+        seed: Some(7),
+        ..pgcapi::sandbox::Faults::default()
+    };
+    let toml = format!("{CONTRACT}\n[dispatch]\nretry_initial_ms = 50\nretry_max_ms = 200\n");
+    let g = start(
+        &toml,
+        SandboxConfig {
+            faults,
+            ..SandboxConfig::default()
+        },
+        &[],
+    )
+    .await;
+    let c = &g.client;
+    // WHEN 30 orders are paid, in separate transactions
+    for i in 0..30 {
+        c.execute(
+            PAID,
+            &[&format!("8{i:03}"), &format!("{}.50", 10 + i), &"USD"],
+        )
+        .await
+        .unwrap();
+    }
+    wait_state(c, "google", "conversion", "sent", 30).await;
+    // THEN some were sent more than once, yet each counts once, with its own value, never restated
+    let stats = g.sandbox.stats().google_data_manager;
+    let records = g.sandbox.records().google_data_manager;
+    assert!(stats.responses_lost > 0, "{stats:?}");
+    assert_eq!(stats.unique, 30, "{stats:?}");
+    assert_eq!(records.conversions.len(), 30);
+    assert!(records.conversions.iter().all(|c| c.restatements == 0));
+}
+
+#[tokio::test]
+async fn google_ads_access_without_the_allowlist_gets_one_actionable_error() {
+    // GIVEN a Google Ads API that refuses click conversion uploads to this access (June 2026)
+    let sandbox = Sandbox::start_with_config(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            google_ads_click_uploads_allowlisted: false,
+            ..SandboxConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = sandbox.base_url();
+    let config: pgcapi::config::DestinationConfig = toml::from_str(&format!(
+        "platform = \"google_ads\"\ncustomer_id = \"1234567890\"\nclient_id = \"c\"\n\
+         client_secret = \"s\"\nrefresh_token = \"r\"\nendpoint = \"{base}\"\n\
+         token_endpoint = \"{base}/token\""
+    ))
+    .unwrap();
+    let google = pgcapi::destinations::build(
+        "google",
+        &config,
+        &pgcapi::config::DispatchConfig::default(),
+    )
+    .unwrap();
+    // WHEN a conversion is sent (without a developer token: it is optional now)
+    let mut row = crate::cases::google_data_manager::row();
+    row.payload.conversion_action = Some("customers/1234567890/conversionActions/1".into());
+    let out = google.send(&[row]).await;
+    // THEN the row fails for good with what to do
+    match &out[0] {
+        pgcapi::destinations::Outcome::Failed { error } => {
+            assert!(
+                error.starts_with(pgcapi::destinations::google_ads::NOT_ALLOWLISTED_ADVICE),
+                "{error}"
+            );
+            assert!(
+                error.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A website purchase row with a hashed email and a gclid.
+fn row() -> pgcapi::outbox::Delivery {
+    let mut keys = pgcapi::identity::MatchKeys::new();
+    keys.insert(pgcapi::identity::MatchKey::Email, hash("a@example.com"));
+    keys.insert(pgcapi::identity::MatchKey::Gclid, "Cj0-test".into());
+    let now = chrono::Utc::now();
+    pgcapi::outbox::Delivery {
+        id: 1,
+        rule: "order_paid".into(),
+        destination: "google".into(),
+        event_id: "order-1".into(),
+        kind: pgcapi::outbox::Kind::Conversion,
+        adjusts_rule: None,
+        event_name: Some("Purchase".into()),
+        event_time: now - chrono::TimeDelta::hours(1),
+        value: Some("10".into()),
+        currency: Some("USD".into()),
+        action_source: Some("website".into()),
+        payload: pgcapi::outbox::Payload {
+            keys,
+            consent: true,
+            ..Default::default()
+        },
+        attempts: 0,
+        created_at: now,
+    }
 }
