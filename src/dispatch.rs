@@ -416,7 +416,7 @@ impl Dispatcher {
 
     /// Claims up to one batch of `dest`'s due rows.
     async fn claim_for(&self, dest: &dyn Destination) -> Result<Vec<Claimed>, DispatchError> {
-        self.claim(dest.name(), dest.max_batch(), can_retract(dest.platform()))
+        self.claim(dest.name(), dest.max_batch(), dest.can_retract())
             .await
     }
 
@@ -426,7 +426,7 @@ impl Dispatcher {
         dest: &dyn Destination,
         claimed: Vec<Claimed>,
     ) -> Result<Processed, DispatchError> {
-        let can_retract = can_retract(dest.platform());
+        let can_retract = dest.can_retract();
         let count = claimed.len();
         let mut records = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);

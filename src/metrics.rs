@@ -136,6 +136,7 @@ pub struct Metrics {
     confirmed_flush_lsn: Gauge,
     pending: Family<DestinationLabels, Gauge>,
     capture_active: Gauge,
+    google_processing_errors: Family<ReasonLabels, Counter>,
     capture_state: AtomicU8,
     control: Mutex<Option<ControlProbe>>,
 }
@@ -156,6 +157,7 @@ impl Metrics {
             confirmed_flush_lsn: Gauge::default(),
             pending: Family::default(),
             capture_active: Gauge::default(),
+            google_processing_errors: Family::default(),
             capture_state: AtomicU8::new(CaptureState::Starting as u8),
             control: Mutex::new(None),
         };
@@ -214,6 +216,11 @@ impl Metrics {
             "capture_active",
             "1 while this process holds the slot and streams",
             m.capture_active.clone(),
+        );
+        registry.register(
+            "google_processing_errors",
+            "Events Data Manager accepted but then could not use, by reason (requestStatus:retrieve)",
+            m.google_processing_errors.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -359,6 +366,26 @@ pub fn dispatch_request(destination: &str, outcome: RequestOutcome, elapsed: Dur
             destination: destination.to_string(),
         })
         .observe(elapsed.as_secs_f64());
+}
+
+/// Labels of a per-reason count of a destination.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The destination's name.
+    pub destination: String,
+    /// The platform's reason, e.g. `PROCESSING_ERROR_REASON_EVENT_TOO_OLD`.
+    pub reason: String,
+}
+
+/// Data Manager reported `count` events of `destination` it accepted but could not use, for `reason`.
+pub fn google_processing_errors(destination: &str, reason: &str, count: u64) {
+    global()
+        .google_processing_errors
+        .get_or_create(&ReasonLabels {
+            destination: destination.to_string(),
+            reason: reason.to_string(),
+        })
+        .inc_by(count);
 }
 
 /// A row of `destination` created in the control table at `created_at` was accepted by the platform now.

@@ -70,6 +70,122 @@ pub struct GoogleDataManager {
     max_batch: usize,
     /// The HTTP client.
     http: reqwest::Client,
+    /// Accepted requests whose processing result is still to be read.
+    statuses: Arc<StatusPoller>,
+}
+
+/// How long after an accepted request its processing result is first asked for, and between asks.
+pub const STATUS_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// How many times a request still `PROCESSING` is asked for before it is given up (about a day).
+const STATUS_POLL_LIMIT: u32 = 2_880;
+
+/// Polls `requestStatus:retrieve` for accepted requests until they are final, and counts the events
+/// Google could not use per reason (`pgcapi_google_processing_errors_total`, and a warning in the log).
+pub struct StatusPoller {
+    name: String,
+    url: String,
+    auth: Arc<GoogleAuth>,
+    http: reqwest::Client,
+    /// (request id, when to ask next, asks so far).
+    queue: std::sync::Mutex<Vec<(String, std::time::Instant, u32)>>,
+    interval: Duration,
+}
+
+impl StatusPoller {
+    /// Remembers an accepted request.
+    fn push(&self, request_id: String) {
+        let at = std::time::Instant::now() + self.interval;
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((request_id, at, 0));
+    }
+
+    /// Asks for every due request once; returns how many are still waiting.
+    pub async fn poll_due(&self) -> usize {
+        let now = std::time::Instant::now();
+        let due: Vec<(String, u32)> = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let (due, later): (Vec<_>, Vec<_>) = queue.drain(..).partition(|(_, at, _)| *at <= now);
+            *queue = later;
+            due.into_iter().map(|(id, _, n)| (id, n)).collect()
+        };
+        for (id, asks) in due {
+            if !self.poll_one(&id).await && asks + 1 < STATUS_POLL_LIMIT {
+                let at = std::time::Instant::now() + self.interval;
+                self.queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, at, asks + 1));
+            }
+        }
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Asks for one request; true when it is final (or unknown for good).
+    async fn poll_one(&self, request_id: &str) -> bool {
+        let Ok(token) = self.auth.access_token().await else {
+            return false;
+        };
+        let response = self
+            .http
+            .get(&self.url)
+            .query(&[("requestId", request_id)])
+            .bearer_auth(token.expose())
+            .send()
+            .await;
+        let Ok(response) = response else {
+            return false;
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.auth.invalidate().await;
+            return false;
+        }
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::BAD_REQUEST {
+            return true;
+        }
+        let Ok(body) = response.json::<Value>().await else {
+            return false;
+        };
+        let statuses = body
+            .get("requestStatusPerDestination")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if statuses
+            .iter()
+            .any(|s| s.get("requestStatus").and_then(Value::as_str) == Some("PROCESSING"))
+        {
+            return false;
+        }
+        for s in &statuses {
+            let counts = s
+                .pointer("/errorInfo/errorCounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for c in counts {
+                let reason = c.get("reason").and_then(Value::as_str).unwrap_or("UNKNOWN");
+                let n = match c.get("recordCount") {
+                    Some(Value::String(s)) => s.parse().unwrap_or(0),
+                    Some(v) => v.as_u64().unwrap_or(0),
+                    None => 0,
+                };
+                if n > 0 {
+                    crate::metrics::google_processing_errors(&self.name, reason, n);
+                    tracing::warn!(
+                        destination = %self.name,
+                        request_id,
+                        reason,
+                        events = n,
+                        "Data Manager accepted the request but could not use some events"
+                    );
+                }
+            }
+        }
+        true
+    }
 }
 
 impl GoogleDataManager {
@@ -93,6 +209,32 @@ impl GoogleDataManager {
             &[DATA_MANAGER_SCOPE]
         };
         let auth = Arc::new(GoogleAuth::from_config(name, config, scopes, http.clone())?);
+        let base = base_url(&config.endpoint, DEFAULT_ENDPOINT);
+        let statuses = Arc::new(StatusPoller {
+            name: name.to_string(),
+            url: format!("{base}/v1/requestStatus:retrieve"),
+            auth: auth.clone(),
+            http: http.clone(),
+            queue: std::sync::Mutex::new(Vec::new()),
+            interval: std::env::var("PGCAPI_GOOGLE_STATUS_POLL_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(STATUS_POLL_INTERVAL, Duration::from_millis),
+        });
+        if !config.validate_only {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // Ends with the destination: it holds only a weak reference.
+                let weak = Arc::downgrade(&statuses);
+                let interval = statuses.interval;
+                runtime.spawn(async move {
+                    loop {
+                        tokio::time::sleep(interval).await;
+                        let Some(poller) = weak.upgrade() else { break };
+                        poller.poll_due().await;
+                    }
+                });
+            }
+        }
         let ads = retract.then(|| {
             GoogleAds::with_auth(
                 name,
@@ -105,10 +247,7 @@ impl GoogleDataManager {
         });
         Ok(GoogleDataManager {
             name: name.to_string(),
-            ingest_url: format!(
-                "{}/v1/events:ingest",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
+            ingest_url: format!("{base}/v1/events:ingest"),
             operating_account,
             login_account: config
                 .login_account
@@ -121,6 +260,7 @@ impl GoogleDataManager {
             ads,
             max_batch: batch_size(config, MAX_EVENTS),
             http,
+            statuses,
         })
     }
 
@@ -615,6 +755,9 @@ impl GoogleDataManager {
                 let body = self.body(id, events, &part);
                 match self.ingest(&body, part.len()).await {
                     IngestAnswer::Accepted(request_id) => {
+                        if let Some(id) = request_id.as_ref().filter(|_| !self.validate_only) {
+                            self.statuses.push(id.clone());
+                        }
                         out.extend(part.iter().map(|&i| {
                             (
                                 i,
@@ -726,6 +869,12 @@ impl Destination for GoogleDataManager {
 
     fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    fn can_retract(&self) -> bool {
+        // With `refunds = "skip"` a refund withdraws nothing: like Meta, a refunded conversion that
+        // is still pending is cancelled rather than finished and left standing.
+        self.refunds != GoogleRefunds::Skip
     }
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
@@ -983,5 +1132,65 @@ mod tests {
                    "loginAccount": {"accountType": "GOOGLE_ADS", "accountId": "1112223333"}})
         );
         assert!(!body.to_string().contains("developer"));
+    }
+
+    #[tokio::test]
+    async fn processing_errors_google_reports_later_are_counted_per_reason() {
+        // GIVEN the sandbox, and a destination that asks for request statuses without waiting
+        let sandbox = crate::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let base = sandbox.base_url();
+        let mut d = GoogleDataManager::new(
+            "dm-status-test",
+            &DestinationConfig {
+                endpoint: Some(base.clone()),
+                token_endpoint: Some(format!("{base}/token")),
+                refunds: GoogleRefunds::Skip,
+                ..config()
+            },
+            &DispatchConfig::default(),
+        )
+        .unwrap();
+        d.statuses = Arc::new(StatusPoller {
+            name: d.name.clone(),
+            url: format!("{base}/v1/requestStatus:retrieve"),
+            auth: d.auth.clone(),
+            http: d.http.clone(),
+            queue: std::sync::Mutex::new(Vec::new()),
+            interval: Duration::ZERO,
+        });
+        // WHEN two conversions are accepted, one of them for a click Google does not know
+        let mut known = purchase(1, Utc::now());
+        dm(&mut known);
+        let mut unknown = purchase(2, Utc::now());
+        dm(&mut unknown);
+        unknown
+            .payload
+            .keys
+            .insert(MatchKey::Gclid, "unknown-click".into());
+        let out = d.send(&[known, unknown]).await;
+        assert!(
+            out.iter().all(|o| matches!(
+                o,
+                Outcome::Sent {
+                    platform_ref: Some(_)
+                }
+            )),
+            "{out:?}"
+        );
+        // THEN the status poll finds the request final and counts the unusable event by reason
+        assert_eq!(d.statuses.poll_due().await, 0);
+        let metrics = crate::metrics::global().encode();
+        let line = metrics
+            .lines()
+            .find(|l| l.contains("google_processing_errors") && l.contains("dm-status-test"))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        assert!(
+            line.contains("PROCESSING_ERROR_REASON_INVALID_GCLID"),
+            "{line}"
+        );
+        assert!(line.ends_with(" 1"), "{line}");
+        sandbox.shutdown().await;
     }
 }

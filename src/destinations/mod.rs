@@ -97,6 +97,12 @@ pub trait Destination: Send + Sync {
     fn platform(&self) -> Platform;
     /// The largest batch sent in one request.
     fn max_batch(&self) -> usize;
+    /// Whether a conversion it accepted can still be withdrawn (decides whether a refund of a
+    /// conversion that may have reached the platform waits for it or cancels it): the platform's
+    /// rule unless the destination's settings say otherwise.
+    fn can_retract(&self) -> bool {
+        self.platform().can_retract()
+    }
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
     /// What [`send`](Destination::send) would do with `batch`, without sending anything: the requests

@@ -15,6 +15,10 @@
 //! same values again change nothing (`deduplicated`). Conversions are also made known to the Google
 //! Ads sandbox, so that a Google Ads API retraction by order id finds them. A developer-token header
 //! is optional and ignored (counted in the records). `validateOnly` checks and records nothing.
+//!
+//! `requestStatus:retrieve` answers SUCCESS at once. The sandbox cannot know Google's clicks: a gclid
+//! starting with `unknown-` stands for one Google does not know, and is reported there as
+//! `PROCESSING_ERROR_REASON_INVALID_GCLID` (status PARTIAL_SUCCESS, or FAILED when no event was usable).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -331,6 +335,7 @@ fn ingest(shared: &Shared, body: &[u8]) -> Response {
     let mut guard = shared.lock();
     let state = &mut *guard;
     let mut per_dest = vec![0u64; dests.len()];
+    let mut unknown_clicks = vec![0u64; dests.len()];
     for (e, time) in events.iter().zip(times) {
         let refs: Vec<&str> = e
             .get("destinationReferences")
@@ -342,18 +347,29 @@ fn ingest(shared: &Shared, body: &[u8]) -> Response {
                 continue;
             }
             per_dest[k] += 1;
+            let gclid = e.pointer("/adIdentifiers/gclid").and_then(Value::as_str);
+            if gclid.is_some_and(|g| g.starts_with("unknown-")) {
+                unknown_clicks[k] += 1;
+            }
             apply(state, d, e, time, &request_id, encoding.unwrap_or("HEX"));
         }
     }
     let statuses: Vec<Value> = dests
         .iter()
-        .zip(per_dest)
-        .map(|(d, count)| {
-            json!({
+        .zip(per_dest.into_iter().zip(unknown_clicks))
+        .map(|(d, (count, unknown))| {
+            let mut status = json!({
                 "destination": d.value,
-                "requestStatus": "SUCCESS",
+                "requestStatus": if unknown == 0 { "SUCCESS" } else if unknown < count { "PARTIAL_SUCCESS" } else { "FAILED" },
                 "eventsIngestionStatus": {"recordCount": count.to_string()},
-            })
+            });
+            if unknown > 0 {
+                status["errorInfo"] = json!({"errorCounts": [{
+                    "recordCount": unknown.to_string(),
+                    "reason": "PROCESSING_ERROR_REASON_INVALID_GCLID",
+                }]});
+            }
+            status
         })
         .collect();
     state.data_manager.requests.insert(
