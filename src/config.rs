@@ -1451,4 +1451,72 @@ mod tests {
             vec![TemplatePart::Literal("{x}".into())]
         );
     }
+
+    /// The contract with Google through Data Manager (tests/data copy, without Microsoft).
+    const DM_CONTRACT: &str = include_str!("../tests/data/google_contract.toml");
+
+    fn dm_env(name: &str) -> Option<String> {
+        match name {
+            "GOOGLE_DM_ENDPOINT" => None,
+            other => env_all(other),
+        }
+    }
+
+    #[test]
+    fn the_data_manager_contract_is_accepted_with_its_refunds_setting() {
+        let config = Config::from_toml(DM_CONTRACT, "pgcapi.toml", &dm_env).unwrap();
+        let google = &config.destinations["google"];
+        assert_eq!(google.platform, Platform::GoogleDataManager);
+        assert_eq!(google.operating_account.as_deref(), Some("1234567890"));
+        assert_eq!(google.refunds, GoogleRefunds::Retract);
+        assert!(google.ads_endpoint.is_some());
+        // A bare conversion action id is a Data Manager product destination id
+        let bare = DM_CONTRACT.replace(
+            "conversion_action = \"customers/1234567890/conversionActions/1002\"",
+            "conversion_action = \"1002\"",
+        );
+        assert!(Config::from_toml(&bare, "pgcapi.toml", &dm_env).is_ok());
+        let unknown = DM_CONTRACT.replace("refunds = \"retract\"", "refunds = \"undo\"");
+        assert!(Config::from_toml(&unknown, "pgcapi.toml", &dm_env).is_err());
+    }
+
+    #[test]
+    fn google_credentials_are_one_kind_or_none_and_bare_ids_need_data_manager() {
+        // A partial OAuth client is named
+        let partial = DM_CONTRACT.replace("client_secret = \"${GOOGLE_ADS_CLIENT_SECRET}\"\n", "");
+        let err = Config::from_toml(&partial, "pgcapi.toml", &dm_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("destinations.google") && err.contains("missing client_secret"),
+            "{err}"
+        );
+        // No credentials at all: Application Default Credentials, accepted
+        let adc = DM_CONTRACT
+            .replace("client_id = \"${GOOGLE_ADS_CLIENT_ID}\"\n", "")
+            .replace("client_secret = \"${GOOGLE_ADS_CLIENT_SECRET}\"\n", "")
+            .replace("refresh_token = \"${GOOGLE_ADS_REFRESH_TOKEN}\"\n", "");
+        assert!(Config::from_toml(&adc, "pgcapi.toml", &dm_env).is_ok());
+        // Both kinds at once: refused
+        let both = DM_CONTRACT.replace(
+            "refunds = \"retract\"",
+            "refunds = \"retract\"\nservice_account_key = \"/k.json\"",
+        );
+        assert!(Config::from_toml(&both, "pgcapi.toml", &dm_env).is_err());
+        // google_ads needs the resource name, and its developer token is optional
+        let ads = CONTRACT
+            .replace("developer_token = \"${GOOGLE_ADS_DEVELOPER_TOKEN}\"\n", "")
+            .replace(
+                "conversion_action = \"customers/1234567890/conversionActions/1001\"",
+                "conversion_action = \"1001\"",
+            );
+        let err = Config::from_toml(&ads, "pgcapi.toml", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a bare id works for google_data_manager only"),
+            "{err}"
+        );
+        assert!(!err.contains("developer_token"), "{err}");
+    }
 }
