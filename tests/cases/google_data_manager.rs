@@ -590,3 +590,51 @@ fn row() -> pgcapi::outbox::Delivery {
         created_at: now,
     }
 }
+
+#[tokio::test]
+async fn google_ads_also_authenticates_with_a_service_account_key() {
+    // GIVEN a sandbox verifying service account JWTs, and a key file whose token_uri is the sandbox
+    let sandbox = Sandbox::start_with_config(
+        "127.0.0.1:0".parse().unwrap(),
+        SandboxConfig {
+            google_service_account_public_key: Some(TEST_PUBLIC_KEY.into()),
+            ..SandboxConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = sandbox.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("key.json");
+    let key = json!({
+        "type": "service_account",
+        "private_key": TEST_KEY,
+        "client_email": "pgcapi@pgcapi-test.iam.gserviceaccount.com",
+        "token_uri": format!("{base}/token"),
+    });
+    std::fs::write(&key_path, key.to_string()).unwrap();
+    let config: pgcapi::config::DestinationConfig = toml::from_str(&format!(
+        "platform = \"google_ads\"\ncustomer_id = \"1234567890\"\nendpoint = \"{base}\"\n\
+         service_account_key = \"{}\"",
+        key_path.display()
+    ))
+    .unwrap();
+    let google = pgcapi::destinations::build(
+        "google",
+        &config,
+        &pgcapi::config::DispatchConfig::default(),
+    )
+    .unwrap();
+    // WHEN a conversion is sent (no developer token)
+    let mut row = row();
+    row.payload.conversion_action = Some("customers/1234567890/conversionActions/1".into());
+    let out = google.send(&[row]).await;
+    // THEN it is accepted with a token from the JWT bearer grant
+    assert!(
+        matches!(out[0], pgcapi::destinations::Outcome::Sent { .. }),
+        "{out:?}"
+    );
+    let records = sandbox.records();
+    assert_eq!(records.google_data_manager.jwt_tokens_issued, 1);
+    assert_eq!(records.google_ads.conversions.len(), 1);
+}
