@@ -481,7 +481,7 @@ async fn check_google(
     };
     let access = match auth.access_token().await {
         Ok(token) => token,
-        Err(answer) => return (false, format!("no access token: {}", token_error(answer))),
+        Err(answer) => return (false, token_refused(auth.describe(), answer)),
     };
     let action = config
         .rules
@@ -557,10 +557,18 @@ async fn check_google(
                 format!("conversion action {action} refused in a validateOnly upload: {e}"),
             );
         }
+        let credentials = match auth.describe() {
+            kind if kind.starts_with("user OAuth") => "OAuth",
+            kind => kind,
+        };
+        let developer = if dest.developer_token.is_some() {
+            ", developer token"
+        } else {
+            ""
+        };
         let mut text = format!(
-            "{} credentials and customer {customer} accepted a validateOnly upload of one \
-             synthetic conversion (nothing recorded)",
-            auth.describe()
+            "{credentials}{developer} and customer {customer} accepted a validateOnly upload of \
+             one synthetic conversion (nothing recorded)"
         );
         if let Some(e) = row_errors.first() {
             let _ = write!(
@@ -602,6 +610,22 @@ async fn check_google(
     (false, format!("{what} (HTTP {status}: {detail})"))
 }
 
+/// What a refused token request means, then Google's words.
+fn token_refused(kind: &str, answer: BatchAnswer) -> String {
+    let words = token_error(answer);
+    let user = kind.starts_with("user OAuth");
+    let what = if words.contains("invalid_client") {
+        "OAuth client id or client secret rejected"
+    } else if words.contains("invalid_grant") && user {
+        "OAuth refresh token rejected (expired or revoked)"
+    } else if words.contains("invalid_grant") {
+        "service account key rejected (deleted, disabled, or the JWT was refused)"
+    } else {
+        "no access token"
+    };
+    format!("{what} ({words})")
+}
+
 /// The words of a refused token request.
 fn token_error(answer: BatchAnswer) -> String {
     match answer {
@@ -631,7 +655,7 @@ async fn check_data_manager(
         Err(answer) => {
             return vec![(
                 false,
-                format!("token: not obtained: {}", token_error(answer)),
+                format!("token: {}", token_refused(auth.describe(), answer)),
             )]
         }
     };
