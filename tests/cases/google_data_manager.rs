@@ -638,3 +638,72 @@ async fn google_ads_also_authenticates_with_a_service_account_key() {
     assert_eq!(records.google_data_manager.jwt_tokens_issued, 1);
     assert_eq!(records.google_ads.conversions.len(), 1);
 }
+
+#[tokio::test]
+async fn kill_9_during_data_manager_delivery_counts_every_conversion_once_and_restates_nothing() {
+    // GIVEN Google only, a slow Data Manager (requests in flight when the process dies), short leases
+    let toml = format!(
+        "{}\n[dispatch]\nlease_secs = 2\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        CONTRACT
+            .replace(
+                "destinations = [\"meta\", \"google\", \"tiktok\"]",
+                "destinations = [\"google\"]"
+            )
+            .replace(
+                "destinations = [\"meta\", \"google\"]",
+                "destinations = [\"google\"]"
+            )
+    );
+    let faults = pgcapi::sandbox::Faults {
+        latency_ms: (20, 120),
+        seed: Some(11),
+        ..pgcapi::sandbox::Faults::default()
+    };
+    let mut g = start(
+        &toml,
+        SandboxConfig {
+            faults,
+            ..SandboxConfig::default()
+        },
+        &[],
+    )
+    .await;
+    // WHEN orders are paid in many small transactions while pgcapi is killed with SIGKILL and restarted
+    let orders = 240;
+    for batch in 0..6 {
+        for i in 0..orders / 6 {
+            let n = batch * (orders / 6) + i;
+            g.client
+                .execute(
+                    PAID,
+                    &[&format!("9{n:04}"), &format!("{}.25", 5 + n), &"USD"],
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40 + 30 * batch as u64)).await;
+        g._run.kill();
+        g._run = spawn_run(&g.path, &g.env);
+    }
+    // THEN every conversion is sent, and Google counts each once with its own value, never restated
+    wait_state(&g.client, "google", "conversion", "sent", orders as i64).await;
+    let records = g.sandbox.records().google_data_manager;
+    assert_eq!(
+        records.counters.unique, orders as u64,
+        "{:?}",
+        records.counters
+    );
+    assert_eq!(records.conversions.len(), orders);
+    assert!(
+        records.conversions.iter().all(|c| c.restatements == 0),
+        "a resend restated a conversion"
+    );
+    assert_eq!(
+        count(
+            &g.client,
+            "select count(*) from pgcapi.deliveries where destination = 'google' and state <> 'sent'"
+        )
+        .await,
+        0
+    );
+}
