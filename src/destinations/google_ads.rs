@@ -204,12 +204,15 @@ pub fn encode_conversion(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
     if !identifiers.is_empty() {
         c.insert("userIdentifiers".into(), Value::Array(identifiers));
     }
-    let consent = if d.payload.consent {
-        "GRANTED"
-    } else {
-        "DENIED"
-    };
-    c.insert("consent".into(), json!({ "adUserData": consent }));
+    // Consent only from a real consent column: without one, the account default applies.
+    if d.payload.consent_column {
+        let consent = if d.payload.consent {
+            "GRANTED"
+        } else {
+            "DENIED"
+        };
+        c.insert("consent".into(), json!({ "adUserData": consent }));
+    }
     Ok(Value::Object(c))
 }
 
@@ -894,6 +897,7 @@ pub(crate) mod tests {
         // GIVEN a purchase with a gclid, a hashed email and phone, and a plain IP Google does not take
         let mut d = purchase(7, t0());
         google(&mut d);
+        d.payload.consent_column = true;
         let now = t0() + TimeDelta::days(1);
         // WHEN it is encoded
         let c = encode_conversion(&d, now).unwrap();
@@ -914,6 +918,9 @@ pub(crate) mod tests {
                 "consent": {"adUserData": "GRANTED"},
             })
         );
+        // AND a rule without a consent column sends no consent at all
+        d.payload.consent_column = false;
+        assert!(encode_conversion(&d, now).unwrap().get("consent").is_none());
         let body = request_body(Upload::Conversions, vec![c], true);
         assert_eq!(body["partialFailure"], true);
         assert_eq!(body["validateOnly"], true);
