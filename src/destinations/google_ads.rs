@@ -26,7 +26,8 @@ use std::time::Duration;
 
 /// Production Google Ads API host.
 pub const DEFAULT_ENDPOINT: &str = "https://googleads.googleapis.com";
-/// Google Ads API version: the newest in the stored material (platforms.md, "Versions").
+/// Google Ads API version, the one default: v26, the version Google's sunset-dates page recommends
+/// to start with (released October 2026, projected sunset November 2027).
 pub const DEFAULT_API_VERSION: &str = "v26";
 /// Google's OAuth2 token endpoint.
 pub use super::google_auth::DEFAULT_TOKEN_ENDPOINT;
