@@ -216,10 +216,7 @@ impl GoogleDataManager {
             auth: auth.clone(),
             http: http.clone(),
             queue: std::sync::Mutex::new(Vec::new()),
-            interval: std::env::var("PGCAPI_GOOGLE_STATUS_POLL_MS")
-                .ok()
-                .and_then(|ms| ms.parse().ok())
-                .map_or(STATUS_POLL_INTERVAL, Duration::from_millis),
+            interval: STATUS_POLL_INTERVAL,
         });
         if !config.validate_only {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -696,7 +693,14 @@ impl GoogleDataManager {
                     BatchAnswer::Retry { error, retry_after } => {
                         IngestAnswer::Retry { error, retry_after }
                     }
-                    _ => unreachable!("a transport error is a retry"),
+                    BatchAnswer::Rejected(error) => IngestAnswer::Retry {
+                        error,
+                        retry_after: None,
+                    },
+                    BatchAnswer::Sent(_) => IngestAnswer::Retry {
+                        error: "google data manager: no answer".into(),
+                        retry_after: None,
+                    },
                 },
                 Ok(r) => {
                     let status = r.status();
