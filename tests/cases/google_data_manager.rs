@@ -488,7 +488,14 @@ async fn lost_answers_resend_but_data_manager_counts_each_conversion_once_and_re
         seed: Some(7),
         ..pgcapi::sandbox::Faults::default()
     };
-    let toml = format!("{CONTRACT}\n[dispatch]\nretry_initial_ms = 50\nretry_max_ms = 200\n");
+    // One event per request, so that about half of 30 requests lose their answer.
+    let toml = format!(
+        "{}\n[dispatch]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        CONTRACT.replace(
+            "refunds = \"retract\"",
+            "refunds = \"retract\"\nbatch_max_events = 1"
+        )
+    );
     let g = start(
         &toml,
         SandboxConfig {
