@@ -70,7 +70,7 @@ from pgcapi.deliveries d;
 --   + (external_id, lead_id, fbp or ttp) 1                          = at most 10 points,
 -- counting only what the destination's platform accepts; the score is the average over the events,
 -- scaled by the most that platform can receive (Meta 10, TikTok 9: no name or address, Google Ads 7:
--- email, phone and click ids only), so 10 means "every event carries everything this platform takes".
+-- email, phone and click ids only; Google Data Manager 9: no external or browser id), so 10 means "every event carries everything this platform takes".
 create or replace view pgcapi.health as
 with flagged as (
     select
@@ -103,7 +103,8 @@ scored as (
          + case when f.has_ip_ua then 1 else 0 end
          + case when f.has_name and f.has_address then 1 else 0 end
          + case when f.has_external_id or f.has_browser_id then 1 else 0 end) as points,
-        case f.platform when 'google_ads' then 7 when 'tiktok' then 9 else 10 end as max_points
+        case f.platform when 'google_ads' then 7 when 'tiktok' then 9
+            when 'google_data_manager' then 9 else 10 end as max_points
     from flagged f
 ),
 grouped as (

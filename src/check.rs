@@ -23,7 +23,8 @@
 //! reported as "rejected", not echoed.
 
 use crate::config::{Config, DestinationConfig, Platform, Secret};
-use crate::destinations::{google_ads, meta, tiktok};
+use crate::destinations::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
+use crate::destinations::{google_ads, google_data_manager, meta, tiktok, BatchAnswer};
 use crate::identity::{MatchKey, MatchKeys};
 use crate::outbox::{quote_ident, Delivery, Kind, Payload};
 use crate::rules::Rules;
@@ -220,6 +221,12 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
             Platform::Meta => check_meta(&http, dest).await,
             Platform::GoogleAds => check_google(&http, config, name, dest).await,
             Platform::Tiktok => check_tiktok(&http, name, dest).await,
+            Platform::GoogleDataManager => {
+                for (ok, text) in check_data_manager(&http, config, name, dest).await {
+                    list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
+                }
+                continue;
+            }
         };
         list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
     }
@@ -533,54 +540,16 @@ async fn check_google(
     name: &str,
     dest: &DestinationConfig,
 ) -> (bool, String) {
-    let (Some(customer), Some(developer), Some(client_id), Some(secret), Some(refresh)) = (
-        &dest.customer_id,
-        &dest.developer_token,
-        &dest.client_id,
-        &dest.client_secret,
-        &dest.refresh_token,
-    ) else {
-        return (
-            false,
-            "customer_id, developer_token, client_id, client_secret and refresh_token are required"
-                .into(),
-        );
+    let Some(customer) = &dest.customer_id else {
+        return (false, "customer_id is required".into());
     };
-    let token_endpoint = dest
-        .token_endpoint
-        .as_deref()
-        .unwrap_or(google_ads::DEFAULT_TOKEN_ENDPOINT);
-    let response = http
-        .post(token_endpoint)
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", client_id.expose()),
-            ("client_secret", secret.expose()),
-            ("refresh_token", refresh.expose()),
-        ])
-        .send()
-        .await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return (false, format!("OAuth: {}", unreachable(token_endpoint, e))),
+    let auth = match GoogleAuth::from_config(name, dest, &[ADS_SCOPE], http.clone()) {
+        Ok(auth) => auth,
+        Err(e) => return (false, e.to_string()),
     };
-    let status = response.status();
-    let body: Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-    let access = match body.get("access_token").and_then(Value::as_str) {
-        Some(token) if status.is_success() => Secret::new(token),
-        _ => {
-            let (error, description) = (field(&body, "error"), field(&body, "error_description"));
-            let what = match error {
-                "invalid_client" => "OAuth client id or client secret rejected",
-                "invalid_grant" => "OAuth refresh token rejected (expired or revoked)",
-                _ => "OAuth token exchange refused",
-            };
-            return (
-                false,
-                format!("{what} (HTTP {status}: {error}: {description})"),
-            );
-        }
+    let access = match auth.access_token().await {
+        Ok(token) => token,
+        Err(answer) => return (false, token_refused(auth.describe(), answer)),
     };
     let action = config
         .rules
@@ -617,7 +586,6 @@ async fn check_google(
             "{base}/{version}/customers/{customer}:uploadClickConversions"
         ))
         .bearer_auth(access.expose())
-        .header("developer-token", developer.expose())
         .json(&google_ads::request_body(
             google_ads::Upload::Conversions,
             vec![row],
@@ -625,6 +593,13 @@ async fn check_google(
         ));
     if let Some(login) = dest.login_customer_id.as_deref().map(digits) {
         request = request.header("login-customer-id", login);
+    }
+    if let Some(developer) = dest
+        .developer_token
+        .as_ref()
+        .filter(|t| !t.expose().is_empty())
+    {
+        request = request.header("developer-token", developer.expose());
     }
     let response = match request.send().await {
         Ok(r) => r,
@@ -635,15 +610,33 @@ async fn check_google(
         serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
     if status.is_success() {
         let row_errors = google_errors(body.get("partialFailureError").unwrap_or(&Value::Null));
+        if let Some(e) = row_errors
+            .iter()
+            .find(|e| e.starts_with(google_ads::NOT_ALLOWLISTED))
+        {
+            return (
+                false,
+                format!("{} ({e})", google_ads::NOT_ALLOWLISTED_ADVICE),
+            );
+        }
         if let Some(e) = row_errors.iter().find(|e| e.contains("CONVERSION_ACTION")) {
             return (
                 false,
                 format!("conversion action {action} refused in a validateOnly upload: {e}"),
             );
         }
+        let credentials = match auth.describe() {
+            kind if kind.starts_with("user OAuth") => "OAuth",
+            kind => kind,
+        };
+        let developer = if dest.developer_token.is_some() {
+            ", developer token"
+        } else {
+            ""
+        };
         let mut text = format!(
-            "OAuth, developer token and customer {customer} accepted a validateOnly upload of one \
-             synthetic conversion (nothing recorded)"
+            "{credentials}{developer} and customer {customer} accepted a validateOnly upload of \
+             one synthetic conversion (nothing recorded)"
         );
         if let Some(e) = row_errors.first() {
             let _ = write!(
@@ -655,6 +648,19 @@ async fn check_google(
     }
     let error = body.get("error").unwrap_or(&Value::Null);
     let codes = google_errors(error);
+    if codes
+        .iter()
+        .any(|c| c.starts_with(google_ads::NOT_ALLOWLISTED))
+    {
+        return (
+            false,
+            format!(
+                "{} (HTTP {status}: {})",
+                google_ads::NOT_ALLOWLISTED_ADVICE,
+                codes.join("; ")
+            ),
+        );
+    }
     let detail = if codes.is_empty() {
         field(error, "message").to_string()
     } else {
@@ -670,6 +676,161 @@ async fn check_google(
         "validateOnly upload refused"
     };
     (false, format!("{what} (HTTP {status}: {detail})"))
+}
+
+/// What a refused token request means, then Google's words.
+fn token_refused(kind: &str, answer: BatchAnswer) -> String {
+    let words = token_error(answer);
+    let user = kind.starts_with("user OAuth");
+    let what = if words.contains("invalid_client") {
+        "OAuth client id or client secret rejected"
+    } else if words.contains("invalid_grant") && user {
+        "OAuth refresh token rejected (expired or revoked)"
+    } else if words.contains("invalid_grant") {
+        "service account key rejected (deleted, disabled, or the JWT was refused)"
+    } else {
+        "no access token"
+    };
+    format!("{what} ({words})")
+}
+
+/// The words of a refused token request.
+fn token_error(answer: BatchAnswer) -> String {
+    match answer {
+        BatchAnswer::Retry { error, .. } | BatchAnswer::Rejected(error) => error,
+        BatchAnswer::Sent(_) => "no token".into(),
+    }
+}
+
+/// Data Manager: the token, then a `validateOnly` ingest of one synthetic event, reported as three
+/// lines: the token, the operating account, the conversion action.
+async fn check_data_manager(
+    http: &reqwest::Client,
+    config: &Config,
+    name: &str,
+    dest: &DestinationConfig,
+) -> Vec<(bool, String)> {
+    let Some(account) = dest.operating_account.as_deref() else {
+        return vec![(false, "operating_account is required".into())];
+    };
+    let account = google_ads::digits_only(account);
+    let auth = match GoogleAuth::from_config(name, dest, &[DATA_MANAGER_SCOPE], http.clone()) {
+        Ok(auth) => auth,
+        Err(e) => return vec![(false, e.to_string())],
+    };
+    let access = match auth.access_token().await {
+        Ok(token) => token,
+        Err(answer) => {
+            return vec![(
+                false,
+                format!("token: {}", token_refused(auth.describe(), answer)),
+            )]
+        }
+    };
+    let mut out = vec![(
+        true,
+        format!(
+            "token: obtained with {} (scope datamanager)",
+            auth.describe()
+        ),
+    )];
+    let action = config
+        .rules
+        .iter()
+        .filter(|r| r.destinations.iter().any(|d| d == name))
+        .find_map(|r| r.google.conversion_action.clone());
+    let Some(action) = action else {
+        out.push((
+            true,
+            format!(
+                "account {account}: not tried (no rule gives this destination a conversion \
+                 action, so no validateOnly request was sent)"
+            ),
+        ));
+        return out;
+    };
+    let Some(id) = google_data_manager::product_destination_id(&action).map(str::to_string) else {
+        out.push((
+            false,
+            format!("conversion action {action}: not a conversion action id"),
+        ));
+        return out;
+    };
+    let event = match google_data_manager::encode_event(
+        &synthetic(name, Some(action.clone())),
+        Some(0.into()),
+        Utc::now(),
+    ) {
+        Ok(event) => event,
+        Err(outcome) => {
+            out.push((false, format!("cannot build the test event: {outcome:?}")));
+            return out;
+        }
+    };
+    let login = dest.login_account.as_deref().map(google_ads::digits_only);
+    let body =
+        google_data_manager::request_body(&account, login.as_deref(), &id, vec![event], true);
+    let base = base(dest, google_data_manager::DEFAULT_ENDPOINT);
+    let response = http
+        .post(format!("{base}/v1/events:ingest"))
+        .bearer_auth(access.expose())
+        .json(&body)
+        .send()
+        .await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            out.push((false, unreachable(&base, e)));
+            return out;
+        }
+    };
+    let status = response.status();
+    let body: Value =
+        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
+    if status.is_success() {
+        out.push((
+            true,
+            format!("account {account}: accepted a validateOnly request (nothing recorded)"),
+        ));
+        out.push((
+            true,
+            format!("conversion action {id}: accepted as product destination"),
+        ));
+        return out;
+    }
+    let error = body.get("error").unwrap_or(&Value::Null);
+    let mut words = vec![format!(
+        "HTTP {status} {}: {}",
+        field(error, "status"),
+        field(error, "message")
+    )];
+    for v in error
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("fieldViolations").and_then(Value::as_array))
+        .flatten()
+    {
+        words.push(format!(
+            "{}: {}",
+            field(v, "field"),
+            field(v, "description")
+        ));
+    }
+    let text = words.join("; ");
+    let lower = text.to_ascii_lowercase();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        out[0] = (false, format!("token: refused by Data Manager ({text})"));
+    } else if lower.contains("product_destination") || lower.contains("productdestination") {
+        out.push((true, format!("account {account}: reachable")));
+        out.push((false, format!("conversion action {id}: refused ({text})")));
+    } else if lower.contains("account") || status == reqwest::StatusCode::FORBIDDEN {
+        out.push((false, format!("account {account}: refused ({text})")));
+    } else {
+        out.push((false, format!("validateOnly request refused ({text})")));
+    }
+    out
 }
 
 /// `CODE: message` of each error in a Google Ads failure (`details[].errors[]`).

@@ -22,11 +22,18 @@ pub enum Platform {
     GoogleAds,
     /// TikTok Events API.
     Tiktok,
+    /// Google Ads conversions through the Data Manager API (`datamanager.googleapis.com`).
+    GoogleDataManager,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 3] = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
+    pub const ALL: [Platform; 4] = [
+        Platform::Meta,
+        Platform::GoogleAds,
+        Platform::Tiktok,
+        Platform::GoogleDataManager,
+    ];
 
     /// The stable name used in config, logs, metrics and the control table.
     pub fn as_str(self) -> &'static str {
@@ -34,6 +41,7 @@ impl Platform {
             Platform::Meta => "meta",
             Platform::GoogleAds => "google_ads",
             Platform::Tiktok => "tiktok",
+            Platform::GoogleDataManager => "google_data_manager",
         }
     }
 
@@ -42,9 +50,15 @@ impl Platform {
         Platform::ALL.into_iter().find(|p| p.as_str() == name)
     }
 
-    /// Whether the platform can retract a conversion it has already accepted.
+    /// Whether the platform can retract a conversion it has already accepted (Data Manager through
+    /// its `refunds` setting: a Google Ads API retraction, a restatement to zero, or a skip).
     pub fn can_retract(self) -> bool {
-        matches!(self, Platform::GoogleAds)
+        matches!(self, Platform::GoogleAds | Platform::GoogleDataManager)
+    }
+
+    /// Whether the platform is one of Google's (conversion actions, Google normalization).
+    pub fn is_google(self) -> bool {
+        matches!(self, Platform::GoogleAds | Platform::GoogleDataManager)
     }
 }
 
@@ -437,9 +451,38 @@ pub struct DestinationConfig {
     /// Google `validateOnly`: the platform checks requests without recording conversions.
     #[serde(default)]
     pub validate_only: bool,
+    /// Google service account key file (JSON), for the JWT bearer flow; with neither this nor the
+    /// OAuth client, Application Default Credentials are used.
+    #[serde(default)]
+    pub service_account_key: Option<String>,
+    /// Data Manager: the Google Ads account that owns the conversion actions.
+    #[serde(default)]
+    pub operating_account: Option<String>,
+    /// Data Manager: the account the credentials log in as (a manager of `operating_account`).
+    #[serde(default)]
+    pub login_account: Option<String>,
+    /// Data Manager: what a full refund becomes (Data Manager itself cannot retract).
+    #[serde(default)]
+    pub refunds: GoogleRefunds,
+    /// Data Manager with `refunds = "retract"`: the Google Ads API host for the retraction.
+    #[serde(default)]
+    pub ads_endpoint: Option<String>,
     /// Largest batch sent in one request (capped by the platform's limit).
     #[serde(default)]
     pub batch_max_events: Option<usize>,
+}
+
+/// `refunds` of a Data Manager destination: what a full refund (`retracts`) becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoogleRefunds {
+    /// A Google Ads API `UploadConversionAdjustments` RETRACTION by order id (the transaction id).
+    #[default]
+    Retract,
+    /// A Data Manager restatement to value 0: the conversion still counts once.
+    RestateZero,
+    /// Nothing is sent; the refund is recorded `skipped`.
+    Skip,
 }
 
 impl DestinationConfig {
@@ -447,15 +490,41 @@ impl DestinationConfig {
     fn required_keys(&self) -> &'static [&'static str] {
         match self.platform {
             Platform::Meta => &["pixel_id", "access_token"],
-            Platform::GoogleAds => &[
-                "customer_id",
-                "developer_token",
-                "client_id",
-                "client_secret",
-                "refresh_token",
-            ],
+            // Credentials: the OAuth client, a service account key, or Application Default
+            // Credentials (see `google_credentials_problem`).
+            Platform::GoogleAds => &["customer_id"],
             Platform::Tiktok => &["pixel_code", "access_token"],
+            Platform::GoogleDataManager => &["operating_account"],
         }
+    }
+
+    /// For Google destinations: a partial OAuth client (some of client id, secret and refresh token).
+    fn google_credentials_problem(&self) -> Option<String> {
+        if !self.platform.is_google() {
+            return None;
+        }
+        let oauth = [
+            ("client_id", self.client_id.is_some()),
+            ("client_secret", self.client_secret.is_some()),
+            ("refresh_token", self.refresh_token.is_some()),
+        ];
+        let set = oauth.iter().filter(|(_, s)| *s).count();
+        if set > 0 && set < oauth.len() {
+            let missing: Vec<&str> = oauth.iter().filter(|(_, s)| !*s).map(|(k, _)| *k).collect();
+            return Some(format!(
+                "user OAuth needs client_id, client_secret and refresh_token together (missing {}); \
+                 or use service_account_key, or neither for Application Default Credentials",
+                missing.join(", ")
+            ));
+        }
+        if set > 0 && self.service_account_key.is_some() {
+            return Some(
+                "set either the OAuth client (client_id, client_secret, refresh_token) or \
+                 service_account_key, not both"
+                    .into(),
+            );
+        }
+        None
     }
 
     fn has_key(&self, key: &str) -> bool {
@@ -464,6 +533,7 @@ impl DestinationConfig {
             "access_token" => self.access_token.is_some(),
             "pixel_code" => self.pixel_code.is_some(),
             "customer_id" => self.customer_id.is_some(),
+            "operating_account" => self.operating_account.is_some(),
             "developer_token" => self.developer_token.is_some(),
             "client_id" => self.client_id.is_some(),
             "client_secret" => self.client_secret.is_some(),
@@ -735,12 +805,21 @@ impl Config {
                     );
                 }
             }
-            if let Some(endpoint) = &dest.endpoint {
-                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                    push(
-                        format!("destinations.{name}.endpoint"),
-                        "must start with http:// or https://".into(),
-                    );
+            if let Some(problem) = dest.google_credentials_problem() {
+                push(format!("destinations.{name}"), problem);
+            }
+            for (key, url) in [
+                ("endpoint", &dest.endpoint),
+                ("token_endpoint", &dest.token_endpoint),
+                ("ads_endpoint", &dest.ads_endpoint),
+            ] {
+                if let Some(endpoint) = url {
+                    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                        push(
+                            format!("destinations.{name}.{key}"),
+                            "must start with http:// or https://".into(),
+                        );
+                    }
                 }
             }
         }
@@ -857,12 +936,11 @@ impl Config {
                         format!("names no destination ({dest:?})"),
                     ),
                     Some(d)
-                        if d.platform == Platform::GoogleAds
-                            && rule.google.conversion_action.is_none() =>
+                        if d.platform.is_google() && rule.google.conversion_action.is_none() =>
                     {
                         push(
                             at("google.conversion_action"),
-                            format!("is required to send to Google Ads destination {dest:?}"),
+                            format!("is required to send to Google destination {dest:?}"),
                         )
                     }
                     Some(_) => {}
@@ -873,6 +951,22 @@ impl Config {
                     push(
                         at("google.conversion_action"),
                         "must look like customers/{customer_id}/conversionActions/{id}".into(),
+                    );
+                }
+            }
+            if let Some(action) = &rule.google.conversion_action {
+                let bare = !action.is_empty() && action.bytes().all(|b| b.is_ascii_digit());
+                let google_ads = rule.destinations.iter().any(|d| {
+                    self.destinations
+                        .get(d)
+                        .is_some_and(|c| c.platform == Platform::GoogleAds)
+                });
+                if bare && google_ads {
+                    push(
+                        at("google.conversion_action"),
+                        "a bare id works for google_data_manager only; google_ads needs \
+                         customers/{customer_id}/conversionActions/{id}"
+                            .into(),
                     );
                 }
             }
@@ -1322,10 +1416,24 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "client_id",
         "client_secret",
         "refresh_token",
+        "service_account_key",
         "token_endpoint",
         "validate_only",
     ];
     const TIKTOK: &[&str] = &["pixel_code", "access_token", "test_event_code"];
+    const GOOGLE_DATA_MANAGER: &[&str] = &[
+        "operating_account",
+        "login_account",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "service_account_key",
+        "token_endpoint",
+        "validate_only",
+        "refunds",
+        "ads_endpoint",
+        "developer_token",
+    ];
     const RULE: &[&str] = &[
         "name",
         "table",
@@ -1382,6 +1490,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::Meta) => META,
                 Some(Platform::GoogleAds) => GOOGLE,
                 Some(Platform::Tiktok) => TIKTOK,
+                Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
@@ -1435,7 +1544,12 @@ fn is_currency(s: &str) -> bool {
     s.len() == 3 && s.chars().all(|c| c.is_ascii_alphabetic())
 }
 
+/// A conversion action resource name, or a bare conversion action id (Data Manager's product
+/// destination id; `google_ads` destinations are checked for the resource name separately).
 fn is_conversion_action(s: &str) -> bool {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
     let parts: Vec<&str> = s.split('/').collect();
     matches!(parts.as_slice(), ["customers", cid, "conversionActions", id]
         if !cid.is_empty() && cid.chars().all(|c| c.is_ascii_digit())
@@ -1814,5 +1928,73 @@ mod tests {
             Template::parse("{{x}}").unwrap().parts,
             vec![TemplatePart::Literal("{x}".into())]
         );
+    }
+
+    /// The contract with Google through Data Manager (tests/data copy, without Microsoft).
+    const DM_CONTRACT: &str = include_str!("../tests/data/google_contract.toml");
+
+    fn dm_env(name: &str) -> Option<String> {
+        match name {
+            "GOOGLE_DM_ENDPOINT" => None,
+            other => env_all(other),
+        }
+    }
+
+    #[test]
+    fn the_data_manager_contract_is_accepted_with_its_refunds_setting() {
+        let config = Config::from_toml(DM_CONTRACT, "pgcapi.toml", &dm_env).unwrap();
+        let google = &config.destinations["google"];
+        assert_eq!(google.platform, Platform::GoogleDataManager);
+        assert_eq!(google.operating_account.as_deref(), Some("1234567890"));
+        assert_eq!(google.refunds, GoogleRefunds::Retract);
+        assert!(google.ads_endpoint.is_some());
+        // A bare conversion action id is a Data Manager product destination id
+        let bare = DM_CONTRACT.replace(
+            "conversion_action = \"customers/1234567890/conversionActions/1002\"",
+            "conversion_action = \"1002\"",
+        );
+        assert!(Config::from_toml(&bare, "pgcapi.toml", &dm_env).is_ok());
+        let unknown = DM_CONTRACT.replace("refunds = \"retract\"", "refunds = \"undo\"");
+        assert!(Config::from_toml(&unknown, "pgcapi.toml", &dm_env).is_err());
+    }
+
+    #[test]
+    fn google_credentials_are_one_kind_or_none_and_bare_ids_need_data_manager() {
+        // A partial OAuth client is named
+        let partial = DM_CONTRACT.replace("client_secret = \"${GOOGLE_ADS_CLIENT_SECRET}\"\n", "");
+        let err = Config::from_toml(&partial, "pgcapi.toml", &dm_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("destinations.google") && err.contains("missing client_secret"),
+            "{err}"
+        );
+        // No credentials at all: Application Default Credentials, accepted
+        let adc = DM_CONTRACT
+            .replace("client_id = \"${GOOGLE_ADS_CLIENT_ID}\"\n", "")
+            .replace("client_secret = \"${GOOGLE_ADS_CLIENT_SECRET}\"\n", "")
+            .replace("refresh_token = \"${GOOGLE_ADS_REFRESH_TOKEN}\"\n", "");
+        assert!(Config::from_toml(&adc, "pgcapi.toml", &dm_env).is_ok());
+        // Both kinds at once: refused
+        let both = DM_CONTRACT.replace(
+            "refunds = \"retract\"",
+            "refunds = \"retract\"\nservice_account_key = \"/k.json\"",
+        );
+        assert!(Config::from_toml(&both, "pgcapi.toml", &dm_env).is_err());
+        // google_ads needs the resource name, and its developer token is optional
+        let ads = CONTRACT
+            .replace("developer_token = \"${GOOGLE_ADS_DEVELOPER_TOKEN}\"\n", "")
+            .replace(
+                "conversion_action = \"customers/1234567890/conversionActions/1001\"",
+                "conversion_action = \"1001\"",
+            );
+        let err = Config::from_toml(&ads, "pgcapi.toml", &env_all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a bare id works for google_data_manager only"),
+            "{err}"
+        );
+        assert!(!err.contains("developer_token"), "{err}");
     }
 }

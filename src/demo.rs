@@ -92,7 +92,9 @@ async fn story(cluster: &Cluster, sandbox: &SandboxHandle) -> Result<String, Str
     let env = |name: &str| -> Option<String> {
         Some(match name {
             "PGCAPI_DATABASE_URL" => url.clone(),
-            "META_ENDPOINT" | "GOOGLE_ADS_ENDPOINT" | "TIKTOK_ENDPOINT" => base.clone(),
+            "META_ENDPOINT" | "GOOGLE_ADS_ENDPOINT" | "GOOGLE_DM_ENDPOINT" | "TIKTOK_ENDPOINT" => {
+                base.clone()
+            }
             "GOOGLE_OAUTH_ENDPOINT" => format!("{base}/token"),
             _ => "demo-secret".to_string(),
         })
@@ -216,6 +218,23 @@ fn received(sandbox: &SandboxHandle) -> String {
             "conversion",
             c.order_id.as_deref().unwrap_or("-"),
             c.gclid.as_deref().unwrap_or("-")
+        );
+    }
+    // Google through the Data Manager API (the contract's path since June 2026): the conversions
+    // as Google keeps them, with every value they had.
+    for c in &records.google_data_manager.conversions {
+        let values: Vec<String> = c
+            .history
+            .iter()
+            .map(|v| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:<7} {:<16} {:<18} value={}",
+            "google",
+            "dm conversion",
+            c.transaction_id,
+            values.join(" → ")
         );
     }
     for a in &records.google_ads.adjustments {

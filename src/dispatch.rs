@@ -670,6 +670,25 @@ impl Dispatcher {
                 }
                 Resolution::Send => {
                     let target = target.expect("resolved against a conversion");
+                    if !target
+                        .earlier_adjustments
+                        .iter()
+                        .all(|id| claimed_ids.contains(id))
+                    {
+                        // An earlier refund of this conversion is still to be sent: it goes first,
+                        // so that the last restatement is the one that stays.
+                        resolved.wait(d.id, Duration::ZERO);
+                        continue;
+                    }
+                    // A Data Manager restatement is the conversion's event again: its identifiers.
+                    if d.payload.keys.is_empty() {
+                        if let Some(sent) = &target.payload {
+                            d.payload.keys = sent.keys.clone();
+                            d.payload.click_time = sent.click_time;
+                            d.payload.consent = sent.consent;
+                            d.payload.consent_column = sent.consent_column;
+                        }
+                    }
                     // The adjustment needs what the conversion was sent with.
                     if d.payload.conversion_action.is_none() {
                         d.payload.conversion_action = target.conversion_action.clone();
@@ -703,7 +722,11 @@ impl Dispatcher {
             "select a.id, c.id, c.state, c.lease_owner, \
                coalesce(c.lease_until >= now(), false), c.payload::json ->> 'conversion_action', c.currency, \
                c.attempts, c.event_time, \
-               greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8 \
+               greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8, \
+               c.payload::text, \
+               array(select e.id from {s}.deliveries e where e.destination = a.destination \
+                 and e.adjusts_rule = a.adjusts_rule and e.event_id = a.event_id \
+                 and e.kind <> 'conversion' and e.state = 'pending' and e.id < a.id) \
              from {s}.deliveries a \
              left join {s}.deliveries c on c.destination = a.destination and c.rule = a.adjusts_rule \
                and c.event_id = a.event_id and c.kind = 'conversion' \
@@ -729,6 +752,10 @@ impl Dispatcher {
                     attempts: r.get(7),
                     event_time: r.get(8),
                     due_in: Duration::from_secs_f64(r.get::<_, f64>(9).min(86_400.0)),
+                    payload: r
+                        .get::<_, Option<&str>>(10)
+                        .and_then(|p| serde_json::from_str(p).ok()),
+                    earlier_adjustments: r.get(11),
                 }),
             })
             .collect())
@@ -1065,7 +1092,7 @@ fn finished(
 /// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: only Google
 /// Ads among the supported platforms).
 pub fn can_retract(platform: Platform) -> bool {
-    matches!(platform, Platform::GoogleAds)
+    platform.can_retract()
 }
 
 /// The retry delay after `attempts` earlier attempts: exponential from `retry_initial_ms`, capped at
@@ -1307,6 +1334,10 @@ struct Conversion {
     event_time: chrono::DateTime<chrono::Utc>,
     /// How long until it is due again (zero when due or in flight).
     due_in: Duration,
+    /// The payload it was sent with (identifiers a Data Manager restatement sends again).
+    payload: Option<Payload>,
+    /// Pending adjustments of it recorded before this one (sent first: the last one wins).
+    earlier_adjustments: Vec<i64>,
 }
 
 impl Conversion {

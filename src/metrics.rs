@@ -160,6 +160,7 @@ pub struct Metrics {
     pending: Family<DestinationLabels, Gauge>,
     capture_active: Gauge,
     toast_read_backs: Family<ToastLabels, Counter>,
+    google_processing_errors: Family<DestinationReasonLabels, Counter>,
     capture_state: AtomicU8,
     control: Mutex<Option<ControlProbe>>,
     unhealthy: Family<ReasonLabels, Gauge>,
@@ -185,6 +186,7 @@ impl Metrics {
             pending: Family::default(),
             capture_active: Gauge::default(),
             toast_read_backs: Family::default(),
+            google_processing_errors: Family::default(),
             capture_state: AtomicU8::new(CaptureState::Starting as u8),
             control: Mutex::new(None),
             unhealthy: Family::default(),
@@ -258,6 +260,11 @@ impl Metrics {
             m.unhealthy.clone(),
         );
         registry.register("healthy", "1 while /readyz answers 200", m.healthy.clone());
+        registry.register(
+            "google_processing_errors",
+            "Events Data Manager accepted but then could not use, by reason (requestStatus:retrieve)",
+            m.google_processing_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -438,6 +445,26 @@ pub fn dispatch_request(destination: &str, outcome: RequestOutcome, elapsed: Dur
             destination: destination.to_string(),
         })
         .observe(elapsed.as_secs_f64());
+}
+
+/// Labels of a per-reason count of a destination.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DestinationReasonLabels {
+    /// The destination's name.
+    pub destination: String,
+    /// The platform's reason, e.g. `PROCESSING_ERROR_REASON_EVENT_TOO_OLD`.
+    pub reason: String,
+}
+
+/// Data Manager reported `count` events of `destination` it accepted but could not use, for `reason`.
+pub fn google_processing_errors(destination: &str, reason: &str, count: u64) {
+    global()
+        .google_processing_errors
+        .get_or_create(&DestinationReasonLabels {
+            destination: destination.to_string(),
+            reason: reason.to_string(),
+        })
+        .inc_by(count);
 }
 
 /// A row of `destination` created in the control table at `created_at` was accepted by the platform now.

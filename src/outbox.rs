@@ -149,6 +149,10 @@ pub struct Payload {
     /// Whether the person consented to ad use of their data (always true for rows that are sent).
     #[serde(default)]
     pub consent: bool,
+    /// Whether `consent` came from the rule's consent column; without one it is assumed, and Google
+    /// destinations send no consent field at all (the account default applies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consent_column: bool,
 }
 
 impl Payload {
@@ -187,6 +191,9 @@ impl Payload {
         }
         out.push_str(",\"consent\":");
         out.push_str(if self.consent { "true" } else { "false" });
+        if self.consent_column {
+            out.push_str(",\"consent_column\":true");
+        }
         out.push('}');
         out
     }
@@ -373,6 +380,10 @@ enum Duplicates {
     /// check and the insert makes the statement fail with a unique violation, and `rows` must not repeat
     /// a key. [`write_group`] uses it and falls back to [`Duplicates::OnConflict`] on that failure.
     AntiJoin,
+    /// Restatements only: a row whose key is recorded with another value replaces it and is due
+    /// again (a second partial refund of one order restates again, the last value wins); the same
+    /// value changes nothing, so a replay after a crash adds nothing. `rows` must not repeat a key.
+    Restate,
 }
 
 /// Inserts `rows`; the retractions of deleted source rows ([`DELETION_SUFFIX`]) go in a second
@@ -385,14 +396,31 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
     rows: &[R],
     duplicates: Duplicates,
 ) -> Result<u64, OutboxError> {
-    if !rows.iter().any(|r| is_deletion_rule(&r.borrow().rule)) {
+    let is_deletion = |r: &NewDelivery| is_deletion_rule(&r.rule);
+    let is_restatement = |r: &NewDelivery| r.kind == Kind::Restatement;
+    if !rows
+        .iter()
+        .any(|r| is_deletion(r.borrow()) || is_restatement(r.borrow()))
+    {
         return insert_statement(client, schema, rows, duplicates, false).await;
     }
-    let (deletions, others): (Vec<&NewDelivery>, Vec<&NewDelivery>) = rows
+    let (deletions, rest): (Vec<&NewDelivery>, Vec<&NewDelivery>) = rows
         .iter()
         .map(|r| r.borrow())
-        .partition(|r| is_deletion_rule(&r.rule));
-    let inserted = insert_statement(client, schema, &others, duplicates, false).await?;
+        .partition(|r| is_deletion(r));
+    // Restatements (rare) go in their own statement, each key once with its last value.
+    let (restatements, others): (Vec<&NewDelivery>, Vec<&NewDelivery>) =
+        rest.into_iter().partition(|r| is_restatement(r));
+    let mut last: Vec<&NewDelivery> = Vec::with_capacity(restatements.len());
+    for r in restatements {
+        let key = |d: &NewDelivery| (d.event_id.clone(), d.destination.clone(), d.rule.clone());
+        match last.iter_mut().find(|l| key(l) == key(r)) {
+            Some(slot) => *slot = r,
+            None => last.push(r),
+        }
+    }
+    let mut inserted = insert_statement(client, schema, &others, duplicates, false).await?;
+    inserted += insert_statement(client, schema, &last, Duplicates::Restate, false).await?;
     Ok(inserted + insert_statement(client, schema, &deletions, duplicates, true).await?)
 }
 
@@ -460,6 +488,18 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
             "and not exists (select 1 from {s}.deliveries d where d.event_id = t.event_id \
                and d.destination = t.destination and d.rule = t.rule)",
             "",
+        ),
+        Duplicates::Restate => (
+            "",
+            "on conflict (event_id, destination, rule) do update set \
+               value = excluded.value, currency = excluded.currency, state = excluded.state, \
+               last_error = excluded.last_error, platform_ref = null, sent_at = null, \
+               lease_owner = null, lease_until = null, \
+               next_attempt_at = greatest(now(), coalesce({s}.deliveries.lease_until, now())), \
+               queued_at = now(), source_lsn = excluded.source_lsn, \
+               commit_time = excluded.commit_time, updated_at = now() \
+             where {s}.deliveries.kind = 'restatement' and excluded.kind = 'restatement' \
+               and {s}.deliveries.value is distinct from excluded.value",
         ),
     };
     let converted = if deletions {
@@ -730,6 +770,7 @@ mod tests {
             conversion_action in optional_text(),
             click_micros in proptest::option::of(0i64..4_000_000_000_000_000),
             consent in any::<bool>(),
+            consent_column in any::<bool>(),
         ) {
             let payload = Payload {
                 keys,
@@ -739,6 +780,7 @@ mod tests {
                 conversion_action,
                 click_time: click_micros.map(|m| Utc.timestamp_micros(m).unwrap()),
                 consent,
+                consent_column,
             };
             prop_assert_eq!(payload.to_json(), serde_json::to_string(&payload).unwrap());
         }

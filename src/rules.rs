@@ -678,11 +678,14 @@ impl Rules {
                 lead_event_source: rule.lead_event_source.clone(),
                 click_time: raw.click_time,
                 consent,
+                consent_column: rule.consent.is_some(),
                 ..Payload::default()
             };
             match platform {
                 Platform::Meta => payload.platform_event = rule.meta_event.clone(),
-                Platform::GoogleAds => payload.conversion_action = rule.conversion_action.clone(),
+                Platform::GoogleAds | Platform::GoogleDataManager => {
+                    payload.conversion_action = rule.conversion_action.clone()
+                }
                 Platform::Tiktok => payload.platform_event = rule.tiktok_event.clone(),
             }
             let (state, last_error) = if consent {
@@ -780,7 +783,8 @@ impl Rules {
                 currency: fields.currency.clone(),
                 action_source: target.action_source.clone(),
                 payload: Payload {
-                    conversion_action: (*platform == Platform::GoogleAds)
+                    conversion_action: platform
+                        .is_google()
                         .then(|| target.conversion_action.clone())
                         .flatten(),
                     consent: true,

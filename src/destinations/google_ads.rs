@@ -6,6 +6,7 @@
 //! index. An OAuth2 access token is obtained from the refresh token and cached until shortly before it
 //! expires.
 
+use super::google_auth::{GoogleAuth, ADS_SCOPE};
 use super::{
     base_url, batch_size, excerpt, in_order, is_retryable_status, required, retry_after,
     transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
@@ -16,7 +17,8 @@ use crate::identity::MatchKey;
 use crate::outbox::{Delivery, Kind};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -24,10 +26,11 @@ use std::time::{Duration, Instant};
 
 /// Production Google Ads API host.
 pub const DEFAULT_ENDPOINT: &str = "https://googleads.googleapis.com";
-/// Google Ads API version: the newest in the stored material (platforms.md, "Versions").
+/// Google Ads API version, the one default: v26, the version Google's sunset-dates page recommends
+/// to start with (released October 2026, projected sunset November 2027).
 pub const DEFAULT_API_VERSION: &str = "v26";
 /// Google's OAuth2 token endpoint.
-pub const DEFAULT_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
+pub use super::google_auth::DEFAULT_TOKEN_ENDPOINT;
 /// Conversions (or adjustments) per request (§2.1, §2.2).
 pub const MAX_EVENTS: usize = 2_000;
 /// Longest click-through window of a conversion action, in days (§2.1).
@@ -36,25 +39,19 @@ pub const MAX_CLICK_AGE_DAYS: i64 = 90;
 pub const MIN_CLICK_AGE_HOURS: i64 = 6;
 /// Oldest conversion that can still be adjusted, in days (`CONVERSION_EXPIRED`, §2.2).
 pub const MAX_ADJUSTMENT_AGE_DAYS: i64 = 54;
-/// A cached access token is renewed this long before Google says it expires.
-const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
-/// A Google Ads customer account reached with an OAuth2 refresh token and a developer token.
+/// A Google Ads customer account reached with Google credentials (user OAuth, a service account
+/// key or Application Default Credentials, see [`super::google_auth`]) and, when configured, a
+/// developer token.
 pub struct GoogleAds {
     /// The config name.
     name: String,
     /// `{endpoint}/{version}/customers/{customer_id}`.
     customer_url: String,
-    /// Where refresh tokens are exchanged.
-    token_endpoint: String,
-    /// OAuth client id.
-    client_id: Secret,
-    /// OAuth client secret.
-    client_secret: Secret,
-    /// OAuth refresh token.
-    refresh_token: Secret,
-    /// The `developer-token` header.
-    developer_token: Secret,
+    /// Access tokens.
+    auth: Arc<GoogleAuth>,
+    /// The `developer-token` header, sent when configured (Google stopped requiring it in 2026).
+    developer_token: Option<Secret>,
     /// The `login-customer-id` header (manager account), digits only.
     login_customer_id: Option<String>,
     /// Send `validateOnly: true`.
@@ -63,46 +60,53 @@ pub struct GoogleAds {
     max_batch: usize,
     /// The HTTP client.
     http: reqwest::Client,
-    /// The cached access token; the lock also keeps concurrent senders from refreshing twice.
-    token: tokio::sync::Mutex<Option<CachedToken>>,
-}
-
-/// An access token and when to stop using it.
-struct CachedToken {
-    /// The bearer token.
-    token: Secret,
-    /// When to fetch a new one (expiry minus a margin).
-    renew_at: Instant,
 }
 
 /// Customer ids go into URLs and headers as digits only (§8 item 20).
-fn digits_only(id: &str) -> String {
+pub(crate) fn digits_only(id: &str) -> String {
     id.chars().filter(char::is_ascii_digit).collect()
 }
 
 impl GoogleAds {
-    /// Builds the destination; the customer id, developer token and OAuth client and refresh token are required.
+    /// Builds the destination; the customer id is required, credentials as [`GoogleAuth::from_config`].
     pub fn new(
         name: &str,
         config: &DestinationConfig,
         dispatch: &DispatchConfig,
     ) -> Result<GoogleAds, DestinationError> {
         let customer_id = digits_only(required(name, "customer_id", &config.customer_id)?);
+        let http = super::http_client(name, dispatch)?;
+        let auth = GoogleAuth::from_config(name, config, &[ADS_SCOPE], http.clone())?;
+        Ok(GoogleAds::with_auth(
+            name,
+            &customer_id,
+            config,
+            config.endpoint.as_deref(),
+            Arc::new(auth),
+            http,
+        ))
+    }
+
+    /// The destination for `customer_id` at `endpoint` (or Google's), with `auth`; the developer
+    /// token, login customer, version, `validate_only` and batch size come from `config`.
+    pub(crate) fn with_auth(
+        name: &str,
+        customer_id: &str,
+        config: &DestinationConfig,
+        endpoint: Option<&str>,
+        auth: Arc<GoogleAuth>,
+        http: reqwest::Client,
+    ) -> GoogleAds {
         let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
-        Ok(GoogleAds {
+        let base = base_url(&endpoint.map(str::to_string), DEFAULT_ENDPOINT);
+        GoogleAds {
             name: name.to_string(),
-            customer_url: format!(
-                "{}/{version}/customers/{customer_id}",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
-            token_endpoint: config
-                .token_endpoint
+            customer_url: format!("{base}/{version}/customers/{customer_id}"),
+            auth,
+            developer_token: config
+                .developer_token
                 .clone()
-                .unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT.to_string()),
-            client_id: required(name, "client_id", &config.client_id)?.clone(),
-            client_secret: required(name, "client_secret", &config.client_secret)?.clone(),
-            refresh_token: required(name, "refresh_token", &config.refresh_token)?.clone(),
-            developer_token: required(name, "developer_token", &config.developer_token)?.clone(),
+                .filter(|t| !t.expose().is_empty()),
             login_customer_id: config
                 .login_customer_id
                 .as_deref()
@@ -110,9 +114,13 @@ impl GoogleAds {
                 .filter(|s| !s.is_empty()),
             validate_only: config.validate_only,
             max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
-            token: tokio::sync::Mutex::new(None),
-        })
+            http,
+        }
+    }
+
+    /// What kind of credentials it uses.
+    pub fn credentials_kind(&self) -> &'static str {
+        self.auth.describe()
     }
 }
 
@@ -197,12 +205,15 @@ pub fn encode_conversion(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
     if !identifiers.is_empty() {
         c.insert("userIdentifiers".into(), Value::Array(identifiers));
     }
-    let consent = if d.payload.consent {
-        "GRANTED"
-    } else {
-        "DENIED"
-    };
-    c.insert("consent".into(), json!({ "adUserData": consent }));
+    // Consent only from a real consent column: without one, the account default applies.
+    if d.payload.consent_column {
+        let consent = if d.payload.consent {
+            "GRANTED"
+        } else {
+            "DENIED"
+        };
+        c.insert("consent".into(), json!({ "adUserData": consent }));
+    }
     Ok(Value::Object(c))
 }
 
@@ -329,62 +340,9 @@ pub enum UploadAnswer {
 }
 
 impl GoogleAds {
-    /// A valid access token: the cached one, or a fresh one from the refresh token.
-    async fn access_token(&self) -> Result<Secret, BatchAnswer> {
-        let mut cached = self.token.lock().await;
-        if let Some(c) = cached.as_ref().filter(|c| c.renew_at > Instant::now()) {
-            return Ok(c.token.clone());
-        }
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("client_id", self.client_id.expose()),
-            ("client_secret", self.client_secret.expose()),
-            ("refresh_token", self.refresh_token.expose()),
-        ];
-        let response = self
-            .http
-            .post(&self.token_endpoint)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error("google oauth", e))?;
-        let status = response.status();
-        let delay = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let token = body.get("access_token").and_then(Value::as_str);
-        match token {
-            Some(token) if status.is_success() => {
-                let lifetime = body
-                    .get("expires_in")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(3600);
-                let renew_at =
-                    Instant::now() + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN);
-                let token = Secret::new(token);
-                *cached = Some(CachedToken {
-                    token: token.clone(),
-                    renew_at,
-                });
-                Ok(token)
-            }
-            _ => {
-                let s = |k: &str| body.get(k).and_then(Value::as_str);
-                let error = match (s("error"), s("error_description")) {
-                    (Some(e), Some(d)) => {
-                        format!("google oauth: HTTP {}: {e}: {d}", status.as_u16())
-                    }
-                    (Some(e), None) => format!("google oauth: HTTP {}: {e}", status.as_u16()),
-                    _ => format!("google oauth: HTTP {}: {}", status.as_u16(), excerpt(&text)),
-                };
-                let retry_after = if is_retryable_status(status) {
-                    delay
-                } else {
-                    Some(delay.unwrap_or_default().max(OPERATOR_RETRY_FLOOR))
-                };
-                Err(BatchAnswer::Retry { error, retry_after })
-            }
-        }
+    /// A valid access token.
+    pub(crate) async fn access_token(&self) -> Result<Secret, BatchAnswer> {
+        self.auth.access_token().await
     }
 
     /// Sends one upload request with `rows`.
@@ -416,8 +374,10 @@ impl GoogleAds {
         let mut request = self
             .http
             .post(format!("{}:{}", self.customer_url, upload.method()))
-            .bearer_auth(token.expose())
-            .header("developer-token", self.developer_token.expose());
+            .bearer_auth(token.expose());
+        if let Some(developer) = &self.developer_token {
+            request = request.header("developer-token", developer.expose());
+        }
         if let Some(login) = &self.login_customer_id {
             request = request.header("login-customer-id", login);
         }
@@ -435,7 +395,7 @@ impl GoogleAds {
         let text = response.text().await.unwrap_or_default();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             // The token may have been revoked or expired early: fetch a new one next time.
-            *self.token.lock().await = None;
+            self.auth.invalidate().await;
         }
         classify(status, delay, &text, sent, Utc::now())
     }
@@ -620,6 +580,21 @@ fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
 // Response classification
 // ---------------------------------------------------------------------------------------------
 
+/// Google's code for an account or developer token that may not use a feature; since 15 June 2026 it
+/// answers click conversion uploads of everyone who did not import offline conversions before.
+pub const NOT_ALLOWLISTED: &str = "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE";
+
+/// What a row refused with [`NOT_ALLOWLISTED`] is recorded with: what to do, then Google's words.
+pub const NOT_ALLOWLISTED_ADVICE: &str = "this Google Ads API access cannot import offline \
+     conversions since 15 June 2026: use platform = google_data_manager";
+
+/// The failure of a row Google refused with [`NOT_ALLOWLISTED`].
+fn not_allowlisted(google: &str) -> Outcome {
+    Outcome::failed(format!(
+        "{NOT_ALLOWLISTED_ADVICE} ({NOT_ALLOWLISTED}: {google})"
+    ))
+}
+
 /// Answers meaning the platform already has the conversion or adjustment: sent (§2.1, §8 item 10).
 const ALREADY_THERE: &[&str] = &[
     "ORDER_ID_ALREADY_IN_USE",
@@ -693,6 +668,7 @@ fn row_outcome(
         };
     }
     match e.code.as_str() {
+        NOT_ALLOWLISTED => not_allowlisted(&e.message),
         "TOO_RECENT_EVENT" => {
             let ready = d
                 .payload
@@ -837,6 +813,10 @@ pub fn classify(
         });
     }
     let errors = ads_errors(error);
+    if let Some(e) = errors.iter().find(|e| e.code == NOT_ALLOWLISTED) {
+        // Not a retry: this access will not be allowed by waiting. Every row says what to do.
+        return UploadAnswer::Rows(sent.iter().map(|_| not_allowlisted(&e.message)).collect());
+    }
     let expired = errors.iter().any(|e| e.code == "OAUTH_TOKEN_EXPIRED");
     if status == reqwest::StatusCode::UNAUTHORIZED && expired {
         // The cached token has been dropped; the next attempt fetches a new one.
@@ -918,6 +898,7 @@ pub(crate) mod tests {
         // GIVEN a purchase with a gclid, a hashed email and phone, and a plain IP Google does not take
         let mut d = purchase(7, t0());
         google(&mut d);
+        d.payload.consent_column = true;
         let now = t0() + TimeDelta::days(1);
         // WHEN it is encoded
         let c = encode_conversion(&d, now).unwrap();
@@ -938,6 +919,9 @@ pub(crate) mod tests {
                 "consent": {"adUserData": "GRANTED"},
             })
         );
+        // AND a rule without a consent column sends no consent at all
+        d.payload.consent_column = false;
+        assert!(encode_conversion(&d, now).unwrap().get("consent").is_none());
         let body = request_body(Upload::Conversions, vec![c], true);
         assert_eq!(body["partialFailure"], true);
         assert_eq!(body["validateOnly"], true);

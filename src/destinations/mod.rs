@@ -10,6 +10,8 @@
 //! alone; Google Ads answers per row by index.
 
 pub mod google_ads;
+pub mod google_auth;
+pub mod google_data_manager;
 pub mod meta;
 pub mod tiktok;
 
@@ -95,6 +97,12 @@ pub trait Destination: Send + Sync {
     fn platform(&self) -> Platform;
     /// The largest batch sent in one request.
     fn max_batch(&self) -> usize;
+    /// Whether a conversion it accepted can still be withdrawn (decides whether a refund of a
+    /// conversion that may have reached the platform waits for it or cancels it): the platform's
+    /// rule unless the destination's settings say otherwise.
+    fn can_retract(&self) -> bool {
+        self.platform().can_retract()
+    }
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
     /// What [`send`](Destination::send) would do with `batch`, without sending anything: the requests
@@ -146,6 +154,14 @@ pub enum DestinationError {
         /// The missing key.
         key: &'static str,
     },
+    /// The Google credentials cannot be used (a key file that cannot be read, ...). Never a secret.
+    #[error("destinations.{destination}: credentials: {message}")]
+    Credentials {
+        /// The destination's name.
+        destination: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The HTTP client could not be built.
     #[error("destinations.{destination}: cannot build the HTTP client: {source}")]
     Client {
@@ -167,6 +183,9 @@ pub fn build(
         Platform::Meta => Box::new(meta::Meta::new(name, config, dispatch)?),
         Platform::GoogleAds => Box::new(google_ads::GoogleAds::new(name, config, dispatch)?),
         Platform::Tiktok => Box::new(tiktok::Tiktok::new(name, config, dispatch)?),
+        Platform::GoogleDataManager => Box::new(google_data_manager::GoogleDataManager::new(
+            name, config, dispatch,
+        )?),
     })
 }
 
@@ -503,6 +522,11 @@ pub(crate) mod test_support {
             refresh_token: None,
             token_endpoint: None,
             validate_only: false,
+            service_account_key: None,
+            operating_account: None,
+            login_account: None,
+            refunds: crate::config::GoogleRefunds::default(),
+            ads_endpoint: None,
             batch_max_events: None,
         }
     }

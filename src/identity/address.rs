@@ -96,7 +96,7 @@ static STATE_BY_NAME: LazyLock<HashMap<String, &'static str>> = LazyLock::new(||
 pub(crate) fn city_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
     match platform {
-        Platform::GoogleAds => lower_words(&cleaned),
+        Platform::GoogleAds | Platform::GoogleDataManager => lower_words(&cleaned),
         Platform::Meta | Platform::Tiktok => retain(&lower(&cleaned), |c| {
             !is_separator_like(c) && !c.is_numeric()
         }),
@@ -113,7 +113,7 @@ pub fn normalize_city(platform: Platform, raw: &str) -> Option<String> {
 pub(crate) fn state_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
     match platform {
-        Platform::GoogleAds => lower_words(&cleaned),
+        Platform::GoogleAds | Platform::GoogleDataManager => lower_words(&cleaned),
         Platform::Meta | Platform::Tiktok => match STATE_BY_NAME.get(&fold(&cleaned)) {
             Some(code) => Ok((*code).to_owned()),
             None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
@@ -131,7 +131,7 @@ pub fn normalize_state(platform: Platform, raw: &str) -> Option<String> {
 /// Normalizes a postal code, or says why it is left out; `region` decides whether it is a US zip.
 pub(crate) fn zip_checked(platform: Platform, raw: &str, region: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
-    if platform == Platform::GoogleAds {
+    if platform.is_google() {
         return Ok(cleaned.into_owned());
     }
     let compact = nfc(lower(&cleaned)

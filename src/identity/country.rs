@@ -287,7 +287,7 @@ pub(crate) fn country_checked(platform: Platform, raw: &str) -> Result<String, R
     let code = country_code(&cleaned).ok_or(UNKNOWN)?;
     Ok(match platform {
         // Google's region code is uppercase; Meta hashes the lowercase code.
-        Platform::GoogleAds => code.to_owned(),
+        Platform::GoogleAds | Platform::GoogleDataManager => code.to_owned(),
         Platform::Meta | Platform::Tiktok => code.to_ascii_lowercase(),
     })
 }

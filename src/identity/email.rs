@@ -25,7 +25,7 @@ pub(crate) fn email_checked(platform: Platform, raw: &str) -> Result<String, Rea
     if local.is_empty() || !domain_ok {
         return Err(INVALID);
     }
-    if platform == Platform::GoogleAds && matches!(domain, "gmail.com" | "googlemail.com") {
+    if platform.is_google() && matches!(domain, "gmail.com" | "googlemail.com") {
         // Google only: drop a +tag, then every dot (both are ignored by gmail itself).
         let untagged = local.split('+').next().unwrap_or_default();
         // Re-composed: a dot between a letter and a combining accent kept them apart.

@@ -13,6 +13,7 @@
 //! | Meta | email, phone, first/last name, city, state, zip, country, external_id, date_of_birth, gender | client_ip, user_agent, fbc, fbp, lead_id |
 //! | Google Ads | email, phone | gclid, gbraid, wbraid |
 //! | TikTok | email, phone, external_id | client_ip, user_agent, ttclid, ttp, lead_id |
+//! | Google Data Manager | email, phone, first/last name | zip, country (address), client_ip, user_agent, gclid, gbraid, wbraid |
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -289,7 +290,7 @@ impl MatchKey {
     /// Google takes in clear (§2.3, §2.5). For a key the platform does not accept this still answers
     /// with the rule that would apply, so personal data defaults to hashed.
     pub fn is_hashed(self, platform: Platform) -> bool {
-        let google_clear = platform == Platform::GoogleAds
+        let google_clear = platform.is_google()
             && matches!(
                 self,
                 MatchKey::City | MatchKey::State | MatchKey::Zip | MatchKey::Country
@@ -338,6 +339,22 @@ const GOOGLE_ADS_KEYS: &[MatchKey] = &[
     MatchKey::Wbraid,
 ];
 
+/// The keys a Data Manager event takes (§2.4–2.5): hashed email, phone, given and family name, the
+/// address's plain postal and region code, click ids, and the landing page's IP and user agent.
+const GOOGLE_DATA_MANAGER_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::Zip,
+    MatchKey::Country,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::Gclid,
+    MatchKey::Gbraid,
+    MatchKey::Wbraid,
+];
+
 /// The keys TikTok's Events API `user` object takes (§3, officially documented ones only).
 const TIKTOK_KEYS: &[MatchKey] = &[
     MatchKey::Email,
@@ -355,6 +372,7 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     match platform {
         Platform::Meta => META_KEYS,
         Platform::GoogleAds => GOOGLE_ADS_KEYS,
+        Platform::GoogleDataManager => GOOGLE_DATA_MANAGER_KEYS,
         Platform::Tiktok => TIKTOK_KEYS,
     }
 }

@@ -322,7 +322,7 @@ pub(crate) fn for_platform(platform: Platform, e164: &str) -> String {
 pub(crate) fn platform_form(platform: Platform, e164: &str) -> &str {
     match platform {
         Platform::Meta => e164.trim_start_matches('+'),
-        Platform::GoogleAds | Platform::Tiktok => e164,
+        Platform::GoogleAds | Platform::GoogleDataManager | Platform::Tiktok => e164,
     }
 }
 

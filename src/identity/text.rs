@@ -156,7 +156,7 @@ pub(crate) fn name_checked(platform: Platform, raw: &str) -> Result<String, Reas
     let cleaned = clean(raw).ok_or(EMPTY)?;
     match platform {
         // Google: lowercase and trim only; inner punctuation is kept (§2.5).
-        Platform::GoogleAds => Ok(lower(&cleaned)),
+        Platform::GoogleAds | Platform::GoogleDataManager => Ok(lower(&cleaned)),
         // Meta and TikTok: letters (and digits) only.
         Platform::Meta | Platform::Tiktok => retain(&lower(&cleaned), |c| !is_separator_like(c)),
     }

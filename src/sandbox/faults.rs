@@ -235,7 +235,7 @@ fn server_error(platform: Platform) -> Response {
             "message": "An unexpected error has occurred. Please retry your request later.",
             "type": "OAuthException", "code": 2, "is_transient": true, "fbtrace_id": random_id(27),
         }}),
-        Platform::GoogleAds => json!({"error": {
+        Platform::GoogleAds | Platform::GoogleDataManager => json!({"error": {
             "code": 500, "message": "Internal error encountered.", "status": "INTERNAL",
         }}),
         Platform::Tiktok => json!({
@@ -255,7 +255,7 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
             "message": "(#4) Application request limit reached",
             "type": "OAuthException", "code": 4, "is_transient": true, "fbtrace_id": random_id(27),
         }}),
-        Platform::GoogleAds => json!({"error": {
+        Platform::GoogleAds | Platform::GoogleDataManager => json!({"error": {
             "code": 429, "message": "Resource has been exhausted (e.g. check quota).",
             "status": "RESOURCE_EXHAUSTED",
         }}),

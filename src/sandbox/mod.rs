@@ -9,6 +9,7 @@
 //! | Meta | `POST /{version}/{pixel_id}/events`, `GET /{version}/{pixel_id}?fields=id` (a read of the pixel) |
 //! | Google Ads | `POST /token` (OAuth), `POST /{version}/customers/{cid}:uploadClickConversions`, `…:uploadConversionAdjustments` |
 //! | TikTok | `POST /open_api/v1.3/event/track/` |
+//! | Google Data Manager | `POST /v1/events:ingest`, `GET /v1/requestStatus:retrieve` (same `/token`, which also takes the JWT bearer grant of service accounts) |
 //!
 //! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
 //! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
@@ -32,6 +33,7 @@
 
 mod faults;
 mod google_ads;
+mod google_data_manager;
 mod meta;
 mod records;
 mod tiktok;
@@ -60,8 +62,8 @@ use tokio::task::JoinHandle;
 
 pub use faults::Faults;
 pub use records::{
-    AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, EventRecords,
-    GoogleAdsRecords, Records, Stats,
+    AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, DataManagerConversion,
+    DataManagerEvent, DataManagerRecords, EventRecords, GoogleAdsRecords, Records, Stats,
 };
 
 use faults::{ConnControl, KillableListener};
@@ -88,8 +90,16 @@ pub struct SandboxConfig {
     pub google_client_secret: Option<String>,
     /// Google OAuth `refresh_token`.
     pub google_refresh_token: Option<String>,
-    /// Google Ads `developer-token` header.
+    /// Google Ads `developer-token` header; `None` accepts any value or none (since September 2026
+    /// the header is optional).
     pub google_developer_token: Option<String>,
+    /// Whether the Google Ads API takes click conversion uploads from this access; `false` answers
+    /// them with `CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE`, as Google does for new users since
+    /// 15 June 2026.
+    pub google_ads_click_uploads_allowlisted: bool,
+    /// A service account's public key (PEM): when set, JWT bearer assertions must be signed with
+    /// its private key; otherwise only their shape and claims are checked.
+    pub google_service_account_public_key: Option<String>,
     /// TikTok `Access-Token` header.
     pub tiktok_access_token: Option<String>,
     /// Meta and TikTok dedup window (48 hours on both platforms).
@@ -106,6 +116,8 @@ impl Default for SandboxConfig {
             google_client_secret: None,
             google_refresh_token: None,
             google_developer_token: None,
+            google_ads_click_uploads_allowlisted: true,
+            google_service_account_public_key: None,
             tiktok_access_token: None,
             dedup_window: Duration::from_secs(48 * 3600),
             faults: Faults::default(),
@@ -279,6 +291,11 @@ pub(crate) struct SandboxState {
     pub(crate) google: google_ads::Ledger,
     /// Google access tokens issued by `/token`, with their expiry.
     pub(crate) google_tokens: HashMap<String, DateTime<Utc>>,
+    /// The scopes of tokens issued for the JWT bearer grant (refresh-token grants carry the scopes
+    /// of their consent, which the sandbox does not know).
+    pub(crate) google_token_scopes: HashMap<String, String>,
+    /// Data Manager conversions and request statuses.
+    pub(crate) data_manager: google_data_manager::DataManager,
 }
 
 impl Shared {
@@ -314,8 +331,10 @@ impl Shared {
     fn reset(&self) {
         let mut state = self.lock();
         let tokens = std::mem::take(&mut state.google_tokens);
+        let scopes = std::mem::take(&mut state.google_token_scopes);
         *state = SandboxState {
             google_tokens: tokens,
+            google_token_scopes: scopes,
             ..SandboxState::default()
         };
     }
@@ -326,6 +345,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(meta::routes())
         .merge(google_ads::routes())
+        .merge(google_data_manager::routes())
         .merge(tiktok::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))

@@ -17,6 +17,9 @@ pub struct Records {
     pub google_ads: GoogleAdsRecords,
     /// TikTok Events API.
     pub tiktok: EventRecords,
+    /// Google Data Manager API events.
+    #[serde(default)]
+    pub google_data_manager: DataManagerRecords,
 }
 
 impl Records {
@@ -26,6 +29,7 @@ impl Records {
             Platform::Meta => &self.meta.counters,
             Platform::GoogleAds => &self.google_ads.counters,
             Platform::Tiktok => &self.tiktok.counters,
+            Platform::GoogleDataManager => &self.google_data_manager.counters,
         }
     }
 
@@ -35,6 +39,7 @@ impl Records {
             Platform::Meta => &mut self.meta.counters,
             Platform::GoogleAds => &mut self.google_ads.counters,
             Platform::Tiktok => &mut self.tiktok.counters,
+            Platform::GoogleDataManager => &mut self.google_data_manager.counters,
         }
     }
 }
@@ -85,6 +90,9 @@ pub struct Stats {
     pub google_ads: Counters,
     /// TikTok Events API.
     pub tiktok: Counters,
+    /// Google Data Manager API.
+    #[serde(default)]
+    pub google_data_manager: Counters,
 }
 
 impl Stats {
@@ -94,6 +102,7 @@ impl Stats {
             meta: records.meta.counters,
             google_ads: records.google_ads.counters,
             tiktok: records.tiktok.counters,
+            google_data_manager: records.google_data_manager.counters,
         }
     }
 
@@ -103,6 +112,7 @@ impl Stats {
             Platform::Meta => &self.meta,
             Platform::GoogleAds => &self.google_ads,
             Platform::Tiktok => &self.tiktok,
+            Platform::GoogleDataManager => &self.google_data_manager,
         }
     }
 }
@@ -139,6 +149,61 @@ pub struct AcceptedEvent {
     pub test_event_code: Option<String>,
     /// When the sandbox received it.
     pub received_at: DateTime<Utc>,
+}
+
+/// What the Data Manager sandbox accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataManagerRecords {
+    /// Counters: `unique` counts conversions, `deduplicated` events that changed nothing (a resend of
+    /// the same value), `accepted` every event of an accepted request.
+    pub counters: Counters,
+    /// Every event of every accepted (not validate-only) request, as received, in arrival order.
+    pub events: Vec<DataManagerEvent>,
+    /// The conversions as Google keeps them: one per (product destination id, transaction id),
+    /// with the latest value.
+    pub conversions: Vec<DataManagerConversion>,
+    /// Requests, accepted or not, that carried a `developer-token` header.
+    pub developer_token_headers: u64,
+    /// Access tokens handed out for the JWT bearer grant (service accounts).
+    pub jwt_tokens_issued: u64,
+    /// Accepted validate-only requests (nothing recorded).
+    pub validated: u64,
+}
+
+/// One event of an accepted ingest request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataManagerEvent {
+    /// The request id the sandbox answered.
+    pub request_id: String,
+    /// `operatingAccount.accountId`.
+    pub operating_account: String,
+    /// `loginAccount.accountId`, when sent.
+    pub login_account: Option<String>,
+    /// The product destination id (conversion action id).
+    pub product_destination_id: String,
+    /// The request's `encoding`.
+    pub encoding: String,
+    /// The event as received (camelCase JSON).
+    pub event: serde_json::Value,
+    /// When the sandbox received it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// One conversion as Data Manager keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataManagerConversion {
+    /// The product destination id.
+    pub product_destination_id: String,
+    /// The transaction id.
+    pub transaction_id: String,
+    /// The latest value.
+    pub value: Option<f64>,
+    /// The latest currency.
+    pub currency: Option<String>,
+    /// The values in the order they were set (the first is the original).
+    pub history: Vec<Option<f64>>,
+    /// How many times a later event restated it with another value.
+    pub restatements: u64,
 }
 
 /// Accepted Google Ads conversions and adjustments.

@@ -226,6 +226,12 @@ fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
             .iter()
             .filter_map(|c| c.order_id.clone())
             .collect(),
+        Platform::GoogleDataManager => records
+            .google_data_manager
+            .conversions
+            .iter()
+            .map(|c| c.transaction_id.clone())
+            .collect(),
     }
 }
 

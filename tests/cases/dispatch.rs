@@ -150,6 +150,10 @@ fn destination(
              client_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\""
         }
         Platform::Tiktok => "platform = \"tiktok\"\npixel_code = \"CTEST\"\naccess_token = \"tok\"",
+        Platform::GoogleDataManager => {
+            "platform = \"google_data_manager\"\noperating_account = \"1234567890\"\n\
+             client_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\""
+        }
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

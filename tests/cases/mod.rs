@@ -10,6 +10,7 @@ mod demo;
 mod dispatch;
 mod end_to_end;
 mod faults;
+mod google_data_manager;
 mod ha;
 mod honest_status;
 mod large;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod google_ads;
+mod google_data_manager;
 mod meta;
 mod tiktok;
 

@@ -1,0 +1,377 @@
+//! Google credentials for both Google destinations (`google_ads`, `google_data_manager`).
+//!
+//! Three kinds, in the order they are looked for:
+//! 1. user OAuth: `client_id`, `client_secret`, `refresh_token` (the refresh-token grant);
+//! 2. a service account key file, `service_account_key` (JSON as the Cloud console downloads it): a
+//!    JWT signed with the key (RS256) is exchanged at the key's `token_uri` (the JWT bearer grant,
+//!    RFC 7523);
+//! 3. neither: Application Default Credentials, as Google's client libraries resolve them: the file
+//!    named by `GOOGLE_APPLICATION_CREDENTIALS` (a service account key or an `authorized_user` file),
+//!    else gcloud's well-known file, else the metadata server of the Google Cloud machine.
+//!
+//! `token_endpoint` in the config replaces the token URL of 1 and 2 (the sandbox serves one). An
+//! access token is cached until a minute before it expires; [`GoogleAuth::invalidate`] drops it after
+//! a 401 so that the next request fetches a new one. Nothing here ever logs or returns a secret.
+
+use super::{excerpt, is_retryable_status, retry_after, transport_error, BatchAnswer};
+use super::{DestinationError, OPERATOR_RETRY_FLOOR};
+use crate::config::{DestinationConfig, Secret};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Google's OAuth2 token endpoint.
+pub const DEFAULT_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
+/// The scope of the Google Ads API.
+pub const ADS_SCOPE: &str = "https://www.googleapis.com/auth/adwords";
+/// The scope of the Data Manager API.
+pub const DATA_MANAGER_SCOPE: &str = "https://www.googleapis.com/auth/datamanager";
+/// The JWT bearer grant type (RFC 7523).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The metadata server's token URL on Google Cloud (host replaceable with `GCE_METADATA_HOST`).
+const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+/// A cached access token is renewed this long before Google says it expires.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+/// Lifetime asked for in a service account's JWT (Google's maximum).
+const JWT_LIFETIME_SECS: i64 = 3600;
+
+/// Where access tokens come from.
+pub enum Credentials {
+    /// The refresh-token grant of an OAuth client.
+    UserOAuth {
+        /// OAuth client id.
+        client_id: Secret,
+        /// OAuth client secret.
+        client_secret: Secret,
+        /// The refresh token.
+        refresh_token: Secret,
+        /// Where it is exchanged.
+        token_uri: String,
+    },
+    /// A service account key: the JWT bearer grant.
+    ServiceAccount {
+        /// The service account's email (`iss` of the JWT).
+        client_email: String,
+        /// The key id (`kid` of the JWT header), if the file has one.
+        key_id: Option<String>,
+        /// The private key.
+        key: Box<jsonwebtoken::EncodingKey>,
+        /// Where the JWT is exchanged (also its `aud`).
+        token_uri: String,
+    },
+    /// The Google Cloud metadata server (the machine's own service account).
+    Metadata {
+        /// The token URL.
+        url: String,
+    },
+}
+
+impl Credentials {
+    /// What kind of credentials these are, for messages (never a value).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Credentials::UserOAuth { .. } => "user OAuth (refresh token)",
+            Credentials::ServiceAccount { .. } => "service account key",
+            Credentials::Metadata { .. } => "metadata server (Application Default Credentials)",
+        }
+    }
+}
+
+/// An access token and when to stop using it.
+struct CachedToken {
+    token: Secret,
+    renew_at: Instant,
+}
+
+/// Credentials, the scopes asked for, and the cached token.
+pub struct GoogleAuth {
+    credentials: Credentials,
+    /// Space-separated scopes (service accounts and the metadata server; a refresh token carries the
+    /// scopes it was granted).
+    scopes: String,
+    http: reqwest::Client,
+    /// The cached token; the lock also keeps concurrent senders from fetching twice.
+    token: tokio::sync::Mutex<Option<CachedToken>>,
+}
+
+/// The config error for destination `name`.
+fn credentials_error(name: &str, message: impl Into<String>) -> DestinationError {
+    DestinationError::Credentials {
+        destination: name.to_string(),
+        message: message.into(),
+    }
+}
+
+impl GoogleAuth {
+    /// The credentials `config` describes (see the module docs), asking for `scopes`.
+    pub fn from_config(
+        name: &str,
+        config: &DestinationConfig,
+        scopes: &[&str],
+        http: reqwest::Client,
+    ) -> Result<GoogleAuth, DestinationError> {
+        let credentials = match (
+            &config.client_id,
+            &config.client_secret,
+            &config.refresh_token,
+            &config.service_account_key,
+        ) {
+            (Some(id), Some(secret), Some(refresh), None) => Credentials::UserOAuth {
+                client_id: id.clone(),
+                client_secret: secret.clone(),
+                refresh_token: refresh.clone(),
+                token_uri: config
+                    .token_endpoint
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT.to_string()),
+            },
+            (None, None, None, Some(path)) => {
+                key_file(name, Path::new(path), config.token_endpoint.as_deref())?
+            }
+            (None, None, None, None) => {
+                application_default(name, config.token_endpoint.as_deref())?
+            }
+            _ => {
+                return Err(credentials_error(
+                    name,
+                    "set the OAuth client (client_id, client_secret, refresh_token) or \
+                     service_account_key, or neither for Application Default Credentials",
+                ))
+            }
+        };
+        Ok(GoogleAuth::new(credentials, scopes, http))
+    }
+
+    /// Credentials asking for `scopes`.
+    pub fn new(credentials: Credentials, scopes: &[&str], http: reqwest::Client) -> GoogleAuth {
+        GoogleAuth {
+            credentials,
+            scopes: scopes.join(" "),
+            http,
+            token: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// What kind of credentials are used.
+    pub fn describe(&self) -> &'static str {
+        self.credentials.describe()
+    }
+
+    /// Forgets the cached token (after a 401: it may have been revoked or expired early).
+    pub async fn invalidate(&self) {
+        *self.token.lock().await = None;
+    }
+
+    /// A valid access token: the cached one, or a fresh one. A refusal is a retry (after at least
+    /// [`OPERATOR_RETRY_FLOOR`] when an operator must fix the credentials).
+    pub async fn access_token(&self) -> Result<Secret, BatchAnswer> {
+        let mut cached = self.token.lock().await;
+        if let Some(c) = cached.as_ref().filter(|c| c.renew_at > Instant::now()) {
+            return Ok(c.token.clone());
+        }
+        let request = match &self.credentials {
+            Credentials::UserOAuth {
+                client_id,
+                client_secret,
+                refresh_token,
+                token_uri,
+            } => self.http.post(token_uri).form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id.expose()),
+                ("client_secret", client_secret.expose()),
+                ("refresh_token", refresh_token.expose()),
+            ]),
+            Credentials::ServiceAccount {
+                client_email,
+                key_id,
+                key,
+                token_uri,
+            } => {
+                let assertion = signed_jwt(client_email, key_id, key, token_uri, &self.scopes)
+                    .map_err(|e| BatchAnswer::Retry {
+                        error: format!("google oauth: cannot sign the service account JWT: {e}"),
+                        retry_after: Some(OPERATOR_RETRY_FLOOR),
+                    })?;
+                self.http.post(token_uri).form(&[
+                    ("grant_type", JWT_BEARER_GRANT),
+                    ("assertion", assertion.as_str()),
+                ])
+            }
+            Credentials::Metadata { url } => self
+                .http
+                .get(url)
+                .query(&[("scopes", self.scopes.as_str())])
+                .header("Metadata-Flavor", "Google"),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error("google oauth", e))?;
+        let status = response.status();
+        let delay = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        match body.get("access_token").and_then(Value::as_str) {
+            Some(token) if status.is_success() => {
+                let lifetime = body
+                    .get("expires_in")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(3600);
+                let token = Secret::new(token);
+                *cached = Some(CachedToken {
+                    token: token.clone(),
+                    renew_at: Instant::now()
+                        + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN),
+                });
+                Ok(token)
+            }
+            _ => {
+                let s = |k: &str| body.get(k).and_then(Value::as_str);
+                let code = status.as_u16();
+                let kind = self.credentials.describe();
+                let error = match (s("error"), s("error_description")) {
+                    (Some(e), Some(d)) => format!("google oauth ({kind}): HTTP {code}: {e}: {d}"),
+                    (Some(e), None) => format!("google oauth ({kind}): HTTP {code}: {e}"),
+                    _ => format!("google oauth ({kind}): HTTP {code}: {}", excerpt(&text)),
+                };
+                let retry_after = if is_retryable_status(status) {
+                    delay
+                } else {
+                    Some(delay.unwrap_or_default().max(OPERATOR_RETRY_FLOOR))
+                };
+                Err(BatchAnswer::Retry { error, retry_after })
+            }
+        }
+    }
+}
+
+/// The claims of a service account's JWT bearer assertion.
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+/// A JWT for `client_email` asking for `scopes`, signed RS256 with `key`.
+fn signed_jwt(
+    client_email: &str,
+    key_id: &Option<String>,
+    key: &jsonwebtoken::EncodingKey,
+    token_uri: &str,
+    scopes: &str,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = chrono::Utc::now().timestamp();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = key_id.clone();
+    let claims = Claims {
+        iss: client_email,
+        scope: scopes,
+        aud: token_uri,
+        iat: now,
+        exp: now + JWT_LIFETIME_SECS,
+    };
+    jsonwebtoken::encode(&header, &claims, key)
+}
+
+/// Reads a credentials file: a service account key, or an `authorized_user` file (gcloud's
+/// application-default login). `token_endpoint` replaces the file's token URL.
+fn key_file(
+    name: &str,
+    path: &Path,
+    token_endpoint: Option<&str>,
+) -> Result<Credentials, DestinationError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| credentials_error(name, format!("cannot read {shown}: {e}")))?;
+    // Never serde's own message: it may quote a value of the file.
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|_| credentials_error(name, format!("{shown} is not a JSON credentials file")))?;
+    let field = |k: &str| {
+        json.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let token_uri = |file: Option<&str>| {
+        token_endpoint
+            .or(file)
+            .unwrap_or(DEFAULT_TOKEN_ENDPOINT)
+            .to_string()
+    };
+    match field("type") {
+        Some("service_account") => {
+            let (Some(client_email), Some(pem)) = (field("client_email"), field("private_key"))
+            else {
+                return Err(credentials_error(
+                    name,
+                    format!("{shown}: a service account key needs client_email and private_key"),
+                ));
+            };
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| {
+                credentials_error(
+                    name,
+                    format!("{shown}: private_key is not an RSA private key in PEM"),
+                )
+            })?;
+            Ok(Credentials::ServiceAccount {
+                client_email: client_email.to_string(),
+                key_id: field("private_key_id").map(str::to_string),
+                key: Box::new(key),
+                token_uri: token_uri(field("token_uri")),
+            })
+        }
+        Some("authorized_user") => {
+            let (Some(id), Some(secret), Some(refresh)) = (
+                field("client_id"),
+                field("client_secret"),
+                field("refresh_token"),
+            ) else {
+                return Err(credentials_error(
+                    name,
+                    format!(
+                        "{shown}: an authorized_user file needs client_id, client_secret and \
+                         refresh_token"
+                    ),
+                ));
+            };
+            Ok(Credentials::UserOAuth {
+                client_id: Secret::new(id),
+                client_secret: Secret::new(secret),
+                refresh_token: Secret::new(refresh),
+                token_uri: token_uri(field("token_uri")),
+            })
+        }
+        _ => Err(credentials_error(
+            name,
+            format!("{shown}: type must be service_account or authorized_user"),
+        )),
+    }
+}
+
+/// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's well-known file, or
+/// the metadata server.
+fn application_default(
+    name: &str,
+    token_endpoint: Option<&str>,
+) -> Result<Credentials, DestinationError> {
+    if let Some(path) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").filter(|p| !p.is_empty())
+    {
+        return key_file(name, Path::new(&path), token_endpoint);
+    }
+    let well_known = std::env::var_os("CLOUDSDK_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/gcloud")))
+        .map(|dir| dir.join("application_default_credentials.json"));
+    if let Some(path) = well_known.filter(|p| p.is_file()) {
+        return key_file(name, &path, token_endpoint);
+    }
+    let host = std::env::var("GCE_METADATA_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "metadata.google.internal".to_string());
+    Ok(Credentials::Metadata {
+        url: format!("http://{host}{METADATA_TOKEN_PATH}"),
+    })
+}
