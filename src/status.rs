@@ -1242,10 +1242,13 @@ mod tests {
         let problems = judge_flow(&observation(inactive.clone()), &t);
         assert_eq!(reasons(&problems), [Reason::CaptureNotRunning]);
         assert!(problems[0].message.contains("start `pgcapi run`"));
-        // A capture that reported 20 s ago is between two connections: fine.
+        // A capture that reported retrying 20 s ago is between two connections: fine.
         let mut o = observation(inactive.clone());
-        o.capture = Some(report(CapturePhase::Streaming, 20, 0));
+        o.capture = Some(report(CapturePhase::Retrying, 20, 20));
         assert!(judge_flow(&o, &t).is_empty());
+        // One whose last word was "streaming" would hold the slot: that process is gone.
+        o.capture = Some(report(CapturePhase::Streaming, 20, 0));
+        assert_eq!(reasons(&judge_flow(&o, &t)), [Reason::CaptureNotRunning]);
         // Silent for 90 s: not running, and the last report is quoted.
         o.capture = Some(report(CapturePhase::Stuck, 90, 600));
         let problems = judge_flow(&o, &t);
