@@ -204,6 +204,9 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
             Platform::Meta => check_meta(&http, dest).await,
             Platform::GoogleAds => check_google(&http, config, name, dest).await,
             Platform::Tiktok => check_tiktok(&http, name, dest).await,
+            Platform::MicrosoftAds => {
+                crate::destinations::microsoft_ads::check(config, name, dest).await
+            }
         };
         list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
     }

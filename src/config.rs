@@ -22,11 +22,18 @@ pub enum Platform {
     GoogleAds,
     /// TikTok Events API.
     Tiktok,
+    /// Microsoft Advertising offline conversions (Campaign Management REST).
+    MicrosoftAds,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 3] = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
+    pub const ALL: [Platform; 4] = [
+        Platform::Meta,
+        Platform::GoogleAds,
+        Platform::Tiktok,
+        Platform::MicrosoftAds,
+    ];
 
     /// The stable name used in config, logs, metrics and the control table.
     pub fn as_str(self) -> &'static str {
@@ -34,17 +41,18 @@ impl Platform {
             Platform::Meta => "meta",
             Platform::GoogleAds => "google_ads",
             Platform::Tiktok => "tiktok",
+            Platform::MicrosoftAds => "microsoft_ads",
         }
     }
 
-    /// The platform of a config name (`meta`, `google_ads`, `tiktok`).
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`).
     pub fn from_name(name: &str) -> Option<Platform> {
         Platform::ALL.into_iter().find(|p| p.as_str() == name)
     }
 
     /// Whether the platform can retract a conversion it has already accepted.
     pub fn can_retract(self) -> bool {
-        matches!(self, Platform::GoogleAds)
+        matches!(self, Platform::GoogleAds | Platform::MicrosoftAds)
     }
 }
 
@@ -405,6 +413,12 @@ pub struct DestinationConfig {
     /// TikTok pixel code (`event_source_id`).
     #[serde(default)]
     pub pixel_code: Option<String>,
+    /// TikTok CRM event set id: the `event_source_id` of CRM events (`action_source = "system_generated"`).
+    #[serde(default)]
+    pub crm_event_set_id: Option<String>,
+    /// Microsoft Advertising account id, sent as `CustomerAccountId`.
+    #[serde(default)]
+    pub account_id: Option<String>,
     /// Google Ads customer id (digits, no dashes).
     #[serde(default)]
     pub customer_id: Option<String>,
@@ -447,6 +461,13 @@ impl DestinationConfig {
                 "refresh_token",
             ],
             Platform::Tiktok => &["pixel_code", "access_token"],
+            Platform::MicrosoftAds => &[
+                "customer_id",
+                "account_id",
+                "developer_token",
+                "client_id",
+                "refresh_token",
+            ],
         }
     }
 
@@ -456,6 +477,7 @@ impl DestinationConfig {
             "access_token" => self.access_token.is_some(),
             "pixel_code" => self.pixel_code.is_some(),
             "customer_id" => self.customer_id.is_some(),
+            "account_id" => self.account_id.is_some(),
             "developer_token" => self.developer_token.is_some(),
             "client_id" => self.client_id.is_some(),
             "client_secret" => self.client_secret.is_some(),
@@ -560,6 +582,9 @@ pub struct RuleConfig {
     /// TikTok-specific settings.
     #[serde(default)]
     pub tiktok: TiktokRuleConfig,
+    /// Microsoft Advertising-specific settings.
+    #[serde(default)]
+    pub microsoft: MicrosoftRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -600,6 +625,14 @@ pub struct TiktokRuleConfig {
     /// The TikTok event name (`CompletePayment`, ...).
     #[serde(default)]
     pub event: Option<String>,
+}
+
+/// `[rules.microsoft]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MicrosoftRuleConfig {
+    /// The name of the offline conversion goal (`ConversionName`), exactly as in Microsoft Advertising.
+    #[serde(default)]
+    pub conversion_name: Option<String>,
 }
 
 /// Match-key names accepted in `[rules.match]` besides [`MatchKey`] names: `fbclid` (builds `fbc`) and
@@ -834,6 +867,22 @@ impl Config {
                         push(
                             at("google.conversion_action"),
                             format!("is required to send to Google Ads destination {dest:?}"),
+                        )
+                    }
+                    Some(d)
+                        if d.platform == Platform::MicrosoftAds
+                            && rule
+                                .microsoft
+                                .conversion_name
+                                .as_deref()
+                                .is_none_or(|n| n.trim().is_empty()) =>
+                    {
+                        push(
+                            at("microsoft.conversion_name"),
+                            format!(
+                                "is required to send to Microsoft Advertising destination {dest:?} \
+                                 (the offline conversion goal's name)"
+                            ),
                         )
                     }
                     Some(_) => {}
@@ -1295,7 +1344,21 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "token_endpoint",
         "validate_only",
     ];
-    const TIKTOK: &[&str] = &["pixel_code", "access_token", "test_event_code"];
+    const TIKTOK: &[&str] = &[
+        "pixel_code",
+        "access_token",
+        "test_event_code",
+        "crm_event_set_id",
+    ];
+    const MICROSOFT: &[&str] = &[
+        "customer_id",
+        "account_id",
+        "developer_token",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "token_endpoint",
+    ];
     const RULE: &[&str] = &[
         "name",
         "table",
@@ -1313,6 +1376,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "meta",
         "google",
         "tiktok",
+        "microsoft",
         "retracts",
         "restates",
     ];
@@ -1352,6 +1416,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::Meta) => META,
                 Some(Platform::GoogleAds) => GOOGLE,
                 Some(Platform::Tiktok) => TIKTOK,
+                Some(Platform::MicrosoftAds) => MICROSOFT,
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
@@ -1383,6 +1448,12 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 rule.get("tiktok"),
                 &format!("{path}.tiktok"),
                 &["event"],
+                &mut unknown,
+            );
+            check(
+                rule.get("microsoft"),
+                &format!("{path}.microsoft"),
+                &["conversion_name"],
                 &mut unknown,
             );
         }

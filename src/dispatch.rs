@@ -614,6 +614,10 @@ impl Dispatcher {
                     if d.currency.is_none() {
                         d.currency = target.currency.clone();
                     }
+                    // Microsoft identifies the conversion by its click id (or hashed email/phone).
+                    if d.payload.keys.is_empty() {
+                        d.payload.keys = target.keys.clone();
+                    }
                     // Adjustments are keyed by, and timed after, the conversion as it was sent.
                     d.event_time = target.event_time;
                     send_adjustments.push(d);
@@ -644,7 +648,8 @@ impl Dispatcher {
             "select a.id, c.id, c.state, c.lease_owner, \
                coalesce(c.lease_until >= now(), false), c.payload::json ->> 'conversion_action', c.currency, \
                c.attempts, c.event_time, \
-               greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8 \
+               greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8, \
+               coalesce(c.payload::json -> 'keys', '{{}}'::json)::text \
              from {s}.deliveries a \
              left join {s}.deliveries c on c.destination = a.destination and c.rule = a.adjusts_rule \
                and c.event_id = a.event_id and c.kind = 'conversion' \
@@ -670,6 +675,10 @@ impl Dispatcher {
                     attempts: r.get(7),
                     event_time: r.get(8),
                     due_in: Duration::from_secs_f64(r.get::<_, f64>(9).min(86_400.0)),
+                    keys: r
+                        .get::<_, Option<String>>(10)
+                        .and_then(|k| serde_json::from_str(&k).ok())
+                        .unwrap_or_default(),
                 }),
             })
             .collect())
@@ -870,10 +879,10 @@ fn finished(
     }
 }
 
-/// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: only Google
-/// Ads among the supported platforms).
+/// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: Google Ads;
+/// platforms-next.md §1: Microsoft Advertising offline conversions).
 pub fn can_retract(platform: Platform) -> bool {
-    matches!(platform, Platform::GoogleAds)
+    platform.can_retract()
 }
 
 /// The retry delay after `attempts` earlier attempts: exponential from `retry_initial_ms`, capped at
@@ -1052,6 +1061,8 @@ struct Conversion {
     event_time: chrono::DateTime<chrono::Utc>,
     /// How long until it is due again (zero when due or in flight).
     due_in: Duration,
+    /// The match keys it was sent with (Microsoft adjustments name the conversion by its click id).
+    keys: crate::identity::MatchKeys,
 }
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes

@@ -125,7 +125,8 @@ pub struct Payload {
     /// Meta CRM events: the CRM's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lead_event_source: Option<String>,
-    /// Google Ads conversion action resource name.
+    /// Google Ads conversion action resource name; for Microsoft Advertising, the offline conversion
+    /// goal's name (`ConversionName`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion_action: Option<String>,
     /// When the ad was clicked, if the rule maps it.

@@ -113,6 +113,8 @@ struct Compiled {
     meta_event: Option<String>,
     conversion_action: Option<String>,
     tiktok_event: Option<String>,
+    /// Microsoft Advertising offline conversion goal name.
+    conversion_name: Option<String>,
 }
 
 impl Compiled {
@@ -167,6 +169,7 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            conversion_name: rule.microsoft.conversion_name.clone(),
         }
     }
 
@@ -447,6 +450,9 @@ impl Rules {
                 Platform::Meta => payload.platform_event = rule.meta_event.clone(),
                 Platform::GoogleAds => payload.conversion_action = rule.conversion_action.clone(),
                 Platform::Tiktok => payload.platform_event = rule.tiktok_event.clone(),
+                // The goal name travels where Google's conversion action does, so that dispatch
+                // hands it to adjustments the same way.
+                Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
@@ -529,9 +535,11 @@ impl Rules {
                 currency: fields.currency.clone(),
                 action_source: target.action_source.clone(),
                 payload: Payload {
-                    conversion_action: (*platform == Platform::GoogleAds)
-                        .then(|| target.conversion_action.clone())
-                        .flatten(),
+                    conversion_action: match platform {
+                        Platform::GoogleAds => target.conversion_action.clone(),
+                        Platform::MicrosoftAds => target.conversion_name.clone(),
+                        Platform::Meta | Platform::Tiktok => None,
+                    },
                     consent: true,
                     ..Payload::default()
                 },

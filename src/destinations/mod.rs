@@ -7,10 +7,11 @@
 //!
 //! Platforms differ in how a batch fails (platforms.md §8 item 9): Meta and TikTok reject a whole request
 //! for one bad event, so their modules bisect rejected batches ([`isolate`]) until the bad events stand
-//! alone; Google Ads answers per row by index.
+//! alone; Google Ads and Microsoft Advertising answer per row by index.
 
 pub mod google_ads;
 pub mod meta;
+pub mod microsoft_ads;
 pub mod tiktok;
 
 use crate::config::{DestinationConfig, DispatchConfig, Platform};
@@ -167,6 +168,9 @@ pub fn build(
         Platform::Meta => Box::new(meta::Meta::new(name, config, dispatch)?),
         Platform::GoogleAds => Box::new(google_ads::GoogleAds::new(name, config, dispatch)?),
         Platform::Tiktok => Box::new(tiktok::Tiktok::new(name, config, dispatch)?),
+        Platform::MicrosoftAds => {
+            Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
+        }
     })
 }
 
@@ -495,6 +499,8 @@ pub(crate) mod test_support {
             access_token: None,
             test_event_code: None,
             pixel_code: None,
+            crm_event_set_id: None,
+            account_id: None,
             customer_id: None,
             login_customer_id: None,
             developer_token: None,

@@ -9,6 +9,7 @@
 //! | Meta | `POST /{version}/{pixel_id}/events`, `GET /{version}/{pixel_id}?fields=id` (a read of the pixel) |
 //! | Google Ads | `POST /token` (OAuth), `POST /{version}/customers/{cid}:uploadClickConversions`, `…:uploadConversionAdjustments` |
 //! | TikTok | `POST /open_api/v1.3/event/track/` |
+//! | Microsoft Advertising | `POST /{tenant}/oauth2/v2.0/token`, `POST /CampaignManagement/v13/OfflineConversions/Apply`, `…/OfflineConversionAdjustments/Apply`, `…/ConversionGoals/QueryByIds` (see `microsoft_ads.rs`) |
 //!
 //! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
 //! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
@@ -33,6 +34,7 @@
 mod faults;
 mod google_ads;
 mod meta;
+mod microsoft_ads;
 mod records;
 mod tiktok;
 
@@ -59,6 +61,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::Faults;
+pub use microsoft_ads::{MicrosoftAdsRecords, MsAdjustment, MsConversion};
 pub use records::{
     AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, EventRecords,
     GoogleAdsRecords, Records, Stats,
@@ -92,6 +95,10 @@ pub struct SandboxConfig {
     pub google_developer_token: Option<String>,
     /// TikTok `Access-Token` header.
     pub tiktok_access_token: Option<String>,
+    /// Microsoft Advertising `DeveloperToken` header.
+    pub microsoft_developer_token: Option<String>,
+    /// Microsoft OAuth refresh token (rotated ones the sandbox issued are accepted too).
+    pub microsoft_refresh_token: Option<String>,
     /// Meta and TikTok dedup window (48 hours on both platforms).
     pub dedup_window: Duration,
     /// Faults active from the start.
@@ -107,6 +114,8 @@ impl Default for SandboxConfig {
             google_refresh_token: None,
             google_developer_token: None,
             tiktok_access_token: None,
+            microsoft_developer_token: None,
+            microsoft_refresh_token: None,
             dedup_window: Duration::from_secs(48 * 3600),
             faults: Faults::default(),
         }
@@ -279,6 +288,10 @@ pub(crate) struct SandboxState {
     pub(crate) google: google_ads::Ledger,
     /// Google access tokens issued by `/token`, with their expiry.
     pub(crate) google_tokens: HashMap<String, DateTime<Utc>>,
+    /// Microsoft settings, dedup keys and adjustments.
+    pub(crate) microsoft: microsoft_ads::Ledger,
+    /// Microsoft tokens issued by its token endpoint.
+    pub(crate) microsoft_tokens: microsoft_ads::Tokens,
 }
 
 impl Shared {
@@ -314,8 +327,10 @@ impl Shared {
     fn reset(&self) {
         let mut state = self.lock();
         let tokens = std::mem::take(&mut state.google_tokens);
+        let microsoft_tokens = std::mem::take(&mut state.microsoft_tokens);
         *state = SandboxState {
             google_tokens: tokens,
+            microsoft_tokens,
             ..SandboxState::default()
         };
     }
@@ -327,6 +342,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(meta::routes())
         .merge(google_ads::routes())
         .merge(tiktok::routes())
+        .merge(microsoft_ads::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))
         .route("/_sandbox/stats", get(get_stats))

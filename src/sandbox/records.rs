@@ -17,6 +17,9 @@ pub struct Records {
     pub google_ads: GoogleAdsRecords,
     /// TikTok Events API.
     pub tiktok: EventRecords,
+    /// Microsoft Advertising offline conversions and adjustments.
+    #[serde(default)]
+    pub microsoft_ads: crate::sandbox::microsoft_ads::MicrosoftAdsRecords,
 }
 
 impl Records {
@@ -26,6 +29,7 @@ impl Records {
             Platform::Meta => &self.meta.counters,
             Platform::GoogleAds => &self.google_ads.counters,
             Platform::Tiktok => &self.tiktok.counters,
+            Platform::MicrosoftAds => &self.microsoft_ads.counters,
         }
     }
 
@@ -35,6 +39,7 @@ impl Records {
             Platform::Meta => &mut self.meta.counters,
             Platform::GoogleAds => &mut self.google_ads.counters,
             Platform::Tiktok => &mut self.tiktok.counters,
+            Platform::MicrosoftAds => &mut self.microsoft_ads.counters,
         }
     }
 }
@@ -85,6 +90,9 @@ pub struct Stats {
     pub google_ads: Counters,
     /// TikTok Events API.
     pub tiktok: Counters,
+    /// Microsoft Advertising conversions and adjustments together.
+    #[serde(default)]
+    pub microsoft_ads: Counters,
 }
 
 impl Stats {
@@ -94,6 +102,7 @@ impl Stats {
             meta: records.meta.counters,
             google_ads: records.google_ads.counters,
             tiktok: records.tiktok.counters,
+            microsoft_ads: records.microsoft_ads.counters,
         }
     }
 
@@ -103,6 +112,7 @@ impl Stats {
             Platform::Meta => &self.meta,
             Platform::GoogleAds => &self.google_ads,
             Platform::Tiktok => &self.tiktok,
+            Platform::MicrosoftAds => &self.microsoft_ads,
         }
     }
 }

@@ -226,6 +226,12 @@ fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
             .iter()
             .filter_map(|c| c.order_id.clone())
             .collect(),
+        Platform::MicrosoftAds => records
+            .microsoft_ads
+            .conversions
+            .iter()
+            .map(|c| format!("{}@{}", c.conversion_name, c.conversion_time))
+            .collect(),
     }
 }
 

@@ -150,6 +150,10 @@ fn destination(
              client_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\""
         }
         Platform::Tiktok => "platform = \"tiktok\"\npixel_code = \"CTEST\"\naccess_token = \"tok\"",
+        Platform::MicrosoftAds => {
+            "platform = \"microsoft_ads\"\ncustomer_id = \"1234567\"\naccount_id = \"7654321\"\n\
+             developer_token = \"dev\"\nclient_id = \"c\"\nrefresh_token = \"r\""
+        }
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"
