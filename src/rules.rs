@@ -666,10 +666,16 @@ impl EventFields {
                 _ => return Ok(Err(format!("value column {column:?} is not a number"))),
             },
         };
-        let currency = match &value_rule.currency {
+        // An adjustment without a currency of its own keeps the adjusted conversion's: a partial
+        // refund of a EUR order is restated in EUR, not in the default currency.
+        let (currency_rule, currency_template) = match (&value_rule.currency, &id_rule.currency) {
+            (Some(t), _) => (value_rule, Some(t)),
+            (None, t) => (id_rule, t.as_ref()),
+        };
+        let currency = match currency_template {
             None => Some(default_currency.to_string()),
             Some(t) => {
-                let text = row.render(value_rule, t)?.unwrap_or_default();
+                let text = row.render(currency_rule, t)?.unwrap_or_default();
                 let text = text.trim().to_ascii_uppercase();
                 if text.is_empty() {
                     Some(default_currency.to_string())

@@ -12,6 +12,7 @@ mod end_to_end;
 mod faults;
 mod ha;
 mod large;
+mod microsoft_ads;
 mod observe;
 mod operate;
 mod outbox;
