@@ -659,6 +659,7 @@ mod preview_tests {
     fn a_tiktok_preview_sends_web_and_crm_events_apart() {
         let config = DestinationConfig {
             pixel_code: Some("CPIX".into()),
+            crm_event_set_id: Some("CRMSET".into()),
             access_token: Some(Secret::new("tok")),
             ..empty_config(Platform::Tiktok)
         };
@@ -674,5 +675,7 @@ mod preview_tests {
             .collect();
         assert_eq!(sources, [&json!("web"), &json!("crm")]);
         assert_eq!(preview.requests[1].rows, vec![1]);
+        assert_eq!(preview.requests[0].body["event_source_id"], "CPIX");
+        assert_eq!(preview.requests[1].body["event_source_id"], "CRMSET");
     }
 }

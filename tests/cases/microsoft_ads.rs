@@ -356,3 +356,110 @@ async fn error_117_is_retried_after_a_minute_and_counted_once() {
     assert_eq!(records.counters.faulted, 1);
     assert_eq!(records.counters.unique, 1);
 }
+
+/// TikTok with a pixel for web events and a CRM event set for won deals.
+const TIKTOK_CONFIG: &str = r#"
+[source]
+url = "${PGCAPI_DATABASE_URL}"
+publication = "pgcapi"
+slot = "pgcapi"
+
+[defaults]
+region = "US"
+currency = "USD"
+
+[destinations.tiktok]
+platform = "tiktok"
+pixel_code = "CTEST12345"
+crm_event_set_id = "7300000000000000001"
+access_token = "${TIKTOK_ACCESS_TOKEN}"
+endpoint = "${TIKTOK_ENDPOINT}"
+
+[[rules]]
+name = "order_paid"
+table = "public.orders"
+when = { status = "paid" }
+event = "Purchase"
+event_id = "order-{order_number}"
+event_time = "{paid_at}"
+value = "{total}"
+currency = "{currency}"
+action_source = "website"
+destinations = ["tiktok"]
+
+[rules.match]
+email = "email"
+ttclid = "ttclid"
+
+[[rules]]
+name = "deal_won"
+table = "public.leads"
+when = { stage = "won" }
+event = "Purchase"
+event_id = "deal-{id}"
+event_time = "{won_at}"
+value = "{deal_value}"
+currency = "{currency}"
+action_source = "system_generated"
+destinations = ["tiktok"]
+
+[rules.match]
+email = "email"
+lead_id = "meta_lead_id"
+
+[rules.meta]
+lead_event_source = "pgcapi"
+"#;
+
+#[tokio::test]
+async fn a_won_deal_goes_to_tiktok_s_crm_event_set_with_its_lead() {
+    let s = start(
+        TIKTOK_CONFIG,
+        &[
+            ("TIKTOK_ACCESS_TOKEN", "tiktok-s3cr3t"),
+            ("TIKTOK_ENDPOINT", "{base}"),
+        ],
+    )
+    .await;
+    // WHEN an order is paid and a deal with a TikTok lead id is won
+    s.client
+        .batch_execute(
+            "insert into orders (order_number, email, ttclid, total, status, paid_at)
+               values ('9001', 'a@example.com', 'E.C.P.click', 20.00, 'paid', now());
+             insert into leads (email, meta_lead_id, stage, deal_value, won_at)
+               values ('b@example.com', '7212345678901234567', 'won', 900.00, now());",
+        )
+        .await
+        .unwrap();
+    settled(&s.client, "conversion", 2).await;
+    let conversions = rows(&s.client, "conversion").await;
+    assert!(
+        conversions.iter().all(|(_, state, _)| state == "sent"),
+        "{conversions:?}"
+    );
+    // THEN the order went to the pixel as a web Purchase, and the deal to the CRM event set as a CRM
+    // Purchase with its lead (not user.lead_id)
+    let events = s.sandbox.records().tiktok.events;
+    let order = events
+        .iter()
+        .find(|e| e.event_id.as_deref() == Some("order-9001"))
+        .unwrap();
+    assert_eq!(order.event_name, "Purchase");
+    assert_eq!(order.source, "web");
+    assert_eq!(order.plain["event_source_id"], "CTEST12345");
+    assert!(!order.plain.contains_key("lead_id"));
+    let deal = events
+        .iter()
+        .find(|e| {
+            e.event_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("deal-"))
+        })
+        .unwrap();
+    assert_eq!(deal.event_name, "Purchase");
+    assert_eq!(deal.source, "crm");
+    assert_eq!(deal.plain["event_source_id"], "7300000000000000001");
+    assert_eq!(deal.plain["lead_id"], "7212345678901234567");
+    assert_eq!(deal.plain["lead_event_source"], "pgcapi");
+    assert_eq!(deal.value, Some(900.0));
+}
