@@ -463,3 +463,44 @@ async fn a_won_deal_goes_to_tiktok_s_crm_event_set_with_its_lead() {
     assert_eq!(deal.plain["lead_event_source"], "pgcapi");
     assert_eq!(deal.value, Some(900.0));
 }
+
+#[tokio::test]
+async fn check_reads_the_offline_goals_and_sends_nothing() {
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = sandbox.base_url();
+    let env: Vec<(String, String)> = [
+        ("PGCAPI_DATABASE_URL", "postgres://unused/db".to_string()),
+        ("MSADS_DEVELOPER_TOKEN", "dev".into()),
+        ("MSADS_CLIENT_ID", "client".into()),
+        ("MSADS_REFRESH_TOKEN", "refresh".into()),
+        ("MSADS_ENDPOINT", base.clone()),
+        (
+            "MSADS_OAUTH_ENDPOINT",
+            format!("{base}/common/oauth2/v2.0/token"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config = config_from(CONFIG, &env);
+    let dest = &config.destinations["microsoft"];
+    // GIVEN the goal the rules name exists: the check passes
+    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("Offline purchase"), "{text}");
+    // GIVEN it does not: the check fails and names it
+    sandbox.microsoft_goals(&["Store visit"]);
+    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    assert!(!ok);
+    assert!(
+        text.contains("no offline conversion goal named Offline purchase"),
+        "{text}"
+    );
+    assert!(!text.contains("dev") && !text.contains("refresh"), "{text}");
+    // AND nothing was applied
+    let records = sandbox.records().microsoft_ads;
+    assert_eq!(records.counters.requests, 0);
+    assert_eq!(records.tokens_issued, 2);
+}
