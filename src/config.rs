@@ -567,6 +567,12 @@ pub struct RuleConfig {
     /// Template of the page URL (website events).
     #[serde(default)]
     pub event_source_url: Option<String>,
+    /// Template of the purchased items' ids, comma-separated (TikTok `contents[].content_id`).
+    #[serde(default)]
+    pub content_ids: Option<String>,
+    /// Template of the items' type, `product` or `product_group` (TikTok `content_type`).
+    #[serde(default)]
+    pub content_type: Option<String>,
     /// Destination names.
     #[serde(default)]
     pub destinations: Vec<String>,
@@ -788,6 +794,8 @@ impl Config {
                 ("event_id", &rule.event_id),
                 ("currency", &rule.currency),
                 ("event_source_url", &rule.event_source_url),
+                ("content_ids", &rule.content_ids),
+                ("content_type", &rule.content_type),
             ] {
                 if let Some(t) = field {
                     if let Err(e) = Template::parse(t) {
@@ -1371,6 +1379,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "consent",
         "action_source",
         "event_source_url",
+        "content_ids",
+        "content_type",
         "destinations",
         "match",
         "meta",

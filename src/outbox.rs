@@ -129,6 +129,12 @@ pub struct Payload {
     /// goal's name (`ConversionName`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion_action: Option<String>,
+    /// The purchased items' ids, comma-separated, if the rule maps them (TikTok `contents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_ids: Option<String>,
+    /// The items' type (`product`, `product_group`), if the rule maps it (TikTok `content_type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// When the ad was clicked, if the rule maps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub click_time: Option<DateTime<Utc>>,
@@ -158,6 +164,8 @@ impl Payload {
             ("platform_event", &self.platform_event),
             ("lead_event_source", &self.lead_event_source),
             ("conversion_action", &self.conversion_action),
+            ("content_ids", &self.content_ids),
+            ("content_type", &self.content_type),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -684,6 +692,8 @@ mod tests {
             platform_event in optional_text(),
             lead_event_source in optional_text(),
             conversion_action in optional_text(),
+            content_ids in optional_text(),
+            content_type in optional_text(),
             click_micros in proptest::option::of(0i64..4_000_000_000_000_000),
             consent in any::<bool>(),
         ) {
@@ -693,6 +703,8 @@ mod tests {
                 platform_event,
                 lead_event_source,
                 conversion_action,
+                content_ids,
+                content_type,
                 click_time: click_micros.map(|m| Utc.timestamp_micros(m).unwrap()),
                 consent,
             };

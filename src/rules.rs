@@ -107,6 +107,8 @@ struct Compiled {
     consent: Option<String>,
     action_source: Option<String>,
     event_source_url: Option<Template>,
+    content_ids: Option<Template>,
+    content_type: Option<Template>,
     destinations: Vec<(String, Platform)>,
     raw_fields: Vec<(RawField, String)>,
     lead_event_source: Option<String>,
@@ -159,6 +161,8 @@ impl Compiled {
             consent: rule.consent.clone(),
             action_source: rule.action_source.clone(),
             event_source_url: template(&rule.event_source_url),
+            content_ids: template(&rule.content_ids),
+            content_type: template(&rule.content_type),
             destinations: rule
                 .destinations
                 .iter()
@@ -189,6 +193,8 @@ impl Compiled {
         templated("event_id", &self.event_id);
         templated("currency", &self.currency);
         templated("event_source_url", &self.event_source_url);
+        templated("content_ids", &self.content_ids);
+        templated("content_type", &self.content_type);
         for (field, column) in [
             ("event_time", &self.event_time),
             ("value", &self.value),
@@ -449,7 +455,17 @@ impl Rules {
             match platform {
                 Platform::Meta => payload.platform_event = rule.meta_event.clone(),
                 Platform::GoogleAds => payload.conversion_action = rule.conversion_action.clone(),
-                Platform::Tiktok => payload.platform_event = rule.tiktok_event.clone(),
+                Platform::Tiktok => {
+                    payload.platform_event = rule.tiktok_event.clone();
+                    for (template, slot) in [
+                        (&rule.content_ids, &mut payload.content_ids),
+                        (&rule.content_type, &mut payload.content_type),
+                    ] {
+                        if let Some(t) = template {
+                            *slot = row.render(rule, t)?.filter(|v| !v.trim().is_empty());
+                        }
+                    }
+                }
                 // The goal name travels where Google's conversion action does, so that dispatch
                 // hands it to adjustments the same way.
                 Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),

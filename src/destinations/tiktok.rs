@@ -174,6 +174,21 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     if let Some(c) = d.currency.as_deref().filter(|c| !c.is_empty()) {
         properties.insert("currency".into(), json!(c.to_ascii_uppercase()));
     }
+    // Recommended Purchase parameters, when the rule maps them: the items and their type.
+    if let Some(ids) = d.payload.content_ids.as_deref() {
+        let contents: Vec<Value> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(|id| json!({ "content_id": id }))
+            .collect();
+        if !contents.is_empty() {
+            properties.insert("contents".into(), Value::Array(contents));
+        }
+    }
+    if let Some(kind) = d.payload.content_type.as_deref() {
+        properties.insert("content_type".into(), json!(kind.trim()));
+    }
     if !properties.is_empty() {
         event.insert("properties".into(), Value::Object(properties));
     }
@@ -603,5 +618,18 @@ mod tests {
         web.payload.keys.insert(MatchKey::LeadId, "1".into());
         let event = encode_event(&web, t0()).unwrap();
         assert!(event.get("lead").is_none() && event["user"].get("lead_id").is_none());
+    }
+
+    #[test]
+    fn purchases_carry_their_contents_and_type_when_the_rule_maps_them() {
+        let mut d = purchase(5, t0());
+        d.payload.content_ids = Some("sku-1, sku-2,".into());
+        d.payload.content_type = Some("product".into());
+        let event = encode_event(&d, t0()).unwrap();
+        assert_eq!(
+            event["properties"],
+            json!({"value": 49.9, "currency": "EUR", "content_type": "product",
+                   "contents": [{"content_id": "sku-1"}, {"content_id": "sku-2"}]})
+        );
     }
 }

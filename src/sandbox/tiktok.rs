@@ -9,7 +9,8 @@
 //! CRM events (`event_source: "crm"`, `event_source_id` = the CRM event set id) carry the TikTok lead
 //! as `data[].lead.{lead_id, lead_event_source}` (platform-audit.md T4); a CRM event with `user.lead_id`
 //! instead is refused. The recorded event's `plain` map also holds the envelope's `event_source_id`
-//! and the lead's `lead_id` / `lead_event_source`. Both the current standard names (`Purchase`,
+//! and the lead's `lead_id` / `lead_event_source`, and a purchase's `content_type` and its contents'
+//! ids (`content_ids`, comma-separated). Both the current standard names (`Purchase`,
 //! `Lead`) and the legacy ones TikTok still converts (`CompletePayment`, `SubmitForm`) are accepted.
 
 use std::collections::BTreeMap;
@@ -293,8 +294,19 @@ fn validate_properties(properties: Option<&Value>) -> Result<(), String> {
         }
     }
     if let Some(contents) = props.get("contents") {
-        if !contents.is_array() {
+        let Some(items) = contents.as_array() else {
             return Err("properties.contents must be an array".into());
+        };
+        if items.iter().any(|c| {
+            c.get("content_id")
+                .is_some_and(|id| id.as_str().is_none_or(str::is_empty))
+        }) {
+            return Err("properties.contents[].content_id must be a non-empty string".into());
+        }
+    }
+    if let Some(kind) = props.get("content_type") {
+        if !matches!(kind.as_str(), Some("product" | "product_group")) {
+            return Err("properties.content_type must be product or product_group".into());
         }
     }
     Ok(())
@@ -441,6 +453,18 @@ fn accepted_event(
     }
     plain.insert("event_source_id".into(), env.event_source_id.clone());
     let props = ev.get("properties");
+    if let Some(props) = props {
+        if let Some(kind) = props.get("content_type").and_then(Value::as_str) {
+            plain.insert("content_type".into(), kind.to_string());
+        }
+        if let Some(items) = props.get("contents").and_then(Value::as_array) {
+            let ids: Vec<&str> = items
+                .iter()
+                .filter_map(|c| c.get("content_id").and_then(Value::as_str))
+                .collect();
+            plain.insert("content_ids".into(), ids.join(","));
+        }
+    }
     AcceptedEvent {
         event_name,
         event_id,

@@ -385,6 +385,8 @@ event_time = "{paid_at}"
 value = "{total}"
 currency = "{currency}"
 action_source = "website"
+content_ids = "sku-{order_number}"
+content_type = "product"
 destinations = ["tiktok"]
 
 [rules.match]
@@ -448,6 +450,8 @@ async fn a_won_deal_goes_to_tiktok_s_crm_event_set_with_its_lead() {
     assert_eq!(order.source, "web");
     assert_eq!(order.plain["event_source_id"], "CTEST12345");
     assert!(!order.plain.contains_key("lead_id"));
+    assert_eq!(order.plain["content_type"], "product");
+    assert_eq!(order.plain["content_ids"], "sku-9001");
     let deal = events
         .iter()
         .find(|e| {
