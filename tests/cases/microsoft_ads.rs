@@ -508,3 +508,214 @@ async fn check_reads_the_offline_goals_and_sends_nothing() {
     assert_eq!(records.counters.requests, 0);
     assert_eq!(records.tokens_issued, 2);
 }
+
+/// Calls the sandbox's Microsoft Apply `path` with a fresh token and `body`; returns status and JSON.
+async fn apply(
+    sandbox: &SandboxHandle,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let base = sandbox.base_url();
+    let token: serde_json::Value = http
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "c"),
+            ("refresh_token", "r"),
+            (
+                "scope",
+                "https://ads.microsoft.com/msads.manage offline_access",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A rotated refresh token is accepted in turn.
+    let rotated = token["refresh_token"].as_str().unwrap();
+    let again = http
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "c"),
+            ("refresh_token", rotated),
+            (
+                "scope",
+                "https://ads.microsoft.com/msads.manage offline_access",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let response = http
+        .post(format!("{base}/CampaignManagement/v13/{path}"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .header("DeveloperToken", "dev")
+        .header("CustomerId", "1234567")
+        .header("CustomerAccountId", "7654321")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_sandbox_holds_microsoft_to_its_rules() {
+    use serde_json::json;
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let time = (Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let conversion = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
+        "MicrosoftClickId": CLICK, "ConversionValue": 10.0, "ConversionCurrencyCode": "USD"});
+    // A good row, an unknown field, an unknown goal, a bad click id: item errors by index, HTTP 200
+    let (status, body) = apply(
+        &sandbox,
+        "OfflineConversions/Apply",
+        json!({"OfflineConversions": [
+            conversion,
+            {"ConversionName": "Offline purchase", "ConversionTime": time, "MicrosoftClickId": LATE_CLICK, "OrderId": "x"},
+            {"ConversionName": "Nope", "ConversionTime": time, "MicrosoftClickId": LATE_CLICK},
+            {"ConversionName": "Offline purchase", "ConversionTime": time, "MicrosoftClickId": "not-a-click"},
+            conversion,
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let errors: Vec<(u64, &str)> = body["PartialErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["Index"].as_u64().unwrap(),
+                e["ErrorCode"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "SandboxUnknownField"),
+            (2, "OfflineConversionNameInvalid"),
+            (3, "OfflineConversionMicrosoftClickIdInvalid")
+        ]
+    );
+    // The duplicate (same goal, time and click) was ignored without an error
+    let records = sandbox.records().microsoft_ads;
+    assert_eq!(records.conversions.len(), 1);
+    assert_eq!(records.counters.deduplicated, 1);
+    // Adjustments: Retract with a value, Restate without one, and one matching no conversion are refused
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let adjust = |kind: &str, extra: serde_json::Value, click: &str| {
+        let mut a = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
+            "MicrosoftClickId": click, "AdjustmentType": kind, "AdjustmentTime": now});
+        a.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        a
+    };
+    let (status, body) = apply(
+        &sandbox,
+        "OfflineConversionAdjustments/Apply",
+        json!({"OfflineConversionAdjustments": [
+            adjust("Retract", json!({"AdjustmentValue": 1.0}), CLICK),
+            adjust("Restate", json!({}), CLICK),
+            adjust("Retract", json!({}), LATE_CLICK),
+            adjust("Restate", json!({"AdjustmentValue": 4.5, "AdjustmentCurrencyCode": "USD"}), CLICK),
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let errors: Vec<(u64, &str)> = body["PartialErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["Index"].as_u64().unwrap(),
+                e["ErrorCode"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (0, "OfflineConversionAdjustmentValueNotExpected"),
+            (1, "OfflineConversionAdjustmentValueRequired"),
+            (2, "SandboxUnknownConversion")
+        ]
+    );
+    assert_eq!(
+        sandbox.records().microsoft_ads.conversions[0].restated_value,
+        Some(4.5)
+    );
+    // An unknown request key and a missing bearer token are refused as a whole
+    let (status, body) = apply(
+        &sandbox,
+        "OfflineConversions/Apply",
+        json!({"OfflineConversions": [conversion], "PartialFailure": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let unauthenticated = reqwest::Client::new()
+        .post(format!(
+            "{}/CampaignManagement/v13/OfflineConversions/Apply",
+            sandbox.base_url()
+        ))
+        .json(&json!({"OfflineConversions": [conversion]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
+
+#[tokio::test]
+async fn lost_answers_are_resent_and_microsoft_counts_each_conversion_once() {
+    let s = start(CONFIG, &[]).await;
+    // GIVEN half of Microsoft's answers are lost after the conversions were recorded
+    s.sandbox.set_faults(pgcapi::sandbox::Faults {
+        accept_then_drop_ratio: 0.5,
+        seed: Some(11),
+        ..pgcapi::sandbox::Faults::default()
+    });
+    // WHEN 20 orders are paid in separate transactions
+    for i in 0..20 {
+        s.client
+            .execute(
+                "insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
+                 values ($1, md5($1), 5.00, 'paid', true, now())",
+                &[&format!("61{i:02}")],
+            )
+            .await
+            .unwrap();
+    }
+    // THEN all are sent, and the sandbox counted each one once whatever was resent
+    settled(&s.client, "conversion", 20).await;
+    let states = rows(&s.client, "conversion").await;
+    assert!(
+        states.iter().all(|(_, state, _)| state == "sent"),
+        "{states:?}"
+    );
+    let records = s.sandbox.records().microsoft_ads;
+    assert_eq!(records.conversions.len(), 20);
+    assert_eq!(records.counters.unique, 20);
+    assert!(
+        records.counters.responses_lost > 0,
+        "{:?}",
+        records.counters
+    );
+    assert!(
+        records.counters.duplicate_sends > 0,
+        "{:?}",
+        records.counters
+    );
+}
