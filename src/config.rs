@@ -878,6 +878,20 @@ impl Config {
                         )
                     }
                     Some(d)
+                        if d.platform == Platform::Tiktok
+                            && rule.action_source.as_deref() == Some("system_generated")
+                            && d.crm_event_set_id.is_none() =>
+                    {
+                        push(
+                            format!("destinations.{dest}.crm_event_set_id"),
+                            format!(
+                                "is required: rule {:?} sends CRM events (action_source = \
+                                 \"system_generated\") to TikTok, which takes them in a CRM event set",
+                                rule.name
+                            ),
+                        )
+                    }
+                    Some(d)
                         if d.platform == Platform::MicrosoftAds
                             && rule
                                 .microsoft
@@ -1633,6 +1647,60 @@ mod tests {
             Err(other) => panic!("expected Invalid, got {other}"),
             Ok(_) => panic!("expected Invalid, got a config"),
         }
+    }
+
+    #[test]
+    fn microsoft_and_tiktok_crm_keys_are_checked() {
+        // A Microsoft destination with its keys, a rule sending to it without a goal name, and a CRM
+        // rule sending to TikTok without a CRM event set.
+        let text = CONTRACT.replace(
+            "destinations = [\"meta\", \"google\"]",
+            "destinations = [\"meta\", \"google\", \"tiktok\", \"microsoft\"]",
+        ) + r#"
+[destinations.microsoft]
+platform = "microsoft_ads"
+customer_id = "1234567"
+account_id = "7654321"
+developer_token = "d"
+client_id = "c"
+refresh_token = "r"
+"#;
+        let problems = problems_of(&text, &env_all);
+        assert!(
+            problems.iter().any(
+                |p| p.starts_with("rules[2] (deal_won).microsoft.conversion_name: is required")
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("destinations.tiktok.crm_event_set_id: is required")),
+            "{problems:?}"
+        );
+        let fixed = text
+            .replace(
+                "[rules.meta]\nlead_event_source",
+                "[rules.microsoft]\nconversion_name = \"Won deal\"\n\n[rules.meta]\nlead_event_source",
+            )
+            .replace(
+                "pixel_code = \"CTEST12345\"",
+                "pixel_code = \"CTEST12345\"\ncrm_event_set_id = \"7300000000000000001\"",
+            );
+        let config =
+            Config::from_toml(&fixed, "x.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+        let ms = &config.destinations["microsoft"];
+        assert_eq!(ms.platform, Platform::MicrosoftAds);
+        assert_eq!(ms.account_id.as_deref(), Some("7654321"));
+        assert_eq!(
+            config
+                .rule("deal_won")
+                .unwrap()
+                .microsoft
+                .conversion_name
+                .as_deref(),
+            Some("Won deal")
+        );
     }
 
     #[test]
