@@ -199,6 +199,19 @@ fn not_before(at: DateTime<Utc>, now: DateTime<Utc>, what: &str) -> Result<(), O
 /// Builds one `OfflineConversion`, or the outcome that replaces sending it.
 pub fn encode_conversion(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
     let mut c = identity(d, now)?;
+    // With a known click time: the conversion must follow its click, within 90 days of it.
+    if let (true, Some(clicked)) = (c.contains_key("MicrosoftClickId"), d.payload.click_time) {
+        if d.event_time < clicked {
+            return Err(Outcome::failed(
+                "microsoft ads: the conversion time is earlier than the click time",
+            ));
+        }
+        if clicked < now - TimeDelta::days(MAX_AGE_DAYS) {
+            return Err(Outcome::skipped(format!(
+                "click too old for microsoft ads ({MAX_AGE_DAYS} days)"
+            )));
+        }
+    }
     not_before(
         d.event_time,
         now,
@@ -947,6 +960,25 @@ mod tests {
     }
 
     #[test]
+    fn a_known_click_time_bounds_the_conversion() {
+        let mut d = purchase(1, t0());
+        microsoft(&mut d);
+        d.payload.click_time = Some(t0() + TimeDelta::minutes(5));
+        assert!(matches!(
+            encode_conversion(&d, t0() + TimeDelta::hours(1)),
+            Err(Outcome::Failed { .. })
+        ));
+        d.payload.click_time = Some(t0() - TimeDelta::days(89));
+        assert!(encode_conversion(&d, t0()).is_ok());
+        assert_eq!(
+            encode_conversion(&d, t0() + TimeDelta::days(2)),
+            Err(Outcome::skipped(
+                "click too old for microsoft ads (90 days)"
+            ))
+        );
+    }
+
+    #[test]
     fn a_future_conversion_time_waits_instead_of_being_refused() {
         let mut d = purchase(1, t0() + TimeDelta::seconds(3));
         microsoft(&mut d);
@@ -956,6 +988,58 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_refresh_token_is_used_for_the_next_refresh() {
+        use axum::routing::post;
+        use std::sync::{Arc, Mutex};
+        // GIVEN a token endpoint that answers each refresh with a new refresh token
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = seen.clone();
+        let app = axum::Router::new().route(
+            "/token",
+            post(move |body: String| {
+                let s = s.clone();
+                async move {
+                    assert!(body.contains("grant_type=refresh_token"), "{body}");
+                    assert!(body.contains("msads.manage"), "{body}");
+                    assert!(!body.contains("client_secret"), "{body}");
+                    let n = {
+                        let mut seen = s.lock().unwrap();
+                        seen.push(body);
+                        seen.len()
+                    };
+                    axum::Json(
+                        json!({"access_token": format!("at-{n}"), "expires_in": 3600,
+                        "refresh_token": format!("rt-{n}"), "token_type": "Bearer"}),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = DestinationConfig {
+            token_endpoint: Some(format!("http://{addr}/token")),
+            customer_id: Some("1234567".into()),
+            account_id: Some("7654321".into()),
+            developer_token: Some(Secret::new("dev")),
+            client_id: Some(Secret::new("cid")),
+            refresh_token: Some(Secret::new("rt-0")),
+            ..crate::destinations::test_support::empty_config(Platform::MicrosoftAds)
+        };
+        let ms = MicrosoftAds::new("microsoft", &config, &DispatchConfig::default()).unwrap();
+        // WHEN a token is fetched, cached, and fetched again after the cache is dropped
+        assert_eq!(ms.access_token().await.unwrap().expose(), "at-1");
+        assert_eq!(ms.access_token().await.unwrap().expose(), "at-1");
+        ms.token.lock().await.cached = None;
+        assert_eq!(ms.access_token().await.unwrap().expose(), "at-2");
+        // THEN the second refresh used the rotated token
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(seen[0].contains("refresh_token=rt-0"), "{}", seen[0]);
+        assert!(seen[1].contains("refresh_token=rt-1"), "{}", seen[1]);
     }
 
     #[test]
