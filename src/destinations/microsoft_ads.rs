@@ -788,7 +788,11 @@ pub fn classify(
         .flat_map(|f| errors(&parsed, f))
         .collect();
     let mut row_errors = errors(&parsed, "PartialErrors");
-    row_errors.extend(errors(&parsed, "BatchErrors"));
+    let fault_rows = errors(&parsed, "BatchErrors");
+    // Row errors inside a fault (not a 200 with `PartialErrors`): the call failed, so the rows it
+    // names nothing against are not known to be applied.
+    let failed_call = !fault_rows.is_empty() || !status.is_success();
+    row_errors.extend(fault_rows);
     let all = request_errors.iter().chain(&row_errors);
     if all.clone().any(MsError::is_throttle) {
         let first = all.clone().find(|e| e.is_throttle()).map(MsError::describe);
@@ -870,8 +874,18 @@ pub fn classify(
         outcomes
             .into_iter()
             .map(|o| {
-                o.unwrap_or_else(|| Outcome::Sent {
-                    platform_ref: tracking.clone(),
+                o.unwrap_or_else(|| {
+                    if failed_call {
+                        // Resending is safe: Microsoft ignores a conversion it already has.
+                        Outcome::retry(format!(
+                            "microsoft ads: HTTP {}: the call failed for other rows of the request",
+                            status.as_u16()
+                        ))
+                    } else {
+                        Outcome::Sent {
+                            platform_ref: tracking.clone(),
+                        }
+                    }
                 })
             })
             .collect(),
@@ -1075,6 +1089,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn row_errors_inside_a_fault_fail_their_rows_and_retry_the_others() {
+        let body = json!({"TrackingId": "t", "Type": "ApiFaultDetail", "BatchErrors": [
+            {"Code": null, "ErrorCode": "OfflineConversionMicrosoftClickIdInvalid",
+             "Message": "Bad click.", "Index": 0}]})
+        .to_string();
+        let Answer::Rows(out) = classify(reqwest::StatusCode::BAD_REQUEST, None, &body, 2) else {
+            panic!()
+        };
+        assert_eq!(
+            out[0],
+            Outcome::failed("OfflineConversionMicrosoftClickIdInvalid: Bad click.")
+        );
+        assert!(matches!(out[1], Outcome::Retry { .. }), "{:?}", out[1]);
     }
 
     #[test]
