@@ -227,6 +227,9 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
                 }
                 continue;
             }
+            Platform::MicrosoftAds => {
+                crate::destinations::microsoft_ads::check(config, name, dest).await
+            }
         };
         list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
     }

@@ -24,15 +24,18 @@ pub enum Platform {
     Tiktok,
     /// Google Ads conversions through the Data Manager API (`datamanager.googleapis.com`).
     GoogleDataManager,
+    /// Microsoft Advertising offline conversions (Campaign Management REST).
+    MicrosoftAds,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 4] = [
+    pub const ALL: [Platform; 5] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
         Platform::GoogleDataManager,
+        Platform::MicrosoftAds,
     ];
 
     /// The stable name used in config, logs, metrics and the control table.
@@ -42,10 +45,11 @@ impl Platform {
             Platform::GoogleAds => "google_ads",
             Platform::Tiktok => "tiktok",
             Platform::GoogleDataManager => "google_data_manager",
+            Platform::MicrosoftAds => "microsoft_ads",
         }
     }
 
-    /// The platform of a config name (`meta`, `google_ads`, `tiktok`).
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`).
     pub fn from_name(name: &str) -> Option<Platform> {
         Platform::ALL.into_iter().find(|p| p.as_str() == name)
     }
@@ -53,7 +57,10 @@ impl Platform {
     /// Whether the platform can retract a conversion it has already accepted (Data Manager through
     /// its `refunds` setting: a Google Ads API retraction, a restatement to zero, or a skip).
     pub fn can_retract(self) -> bool {
-        matches!(self, Platform::GoogleAds | Platform::GoogleDataManager)
+        matches!(
+            self,
+            Platform::GoogleAds | Platform::GoogleDataManager | Platform::MicrosoftAds
+        )
     }
 
     /// Whether the platform is one of Google's (conversion actions, Google normalization).
@@ -427,6 +434,12 @@ pub struct DestinationConfig {
     /// TikTok pixel code (`event_source_id`).
     #[serde(default)]
     pub pixel_code: Option<String>,
+    /// TikTok CRM event set id: the `event_source_id` of CRM events (`action_source = "system_generated"`).
+    #[serde(default)]
+    pub crm_event_set_id: Option<String>,
+    /// Microsoft Advertising account id, sent as `CustomerAccountId`.
+    #[serde(default)]
+    pub account_id: Option<String>,
     /// Google Ads customer id (digits, no dashes).
     #[serde(default)]
     pub customer_id: Option<String>,
@@ -495,6 +508,13 @@ impl DestinationConfig {
             Platform::GoogleAds => &["customer_id"],
             Platform::Tiktok => &["pixel_code", "access_token"],
             Platform::GoogleDataManager => &["operating_account"],
+            Platform::MicrosoftAds => &[
+                "customer_id",
+                "account_id",
+                "developer_token",
+                "client_id",
+                "refresh_token",
+            ],
         }
     }
 
@@ -534,6 +554,7 @@ impl DestinationConfig {
             "pixel_code" => self.pixel_code.is_some(),
             "customer_id" => self.customer_id.is_some(),
             "operating_account" => self.operating_account.is_some(),
+            "account_id" => self.account_id.is_some(),
             "developer_token" => self.developer_token.is_some(),
             "client_id" => self.client_id.is_some(),
             "client_secret" => self.client_secret.is_some(),
@@ -623,6 +644,12 @@ pub struct RuleConfig {
     /// Template of the page URL (website events).
     #[serde(default)]
     pub event_source_url: Option<String>,
+    /// Template of the purchased items' ids, comma-separated (TikTok `contents[].content_id`).
+    #[serde(default)]
+    pub content_ids: Option<String>,
+    /// Template of the items' type, `product` or `product_group` (TikTok `content_type`).
+    #[serde(default)]
+    pub content_type: Option<String>,
     /// Destination names.
     #[serde(default)]
     pub destinations: Vec<String>,
@@ -638,6 +665,9 @@ pub struct RuleConfig {
     /// TikTok-specific settings.
     #[serde(default)]
     pub tiktok: TiktokRuleConfig,
+    /// Microsoft Advertising-specific settings.
+    #[serde(default)]
+    pub microsoft: MicrosoftRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -693,6 +723,14 @@ pub struct TiktokRuleConfig {
     /// The TikTok event name (`CompletePayment`, ...).
     #[serde(default)]
     pub event: Option<String>,
+}
+
+/// `[rules.microsoft]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MicrosoftRuleConfig {
+    /// The name of the offline conversion goal (`ConversionName`), exactly as in Microsoft Advertising.
+    #[serde(default)]
+    pub conversion_name: Option<String>,
 }
 
 /// Match-key names accepted in `[rules.match]` besides [`MatchKey`] names: `fbclid` (builds `fbc`) and
@@ -863,6 +901,8 @@ impl Config {
                 ("event_id", &rule.event_id),
                 ("currency", &rule.currency),
                 ("event_source_url", &rule.event_source_url),
+                ("content_ids", &rule.content_ids),
+                ("content_type", &rule.content_type),
             ] {
                 if let Some(t) = field {
                     if let Err(e) = Template::parse(t) {
@@ -941,6 +981,36 @@ impl Config {
                         push(
                             at("google.conversion_action"),
                             format!("is required to send to Google destination {dest:?}"),
+                        )
+                    }
+                    Some(d)
+                        if d.platform == Platform::Tiktok
+                            && rule.action_source.as_deref() == Some("system_generated")
+                            && d.crm_event_set_id.is_none() =>
+                    {
+                        push(
+                            format!("destinations.{dest}.crm_event_set_id"),
+                            format!(
+                                "is required: rule {:?} sends CRM events (action_source = \
+                                 \"system_generated\") to TikTok, which takes them in a CRM event set",
+                                rule.name
+                            ),
+                        )
+                    }
+                    Some(d)
+                        if d.platform == Platform::MicrosoftAds
+                            && rule
+                                .microsoft
+                                .conversion_name
+                                .as_deref()
+                                .is_none_or(|n| n.trim().is_empty()) =>
+                    {
+                        push(
+                            at("microsoft.conversion_name"),
+                            format!(
+                                "is required to send to Microsoft Advertising destination {dest:?} \
+                                 (the offline conversion goal's name)"
+                            ),
                         )
                     }
                     Some(_) => {}
@@ -1420,7 +1490,12 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "token_endpoint",
         "validate_only",
     ];
-    const TIKTOK: &[&str] = &["pixel_code", "access_token", "test_event_code"];
+    const TIKTOK: &[&str] = &[
+        "pixel_code",
+        "access_token",
+        "test_event_code",
+        "crm_event_set_id",
+    ];
     const GOOGLE_DATA_MANAGER: &[&str] = &[
         "operating_account",
         "login_account",
@@ -1434,6 +1509,15 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "ads_endpoint",
         "developer_token",
     ];
+    const MICROSOFT: &[&str] = &[
+        "customer_id",
+        "account_id",
+        "developer_token",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "token_endpoint",
+    ];
     const RULE: &[&str] = &[
         "name",
         "table",
@@ -1446,11 +1530,14 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "consent",
         "action_source",
         "event_source_url",
+        "content_ids",
+        "content_type",
         "destinations",
         "match",
         "meta",
         "google",
         "tiktok",
+        "microsoft",
         "retracts",
         "restates",
     ];
@@ -1491,6 +1578,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::GoogleAds) => GOOGLE,
                 Some(Platform::Tiktok) => TIKTOK,
                 Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
+                Some(Platform::MicrosoftAds) => MICROSOFT,
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
@@ -1522,6 +1610,12 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 rule.get("tiktok"),
                 &format!("{path}.tiktok"),
                 &["event"],
+                &mut unknown,
+            );
+            check(
+                rule.get("microsoft"),
+                &format!("{path}.microsoft"),
+                &["conversion_name"],
                 &mut unknown,
             );
         }
@@ -1696,6 +1790,60 @@ mod tests {
             Err(other) => panic!("expected Invalid, got {other}"),
             Ok(_) => panic!("expected Invalid, got a config"),
         }
+    }
+
+    #[test]
+    fn microsoft_and_tiktok_crm_keys_are_checked() {
+        // A Microsoft destination with its keys, a rule sending to it without a goal name, and a CRM
+        // rule sending to TikTok without a CRM event set.
+        let text = CONTRACT.replace(
+            "destinations = [\"meta\", \"google\"]",
+            "destinations = [\"meta\", \"google\", \"tiktok\", \"microsoft\"]",
+        ) + r#"
+[destinations.microsoft]
+platform = "microsoft_ads"
+customer_id = "1234567"
+account_id = "7654321"
+developer_token = "d"
+client_id = "c"
+refresh_token = "r"
+"#;
+        let problems = problems_of(&text, &env_all);
+        assert!(
+            problems.iter().any(
+                |p| p.starts_with("rules[2] (deal_won).microsoft.conversion_name: is required")
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("destinations.tiktok.crm_event_set_id: is required")),
+            "{problems:?}"
+        );
+        let fixed = text
+            .replace(
+                "[rules.meta]\nlead_event_source",
+                "[rules.microsoft]\nconversion_name = \"Won deal\"\n\n[rules.meta]\nlead_event_source",
+            )
+            .replace(
+                "pixel_code = \"CTEST12345\"",
+                "pixel_code = \"CTEST12345\"\ncrm_event_set_id = \"7300000000000000001\"",
+            );
+        let config =
+            Config::from_toml(&fixed, "x.toml", &env_all).unwrap_or_else(|e| panic!("{e}"));
+        let ms = &config.destinations["microsoft"];
+        assert_eq!(ms.platform, Platform::MicrosoftAds);
+        assert_eq!(ms.account_id.as_deref(), Some("7654321"));
+        assert_eq!(
+            config
+                .rule("deal_won")
+                .unwrap()
+                .microsoft
+                .conversion_name
+                .as_deref(),
+            Some("Won deal")
+        );
     }
 
     #[test]

@@ -96,6 +96,8 @@ async fn story(cluster: &Cluster, sandbox: &SandboxHandle) -> Result<String, Str
                 base.clone()
             }
             "GOOGLE_OAUTH_ENDPOINT" => format!("{base}/token"),
+            "MSADS_ENDPOINT" => base.clone(),
+            "MSADS_OAUTH_ENDPOINT" => format!("{base}/common/oauth2/v2.0/token"),
             _ => "demo-secret".to_string(),
         })
     };
@@ -244,6 +246,29 @@ fn received(sandbox: &SandboxHandle) -> String {
             "google",
             a.adjustment_type,
             a.order_id.as_deref().unwrap_or("-")
+        );
+    }
+    let microsoft = &records.microsoft_ads;
+    for c in &microsoft.conversions {
+        let _ = writeln!(
+            out,
+            "  {:<7} {:<16} {:<18} msclkid={} time={}",
+            "msads",
+            "conversion",
+            c.conversion_name,
+            c.microsoft_click_id.as_deref().unwrap_or("-"),
+            c.conversion_time
+        );
+    }
+    for a in &microsoft.adjustments {
+        let _ = writeln!(
+            out,
+            "  {:<7} {:<16} {:<18} msclkid={} time={}",
+            "msads",
+            a.adjustment_type,
+            a.conversion_name,
+            a.microsoft_click_id.as_deref().unwrap_or("-"),
+            a.conversion_time
         );
     }
     out

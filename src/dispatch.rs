@@ -680,7 +680,9 @@ impl Dispatcher {
                         resolved.wait(d.id, Duration::ZERO);
                         continue;
                     }
-                    // A Data Manager restatement is the conversion's event again: its identifiers.
+                    // An adjustment names the conversion as it was sent: a Data Manager restatement
+                    // is its event again, Microsoft identifies it by its click id (or hashed email
+                    // or phone).
                     if d.payload.keys.is_empty() {
                         if let Some(sent) = &target.payload {
                             d.payload.keys = sent.keys.clone();
@@ -1089,8 +1091,8 @@ fn finished(
     }
 }
 
-/// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: only Google
-/// Ads among the supported platforms).
+/// Whether the platform can withdraw or restate a conversion it counted (platforms.md §7: Google Ads;
+/// platforms-next.md §1: Microsoft Advertising offline conversions).
 pub fn can_retract(platform: Platform) -> bool {
     platform.can_retract()
 }

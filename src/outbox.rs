@@ -140,9 +140,16 @@ pub struct Payload {
     /// Meta CRM events: the CRM's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lead_event_source: Option<String>,
-    /// Google Ads conversion action resource name.
+    /// Google Ads conversion action resource name; for Microsoft Advertising, the offline conversion
+    /// goal's name (`ConversionName`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion_action: Option<String>,
+    /// The purchased items' ids, comma-separated, if the rule maps them (TikTok `contents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_ids: Option<String>,
+    /// The items' type (`product`, `product_group`), if the rule maps it (TikTok `content_type`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// When the ad was clicked, if the rule maps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub click_time: Option<DateTime<Utc>>,
@@ -176,6 +183,8 @@ impl Payload {
             ("platform_event", &self.platform_event),
             ("lead_event_source", &self.lead_event_source),
             ("conversion_action", &self.conversion_action),
+            ("content_ids", &self.content_ids),
+            ("content_type", &self.content_type),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -768,6 +777,8 @@ mod tests {
             platform_event in optional_text(),
             lead_event_source in optional_text(),
             conversion_action in optional_text(),
+            content_ids in optional_text(),
+            content_type in optional_text(),
             click_micros in proptest::option::of(0i64..4_000_000_000_000_000),
             consent in any::<bool>(),
             consent_column in any::<bool>(),
@@ -778,6 +789,8 @@ mod tests {
                 platform_event,
                 lead_event_source,
                 conversion_action,
+                content_ids,
+                content_type,
                 click_time: click_micros.map(|m| Utc.timestamp_micros(m).unwrap()),
                 consent,
                 consent_column,

@@ -120,6 +120,8 @@ struct Compiled {
     consent: Option<String>,
     action_source: Option<String>,
     event_source_url: Option<Template>,
+    content_ids: Option<Template>,
+    content_type: Option<Template>,
     destinations: Vec<(String, Platform)>,
     raw_fields: Vec<(RawField, String)>,
     lead_event_source: Option<String>,
@@ -129,6 +131,8 @@ struct Compiled {
     on_delete: OnDelete,
     /// Set once a DELETE could not be matched to this rule's conversion (reported once per process).
     delete_unmatched: std::sync::atomic::AtomicBool,
+    /// Microsoft Advertising offline conversion goal name.
+    conversion_name: Option<String>,
 }
 
 impl Compiled {
@@ -173,6 +177,8 @@ impl Compiled {
             consent: rule.consent.clone(),
             action_source: rule.action_source.clone(),
             event_source_url: template(&rule.event_source_url),
+            content_ids: template(&rule.content_ids),
+            content_type: template(&rule.content_type),
             destinations: rule
                 .destinations
                 .iter()
@@ -185,6 +191,7 @@ impl Compiled {
             tiktok_event: rule.tiktok.event.clone(),
             on_delete: rule.on_delete,
             delete_unmatched: std::sync::atomic::AtomicBool::new(false),
+            conversion_name: rule.microsoft.conversion_name.clone(),
         }
     }
 
@@ -240,6 +247,8 @@ impl Compiled {
         templated("event_id", &self.event_id);
         templated("currency", &self.currency);
         templated("event_source_url", &self.event_source_url);
+        templated("content_ids", &self.content_ids);
+        templated("content_type", &self.content_type);
         for (field, column) in [
             ("event_time", &self.event_time),
             ("value", &self.value),
@@ -686,7 +695,20 @@ impl Rules {
                 Platform::GoogleAds | Platform::GoogleDataManager => {
                     payload.conversion_action = rule.conversion_action.clone()
                 }
-                Platform::Tiktok => payload.platform_event = rule.tiktok_event.clone(),
+                Platform::Tiktok => {
+                    payload.platform_event = rule.tiktok_event.clone();
+                    for (template, slot) in [
+                        (&rule.content_ids, &mut payload.content_ids),
+                        (&rule.content_type, &mut payload.content_type),
+                    ] {
+                        if let Some(t) = template {
+                            *slot = row.render(rule, t)?.filter(|v| !v.trim().is_empty());
+                        }
+                    }
+                }
+                // The goal name travels where Google's conversion action does, so that dispatch
+                // hands it to adjustments the same way.
+                Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
@@ -783,10 +805,13 @@ impl Rules {
                 currency: fields.currency.clone(),
                 action_source: target.action_source.clone(),
                 payload: Payload {
-                    conversion_action: platform
-                        .is_google()
-                        .then(|| target.conversion_action.clone())
-                        .flatten(),
+                    conversion_action: match platform {
+                        Platform::GoogleAds | Platform::GoogleDataManager => {
+                            target.conversion_action.clone()
+                        }
+                        Platform::MicrosoftAds => target.conversion_name.clone(),
+                        Platform::Meta | Platform::Tiktok => None,
+                    },
                     consent: true,
                     ..Payload::default()
                 },
@@ -955,10 +980,16 @@ impl EventFields {
                 return Ok(Err(format!("value column {column:?} {reason}")));
             }
         }
-        let currency = match &value_rule.currency {
+        // An adjustment without a currency of its own keeps the adjusted conversion's: a partial
+        // refund of a EUR order is restated in EUR, not in the default currency.
+        let (currency_rule, currency_template) = match (&value_rule.currency, &id_rule.currency) {
+            (Some(t), _) => (value_rule, Some(t)),
+            (None, t) => (id_rule, t.as_ref()),
+        };
+        let currency = match currency_template {
             None => Some(default_currency.to_string()),
             Some(t) => {
-                let text = row.render(value_rule, t)?.unwrap_or_default();
+                let text = row.render(currency_rule, t)?.unwrap_or_default();
                 let text = text.trim().to_ascii_uppercase();
                 if text.is_empty() {
                     Some(default_currency.to_string())

@@ -7,12 +7,13 @@
 //!
 //! Platforms differ in how a batch fails (platforms.md §8 item 9): Meta and TikTok reject a whole request
 //! for one bad event, so their modules bisect rejected batches ([`isolate`]) until the bad events stand
-//! alone; Google Ads answers per row by index.
+//! alone; Google Ads and Microsoft Advertising answer per row by index.
 
 pub mod google_ads;
 pub mod google_auth;
 pub mod google_data_manager;
 pub mod meta;
+pub mod microsoft_ads;
 pub mod tiktok;
 
 use crate::config::{DestinationConfig, DispatchConfig, Platform};
@@ -186,6 +187,9 @@ pub fn build(
         Platform::GoogleDataManager => Box::new(google_data_manager::GoogleDataManager::new(
             name, config, dispatch,
         )?),
+        Platform::MicrosoftAds => {
+            Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
+        }
     })
 }
 
@@ -514,6 +518,8 @@ pub(crate) mod test_support {
             access_token: None,
             test_event_code: None,
             pixel_code: None,
+            crm_event_set_id: None,
+            account_id: None,
             customer_id: None,
             login_customer_id: None,
             developer_token: None,
@@ -677,6 +683,7 @@ mod preview_tests {
     fn a_tiktok_preview_sends_web_and_crm_events_apart() {
         let config = DestinationConfig {
             pixel_code: Some("CPIX".into()),
+            crm_event_set_id: Some("CRMSET".into()),
             access_token: Some(Secret::new("tok")),
             ..empty_config(Platform::Tiktok)
         };
@@ -692,5 +699,7 @@ mod preview_tests {
             .collect();
         assert_eq!(sources, [&json!("web"), &json!("crm")]);
         assert_eq!(preview.requests[1].rows, vec![1]);
+        assert_eq!(preview.requests[0].body["event_source_id"], "CPIX");
+        assert_eq!(preview.requests[1].body["event_source_id"], "CRMSET");
     }
 }

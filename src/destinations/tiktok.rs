@@ -2,7 +2,14 @@
 //!
 //! TikTok answers HTTP 200 with a JSON `code` that decides the outcome: 0 is success; one bad event
 //! fails the whole request, so rejected batches are bisected like Meta's. `event_source` is an envelope
-//! field, so web and CRM events travel in separate requests. TikTok cannot retract (§7).
+//! field, so web and CRM events travel in separate requests: web events to the pixel (`pixel_code`),
+//! CRM events (`action_source = "system_generated"`) to the CRM event set (`crm_event_set_id`), with
+//! the TikTok lead as `lead.{lead_id, lead_event_source}` (platform-audit.md T4). TikTok cannot
+//! retract (§7).
+//!
+//! Event names: the rule's event (or `[rules.tiktok] event`) is sent as is. TikTok's current standard
+//! names are `Purchase` and `Lead` (renamed from `CompletePayment` and `SubmitForm` in May 2025; the
+//! legacy names are still converted by TikTok), so a rule's `Purchase` needs no override.
 
 use super::{
     base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
@@ -42,8 +49,10 @@ pub struct Tiktok {
     url: String,
     /// The access token.
     access_token: Secret,
-    /// `event_source_id`.
+    /// `event_source_id` of web events.
     pixel_code: String,
+    /// `event_source_id` of CRM events.
+    crm_event_set_id: Option<String>,
     /// Routes events to the platform's test tool.
     test_event_code: Option<String>,
     /// Events per request.
@@ -68,6 +77,10 @@ impl Tiktok {
             ),
             access_token: required(name, "access_token", &config.access_token)?.clone(),
             pixel_code: required(name, "pixel_code", &config.pixel_code)?.clone(),
+            crm_event_set_id: config
+                .crm_event_set_id
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
             test_event_code: config.test_event_code.clone(),
             max_batch: batch_size(config, MAX_EVENTS),
             http: super::http_client(name, dispatch)?,
@@ -89,7 +102,6 @@ fn user_field(key: MatchKey) -> Option<&'static str> {
         MatchKey::Ttp => "ttp",
         MatchKey::ClientIp => "ip",
         MatchKey::UserAgent => "user_agent",
-        MatchKey::LeadId => "lead_id",
         _ => return None,
     })
 }
@@ -122,11 +134,24 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
             user.insert(field.to_string(), json!(value));
         }
     }
+    // A CRM event names TikTok's lead in `lead`, not in `user`.
+    let lead = match (event_source(d), d.payload.keys.get(&MatchKey::LeadId)) {
+        ("crm", Some(lead_id)) => {
+            let mut lead = Map::new();
+            lead.insert("lead_id".into(), json!(lead_id));
+            if let Some(source) = d.payload.lead_event_source.as_deref() {
+                lead.insert("lead_event_source".into(), json!(source));
+            }
+            Some(Value::Object(lead))
+        }
+        _ => None,
+    };
     let has = |k: &str| user.contains_key(k);
-    let usable = ["email", "phone", "external_id", "ttclid", "ttp", "lead_id"]
+    let usable = ["email", "phone", "external_id", "ttclid", "ttp"]
         .iter()
         .any(|k| has(k))
-        || (has("ip") && has("user_agent"));
+        || (has("ip") && has("user_agent"))
+        || lead.is_some();
     if !usable {
         return Err(Outcome::skipped("no usable match key for tiktok"));
     }
@@ -135,6 +160,9 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     event.insert("event_time".into(), json!(d.event_time.timestamp()));
     event.insert("event_id".into(), json!(d.event_id));
     event.insert("user".into(), Value::Object(user));
+    if let Some(lead) = lead {
+        event.insert("lead".into(), lead);
+    }
     let mut properties = Map::new();
     match value_number(d) {
         Ok(Some(v)) => {
@@ -145,6 +173,21 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     }
     if let Some(c) = d.currency.as_deref().filter(|c| !c.is_empty()) {
         properties.insert("currency".into(), json!(c.to_ascii_uppercase()));
+    }
+    // Recommended Purchase parameters, when the rule maps them: the items and their type.
+    if let Some(ids) = d.payload.content_ids.as_deref() {
+        let contents: Vec<Value> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(|id| json!({ "content_id": id }))
+            .collect();
+        if !contents.is_empty() {
+            properties.insert("contents".into(), Value::Array(contents));
+        }
+    }
+    if let Some(kind) = d.payload.content_type.as_deref() {
+        properties.insert("content_type".into(), json!(kind.trim()));
     }
     if !properties.is_empty() {
         event.insert("properties".into(), Value::Object(properties));
@@ -188,6 +231,14 @@ struct Envelope<'a> {
 // ---------------------------------------------------------------------------------------------
 
 impl Tiktok {
+    /// The `event_source_id` of a group: the CRM event set for `crm`, else the pixel.
+    fn event_source_id(&self, source: &str) -> &str {
+        match (source, &self.crm_event_set_id) {
+            ("crm", Some(set)) => set,
+            _ => &self.pixel_code,
+        }
+    }
+
     /// Sends one request with the events at `indices`, all of event source `source`.
     async fn post(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
         let started = std::time::Instant::now();
@@ -200,7 +251,7 @@ impl Tiktok {
     async fn post_untimed(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
         let body = Envelope {
             event_source: source,
-            event_source_id: &self.pixel_code,
+            event_source_id: self.event_source_id(source),
             data: Picked {
                 items: events,
                 indices,
@@ -237,7 +288,7 @@ impl Destination for Tiktok {
                 events,
                 groups,
                 mut outcomes,
-            } = plan(batch, Utc::now());
+            } = plan(batch, Utc::now(), self.crm_event_set_id.is_some());
             let events = &events;
             for (source, rows) in groups {
                 outcomes.extend(
@@ -256,7 +307,7 @@ impl Destination for Tiktok {
             events,
             groups,
             outcomes,
-        } = plan(batch, Utc::now());
+        } = plan(batch, Utc::now(), self.crm_event_set_id.is_some());
         let requests = groups
             .into_iter()
             .filter(|(_, rows)| !rows.is_empty())
@@ -264,7 +315,7 @@ impl Destination for Tiktok {
                 url: self.url.clone(),
                 body: request_body(
                     source,
-                    &self.pixel_code,
+                    self.event_source_id(source),
                     self.test_event_code.as_deref(),
                     rows.iter().map(|&i| events[i].clone()).collect(),
                 ),
@@ -286,14 +337,21 @@ struct Plan {
     outcomes: Vec<(usize, Outcome)>,
 }
 
-/// Encodes `batch` as of `now`.
-fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+/// Encodes `batch` as of `now`; CRM events fail without a CRM event set (`crm_set`).
+fn plan(batch: &[Delivery], now: DateTime<Utc>, crm_set: bool) -> Plan {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
     let mut web = Vec::new();
     let mut crm = Vec::new();
     for (i, d) in batch.iter().enumerate() {
-        match encode_event(d, now) {
+        let encoded = match encode_event(d, now) {
+            Ok(_) if event_source(d) == "crm" && !crm_set => Err(Outcome::failed(
+                "tiktok: a CRM event (action_source system_generated) goes to a CRM event set: \
+                 set crm_event_set_id in the destination",
+            )),
+            other => other,
+        };
+        match encoded {
             Ok(event) => {
                 events.push(event);
                 match event_source(d) {
@@ -394,9 +452,8 @@ mod tests {
 
     #[test]
     fn a_website_purchase_becomes_tiktok_s_exact_event_shape() {
-        // GIVEN a website purchase whose TikTok event name differs from the rule's
-        let mut d = purchase(7, t0());
-        d.payload.platform_event = Some("CompletePayment".into());
+        // GIVEN a website purchase: the rule's `Purchase` is TikTok's current standard name
+        let d = purchase(7, t0());
         // WHEN it is encoded into a request
         let event = encode_event(&d, t0()).unwrap();
         let body = request_body(event_source(&d), "CTEST12345", None, vec![event]);
@@ -407,7 +464,7 @@ mod tests {
                 "event_source": "web",
                 "event_source_id": "CTEST12345",
                 "data": [{
-                    "event": "CompletePayment",
+                    "event": "Purchase",
                     "event_time": t0().timestamp(),
                     "event_id": "order-7",
                     "user": {
@@ -509,6 +566,7 @@ mod tests {
         let config = DestinationConfig {
             endpoint: Some(format!("http://{addr}")),
             pixel_code: Some("CTEST".into()),
+            crm_event_set_id: Some("CRMSET1".into()),
             access_token: Some(Secret::new("tok")),
             ..empty_config(Platform::Tiktok)
         };
@@ -529,5 +587,49 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0], ("web".to_string(), 4));
         assert_eq!(seen.last().unwrap(), &("crm".to_string(), 1));
+    }
+
+    #[test]
+    fn a_crm_event_carries_its_lead_and_needs_a_crm_event_set() {
+        // GIVEN a won deal (system_generated) with a TikTok lead id and the CRM's name
+        let mut d = purchase(3, t0());
+        d.action_source = Some("system_generated".into());
+        d.payload
+            .keys
+            .insert(MatchKey::LeadId, "7212345678901234567".into());
+        d.payload.lead_event_source = Some("pgcapi".into());
+        // WHEN it is encoded
+        let event = encode_event(&d, t0()).unwrap();
+        // THEN the lead travels in `lead`, not in `user`
+        assert_eq!(
+            event["lead"],
+            json!({"lead_id": "7212345678901234567", "lead_event_source": "pgcapi"})
+        );
+        assert!(event["user"].get("lead_id").is_none());
+        // AND it goes to the CRM event set, or fails saying the key is missing
+        let planned = plan(std::slice::from_ref(&d), t0(), true);
+        assert_eq!(planned.groups[1].1, vec![0]);
+        let refused = plan(&[d], t0(), false);
+        assert!(
+            matches!(&refused.outcomes[0].1, Outcome::Failed { error } if error.contains("crm_event_set_id"))
+        );
+        // AND a web event never sends the lead id
+        let mut web = purchase(4, t0());
+        web.payload.keys.insert(MatchKey::LeadId, "1".into());
+        let event = encode_event(&web, t0()).unwrap();
+        assert!(event.get("lead").is_none() && event["user"].get("lead_id").is_none());
+    }
+
+    #[test]
+    fn purchases_carry_their_contents_and_type_when_the_rule_maps_them() {
+        let mut d = purchase(5, t0());
+        d.payload.content_ids = Some("sku-1, sku-2,".into());
+        d.payload.content_type = Some("product".into());
+        let event = encode_event(&d, t0()).unwrap();
+        assert_eq!(
+            event["properties"],
+            json!({"value": 49.9, "currency": "EUR", "content_type": "product",
+                   "contents": [{"content_id": "sku-1"}, {"content_id": "sku-2"}]})
+        );
     }
 }

@@ -17,6 +17,46 @@ const INVALID_FBCLID: Reason = "invalid fbclid";
 /// Reason for a client IP that is neither IPv4 nor IPv6.
 const INVALID_IP: Reason = "invalid IP address";
 
+/// Reason for an msclkid that is not 32 hex characters once its cookie prefix and session suffix are removed.
+const INVALID_MSCLKID: Reason = "invalid msclkid";
+
+/// Validates a Microsoft click id, or says why it is left out.
+///
+/// Stored as the bare GUID of 32 hex characters (platforms-next.md §1.4): the UET tag keeps it in the
+/// `_uetmsclkid` cookie as `_uet<guid>`, and sends it as `<guid>-1` / `<guid>-0` (new / repeat
+/// session), so a `_uet` prefix and a `-0`/`-1` suffix are removed, as are the dashes of a GUID
+/// written `8-4-4-4-12`. The hex digits keep their case.
+pub(crate) fn msclkid_checked(raw: &str) -> Result<String, Reason> {
+    let cleaned = clean_as_stored(raw).ok_or(EMPTY)?;
+    let mut id: &str = &cleaned;
+    id = id.strip_prefix("_uet").unwrap_or(id);
+    if id.len() == 34 {
+        id = id
+            .strip_suffix("-0")
+            .or_else(|| id.strip_suffix("-1"))
+            .unwrap_or(id);
+    }
+    let dashed = id.len() == 36
+        && id
+            .char_indices()
+            .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-'));
+    let bare: String = if dashed {
+        id.chars().filter(|c| *c != '-').collect()
+    } else {
+        id.to_owned()
+    };
+    if bare.len() == 32 && bare.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(bare)
+    } else {
+        Err(INVALID_MSCLKID)
+    }
+}
+
+/// Normalizes a Microsoft click id to its bare 32-hex GUID; `None` when it has another shape.
+pub fn normalize_msclkid(raw: &str) -> Option<String> {
+    msclkid_checked(raw).ok()
+}
+
 /// A value sent exactly as stored, trimmed (after NFC), or `EMPTY`.
 pub(crate) fn as_stored_checked(raw: &str) -> Result<String, Reason> {
     clean_as_stored(raw).map(Cow::into_owned).ok_or(EMPTY)
@@ -95,6 +135,31 @@ pub fn fbc_from_fbclid(fbclid: &str, click_time: DateTime<Utc>) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_msclkid_is_stored_as_its_bare_guid() {
+        let guid = "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1c0";
+        for raw in [
+            guid.to_string(),
+            format!(" {guid} "),
+            format!("_uet{guid}"),
+            format!("{guid}-1"),
+            format!("{guid}-0"),
+            format!("_uet{guid}-1"),
+            "3d5a6b0c-9e2f-41a8-b7c6-d5e4f3a2b1c0".to_string(),
+        ] {
+            assert_eq!(normalize_msclkid(&raw).as_deref(), Some(guid), "{raw}");
+        }
+        for raw in [
+            "msclkidvalue123",
+            "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1c",
+            "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1c0-2",
+            "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1cg",
+        ] {
+            assert_eq!(msclkid_checked(raw), Err(INVALID_MSCLKID), "{raw}");
+        }
+        assert_eq!(msclkid_checked("  "), Err(EMPTY));
+    }
 
     #[test]
     fn a_well_formed_fbc_passes_as_stored() {

@@ -14,6 +14,12 @@
 //! | Google Ads | email, phone | gclid, gbraid, wbraid |
 //! | TikTok | email, phone, external_id | client_ip, user_agent, ttclid, ttp, lead_id |
 //! | Google Data Manager | email, phone, first/last name | zip, country (address), client_ip, user_agent, gclid, gbraid, wbraid |
+//! | Microsoft Advertising | email, phone | msclkid |
+//!
+//! Microsoft's `microsoft` profile: email trimmed and lowercased, phone E.164 with its `+`, then
+//! SHA-256 (`HashedEmailAddress`, `HashedPhoneNumber`). Microsoft publishes no finer rule
+//! (platforms-next.md §1.5, §8.2). The msclkid is stored as the bare 32-hex GUID: a `_uet` cookie
+//! prefix and a `-0`/`-1` session suffix are removed.
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -40,7 +46,9 @@ use sha2::{Digest, Sha256};
 use crate::config::Platform;
 
 pub use address::{normalize_city, normalize_state, normalize_zip};
-pub use click::{fbc_from_fbclid, normalize_click_id, normalize_client_ip, normalize_fbc};
+pub use click::{
+    fbc_from_fbclid, normalize_click_id, normalize_client_ip, normalize_fbc, normalize_msclkid,
+};
 pub use country::{country_code, normalize_country};
 pub use email::normalize_email;
 pub use person::{normalize_date_of_birth, normalize_external_id, normalize_gender};
@@ -367,6 +375,10 @@ const TIKTOK_KEYS: &[MatchKey] = &[
     MatchKey::LeadId,
 ];
 
+/// The keys a Microsoft Advertising offline conversion takes: the click id and, for enhanced
+/// conversions, the hashed email and phone (platforms-next.md §1.2).
+const MICROSOFT_ADS_KEYS: &[MatchKey] = &[MatchKey::Email, MatchKey::Phone, MatchKey::Msclkid];
+
 /// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
 pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     match platform {
@@ -374,6 +386,7 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
         Platform::GoogleAds => GOOGLE_ADS_KEYS,
         Platform::GoogleDataManager => GOOGLE_DATA_MANAGER_KEYS,
         Platform::Tiktok => TIKTOK_KEYS,
+        Platform::MicrosoftAds => MICROSOFT_ADS_KEYS,
     }
 }
 
@@ -588,6 +601,7 @@ pub fn normalize_key(
         MatchKey::Gender => person::gender_checked(raw),
         MatchKey::ClientIp => click::client_ip_checked(raw),
         MatchKey::Fbc => click::fbc_checked(raw),
+        MatchKey::Msclkid => click::msclkid_checked(raw),
         MatchKey::UserAgent
         | MatchKey::Fbp
         | MatchKey::Gclid
@@ -595,7 +609,6 @@ pub fn normalize_key(
         | MatchKey::Wbraid
         | MatchKey::Ttclid
         | MatchKey::Ttp
-        | MatchKey::Msclkid
         | MatchKey::LeadId => click::as_stored_checked(raw),
     }
 }

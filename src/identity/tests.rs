@@ -932,3 +932,33 @@ fn one_event_identity_for_every_platform_answers_as_separate_match_keys_calls() 
         }
     }
 }
+
+#[test]
+fn microsoft_gets_hashed_email_and_e164_phone_and_the_bare_msclkid() {
+    // The `microsoft` profile: email trimmed and lowercased (no gmail rule), phone E.164 with `+`.
+    let mut row = full_row();
+    row.msclkid = Some("_uet3D5A6B0C9E2F41A8B7C6D5E4F3A2B1C0-1".into());
+    let (keys, dropped) = match_keys(Platform::MicrosoftAds, &row, "US", event_time());
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let expected: MatchKeys = [
+        (MatchKey::Email, sha("alice.smith+news@gmail.com")),
+        (MatchKey::Phone, sha("+14155550132")),
+        (
+            MatchKey::Msclkid,
+            "3D5A6B0C9E2F41A8B7C6D5E4F3A2B1C0".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, expected);
+    // A value that is no msclkid is left out with the reason, never sent.
+    let (keys, dropped) = match_keys(Platform::MicrosoftAds, &full_row(), "US", event_time());
+    assert!(!keys.contains_key(&MatchKey::Msclkid));
+    assert_eq!(
+        dropped,
+        vec![Dropped {
+            key: MatchKey::Msclkid,
+            reason: "invalid msclkid"
+        }]
+    );
+}

@@ -241,6 +241,12 @@ fn server_error(platform: Platform) -> Response {
         Platform::Tiktok => json!({
             "code": 50000, "message": "System error", "request_id": random_id(32), "data": {},
         }),
+        Platform::MicrosoftAds => json!({
+            "TrackingId": random_id(32),
+            "Type": "ApiFaultDetail",
+            "OperationErrors": [{"Code": 0, "ErrorCode": "InternalError",
+                "Message": "An internal error has occurred."}],
+        }),
     };
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
@@ -263,6 +269,7 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
             "code": 40100, "message": "Too many requests. Please retry in some time.",
             "request_id": random_id(32), "data": {},
         }),
+        Platform::MicrosoftAds => crate::sandbox::microsoft_ads::call_rate_exceeded(),
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response

@@ -10,6 +10,7 @@
 //! | Google Ads | `POST /token` (OAuth), `POST /{version}/customers/{cid}:uploadClickConversions`, `…:uploadConversionAdjustments` |
 //! | TikTok | `POST /open_api/v1.3/event/track/` |
 //! | Google Data Manager | `POST /v1/events:ingest`, `GET /v1/requestStatus:retrieve` (same `/token`, which also takes the JWT bearer grant of service accounts) |
+//! | Microsoft Advertising | `POST /{tenant}/oauth2/v2.0/token`, `POST /CampaignManagement/v13/OfflineConversions/Apply`, `…/OfflineConversionAdjustments/Apply`, `…/ConversionGoals/QueryByIds` (see `microsoft_ads.rs`) |
 //!
 //! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
 //! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
@@ -35,6 +36,7 @@ mod faults;
 mod google_ads;
 mod google_data_manager;
 mod meta;
+mod microsoft_ads;
 mod records;
 mod tiktok;
 
@@ -61,6 +63,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::Faults;
+pub use microsoft_ads::{MicrosoftAdsRecords, MsAdjustment, MsConversion};
 pub use records::{
     AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, DataManagerConversion,
     DataManagerEvent, DataManagerRecords, EventRecords, GoogleAdsRecords, Records, Stats,
@@ -102,6 +105,10 @@ pub struct SandboxConfig {
     pub google_service_account_public_key: Option<String>,
     /// TikTok `Access-Token` header.
     pub tiktok_access_token: Option<String>,
+    /// Microsoft Advertising `DeveloperToken` header.
+    pub microsoft_developer_token: Option<String>,
+    /// Microsoft OAuth refresh token (rotated ones the sandbox issued are accepted too).
+    pub microsoft_refresh_token: Option<String>,
     /// Meta and TikTok dedup window (48 hours on both platforms).
     pub dedup_window: Duration,
     /// Faults active from the start.
@@ -119,6 +126,8 @@ impl Default for SandboxConfig {
             google_ads_click_uploads_allowlisted: true,
             google_service_account_public_key: None,
             tiktok_access_token: None,
+            microsoft_developer_token: None,
+            microsoft_refresh_token: None,
             dedup_window: Duration::from_secs(48 * 3600),
             faults: Faults::default(),
         }
@@ -296,6 +305,10 @@ pub(crate) struct SandboxState {
     pub(crate) google_token_scopes: HashMap<String, String>,
     /// Data Manager conversions and request statuses.
     pub(crate) data_manager: google_data_manager::DataManager,
+    /// Microsoft settings, dedup keys and adjustments.
+    pub(crate) microsoft: microsoft_ads::Ledger,
+    /// Microsoft tokens issued by its token endpoint.
+    pub(crate) microsoft_tokens: microsoft_ads::Tokens,
 }
 
 impl Shared {
@@ -332,9 +345,11 @@ impl Shared {
         let mut state = self.lock();
         let tokens = std::mem::take(&mut state.google_tokens);
         let scopes = std::mem::take(&mut state.google_token_scopes);
+        let microsoft_tokens = std::mem::take(&mut state.microsoft_tokens);
         *state = SandboxState {
             google_tokens: tokens,
             google_token_scopes: scopes,
+            microsoft_tokens,
             ..SandboxState::default()
         };
     }
@@ -347,6 +362,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(google_ads::routes())
         .merge(google_data_manager::routes())
         .merge(tiktok::routes())
+        .merge(microsoft_ads::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))
         .route("/_sandbox/stats", get(get_stats))

@@ -20,6 +20,9 @@ pub struct Records {
     /// Google Data Manager API events.
     #[serde(default)]
     pub google_data_manager: DataManagerRecords,
+    /// Microsoft Advertising offline conversions and adjustments.
+    #[serde(default)]
+    pub microsoft_ads: crate::sandbox::microsoft_ads::MicrosoftAdsRecords,
 }
 
 impl Records {
@@ -30,6 +33,7 @@ impl Records {
             Platform::GoogleAds => &self.google_ads.counters,
             Platform::Tiktok => &self.tiktok.counters,
             Platform::GoogleDataManager => &self.google_data_manager.counters,
+            Platform::MicrosoftAds => &self.microsoft_ads.counters,
         }
     }
 
@@ -40,6 +44,7 @@ impl Records {
             Platform::GoogleAds => &mut self.google_ads.counters,
             Platform::Tiktok => &mut self.tiktok.counters,
             Platform::GoogleDataManager => &mut self.google_data_manager.counters,
+            Platform::MicrosoftAds => &mut self.microsoft_ads.counters,
         }
     }
 }
@@ -93,6 +98,9 @@ pub struct Stats {
     /// Google Data Manager API.
     #[serde(default)]
     pub google_data_manager: Counters,
+    /// Microsoft Advertising conversions and adjustments together.
+    #[serde(default)]
+    pub microsoft_ads: Counters,
 }
 
 impl Stats {
@@ -103,6 +111,7 @@ impl Stats {
             google_ads: records.google_ads.counters,
             tiktok: records.tiktok.counters,
             google_data_manager: records.google_data_manager.counters,
+            microsoft_ads: records.microsoft_ads.counters,
         }
     }
 
@@ -113,6 +122,7 @@ impl Stats {
             Platform::GoogleAds => &self.google_ads,
             Platform::Tiktok => &self.tiktok,
             Platform::GoogleDataManager => &self.google_data_manager,
+            Platform::MicrosoftAds => &self.microsoft_ads,
         }
     }
 }

@@ -5,6 +5,13 @@
 //! The stored docs do not give an event-age limit; the sandbox applies 7 days, the "risky" line of
 //! §3, and rejects times more than [`FUTURE_TOLERANCE_SECS`] ahead. It also requires at least one
 //! match key per event and uppercase ISO 4217 currencies — assumptions marked as unverified in §3.
+//!
+//! CRM events (`event_source: "crm"`, `event_source_id` = the CRM event set id) carry the TikTok lead
+//! as `data[].lead.{lead_id, lead_event_source}` (platform-audit.md T4); a CRM event with `user.lead_id`
+//! instead is refused. The recorded event's `plain` map also holds the envelope's `event_source_id`
+//! and the lead's `lead_id` / `lead_event_source`, and a purchase's `content_type` and its contents'
+//! ids (`content_ids`, comma-separated). Both the current standard names (`Purchase`,
+//! `Lead`) and the legacy ones TikTok still converts (`CompletePayment`, `SubmitForm`) are accepted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,6 +68,8 @@ const CODE_PARAM: u32 = 40_002;
 struct Envelope {
     /// `event_source`.
     event_source: String,
+    /// `event_source_id` (pixel code, or CRM event set id).
+    event_source_id: String,
     /// `test_event_code`, when sent.
     test_event_code: Option<String>,
     /// The events, each a JSON object.
@@ -108,9 +117,10 @@ fn parse_envelope(body: &[u8]) -> Result<Envelope, Violation> {
         Some(_) => return param("event_source must be one of web, app, offline, crm"),
         None => return param("event_source is required"),
     };
-    if !matches!(obj.get("event_source_id"), Some(Value::String(s)) if !s.trim().is_empty()) {
-        return param("event_source_id is required");
-    }
+    let event_source_id = match obj.get("event_source_id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return param("event_source_id is required"),
+    };
     let test_event_code = match obj.get("test_event_code") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -141,13 +151,14 @@ fn parse_envelope(body: &[u8]) -> Result<Envelope, Violation> {
     }
     Ok(Envelope {
         event_source,
+        event_source_id,
         test_event_code,
         events,
     })
 }
 
 /// Checks one event; the error is the reason without the index.
-fn validate_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
+fn validate_event(ev: &Map<String, Value>, now: i64, crm: bool) -> Result<(), String> {
     if !matches!(ev.get("event"), Some(Value::String(s)) if !s.trim().is_empty()) {
         return Err("event is required".into());
     }
@@ -174,7 +185,32 @@ fn validate_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
         Some(_) => return Err("user must be an object".into()),
         None => return Err("user is required".into()),
     };
-    validate_user(user)?;
+    let lead_id = match ev.get("lead") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(lead)) => {
+            for (key, v) in lead {
+                if !matches!(key.as_str(), "lead_id" | "lead_event_source") {
+                    return Err(format!("lead.{key} is not a lead field"));
+                }
+                if v.as_str().is_none_or(str::is_empty) {
+                    return Err(format!("lead.{key} must be a non-empty string"));
+                }
+            }
+            lead.contains_key("lead_id")
+        }
+        Some(_) => return Err("lead must be an object".into()),
+    };
+    if crm && user.contains_key("lead_id") {
+        return Err("a CRM event carries its lead as lead.lead_id, not user.lead_id".into());
+    }
+    if !crm && ev.contains_key("lead") {
+        return Err("lead is for CRM events (event_source crm)".into());
+    }
+    if !lead_id {
+        validate_user(user)?;
+    } else {
+        validate_user_fields(user)?;
+    }
     if let Some(page) = ev.get("page") {
         let url_ok = match page.get("url") {
             None => true,
@@ -191,6 +227,20 @@ fn validate_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
 
 /// Checks hashed keys, unhashed identifiers and that some match key is present.
 fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
+    validate_user_fields(user)?;
+    let has = |k: &str| user.get(k).is_some_and(|v| !v.is_null());
+    let usable = ["email", "phone", "external_id", "ttclid", "ttp", "lead_id"]
+        .iter()
+        .any(|k| has(k))
+        || (has("ip") && has("user_agent"));
+    if !usable {
+        return Err("user has no usable match key (email, phone, external_id, ttclid, ttp, lead_id, or ip with user_agent)".into());
+    }
+    Ok(())
+}
+
+/// Checks hashed keys and unhashed identifiers (an event whose lead names the person needs no more).
+fn validate_user_fields(user: &Map<String, Value>) -> Result<(), String> {
     for key in HASHED_KEYS {
         let Some(value) = user.get(*key) else {
             continue;
@@ -220,14 +270,6 @@ fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
             return Err("user.ip is not a valid IP address (do not hash it)".into());
         }
     }
-    let has = |k: &str| user.get(k).is_some_and(|v| !v.is_null());
-    let usable = ["email", "phone", "external_id", "ttclid", "ttp", "lead_id"]
-        .iter()
-        .any(|k| has(k))
-        || (has("ip") && has("user_agent"));
-    if !usable {
-        return Err("user has no usable match key (email, phone, external_id, ttclid, ttp, lead_id, or ip with user_agent)".into());
-    }
     Ok(())
 }
 
@@ -252,8 +294,19 @@ fn validate_properties(properties: Option<&Value>) -> Result<(), String> {
         }
     }
     if let Some(contents) = props.get("contents") {
-        if !contents.is_array() {
+        let Some(items) = contents.as_array() else {
             return Err("properties.contents must be an array".into());
+        };
+        if items.iter().any(|c| {
+            c.get("content_id")
+                .is_some_and(|id| id.as_str().is_none_or(str::is_empty))
+        }) {
+            return Err("properties.contents[].content_id must be a non-empty string".into());
+        }
+    }
+    if let Some(kind) = props.get("content_type") {
+        if !matches!(kind.as_str(), Some("product" | "product_group")) {
+            return Err("properties.content_type must be product or product_group".into());
         }
     }
     Ok(())
@@ -314,7 +367,7 @@ fn process(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), Viol
     let env = parse_envelope(body)?;
     let now = Utc::now();
     for (i, ev) in env.events.iter().enumerate() {
-        if let Err(reason) = validate_event(ev, now.timestamp()) {
+        if let Err(reason) = validate_event(ev, now.timestamp(), env.event_source == "crm") {
             return Err(Violation::param(
                 format!("Invalid parameter at data[{i}]: {reason}"),
                 env.events.len(),
@@ -391,7 +444,27 @@ fn accepted_event(
             }
         }
     }
+    if let Some(lead) = ev.get("lead").and_then(Value::as_object) {
+        for key in ["lead_id", "lead_event_source"] {
+            if let Some(v) = lead.get(key).and_then(Value::as_str) {
+                plain.insert(key.to_string(), v.to_string());
+            }
+        }
+    }
+    plain.insert("event_source_id".into(), env.event_source_id.clone());
     let props = ev.get("properties");
+    if let Some(props) = props {
+        if let Some(kind) = props.get("content_type").and_then(Value::as_str) {
+            plain.insert("content_type".into(), kind.to_string());
+        }
+        if let Some(items) = props.get("contents").and_then(Value::as_array) {
+            let ids: Vec<&str> = items
+                .iter()
+                .filter_map(|c| c.get("content_id").and_then(Value::as_str))
+                .collect();
+            plain.insert("content_ids".into(), ids.join(","));
+        }
+    }
     AcceptedEvent {
         event_name,
         event_id,

@@ -232,6 +232,12 @@ fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
             .iter()
             .map(|c| c.transaction_id.clone())
             .collect(),
+        Platform::MicrosoftAds => records
+            .microsoft_ads
+            .conversions
+            .iter()
+            .map(|c| format!("{}@{}", c.conversion_name, c.conversion_time))
+            .collect(),
     }
 }
 

@@ -154,6 +154,10 @@ fn destination(
             "platform = \"google_data_manager\"\noperating_account = \"1234567890\"\n\
              client_id = \"c\"\nclient_secret = \"s\"\nrefresh_token = \"r\""
         }
+        Platform::MicrosoftAds => {
+            "platform = \"microsoft_ads\"\ncustomer_id = \"1234567\"\naccount_id = \"7654321\"\n\
+             developer_token = \"dev\"\nclient_id = \"c\"\nrefresh_token = \"r\""
+        }
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

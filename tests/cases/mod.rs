@@ -14,6 +14,7 @@ mod google_data_manager;
 mod ha;
 mod honest_status;
 mod large;
+mod microsoft_ads;
 mod observe;
 mod operate;
 mod outbox;

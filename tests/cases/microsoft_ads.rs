@@ -1,0 +1,721 @@
+//! Microsoft Advertising end to end: `pgcapi run` on a real PostgreSQL with the contract's schema,
+//! delivering offline conversions, retractions and restatements to the sandbox's Microsoft module.
+
+use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb};
+use chrono::Utc;
+use pgcapi::sandbox::{Sandbox, SandboxHandle};
+use tokio_postgres::Client;
+
+/// The tables of the contract schema (`shop.sql`) the tests use: orders and leads, with `msclkid`.
+const SCHEMA: &str = "
+create table public.orders (
+    id            bigserial primary key,
+    order_number  text not null unique,
+    email         text,
+    phone         text,
+    first_name    text,
+    last_name     text,
+    city          text,
+    region        text,
+    postal_code   text,
+    country       text,
+    client_ip     inet,
+    user_agent    text,
+    fbc           text,
+    fbp           text,
+    gclid         text,
+    ttclid        text,
+    msclkid       text,
+    total         numeric(12, 2) not null,
+    net_total     numeric(12, 2),
+    currency      char(3) not null default 'USD',
+    status        text not null default 'pending',
+    ad_consent    boolean,
+    notes         text,
+    created_at    timestamptz not null default now(),
+    paid_at       timestamptz
+);
+create table public.leads (
+    id            bigserial primary key,
+    email         text,
+    phone         text,
+    first_name    text,
+    last_name     text,
+    country       text,
+    gclid         text,
+    fbclid        text,
+    clicked_at    timestamptz,
+    meta_lead_id  text,
+    ttclid        text,
+    msclkid       text,
+    stage         text not null default 'new',
+    deal_value    numeric(12, 2),
+    currency      char(3) not null default 'USD',
+    consent       text,
+    won_at        timestamptz,
+    created_at    timestamptz not null default now()
+);";
+
+/// The contract's Microsoft destination and its order rules (paid, refunded, partially refunded).
+const CONFIG: &str = r#"
+[source]
+url = "${PGCAPI_DATABASE_URL}"
+publication = "pgcapi"
+slot = "pgcapi"
+
+[defaults]
+region = "US"
+currency = "USD"
+
+[dispatch]
+retry_initial_ms = 100
+retry_max_ms = 500
+
+[destinations.microsoft]
+platform = "microsoft_ads"
+customer_id = "1234567"
+account_id = "7654321"
+developer_token = "${MSADS_DEVELOPER_TOKEN}"
+client_id = "${MSADS_CLIENT_ID}"
+refresh_token = "${MSADS_REFRESH_TOKEN}"
+endpoint = "${MSADS_ENDPOINT:-https://campaign.api.bingads.microsoft.com}"
+token_endpoint = "${MSADS_OAUTH_ENDPOINT:-https://login.microsoftonline.com/common/oauth2/v2.0/token}"
+
+[[rules]]
+name = "order_paid"
+table = "public.orders"
+when = { status = "paid" }
+event = "Purchase"
+event_id = "order-{order_number}"
+event_time = "{paid_at}"
+value = "{total}"
+currency = "{currency}"
+consent = "ad_consent"
+action_source = "website"
+destinations = ["microsoft"]
+
+[rules.match]
+email = "email"
+phone = "phone"
+msclkid = "msclkid"
+
+[rules.microsoft]
+conversion_name = "Offline purchase"
+
+[[rules]]
+name = "order_refunded"
+table = "public.orders"
+when = { status = "refunded" }
+retracts = "order_paid"
+
+[[rules]]
+name = "order_partially_refunded"
+table = "public.orders"
+when = { status = "partially_refunded" }
+restates = "order_paid"
+value = "{net_total}"
+"#;
+
+/// A sandbox, a database with the schema set up for `toml`, and `pgcapi run` on it.
+struct Setup {
+    sandbox: SandboxHandle,
+    _db: TestDb,
+    client: Client,
+    _dir: tempfile::TempDir,
+    _run: KillOnDrop,
+}
+
+async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    let base = sandbox.base_url();
+    let mut env = vec![
+        ("PGCAPI_DATABASE_URL".to_string(), db.url()),
+        ("MSADS_DEVELOPER_TOKEN".into(), "dev-token-s3cr3t".into()),
+        ("MSADS_CLIENT_ID".into(), "client-id".into()),
+        ("MSADS_REFRESH_TOKEN".into(), "refresh-s3cr3t".into()),
+        ("MSADS_ENDPOINT".into(), base.clone()),
+        (
+            "MSADS_OAUTH_ENDPOINT".into(),
+            format!("{base}/common/oauth2/v2.0/token"),
+        ),
+    ];
+    for (k, v) in extra_env {
+        env.push((k.to_string(), v.replace("{base}", &base)));
+    }
+    let config = config_from(toml, &env);
+    pgcapi::setup::setup(&config, pgcapi::setup::SetupOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgcapi.toml");
+    std::fs::write(&path, toml).unwrap();
+    let run = spawn_run(&path, &env);
+    Setup {
+        sandbox,
+        _db: db,
+        client,
+        _dir: dir,
+        _run: run,
+    }
+}
+
+/// The (state, last_error) of each row of `kind`, by event id.
+async fn rows(client: &Client, kind: &str) -> Vec<(String, String, Option<String>)> {
+    client
+        .query(
+            "select event_id, state, last_error from pgcapi.deliveries where kind = $1 order by event_id",
+            &[&kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn settled(client: &Client, kind: &str, n: i64) {
+    let sql = format!(
+        "select count(*) from pgcapi.deliveries where kind = '{kind}' and state <> 'pending'"
+    );
+    wait_for(30, &format!("{n} {kind} rows to settle"), || async {
+        (count(client, &sql).await == n).then_some(())
+    })
+    .await;
+}
+
+const CLICK: &str = "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1c0";
+const LATE_CLICK: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test]
+async fn orders_become_offline_conversions_and_refunds_retract_or_restate_them() {
+    let s = start(CONFIG, &[]).await;
+    // A click the sandbox knows happened after the order below says it was paid: Microsoft refuses it.
+    s.sandbox
+        .microsoft_click(LATE_CLICK, Utc::now() + chrono::Duration::hours(1));
+
+    // WHEN three orders are paid in one transaction: one with an msclkid as the UET cookie stores it,
+    // one with only an email, and one whose conversion is timed before its click
+    s.client
+        .batch_execute(&format!(
+            "begin;
+             insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
+               values ('7001', '_uet{CLICK}-1', 120.00, 'paid', true, now());
+             insert into orders (order_number, email, total, net_total, currency, status, ad_consent, paid_at)
+               values ('7002', ' Jane.Doe@Example.com ', 80.00, 80.00, 'EUR', 'paid', true, now());
+             insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
+               values ('7003', '{LATE_CLICK}', 10.00, 'paid', true, now());
+             commit;"
+        ))
+        .await
+        .unwrap();
+
+    // THEN two conversions are sent and the bad one failed with Microsoft's own words
+    settled(&s.client, "conversion", 3).await;
+    let conversions = rows(&s.client, "conversion").await;
+    assert_eq!(conversions[0].1, "sent", "{conversions:?}");
+    assert_eq!(conversions[1].1, "sent", "{conversions:?}");
+    assert_eq!(conversions[2].1, "failed", "{conversions:?}");
+    assert!(
+        conversions[2]
+            .2
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("ConversionTimeEarlierThanClickTime: The conversion time is earlier than the click time."),
+        "{conversions:?}"
+    );
+    let records = s.sandbox.records().microsoft_ads;
+    assert_eq!(records.conversions.len(), 2, "{records:?}");
+    let by_click = records
+        .conversions
+        .iter()
+        .find(|c| c.microsoft_click_id.as_deref() == Some(CLICK))
+        .expect("the msclkid conversion, with the bare click id");
+    assert_eq!(by_click.conversion_name, "Offline purchase");
+    assert_eq!(by_click.value, Some(120.0));
+    assert_eq!(by_click.currency.as_deref(), Some("USD"));
+    let by_email = records
+        .conversions
+        .iter()
+        .find(|c| c.microsoft_click_id.is_none())
+        .expect("the email-only conversion");
+    assert_eq!(
+        by_email.hashed_email.as_deref(),
+        Some(pgcapi::identity::hash("jane.doe@example.com").as_str())
+    );
+    assert_eq!(by_email.currency.as_deref(), Some("EUR"));
+    // The stored time is what was sent, to the second, in UTC.
+    let paid_at: String = s
+        .client
+        .query_one(
+            "select to_char(paid_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') from orders where order_number = '7001'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by_click.conversion_time, paid_at);
+
+    // WHEN the first order is refunded in full and the second in part
+    s.client
+        .batch_execute(
+            "update orders set status = 'refunded' where order_number = '7001';
+             update orders set status = 'partially_refunded', net_total = 30.00 where order_number = '7002';",
+        )
+        .await
+        .unwrap();
+
+    // THEN Microsoft gets a Retract and a Restate that match the recorded conversions exactly
+    settled(&s.client, "retraction", 1).await;
+    settled(&s.client, "restatement", 1).await;
+    assert_eq!(rows(&s.client, "retraction").await[0].1, "sent");
+    assert_eq!(rows(&s.client, "restatement").await[0].1, "sent");
+    let records = s.sandbox.records().microsoft_ads;
+    assert_eq!(records.adjustments.len(), 2, "{records:?}");
+    let retract = records
+        .adjustments
+        .iter()
+        .find(|a| a.adjustment_type == "Retract")
+        .unwrap();
+    assert_eq!(retract.microsoft_click_id.as_deref(), Some(CLICK));
+    assert_eq!(retract.conversion_time, by_click.conversion_time);
+    assert_eq!(retract.conversion_name, "Offline purchase");
+    assert_eq!(retract.value, None);
+    let restate = records
+        .adjustments
+        .iter()
+        .find(|a| a.adjustment_type == "Restate")
+        .unwrap();
+    assert_eq!(restate.conversion_time, by_email.conversion_time);
+    assert_eq!(restate.value, Some(30.0));
+    assert_eq!(restate.currency.as_deref(), Some("EUR"));
+    let conversions = records.conversions;
+    assert!(conversions
+        .iter()
+        .any(|c| c.microsoft_click_id.as_deref() == Some(CLICK) && c.retracted));
+    assert!(conversions.iter().any(|c| c.restated_value == Some(30.0)));
+    // Counted once each: nothing was sent twice.
+    assert_eq!(records.counters.unique, 4);
+    assert_eq!(records.counters.duplicate_sends, 0);
+}
+
+#[tokio::test]
+async fn error_117_is_retried_after_a_minute_and_counted_once() {
+    let s = start(CONFIG, &[]).await;
+    // GIVEN Microsoft answers the next Apply call with 117 CallRateExceeded
+    s.sandbox.microsoft_throttle(1);
+    s.client
+        .batch_execute(&format!(
+            "insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
+               values ('8001', '{CLICK}', 50.00, 'paid', true, now())"
+        ))
+        .await
+        .unwrap();
+
+    // THEN the row stays pending with Microsoft's error, due again no sooner than 60 s later
+    let wait: f64 = wait_for(30, "the throttled attempt", || async {
+        let found = s
+            .client
+            .query(
+                "select attempts, coalesce(last_error, ''),
+                        extract(epoch from next_attempt_at - now())::float8
+                 from pgcapi.deliveries where event_id = 'order-8001'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let row = found.first()?;
+        let (attempts, error, wait): (i32, String, f64) = (row.get(0), row.get(1), row.get(2));
+        (attempts >= 1).then(|| {
+            assert!(error.contains("CallRateExceeded (117)"), "{error}");
+            wait
+        })
+    })
+    .await;
+    assert!(wait > 50.0, "due again in {wait} s");
+    assert_eq!(s.sandbox.records().microsoft_ads.conversions.len(), 0);
+
+    // WHEN the minute has passed (brought forward here)
+    s.client
+        .batch_execute(
+            "update pgcapi.deliveries set next_attempt_at = now() where event_id = 'order-8001';
+             select pg_notify('pgcapi_deliveries', '');",
+        )
+        .await
+        .unwrap();
+
+    // THEN it is sent, and Microsoft counted it once
+    settled(&s.client, "conversion", 1).await;
+    assert_eq!(rows(&s.client, "conversion").await[0].1, "sent");
+    let records = s.sandbox.records().microsoft_ads;
+    assert_eq!(records.conversions.len(), 1);
+    assert_eq!(records.counters.faulted, 1);
+    assert_eq!(records.counters.unique, 1);
+}
+
+/// TikTok with a pixel for web events and a CRM event set for won deals.
+const TIKTOK_CONFIG: &str = r#"
+[source]
+url = "${PGCAPI_DATABASE_URL}"
+publication = "pgcapi"
+slot = "pgcapi"
+
+[defaults]
+region = "US"
+currency = "USD"
+
+[destinations.tiktok]
+platform = "tiktok"
+pixel_code = "CTEST12345"
+crm_event_set_id = "7300000000000000001"
+access_token = "${TIKTOK_ACCESS_TOKEN}"
+endpoint = "${TIKTOK_ENDPOINT}"
+
+[[rules]]
+name = "order_paid"
+table = "public.orders"
+when = { status = "paid" }
+event = "Purchase"
+event_id = "order-{order_number}"
+event_time = "{paid_at}"
+value = "{total}"
+currency = "{currency}"
+action_source = "website"
+content_ids = "sku-{order_number}"
+content_type = "product"
+destinations = ["tiktok"]
+
+[rules.match]
+email = "email"
+ttclid = "ttclid"
+
+[[rules]]
+name = "deal_won"
+table = "public.leads"
+when = { stage = "won" }
+event = "Purchase"
+event_id = "deal-{id}"
+event_time = "{won_at}"
+value = "{deal_value}"
+currency = "{currency}"
+action_source = "system_generated"
+destinations = ["tiktok"]
+
+[rules.match]
+email = "email"
+lead_id = "meta_lead_id"
+
+[rules.meta]
+lead_event_source = "pgcapi"
+"#;
+
+#[tokio::test]
+async fn a_won_deal_goes_to_tiktok_s_crm_event_set_with_its_lead() {
+    let s = start(
+        TIKTOK_CONFIG,
+        &[
+            ("TIKTOK_ACCESS_TOKEN", "tiktok-s3cr3t"),
+            ("TIKTOK_ENDPOINT", "{base}"),
+        ],
+    )
+    .await;
+    // WHEN an order is paid and a deal with a TikTok lead id is won
+    s.client
+        .batch_execute(
+            "insert into orders (order_number, email, ttclid, total, status, paid_at)
+               values ('9001', 'a@example.com', 'E.C.P.click', 20.00, 'paid', now());
+             insert into leads (email, meta_lead_id, stage, deal_value, won_at)
+               values ('b@example.com', '7212345678901234567', 'won', 900.00, now());",
+        )
+        .await
+        .unwrap();
+    settled(&s.client, "conversion", 2).await;
+    let conversions = rows(&s.client, "conversion").await;
+    assert!(
+        conversions.iter().all(|(_, state, _)| state == "sent"),
+        "{conversions:?}"
+    );
+    // THEN the order went to the pixel as a web Purchase, and the deal to the CRM event set as a CRM
+    // Purchase with its lead (not user.lead_id)
+    let events = s.sandbox.records().tiktok.events;
+    let order = events
+        .iter()
+        .find(|e| e.event_id.as_deref() == Some("order-9001"))
+        .unwrap();
+    assert_eq!(order.event_name, "Purchase");
+    assert_eq!(order.source, "web");
+    assert_eq!(order.plain["event_source_id"], "CTEST12345");
+    assert!(!order.plain.contains_key("lead_id"));
+    assert_eq!(order.plain["content_type"], "product");
+    assert_eq!(order.plain["content_ids"], "sku-9001");
+    let deal = events
+        .iter()
+        .find(|e| {
+            e.event_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("deal-"))
+        })
+        .unwrap();
+    assert_eq!(deal.event_name, "Purchase");
+    assert_eq!(deal.source, "crm");
+    assert_eq!(deal.plain["event_source_id"], "7300000000000000001");
+    assert_eq!(deal.plain["lead_id"], "7212345678901234567");
+    assert_eq!(deal.plain["lead_event_source"], "pgcapi");
+    assert_eq!(deal.value, Some(900.0));
+}
+
+#[tokio::test]
+async fn check_reads_the_offline_goals_and_sends_nothing() {
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = sandbox.base_url();
+    let env: Vec<(String, String)> = [
+        ("PGCAPI_DATABASE_URL", "postgres://unused/db".to_string()),
+        ("MSADS_DEVELOPER_TOKEN", "dev".into()),
+        ("MSADS_CLIENT_ID", "client".into()),
+        ("MSADS_REFRESH_TOKEN", "refresh".into()),
+        ("MSADS_ENDPOINT", base.clone()),
+        (
+            "MSADS_OAUTH_ENDPOINT",
+            format!("{base}/common/oauth2/v2.0/token"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config = config_from(CONFIG, &env);
+    let dest = &config.destinations["microsoft"];
+    // GIVEN the goal the rules name exists: the check passes
+    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("Offline purchase"), "{text}");
+    // GIVEN it does not: the check fails and names it
+    sandbox.microsoft_goals(&["Store visit"]);
+    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    assert!(!ok);
+    assert!(
+        text.contains("no offline conversion goal named Offline purchase"),
+        "{text}"
+    );
+    assert!(!text.contains("dev") && !text.contains("refresh"), "{text}");
+    // AND nothing was applied
+    let records = sandbox.records().microsoft_ads;
+    assert_eq!(records.counters.requests, 0);
+    assert_eq!(records.tokens_issued, 2);
+}
+
+/// Calls the sandbox's Microsoft Apply `path` with a fresh token and `body`; returns status and JSON.
+async fn apply(
+    sandbox: &SandboxHandle,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let base = sandbox.base_url();
+    let token: serde_json::Value = http
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "c"),
+            ("refresh_token", "r"),
+            (
+                "scope",
+                "https://ads.microsoft.com/msads.manage offline_access",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A rotated refresh token is accepted in turn.
+    let rotated = token["refresh_token"].as_str().unwrap();
+    let again = http
+        .post(format!("{base}/common/oauth2/v2.0/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "c"),
+            ("refresh_token", rotated),
+            (
+                "scope",
+                "https://ads.microsoft.com/msads.manage offline_access",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let response = http
+        .post(format!("{base}/CampaignManagement/v13/{path}"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .header("DeveloperToken", "dev")
+        .header("CustomerId", "1234567")
+        .header("CustomerAccountId", "7654321")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_sandbox_holds_microsoft_to_its_rules() {
+    use serde_json::json;
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let time = (Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let conversion = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
+        "MicrosoftClickId": CLICK, "ConversionValue": 10.0, "ConversionCurrencyCode": "USD"});
+    // A good row, an unknown field, an unknown goal, a bad click id: item errors by index, HTTP 200
+    let (status, body) = apply(
+        &sandbox,
+        "OfflineConversions/Apply",
+        json!({"OfflineConversions": [
+            conversion,
+            {"ConversionName": "Offline purchase", "ConversionTime": time, "MicrosoftClickId": LATE_CLICK, "OrderId": "x"},
+            {"ConversionName": "Nope", "ConversionTime": time, "MicrosoftClickId": LATE_CLICK},
+            {"ConversionName": "Offline purchase", "ConversionTime": time, "MicrosoftClickId": "not-a-click"},
+            conversion,
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let errors: Vec<(u64, &str)> = body["PartialErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["Index"].as_u64().unwrap(),
+                e["ErrorCode"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "SandboxUnknownField"),
+            (2, "OfflineConversionNameInvalid"),
+            (3, "OfflineConversionMicrosoftClickIdInvalid")
+        ]
+    );
+    // The duplicate (same goal, time and click) was ignored without an error
+    let records = sandbox.records().microsoft_ads;
+    assert_eq!(records.conversions.len(), 1);
+    assert_eq!(records.counters.deduplicated, 1);
+    // Adjustments: Retract with a value, Restate without one, and one matching no conversion are refused
+    let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let adjust = |kind: &str, extra: serde_json::Value, click: &str| {
+        let mut a = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
+            "MicrosoftClickId": click, "AdjustmentType": kind, "AdjustmentTime": now});
+        a.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        a
+    };
+    let (status, body) = apply(
+        &sandbox,
+        "OfflineConversionAdjustments/Apply",
+        json!({"OfflineConversionAdjustments": [
+            adjust("Retract", json!({"AdjustmentValue": 1.0}), CLICK),
+            adjust("Restate", json!({}), CLICK),
+            adjust("Retract", json!({}), LATE_CLICK),
+            adjust("Restate", json!({"AdjustmentValue": 4.5, "AdjustmentCurrencyCode": "USD"}), CLICK),
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let errors: Vec<(u64, &str)> = body["PartialErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["Index"].as_u64().unwrap(),
+                e["ErrorCode"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (0, "OfflineConversionAdjustmentValueNotExpected"),
+            (1, "OfflineConversionAdjustmentValueRequired"),
+            (2, "SandboxUnknownConversion")
+        ]
+    );
+    assert_eq!(
+        sandbox.records().microsoft_ads.conversions[0].restated_value,
+        Some(4.5)
+    );
+    // An unknown request key and a missing bearer token are refused as a whole
+    let (status, body) = apply(
+        &sandbox,
+        "OfflineConversions/Apply",
+        json!({"OfflineConversions": [conversion], "PartialFailure": true}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let unauthenticated = reqwest::Client::new()
+        .post(format!(
+            "{}/CampaignManagement/v13/OfflineConversions/Apply",
+            sandbox.base_url()
+        ))
+        .json(&json!({"OfflineConversions": [conversion]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
+
+#[tokio::test]
+async fn lost_answers_are_resent_and_microsoft_counts_each_conversion_once() {
+    let s = start(CONFIG, &[]).await;
+    // GIVEN half of Microsoft's answers are lost after the conversions were recorded
+    s.sandbox.set_faults(pgcapi::sandbox::Faults {
+        accept_then_drop_ratio: 0.5,
+        seed: Some(11),
+        ..pgcapi::sandbox::Faults::default()
+    });
+    // WHEN 20 orders are paid in separate transactions
+    for i in 0..20 {
+        s.client
+            .execute(
+                "insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
+                 values ($1, md5($1), 5.00, 'paid', true, now())",
+                &[&format!("61{i:02}")],
+            )
+            .await
+            .unwrap();
+    }
+    // THEN all are sent, and the sandbox counted each one once whatever was resent
+    settled(&s.client, "conversion", 20).await;
+    let states = rows(&s.client, "conversion").await;
+    assert!(
+        states.iter().all(|(_, state, _)| state == "sent"),
+        "{states:?}"
+    );
+    let records = s.sandbox.records().microsoft_ads;
+    assert_eq!(records.conversions.len(), 20);
+    assert_eq!(records.counters.unique, 20);
+    assert!(
+        records.counters.responses_lost > 0,
+        "{:?}",
+        records.counters
+    );
+    assert!(
+        records.counters.duplicate_sends > 0,
+        "{:?}",
+        records.counters
+    );
+}
