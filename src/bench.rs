@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 const SHOP_SQL: &str = include_str!("../examples/shop.sql");
-const CONTRACT_TOML: &str = include_str!("../examples/pgcapi.toml");
+const CONTRACT_TOML: &str = include_str!("../examples/pgcapi-google-ads-api.toml");
 
 /// Server settings of the benchmark cluster, besides those every throwaway cluster has
 /// (`fsync = off`, `synchronous_commit = off`, `full_page_writes = off`: see [`crate::cluster`]).

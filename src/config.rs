@@ -1659,15 +1659,21 @@ pub fn split_table(table: &str) -> (&str, &str) {
 mod tests {
     use super::*;
 
-    const CONTRACT: &str = include_str!("../examples/pgcapi.toml");
+    /// The three-platform config (Google through the Google Ads API), which these tests were written
+    /// against; [`THE_CONTRACT`] is the contract as it stands.
+    const CONTRACT: &str = include_str!("../examples/pgcapi-google-ads-api.toml");
+    const THE_CONTRACT: &str = include_str!("../examples/pgcapi.toml");
 
     fn env_all(name: &str) -> Option<String> {
         match name {
             "PGCAPI_DATABASE_URL" => Some("postgres://u:pw@127.0.0.1/shop".into()),
             "META_ENDPOINT"
             | "GOOGLE_ADS_ENDPOINT"
+            | "GOOGLE_DM_ENDPOINT"
             | "TIKTOK_ENDPOINT"
-            | "GOOGLE_OAUTH_ENDPOINT" => None,
+            | "GOOGLE_OAUTH_ENDPOINT"
+            | "MSADS_ENDPOINT"
+            | "MSADS_OAUTH_ENDPOINT" => None,
             other => Some(format!("secret-{other}")),
         }
     }
@@ -1716,6 +1722,36 @@ mod tests {
         assert_eq!(
             config.rule("order_paid").unwrap().tiktok.event.as_deref(),
             Some("CompletePayment")
+        );
+    }
+
+    #[test]
+    fn the_contract_with_data_manager_and_microsoft_is_accepted_as_is() {
+        let config = Config::from_toml(THE_CONTRACT, "pgcapi.toml", &env_all).unwrap();
+        assert_eq!(config.rules.len(), 4);
+        let google = &config.destinations["google"];
+        assert_eq!(google.platform, Platform::GoogleDataManager);
+        assert_eq!(google.operating_account.as_deref(), Some("1234567890"));
+        assert_eq!(
+            google.endpoint.as_deref(),
+            Some("https://datamanager.googleapis.com")
+        );
+        let microsoft = &config.destinations["microsoft"];
+        assert_eq!(microsoft.platform, Platform::MicrosoftAds);
+        assert_eq!(
+            microsoft.token_endpoint.as_deref(),
+            Some("https://login.microsoftonline.com/common/oauth2/v2.0/token")
+        );
+        let paid = config.rule("order_paid").unwrap();
+        assert_eq!(paid.match_keys["msclkid"], "msclkid");
+        assert_eq!(paid.destinations.len(), 4);
+        assert_eq!(
+            config
+                .rule("order_partially_refunded")
+                .unwrap()
+                .restates
+                .as_deref(),
+            Some("order_paid")
         );
     }
 

@@ -5,7 +5,7 @@ use super::*;
 use crate::decode::{type_oid, RelationColumn};
 use bytes::Bytes;
 
-const CONFIG: &str = include_str!("../../examples/pgcapi.toml");
+const CONFIG: &str = include_str!("../../examples/pgcapi-google-ads-api.toml");
 
 /// The columns of `public.orders` in examples/shop.sql, in table order.
 const ORDERS: &[(&str, u32)] = &[

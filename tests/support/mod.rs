@@ -62,8 +62,11 @@ pub async fn connect_url(url: &str) -> Client {
 /// The shop schema of the contract (`examples/shop.sql`).
 pub const SHOP_SQL: &str = include_str!("../../examples/shop.sql");
 
-/// The contract config (`examples/pgcapi.toml`).
-pub const CONTRACT_TOML: &str = include_str!("../../examples/pgcapi.toml");
+/// The three-platform config the suite runs on (`examples/pgcapi-google-ads-api.toml`: the contract's
+/// shop sent to Meta, TikTok and the Google Ads API). The contract itself (`examples/pgcapi.toml`, with
+/// Data Manager and Microsoft) is loaded by the config tests and runs end to end in `pgcapi demo`
+/// (cases::demo).
+pub const CONTRACT_TOML: &str = include_str!("../../examples/pgcapi-google-ads-api.toml");
 
 /// Environment for the contract config: the database URL, dummy secrets, and `endpoint` for every
 /// platform (a local sandbox, or an unreachable address when nothing should be sent).
