@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 /// The contract config without Microsoft.
 const CONTRACT: &str = include_str!("../data/google_contract.toml");
 /// The contract's shop schema (with `net_total` and `msclkid`).
-const SHOP: &str = include_str!("../data/google_shop.sql");
+const SHOP: &str = crate::support::SHOP_SQL;
 /// A test-only RSA key pair standing for a service account's (generated for these tests).
 const TEST_KEY: &str = include_str!("../data/test_service_account_key.pem");
 const TEST_PUBLIC_KEY: &str = include_str!("../data/test_service_account_key.pub.pem");
