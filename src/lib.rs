@@ -6,7 +6,8 @@
 //! Postgres ──pgoutput──▶ source ──▶ decode ──▶ rules ──▶ identity ──▶ outbox ──▶ dispatch ──▶ destinations
 //!  (slot)                 protocol   pgoutput   match,     normalize,   control    claim,       meta,
 //!                         framing,   messages,  consent,   hash         table +    batch,       google_ads,
-//!                         feedback   values     events                  slot LSN   send, record tiktok
+//!                         feedback   values     events                  slot LSN   send, record google_data_manager,
+//!                                                                                               microsoft_ads, tiktok
 //! ```
 //!
 //! - [`source`]: our replication connection (startup, auth, TLS, CopyBoth, status updates).
@@ -14,7 +15,8 @@
 //! - [`rules`]: a row change → conversion or retraction events.
 //! - [`identity`]: per-platform normalization and SHA-256 hashing of match keys.
 //! - [`outbox`]: the control table (`pgcapi.deliveries`) and the stored slot position.
-//! - [`capture`]: the worker that drives source → outbox and confirms LSNs.
+//! - [`capture`]: the worker that drives source → outbox and confirms LSNs; supervised in `run` so that a
+//!   change it cannot apply leaves dispatch running (`capture_state` says why).
 //! - [`dispatch`]: per-destination workers that claim, send and record control-table rows.
 //! - [`destinations`]: one module per platform: request building and response classification.
 //! - [`setup`]: installs the control schema, publication and slot.
