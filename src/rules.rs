@@ -300,6 +300,12 @@ pub struct Bound {
     rules: Vec<Arc<Compiled>>,
     /// Column name to position; FNV because every value a rule reads looks its column up here.
     index: FnvHashMap<String, usize>,
+    /// The positions of the replica-identity key columns; empty under REPLICA IDENTITY FULL (the old
+    /// tuple of a DELETE then holds every column) or when the table has no key.
+    key_columns: Vec<usize>,
+    /// Per rule (as `rules`): whether its conversions record the source row's key
+    /// ([`NewDelivery::source_key`]) because a DELETE cannot render its event id.
+    keyed: Vec<bool>,
 }
 
 impl Rules {
@@ -409,10 +415,32 @@ impl Rules {
                 }
             }
         }
+        let key_columns: Vec<usize> = if relation.replica_identity == b'f' {
+            Vec::new()
+        } else {
+            (relation.columns.iter().enumerate())
+                .filter(|(_, c)| c.key)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let keyed = rules
+            .iter()
+            .map(|rule| {
+                !key_columns.is_empty()
+                    && rule.adjusts.is_none()
+                    && rule.on_delete != OnDelete::Ignore
+                    && rule
+                        .event_id
+                        .as_ref()
+                        .is_some_and(|t| !reads_only_key(&relation, &index, t))
+            })
+            .collect();
         Ok(Some(Bound {
             relation,
             rules: rules.clone(),
             index,
+            key_columns,
+            keyed,
         }))
     }
 
@@ -500,12 +528,15 @@ impl Rules {
             tuple: new,
             unresolved,
         };
-        for rule in &bound.rules {
+        for (r, rule) in bound.rules.iter().enumerate() {
             // Rows of a rule go straight to `out` and are taken back if the rule fails the row.
             let rule_start = out.len();
             let applied = row.matches(rule).and_then(|matched| match &rule.adjusts {
                 _ if !matched => Ok(()),
-                None => self.conversion(rule, &row, tx, ordinal, drops, out),
+                None => {
+                    let key = bound.keyed[r].then(|| bound.source_key(new)).flatten();
+                    self.conversion(rule, &row, key, tx, ordinal, drops, out)
+                }
                 Some(target) => self.adjustment(rule, target, &row, tx, ordinal, out),
             });
             if applied.is_err() {
@@ -547,9 +578,11 @@ impl Rules {
     /// conversion exists (pending or sent), see [`crate::outbox::insert_deliveries`].
     ///
     /// The event id is rendered from the old tuple. Under `REPLICA IDENTITY DEFAULT` (or `USING
-    /// INDEX`) that tuple holds only the key columns: a rule whose event id reads another column
-    /// cannot tell which conversion to retract: its name is returned (the first time only, for the
-    /// caller's logs); `REPLICA IDENTITY FULL` on the table lifts that.
+    /// INDEX`) that tuple holds only the key columns: for a rule whose event id reads another column,
+    /// the retraction carries the row's key instead ([`NewDelivery::source_key`], empty `event_id`),
+    /// and the control table takes the event id of each conversion recorded with that key. Only a
+    /// table without key columns leaves the conversion unmatched: the rule's name is returned (the
+    /// first time only, for the caller's logs).
     pub fn evaluate_delete(
         &self,
         bound: &Bound,
@@ -574,14 +607,19 @@ impl Rules {
             let Some(template) = &rule.event_id else {
                 continue;
             };
-            let computable = full
-                || template.columns().all(|c| {
-                    bound
-                        .index
-                        .get(c)
-                        .is_some_and(|&i| bound.relation.columns[i].key)
-                });
-            if !computable {
+            let computable = full || reads_only_key(&bound.relation, &bound.index, template);
+            // Not computable: the conversions of the row are found by its key, if it has one.
+            let (event_id, source_key) = if computable {
+                match row.render(rule, template) {
+                    Ok(Some(id)) if !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES => {
+                        (id, None)
+                    }
+                    // No usable id: no conversion could have been recorded under it either.
+                    _ => continue,
+                }
+            } else if let Some(key) = bound.source_key(tuple) {
+                (String::new(), Some(key))
+            } else {
                 if !rule
                     .delete_unmatched
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -589,11 +627,6 @@ impl Rules {
                     not_computable.push(rule.name.clone());
                 }
                 continue;
-            }
-            let event_id = match row.render(rule, template) {
-                Ok(Some(id)) if !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES => id,
-                // No usable id: no conversion could have been recorded under it either.
-                _ => continue,
             };
             for (destination, platform) in &rule.destinations {
                 out.push(NewDelivery {
@@ -618,6 +651,7 @@ impl Rules {
                     state: State::Pending,
                     last_error: None,
                     source_table: rule.table.clone(),
+                    source_key: source_key.clone(),
                     source_lsn: tx.commit_lsn,
                     commit_time: tx.commit_time,
                 });
@@ -626,10 +660,12 @@ impl Rules {
         not_computable
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conversion(
         &self,
         rule: &Compiled,
         row: &RowView,
+        source_key: Option<String>,
         tx: TxContext,
         ordinal: u64,
         drops: &mut DropCounts,
@@ -735,6 +771,7 @@ impl Rules {
                 state,
                 last_error,
                 source_table: rule.table.clone(),
+                source_key: source_key.clone(),
                 source_lsn: tx.commit_lsn,
                 commit_time: tx.commit_time,
             });
@@ -793,6 +830,7 @@ impl Rules {
                 state: State::Pending,
                 last_error: None,
                 source_table: rule.table.clone(),
+                source_key: None,
                 source_lsn: tx.commit_lsn,
                 commit_time: tx.commit_time,
             });
@@ -830,6 +868,7 @@ fn failed_rows(
             state: State::Failed,
             last_error: Some(format!("invalid row: {reason}")),
             source_table: rule.table.clone(),
+            source_key: None,
             source_lsn: tx.commit_lsn,
             commit_time: tx.commit_time,
         });
@@ -1159,6 +1198,43 @@ impl Bound {
     pub fn relation(&self) -> &Arc<Relation> {
         &self.relation
     }
+
+    /// The [`crate::outbox::source_key`] of `tuple` (a new tuple, or the old key tuple of a DELETE):
+    /// `None` without key columns or when a key value is not in the tuple or not text.
+    fn source_key(&self, tuple: &Tuple) -> Option<String> {
+        if self.key_columns.is_empty() {
+            return None;
+        }
+        let mut values: Vec<Option<std::borrow::Cow<str>>> =
+            Vec::with_capacity(self.key_columns.len());
+        for &i in &self.key_columns {
+            values.push(match tuple.0.get(i)? {
+                Datum::Null => None,
+                Datum::UnchangedToast => return None,
+                Datum::Text(bytes) => Some(std::str::from_utf8(bytes).ok()?.into()),
+                Datum::Binary(bytes) => {
+                    let mut hex = String::from("\\x");
+                    for b in bytes.iter() {
+                        hex.push_str(&format!("{b:02x}"));
+                    }
+                    Some(hex.into())
+                }
+            });
+        }
+        Some(crate::outbox::source_key(
+            values.iter().map(|v| v.as_deref()),
+        ))
+    }
+}
+
+/// Whether template `t` reads only replica-identity key columns of `relation`.
+fn reads_only_key(relation: &Relation, index: &FnvHashMap<String, usize>, t: &Template) -> bool {
+    t.columns().all(|c| {
+        index
+            .get(c)
+            .and_then(|&i| relation.columns.get(i))
+            .is_some_and(|c| c.key)
+    })
 }
 
 #[cfg(test)]

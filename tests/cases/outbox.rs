@@ -43,6 +43,7 @@ fn paid(event_id: &str, value: &str) -> NewDelivery {
         state: State::Pending,
         last_error: None,
         source_table: "public.orders".into(),
+        source_key: None,
         source_lsn: Lsn(0x1_0000),
         commit_time: Utc::now(),
     }
