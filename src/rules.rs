@@ -1308,6 +1308,85 @@ email = "email"
             .expect("evaluated")
     }
 
+    /// `public.t` with `id` as its key column (flagged as under REPLICA IDENTITY `identity`).
+    fn keyed_relation(identity: u8) -> Arc<Relation> {
+        let mut relation = (*relation(&[
+            ("id", 20),
+            ("n", 25),
+            ("status", 25),
+            ("total", 1700),
+            ("email", 25),
+        ]))
+        .clone();
+        relation.replica_identity = identity;
+        for column in &mut relation.columns {
+            column.key = identity == b'f' || column.name == "id";
+        }
+        Arc::new(relation)
+    }
+
+    #[test]
+    fn a_delete_without_the_event_id_is_matched_by_the_row_key_recorded_with_the_conversion() {
+        let rules = rules();
+        let tx = TxContext {
+            commit_lsn: Lsn::ZERO,
+            commit_time: Utc::now(),
+        };
+        // Default identity: `o-{n}` reads a column outside the key `id`.
+        let bound = rules.bind(keyed_relation(b'd')).unwrap().unwrap();
+        let new = text(&["42", "7", "paid", "10", "a@example.com"]);
+        let rows = evaluate(&rules, &bound, &new);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_id, "o-7");
+        assert_eq!(rows[0].source_key.as_deref(), Some("42"));
+        let mut key_only = text(&["42"]);
+        key_only
+            .0
+            .extend([Datum::Null, Datum::Null, Datum::Null, Datum::Null]);
+        let mut out = Vec::new();
+        let unmatched = rules.evaluate_delete(&bound, &OldTuple::Key(key_only), tx, &mut out);
+        assert!(unmatched.is_empty(), "{unmatched:?}");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rule, "paid:deleted");
+        assert_eq!(out[0].event_id, "");
+        assert_eq!(out[0].source_key.as_deref(), Some("42"));
+
+        // FULL: every column is flagged key; no key is stored (it would be the whole row), and the
+        // delete renders the event id from the old row.
+        let bound = rules.bind(keyed_relation(b'f')).unwrap().unwrap();
+        let rows = evaluate(&rules, &bound, &new);
+        assert_eq!(rows[0].source_key, None);
+        let mut out = Vec::new();
+        rules.evaluate_delete(&bound, &OldTuple::Full(new), tx, &mut out);
+        assert_eq!(
+            (out[0].event_id.as_str(), out[0].source_key.as_deref()),
+            ("o-7", None)
+        );
+    }
+
+    #[test]
+    fn the_source_key_encoding_is_unambiguous() {
+        use crate::outbox::source_key;
+        assert_eq!(source_key([Some("42")]), "42");
+        assert_eq!(
+            source_key([Some("7"), Some("a,b\\c"), None]),
+            "7,a\\,b\\\\c,\\N"
+        );
+        let keys = [
+            source_key([Some("a,b")]),
+            source_key([Some("a"), Some("b")]),
+            source_key([None]),
+            source_key([Some("\\N")]),
+            source_key([Some("")]),
+            source_key([Some(""), Some("")]),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
     #[test]
     fn a_column_missing_from_the_relation_is_named_and_can_be_bound_by_position_or_as_absent() {
         let rules = rules();

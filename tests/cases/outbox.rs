@@ -188,6 +188,7 @@ async fn the_schema_installs_twice_and_upgrades_a_version_one_table() {
         "deliveries_finished_idx",
         "deliveries_pending_adjustments_idx",
         "deliveries_pkey",
+        "deliveries_source_key_idx",
     ];
     assert_eq!(indexes(&client, "pgcapi").await, expected);
 
