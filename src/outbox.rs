@@ -700,7 +700,20 @@ pub async fn write_group(
 fn first_of_each_key(rows: &[NewDelivery]) -> Vec<&NewDelivery> {
     let mut seen = std::collections::HashSet::with_capacity(rows.len());
     rows.iter()
-        .filter(|r| seen.insert((r.event_id.as_str(), r.destination.as_str(), r.rule.as_str())))
+        .filter(|r| {
+            // Retractions matched by the deleted row's key have no event id yet: one per key.
+            let key = r
+                .event_id
+                .is_empty()
+                .then_some(r.source_key.as_deref())
+                .flatten();
+            seen.insert((
+                r.event_id.as_str(),
+                r.destination.as_str(),
+                r.rule.as_str(),
+                key,
+            ))
+        })
         .collect()
 }
 

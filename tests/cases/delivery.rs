@@ -961,28 +961,29 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
     let (sandbox, db, client, config) = shop(1_000).await;
     let pipeline = Pipeline::start(config, &db.url()).await;
 
-    // WHEN an order is paid and deleted in one transaction, an unpaid order is deleted, and
+    // WHEN two orders are paid and deleted in one transaction, an unpaid order is deleted, and
     // another is paid
     client
         .batch_execute(&format!(
-            "begin; {} delete from orders where order_number = 'k1'; commit;
+            "begin; {} {} delete from orders where order_number in ('k1', 'k4'); commit;
              insert into orders (order_number, email, total) values ('k2', 'x@example.com', 5);
              delete from orders where order_number = 'k2';
              {}",
             paid_order("k1"),
+            paid_order("k4"),
             paid_order("k3")
         ))
         .await
         .unwrap();
 
-    // THEN the deleted paid order is cancelled everywhere (its retractions took its event id from
-    // the conversions) and never sent, the unpaid one left no row, the other order is sent, and
-    // the conversions hold their row's key
-    settled(&client, 6 + 3, 30).await;
+    // THEN the deleted paid orders are cancelled everywhere (their retractions took their event
+    // ids from the conversions) and never sent, the unpaid one left no row, the other order is
+    // sent, and the conversions hold their row's key
+    settled(&client, 2 * 6 + 3, 30).await;
     let k1: Vec<(String, String, Option<String>)> = client
         .query(
-            "select kind, state, last_error from pgcapi.deliveries where event_id = 'order-k1'
-             order by kind, destination",
+            "select kind, state, last_error from pgcapi.deliveries
+             where event_id in ('order-k1', 'order-k4') order by kind, destination",
             &[],
         )
         .await
@@ -990,7 +991,7 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    assert_eq!(k1.len(), 6, "{k1:?}");
+    assert_eq!(k1.len(), 12, "{k1:?}");
     for (kind, state, error) in &k1 {
         let reason = if kind == "conversion" {
             "source row deleted before it was sent"
@@ -1033,7 +1034,9 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
     for (destination, platform) in DESTINATIONS {
         let ids = counted_ids(&sandbox, platform);
         assert!(
-            !ids.contains(&"order-k1".to_string()) && ids.contains(&"order-k3".to_string()),
+            !ids.contains(&"order-k1".to_string())
+                && !ids.contains(&"order-k4".to_string())
+                && ids.contains(&"order-k3".to_string()),
             "{destination}: {ids:?}"
         );
     }
@@ -1044,7 +1047,7 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
         .await
         .unwrap();
     // THEN Google retracts it, and Meta and TikTok say they cannot
-    settled(&client, 12, 30).await;
+    settled(&client, 18, 30).await;
     let k3: Vec<(String, String, Option<String>)> = client
         .query(
             "select destination, state, last_error from pgcapi.deliveries
