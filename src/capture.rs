@@ -1081,9 +1081,10 @@ impl Session<'_> {
             warn!(
                 rule = %rule,
                 table = %bound.relation().qualified_name(),
-                "a DELETE cannot be matched to this rule's conversion: its event_id reads columns \
-                 outside the table's replica identity key. Set REPLICA IDENTITY FULL on the table \
-                 for deletes to retract conversions (or on_delete = \"ignore\" to silence this)"
+                "a DELETE cannot be matched to this rule's conversion: the table has no replica \
+                 identity key and its event_id is not in the DELETE. Add a primary key or set \
+                 REPLICA IDENTITY FULL on the table for deletes to retract conversions (or \
+                 on_delete = \"ignore\" to silence this)"
             );
         }
         if self.group.len() >= self.capture.config.capture.group_max_rows {

@@ -34,6 +34,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "007_capture_state.sql",
         include_str!("../sql/007_capture_state.sql"),
     ),
+    (
+        "008_source_key.sql",
+        include_str!("../sql/008_source_key.sql"),
+    ),
     // Last, so that a numbered file may drop a view to change a column it reads.
     ("views.sql", include_str!("../sql/views.sql")),
 ];
@@ -275,10 +279,39 @@ pub struct NewDelivery {
     pub last_error: Option<String>,
     /// `schema.table` of the source row.
     pub source_table: String,
+    /// The replica-identity key of the source row ([`source_key`]), where a DELETE needs it to find
+    /// the row's conversions. A retraction of a deleted row with an empty `event_id` and a
+    /// `source_key` retracts the conversions recorded with that key (the event id is theirs).
+    pub source_key: Option<String>,
     /// The commit end LSN of the source transaction.
     pub source_lsn: Lsn,
     /// The commit time of the source transaction.
     pub commit_time: DateTime<Utc>,
+}
+
+/// The `source_key` of a source row from the text values of its replica-identity key columns, in
+/// column order (`None` for a null value): each `\` and `,` escaped with `\`, joined with `,`, a null
+/// as `\N`. One encoding for the conversion (new tuple) and the DELETE (old key tuple), and
+/// unambiguous: distinct keys never encode alike.
+pub fn source_key<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> String {
+    let mut key = String::new();
+    for (i, value) in values.into_iter().enumerate() {
+        if i > 0 {
+            key.push(',');
+        }
+        match value {
+            None => key.push_str("\\N"),
+            Some(v) => {
+                for c in v.chars() {
+                    if c == '\\' || c == ',' {
+                        key.push('\\');
+                    }
+                    key.push(c);
+                }
+            }
+        }
+    }
+    key
 }
 
 /// A delivery row as dispatch reads it.
@@ -411,7 +444,7 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
         .iter()
         .any(|r| is_deletion(r.borrow()) || is_restatement(r.borrow()))
     {
-        return insert_statement(client, schema, rows, duplicates, false).await;
+        return insert_statement(client, schema, rows, duplicates, Match::None).await;
     }
     let (deletions, rest): (Vec<&NewDelivery>, Vec<&NewDelivery>) = rows
         .iter()
@@ -428,18 +461,35 @@ async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
             None => last.push(r),
         }
     }
-    let mut inserted = insert_statement(client, schema, &others, duplicates, false).await?;
-    inserted += insert_statement(client, schema, &last, Duplicates::Restate, false).await?;
-    Ok(inserted + insert_statement(client, schema, &deletions, duplicates, true).await?)
+    // Retractions of deleted rows whose event id the DELETE did not carry: by the row's key.
+    let (by_key, by_id): (Vec<&NewDelivery>, Vec<&NewDelivery>) = deletions
+        .into_iter()
+        .partition(|r| r.event_id.is_empty() && r.source_key.is_some());
+    let mut inserted = insert_statement(client, schema, &others, duplicates, Match::None).await?;
+    inserted += insert_statement(client, schema, &last, Duplicates::Restate, Match::None).await?;
+    inserted += insert_statement(client, schema, &by_id, duplicates, Match::EventId).await?;
+    Ok(inserted + insert_statement(client, schema, &by_key, duplicates, Match::SourceKey).await?)
 }
 
-/// One insert statement of `rows`; with `deletions`, only rows whose adjusted conversion exists.
+/// Which recorded conversion the rows of an insert statement need (retractions of deleted rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// None: every row is inserted.
+    None,
+    /// A pending or sent conversion of the row's event id, destination and adjusted rule.
+    EventId,
+    /// Each pending or sent conversion of the row's destination and adjusted rule recorded with the
+    /// row's `source_table` and `source_key`; the row takes its event id.
+    SourceKey,
+}
+
+/// One insert statement of `rows`; with a [`Match`], only rows whose adjusted conversion exists.
 async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
     client: &impl GenericClient,
     schema: &str,
     rows: &[R],
     duplicates: Duplicates,
-    deletions: bool,
+    matching: Match,
 ) -> Result<u64, OutboxError> {
     if rows.is_empty() {
         return Ok(0);
@@ -461,6 +511,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
     let mut state = Vec::with_capacity(n);
     let mut last_error = Vec::with_capacity(n);
     let mut source_table = Vec::with_capacity(n);
+    let mut source_key = Vec::with_capacity(n);
     let mut source_lsn = Vec::with_capacity(n);
     let mut commit_time = Vec::with_capacity(n);
     for r in rows {
@@ -488,6 +539,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
         state.push(r.state.as_str());
         last_error.push(r.last_error.as_deref());
         source_table.push(r.source_table.as_str());
+        source_key.push(r.source_key.as_deref());
         source_lsn.push(r.source_lsn.to_string());
         commit_time.push(r.commit_time);
     }
@@ -511,27 +563,49 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
                and {s}.deliveries.value is distinct from excluded.value",
         ),
     };
-    let converted = if deletions {
-        "and exists (select 1 from {s}.deliveries c where c.event_id = t.event_id \
-           and c.destination = t.destination and c.rule = t.adjusts_rule \
-           and c.kind = 'conversion' and c.state in ('pending', 'sent'))"
-    } else {
-        ""
+    let columns =
+        "rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
+           value, currency, action_source, payload, match_keys, state, last_error, source_table, \
+           source_lsn, commit_time, source_key";
+    let unnest = format!(
+        "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+           $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], \
+           $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], \
+           $19::text[]) as {{t}}({columns})"
+    );
+    let (from, converted) = match matching {
+        Match::None => (unnest.replace("{t}", "t"), ""),
+        Match::EventId => (
+            unnest.replace("{t}", "t"),
+            "and exists (select 1 from {s}.deliveries c where c.event_id = t.event_id \
+               and c.destination = t.destination and c.rule = t.adjusts_rule \
+               and c.kind = 'conversion' and c.state in ('pending', 'sent'))",
+        ),
+        // Each conversion of the deleted row once (the row may repeat in `rows`: deleted, inserted
+        // again and deleted in one group), with its event id; served by deliveries_source_key_idx.
+        Match::SourceKey => (
+            format!(
+                "(select distinct on (c.event_id, u.destination, u.rule) u.rule, u.destination, \
+                   u.platform, c.event_id, u.kind, u.adjusts_rule, u.event_name, u.event_time, \
+                   u.value, u.currency, u.action_source, u.payload, u.match_keys, u.state, \
+                   u.last_error, u.source_table, u.source_lsn, u.commit_time, u.source_key \
+                 from {} join {{s}}.deliveries c on c.source_table = u.source_table \
+                   and c.source_key = u.source_key and c.rule = u.adjusts_rule \
+                   and c.destination = u.destination and c.kind = 'conversion' \
+                   and c.state in ('pending', 'sent') \
+                   and c.source_key is not null) as t",
+                unnest.replace("{t}", "u")
+            ),
+            "",
+        ),
     };
     let sql = format!(
-        "insert into {{s}}.deliveries (rule, destination, platform, event_id, kind, adjusts_rule, \
-           event_name, event_time, value, currency, action_source, payload, match_keys, state, \
-           last_error, source_table, source_lsn, commit_time) \
+        "insert into {{s}}.deliveries ({columns}) \
          select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
            value::numeric, currency, action_source, payload, \
            coalesce(string_to_array(nullif(match_keys, ''), ','), '{{}}'), state, last_error, \
-           source_table, source_lsn::pg_lsn, commit_time \
-         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-           $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], \
-           $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[]) \
-           as t(rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
-           value, currency, action_source, payload, match_keys, state, last_error, source_table, \
-           source_lsn, commit_time) \
+           source_table, source_lsn::pg_lsn, commit_time, source_key \
+         from {from} \
          where not exists (select 1 from {{s}}.retired r where r.rule = t.rule \
            and r.destination = t.destination and r.event_id = t.event_id) \
          {converted} {recorded} {on_conflict}"
@@ -559,6 +633,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
                 &source_table,
                 &source_lsn,
                 &commit_time,
+                &source_key,
             ],
         )
         .await
@@ -634,7 +709,20 @@ pub async fn write_group(
 fn first_of_each_key(rows: &[NewDelivery]) -> Vec<&NewDelivery> {
     let mut seen = std::collections::HashSet::with_capacity(rows.len());
     rows.iter()
-        .filter(|r| seen.insert((r.event_id.as_str(), r.destination.as_str(), r.rule.as_str())))
+        .filter(|r| {
+            // Retractions matched by the deleted row's key have no event id yet: one per key.
+            let key = r
+                .event_id
+                .is_empty()
+                .then_some(r.source_key.as_deref())
+                .flatten();
+            seen.insert((
+                r.event_id.as_str(),
+                r.destination.as_str(),
+                r.rule.as_str(),
+                key,
+            ))
+        })
         .collect()
 }
 

@@ -309,6 +309,12 @@ pub struct Bound {
     rules: Vec<Arc<Compiled>>,
     /// Column name to position; FNV because every value a rule reads looks its column up here.
     index: FnvHashMap<String, usize>,
+    /// The positions of the replica-identity key columns; empty under REPLICA IDENTITY FULL (the old
+    /// tuple of a DELETE then holds every column) or when the table has no key.
+    key_columns: Vec<usize>,
+    /// Per rule (as `rules`): whether its conversions record the source row's key
+    /// ([`NewDelivery::source_key`]) because a DELETE cannot render its event id.
+    keyed: Vec<bool>,
 }
 
 impl Rules {
@@ -418,10 +424,32 @@ impl Rules {
                 }
             }
         }
+        let key_columns: Vec<usize> = if relation.replica_identity == b'f' {
+            Vec::new()
+        } else {
+            (relation.columns.iter().enumerate())
+                .filter(|(_, c)| c.key)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let keyed = rules
+            .iter()
+            .map(|rule| {
+                !key_columns.is_empty()
+                    && rule.adjusts.is_none()
+                    && rule.on_delete != OnDelete::Ignore
+                    && rule
+                        .event_id
+                        .as_ref()
+                        .is_some_and(|t| !reads_only_key(&relation, &index, t))
+            })
+            .collect();
         Ok(Some(Bound {
             relation,
             rules: rules.clone(),
             index,
+            key_columns,
+            keyed,
         }))
     }
 
@@ -509,12 +537,15 @@ impl Rules {
             tuple: new,
             unresolved,
         };
-        for rule in &bound.rules {
+        for (r, rule) in bound.rules.iter().enumerate() {
             // Rows of a rule go straight to `out` and are taken back if the rule fails the row.
             let rule_start = out.len();
             let applied = row.matches(rule).and_then(|matched| match &rule.adjusts {
                 _ if !matched => Ok(()),
-                None => self.conversion(rule, &row, tx, ordinal, drops, out),
+                None => {
+                    let key = bound.keyed[r].then(|| bound.source_key(new)).flatten();
+                    self.conversion(rule, &row, key, tx, ordinal, drops, out)
+                }
                 Some(target) => self.adjustment(rule, target, &row, tx, ordinal, out),
             });
             if applied.is_err() {
@@ -556,9 +587,11 @@ impl Rules {
     /// conversion exists (pending or sent), see [`crate::outbox::insert_deliveries`].
     ///
     /// The event id is rendered from the old tuple. Under `REPLICA IDENTITY DEFAULT` (or `USING
-    /// INDEX`) that tuple holds only the key columns: a rule whose event id reads another column
-    /// cannot tell which conversion to retract: its name is returned (the first time only, for the
-    /// caller's logs); `REPLICA IDENTITY FULL` on the table lifts that.
+    /// INDEX`) that tuple holds only the key columns: for a rule whose event id reads another column,
+    /// the retraction carries the row's key instead ([`NewDelivery::source_key`], empty `event_id`),
+    /// and the control table takes the event id of each conversion recorded with that key. Only a
+    /// table without key columns leaves the conversion unmatched: the rule's name is returned (the
+    /// first time only, for the caller's logs).
     pub fn evaluate_delete(
         &self,
         bound: &Bound,
@@ -583,14 +616,19 @@ impl Rules {
             let Some(template) = &rule.event_id else {
                 continue;
             };
-            let computable = full
-                || template.columns().all(|c| {
-                    bound
-                        .index
-                        .get(c)
-                        .is_some_and(|&i| bound.relation.columns[i].key)
-                });
-            if !computable {
+            let computable = full || reads_only_key(&bound.relation, &bound.index, template);
+            // Not computable: the conversions of the row are found by its key, if it has one.
+            let (event_id, source_key) = if computable {
+                match row.render(rule, template) {
+                    Ok(Some(id)) if !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES => {
+                        (id, None)
+                    }
+                    // No usable id: no conversion could have been recorded under it either.
+                    _ => continue,
+                }
+            } else if let Some(key) = bound.source_key(tuple) {
+                (String::new(), Some(key))
+            } else {
                 if !rule
                     .delete_unmatched
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -598,11 +636,6 @@ impl Rules {
                     not_computable.push(rule.name.clone());
                 }
                 continue;
-            }
-            let event_id = match row.render(rule, template) {
-                Ok(Some(id)) if !id.trim().is_empty() && id.len() <= MAX_EVENT_ID_BYTES => id,
-                // No usable id: no conversion could have been recorded under it either.
-                _ => continue,
             };
             for (destination, platform) in &rule.destinations {
                 out.push(NewDelivery {
@@ -627,6 +660,7 @@ impl Rules {
                     state: State::Pending,
                     last_error: None,
                     source_table: rule.table.clone(),
+                    source_key: source_key.clone(),
                     source_lsn: tx.commit_lsn,
                     commit_time: tx.commit_time,
                 });
@@ -635,10 +669,12 @@ impl Rules {
         not_computable
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conversion(
         &self,
         rule: &Compiled,
         row: &RowView,
+        source_key: Option<String>,
         tx: TxContext,
         ordinal: u64,
         drops: &mut DropCounts,
@@ -757,6 +793,7 @@ impl Rules {
                 state,
                 last_error,
                 source_table: rule.table.clone(),
+                source_key: source_key.clone(),
                 source_lsn: tx.commit_lsn,
                 commit_time: tx.commit_time,
             });
@@ -818,6 +855,7 @@ impl Rules {
                 state: State::Pending,
                 last_error: None,
                 source_table: rule.table.clone(),
+                source_key: None,
                 source_lsn: tx.commit_lsn,
                 commit_time: tx.commit_time,
             });
@@ -855,6 +893,7 @@ fn failed_rows(
             state: State::Failed,
             last_error: Some(format!("invalid row: {reason}")),
             source_table: rule.table.clone(),
+            source_key: None,
             source_lsn: tx.commit_lsn,
             commit_time: tx.commit_time,
         });
@@ -1190,6 +1229,43 @@ impl Bound {
     pub fn relation(&self) -> &Arc<Relation> {
         &self.relation
     }
+
+    /// The [`crate::outbox::source_key`] of `tuple` (a new tuple, or the old key tuple of a DELETE):
+    /// `None` without key columns or when a key value is not in the tuple or not text.
+    fn source_key(&self, tuple: &Tuple) -> Option<String> {
+        if self.key_columns.is_empty() {
+            return None;
+        }
+        let mut values: Vec<Option<std::borrow::Cow<str>>> =
+            Vec::with_capacity(self.key_columns.len());
+        for &i in &self.key_columns {
+            values.push(match tuple.0.get(i)? {
+                Datum::Null => None,
+                Datum::UnchangedToast => return None,
+                Datum::Text(bytes) => Some(std::str::from_utf8(bytes).ok()?.into()),
+                Datum::Binary(bytes) => {
+                    let mut hex = String::from("\\x");
+                    for b in bytes.iter() {
+                        hex.push_str(&format!("{b:02x}"));
+                    }
+                    Some(hex.into())
+                }
+            });
+        }
+        Some(crate::outbox::source_key(
+            values.iter().map(|v| v.as_deref()),
+        ))
+    }
+}
+
+/// Whether template `t` reads only replica-identity key columns of `relation`.
+fn reads_only_key(relation: &Relation, index: &FnvHashMap<String, usize>, t: &Template) -> bool {
+    t.columns().all(|c| {
+        index
+            .get(c)
+            .and_then(|&i| relation.columns.get(i))
+            .is_some_and(|c| c.key)
+    })
 }
 
 #[cfg(test)]
@@ -1261,6 +1337,85 @@ email = "email"
         rules
             .evaluate(bound, tuple, tx, 1, &mut DropCounts::default())
             .expect("evaluated")
+    }
+
+    /// `public.t` with `id` as its key column (flagged as under REPLICA IDENTITY `identity`).
+    fn keyed_relation(identity: u8) -> Arc<Relation> {
+        let mut relation = (*relation(&[
+            ("id", 20),
+            ("n", 25),
+            ("status", 25),
+            ("total", 1700),
+            ("email", 25),
+        ]))
+        .clone();
+        relation.replica_identity = identity;
+        for column in &mut relation.columns {
+            column.key = identity == b'f' || column.name == "id";
+        }
+        Arc::new(relation)
+    }
+
+    #[test]
+    fn a_delete_without_the_event_id_is_matched_by_the_row_key_recorded_with_the_conversion() {
+        let rules = rules();
+        let tx = TxContext {
+            commit_lsn: Lsn::ZERO,
+            commit_time: Utc::now(),
+        };
+        // Default identity: `o-{n}` reads a column outside the key `id`.
+        let bound = rules.bind(keyed_relation(b'd')).unwrap().unwrap();
+        let new = text(&["42", "7", "paid", "10", "a@example.com"]);
+        let rows = evaluate(&rules, &bound, &new);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_id, "o-7");
+        assert_eq!(rows[0].source_key.as_deref(), Some("42"));
+        let mut key_only = text(&["42"]);
+        key_only
+            .0
+            .extend([Datum::Null, Datum::Null, Datum::Null, Datum::Null]);
+        let mut out = Vec::new();
+        let unmatched = rules.evaluate_delete(&bound, &OldTuple::Key(key_only), tx, &mut out);
+        assert!(unmatched.is_empty(), "{unmatched:?}");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].rule, "paid:deleted");
+        assert_eq!(out[0].event_id, "");
+        assert_eq!(out[0].source_key.as_deref(), Some("42"));
+
+        // FULL: every column is flagged key; no key is stored (it would be the whole row), and the
+        // delete renders the event id from the old row.
+        let bound = rules.bind(keyed_relation(b'f')).unwrap().unwrap();
+        let rows = evaluate(&rules, &bound, &new);
+        assert_eq!(rows[0].source_key, None);
+        let mut out = Vec::new();
+        rules.evaluate_delete(&bound, &OldTuple::Full(new), tx, &mut out);
+        assert_eq!(
+            (out[0].event_id.as_str(), out[0].source_key.as_deref()),
+            ("o-7", None)
+        );
+    }
+
+    #[test]
+    fn the_source_key_encoding_is_unambiguous() {
+        use crate::outbox::source_key;
+        assert_eq!(source_key([Some("42")]), "42");
+        assert_eq!(
+            source_key([Some("7"), Some("a,b\\c"), None]),
+            "7,a\\,b\\\\c,\\N"
+        );
+        let keys = [
+            source_key([Some("a,b")]),
+            source_key([Some("a"), Some("b")]),
+            source_key([None]),
+            source_key([Some("\\N")]),
+            source_key([Some("")]),
+            source_key([Some(""), Some("")]),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]

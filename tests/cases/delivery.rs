@@ -960,6 +960,134 @@ async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
 }
 
 #[tokio::test]
+async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_identity() {
+    // GIVEN capture and dispatch running; orders under REPLICA IDENTITY DEFAULT: the event id
+    // (`order-{order_number}`) reads a column that the key-only old tuple of a DELETE lacks, so
+    // capture records each conversion with its row's key (`id`) and a DELETE is matched by it
+    let (sandbox, db, client, config) = shop(1_000).await;
+    let pipeline = Pipeline::start(config, &db.url()).await;
+
+    // WHEN two orders are paid and deleted in one transaction, an unpaid order is deleted, and
+    // another is paid
+    client
+        .batch_execute(&format!(
+            "begin; {} {} delete from orders where order_number in ('k1', 'k4'); commit;
+             insert into orders (order_number, email, total) values ('k2', 'x@example.com', 5);
+             delete from orders where order_number = 'k2';
+             {}",
+            paid_order("k1"),
+            paid_order("k4"),
+            paid_order("k3")
+        ))
+        .await
+        .unwrap();
+
+    // THEN the deleted paid orders are cancelled everywhere (their retractions took their event
+    // ids from the conversions) and never sent, the unpaid one left no row, the other order is
+    // sent, and the conversions hold their row's key
+    settled(&client, 2 * 6 + 3, 30).await;
+    let k1: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select kind, state, last_error from pgcapi.deliveries
+             where event_id in ('order-k1', 'order-k4') order by kind, destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(k1.len(), 12, "{k1:?}");
+    for (kind, state, error) in &k1 {
+        let reason = if kind == "conversion" {
+            "source row deleted before it was sent"
+        } else {
+            "conversion was not sent yet"
+        };
+        assert_eq!(
+            (state.as_str(), error.as_deref()),
+            ("cancelled", Some(reason)),
+            "{k1:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            &client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-k2' or event_id = ''"
+        )
+        .await,
+        0
+    );
+    let k3_id: i64 = client
+        .query_one(
+            "select id::bigint from orders where order_number = 'k3'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        count(
+            &client,
+            &format!(
+                "select count(*) from pgcapi.deliveries where event_id = 'order-k3'
+                 and kind = 'conversion' and state = 'sent' and source_key = '{k3_id}'"
+            )
+        )
+        .await,
+        3
+    );
+    for (destination, platform) in DESTINATIONS {
+        let ids = counted_ids(&sandbox, platform);
+        assert!(
+            !ids.contains(&"order-k1".to_string())
+                && !ids.contains(&"order-k4".to_string())
+                && ids.contains(&"order-k3".to_string()),
+            "{destination}: {ids:?}"
+        );
+    }
+
+    // WHEN the sent order is deleted
+    client
+        .batch_execute("delete from orders where order_number = 'k3'")
+        .await
+        .unwrap();
+    // THEN Google retracts it, and Meta and TikTok say they cannot
+    settled(&client, 18, 30).await;
+    let k3: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select destination, state, last_error from pgcapi.deliveries
+             where event_id = 'order-k3' and kind = 'retraction' order by destination",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        k3,
+        [
+            ("google".into(), "sent".into(), None),
+            (
+                "meta".into(),
+                "skipped".into(),
+                Some("platform cannot retract".into())
+            ),
+            (
+                "tiktok".into(),
+                "skipped".into(),
+                Some("platform cannot retract".into())
+            ),
+        ]
+    );
+    let adjustments = sandbox.records().google_ads.adjustments;
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-k3"));
+    pipeline.stop().await;
+}
+
+#[tokio::test]
 async fn a_deal_won_and_deleted_in_one_transaction_is_cancelled_under_the_default_replica_identity()
 {
     // GIVEN capture and dispatch running; leads under REPLICA IDENTITY DEFAULT, whose event id

@@ -203,6 +203,7 @@ fn conversion(destination: &str, platform: Platform, event_id: &str) -> NewDeliv
         state: State::Pending,
         last_error: None,
         source_table: "public.orders".into(),
+        source_key: None,
         source_lsn: Lsn(0x16B3748),
         commit_time: Utc::now(),
     }

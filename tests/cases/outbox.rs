@@ -43,6 +43,7 @@ fn paid(event_id: &str, value: &str) -> NewDelivery {
         state: State::Pending,
         last_error: None,
         source_table: "public.orders".into(),
+        source_key: None,
         source_lsn: Lsn(0x1_0000),
         commit_time: Utc::now(),
     }
@@ -187,6 +188,7 @@ async fn the_schema_installs_twice_and_upgrades_a_version_one_table() {
         "deliveries_finished_idx",
         "deliveries_pending_adjustments_idx",
         "deliveries_pkey",
+        "deliveries_source_key_idx",
     ];
     assert_eq!(indexes(&client, "pgcapi").await, expected);
 

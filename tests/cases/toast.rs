@@ -195,15 +195,25 @@ async fn a_row_deleted_before_it_is_read_back_is_recorded_without_the_value_and_
 
     // THEN both orders are recorded: the deleted one without its user agent and email (counted as
     // dropped for each platform that takes them: email 3, user agent 2), with the identifiers the WAL
-    // carried; and capture goes on with later changes.
+    // carried, and its DELETE retracts it (matched by the row's key); and capture goes on with later
+    // changes.
     wait_for(30, "both orders recorded", || async {
-        (count(client, "select count(*) from pgcapi.deliveries").await == 6).then_some(())
+        (count(client, "select count(*) from pgcapi.deliveries").await == 6 + 3).then_some(())
     })
     .await;
+    assert_eq!(
+        count(
+            client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-D-1' \
+             and kind = 'retraction'"
+        )
+        .await,
+        3
+    );
     let rows = client
         .query(
             "select destination, state, array_to_string(match_keys, ',') from pgcapi.deliveries
-             where event_id = 'order-D-1' order by destination",
+             where event_id = 'order-D-1' and kind = 'conversion' order by destination",
             &[],
         )
         .await
