@@ -123,6 +123,8 @@ struct Setup {
     client: Client,
     _dir: tempfile::TempDir,
     _run: KillOnDrop,
+    env: Vec<(String, String)>,
+    path: std::path::PathBuf,
 }
 
 async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
@@ -161,6 +163,8 @@ async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
         client,
         _dir: dir,
         _run: run,
+        env,
+        path,
     }
 }
 
@@ -718,4 +722,114 @@ async fn lost_answers_are_resent_and_microsoft_counts_each_conversion_once() {
         "{:?}",
         records.counters
     );
+}
+
+#[tokio::test]
+async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund_retracts_once() {
+    // GIVEN short leases and a slow Microsoft (requests in flight when the process dies)
+    let toml = CONFIG.replace("[dispatch]\n", "[dispatch]\nlease_secs = 2\n");
+    let mut s = start(&toml, &[]).await;
+    s.sandbox.set_faults(pgcapi::sandbox::Faults {
+        latency_ms: (20, 120),
+        seed: Some(13),
+        ..pgcapi::sandbox::Faults::default()
+    });
+    // WHEN orders are paid in many small transactions while pgcapi is killed with SIGKILL and restarted
+    let orders: i64 = 240;
+    let rounds = 6;
+    for round in 0..rounds {
+        for i in 0..orders / rounds {
+            let n = round * (orders / rounds) + i;
+            s.client
+                .execute(
+                    "insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
+                     values ($1, md5($1), $2::text::numeric, 'paid', true, now())",
+                    &[&format!("7{n:04}"), &format!("{}.25", 5 + n)],
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(40 + 30 * round as u64)).await;
+        s._run.kill();
+        s._run = spawn_run(&s.path, &s.env);
+    }
+    // THEN every conversion is sent, none is lost, and Microsoft counts each exactly once
+    settled(&s.client, "conversion", orders).await;
+    let states = rows(&s.client, "conversion").await;
+    assert_eq!(states.len(), orders as usize);
+    let unsent: Vec<_> = states
+        .iter()
+        .filter(|(_, state, _)| state != "sent")
+        .collect();
+    assert!(unsent.is_empty(), "{unsent:?}");
+    let records = s.sandbox.records().microsoft_ads;
+    let counters = &records.counters;
+    assert_eq!(counters.unique, orders as u64, "{counters:?}");
+    let mut clicks: Vec<String> = records
+        .conversions
+        .iter()
+        .map(|c| c.microsoft_click_id.clone().unwrap_or_default())
+        .collect();
+    clicks.sort();
+    let expected: Vec<String> = s
+        .client
+        .query("select md5(order_number) from orders order by 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(clicks, expected, "each order's conversion, once");
+    assert_eq!(counters.rejected, 0, "{counters:?}");
+    assert_eq!(counters.rejected_requests, 0, "{counters:?}");
+    // Resends are raw resends of rows a killed process had claimed: the sandbox received each item
+    // once plus once per duplicate, and no more duplicates than the re-claims the control table counted.
+    assert_eq!(
+        counters.received,
+        orders as u64 + counters.duplicate_sends,
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.deduplicated, counters.duplicate_sends,
+        "{counters:?}"
+    );
+    let reclaims = count(
+        &s.client,
+        "select coalesce(sum(attempts - 1), 0)::bigint from pgcapi.deliveries where kind = 'conversion'",
+    )
+    .await;
+    assert!(
+        counters.duplicate_sends <= reclaims as u64,
+        "{} duplicate sends but {reclaims} re-claims: {counters:?}",
+        counters.duplicate_sends
+    );
+    eprintln!("kill -9 x{rounds}: {counters:?}, re-claims {reclaims}");
+
+    // WHEN one of the orders is refunded after the kills
+    s.client
+        .batch_execute("update orders set status = 'refunded' where order_number = '70007'")
+        .await
+        .unwrap();
+    // THEN exactly one Retract is applied, matching that order's conversion
+    settled(&s.client, "retraction", 1).await;
+    assert_eq!(rows(&s.client, "retraction").await[0].1, "sent");
+    let records = s.sandbox.records().microsoft_ads;
+    let click: String = s
+        .client
+        .query_one("select md5('70007')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(records.adjustments.len(), 1, "{:?}", records.adjustments);
+    let retract = &records.adjustments[0];
+    assert_eq!(retract.adjustment_type, "Retract");
+    assert_eq!(retract.microsoft_click_id.as_deref(), Some(click.as_str()));
+    let retracted: Vec<_> = records.conversions.iter().filter(|c| c.retracted).collect();
+    assert_eq!(retracted.len(), 1);
+    assert_eq!(
+        retracted[0].microsoft_click_id.as_deref(),
+        Some(click.as_str())
+    );
+    assert_eq!(retracted[0].conversion_time, retract.conversion_time);
+    assert_eq!(records.counters.unique, orders as u64 + 1);
 }
