@@ -139,7 +139,14 @@ grouped as (
     from scored s
     group by s.destination
 )
-select g.*, e.last_error, e.last_error_at
+select g.*, e.last_error, e.last_error_at,
+    -- Events the platform accepted in the last 24 hours but reported later it could not use (Google
+    -- Data Manager's processing errors: EVENT_TOO_OLD, INVALID_GCLID, ...); per reason in
+    -- pgcapi.platform_processing.
+    coalesce((
+        select sum(p.events) from pgcapi.platform_processing p
+        where p.destination = g.destination and p.recorded_at >= now() - interval '1 day'
+    ), 0)::bigint as platform_unusable_24h
 from grouped g
 left join lateral (
     select d.last_error, d.updated_at as last_error_at

@@ -483,6 +483,9 @@ pub struct DestinationConfig {
     /// Largest batch sent in one request (capped by the platform's limit).
     #[serde(default)]
     pub batch_max_events: Option<usize>,
+    /// Data Manager: how often an accepted request's processing result is asked for (default 30 s).
+    #[serde(default)]
+    pub status_poll_ms: Option<u64>,
 }
 
 /// `refunds` of a Data Manager destination: what a full refund (`retracts`) becomes.
@@ -1497,6 +1500,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "crm_event_set_id",
     ];
     const GOOGLE_DATA_MANAGER: &[&str] = &[
+        "status_poll_ms",
         "operating_account",
         "login_account",
         "client_id",

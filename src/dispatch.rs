@@ -316,6 +316,19 @@ impl Dispatcher {
                     info!("dispatch worker stopped");
                     return Ok(());
                 }
+                // What the platform reported later about requests it accepted.
+                for report in dest.take_processing_reports() {
+                    if let Err(e) = crate::outbox::record_processing(
+                        self.client.as_ref(),
+                        &self.schema,
+                        &report,
+                    )
+                    .await
+                    {
+                        warn!(error = %e, request_id = %report.request_id,
+                            "cannot record the platform's processing report");
+                    }
+                }
                 let mut pause = None;
                 // While the platform is down, one probe at a time.
                 while in_flight.len() >= BATCHES_IN_FLIGHT

@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "008_source_key.sql",
         include_str!("../sql/008_source_key.sql"),
     ),
+    (
+        "009_platform_processing.sql",
+        include_str!("../sql/009_platform_processing.sql"),
+    ),
     // Last, so that a numbered file may drop a view to change a column it reads.
     ("views.sql", include_str!("../sql/views.sql")),
 ];
@@ -999,4 +1003,78 @@ pub async fn load_capture_report(
         error_since: r.get(3),
         seen_at: r.get(4),
     }))
+}
+
+/// What a platform reported, after accepting a request, about events it could not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessingReport {
+    /// The config name of the destination.
+    pub destination: String,
+    /// The platform's request id.
+    pub request_id: String,
+    /// Events the platform could not use, per reason (its own names).
+    pub unusable: Vec<(String, i64)>,
+}
+
+/// Records a final processing report once (a repeat of the same request changes nothing).
+pub async fn record_processing(
+    client: &impl GenericClient,
+    schema: &str,
+    report: &ProcessingReport,
+) -> Result<(), OutboxError> {
+    let sql = format!(
+        "insert into {}.platform_processing (destination, request_id, reason, events) \
+         values ($1, $2, $3, $4) on conflict do nothing",
+        quote_ident(schema)
+    );
+    for (reason, events) in &report.unusable {
+        client
+            .execute(
+                &sql,
+                &[&report.destination, &report.request_id, reason, events],
+            )
+            .await
+            .map_err(db("recording the platform's processing report"))?;
+    }
+    Ok(())
+}
+
+/// Per destination, the events the platform reported it could not use in the last 24 hours, per reason
+/// (most first).
+pub async fn load_unusable_24h(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<(String, i64)>>, OutboxError> {
+    let sql = format!(
+        "select destination, reason, sum(events)::bigint from {}.platform_processing \
+         where recorded_at >= now() - interval '1 day' \
+         group by destination, reason order by destination, 3 desc, reason",
+        quote_ident(schema)
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(db("reading the platforms' processing reports"))?;
+    let mut out = std::collections::BTreeMap::<String, Vec<(String, i64)>>::new();
+    for r in rows {
+        out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+    }
+    Ok(out)
+}
+
+/// Deletes processing reports recorded more than `keep` ago.
+pub async fn purge_processing(
+    client: &impl GenericClient,
+    schema: &str,
+    keep: std::time::Duration,
+) -> Result<u64, OutboxError> {
+    let sql = format!(
+        "delete from {}.platform_processing \
+         where recorded_at < now() - make_interval(secs => $1)",
+        quote_ident(schema)
+    );
+    client
+        .execute(&sql, &[&keep.as_secs_f64()])
+        .await
+        .map_err(db("deleting old processing reports"))
 }

@@ -206,7 +206,7 @@ pub async fn purge(
 /// rows older than `keep`.
 pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String> {
     let client = crate::repair::connect_control(config).await?;
-    purge(
+    let report = purge(
         &client,
         &config.source.schema,
         Target::Finished { keep },
@@ -215,7 +215,16 @@ pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String
         false,
     )
     .await
-    .map_err(|e| crate::error_chain(&e))
+    .map_err(|e| crate::error_chain(&e))?;
+    // Platforms' processing reports go with the deliveries, but stay a day for `pgcapi status`.
+    crate::outbox::purge_processing(
+        &client,
+        &config.source.schema,
+        keep.max(Duration::from_secs(86_400)),
+    )
+    .await
+    .map_err(|e| crate::error_chain(&e))?;
+    Ok(report)
 }
 
 /// The retention task of `pgcapi run`: a pass at start, then every [`PERIOD`], until `shutdown`.

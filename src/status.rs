@@ -271,6 +271,19 @@ pub struct DestinationHealth {
     pub last_error: Option<String>,
     /// When it was recorded.
     pub last_error_at: Option<DateTime<Utc>>,
+    /// Events the platform accepted in the last 24 hours but reported later it could not use.
+    pub platform_unusable_24h: i64,
+    /// The same, per the platform's reason (most first).
+    pub platform_unusable_reasons: Vec<UnusableReason>,
+}
+
+/// Events a platform could not use for one reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnusableReason {
+    /// The platform's reason, e.g. `PROCESSING_ERROR_REASON_EVENT_TOO_OLD`.
+    pub reason: String,
+    /// How many events.
+    pub events: i64,
 }
 
 /// One recent failure from the send log.
@@ -692,7 +705,7 @@ async fn read_health(
                    cancelled_24h, last_sent_at, events_24h, email_share::float8, phone_share::float8, \
                    name_share::float8, address_share::float8, click_id_share::float8, \
                    ip_ua_share::float8, external_id_share::float8, browser_id_share::float8, \
-                   match_score::float8, last_error, last_error_at \
+                   match_score::float8, last_error, last_error_at, platform_unusable_24h \
                  from {s}.health order by destination"
             ),
             &[],
@@ -729,8 +742,19 @@ async fn read_health(
             match_score: r.get(24),
             last_error: r.get(25),
             last_error_at: r.get(26),
+            platform_unusable_24h: r.get(27),
+            platform_unusable_reasons: Vec::new(),
         })
         .collect();
+    let mut reasons = crate::outbox::load_unusable_24h(control, &config.source.schema).await?;
+    for d in &mut out {
+        if let Some(list) = reasons.remove(&d.destination) {
+            d.platform_unusable_reasons = list
+                .into_iter()
+                .map(|(reason, events)| UnusableReason { reason, events })
+                .collect();
+        }
+    }
     for (name, dest) in &config.destinations {
         if !out.iter().any(|d| &d.destination == name) {
             out.push(DestinationHealth::empty(name, dest.platform.as_str()));
@@ -771,6 +795,8 @@ impl DestinationHealth {
             match_score: None,
             last_error: None,
             last_error_at: None,
+            platform_unusable_24h: 0,
+            platform_unusable_reasons: Vec::new(),
         }
     }
 }
@@ -869,6 +895,9 @@ fn judge(
             });
         }
     }
+    for d in destinations.iter().filter(|d| d.platform_unusable_24h > 0) {
+        warnings.push(unusable_warning(d));
+    }
     let failed_older: i64 = destinations.iter().map(|d| d.failed - d.failed_1h).sum();
     if failed_older > 0 {
         warnings.push(format!(
@@ -876,6 +905,32 @@ fn judge(
         ));
     }
     (problems, warnings)
+}
+
+/// "google: Google accepted 12 events but could not use 5 of them in the last 24 h: EVENT_TOO_OLD 3,
+/// INVALID_GCLID 2" (a warning, not a reason to fail: the data is at fault, not the connector).
+fn unusable_warning(d: &DestinationHealth) -> String {
+    let platform = if d.platform.starts_with("google") {
+        "Google"
+    } else {
+        "the platform"
+    };
+    let reasons = d
+        .platform_unusable_reasons
+        .iter()
+        .map(|r| {
+            let reason = r
+                .reason
+                .strip_prefix("PROCESSING_ERROR_REASON_")
+                .unwrap_or(&r.reason);
+            format!("{reason} {}", r.events)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{}: {platform} accepted {} events but could not use {} of them in the last 24 h: {reasons}",
+        d.destination, d.sent_24h, d.platform_unusable_24h
+    )
 }
 
 /// A plain-text table: a header line and one line per row, columns padded to their widest cell and two
@@ -1228,6 +1283,33 @@ mod tests {
         let (problems, warnings) = judge(&observation(slot()), &[meta], &allow);
         assert!(problems.is_empty());
         assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn events_google_could_not_use_are_a_warning_with_the_reasons_not_a_problem() {
+        let mut google = DestinationHealth::empty("google", "google_data_manager");
+        google.sent_24h = 12;
+        google.platform_unusable_24h = 5;
+        google.platform_unusable_reasons = vec![
+            UnusableReason {
+                reason: "PROCESSING_ERROR_REASON_EVENT_TOO_OLD".into(),
+                events: 3,
+            },
+            UnusableReason {
+                reason: "PROCESSING_ERROR_REASON_INVALID_GCLID".into(),
+                events: 2,
+            },
+        ];
+        let (problems, warnings) =
+            judge(&observation(slot()), &[google], &StatusOptions::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            warnings,
+            [
+                "google: Google accepted 12 events but could not use 5 of them in the last 24 h: \
+              EVENT_TOO_OLD 3, INVALID_GCLID 2"
+            ]
+        );
     }
 
     #[test]

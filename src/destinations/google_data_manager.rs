@@ -89,6 +89,8 @@ pub struct StatusPoller {
     /// (request id, when to ask next, asks so far).
     queue: std::sync::Mutex<Vec<(String, std::time::Instant, u32)>>,
     interval: Duration,
+    /// Final reports with unusable events, until dispatch takes them.
+    reports: std::sync::Mutex<Vec<crate::outbox::ProcessingReport>>,
 }
 
 impl StatusPoller {
@@ -159,6 +161,7 @@ impl StatusPoller {
         {
             return false;
         }
+        let mut unusable: Vec<(String, i64)> = Vec::new();
         for s in &statuses {
             let counts = s
                 .pointer("/errorInfo/errorCounts")
@@ -173,6 +176,10 @@ impl StatusPoller {
                     None => 0,
                 };
                 if n > 0 {
+                    match unusable.iter_mut().find(|(r, _)| r == reason) {
+                        Some((_, sum)) => *sum += n as i64,
+                        None => unusable.push((reason.to_string(), n as i64)),
+                    }
                     crate::metrics::google_processing_errors(&self.name, reason, n);
                     tracing::warn!(
                         destination = %self.name,
@@ -183,6 +190,15 @@ impl StatusPoller {
                     );
                 }
             }
+        }
+        if !unusable.is_empty() {
+            self.reports.lock().unwrap_or_else(|p| p.into_inner()).push(
+                crate::outbox::ProcessingReport {
+                    destination: self.name.clone(),
+                    request_id: request_id.to_string(),
+                    unusable,
+                },
+            );
         }
         true
     }
@@ -216,7 +232,10 @@ impl GoogleDataManager {
             auth: auth.clone(),
             http: http.clone(),
             queue: std::sync::Mutex::new(Vec::new()),
-            interval: STATUS_POLL_INTERVAL,
+            interval: config.status_poll_ms.map_or(STATUS_POLL_INTERVAL, |ms| {
+                Duration::from_millis(ms.max(100))
+            }),
+            reports: std::sync::Mutex::new(Vec::new()),
         });
         if !config.validate_only {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -871,6 +890,16 @@ impl Destination for GoogleDataManager {
         Platform::GoogleDataManager
     }
 
+    fn take_processing_reports(&self) -> Vec<crate::outbox::ProcessingReport> {
+        std::mem::take(
+            &mut *self
+                .statuses
+                .reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
     fn max_batch(&self) -> usize {
         self.max_batch
     }
@@ -1163,6 +1192,7 @@ mod tests {
             http: d.http.clone(),
             queue: std::sync::Mutex::new(Vec::new()),
             interval: Duration::ZERO,
+            reports: std::sync::Mutex::new(Vec::new()),
         });
         // WHEN two conversions are accepted, one of them for a click Google does not know
         let mut known = purchase(1, Utc::now());

@@ -104,6 +104,11 @@ pub trait Destination: Send + Sync {
     fn can_retract(&self) -> bool {
         self.platform().can_retract()
     }
+    /// What the platform reported since the last call, after accepting requests, about events it could
+    /// not use (Data Manager's `requestStatus:retrieve`). Dispatch records them in the control table.
+    fn take_processing_reports(&self) -> Vec<crate::outbox::ProcessingReport> {
+        Vec::new()
+    }
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
     /// What [`send`](Destination::send) would do with `batch`, without sending anything: the requests
@@ -534,6 +539,7 @@ pub(crate) mod test_support {
             refunds: crate::config::GoogleRefunds::default(),
             ads_endpoint: None,
             batch_max_events: None,
+            status_poll_ms: None,
         }
     }
 

@@ -709,3 +709,96 @@ async fn kill_9_during_data_manager_delivery_counts_every_conversion_once_and_re
         0
     );
 }
+
+#[tokio::test]
+async fn events_google_could_not_use_show_in_status_and_health() {
+    // GIVEN pgcapi running the contract config, asking Data Manager for processing results every 200 ms
+    let toml = CONTRACT.replacen(
+        "platform = \"google_data_manager\"",
+        "platform = \"google_data_manager\"\nstatus_poll_ms = 200",
+        1,
+    );
+    assert_ne!(toml, CONTRACT);
+    let g = start(&toml, SandboxConfig::default(), &[]).await;
+    let c = &g.client;
+    // WHEN two orders are paid, one with a click Google does not know
+    c.execute(PAID, &[&"7301", &"10", &"USD"]).await.unwrap();
+    let unknown_click = PAID.replace("'Cj0KCQiA-test_gclid'", "'unknown-click'");
+    assert_ne!(unknown_click, PAID);
+    c.execute(&unknown_click, &[&"7302", &"20", &"USD"])
+        .await
+        .unwrap();
+    wait_state(c, "google", "conversion", "sent", 2).await;
+    // THEN once Google's processing result is read, the health view counts the unusable event
+    wait_for(30, "platform_unusable_24h = 1", || async {
+        let rows = c
+            .query(
+                "select platform_unusable_24h from pgcapi.health where destination = 'google'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (rows.first().map(|r| r.get::<_, i64>(0)) == Some(1)).then_some(())
+    })
+    .await;
+    let reasons: Vec<(String, i64)> = c
+        .query(
+            "select reason, events from pgcapi.platform_processing where destination = 'google'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [("PROCESSING_ERROR_REASON_INVALID_GCLID".to_string(), 1)]
+    );
+    // AND `pgcapi status` warns with the reason, without calling the connector unhealthy for it
+    let status = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgcapi"));
+        command.arg("status");
+        if json {
+            command.arg("--json");
+        }
+        command.arg("-c").arg(&g.path).env("RUST_LOG", "warn");
+        for (k, v) in &g.env {
+            command.env(k, v);
+        }
+        command.output().expect("run pgcapi status")
+    };
+    let output = status(false);
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        text.contains("google: Google accepted 2 events but could not use 1 of them in the last 24 h: INVALID_GCLID 1"),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = status(true);
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let google = json["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["destination"] == "google")
+        .unwrap()
+        .clone();
+    assert!(
+        !json["reasons"].to_string().contains("INVALID_GCLID"),
+        "not a reason to be unhealthy: {json}"
+    );
+    assert_eq!(google["platform_unusable_24h"], 1);
+    assert_eq!(
+        google["platform_unusable_reasons"],
+        json!([{"reason": "PROCESSING_ERROR_REASON_INVALID_GCLID", "events": 1}])
+    );
+    assert!(
+        json["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("could not use 1 of them")),
+        "{json}"
+    );
+}

@@ -237,3 +237,48 @@ async fn the_schema_installs_twice_and_upgrades_a_version_one_table() {
         vec!["email:2d71..".to_string()]
     );
 }
+
+#[tokio::test]
+async fn a_processing_report_is_recorded_once_and_purged_when_old() {
+    // GIVEN a control schema and a final Data Manager report of one request
+    let (_db, c) = control_db().await;
+    let report = outbox::ProcessingReport {
+        destination: "google".into(),
+        request_id: "req-1".into(),
+        unusable: vec![
+            ("PROCESSING_ERROR_REASON_EVENT_TOO_OLD".into(), 3),
+            ("PROCESSING_ERROR_REASON_INVALID_GCLID".into(), 2),
+        ],
+    };
+    // WHEN it is recorded twice (a repeated poll)
+    outbox::record_processing(&c, "pgcapi", &report)
+        .await
+        .unwrap();
+    outbox::record_processing(&c, "pgcapi", &report)
+        .await
+        .unwrap();
+    // THEN it counts once, most first
+    let unusable = outbox::load_unusable_24h(&c, "pgcapi").await.unwrap();
+    assert_eq!(
+        unusable["google"],
+        [
+            ("PROCESSING_ERROR_REASON_EVENT_TOO_OLD".to_string(), 3),
+            ("PROCESSING_ERROR_REASON_INVALID_GCLID".to_string(), 2),
+        ]
+    );
+    // AND once older than the kept time, it is purged and no longer counted
+    c.batch_execute(
+        "update pgcapi.platform_processing set recorded_at = now() - interval '3 days' \
+         where reason like '%TOO_OLD'",
+    )
+    .await
+    .unwrap();
+    let purged = outbox::purge_processing(&c, "pgcapi", Duration::from_secs(2 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(
+        count(&c, "select count(*) from pgcapi.platform_processing").await,
+        1
+    );
+}
