@@ -1,60 +1,10 @@
 //! Microsoft Advertising end to end: `pgcapi run` on a real PostgreSQL with the contract's schema,
 //! delivering offline conversions, retractions and restatements to the sandbox's Microsoft module.
 
-use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb};
+use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb, SHOP_SQL};
 use chrono::Utc;
 use pgcapi::sandbox::{Sandbox, SandboxHandle};
 use tokio_postgres::Client;
-
-/// The tables of the contract schema (`shop.sql`) the tests use: orders and leads, with `msclkid`.
-const SCHEMA: &str = "
-create table public.orders (
-    id            bigserial primary key,
-    order_number  text not null unique,
-    email         text,
-    phone         text,
-    first_name    text,
-    last_name     text,
-    city          text,
-    region        text,
-    postal_code   text,
-    country       text,
-    client_ip     inet,
-    user_agent    text,
-    fbc           text,
-    fbp           text,
-    gclid         text,
-    ttclid        text,
-    msclkid       text,
-    total         numeric(12, 2) not null,
-    net_total     numeric(12, 2),
-    currency      char(3) not null default 'USD',
-    status        text not null default 'pending',
-    ad_consent    boolean,
-    notes         text,
-    created_at    timestamptz not null default now(),
-    paid_at       timestamptz
-);
-create table public.leads (
-    id            bigserial primary key,
-    email         text,
-    phone         text,
-    first_name    text,
-    last_name     text,
-    country       text,
-    gclid         text,
-    fbclid        text,
-    clicked_at    timestamptz,
-    meta_lead_id  text,
-    ttclid        text,
-    msclkid       text,
-    stage         text not null default 'new',
-    deal_value    numeric(12, 2),
-    currency      char(3) not null default 'USD',
-    consent       text,
-    won_at        timestamptz,
-    created_at    timestamptz not null default now()
-);";
 
 /// The contract's Microsoft destination and its order rules (paid, refunded, partially refunded).
 const CONFIG: &str = r#"
@@ -133,7 +83,7 @@ async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
         .unwrap();
     let db = TestDb::start().await;
     let client = db.connect().await;
-    client.batch_execute(SCHEMA).await.unwrap();
+    client.batch_execute(SHOP_SQL).await.unwrap();
     let base = sandbox.base_url();
     let mut env = vec![
         ("PGCAPI_DATABASE_URL".to_string(), db.url()),
