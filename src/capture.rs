@@ -550,7 +550,6 @@ impl Capture {
             uncounted: 0,
             read_back: None,
             stuck_on,
-            catalog: None,
             broken: HashMap::new(),
         };
         let result = session.pump(shutdown).await;
@@ -657,14 +656,12 @@ struct Session<'a> {
     last_status: Instant,
     /// Changes decoded and not yet added to the shared counters.
     uncounted: u64,
-    /// An ordinary SQL connection to the source for reading back unchanged TOAST values, opened at
-    /// the first need and kept for the session.
+    /// An ordinary SQL connection to the source, opened at the first need and kept for the session:
+    /// it reads back unchanged TOAST values, and the catalog when a Relation message lacks a column a
+    /// rule reads.
     read_back: Option<tokio_postgres::Client>,
     /// The change capture stopped on last time, until the confirmed position is past it.
     stuck_on: Option<Lsn>,
-    /// A SQL connection to the source, opened when a Relation message lacks a column a rule reads, to
-    /// compare it with the table as it is now.
-    catalog: Option<tokio_postgres::Client>,
     /// Relations whose rules cannot be bound, with why: the error is raised at the relation's next
     /// change, whose LSN it carries (a Relation message itself comes with position 0/0).
     broken: HashMap<u32, RuleError>,
@@ -1043,13 +1040,7 @@ impl Session<'_> {
 
     /// The live columns of table `oid` now (name and type), in the order pgoutput lists them.
     async fn catalog_columns(&mut self, oid: u32) -> Result<Vec<(String, u32)>, CaptureError> {
-        if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = crate::db::connect(&self.capture.source)
-                .await
-                .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
-            self.catalog = Some(client);
-        }
-        let client = self.catalog.as_ref().expect("connected above");
+        let client = self.read_back_client().await?;
         let rows = client
             .query(
                 "select attname::text, atttypid from pg_attribute where attrelid = $1 \
@@ -1057,7 +1048,12 @@ impl Session<'_> {
                 &[&oid],
             )
             .await
-            .map_err(|e| CaptureError::Db(format!("reading the columns of table {oid}: {e}")))?;
+            .map_err(|e| {
+                CaptureError::Db(format!(
+                    "reading the columns of table {oid}: {}",
+                    crate::error_chain(&e)
+                ))
+            })?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
