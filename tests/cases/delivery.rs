@@ -831,6 +831,48 @@ async fn after_an_outage_only_probes_meet_it_and_the_backlog_drains_at_full_spee
     pipeline.stop().await;
 }
 
+/// Deletes the sent order `order_number` and checks its retractions once `settled` rows are
+/// finished: sent to Google (the only Google Ads adjustment so far), skipped at Meta and TikTok.
+async fn deleting_a_sent_order_retracts_it_where_the_platform_can(
+    client: &Client,
+    sandbox: &SandboxHandle,
+    order_number: &str,
+    settled_rows: i64,
+) {
+    client
+        .execute(
+            "delete from orders where order_number = $1",
+            &[&order_number],
+        )
+        .await
+        .unwrap();
+    settled(client, settled_rows, 30).await;
+    let event_id = format!("order-{order_number}");
+    let retractions: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select destination, state, last_error from pgcapi.deliveries
+             where event_id = $1 and kind = 'retraction' order by destination",
+            &[&event_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let cannot = Some("platform cannot retract".to_string());
+    assert_eq!(
+        retractions,
+        [
+            ("google".into(), "sent".into(), None),
+            ("meta".into(), "skipped".into(), cannot.clone()),
+            ("tiktok".into(), "skipped".into(), cannot),
+        ]
+    );
+    let adjustments = sandbox.records().google_ads.adjustments;
+    assert_eq!(adjustments.len(), 1);
+    assert_eq!(adjustments[0].order_id.as_deref(), Some(event_id.as_str()));
+}
+
 #[tokio::test]
 async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
     // GIVEN capture and dispatch running; orders under REPLICA IDENTITY FULL (the event id reads
@@ -919,43 +961,8 @@ async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
         );
     }
 
-    // WHEN the sent order is deleted
-    client
-        .batch_execute("delete from orders where order_number = 'd3'")
-        .await
-        .unwrap();
-    // THEN Google retracts it, and Meta and TikTok say they cannot
-    settled(&client, 14, 30).await;
-    let d3: Vec<(String, String, Option<String>)> = client
-        .query(
-            "select destination, state, last_error from pgcapi.deliveries
-             where event_id = 'order-d3' and kind = 'retraction' order by destination",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(
-        d3,
-        [
-            ("google".into(), "sent".into(), None),
-            (
-                "meta".into(),
-                "skipped".into(),
-                Some("platform cannot retract".into())
-            ),
-            (
-                "tiktok".into(),
-                "skipped".into(),
-                Some("platform cannot retract".into())
-            ),
-        ]
-    );
-    let adjustments = sandbox.records().google_ads.adjustments;
-    assert_eq!(adjustments.len(), 1);
-    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-d3"));
+    // WHEN the sent order is deleted, THEN Google retracts it, and Meta and TikTok say they cannot
+    deleting_a_sent_order_retracts_it_where_the_platform_can(&client, &sandbox, "d3", 14).await;
     pipeline.stop().await;
 }
 
@@ -1047,43 +1054,8 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
         );
     }
 
-    // WHEN the sent order is deleted
-    client
-        .batch_execute("delete from orders where order_number = 'k3'")
-        .await
-        .unwrap();
-    // THEN Google retracts it, and Meta and TikTok say they cannot
-    settled(&client, 18, 30).await;
-    let k3: Vec<(String, String, Option<String>)> = client
-        .query(
-            "select destination, state, last_error from pgcapi.deliveries
-             where event_id = 'order-k3' and kind = 'retraction' order by destination",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(
-        k3,
-        [
-            ("google".into(), "sent".into(), None),
-            (
-                "meta".into(),
-                "skipped".into(),
-                Some("platform cannot retract".into())
-            ),
-            (
-                "tiktok".into(),
-                "skipped".into(),
-                Some("platform cannot retract".into())
-            ),
-        ]
-    );
-    let adjustments = sandbox.records().google_ads.adjustments;
-    assert_eq!(adjustments.len(), 1);
-    assert_eq!(adjustments[0].order_id.as_deref(), Some("order-k3"));
+    // WHEN the sent order is deleted, THEN Google retracts it, and Meta and TikTok say they cannot
+    deleting_a_sent_order_retracts_it_where_the_platform_can(&client, &sandbox, "k3", 18).await;
     pipeline.stop().await;
 }
 
