@@ -12,8 +12,9 @@
 
 use crate::config::{split_table, Config};
 use crate::decode::{Datum, Relation, RelationColumn, Tuple};
+use crate::event::NewDelivery;
 use crate::lsn::Lsn;
-use crate::outbox::{insert_deliveries, notify_channel, quote_ident, NewDelivery};
+use crate::outbox::{insert_deliveries, notify_channel, quote_ident};
 use crate::rules::{DropCounts, Rules, TxContext};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -96,7 +97,7 @@ pub enum BackfillError {
     #[error("{0}")]
     Invalid(String),
     /// A database statement failed.
-    #[error("{what}: {}", crate::db::describe(source))]
+    #[error("{what}: {}", crate::pg::client::describe(source))]
     Database {
         /// What was being done.
         what: String,

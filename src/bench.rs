@@ -19,11 +19,11 @@
 //! to exit by this process.
 
 use crate::capture::Capture;
-use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::Config;
 use crate::lsn::Lsn;
-use crate::sandbox::{Sandbox, SandboxHandle};
 use crate::setup::{self, SetupOptions};
+use crate::testbed::cluster::{Cluster, ClusterOptions};
+use crate::testbed::sandbox::{Sandbox, SandboxHandle};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -38,7 +38,7 @@ const SHOP_SQL: &str = include_str!("../examples/shop.sql");
 const CONTRACT_TOML: &str = include_str!("../examples/pgcapi-google-ads-api.toml");
 
 /// Server settings of the benchmark cluster, besides those every throwaway cluster has
-/// (`fsync = off`, `synchronous_commit = off`, `full_page_writes = off`: see [`crate::cluster`]).
+/// (`fsync = off`, `synchronous_commit = off`, `full_page_writes = off`: see [`crate::testbed::cluster`]).
 pub const CLUSTER_SETTINGS: &[&str] = &[
     "shared_buffers = '256MB'",
     "max_wal_size = '8GB'",
@@ -198,7 +198,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
     let sizes = Sizes::new(options.quick);
     let repeats = options.repeats.max(1);
     let exe = std::env::current_exe().map_err(|e| format!("locating the pgcapi binary: {e}"))?;
-    let recvlogical = crate::cluster::find_bin_dir()
+    let recvlogical = crate::testbed::cluster::find_bin_dir()
         .map(|d| d.join("pg_recvlogical"))
         .filter(|p| p.is_file())
         .ok_or("pg_recvlogical not found beside initdb (install the PostgreSQL client tools)")?;
@@ -476,7 +476,9 @@ impl Bench<'_> {
                         &[&slot],
                     )
                     .await
-                    .map_err(|e| format!("creating slot {slot}: {}", crate::db::describe(&e)))?;
+                    .map_err(|e| {
+                        format!("creating slot {slot}: {}", crate::pg::client::describe(&e))
+                    })?;
                 slots.push(slot);
             }
         }
@@ -531,7 +533,9 @@ impl Bench<'_> {
             client
                 .execute("select pg_drop_replication_slot($1)", &[slot])
                 .await
-                .map_err(|e| format!("dropping slot {slot}: {}", crate::db::describe(&e)))?;
+                .map_err(|e| {
+                    format!("dropping slot {slot}: {}", crate::pg::client::describe(&e))
+                })?;
         }
         client
             .batch_execute("truncate orders; truncate pgcapi.deliveries; checkpoint")
@@ -602,7 +606,7 @@ impl Bench<'_> {
                 &format!(
                     "host=127.0.0.1 port={} dbname=ratios user={} sslmode=disable",
                     self.cluster.port(),
-                    crate::cluster::SUPERUSER
+                    crate::testbed::cluster::SUPERUSER
                 ),
                 "--slot",
                 slot,
@@ -710,7 +714,7 @@ impl Bench<'_> {
         admin
             .execute("select pg_drop_replication_slot($1)", &[&slot])
             .await
-            .map_err(|e| format!("dropping slot {slot}: {}", crate::db::describe(&e)))?;
+            .map_err(|e| format!("dropping slot {slot}: {}", crate::pg::client::describe(&e)))?;
         admin
             .batch_execute(&format!("drop database {database}"))
             .await
@@ -1306,7 +1310,7 @@ pub async fn capture_child(config: &Path, stop_at: &str) -> Result<(), String> {
     capture
         .run(shutdown_rx)
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| crate::pg::error_chain(&e))?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = stats.borrow().clone();
     let report = CaptureReport {

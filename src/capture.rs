@@ -20,9 +20,10 @@ mod toast;
 
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
+use crate::event::NewDelivery;
 use crate::lsn::Lsn;
 use crate::outbox::CapturePhase;
-use crate::outbox::{self, NewDelivery, OutboxError};
+use crate::outbox::{self, OutboxError};
 use crate::rules::{Bound, DropCounts, Recovered, RuleError, Rules, TxContext};
 use crate::source::{
     ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
@@ -201,11 +202,13 @@ async fn write_state(
         if let Some(report) = report {
             let written = async {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    let connected =
-                        tokio::time::timeout(Duration::from_secs(10), crate::db::connect(&control))
-                            .await
-                            .map_err(|_| "connecting timed out".to_string())?
-                            .map_err(|e| crate::error_chain(&e))?;
+                    let connected = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        crate::pg::client::connect(&control),
+                    )
+                    .await
+                    .map_err(|_| "connecting timed out".to_string())?
+                    .map_err(|e| crate::pg::error_chain(&e))?;
                     client = Some(connected);
                 }
                 let c = client.as_ref().expect("connected above");
@@ -222,7 +225,7 @@ async fn write_state(
                 )
                 .await
                 .map_err(|_| "writing timed out".to_string())?
-                .map_err(|e| crate::error_chain(&e))
+                .map_err(|e| crate::pg::error_chain(&e))
             }
             .await;
             match written {
@@ -364,7 +367,7 @@ impl Capture {
                 backoff = new_backoff();
             }
             let delay = backoff.next().unwrap_or(STUCK_MAX_DELAY);
-            let reason = crate::error_chain(&e);
+            let reason = crate::pg::error_chain(&e);
             if e.is_retryable() {
                 // Only the table check gets here with an outage (`run` waits those out itself).
                 self.report(Some(CapturePhase::Retrying), Some(reason.clone()), None);
@@ -390,7 +393,7 @@ impl Capture {
 
     /// The stored capture state, when a process stopped on a change (with its LSN) and has not passed it.
     async fn stored_stuck_change(&self) -> Option<StateReport> {
-        let client = crate::db::connect(&self.control).await.ok()?;
+        let client = crate::pg::client::connect(&self.control).await.ok()?;
         let report = outbox::load_capture_report(
             &client,
             &self.config.source.schema,
@@ -407,12 +410,12 @@ impl Capture {
 
     /// Checks that the watched tables have the columns the rules read, as they are now.
     async fn check_tables(&self) -> Result<(), CaptureError> {
-        let client = crate::db::connect(&self.source)
+        let client = crate::pg::client::connect(&self.source)
             .await
-            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+            .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         let problems = crate::setup::check_columns(&client, &self.rules)
             .await
-            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+            .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         if problems.is_empty() {
             return Ok(());
         }
@@ -473,7 +476,7 @@ impl Capture {
                 Err(SessionEnd::Error(e)) if e.is_retryable() => {
                     self.report(
                         Some(CapturePhase::Retrying),
-                        Some(crate::error_chain(&e)),
+                        Some(crate::pg::error_chain(&e)),
                         None,
                     );
                     crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
@@ -492,13 +495,13 @@ impl Capture {
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SessionEnd> {
         let schema = self.config.source.schema.clone();
         let slot = self.config.source.slot.clone();
-        let control = crate::db::connect(&self.control)
+        let control = crate::pg::client::connect(&self.control)
             .await
-            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+            .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         let checkpoint = outbox::load_checkpoint(&control, &schema, &slot).await?;
-        let source_sql = crate::db::connect(&self.source)
+        let source_sql = crate::pg::client::connect(&self.source)
             .await
-            .map_err(|e| CaptureError::Db(crate::error_chain(&e)))?;
+            .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         let slot_lsn = slot_position(&source_sql, &slot).await?;
         verify_not_ahead(&slot, &schema, slot_lsn, checkpoint)?;
         let connection = ReplicationConnection::connect(&self.source, REPLICATION_OPTIONS)
@@ -591,7 +594,7 @@ async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> Result<Ls
         .map_err(|e| {
             CaptureError::Db(format!(
                 "reading slot {slot:?}: {}",
-                crate::db::describe(&e)
+                crate::pg::client::describe(&e)
             ))
         })?
         .ok_or_else(|| CaptureError::NoSlot(slot.to_string()))?;
@@ -1051,7 +1054,7 @@ impl Session<'_> {
             .map_err(|e| {
                 CaptureError::Db(format!(
                     "reading the columns of table {oid}: {}",
-                    crate::error_chain(&e)
+                    crate::pg::error_chain(&e)
                 ))
             })?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -1249,13 +1252,13 @@ impl Session<'_> {
             self.read_back = None;
         }
         if self.read_back.is_none() {
-            let client = crate::db::connect(&self.capture.source)
+            let client = crate::pg::client::connect(&self.capture.source)
                 .await
-                .map_err(|e| CaptureError::ReadBack(crate::error_chain(&e)))?;
+                .map_err(|e| CaptureError::ReadBack(crate::pg::error_chain(&e)))?;
             client
                 .batch_execute(toast::SESSION_SETTINGS)
                 .await
-                .map_err(|e| CaptureError::ReadBack(crate::error_chain(&e)))?;
+                .map_err(|e| CaptureError::ReadBack(crate::pg::error_chain(&e)))?;
             self.read_back = Some(client);
         }
         Ok(self.read_back.as_ref().expect("opened above"))

@@ -22,11 +22,13 @@
 //! Secrets never appear: every line is scrubbed of the config's secret values, and a refused token is
 //! reported as "rejected", not echoed.
 
-use crate::config::{Config, DestinationConfig, Platform, Secret};
+use crate::config::{Config, DestinationConfig, Secret};
 use crate::destinations::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
 use crate::destinations::{google_ads, google_data_manager, meta, tiktok, BatchAnswer};
+use crate::event::{Delivery, Kind, Payload};
 use crate::identity::{MatchKey, MatchKeys};
-use crate::outbox::{quote_ident, Delivery, Kind, Payload};
+use crate::outbox::quote_ident;
+use crate::platform::Platform;
 use crate::rules::Rules;
 use crate::setup;
 use chrono::{TimeDelta, Utc};
@@ -152,7 +154,7 @@ impl Checklist {
         }
         for secret in secrets {
             let value = secret.expose();
-            if let Ok(info) = value.parse::<crate::source::ConnInfo>() {
+            if let Ok(info) = value.parse::<crate::pg::ConnInfo>() {
                 self.secrets.extend(info.password);
             }
             self.secrets.push(value.to_string());
@@ -286,7 +288,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
     let privileges = match setup::privileges(&source, &tables, publication).await {
         Ok(p) => Some(p),
         Err(e) => {
-            list.fail(crate::error_chain(&e));
+            list.fail(crate::pg::error_chain(&e));
             None
         }
     };
@@ -414,7 +416,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         )),
         Err(e) => list.fail(format!(
             "reading the control schema: {}",
-            crate::db::describe(&e)
+            crate::pg::client::describe(&e)
         )),
     }
 }
@@ -437,7 +439,7 @@ fn unreachable(base: &str, e: reqwest::Error) -> String {
     let why = if e.is_timeout() {
         "timed out".to_string()
     } else {
-        crate::error_chain(&e.without_url())
+        crate::pg::error_chain(&e.without_url())
     };
     format!("cannot reach {base}: {why}")
 }

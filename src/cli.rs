@@ -208,7 +208,7 @@ async fn dispatch_with_code(command: Command) -> Result<ExitCode, String> {
                 },
             )
             .await
-            .map_err(|e| crate::error_chain(&e))?;
+            .map_err(|e| crate::pg::error_chain(&e))?;
             print!("{}", report.render());
             Ok(ExitCode::from(report.exit_code()))
         }
@@ -256,7 +256,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
             crate::bench::capture_child(&config, &stop_at).await
         }
         Command::Sandbox { listen } => {
-            let handle = crate::sandbox::Sandbox::start(listen)
+            let handle = crate::testbed::sandbox::Sandbox::start(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             println!("sandbox listening on {}", handle.base_url());
@@ -282,7 +282,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
             };
             let report = crate::backfill::backfill(&config, &options)
                 .await
-                .map_err(|e| crate::error_chain(&e))?;
+                .map_err(|e| crate::pg::error_chain(&e))?;
             print!("{}", report.render());
             Ok(())
         }
@@ -371,7 +371,7 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
             return;
         }
         let attempt = async {
-            let info: crate::source::ConnInfo = config
+            let info: crate::pg::ConnInfo = config
                 .source
                 .control_url()
                 .expose()
@@ -379,17 +379,17 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
                 .map_err(|e| format!("source.control_url: {e}"))?;
             let destinations =
                 crate::destinations::build_all(&config.destinations, &config.dispatch)
-                    .map_err(|e| crate::error_chain(&e))?;
-            let (client, connection) = crate::db::connect_parts(&info)
+                    .map_err(|e| crate::pg::error_chain(&e))?;
+            let (client, connection) = crate::pg::client::connect_parts(&info)
                 .await
-                .map_err(|e| crate::error_chain(&e))?;
+                .map_err(|e| crate::pg::error_chain(&e))?;
             // One control connection per destination worker, so that their statements run in
             // parallel server processes.
             let mut worker_clients = Vec::new();
             for _ in 1..destinations.len() {
-                let client = crate::db::connect(&info)
+                let client = crate::pg::client::connect(&info)
                     .await
-                    .map_err(|e| crate::error_chain(&e))?;
+                    .map_err(|e| crate::pg::error_chain(&e))?;
                 worker_clients.push(client);
             }
             crate::dispatch::Dispatcher::with_connection(
@@ -402,7 +402,7 @@ async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receive
             .with_worker_clients(worker_clients)
             .run(shutdown.clone())
             .await
-            .map_err(|e| crate::error_chain(&e))
+            .map_err(|e| crate::pg::error_chain(&e))
         };
         let started = std::time::Instant::now();
         let outcome = attempt.await;

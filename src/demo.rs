@@ -1,11 +1,11 @@
 //! `pgcapi demo`: a throwaway PostgreSQL, the sandbox, the contract config and a short story.
 
 use crate::capture::Capture;
-use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::sandbox::{Sandbox, SandboxHandle};
 use crate::setup::{self, SetupOptions};
+use crate::testbed::cluster::{Cluster, ClusterOptions};
+use crate::testbed::sandbox::{Sandbox, SandboxHandle};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,8 +119,8 @@ async fn story(cluster: &Cluster, sandbox: &SandboxHandle) -> Result<String, Str
     });
     let destinations = crate::destinations::build_all(&config.destinations, &config.dispatch)
         .map_err(|e| e.to_string())?;
-    let info: crate::source::ConnInfo = url.parse().map_err(|e| format!("{e}"))?;
-    let (dispatch_client, connection) = crate::db::connect_parts(&info)
+    let info: crate::pg::ConnInfo = url.parse().map_err(|e| format!("{e}"))?;
+    let (dispatch_client, connection) = crate::pg::client::connect_parts(&info)
         .await
         .map_err(|e| e.to_string())?;
     let dispatcher = Dispatcher::with_connection(

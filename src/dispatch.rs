@@ -23,9 +23,11 @@
 //! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
 //! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].
 
-use crate::config::{DispatchConfig, Platform};
+use crate::config::DispatchConfig;
 use crate::destinations::{Destination, Outcome};
-use crate::outbox::{notify_channel, quote_ident, Delivery, Kind, OutboxError, Payload};
+use crate::event::{Delivery, Kind, Payload};
+use crate::outbox::{notify_channel, quote_ident, OutboxError};
+use crate::platform::Platform;
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -52,7 +54,7 @@ pub enum DispatchError {
     #[error(transparent)]
     Control(#[from] OutboxError),
     /// The control database could not be reached.
-    #[error("connecting to the control database: {}", crate::db::describe(.0))]
+    #[error("connecting to the control database: {}", crate::pg::client::describe(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// A worker task panicked or was cancelled.
     #[error("dispatch worker for destination {destination} stopped: {message}")]
@@ -797,7 +799,7 @@ impl Dispatcher {
              returning id",
             s = quote_ident(&self.schema)
         );
-        let reason = if crate::outbox::is_deletion_rule(retraction_rule) {
+        let reason = if crate::event::is_deletion_rule(retraction_rule) {
             "source row deleted before it was sent"
         } else {
             "retracted before it was sent"
@@ -1378,7 +1380,7 @@ where
                 Some(Ok(AsyncMessage::Notification(_))) => tx.send_modify(|n| *n += 1),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    warn!(error = %crate::db::describe(&e), "control connection failed");
+                    warn!(error = %crate::pg::client::describe(&e), "control connection failed");
                     break;
                 }
                 None => break,

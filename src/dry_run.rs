@@ -23,7 +23,8 @@
 use crate::config::Config;
 use crate::destinations::{Destination, Outcome, Preview};
 use crate::dispatch::{read_delivery, Claimed};
-use crate::outbox::{quote_ident, Delivery, Kind};
+use crate::event::{Delivery, Kind};
+use crate::outbox::quote_ident;
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -76,7 +77,7 @@ pub async fn run(config: Arc<Config>, output: Output, shutdown: watch::Receiver<
     {
         Ok(d) => d,
         Err(e) => {
-            warn!(error = %crate::error_chain(&e), "dry run: destinations cannot be built");
+            warn!(error = %crate::pg::error_chain(&e), "dry run: destinations cannot be built");
             return;
         }
     };
@@ -118,16 +119,16 @@ async fn worker(
         }
         let round = async {
             if client.is_none() {
-                let info: crate::source::ConnInfo = config
+                let info: crate::pg::ConnInfo = config
                     .source
                     .control_url()
                     .expose()
                     .parse()
                     .map_err(|e| format!("source.control_url: {e}"))?;
                 client = Some(
-                    crate::db::connect(&info)
+                    crate::pg::client::connect(&info)
                         .await
-                        .map_err(|e| crate::error_chain(&e))?,
+                        .map_err(|e| crate::pg::error_chain(&e))?,
                 );
             }
             let c = client.as_ref().expect("connected above");
@@ -179,7 +180,12 @@ async fn show_batch(
             ],
         )
         .await
-        .map_err(|e| format!("reading pending deliveries: {}", crate::db::describe(&e)))?;
+        .map_err(|e| {
+            format!(
+                "reading pending deliveries: {}",
+                crate::pg::client::describe(&e)
+            )
+        })?;
     let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
         return Ok(None);
     };

@@ -20,8 +20,8 @@
 //! - [`dispatch`]: per-destination workers that claim, send and record control-table rows.
 //! - [`destinations`]: one module per platform: request building and response classification.
 //! - [`setup`]: installs the control schema, publication and slot.
-//! - [`sandbox`]: a local HTTP server that enforces the platforms' published rules.
-//! - [`cluster`]: throwaway PostgreSQL clusters for `demo` and tests.
+//! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters, for
+//!   `demo` and tests; independent of the product code.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! - [`check`]: `pgcapi check`, prerequisites and credentials without recording conversions.
 //! - [`dry_run`]: `pgcapi run --dry-run`, the would-be requests instead of sending.
@@ -37,51 +37,25 @@ pub mod bench;
 pub mod capture;
 pub mod check;
 pub mod cli;
-pub mod cluster;
 pub mod config;
-pub mod db;
 pub mod decode;
 pub mod demo;
 pub mod destinations;
 pub mod dispatch;
 pub mod dry_run;
+pub mod event;
 pub mod identity;
 pub mod lsn;
 pub mod metrics;
 pub mod outbox;
+pub mod pg;
+pub mod platform;
 pub mod repair;
+pub mod report;
 pub mod retention;
 pub mod rules;
-pub mod sandbox;
 pub mod setup;
 pub mod source;
 pub mod status;
+pub mod testbed;
 pub mod units;
-
-/// An error and its sources as one line (`a: b: c`), for messages shown to operators.
-/// A database error in the chain is shown with the server's message, SQLSTATE, detail and hint
-/// ([`db::describe`]), never as tokio-postgres's bare `db error`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let (text, last) = if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
-            (db::describe(pg), true)
-        } else if let Some(server) = e.downcast_ref::<tokio_postgres::error::DbError>() {
-            (db::describe_server(server), true)
-        } else {
-            (e.to_string(), false)
-        };
-        if out.is_empty() {
-            out = text;
-        } else if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        if last {
-            break;
-        }
-        next = e.source();
-    }
-    out
-}

@@ -645,10 +645,10 @@ async fn probe_loop(config: Arc<Config>, refresh: Duration, mut shutdown: watch:
 
 /// Opens a connection for `url` (a config value that is never printed).
 async fn open(url: &str, what: &str) -> Result<tokio_postgres::Client, String> {
-    let info: crate::source::ConnInfo = url.parse().map_err(|e| format!("{what}: {e}"))?;
-    crate::db::connect(&info)
+    let info: crate::pg::ConnInfo = url.parse().map_err(|e| format!("{what}: {e}"))?;
+    crate::pg::client::connect(&info)
         .await
-        .map_err(|e| format!("{what} unreachable: {}", crate::error_chain(&e)))
+        .map_err(|e| format!("{what} unreachable: {}", crate::pg::error_chain(&e)))
 }
 
 impl Probe {
@@ -667,7 +667,7 @@ impl Probe {
         let rows = client.query(&sql, &[]).await.map_err(|e| {
             format!(
                 "control database: counting pending deliveries: {}",
-                crate::db::describe(&e)
+                crate::pg::client::describe(&e)
             )
         })?;
         let m = global();
@@ -704,7 +704,7 @@ impl Probe {
             FlowThresholds::from_config(config).failing_after,
         )
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| crate::pg::error_chain(&e))?;
         Ok(crate::status::judge_flow(
             &observation,
             &FlowThresholds::from_config(config),
@@ -736,7 +736,7 @@ impl Probe {
                 &[&config.source.slot],
             )
             .await
-            .map_err(|e| format!("reading the slot: {}", crate::db::describe(&e)))?;
+            .map_err(|e| format!("reading the slot: {}", crate::pg::client::describe(&e)))?;
         if let Some(row) = row {
             let m = global();
             if let Some(lsn) = row.get::<_, Option<i64>>(0) {

@@ -190,7 +190,7 @@ pub enum RepairError {
     #[error("{0}")]
     Usage(String),
     /// A statement failed.
-    #[error("{what}: {}", crate::db::describe(source))]
+    #[error("{what}: {}", crate::pg::client::describe(source))]
     Sql {
         /// What was being done.
         what: &'static str,
@@ -400,12 +400,12 @@ fn row_table(lines: &[RowLine], reasons: bool) -> String {
                 if reasons {
                     l.held_back_because.clone().unwrap_or_default()
                 } else {
-                    clip(l.last_error.as_deref().unwrap_or("-"), 80)
+                    crate::report::clip(l.last_error.as_deref().unwrap_or("-"), 80)
                 },
             ]
         })
         .collect();
-    let mut out = crate::status::table(&header, &rows);
+    let mut out = crate::report::table(&header, &rows);
     if lines.len() > LISTED_ROWS {
         let _ = writeln!(
             out,
@@ -414,18 +414,6 @@ fn row_table(lines: &[RowLine], reasons: bool) -> String {
         );
     }
     out
-}
-
-/// `text` cut to `max` characters, with `...` when cut.
-pub(crate) fn clip(text: &str, max: usize) -> String {
-    let text = text.replace(['\n', '\r'], " ");
-    if text.chars().count() <= max {
-        text
-    } else {
-        let mut cut: String = text.chars().take(max.saturating_sub(3)).collect();
-        cut.push_str("...");
-        cut
-    }
 }
 
 /// Arguments of `pgcapi retry`.
@@ -501,7 +489,7 @@ pub async fn run_retry(args: RetryArgs) -> Result<ExitCode, String> {
         args.dry_run,
     )
     .await
-    .map_err(|e| crate::error_chain(&e))?;
+    .map_err(|e| crate::pg::error_chain(&e))?;
     print(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -518,7 +506,7 @@ pub async fn run_replay(args: ReplayArgs) -> Result<ExitCode, String> {
         args.dry_run,
     )
     .await
-    .map_err(|e| crate::error_chain(&e))?;
+    .map_err(|e| crate::pg::error_chain(&e))?;
     print(&report, args.json)?;
     if args.states.contains(&ReplayState::Sent) && !args.json && !report.requeued.is_empty() {
         println!(

@@ -15,8 +15,9 @@
 //! Rows are deleted in batches of `batch_rows` (one statement each, `for update skip locked` so that
 //! nothing waits on a row another process holds), with `batch_pause_ms` between batches.
 
-use crate::config::{Config, Platform};
+use crate::config::Config;
 use crate::outbox::quote_ident;
+use crate::platform::Platform;
 use crate::repair::Filters;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -83,7 +84,7 @@ pub enum RetentionError {
     #[error("{0}")]
     Usage(String),
     /// A statement failed.
-    #[error("{what}: {}", crate::db::describe(source))]
+    #[error("{what}: {}", crate::pg::client::describe(source))]
     Sql {
         /// What was being done.
         what: &'static str,
@@ -215,7 +216,7 @@ pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String
         false,
     )
     .await
-    .map_err(|e| crate::error_chain(&e))?;
+    .map_err(|e| crate::pg::error_chain(&e))?;
     // Platforms' processing reports go with the deliveries, but stay a day for `pgcapi status`.
     crate::outbox::purge_processing(
         &client,
@@ -223,7 +224,7 @@ pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String
         keep.max(Duration::from_secs(86_400)),
     )
     .await
-    .map_err(|e| crate::error_chain(&e))?;
+    .map_err(|e| crate::pg::error_chain(&e))?;
     Ok(report)
 }
 
@@ -321,7 +322,7 @@ pub async fn run_purge(args: PurgeArgs) -> Result<ExitCode, String> {
         args.dry_run,
     )
     .await
-    .map_err(|e| crate::error_chain(&e))?;
+    .map_err(|e| crate::pg::error_chain(&e))?;
     if args.json {
         println!(
             "{}",

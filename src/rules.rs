@@ -5,11 +5,12 @@
 //! once and named. Evaluating a change ([`Rules::evaluate`]) is pure: no IO, and a row that cannot become
 //! an event is still returned as a `failed` row with the reason, never dropped silently.
 
-use crate::config::{Config, OnDelete, Platform, RuleConfig, Template, TemplatePart};
+use crate::config::{Config, OnDelete, RuleConfig, Template, TemplatePart};
 use crate::decode::{is_plain_text, parse_value, Datum, OldTuple, Relation, Tuple, Value};
+use crate::event::{Kind, NewDelivery, Payload, State};
 use crate::identity::{EventIdentity, MatchKey, RawIdentity};
 use crate::lsn::Lsn;
-use crate::outbox::{Kind, NewDelivery, Payload, State};
+use crate::platform::Platform;
 use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use fnv::FnvHashMap;
 use std::borrow::Cow;
@@ -583,7 +584,7 @@ impl Rules {
 
     /// Turns the old tuple of a DELETE into retractions of the conversions of the deleted row, for
     /// every conversion rule of the table with `on_delete = "retract"` (the default). The rows are
-    /// named by [`crate::outbox::deletion_rule`]; the control table records one only where the
+    /// named by [`crate::event::deletion_rule`]; the control table records one only where the
     /// conversion exists (pending or sent), see [`crate::outbox::insert_deliveries`].
     ///
     /// The event id is rendered from the old tuple. Under `REPLICA IDENTITY DEFAULT` (or `USING
@@ -639,7 +640,7 @@ impl Rules {
             };
             for (destination, platform) in &rule.destinations {
                 out.push(NewDelivery {
-                    rule: crate::outbox::deletion_rule(&rule.name),
+                    rule: crate::event::deletion_rule(&rule.name),
                     destination: destination.clone(),
                     platform: *platform,
                     event_id: event_id.clone(),
@@ -1230,7 +1231,7 @@ impl Bound {
         &self.relation
     }
 
-    /// The [`crate::outbox::source_key`] of `tuple` (a new tuple, or the old key tuple of a DELETE):
+    /// The [`crate::event::source_key`] of `tuple` (a new tuple, or the old key tuple of a DELETE):
     /// `None` without key columns or when a key value is not in the tuple or not text.
     fn source_key(&self, tuple: &Tuple) -> Option<String> {
         if self.key_columns.is_empty() {
@@ -1252,7 +1253,7 @@ impl Bound {
                 }
             });
         }
-        Some(crate::outbox::source_key(
+        Some(crate::event::source_key(
             values.iter().map(|v| v.as_deref()),
         ))
     }
@@ -1397,7 +1398,7 @@ email = "email"
 
     #[test]
     fn the_source_key_encoding_is_unambiguous() {
-        use crate::outbox::source_key;
+        use crate::event::source_key;
         assert_eq!(source_key([Some("42")]), "42");
         assert_eq!(
             source_key([Some("7"), Some("a,b\\c"), None]),

@@ -13,8 +13,8 @@
 
 use crate::config::{split_table, Config, Problem};
 use crate::outbox::{quote_ident, MIGRATIONS};
+use crate::pg::ConnInfo;
 use crate::rules::Rules;
-use crate::source::ConnInfo;
 use std::fmt::Write as _;
 use tokio_postgres::Client;
 
@@ -30,7 +30,7 @@ pub enum SetupError {
         message: String,
     },
     /// A statement failed.
-    #[error("{what}: {}", crate::db::describe(source))]
+    #[error("{what}: {}", crate::pg::client::describe(source))]
     Sql {
         /// What was being done.
         what: String,
@@ -247,11 +247,11 @@ pub async fn connect(url: &str, what: &'static str) -> Result<Client, SetupError
         what,
         message: format!("{e}"),
     })?;
-    crate::db::connect(&info)
+    crate::pg::client::connect(&info)
         .await
         .map_err(|e| SetupError::Connect {
             what,
-            message: crate::error_chain(&e),
+            message: crate::pg::error_chain(&e),
         })
 }
 
@@ -604,7 +604,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
                     "the control schema {} belongs to role {owner}, so role {user} may not update \
                      it ({}): run `pgcapi setup` once as role {owner} or a superuser",
                     config.source.schema,
-                    crate::db::describe(&e)
+                    crate::pg::client::describe(&e)
                 ));
             } else {
                 report.dba(
@@ -612,7 +612,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
                         "role {user} may not create the control schema {} ({}): it needs CREATE \
                          on database {database}",
                         config.source.schema,
-                        crate::db::describe(&e)
+                        crate::pg::client::describe(&e)
                     ),
                     format!("the owner of database {database} or a superuser"),
                     format!(
@@ -664,7 +664,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
             let why_not = if privileges.may_manage_publication() {
                 match source.batch_execute(&statement).await {
                     Ok(()) => None,
-                    Err(e) if insufficient_privilege(&e) => Some(crate::db::describe(&e)),
+                    Err(e) if insufficient_privilege(&e) => Some(crate::pg::client::describe(&e)),
                     Err(e) => {
                         return Err(SetupError::Sql {
                             what: if exists {

@@ -23,7 +23,7 @@
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::outbox::{quote_ident, CapturePhase, CaptureReport};
-use crate::repair::clip;
+use crate::report::{clip, table};
 use crate::units::{format_bytes, format_secs};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -349,7 +349,7 @@ pub enum StatusError {
     #[error("{0}")]
     NotInstalled(String),
     /// A statement failed.
-    #[error("{what}: {}", crate::db::describe(source))]
+    #[error("{what}: {}", crate::pg::client::describe(source))]
     Sql {
         /// What was being read.
         what: String,
@@ -933,36 +933,6 @@ fn unusable_warning(d: &DestinationHealth) -> String {
     )
 }
 
-/// A plain-text table: a header line and one line per row, columns padded to their widest cell and two
-/// spaces apart, the last column left unpadded. Indented by two spaces.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::from("  ");
-        let last = cells.len().saturating_sub(1);
-        for (i, cell) in cells.into_iter().enumerate() {
-            out.push_str(cell);
-            if i != last {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                out.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        out.trim_end().to_string() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
 /// `2025-01-31 14:05:06` (UTC), or `-`.
 fn time(at: Option<DateTime<Utc>>) -> String {
     at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -1174,7 +1144,7 @@ pub async fn run_status(args: StatusArgs) -> Result<ExitCode, String> {
     };
     let report = status(&config, &options)
         .await
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|e| crate::pg::error_chain(&e))?;
     if args.json {
         println!(
             "{}",
@@ -1450,14 +1420,5 @@ mod tests {
             o.destinations = vec![healthy.clone()];
             assert!(judge_flow(&o, &t).is_empty(), "{healthy:?}");
         }
-    }
-
-    #[test]
-    fn tables_pad_every_column_but_the_last() {
-        let text = table(
-            &["a", "bb", "c"],
-            &[vec!["xxx".into(), "y".into(), "zzzz".into()]],
-        );
-        assert_eq!(text, "  a    bb  c\n  xxx  y   zzzz\n");
     }
 }

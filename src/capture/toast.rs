@@ -112,7 +112,7 @@ pub(super) async fn read_back(
 pub(super) fn classify(e: &tokio_postgres::Error) -> Failure {
     let Some(db) = e.as_db_error() else {
         // No answer from the server: the connection is gone (or never was).
-        return Failure::Retry(crate::error_chain(e));
+        return Failure::Retry(crate::pg::error_chain(e));
     };
     let code = db.code().code();
     let retry = e.is_closed()

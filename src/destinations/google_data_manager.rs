@@ -26,9 +26,10 @@ use super::{
     transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
     Preview, SendFuture, OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, GoogleRefunds, Platform};
+use crate::config::{DestinationConfig, DispatchConfig, GoogleRefunds};
+use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
-use crate::outbox::{Delivery, Kind};
+use crate::platform::Platform;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -90,7 +91,7 @@ pub struct StatusPoller {
     queue: std::sync::Mutex<Vec<(String, std::time::Instant, u32)>>,
     interval: Duration,
     /// Final reports with unusable events, until dispatch takes them.
-    reports: std::sync::Mutex<Vec<crate::outbox::ProcessingReport>>,
+    reports: std::sync::Mutex<Vec<crate::event::ProcessingReport>>,
 }
 
 impl StatusPoller {
@@ -193,7 +194,7 @@ impl StatusPoller {
         }
         if !unusable.is_empty() {
             self.reports.lock().unwrap_or_else(|p| p.into_inner()).push(
-                crate::outbox::ProcessingReport {
+                crate::event::ProcessingReport {
                     destination: self.name.clone(),
                     request_id: request_id.to_string(),
                     unusable,
@@ -890,7 +891,7 @@ impl Destination for GoogleDataManager {
         Platform::GoogleDataManager
     }
 
-    fn take_processing_reports(&self) -> Vec<crate::outbox::ProcessingReport> {
+    fn take_processing_reports(&self) -> Vec<crate::event::ProcessingReport> {
         std::mem::take(
             &mut *self
                 .statuses
@@ -1170,7 +1171,7 @@ mod tests {
     #[tokio::test]
     async fn processing_errors_google_reports_later_are_counted_per_reason() {
         // GIVEN the sandbox, and a destination that asks for request statuses without waiting
-        let sandbox = crate::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
+        let sandbox = crate::testbed::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let base = sandbox.base_url();

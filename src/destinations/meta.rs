@@ -9,9 +9,10 @@ use super::{
     required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
     SendFuture, OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
+use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
-use crate::outbox::{Delivery, Kind};
+use crate::platform::Platform;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
@@ -693,7 +694,7 @@ mod tests {
     async fn a_stale_event_the_checks_missed_fails_alone_when_the_sandbox_rejects_its_batch() {
         // GIVEN the sandbox, and pgcapi's clock three hours behind it, so that an event 7 days and
         // one hour old passes the pre-send age check among five fresh ones
-        let sandbox = crate::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
+        let sandbox = crate::testbed::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let config = DestinationConfig {

@@ -16,8 +16,9 @@ pub mod meta;
 pub mod microsoft_ads;
 pub mod tiktok;
 
-use crate::config::{DestinationConfig, DispatchConfig, Platform};
-use crate::outbox::Delivery;
+use crate::config::{DestinationConfig, DispatchConfig};
+use crate::event::Delivery;
+use crate::platform::Platform;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -106,7 +107,7 @@ pub trait Destination: Send + Sync {
     }
     /// What the platform reported since the last call, after accepting requests, about events it could
     /// not use (Data Manager's `requestStatus:retrieve`). Dispatch records them in the control table.
-    fn take_processing_reports(&self) -> Vec<crate::outbox::ProcessingReport> {
+    fn take_processing_reports(&self) -> Vec<crate::event::ProcessingReport> {
         Vec::new()
     }
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
@@ -472,8 +473,8 @@ pub(crate) fn event_name(d: &Delivery) -> Option<&str> {
 pub(crate) mod test_support {
     //! A known delivery row for the platform tests.
 
+    use crate::event::{Delivery, Kind, Payload};
     use crate::identity::{MatchKey, MatchKeys};
-    use crate::outbox::{Delivery, Kind, Payload};
     use chrono::{DateTime, TimeZone, Utc};
 
     /// 64 hex characters standing for a hash.
@@ -514,7 +515,7 @@ pub(crate) mod test_support {
     }
 
     /// A destination config with only the platform set.
-    pub fn empty_config(platform: crate::config::Platform) -> crate::config::DestinationConfig {
+    pub fn empty_config(platform: crate::platform::Platform) -> crate::config::DestinationConfig {
         crate::config::DestinationConfig {
             platform,
             endpoint: None,
@@ -617,7 +618,7 @@ mod preview_tests {
     use super::test_support::{empty_config, purchase};
     use super::*;
     use crate::config::Secret;
-    use crate::outbox::Kind;
+    use crate::event::Kind;
     use serde_json::{json, Value};
 
     fn meta_config() -> DestinationConfig {

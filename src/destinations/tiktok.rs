@@ -16,9 +16,10 @@ use super::{
     required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
     SendFuture, OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Platform, Secret};
+use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
-use crate::outbox::{Delivery, Kind};
+use crate::platform::Platform;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use super::text::{clean, fold, is_separator_like, lower, lower_words, nfc, retain};
 use super::{Reason, EMPTY};
-use crate::config::Platform;
+use crate::platform::Platform;
 
 /// US states, DC and territories, then Canadian provinces and territories: (code, English name).
 const STATES: &[(&str, &str)] = &[

@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use super::text::{clean, fold};
 use super::{Reason, EMPTY};
-use crate::config::Platform;
+use crate::platform::Platform;
 
 /// Reason for a value that is no known country.
 const UNKNOWN: Reason = "unknown country";

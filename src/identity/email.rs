@@ -2,7 +2,7 @@
 
 use super::text::{clean, lower, nfc};
 use super::{Reason, EMPTY};
-use crate::config::Platform;
+use crate::platform::Platform;
 
 /// Reason for an address that is not `local@domain.tld` (no empty domain label) without whitespace.
 const INVALID: Reason = "invalid email";

@@ -43,7 +43,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::config::Platform;
+use crate::platform::Platform;
 
 pub use address::{normalize_city, normalize_state, normalize_zip};
 pub use click::{

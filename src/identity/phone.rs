@@ -9,7 +9,7 @@ use phonenumber::{country, Mode, PhoneNumber, Type};
 
 use super::text::clean;
 use super::{Reason, EMPTY};
-use crate::config::Platform;
+use crate::platform::Platform;
 
 /// Reason for a number that does not parse or is not a valid number for its region.
 const INVALID: Reason = "not a valid phone number for region";

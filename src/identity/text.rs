@@ -7,7 +7,7 @@ use unicode_normalization::{is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNo
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use super::{Reason, EMPTY};
-use crate::config::Platform;
+use crate::platform::Platform;
 
 /// The first step of every normalized value: invisible format characters (Unicode category Cf:
 /// zero-width space and joiners, bidi marks and isolates, soft hyphen, BOM, ...) removed, compatibility

@@ -1,11 +1,11 @@
 //! Opening a replication connection: socket, TLS, startup with `replication=database`, authentication.
 
-use super::conninfo::{ConnInfo, Host, SslMode};
 use super::stream::ReplicationStream;
-use super::tls::{self, TlsError};
 use super::wire::{log_notice, server_error, Backend, Framed, Transport};
 use super::SourceError;
 use crate::lsn::Lsn;
+use crate::pg::conninfo::{ConnInfo, Host, SslMode};
+use crate::pg::tls::{self, TlsError};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::backend::Message;

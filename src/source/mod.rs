@@ -11,17 +11,14 @@
 //!    [`ReplicationStream::send_status`] reports the write/flush/apply positions.
 
 pub mod connection;
-pub mod conninfo;
 pub mod stream;
-pub mod tls;
 mod wire;
 
+pub use crate::pg::conninfo::{ConnInfo, ConnInfoError, Host, SslMode};
+pub use crate::pg::tls::TlsError;
 pub use connection::ReplicationConnection;
-pub use conninfo::{ConnInfo, ConnInfoError, Host, SslMode};
 use std::fmt::Write as _;
 pub use stream::{ReplicationMessage, ReplicationStream};
-pub use tls::TlsError;
-pub(crate) use wire::detail_quotes_rows;
 
 /// Why the replication connection failed.
 #[derive(Debug, thiserror::Error)]

@@ -203,11 +203,6 @@ pub(crate) struct ServerFields {
     pub(crate) hint: Option<String>,
 }
 
-/// Whether a server's DETAIL may quote row values, which must not reach a log line.
-pub(crate) fn detail_quotes_rows(detail: &str) -> bool {
-    detail.starts_with("Key (") || detail.starts_with("Failing row contains")
-}
-
 /// Collects the SQLSTATE, severity and primary message of an error or notice.
 pub(crate) fn server_fields(mut fields: ErrorFields<'_>) -> ServerFields {
     let mut out = ServerFields {
@@ -223,7 +218,7 @@ pub(crate) fn server_fields(mut fields: ErrorFields<'_>) -> ServerFields {
         match field.type_() {
             b'C' => out.code = value,
             b'M' => out.message = value,
-            b'D' if !detail_quotes_rows(&value) => {
+            b'D' if !crate::pg::detail_quotes_rows(&value) => {
                 out.detail = Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
             }
             b'H' => out.hint = Some(value.split_whitespace().collect::<Vec<_>>().join(" ")),
@@ -254,10 +249,10 @@ pub(crate) fn server_error(body: &backend::ErrorResponseBody) -> SourceError {
 }
 
 /// Logs a NoticeResponse: SQLSTATE, severity and the server's own message, at the level
-/// [`crate::db::notice_level`] gives.
+/// [`crate::pg::notice_level`] gives.
 pub(crate) fn log_notice(body: &backend::NoticeResponseBody) {
     let fields = server_fields(body.fields());
-    crate::db::log_server_notice(
+    crate::pg::client::log_server_notice(
         "replication",
         &fields.severity,
         &fields.code,

@@ -6,8 +6,8 @@ use crate::support::{
     SHOP_SQL,
 };
 use pgcapi::backfill::{backfill, BackfillOptions};
-use pgcapi::sandbox::Sandbox;
 use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::testbed::sandbox::Sandbox;
 use std::process::Stdio;
 use tokio_postgres::Client;
 

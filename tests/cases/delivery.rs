@@ -3,10 +3,11 @@
 
 use crate::support::{config_from, contract_env, count, TestDb, CONTRACT_TOML, SHOP_SQL};
 use pgcapi::capture::Capture;
-use pgcapi::config::{Config, Platform};
+use pgcapi::config::Config;
 use pgcapi::dispatch::Dispatcher;
-use pgcapi::sandbox::{Faults, Sandbox, SandboxHandle, Stats};
+use pgcapi::platform::Platform;
 use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::testbed::sandbox::{Faults, Sandbox, SandboxHandle, Stats};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -410,7 +411,7 @@ async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_o
     );
     let stats: Stats = sandbox.stats();
     for ((destination, rows), (_, platform)) in expected.into_iter().zip(DESTINATIONS) {
-        let counters = *stats.platform(platform);
+        let counters = *stats.platform(crate::support::sandbox_api(platform));
         // AND the platform counted each event exactly once, whatever was sent twice
         let ids = counted_ids(&sandbox, platform);
         let mut distinct = ids.clone();
@@ -693,7 +694,7 @@ async fn a_refund_after_a_lost_answer_leaves_the_control_table_agreeing_with_the
     // AND the lost answers really made pgcapi send the conversions again
     let stats = sandbox.stats();
     for platform in [Platform::Meta, Platform::GoogleAds, Platform::Tiktok] {
-        let c = stats.platform(platform);
+        let c = stats.platform(crate::support::sandbox_api(platform));
         assert!(c.responses_lost > 0 && c.duplicate_sends >= 10, "{stats:?}");
     }
     pipeline.stop().await;
@@ -788,14 +789,14 @@ async fn after_an_outage_only_probes_meet_it_and_the_backlog_drains_at_full_spee
         let stats = sandbox.stats();
         platforms
             .iter()
-            .all(|p| stats.platform(*p).faulted >= 5)
+            .all(|p| stats.platform(crate::support::sandbox_api(*p)).faulted >= 5)
             .then_some(())
     })
     .await;
     // THEN the outage met probes, not the backlog: fewer requests than batches waiting
     let during = sandbox.stats();
     for p in platforms {
-        let faulted = during.platform(p).faulted;
+        let faulted = during.platform(crate::support::sandbox_api(p)).faulted;
         assert!(faulted < 10, "{p:?}: {faulted} requests during the outage");
     }
     let backed_off = count(

@@ -15,8 +15,8 @@ use crate::support::{
     config_from, connect_url, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
 };
 use chrono::{DateTime, Utc};
-use pgcapi::sandbox::{Faults, Records, Sandbox, SandboxConfig};
 use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::testbed::sandbox::{Faults, Records, Sandbox, SandboxConfig};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1111,11 +1111,11 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
         ),
     ];
     for (name, platform) in [
-        ("meta", pgcapi::config::Platform::Meta),
-        ("google", pgcapi::config::Platform::GoogleAds),
-        ("tiktok", pgcapi::config::Platform::Tiktok),
+        ("meta", pgcapi::platform::Platform::Meta),
+        ("google", pgcapi::platform::Platform::GoogleAds),
+        ("tiktok", pgcapi::platform::Platform::Tiktok),
     ] {
-        let c = records.counters(platform);
+        let c = records.counters(crate::support::sandbox_api(platform));
         summary.push(format!(
             "{name}: {} requests ({} faulted, {} responses lost); items: {} received raw, {} unique, \
              {} counted, {} deduplicated, {} rejected; raw duplicate sends {} (bound {} = ({kills} \
@@ -1161,11 +1161,11 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     // Raw duplicates (resent items, before the platform's dedup) come only from batches in flight at a
     // kill (at most IN_FLIGHT per destination) or whose response was lost.
     for platform in [
-        pgcapi::config::Platform::Meta,
-        pgcapi::config::Platform::GoogleAds,
-        pgcapi::config::Platform::Tiktok,
+        pgcapi::platform::Platform::Meta,
+        pgcapi::platform::Platform::GoogleAds,
+        pgcapi::platform::Platform::Tiktok,
     ] {
-        let c = records.counters(platform);
+        let c = records.counters(crate::support::sandbox_api(platform));
         let bound = duplicate_bound(kills, c.responses_lost);
         assert!(
             c.duplicate_sends <= bound,
@@ -1175,9 +1175,9 @@ async fn faults_lose_nothing_and_platforms_count_each_conversion_once() {
     }
     // The faults really happened on every platform, and some responses were lost after processing.
     let stats = [
-        records.counters(pgcapi::config::Platform::Meta),
-        records.counters(pgcapi::config::Platform::GoogleAds),
-        records.counters(pgcapi::config::Platform::Tiktok),
+        records.counters(pgcapi::testbed::sandbox::Platform::Meta),
+        records.counters(pgcapi::testbed::sandbox::Platform::GoogleAds),
+        records.counters(pgcapi::testbed::sandbox::Platform::Tiktok),
     ];
     assert!(stats.iter().all(|c| c.faulted > 0));
     assert!(stats.iter().map(|c| c.responses_lost).sum::<u64>() > 0);
@@ -2259,7 +2259,7 @@ impl pgcapi::destinations::Destination for SendThenHang {
     fn name(&self) -> &str {
         self.0.name()
     }
-    fn platform(&self) -> pgcapi::config::Platform {
+    fn platform(&self) -> pgcapi::platform::Platform {
         self.0.platform()
     }
     fn max_batch(&self) -> usize {
@@ -2267,7 +2267,7 @@ impl pgcapi::destinations::Destination for SendThenHang {
     }
     fn send<'a>(
         &'a self,
-        batch: &'a [pgcapi::outbox::Delivery],
+        batch: &'a [pgcapi::event::Delivery],
     ) -> pgcapi::destinations::SendFuture<'a> {
         Box::pin(async move {
             let _ = self.0.send(batch).await;

@@ -4,7 +4,7 @@
 
 use crate::support::{contract_env, count, spawn_run, wait_for, KillOnDrop, TestDb};
 use pgcapi::identity::hash;
-use pgcapi::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use pgcapi::testbed::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -152,7 +152,7 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
     .unwrap();
     wait_state(c, "google", "restatement", "sent", 1).await;
     // THEN Data Manager restates it: same transaction id, the new value, the original identifiers
-    let conversion = |records: &pgcapi::sandbox::Records, id: &str| {
+    let conversion = |records: &pgcapi::testbed::sandbox::Records, id: &str| {
         records
             .google_data_manager
             .conversions
@@ -478,10 +478,10 @@ async fn check_reports_token_account_and_conversion_action_of_data_manager() {
 #[tokio::test]
 async fn lost_answers_resend_but_data_manager_counts_each_conversion_once_and_restates_nothing() {
     // GIVEN a sandbox that processes half of the ingest requests and then cuts the connection
-    let faults = pgcapi::sandbox::Faults {
+    let faults = pgcapi::testbed::sandbox::Faults {
         accept_then_drop_ratio: 0.5,
         seed: Some(7),
-        ..pgcapi::sandbox::Faults::default()
+        ..pgcapi::testbed::sandbox::Faults::default()
     };
     // One event per request, so that about half of 30 requests lose their answer.
     let toml = format!(
@@ -566,24 +566,24 @@ async fn google_ads_access_without_the_allowlist_gets_one_actionable_error() {
 }
 
 /// A website purchase row with a hashed email and a gclid.
-fn row() -> pgcapi::outbox::Delivery {
+fn row() -> pgcapi::event::Delivery {
     let mut keys = pgcapi::identity::MatchKeys::new();
     keys.insert(pgcapi::identity::MatchKey::Email, hash("a@example.com"));
     keys.insert(pgcapi::identity::MatchKey::Gclid, "Cj0-test".into());
     let now = chrono::Utc::now();
-    pgcapi::outbox::Delivery {
+    pgcapi::event::Delivery {
         id: 1,
         rule: "order_paid".into(),
         destination: "google".into(),
         event_id: "order-1".into(),
-        kind: pgcapi::outbox::Kind::Conversion,
+        kind: pgcapi::event::Kind::Conversion,
         adjusts_rule: None,
         event_name: Some("Purchase".into()),
         event_time: now - chrono::TimeDelta::hours(1),
         value: Some("10".into()),
         currency: Some("USD".into()),
         action_source: Some("website".into()),
-        payload: pgcapi::outbox::Payload {
+        payload: pgcapi::event::Payload {
             keys,
             consent: true,
             ..Default::default()
@@ -656,10 +656,10 @@ async fn kill_9_during_data_manager_delivery_counts_every_conversion_once_and_re
                 "destinations = [\"google\"]"
             )
     );
-    let faults = pgcapi::sandbox::Faults {
+    let faults = pgcapi::testbed::sandbox::Faults {
         latency_ms: (20, 120),
         seed: Some(11),
-        ..pgcapi::sandbox::Faults::default()
+        ..pgcapi::testbed::sandbox::Faults::default()
     };
     let mut g = start(
         &toml,

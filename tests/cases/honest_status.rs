@@ -7,8 +7,8 @@
 use crate::support::{
     contract_env, count, pgcapi_command, spawn_run, wait_for, Shop, TestDb, CONTRACT_TOML, SHOP_SQL,
 };
-use pgcapi::sandbox::{Faults, Sandbox};
 use pgcapi::status::{self, FlowThresholds, Reason, StatusOptions, StatusReport};
+use pgcapi::testbed::sandbox::{Faults, Sandbox};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -572,7 +572,7 @@ async fn an_invalidated_slot_gives_the_servers_detail_and_what_to_do() {
     .await;
 
     // WHEN capture's replication connection starts streaming from it
-    let info: pgcapi::source::ConnInfo = db.url().parse().unwrap();
+    let info: pgcapi::pg::ConnInfo = db.url().parse().unwrap();
     let conn = pgcapi::source::ReplicationConnection::connect(&info, "")
         .await
         .unwrap();

@@ -3,7 +3,7 @@
 
 use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb, SHOP_SQL};
 use chrono::Utc;
-use pgcapi::sandbox::{Sandbox, SandboxHandle};
+use pgcapi::testbed::sandbox::{Sandbox, SandboxHandle};
 use tokio_postgres::Client;
 
 /// The contract's Microsoft destination and its order rules (paid, refunded, partially refunded).
@@ -636,10 +636,10 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
 async fn lost_answers_are_resent_and_microsoft_counts_each_conversion_once() {
     let s = start(CONFIG, &[]).await;
     // GIVEN half of Microsoft's answers are lost after the conversions were recorded
-    s.sandbox.set_faults(pgcapi::sandbox::Faults {
+    s.sandbox.set_faults(pgcapi::testbed::sandbox::Faults {
         accept_then_drop_ratio: 0.5,
         seed: Some(11),
-        ..pgcapi::sandbox::Faults::default()
+        ..pgcapi::testbed::sandbox::Faults::default()
     });
     // WHEN 20 orders are paid in separate transactions
     for i in 0..20 {
@@ -679,10 +679,10 @@ async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund
     // GIVEN short leases and a slow Microsoft (requests in flight when the process dies)
     let toml = CONFIG.replace("[dispatch]\n", "[dispatch]\nlease_secs = 2\n");
     let mut s = start(&toml, &[]).await;
-    s.sandbox.set_faults(pgcapi::sandbox::Faults {
+    s.sandbox.set_faults(pgcapi::testbed::sandbox::Faults {
         latency_ms: (20, 120),
         seed: Some(13),
-        ..pgcapi::sandbox::Faults::default()
+        ..pgcapi::testbed::sandbox::Faults::default()
     });
     // WHEN orders are paid in many small transactions while pgcapi is killed with SIGKILL and restarted
     let orders: i64 = 240;

@@ -1,5 +1,6 @@
 //! Integration test cases, one file per capability.
 
+mod architecture;
 mod backfill;
 mod bench;
 mod capture;

@@ -3,8 +3,8 @@
 
 use crate::support::Shop;
 use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
-use pgcapi::sandbox::{Sandbox, SandboxConfig};
 use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -413,8 +413,14 @@ async fn a_dry_run_sends_nothing_writes_the_would_be_requests_and_leaves_rows_fo
     }
     // ... nothing reached the platforms, and the rows are untouched (pending, no lease, no attempt)
     let records = sandbox.records();
-    for platform in pgcapi::config::Platform::ALL {
-        assert_eq!(records.counters(platform).requests, 0, "{platform:?}");
+    for platform in pgcapi::platform::Platform::ALL {
+        assert_eq!(
+            records
+                .counters(crate::support::sandbox_api(platform))
+                .requests,
+            0,
+            "{platform:?}"
+        );
     }
     assert_eq!(shop.pending().await, 6);
     assert_eq!(

@@ -4,10 +4,11 @@
 
 use crate::support::{count, TestDb};
 use chrono::Utc;
-use pgcapi::config::Platform;
+use pgcapi::event::{Kind, NewDelivery, Payload, State};
 use pgcapi::identity::{MatchKey, MatchKeys};
 use pgcapi::lsn::Lsn;
-use pgcapi::outbox::{self, Kind, NewDelivery, Payload, State};
+use pgcapi::outbox::{self};
+use pgcapi::platform::Platform;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -242,7 +243,7 @@ async fn the_schema_installs_twice_and_upgrades_a_version_one_table() {
 async fn a_processing_report_is_recorded_once_and_purged_when_old() {
     // GIVEN a control schema and a final Data Manager report of one request
     let (_db, c) = control_db().await;
-    let report = outbox::ProcessingReport {
+    let report = pgcapi::event::ProcessingReport {
         destination: "google".into(),
         request_id: "req-1".into(),
         unusable: vec![

@@ -3,7 +3,7 @@
 //! (rename back, re-add the column, change the config to the new name) then works.
 
 use crate::support::{count, pgcapi_command, wait_for, KillOnDrop, Shop, CONTRACT_TOML};
-use pgcapi::sandbox::Faults;
+use pgcapi::testbed::sandbox::Faults;
 use std::path::Path;
 use std::time::Duration;
 use tokio_postgres::Client;

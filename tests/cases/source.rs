@@ -1,13 +1,13 @@
 //! The replication connection and the SQL connect helper against real throwaway clusters.
 
 use crate::support::TestDb;
-use pgcapi::cluster::{Auth, ClusterOptions};
-use pgcapi::db;
 use pgcapi::lsn::Lsn;
+use pgcapi::pg::client as db;
 use pgcapi::source::{
     ConnInfo, Host, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
     SslMode,
 };
+use pgcapi::testbed::cluster::{Auth, ClusterOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use pgcapi::cluster::{Cluster, ClusterOptions};
+use pgcapi::testbed::cluster::{Cluster, ClusterOptions};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_postgres::{Client, NoTls};
 
@@ -172,7 +172,7 @@ pub fn spawn_run(config_path: &std::path::Path, env: &[(String, String)]) -> Kil
 /// (control schema, publication, slot) for a config, and that config written to a file for the binary.
 pub struct Shop {
     /// The sandbox; every destination's endpoint points at it.
-    pub sandbox: pgcapi::sandbox::SandboxHandle,
+    pub sandbox: pgcapi::testbed::sandbox::SandboxHandle,
     /// The database.
     pub db: TestDb,
     /// A SQL connection to it.
@@ -190,7 +190,7 @@ pub struct Shop {
 impl Shop {
     /// Starts it all for `toml` (the contract config, perhaps with sections appended).
     pub async fn start(toml: &str) -> Shop {
-        let sandbox = pgcapi::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
+        let sandbox = pgcapi::testbed::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let db = TestDb::start().await;
@@ -213,5 +213,19 @@ impl Shop {
             dir,
             config_path,
         }
+    }
+}
+
+/// The sandbox's name for a product platform (the sandbox has its own enum: it shares no code with
+/// the destinations it judges).
+pub fn sandbox_api(platform: pgcapi::platform::Platform) -> pgcapi::testbed::sandbox::Platform {
+    use pgcapi::platform::Platform as P;
+    use pgcapi::testbed::sandbox::Platform as S;
+    match platform {
+        P::Meta => S::Meta,
+        P::GoogleAds => S::GoogleAds,
+        P::Tiktok => S::Tiktok,
+        P::GoogleDataManager => S::GoogleDataManager,
+        P::MicrosoftAds => S::MicrosoftAds,
     }
 }

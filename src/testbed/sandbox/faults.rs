@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{random_id, Shared};
-use crate::config::Platform;
+use crate::testbed::sandbox::Platform;
 
 /// The faults the sandbox injects into the platforms' conversion endpoints.
 ///
@@ -269,7 +269,7 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
             "code": 40100, "message": "Too many requests. Please retry in some time.",
             "request_id": random_id(32), "data": {},
         }),
-        Platform::MicrosoftAds => crate::sandbox::microsoft_ads::call_rate_exceeded(),
+        Platform::MicrosoftAds => crate::testbed::sandbox::microsoft_ads::call_rate_exceeded(),
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response

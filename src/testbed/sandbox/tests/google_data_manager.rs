@@ -3,11 +3,11 @@
 use serde_json::{json, Value};
 
 use super::{client, sha, start, start_with};
-use crate::sandbox::{SandboxConfig, SandboxHandle};
+use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// A test-only RSA key pair (tests/data), standing for a service account's.
-const KEY: &str = include_str!("../../../tests/data/test_service_account_key.pem");
-const PUBLIC_KEY: &str = include_str!("../../../tests/data/test_service_account_key.pub.pem");
+const KEY: &str = include_str!("../../../../tests/data/test_service_account_key.pem");
+const PUBLIC_KEY: &str = include_str!("../../../../tests/data/test_service_account_key.pub.pem");
 
 /// A token from the refresh-token grant.
 async fn token(sandbox: &SandboxHandle) -> String {

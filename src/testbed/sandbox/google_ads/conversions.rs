@@ -10,8 +10,8 @@ use super::{
     action_id, check_user_identifiers, click_key, currency_ok, not_in_future, parse_date_time,
     schema, upload_response, Call, Ledger, RowError, StoredConversion, UploadEnvelope,
 };
-use crate::sandbox::records::AcceptedConversion;
-use crate::sandbox::{as_number, Shared};
+use crate::testbed::sandbox::records::AcceptedConversion;
+use crate::testbed::sandbox::{as_number, Shared};
 
 /// Conversions per request (§2.1).
 const MAX_CONVERSIONS: usize = 2_000;
@@ -386,7 +386,7 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
     drop(guard);
     let job_id = request
         .get("jobId")
-        .and_then(crate::sandbox::as_unix_seconds);
+        .and_then(crate::testbed::sandbox::as_unix_seconds);
     upload_response(ctx, COLLECTION, results, &errors, job_id)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Platform;
+use crate::testbed::sandbox::Platform;
 
 /// A snapshot of everything the sandbox accepted since start or the last reset.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub struct Records {
     pub google_data_manager: DataManagerRecords,
     /// Microsoft Advertising offline conversions and adjustments.
     #[serde(default)]
-    pub microsoft_ads: crate::sandbox::microsoft_ads::MicrosoftAdsRecords,
+    pub microsoft_ads: crate::testbed::sandbox::microsoft_ads::MicrosoftAdsRecords,
 }
 
 impl Records {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{client, now_secs, sha, start};
-use crate::sandbox::{Faults, Records, SandboxHandle};
+use crate::testbed::sandbox::{Faults, Records, SandboxHandle};
 
 /// A minimal valid Meta request body.
 fn meta_body() -> Value {
@@ -274,7 +274,7 @@ fn the_same_seed_rolls_the_same_faults_and_ratios_hold() {
     let run = |faults: &Faults| {
         let mut rng = faults.rng();
         (0..2_000)
-            .map(|_| crate::sandbox::faults::roll(faults, &mut rng))
+            .map(|_| crate::testbed::sandbox::faults::roll(faults, &mut rng))
             .collect::<Vec<_>>()
     };
     let first = run(&faults);
@@ -285,7 +285,7 @@ fn the_same_seed_rolls_the_same_faults_and_ratios_hold() {
     });
     assert_ne!(first, other, "another seed gives another sequence");
 
-    use crate::sandbox::faults::Roll;
+    use crate::testbed::sandbox::faults::Roll;
     let share = |kind: Roll| first.iter().filter(|(_, r)| *r == kind).count() as f64 / 2_000.0;
     // 20 % of all, then 10 % of the remaining 80 %, then 5 % of the remaining 72 %.
     assert!((share(Roll::ServerError) - 0.20).abs() < 0.03);
@@ -393,7 +393,7 @@ async fn stats_count_raw_traffic_apart_from_unique_events() {
     assert_eq!((meta.deduplicated, meta.duplicate_sends), (3, 3));
     assert_eq!(stats.tiktok, Default::default());
 
-    let served: crate::sandbox::Stats = client()
+    let served: crate::testbed::sandbox::Stats = client()
         .get(format!("{}/_sandbox/stats", sandbox.base_url()))
         .send()
         .await

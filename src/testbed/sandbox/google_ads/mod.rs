@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::faults::{self, ConnControl, Gate};
 use super::records::SendLog;
 use super::{credential_ok, json_response, random_id, Shared};
-use crate::config::Platform;
+use crate::testbed::sandbox::Platform;
 
 /// How far in the future a date-time may be (clock skew allowance).
 const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;

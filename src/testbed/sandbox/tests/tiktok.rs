@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use super::{client, now_secs, sha, start, start_with};
-use crate::sandbox::{SandboxConfig, SandboxHandle};
+use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// A valid web `CompletePayment` event with id `id`.
 fn payment(id: &str) -> Value {

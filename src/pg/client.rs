@@ -1,7 +1,7 @@
 //! Ordinary SQL connections (tokio-postgres) with the same settings and TLS rules as the replication one.
 
-use crate::source::tls::{self, TlsError};
-use crate::source::{ConnInfo, Host, SslMode};
+use super::conninfo::{ConnInfo, Host, SslMode};
+use super::tls::{self, TlsError};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -60,10 +60,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// An error the server sent, as one line: message, SQLSTATE, detail and hint.
 pub fn describe_server(db: &tokio_postgres::error::DbError) -> String {
     let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-    if let Some(detail) = db
-        .detail()
-        .filter(|d| !crate::source::detail_quotes_rows(d))
-    {
+    if let Some(detail) = db.detail().filter(|d| !super::detail_quotes_rows(d)) {
         out.push_str("; DETAIL: ");
         out.push_str(&one_line(detail));
     }

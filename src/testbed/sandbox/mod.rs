@@ -37,6 +37,7 @@ mod google_ads;
 mod google_data_manager;
 mod meta;
 mod microsoft_ads;
+mod platform;
 mod records;
 mod tiktok;
 
@@ -64,6 +65,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::Faults;
 pub use microsoft_ads::{MicrosoftAdsRecords, MsAdjustment, MsConversion};
+pub use platform::Platform;
 pub use records::{
     AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, DataManagerConversion,
     DataManagerEvent, DataManagerRecords, EventRecords, GoogleAdsRecords, Records, Stats,

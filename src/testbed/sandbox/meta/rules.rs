@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::sandbox::{as_number, as_unix_seconds, is_ip_address, is_sha256_hex};
+use crate::testbed::sandbox::{as_number, as_unix_seconds, is_ip_address, is_sha256_hex};
 
 /// Events per request (§1.2).
 const MAX_EVENTS: usize = 1_000;

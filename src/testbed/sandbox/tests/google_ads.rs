@@ -4,7 +4,7 @@ use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
 use super::{client, sha, start, start_with};
-use crate::sandbox::{SandboxConfig, SandboxHandle};
+use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// The conversion action used throughout.
 const ACTION: &str = "customers/1234567890/conversionActions/1001";

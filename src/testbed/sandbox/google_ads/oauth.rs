@@ -17,7 +17,7 @@ use axum::response::Response;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::sandbox::{credential_ok, json_response, parse_form, random_id, Shared};
+use crate::testbed::sandbox::{credential_ok, json_response, parse_form, random_id, Shared};
 
 /// The JWT bearer grant type.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";

@@ -25,7 +25,7 @@ use super::faults::{self, ConnControl, Gate};
 use super::records::{AcceptedEvent, Seen};
 use super::{as_number, as_unix_seconds, credential_ok, json_response, parse_form};
 use super::{random_id, Shared};
-use crate::config::Platform;
+use crate::testbed::sandbox::Platform;
 use rules::{events_of, validate_event, Violation, HASHED_KEYS, PLAIN_KEYS, SUB_INVALID};
 
 // ---------------------------------------------------------------------------------------------

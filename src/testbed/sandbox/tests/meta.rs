@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{client, now_secs, sha, start, start_with};
-use crate::sandbox::{SandboxConfig, SandboxHandle};
+use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// A valid website purchase event with id `id`.
 fn purchase(id: &str) -> Value {

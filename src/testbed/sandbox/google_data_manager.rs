@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use super::faults::{self, ConnControl, Gate};
 use super::records::{DataManagerConversion, DataManagerEvent, SendLog};
 use super::{json_response, random_id, Shared};
-use crate::config::Platform;
+use crate::testbed::sandbox::Platform;
 
 /// Events per request.
 const MAX_EVENTS: usize = 2_000;

@@ -32,7 +32,7 @@ use super::{
     as_number, as_unix_seconds, credential_ok, is_ip_address, is_sha256_hex, json_response,
     random_id,
 };
-use crate::config::Platform;
+use crate::testbed::sandbox::Platform;
 
 /// Events per request (§3).
 const MAX_EVENTS: usize = 1_000;

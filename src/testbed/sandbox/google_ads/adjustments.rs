@@ -14,8 +14,8 @@ use super::{
     action_id, click_key, currency_ok, not_in_future, parse_date_time, schema, upload_response,
     Call, Ledger, RowError, UploadEnvelope,
 };
-use crate::sandbox::records::AcceptedAdjustment;
-use crate::sandbox::{as_number, is_sha256_hex, Shared};
+use crate::testbed::sandbox::records::AcceptedAdjustment;
+use crate::testbed::sandbox::{as_number, is_sha256_hex, Shared};
 
 /// Adjustments per request (§2.2).
 const MAX_ADJUSTMENTS: usize = 2_000;
@@ -452,7 +452,7 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
     drop(guard);
     let job_id = request
         .get("jobId")
-        .and_then(crate::sandbox::as_unix_seconds);
+        .and_then(crate::testbed::sandbox::as_unix_seconds);
     upload_response(ctx, COLLECTION, results, &errors, job_id)
 }
 

@@ -41,10 +41,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::config::Platform;
-use crate::sandbox::faults::{self, ConnControl, Gate};
-use crate::sandbox::records::Counters;
-use crate::sandbox::{credential_ok, json_response, parse_form, random_id, Shared};
+use crate::testbed::sandbox::faults::{self, ConnControl, Gate};
+use crate::testbed::sandbox::records::Counters;
+use crate::testbed::sandbox::Platform;
+use crate::testbed::sandbox::{credential_ok, json_response, parse_form, random_id, Shared};
 
 /// Items per Apply call.
 const MAX_ITEMS: usize = 1_000;
@@ -543,7 +543,7 @@ fn check_item(
         ("HashedPhoneNumber", &phone),
     ] {
         if v.as_ref()
-            .is_some_and(|h| !crate::sandbox::is_sha256_hex(h))
+            .is_some_and(|h| !crate::testbed::sandbox::is_sha256_hex(h))
         {
             return Err((
                 "InvalidRequest",
@@ -638,7 +638,7 @@ fn check_item(
 
 /// Records a valid item: a new conversion, an ignored duplicate, or an adjustment of a recorded one.
 fn record(
-    state: &mut crate::sandbox::SandboxState,
+    state: &mut crate::testbed::sandbox::SandboxState,
     item: Item,
     kind: Kind,
 ) -> Result<(), (&'static str, String)> {

@@ -1,0 +1,62 @@
+//! The platforms pgcapi delivers to: their stable names and the few facts every stage needs
+//! (whether a platform can withdraw an accepted conversion, whether it is one of Google's).
+//! A leaf: imports nothing from the crate, so config, identity and destinations can all use it.
+
+use serde::{Deserialize, Serialize};
+
+/// An ad platform pgcapi can deliver to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// Meta Conversions API.
+    Meta,
+    /// Google Ads API click conversions.
+    GoogleAds,
+    /// TikTok Events API.
+    Tiktok,
+    /// Google Ads conversions through the Data Manager API (`datamanager.googleapis.com`).
+    GoogleDataManager,
+    /// Microsoft Advertising offline conversions (Campaign Management REST).
+    MicrosoftAds,
+}
+
+impl Platform {
+    /// Every platform, in a stable order.
+    pub const ALL: [Platform; 5] = [
+        Platform::Meta,
+        Platform::GoogleAds,
+        Platform::Tiktok,
+        Platform::GoogleDataManager,
+        Platform::MicrosoftAds,
+    ];
+
+    /// The stable name used in config, logs, metrics and the control table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Meta => "meta",
+            Platform::GoogleAds => "google_ads",
+            Platform::Tiktok => "tiktok",
+            Platform::GoogleDataManager => "google_data_manager",
+            Platform::MicrosoftAds => "microsoft_ads",
+        }
+    }
+
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`).
+    pub fn from_name(name: &str) -> Option<Platform> {
+        Platform::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the platform can retract a conversion it has already accepted (Data Manager through
+    /// its `refunds` setting: a Google Ads API retraction, a restatement to zero, or a skip).
+    pub fn can_retract(self) -> bool {
+        matches!(
+            self,
+            Platform::GoogleAds | Platform::GoogleDataManager | Platform::MicrosoftAds
+        )
+    }
+
+    /// Whether the platform is one of Google's (conversion actions, Google normalization).
+    pub fn is_google(self) -> bool {
+        matches!(self, Platform::GoogleAds | Platform::GoogleDataManager)
+    }
+}

@@ -1,0 +1,28 @@
+//! The APIs the sandbox emulates. The sandbox's own names, not the product's `Platform`: the oracle
+//! shares no code with the destinations it judges.
+
+/// One emulated platform API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Platform {
+    /// Meta Conversions API.
+    Meta,
+    /// Google Ads API (click conversions and adjustments).
+    GoogleAds,
+    /// TikTok Events API.
+    Tiktok,
+    /// Google Data Manager API.
+    GoogleDataManager,
+    /// Microsoft Advertising Campaign Management (offline conversions).
+    MicrosoftAds,
+}
+
+impl Platform {
+    /// Every emulated platform.
+    pub const ALL: [Platform; 5] = [
+        Platform::Meta,
+        Platform::GoogleAds,
+        Platform::Tiktok,
+        Platform::GoogleDataManager,
+        Platform::MicrosoftAds,
+    ];
+}
