@@ -22,13 +22,15 @@
 //! Secrets never appear: every line is scrubbed of the config's secret values, and a refused token is
 //! reported as "rejected", not echoed.
 
-use crate::config::{Config, DestinationConfig, Secret};
+use crate::config::{
+    ApiConfig, Config, GoogleAdsConfig, GoogleDataManagerConfig, MetaConfig, PlatformConfig,
+    Secret, TiktokConfig,
+};
 use crate::destinations::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
 use crate::destinations::{google_ads, google_data_manager, meta, tiktok, BatchAnswer};
 use crate::event::{Delivery, Kind, Payload};
 use crate::identity::{MatchKey, MatchKeys};
 use crate::outbox::quote_ident;
-use crate::platform::Platform;
 use crate::rules::Rules;
 use crate::setup;
 use chrono::{TimeDelta, Utc};
@@ -140,17 +142,7 @@ impl Checklist {
         let mut secrets: Vec<&Secret> = vec![&config.source.url];
         secrets.extend(config.source.control_url.as_ref());
         for dest in config.destinations.values() {
-            secrets.extend(
-                [
-                    &dest.access_token,
-                    &dest.developer_token,
-                    &dest.client_id,
-                    &dest.client_secret,
-                    &dest.refresh_token,
-                ]
-                .into_iter()
-                .flatten(),
-            );
+            secrets.extend(dest.secrets());
         }
         for secret in secrets {
             let value = secret.expose();
@@ -219,21 +211,25 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
         list.fail("no destination is configured");
     }
     for (name, dest) in &config.destinations {
-        let (ok, text) = match dest.platform {
-            Platform::Meta => check_meta(&http, dest).await,
-            Platform::GoogleAds => check_google(&http, config, name, dest).await,
-            Platform::Tiktok => check_tiktok(&http, name, dest).await,
-            Platform::GoogleDataManager => {
-                for (ok, text) in check_data_manager(&http, config, name, dest).await {
-                    list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
+        let platform = dest.platform().as_str();
+        let api = &dest.api;
+        let (ok, text) = match &dest.settings {
+            PlatformConfig::Meta(meta) => check_meta(&http, api, meta).await,
+            PlatformConfig::GoogleAds(google) => {
+                check_google(&http, config, name, api, google).await
+            }
+            PlatformConfig::Tiktok(tiktok) => check_tiktok(&http, name, api, tiktok).await,
+            PlatformConfig::GoogleDataManager(dm) => {
+                for (ok, text) in check_data_manager(&http, config, name, api, dm).await {
+                    list.push(ok, format!("{name} ({platform}): {text}"));
                 }
                 continue;
             }
-            Platform::MicrosoftAds => {
-                crate::destinations::microsoft_ads::check(config, name, dest).await
+            PlatformConfig::MicrosoftAds(ms) => {
+                crate::destinations::microsoft_ads::check(config, name, api, ms).await
             }
         };
-        list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
+        list.push(ok, format!("{name} ({platform}): {text}"));
     }
 }
 
@@ -426,8 +422,8 @@ async fn check_database(config: &Config, list: &mut Checklist) {
 // ---------------------------------------------------------------------------------------------
 
 /// The base URL of a destination, without a trailing slash.
-fn base(dest: &DestinationConfig, default: &str) -> String {
-    dest.endpoint
+fn base(api: &ApiConfig, default: &str) -> String {
+    api.endpoint
         .as_deref()
         .unwrap_or(default)
         .trim_end_matches('/')
@@ -485,12 +481,10 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 /// Meta: a read of the pixel with the token.
-async fn check_meta(http: &reqwest::Client, dest: &DestinationConfig) -> (bool, String) {
-    let (Some(pixel), Some(token)) = (&dest.pixel_id, &dest.access_token) else {
-        return (false, "pixel_id and access_token are required".into());
-    };
-    let base = base(dest, meta::DEFAULT_ENDPOINT);
-    let version = dest
+async fn check_meta(http: &reqwest::Client, api: &ApiConfig, dest: &MetaConfig) -> (bool, String) {
+    let (pixel, token) = (&dest.pixel_id, &dest.access_token);
+    let base = base(api, meta::DEFAULT_ENDPOINT);
+    let version = api
         .api_version
         .as_deref()
         .unwrap_or(meta::DEFAULT_API_VERSION);
@@ -543,12 +537,11 @@ async fn check_google(
     http: &reqwest::Client,
     config: &Config,
     name: &str,
-    dest: &DestinationConfig,
+    api: &ApiConfig,
+    dest: &GoogleAdsConfig,
 ) -> (bool, String) {
-    let Some(customer) = &dest.customer_id else {
-        return (false, "customer_id is required".into());
-    };
-    let auth = match GoogleAuth::from_config(name, dest, &[ADS_SCOPE], http.clone()) {
+    let customer = &dest.customer_id;
+    let auth = match GoogleAuth::from_config(name, &dest.auth, &[ADS_SCOPE], http.clone()) {
         Ok(auth) => auth,
         Err(e) => return (false, e.to_string()),
     };
@@ -579,8 +572,8 @@ async fn check_google(
                 )
             }
         };
-    let base = base(dest, google_ads::DEFAULT_ENDPOINT);
-    let version = dest
+    let base = base(api, google_ads::DEFAULT_ENDPOINT);
+    let version = api
         .api_version
         .as_deref()
         .unwrap_or(google_ads::DEFAULT_API_VERSION);
@@ -713,13 +706,13 @@ async fn check_data_manager(
     http: &reqwest::Client,
     config: &Config,
     name: &str,
-    dest: &DestinationConfig,
+    api: &ApiConfig,
+    dest: &GoogleDataManagerConfig,
 ) -> Vec<(bool, String)> {
-    let Some(account) = dest.operating_account.as_deref() else {
-        return vec![(false, "operating_account is required".into())];
-    };
+    let account = dest.operating_account.as_str();
     let account = google_ads::digits_only(account);
-    let auth = match GoogleAuth::from_config(name, dest, &[DATA_MANAGER_SCOPE], http.clone()) {
+    let auth = match GoogleAuth::from_config(name, &dest.auth, &[DATA_MANAGER_SCOPE], http.clone())
+    {
         Ok(auth) => auth,
         Err(e) => return vec![(false, e.to_string())],
     };
@@ -775,7 +768,7 @@ async fn check_data_manager(
     let login = dest.login_account.as_deref().map(google_ads::digits_only);
     let body =
         google_data_manager::request_body(&account, login.as_deref(), &id, vec![event], true);
-    let base = base(dest, google_data_manager::DEFAULT_ENDPOINT);
+    let base = base(api, google_data_manager::DEFAULT_ENDPOINT);
     let response = http
         .post(format!("{base}/v1/events:ingest"))
         .bearer_auth(access.expose())
@@ -863,13 +856,12 @@ fn google_errors(status: &Value) -> Vec<String> {
 async fn check_tiktok(
     http: &reqwest::Client,
     name: &str,
-    dest: &DestinationConfig,
+    api: &ApiConfig,
+    dest: &TiktokConfig,
 ) -> (bool, String) {
-    let (Some(pixel), Some(token)) = (&dest.pixel_code, &dest.access_token) else {
-        return (false, "pixel_code and access_token are required".into());
-    };
-    let base = base(dest, tiktok::DEFAULT_ENDPOINT);
-    let version = dest
+    let (pixel, token) = (&dest.pixel_code, &dest.access_token);
+    let base = base(api, tiktok::DEFAULT_ENDPOINT);
+    let version = api
         .api_version
         .as_deref()
         .unwrap_or(tiktok::DEFAULT_API_VERSION);

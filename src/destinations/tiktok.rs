@@ -13,10 +13,10 @@
 
 use super::{
     base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, Secret, TiktokConfig};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -63,27 +63,28 @@ pub struct Tiktok {
 }
 
 impl Tiktok {
-    /// Builds the destination; `pixel_code` and `access_token` are required.
+    /// Builds the destination `name` at `api` (or TikTok's) for the pixel of `config`.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &TiktokConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Tiktok, DestinationError> {
-        let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
         Ok(Tiktok {
             name: name.to_string(),
             url: format!(
                 "{}/open_api/{version}/event/track/",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
+                base_url(&api.endpoint, DEFAULT_ENDPOINT)
             ),
-            access_token: required(name, "access_token", &config.access_token)?.clone(),
-            pixel_code: required(name, "pixel_code", &config.pixel_code)?.clone(),
+            access_token: config.access_token.clone(),
+            pixel_code: config.pixel_code.clone(),
             crm_event_set_id: config
                 .crm_event_set_id
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             test_event_code: config.test_event_code.clone(),
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http: super::http_client(name, dispatch)?,
         })
     }
@@ -444,7 +445,7 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use crate::destinations::test_support::{h, purchase, t0};
     use axum::http::HeaderMap;
     use axum::routing::post;
     use axum::{Json, Router};
@@ -564,14 +565,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let config = DestinationConfig {
+        let api = ApiConfig {
             endpoint: Some(format!("http://{addr}")),
-            pixel_code: Some("CTEST".into()),
-            crm_event_set_id: Some("CRMSET1".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Tiktok)
+            ..ApiConfig::default()
         };
-        let t = Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let config = TiktokConfig {
+            pixel_code: "CTEST".into(),
+            crm_event_set_id: Some("CRMSET1".into()),
+            access_token: Secret::new("tok"),
+            test_event_code: None,
+        };
+        let t = Tiktok::new("tiktok", &api, &config, &DispatchConfig::default()).unwrap();
         let now = Utc::now();
         let mut batch: Vec<Delivery> = (0..5).map(|i| purchase(i, now)).collect();
         batch[4].action_source = Some("system_generated".into());

@@ -444,13 +444,18 @@ async fn check_reads_the_offline_goals_and_sends_nothing() {
     .collect();
     let config = config_from(CONFIG, &env);
     let dest = &config.destinations["microsoft"];
+    let pgcapi::config::PlatformConfig::MicrosoftAds(settings) = &dest.settings else {
+        panic!("microsoft is not a Microsoft destination");
+    };
     // GIVEN the goal the rules name exists: the check passes
-    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    let (ok, text) =
+        pgcapi::destinations::microsoft_ads::check(&config, "microsoft", &dest.api, settings).await;
     assert!(ok, "{text}");
     assert!(text.contains("Offline purchase"), "{text}");
     // GIVEN it does not: the check fails and names it
     sandbox.microsoft_goals(&["Store visit"]);
-    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    let (ok, text) =
+        pgcapi::destinations::microsoft_ads::check(&config, "microsoft", &dest.api, settings).await;
     assert!(!ok);
     assert!(
         text.contains("no offline conversion goal named Offline purchase"),
