@@ -25,8 +25,10 @@
 
 use crate::config::DispatchConfig;
 use crate::destinations::{Destination, Outcome};
-use crate::event::{Delivery, Kind, Payload};
-use crate::outbox::{notify_channel, quote_ident, OutboxError};
+use crate::event::{Delivery, Kind};
+use crate::outbox::{
+    AdjustedConversion, Conversion, Outbox, OutboxError, Record, Recorded, Unreadable,
+};
 use crate::platform::Platform;
 use rand::Rng;
 use std::collections::HashSet;
@@ -34,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, Client, Connection, Row};
+use tokio_postgres::{AsyncMessage, Client, Connection};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// How often a worker looks for due rows when no notification arrives.
@@ -77,17 +79,12 @@ impl DispatchError {
     }
 }
 
-/// Wraps a database error with what was being done.
-fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DispatchError {
-    move |source| DispatchError::Control(OutboxError::Db { what, source })
-}
-
 /// Sends the control table's pending rows to their destinations.
 pub struct Dispatcher {
     /// The control connection, shared by the workers (tokio-postgres pipelines their statements).
     client: Arc<Client>,
     /// The control schema.
-    schema: String,
+    outbox: Outbox,
     /// This dispatcher's lease owner id, unique per dispatcher.
     owner: String,
     /// Leases, retries and timeouts.
@@ -113,7 +110,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             client: Arc::new(client),
-            schema: schema.to_string(),
+            outbox: Outbox::new(schema),
             owner: format!(
                 "pgcapi-{}-{:08x}",
                 std::process::id(),
@@ -149,7 +146,7 @@ impl Dispatcher {
             0 => self.clone(),
             i => Arc::new(Dispatcher {
                 client: self.worker_clients[i - 1].clone(),
-                schema: self.schema.clone(),
+                outbox: self.outbox.clone(),
                 owner: self.owner.clone(),
                 config: self.config.clone(),
                 destinations: self.destinations.clone(),
@@ -212,11 +209,7 @@ impl Dispatcher {
     /// with a new connection). The first worker error stops the others.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), DispatchError> {
         if self.wakeups.is_some() {
-            let channel = notify_channel(&self.schema);
-            self.client
-                .batch_execute(&format!("listen {}", quote_ident(&channel)))
-                .await
-                .map_err(db("listening for new deliveries"))?;
+            self.outbox.listen(&self.client).await?;
         }
         let this = Arc::new(self);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -322,7 +315,7 @@ impl Dispatcher {
                 for report in dest.take_processing_reports() {
                     if let Err(e) = crate::outbox::record_processing(
                         self.client.as_ref(),
-                        &self.schema,
+                        self.outbox.name(),
                         &report,
                     )
                     .await
@@ -378,8 +371,10 @@ impl Dispatcher {
                             if full {
                                 continue;
                             }
-                            self.until_next_due(dest.name())
+                            self.outbox
+                                .until_next_due(&self.client, dest.name())
                                 .await?
+                                .unwrap_or(self.poll_interval)
                                 .min(self.poll_interval)
                         }
                         Err(e) if e.is_connection_error() => return Err(e),
@@ -423,26 +418,6 @@ impl Dispatcher {
         .await
     }
 
-    /// How long until the earliest pending row of `destination` is due (zero if one is due now).
-    async fn until_next_due(&self, destination: &str) -> Result<Duration, DispatchError> {
-        let sql = format!(
-            "select extract(epoch from min(greatest(next_attempt_at, \
-               coalesce(lease_until, next_attempt_at))) - now())::float8 \
-             from {}.deliveries where destination = $1 and state = 'pending'",
-            quote_ident(&self.schema)
-        );
-        let row = self
-            .client
-            .query_one(&sql, &[&destination])
-            .await
-            .map_err(db("finding the next due delivery"))?;
-        Ok(row
-            .get::<_, Option<f64>>(0)
-            .map_or(self.poll_interval, |secs| {
-                Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
-            }))
-    }
-
     /// Claims, resolves, sends and records one batch for `dest`; returns how many rows were claimed.
     async fn round(&self, dest: &dyn Destination) -> Result<usize, DispatchError> {
         let claimed = self.claim_for(dest).await?;
@@ -473,17 +448,7 @@ impl Dispatcher {
             );
         }
         if let Some(ids) = requeue {
-            let sql = format!(
-                "update {s}.deliveries set next_attempt_at = now() \
-                 where id = any($1) and state = 'pending' and next_attempt_at > now() \
-                   and (lease_until is null or lease_until < now())",
-                s = quote_ident(&self.schema)
-            );
-            let requeued = self
-                .client
-                .execute(&sql, &[&ids])
-                .await
-                .map_err(db("requeueing rows after an outage"))?;
+            let requeued = self.outbox.make_due(&self.client, &ids).await?;
             info!(
                 requeued,
                 "the platform answers again: rows waiting on backoff are due now"
@@ -503,9 +468,9 @@ impl Dispatcher {
         let mut rows = Vec::with_capacity(count);
         for c in claimed {
             match c {
-                Claimed::Row(d) => rows.push(*d),
-                Claimed::Unreadable { id, error } => {
-                    records.push(Record::new(id, Record::FAILED, Some(error), 0))
+                Ok(d) => rows.push(d),
+                Err(Unreadable { id, error }) => {
+                    records.push(Record::new(id, Recorded::Failed, Some(error), 0))
                 }
             }
         }
@@ -541,22 +506,26 @@ impl Dispatcher {
             records.push(self.record(d, outcome));
         }
         self.write(&records).await?;
-        crate::metrics::deliveries_recorded(dest.name(), records.iter().map(|r| r.state));
-        crate::metrics::deliveries_recorded_n(dest.name(), Record::CANCELLED, cancelled as u64);
-        let tally = |state: &str| records.iter().filter(|r| r.state == state).count();
+        crate::metrics::deliveries_recorded(dest.name(), records.iter().map(|r| r.state.as_str()));
+        crate::metrics::deliveries_recorded_n(
+            dest.name(),
+            Recorded::Cancelled.as_str(),
+            cancelled as u64,
+        );
+        let tally = |state: Recorded| records.iter().filter(|r| r.state == state).count();
         info!(
             claimed = count,
-            sent = tally(Record::SENT),
-            failed = tally(Record::FAILED),
-            retried = tally(Record::RETRY),
-            skipped = tally(Record::SKIPPED),
+            sent = tally(Recorded::Sent),
+            failed = tally(Recorded::Failed),
+            retried = tally(Recorded::Retry),
+            skipped = tally(Recorded::Skipped),
             cancelled,
-            waiting = tally(Record::WAIT),
+            waiting = tally(Recorded::Wait),
             "batch dispatched"
         );
         Ok(Processed {
             claimed: count,
-            rescheduled: tally(Record::RETRY) + tally(Record::WAIT),
+            rescheduled: tally(Recorded::Retry) + tally(Recorded::Wait),
             answered,
             unanswered: unanswered && !answered,
             retry_after,
@@ -564,57 +533,19 @@ impl Dispatcher {
         })
     }
 
-    /// Claims up to `limit` due pending rows of `destination` under this process's lease.
-    ///
-    /// A cancellable (module docs) conversion with a pending retraction or restatement is not
-    /// claimed: the adjustment decides its fate when it is claimed itself (cancel both, or apply the
-    /// restated value), so a batch boundary between the two can never send a refunded conversion.
-    /// Capture writes a source transaction's rows in one control transaction, so a conversion and the
-    /// refund of the same source transaction become visible together.
-    ///
-    /// `= any(array(…))` rather than `in (…)`: the claimed ids are then looked up by primary key, where
-    /// `in` let the planner hash-join them against a sequential scan of the whole table, making every
-    /// claim cost O(table) while a backlog drains (seen in `pgcapi bench`).
-    ///
-    /// The claim changes no indexed column (only the lease and `attempts`; `updated_at` keeps meaning
-    /// "when the row reached its current state", and a claim changes no state), so PostgreSQL can make
-    /// it a HOT update when the page has room (`sql/005_dispatch_hot.sql` leaves some): no new index
-    /// entries per claimed row.
+    /// Claims up to `limit` due pending rows of `destination` under this process's lease (see
+    /// [`Outbox::claim`]).
     async fn claim(&self, destination: &str, limit: usize) -> Result<Vec<Claimed>, DispatchError> {
-        let sql = format!(
-            "update {s}.deliveries d \
-               set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
-                   attempts = d.attempts + (d.lease_owner is not null)::int \
-             where d.id = any(array( \
-               select x.id from {s}.deliveries x \
-                where x.destination = $1 and x.state = 'pending' and x.next_attempt_at <= now() \
-                  and (x.lease_until is null or x.lease_until < now()) \
-                  and not (x.kind = 'conversion' \
-                    and x.attempts = 0 and x.lease_owner is null and exists ( \
-                    select 1 from {s}.deliveries a \
-                     where a.destination = $1 and a.state = 'pending' and a.kind <> 'conversion' \
-                       and a.event_id = x.event_id and a.adjusts_rule = x.rule)) \
-                order by x.next_attempt_at, x.id \
-                limit $4 \
-                for update skip locked)) \
-             returning d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
-               d.event_time, d.value::text, d.currency, d.action_source, d.payload::text, d.attempts, \
-               d.created_at",
-            s = quote_ident(&self.schema)
-        );
-        let lease = i64::try_from(self.config.lease_secs.max(1)).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let rows = self
-            .client
-            .query(&sql, &[&destination, &self.owner, &lease, &limit])
-            .await
-            .map_err(db("claiming due deliveries"))?;
-        let mut claimed: Vec<Claimed> = rows.iter().map(read_delivery).collect();
-        // `returning` does not keep the subquery's order: restore it (ids grow with time).
-        claimed.sort_by_key(|c| match c {
-            Claimed::Row(d) => d.id,
-            Claimed::Unreadable { id, .. } => *id,
-        });
+        let claimed = self
+            .outbox
+            .claim(
+                &self.client,
+                destination,
+                &self.owner,
+                self.config.lease_secs,
+                limit,
+            )
+            .await?;
         debug!(claimed = claimed.len(), "claimed deliveries");
         Ok(claimed)
     }
@@ -639,7 +570,10 @@ impl Dispatcher {
             return Ok((rows, resolved));
         }
         let claimed_ids: HashSet<i64> = rows.iter().map(|d| d.id).collect();
-        let targets = self.adjusted_conversions(&adjustment_ids).await?;
+        let targets = self
+            .outbox
+            .adjusted_conversions(&self.client, &adjustment_ids)
+            .await?;
         let mut dropped: HashSet<i64> = HashSet::new();
         let mut to_send = Vec::with_capacity(rows.len());
         let mut adjustments = Vec::new();
@@ -654,7 +588,7 @@ impl Dispatcher {
         for mut d in adjustments {
             let target = targets
                 .iter()
-                .find(|t| t.adjustment_id == d.id)
+                .find(|t: &&AdjustedConversion| t.adjustment_id == d.id)
                 .and_then(|t| t.conversion.as_ref());
             let view = target.map(|c| ConversionView {
                 state: c.state.as_str(),
@@ -665,7 +599,11 @@ impl Dispatcher {
             match resolve(d.kind, view) {
                 Resolution::CancelBoth => {
                     let target = target.expect("resolved against a conversion");
-                    if self.cancel_both(target.id, d.id, &d.rule).await? {
+                    if self
+                        .outbox
+                        .cancel_both(&self.client, &self.owner, target.id, d.id, &d.rule)
+                        .await?
+                    {
                         dropped.insert(target.id);
                         resolved.cancelled += 2;
                     } else {
@@ -674,7 +612,11 @@ impl Dispatcher {
                 }
                 Resolution::RestateUnsent => {
                     let target = target.expect("resolved against a conversion");
-                    if self.restate_unsent(target.id, d.id).await? {
+                    if self
+                        .outbox
+                        .restate_unsent(&self.client, &self.owner, target.id, d.id)
+                        .await?
+                    {
                         resolved.cancelled += 1;
                     } else {
                         resolved.wait(d.id, target.due_in);
@@ -719,7 +661,7 @@ impl Dispatcher {
                 }
                 Resolution::Cancelled => resolved.records.push(Record::new(
                     d.id,
-                    Record::CANCELLED,
+                    Recorded::Cancelled,
                     Some("conversion was not sent yet".into()),
                     0,
                 )),
@@ -733,186 +675,34 @@ impl Dispatcher {
         Ok((to_send, resolved))
     }
 
-    /// The conversions adjusted by the rows `ids` (same destination, rule = adjusts_rule, event id).
-    async fn adjusted_conversions(&self, ids: &[i64]) -> Result<Vec<Target>, DispatchError> {
-        let sql = format!(
-            "select a.id, c.id, c.state, c.lease_owner, \
-               coalesce(c.lease_until >= now(), false), c.payload::json ->> 'conversion_action', c.currency, \
-               c.attempts, c.event_time, \
-               greatest(extract(epoch from c.next_attempt_at - now()), 0)::float8, \
-               c.payload::text, \
-               array(select e.id from {s}.deliveries e where e.destination = a.destination \
-                 and e.adjusts_rule = a.adjusts_rule and e.event_id = a.event_id \
-                 and e.kind <> 'conversion' and e.state = 'pending' and e.id < a.id) \
-             from {s}.deliveries a \
-             left join {s}.deliveries c on c.destination = a.destination and c.rule = a.adjusts_rule \
-               and c.event_id = a.event_id and c.kind = 'conversion' \
-             where a.id = any($1)",
-            s = quote_ident(&self.schema)
-        );
-        let rows = self
-            .client
-            .query(&sql, &[&ids])
-            .await
-            .map_err(db("looking up adjusted conversions"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Target {
-                adjustment_id: r.get(0),
-                conversion: r.get::<_, Option<i64>>(1).map(|id| Conversion {
-                    id,
-                    state: r.get(2),
-                    lease_owner: r.get(3),
-                    leased: r.get(4),
-                    conversion_action: r.get(5),
-                    currency: r.get(6),
-                    attempts: r.get(7),
-                    event_time: r.get(8),
-                    due_in: Duration::from_secs_f64(r.get::<_, f64>(9).min(86_400.0)),
-                    payload: r
-                        .get::<_, Option<&str>>(10)
-                        .and_then(|p| serde_json::from_str(p).ok()),
-                    earlier_adjustments: r.get(11),
-                }),
-            })
-            .collect())
-    }
-
-    /// Cancels a cancellable conversion that was not sent and the retraction of it, atomically (one
-    /// statement). False when the conversion was claimed by another process in the meantime.
-    async fn cancel_both(
-        &self,
-        conversion: i64,
-        retraction: i64,
-        retraction_rule: &str,
-    ) -> Result<bool, DispatchError> {
-        let sql = format!(
-            "with conv as ( \
-               update {s}.deliveries set state = 'cancelled', last_error = $4, \
-                 lease_owner = null, lease_until = null, updated_at = now() \
-               where id = $1 and state = 'pending' \
-                 and attempts = 0 and (lease_owner is null or lease_owner = $3) \
-               returning id) \
-             update {s}.deliveries set state = 'cancelled', last_error = 'conversion was not sent yet', \
-               lease_owner = null, lease_until = null, updated_at = now() \
-             where id = $2 and lease_owner = $3 and state = 'pending' and exists (select 1 from conv) \
-             returning id",
-            s = quote_ident(&self.schema)
-        );
-        let reason = if crate::event::is_deletion_rule(retraction_rule) {
-            "source row deleted before it was sent"
-        } else {
-            "retracted before it was sent"
-        };
-        let rows = self
-            .client
-            .query(&sql, &[&conversion, &retraction, &self.owner, &reason])
-            .await
-            .map_err(db("cancelling a retracted conversion"))?;
-        Ok(!rows.is_empty())
-    }
-
-    /// Applies a restatement to a conversion that was not sent (its value becomes the restated total)
-    /// and closes the restatement, atomically. False when the conversion was claimed meanwhile.
-    async fn restate_unsent(
-        &self,
-        conversion: i64,
-        restatement: i64,
-    ) -> Result<bool, DispatchError> {
-        let sql = format!(
-            "with r as (select value, currency from {s}.deliveries where id = $2), \
-             conv as ( \
-               update {s}.deliveries c set value = r.value, currency = coalesce(r.currency, c.currency), \
-                 updated_at = now() \
-               from r \
-               where c.id = $1 and c.state = 'pending' \
-                 and c.attempts = 0 and c.lease_owner is null \
-               returning c.id) \
-             update {s}.deliveries set state = 'cancelled', \
-               last_error = 'restated value applied to the conversion before it was sent', \
-               lease_owner = null, lease_until = null, updated_at = now() \
-             where id = $2 and lease_owner = $3 and state = 'pending' and exists (select 1 from conv) \
-             returning id",
-            s = quote_ident(&self.schema)
-        );
-        let rows = self
-            .client
-            .query(&sql, &[&conversion, &restatement, &self.owner])
-            .await
-            .map_err(db("applying a restatement to an unsent conversion"))?;
-        Ok(!rows.is_empty())
-    }
-
     /// The record of one sent row's outcome.
     fn record(&self, d: &Delivery, outcome: Outcome) -> Record {
         match outcome {
             Outcome::Sent { platform_ref } => Record {
                 platform_ref,
-                ..Record::new(d.id, Record::SENT, None, 1)
+                ..Record::new(d.id, Recorded::Sent, None, 1)
             },
-            Outcome::Failed { error } => Record::new(d.id, Record::FAILED, Some(error), 1),
-            Outcome::Skipped { reason } => Record::new(d.id, Record::SKIPPED, Some(reason), 0),
+            Outcome::Failed { error } => Record::new(d.id, Recorded::Failed, Some(error), 1),
+            Outcome::Skipped { reason } => Record::new(d.id, Recorded::Skipped, Some(reason), 0),
             Outcome::Retry { error, retry_after } => Record {
                 delay: backoff(&self.config, d.attempts, retry_after),
-                ..Record::new(d.id, Record::RETRY, Some(error), 1)
+                ..Record::new(d.id, Recorded::Retry, Some(error), 1)
             },
         }
     }
 
-    /// Writes every record of a round in one statement and releases the leases. Rows whose lease was
-    /// lost (expired and claimed by another process) are left alone: the new owner records them.
+    /// Writes every record of a round in one statement and releases the leases (see
+    /// [`Outbox::record`]).
     async fn write(&self, records: &[Record]) -> Result<(), DispatchError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "update {s}.deliveries d set \
-               state = case when u.state in ('retry', 'wait') then \
-                   case when d.queued_at <= now() - $2::bigint * interval '1 second' \
-                     then 'failed' else 'pending' end \
-                 else u.state end, \
-               last_error = case when u.state in ('retry', 'wait') \
-                   and d.queued_at <= now() - $2::bigint * interval '1 second' \
-                 then 'gave up after ' || $2::bigint || ' s: ' || coalesce(u.error, '') \
-                 else u.error end, \
-               attempts = d.attempts + u.attempted, \
-               platform_ref = coalesce(u.platform_ref, d.platform_ref), \
-               sent_at = case when u.state = 'sent' then now() else d.sent_at end, \
-               next_attempt_at = case when u.state in ('retry', 'wait') \
-                 then now() + u.delay_ms * interval '1 millisecond' else d.next_attempt_at end, \
-               lease_owner = null, lease_until = null, updated_at = now() \
-             from unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int4[]) \
-               as u(id, state, error, platform_ref, delay_ms, attempted) \
-             where d.id = u.id and d.lease_owner = $1 and d.state = 'pending'",
-            s = quote_ident(&self.schema)
-        );
-        let give_up = i64::try_from(self.config.give_up_after_secs).unwrap_or(i64::MAX);
-        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
-        let states: Vec<&str> = records.iter().map(|r| r.state).collect();
-        let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
-        let refs: Vec<Option<&str>> = records.iter().map(|r| r.platform_ref.as_deref()).collect();
-        let delays: Vec<i64> = records
-            .iter()
-            .map(|r| i64::try_from(r.delay.as_millis()).unwrap_or(i64::MAX))
-            .collect();
-        let attempted: Vec<i32> = records.iter().map(|r| r.attempted).collect();
         let updated = self
-            .client
-            .execute(
-                &sql,
-                &[
-                    &self.owner,
-                    &give_up,
-                    &ids,
-                    &states,
-                    &errors,
-                    &refs,
-                    &delays,
-                    &attempted,
-                ],
+            .outbox
+            .record(
+                &self.client,
+                &self.owner,
+                self.config.give_up_after_secs,
+                records,
             )
-            .await
-            .map_err(db("recording delivery outcomes"))?;
+            .await?;
         if updated < records.len() as u64 {
             warn!(
                 recorded = updated,
@@ -1127,107 +917,7 @@ pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Durat
 }
 
 /// A claimed row, or the id of one that cannot be read back (it fails without being sent).
-pub(crate) enum Claimed {
-    /// A readable row (boxed: a delivery is large).
-    Row(Box<Delivery>),
-    /// A row whose kind or payload cannot be read.
-    Unreadable {
-        /// The row.
-        id: i64,
-        /// What is wrong (never a value).
-        error: String,
-    },
-}
-
-/// Reads a claimed row.
-pub(crate) fn read_delivery(r: &Row) -> Claimed {
-    let id: i64 = r.get(0);
-    let Some(kind) = Kind::from_name(r.get::<_, &str>(4)) else {
-        return Claimed::Unreadable {
-            id,
-            error: "unknown kind in the control table".into(),
-        };
-    };
-    let payload: Payload = match serde_json::from_str(r.get::<_, &str>(11)) {
-        Ok(p) => p,
-        Err(e) => {
-            return Claimed::Unreadable {
-                id,
-                error: format!("payload cannot be read: {}", e.classify_name()),
-            }
-        }
-    };
-    Claimed::Row(Box::new(Delivery {
-        id,
-        rule: r.get(1),
-        destination: r.get(2),
-        event_id: r.get(3),
-        kind,
-        adjusts_rule: r.get(5),
-        event_name: r.get(6),
-        event_time: r.get(7),
-        value: r.get(8),
-        currency: r.get(9),
-        action_source: r.get(10),
-        payload,
-        attempts: r.get(12),
-        created_at: r.get(13),
-    }))
-}
-
-/// A short, value-free name for a JSON error.
-trait ClassifyName {
-    /// The category of the error, in words.
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "io error",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "unexpected fields or types",
-            serde_json::error::Category::Eof => "truncated JSON",
-        }
-    }
-}
-
-/// One row's new state, as written by [`Dispatcher::write`].
-struct Record {
-    /// The row.
-    id: i64,
-    /// `sent`, `failed`, `skipped`, `cancelled`, or `retry` / `wait` (both back to pending).
-    state: &'static str,
-    /// The new `last_error` (cleared when `None`).
-    error: Option<String>,
-    /// The platform's reference; the stored one is kept when `None`.
-    platform_ref: Option<String>,
-    /// For `retry` / `wait`: how long until the row is due again.
-    delay: Duration,
-    /// 1 when a request was attempted for the row, else 0.
-    attempted: i32,
-}
-
-impl Record {
-    const SENT: &'static str = "sent";
-    const FAILED: &'static str = "failed";
-    const SKIPPED: &'static str = "skipped";
-    const CANCELLED: &'static str = "cancelled";
-    const RETRY: &'static str = "retry";
-    const WAIT: &'static str = "wait";
-
-    /// A record without platform reference or delay.
-    fn new(id: i64, state: &'static str, error: Option<String>, attempted: i32) -> Record {
-        Record {
-            id,
-            state,
-            error,
-            platform_ref: None,
-            delay: Duration::ZERO,
-            attempted,
-        }
-    }
-}
+pub(crate) type Claimed = Result<Delivery, Unreadable>;
 
 /// The records of adjustments resolved without sending.
 #[derive(Default)]
@@ -1242,7 +932,7 @@ impl Resolved {
     /// The adjustment is not sent, for `reason`.
     fn skip(&mut self, id: i64, reason: String) {
         self.records
-            .push(Record::new(id, Record::SKIPPED, Some(reason), 0));
+            .push(Record::new(id, Recorded::Skipped, Some(reason), 0));
     }
 
     /// The adjusted conversion is being sent, or is due again in `due_in`: look again shortly after,
@@ -1252,7 +942,7 @@ impl Resolved {
             delay: due_in.max(WAIT_FOR_IN_FLIGHT),
             ..Record::new(
                 id,
-                Record::WAIT,
+                Recorded::Wait,
                 Some("waiting: the adjusted conversion is being sent".into()),
                 0,
             )
@@ -1321,40 +1011,6 @@ pub(crate) fn resolve(kind: Kind, conversion: Option<ConversionView<'_>>) -> Res
         )),
         _ => Resolution::Skip(format!("no conversion to {verb}")),
     }
-}
-
-/// An adjustment row and the conversion it adjusts, if that exists.
-struct Target {
-    /// The adjustment row.
-    adjustment_id: i64,
-    /// The adjusted conversion, if it was ever recorded.
-    conversion: Option<Conversion>,
-}
-
-/// What an adjustment needs to know about its conversion.
-struct Conversion {
-    /// Its row.
-    id: i64,
-    /// Its state.
-    state: String,
-    /// Who holds (or last held) its lease.
-    lease_owner: Option<String>,
-    /// Whether its lease is still valid.
-    leased: bool,
-    /// The Google conversion action it was sent with.
-    conversion_action: Option<String>,
-    /// Its currency.
-    currency: Option<String>,
-    /// How many sends were attempted: above zero, the platform may have it even if still pending.
-    attempts: i32,
-    /// The time it was (or will be) sent with.
-    event_time: chrono::DateTime<chrono::Utc>,
-    /// How long until it is due again (zero when due or in flight).
-    due_in: Duration,
-    /// The payload it was sent with (identifiers a Data Manager restatement sends again).
-    payload: Option<Payload>,
-    /// Pending adjustments of it recorded before this one (sent first: the last one wins).
-    earlier_adjustments: Vec<i64>,
 }
 
 impl Conversion {

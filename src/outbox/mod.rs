@@ -1,48 +1,136 @@
-//! The control table: `pgcapi.deliveries` rows and the stored slot position (`pgcapi.checkpoints`).
+//! The control schema, and the only place with SQL on it: `pgcapi.deliveries` rows, the stored slot
+//! position (`pgcapi.checkpoints`), capture's state, the platforms' processing reports and the views.
 //!
-//! Capture writes a group of [`NewDelivery`] rows and the new checkpoint in one transaction
-//! ([`write_group`]); the unique key `(event_id, destination, rule)` turns replays after a crash into
-//! no-ops. Dispatch reads [`Delivery`] rows back.
+//! Capture writes a group of [`NewDelivery`](crate::event::NewDelivery) rows and the new checkpoint in
+//! one transaction ([`write_group`], `write.rs`); the unique key `(event_id, destination, rule)` turns
+//! replays after a crash into no-ops. Dispatch claims [`Delivery`] rows under a lease and records their
+//! outcomes (`lease.rs`); operators requeue (`requeue.rs`) and purge (`purge.rs`) them; `pgcapi status`
+//! and the metrics probe read `health.rs`. Statements name the schema through an [`Outbox`] handle
+//! (or, on capture's write path, the schema name they are given).
 
-use crate::event::{is_deletion_rule, Kind, NewDelivery, ProcessingReport};
-use crate::lsn::Lsn;
-use serde::{Deserialize, Serialize};
-use tokio_postgres::GenericClient;
+mod health;
+mod lease;
+mod migrations;
+mod purge;
+mod requeue;
+mod write;
 
-/// The control schema's SQL files, in the order they are applied.
-pub const MIGRATIONS: &[(&str, &str)] = &[
-    (
-        "001_control_schema.sql",
-        include_str!("../sql/001_control_schema.sql"),
-    ),
-    ("003_retired.sql", include_str!("../sql/003_retired.sql")),
-    (
-        "004_queued_at.sql",
-        include_str!("../sql/004_queued_at.sql"),
-    ),
-    (
-        "005_dispatch_hot.sql",
-        include_str!("../sql/005_dispatch_hot.sql"),
-    ),
-    (
-        "006_cheaper_writes.sql",
-        include_str!("../sql/006_cheaper_writes.sql"),
-    ),
-    (
-        "007_capture_state.sql",
-        include_str!("../sql/007_capture_state.sql"),
-    ),
-    (
-        "008_source_key.sql",
-        include_str!("../sql/008_source_key.sql"),
-    ),
-    (
-        "009_platform_processing.sql",
-        include_str!("../sql/009_platform_processing.sql"),
-    ),
-    // Last, so that a numbered file may drop a view to change a column it reads.
-    ("views.sql", include_str!("../sql/views.sql")),
-];
+pub use health::{
+    load_capture_report, load_unusable_24h, record_processing, report_capture, CapturePhase,
+    CaptureReport,
+};
+pub use health::{
+    DestinationFlow, DestinationHealth, FailureLine, StoredCheckpoint, UnusableReason,
+};
+pub use lease::{AdjustedConversion, Conversion, Record, Recorded};
+pub use migrations::MIGRATIONS;
+pub use purge::{purge_processing, Batching, PurgeReport, Target, RETRACTABLE_KEEP};
+pub use requeue::{Filters, Requeued, RowLine};
+pub use write::{
+    insert_deliveries, load_checkpoint, save_checkpoint, write_group, OpenGroup, WRITE_CHUNK_ROWS,
+};
+
+use crate::event::{Delivery, Kind, Payload};
+use tokio_postgres::Row;
+
+/// The control schema as statements name it: a handle that quotes the schema once, instead of every
+/// statement quoting a `schema: &str` it was handed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbox {
+    /// The schema's name, as configured (`source.schema`).
+    name: String,
+    /// The same, quoted for SQL.
+    quoted: String,
+}
+
+impl Outbox {
+    /// The control schema `name` (usually `pgcapi`).
+    pub fn new(name: &str) -> Outbox {
+        Outbox {
+            name: name.to_string(),
+            quoted: quote_ident(name),
+        }
+    }
+
+    /// The schema's name, unquoted.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The schema, quoted: what goes before `.deliveries` in a statement.
+    fn s(&self) -> &str {
+        &self.quoted
+    }
+
+    /// The channel dispatchers listen on (see [`notify_channel`]).
+    pub fn channel(&self) -> String {
+        notify_channel(&self.name)
+    }
+}
+
+/// A delivery row that cannot be read back: it fails without being sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The row.
+    pub id: i64,
+    /// What is wrong (never a value).
+    pub error: String,
+}
+
+impl Delivery {
+    /// The columns [`Delivery::from_row`] reads, in its order, on a `deliveries` row aliased `d`.
+    pub const COLUMNS: &'static str =
+        "d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
+               d.event_time, d.value::text, d.currency, d.action_source, d.payload::text, d.attempts, \
+               d.created_at";
+
+    /// Reads a row selected with [`Delivery::COLUMNS`]; a kind or payload that cannot be read is an
+    /// [`Unreadable`] row.
+    pub fn from_row(r: &Row) -> Result<Delivery, Unreadable> {
+        let id: i64 = r.get(0);
+        let Some(kind) = Kind::from_name(r.get::<_, &str>(4)) else {
+            return Err(Unreadable {
+                id,
+                error: "unknown kind in the control table".into(),
+            });
+        };
+        let payload: Payload = match serde_json::from_str(r.get::<_, &str>(11)) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(Unreadable {
+                    id,
+                    error: format!("payload cannot be read: {}", classify_name(&e)),
+                })
+            }
+        };
+        Ok(Delivery {
+            id,
+            rule: r.get(1),
+            destination: r.get(2),
+            event_id: r.get(3),
+            kind,
+            adjusts_rule: r.get(5),
+            event_name: r.get(6),
+            event_time: r.get(7),
+            value: r.get(8),
+            currency: r.get(9),
+            action_source: r.get(10),
+            payload,
+            attempts: r.get(12),
+            created_at: r.get(13),
+        })
+    }
+}
+
+/// A short, value-free name for a JSON error (the payload holds hashed identifiers).
+fn classify_name(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "io error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "unexpected fields or types",
+        serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -97,425 +185,6 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Inserts `rows` (ignoring ones already recorded, and ones whose key was retired by retention) and returns
-/// how many were new. One statement per call: the rows travel as parallel arrays and are expanded with
-/// `unnest`. Safe against concurrent writers of the same keys (`on conflict do nothing`).
-pub async fn insert_deliveries(
-    client: &impl GenericClient,
-    schema: &str,
-    rows: &[NewDelivery],
-) -> Result<u64, OutboxError> {
-    insert_rows(client, schema, rows, Duplicates::OnConflict).await
-}
-
-/// How an insert leaves out rows whose key is already recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Duplicates {
-    /// `on conflict do nothing`: correct whatever else writes the table at the same time.
-    OnConflict,
-    /// An anti-join on the unique key. The server does about a third less work per row than with
-    /// `on conflict` (no speculative insertion), but a row committed by another transaction between the
-    /// check and the insert makes the statement fail with a unique violation, and `rows` must not repeat
-    /// a key. [`write_group`] uses it and falls back to [`Duplicates::OnConflict`] on that failure.
-    AntiJoin,
-    /// Restatements only: a row whose key is recorded with another value replaces it and is due
-    /// again (a second partial refund of one order restates again, the last value wins); the same
-    /// value changes nothing, so a replay after a crash adds nothing. `rows` must not repeat a key.
-    Restate,
-}
-
-/// Inserts `rows`; the retractions of deleted source rows ([`DELETION_SUFFIX`]) go in a second
-/// statement, after the others (so that they see a conversion of the same group), and only where
-/// the conversion they retract is recorded and pending or sent: a DELETE of a row that never became
-/// a conversion records nothing.
-async fn insert_rows<R: std::borrow::Borrow<NewDelivery>>(
-    client: &impl GenericClient,
-    schema: &str,
-    rows: &[R],
-    duplicates: Duplicates,
-) -> Result<u64, OutboxError> {
-    let is_deletion = |r: &NewDelivery| is_deletion_rule(&r.rule);
-    let is_restatement = |r: &NewDelivery| r.kind == Kind::Restatement;
-    if !rows
-        .iter()
-        .any(|r| is_deletion(r.borrow()) || is_restatement(r.borrow()))
-    {
-        return insert_statement(client, schema, rows, duplicates, Match::None).await;
-    }
-    let (deletions, rest): (Vec<&NewDelivery>, Vec<&NewDelivery>) = rows
-        .iter()
-        .map(|r| r.borrow())
-        .partition(|r| is_deletion(r));
-    // Restatements (rare) go in their own statement, each key once with its last value.
-    let (restatements, others): (Vec<&NewDelivery>, Vec<&NewDelivery>) =
-        rest.into_iter().partition(|r| is_restatement(r));
-    let mut last: Vec<&NewDelivery> = Vec::with_capacity(restatements.len());
-    for r in restatements {
-        let key = |d: &NewDelivery| (d.event_id.clone(), d.destination.clone(), d.rule.clone());
-        match last.iter_mut().find(|l| key(l) == key(r)) {
-            Some(slot) => *slot = r,
-            None => last.push(r),
-        }
-    }
-    // Retractions of deleted rows whose event id the DELETE did not carry: by the row's key.
-    let (by_key, by_id): (Vec<&NewDelivery>, Vec<&NewDelivery>) = deletions
-        .into_iter()
-        .partition(|r| r.event_id.is_empty() && r.source_key.is_some());
-    let mut inserted = insert_statement(client, schema, &others, duplicates, Match::None).await?;
-    inserted += insert_statement(client, schema, &last, Duplicates::Restate, Match::None).await?;
-    inserted += insert_statement(client, schema, &by_id, duplicates, Match::EventId).await?;
-    Ok(inserted + insert_statement(client, schema, &by_key, duplicates, Match::SourceKey).await?)
-}
-
-/// Which recorded conversion the rows of an insert statement need (retractions of deleted rows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Match {
-    /// None: every row is inserted.
-    None,
-    /// A pending or sent conversion of the row's event id, destination and adjusted rule.
-    EventId,
-    /// Each pending or sent conversion of the row's destination and adjusted rule recorded with the
-    /// row's `source_table` and `source_key`; the row takes its event id.
-    SourceKey,
-}
-
-/// One insert statement of `rows`; with a [`Match`], only rows whose adjusted conversion exists.
-async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
-    client: &impl GenericClient,
-    schema: &str,
-    rows: &[R],
-    duplicates: Duplicates,
-    matching: Match,
-) -> Result<u64, OutboxError> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let n = rows.len();
-    let mut rule = Vec::with_capacity(n);
-    let mut destination = Vec::with_capacity(n);
-    let mut platform = Vec::with_capacity(n);
-    let mut event_id = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut adjusts = Vec::with_capacity(n);
-    let mut event_name = Vec::with_capacity(n);
-    let mut event_time = Vec::with_capacity(n);
-    let mut value = Vec::with_capacity(n);
-    let mut currency = Vec::with_capacity(n);
-    let mut action_source = Vec::with_capacity(n);
-    let mut payload = Vec::with_capacity(n);
-    let mut match_keys = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut last_error = Vec::with_capacity(n);
-    let mut source_table = Vec::with_capacity(n);
-    let mut source_key = Vec::with_capacity(n);
-    let mut source_lsn = Vec::with_capacity(n);
-    let mut commit_time = Vec::with_capacity(n);
-    for r in rows {
-        let r: &NewDelivery = r.borrow();
-        rule.push(r.rule.as_str());
-        destination.push(r.destination.as_str());
-        platform.push(r.platform.as_str());
-        event_id.push(r.event_id.as_str());
-        kind.push(r.kind.as_str());
-        adjusts.push(r.adjusts_rule.as_deref());
-        event_name.push(r.event_name.as_deref());
-        event_time.push(r.event_time);
-        value.push(r.value.as_deref());
-        currency.push(r.currency.as_deref());
-        action_source.push(r.action_source.as_deref());
-        payload.push(r.payload.to_json());
-        let mut names = String::with_capacity(r.payload.keys.len() * 10);
-        for (i, key) in r.payload.keys.keys().enumerate() {
-            if i > 0 {
-                names.push(',');
-            }
-            names.push_str(key.as_str());
-        }
-        match_keys.push(names);
-        state.push(r.state.as_str());
-        last_error.push(r.last_error.as_deref());
-        source_table.push(r.source_table.as_str());
-        source_key.push(r.source_key.as_deref());
-        source_lsn.push(r.source_lsn.to_string());
-        commit_time.push(r.commit_time);
-    }
-    let (recorded, on_conflict) = match duplicates {
-        Duplicates::OnConflict => ("", "on conflict (event_id, destination, rule) do nothing"),
-        Duplicates::AntiJoin => (
-            "and not exists (select 1 from {s}.deliveries d where d.event_id = t.event_id \
-               and d.destination = t.destination and d.rule = t.rule)",
-            "",
-        ),
-        Duplicates::Restate => (
-            "",
-            "on conflict (event_id, destination, rule) do update set \
-               value = excluded.value, currency = excluded.currency, state = excluded.state, \
-               last_error = excluded.last_error, platform_ref = null, sent_at = null, \
-               lease_owner = null, lease_until = null, \
-               next_attempt_at = greatest(now(), coalesce({s}.deliveries.lease_until, now())), \
-               queued_at = now(), source_lsn = excluded.source_lsn, \
-               commit_time = excluded.commit_time, updated_at = now() \
-             where {s}.deliveries.kind = 'restatement' and excluded.kind = 'restatement' \
-               and {s}.deliveries.value is distinct from excluded.value",
-        ),
-    };
-    let columns =
-        "rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
-           value, currency, action_source, payload, match_keys, state, last_error, source_table, \
-           source_lsn, commit_time, source_key";
-    let unnest = format!(
-        "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-           $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], \
-           $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], \
-           $19::text[]) as {{t}}({columns})"
-    );
-    let (from, converted) = match matching {
-        Match::None => (unnest.replace("{t}", "t"), ""),
-        Match::EventId => (
-            unnest.replace("{t}", "t"),
-            "and exists (select 1 from {s}.deliveries c where c.event_id = t.event_id \
-               and c.destination = t.destination and c.rule = t.adjusts_rule \
-               and c.kind = 'conversion' and c.state in ('pending', 'sent'))",
-        ),
-        // Each conversion of the deleted row once (the row may repeat in `rows`: deleted, inserted
-        // again and deleted in one group), with its event id; served by deliveries_source_key_idx.
-        Match::SourceKey => (
-            format!(
-                "(select distinct on (c.event_id, u.destination, u.rule) u.rule, u.destination, \
-                   u.platform, c.event_id, u.kind, u.adjusts_rule, u.event_name, u.event_time, \
-                   u.value, u.currency, u.action_source, u.payload, u.match_keys, u.state, \
-                   u.last_error, u.source_table, u.source_lsn, u.commit_time, u.source_key \
-                 from {} join {{s}}.deliveries c on c.source_table = u.source_table \
-                   and c.source_key = u.source_key and c.rule = u.adjusts_rule \
-                   and c.destination = u.destination and c.kind = 'conversion' \
-                   and c.state in ('pending', 'sent') \
-                   and c.source_key is not null) as t",
-                unnest.replace("{t}", "u")
-            ),
-            "",
-        ),
-    };
-    let sql = format!(
-        "insert into {{s}}.deliveries ({columns}) \
-         select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
-           value::numeric, currency, action_source, payload, \
-           coalesce(string_to_array(nullif(match_keys, ''), ','), '{{}}'), state, last_error, \
-           source_table, source_lsn::pg_lsn, commit_time, source_key \
-         from {from} \
-         where not exists (select 1 from {{s}}.retired r where r.rule = t.rule \
-           and r.destination = t.destination and r.event_id = t.event_id) \
-         {converted} {recorded} {on_conflict}"
-    )
-    .replace("{s}", &quote_ident(schema));
-    client
-        .execute(
-            &sql,
-            &[
-                &rule,
-                &destination,
-                &platform,
-                &event_id,
-                &kind,
-                &adjusts,
-                &event_name,
-                &event_time,
-                &value,
-                &currency,
-                &action_source,
-                &payload,
-                &match_keys,
-                &state,
-                &last_error,
-                &source_table,
-                &source_lsn,
-                &commit_time,
-                &source_key,
-            ],
-        )
-        .await
-        .map_err(db("inserting deliveries"))
-}
-
-/// Stores the slot position up to which every change is recorded.
-pub async fn save_checkpoint(
-    client: &impl GenericClient,
-    schema: &str,
-    slot: &str,
-    lsn: Lsn,
-) -> Result<(), OutboxError> {
-    let sql = format!(
-        "insert into {s}.checkpoints (slot, lsn, updated_at) values ($1, $2::text::pg_lsn, now()) \
-         on conflict (slot) do update set lsn = greatest({s}.checkpoints.lsn, excluded.lsn), \
-           updated_at = now()",
-        s = quote_ident(schema)
-    );
-    client
-        .execute(&sql, &[&slot, &lsn.to_string()])
-        .await
-        .map(drop)
-        .map_err(db("saving the checkpoint"))
-}
-
-/// The stored slot position, if capture has recorded one.
-pub async fn load_checkpoint(
-    client: &impl GenericClient,
-    schema: &str,
-    slot: &str,
-) -> Result<Option<Lsn>, OutboxError> {
-    let sql = format!(
-        "select lsn::text from {}.checkpoints where slot = $1",
-        quote_ident(schema)
-    );
-    let row = client
-        .query_opt(&sql, &[&slot])
-        .await
-        .map_err(db("loading the checkpoint"))?;
-    Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
-}
-
-/// Most rows [`write_group`] puts in one insert statement.
-pub const WRITE_CHUNK_ROWS: usize = 1_000;
-
-/// Writes `rows` and the checkpoint `lsn` in one transaction, so that the control table and the stored
-/// position always agree. Returns how many rows were new.
-///
-/// The rows go in with the cheaper anti-join insert (a group repeating a key keeps its first row, as
-/// `on conflict do nothing` would). Only capture's slot holder writes a group, but a backfill may record
-/// the same key between the check and the insert: then the transaction fails with a unique violation and
-/// is written again with `on conflict do nothing`.
-pub async fn write_group(
-    client: &tokio_postgres::Client,
-    schema: &str,
-    slot: &str,
-    rows: &[NewDelivery],
-    lsn: Lsn,
-) -> Result<u64, OutboxError> {
-    let firsts = first_of_each_key(rows);
-    match write_whole(client, schema, slot, &firsts, lsn, Duplicates::AntiJoin).await {
-        Err(OutboxError::Db { source, .. })
-            if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
-        {
-            write_whole(client, schema, slot, &firsts, lsn, Duplicates::OnConflict).await
-        }
-        other => other,
-    }
-}
-
-/// `rows` without the ones that repeat the key `(event_id, destination, rule)` of an earlier one.
-fn first_of_each_key(rows: &[NewDelivery]) -> Vec<&NewDelivery> {
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    rows.iter()
-        .filter(|r| {
-            // Retractions matched by the deleted row's key have no event id yet: one per key.
-            let key = r
-                .event_id
-                .is_empty()
-                .then_some(r.source_key.as_deref())
-                .flatten();
-            seen.insert((
-                r.event_id.as_str(),
-                r.destination.as_str(),
-                r.rule.as_str(),
-                key,
-            ))
-        })
-        .collect()
-}
-
-/// One control transaction holding all of `rows`; rolled back if any step fails.
-async fn write_whole(
-    client: &tokio_postgres::Client,
-    schema: &str,
-    slot: &str,
-    rows: &[&NewDelivery],
-    lsn: Lsn,
-    duplicates: Duplicates,
-) -> Result<u64, OutboxError> {
-    let mut group = OpenGroup::begin_with(client, duplicates).await?;
-    let written = match group.add(client, schema, rows).await {
-        Ok(()) => group.commit(client, schema, slot, lsn).await,
-        Err(e) => Err(e),
-    };
-    if written.is_err() {
-        // Harmless when the commit itself failed and ended the transaction.
-        let _ = client.batch_execute("rollback").await;
-    }
-    written
-}
-
-/// A control transaction of capture's, begun on the plain client (nothing else may use the client until
-/// [`OpenGroup::commit`]; dropping the connection rolls it back).
-///
-/// [`write_group`] uses one for a whole group. The writer also keeps one open across several parts: the
-/// rows of a source transaction larger than `capture.group_max_rows` (and of the complete transactions
-/// grouped before it) arrive in parts so that memory stays bounded, and are committed together with the
-/// checkpoint of its commit. Until then no other session sees any of them, so a payment and its refund in
-/// one large source transaction still reach dispatch together. Parts are inserted with `on conflict do
-/// nothing`, since a failed part could not be written again: its rows are gone.
-#[derive(Debug)]
-pub struct OpenGroup {
-    inserted: u64,
-    duplicates: Duplicates,
-}
-
-impl OpenGroup {
-    /// Begins a control transaction for parts.
-    pub async fn begin(client: &tokio_postgres::Client) -> Result<OpenGroup, OutboxError> {
-        OpenGroup::begin_with(client, Duplicates::OnConflict).await
-    }
-
-    async fn begin_with(
-        client: &tokio_postgres::Client,
-        duplicates: Duplicates,
-    ) -> Result<OpenGroup, OutboxError> {
-        client
-            .batch_execute("begin")
-            .await
-            .map_err(db("beginning a transaction"))?;
-        Ok(OpenGroup {
-            inserted: 0,
-            duplicates,
-        })
-    }
-
-    /// Inserts one part, in statements of at most [`WRITE_CHUNK_ROWS`] rows: the encoded parameters of
-    /// one statement are a copy of its rows, so smaller statements keep the peak memory down.
-    pub async fn add<R: std::borrow::Borrow<NewDelivery>>(
-        &mut self,
-        client: &tokio_postgres::Client,
-        schema: &str,
-        rows: &[R],
-    ) -> Result<(), OutboxError> {
-        for chunk in rows.chunks(WRITE_CHUNK_ROWS) {
-            self.inserted += insert_rows(client, schema, chunk, self.duplicates).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores the checkpoint `lsn`, notifies dispatchers if rows are new (delivered at commit, so they
-    /// wake up as soon as the rows are visible), and commits. Returns how many rows of all parts were new.
-    pub async fn commit(
-        self,
-        client: &tokio_postgres::Client,
-        schema: &str,
-        slot: &str,
-        lsn: Lsn,
-    ) -> Result<u64, OutboxError> {
-        save_checkpoint(client, schema, slot, lsn).await?;
-        if self.inserted > 0 {
-            client
-                .execute("select pg_notify($1, '')", &[&notify_channel(schema)])
-                .await
-                .map_err(db("notifying dispatchers"))?;
-        }
-        client
-            .batch_execute("commit")
-            .await
-            .map_err(db("committing"))?;
-        Ok(self.inserted)
-    }
-}
-
 /// Notifies dispatchers listening on `{schema}_deliveries` that new rows are due.
 pub fn notify_channel(schema: &str) -> String {
     format!("{schema}_deliveries")
@@ -534,170 +203,4 @@ mod tests {
             assert!(!ends_the_connection(code), "{code}");
         }
     }
-}
-
-/// What capture is doing, as stored in `capture_state` (see `sql/007_capture_state.sql`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapturePhase {
-    /// Holding the slot and recording changes.
-    Streaming,
-    /// Waiting out an outage (connection lost or refused); it resumes by itself.
-    Retrying,
-    /// A change it cannot apply until an operator acts; `error` says what and `error_lsn` where.
-    Stuck,
-}
-
-impl CapturePhase {
-    /// The name stored in `capture_state.state`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CapturePhase::Streaming => "streaming",
-            CapturePhase::Retrying => "retrying",
-            CapturePhase::Stuck => "stuck",
-        }
-    }
-
-    /// Parses the stored name.
-    pub fn from_name(name: &str) -> Option<CapturePhase> {
-        [
-            CapturePhase::Streaming,
-            CapturePhase::Retrying,
-            CapturePhase::Stuck,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == name)
-    }
-}
-
-/// One slot's row of `capture_state`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CaptureReport {
-    /// What capture is doing.
-    pub phase: CapturePhase,
-    /// Why it is not streaming.
-    pub error: Option<String>,
-    /// The WAL position of the change it is stuck on.
-    #[serde(serialize_with = "crate::lsn::serialize_opt")]
-    pub error_lsn: Option<Lsn>,
-    /// When the current problem started.
-    pub error_since: Option<chrono::DateTime<chrono::Utc>>,
-    /// When a capture process last wrote the row.
-    pub seen_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Records what capture of `slot` is doing. `error_since` is kept while the phase stays the same, so it
-/// tells how long the problem has lasted; streaming clears the error. Called at each change of phase and
-/// at least every 30 s while capture runs (that refreshes `seen_at`).
-pub async fn report_capture(
-    client: &impl GenericClient,
-    schema: &str,
-    slot: &str,
-    phase: CapturePhase,
-    error: Option<&str>,
-    error_lsn: Option<Lsn>,
-) -> Result<(), OutboxError> {
-    let sql = format!(
-        "insert into {s}.capture_state as c (slot, state, error, error_lsn, error_since, seen_at) \
-         values ($1, $2, $3, $4::text::pg_lsn, case when $2 = 'streaming' then null else now() end, now()) \
-         on conflict (slot) do update set state = excluded.state, error = excluded.error, \
-           error_lsn = excluded.error_lsn, seen_at = now(), \
-           error_since = case when excluded.state = 'streaming' then null \
-                              when c.state = excluded.state then coalesce(c.error_since, now()) \
-                              else now() end",
-        s = quote_ident(schema)
-    );
-    let error_lsn = error_lsn.map(|l| l.to_string());
-    client
-        .execute(&sql, &[&slot, &phase.as_str(), &error, &error_lsn])
-        .await
-        .map(drop)
-        .map_err(db("recording the capture state"))
-}
-
-/// The stored state of `slot`'s capture, if a capture process ever recorded one.
-pub async fn load_capture_report(
-    client: &impl GenericClient,
-    schema: &str,
-    slot: &str,
-) -> Result<Option<CaptureReport>, OutboxError> {
-    let sql = format!(
-        "select state, error, error_lsn::text, error_since, seen_at from {}.capture_state \
-         where slot = $1",
-        quote_ident(schema)
-    );
-    let row = client
-        .query_opt(&sql, &[&slot])
-        .await
-        .map_err(db("reading the capture state"))?;
-    Ok(row.map(|r| CaptureReport {
-        phase: CapturePhase::from_name(r.get::<_, &str>(0)).unwrap_or(CapturePhase::Retrying),
-        error: r.get(1),
-        error_lsn: r.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()),
-        error_since: r.get(3),
-        seen_at: r.get(4),
-    }))
-}
-
-/// Records a final processing report once (a repeat of the same request changes nothing).
-pub async fn record_processing(
-    client: &impl GenericClient,
-    schema: &str,
-    report: &ProcessingReport,
-) -> Result<(), OutboxError> {
-    let sql = format!(
-        "insert into {}.platform_processing (destination, request_id, reason, events) \
-         values ($1, $2, $3, $4) on conflict do nothing",
-        quote_ident(schema)
-    );
-    for (reason, events) in &report.unusable {
-        client
-            .execute(
-                &sql,
-                &[&report.destination, &report.request_id, reason, events],
-            )
-            .await
-            .map_err(db("recording the platform's processing report"))?;
-    }
-    Ok(())
-}
-
-/// Per destination, the events the platform reported it could not use in the last 24 hours, per reason
-/// (most first).
-pub async fn load_unusable_24h(
-    client: &impl GenericClient,
-    schema: &str,
-) -> Result<std::collections::BTreeMap<String, Vec<(String, i64)>>, OutboxError> {
-    let sql = format!(
-        "select destination, reason, sum(events)::bigint from {}.platform_processing \
-         where recorded_at >= now() - interval '1 day' \
-         group by destination, reason order by destination, 3 desc, reason",
-        quote_ident(schema)
-    );
-    let rows = client
-        .query(&sql, &[])
-        .await
-        .map_err(db("reading the platforms' processing reports"))?;
-    let mut out = std::collections::BTreeMap::<String, Vec<(String, i64)>>::new();
-    for r in rows {
-        out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
-    }
-    Ok(out)
-}
-
-/// Deletes processing reports recorded more than `keep` ago.
-pub async fn purge_processing(
-    client: &impl GenericClient,
-    schema: &str,
-    keep: std::time::Duration,
-) -> Result<u64, OutboxError> {
-    let sql = format!(
-        "delete from {}.platform_processing \
-         where recorded_at < now() - make_interval(secs => $1)",
-        quote_ident(schema)
-    );
-    client
-        .execute(&sql, &[&keep.as_secs_f64()])
-        .await
-        .map_err(db("deleting old processing reports"))
 }
