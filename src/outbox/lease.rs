@@ -6,7 +6,7 @@
 //! holds.
 
 use super::{db, Outbox, OutboxError, Unreadable};
-use crate::event::{is_deletion_rule, Delivery, Payload};
+use crate::event::{is_deletion_rule, Delivery, Payload, State};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -91,8 +91,8 @@ pub struct AdjustedConversion {
 pub struct Conversion {
     /// Its row.
     pub id: i64,
-    /// Its state.
-    pub state: String,
+    /// Its state (`None`: one this version does not know).
+    pub state: Option<State>,
     /// Who holds (or last held) its lease.
     pub lease_owner: Option<String>,
     /// Whether its lease is still valid.
@@ -281,7 +281,7 @@ impl Outbox {
                 adjustment_id: r.get(0),
                 conversion: r.get::<_, Option<i64>>(1).map(|id| Conversion {
                     id,
-                    state: r.get(2),
+                    state: State::from_name(r.get::<_, &str>(2)),
                     lease_owner: r.get(3),
                     leased: r.get(4),
                     conversion_action: r.get(5),
