@@ -18,7 +18,12 @@
 //! adjustment goes to Google Ads, or is skipped as "platform cannot retract" for Meta and TikTok, so the
 //! rows say what the platform holds. An adjustment whose conversion is pending waits (pending, short
 //! delay) for its outcome; one whose conversion never existed, or was skipped or failed, is skipped
-//! with that reason. [`resolve`] is the decision, as a pure function.
+//! with that reason. `adjustments::resolve` is the decision, as a pure function.
+//!
+//! The folder: `worker.rs` (one destination's loop, outage probing), `round.rs` (claim → resolve →
+//! send → record), `adjustments.rs` (the refund decision, table-tested), `retry.rs` (a destination's
+//! outcome → the row's record: backoff, Retry-After and the operator floor, give-up). Every statement
+//! goes through [`Outbox`](crate::outbox::Outbox) (`outbox/lease.rs`).
 //!
 //! Workers wake up on `NOTIFY {schema}_deliveries` (capture notifies after each commit), at the earliest
 //! `next_attempt_at`, and otherwise poll every [`DEFAULT_POLL_INTERVAL`].

@@ -23,7 +23,7 @@ pub use health::{
     DestinationFlow, DestinationHealth, FailureLine, StoredCheckpoint, UnusableReason,
 };
 pub use lease::{AdjustedConversion, Conversion, Record, Recorded};
-pub use migrations::MIGRATIONS;
+pub use migrations::{InstallError, MIGRATIONS};
 pub use purge::{purge_processing, Batching, PurgeReport, Target, RETRACTABLE_KEEP};
 pub use requeue::{Filters, Requeued, RowLine};
 pub use write::{
