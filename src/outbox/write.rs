@@ -148,6 +148,39 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
         source_lsn.push(r.source_lsn.to_string());
         commit_time.push(r.commit_time);
     }
+    let sql = insert_sql(schema, duplicates, matching);
+    client
+        .execute(
+            &sql,
+            &[
+                &rule,
+                &destination,
+                &platform,
+                &event_id,
+                &kind,
+                &adjusts,
+                &event_name,
+                &event_time,
+                &value,
+                &currency,
+                &action_source,
+                &payload,
+                &match_keys,
+                &state,
+                &last_error,
+                &source_table,
+                &source_lsn,
+                &commit_time,
+                &source_key,
+            ],
+        )
+        .await
+        .map_err(db("inserting deliveries"))
+}
+
+/// The text of an insert statement of [`insert_statement`]: one row per element of its 19 parallel
+/// arrays, without retired keys, and as `duplicates` and `matching` say.
+fn insert_sql(schema: &str, duplicates: Duplicates, matching: Match) -> String {
     let (recorded, on_conflict) = match duplicates {
         Duplicates::OnConflict => ("", "on conflict (event_id, destination, rule) do nothing"),
         Duplicates::AntiJoin => (
@@ -204,7 +237,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
             "",
         ),
     };
-    let sql = format!(
+    format!(
         "insert into {{s}}.deliveries ({columns}) \
          select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
            value::numeric, currency, action_source, payload, \
@@ -215,34 +248,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
            and r.destination = t.destination and r.event_id = t.event_id) \
          {converted} {recorded} {on_conflict}"
     )
-    .replace("{s}", &quote_ident(schema));
-    client
-        .execute(
-            &sql,
-            &[
-                &rule,
-                &destination,
-                &platform,
-                &event_id,
-                &kind,
-                &adjusts,
-                &event_name,
-                &event_time,
-                &value,
-                &currency,
-                &action_source,
-                &payload,
-                &match_keys,
-                &state,
-                &last_error,
-                &source_table,
-                &source_lsn,
-                &commit_time,
-                &source_key,
-            ],
-        )
-        .await
-        .map_err(db("inserting deliveries"))
+    .replace("{s}", &quote_ident(schema))
 }
 
 /// Stores the slot position up to which every change is recorded.
