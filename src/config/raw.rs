@@ -96,41 +96,15 @@ pub(super) fn deserialize_all(
                 *index = rule_index.get(*index).copied().unwrap_or(*index);
             }
         }
-        let path = path_text(&segments, None);
         let message = error.inner().message().trim().to_string();
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'));
-        if let Some(field) = missing {
-            // Reported as "source.url: is required", unless `source.url` was just taken out for its
-            // type: then it is no news.
-            let child = if path.is_empty() {
-                field.to_string()
-            } else {
-                format!("{path}.{field}")
-            };
-            if !left_out.paths.contains(&child) {
-                let mut at = path_text(&segments, Some(&rule_names));
-                at.push_str(&format!("{}{field}", if at.is_empty() { "" } else { "." }));
-                problems.push(Problem {
-                    path: at,
-                    message: "is required".to_string(),
-                });
-            }
-        } else if problems.iter().any(|p| p.path == path) {
-            // Already reported: a `${VAR}` that could not be expanded is no string of digits either.
-        } else {
-            let message = hide_expanded(&message, expanded.get(&path));
-            let at = path_text(&segments, Some(&rule_names));
-            problems.push(Problem {
-                path: if at.is_empty() {
-                    "(top level)".to_string()
-                } else {
-                    at
-                },
-                message,
-            });
-        }
+        report(
+            &segments,
+            &message,
+            &rule_names,
+            expanded,
+            &left_out,
+            problems,
+        );
         // What to take out: the key, except that a list element takes its whole list with it (its
         // siblings' indexes would shift), and a missing field takes out the table that lacks it.
         let mut target = segments;
@@ -149,6 +123,52 @@ pub(super) fn deserialize_all(
             return (None, left_out);
         }
         left_out.paths.push(path_text(&target, None));
+    }
+}
+
+/// Reports the error `message` at `segments` (one round of [`deserialize_all`]): a missing key as
+/// required, unless it was just taken out for its type; a type error once, without a variable's value.
+fn report(
+    segments: &[serde_path_to_error::Segment],
+    message: &str,
+    rule_names: &[Option<String>],
+    expanded: &BTreeMap<String, String>,
+    left_out: &LeftOut,
+    problems: &mut Vec<Problem>,
+) {
+    let path = path_text(segments, None);
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    if let Some(field) = missing {
+        // Reported as "source.url: is required", unless `source.url` was just taken out for its
+        // type: then it is no news.
+        let child = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        if !left_out.paths.contains(&child) {
+            let mut at = path_text(segments, Some(rule_names));
+            at.push_str(&format!("{}{field}", if at.is_empty() { "" } else { "." }));
+            problems.push(Problem {
+                path: at,
+                message: "is required".to_string(),
+            });
+        }
+    } else if problems.iter().any(|p| p.path == path) {
+        // Already reported: a `${VAR}` that could not be expanded is no string of digits either.
+    } else {
+        let message = hide_expanded(message, expanded.get(&path));
+        let at = path_text(segments, Some(rule_names));
+        problems.push(Problem {
+            path: if at.is_empty() {
+                "(top level)".to_string()
+            } else {
+                at
+            },
+            message,
+        });
     }
 }
 
