@@ -83,6 +83,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// A key no config struct reads (a typo, or a key of another platform).
+    fn unknown_key(path: String) -> Problem {
+        Problem {
+            path,
+            message: "unknown key".to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.message)
@@ -183,9 +193,16 @@ impl Config {
         for (key, value) in tree.iter_mut() {
             env::expand_value(value, key, env, &mut problems, &mut expanded);
         }
-        raw::check_keys(&tree, &mut problems);
         let destinations = tree.remove("destinations");
-        let (config, mut left_out) = raw::deserialize_all(tree, &expanded, &mut problems);
+        let before = problems.len();
+        let mut unknown = Vec::new();
+        let (config, mut left_out) =
+            raw::deserialize_all(tree, &expanded, &mut problems, &mut unknown);
+        // Unknown keys first: a misspelt key often explains the problems after it.
+        problems.splice(
+            before..before,
+            unknown.into_iter().map(Problem::unknown_key),
+        );
         let destinations =
             destination::read_all(destinations, &expanded, &mut problems, &mut left_out);
         let config = config.map(|config| Config {

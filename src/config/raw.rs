@@ -2,7 +2,6 @@
 //! path (serde stops at the first one), and the key paths those problems are reported at.
 
 use super::{Config, Problem};
-use crate::platform::Platform;
 use std::collections::BTreeMap;
 
 /// The parts of the tree [`deserialize_all`] left out because they did not deserialize.
@@ -57,10 +56,14 @@ impl LeftOut {
 /// came from a variable. A key that is required cannot be taken out alone: then its table goes (a
 /// rule), or, at the top, nothing is built (`None`). The config built without the failing
 /// parts is returned so that the rest can still be validated.
+///
+/// The keys serde ignores on the way are the unknown keys: `unknown` receives their paths (every
+/// round reads the keys up to its error, so together the rounds read them all).
 pub(super) fn deserialize_all(
     mut tree: toml::Table,
     expanded: &BTreeMap<String, String>,
     problems: &mut Vec<Problem>,
+    unknown: &mut Vec<String>,
 ) -> (Option<Config>, LeftOut) {
     use serde_path_to_error::Segment;
     let rule_names: Vec<Option<String>> = match tree.get("rules") {
@@ -75,11 +78,17 @@ pub(super) fn deserialize_all(
     let mut left_out = LeftOut::default();
     // Each round takes one key out, so the rounds are bounded by the keys in the file.
     loop {
-        let error =
-            match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(tree.clone())) {
-                Ok(config) => return (Some(config), left_out),
-                Err(error) => error,
-            };
+        let mut note = |path: serde_ignored::Path| {
+            let path = ignored_text(&path, &rule_index);
+            if !unknown.contains(&path) {
+                unknown.push(path);
+            }
+        };
+        let tracked = serde_ignored::Deserializer::new(toml::Value::Table(tree.clone()), &mut note);
+        let error = match serde_path_to_error::deserialize::<_, Config>(tracked) {
+            Ok(config) => return (Some(config), left_out),
+            Err(error) => error,
+        };
         let mut segments: Vec<Segment> = error.path().iter().cloned().collect();
         // Seq indexes of the top-level rules array are positions in the file again.
         if let [Segment::Map { key }, Segment::Seq { index }, ..] = segments.as_mut_slice() {
@@ -87,41 +96,15 @@ pub(super) fn deserialize_all(
                 *index = rule_index.get(*index).copied().unwrap_or(*index);
             }
         }
-        let path = path_text(&segments, None);
         let message = error.inner().message().trim().to_string();
-        let missing = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'));
-        if let Some(field) = missing {
-            // Reported as "source.url: is required", unless `source.url` was just taken out for its
-            // type: then it is no news.
-            let child = if path.is_empty() {
-                field.to_string()
-            } else {
-                format!("{path}.{field}")
-            };
-            if !left_out.paths.contains(&child) {
-                let mut at = path_text(&segments, Some(&rule_names));
-                at.push_str(&format!("{}{field}", if at.is_empty() { "" } else { "." }));
-                problems.push(Problem {
-                    path: at,
-                    message: "is required".to_string(),
-                });
-            }
-        } else if problems.iter().any(|p| p.path == path) {
-            // Already reported: a `${VAR}` that could not be expanded is no string of digits either.
-        } else {
-            let message = hide_expanded(&message, expanded.get(&path));
-            let at = path_text(&segments, Some(&rule_names));
-            problems.push(Problem {
-                path: if at.is_empty() {
-                    "(top level)".to_string()
-                } else {
-                    at
-                },
-                message,
-            });
-        }
+        report(
+            &segments,
+            &message,
+            &rule_names,
+            expanded,
+            &left_out,
+            problems,
+        );
         // What to take out: the key, except that a list element takes its whole list with it (its
         // siblings' indexes would shift), and a missing field takes out the table that lacks it.
         let mut target = segments;
@@ -140,6 +123,52 @@ pub(super) fn deserialize_all(
             return (None, left_out);
         }
         left_out.paths.push(path_text(&target, None));
+    }
+}
+
+/// Reports the error `message` at `segments` (one round of [`deserialize_all`]): a missing key as
+/// required, unless it was just taken out for its type; a type error once, without a variable's value.
+fn report(
+    segments: &[serde_path_to_error::Segment],
+    message: &str,
+    rule_names: &[Option<String>],
+    expanded: &BTreeMap<String, String>,
+    left_out: &LeftOut,
+    problems: &mut Vec<Problem>,
+) {
+    let path = path_text(segments, None);
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    if let Some(field) = missing {
+        // Reported as "source.url: is required", unless `source.url` was just taken out for its
+        // type: then it is no news.
+        let child = if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        if !left_out.paths.contains(&child) {
+            let mut at = path_text(segments, Some(rule_names));
+            at.push_str(&format!("{}{field}", if at.is_empty() { "" } else { "." }));
+            problems.push(Problem {
+                path: at,
+                message: "is required".to_string(),
+            });
+        }
+    } else if problems.iter().any(|p| p.path == path) {
+        // Already reported: a `${VAR}` that could not be expanded is no string of digits either.
+    } else {
+        let message = hide_expanded(message, expanded.get(&path));
+        let at = path_text(segments, Some(rule_names));
+        problems.push(Problem {
+            path: if at.is_empty() {
+                "(top level)".to_string()
+            } else {
+                at
+            },
+            message,
+        });
     }
 }
 
@@ -254,177 +283,27 @@ fn path_text(
     text
 }
 
-/// The keys each table may hold; anything else is reported as unknown.
-pub(super) fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
-    const TOP: &[&str] = &[
-        "source",
-        "defaults",
-        "capture",
-        "dispatch",
-        "destinations",
-        "rules",
-        "metrics",
-        "retention",
-    ];
-    const SOURCE: &[&str] = &["url", "control_url", "publication", "slot", "schema"];
-    const DEFAULTS: &[&str] = &["region", "currency"];
-    const CAPTURE: &[&str] = &["group_max_rows", "group_max_ms", "status_interval_ms"];
-    const DISPATCH: &[&str] = &[
-        "lease_secs",
-        "give_up_after_secs",
-        "retry_initial_ms",
-        "retry_max_ms",
-        "request_timeout_ms",
-        "failing_after_secs",
-    ];
-    const RETENTION: &[&str] = &["keep", "batch_rows", "batch_pause_ms"];
-    const DESTINATION_COMMON: &[&str] =
-        &["platform", "endpoint", "api_version", "batch_max_events"];
-    const META: &[&str] = &["pixel_id", "access_token", "test_event_code"];
-    const GOOGLE: &[&str] = &[
-        "customer_id",
-        "login_customer_id",
-        "developer_token",
-        "client_id",
-        "client_secret",
-        "refresh_token",
-        "service_account_key",
-        "token_endpoint",
-        "validate_only",
-    ];
-    const TIKTOK: &[&str] = &[
-        "pixel_code",
-        "access_token",
-        "test_event_code",
-        "crm_event_set_id",
-    ];
-    const GOOGLE_DATA_MANAGER: &[&str] = &[
-        "status_poll_ms",
-        "operating_account",
-        "login_account",
-        "client_id",
-        "client_secret",
-        "refresh_token",
-        "service_account_key",
-        "token_endpoint",
-        "validate_only",
-        "refunds",
-        "ads_endpoint",
-        "developer_token",
-    ];
-    const MICROSOFT: &[&str] = &[
-        "customer_id",
-        "account_id",
-        "developer_token",
-        "client_id",
-        "client_secret",
-        "refresh_token",
-        "token_endpoint",
-    ];
-    const RULE: &[&str] = &[
-        "name",
-        "table",
-        "when",
-        "event",
-        "event_id",
-        "event_time",
-        "value",
-        "currency",
-        "consent",
-        "action_source",
-        "event_source_url",
-        "content_ids",
-        "content_type",
-        "destinations",
-        "match",
-        "meta",
-        "google",
-        "tiktok",
-        "microsoft",
-        "retracts",
-        "restates",
-    ];
-    fn check(table: Option<&toml::Value>, path: &str, allowed: &[&str], out: &mut Vec<String>) {
-        if let Some(toml::Value::Table(t)) = table {
-            for key in t.keys() {
-                if !allowed.contains(&key.as_str()) {
-                    out.push(format!("{path}.{key}"));
-                }
-            }
-        }
-    }
-    let mut unknown: Vec<String> = Vec::new();
-    for key in tree.keys() {
-        if !TOP.contains(&key.as_str()) {
-            unknown.push(key.clone());
-        }
-    }
-    check(tree.get("source"), "source", SOURCE, &mut unknown);
-    check(tree.get("defaults"), "defaults", DEFAULTS, &mut unknown);
-    check(tree.get("capture"), "capture", CAPTURE, &mut unknown);
-    check(tree.get("dispatch"), "dispatch", DISPATCH, &mut unknown);
-    check(
-        tree.get("metrics"),
-        "metrics",
-        &["listen", "refresh_ms"],
-        &mut unknown,
-    );
-    check(tree.get("retention"), "retention", RETENTION, &mut unknown);
-    if let Some(toml::Value::Table(dests)) = tree.get("destinations") {
-        for (name, dest) in dests {
-            let platform = dest
-                .get("platform")
-                .and_then(|p| p.as_str())
-                .and_then(Platform::from_name);
-            let specific: &[&str] = match platform {
-                Some(Platform::Meta) => META,
-                Some(Platform::GoogleAds) => GOOGLE,
-                Some(Platform::Tiktok) => TIKTOK,
-                Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
-                Some(Platform::MicrosoftAds) => MICROSOFT,
-                None => continue, // reported when the platform is parsed
+/// The path of a key serde ignored, as `check`'s problems write it: `source.slots`, `rules[0].meta.x`
+/// (the rule's index in the file, whatever rules were taken out before).
+fn ignored_text(path: &serde_ignored::Path, rule_index: &[usize]) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => {
+            let in_rules =
+                matches!(parent, Path::Map { parent: Path::Root, key } if key == "rules");
+            let index = match rule_index.get(*index) {
+                Some(at) if in_rules => *at,
+                _ => *index,
             };
-            let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
-            check(
-                Some(dest),
-                &format!("destinations.{name}"),
-                &allowed,
-                &mut unknown,
-            );
+            format!("{}[{index}]", ignored_text(parent, rule_index))
         }
+        Path::Map { parent, key } => match ignored_text(parent, rule_index) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_text(parent, rule_index),
     }
-    if let Some(toml::Value::Array(rules)) = tree.get("rules") {
-        for (i, rule) in rules.iter().enumerate() {
-            let path = format!("rules[{i}]");
-            check(Some(rule), &path, RULE, &mut unknown);
-            check(
-                rule.get("meta"),
-                &format!("{path}.meta"),
-                &["lead_event_source", "event"],
-                &mut unknown,
-            );
-            check(
-                rule.get("google"),
-                &format!("{path}.google"),
-                &["conversion_action"],
-                &mut unknown,
-            );
-            check(
-                rule.get("tiktok"),
-                &format!("{path}.tiktok"),
-                &["event"],
-                &mut unknown,
-            );
-            check(
-                rule.get("microsoft"),
-                &format!("{path}.microsoft"),
-                &["conversion_name"],
-                &mut unknown,
-            );
-        }
-    }
-    problems.extend(unknown.into_iter().map(|path| Problem {
-        path,
-        message: "unknown key".to_string(),
-    }));
 }

@@ -555,3 +555,38 @@ fn every_missing_key_of_a_destination_is_reported_at_once_for_its_platform() {
         "{err}"
     );
 }
+
+#[test]
+fn unknown_keys_are_reported_with_their_key_path_wherever_they_are() {
+    let text = CONTRACT
+        .replace(
+            "pixel_code = \"CTEST12345\"",
+            "pixel_code = \"CTEST12345\"\npixel_id = \"1\"",
+        )
+        .replace("pixel_id = \"1234567890\"", "pixel_idd = \"1234567890\"")
+        // The first rule is left out for a missing key; the later ones keep their index.
+        .replace(
+            "table = \"public.orders\"\nwhen = { status = \"paid\" }",
+            "when = { status = \"paid\" }",
+        )
+        .replace(
+            "[rules.meta]\nlead_event_source",
+            "[rules.meta]\nlead_event_sources = \"x\"\nlead_event_source",
+        )
+        + "\n[capture]\ngroup_max = 5\n";
+    let problems = problems_of(&text, &env_all);
+    for expected in [
+        "capture.group_max: unknown key",
+        "rules[2].meta.lead_event_sources: unknown key",
+        "destinations.tiktok.pixel_id: unknown key",
+        "destinations.meta.pixel_idd: unknown key",
+        "destinations.meta.pixel_id: is required for platform meta",
+        "rules[0] (order_paid).table: is required",
+    ] {
+        assert!(
+            problems.contains(&expected.to_string()),
+            "missing {expected:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+}

@@ -28,7 +28,7 @@ use super::{Problem, Secret};
 use crate::platform::Platform;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One destination: where its API is, and its platform's settings.
 #[derive(Debug, Clone)]
@@ -146,12 +146,14 @@ impl DestinationConfig {
             expanded,
             problems,
             left_out,
+            unread: None,
         };
         let platform = reader.platform()?;
         reader.required = format!("is required for platform {}", platform.as_str());
         let api: ApiConfig = reader.part()?;
         reader.check_url("endpoint", api.endpoint.as_deref());
         let settings = PlatformConfig::read(platform, &mut reader)?;
+        reader.report_unread();
         Some(DestinationConfig { api, settings })
     }
 }
@@ -170,7 +172,8 @@ impl<'de> Deserialize<'de> for DestinationConfig {
             &mut Vec::new(),
         );
         match read {
-            Some(config) if problems.is_empty() => Ok(config),
+            // Unknown keys are let through, as serde lets them through.
+            Some(config) if problems.iter().all(|p| p.message == UNKNOWN_KEY) => Ok(config),
             _ => Err(serde::de::Error::custom(
                 problems
                     .iter()
@@ -241,7 +244,13 @@ pub(crate) struct Reader<'a> {
     problems: &'a mut Vec<Problem>,
     /// The key paths taken out for their type.
     left_out: &'a mut Vec<String>,
+    /// The keys no part has read so far (`None` before the first part): unknown when no part reads
+    /// them.
+    unread: Option<BTreeSet<String>>,
 }
+
+/// The problem of a key no part of a destination reads.
+const UNKNOWN_KEY: &str = "unknown key";
 
 impl Reader<'_> {
     /// The `platform` key; `None` (reported) when it is missing or names no platform.
@@ -267,13 +276,25 @@ impl Reader<'_> {
     pub(crate) fn part<T: DeserializeOwned>(&mut self) -> Option<T> {
         let mut table = self.table.clone();
         let mut stood_in: Vec<String> = Vec::new();
+        let mut ignored = BTreeSet::new();
         // Each round takes a key out or stands one in, once each: the rounds are bounded.
         loop {
-            let error =
-                match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
-                    Ok(part) => return Some(part),
-                    Err(error) => error,
-                };
+            let mut note = |path: serde_ignored::Path| {
+                ignored.insert(path.to_string());
+            };
+            let tracked =
+                serde_ignored::Deserializer::new(toml::Value::Table(table.clone()), &mut note);
+            let error = match serde_path_to_error::deserialize::<_, T>(tracked) {
+                Ok(part) => {
+                    // Every round read the keys up to its error: together they read them all.
+                    self.unread = Some(match self.unread.take() {
+                        None => ignored,
+                        Some(unread) => unread.intersection(&ignored).cloned().collect(),
+                    });
+                    return Some(part);
+                }
+                Err(error) => error,
+            };
             let message = error.inner().message().trim().to_string();
             let missing = message
                 .strip_prefix("missing field `")
@@ -298,6 +319,15 @@ impl Reader<'_> {
             self.type_error(&error.path().to_string(), &message);
             table.remove(&key)?;
             self.left_out.push(format!("{}.{key}", self.at));
+        }
+    }
+
+    /// Reports the keys no part read (but `platform`, which is read first, by hand).
+    fn report_unread(&mut self) {
+        for key in self.unread.take().unwrap_or_default() {
+            if key != "platform" {
+                self.problem(Some(&key), UNKNOWN_KEY);
+            }
         }
     }
 
