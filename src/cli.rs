@@ -325,7 +325,7 @@ pub async fn run_with(
         info!("shutdown requested");
         let _ = on_signal.send(true);
     });
-    let metrics = crate::metrics::start(config.clone(), shutdown_rx.clone()).await?;
+    let metrics = crate::telemetry::server::start(config.clone(), shutdown_rx.clone()).await?;
     let span = tracing::info_span!("capture", slot = %config.source.slot);
     // Retention deletes finished rows; a dry run changes nothing, so it runs without it.
     let retention = dry_run.is_none().then(|| {

@@ -22,7 +22,9 @@
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters, for
 //!   `demo` and tests; independent of the product code.
-//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! - [`metrics`]: the Prometheus registry and the functions capture, dispatch and destinations record with
+//!   (a leaf: imports nothing of pgcapi).
+//! - [`telemetry`]: the `/metrics`, `/healthz`, `/readyz` server and the database probe behind readiness.
 //! - [`check`]: `pgcapi check`, prerequisites and credentials without recording conversions.
 //! - [`dry_run`]: `pgcapi run --dry-run`, the would-be requests instead of sending.
 //! - [`status`]: `pgcapi status`: slot, destination health and failures, with an exit code.
@@ -57,5 +59,6 @@ pub mod rules;
 pub mod setup;
 pub mod source;
 pub mod status;
+pub mod telemetry;
 pub mod testbed;
 pub mod units;

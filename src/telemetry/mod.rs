@@ -1,0 +1,5 @@
+//! What `pgcapi run` tells its operators while it runs: the metrics server with its health endpoints
+//! and database probe ([`server`]). The counters themselves are the leaf [`crate::metrics`], which the
+//! workers record into without depending on this module.
+
+pub mod server;
