@@ -363,66 +363,59 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Dispatches pending deliveries until shutdown, reconnecting after control-database outages.
-async fn run_dispatch(config: Arc<Config>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut delay = std::time::Duration::from_millis(200);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let attempt = async {
-            let info: crate::pg::ConnInfo = config
-                .source
-                .control_url()
-                .expose()
-                .parse()
-                .map_err(|e| format!("source.control_url: {e}"))?;
-            let destinations =
-                crate::destinations::build_all(&config.destinations, &config.dispatch)
-                    .map_err(|e| crate::pg::error_chain(&e))?;
-            let (client, connection) = crate::pg::client::connect_parts(&info)
-                .await
-                .map_err(|e| crate::pg::error_chain(&e))?;
-            // One control connection per destination worker, so that their statements run in
-            // parallel server processes.
-            let mut worker_clients = Vec::new();
-            for _ in 1..destinations.len() {
-                let client = crate::pg::client::connect(&info)
-                    .await
-                    .map_err(|e| crate::pg::error_chain(&e))?;
-                worker_clients.push(client);
-            }
-            crate::dispatch::Dispatcher::with_connection(
-                client,
-                connection,
-                &config.source.schema,
-                config.dispatch.clone(),
-                destinations,
-            )
-            .with_worker_clients(worker_clients)
-            .run(shutdown.clone())
+/// Dispatches pending deliveries until shutdown, reconnecting after control-database outages (and
+/// after any other failure: dispatch never gives up while the process runs).
+async fn run_dispatch(config: Arc<Config>, shutdown: crate::shutdown::Shutdown) {
+    let attempt = || dispatch_session(&config, shutdown.clone());
+    let _ = crate::shutdown::supervise(
+        "dispatch",
+        crate::shutdown::Policy::OUTAGE,
+        shutdown.clone(),
+        |e: &String, delay| {
+            error!(error = %e, retry_in_ms = delay.as_millis() as u64, "dispatch interrupted");
+            crate::shutdown::Action::RETRY
+        },
+        attempt,
+    )
+    .await;
+}
+
+/// One dispatch session: connects to the control database and dispatches until shutdown or a failure.
+async fn dispatch_session(
+    config: &Config,
+    shutdown: crate::shutdown::Shutdown,
+) -> Result<(), String> {
+    let info: crate::pg::ConnInfo = config
+        .source
+        .control_url()
+        .expose()
+        .parse()
+        .map_err(|e| format!("source.control_url: {e}"))?;
+    let destinations = crate::destinations::build_all(&config.destinations, &config.dispatch)
+        .map_err(|e| crate::pg::error_chain(&e))?;
+    let (client, connection) = crate::pg::client::connect_parts(&info)
+        .await
+        .map_err(|e| crate::pg::error_chain(&e))?;
+    // One control connection per destination worker, so that their statements run in parallel server
+    // processes.
+    let mut worker_clients = Vec::new();
+    for _ in 1..destinations.len() {
+        let client = crate::pg::client::connect(&info)
             .await
-            .map_err(|e| crate::pg::error_chain(&e))
-        };
-        let started = std::time::Instant::now();
-        let outcome = attempt.await;
-        if started.elapsed() >= std::time::Duration::from_secs(30) {
-            // A new outage after a healthy spell: start the backoff again.
-            delay = std::time::Duration::from_millis(200);
-        }
-        match outcome {
-            Ok(()) => return,
-            Err(e) => {
-                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "dispatch interrupted");
-                delay = (delay * 2).min(std::time::Duration::from_secs(10));
-            }
-        }
-        let mut shutdown = shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => {}
-        }
+            .map_err(|e| crate::pg::error_chain(&e))?;
+        worker_clients.push(client);
     }
+    crate::dispatch::Dispatcher::with_connection(
+        client,
+        connection,
+        &config.source.schema,
+        config.dispatch.clone(),
+        destinations,
+    )
+    .with_worker_clients(worker_clients)
+    .run(shutdown)
+    .await
+    .map_err(|e| crate::pg::error_chain(&e))
 }
 
 /// Resolves on SIGTERM or SIGINT.

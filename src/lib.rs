@@ -30,6 +30,8 @@
 //! - [`status`]: `pgcapi status`: slot, destination health and failures, with an exit code.
 //! - [`repair`]: `pgcapi retry` and `pgcapi replay`: requeue control-table rows.
 //! - [`retention`]: deletes old finished rows (`pgcapi run` hourly, `pgcapi purge`).
+//! - [`shutdown`]: the shutdown signal and [`shutdown::supervise`], the one restart-with-backoff loop of
+//!   every long-running task (and [`shutdown::every`] for periodic ones).
 //! - [`units`]: human durations, sizes and timestamps.
 //! - [`backfill`]: `pgcapi backfill`, conversions for rows that existed before the slot.
 //! - [`bench`]: `pgcapi bench`, throughput, latency and memory against `pg_recvlogical`.
@@ -57,6 +59,7 @@ pub mod report;
 pub mod retention;
 pub mod rules;
 pub mod setup;
+pub mod shutdown;
 pub mod source;
 pub mod status;
 pub mod telemetry;

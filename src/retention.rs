@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 /// The least age of a `sent` conversion to a platform that can retract it before it is deleted.
 pub const RETRACTABLE_KEEP: Duration = Duration::from_secs(55 * 86_400);
@@ -228,8 +228,9 @@ pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String
     Ok(report)
 }
 
-/// The retention task of `pgcapi run`: a pass at start, then every [`PERIOD`], until `shutdown`.
-pub async fn run_periodic(config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+/// The retention task of `pgcapi run`: a pass at start, then every [`PERIOD`], until `shutdown`. A
+/// failed pass is logged and tried again at the next period.
+pub async fn run_periodic(config: Arc<Config>, shutdown: watch::Receiver<bool>) {
     let keep = match config.retention.keep() {
         Ok(Some(keep)) => keep,
         _ => {
@@ -237,28 +238,19 @@ pub async fn run_periodic(config: Arc<Config>, mut shutdown: watch::Receiver<boo
             return;
         }
     };
-    loop {
-        tokio::select! {
-            result = pass(&config, keep) => match result {
-                Ok(report) if report.deleted > 0 => info!(
-                    deleted = report.deleted,
-                    batches = report.batches,
-                    keep_secs = keep.as_secs(),
-                    "retention: old finished rows deleted"
-                ),
-                Ok(_) => {}
-                Err(error) => warn!(%error, "retention pass failed; next try in an hour"),
-            },
-            _ = shutdown.changed() => return,
+    let round = || async {
+        let report = pass(&config, keep).await?;
+        if report.deleted > 0 {
+            info!(
+                deleted = report.deleted,
+                batches = report.batches,
+                keep_secs = keep.as_secs(),
+                "retention: old finished rows deleted"
+            );
         }
-        tokio::select! {
-            _ = tokio::time::sleep(PERIOD) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-    }
+        Ok::<(), String>(())
+    };
+    crate::shutdown::every("retention", PERIOD, shutdown, round).await;
 }
 
 /// Arguments of `pgcapi purge`.

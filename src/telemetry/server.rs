@@ -120,14 +120,22 @@ struct Probe {
 }
 
 /// Refreshes the database gauges and the control-database readiness every `refresh` until shutdown.
-async fn probe_loop(config: Arc<Config>, refresh: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut probe = Probe::default();
+async fn probe_loop(config: Arc<Config>, refresh: Duration, shutdown: watch::Receiver<bool>) {
+    // The rounds share the probe's connections; a lock (never contended) lets each round borrow them.
+    let probe = tokio::sync::Mutex::new(Probe::default());
     let limit = refresh.clamp(Duration::from_secs(1), Duration::from_secs(5));
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let control = match tokio::time::timeout(limit, probe.control_round(&config)).await {
+    let round = || async {
+        probe.lock().await.round(&config, limit).await;
+        Ok::<(), std::convert::Infallible>(())
+    };
+    crate::shutdown::every("metrics probe", refresh, shutdown, round).await;
+}
+
+impl Probe {
+    /// One round: the control database, the slot, then the flow judgement, each within `limit`.
+    /// Failures are recorded for `/readyz`, not returned; a failed connection is opened again next time.
+    async fn round(&mut self, config: &Config, limit: Duration) {
+        let control = match tokio::time::timeout(limit, self.control_round(config)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(reason),
             Err(_) => Err(format!(
@@ -136,19 +144,19 @@ async fn probe_loop(config: Arc<Config>, refresh: Duration, mut shutdown: watch:
             )),
         };
         if let Err(reason) = &control {
-            probe.control = None;
+            self.control = None;
             debug!(%reason, "control database probe failed");
         }
         global().set_control(control);
-        match tokio::time::timeout(limit, probe.slot_round(&config)).await {
+        match tokio::time::timeout(limit, self.slot_round(config)).await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
                 debug!(%reason, "slot probe failed");
-                probe.source = None;
+                self.source = None;
             }
-            Err(_) => probe.source = None,
+            Err(_) => self.source = None,
         }
-        let flow = match tokio::time::timeout(limit, probe.flow_round(&config)).await {
+        let flow = match tokio::time::timeout(limit, self.flow_round(config)).await {
             Ok(Ok(problems)) => Ok(problems),
             Ok(Err(reason)) => {
                 debug!(%reason, "flow probe failed");
@@ -164,10 +172,6 @@ async fn probe_loop(config: Arc<Config>, refresh: Duration, mut shutdown: watch:
             &reasons,
             flow.map(|problems| problems.iter().map(flow_problem).collect()),
         );
-        tokio::select! {
-            _ = tokio::time::sleep(refresh) => {}
-            _ = shutdown.changed() => {}
-        }
     }
 }
 
