@@ -19,12 +19,15 @@
 //!   change it cannot apply leaves dispatch running (`capture_state` says why).
 //! - [`dispatch`]: per-destination workers that claim, send and record control-table rows.
 //! - [`destinations`]: one module per platform: request building and response classification.
+//! - [`pipeline`]: `pgcapi run` assembled: metrics server, capture, dispatch or dry run, retention.
+//! - [`cli`]: parses the command line, one file per command; prints and chooses the exit code.
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters, for
 //!   `demo` and tests; independent of the product code.
 //! - [`metrics`]: the Prometheus registry and the functions capture, dispatch and destinations record with
 //!   (a leaf: imports nothing of pgcapi).
-//! - [`telemetry`]: the `/metrics`, `/healthz`, `/readyz` server and the database probe behind readiness.
+//! - [`telemetry`]: the `/metrics`, `/healthz`, `/readyz` server and the database probe behind readiness
+//!   ([`telemetry::server`]), and the log subscriber ([`telemetry::logging`]).
 //! - [`check`]: `pgcapi check`, prerequisites and credentials without recording conversions.
 //! - [`dry_run`]: `pgcapi run --dry-run`, the would-be requests instead of sending.
 //! - [`status`]: `pgcapi status`: slot, destination health and failures, with an exit code.
@@ -53,6 +56,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod outbox;
 pub mod pg;
+pub mod pipeline;
 pub mod platform;
 pub mod repair;
 pub mod report;
