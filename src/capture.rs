@@ -395,7 +395,7 @@ impl Capture {
         let client = crate::pg::client::connect(&self.source)
             .await
             .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
-        let problems = crate::setup::check_columns(&client, &self.rules)
+        let problems = crate::ops::setup::check_columns(&client, &self.rules)
             .await
             .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         if problems.is_empty() {

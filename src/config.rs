@@ -4,7 +4,7 @@
 //! the TOML is parsed into a tree, `${VAR}` / `${VAR:-default}` are expanded in its strings, unknown keys
 //! are collected, and only then is the tree turned into typed structs (every type error is collected:
 //! see `deserialize_all`) and checked for meaning ([`Config::validate`]). Checks that need the database
-//! (columns named by templates) live in [`crate::setup`].
+//! (columns named by templates) live in [`crate::ops::setup`].
 
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -311,7 +311,7 @@ impl Default for DispatchConfig {
 }
 
 /// `[retention]`: how long `sent`, `skipped` and `cancelled` rows stay in the control table (failed rows
-/// stay until retried or purged explicitly). See [`crate::retention`].
+/// stay until retried or purged explicitly). See [`crate::ops::retention`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetentionConfig {
     /// Age after which finished rows are deleted (`30d`, `12h`, ...); `0` or `off` keeps them forever.

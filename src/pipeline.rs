@@ -10,7 +10,7 @@ use crate::shutdown::{supervise, Action, Policy, Shutdown};
 use std::sync::Arc;
 use tracing::{error, info, Instrument};
 
-/// `pgcapi run`, or with `dry_run` set `pgcapi run --dry-run` (see [`crate::dry_run`]), until
+/// `pgcapi run`, or with `dry_run` set `pgcapi run --dry-run` (see [`crate::ops::dry_run`]), until
 /// `shutdown` is given.
 ///
 /// Capture, dispatch, retention and metrics run side by side until shutdown, and none takes
@@ -20,7 +20,7 @@ use tracing::{error, info, Instrument};
 /// is recorded. Only a config that cannot run at all (an unparseable URL) makes it return an error.
 pub async fn run(
     config: Arc<Config>,
-    dry_run: Option<crate::dry_run::Output>,
+    dry_run: Option<crate::ops::dry_run::Output>,
     shutdown_rx: Shutdown,
 ) -> Result<(), String> {
     let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
@@ -28,13 +28,17 @@ pub async fn run(
     let span = tracing::info_span!("capture", slot = %config.source.slot);
     // Retention deletes finished rows; a dry run changes nothing, so it runs without it.
     let retention = dry_run.is_none().then(|| {
-        tokio::spawn(crate::retention::run_periodic(
+        tokio::spawn(crate::ops::retention::run_periodic(
             config.clone(),
             shutdown_rx.clone(),
         ))
     });
     let dispatch = match dry_run {
-        Some(output) => tokio::spawn(crate::dry_run::run(config, output, shutdown_rx.clone())),
+        Some(output) => tokio::spawn(crate::ops::dry_run::run(
+            config,
+            output,
+            shutdown_rx.clone(),
+        )),
         None => tokio::spawn(run_dispatch(config, shutdown_rx.clone())),
     };
     // Returns only at shutdown.

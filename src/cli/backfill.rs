@@ -1,7 +1,7 @@
 //! `pgcapi backfill`: conversions for rows that existed before the slot.
 
-use crate::backfill::{backfill, BackfillOptions};
 use crate::config::Config;
+use crate::ops::backfill::{backfill, BackfillOptions};
 use crate::units::TimeRef;
 use std::path::Path;
 use std::process::ExitCode;

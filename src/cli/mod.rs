@@ -123,9 +123,9 @@ pub enum Command {
     ///
     /// Exit code 0 when healthy, 2 when unhealthy (slot missing or lost, more WAL retained than
     /// --max-wal-retained, deliveries failed in the last hour), 1 when status could not be read.
-    Status(crate::status::StatusArgs),
+    Status(crate::ops::status::StatusArgs),
     /// Requeue failed deliveries (all, or those matching the filters) and wake up running dispatchers.
-    Retry(crate::repair::RetryArgs),
+    Retry(crate::ops::repair::RetryArgs),
     /// Send rows again after fixing a destination setting (skipped and failed rows since a time).
     ///
     /// Takes rows that reached skipped or failed (and with --state sent, sent) since --since (required).
@@ -133,9 +133,9 @@ pub enum Command {
     /// 48 hours (and count it again after that), Google Ads drops an order id it already has. So
     /// replaying sent rows is for a destination that pointed at the wrong place (wrong pixel or account).
     /// Cancelled conversions, retracted conversions and rows recorded without consent are never replayed.
-    Replay(crate::repair::ReplayArgs),
+    Replay(crate::ops::repair::ReplayArgs),
     /// Delete old sent, skipped and cancelled rows now (as `run` does hourly), or failed rows with --failed.
-    Purge(crate::retention::PurgeArgs),
+    Purge(crate::ops::retention::PurgeArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -173,11 +173,11 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             dry_run,
             dry_run_output,
         } => run::run(&config, dry_run, dry_run_output).await,
-        Command::Check { config } => done(crate::check::run(&config).await),
-        Command::Status(args) => crate::status::run_status(args).await,
-        Command::Retry(args) => crate::repair::run_retry(args).await,
-        Command::Replay(args) => crate::repair::run_replay(args).await,
-        Command::Purge(args) => crate::retention::run_purge(args).await,
+        Command::Check { config } => done(crate::ops::check::run(&config).await),
+        Command::Status(args) => crate::ops::status::run_status(args).await,
+        Command::Retry(args) => crate::ops::repair::run_retry(args).await,
+        Command::Replay(args) => crate::ops::repair::run_replay(args).await,
+        Command::Purge(args) => crate::ops::retention::run_purge(args).await,
         Command::Backfill {
             config,
             rule,

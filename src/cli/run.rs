@@ -13,7 +13,7 @@ pub(super) async fn run(
     dry_run_output: Option<PathBuf>,
 ) -> Result<ExitCode, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let dry_run = dry_run.then(|| crate::dry_run::Output::from_option(dry_run_output));
+    let dry_run = dry_run.then(|| crate::ops::dry_run::Output::from_option(dry_run_output));
     let (shutdown_tx, shutdown) = crate::shutdown::channel();
     // Held until the pipeline returns, so that its tasks never see the channel closed before they stop.
     let shutdown_tx = Arc::new(shutdown_tx);

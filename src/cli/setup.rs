@@ -1,7 +1,7 @@
 //! `pgcapi setup`: installs what pgcapi needs and prints what is left for the DBA.
 
 use crate::config::Config;
-use crate::setup::{setup, SetupOptions};
+use crate::ops::setup::{setup, SetupOptions};
 use std::path::Path;
 use std::process::ExitCode;
 

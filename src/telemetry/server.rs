@@ -3,13 +3,13 @@
 //!
 //! The registry and the counters live in the leaf [`crate::metrics`], which capture, dispatch and the
 //! destinations update; this module reads the control and source databases (as `pgcapi status` does,
-//! with [`crate::status::judge_flow`], the same function) and stores what it finds there, so that
+//! with [`crate::ops::status::judge_flow`], the same function) and stores what it finds there, so that
 //! `/readyz` answers from memory.
 
 use crate::config::Config;
 use crate::metrics::{global, FlowProblem};
+use crate::ops::status::{FlowThresholds, Problem, Reason};
 use crate::outbox::quote_ident;
-use crate::status::{FlowThresholds, Problem, Reason};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -223,7 +223,7 @@ impl Probe {
         } else {
             source.ok_or("the source database is not connected")?
         };
-        let observation = crate::status::observe(
+        let observation = crate::ops::status::observe(
             source,
             control,
             &config.source.schema,
@@ -232,7 +232,7 @@ impl Probe {
         )
         .await
         .map_err(|e| crate::pg::error_chain(&e))?;
-        Ok(crate::status::judge_flow(
+        Ok(crate::ops::status::judge_flow(
             &observation,
             &FlowThresholds::from_config(config),
         ))

@@ -26,23 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("plumbing", &["pg", "db", "source", "decode"]),
     ("stages", &["rules", "outbox", "destinations"]),
     ("workers", &["capture", "dispatch"]),
-    (
-        "ops",
-        &[
-            "ops",
-            "pipeline",
-            "setup",
-            "check",
-            "status",
-            "repair",
-            "retention",
-            "backfill",
-            "dry_run",
-            "telemetry",
-            "bench",
-            "demo",
-        ],
-    ),
+    ("ops", &["ops", "pipeline", "telemetry", "bench", "demo"]),
     ("surface", &["cli"]),
 ];
 

@@ -6,9 +6,9 @@
 //! - **Database**: the source database answers; `wal_level = logical`; the role may replicate; every
 //!   table and column the rules read exists; each table's replica identity lets its UPDATEs be
 //!   published (with a warning, `!`, when mapped columns can hold TOASTed values under replica identity
-//!   DEFAULT or USING INDEX: see [`crate::setup::toast_advice`]); the publication covers exactly the rules' tables; the slot exists (pgoutput, this
+//!   DEFAULT or USING INDEX: see [`crate::ops::setup::toast_advice`]); the publication covers exactly the rules' tables; the slot exists (pgoutput, this
 //!   database, not lost); the control schema is installed. The checks are the ones `pgcapi setup`
-//!   runs (see [`crate::setup`]); `check` changes nothing.
+//!   runs (see [`crate::ops::setup`]); `check` changes nothing.
 //! - **Destinations**, each with its credentials and endpoint:
 //!   - Meta: `GET /{version}/{pixel_id}?fields=id` with the token: a read, so nothing is sent even
 //!     when `test_event_code` is set (Meta does not promise that test events stay out of reporting).
@@ -27,10 +27,10 @@ use crate::destinations::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE
 use crate::destinations::{google_ads, google_data_manager, meta, tiktok, BatchAnswer};
 use crate::event::{Delivery, Kind, Payload};
 use crate::identity::{MatchKey, MatchKeys};
+use crate::ops::setup;
 use crate::outbox::quote_ident;
 use crate::platform::Platform;
 use crate::rules::Rules;
-use crate::setup;
 use chrono::{TimeDelta, Utc};
 use serde_json::Value;
 use std::fmt::Write as _;

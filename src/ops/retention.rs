@@ -16,9 +16,9 @@
 //! nothing waits on a row another process holds), with `batch_pause_ms` between batches.
 
 use crate::config::Config;
+use crate::ops::repair::Filters;
 use crate::outbox::quote_ident;
 use crate::platform::Platform;
-use crate::repair::Filters;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -206,7 +206,7 @@ pub async fn purge(
 /// One retention pass with the config's settings: connects to the control database and purges finished
 /// rows older than `keep`.
 pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String> {
-    let client = crate::repair::connect_control(config).await?;
+    let client = crate::ops::repair::connect_control(config).await?;
     let report = purge(
         &client,
         &config.source.schema,
@@ -304,7 +304,7 @@ pub fn target_of(args: &PurgeArgs, config: &Config) -> Result<Target, RetentionE
 pub async fn run_purge(args: PurgeArgs) -> Result<ExitCode, String> {
     let config = Config::load(&args.config).map_err(|e| e.to_string())?;
     let target = target_of(&args, &config).map_err(|e| e.to_string())?;
-    let client = crate::repair::connect_control(&config).await?;
+    let client = crate::ops::repair::connect_control(&config).await?;
     let report = purge(
         &client,
         &config.source.schema,
