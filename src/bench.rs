@@ -21,7 +21,7 @@
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::lsn::Lsn;
-use crate::setup::{self, SetupOptions};
+use crate::ops::setup::{self, SetupOptions};
 use crate::testbed::cluster::{Cluster, ClusterOptions};
 use crate::testbed::sandbox::{Sandbox, SandboxHandle};
 use chrono::{DateTime, Utc};

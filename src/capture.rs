@@ -25,6 +25,7 @@ use crate::lsn::Lsn;
 use crate::outbox::CapturePhase;
 use crate::outbox::{self, OutboxError};
 use crate::rules::{Bound, DropCounts, Recovered, RuleError, Rules, TxContext};
+use crate::shutdown::{supervise, Action, Policy};
 use crate::source::{
     ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
 };
@@ -35,17 +36,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-/// The first wait before reconnecting after an outage; it doubles up to 10 s while outages go on.
-const INITIAL_RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// While capture is stuck, waits between tries grow from 5 s to 60 s; a try that ran 60 s (capture got
+/// further than before, or waited out an outage) starts them over. Outages themselves are waited out
+/// with [`Policy::OUTAGE`] (200 ms to 10 s).
+const STUCK: Policy = Policy {
+    first: Duration::from_secs(5),
+    max: Duration::from_secs(60),
+    healthy: Duration::from_secs(60),
+};
 
-/// A session that streamed at least this long ended a healthy period: the backoff starts again.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-
-/// While capture is stuck, the first wait before trying again; it doubles up to [`STUCK_MAX_DELAY`].
-const STUCK_MIN_DELAY: Duration = Duration::from_secs(5);
-
-/// The longest wait between two tries of a stuck capture.
-const STUCK_MAX_DELAY: Duration = Duration::from_secs(60);
+/// How often a standby tries to take the slot over from the process holding it.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// How often the capture state row is written again while nothing changes (it refreshes `seen_at`,
 /// which readers expect at least every 30 s).
@@ -318,77 +319,58 @@ impl Capture {
     /// tables) is logged with its reason and LSN, recorded as `stuck` in `capture_state` and the metrics,
     /// and tried again after a wait growing from 5 s to 60 s, so that fixing the database (renaming a
     /// column back, re-adding it, recreating the slot) resumes capture without a restart.
-    pub async fn run_supervised(&self, mut shutdown: watch::Receiver<bool>) {
-        use backon::BackoffBuilder;
+    pub async fn run_supervised(&self, shutdown: watch::Receiver<bool>) {
         let _reporting = self.start_reporting();
-        let new_backoff = || {
-            backon::ExponentialBuilder::default()
-                .with_min_delay(STUCK_MIN_DELAY)
-                .with_max_delay(STUCK_MAX_DELAY)
-                .with_factor(2.0)
-                .without_max_times()
-                .build()
-        };
-        let mut backoff = new_backoff();
         // The tables are checked against the config until they match once; after that, the changes
         // themselves are checked against the relation the WAL describes. When an earlier process
         // stopped on a change, that change decides: the config may match the table as it was then
         // rather than as it is now (the config changed to a column's new name, the changes still in the
         // slot made under the old one), so the check is left to the change.
-        let mut tables_checked = false;
+        let tables_checked = AtomicBool::new(false);
         if let Some(stuck) = self.stored_stuck_change().await {
             info!(lsn = %stuck.error_lsn.map(|l| l.to_string()).unwrap_or_default(),
                 "capture was stuck on a change; trying it again");
             self.state.send_replace(Some(stuck));
-            tables_checked = true;
+            tables_checked.store(true, Ordering::SeqCst);
         }
-        loop {
-            if *shutdown.borrow() {
-                return;
+        let attempt = || async {
+            if !tables_checked.load(Ordering::SeqCst) {
+                self.check_tables().await?;
+                tables_checked.store(true, Ordering::SeqCst);
             }
-            let started = Instant::now();
-            let outcome = if tables_checked {
-                self.run(shutdown.clone()).await
-            } else {
-                match self.check_tables().await {
-                    Ok(()) => {
-                        tables_checked = true;
-                        self.run(shutdown.clone()).await
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            let e = match outcome {
-                Ok(()) => return,
-                Err(e) => e,
-            };
-            if started.elapsed() >= STUCK_MAX_DELAY {
-                // Capture got further than before (or was waiting out an outage): start over.
-                backoff = new_backoff();
-            }
-            let delay = backoff.next().unwrap_or(STUCK_MAX_DELAY);
-            let reason = crate::pg::error_chain(&e);
-            if e.is_retryable() {
-                // Only the table check gets here with an outage (`run` waits those out itself).
-                self.report(Some(CapturePhase::Retrying), Some(reason.clone()), None);
-                crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
-                warn!(error = %reason, retry_in_s = delay.as_secs(), "capture cannot start yet");
-            } else {
-                let lsn = e.lsn();
-                self.report(Some(CapturePhase::Stuck), Some(reason.clone()), lsn);
-                crate::metrics::set_capture_state(crate::metrics::CaptureState::Stuck);
-                error!(
-                    error = %reason,
-                    lsn = %lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".to_string()),
-                    retry_in_s = delay.as_secs(),
-                    "capture is stuck; dispatch goes on, capture tries again"
-                );
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => {}
-            }
+            self.run(shutdown.clone()).await
+        };
+        // Every failure is tried again (`Retry`), so this returns only at shutdown.
+        let _ = supervise(
+            "capture",
+            STUCK,
+            shutdown.clone(),
+            |e, delay| self.on_stuck(e, delay),
+            attempt,
+        )
+        .await;
+    }
+
+    /// Reports why capture cannot go on, for [`Capture::run_supervised`], which tries again after `delay`.
+    fn on_stuck(&self, e: &CaptureError, delay: Duration) -> Action {
+        let reason = crate::pg::error_chain(e);
+        if e.is_retryable() {
+            // Only the table check gets here with an outage (`run` waits those out itself).
+            self.report(Some(CapturePhase::Retrying), Some(reason.clone()), None);
+            crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
+            warn!(error = %reason, retry_in_s = delay.as_secs(), "capture cannot start yet");
+        } else {
+            let lsn = e.lsn();
+            self.report(Some(CapturePhase::Stuck), Some(reason.clone()), lsn);
+            crate::metrics::set_capture_state(crate::metrics::CaptureState::Stuck);
+            error!(
+                error = %reason,
+                lsn = %lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".to_string()),
+                retry_in_s = delay.as_secs(),
+                "capture is stuck; dispatch goes on, capture tries again"
+            );
         }
+        Action::RETRY
     }
 
     /// The stored capture state, when a process stopped on a change (with its LSN) and has not passed it.
@@ -413,7 +395,7 @@ impl Capture {
         let client = crate::pg::client::connect(&self.source)
             .await
             .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
-        let problems = crate::setup::check_columns(&client, &self.rules)
+        let problems = crate::ops::setup::check_columns(&client, &self.rules)
             .await
             .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         if problems.is_empty() {
@@ -451,44 +433,51 @@ impl Capture {
 
     /// Runs until `shutdown` turns true; reconnects after outages; returns an error only for problems
     /// that need an operator.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), CaptureError> {
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), CaptureError> {
         let _reporting = self.start_reporting();
-        let mut delay = INITIAL_RECONNECT_DELAY;
-        loop {
-            if *shutdown.borrow() {
-                return Ok(());
-            }
-            let started = Instant::now();
-            let outcome = self.session(&mut shutdown).await;
-            if started.elapsed() >= HEALTHY_SESSION {
-                // The outage is new, not the previous one going on: start the backoff again.
-                delay = INITIAL_RECONNECT_DELAY;
-            }
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(SessionEnd::SlotInUse) => {
-                    // The process holding the slot reports; a standby leaves the row to it.
-                    self.report(None, None, None);
-                    crate::metrics::set_capture_state(crate::metrics::CaptureState::Standby);
-                    info!(slot = %self.config.source.slot, "another process holds the slot; waiting to take over");
-                    delay = Duration::from_secs(1);
+        let session = || {
+            let mut shutdown = shutdown.clone();
+            async move { self.session(&mut shutdown).await }
+        };
+        match supervise(
+            "capture",
+            Policy::OUTAGE,
+            shutdown.clone(),
+            |end, delay| self.on_session_end(end, delay),
+            session,
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(SessionEnd::Error(e)) => Err(e),
+            Err(SessionEnd::SlotInUse) => unreachable!("a standby always waits (on_session_end)"),
+        }
+    }
+
+    /// Decides, for [`Capture::run`], whether a session's end is waited out: a standby polls for the
+    /// slot, an outage is retried after `delay`, anything else needs an operator.
+    fn on_session_end(&self, end: &SessionEnd, delay: Duration) -> Action {
+        match end {
+            SessionEnd::SlotInUse => {
+                // The process holding the slot reports; a standby leaves the row to it.
+                self.report(None, None, None);
+                crate::metrics::set_capture_state(crate::metrics::CaptureState::Standby);
+                info!(slot = %self.config.source.slot, "another process holds the slot; waiting to take over");
+                Action::Retry {
+                    after: Some(STANDBY_POLL),
                 }
-                Err(SessionEnd::Error(e)) if e.is_retryable() => {
-                    self.report(
-                        Some(CapturePhase::Retrying),
-                        Some(crate::pg::error_chain(&e)),
-                        None,
-                    );
-                    crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted; reconnecting");
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(SessionEnd::Error(e)) => return Err(e),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => {}
+            SessionEnd::Error(e) if e.is_retryable() => {
+                self.report(
+                    Some(CapturePhase::Retrying),
+                    Some(crate::pg::error_chain(e)),
+                    None,
+                );
+                crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted; reconnecting");
+                Action::RETRY
             }
+            SessionEnd::Error(_) => Action::Halt,
         }
     }
 

@@ -3,7 +3,7 @@
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::setup::{self, SetupOptions};
+use crate::ops::setup::{self, SetupOptions};
 use crate::testbed::cluster::{Cluster, ClusterOptions};
 use crate::testbed::sandbox::{Sandbox, SandboxHandle};
 use std::fmt::Write as _;

@@ -21,43 +21,42 @@
 //! - [`dispatch`]: per-destination workers that claim, send and record control-table rows (worker,
 //!   round, adjustments, retry).
 //! - [`destinations`]: one module per platform: request building and response classification.
-//! - [`setup`]: installs the control schema, publication and slot.
+//! - [`pipeline`]: `pgcapi run` assembled: metrics server, capture, dispatch or dry run, retention.
+//! - [`cli`]: parses the command line, one file per command; prints and chooses the exit code.
+//! - [`ops`]: operating a deployment: `setup`, `check`, `status`, `repair` (retry, replay),
+//!   `retention` (purge), `backfill`, `dry_run`.
 //! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters, for
 //!   `demo` and tests; independent of the product code.
-//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
-//! - [`check`]: `pgcapi check`, prerequisites and credentials without recording conversions.
-//! - [`dry_run`]: `pgcapi run --dry-run`, the would-be requests instead of sending.
-//! - [`status`]: `pgcapi status`: slot, destination health and failures, with an exit code.
-//! - [`repair`]: `pgcapi retry` and `pgcapi replay`: requeue control-table rows.
-//! - [`retention`]: deletes old finished rows (`pgcapi run` hourly, `pgcapi purge`).
+//! - [`metrics`]: the Prometheus registry and the functions capture, dispatch and destinations record with
+//!   (a leaf: imports nothing of pgcapi).
+//! - [`telemetry`]: the `/metrics`, `/healthz`, `/readyz` server and the database probe behind readiness
+//!   ([`telemetry::server`]), and the log subscriber ([`telemetry::logging`]).
+//! - [`shutdown`]: the shutdown signal and [`shutdown::supervise`], the one restart-with-backoff loop of
+//!   every long-running task (and [`shutdown::every`] for periodic ones).
 //! - [`units`]: human durations, sizes and timestamps.
-//! - [`backfill`]: `pgcapi backfill`, conversions for rows that existed before the slot.
 //! - [`bench`]: `pgcapi bench`, throughput, latency and memory against `pg_recvlogical`.
 
-pub mod backfill;
 pub mod bench;
 pub mod capture;
-pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod destinations;
 pub mod dispatch;
-pub mod dry_run;
 pub mod event;
 pub mod identity;
 pub mod lsn;
 pub mod metrics;
+pub mod ops;
 pub mod outbox;
 pub mod pg;
+pub mod pipeline;
 pub mod platform;
-pub mod repair;
 pub mod report;
-pub mod retention;
 pub mod rules;
-pub mod setup;
+pub mod shutdown;
 pub mod source;
-pub mod status;
+pub mod telemetry;
 pub mod testbed;
 pub mod units;

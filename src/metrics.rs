@@ -1,14 +1,15 @@
-//! Prometheus metrics and the health endpoints of `pgcapi run` (`[metrics] listen = "…"`).
+//! Prometheus metrics of `pgcapi run`: the registry, the metric names and the functions that record.
 //!
-//! The counters live in one process-wide registry ([`global`]) that capture, dispatch and the
-//! destinations update through the small functions of this module; they cost a few atomic operations
-//! when no server is configured. The server ([`start`]) answers:
+//! A leaf: it imports no other pgcapi module, so capture, dispatch and the destinations can all record
+//! here. The counters live in one process-wide registry ([`global`]) updated through the small functions
+//! of this module; they cost a few atomic operations when no server is configured. The server and the
+//! database probe that fill the gauges are in `telemetry::server`, which answers:
 //!
 //! - `GET /metrics`: every metric below, in the OpenMetrics text format Prometheus scrapes;
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 when the control database answered the last probe, capture is streaming (or is
 //!   a standby waiting for the slot another process holds) and conversions flow as `pgcapi status`
-//!   judges it ([`crate::status::judge_flow`], the same function); 503 with the reasons otherwise.
+//!   judges it; 503 with the reasons otherwise ([`Metrics::readiness`]).
 //!
 //! Labels are low-cardinality only (`destination`, `state`, `outcome`): never an event id.
 //!
@@ -32,12 +33,6 @@
 //! The database-read gauges are refreshed every `[metrics] refresh_ms` by a probe that also decides the
 //! database half of `/readyz`.
 
-use crate::config::Config;
-use crate::status::{FlowThresholds, Problem, Reason};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -45,12 +40,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
-use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Labels of per-destination metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,7 +72,7 @@ struct RequestLabels {
 /// Labels of `pgcapi_unhealthy`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    /// A [`crate::status::Reason`] name.
+    /// A `pgcapi status` reason name (`capture_stuck`, `slot_lost`, …).
     reason: String,
 }
 
@@ -135,13 +127,14 @@ impl CaptureState {
     }
 }
 
-/// The result of the last control-database probe.
-#[derive(Debug, Clone)]
-struct ControlProbe {
-    /// Whether the control database answered.
-    ok: bool,
-    /// Why not, when it did not.
-    reason: String,
+/// One problem of the flow judgement (`pgcapi status`), as the metrics keep it: the reason's stable
+/// name and the message `/readyz` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowProblem {
+    /// The reason's name, the `reason` label of `pgcapi_unhealthy`.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
 }
 
 /// Every metric of the process, and the state `/readyz` reads.
@@ -161,11 +154,12 @@ pub struct Metrics {
     toast_read_backs: Family<ToastLabels, Counter>,
     google_processing_errors: Family<DestinationReasonLabels, Counter>,
     capture_state: AtomicU8,
-    control: Mutex<Option<ControlProbe>>,
+    /// The last control-database probe: `Ok` when it answered, else why not.
+    control: Mutex<Option<Result<(), String>>>,
     unhealthy: Family<ReasonLabels, Gauge>,
     healthy: Gauge,
     /// The last flow judgement: its problems, or why it could not be made.
-    flow: Mutex<Option<Result<Vec<Problem>, String>>>,
+    flow: Mutex<Option<Result<Vec<FlowProblem>, String>>>,
 }
 
 impl Metrics {
@@ -285,8 +279,8 @@ impl Metrics {
             .as_ref()
         {
             None => reasons.push("the control database has not been probed yet".to_string()),
-            Some(p) if !p.ok => reasons.push(p.reason.clone()),
-            Some(_) => {}
+            Some(Err(why)) => reasons.push(why.clone()),
+            Some(Ok(())) => {}
         }
         match CaptureState::from_u8(self.capture_state.load(Ordering::Relaxed)) {
             CaptureState::Streaming | CaptureState::Standby => {}
@@ -311,20 +305,22 @@ impl Metrics {
         }
     }
 
-    fn set_control(&self, probe: ControlProbe) {
+    /// Records the last control-database probe: `Ok` when it answered, else why not.
+    pub fn set_control(&self, probe: Result<(), String>) {
         *self.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
     }
 
-    /// Records the flow judgement and sets `pgcapi_unhealthy` (one series per reason, 0 or 1) and
-    /// `pgcapi_healthy`.
-    fn set_flow(&self, flow: Result<Vec<Problem>, String>) {
-        for reason in Reason::FLOW {
+    /// Records the flow judgement and sets `pgcapi_unhealthy` (one series per name in `reasons`, each
+    /// 0 or 1) and `pgcapi_healthy`. `reasons` are every reason the judgement can report, so that a
+    /// reason that went away reads 0 rather than disappearing.
+    pub fn set_flow(&self, reasons: &[&str], flow: Result<Vec<FlowProblem>, String>) {
+        for &reason in reasons {
             let on = flow
                 .as_ref()
                 .is_ok_and(|problems| problems.iter().any(|p| p.reason == reason));
             self.unhealthy
                 .get_or_create(&ReasonLabels {
-                    reason: reason.as_str().to_string(),
+                    reason: reason.to_string(),
                 })
                 .set(i64::from(on));
         }
@@ -480,265 +476,25 @@ pub fn delivery_sent(destination: &str, created_at: DateTime<Utc>) {
         .observe(seconds);
 }
 
-// ---------------------------------------------------------------------------------------------
-// The server
-// ---------------------------------------------------------------------------------------------
-
-/// A running metrics server.
-pub struct MetricsServer {
-    /// The bound address.
-    pub addr: SocketAddr,
-    /// The server and probe tasks; they end on shutdown.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// The probe counted `n` rows of `destination` in state `pending`.
+pub fn set_pending(destination: &str, n: i64) {
+    global()
+        .pending
+        .get_or_create(&DestinationLabels {
+            destination: destination.to_string(),
+        })
+        .set(n);
 }
 
-impl MetricsServer {
-    /// Waits for the server and probe to end (after shutdown).
-    pub async fn join(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
+/// The probe read the slot: its `confirmed_flush_lsn` as a byte position and the WAL it retains
+/// (either unknown while the slot has never confirmed a position).
+pub fn set_slot(confirmed_flush_lsn: Option<i64>, retained_bytes: Option<i64>) {
+    let m = global();
+    if let Some(lsn) = confirmed_flush_lsn {
+        m.confirmed_flush_lsn.set(lsn);
     }
-}
-
-/// Starts the metrics server and the database probe when `[metrics]` is configured; `Ok(None)` when
-/// it is not. Fails when the address cannot be bound. Both tasks end when `shutdown` turns true.
-pub async fn start(
-    config: Arc<Config>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Option<MetricsServer>, String> {
-    let Some(settings) = config.metrics.clone() else {
-        return Ok(None);
-    };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| format!("metrics.listen {}: cannot listen: {e}", settings.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("metrics.listen {}: {e}", settings.listen))?;
-    let span = info_span!("metrics", %addr);
-    info!(parent: &span, %addr, "metrics server listening");
-    let app = Router::new()
-        .route("/metrics", get(get_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(get_readyz));
-    let mut stop = shutdown.clone();
-    let server = tokio::spawn(
-        async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    while !*stop.borrow_and_update() {
-                        if stop.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            if let Err(e) = result {
-                warn!(error = %e, "metrics server stopped");
-            }
-        }
-        .instrument(span.clone()),
-    );
-    let refresh = Duration::from_millis(settings.refresh_ms.max(100));
-    let probe = tokio::spawn(probe_loop(config, refresh, shutdown).instrument(span));
-    Ok(Some(MetricsServer {
-        addr,
-        tasks: vec![server, probe],
-    }))
-}
-
-/// `GET /metrics`.
-async fn get_metrics() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        global().encode(),
-    )
-        .into_response()
-}
-
-/// `GET /readyz`.
-async fn get_readyz() -> Response {
-    match global().readiness() {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(reasons) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", reasons.join("; ")),
-        )
-            .into_response(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The database probe
-// ---------------------------------------------------------------------------------------------
-
-/// Open connections of the probe; dropped after any failure and opened again on the next round.
-#[derive(Default)]
-struct Probe {
-    control: Option<tokio_postgres::Client>,
-    source: Option<tokio_postgres::Client>,
-}
-
-/// Refreshes the database gauges and the control-database readiness every `refresh` until shutdown.
-async fn probe_loop(config: Arc<Config>, refresh: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut probe = Probe::default();
-    let limit = refresh.clamp(Duration::from_secs(1), Duration::from_secs(5));
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let control = match tokio::time::timeout(limit, probe.control_round(&config)).await {
-            Ok(Ok(())) => ControlProbe {
-                ok: true,
-                reason: String::new(),
-            },
-            Ok(Err(reason)) => {
-                probe.control = None;
-                ControlProbe { ok: false, reason }
-            }
-            Err(_) => {
-                probe.control = None;
-                ControlProbe {
-                    ok: false,
-                    reason: format!(
-                        "the control database did not answer within {} ms",
-                        limit.as_millis()
-                    ),
-                }
-            }
-        };
-        if !control.ok {
-            debug!(reason = %control.reason, "control database probe failed");
-        }
-        global().set_control(control);
-        match tokio::time::timeout(limit, probe.slot_round(&config)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => {
-                debug!(%reason, "slot probe failed");
-                probe.source = None;
-            }
-            Err(_) => probe.source = None,
-        }
-        let flow = match tokio::time::timeout(limit, probe.flow_round(&config)).await {
-            Ok(Ok(problems)) => Ok(problems),
-            Ok(Err(reason)) => {
-                debug!(%reason, "flow probe failed");
-                Err(reason)
-            }
-            Err(_) => Err(format!(
-                "reading the slot and capture state took longer than {} ms",
-                limit.as_millis()
-            )),
-        };
-        global().set_flow(flow);
-        tokio::select! {
-            _ = tokio::time::sleep(refresh) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-}
-
-/// Opens a connection for `url` (a config value that is never printed).
-async fn open(url: &str, what: &str) -> Result<tokio_postgres::Client, String> {
-    let info: crate::pg::ConnInfo = url.parse().map_err(|e| format!("{what}: {e}"))?;
-    crate::pg::client::connect(&info)
-        .await
-        .map_err(|e| format!("{what} unreachable: {}", crate::pg::error_chain(&e)))
-}
-
-impl Probe {
-    /// Counts pending rows per destination.
-    async fn control_round(&mut self, config: &Config) -> Result<(), String> {
-        if self.control.is_none() {
-            self.control =
-                Some(open(config.source.control_url().expose(), "control database").await?);
-        }
-        let client = self.control.as_ref().expect("just opened");
-        let rows = crate::outbox::Outbox::new(&config.source.schema)
-            .pending_per_destination(client)
-            .await
-            .map_err(|e| format!("control database: {e}"))?;
-        let m = global();
-        for name in config.destinations.keys() {
-            let n = rows
-                .iter()
-                .find(|(destination, _)| destination == name)
-                .map_or(0, |(_, n)| *n);
-            m.pending
-                .get_or_create(&DestinationLabels {
-                    destination: name.clone(),
-                })
-                .set(n);
-        }
-        Ok(())
-    }
-
-    /// Judges whether conversions flow, exactly as `pgcapi status` does.
-    async fn flow_round(&mut self, config: &Config) -> Result<Vec<Problem>, String> {
-        let shared = config.source.control_url.is_none();
-        let (Some(control), source) = (self.control.as_ref(), self.source.as_ref()) else {
-            return Err("the control database is not connected".into());
-        };
-        let source = if shared {
-            control
-        } else {
-            source.ok_or("the source database is not connected")?
-        };
-        let observation = crate::status::observe(
-            source,
-            control,
-            &config.source.schema,
-            &config.source.slot,
-            FlowThresholds::from_config(config).failing_after,
-        )
-        .await
-        .map_err(|e| crate::pg::error_chain(&e))?;
-        Ok(crate::status::judge_flow(
-            &observation,
-            &FlowThresholds::from_config(config),
-        ))
-    }
-
-    /// Reads the slot's confirmed position and how much WAL it retains.
-    async fn slot_round(&mut self, config: &Config) -> Result<(), String> {
-        let shared = config.source.control_url.is_none();
-        if shared && self.control.is_some() {
-            self.source = None;
-        } else if self.source.is_none() {
-            self.source = Some(open(config.source.url.expose(), "source database").await?);
-        }
-        let client = if shared {
-            self.control.as_ref()
-        } else {
-            self.source.as_ref()
-        };
-        let Some(client) = client else {
-            return Err("source database not connected".into());
-        };
-        let row = client
-            .query_opt(
-                "select (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint, \
-                   pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn() \
-                     else pg_current_wal_lsn() end, confirmed_flush_lsn)::bigint \
-                 from pg_replication_slots where slot_name = $1",
-                &[&config.source.slot],
-            )
-            .await
-            .map_err(|e| format!("reading the slot: {}", crate::pg::client::describe(&e)))?;
-        if let Some(row) = row {
-            let m = global();
-            if let Some(lsn) = row.get::<_, Option<i64>>(0) {
-                m.confirmed_flush_lsn.set(lsn);
-            }
-            if let Some(lag) = row.get::<_, Option<i64>>(1) {
-                m.replication_lag_bytes.set(lag.max(0));
-            }
-        }
-        Ok(())
+    if let Some(lag) = retained_bytes {
+        m.replication_lag_bytes.set(lag.max(0));
     }
 }
 
@@ -783,10 +539,9 @@ mod tests {
         let m = Metrics::new();
         let reasons = m.readiness().unwrap_err();
         assert!(reasons.iter().any(|r| r.contains("control database")));
-        m.set_control(ControlProbe {
-            ok: false,
-            reason: "control database unreachable: connection refused".into(),
-        });
+        m.set_control(Err(
+            "control database unreachable: connection refused".into()
+        ));
         let reasons = m.readiness().unwrap_err();
         assert!(reasons.iter().any(|r| r.contains("connection refused")));
     }
@@ -794,13 +549,11 @@ mod tests {
     #[test]
     fn the_flow_judgement_drives_readiness_and_the_unhealthy_gauge() {
         let m = Metrics::new();
-        m.set_control(ControlProbe {
-            ok: true,
-            reason: String::new(),
-        });
+        m.set_control(Ok(()));
         m.capture_state
             .store(CaptureState::Streaming as u8, Ordering::Relaxed);
-        m.set_flow(Ok(Vec::new()));
+        let reasons = ["capture_stuck", "slot_ahead"];
+        m.set_flow(&reasons, Ok(Vec::new()));
         assert!(m.readiness().is_ok());
         let text = m.encode();
         assert!(
@@ -808,10 +561,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pgcapi_healthy 1"), "{text}");
-        m.set_flow(Ok(vec![Problem {
-            reason: Reason::CaptureStuck,
-            message: "capture is stuck at LSN 0/1".into(),
-        }]));
+        m.set_flow(
+            &reasons,
+            Ok(vec![FlowProblem {
+                reason: "capture_stuck",
+                message: "capture is stuck at LSN 0/1".into(),
+            }]),
+        );
         assert_eq!(
             m.readiness().unwrap_err(),
             ["capture is stuck at LSN 0/1".to_string()]

@@ -10,7 +10,7 @@
 //! is an outage, retried.
 
 use crate::decode::{Datum, Relation, Tuple};
-use crate::outbox::{ends_the_connection, quote_ident};
+use crate::outbox::quote_ident;
 use bytes::{Bytes, BytesMut};
 use std::error::Error;
 use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
@@ -116,11 +116,10 @@ pub(super) fn classify(e: &tokio_postgres::Error) -> Failure {
     };
     let code = db.code().code();
     let retry = e.is_closed()
-        || ends_the_connection(code)
+        || crate::pg::is_connection_loss(code)
         // lock_not_available (lock_timeout), query_canceled (statement_timeout), serialization,
-        // deadlock, insufficient resources, operator intervention.
+        // deadlock, operator intervention.
         || matches!(code, "55P03" | "57014" | "40001" | "40P01")
-        || code.starts_with("53")
         || code.starts_with("57");
     let text = if code.starts_with("42") {
         format!("{} (SQLSTATE {code})", db.message())

@@ -5,7 +5,7 @@
 //! unknown keys are collected, and only then is the tree turned into typed structs (every type error is
 //! collected: [`raw`] for the sections and rules, [`destination`] for each destination, whose keys
 //! depend on its platform) and checked for meaning ([`Config::validate`], in `validate.rs`). Checks that
-//! need the database (columns named by templates) live in [`crate::setup`].
+//! need the database (columns named by templates) live in [`crate::ops::setup`].
 
 mod destination;
 mod env;

@@ -205,7 +205,7 @@ impl Default for DispatchConfig {
 }
 
 /// `[retention]`: how long `sent`, `skipped` and `cancelled` rows stay in the control table (failed rows
-/// stay until retried or purged explicitly). See [`crate::retention`].
+/// stay until retried or purged explicitly). See [`crate::ops::retention`].
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetentionConfig {
     /// Age after which finished rows are deleted (`30d`, `12h`, ...); `0` or `off` keeps them forever.

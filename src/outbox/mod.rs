@@ -161,19 +161,11 @@ impl OutboxError {
                 source.is_closed()
                     || source
                         .as_db_error()
-                        .is_none_or(|e| ends_the_connection(e.code().code()))
+                        .is_none_or(|e| crate::pg::is_connection_loss(e.code().code()))
             }
             OutboxError::Corrupt { .. } => false,
         }
     }
-}
-
-/// True for SQLSTATEs the server sends when it ends the session: connection exceptions (class 08) and
-/// shutdowns (`57P01` admin shutdown, e.g. `pg_ctl restart -m fast` or `pg_terminate_backend`; `57P02`
-/// crash shutdown; `57P03` cannot connect now). A statement that gets one was not refused: the
-/// connection is gone and a new one will do.
-pub fn ends_the_connection(sqlstate: &str) -> bool {
-    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03")
 }
 
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> OutboxError {
@@ -188,19 +180,4 @@ pub fn quote_ident(name: &str) -> String {
 /// Notifies dispatchers listening on `{schema}_deliveries` that new rows are due.
 pub fn notify_channel(schema: &str) -> String {
     format!("{schema}_deliveries")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ends_the_connection;
-
-    #[test]
-    fn shutdowns_and_connection_exceptions_end_the_connection_statement_errors_do_not() {
-        for code in ["57P01", "57P02", "57P03", "08006", "08003"] {
-            assert!(ends_the_connection(code), "{code}");
-        }
-        for code in ["23505", "42P01", "22P02", "57014", "40001"] {
-            assert!(!ends_the_connection(code), "{code}");
-        }
-    }
 }

@@ -98,17 +98,12 @@ impl SourceError {
         matches!(self, SourceError::Server { code, .. } if code == "55006")
     }
 
-    /// True for failures that a reconnect may cure: lost connections, timeouts, and server errors of the
-    /// connection-exception (08), insufficient-resources (53) and operator-intervention (57P01-57P03:
-    /// shutdown, crash, not yet accepting connections) kinds.
+    /// True for failures that a reconnect may cure: lost connections, timeouts, and server errors that
+    /// end or refuse the session ([`crate::pg::is_connection_loss`]).
     pub fn is_retryable(&self) -> bool {
         match self {
             SourceError::Io(_) | SourceError::Timeout(_) => true,
-            SourceError::Server { code, .. } => {
-                code.starts_with("08")
-                    || code.starts_with("53")
-                    || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
-            }
+            SourceError::Server { code, .. } => crate::pg::is_connection_loss(code),
             SourceError::Tls(_)
             | SourceError::Auth(_)
             | SourceError::Protocol(_)

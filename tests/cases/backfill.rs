@@ -5,8 +5,8 @@ use crate::support::{
     config_from, contract_env, count, pgcapi_command, spawn_run, wait_for, TestDb, CONTRACT_TOML,
     SHOP_SQL,
 };
-use pgcapi::backfill::{backfill, BackfillOptions};
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::backfill::{backfill, BackfillOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::testbed::sandbox::Sandbox;
 use std::process::Stdio;
 use tokio_postgres::Client;

@@ -3,7 +3,7 @@
 use crate::support::{config_from, contract_env, count, TestDb, CONTRACT_TOML, SHOP_SQL};
 use pgcapi::capture::Capture;
 use pgcapi::lsn::Lsn;
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
 use pgcapi::capture::{Capture, CaptureError};
 use pgcapi::config::Config;
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -525,7 +525,7 @@ async fn a_template_naming_a_missing_column_is_reported_at_start() {
         .batch_execute("alter table leads drop column meta_lead_id")
         .await
         .unwrap();
-    let problems = pgcapi::setup::check_columns(&client, &pgcapi::rules::Rules::new(&config))
+    let problems = pgcapi::ops::setup::check_columns(&client, &pgcapi::rules::Rules::new(&config))
         .await
         .unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");

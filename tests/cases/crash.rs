@@ -3,7 +3,7 @@
 use crate::support::{
     config_from, contract_env, count, spawn_run, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
 };
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use std::time::Duration;
 
 #[tokio::test]

@@ -5,8 +5,8 @@ use crate::support::{config_from, contract_env, count, TestDb, CONTRACT_TOML, SH
 use pgcapi::capture::Capture;
 use pgcapi::config::Config;
 use pgcapi::dispatch::Dispatcher;
+use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::platform::Platform;
-use pgcapi::setup::{setup, SetupOptions};
 use pgcapi::testbed::sandbox::{Faults, Sandbox, SandboxHandle, Stats};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -850,14 +850,14 @@ async fn a_retried_old_row_gets_the_full_retry_budget_again() {
         .await
         .unwrap();
     let mut repair_client = db.connect().await;
-    let filters = pgcapi::repair::Filters {
+    let filters = pgcapi::ops::repair::Filters {
         ids: vec![],
         destination: None,
         rule: None,
         since: None,
         before: None,
     };
-    let report = pgcapi::repair::retry(&mut repair_client, SCHEMA, &filters, false)
+    let report = pgcapi::ops::repair::retry(&mut repair_client, SCHEMA, &filters, false)
         .await
         .unwrap();
     assert_eq!(report.requeued.len(), 1);

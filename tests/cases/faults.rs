@@ -15,7 +15,7 @@ use crate::support::{
     config_from, connect_url, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
 };
 use chrono::{DateTime, Utc};
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::testbed::sandbox::{Faults, Records, Sandbox, SandboxConfig};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;

@@ -41,7 +41,7 @@ async fn start(toml: &str, sandbox_config: SandboxConfig, extra_env: &[(&str, &s
         env.push((k.to_string(), v.to_string()));
     }
     let config = crate::support::config_from(toml, &env);
-    pgcapi::setup::setup(&config, pgcapi::setup::SetupOptions::default())
+    pgcapi::ops::setup::setup(&config, pgcapi::ops::setup::SetupOptions::default())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -322,7 +322,7 @@ async fn start_with_key(toml: &str, sandbox_config: SandboxConfig, key_path: &st
     env.push(("GOOGLE_DM_ENDPOINT".into(), sandbox.base_url()));
     env.push(("TEST_SA_KEY".into(), key_path.to_string()));
     let config = crate::support::config_from(toml, &env);
-    pgcapi::setup::setup(&config, pgcapi::setup::SetupOptions::default())
+    pgcapi::ops::setup::setup(&config, pgcapi::ops::setup::SetupOptions::default())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

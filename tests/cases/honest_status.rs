@@ -7,7 +7,7 @@
 use crate::support::{
     contract_env, count, pgcapi_command, spawn_run, wait_for, Shop, TestDb, CONTRACT_TOML, SHOP_SQL,
 };
-use pgcapi::status::{self, FlowThresholds, Reason, StatusOptions, StatusReport};
+use pgcapi::ops::status::{self, FlowThresholds, Reason, StatusOptions, StatusReport};
 use pgcapi::testbed::sandbox::{Faults, Sandbox};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

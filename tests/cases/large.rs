@@ -1,7 +1,7 @@
 //! One transaction of a million matching rows (run by hand: `cargo test --release -- --ignored`).
 
 use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 

@@ -100,7 +100,7 @@ async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
         env.push((k.to_string(), v.replace("{base}", &base)));
     }
     let config = config_from(toml, &env);
-    pgcapi::setup::setup(&config, pgcapi::setup::SetupOptions::default())
+    pgcapi::ops::setup::setup(&config, pgcapi::ops::setup::SetupOptions::default())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 
 use crate::support::Shop;
 use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
-use pgcapi::setup::{setup, SetupOptions};
+use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::testbed::sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

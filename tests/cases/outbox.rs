@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 async fn control_db() -> (TestDb, Client) {
     let db = TestDb::start().await;
     let client = db.connect().await;
-    pgcapi::setup::install_control_schema(&client, "pgcapi")
+    pgcapi::ops::setup::install_control_schema(&client, "pgcapi")
         .await
         .unwrap();
     (db, client)
@@ -180,7 +180,7 @@ async fn the_schema_installs_twice_and_upgrades_a_version_one_table() {
     outbox::insert_deliveries(&client, "pgcapi", &[paid("o-1", "10.00")])
         .await
         .unwrap();
-    pgcapi::setup::install_control_schema(&client, "pgcapi")
+    pgcapi::ops::setup::install_control_schema(&client, "pgcapi")
         .await
         .unwrap();
     let expected = [
@@ -218,7 +218,7 @@ async fn the_schema_installs_twice_and_upgrades_a_version_one_table() {
     )
     .await
     .unwrap();
-    pgcapi::setup::install_control_schema(&old, "v1")
+    pgcapi::ops::setup::install_control_schema(&old, "v1")
         .await
         .unwrap();
     assert_eq!(indexes(&old, "v1").await, expected);

@@ -198,7 +198,7 @@ impl Shop {
         client.batch_execute(SHOP_SQL).await.unwrap();
         let env = contract_env(&db.url(), &sandbox.base_url());
         let config = config_from(toml, &env);
-        pgcapi::setup::setup(&config, pgcapi::setup::SetupOptions::default())
+        pgcapi::ops::setup::setup(&config, pgcapi::ops::setup::SetupOptions::default())
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();

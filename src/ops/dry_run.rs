@@ -27,6 +27,7 @@ use crate::outbox::{Outbox, Unreadable};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -100,51 +101,70 @@ pub async fn run(config: Arc<Config>, output: Output, shutdown: watch::Receiver<
     while workers.join_next().await.is_some() {}
 }
 
-/// One destination's loop.
+/// One destination's loop: sessions supervised until shutdown, each reconnecting after an outage.
 async fn worker(
     config: Arc<Config>,
     dest: Arc<dyn Destination>,
     output: Output,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     info!("dry run: nothing will be sent; would-be requests are written instead");
-    let mut client: Option<tokio_postgres::Client> = None;
-    // Rows are shown once each: the cursor is the highest id shown.
-    let mut after: i64 = 0;
-    let mut pause = POLL_INTERVAL;
+    // Rows are shown once each: the cursor is the highest id shown, kept across sessions.
+    let after = AtomicI64::new(0);
+    let session = || session(&config, dest.as_ref(), &output, &after, shutdown.clone());
+    let _ = crate::shutdown::supervise(
+        "dry run",
+        crate::shutdown::Policy::OUTAGE,
+        shutdown.clone(),
+        |e: &String, delay| {
+            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dry run round failed");
+            crate::shutdown::Action::RETRY
+        },
+        session,
+    )
+    .await;
+}
+
+/// Connects to the control database and shows new pending rows until shutdown or a failure.
+async fn session(
+    config: &Config,
+    dest: &dyn Destination,
+    output: &Output,
+    after: &AtomicI64,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let info: crate::pg::ConnInfo = config
+        .source
+        .control_url()
+        .expose()
+        .parse()
+        .map_err(|e| format!("source.control_url: {e}"))?;
+    let client = crate::pg::client::connect(&info)
+        .await
+        .map_err(|e| crate::pg::error_chain(&e))?;
     loop {
         if *shutdown.borrow() {
-            return;
+            return Ok(());
         }
-        let round = async {
-            if client.is_none() {
-                let info: crate::pg::ConnInfo = config
-                    .source
-                    .control_url()
-                    .expose()
-                    .parse()
-                    .map_err(|e| format!("source.control_url: {e}"))?;
-                client = Some(
-                    crate::pg::client::connect(&info)
-                        .await
-                        .map_err(|e| crate::pg::error_chain(&e))?,
-                );
+        let shown = show_batch(
+            &client,
+            &config.source.schema,
+            dest,
+            output,
+            after.load(Ordering::SeqCst),
+        )
+        .await?;
+        let pause = match shown {
+            Some((last, full)) => {
+                after.store(last, Ordering::SeqCst);
+                if full {
+                    Duration::ZERO
+                } else {
+                    POLL_INTERVAL
+                }
             }
-            let c = client.as_ref().expect("connected above");
-            show_batch(c, &config.source.schema, dest.as_ref(), &output, after).await
+            None => POLL_INTERVAL,
         };
-        match round.await {
-            Ok(Some((last, full))) => {
-                after = last;
-                pause = if full { Duration::ZERO } else { POLL_INTERVAL };
-            }
-            Ok(None) => pause = POLL_INTERVAL,
-            Err(e) => {
-                warn!(error = %e, "dry run round failed");
-                client = None;
-                pause = (pause * 2).clamp(POLL_INTERVAL, Duration::from_secs(10));
-            }
-        }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => {}

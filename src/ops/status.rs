@@ -263,7 +263,7 @@ pub async fn status(config: &Config, options: &StatusOptions) -> Result<StatusRe
     let connect = |url: &crate::config::Secret, what: &'static str| {
         let url = url.expose().to_string();
         async move {
-            crate::setup::connect(&url, what)
+            crate::ops::setup::connect(&url, what)
                 .await
                 .map_err(|e| StatusError::Connect(e.to_string()))
         }

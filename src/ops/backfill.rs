@@ -107,7 +107,7 @@ pub enum BackfillError {
     },
     /// Connecting failed.
     #[error(transparent)]
-    Setup(#[from] crate::setup::SetupError),
+    Setup(#[from] crate::ops::setup::SetupError),
     /// A rule could not be applied to the table.
     #[error(transparent)]
     Rule(#[from] crate::rules::RuleError),
@@ -146,7 +146,7 @@ pub async fn backfill(
     };
     let (schema, name) = split_table(&rule.table);
     let table = format!("{schema}.{name}");
-    let source = crate::setup::connect(config.source.url.expose(), "source database").await?;
+    let source = crate::ops::setup::connect(config.source.url.expose(), "source database").await?;
     let relation = Arc::new(load_relation(&source, schema, name).await?);
     if relation.column_index(&column).is_none() {
         return Err(BackfillError::Invalid(format!(
@@ -171,7 +171,10 @@ pub async fn backfill(
     let control = if options.dry_run {
         None
     } else {
-        Some(crate::setup::connect(config.source.control_url().expose(), "control database").await?)
+        Some(
+            crate::ops::setup::connect(config.source.control_url().expose(), "control database")
+                .await?,
+        )
     };
     let control_schema = &config.source.schema;
 

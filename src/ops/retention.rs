@@ -16,15 +16,15 @@
 //! nothing waits on a row another process holds), with `batch_pause_ms` between batches.
 
 use crate::config::Config;
+use crate::ops::repair::Filters;
 pub use crate::outbox::{Batching, PurgeReport, Target, RETRACTABLE_KEEP};
 use crate::outbox::{Outbox, OutboxError};
-use crate::repair::Filters;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 /// How often `pgcapi run` purges.
 pub const PERIOD: Duration = Duration::from_secs(3_600);
@@ -68,7 +68,7 @@ pub async fn purge(
 /// One retention pass with the config's settings: connects to the control database and purges finished
 /// rows older than `keep`.
 pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String> {
-    let client = crate::repair::connect_control(config).await?;
+    let client = crate::ops::repair::connect_control(config).await?;
     let report = purge(
         &client,
         &config.source.schema,
@@ -90,8 +90,9 @@ pub async fn pass(config: &Config, keep: Duration) -> Result<PurgeReport, String
     Ok(report)
 }
 
-/// The retention task of `pgcapi run`: a pass at start, then every [`PERIOD`], until `shutdown`.
-pub async fn run_periodic(config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+/// The retention task of `pgcapi run`: a pass at start, then every [`PERIOD`], until `shutdown`. A
+/// failed pass is logged and tried again at the next period.
+pub async fn run_periodic(config: Arc<Config>, shutdown: watch::Receiver<bool>) {
     let keep = match config.retention.keep() {
         Ok(Some(keep)) => keep,
         _ => {
@@ -99,28 +100,19 @@ pub async fn run_periodic(config: Arc<Config>, mut shutdown: watch::Receiver<boo
             return;
         }
     };
-    loop {
-        tokio::select! {
-            result = pass(&config, keep) => match result {
-                Ok(report) if report.deleted > 0 => info!(
-                    deleted = report.deleted,
-                    batches = report.batches,
-                    keep_secs = keep.as_secs(),
-                    "retention: old finished rows deleted"
-                ),
-                Ok(_) => {}
-                Err(error) => warn!(%error, "retention pass failed; next try in an hour"),
-            },
-            _ = shutdown.changed() => return,
+    let round = || async {
+        let report = pass(&config, keep).await?;
+        if report.deleted > 0 {
+            info!(
+                deleted = report.deleted,
+                batches = report.batches,
+                keep_secs = keep.as_secs(),
+                "retention: old finished rows deleted"
+            );
         }
-        tokio::select! {
-            _ = tokio::time::sleep(PERIOD) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-    }
+        Ok::<(), String>(())
+    };
+    crate::shutdown::every("retention", PERIOD, shutdown, round).await;
 }
 
 /// Arguments of `pgcapi purge`.
@@ -174,7 +166,7 @@ pub fn target_of(args: &PurgeArgs, config: &Config) -> Result<Target, RetentionE
 pub async fn run_purge(args: PurgeArgs) -> Result<ExitCode, String> {
     let config = Config::load(&args.config).map_err(|e| e.to_string())?;
     let target = target_of(&args, &config).map_err(|e| e.to_string())?;
-    let client = crate::repair::connect_control(&config).await?;
+    let client = crate::ops::repair::connect_control(&config).await?;
     let report = purge(
         &client,
         &config.source.schema,

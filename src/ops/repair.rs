@@ -257,7 +257,7 @@ pub struct ReplayArgs {
 
 /// Opens the control database of `config`.
 pub(crate) async fn connect_control(config: &Config) -> Result<tokio_postgres::Client, String> {
-    crate::setup::connect(config.source.control_url().expose(), "control database")
+    crate::ops::setup::connect(config.source.control_url().expose(), "control database")
         .await
         .map_err(|e| e.to_string())
 }

@@ -6,9 +6,9 @@
 //! - **Database**: the source database answers; `wal_level = logical`; the role may replicate; every
 //!   table and column the rules read exists; each table's replica identity lets its UPDATEs be
 //!   published (with a warning, `!`, when mapped columns can hold TOASTed values under replica identity
-//!   DEFAULT or USING INDEX: see [`crate::setup::toast_advice`]); the publication covers exactly the rules' tables; the slot exists (pgoutput, this
+//!   DEFAULT or USING INDEX: see [`crate::ops::setup::toast_advice`]); the publication covers exactly the rules' tables; the slot exists (pgoutput, this
 //!   database, not lost); the control schema is installed. The checks are the ones `pgcapi setup`
-//!   runs (see [`crate::setup`]); `check` changes nothing.
+//!   runs (see [`crate::ops::setup`]); `check` changes nothing.
 //! - **Destinations**: each is built as `pgcapi run` builds it and answers its own
 //!   [`healthcheck`](crate::destinations::Destination::healthcheck) (credentials, account and what
 //!   the rules sending to it need, proven without recording a conversion: see each platform's module).
@@ -18,9 +18,9 @@
 
 use crate::config::{Config, DispatchConfig, Secret};
 use crate::destinations::{self, Probe};
+use crate::ops::setup;
 use crate::outbox::quote_ident;
 use crate::rules::Rules;
-use crate::setup;
 use std::fmt::Write as _;
 use std::path::Path;
 

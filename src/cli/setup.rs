@@ -1,0 +1,21 @@
+//! `pgcapi setup`: installs what pgcapi needs and prints what is left for the DBA.
+
+use crate::config::Config;
+use crate::ops::setup::{setup, SetupOptions};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Runs setup with the config at `path`; exits 3 when something is left for the DBA.
+pub(super) async fn run(path: &Path, set_replica_identity_full: bool) -> Result<ExitCode, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let report = setup(
+        &config,
+        SetupOptions {
+            set_replica_identity_full,
+        },
+    )
+    .await
+    .map_err(|e| crate::pg::error_chain(&e))?;
+    print!("{}", report.render());
+    Ok(ExitCode::from(report.exit_code()))
+}
