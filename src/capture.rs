@@ -24,6 +24,7 @@ use crate::event::NewDelivery;
 use crate::lsn::Lsn;
 use crate::outbox::CapturePhase;
 use crate::outbox::{self, OutboxError};
+use crate::pg::catalog;
 use crate::rules::{Bound, DropCounts, Recovered, RuleError, Rules, TxContext};
 use crate::source::{
     ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
@@ -413,7 +414,8 @@ impl Capture {
         let client = crate::pg::client::connect(&self.source)
             .await
             .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
-        let problems = crate::setup::check_columns(&client, &self.rules)
+        let tables = self.rules.tables();
+        let problems = catalog::check_columns(&client, &tables, |t| self.rules.columns_of(t))
             .await
             .map_err(|e| CaptureError::Db(crate::pg::error_chain(&e)))?;
         if problems.is_empty() {
@@ -584,23 +586,14 @@ impl From<OutboxError> for SessionEnd {
 }
 
 async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> Result<Lsn, CaptureError> {
-    let row = client
-        .query_opt(
-            "select coalesce(confirmed_flush_lsn, '0/0')::text from pg_replication_slots \
-             where slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| {
-            CaptureError::Db(format!(
-                "reading slot {slot:?}: {}",
-                crate::pg::client::describe(&e)
-            ))
-        })?
-        .ok_or_else(|| CaptureError::NoSlot(slot.to_string()))?;
-    row.get::<_, String>(0)
-        .parse()
-        .map_err(|e| CaptureError::Protocol(format!("slot position: {e}")))
+    let found = catalog::slot(client, slot).await.map_err(|e| {
+        CaptureError::Db(format!(
+            "reading slot {slot:?}: {}",
+            crate::pg::client::describe(&e.source)
+        ))
+    })?;
+    let found = found.ok_or_else(|| CaptureError::NoSlot(slot.to_string()))?;
+    Ok(found.confirmed_flush.unwrap_or(Lsn::ZERO))
 }
 
 fn verify_not_ahead(
