@@ -20,6 +20,7 @@ use crate::config::{Config, DispatchConfig, Secret};
 use crate::destinations::{self, Probe};
 use crate::ops::setup;
 use crate::outbox::quote_ident;
+use crate::pg::catalog;
 use crate::rules::Rules;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -215,7 +216,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         }
     };
     list.pass("connected to the source database");
-    match setup::wal_level(&source).await {
+    match catalog::wal_level(&source).await {
         Ok(level) if level == "logical" => list.pass("wal_level = logical"),
         Ok(level) => list.fail(format!(
             "wal_level is {level}; logical replication needs ALTER SYSTEM SET wal_level = logical; \
@@ -223,7 +224,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         )),
         Err(e) => list.fail(e.to_string()),
     }
-    match setup::replication_role(&source).await {
+    match catalog::replication_role(&source).await {
         Ok((true, user)) => list.pass(format!("role {user} may open replication connections")),
         Ok((false, user)) => list.fail(format!(
             "role {user} lacks the REPLICATION attribute: ALTER ROLE {} WITH REPLICATION;",
@@ -265,7 +266,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
             .as_ref()
             .and_then(|p| p.not_owned.iter().find(|(t, _)| t == table))
             .map(|(_, o)| o.clone());
-        match setup::replica_identity(&source, table).await {
+        match catalog::replica_identity(&source, table).await {
             Ok((identity, true)) => {
                 list.pass(format!(
                     "{table}: replica identity {identity} lets its UPDATEs be published"
@@ -302,7 +303,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         _ => "run pgcapi setup".to_string(),
     };
     let mut publication_exists = false;
-    match setup::publication_tables(&source, publication).await {
+    match catalog::publication_tables(&source, publication).await {
         Ok(Some(covered)) if covered == tables => {
             publication_exists = true;
             list.pass(format!(
@@ -326,14 +327,14 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         Err(e) => list.fail(e.to_string()),
     }
     let slot = &config.source.slot;
-    match setup::slot_info(&source, slot).await {
+    match catalog::slot(&source, slot).await {
         Ok(Some(s)) if s.plugin != "pgoutput" || s.database != s.current_database => {
             list.fail(format!(
                 "slot {slot} uses plugin {} on database {}; pgcapi needs a pgoutput slot on {}",
                 s.plugin, s.database, s.current_database
             ))
         }
-        Ok(Some(s)) if s.wal_status == "lost" => list.fail(format!(
+        Ok(Some(s)) if s.wal_status.as_deref() == Some("lost") => list.fail(format!(
             "slot {slot} is lost (its WAL was removed): drop it, rerun pgcapi setup, and backfill"
         )),
         Ok(Some(_)) => list.pass(format!("replication slot {slot} exists (pgoutput)")),

@@ -13,6 +13,7 @@
 
 use crate::config::{split_table, Config, Problem};
 use crate::outbox::quote_ident;
+use crate::pg::catalog::{self, CatalogError};
 use crate::pg::ConnInfo;
 use crate::rules::Rules;
 use std::fmt::Write as _;
@@ -38,6 +39,9 @@ pub enum SetupError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A catalog read failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
     /// The database cannot run pgcapi as configured; every problem is listed.
     #[error("the database is not ready for pgcapi:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     NotReady(Vec<Problem>),
@@ -269,85 +273,7 @@ pub async fn install_control_schema(client: &Client, schema: &str) -> Result<(),
 
 /// Checks the watched tables' columns against the rules; returns every problem.
 pub async fn check_columns(client: &Client, rules: &Rules) -> Result<Vec<Problem>, SetupError> {
-    let mut problems = Vec::new();
-    for table in rules.tables() {
-        let (schema, name) = split_table(&table);
-        let rows = client
-            .query(
-                "select attname::text from pg_attribute a join pg_class c on c.oid = a.attrelid \
-                 join pg_namespace n on n.oid = c.relnamespace \
-                 where n.nspname = $1 and c.relname = $2 and a.attnum > 0 and not a.attisdropped",
-                &[&schema, &name],
-            )
-            .await
-            .map_err(sql(format!("reading the columns of {table}")))?;
-        if rows.is_empty() {
-            problems.push(Problem {
-                path: format!("rules (table {table})"),
-                message: format!("table {table} does not exist"),
-            });
-            continue;
-        }
-        let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        for (rule, field, column) in rules.columns_of(&table) {
-            if !columns.contains(&column) {
-                problems.push(Problem {
-                    path: format!("rules ({rule}).{field}"),
-                    message: format!("table {table} has no column {column:?}"),
-                });
-            }
-        }
-    }
-    Ok(problems)
-}
-
-/// The server's `wal_level` (`logical` is needed).
-pub async fn wal_level(client: &Client) -> Result<String, SetupError> {
-    Ok(client
-        .query_one("show wal_level", &[])
-        .await
-        .map_err(sql("reading wal_level"))?
-        .get(0))
-}
-
-/// Whether the connected role may open replication connections, and its name.
-pub async fn replication_role(client: &Client) -> Result<(bool, String), SetupError> {
-    let row = client
-        .query_one(
-            "select rolreplication or rolsuper, current_user::text from pg_roles \
-             where rolname = current_user",
-            &[],
-        )
-        .await
-        .map_err(sql("reading the role's privileges"))?;
-    Ok((row.get(0), row.get(1)))
-}
-
-/// The replica identity of an existing `table` (`schema.table`): its name and whether UPDATEs of the
-/// table can be published with it.
-pub async fn replica_identity(
-    client: &Client,
-    table: &str,
-) -> Result<(&'static str, bool), SetupError> {
-    let (schema, name) = split_table(table);
-    let row = client
-        .query_one(
-            "select c.relreplident::text, exists (select 1 from pg_index i \
-               where i.indrelid = c.oid and i.indisprimary) \
-             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-             where n.nspname = $1 and c.relname = $2",
-            &[&schema, &name],
-        )
-        .await
-        .map_err(sql(format!("reading the replica identity of {table}")))?;
-    let (identity, has_pk): (String, bool) = (row.get(0), row.get(1));
-    Ok(match identity.as_str() {
-        "f" => ("FULL", true),
-        "i" => ("USING INDEX", true),
-        "d" if has_pk => ("DEFAULT (primary key)", true),
-        "d" => ("DEFAULT without a primary key", false),
-        _ => ("NOTHING", false),
-    })
+    Ok(catalog::check_columns(client, &rules.tables(), |t| rules.columns_of(t)).await?)
 }
 
 /// The advice on large values for `table` (`schema.table`), given the `columns` the rules read from it:
@@ -423,64 +349,6 @@ pub fn rule_columns(rules: &Rules, table: &str) -> Vec<String> {
     columns
 }
 
-/// The tables of `publication` as `schema.table`, sorted; `None` when it does not exist.
-pub async fn publication_tables(
-    client: &Client,
-    publication: &str,
-) -> Result<Option<Vec<String>>, SetupError> {
-    let exists = client
-        .query_opt(
-            "select 1 from pg_publication where pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(sql("reading the publication"))?
-        .is_some();
-    if !exists {
-        return Ok(None);
-    }
-    let rows = client
-        .query(
-            "select schemaname::text || '.' || tablename::text from pg_publication_tables \
-             where pubname = $1 order by 1",
-            &[&publication],
-        )
-        .await
-        .map_err(sql("reading the publication"))?;
-    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
-}
-
-/// A replication slot as `pg_replication_slots` shows it.
-#[derive(Debug, Clone)]
-pub struct SlotInfo {
-    /// The output plugin.
-    pub plugin: String,
-    /// The database it decodes.
-    pub database: String,
-    /// `reserved`, `extended`, `unreserved`, `lost` or empty.
-    pub wal_status: String,
-    /// The database `client` is connected to.
-    pub current_database: String,
-}
-
-/// The slot named `slot`, if it exists.
-pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SetupError> {
-    let row = client
-        .query_opt(
-            "select plugin::text, database::text, coalesce(wal_status, ''), \
-               current_database()::text from pg_replication_slots where slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(sql("reading the replication slot"))?;
-    Ok(row.map(|r| SlotInfo {
-        plugin: r.get(0),
-        database: r.get(1),
-        wal_status: r.get(2),
-        current_database: r.get(3),
-    }))
-}
-
 /// Runs setup: checks, control schema, publication, slot. A second run changes nothing.
 pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, SetupError> {
     let mut report = Report::default();
@@ -488,7 +356,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
     let rules = Rules::new(config);
 
     // Server prerequisites.
-    let wal_level = wal_level(&source).await?;
+    let wal_level = catalog::wal_level(&source).await?;
     if wal_level == "logical" {
         report.done.push("wal_level = logical".into());
     } else {
@@ -497,7 +365,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
              then restart PostgreSQL"
         ));
     }
-    let (can_replicate, user) = replication_role(&source).await?;
+    let (can_replicate, user) = catalog::replication_role(&source).await?;
     if can_replicate {
         report
             .done
@@ -525,7 +393,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
 
     // Replica identity: updates of a published table without one fail on the source.
     for table in rules.tables() {
-        let (identity, usable) = replica_identity(&source, &table).await?;
+        let (identity, usable) = catalog::replica_identity(&source, &table).await?;
         let qualified = qualified(&table);
         let owner = privileges
             .not_owned
@@ -623,7 +491,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
 
     // Publication: exactly the rules' tables.
     let tables = rules.tables();
-    let existing = publication_tables(&source, publication).await?;
+    let existing = catalog::publication_tables(&source, publication).await?;
     let exists = existing.is_some();
     let current = existing.unwrap_or_default();
     // Deletes are published (rules' on_delete, README "Refunds and deletes"); installations made
@@ -710,12 +578,13 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
 
     // Slot.
     let slot = &config.source.slot;
-    match slot_info(&source, slot).await? {
-        Some(SlotInfo {
+    match catalog::slot(&source, slot).await? {
+        Some(catalog::Slot {
             plugin,
             database,
             wal_status,
             current_database: current_db,
+            ..
         }) => {
             if plugin != "pgoutput" || database != current_db {
                 return Err(SetupError::NotReady(vec![Problem {
@@ -726,7 +595,7 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
                     ),
                 }]));
             }
-            if wal_status == "lost" {
+            if wal_status.as_deref() == Some("lost") {
                 report.todo.push(format!(
                     "slot {slot} is lost (its WAL was removed): drop it with \
                      SELECT pg_drop_replication_slot('{slot}'); rerun setup, and backfill"

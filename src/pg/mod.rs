@@ -1,8 +1,9 @@
 //! PostgreSQL plumbing shared by every connection pgcapi opens: connection strings ([`conninfo`]), TLS
 //! with libpq's `sslmode` rules ([`tls`]), ordinary SQL connections ([`client`]), and how server errors
-//! are shown to operators ([`error_chain`]). The replication connection (`source`) builds on the same
+//! are shown to operators ([`error_chain`]), and reads of the catalog and slot state ([`catalog`]). The replication connection (`source`) builds on the same
 //! conninfo and TLS.
 
+pub mod catalog;
 pub mod client;
 pub mod conninfo;
 pub mod tls;

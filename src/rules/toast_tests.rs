@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::decode::{type_oid, RelationColumn};
+use crate::event::State;
+use crate::identity::MatchKey;
 use bytes::Bytes;
 
 const CONFIG: &str = include_str!("../../examples/pgcapi-google-ads-api.toml");
