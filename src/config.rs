@@ -462,6 +462,9 @@ impl DestinationConfig {
                 "client_id",
                 "refresh_token",
             ],
+            // Outbrain's postback takes no credential or account: the click id says whose it is.
+            Platform::Outbrain => &[],
+            Platform::Taboola => &["account_id"],
         }
     }
 
@@ -615,6 +618,12 @@ pub struct RuleConfig {
     /// Microsoft Advertising-specific settings.
     #[serde(default)]
     pub microsoft: MicrosoftRuleConfig,
+    /// Outbrain-specific settings.
+    #[serde(default)]
+    pub outbrain: EventNameRuleConfig,
+    /// Taboola-specific settings.
+    #[serde(default)]
+    pub taboola: EventNameRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -678,6 +687,15 @@ pub struct MicrosoftRuleConfig {
     /// The name of the offline conversion goal (`ConversionName`), exactly as in Microsoft Advertising.
     #[serde(default)]
     pub conversion_name: Option<String>,
+}
+
+/// `[rules.outbrain]`, `[rules.taboola]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventNameRuleConfig {
+    /// The event name exactly as defined in the platform (case-sensitive: Outbrain's event-based
+    /// conversion name, Taboola's conversion rule Event Name); defaults to the rule's `event`.
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 /// Match-key names accepted in `[rules.match]` besides [`MatchKey`] names: `fbclid` (builds `fbc`) and
@@ -1466,6 +1484,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "refresh_token",
         "token_endpoint",
     ];
+    const OUTBRAIN: &[&str] = &[];
+    const TABOOLA: &[&str] = &["account_id"];
     const RULE: &[&str] = &[
         "name",
         "table",
@@ -1486,6 +1506,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "google",
         "tiktok",
         "microsoft",
+        "outbrain",
+        "taboola",
         "retracts",
         "restates",
     ];
@@ -1527,6 +1549,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::Tiktok) => TIKTOK,
                 Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
                 Some(Platform::MicrosoftAds) => MICROSOFT,
+                Some(Platform::Outbrain) => OUTBRAIN,
+                Some(Platform::Taboola) => TABOOLA,
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
@@ -1566,6 +1590,14 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 &["conversion_name"],
                 &mut unknown,
             );
+            for platform in ["outbrain", "taboola"] {
+                check(
+                    rule.get(platform),
+                    &format!("{path}.{platform}"),
+                    &["event"],
+                    &mut unknown,
+                );
+            }
         }
     }
     problems.extend(unknown.into_iter().map(|path| Problem {

@@ -129,6 +129,10 @@ struct Compiled {
     meta_event: Option<String>,
     conversion_action: Option<String>,
     tiktok_event: Option<String>,
+    /// `[rules.outbrain] event`.
+    outbrain_event: Option<String>,
+    /// `[rules.taboola] event`.
+    taboola_event: Option<String>,
     on_delete: OnDelete,
     /// Set once a DELETE could not be matched to this rule's conversion (reported once per process).
     delete_unmatched: std::sync::atomic::AtomicBool,
@@ -190,6 +194,8 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            outbrain_event: rule.outbrain.event.clone(),
+            taboola_event: rule.taboola.event.clone(),
             on_delete: rule.on_delete,
             delete_unmatched: std::sync::atomic::AtomicBool::new(false),
             conversion_name: rule.microsoft.conversion_name.clone(),
@@ -746,6 +752,8 @@ impl Rules {
                 // The goal name travels where Google's conversion action does, so that dispatch
                 // hands it to adjustments the same way.
                 Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
+                Platform::Outbrain => payload.platform_event = rule.outbrain_event.clone(),
+                Platform::Taboola => payload.platform_event = rule.taboola_event.clone(),
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
@@ -848,7 +856,10 @@ impl Rules {
                             target.conversion_action.clone()
                         }
                         Platform::MicrosoftAds => target.conversion_name.clone(),
-                        Platform::Meta | Platform::Tiktok => None,
+                        Platform::Meta
+                        | Platform::Tiktok
+                        | Platform::Outbrain
+                        | Platform::Taboola => None,
                     },
                     consent: true,
                     ..Payload::default()
@@ -1216,6 +1227,8 @@ impl RowView<'_> {
                     MatchKey::Ttclid => &mut raw.ttclid,
                     MatchKey::Ttp => &mut raw.ttp,
                     MatchKey::Msclkid => &mut raw.msclkid,
+                    MatchKey::ObClickId => &mut raw.ob_click_id,
+                    MatchKey::TaboolaClickId => &mut raw.taboola_click_id,
                     MatchKey::LeadId => &mut raw.lead_id,
                 },
             };

@@ -14,6 +14,8 @@ pub mod google_auth;
 pub mod google_data_manager;
 pub mod meta;
 pub mod microsoft_ads;
+pub mod outbrain;
+pub mod taboola;
 pub mod tiktok;
 
 use crate::config::{DestinationConfig, DispatchConfig};
@@ -196,6 +198,8 @@ pub fn build(
         Platform::MicrosoftAds => {
             Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
         }
+        Platform::Outbrain => Box::new(outbrain::Outbrain::new(name, config, dispatch)?),
+        Platform::Taboola => Box::new(taboola::Taboola::new(name, config, dispatch)?),
     })
 }
 
