@@ -772,7 +772,7 @@ impl Rules {
                             "no match keys ({} not in the WAL and not read back: {why})",
                             unknown_here.join(", ")
                         ),
-                        _ => "no match keys".to_string(),
+                        _ => crate::identity::no_keys_reason(*platform).to_string(),
                     };
                     (State::Skipped, Some(reason))
                 } else {

@@ -8,7 +8,7 @@
 //! `orderValue` and `currency`. Outbrain publishes no batch endpoint, no error codes, no dedup rule,
 //! no rate limit and no event-age limit for it. Conservative choices, therefore:
 //!
-//! - one request per conversion, at most [`CONCURRENCY`] at a time; 2xx is accepted, 408/429/5xx are
+//! - one request per conversion, batches of [`MAX_BATCH`] rows sent at once; 2xx is accepted, 408/429/5xx are
 //!   retried (with `Retry-After` when given), any other answer fails that conversion alone with
 //!   Outbrain's words;
 //! - the event name is sent exactly as configured (Outbrain's conversion names are case-sensitive as
@@ -35,10 +35,13 @@ use std::time::Duration;
 
 /// Production host of Outbrain's conversion pixel.
 pub const DEFAULT_ENDPOINT: &str = "https://tr.outbrain.com";
-/// Rows claimed per dispatch batch (each is its own request).
-pub const MAX_BATCH: usize = 100;
+/// Rows claimed per dispatch batch, each its own request, all in flight at once. Small on purpose:
+/// dispatch records a batch's outcomes when the whole batch is done, and Outbrain documents no
+/// dedup, so a crash can count the already-answered rows of the batch in flight twice; ten bounds
+/// that to ten conversions per crash.
+pub const MAX_BATCH: usize = 10;
 /// Requests in flight at once per batch.
-pub const CONCURRENCY: usize = 8;
+pub const CONCURRENCY: usize = MAX_BATCH;
 
 /// An Outbrain marketer's S2S conversions.
 pub struct Outbrain {

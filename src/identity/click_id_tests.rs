@@ -84,3 +84,11 @@ fn malformed_outbrain_and_taboola_click_ids_are_left_out_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn a_row_without_their_click_id_is_skipped_for_no_click_id() {
+    assert_eq!(no_keys_reason(Platform::Outbrain), "no click id");
+    assert_eq!(no_keys_reason(Platform::Taboola), "no click id");
+    assert_eq!(no_keys_reason(Platform::Meta), "no match keys");
+    assert_eq!(no_keys_reason(Platform::MicrosoftAds), "no match keys");
+}

@@ -422,6 +422,28 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     }
 }
 
+/// Why a row with no match key for `platform` is skipped: "no click id" where the platform takes
+/// nothing but its click id (Outbrain, Taboola: no hashed identifiers), else "no match keys".
+pub fn no_keys_reason(platform: Platform) -> &'static str {
+    let click_ids_only = accepted_keys(platform).iter().all(|key| {
+        matches!(
+            key,
+            MatchKey::Gclid
+                | MatchKey::Gbraid
+                | MatchKey::Wbraid
+                | MatchKey::Ttclid
+                | MatchKey::Msclkid
+                | MatchKey::ObClickId
+                | MatchKey::TaboolaClickId
+        )
+    });
+    if click_ids_only {
+        "no click id"
+    } else {
+        "no match keys"
+    }
+}
+
 /// Normalized values, hashed where the platform requires, ready to store and send.
 pub type MatchKeys = BTreeMap<MatchKey, String>;
 

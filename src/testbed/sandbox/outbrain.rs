@@ -10,11 +10,12 @@
 //!
 //! So the sandbox is strict on what is known and stricter than anything published, as noted in its
 //! messages: `ob_click_id` and `name` must be present and non-empty, `ob_click_id` without whitespace;
-//! `orderValue` a decimal number, `currency` three uppercase letters; any other parameter is refused
-//! (catching, for example, Taboola's `orderid` sent to Outbrain). A valid postback answers 200 with an
-//! empty body, a bad one 400 with `{"error": …}` (the sandbox's shape). There is no dedup: every
-//! valid postback is counted, as Outbrain documents nothing else; `unique` counts distinct
-//! (click id, name, `orderId`) keys and `duplicate_sends` the repeats, so tests can see resends.
+//! `orderValue` a decimal number that is not negative, `currency` three uppercase letters; any other
+//! parameter is refused (catching, for example, Taboola's `orderid` sent to Outbrain). A valid
+//! postback answers 200 with an empty body, a bad one 400 with `{"error": …}` (the sandbox's shape).
+//! There is no dedup: every valid postback is counted, as Outbrain documents nothing else; `unique`
+//! counts distinct (click id, name, `orderId`) keys and `duplicate_sends` the repeats, so tests can
+//! see resends.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -143,6 +144,9 @@ fn conversion(query: &str) -> Result<OutbrainConversion, String> {
     let name = name.ok_or("name is required (the event-based conversion's name)")?;
     let order_value = match get("orderValue") {
         None => None,
+        Some(v) if v.starts_with('-') => {
+            return Err("orderValue must not be negative (sandbox)".into())
+        }
         Some(v) => Some(
             is_decimal_text(v)
                 .then(|| v.parse::<f64>().ok())

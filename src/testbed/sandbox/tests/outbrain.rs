@@ -44,6 +44,10 @@ async fn bad_postbacks_get_400_naming_the_parameter() {
             "orderValue",
         ),
         (
+            format!("ob_click_id={CLICK}&name=Purchase&orderValue=-5.00"),
+            "negative",
+        ),
+        (
             format!("ob_click_id={CLICK}&name=Purchase&currency=eur"),
             "currency",
         ),
@@ -62,7 +66,7 @@ async fn bad_postbacks_get_400_naming_the_parameter() {
         assert!(text.contains(word), "{word}: {text}");
     }
     let c = sandbox.records().outbrain.counters;
-    assert_eq!((c.accepted, c.rejected, c.rejected_requests), (0, 7, 7));
+    assert_eq!((c.accepted, c.rejected, c.rejected_requests), (0, 8, 8));
     sandbox.shutdown().await;
 }
 
