@@ -22,15 +22,17 @@
 //! no hashed identifiers. Refunds: Outbrain cannot retract; a refund of a sent conversion is `skipped`
 //! ("platform cannot retract"). `check` has nothing to verify: the postback takes no credential.
 
-use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, read_answer,
-    BatchAnswer, Destination, DestinationError, Outcome, SendFuture,
-};
-use crate::config::{DestinationConfig, DispatchConfig};
+use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
+use super::health::{unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, read_answer};
+use super::{batch_size, event_name, Destination, DestinationError, Outcome, SendFuture};
+use crate::config::{ApiConfig, DispatchConfig, OutbrainConfig};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// Production host of Outbrain's conversion pixel.
@@ -47,6 +49,8 @@ pub const CONCURRENCY: usize = MAX_BATCH;
 pub struct Outbrain {
     /// The config name.
     name: String,
+    /// The API base, for messages.
+    base: String,
     /// The postback URL, without a query.
     url: String,
     /// Rows per batch.
@@ -56,20 +60,21 @@ pub struct Outbrain {
 }
 
 impl Outbrain {
-    /// Builds the destination; it needs no key (the click id says whose conversion it is).
+    /// Builds the destination `name` at `api` (or Outbrain's); it needs no key of its own (the click
+    /// id says whose conversion it is).
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        _config: &OutbrainConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Outbrain, DestinationError> {
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Outbrain {
             name: name.to_string(),
-            url: format!(
-                "{}/unifiedPixel",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
-            max_batch: batch_size(config, MAX_BATCH),
-            http: super::http_client(name, dispatch)?,
+            url: format!("{base}/unifiedPixel"),
+            base,
+            max_batch: batch_size(api, MAX_BATCH),
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -154,28 +159,28 @@ pub fn classify(
 }
 
 impl Outbrain {
-    /// Sends one postback and turns the answer into the row's outcome.
-    async fn postback(&self, params: &[(&'static str, String)]) -> Outcome {
+    /// Sends the postback of `request` (its URL carries the query) and turns the answer into the
+    /// outcome of its one row.
+    async fn postback(&self, request: &Request) -> (usize, Outcome) {
         let started = std::time::Instant::now();
-        let response = self.http.get(&self.url).query(params).send().await;
+        let response = self.http.get(&request.url).send().await;
         let answer = read_answer("outbrain", response, classify).await;
-        super::observe_request(&self.name, started, &answer);
-        match answer {
-            BatchAnswer::Sent(platform_ref) => Outcome::Sent { platform_ref },
-            BatchAnswer::Retry { error, retry_after } => Outcome::Retry { error, retry_after },
-            BatchAnswer::Rejected(error) => Outcome::Failed { error },
-        }
+        observe_request(&self.name, started, &answer);
+        (request.rows[0], answer.outcome())
     }
 
-    /// Row `i`'s outcome: its postback's, or the one decided without sending.
-    async fn row_outcome(
-        &self,
-        i: usize,
-        params: Result<Vec<(&'static str, String)>, Outcome>,
-    ) -> (usize, Outcome) {
-        match params {
-            Ok(params) => (i, self.postback(&params).await),
-            Err(outcome) => (i, outcome),
+    /// The health check. The postback takes no credential and Outbrain has no call that answers
+    /// without recording something, so there is nothing to verify: only the host is reached (its
+    /// root, not the pixel, so that nothing is recorded).
+    async fn check(&self) -> Health {
+        match self.http.get(format!("{}/", self.base)).send().await {
+            Ok(r) => Health::pass(format!(
+                "host {} reachable (HTTP {}); nothing to verify: Outbrain's S2S postback takes no \
+                 credential, and no call checks the conversion names without recording one",
+                self.base,
+                r.status().as_u16()
+            )),
+            Err(e) => Health::fail(unreachable(&self.base, e)),
         }
     }
 }
@@ -195,33 +200,38 @@ impl Destination for Outbrain {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let rows: Vec<_> = batch
-                .iter()
-                .map(encode_postback)
-                .enumerate()
-                .map(|(i, params)| self.row_outcome(i, params))
-                .collect();
-            let outcomes: Vec<(usize, Outcome)> = stream::iter(rows)
+            let plan = self.plan(batch, Utc::now());
+            let postbacks: Vec<_> = plan.requests.iter().map(|r| self.postback(r)).collect();
+            let sent: Vec<(usize, Outcome)> = stream::iter(postbacks)
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
-            in_order(batch.len(), outcomes)
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let mut preview = super::Preview::default();
-        for (i, d) in batch.iter().enumerate() {
-            match encode_postback(d) {
-                Ok(params) => preview.requests.push(super::PlannedRequest {
-                    url: postback_url(&self.url, &params),
-                    rows: vec![i],
-                    body: serde_json::Value::Null,
-                }),
-                Err(outcome) => preview.not_sent.push((i, outcome)),
-            }
-        }
-        preview
+    /// One GET per row: the request's URL carries the query; its "body" (shown by `--dry-run`) lists
+    /// the same parameters under `query`, and nothing is posted.
+    fn plan(&self, batch: &[Delivery], _now: DateTime<Utc>) -> Plan {
+        let mut row = 0;
+        Plan::encode(
+            batch,
+            |d| {
+                row += 1;
+                let params = encode_postback(d)?;
+                let url = postback_url(&self.url, &params);
+                let query: Map<String, Value> = params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v)))
+                    .collect();
+                Ok(((row, url), Value::Object(query)))
+            },
+            |(_, url)| Request::new(url, "query"),
+        )
+    }
+
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move { vec![self.check().await] })
     }
 }
 

@@ -27,15 +27,18 @@
 //! retract"). No event-age limit is published (conversion windows are set per rule in Taboola Ads),
 //! so none is applied. `check` has nothing to verify: no credential exists.
 
+use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::health::{unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, read_answer};
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig};
+use crate::config::{ApiConfig, DispatchConfig, TaboolaConfig};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
@@ -53,6 +56,8 @@ pub const CURRENCIES: [&str; 19] = [
 pub struct Taboola {
     /// The config name.
     name: String,
+    /// The API base, for messages.
+    base: String,
     /// The bulk endpoint of the account.
     url: String,
     /// Actions per request.
@@ -62,18 +67,20 @@ pub struct Taboola {
 }
 
 impl Taboola {
-    /// Builds the destination; `account_id` (the numeric Taboola account id) is required.
+    /// Builds the destination `name` at `api` (or Taboola's) for the account of `config`.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &TaboolaConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Taboola, DestinationError> {
-        let account = required(name, "account_id", &config.account_id)?;
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Taboola {
             name: name.to_string(),
-            url: bulk_url(&base_url(&config.endpoint, DEFAULT_ENDPOINT), account),
-            max_batch: batch_size(config, MAX_ACTIONS),
-            http: super::http_client(name, dispatch)?,
+            url: bulk_url(&base, &config.account_id),
+            base,
+            max_batch: batch_size(api, MAX_ACTIONS),
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -120,39 +127,6 @@ pub fn encode_action(d: &Delivery) -> Result<Value, Outcome> {
     Ok(Value::Object(action))
 }
 
-/// A batch encoded for sending: each row's action (`Null` where none), the rows to send, and the
-/// outcomes of the rows decided without sending.
-pub struct Plan {
-    /// One action per row.
-    pub actions: Vec<Value>,
-    /// The rows that travel.
-    pub rows: Vec<usize>,
-    /// The rows decided here.
-    pub decided: Vec<(usize, Outcome)>,
-}
-
-/// Encodes `batch`.
-pub fn plan(batch: &[Delivery]) -> Plan {
-    let mut plan = Plan {
-        actions: Vec::with_capacity(batch.len()),
-        rows: Vec::with_capacity(batch.len()),
-        decided: Vec::new(),
-    };
-    for (i, d) in batch.iter().enumerate() {
-        match encode_action(d) {
-            Ok(action) => {
-                plan.actions.push(action);
-                plan.rows.push(i);
-            }
-            Err(outcome) => {
-                plan.actions.push(Value::Null);
-                plan.decided.push((i, outcome));
-            }
-        }
-    }
-    plan
-}
-
 // ---------------------------------------------------------------------------------------------
 // Answer
 // ---------------------------------------------------------------------------------------------
@@ -193,27 +167,35 @@ pub fn classify(
 // Client
 // ---------------------------------------------------------------------------------------------
 
-/// A bulk request body that borrows its actions.
-#[derive(serde::Serialize)]
-struct Body<'a> {
-    /// The actions sent.
-    actions: Picked<'a>,
-}
-
 impl Taboola {
-    /// Sends the actions at `indices` in one request.
-    async fn post(&self, actions: &[Value], indices: &[usize]) -> BatchAnswer {
+    /// Sends the actions at `rows` of `items` in one bulk request.
+    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
         let started = std::time::Instant::now();
-        let body = Body {
-            actions: Picked {
-                items: actions,
-                indices,
-            },
-        };
-        let response = self.http.post(&self.url).json(&body).send().await;
+        let response = self
+            .http
+            .post(&request.url)
+            .json(&request.body(items, rows))
+            .send()
+            .await;
         let answer = read_answer("taboola", response, classify).await;
-        super::observe_request(&self.name, started, &answer);
+        observe_request(&self.name, started, &answer);
         answer
+    }
+
+    /// The health check. Taboola's S2S endpoints take no credential, and none of them answers
+    /// without recording a conversion (or checks the account id or an event name), so there is
+    /// nothing to verify: the endpoint is only reached, with a GET the bulk endpoint does not serve.
+    async fn check(&self) -> Health {
+        match self.http.get(&self.url).send().await {
+            Ok(r) => Health::pass(format!(
+                "endpoint {} reachable (HTTP {}); nothing to verify: Taboola's S2S endpoints take \
+                 no credential, and no call checks the account id or the event names without \
+                 recording a conversion",
+                self.base,
+                r.status().as_u16()
+            )),
+            Err(e) => Health::fail(unreachable(&self.base, e)),
+        }
     }
 }
 
@@ -232,38 +214,27 @@ impl Destination for Taboola {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Plan {
-                actions,
-                rows,
-                mut decided,
-            } = plan(batch);
-            let actions = &actions;
-            decided
-                .extend(isolate(rows, |part| async move { self.post(actions, &part).await }).await);
-            in_order(batch.len(), decided)
+            let plan = self.plan(batch, Utc::now());
+            let items = &plan.items;
+            let sent = send_isolated(&plan, |request, part| async move {
+                self.post(request, items, &part).await
+            })
+            .await;
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let Plan {
-            actions,
-            rows,
-            decided,
-        } = plan(batch);
-        let requests = if rows.is_empty() {
-            Vec::new()
-        } else {
-            let picked: Vec<Value> = rows.iter().map(|&i| actions[i].clone()).collect();
-            vec![super::PlannedRequest {
-                url: self.url.clone(),
-                body: json!({ "actions": picked }),
-                rows,
-            }]
-        };
-        super::Preview {
-            requests,
-            not_sent: decided,
-        }
+    /// One bulk request for every row Taboola can use.
+    fn plan(&self, batch: &[Delivery], _now: DateTime<Utc>) -> Plan {
+        Plan::encode(
+            batch,
+            |d| encode_action(d).map(|action| ((), action)),
+            |()| Request::new(&self.url, "actions"),
+        )
+    }
+
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move { vec![self.check().await] })
     }
 }
 

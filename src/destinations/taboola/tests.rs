@@ -1,6 +1,7 @@
 //! Taboola encoder and answer tests (the requests against the sandbox are in tests/cases).
 
 use super::*;
+use crate::config::{ApiConfig, DispatchConfig, TaboolaConfig};
 use crate::destinations::test_support::purchase;
 use chrono::{TimeZone, Utc};
 use reqwest::StatusCode;
@@ -38,6 +39,20 @@ fn a_purchase_becomes_a_bulk_action_with_a_millisecond_timestamp() {
     assert_eq!(encode_action(&named).unwrap()["name"], "make_purchase");
 }
 
+/// A Taboola destination of account 1234567 at the production host.
+fn taboola() -> Taboola {
+    let config = TaboolaConfig {
+        account_id: "1234567".into(),
+    };
+    Taboola::new(
+        "tb",
+        &ApiConfig::default(),
+        &config,
+        &DispatchConfig::default(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn rows_taboola_cannot_use_are_decided_before_any_request() {
     let mut no_click = row(1);
@@ -52,9 +67,16 @@ fn rows_taboola_cannot_use_are_decided_before_any_request() {
     currency.currency = Some("CHF".into());
     let mut nameless = row(4);
     nameless.event_name = None;
-    let plan = plan(&[no_click, refund, currency, nameless, row(5)]);
-    assert_eq!(plan.rows, vec![4]);
-    let decided: Vec<(usize, Outcome)> = plan.decided;
+    let plan = taboola().plan(&[no_click, refund, currency, nameless, row(5)], Utc::now());
+    assert_eq!(plan.requests.len(), 1);
+    assert_eq!(plan.requests[0].rows, vec![4]);
+    let preview = plan.preview();
+    assert_eq!(
+        preview.requests[0].url,
+        "https://trc.taboola.com/1234567/log/3/bulk-s2s-action"
+    );
+    assert_eq!(preview.requests[0].body["actions"][0]["orderid"], "order-5");
+    let decided: Vec<(usize, Outcome)> = preview.not_sent;
     assert_eq!(decided[0], (0, Outcome::skipped("no click id")));
     assert_eq!(decided[1], (1, Outcome::skipped("platform cannot retract")));
     assert!(matches!(&decided[2], (2, Outcome::Failed { error }) if error.contains("CHF")));
