@@ -30,3 +30,31 @@ impl Settings for TaboolaConfig {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{DestinationConfig, PlatformConfig};
+    use crate::platform::Platform;
+
+    #[test]
+    fn a_taboola_destination_needs_its_numeric_account_id_and_outbrain_needs_nothing() {
+        let ok: DestinationConfig =
+            toml::from_str("platform = \"taboola\"\naccount_id = \"1234567\"").unwrap();
+        assert!(
+            matches!(&ok.settings, PlatformConfig::Taboola(t) if t.account_id == "1234567"),
+            "{ok:?}"
+        );
+        assert!(ok.secrets().is_empty());
+        let named =
+            toml::from_str::<DestinationConfig>("platform = \"taboola\"\naccount_id = \"acme-sc\"")
+                .unwrap_err()
+                .to_string();
+        assert!(named.contains("account_id: must be the numeric"), "{named}");
+        let missing = toml::from_str::<DestinationConfig>("platform = \"taboola\"")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("account_id: is required"), "{missing}");
+        let outbrain: DestinationConfig = toml::from_str("platform = \"outbrain\"").unwrap();
+        assert_eq!(outbrain.platform(), Platform::Outbrain);
+    }
+}
