@@ -16,13 +16,13 @@ mod validate;
 
 pub use destination::{
     ApiConfig, DestinationConfig, GoogleAdsConfig, GoogleAuthConfig, GoogleCredentials,
-    GoogleDataManagerConfig, GoogleRefunds, MetaConfig, MicrosoftAdsConfig, PlatformConfig,
-    TiktokConfig,
+    GoogleDataManagerConfig, GoogleRefunds, MetaConfig, MicrosoftAdsConfig, OutbrainConfig,
+    PlatformConfig, TaboolaConfig, TiktokConfig,
 };
 pub use env::expand;
 pub use rule::{
-    GoogleRuleConfig, MetaRuleConfig, MicrosoftRuleConfig, OnDelete, RuleConfig, Scalar, Template,
-    TemplatePart, TiktokRuleConfig, WhenValue, EXTRA_MATCH_NAMES,
+    EventNameRuleConfig, GoogleRuleConfig, MetaRuleConfig, MicrosoftRuleConfig, OnDelete,
+    RuleConfig, Scalar, Template, TemplatePart, TiktokRuleConfig, WhenValue, EXTRA_MATCH_NAMES,
 };
 pub use sections::{
     CaptureConfig, Defaults, DispatchConfig, MetricsConfig, RetentionConfig, SourceConfig,

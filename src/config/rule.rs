@@ -107,6 +107,12 @@ pub struct RuleConfig {
     /// Microsoft Advertising-specific settings.
     #[serde(default)]
     pub microsoft: MicrosoftRuleConfig,
+    /// Outbrain-specific settings.
+    #[serde(default)]
+    pub outbrain: EventNameRuleConfig,
+    /// Taboola-specific settings.
+    #[serde(default)]
+    pub taboola: EventNameRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -170,6 +176,15 @@ pub struct MicrosoftRuleConfig {
     /// The name of the offline conversion goal (`ConversionName`), exactly as in Microsoft Advertising.
     #[serde(default)]
     pub conversion_name: Option<String>,
+}
+
+/// `[rules.outbrain]`, `[rules.taboola]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventNameRuleConfig {
+    /// The event name exactly as defined in the platform (case-sensitive: Outbrain's event-based
+    /// conversion name, Taboola's conversion rule Event Name); defaults to the rule's `event`.
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 /// Match-key names accepted in `[rules.match]` besides [`crate::identity::MatchKey`] names: `fbclid` (builds `fbc`) and

@@ -47,6 +47,8 @@ pub mod health;
 pub mod http;
 pub mod meta;
 pub mod microsoft_ads;
+pub mod outbrain;
+pub mod taboola;
 pub mod tiktok;
 
 pub use batch::{Plan, PlannedRequest, Preview, Request};
@@ -214,6 +216,8 @@ pub fn build(
         PlatformConfig::MicrosoftAds(ms) => {
             Box::new(microsoft_ads::MicrosoftAds::new(name, api, ms, dispatch)?)
         }
+        PlatformConfig::Outbrain(ob) => Box::new(outbrain::Outbrain::new(name, api, ob, dispatch)?),
+        PlatformConfig::Taboola(tb) => Box::new(taboola::Taboola::new(name, api, tb, dispatch)?),
     })
 }
 

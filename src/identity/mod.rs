@@ -15,11 +15,21 @@
 //! | TikTok | email, phone, external_id | client_ip, user_agent, ttclid, ttp, lead_id |
 //! | Google Data Manager | email, phone, first/last name | zip, country (address), client_ip, user_agent, gclid, gbraid, wbraid |
 //! | Microsoft Advertising | email, phone | msclkid |
+//! | Outbrain | — | ob_click_id |
+//! | Taboola | — | taboola_click_id |
 //!
 //! Microsoft's `microsoft` profile: email trimmed and lowercased, phone E.164 with its `+`, then
 //! SHA-256 (`HashedEmailAddress`, `HashedPhoneNumber`). Microsoft publishes no finer rule
 //! (platforms-next.md §1.5, §8.2). The msclkid is stored as the bare 32-hex GUID: a `_uet` cookie
 //! prefix and a `-0`/`-1` session suffix are removed.
+//!
+//! Outbrain and Taboola take no hashed identifier at all: a conversion is matched by the click id
+//! their landing-page URL carried, sent as stored (so no normalization profile applies to them). The
+//! Outbrain click id (`ob_click_id`, from the `{{OutbrainClickId}}` macro) has no published format:
+//! trimmed, it must hold no whitespace. The Taboola click id (`taboola_click_id`, the `click-id` of
+//! the S2S API) is "a case-sensitive string of 66 characters or more" (Taboola's postback page, whose
+//! sample is URL-safe base64): pgcapi keeps it when it is 66–1,024 characters of `A–Z a–z 0–9 - _`,
+//! because Taboola's bulk endpoint drops an unparsable one silently.
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -105,6 +115,10 @@ pub struct RawIdentity {
     pub ttp: Option<String>,
     /// Microsoft click id.
     pub msclkid: Option<String>,
+    /// Outbrain click id.
+    pub ob_click_id: Option<String>,
+    /// Taboola click id.
+    pub taboola_click_id: Option<String>,
     /// Platform lead id (Meta lead ads, TikTok CRM).
     pub lead_id: Option<String>,
     /// When the ad was clicked; used as the `fbc` creation time when building it from `fbclid`.
@@ -136,6 +150,8 @@ impl RawIdentity {
             MatchKey::Ttclid => &self.ttclid,
             MatchKey::Ttp => &self.ttp,
             MatchKey::Msclkid => &self.msclkid,
+            MatchKey::ObClickId => &self.ob_click_id,
+            MatchKey::TaboolaClickId => &self.taboola_click_id,
             MatchKey::LeadId => &self.lead_id,
         };
         value.as_deref()
@@ -210,13 +226,17 @@ pub enum MatchKey {
     Ttp,
     /// Microsoft click id.
     Msclkid,
+    /// Outbrain click id.
+    ObClickId,
+    /// Taboola click id.
+    TaboolaClickId,
     /// Platform lead id.
     LeadId,
 }
 
 impl MatchKey {
     /// Every key, in declaration (and `Ord`) order.
-    pub const ALL: [MatchKey; 22] = [
+    pub const ALL: [MatchKey; 24] = [
         MatchKey::Email,
         MatchKey::Phone,
         MatchKey::FirstName,
@@ -238,6 +258,8 @@ impl MatchKey {
         MatchKey::Ttclid,
         MatchKey::Ttp,
         MatchKey::Msclkid,
+        MatchKey::ObClickId,
+        MatchKey::TaboolaClickId,
         MatchKey::LeadId,
     ];
 
@@ -265,6 +287,8 @@ impl MatchKey {
             MatchKey::Ttclid => "ttclid",
             MatchKey::Ttp => "ttp",
             MatchKey::Msclkid => "msclkid",
+            MatchKey::ObClickId => "ob_click_id",
+            MatchKey::TaboolaClickId => "taboola_click_id",
             MatchKey::LeadId => "lead_id",
         }
     }
@@ -379,6 +403,12 @@ const TIKTOK_KEYS: &[MatchKey] = &[
 /// conversions, the hashed email and phone (platforms-next.md §1.2).
 const MICROSOFT_ADS_KEYS: &[MatchKey] = &[MatchKey::Email, MatchKey::Phone, MatchKey::Msclkid];
 
+/// The one key an Outbrain postback takes: its click id (no hashed identifiers).
+const OUTBRAIN_KEYS: &[MatchKey] = &[MatchKey::ObClickId];
+
+/// The one key a Taboola S2S conversion takes: its click id (no hashed identifiers).
+const TABOOLA_KEYS: &[MatchKey] = &[MatchKey::TaboolaClickId];
+
 /// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
 pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     match platform {
@@ -387,6 +417,30 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
         Platform::GoogleDataManager => GOOGLE_DATA_MANAGER_KEYS,
         Platform::Tiktok => TIKTOK_KEYS,
         Platform::MicrosoftAds => MICROSOFT_ADS_KEYS,
+        Platform::Outbrain => OUTBRAIN_KEYS,
+        Platform::Taboola => TABOOLA_KEYS,
+    }
+}
+
+/// Why a row with no match key for `platform` is skipped: "no click id" where the platform takes
+/// nothing but its click id (Outbrain, Taboola: no hashed identifiers), else "no match keys".
+pub fn no_keys_reason(platform: Platform) -> &'static str {
+    let click_ids_only = accepted_keys(platform).iter().all(|key| {
+        matches!(
+            key,
+            MatchKey::Gclid
+                | MatchKey::Gbraid
+                | MatchKey::Wbraid
+                | MatchKey::Ttclid
+                | MatchKey::Msclkid
+                | MatchKey::ObClickId
+                | MatchKey::TaboolaClickId
+        )
+    });
+    if click_ids_only {
+        "no click id"
+    } else {
+        "no match keys"
     }
 }
 
@@ -602,6 +656,8 @@ pub fn normalize_key(
         MatchKey::ClientIp => click::client_ip_checked(raw),
         MatchKey::Fbc => click::fbc_checked(raw),
         MatchKey::Msclkid => click::msclkid_checked(raw),
+        MatchKey::ObClickId => click::ob_click_id_checked(raw),
+        MatchKey::TaboolaClickId => click::taboola_click_id_checked(raw),
         MatchKey::UserAgent
         | MatchKey::Fbp
         | MatchKey::Gclid
@@ -648,6 +704,8 @@ pub fn is_sha256_hex(value: &str) -> bool {
     value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+#[cfg(test)]
+mod click_id_tests;
 #[cfg(test)]
 mod tests;
 

@@ -325,7 +325,9 @@ pub(crate) fn platform_form(platform: Platform, e164: &str) -> &str {
         Platform::GoogleAds
         | Platform::GoogleDataManager
         | Platform::Tiktok
-        | Platform::MicrosoftAds => e164,
+        | Platform::MicrosoftAds
+        | Platform::Outbrain
+        | Platform::Taboola => e164,
     }
 }
 

@@ -8,6 +8,10 @@ use super::*;
 /// The platforms, for loops.
 const PLATFORMS: [Platform; 3] = [Platform::Meta, Platform::GoogleAds, Platform::Tiktok];
 
+/// A Taboola click id of the documented shape (Taboola's sample, 71 URL-safe characters).
+const TABOOLA_CLICK: &str =
+    "GiDxLZcEVjwEqkGfKQMQndUYMIeZXFHmZ0DrHIJhGS6kKiDzkGUos9GzkpqG-YHQATCwxlQ";
+
 /// A fixed event time: 2024-05-01T12:00:00Z.
 fn event_time() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
@@ -90,6 +94,8 @@ fn personal_data_is_hashed_except_google_address_parts() {
             MatchKey::Ttclid,
             MatchKey::Ttp,
             MatchKey::Msclkid,
+            MatchKey::ObClickId,
+            MatchKey::TaboolaClickId,
             MatchKey::LeadId,
         ] {
             assert!(!key.is_hashed(platform), "{key}");
@@ -152,6 +158,8 @@ fn full_row() -> RawIdentity {
         ttclid: Some("E.C.P.ttclidvalue".into()),
         ttp: Some("ttpcookievalue".into()),
         msclkid: Some("msclkidvalue123".into()),
+        ob_click_id: Some("00ab12cd34ef56ab78cd90ef12ab34cd56".into()),
+        taboola_click_id: Some(TABOOLA_CLICK.into()),
         lead_id: Some("123456789012345".into()),
         click_time: Some(Utc.with_ymd_and_hms(2024, 4, 30, 8, 0, 0).unwrap()),
     }

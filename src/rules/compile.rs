@@ -62,6 +62,10 @@ pub(super) struct Compiled {
     pub(super) meta_event: Option<String>,
     pub(super) conversion_action: Option<String>,
     pub(super) tiktok_event: Option<String>,
+    /// `[rules.outbrain] event`.
+    pub(super) outbrain_event: Option<String>,
+    /// `[rules.taboola] event`.
+    pub(super) taboola_event: Option<String>,
     pub(super) on_delete: OnDelete,
     /// Set once a DELETE could not be matched to this rule's conversion (reported once per process).
     pub(super) delete_unmatched: std::sync::atomic::AtomicBool,
@@ -127,6 +131,8 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            outbrain_event: rule.outbrain.event.clone(),
+            taboola_event: rule.taboola.event.clone(),
             on_delete: rule.on_delete,
             delete_unmatched: std::sync::atomic::AtomicBool::new(false),
             conversion_name: rule.microsoft.conversion_name.clone(),

@@ -155,7 +155,7 @@ impl Rules {
                 payload.keys = keys;
                 let unknown_here = unknown_keys(&unknown, *platform);
                 drops.total += (dropped.len() + unknown_here.len()) as u64;
-                keys_state(&payload, &unknown_here, row.unresolved)
+                keys_state(*platform, &payload, &unknown_here, row.unresolved)
             } else {
                 (State::Skipped, Some("no consent".to_string()))
             };
@@ -234,7 +234,10 @@ impl Rules {
                             target.conversion_action.clone()
                         }
                         Platform::MicrosoftAds => target.conversion_name.clone(),
-                        Platform::Meta | Platform::Tiktok => None,
+                        Platform::Meta
+                        | Platform::Tiktok
+                        | Platform::Outbrain
+                        | Platform::Taboola => None,
                     },
                     consent: true,
                     ..Payload::default()
@@ -313,6 +316,8 @@ fn platform_fields(
         // The goal name travels where Google's conversion action does, so that dispatch
         // hands it to adjustments the same way.
         Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
+        Platform::Outbrain => payload.platform_event = rule.outbrain_event.clone(),
+        Platform::Taboola => payload.platform_event = rule.taboola_event.clone(),
     }
     Ok(())
 }
@@ -329,6 +334,7 @@ fn unknown_keys(unknown: &[RawField], platform: Platform) -> Vec<&'static str> {
 
 /// A consented conversion is pending with match keys, skipped without (saying which were unknown).
 fn keys_state(
+    platform: Platform,
     payload: &Payload,
     unknown_here: &[&str],
     unresolved: Option<&str>,
@@ -341,7 +347,7 @@ fn keys_state(
             "no match keys ({} not in the WAL and not read back: {why})",
             unknown_here.join(", ")
         ),
-        _ => "no match keys".to_string(),
+        _ => crate::identity::no_keys_reason(platform).to_string(),
     };
     (State::Skipped, Some(reason))
 }

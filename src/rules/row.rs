@@ -370,6 +370,8 @@ impl RowView<'_> {
                     MatchKey::Ttclid => &mut raw.ttclid,
                     MatchKey::Ttp => &mut raw.ttp,
                     MatchKey::Msclkid => &mut raw.msclkid,
+                    MatchKey::ObClickId => &mut raw.ob_click_id,
+                    MatchKey::TaboolaClickId => &mut raw.taboola_click_id,
                     MatchKey::LeadId => &mut raw.lead_id,
                 },
             };

@@ -239,6 +239,18 @@ fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
             .iter()
             .map(|c| format!("{}@{}", c.conversion_name, c.conversion_time))
             .collect(),
+        Platform::Outbrain => records
+            .outbrain
+            .conversions
+            .iter()
+            .filter_map(|c| c.order_id.clone())
+            .collect(),
+        Platform::Taboola => records
+            .taboola
+            .conversions
+            .iter()
+            .filter_map(|c| c.orderid.clone())
+            .collect(),
     }
 }
 

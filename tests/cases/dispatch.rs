@@ -160,6 +160,8 @@ fn destination(
             "platform = \"microsoft_ads\"\ncustomer_id = \"1234567\"\naccount_id = \"7654321\"\n\
              developer_token = \"dev\"\nclient_id = \"c\"\nrefresh_token = \"r\""
         }
+        Platform::Outbrain => "platform = \"outbrain\"",
+        Platform::Taboola => "platform = \"taboola\"\naccount_id = \"1234567\"",
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

@@ -19,6 +19,7 @@ mod microsoft_ads;
 mod observe;
 mod operate;
 mod outbox;
+mod outbrain_taboola;
 mod recover;
 mod source;
 mod toast;

@@ -82,7 +82,13 @@ pub fn contract_env(database_url: &str, endpoint: &str) -> Vec<(String, String)>
     ] {
         env.push((name.to_string(), value.to_string()));
     }
-    for name in ["META_ENDPOINT", "GOOGLE_ADS_ENDPOINT", "TIKTOK_ENDPOINT"] {
+    for name in [
+        "META_ENDPOINT",
+        "GOOGLE_ADS_ENDPOINT",
+        "TIKTOK_ENDPOINT",
+        "OUTBRAIN_ENDPOINT",
+        "TABOOLA_ENDPOINT",
+    ] {
         env.push((name.to_string(), endpoint.to_string()));
     }
     env.push((
@@ -190,12 +196,18 @@ pub struct Shop {
 impl Shop {
     /// Starts it all for `toml` (the contract config, perhaps with sections appended).
     pub async fn start(toml: &str) -> Shop {
+        Shop::start_after(toml, "").await
+    }
+
+    /// [`Shop::start`], running `sql` on the shop schema before the set-up (extra columns, ...).
+    pub async fn start_after(toml: &str, sql: &str) -> Shop {
         let sandbox = pgcapi::testbed::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let db = TestDb::start().await;
         let client = db.connect().await;
         client.batch_execute(SHOP_SQL).await.unwrap();
+        client.batch_execute(sql).await.unwrap();
         let env = contract_env(&db.url(), &sandbox.base_url());
         let config = config_from(toml, &env);
         pgcapi::ops::setup::setup(&config, pgcapi::ops::setup::SetupOptions::default())
@@ -227,5 +239,7 @@ pub fn sandbox_api(platform: pgcapi::platform::Platform) -> pgcapi::testbed::san
         P::Tiktok => S::Tiktok,
         P::GoogleDataManager => S::GoogleDataManager,
         P::MicrosoftAds => S::MicrosoftAds,
+        P::Outbrain => S::Outbrain,
+        P::Taboola => S::Taboola,
     }
 }

@@ -14,6 +14,8 @@ mod google_auth;
 mod google_data_manager;
 mod meta;
 mod microsoft_ads;
+mod outbrain;
+mod taboola;
 mod tiktok;
 
 pub use google_ads::GoogleAdsConfig;
@@ -21,6 +23,8 @@ pub use google_auth::{GoogleAuthConfig, GoogleCredentials};
 pub use google_data_manager::{GoogleDataManagerConfig, GoogleRefunds};
 pub use meta::MetaConfig;
 pub use microsoft_ads::MicrosoftAdsConfig;
+pub use outbrain::OutbrainConfig;
+pub use taboola::TaboolaConfig;
 pub use tiktok::TiktokConfig;
 
 use super::raw::LeftOut;
@@ -66,6 +70,10 @@ pub enum PlatformConfig {
     GoogleDataManager(GoogleDataManagerConfig),
     /// `platform = "microsoft_ads"`.
     MicrosoftAds(MicrosoftAdsConfig),
+    /// `platform = "outbrain"`.
+    Outbrain(OutbrainConfig),
+    /// `platform = "taboola"`.
+    Taboola(TaboolaConfig),
 }
 
 /// What each platform's settings struct provides to the reader and to `pgcapi check`.
@@ -85,6 +93,8 @@ impl PlatformConfig {
             PlatformConfig::Tiktok(_) => Platform::Tiktok,
             PlatformConfig::GoogleDataManager(_) => Platform::GoogleDataManager,
             PlatformConfig::MicrosoftAds(_) => Platform::MicrosoftAds,
+            PlatformConfig::Outbrain(_) => Platform::Outbrain,
+            PlatformConfig::Taboola(_) => Platform::Taboola,
         }
     }
 
@@ -97,6 +107,8 @@ impl PlatformConfig {
                 PlatformConfig::GoogleDataManager(Settings::read(reader)?)
             }
             Platform::MicrosoftAds => PlatformConfig::MicrosoftAds(Settings::read(reader)?),
+            Platform::Outbrain => PlatformConfig::Outbrain(Settings::read(reader)?),
+            Platform::Taboola => PlatformConfig::Taboola(Settings::read(reader)?),
         })
     }
 
@@ -107,6 +119,8 @@ impl PlatformConfig {
             PlatformConfig::Tiktok(c) => c.secrets(),
             PlatformConfig::GoogleDataManager(c) => c.secrets(),
             PlatformConfig::MicrosoftAds(c) => c.secrets(),
+            PlatformConfig::Outbrain(c) => c.secrets(),
+            PlatformConfig::Taboola(c) => c.secrets(),
         }
     }
 }

@@ -241,6 +241,10 @@ fn server_error(platform: Platform) -> Response {
         Platform::Tiktok => json!({
             "code": 50000, "message": "System error", "request_id": random_id(32), "data": {},
         }),
+        // Neither publishes an error body; the sandbox's own shape.
+        Platform::Outbrain | Platform::Taboola => {
+            json!({"error": "internal server error (sandbox)"})
+        }
         Platform::MicrosoftAds => json!({
             "TrackingId": random_id(32),
             "Type": "ApiFaultDetail",
@@ -270,6 +274,7 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
             "request_id": random_id(32), "data": {},
         }),
         Platform::MicrosoftAds => crate::testbed::sandbox::microsoft_ads::call_rate_exceeded(),
+        Platform::Outbrain | Platform::Taboola => json!({"error": "too many requests (sandbox)"}),
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response

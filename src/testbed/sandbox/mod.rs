@@ -11,6 +11,8 @@
 //! | TikTok | `POST /open_api/v1.3/event/track/` |
 //! | Google Data Manager | `POST /v1/events:ingest`, `GET /v1/requestStatus:retrieve` (same `/token`, which also takes the JWT bearer grant of service accounts) |
 //! | Microsoft Advertising | `POST /{tenant}/oauth2/v2.0/token`, `POST /CampaignManagement/v13/OfflineConversions/Apply`, `…/OfflineConversionAdjustments/Apply`, `…/ConversionGoals/QueryByIds` (see `microsoft_ads.rs`) |
+//! | Outbrain | `GET /unifiedPixel?ob_click_id=…&name=…` (see `outbrain.rs`) |
+//! | Taboola | `GET /actions-handler/log/3/s2s-action?click-id=…&name=…`, `POST /{account_id}/log/3/bulk-s2s-action` (see `taboola.rs`) |
 //!
 //! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
 //! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
@@ -37,8 +39,10 @@ mod google_ads;
 mod google_data_manager;
 mod meta;
 mod microsoft_ads;
+mod outbrain;
 mod platform;
 mod records;
+mod taboola;
 mod tiktok;
 
 #[cfg(test)]
@@ -65,11 +69,13 @@ use tokio::task::JoinHandle;
 
 pub use faults::Faults;
 pub use microsoft_ads::{MicrosoftAdsRecords, MsAdjustment, MsConversion};
+pub use outbrain::{OutbrainConversion, OutbrainRecords};
 pub use platform::Platform;
 pub use records::{
     AcceptedAdjustment, AcceptedConversion, AcceptedEvent, Counters, DataManagerConversion,
     DataManagerEvent, DataManagerRecords, EventRecords, GoogleAdsRecords, Records, Stats,
 };
+pub use taboola::{TaboolaConversion, TaboolaRecords, TaboolaRejection};
 
 use faults::{ConnControl, KillableListener};
 use records::EventMemory;
@@ -311,6 +317,10 @@ pub(crate) struct SandboxState {
     pub(crate) microsoft: microsoft_ads::Ledger,
     /// Microsoft tokens issued by its token endpoint.
     pub(crate) microsoft_tokens: microsoft_ads::Tokens,
+    /// Outbrain keys received.
+    pub(crate) outbrain: outbrain::Ledger,
+    /// Taboola dedup memory.
+    pub(crate) taboola: taboola::Ledger,
 }
 
 impl Shared {
@@ -365,6 +375,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(google_data_manager::routes())
         .merge(tiktok::routes())
         .merge(microsoft_ads::routes())
+        .merge(outbrain::routes())
+        .merge(taboola::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))
         .route("/_sandbox/stats", get(get_stats))
@@ -486,6 +498,17 @@ pub(crate) fn as_unix_seconds(value: &serde_json::Value) -> Option<i64> {
         }
         _ => None,
     }
+}
+
+/// True for `10`, `9.99`, `-1.5`: digits with at most one point, no exponent, no `+` (the plain
+/// decimal of a query-string parameter).
+pub(crate) fn is_decimal_text(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, "0"));
+    !whole.is_empty()
+        && !frac.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Reads a JSON value as a number (a JSON number or a numeric string).

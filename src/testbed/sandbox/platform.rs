@@ -14,15 +14,21 @@ pub enum Platform {
     GoogleDataManager,
     /// Microsoft Advertising Campaign Management (offline conversions).
     MicrosoftAds,
+    /// Outbrain S2S conversion postbacks (`GET /unifiedPixel`).
+    Outbrain,
+    /// Taboola S2S conversions (postback URL and bulk endpoint).
+    Taboola,
 }
 
 impl Platform {
     /// Every emulated platform.
-    pub const ALL: [Platform; 5] = [
+    pub const ALL: [Platform; 7] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
         Platform::GoogleDataManager,
         Platform::MicrosoftAds,
+        Platform::Outbrain,
+        Platform::Taboola,
     ];
 }

@@ -23,6 +23,12 @@ pub struct Records {
     /// Microsoft Advertising offline conversions and adjustments.
     #[serde(default)]
     pub microsoft_ads: crate::testbed::sandbox::microsoft_ads::MicrosoftAdsRecords,
+    /// Outbrain S2S postbacks.
+    #[serde(default)]
+    pub outbrain: crate::testbed::sandbox::OutbrainRecords,
+    /// Taboola S2S conversions.
+    #[serde(default)]
+    pub taboola: crate::testbed::sandbox::TaboolaRecords,
 }
 
 impl Records {
@@ -34,6 +40,8 @@ impl Records {
             Platform::Tiktok => &self.tiktok.counters,
             Platform::GoogleDataManager => &self.google_data_manager.counters,
             Platform::MicrosoftAds => &self.microsoft_ads.counters,
+            Platform::Outbrain => &self.outbrain.counters,
+            Platform::Taboola => &self.taboola.counters,
         }
     }
 
@@ -45,6 +53,8 @@ impl Records {
             Platform::Tiktok => &mut self.tiktok.counters,
             Platform::GoogleDataManager => &mut self.google_data_manager.counters,
             Platform::MicrosoftAds => &mut self.microsoft_ads.counters,
+            Platform::Outbrain => &mut self.outbrain.counters,
+            Platform::Taboola => &mut self.taboola.counters,
         }
     }
 }
@@ -101,6 +111,12 @@ pub struct Stats {
     /// Microsoft Advertising conversions and adjustments together.
     #[serde(default)]
     pub microsoft_ads: Counters,
+    /// Outbrain postbacks.
+    #[serde(default)]
+    pub outbrain: Counters,
+    /// Taboola postbacks and bulk actions together.
+    #[serde(default)]
+    pub taboola: Counters,
 }
 
 impl Stats {
@@ -112,6 +128,8 @@ impl Stats {
             tiktok: records.tiktok.counters,
             google_data_manager: records.google_data_manager.counters,
             microsoft_ads: records.microsoft_ads.counters,
+            outbrain: records.outbrain.counters,
+            taboola: records.taboola.counters,
         }
     }
 
@@ -123,6 +141,8 @@ impl Stats {
             Platform::Tiktok => &self.tiktok,
             Platform::GoogleDataManager => &self.google_data_manager,
             Platform::MicrosoftAds => &self.microsoft_ads,
+            Platform::Outbrain => &self.outbrain,
+            Platform::Taboola => &self.taboola,
         }
     }
 }

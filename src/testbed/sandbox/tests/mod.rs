@@ -4,6 +4,8 @@ mod admin;
 mod google_ads;
 mod google_data_manager;
 mod meta;
+mod outbrain;
+mod taboola;
 mod tiktok;
 
 use std::net::SocketAddr;
