@@ -232,6 +232,8 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
             Platform::MicrosoftAds => {
                 crate::destinations::microsoft_ads::check(config, name, dest).await
             }
+            Platform::Linkedin => crate::destinations::linkedin::check(name, dest).await,
+            Platform::Reddit => crate::destinations::reddit::check(name, dest).await,
         };
         list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
     }

@@ -366,9 +366,12 @@ pub struct DestinationConfig {
     /// API version path segment (`v21.0`, `v21`, ...); each platform has a default.
     #[serde(default)]
     pub api_version: Option<String>,
-    /// Meta pixel / dataset id.
+    /// Meta pixel / dataset id; Reddit pixel id.
     #[serde(default)]
     pub pixel_id: Option<String>,
+    /// LinkedIn ad account id (digits), read by `pgcapi check` to verify the token.
+    #[serde(default)]
+    pub ad_account_id: Option<String>,
     /// Meta and TikTok access token.
     #[serde(default)]
     pub access_token: Option<Secret>,
@@ -462,6 +465,8 @@ impl DestinationConfig {
                 "client_id",
                 "refresh_token",
             ],
+            Platform::Linkedin => &["access_token"],
+            Platform::Reddit => &["pixel_id", "access_token"],
         }
     }
 
@@ -615,6 +620,12 @@ pub struct RuleConfig {
     /// Microsoft Advertising-specific settings.
     #[serde(default)]
     pub microsoft: MicrosoftRuleConfig,
+    /// LinkedIn-specific settings.
+    #[serde(default)]
+    pub linkedin: LinkedinRuleConfig,
+    /// Reddit-specific settings.
+    #[serde(default)]
+    pub reddit: RedditRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -678,6 +689,24 @@ pub struct MicrosoftRuleConfig {
     /// The name of the offline conversion goal (`ConversionName`), exactly as in Microsoft Advertising.
     #[serde(default)]
     pub conversion_name: Option<String>,
+}
+
+/// `[rules.linkedin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LinkedinRuleConfig {
+    /// The conversion rule the rule's events count for: its id (`104012`) or URN
+    /// (`urn:lla:llaPartnerConversion:104012`). LinkedIn needs one per event.
+    #[serde(default)]
+    pub conversion_rule: Option<String>,
+}
+
+/// `[rules.reddit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RedditRuleConfig {
+    /// The Reddit event type (`PURCHASE`, `LEAD`, `SIGN_UP`, …) or a custom event name; by default
+    /// the rule's event is mapped (`Purchase` → `PURCHASE`, anything unknown → a custom event).
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 /// Match-key names accepted in `[rules.match]` besides [`MatchKey`] names: `fbclid` (builds `fbc`) and
@@ -957,6 +986,22 @@ impl Config {
                             format!(
                                 "is required to send to Microsoft Advertising destination {dest:?} \
                                  (the offline conversion goal's name)"
+                            ),
+                        )
+                    }
+                    Some(d)
+                        if d.platform == Platform::Linkedin
+                            && rule
+                                .linkedin
+                                .conversion_rule
+                                .as_deref()
+                                .is_none_or(|r| r.trim().is_empty()) =>
+                    {
+                        push(
+                            at("linkedin.conversion_rule"),
+                            format!(
+                                "is required to send to LinkedIn destination {dest:?} (the \
+                                 conversion rule's id or urn:lla:llaPartnerConversion URN)"
                             ),
                         )
                     }
@@ -1466,6 +1511,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "refresh_token",
         "token_endpoint",
     ];
+    const LINKEDIN: &[&str] = &["access_token", "ad_account_id"];
+    const REDDIT: &[&str] = &["pixel_id", "access_token", "test_event_code"];
     const RULE: &[&str] = &[
         "name",
         "table",
@@ -1527,6 +1574,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::Tiktok) => TIKTOK,
                 Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
                 Some(Platform::MicrosoftAds) => MICROSOFT,
+                Some(Platform::Linkedin) => LINKEDIN,
+                Some(Platform::Reddit) => REDDIT,
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
@@ -1564,6 +1613,18 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 rule.get("microsoft"),
                 &format!("{path}.microsoft"),
                 &["conversion_name"],
+                &mut unknown,
+            );
+            check(
+                rule.get("linkedin"),
+                &format!("{path}.linkedin"),
+                &["conversion_rule"],
+                &mut unknown,
+            );
+            check(
+                rule.get("reddit"),
+                &format!("{path}.reddit"),
+                &["event"],
                 &mut unknown,
             );
         }

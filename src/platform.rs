@@ -18,16 +18,22 @@ pub enum Platform {
     GoogleDataManager,
     /// Microsoft Advertising offline conversions (Campaign Management REST).
     MicrosoftAds,
+    /// LinkedIn Conversions API (`/rest/conversionEvents`).
+    Linkedin,
+    /// Reddit Conversions API v3 (`/api/v3/pixels/{pixel_id}/conversion_events`).
+    Reddit,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 5] = [
+    pub const ALL: [Platform; 7] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
         Platform::GoogleDataManager,
         Platform::MicrosoftAds,
+        Platform::Linkedin,
+        Platform::Reddit,
     ];
 
     /// The stable name used in config, logs, metrics and the control table.
@@ -38,16 +44,19 @@ impl Platform {
             Platform::Tiktok => "tiktok",
             Platform::GoogleDataManager => "google_data_manager",
             Platform::MicrosoftAds => "microsoft_ads",
+            Platform::Linkedin => "linkedin",
+            Platform::Reddit => "reddit",
         }
     }
 
-    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`).
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`, `linkedin`, …).
     pub fn from_name(name: &str) -> Option<Platform> {
         Platform::ALL.into_iter().find(|p| p.as_str() == name)
     }
 
     /// Whether the platform can retract a conversion it has already accepted (Data Manager through
-    /// its `refunds` setting: a Google Ads API retraction, a restatement to zero, or a skip).
+    /// its `refunds` setting: a Google Ads API retraction, a restatement to zero, or a skip). Meta,
+    /// TikTok, LinkedIn and Reddit document no way to (platforms-next.md §8.3).
     pub fn can_retract(self) -> bool {
         matches!(
             self,

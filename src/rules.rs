@@ -134,6 +134,10 @@ struct Compiled {
     delete_unmatched: std::sync::atomic::AtomicBool,
     /// Microsoft Advertising offline conversion goal name.
     conversion_name: Option<String>,
+    /// LinkedIn conversion rule (id or URN).
+    linkedin_rule: Option<String>,
+    /// Reddit event type or custom event name.
+    reddit_event: Option<String>,
 }
 
 impl Compiled {
@@ -193,6 +197,8 @@ impl Compiled {
             on_delete: rule.on_delete,
             delete_unmatched: std::sync::atomic::AtomicBool::new(false),
             conversion_name: rule.microsoft.conversion_name.clone(),
+            linkedin_rule: rule.linkedin.conversion_rule.clone(),
+            reddit_event: rule.reddit.event.clone(),
         }
     }
 
@@ -746,6 +752,9 @@ impl Rules {
                 // The goal name travels where Google's conversion action does, so that dispatch
                 // hands it to adjustments the same way.
                 Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
+                // LinkedIn's conversion rule travels in the same slot.
+                Platform::Linkedin => payload.conversion_action = rule.linkedin_rule.clone(),
+                Platform::Reddit => payload.platform_event = rule.reddit_event.clone(),
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
@@ -848,7 +857,8 @@ impl Rules {
                             target.conversion_action.clone()
                         }
                         Platform::MicrosoftAds => target.conversion_name.clone(),
-                        Platform::Meta | Platform::Tiktok => None,
+                        Platform::Linkedin => target.linkedin_rule.clone(),
+                        Platform::Meta | Platform::Tiktok | Platform::Reddit => None,
                     },
                     consent: true,
                     ..Payload::default()
@@ -1216,6 +1226,8 @@ impl RowView<'_> {
                     MatchKey::Ttclid => &mut raw.ttclid,
                     MatchKey::Ttp => &mut raw.ttp,
                     MatchKey::Msclkid => &mut raw.msclkid,
+                    MatchKey::LiFatId => &mut raw.li_fat_id,
+                    MatchKey::RdtCid => &mut raw.rdt_cid,
                     MatchKey::LeadId => &mut raw.lead_id,
                 },
             };

@@ -7,13 +7,16 @@
 //!
 //! Platforms differ in how a batch fails (platforms.md §8 item 9): Meta and TikTok reject a whole request
 //! for one bad event, so their modules bisect rejected batches ([`isolate`]) until the bad events stand
-//! alone; Google Ads and Microsoft Advertising answer per row by index.
+//! alone; Google Ads and Microsoft Advertising answer per row by index, LinkedIn per element in order;
+//! Reddit rejects a whole request for one bad event, so it is bisected too.
 
 pub mod google_ads;
 pub mod google_auth;
 pub mod google_data_manager;
+pub mod linkedin;
 pub mod meta;
 pub mod microsoft_ads;
+pub mod reddit;
 pub mod tiktok;
 
 use crate::config::{DestinationConfig, DispatchConfig};
@@ -196,6 +199,8 @@ pub fn build(
         Platform::MicrosoftAds => {
             Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
         }
+        Platform::Linkedin => Box::new(linkedin::Linkedin::new(name, config, dispatch)?),
+        Platform::Reddit => Box::new(reddit::Reddit::new(name, config, dispatch)?),
     })
 }
 
@@ -267,6 +272,42 @@ impl serde::Serialize for Picked<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.indices.iter().map(|&i| &self.items[i]))
     }
+}
+
+/// A batch encoded for one request: each row's item (`Null` where none), the rows to send, and the
+/// outcomes of the rows decided without sending (too old, cannot retract, no match key, ...).
+pub(crate) struct Encoded {
+    /// One item per row of the batch.
+    pub events: Vec<serde_json::Value>,
+    /// The rows to send, in order.
+    pub rows: Vec<usize>,
+    /// The rows not sent, with their outcome.
+    pub outcomes: Vec<(usize, Outcome)>,
+}
+
+/// Encodes every row of `batch` with `encode`.
+pub(crate) fn encode_all(
+    batch: &[Delivery],
+    encode: impl Fn(&Delivery) -> Result<serde_json::Value, Outcome>,
+) -> Encoded {
+    let mut encoded = Encoded {
+        events: Vec::with_capacity(batch.len()),
+        rows: Vec::new(),
+        outcomes: Vec::new(),
+    };
+    for (i, d) in batch.iter().enumerate() {
+        match encode(d) {
+            Ok(event) => {
+                encoded.events.push(event);
+                encoded.rows.push(i);
+            }
+            Err(outcome) => {
+                encoded.events.push(serde_json::Value::Null);
+                encoded.outcomes.push((i, outcome));
+            }
+        }
+    }
+    encoded
 }
 
 /// The batch size: the configured `batch_max_events`, capped by the platform's limit, at least 1.
@@ -408,6 +449,15 @@ pub(crate) async fn read_answer(
     }
 }
 
+/// A retry held back for an operator (credentials, permissions, a switched-off API version): hammering
+/// the platform helps nobody, but the rows stay pending so that fixing the config loses nothing.
+pub(crate) fn operator_retry(error: String, retry_after: Option<Duration>) -> BatchAnswer {
+    BatchAnswer::Retry {
+        error,
+        retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
+    }
+}
+
 /// Parses a `Retry-After` header: delay seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers
@@ -521,6 +571,7 @@ pub(crate) mod test_support {
             endpoint: None,
             api_version: None,
             pixel_id: None,
+            ad_account_id: None,
             access_token: None,
             test_event_code: None,
             pixel_code: None,

@@ -97,11 +97,13 @@ pub(crate) fn city_checked(platform: Platform, raw: &str) -> Result<String, Reas
     let cleaned = clean(raw).ok_or(EMPTY)?;
     match platform {
         Platform::GoogleAds | Platform::GoogleDataManager => lower_words(&cleaned),
-        Platform::Meta | Platform::Tiktok | Platform::MicrosoftAds => {
-            retain(&lower(&cleaned), |c| {
-                !is_separator_like(c) && !c.is_numeric()
-            })
-        }
+        Platform::Meta
+        | Platform::Tiktok
+        | Platform::MicrosoftAds
+        | Platform::Linkedin
+        | Platform::Reddit => retain(&lower(&cleaned), |c| {
+            !is_separator_like(c) && !c.is_numeric()
+        }),
     }
 }
 
@@ -116,12 +118,14 @@ pub(crate) fn state_checked(platform: Platform, raw: &str) -> Result<String, Rea
     let cleaned = clean(raw).ok_or(EMPTY)?;
     match platform {
         Platform::GoogleAds | Platform::GoogleDataManager => lower_words(&cleaned),
-        Platform::Meta | Platform::Tiktok | Platform::MicrosoftAds => {
-            match STATE_BY_NAME.get(&fold(&cleaned)) {
-                Some(code) => Ok((*code).to_owned()),
-                None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
-            }
-        }
+        Platform::Meta
+        | Platform::Tiktok
+        | Platform::MicrosoftAds
+        | Platform::Linkedin
+        | Platform::Reddit => match STATE_BY_NAME.get(&fold(&cleaned)) {
+            Some(code) => Ok((*code).to_owned()),
+            None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
+        },
     }
 }
 

@@ -15,11 +15,25 @@
 //! | TikTok | email, phone, external_id | client_ip, user_agent, ttclid, ttp, lead_id |
 //! | Google Data Manager | email, phone, first/last name | zip, country (address), client_ip, user_agent, gclid, gbraid, wbraid |
 //! | Microsoft Advertising | email, phone | msclkid |
+//! | LinkedIn | email | first/last name (`userInfo`, both or neither), li_fat_id |
+//! | Reddit | email, phone, external_id | client_ip, user_agent, rdt_cid |
 //!
 //! Microsoft's `microsoft` profile: email trimmed and lowercased, phone E.164 with its `+`, then
 //! SHA-256 (`HashedEmailAddress`, `HashedPhoneNumber`). Microsoft publishes no finer rule
 //! (platforms-next.md §1.5, §8.2). The msclkid is stored as the bare 32-hex GUID: a `_uet` cookie
 //! prefix and a `-0`/`-1` session suffix are removed.
+//!
+//! LinkedIn's profile (platforms-next.md §4, §8.2): email trimmed and lowercased, then SHA-256
+//! (`SHA256_EMAIL`); no phone key. Names go in `userInfo` in clear — LinkedIn takes no hashed names —
+//! cleaned (NFC, trimmed) but otherwise as written, and only as a pair: the destination sends both or
+//! neither (a lone name is a 422 since version 202607). The `li_fat_id` (first-party ads tracking
+//! UUID) is sent as stored.
+//!
+//! Reddit's profile (§5, §8.2): email lowercased, then for **every** domain the local part loses
+//! everything from its first `+` and every `.` (`John.Doe+promo@Example.com` → `johndoe@example.com`);
+//! phone E.164 **with** `+`; external id as for every platform; all three SHA-256. Reddit also takes
+//! IP and user agent hashed, but normalization.md keeps them as stored for every platform, which
+//! Reddit accepts. The `rdt_cid` click id is sent as stored.
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -105,6 +119,10 @@ pub struct RawIdentity {
     pub ttp: Option<String>,
     /// Microsoft click id.
     pub msclkid: Option<String>,
+    /// LinkedIn first-party ads tracking UUID (`li_fat_id` URL parameter / cookie).
+    pub li_fat_id: Option<String>,
+    /// Reddit click id (`rdt_cid` URL parameter).
+    pub rdt_cid: Option<String>,
     /// Platform lead id (Meta lead ads, TikTok CRM).
     pub lead_id: Option<String>,
     /// When the ad was clicked; used as the `fbc` creation time when building it from `fbclid`.
@@ -136,6 +154,8 @@ impl RawIdentity {
             MatchKey::Ttclid => &self.ttclid,
             MatchKey::Ttp => &self.ttp,
             MatchKey::Msclkid => &self.msclkid,
+            MatchKey::LiFatId => &self.li_fat_id,
+            MatchKey::RdtCid => &self.rdt_cid,
             MatchKey::LeadId => &self.lead_id,
         };
         value.as_deref()
@@ -210,13 +230,17 @@ pub enum MatchKey {
     Ttp,
     /// Microsoft click id.
     Msclkid,
+    /// LinkedIn first-party ads tracking UUID.
+    LiFatId,
+    /// Reddit click id.
+    RdtCid,
     /// Platform lead id.
     LeadId,
 }
 
 impl MatchKey {
     /// Every key, in declaration (and `Ord`) order.
-    pub const ALL: [MatchKey; 22] = [
+    pub const ALL: [MatchKey; 24] = [
         MatchKey::Email,
         MatchKey::Phone,
         MatchKey::FirstName,
@@ -238,6 +262,8 @@ impl MatchKey {
         MatchKey::Ttclid,
         MatchKey::Ttp,
         MatchKey::Msclkid,
+        MatchKey::LiFatId,
+        MatchKey::RdtCid,
         MatchKey::LeadId,
     ];
 
@@ -265,6 +291,8 @@ impl MatchKey {
             MatchKey::Ttclid => "ttclid",
             MatchKey::Ttp => "ttp",
             MatchKey::Msclkid => "msclkid",
+            MatchKey::LiFatId => "li_fat_id",
+            MatchKey::RdtCid => "rdt_cid",
             MatchKey::LeadId => "lead_id",
         }
     }
@@ -295,15 +323,18 @@ impl MatchKey {
     /// True when the value sent to this platform is a SHA-256 hex digest.
     ///
     /// Every personal key is hashed except Google's address parts (city, state, zip, country), which
-    /// Google takes in clear (§2.3, §2.5). For a key the platform does not accept this still answers
-    /// with the rule that would apply, so personal data defaults to hashed.
+    /// Google takes in clear (§2.3, §2.5), and LinkedIn's names, which its `userInfo` takes in clear
+    /// (platforms-next.md §4). For a key the platform does not accept this still answers with the
+    /// rule that would apply, so personal data defaults to hashed.
     pub fn is_hashed(self, platform: Platform) -> bool {
         let google_clear = platform.is_google()
             && matches!(
                 self,
                 MatchKey::City | MatchKey::State | MatchKey::Zip | MatchKey::Country
             );
-        self.is_personal() && !google_clear
+        let linkedin_clear = platform == Platform::Linkedin
+            && matches!(self, MatchKey::FirstName | MatchKey::LastName);
+        self.is_personal() && !google_clear && !linkedin_clear
     }
 
     /// True when `match_keys` produces this key for the platform (see the module table).
@@ -379,6 +410,26 @@ const TIKTOK_KEYS: &[MatchKey] = &[
 /// conversions, the hashed email and phone (platforms-next.md §1.2).
 const MICROSOFT_ADS_KEYS: &[MatchKey] = &[MatchKey::Email, MatchKey::Phone, MatchKey::Msclkid];
 
+/// The keys a LinkedIn conversion event takes (platforms-next.md §4): `SHA256_EMAIL` and
+/// `LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID` in `userIds`, the names in `userInfo`.
+const LINKEDIN_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::LiFatId,
+];
+
+/// The keys a Reddit v3 conversion event takes (§5): hashed email, phone and external id, the
+/// landing page's IP and user agent, and the click id.
+const REDDIT_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::ExternalId,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::RdtCid,
+];
+
 /// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
 pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     match platform {
@@ -387,6 +438,8 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
         Platform::GoogleDataManager => GOOGLE_DATA_MANAGER_KEYS,
         Platform::Tiktok => TIKTOK_KEYS,
         Platform::MicrosoftAds => MICROSOFT_ADS_KEYS,
+        Platform::Linkedin => LINKEDIN_KEYS,
+        Platform::Reddit => REDDIT_KEYS,
     }
 }
 
@@ -609,6 +662,8 @@ pub fn normalize_key(
         | MatchKey::Wbraid
         | MatchKey::Ttclid
         | MatchKey::Ttp
+        | MatchKey::LiFatId
+        | MatchKey::RdtCid
         | MatchKey::LeadId => click::as_stored_checked(raw),
     }
 }

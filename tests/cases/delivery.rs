@@ -239,6 +239,18 @@ fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
             .iter()
             .map(|c| format!("{}@{}", c.conversion_name, c.conversion_time))
             .collect(),
+        Platform::Linkedin => records
+            .linkedin
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect(),
+        Platform::Reddit => records
+            .reddit
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect(),
     }
 }
 

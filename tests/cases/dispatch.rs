@@ -160,6 +160,8 @@ fn destination(
             "platform = \"microsoft_ads\"\ncustomer_id = \"1234567\"\naccount_id = \"7654321\"\n\
              developer_token = \"dev\"\nclient_id = \"c\"\nrefresh_token = \"r\""
         }
+        Platform::Linkedin => "platform = \"linkedin\"\naccess_token = \"tok\"",
+        Platform::Reddit => "platform = \"reddit\"\npixel_id = \"a2_test\"\naccess_token = \"tok\"",
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

@@ -14,15 +14,21 @@ pub enum Platform {
     GoogleDataManager,
     /// Microsoft Advertising Campaign Management (offline conversions).
     MicrosoftAds,
+    /// LinkedIn Conversions API.
+    Linkedin,
+    /// Reddit Conversions API v3.
+    Reddit,
 }
 
 impl Platform {
     /// Every emulated platform.
-    pub const ALL: [Platform; 5] = [
+    pub const ALL: [Platform; 7] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
         Platform::GoogleDataManager,
         Platform::MicrosoftAds,
+        Platform::Linkedin,
+        Platform::Reddit,
     ];
 }

@@ -23,6 +23,12 @@ pub struct Records {
     /// Microsoft Advertising offline conversions and adjustments.
     #[serde(default)]
     pub microsoft_ads: crate::testbed::sandbox::microsoft_ads::MicrosoftAdsRecords,
+    /// LinkedIn Conversions API events (`event_name` is the conversion rule URN).
+    #[serde(default)]
+    pub linkedin: EventRecords,
+    /// Reddit Conversions API events (`event_id` is `metadata.conversion_id`).
+    #[serde(default)]
+    pub reddit: EventRecords,
 }
 
 impl Records {
@@ -34,6 +40,8 @@ impl Records {
             Platform::Tiktok => &self.tiktok.counters,
             Platform::GoogleDataManager => &self.google_data_manager.counters,
             Platform::MicrosoftAds => &self.microsoft_ads.counters,
+            Platform::Linkedin => &self.linkedin.counters,
+            Platform::Reddit => &self.reddit.counters,
         }
     }
 
@@ -45,6 +53,8 @@ impl Records {
             Platform::Tiktok => &mut self.tiktok.counters,
             Platform::GoogleDataManager => &mut self.google_data_manager.counters,
             Platform::MicrosoftAds => &mut self.microsoft_ads.counters,
+            Platform::Linkedin => &mut self.linkedin.counters,
+            Platform::Reddit => &mut self.reddit.counters,
         }
     }
 }
@@ -101,6 +111,12 @@ pub struct Stats {
     /// Microsoft Advertising conversions and adjustments together.
     #[serde(default)]
     pub microsoft_ads: Counters,
+    /// LinkedIn Conversions API.
+    #[serde(default)]
+    pub linkedin: Counters,
+    /// Reddit Conversions API.
+    #[serde(default)]
+    pub reddit: Counters,
 }
 
 impl Stats {
@@ -112,6 +128,8 @@ impl Stats {
             tiktok: records.tiktok.counters,
             google_data_manager: records.google_data_manager.counters,
             microsoft_ads: records.microsoft_ads.counters,
+            linkedin: records.linkedin.counters,
+            reddit: records.reddit.counters,
         }
     }
 
@@ -123,11 +141,13 @@ impl Stats {
             Platform::Tiktok => &self.tiktok,
             Platform::GoogleDataManager => &self.google_data_manager,
             Platform::MicrosoftAds => &self.microsoft_ads,
+            Platform::Linkedin => &self.linkedin,
+            Platform::Reddit => &self.reddit,
         }
     }
 }
 
-/// Accepted Meta or TikTok events.
+/// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRecords {
     /// Counters.
@@ -337,11 +357,44 @@ impl SendLog {
     }
 }
 
-/// Dedup state of an event platform (Meta or TikTok).
+/// Dedup state of an event platform (Meta, TikTok, LinkedIn, Reddit).
 #[derive(Debug, Default)]
 pub(crate) struct EventMemory {
     /// Arrival-time dedup on name + event id.
     pub(crate) dedup: DedupMemory,
     /// Every name + event id received.
     pub(crate) sends: SendLog,
+}
+
+impl EventMemory {
+    /// Applies the dedup of one valid event to `counters`; true when the platform counts it (and it
+    /// is to be recorded), false when a copy was counted within `window`. An event without a dedup
+    /// key is always counted.
+    pub(crate) fn count(
+        &mut self,
+        counters: &mut Counters,
+        key: Option<String>,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> bool {
+        let Some(key) = key else {
+            counters.unique += 1;
+            counters.accepted += 1;
+            return true;
+        };
+        if self.sends.note(&key) {
+            counters.duplicate_sends += 1;
+        }
+        match self.dedup.check(&key, now, window) {
+            Seen::WithinWindow => {
+                counters.deduplicated += 1;
+                return false;
+            }
+            Seen::New => counters.unique += 1,
+            Seen::OutsideWindow => {}
+        }
+        self.dedup.remember(key, now);
+        counters.accepted += 1;
+        true
+    }
 }

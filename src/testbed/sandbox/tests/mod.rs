@@ -3,7 +3,9 @@
 mod admin;
 mod google_ads;
 mod google_data_manager;
+mod linkedin;
 mod meta;
+mod reddit;
 mod tiktok;
 
 use std::net::SocketAddr;
