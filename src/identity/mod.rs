@@ -708,3 +708,6 @@ mod tests;
 
 #[cfg(test)]
 mod vectors;
+
+#[cfg(test)]
+mod profile_vectors;

@@ -8,7 +8,8 @@
 //! currency, value (a number), item_count, products}`. Reddit takes match keys plain or hashed; the
 //! sandbox is stricter and wants `email`, `phone_number` and `external_id` as SHA-256 (pgcapi never
 //! sends raw PII). An event needs a match key: `click_id`, `email`, `phone_number`, `external_id`,
-//! `uuid`, `idfa`, `aaid`, or `ip_address` with `user_agent`.
+//! `uuid`, `idfa`, `aaid`, or `ip_address` with `user_agent`; a `click_id` with whitespace inside is
+//! refused (it cannot have come from a URL).
 //!
 //! One invalid event fails the whole request: HTTP 400 "There were N invalid conversion events. None
 //! were processed." (the `details` list with index and reason is the sandbox's own addition). More than
@@ -240,12 +241,17 @@ fn validate(event: &Value, now_ms: i64) -> Result<(), String> {
         return Err("action_source is required: WEBSITE, APP, OTHER or PHYSICAL_STORE".into());
     }
     validate_type(ev.get("type").unwrap_or(&Value::Null))?;
+    // A click id comes from a URL parameter: never blank, never with whitespace (stricter than
+    // documented).
+    let token = |v: &Value| {
+        v.as_str()
+            .is_some_and(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+    };
     for key in ["click_id", "event_source_url"] {
-        if ev
-            .get(key)
-            .is_some_and(|v| v.as_str().is_none_or(str::is_empty))
-        {
-            return Err(format!("{key} must be a non-empty string"));
+        if ev.get(key).is_some_and(|v| !token(v)) {
+            return Err(format!(
+                "{key} must be a non-empty string without whitespace"
+            ));
         }
     }
     let user = match ev.get("user") {
