@@ -1533,6 +1533,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "google",
         "tiktok",
         "microsoft",
+        "linkedin",
+        "reddit",
         "retracts",
         "restates",
     ];
