@@ -9,36 +9,23 @@
 //!   DEFAULT or USING INDEX: see [`crate::setup::toast_advice`]); the publication covers exactly the rules' tables; the slot exists (pgoutput, this
 //!   database, not lost); the control schema is installed. The checks are the ones `pgcapi setup`
 //!   runs (see [`crate::setup`]); `check` changes nothing.
-//! - **Destinations**, each with its credentials and endpoint:
-//!   - Meta: `GET /{version}/{pixel_id}?fields=id` with the token: a read, so nothing is sent even
-//!     when `test_event_code` is set (Meta does not promise that test events stay out of reporting).
-//!   - Google Ads: the OAuth refresh-token exchange, then an `uploadClickConversions` of one synthetic
-//!     conversion with `validateOnly: true` (Google validates it and records nothing), using the
-//!     conversion action of a rule that sends to the destination.
-//!   - TikTok: documents no read-only call. With `test_event_code` set, one synthetic event is sent
-//!     with that code (it shows in the Test Events tool only); without it only the endpoint is reached
-//!     and the token's presence is checked, and the item says the token was not verified.
+//! - **Destinations**: each is built as `pgcapi run` builds it and answers its own
+//!   [`healthcheck`](crate::destinations::Destination::healthcheck) (credentials, account and what
+//!   the rules sending to it need, proven without recording a conversion: see each platform's module).
 //!
 //! Secrets never appear: every line is scrubbed of the config's secret values, and a refused token is
 //! reported as "rejected", not echoed.
 
-use crate::config::{Config, DestinationConfig, Secret};
-use crate::destinations::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
-use crate::destinations::{google_ads, google_data_manager, meta, tiktok, BatchAnswer};
-use crate::event::{Delivery, Kind, Payload};
-use crate::identity::{MatchKey, MatchKeys};
+use crate::config::{Config, DispatchConfig, Secret};
+use crate::destinations::{self, Probe};
 use crate::outbox::quote_ident;
-use crate::platform::Platform;
 use crate::rules::Rules;
 use crate::setup;
-use chrono::{TimeDelta, Utc};
-use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
-/// Longest wait for one platform request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for one platform request, in milliseconds.
+const REQUEST_TIMEOUT_MS: u64 = 15_000;
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,17 +127,7 @@ impl Checklist {
         let mut secrets: Vec<&Secret> = vec![&config.source.url];
         secrets.extend(config.source.control_url.as_ref());
         for dest in config.destinations.values() {
-            secrets.extend(
-                [
-                    &dest.access_token,
-                    &dest.developer_token,
-                    &dest.client_id,
-                    &dest.client_secret,
-                    &dest.refresh_token,
-                ]
-                .into_iter()
-                .flatten(),
-            );
+            secrets.extend(dest.secrets());
         }
         for secret in secrets {
             let value = secret.expose();
@@ -203,39 +180,25 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
     list.section("Database");
     check_database(config, list).await;
     list.section("Destinations");
-    let http = match reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("pgcapi/", env!("CARGO_PKG_VERSION"), " (check)"))
-        .build()
-    {
-        Ok(http) => http,
-        Err(e) => {
-            list.fail(format!("cannot build an HTTP client: {e}"));
-            return;
-        }
-    };
     if config.destinations.is_empty() {
         list.fail("no destination is configured");
     }
+    // Each destination is built as dispatch builds it, with a shorter request timeout.
+    let dispatch = DispatchConfig {
+        request_timeout_ms: REQUEST_TIMEOUT_MS,
+        ..config.dispatch.clone()
+    };
     for (name, dest) in &config.destinations {
-        let (ok, text) = match dest.platform {
-            Platform::Meta => check_meta(&http, dest).await,
-            Platform::GoogleAds => check_google(&http, config, name, dest).await,
-            Platform::Tiktok => check_tiktok(&http, name, dest).await,
-            Platform::GoogleDataManager => {
-                for (ok, text) in check_data_manager(&http, config, name, dest).await {
-                    list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
+        let label = format!("{name} ({})", dest.platform().as_str());
+        match destinations::build(name, dest, &dispatch) {
+            Ok(destination) => {
+                let probe = Probe::new(config, name);
+                for health in destination.healthcheck(&probe).await {
+                    list.push(health.ok, format!("{label}: {}", health.text));
                 }
-                continue;
             }
-            Platform::MicrosoftAds => {
-                crate::destinations::microsoft_ads::check(config, name, dest).await
-            }
-            Platform::Linkedin => crate::destinations::linkedin::check(name, dest).await,
-            Platform::Reddit => crate::destinations::reddit::check(name, dest).await,
-        };
-        list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
+            Err(e) => list.fail(format!("{label}: {e}")),
+        }
     }
 }
 
@@ -420,524 +383,6 @@ async fn check_database(config: &Config, list: &mut Checklist) {
             "reading the control schema: {}",
             crate::pg::client::describe(&e)
         )),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Destinations
-// ---------------------------------------------------------------------------------------------
-
-/// The base URL of a destination, without a trailing slash.
-fn base(dest: &DestinationConfig, default: &str) -> String {
-    dest.endpoint
-        .as_deref()
-        .unwrap_or(default)
-        .trim_end_matches('/')
-        .to_string()
-}
-
-/// Why a request got no answer; never with its URL (Meta's carries the token).
-fn unreachable(base: &str, e: reqwest::Error) -> String {
-    let why = if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        crate::pg::error_chain(&e.without_url())
-    };
-    format!("cannot reach {base}: {why}")
-}
-
-/// A synthetic conversion that identifies nobody, for the platform calls that need one.
-fn synthetic(destination: &str, conversion_action: Option<String>) -> Delivery {
-    let now = Utc::now();
-    let mut keys = MatchKeys::new();
-    keys.insert(
-        MatchKey::Email,
-        crate::identity::hash("pgcapi-check@example.invalid"),
-    );
-    Delivery {
-        id: 0,
-        rule: "pgcapi_check".into(),
-        destination: destination.to_string(),
-        event_id: format!(
-            "pgcapi-check-{:016x}",
-            rand::Rng::random::<u64>(&mut rand::rng())
-        ),
-        kind: Kind::Conversion,
-        adjusts_rule: None,
-        event_name: Some("CompletePayment".into()),
-        event_time: now - TimeDelta::minutes(5),
-        value: Some("0".into()),
-        currency: Some("USD".into()),
-        action_source: Some("website".into()),
-        payload: Payload {
-            keys,
-            event_source_url: Some("https://example.invalid/pgcapi-check".into()),
-            conversion_action,
-            consent: true,
-            ..Payload::default()
-        },
-        attempts: 0,
-        created_at: now,
-    }
-}
-
-/// A string field of a JSON object.
-fn field<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or_default()
-}
-
-/// Meta: a read of the pixel with the token.
-async fn check_meta(http: &reqwest::Client, dest: &DestinationConfig) -> (bool, String) {
-    let (Some(pixel), Some(token)) = (&dest.pixel_id, &dest.access_token) else {
-        return (false, "pixel_id and access_token are required".into());
-    };
-    let base = base(dest, meta::DEFAULT_ENDPOINT);
-    let version = dest
-        .api_version
-        .as_deref()
-        .unwrap_or(meta::DEFAULT_API_VERSION);
-    let response = http
-        .get(format!("{base}/{version}/{pixel}"))
-        .query(&[("fields", "id"), ("access_token", token.expose())])
-        .send()
-        .await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return (false, unreachable(&base, e)),
-    };
-    let status = response.status();
-    let body: Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-    if status.is_success() {
-        if field(&body, "id") != pixel {
-            return (
-                false,
-                format!("GET /{version}/{pixel} answered without the pixel's id"),
-            );
-        }
-        let mut text = format!(
-            "access token accepted, pixel {pixel} readable (GET /{version}/{pixel}?fields=id; \
-             nothing sent)"
-        );
-        if let Some(code) = &dest.test_event_code {
-            let _ = write!(
-                text,
-                "; test_event_code {code} is set: events go to the Test Events tool"
-            );
-        }
-        return (true, text);
-    }
-    let error = body.get("error").unwrap_or(&Value::Null);
-    let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
-    let graph = format!("Graph error {code}: {}", field(error, "message"));
-    let text = match code {
-        102 | 104 | 190 => format!("access token rejected ({graph})"),
-        100 | 803 => format!("pixel {pixel} not found or not readable with this token ({graph})"),
-        10 | 200..=299 => format!("the token lacks permission on pixel {pixel} ({graph})"),
-        0 => format!("HTTP {status} from {base}: not a Graph API answer"),
-        _ => format!("HTTP {status}: {graph}"),
-    };
-    (false, text)
-}
-
-/// Google Ads: the OAuth exchange, then a `validateOnly` upload of one synthetic conversion.
-async fn check_google(
-    http: &reqwest::Client,
-    config: &Config,
-    name: &str,
-    dest: &DestinationConfig,
-) -> (bool, String) {
-    let Some(customer) = &dest.customer_id else {
-        return (false, "customer_id is required".into());
-    };
-    let auth = match GoogleAuth::from_config(name, dest, &[ADS_SCOPE], http.clone()) {
-        Ok(auth) => auth,
-        Err(e) => return (false, e.to_string()),
-    };
-    let access = match auth.access_token().await {
-        Ok(token) => token,
-        Err(answer) => return (false, token_refused(auth.describe(), answer)),
-    };
-    let action = config
-        .rules
-        .iter()
-        .filter(|r| r.destinations.iter().any(|d| d == name))
-        .find_map(|r| r.google.conversion_action.clone());
-    let Some(action) = action else {
-        return (
-            true,
-            "OAuth refresh token accepted; no rule gives this destination a conversion action, \
-             so no validateOnly upload was tried"
-                .into(),
-        );
-    };
-    let row =
-        match google_ads::encode_conversion(&synthetic(name, Some(action.clone())), Utc::now()) {
-            Ok(row) => row,
-            Err(outcome) => {
-                return (
-                    false,
-                    format!("cannot build the test conversion: {outcome:?}"),
-                )
-            }
-        };
-    let base = base(dest, google_ads::DEFAULT_ENDPOINT);
-    let version = dest
-        .api_version
-        .as_deref()
-        .unwrap_or(google_ads::DEFAULT_API_VERSION);
-    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    let customer = digits(customer);
-    let mut request = http
-        .post(format!(
-            "{base}/{version}/customers/{customer}:uploadClickConversions"
-        ))
-        .bearer_auth(access.expose())
-        .json(&google_ads::request_body(
-            google_ads::Upload::Conversions,
-            vec![row],
-            true,
-        ));
-    if let Some(login) = dest.login_customer_id.as_deref().map(digits) {
-        request = request.header("login-customer-id", login);
-    }
-    if let Some(developer) = dest
-        .developer_token
-        .as_ref()
-        .filter(|t| !t.expose().is_empty())
-    {
-        request = request.header("developer-token", developer.expose());
-    }
-    let response = match request.send().await {
-        Ok(r) => r,
-        Err(e) => return (false, unreachable(&base, e)),
-    };
-    let status = response.status();
-    let body: Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-    if status.is_success() {
-        let row_errors = google_errors(body.get("partialFailureError").unwrap_or(&Value::Null));
-        if let Some(e) = row_errors
-            .iter()
-            .find(|e| e.starts_with(google_ads::NOT_ALLOWLISTED))
-        {
-            return (
-                false,
-                format!("{} ({e})", google_ads::NOT_ALLOWLISTED_ADVICE),
-            );
-        }
-        if let Some(e) = row_errors.iter().find(|e| e.contains("CONVERSION_ACTION")) {
-            return (
-                false,
-                format!("conversion action {action} refused in a validateOnly upload: {e}"),
-            );
-        }
-        let credentials = match auth.describe() {
-            kind if kind.starts_with("user OAuth") => "OAuth",
-            kind => kind,
-        };
-        let developer = if dest.developer_token.is_some() {
-            ", developer token"
-        } else {
-            ""
-        };
-        let mut text = format!(
-            "{credentials}{developer} and customer {customer} accepted a validateOnly upload of \
-             one synthetic conversion (nothing recorded)"
-        );
-        if let Some(e) = row_errors.first() {
-            let _ = write!(
-                text,
-                "; the synthetic row itself was refused ({e}), as made-up data may be"
-            );
-        }
-        return (true, text);
-    }
-    let error = body.get("error").unwrap_or(&Value::Null);
-    let codes = google_errors(error);
-    if codes
-        .iter()
-        .any(|c| c.starts_with(google_ads::NOT_ALLOWLISTED))
-    {
-        return (
-            false,
-            format!(
-                "{} (HTTP {status}: {})",
-                google_ads::NOT_ALLOWLISTED_ADVICE,
-                codes.join("; ")
-            ),
-        );
-    }
-    let detail = if codes.is_empty() {
-        field(error, "message").to_string()
-    } else {
-        codes.join("; ")
-    };
-    let what = if codes.iter().any(|c| c.starts_with("DEVELOPER_TOKEN")) {
-        "developer token rejected"
-    } else if status == reqwest::StatusCode::UNAUTHORIZED {
-        "access token rejected"
-    } else if status == reqwest::StatusCode::FORBIDDEN {
-        "no access to this customer"
-    } else {
-        "validateOnly upload refused"
-    };
-    (false, format!("{what} (HTTP {status}: {detail})"))
-}
-
-/// What a refused token request means, then Google's words.
-fn token_refused(kind: &str, answer: BatchAnswer) -> String {
-    let words = token_error(answer);
-    let user = kind.starts_with("user OAuth");
-    let what = if words.contains("invalid_client") {
-        "OAuth client id or client secret rejected"
-    } else if words.contains("invalid_grant") && user {
-        "OAuth refresh token rejected (expired or revoked)"
-    } else if words.contains("invalid_grant") {
-        "service account key rejected (deleted, disabled, or the JWT was refused)"
-    } else {
-        "no access token"
-    };
-    format!("{what} ({words})")
-}
-
-/// The words of a refused token request.
-fn token_error(answer: BatchAnswer) -> String {
-    match answer {
-        BatchAnswer::Retry { error, .. } | BatchAnswer::Rejected(error) => error,
-        BatchAnswer::Sent(_) => "no token".into(),
-    }
-}
-
-/// Data Manager: the token, then a `validateOnly` ingest of one synthetic event, reported as three
-/// lines: the token, the operating account, the conversion action.
-async fn check_data_manager(
-    http: &reqwest::Client,
-    config: &Config,
-    name: &str,
-    dest: &DestinationConfig,
-) -> Vec<(bool, String)> {
-    let Some(account) = dest.operating_account.as_deref() else {
-        return vec![(false, "operating_account is required".into())];
-    };
-    let account = google_ads::digits_only(account);
-    let auth = match GoogleAuth::from_config(name, dest, &[DATA_MANAGER_SCOPE], http.clone()) {
-        Ok(auth) => auth,
-        Err(e) => return vec![(false, e.to_string())],
-    };
-    let access = match auth.access_token().await {
-        Ok(token) => token,
-        Err(answer) => {
-            return vec![(
-                false,
-                format!("token: {}", token_refused(auth.describe(), answer)),
-            )]
-        }
-    };
-    let mut out = vec![(
-        true,
-        format!(
-            "token: obtained with {} (scope datamanager)",
-            auth.describe()
-        ),
-    )];
-    let action = config
-        .rules
-        .iter()
-        .filter(|r| r.destinations.iter().any(|d| d == name))
-        .find_map(|r| r.google.conversion_action.clone());
-    let Some(action) = action else {
-        out.push((
-            true,
-            format!(
-                "account {account}: not tried (no rule gives this destination a conversion \
-                 action, so no validateOnly request was sent)"
-            ),
-        ));
-        return out;
-    };
-    let Some(id) = google_data_manager::product_destination_id(&action).map(str::to_string) else {
-        out.push((
-            false,
-            format!("conversion action {action}: not a conversion action id"),
-        ));
-        return out;
-    };
-    let event = match google_data_manager::encode_event(
-        &synthetic(name, Some(action.clone())),
-        Some(0.into()),
-        Utc::now(),
-    ) {
-        Ok(event) => event,
-        Err(outcome) => {
-            out.push((false, format!("cannot build the test event: {outcome:?}")));
-            return out;
-        }
-    };
-    let login = dest.login_account.as_deref().map(google_ads::digits_only);
-    let body =
-        google_data_manager::request_body(&account, login.as_deref(), &id, vec![event], true);
-    let base = base(dest, google_data_manager::DEFAULT_ENDPOINT);
-    let response = http
-        .post(format!("{base}/v1/events:ingest"))
-        .bearer_auth(access.expose())
-        .json(&body)
-        .send()
-        .await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            out.push((false, unreachable(&base, e)));
-            return out;
-        }
-    };
-    let status = response.status();
-    let body: Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-    if status.is_success() {
-        out.push((
-            true,
-            format!("account {account}: accepted a validateOnly request (nothing recorded)"),
-        ));
-        out.push((
-            true,
-            format!("conversion action {id}: accepted as product destination"),
-        ));
-        return out;
-    }
-    let error = body.get("error").unwrap_or(&Value::Null);
-    let mut words = vec![format!(
-        "HTTP {status} {}: {}",
-        field(error, "status"),
-        field(error, "message")
-    )];
-    for v in error
-        .get("details")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|d| d.get("fieldViolations").and_then(Value::as_array))
-        .flatten()
-    {
-        words.push(format!(
-            "{}: {}",
-            field(v, "field"),
-            field(v, "description")
-        ));
-    }
-    let text = words.join("; ");
-    let lower = text.to_ascii_lowercase();
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        out[0] = (false, format!("token: refused by Data Manager ({text})"));
-    } else if lower.contains("product_destination") || lower.contains("productdestination") {
-        out.push((true, format!("account {account}: reachable")));
-        out.push((false, format!("conversion action {id}: refused ({text})")));
-    } else if lower.contains("account") || status == reqwest::StatusCode::FORBIDDEN {
-        out.push((false, format!("account {account}: refused ({text})")));
-    } else {
-        out.push((false, format!("validateOnly request refused ({text})")));
-    }
-    out
-}
-
-/// `CODE: message` of each error in a Google Ads failure (`details[].errors[]`).
-fn google_errors(status: &Value) -> Vec<String> {
-    status
-        .get("details")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|d| d.get("errors").and_then(Value::as_array))
-        .flatten()
-        .map(|e| {
-            let code = e
-                .get("errorCode")
-                .and_then(Value::as_object)
-                .and_then(|m| m.values().next())
-                .and_then(Value::as_str)
-                .unwrap_or("UNKNOWN");
-            format!("{code}: {}", field(e, "message"))
-        })
-        .collect()
-}
-
-/// TikTok: a test event when `test_event_code` is set, else the endpoint and the token's presence.
-async fn check_tiktok(
-    http: &reqwest::Client,
-    name: &str,
-    dest: &DestinationConfig,
-) -> (bool, String) {
-    let (Some(pixel), Some(token)) = (&dest.pixel_code, &dest.access_token) else {
-        return (false, "pixel_code and access_token are required".into());
-    };
-    let base = base(dest, tiktok::DEFAULT_ENDPOINT);
-    let version = dest
-        .api_version
-        .as_deref()
-        .unwrap_or(tiktok::DEFAULT_API_VERSION);
-    let url = format!("{base}/open_api/{version}/event/track/");
-    let token_text = token.expose();
-    if token_text.trim().is_empty() || token_text.chars().any(char::is_whitespace) {
-        return (false, "access token is empty or contains whitespace".into());
-    }
-    let Some(code) = &dest.test_event_code else {
-        return match http.get(&url).send().await {
-            Ok(r) => (
-                true,
-                format!(
-                    "endpoint {base} reachable (HTTP {}); access token present but NOT verified: \
-                     TikTok documents no read-only call; set test_event_code to verify it with a \
-                     test event",
-                    r.status().as_u16()
-                ),
-            ),
-            Err(e) => (false, unreachable(&base, e)),
-        };
-    };
-    let event = match tiktok::encode_event(&synthetic(name, None), Utc::now()) {
-        Ok(event) => event,
-        Err(outcome) => return (false, format!("cannot build the test event: {outcome:?}")),
-    };
-    let body = tiktok::request_body("web", pixel, Some(code), vec![event]);
-    let response = http
-        .post(&url)
-        .header("Access-Token", token_text)
-        .json(&body)
-        .send()
-        .await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return (false, unreachable(&base, e)),
-    };
-    let status = response.status();
-    let answer: Value =
-        serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
-    match answer.get("code").and_then(Value::as_i64) {
-        Some(0) => (
-            true,
-            format!(
-                "access token and pixel {pixel} accepted one synthetic test event \
-                 (test_event_code {code}: it shows in the Test Events tool only)"
-            ),
-        ),
-        Some(c @ 40001) => (
-            false,
-            format!(
-                "access token rejected (code {c}: {})",
-                field(&answer, "message")
-            ),
-        ),
-        Some(c) => (
-            false,
-            format!(
-                "test event refused (code {c}: {})",
-                field(&answer, "message")
-            ),
-        ),
-        None => (
-            false,
-            format!("HTTP {status} from {base}: not an Events API answer"),
-        ),
     }
 }
 

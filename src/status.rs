@@ -757,7 +757,7 @@ async fn read_health(
     }
     for (name, dest) in &config.destinations {
         if !out.iter().any(|d| &d.destination == name) {
-            out.push(DestinationHealth::empty(name, dest.platform.as_str()));
+            out.push(DestinationHealth::empty(name, dest.platform().as_str()));
         }
     }
     out.sort_by(|a, b| a.destination.cmp(&b.destination));

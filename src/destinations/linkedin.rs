@@ -17,12 +17,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{
-    base_url, batch_size, encode_all, excerpt, in_order, is_retryable_status, operator_retry,
-    required, retry_after, value_number, BatchAnswer, Destination, DestinationError, Encoded,
-    Outcome, Picked, PlannedRequest, Preview, SendFuture,
-};
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
+use super::health::{unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, operator_retry, transport_error};
+use super::{batch_size, value_number, Destination, DestinationError, Outcome, SendFuture};
+use crate::config::{ApiConfig, DispatchConfig, LinkedinConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -49,7 +48,7 @@ pub struct Linkedin {
     version: String,
     /// The OAuth access token (`rw_conversions`).
     access_token: Secret,
-    /// The ad account `check` reads, if configured.
+    /// The ad account owning the conversion rules, named when `check` reads them.
     ad_account_id: Option<String>,
     /// Events per request.
     max_batch: usize,
@@ -58,24 +57,25 @@ pub struct Linkedin {
 }
 
 impl Linkedin {
-    /// Builds the destination; `access_token` is required.
+    /// Builds the destination.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &LinkedinConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Linkedin, DestinationError> {
         Ok(Linkedin {
             name: name.to_string(),
-            base: base_url(&config.endpoint, DEFAULT_ENDPOINT),
-            version: config
+            base: base_url(&api.endpoint, DEFAULT_ENDPOINT),
+            version: api
                 .api_version
                 .clone()
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| DEFAULT_VERSION.to_string()),
-            access_token: required(name, "access_token", &config.access_token)?.clone(),
+            access_token: config.access_token.clone(),
             ad_account_id: config.ad_account_id.clone(),
-            max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            max_batch: batch_size(api, MAX_EVENTS),
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 
@@ -191,7 +191,7 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
 
 /// What one batch request came to: one outcome per element, or one answer for all of them.
 #[derive(Debug, PartialEq)]
-pub enum Answer {
+pub enum Reply {
     /// LinkedIn answered each element, in order.
     PerElement(Vec<Outcome>),
     /// The request as a whole: sent, retried, held for an operator or rejected.
@@ -206,7 +206,7 @@ pub fn classify(
     body: &str,
     count: usize,
     (destination, version): (&str, &str),
-) -> Answer {
+) -> Reply {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let message = parsed["message"]
         .as_str()
@@ -216,7 +216,7 @@ pub fn classify(
     let whole = match status.as_u16() {
         200 | 201 => match parsed["elements"].as_array() {
             Some(elements) if elements.len() == count => {
-                return Answer::PerElement(elements.iter().map(element_outcome).collect())
+                return Reply::PerElement(elements.iter().map(element_outcome).collect())
             }
             _ => BatchAnswer::Retry {
                 error: format!("linkedin: unexpected batch answer: {}", excerpt(body)),
@@ -239,7 +239,7 @@ pub fn classify(
         },
         _ => BatchAnswer::Rejected(error),
     };
-    Answer::Whole(whole)
+    Reply::Whole(whole)
 }
 
 /// The outcome of one element of a batch answer: 201 sent, 429 and 5xx retried, other statuses failed.
@@ -265,45 +265,68 @@ fn element_outcome(element: &Value) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 
 impl Linkedin {
-    /// Sends the events at `indices` in one `BATCH_CREATE`; one outcome per index.
-    async fn post(&self, events: &[Value], indices: &[usize]) -> Vec<Outcome> {
+    /// Sends one `BATCH_CREATE` of `request`'s rows; one outcome per row, in the request's order.
+    async fn post(&self, request: &Request, items: &[Value]) -> Vec<Outcome> {
         let started = std::time::Instant::now();
         let response = self
             .request(reqwest::Method::POST, "/rest/conversionEvents")
             .header("X-RestLi-Method", "BATCH_CREATE")
-            .json(&json!({"elements": Picked { items: events, indices }}))
+            .json(&request.body(items, &request.rows))
             .send()
             .await;
         let answer = match response {
-            Err(e) => Answer::Whole(super::transport_error("linkedin", e)),
+            Err(e) => Reply::Whole(transport_error("linkedin", e)),
             Ok(r) => {
-                let status = r.status();
-                let delay = retry_after(r.headers());
-                let text = r.text().await.unwrap_or_default();
+                let read = super::http::Answer::read(r).await;
                 let context = (self.name.as_str(), self.version.as_str());
-                classify(status, delay, &text, indices.len(), context)
+                let count = request.rows.len();
+                classify(read.status, read.retry_after, &read.text, count, context)
             }
         };
-        let whole = match answer {
-            Answer::PerElement(outcomes) => {
-                let sent = outcomes.iter().all(|o| matches!(o, Outcome::Sent { .. }));
-                let counted = if sent {
+        match answer {
+            Reply::PerElement(outcomes) => {
+                let all_sent = outcomes.iter().all(|o| matches!(o, Outcome::Sent { .. }));
+                let counted = if all_sent {
                     BatchAnswer::Sent(None)
                 } else {
                     BatchAnswer::Rejected(String::new())
                 };
-                super::observe_request(&self.name, started, &counted);
-                return outcomes;
+                observe_request(&self.name, started, &counted);
+                outcomes
             }
-            Answer::Whole(whole) => whole,
+            Reply::Whole(whole) => {
+                observe_request(&self.name, started, &whole);
+                vec![whole.outcome(); request.rows.len()]
+            }
+        }
+    }
+
+    /// Reads conversion rule `id` (`GET /rest/conversions/{id}`): proves the token, the version and
+    /// the rule without recording anything.
+    async fn read_rule(&self, id: &str) -> Health {
+        let mut path = format!("/rest/conversions/{id}");
+        if let Some(account) = &self.ad_account_id {
+            path.push_str(&format!("?account=urn%3Ali%3AsponsoredAccount%3A{account}"));
+        }
+        let response = match self.request(reqwest::Method::GET, &path).send().await {
+            Ok(r) => super::http::Answer::read(r).await,
+            Err(e) => return Health::fail(unreachable(&self.base, e)),
         };
-        super::observe_request(&self.name, started, &whole);
-        let outcome = match whole {
-            BatchAnswer::Sent(platform_ref) => Outcome::Sent { platform_ref },
-            BatchAnswer::Retry { error, retry_after } => Outcome::Retry { error, retry_after },
-            BatchAnswer::Rejected(error) => Outcome::Failed { error },
-        };
-        vec![outcome; indices.len()]
+        if response.status.is_success() {
+            return Health::pass(format!(
+                "conversion rule {id} readable with LinkedIn-Version {}",
+                self.version
+            ));
+        }
+        let context = (self.name.as_str(), self.version.as_str());
+        match classify(response.status, None, &response.text, 0, context) {
+            Reply::Whole(answer) => {
+                Health::fail(format!("conversion rule {id}: {}", answer.error()))
+            }
+            Reply::PerElement(_) => {
+                Health::fail(format!("conversion rule {id}: unexpected answer"))
+            }
+        }
     }
 }
 
@@ -322,89 +345,55 @@ impl Destination for Linkedin {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Encoded {
-                events,
-                rows,
-                mut outcomes,
-            } = encode_all(batch, |d| encode_event(d, Utc::now()));
-            if !rows.is_empty() {
-                let answers = self.post(&events, &rows).await;
-                outcomes.extend(rows.into_iter().zip(answers));
+            let plan = self.plan(batch, Utc::now());
+            let mut sent = Vec::with_capacity(batch.len());
+            for request in &plan.requests {
+                let outcomes = self.post(request, &plan.items).await;
+                sent.extend(request.rows.iter().copied().zip(outcomes));
             }
-            in_order(batch.len(), outcomes)
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> Preview {
-        let Encoded {
-            events,
-            rows,
-            outcomes,
-        } = encode_all(batch, |d| encode_event(d, Utc::now()));
-        let requests = if rows.is_empty() {
-            Vec::new()
-        } else {
-            let elements: Vec<Value> = rows.iter().map(|&i| events[i].clone()).collect();
-            vec![PlannedRequest {
-                url: format!("{}/rest/conversionEvents", self.base),
-                rows,
-                body: json!({ "elements": elements }),
-            }]
-        };
-        Preview {
-            requests,
-            not_sent: outcomes,
-        }
+    /// One `BATCH_CREATE` with every event that can be sent.
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        let url = format!("{}/rest/conversionEvents", self.base);
+        Plan::encode(
+            batch,
+            |d| encode_event(d, now).map(|event| ((), event)),
+            |_| Request::new(&url, "elements"),
+        )
     }
-}
 
-/// `pgcapi check`: reads the ad account (`GET /rest/adAccounts/{id}`), which proves the token, the
-/// `LinkedIn-Version` and the access without recording anything. The conversion endpoint itself has
-/// no read-only call, so without `ad_account_id` the token is not verified (and check says so).
-pub async fn check(name: &str, dest: &DestinationConfig) -> (bool, String) {
-    let linkedin = match Linkedin::new(name, dest, &DispatchConfig::default()) {
-        Ok(linkedin) => linkedin,
-        Err(e) => return (false, e.to_string()),
-    };
-    let Some(account) = linkedin.ad_account_id.as_deref().map(str::trim) else {
-        return (
-            true,
-            format!(
-                "LinkedIn-Version {}; access token present but NOT verified: the conversion \
-                 endpoint has no read-only call; set ad_account_id to verify it by reading the \
-                 ad account",
-                linkedin.version
-            ),
-        );
-    };
-    let path = format!("/rest/adAccounts/{account}");
-    let response = linkedin.request(reqwest::Method::GET, &path).send().await;
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                false,
-                format!("linkedin: request failed: {}", e.without_url()),
-            )
-        }
-    };
-    let status = response.status();
-    if status.is_success() {
-        return (
-            true,
-            format!(
-                "ad account {account} readable with LinkedIn-Version {}",
-                linkedin.version
-            ),
-        );
+    /// Reads each conversion rule the destination's rules name (the conversion endpoint itself has
+    /// no read-only call); without any there is nothing to verify the token with, and it says so.
+    fn healthcheck<'a>(&'a self, probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let mut ids: Vec<String> = probe
+                .rules
+                .iter()
+                .filter_map(|r| r.linkedin.conversion_rule.as_deref())
+                .map(|r| r.trim().trim_start_matches(RULE_PREFIX).to_string())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            if ids.is_empty() {
+                return Health::only(
+                    true,
+                    format!(
+                        "LinkedIn-Version {}; access token present but NOT verified: no rule \
+                         names a conversion rule to read",
+                        self.version
+                    ),
+                );
+            }
+            let mut lines = Vec::with_capacity(ids.len());
+            for id in &ids {
+                lines.push(self.read_rule(id).await);
+            }
+            lines
+        })
     }
-    let text = response.text().await.unwrap_or_default();
-    let answer = classify(status, None, &text, 0, (name, &linkedin.version));
-    let why = match answer {
-        Answer::Whole(BatchAnswer::Retry { error, .. } | BatchAnswer::Rejected(error)) => error,
-        other => format!("{other:?}"),
-    };
-    (false, why)
 }
 
 #[cfg(test)]

@@ -4,12 +4,14 @@
 //! so events are checked before sending (age, usable match keys, website fields) and rejected batches
 //! are bisected until the bad events stand alone. Meta cannot retract an event (§1.12, §7).
 
+use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::health::{field, unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, MetaConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -35,6 +37,12 @@ pub const MAX_AGE_PHYSICAL_STORE_DAYS: i64 = 62;
 pub struct Meta {
     /// The config name.
     name: String,
+    /// The Graph API host, without a trailing slash.
+    base: String,
+    /// `{version}/{pixel_id}`: the dataset read by the health check.
+    pixel_path: String,
+    /// The pixel (dataset) id.
+    pixel_id: String,
     /// The events endpoint.
     url: String,
     /// The access token.
@@ -48,25 +56,27 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Builds the destination; `pixel_id` and `access_token` are required.
+    /// Builds the destination `name` at `api` (or Meta's) for the dataset of `config`.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &MetaConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Meta, DestinationError> {
-        let pixel_id = required(name, "pixel_id", &config.pixel_id)?;
-        let access_token = required(name, "access_token", &config.access_token)?.clone();
-        let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let pixel_id = &config.pixel_id;
+        let access_token = config.access_token.clone();
+        let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Meta {
             name: name.to_string(),
-            url: format!(
-                "{}/{version}/{pixel_id}/events",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
+            url: format!("{base}/{version}/{pixel_id}/events"),
+            pixel_path: format!("{version}/{pixel_id}"),
+            pixel_id: pixel_id.clone(),
+            base,
             access_token,
             test_event_code: config.test_event_code.clone(),
-            max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            max_batch: batch_size(api, MAX_EVENTS),
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -201,23 +211,6 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     Ok(Value::Object(event))
 }
 
-/// The request body (the token travels in the query string, as Meta documents it).
-pub fn request_body(events: Vec<Value>, test_event_code: Option<&str>) -> Value {
-    let mut body = json!({ "data": events });
-    if let Some(code) = test_event_code {
-        body["test_event_code"] = json!(code);
-    }
-    body
-}
-
-/// [`request_body`] as sent: the events borrowed from the encoded batch.
-#[derive(serde::Serialize)]
-struct Envelope<'a> {
-    data: Picked<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    test_event_code: Option<&'a str>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
@@ -227,47 +220,79 @@ impl Meta {
     /// behind Meta's lets a stale event through the checks: Meta then rejects the whole request and
     /// bisection fails that event alone.
     async fn send_at(&self, batch: &[Delivery], now: DateTime<Utc>) -> Vec<Outcome> {
-        let Plan {
-            events,
-            to_send,
-            mut outcomes,
-        } = plan(batch, now);
-        let events = &events;
-        outcomes.extend(
-            isolate(
-                to_send,
-                |part| async move { self.post(events, &part).await },
-            )
-            .await,
-        );
-        in_order(batch.len(), outcomes)
+        let plan = self.plan(batch, now);
+        let items = &plan.items;
+        let sent = send_isolated(&plan, |request, part| async move {
+            self.post(request, items, &part).await
+        })
+        .await;
+        in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
     }
 
-    /// Sends one request with the events at `indices` of `events`.
-    async fn post(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
+    /// Sends one request with the events at `rows` of `items`.
+    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
         let started = std::time::Instant::now();
-        let answer = self.post_untimed(events, indices).await;
-        super::observe_request(&self.name, started, &answer);
+        let response = self
+            .http
+            .post(&request.url)
+            .query(&[("access_token", self.access_token.expose())])
+            .json(&request.body(items, rows))
+            .send()
+            .await;
+        let answer = read_answer("meta", response, classify).await;
+        observe_request(&self.name, started, &answer);
         answer
     }
 
-    /// [`Meta::post`] without the metrics.
-    async fn post_untimed(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
-        let body = Envelope {
-            data: Picked {
-                items: events,
-                indices,
-            },
-            test_event_code: self.test_event_code.as_deref(),
-        };
+    /// The health check: a read of the pixel with the token (`GET /{version}/{pixel}?fields=id`),
+    /// so nothing is sent even when `test_event_code` is set (Meta does not promise that test events
+    /// stay out of reporting).
+    async fn check(&self) -> (bool, String) {
+        let (base, path, pixel) = (&self.base, &self.pixel_path, &self.pixel_id);
         let response = self
             .http
-            .post(&self.url)
-            .query(&[("access_token", self.access_token.expose())])
-            .json(&body)
+            .get(format!("{base}/{path}"))
+            .query(&[
+                ("fields", "id"),
+                ("access_token", self.access_token.expose()),
+            ])
             .send()
             .await;
-        read_answer("meta", response, classify).await
+        let answer = match response {
+            Ok(r) => Answer::read(r).await,
+            Err(e) => return (false, unreachable(base, e)),
+        };
+        let (status, body) = (answer.status, answer.json());
+        if status.is_success() {
+            if field(&body, "id") != pixel {
+                return (
+                    false,
+                    format!("GET /{path} answered without the pixel's id"),
+                );
+            }
+            let mut text = format!(
+                "access token accepted, pixel {pixel} readable (GET /{path}?fields=id; nothing sent)"
+            );
+            if let Some(code) = &self.test_event_code {
+                text.push_str(&format!(
+                    "; test_event_code {code} is set: events go to the Test Events tool"
+                ));
+            }
+            return (true, text);
+        }
+        let error = body.get("error").unwrap_or(&Value::Null);
+        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let graph = format!("Graph error {code}: {}", field(error, "message"));
+        let text = match code {
+            102 | 104 | 190 => format!("access token rejected ({graph})"),
+            100 | 803 => {
+                format!("pixel {pixel} not found or not readable with this token ({graph})")
+            }
+            10 | 200..=299 => format!("the token lacks permission on pixel {pixel} ({graph})"),
+            0 => format!("HTTP {status} from {base}: not a Graph API answer"),
+            _ => format!("HTTP {status}: {graph}"),
+        };
+        (false, text)
     }
 }
 
@@ -288,59 +313,27 @@ impl Destination for Meta {
         Box::pin(self.send_at(batch, Utc::now()))
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let Plan {
-            events,
-            to_send,
-            outcomes,
-        } = plan(batch, Utc::now());
-        let mut requests = Vec::new();
-        if !to_send.is_empty() {
-            requests.push(super::PlannedRequest {
-                url: self.url.clone(),
-                body: request_body(
-                    to_send.iter().map(|&i| events[i].clone()).collect(),
-                    self.test_event_code.as_deref(),
-                ),
-                rows: to_send,
-            });
-        }
-        super::Preview {
-            requests,
-            not_sent: outcomes,
-        }
+    /// One request with every event that passed the checks; the token travels in the query string,
+    /// as Meta documents it.
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        Plan::encode(
+            batch,
+            |d| encode_event(d, now).map(|event| ((), event)),
+            |()| {
+                let request = Request::new(&self.url, "data");
+                match &self.test_event_code {
+                    Some(code) => request.with("test_event_code", code.as_str()),
+                    None => request,
+                }
+            },
+        )
     }
-}
 
-/// A batch encoded for sending: each row's event (`Null` where none), the rows to send, and the
-/// outcomes of the rows decided without sending.
-struct Plan {
-    events: Vec<Value>,
-    to_send: Vec<usize>,
-    outcomes: Vec<(usize, Outcome)>,
-}
-
-/// Encodes `batch` as of `now`.
-fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut events = Vec::with_capacity(batch.len());
-    let mut to_send = Vec::new();
-    for (i, d) in batch.iter().enumerate() {
-        match encode_event(d, now) {
-            Ok(event) => {
-                to_send.push(i);
-                events.push(event);
-            }
-            Err(outcome) => {
-                outcomes.push((i, outcome));
-                events.push(Value::Null);
-            }
-        }
-    }
-    Plan {
-        events,
-        to_send,
-        outcomes,
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let (ok, text) = self.check().await;
+            Health::only(ok, text)
+        })
     }
 }
 
@@ -440,7 +433,7 @@ fn describe(status: reqwest::StatusCode, error: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use crate::destinations::test_support::{h, purchase, t0};
     use axum::extract::State;
     use axum::routing::post;
     use axum::{Json, Router};
@@ -471,9 +464,22 @@ mod tests {
                 "custom_data": {"value": 49.9, "currency": "eur"},
             })
         );
-        let body = request_body(vec![event], Some("TEST123"));
+        let config = MetaConfig {
+            pixel_id: "123".into(),
+            access_token: Secret::new("tok"),
+            test_event_code: Some("TEST123".into()),
+        };
+        let meta = Meta::new(
+            "meta",
+            &ApiConfig::default(),
+            &config,
+            &DispatchConfig::default(),
+        )
+        .unwrap();
+        let preview = meta.plan(&[d], t0() + TimeDelta::hours(1)).preview();
+        let body = &preview.requests[0].body;
         assert_eq!(body["test_event_code"], "TEST123");
-        assert_eq!(body["data"].as_array().unwrap().len(), 1);
+        assert_eq!(body["data"], json!([event]));
     }
 
     #[test]
@@ -597,6 +603,20 @@ mod tests {
         tokens: Vec<String>,
     }
 
+    /// A Meta destination at `endpoint` for dataset 1234567890.
+    fn test_meta(endpoint: &str) -> Meta {
+        let api = ApiConfig {
+            endpoint: Some(endpoint.to_string()),
+            ..ApiConfig::default()
+        };
+        let config = MetaConfig {
+            pixel_id: "1234567890".into(),
+            access_token: Secret::new("tok"),
+            test_event_code: None,
+        };
+        Meta::new("meta", &api, &config, &DispatchConfig::default()).unwrap()
+    }
+
     /// A fake Meta that rejects every batch containing the event id `order-3`, as Meta does.
     async fn fake_meta(seen: Arc<Mutex<Seen>>) -> String {
         async fn events(
@@ -647,13 +667,7 @@ mod tests {
         // GIVEN a fake Meta that rejects any batch holding event order-3
         let seen = Arc::new(Mutex::new(Seen::default()));
         let endpoint = fake_meta(seen.clone()).await;
-        let config = DestinationConfig {
-            endpoint: Some(endpoint),
-            pixel_id: Some("1234567890".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Meta)
-        };
-        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let meta = test_meta(&endpoint);
         let now = Utc::now();
         let batch: Vec<Delivery> = (0..6).map(|i| purchase(i, now)).collect();
         // WHEN the batch of six is sent
@@ -699,13 +713,7 @@ mod tests {
         let sandbox = crate::testbed::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let config = DestinationConfig {
-            endpoint: Some(sandbox.base_url()),
-            pixel_id: Some("1234567890".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Meta)
-        };
-        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let meta = test_meta(&sandbox.base_url());
         let now = Utc::now();
         let mut batch: Vec<Delivery> = (0..6).map(|i| purchase(i, now)).collect();
         batch[2].event_time = now - TimeDelta::days(7) - TimeDelta::hours(1);

@@ -15,12 +15,14 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
+use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::health::{synthetic, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, operator_retry, read_answer};
 use super::{
-    base_url, batch_size, encode_all, event_name, excerpt, in_order, is_retryable_status, isolate,
-    operator_retry, read_answer, required, value_number, BatchAnswer, Destination,
-    DestinationError, Encoded, Outcome, Picked, PlannedRequest, Preview, SendFuture,
+    batch_size, event_name, value_number, Destination, DestinationError, Outcome, Preview,
+    SendFuture,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, RedditConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -64,26 +66,27 @@ pub struct Reddit {
 }
 
 impl Reddit {
-    /// Builds the destination; `pixel_id` and `access_token` are required.
+    /// Builds the destination.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &RedditConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Reddit, DestinationError> {
-        let pixel = required(name, "pixel_id", &config.pixel_id)?;
         Ok(Reddit {
             name: name.to_string(),
             url: format!(
-                "{}/api/v3/pixels/{pixel}/conversion_events",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
+                "{}/api/v3/pixels/{}/conversion_events",
+                base_url(&api.endpoint, DEFAULT_ENDPOINT),
+                config.pixel_id
             ),
-            access_token: required(name, "access_token", &config.access_token)?.clone(),
+            access_token: config.access_token.clone(),
             test_id: config
                 .test_event_code
                 .clone()
                 .filter(|c| !c.trim().is_empty()),
-            max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            max_batch: batch_size(api, MAX_EVENTS),
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -196,20 +199,6 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     Ok(Value::Object(event))
 }
 
-/// The request body as sent: the events borrowed from the encoded batch.
-#[derive(serde::Serialize)]
-struct Body<'a> {
-    data: Data<'a>,
-}
-
-/// `data` of [`Body`].
-#[derive(serde::Serialize)]
-struct Data<'a> {
-    events: Picked<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    test_id: Option<&'a str>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Response classification
 // ---------------------------------------------------------------------------------------------
@@ -243,28 +232,27 @@ pub fn classify(
 // Client
 // ---------------------------------------------------------------------------------------------
 
+/// Reddit's body wraps the request's fields and events in `data`.
+#[derive(serde::Serialize)]
+struct Wrapped<T> {
+    data: T,
+}
+
 impl Reddit {
-    /// Sends one request with the events at `indices`.
-    async fn post(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
+    /// Sends `rows` of `request` in one request.
+    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
         let started = std::time::Instant::now();
-        let body = Body {
-            data: Data {
-                events: Picked {
-                    items: events,
-                    indices,
-                },
-                test_id: self.test_id.as_deref(),
-            },
-        };
         let response = self
             .http
-            .post(&self.url)
+            .post(&request.url)
             .bearer_auth(self.access_token.expose())
-            .json(&body)
+            .json(&Wrapped {
+                data: request.body(items, rows),
+            })
             .send()
             .await;
         let answer = read_answer("reddit", response, classify).await;
-        super::observe_request(&self.name, started, &answer);
+        observe_request(&self.name, started, &answer);
         answer
     }
 }
@@ -284,60 +272,69 @@ impl Destination for Reddit {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Encoded {
-                events,
-                rows,
-                mut outcomes,
-            } = encode_all(batch, |d| encode_event(d, Utc::now()));
-            let events = &events;
-            outcomes
-                .extend(isolate(rows, |part| async move { self.post(events, &part).await }).await);
-            in_order(batch.len(), outcomes)
+            let plan = self.plan(batch, Utc::now());
+            let items = &plan.items;
+            let sent = send_isolated(&plan, |request, part| async move {
+                self.post(request, items, &part).await
+            })
+            .await;
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> Preview {
-        let Encoded {
-            events,
-            rows,
-            outcomes,
-        } = encode_all(batch, |d| encode_event(d, Utc::now()));
-        let requests = if rows.is_empty() {
-            Vec::new()
-        } else {
-            let mut data =
-                json!({ "events": rows.iter().map(|&i| events[i].clone()).collect::<Vec<_>>() });
-            if let Some(id) = &self.test_id {
-                data["test_id"] = json!(id);
-            }
-            vec![PlannedRequest {
-                url: self.url.clone(),
-                rows,
-                body: json!({ "data": data }),
-            }]
+    /// One request with every event that can be sent (and the test id, in test mode).
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        let request = match &self.test_id {
+            Some(id) => Request::new(&self.url, "events").with("test_id", id.as_str()),
+            None => Request::new(&self.url, "events"),
         };
-        Preview {
-            requests,
-            not_sent: outcomes,
-        }
+        Plan::encode(
+            batch,
+            |d| encode_event(d, now).map(|event| ((), event)),
+            |_| request.clone(),
+        )
     }
-}
 
-/// `pgcapi check`: Reddit documents no read-only call that takes a conversion access token, so the
-/// token cannot be verified without recording an event; check builds the destination (pixel id and
-/// token present) and says the token is not verified. With `test_event_code` set, events go to
-/// Event Testing and a first `pgcapi run` shows whether the token works.
-pub async fn check(name: &str, dest: &DestinationConfig) -> (bool, String) {
-    match Reddit::new(name, dest, &DispatchConfig::default()) {
-        Ok(reddit) => (
-            true,
-            format!(
-                "{}: access token present but NOT verified: Reddit documents no read-only call \
-                 for conversion tokens",
-                reddit.url
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
+    /// The plan's requests, each body wrapped in `data` as [`Reddit::post`] sends it.
+    fn preview(&self, batch: &[Delivery]) -> Preview {
+        let mut preview = self.plan(batch, Utc::now()).preview();
+        for request in &mut preview.requests {
+            request.body = json!({ "data": request.body.take() });
+        }
+        preview
+    }
+
+    /// Reddit documents no read-only call for conversion tokens. With `test_event_code` set, one
+    /// synthetic event goes to Event Testing (never counted as a conversion); without it the token
+    /// is not verified, and the line says so.
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let Some(test_id) = &self.test_id else {
+                return Health::only(
+                    true,
+                    "access token present but NOT verified: Reddit documents no read-only call \
+                     for conversion tokens; set test_event_code to verify it with an Event \
+                     Testing event",
+                );
+            };
+            let plan = self.plan(&[synthetic(&self.name, None)], Utc::now());
+            let Some(request) = plan.requests.first() else {
+                return Health::only(
+                    false,
+                    format!("cannot build the test event: {:?}", plan.not_sent),
+                );
+            };
+            match self.post(request, &plan.items, &request.rows).await {
+                BatchAnswer::Sent(_) => Health::only(
+                    true,
+                    format!(
+                        "access token and pixel accepted one synthetic event (test_id {test_id}: \
+                         it shows in Event Testing only)"
+                    ),
+                ),
+                answer => Health::only(false, answer.error()),
+            }
+        })
     }
 }
 

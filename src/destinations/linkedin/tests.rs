@@ -105,7 +105,7 @@ fn a_batch_answer_gives_each_element_its_outcome() {
     ]})
     .to_string();
     let answer = classify(StatusCode::OK, None, &body, 3, ("li", "202611"));
-    let Answer::PerElement(outcomes) = answer else {
+    let Reply::PerElement(outcomes) = answer else {
         panic!("{answer:?}");
     };
     assert_eq!(outcomes[0], Outcome::Sent { platform_ref: None });
@@ -116,7 +116,7 @@ fn a_batch_answer_gives_each_element_its_outcome() {
     assert!(matches!(outcomes[2], Outcome::Retry { .. }));
     // A count that does not match the request is not trusted.
     let answer = classify(StatusCode::OK, None, &body, 2, ("li", "202611"));
-    assert!(matches!(answer, Answer::Whole(BatchAnswer::Retry { .. })));
+    assert!(matches!(answer, Reply::Whole(BatchAnswer::Retry { .. })));
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_switched_off_version_is_one_operator_error_naming_the_key() {
         2,
         ("li", "202401"),
     );
-    let Answer::Whole(BatchAnswer::Retry { error, retry_after }) = answer else {
+    let Reply::Whole(BatchAnswer::Retry { error, retry_after }) = answer else {
         panic!("{answer:?}");
     };
     assert!(
@@ -144,12 +144,12 @@ fn a_switched_off_version_is_one_operator_error_naming_the_key() {
     let unauthorized = classify(StatusCode::UNAUTHORIZED, None, "{}", 1, ("li", "202611"));
     assert!(matches!(
         unauthorized,
-        Answer::Whole(BatchAnswer::Retry { retry_after: Some(d), .. }) if d >= crate::destinations::OPERATOR_RETRY_FLOOR
+        Reply::Whole(BatchAnswer::Retry { retry_after: Some(d), .. }) if d >= crate::destinations::OPERATOR_RETRY_FLOOR
     ));
     let server = classify(StatusCode::BAD_GATEWAY, None, "", 1, ("li", "202611"));
     assert!(matches!(
         server,
-        Answer::Whole(BatchAnswer::Retry {
+        Reply::Whole(BatchAnswer::Retry {
             retry_after: None,
             ..
         })
