@@ -406,3 +406,73 @@ async fn kill_9_mid_delivery_counts_every_linkedin_conversion_once() {
 async fn kill_9_mid_delivery_counts_every_reddit_conversion_once() {
     kill_9_counts_once(REDDIT, Platform::Reddit, "rdt_cid").await;
 }
+
+/// The health check of destination `name` of `toml` against `sandbox`, as `pgcapi check` runs it.
+async fn healthcheck(
+    toml: &str,
+    sandbox: &pgcapi::testbed::sandbox::SandboxHandle,
+    name: &str,
+) -> Vec<pgcapi::destinations::Health> {
+    let env = crate::support::contract_env("postgres://unused/db", &sandbox.base_url());
+    let config = crate::support::config_from(toml, &env);
+    let dest =
+        pgcapi::destinations::build(name, &config.destinations[name], &config.dispatch).unwrap();
+    let probe = pgcapi::destinations::Probe::new(&config, name);
+    dest.healthcheck(&probe).await
+}
+
+#[tokio::test]
+async fn checks_read_linkedin_s_conversion_rule_and_send_reddit_a_test_event_only() {
+    let sandbox = pgcapi::testbed::sandbox::Sandbox::start_with_config(
+        "127.0.0.1:0".parse().unwrap(),
+        pgcapi::testbed::sandbox::SandboxConfig {
+            // The token contract_env gives the config.
+            linkedin_access_token: Some("test-linkedin-token-s3cr3t".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // LinkedIn: the rule's conversion rule is read with the token and version, nothing recorded
+    let lines = healthcheck(LINKEDIN, &sandbox, "linkedin").await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].ok, "{lines:?}");
+    assert!(
+        lines[0].text.contains("conversion rule 104012 readable"),
+        "{lines:?}"
+    );
+    // A wrong token and a switched-off version fail, in words that name the cause, never the token
+    let wrong = LINKEDIN.replace("${LINKEDIN_ACCESS_TOKEN}", "wrong-token");
+    let lines = healthcheck(&wrong, &sandbox, "linkedin").await;
+    assert!(
+        !lines[0].ok && lines[0].text.contains("HTTP 401"),
+        "{lines:?}"
+    );
+    assert!(!lines[0].text.contains("wrong-token"), "{lines:?}");
+    let old = LINKEDIN.replace(
+        "platform = \"linkedin\"\n",
+        "platform = \"linkedin\"\napi_version = \"202401\"\n",
+    );
+    let lines = healthcheck(&old, &sandbox, "linkedin").await;
+    assert!(!lines[0].ok, "{lines:?}");
+    assert!(lines[0].text.contains("set api_version"), "{lines:?}");
+    assert_eq!(sandbox.records().linkedin.counters.requests, 0);
+
+    // Reddit in test mode: one synthetic event goes to Event Testing (the sandbox keeps its test id)
+    let lines = healthcheck(REDDIT, &sandbox, "reddit").await;
+    assert!(lines[0].ok, "{lines:?}");
+    let events = sandbox.records().reddit.events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].test_event_code.as_deref(),
+        Some("t2_event_testing")
+    );
+    // Without a test id nothing is sent, and the line says the token is not verified
+    let live = REDDIT.replace("test_event_code = \"t2_event_testing\"\n", "");
+    let lines = healthcheck(&live, &sandbox, "reddit").await;
+    assert!(
+        lines[0].ok && lines[0].text.contains("NOT verified"),
+        "{lines:?}"
+    );
+    assert_eq!(sandbox.records().reddit.counters.requests, 1);
+}
