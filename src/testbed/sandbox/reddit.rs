@@ -129,13 +129,8 @@ async fn handle_events(
     faults::finish(&shared, &conn, Platform::Reddit, drop_after, response)
 }
 
-/// Checks the request; records and answers it, or the error response.
-fn process(
-    shared: &Shared,
-    pixel_id: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Response, Box<Response>> {
+/// Checks the user agent (Reddit throttles library defaults) and the bearer token.
+fn check_headers(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let agent = headers.get("user-agent").and_then(|v| v.to_str().ok());
     if agent.is_none_or(|a| a.trim().is_empty() || GENERIC_AGENTS.iter().any(|g| a.starts_with(g)))
     {
@@ -152,24 +147,41 @@ fn process(
     if !credential_ok(&shared.config.reddit_access_token, token) {
         return Err(error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED").into());
     }
-    let bad = || error(StatusCode::BAD_REQUEST, "Bad Request");
+    Ok(())
+}
+
+/// The body's `data.test_id` and `data.events` (1–1,000); anything else is Reddit's bare 400.
+fn parse_body(body: &[u8]) -> Result<(Option<String>, Vec<Value>), Box<Response>> {
+    let bad = || Box::new(error(StatusCode::BAD_REQUEST, "Bad Request"));
     let Ok(Value::Object(mut root)) = serde_json::from_slice::<Value>(body) else {
-        return Err(bad().into());
+        return Err(bad());
     };
     let Some(Value::Object(mut data)) = root.remove("data") else {
-        return Err(bad().into());
+        return Err(bad());
     };
     let test_id = match data.remove("test_id") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) if !id.is_empty() => Some(id),
-        Some(_) => return Err(bad().into()),
+        Some(_) => return Err(bad()),
     };
     let Some(Value::Array(events)) = data.remove("events") else {
-        return Err(bad().into());
+        return Err(bad());
     };
     if events.is_empty() || events.len() > MAX_EVENTS || !root.is_empty() || !data.is_empty() {
-        return Err(bad().into());
+        return Err(bad());
     }
+    Ok((test_id, events))
+}
+
+/// Checks the request; records and answers it, or the error response.
+fn process(
+    shared: &Shared,
+    pixel_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Box<Response>> {
+    check_headers(shared, headers)?;
+    let (test_id, events) = parse_body(body)?;
     let now = Utc::now();
     let invalid: Vec<Value> = events
         .iter()
