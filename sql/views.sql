@@ -60,7 +60,7 @@ from pgcapi.deliveries d;
 -- Match-key coverage and the match score look at the conversions recorded in the last 24 hours with
 -- consent (the ones pgcapi sends). `*_share` is the share of them carrying the key (0..1):
 --   email, phone; name = first_name and last_name; address = city, state or zip;
---   click_id = fbc, gclid, gbraid, wbraid, ttclid or msclkid; ip_ua = client_ip and user_agent;
+--   click_id = fbc, gclid, gbraid, wbraid, ttclid, msclkid, li_fat_id or rdt_cid; ip_ua = client_ip and user_agent;
 --   external_id = external_id or lead_id; browser_id = fbp or ttp.
 --
 -- match_score is an ESTIMATE on a 0..10 scale, loosely modeled on Meta's Event Match Quality (which weighs
@@ -70,7 +70,8 @@ from pgcapi.deliveries d;
 --   + (external_id, lead_id, fbp or ttp) 1                          = at most 10 points,
 -- counting only what the destination's platform accepts; the score is the average over the events,
 -- scaled by the most that platform can receive (Meta 10, TikTok 9: no name or address, Google Ads 7:
--- email, phone and click ids only; Google Data Manager 9: no external or browser id), so 10 means "every event carries everything this platform takes".
+-- email, phone and click ids only; Google Data Manager 9: no external or browser id; LinkedIn 5: email
+-- and li_fat_id; Reddit 9: no name or address), so 10 means "every event carries everything this platform takes".
 create or replace view pgcapi.health as
 with flagged as (
     select
@@ -88,7 +89,8 @@ with flagged as (
         d.match_keys && array['phone'] as has_phone,
         d.match_keys @> array['first_name', 'last_name'] as has_name,
         d.match_keys && array['city', 'state', 'zip'] as has_address,
-        d.match_keys && array['fbc', 'gclid', 'gbraid', 'wbraid', 'ttclid', 'msclkid'] as has_click_id,
+        d.match_keys && array['fbc', 'gclid', 'gbraid', 'wbraid', 'ttclid', 'msclkid', 'li_fat_id', 'rdt_cid']
+            as has_click_id,
         d.match_keys @> array['client_ip', 'user_agent'] as has_ip_ua,
         d.match_keys && array['external_id', 'lead_id'] as has_external_id,
         d.match_keys && array['fbp', 'ttp'] as has_browser_id
@@ -104,7 +106,8 @@ scored as (
          + case when f.has_name and f.has_address then 1 else 0 end
          + case when f.has_external_id or f.has_browser_id then 1 else 0 end) as points,
         case f.platform when 'google_ads' then 7 when 'tiktok' then 9
-            when 'google_data_manager' then 9 else 10 end as max_points
+            when 'google_data_manager' then 9 when 'linkedin' then 5 when 'reddit' then 9
+            else 10 end as max_points
     from flagged f
 ),
 grouped as (

@@ -22,11 +22,15 @@ pub enum Platform {
     Outbrain,
     /// Taboola S2S conversions through its bulk endpoint (click id + event name; cannot retract).
     Taboola,
+    /// LinkedIn Conversions API (`/rest/conversionEvents`).
+    Linkedin,
+    /// Reddit Conversions API v3 (`/api/v3/pixels/{pixel_id}/conversion_events`).
+    Reddit,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 7] = [
+    pub const ALL: [Platform; 9] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
@@ -34,6 +38,8 @@ impl Platform {
         Platform::MicrosoftAds,
         Platform::Outbrain,
         Platform::Taboola,
+        Platform::Linkedin,
+        Platform::Reddit,
     ];
 
     /// The stable name used in config, logs, metrics and the control table.
@@ -46,10 +52,12 @@ impl Platform {
             Platform::MicrosoftAds => "microsoft_ads",
             Platform::Outbrain => "outbrain",
             Platform::Taboola => "taboola",
+            Platform::Linkedin => "linkedin",
+            Platform::Reddit => "reddit",
         }
     }
 
-    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`, `outbrain`, ...).
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `linkedin`, …).
     pub fn from_name(name: &str) -> Option<Platform> {
         Platform::ALL.into_iter().find(|p| p.as_str() == name)
     }
@@ -57,6 +65,7 @@ impl Platform {
     /// Whether the platform can retract a conversion it has already accepted (Data Manager through
     /// its `refunds` setting: a Google Ads API retraction, a restatement to zero, or a skip). Meta,
     /// TikTok, Outbrain and Taboola cannot: their S2S APIs have no way to withdraw a conversion.
+    /// TikTok, LinkedIn and Reddit document no way to (platforms-next.md §8.3).
     pub fn can_retract(self) -> bool {
         matches!(
             self,

@@ -16,13 +16,14 @@ mod validate;
 
 pub use destination::{
     ApiConfig, DestinationConfig, GoogleAdsConfig, GoogleAuthConfig, GoogleCredentials,
-    GoogleDataManagerConfig, GoogleRefunds, MetaConfig, MicrosoftAdsConfig, OutbrainConfig,
-    PlatformConfig, TaboolaConfig, TiktokConfig,
+    GoogleDataManagerConfig, GoogleRefunds, LinkedinConfig, MetaConfig, MicrosoftAdsConfig,
+    OutbrainConfig, PlatformConfig, RedditConfig, TaboolaConfig, TiktokConfig,
 };
 pub use env::expand;
 pub use rule::{
-    EventNameRuleConfig, GoogleRuleConfig, MetaRuleConfig, MicrosoftRuleConfig, OnDelete,
-    RuleConfig, Scalar, Template, TemplatePart, TiktokRuleConfig, WhenValue, EXTRA_MATCH_NAMES,
+    EventNameRuleConfig, GoogleRuleConfig, LinkedinRuleConfig, MetaRuleConfig, MicrosoftRuleConfig,
+    OnDelete, RedditRuleConfig, RuleConfig, Scalar, Template, TemplatePart, TiktokRuleConfig,
+    WhenValue, EXTRA_MATCH_NAMES,
 };
 pub use sections::{
     CaptureConfig, Defaults, DispatchConfig, MetricsConfig, RetentionConfig, SourceConfig,

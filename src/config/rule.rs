@@ -113,6 +113,10 @@ pub struct RuleConfig {
     /// Taboola-specific settings.
     #[serde(default)]
     pub taboola: EventNameRuleConfig,
+    /// LinkedIn-specific settings.
+    pub linkedin: LinkedinRuleConfig,
+    /// Reddit-specific settings.
+    pub reddit: RedditRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -183,6 +187,24 @@ pub struct MicrosoftRuleConfig {
 pub struct EventNameRuleConfig {
     /// The event name exactly as defined in the platform (case-sensitive: Outbrain's event-based
     /// conversion name, Taboola's conversion rule Event Name); defaults to the rule's `event`.
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+/// `[rules.linkedin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LinkedinRuleConfig {
+    /// The conversion rule the rule's events count for: its id (`104012`) or URN
+    /// (`urn:lla:llaPartnerConversion:104012`). LinkedIn needs one per event.
+    #[serde(default)]
+    pub conversion_rule: Option<String>,
+}
+
+/// `[rules.reddit]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RedditRuleConfig {
+    /// The Reddit event type (`PURCHASE`, `LEAD`, `SIGN_UP`, …) or a custom event name; by default
+    /// the rule's event is mapped (`Purchase` → `PURCHASE`, anything unknown → a custom event).
     #[serde(default)]
     pub event: Option<String>,
 }

@@ -181,6 +181,21 @@ impl Config {
                         ),
                     )
                 }
+                PlatformConfig::Linkedin(_)
+                    if rule
+                        .linkedin
+                        .conversion_rule
+                        .as_deref()
+                        .is_none_or(|r| r.trim().is_empty()) =>
+                {
+                    found.push(
+                        at.key("linkedin.conversion_rule"),
+                        format!(
+                            "is required to send to LinkedIn destination {name:?} (the conversion \
+                             rule's id or urn:lla:llaPartnerConversion URN)"
+                        ),
+                    )
+                }
                 _ => {}
             }
         }

@@ -112,6 +112,7 @@ fn user_data_field(key: MatchKey) -> Option<&'static str> {
         | MatchKey::Msclkid
         | MatchKey::ObClickId
         | MatchKey::TaboolaClickId => return None,
+        MatchKey::LiFatId | MatchKey::RdtCid => return None,
     })
 }
 

@@ -11,7 +11,8 @@
 //! - [`send`](Destination::send) sends a batch and returns one [`Outcome`] per row, in order (the
 //!   contract is on the trait). How it gets there is the platform's: Meta and TikTok reject a whole
 //!   request for one bad event, so they bisect rejected requests ([`batch::isolate`]); Google Ads
-//!   and Microsoft Advertising answer per row by index; Data Manager names the invalid events.
+//!   and Microsoft Advertising answer per row by index, LinkedIn per element in order; Reddit rejects
+//!   a whole request for one bad event and is bisected too; Data Manager names the invalid events.
 //! - [`plan`](Destination::plan) encodes a batch into a [`Plan`]: each row's item, the [`Request`]s
 //!   of the first attempt (URL, rows, body fields) and the rows decided without a request. `send`
 //!   sends the plan's requests; [`preview`](Destination::preview) (`pgcapi run --dry-run`) is
@@ -45,9 +46,11 @@ pub mod google_auth;
 pub mod google_data_manager;
 pub mod health;
 pub mod http;
+pub mod linkedin;
 pub mod meta;
 pub mod microsoft_ads;
 pub mod outbrain;
+pub mod reddit;
 pub mod taboola;
 pub mod tiktok;
 
@@ -218,6 +221,8 @@ pub fn build(
         }
         PlatformConfig::Outbrain(ob) => Box::new(outbrain::Outbrain::new(name, api, ob, dispatch)?),
         PlatformConfig::Taboola(tb) => Box::new(taboola::Taboola::new(name, api, tb, dispatch)?),
+        PlatformConfig::Linkedin(li) => Box::new(linkedin::Linkedin::new(name, api, li, dispatch)?),
+        PlatformConfig::Reddit(rd) => Box::new(reddit::Reddit::new(name, api, rd, dispatch)?),
     })
 }
 

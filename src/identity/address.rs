@@ -101,7 +101,9 @@ pub(crate) fn city_checked(platform: Platform, raw: &str) -> Result<String, Reas
         | Platform::Tiktok
         | Platform::MicrosoftAds
         | Platform::Outbrain
-        | Platform::Taboola => retain(&lower(&cleaned), |c| {
+        | Platform::Taboola
+        | Platform::Linkedin
+        | Platform::Reddit => retain(&lower(&cleaned), |c| {
             !is_separator_like(c) && !c.is_numeric()
         }),
     }
@@ -122,7 +124,9 @@ pub(crate) fn state_checked(platform: Platform, raw: &str) -> Result<String, Rea
         | Platform::Tiktok
         | Platform::MicrosoftAds
         | Platform::Outbrain
-        | Platform::Taboola => match STATE_BY_NAME.get(&fold(&cleaned)) {
+        | Platform::Taboola
+        | Platform::Linkedin
+        | Platform::Reddit => match STATE_BY_NAME.get(&fold(&cleaned)) {
             Some(code) => Ok((*code).to_owned()),
             None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
         },

@@ -292,7 +292,9 @@ pub(crate) fn country_checked(platform: Platform, raw: &str) -> Result<String, R
         | Platform::Tiktok
         | Platform::MicrosoftAds
         | Platform::Outbrain
-        | Platform::Taboola => code.to_ascii_lowercase(),
+        | Platform::Taboola
+        | Platform::Linkedin
+        | Platform::Reddit => code.to_ascii_lowercase(),
     })
 }
 

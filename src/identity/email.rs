@@ -1,4 +1,4 @@
-//! Email normalization: lowercase, a strict shape check, and Google's gmail rule.
+//! Email normalization: lowercase, a strict shape check, Google's gmail rule and Reddit's all-domain rule.
 
 use super::text::{clean, lower, nfc};
 use super::{Reason, EMPTY};
@@ -9,6 +9,9 @@ const INVALID: Reason = "invalid email";
 
 /// Reason for a gmail address whose local part is empty once Google's rule has run (`+tag@gmail.com`).
 const EMPTY_GMAIL: Reason = "invalid email: empty gmail local part";
+
+/// Reason for an address whose local part is empty once Reddit's rule has run (`+tag@example.com`).
+const EMPTY_LOCAL: Reason = "invalid email: empty local part without dots and +tag";
 
 /// Normalizes an email, or says why it is left out.
 pub(crate) fn email_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
@@ -25,13 +28,15 @@ pub(crate) fn email_checked(platform: Platform, raw: &str) -> Result<String, Rea
     if local.is_empty() || !domain_ok {
         return Err(INVALID);
     }
-    if platform.is_google() && matches!(domain, "gmail.com" | "googlemail.com") {
-        // Google only: drop a +tag, then every dot (both are ignored by gmail itself).
+    let gmail = matches!(domain, "gmail.com" | "googlemail.com");
+    if platform == Platform::Reddit || (platform.is_google() && gmail) {
+        // Google for gmail (which ignores both itself), Reddit for every domain: drop a +tag,
+        // then every dot.
         let untagged = local.split('+').next().unwrap_or_default();
         // Re-composed: a dot between a letter and a combining accent kept them apart.
         let local = nfc(untagged.chars().filter(|c| *c != '.').collect());
         if local.is_empty() {
-            return Err(EMPTY_GMAIL);
+            return Err(if gmail { EMPTY_GMAIL } else { EMPTY_LOCAL });
         }
         return Ok(format!("{local}@{domain}"));
     }
@@ -41,7 +46,7 @@ pub(crate) fn email_checked(platform: Platform, raw: &str) -> Result<String, Rea
 /// Normalizes an email: format characters removed, NFKC, trim, lowercase; `None` unless it has exactly
 /// one `@`, a non-empty local part, a domain of two or more non-empty labels and no whitespace. For
 /// Google, gmail.com/googlemail.com addresses also lose their `+tag` and dots
-/// (`John.Doe+promo@Gmail.com` → `johndoe@gmail.com`).
+/// (`John.Doe+promo@Gmail.com` → `johndoe@gmail.com`); for Reddit every address does.
 pub fn normalize_email(platform: Platform, raw: &str) -> Option<String> {
     email_checked(platform, raw).ok()
 }
@@ -125,6 +130,34 @@ mod tests {
             }
         }
         assert_eq!(email_checked(Platform::Meta, "   "), Err(EMPTY));
+    }
+
+    #[test]
+    fn reddit_removes_dots_and_tags_for_every_domain() {
+        for (raw, want) in [
+            ("John.Doe+promo@Example.com", "johndoe@example.com"),
+            ("John.Doe+promo@Gmail.com", "johndoe@gmail.com"),
+            ("Al.ice+Apple@Example.Com", "alice@example.com"),
+            ("a.b+c+d@sub.example.org", "ab@sub.example.org"),
+        ] {
+            assert_eq!(
+                normalize_email(Platform::Reddit, raw).as_deref(),
+                Some(want)
+            );
+        }
+        assert_eq!(
+            email_checked(Platform::Reddit, "+tag@example.com"),
+            Err(EMPTY_LOCAL)
+        );
+        assert_eq!(
+            email_checked(Platform::Reddit, ".+x@gmail.com"),
+            Err(EMPTY_GMAIL)
+        );
+        // LinkedIn keeps the address as written, lowercased.
+        assert_eq!(
+            normalize_email(Platform::Linkedin, " John.Doe+promo@Example.com ").as_deref(),
+            Some("john.doe+promo@example.com")
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! | Microsoft Advertising | email, phone | msclkid |
 //! | Outbrain | — | ob_click_id |
 //! | Taboola | — | taboola_click_id |
+//! | LinkedIn | email | first/last name (`userInfo`, both or neither), li_fat_id |
+//! | Reddit | email, phone, external_id | client_ip, user_agent, rdt_cid |
 //!
 //! Microsoft's `microsoft` profile: email trimmed and lowercased, phone E.164 with its `+`, then
 //! SHA-256 (`HashedEmailAddress`, `HashedPhoneNumber`). Microsoft publishes no finer rule
@@ -30,6 +32,17 @@
 //! the S2S API) is "a case-sensitive string of 66 characters or more" (Taboola's postback page, whose
 //! sample is URL-safe base64): pgcapi keeps it when it is 66–1,024 characters of `A–Z a–z 0–9 - _`,
 //! because Taboola's bulk endpoint drops an unparsable one silently.
+//! LinkedIn's profile (platforms-next.md §4, §8.2): email trimmed and lowercased, then SHA-256
+//! (`SHA256_EMAIL`); no phone key. Names go in `userInfo` in clear — LinkedIn takes no hashed names —
+//! cleaned (NFC, trimmed) but otherwise as written, and only as a pair: the destination sends both or
+//! neither (a lone name is a 422 since version 202607). The `li_fat_id` (first-party ads tracking
+//! UUID) is sent as stored.
+//!
+//! Reddit's profile (§5, §8.2): email lowercased, then for **every** domain the local part loses
+//! everything from its first `+` and every `.` (`John.Doe+promo@Example.com` → `johndoe@example.com`);
+//! phone E.164 **with** `+`; external id as for every platform; all three SHA-256. Reddit also takes
+//! IP and user agent hashed, but normalization.md keeps them as stored for every platform, which
+//! Reddit accepts. The `rdt_cid` click id is sent as stored.
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -119,6 +132,10 @@ pub struct RawIdentity {
     pub ob_click_id: Option<String>,
     /// Taboola click id.
     pub taboola_click_id: Option<String>,
+    /// LinkedIn first-party ads tracking UUID (`li_fat_id` URL parameter / cookie).
+    pub li_fat_id: Option<String>,
+    /// Reddit click id (`rdt_cid` URL parameter).
+    pub rdt_cid: Option<String>,
     /// Platform lead id (Meta lead ads, TikTok CRM).
     pub lead_id: Option<String>,
     /// When the ad was clicked; used as the `fbc` creation time when building it from `fbclid`.
@@ -152,6 +169,8 @@ impl RawIdentity {
             MatchKey::Msclkid => &self.msclkid,
             MatchKey::ObClickId => &self.ob_click_id,
             MatchKey::TaboolaClickId => &self.taboola_click_id,
+            MatchKey::LiFatId => &self.li_fat_id,
+            MatchKey::RdtCid => &self.rdt_cid,
             MatchKey::LeadId => &self.lead_id,
         };
         value.as_deref()
@@ -230,13 +249,17 @@ pub enum MatchKey {
     ObClickId,
     /// Taboola click id.
     TaboolaClickId,
+    /// LinkedIn first-party ads tracking UUID.
+    LiFatId,
+    /// Reddit click id.
+    RdtCid,
     /// Platform lead id.
     LeadId,
 }
 
 impl MatchKey {
     /// Every key, in declaration (and `Ord`) order.
-    pub const ALL: [MatchKey; 24] = [
+    pub const ALL: [MatchKey; 26] = [
         MatchKey::Email,
         MatchKey::Phone,
         MatchKey::FirstName,
@@ -260,6 +283,8 @@ impl MatchKey {
         MatchKey::Msclkid,
         MatchKey::ObClickId,
         MatchKey::TaboolaClickId,
+        MatchKey::LiFatId,
+        MatchKey::RdtCid,
         MatchKey::LeadId,
     ];
 
@@ -289,6 +314,8 @@ impl MatchKey {
             MatchKey::Msclkid => "msclkid",
             MatchKey::ObClickId => "ob_click_id",
             MatchKey::TaboolaClickId => "taboola_click_id",
+            MatchKey::LiFatId => "li_fat_id",
+            MatchKey::RdtCid => "rdt_cid",
             MatchKey::LeadId => "lead_id",
         }
     }
@@ -319,15 +346,18 @@ impl MatchKey {
     /// True when the value sent to this platform is a SHA-256 hex digest.
     ///
     /// Every personal key is hashed except Google's address parts (city, state, zip, country), which
-    /// Google takes in clear (§2.3, §2.5). For a key the platform does not accept this still answers
-    /// with the rule that would apply, so personal data defaults to hashed.
+    /// Google takes in clear (§2.3, §2.5), and LinkedIn's names, which its `userInfo` takes in clear
+    /// (platforms-next.md §4). For a key the platform does not accept this still answers with the
+    /// rule that would apply, so personal data defaults to hashed.
     pub fn is_hashed(self, platform: Platform) -> bool {
         let google_clear = platform.is_google()
             && matches!(
                 self,
                 MatchKey::City | MatchKey::State | MatchKey::Zip | MatchKey::Country
             );
-        self.is_personal() && !google_clear
+        let linkedin_clear = platform == Platform::Linkedin
+            && matches!(self, MatchKey::FirstName | MatchKey::LastName);
+        self.is_personal() && !google_clear && !linkedin_clear
     }
 
     /// True when `match_keys` produces this key for the platform (see the module table).
@@ -408,6 +438,22 @@ const OUTBRAIN_KEYS: &[MatchKey] = &[MatchKey::ObClickId];
 
 /// The one key a Taboola S2S conversion takes: its click id (no hashed identifiers).
 const TABOOLA_KEYS: &[MatchKey] = &[MatchKey::TaboolaClickId];
+/// The keys a LinkedIn conversion event takes (platforms-next.md §4): `SHA256_EMAIL` and
+/// `LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID` in `userIds`.
+/// Names are left out on purpose: LinkedIn takes them only in clear (`userInfo`), and raw personal
+/// data never leaves pgcapi.
+const LINKEDIN_KEYS: &[MatchKey] = &[MatchKey::Email, MatchKey::LiFatId];
+
+/// The keys a Reddit v3 conversion event takes (§5): hashed email, phone and external id, the
+/// landing page's IP and user agent, and the click id.
+const REDDIT_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::ExternalId,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::RdtCid,
+];
 
 /// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
 pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
@@ -419,6 +465,8 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
         Platform::MicrosoftAds => MICROSOFT_ADS_KEYS,
         Platform::Outbrain => OUTBRAIN_KEYS,
         Platform::Taboola => TABOOLA_KEYS,
+        Platform::Linkedin => LINKEDIN_KEYS,
+        Platform::Reddit => REDDIT_KEYS,
     }
 }
 
@@ -665,6 +713,8 @@ pub fn normalize_key(
         | MatchKey::Wbraid
         | MatchKey::Ttclid
         | MatchKey::Ttp
+        | MatchKey::LiFatId
+        | MatchKey::RdtCid
         | MatchKey::LeadId => click::as_stored_checked(raw),
     }
 }
@@ -711,3 +761,6 @@ mod tests;
 
 #[cfg(test)]
 mod vectors;
+
+#[cfg(test)]
+mod profile_vectors;

@@ -322,12 +322,15 @@ pub(crate) fn for_platform(platform: Platform, e164: &str) -> String {
 pub(crate) fn platform_form(platform: Platform, e164: &str) -> &str {
     match platform {
         Platform::Meta => e164.trim_start_matches('+'),
+        // LinkedIn takes no phone; with the `+` is the rule that would apply.
         Platform::GoogleAds
         | Platform::GoogleDataManager
         | Platform::Tiktok
         | Platform::MicrosoftAds
         | Platform::Outbrain
-        | Platform::Taboola => e164,
+        | Platform::Taboola
+        | Platform::Linkedin
+        | Platform::Reddit => e164,
     }
 }
 

@@ -160,6 +160,8 @@ fn full_row() -> RawIdentity {
         msclkid: Some("msclkidvalue123".into()),
         ob_click_id: Some("00ab12cd34ef56ab78cd90ef12ab34cd56".into()),
         taboola_click_id: Some(TABOOLA_CLICK.into()),
+        li_fat_id: Some("df5gf5-gh6t7-ph4j7h".into()),
+        rdt_cid: Some("t2_rdtcidvalue".into()),
         lead_id: Some("123456789012345".into()),
         click_time: Some(Utc.with_ymd_and_hms(2024, 4, 30, 8, 0, 0).unwrap()),
     }

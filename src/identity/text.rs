@@ -157,12 +157,15 @@ pub(crate) fn name_checked(platform: Platform, raw: &str) -> Result<String, Reas
     match platform {
         // Google: lowercase and trim only; inner punctuation is kept (§2.5).
         Platform::GoogleAds | Platform::GoogleDataManager => Ok(lower(&cleaned)),
+        // LinkedIn takes names in clear in `userInfo`: cleaned, otherwise as written.
+        Platform::Linkedin => Ok(cleaned.into_owned()),
         // Meta and TikTok: letters (and digits) only.
         Platform::Meta
         | Platform::Tiktok
         | Platform::MicrosoftAds
         | Platform::Outbrain
-        | Platform::Taboola => retain(&lower(&cleaned), |c| !is_separator_like(c)),
+        | Platform::Taboola
+        | Platform::Reddit => retain(&lower(&cleaned), |c| !is_separator_like(c)),
     }
 }
 

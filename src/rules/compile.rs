@@ -71,6 +71,10 @@ pub(super) struct Compiled {
     pub(super) delete_unmatched: std::sync::atomic::AtomicBool,
     /// Microsoft Advertising offline conversion goal name.
     pub(super) conversion_name: Option<String>,
+    /// LinkedIn conversion rule (id or URN).
+    pub(super) linkedin_rule: Option<String>,
+    /// Reddit event type or custom event name.
+    pub(super) reddit_event: Option<String>,
 }
 
 impl Compiled {
@@ -136,6 +140,8 @@ impl Compiled {
             on_delete: rule.on_delete,
             delete_unmatched: std::sync::atomic::AtomicBool::new(false),
             conversion_name: rule.microsoft.conversion_name.clone(),
+            linkedin_rule: rule.linkedin.conversion_rule.clone(),
+            reddit_event: rule.reddit.event.clone(),
         }
     }
 

@@ -234,10 +234,12 @@ impl Rules {
                             target.conversion_action.clone()
                         }
                         Platform::MicrosoftAds => target.conversion_name.clone(),
+                        Platform::Linkedin => target.linkedin_rule.clone(),
                         Platform::Meta
                         | Platform::Tiktok
                         | Platform::Outbrain
-                        | Platform::Taboola => None,
+                        | Platform::Taboola
+                        | Platform::Reddit => None,
                     },
                     consent: true,
                     ..Payload::default()
@@ -318,6 +320,9 @@ fn platform_fields(
         Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
         Platform::Outbrain => payload.platform_event = rule.outbrain_event.clone(),
         Platform::Taboola => payload.platform_event = rule.taboola_event.clone(),
+        // LinkedIn's conversion rule travels in the same slot.
+        Platform::Linkedin => payload.conversion_action = rule.linkedin_rule.clone(),
+        Platform::Reddit => payload.platform_event = rule.reddit_event.clone(),
     }
     Ok(())
 }

@@ -372,6 +372,8 @@ impl RowView<'_> {
                     MatchKey::Msclkid => &mut raw.msclkid,
                     MatchKey::ObClickId => &mut raw.ob_click_id,
                     MatchKey::TaboolaClickId => &mut raw.taboola_click_id,
+                    MatchKey::LiFatId => &mut raw.li_fat_id,
+                    MatchKey::RdtCid => &mut raw.rdt_cid,
                     MatchKey::LeadId => &mut raw.lead_id,
                 },
             };

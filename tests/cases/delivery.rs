@@ -7,7 +7,7 @@ use pgcapi::config::Config;
 use pgcapi::dispatch::Dispatcher;
 use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::platform::Platform;
-use pgcapi::testbed::sandbox::{Faults, Sandbox, SandboxHandle, Stats};
+use pgcapi::testbed::sandbox::{EventRecords, Faults, Sandbox, SandboxHandle, Stats};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,19 +208,18 @@ async fn states(client: &Client, destination: &str) -> HashMap<(String, String),
 /// Every event id the sandbox counted for `platform` (Google: conversions' order ids).
 fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
     let records = sandbox.records();
+    let event_ids = |events: &EventRecords| -> Vec<String> {
+        events
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect()
+    };
     match platform {
-        Platform::Meta => records
-            .meta
-            .events
-            .iter()
-            .filter_map(|e| e.event_id.clone())
-            .collect(),
-        Platform::Tiktok => records
-            .tiktok
-            .events
-            .iter()
-            .filter_map(|e| e.event_id.clone())
-            .collect(),
+        Platform::Meta => event_ids(&records.meta),
+        Platform::Tiktok => event_ids(&records.tiktok),
+        Platform::Linkedin => event_ids(&records.linkedin),
+        Platform::Reddit => event_ids(&records.reddit),
         Platform::GoogleAds => records
             .google_ads
             .conversions

@@ -162,6 +162,8 @@ fn destination(
         }
         Platform::Outbrain => "platform = \"outbrain\"",
         Platform::Taboola => "platform = \"taboola\"\naccount_id = \"1234567\"",
+        Platform::Linkedin => "platform = \"linkedin\"\naccess_token = \"tok\"",
+        Platform::Reddit => "platform = \"reddit\"\npixel_id = \"a2_test\"\naccess_token = \"tok\"",
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

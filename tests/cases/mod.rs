@@ -15,6 +15,7 @@ mod google_data_manager;
 mod ha;
 mod honest_status;
 mod large;
+mod linkedin_reddit;
 mod microsoft_ads;
 mod observe;
 mod operate;

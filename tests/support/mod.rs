@@ -79,6 +79,8 @@ pub fn contract_env(database_url: &str, endpoint: &str) -> Vec<(String, String)>
         ("GOOGLE_ADS_CLIENT_SECRET", "test-client-secret-s3cr3t"),
         ("GOOGLE_ADS_REFRESH_TOKEN", "test-refresh-token-s3cr3t"),
         ("TIKTOK_ACCESS_TOKEN", "test-tiktok-token-s3cr3t"),
+        ("LINKEDIN_ACCESS_TOKEN", "test-linkedin-token-s3cr3t"),
+        ("REDDIT_ACCESS_TOKEN", "test-reddit-token-s3cr3t"),
     ] {
         env.push((name.to_string(), value.to_string()));
     }
@@ -88,6 +90,8 @@ pub fn contract_env(database_url: &str, endpoint: &str) -> Vec<(String, String)>
         "TIKTOK_ENDPOINT",
         "OUTBRAIN_ENDPOINT",
         "TABOOLA_ENDPOINT",
+        "LINKEDIN_ENDPOINT",
+        "REDDIT_ENDPOINT",
     ] {
         env.push((name.to_string(), endpoint.to_string()));
     }
@@ -121,6 +125,31 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The (event id, state, last error) of each control-table row of `kind`, by event id.
+pub async fn deliveries(client: &Client, kind: &str) -> Vec<(String, String, Option<String>)> {
+    client
+        .query(
+            "select event_id, state, last_error from pgcapi.deliveries where kind = $1 order by event_id",
+            &[&kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Waits until `n` control-table rows of `kind` are no longer pending.
+pub async fn settled(client: &Client, kind: &str, n: i64) {
+    let sql = format!(
+        "select count(*) from pgcapi.deliveries where kind = '{kind}' and state <> 'pending'"
+    );
+    wait_for(60, &format!("{n} {kind} rows to settle"), || async {
+        (count(client, &sql).await == n).then_some(())
+    })
+    .await;
 }
 
 /// Counts rows of a query returning one bigint.
@@ -241,5 +270,7 @@ pub fn sandbox_api(platform: pgcapi::platform::Platform) -> pgcapi::testbed::san
         P::MicrosoftAds => S::MicrosoftAds,
         P::Outbrain => S::Outbrain,
         P::Taboola => S::Taboola,
+        P::Linkedin => S::Linkedin,
+        P::Reddit => S::Reddit,
     }
 }

@@ -12,18 +12,22 @@
 mod google_ads;
 mod google_auth;
 mod google_data_manager;
+mod linkedin;
 mod meta;
 mod microsoft_ads;
 mod outbrain;
+mod reddit;
 mod taboola;
 mod tiktok;
 
 pub use google_ads::GoogleAdsConfig;
 pub use google_auth::{GoogleAuthConfig, GoogleCredentials};
 pub use google_data_manager::{GoogleDataManagerConfig, GoogleRefunds};
+pub use linkedin::LinkedinConfig;
 pub use meta::MetaConfig;
 pub use microsoft_ads::MicrosoftAdsConfig;
 pub use outbrain::OutbrainConfig;
+pub use reddit::RedditConfig;
 pub use taboola::TaboolaConfig;
 pub use tiktok::TiktokConfig;
 
@@ -74,6 +78,10 @@ pub enum PlatformConfig {
     Outbrain(OutbrainConfig),
     /// `platform = "taboola"`.
     Taboola(TaboolaConfig),
+    /// `platform = "linkedin"`.
+    Linkedin(LinkedinConfig),
+    /// `platform = "reddit"`.
+    Reddit(RedditConfig),
 }
 
 /// What each platform's settings struct provides to the reader and to `pgcapi check`.
@@ -95,6 +103,8 @@ impl PlatformConfig {
             PlatformConfig::MicrosoftAds(_) => Platform::MicrosoftAds,
             PlatformConfig::Outbrain(_) => Platform::Outbrain,
             PlatformConfig::Taboola(_) => Platform::Taboola,
+            PlatformConfig::Linkedin(_) => Platform::Linkedin,
+            PlatformConfig::Reddit(_) => Platform::Reddit,
         }
     }
 
@@ -109,6 +119,8 @@ impl PlatformConfig {
             Platform::MicrosoftAds => PlatformConfig::MicrosoftAds(Settings::read(reader)?),
             Platform::Outbrain => PlatformConfig::Outbrain(Settings::read(reader)?),
             Platform::Taboola => PlatformConfig::Taboola(Settings::read(reader)?),
+            Platform::Linkedin => PlatformConfig::Linkedin(Settings::read(reader)?),
+            Platform::Reddit => PlatformConfig::Reddit(Settings::read(reader)?),
         })
     }
 
@@ -121,6 +133,8 @@ impl PlatformConfig {
             PlatformConfig::MicrosoftAds(c) => c.secrets(),
             PlatformConfig::Outbrain(c) => c.secrets(),
             PlatformConfig::Taboola(c) => c.secrets(),
+            PlatformConfig::Linkedin(c) => c.secrets(),
+            PlatformConfig::Reddit(c) => c.secrets(),
         }
     }
 }

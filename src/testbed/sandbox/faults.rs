@@ -251,6 +251,8 @@ fn server_error(platform: Platform) -> Response {
             "OperationErrors": [{"Code": 0, "ErrorCode": "InternalError",
                 "Message": "An internal error has occurred."}],
         }),
+        Platform::Linkedin => crate::testbed::sandbox::linkedin::server_error_body(),
+        Platform::Reddit => crate::testbed::sandbox::reddit::server_error_body(),
     };
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
@@ -275,6 +277,8 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
         }),
         Platform::MicrosoftAds => crate::testbed::sandbox::microsoft_ads::call_rate_exceeded(),
         Platform::Outbrain | Platform::Taboola => json!({"error": "too many requests (sandbox)"}),
+        Platform::Linkedin => crate::testbed::sandbox::linkedin::throttled_body(),
+        Platform::Reddit => crate::testbed::sandbox::reddit::throttled_body(),
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response

@@ -13,6 +13,8 @@
 //! | Microsoft Advertising | `POST /{tenant}/oauth2/v2.0/token`, `POST /CampaignManagement/v13/OfflineConversions/Apply`, `…/OfflineConversionAdjustments/Apply`, `…/ConversionGoals/QueryByIds` (see `microsoft_ads.rs`) |
 //! | Outbrain | `GET /unifiedPixel?ob_click_id=…&name=…` (see `outbrain.rs`) |
 //! | Taboola | `GET /actions-handler/log/3/s2s-action?click-id=…&name=…`, `POST /{account_id}/log/3/bulk-s2s-action` (see `taboola.rs`) |
+//! | LinkedIn | `POST /rest/conversionEvents`, `GET /rest/adAccounts/{id}`, `GET /rest/conversions/{id}` (see `linkedin.rs`) |
+//! | Reddit | `POST /api/v3/pixels/{pixel_id}/conversion_events` (see `reddit.rs`) |
 //!
 //! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
 //! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
@@ -37,11 +39,13 @@
 mod faults;
 mod google_ads;
 mod google_data_manager;
+mod linkedin;
 mod meta;
 mod microsoft_ads;
 mod outbrain;
 mod platform;
 mod records;
+mod reddit;
 mod taboola;
 mod tiktok;
 
@@ -68,6 +72,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use faults::Faults;
+pub use linkedin::version_active as linkedin_version_active;
 pub use microsoft_ads::{MicrosoftAdsRecords, MsAdjustment, MsConversion};
 pub use outbrain::{OutbrainConversion, OutbrainRecords};
 pub use platform::Platform;
@@ -117,7 +122,11 @@ pub struct SandboxConfig {
     pub microsoft_developer_token: Option<String>,
     /// Microsoft OAuth refresh token (rotated ones the sandbox issued are accepted too).
     pub microsoft_refresh_token: Option<String>,
-    /// Meta and TikTok dedup window (48 hours on both platforms).
+    /// LinkedIn bearer access token.
+    pub linkedin_access_token: Option<String>,
+    /// Reddit conversion access token (bearer).
+    pub reddit_access_token: Option<String>,
+    /// Meta, TikTok, LinkedIn and Reddit dedup window (48 hours on both platforms).
     pub dedup_window: Duration,
     /// Faults active from the start.
     pub faults: Faults,
@@ -136,6 +145,8 @@ impl Default for SandboxConfig {
             tiktok_access_token: None,
             microsoft_developer_token: None,
             microsoft_refresh_token: None,
+            linkedin_access_token: None,
+            reddit_access_token: None,
             dedup_window: Duration::from_secs(48 * 3600),
             faults: Faults::default(),
         }
@@ -321,6 +332,10 @@ pub(crate) struct SandboxState {
     pub(crate) outbrain: outbrain::Ledger,
     /// Taboola dedup memory.
     pub(crate) taboola: taboola::Ledger,
+    /// LinkedIn dedup memory (conversion rule + `eventId`).
+    pub(crate) linkedin: EventMemory,
+    /// Reddit dedup memory (event type + action source + `conversion_id`).
+    pub(crate) reddit: EventMemory,
 }
 
 impl Shared {
@@ -377,6 +392,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(microsoft_ads::routes())
         .merge(outbrain::routes())
         .merge(taboola::routes())
+        .merge(linkedin::routes())
+        .merge(reddit::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))
         .route("/_sandbox/stats", get(get_stats))
@@ -518,4 +535,18 @@ pub(crate) fn as_number(value: &serde_json::Value) -> Option<f64> {
         serde_json::Value::String(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
         _ => None,
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Reads a JSON integer as epoch milliseconds; `None` for anything else, including a value below
+/// 10^12 (before 2001-09-09 in milliseconds: that is seconds sent by mistake).
+pub(crate) fn epoch_millis(value: &serde_json::Value) -> Option<i64> {
+    value.as_i64().filter(|ms| *ms >= 1_000_000_000_000)
 }

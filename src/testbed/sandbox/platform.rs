@@ -18,11 +18,15 @@ pub enum Platform {
     Outbrain,
     /// Taboola S2S conversions (postback URL and bulk endpoint).
     Taboola,
+    /// LinkedIn Conversions API.
+    Linkedin,
+    /// Reddit Conversions API v3.
+    Reddit,
 }
 
 impl Platform {
     /// Every emulated platform.
-    pub const ALL: [Platform; 7] = [
+    pub const ALL: [Platform; 9] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
@@ -30,5 +34,7 @@ impl Platform {
         Platform::MicrosoftAds,
         Platform::Outbrain,
         Platform::Taboola,
+        Platform::Linkedin,
+        Platform::Reddit,
     ];
 }

@@ -29,6 +29,10 @@ pub struct Records {
     /// Taboola S2S conversions.
     #[serde(default)]
     pub taboola: crate::testbed::sandbox::TaboolaRecords,
+    /// LinkedIn Conversions API events (`event_name` is the conversion rule URN).
+    pub linkedin: EventRecords,
+    /// Reddit Conversions API events (`event_id` is `metadata.conversion_id`).
+    pub reddit: EventRecords,
 }
 
 impl Records {
@@ -42,6 +46,8 @@ impl Records {
             Platform::MicrosoftAds => &self.microsoft_ads.counters,
             Platform::Outbrain => &self.outbrain.counters,
             Platform::Taboola => &self.taboola.counters,
+            Platform::Linkedin => &self.linkedin.counters,
+            Platform::Reddit => &self.reddit.counters,
         }
     }
 
@@ -55,6 +61,8 @@ impl Records {
             Platform::MicrosoftAds => &mut self.microsoft_ads.counters,
             Platform::Outbrain => &mut self.outbrain.counters,
             Platform::Taboola => &mut self.taboola.counters,
+            Platform::Linkedin => &mut self.linkedin.counters,
+            Platform::Reddit => &mut self.reddit.counters,
         }
     }
 }
@@ -117,6 +125,10 @@ pub struct Stats {
     /// Taboola postbacks and bulk actions together.
     #[serde(default)]
     pub taboola: Counters,
+    /// LinkedIn Conversions API.
+    pub linkedin: Counters,
+    /// Reddit Conversions API.
+    pub reddit: Counters,
 }
 
 impl Stats {
@@ -130,6 +142,8 @@ impl Stats {
             microsoft_ads: records.microsoft_ads.counters,
             outbrain: records.outbrain.counters,
             taboola: records.taboola.counters,
+            linkedin: records.linkedin.counters,
+            reddit: records.reddit.counters,
         }
     }
 
@@ -143,11 +157,13 @@ impl Stats {
             Platform::MicrosoftAds => &self.microsoft_ads,
             Platform::Outbrain => &self.outbrain,
             Platform::Taboola => &self.taboola,
+            Platform::Linkedin => &self.linkedin,
+            Platform::Reddit => &self.reddit,
         }
     }
 }
 
-/// Accepted Meta or TikTok events.
+/// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRecords {
     /// Counters.
@@ -357,11 +373,44 @@ impl SendLog {
     }
 }
 
-/// Dedup state of an event platform (Meta or TikTok).
+/// Dedup state of an event platform (Meta, TikTok, LinkedIn, Reddit).
 #[derive(Debug, Default)]
 pub(crate) struct EventMemory {
     /// Arrival-time dedup on name + event id.
     pub(crate) dedup: DedupMemory,
     /// Every name + event id received.
     pub(crate) sends: SendLog,
+}
+
+impl EventMemory {
+    /// Applies the dedup of one valid event to `counters`; true when the platform counts it (and it
+    /// is to be recorded), false when a copy was counted within `window`. An event without a dedup
+    /// key is always counted.
+    pub(crate) fn count(
+        &mut self,
+        counters: &mut Counters,
+        key: Option<String>,
+        now: DateTime<Utc>,
+        window: Duration,
+    ) -> bool {
+        let Some(key) = key else {
+            counters.unique += 1;
+            counters.accepted += 1;
+            return true;
+        };
+        if self.sends.note(&key) {
+            counters.duplicate_sends += 1;
+        }
+        match self.dedup.check(&key, now, window) {
+            Seen::WithinWindow => {
+                counters.deduplicated += 1;
+                return false;
+            }
+            Seen::New => counters.unique += 1,
+            Seen::OutsideWindow => {}
+        }
+        self.dedup.remember(key, now);
+        counters.accepted += 1;
+        true
+    }
 }

@@ -3,8 +3,10 @@
 mod admin;
 mod google_ads;
 mod google_data_manager;
+mod linkedin;
 mod meta;
 mod outbrain;
+mod reddit;
 mod taboola;
 mod tiktok;
 
