@@ -232,6 +232,10 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
             Platform::MicrosoftAds => {
                 crate::destinations::microsoft_ads::check(config, name, dest).await
             }
+            // Placeholder until the destination seam lands (issue 14, phase 2).
+            Platform::Snapchat | Platform::Pinterest => {
+                (false, "this destination is not built yet".to_string())
+            }
         };
         list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
     }

@@ -462,6 +462,8 @@ impl DestinationConfig {
                 "client_id",
                 "refresh_token",
             ],
+            // Placeholder until the destination seam lands (issue 14, phase 2).
+            Platform::Snapchat | Platform::Pinterest => &[],
         }
     }
 
@@ -1527,6 +1529,7 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::Tiktok) => TIKTOK,
                 Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
                 Some(Platform::MicrosoftAds) => MICROSOFT,
+                Some(Platform::Snapchat | Platform::Pinterest) => &[],
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();

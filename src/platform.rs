@@ -18,16 +18,22 @@ pub enum Platform {
     GoogleDataManager,
     /// Microsoft Advertising offline conversions (Campaign Management REST).
     MicrosoftAds,
+    /// Snapchat Conversions API v3.
+    Snapchat,
+    /// Pinterest Conversions API (v5).
+    Pinterest,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 5] = [
+    pub const ALL: [Platform; 7] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
         Platform::GoogleDataManager,
         Platform::MicrosoftAds,
+        Platform::Snapchat,
+        Platform::Pinterest,
     ];
 
     /// The stable name used in config, logs, metrics and the control table.
@@ -38,10 +44,12 @@ impl Platform {
             Platform::Tiktok => "tiktok",
             Platform::GoogleDataManager => "google_data_manager",
             Platform::MicrosoftAds => "microsoft_ads",
+            Platform::Snapchat => "snapchat",
+            Platform::Pinterest => "pinterest",
         }
     }
 
-    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `microsoft_ads`).
+    /// The platform of a config name (`meta`, `google_ads`, `tiktok`, `snapchat`, …).
     pub fn from_name(name: &str) -> Option<Platform> {
         Platform::ALL.into_iter().find(|p| p.as_str() == name)
     }

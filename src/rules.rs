@@ -746,6 +746,7 @@ impl Rules {
                 // The goal name travels where Google's conversion action does, so that dispatch
                 // hands it to adjustments the same way.
                 Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
+                Platform::Snapchat | Platform::Pinterest => {}
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);
@@ -848,7 +849,10 @@ impl Rules {
                             target.conversion_action.clone()
                         }
                         Platform::MicrosoftAds => target.conversion_name.clone(),
-                        Platform::Meta | Platform::Tiktok => None,
+                        Platform::Meta
+                        | Platform::Tiktok
+                        | Platform::Snapchat
+                        | Platform::Pinterest => None,
                     },
                     consent: true,
                     ..Payload::default()
@@ -1216,6 +1220,8 @@ impl RowView<'_> {
                     MatchKey::Ttclid => &mut raw.ttclid,
                     MatchKey::Ttp => &mut raw.ttp,
                     MatchKey::Msclkid => &mut raw.msclkid,
+                    MatchKey::ScClickId => &mut raw.sc_click_id,
+                    MatchKey::Epik => &mut raw.epik,
                     MatchKey::LeadId => &mut raw.lead_id,
                 },
             };

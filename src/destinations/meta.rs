@@ -99,7 +99,9 @@ fn user_data_field(key: MatchKey) -> Option<&'static str> {
         | MatchKey::Wbraid
         | MatchKey::Ttclid
         | MatchKey::Ttp
-        | MatchKey::Msclkid => return None,
+        | MatchKey::Msclkid
+        | MatchKey::ScClickId
+        | MatchKey::Epik => return None,
     })
 }
 

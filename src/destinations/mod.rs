@@ -196,6 +196,13 @@ pub fn build(
         Platform::MicrosoftAds => {
             Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
         }
+        // Placeholder until the destination seam lands (issue 14, phase 2).
+        Platform::Snapchat | Platform::Pinterest => {
+            return Err(DestinationError::Credentials {
+                destination: name.to_string(),
+                message: format!("{} is not built yet", config.platform.as_str()),
+            })
+        }
     })
 }
 

@@ -288,7 +288,11 @@ pub(crate) fn country_checked(platform: Platform, raw: &str) -> Result<String, R
     Ok(match platform {
         // Google's region code is uppercase; Meta hashes the lowercase code.
         Platform::GoogleAds | Platform::GoogleDataManager => code.to_owned(),
-        Platform::Meta | Platform::Tiktok | Platform::MicrosoftAds => code.to_ascii_lowercase(),
+        Platform::Meta
+        | Platform::Tiktok
+        | Platform::MicrosoftAds
+        | Platform::Snapchat
+        | Platform::Pinterest => code.to_ascii_lowercase(),
     })
 }
 

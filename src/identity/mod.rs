@@ -15,11 +15,18 @@
 //! | TikTok | email, phone, external_id | client_ip, user_agent, ttclid, ttp, lead_id |
 //! | Google Data Manager | email, phone, first/last name | zip, country (address), client_ip, user_agent, gclid, gbraid, wbraid |
 //! | Microsoft Advertising | email, phone | msclkid |
+//! | Snapchat | email, phone, first/last name, city, state, zip, country, gender | client_ip, user_agent, sc_click_id |
+//! | Pinterest | email, phone, first/last name, city, state, zip, country, external_id, date_of_birth, gender | client_ip, user_agent, epik |
 //!
 //! Microsoft's `microsoft` profile: email trimmed and lowercased, phone E.164 with its `+`, then
 //! SHA-256 (`HashedEmailAddress`, `HashedPhoneNumber`). Microsoft publishes no finer rule
 //! (platforms-next.md §1.5, §8.2). The msclkid is stored as the bare 32-hex GUID: a `_uet` cookie
 //! prefix and a `-0`/`-1` session suffix are removed.
+//!
+//! Snapchat and Pinterest use Meta's rules (`snap/pinterest` profile, platforms-next.md §8.2): email
+//! trimmed and lowercased; phone as the E.164 digits without `+` (so no `00` prefix and no national
+//! trunk `0`); names, city and state as Meta's. Pinterest's zip is "only digits": a postcode that
+//! has letters once Meta's zip rule has run is left out rather than hashed as a fragment.
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -105,6 +112,10 @@ pub struct RawIdentity {
     pub ttp: Option<String>,
     /// Microsoft click id.
     pub msclkid: Option<String>,
+    /// Snapchat click id (the `ScCid` landing-page parameter).
+    pub sc_click_id: Option<String>,
+    /// Pinterest click id (the `_epik` cookie or `epik` landing-page parameter).
+    pub epik: Option<String>,
     /// Platform lead id (Meta lead ads, TikTok CRM).
     pub lead_id: Option<String>,
     /// When the ad was clicked; used as the `fbc` creation time when building it from `fbclid`.
@@ -136,6 +147,8 @@ impl RawIdentity {
             MatchKey::Ttclid => &self.ttclid,
             MatchKey::Ttp => &self.ttp,
             MatchKey::Msclkid => &self.msclkid,
+            MatchKey::ScClickId => &self.sc_click_id,
+            MatchKey::Epik => &self.epik,
             MatchKey::LeadId => &self.lead_id,
         };
         value.as_deref()
@@ -210,13 +223,17 @@ pub enum MatchKey {
     Ttp,
     /// Microsoft click id.
     Msclkid,
+    /// Snapchat click id (`ScCid`).
+    ScClickId,
+    /// Pinterest click id (`_epik`).
+    Epik,
     /// Platform lead id.
     LeadId,
 }
 
 impl MatchKey {
     /// Every key, in declaration (and `Ord`) order.
-    pub const ALL: [MatchKey; 22] = [
+    pub const ALL: [MatchKey; 24] = [
         MatchKey::Email,
         MatchKey::Phone,
         MatchKey::FirstName,
@@ -238,6 +255,8 @@ impl MatchKey {
         MatchKey::Ttclid,
         MatchKey::Ttp,
         MatchKey::Msclkid,
+        MatchKey::ScClickId,
+        MatchKey::Epik,
         MatchKey::LeadId,
     ];
 
@@ -265,6 +284,8 @@ impl MatchKey {
             MatchKey::Ttclid => "ttclid",
             MatchKey::Ttp => "ttp",
             MatchKey::Msclkid => "msclkid",
+            MatchKey::ScClickId => "sc_click_id",
+            MatchKey::Epik => "epik",
             MatchKey::LeadId => "lead_id",
         }
     }
@@ -379,6 +400,42 @@ const TIKTOK_KEYS: &[MatchKey] = &[
 /// conversions, the hashed email and phone (platforms-next.md §1.2).
 const MICROSOFT_ADS_KEYS: &[MatchKey] = &[MatchKey::Email, MatchKey::Phone, MatchKey::Msclkid];
 
+/// The keys Snapchat's `user_data` takes (platforms-next.md §2: the hashed keys of the v3 SDK, the
+/// click id and the browser's IP and user agent). `external_id` and `db` appear only in third-party
+/// schemas, so they are left out.
+const SNAPCHAT_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::City,
+    MatchKey::State,
+    MatchKey::Zip,
+    MatchKey::Country,
+    MatchKey::Gender,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::ScClickId,
+];
+
+/// The keys Pinterest's `user_data` takes (platforms-next.md §3, from its OpenAPI description).
+const PINTEREST_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::City,
+    MatchKey::State,
+    MatchKey::Zip,
+    MatchKey::Country,
+    MatchKey::ExternalId,
+    MatchKey::DateOfBirth,
+    MatchKey::Gender,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::Epik,
+];
+
 /// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
 pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     match platform {
@@ -387,6 +444,8 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
         Platform::GoogleDataManager => GOOGLE_DATA_MANAGER_KEYS,
         Platform::Tiktok => TIKTOK_KEYS,
         Platform::MicrosoftAds => MICROSOFT_ADS_KEYS,
+        Platform::Snapchat => SNAPCHAT_KEYS,
+        Platform::Pinterest => PINTEREST_KEYS,
     }
 }
 
@@ -609,6 +668,8 @@ pub fn normalize_key(
         | MatchKey::Wbraid
         | MatchKey::Ttclid
         | MatchKey::Ttp
+        | MatchKey::ScClickId
+        | MatchKey::Epik
         | MatchKey::LeadId => click::as_stored_checked(raw),
     }
 }
@@ -653,3 +714,6 @@ mod tests;
 
 #[cfg(test)]
 mod vectors;
+
+#[cfg(test)]
+mod snap_pinterest_tests;

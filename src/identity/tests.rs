@@ -152,6 +152,8 @@ fn full_row() -> RawIdentity {
         ttclid: Some("E.C.P.ttclidvalue".into()),
         ttp: Some("ttpcookievalue".into()),
         msclkid: Some("msclkidvalue123".into()),
+        sc_click_id: Some("5e6f7a8b-0c1d-4e2f-9a3b-4c5d6e7f8a9b".into()),
+        epik: Some("dj0yJnU9ZXBpa3ZhbHVlJm49MSZtPTE".into()),
         lead_id: Some("123456789012345".into()),
         click_time: Some(Utc.with_ymd_and_hms(2024, 4, 30, 8, 0, 0).unwrap()),
     }

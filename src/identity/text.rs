@@ -158,9 +158,11 @@ pub(crate) fn name_checked(platform: Platform, raw: &str) -> Result<String, Reas
         // Google: lowercase and trim only; inner punctuation is kept (§2.5).
         Platform::GoogleAds | Platform::GoogleDataManager => Ok(lower(&cleaned)),
         // Meta and TikTok: letters (and digits) only.
-        Platform::Meta | Platform::Tiktok | Platform::MicrosoftAds => {
-            retain(&lower(&cleaned), |c| !is_separator_like(c))
-        }
+        Platform::Meta
+        | Platform::Tiktok
+        | Platform::MicrosoftAds
+        | Platform::Snapchat
+        | Platform::Pinterest => retain(&lower(&cleaned), |c| !is_separator_like(c)),
     }
 }
 

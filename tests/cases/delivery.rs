@@ -209,18 +209,15 @@ async fn states(client: &Client, destination: &str) -> HashMap<(String, String),
 fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
     let records = sandbox.records();
     match platform {
-        Platform::Meta => records
-            .meta
-            .events
-            .iter()
-            .filter_map(|e| e.event_id.clone())
-            .collect(),
-        Platform::Tiktok => records
-            .tiktok
-            .events
-            .iter()
-            .filter_map(|e| e.event_id.clone())
-            .collect(),
+        Platform::Meta | Platform::Tiktok | Platform::Snapchat | Platform::Pinterest => {
+            let events = match platform {
+                Platform::Meta => &records.meta.events,
+                Platform::Tiktok => &records.tiktok.events,
+                Platform::Snapchat => &records.snapchat.events,
+                _ => &records.pinterest.events,
+            };
+            events.iter().filter_map(|e| e.event_id.clone()).collect()
+        }
         Platform::GoogleAds => records
             .google_ads
             .conversions

@@ -160,6 +160,12 @@ fn destination(
             "platform = \"microsoft_ads\"\ncustomer_id = \"1234567\"\naccount_id = \"7654321\"\n\
              developer_token = \"dev\"\nclient_id = \"c\"\nrefresh_token = \"r\""
         }
+        Platform::Snapchat => {
+            "platform = \"snapchat\"\npixel_id = \"snap-pixel\"\naccess_token = \"tok\""
+        }
+        Platform::Pinterest => {
+            "platform = \"pinterest\"\nad_account_id = \"549755885175\"\naccess_token = \"tok\""
+        }
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

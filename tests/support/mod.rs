@@ -227,5 +227,7 @@ pub fn sandbox_api(platform: pgcapi::platform::Platform) -> pgcapi::testbed::san
         P::Tiktok => S::Tiktok,
         P::GoogleDataManager => S::GoogleDataManager,
         P::MicrosoftAds => S::MicrosoftAds,
+        P::Snapchat => S::Snapchat,
+        P::Pinterest => S::Pinterest,
     }
 }

@@ -247,6 +247,8 @@ fn server_error(platform: Platform) -> Response {
             "OperationErrors": [{"Code": 0, "ErrorCode": "InternalError",
                 "Message": "An internal error has occurred."}],
         }),
+        Platform::Snapchat => json!({"status": "INVALID", "reason": "Internal server error"}),
+        Platform::Pinterest => json!({"code": 0, "message": "Internal server error."}),
     };
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
@@ -270,6 +272,10 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
             "request_id": random_id(32), "data": {},
         }),
         Platform::MicrosoftAds => crate::testbed::sandbox::microsoft_ads::call_rate_exceeded(),
+        Platform::Snapchat => json!({"status": "INVALID", "reason": "Too many requests"}),
+        Platform::Pinterest => {
+            json!({"code": 8, "message": "Too many requests: rate limit exceeded."})
+        }
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response

@@ -14,15 +14,21 @@ pub enum Platform {
     GoogleDataManager,
     /// Microsoft Advertising Campaign Management (offline conversions).
     MicrosoftAds,
+    /// Snapchat Conversions API v3.
+    Snapchat,
+    /// Pinterest Conversions API (v5).
+    Pinterest,
 }
 
 impl Platform {
     /// Every emulated platform.
-    pub const ALL: [Platform; 5] = [
+    pub const ALL: [Platform; 7] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
         Platform::GoogleDataManager,
         Platform::MicrosoftAds,
+        Platform::Snapchat,
+        Platform::Pinterest,
     ];
 }

@@ -23,6 +23,12 @@ pub struct Records {
     /// Microsoft Advertising offline conversions and adjustments.
     #[serde(default)]
     pub microsoft_ads: crate::testbed::sandbox::microsoft_ads::MicrosoftAdsRecords,
+    /// Snapchat Conversions API v3.
+    #[serde(default)]
+    pub snapchat: EventRecords,
+    /// Pinterest Conversions API.
+    #[serde(default)]
+    pub pinterest: EventRecords,
 }
 
 impl Records {
@@ -34,6 +40,8 @@ impl Records {
             Platform::Tiktok => &self.tiktok.counters,
             Platform::GoogleDataManager => &self.google_data_manager.counters,
             Platform::MicrosoftAds => &self.microsoft_ads.counters,
+            Platform::Snapchat => &self.snapchat.counters,
+            Platform::Pinterest => &self.pinterest.counters,
         }
     }
 
@@ -45,6 +53,8 @@ impl Records {
             Platform::Tiktok => &mut self.tiktok.counters,
             Platform::GoogleDataManager => &mut self.google_data_manager.counters,
             Platform::MicrosoftAds => &mut self.microsoft_ads.counters,
+            Platform::Snapchat => &mut self.snapchat.counters,
+            Platform::Pinterest => &mut self.pinterest.counters,
         }
     }
 }
@@ -101,6 +111,12 @@ pub struct Stats {
     /// Microsoft Advertising conversions and adjustments together.
     #[serde(default)]
     pub microsoft_ads: Counters,
+    /// Snapchat Conversions API v3.
+    #[serde(default)]
+    pub snapchat: Counters,
+    /// Pinterest Conversions API.
+    #[serde(default)]
+    pub pinterest: Counters,
 }
 
 impl Stats {
@@ -112,6 +128,8 @@ impl Stats {
             tiktok: records.tiktok.counters,
             google_data_manager: records.google_data_manager.counters,
             microsoft_ads: records.microsoft_ads.counters,
+            snapchat: records.snapchat.counters,
+            pinterest: records.pinterest.counters,
         }
     }
 
@@ -123,17 +141,23 @@ impl Stats {
             Platform::Tiktok => &self.tiktok,
             Platform::GoogleDataManager => &self.google_data_manager,
             Platform::MicrosoftAds => &self.microsoft_ads,
+            Platform::Snapchat => &self.snapchat,
+            Platform::Pinterest => &self.pinterest,
         }
     }
 }
 
-/// Accepted Meta or TikTok events.
+/// Accepted events of an event platform (Meta, TikTok, Snapchat, Pinterest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRecords {
     /// Counters.
     pub counters: Counters,
     /// Every event the platform counted, in arrival order.
     pub events: Vec<AcceptedEvent>,
+    /// Valid events received in the platform's test mode (Snapchat `/events/validate`, Pinterest
+    /// `?test=true`): answered like real ones, never recorded or counted.
+    #[serde(default)]
+    pub tested: u64,
 }
 
 /// One event counted by Meta or TikTok.
@@ -337,11 +361,37 @@ impl SendLog {
     }
 }
 
-/// Dedup state of an event platform (Meta or TikTok).
+/// Dedup state of an event platform (Meta, TikTok, Snapchat, Pinterest).
 #[derive(Debug, Default)]
 pub(crate) struct EventMemory {
     /// Arrival-time dedup on name + event id.
     pub(crate) dedup: DedupMemory,
     /// Every name + event id received.
     pub(crate) sends: SendLog,
+}
+
+impl EventMemory {
+    /// Passes one event of a valid request through the dedup on `key`, updating `counters`; true
+    /// when the platform counts it (never seen, or seen before the window).
+    pub(crate) fn admit(
+        &mut self,
+        key: String,
+        now: DateTime<Utc>,
+        window: Duration,
+        counters: &mut Counters,
+    ) -> bool {
+        if self.sends.note(&key) {
+            counters.duplicate_sends += 1;
+        }
+        match self.dedup.check(&key, now, window) {
+            Seen::WithinWindow => {
+                counters.deduplicated += 1;
+                return false;
+            }
+            Seen::New => counters.unique += 1,
+            Seen::OutsideWindow => {}
+        }
+        self.dedup.remember(key, now);
+        true
+    }
 }

@@ -4,6 +4,8 @@ mod admin;
 mod google_ads;
 mod google_data_manager;
 mod meta;
+mod pinterest;
+mod snapchat;
 mod tiktok;
 
 use std::net::SocketAddr;
