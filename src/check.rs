@@ -232,9 +232,8 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
             Platform::MicrosoftAds => {
                 crate::destinations::microsoft_ads::check(config, name, dest).await
             }
-            // Placeholder until the destination seam lands (issue 14, phase 2).
             Platform::Snapchat | Platform::Pinterest => {
-                (false, "this destination is not built yet".to_string())
+                check_by_healthcheck(config, name, dest).await
             }
         };
         list.push(ok, format!("{name} ({}): {text}", dest.platform.as_str()));
@@ -864,6 +863,29 @@ fn google_errors(status: &Value) -> Vec<String> {
 }
 
 /// TikTok: a test event when `test_event_code` is set, else the endpoint and the token's presence.
+/// Snapchat and Pinterest: the destination's own healthcheck (a call that records nothing).
+async fn check_by_healthcheck(
+    config: &Config,
+    name: &str,
+    dest: &DestinationConfig,
+) -> (bool, String) {
+    use crate::destinations::{pinterest::Pinterest, snapchat::Snapchat};
+    let result = match dest.platform {
+        Platform::Snapchat => match Snapchat::new(name, dest, &config.dispatch) {
+            Ok(d) => d.healthcheck().await,
+            Err(e) => Err(e.to_string()),
+        },
+        _ => match Pinterest::new(name, dest, &config.dispatch) {
+            Ok(d) => d.healthcheck().await,
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match result {
+        Ok(text) => (true, text),
+        Err(text) => (false, text),
+    }
+}
+
 async fn check_tiktok(
     http: &reqwest::Client,
     name: &str,

@@ -378,6 +378,13 @@ pub struct DestinationConfig {
     /// TikTok pixel code (`event_source_id`).
     #[serde(default)]
     pub pixel_code: Option<String>,
+    /// Pinterest ad account id.
+    #[serde(default)]
+    pub ad_account_id: Option<String>,
+    /// Snapchat and Pinterest test mode: Snap's `/events/validate`, Pinterest's `?test=true`
+    /// (checked and answered, nothing recorded).
+    #[serde(default)]
+    pub test_mode: bool,
     /// TikTok CRM event set id: the `event_source_id` of CRM events (`action_source = "system_generated"`).
     #[serde(default)]
     pub crm_event_set_id: Option<String>,
@@ -462,8 +469,8 @@ impl DestinationConfig {
                 "client_id",
                 "refresh_token",
             ],
-            // Placeholder until the destination seam lands (issue 14, phase 2).
-            Platform::Snapchat | Platform::Pinterest => &[],
+            Platform::Snapchat => &["pixel_id", "access_token"],
+            Platform::Pinterest => &["ad_account_id", "access_token"],
         }
     }
 
@@ -501,6 +508,7 @@ impl DestinationConfig {
             "pixel_id" => self.pixel_id.is_some(),
             "access_token" => self.access_token.is_some(),
             "pixel_code" => self.pixel_code.is_some(),
+            "ad_account_id" => self.ad_account_id.is_some(),
             "customer_id" => self.customer_id.is_some(),
             "operating_account" => self.operating_account.is_some(),
             "account_id" => self.account_id.is_some(),
@@ -617,6 +625,12 @@ pub struct RuleConfig {
     /// Microsoft Advertising-specific settings.
     #[serde(default)]
     pub microsoft: MicrosoftRuleConfig,
+    /// Snapchat-specific settings.
+    #[serde(default)]
+    pub snapchat: EventRuleConfig,
+    /// Pinterest-specific settings.
+    #[serde(default)]
+    pub pinterest: EventRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -670,6 +684,14 @@ pub struct GoogleRuleConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TiktokRuleConfig {
     /// The TikTok event name (`CompletePayment`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+/// `[rules.snapchat]` and `[rules.pinterest]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventRuleConfig {
+    /// The platform's event name (`PURCHASE`, `checkout`, ...) when the rule's `event` maps to none.
     #[serde(default)]
     pub event: Option<String>,
 }
@@ -1488,6 +1510,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
         "google",
         "tiktok",
         "microsoft",
+        "snapchat",
+        "pinterest",
         "retracts",
         "restates",
     ];
@@ -1529,7 +1553,8 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 Some(Platform::Tiktok) => TIKTOK,
                 Some(Platform::GoogleDataManager) => GOOGLE_DATA_MANAGER,
                 Some(Platform::MicrosoftAds) => MICROSOFT,
-                Some(Platform::Snapchat | Platform::Pinterest) => &[],
+                Some(Platform::Snapchat) => &["pixel_id", "access_token", "test_mode"],
+                Some(Platform::Pinterest) => &["ad_account_id", "access_token", "test_mode"],
                 None => continue, // reported when the platform is parsed
             };
             let allowed: Vec<&str> = DESTINATION_COMMON.iter().chain(specific).copied().collect();
@@ -1569,6 +1594,10 @@ fn check_keys(tree: &toml::Table, problems: &mut Vec<Problem>) {
                 &["conversion_name"],
                 &mut unknown,
             );
+            for platform in ["snapchat", "pinterest"] {
+                let path = format!("{path}.{platform}");
+                check(rule.get(platform), &path, &["event"], &mut unknown);
+            }
         }
     }
     problems.extend(unknown.into_iter().map(|path| Problem {

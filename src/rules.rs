@@ -129,6 +129,8 @@ struct Compiled {
     meta_event: Option<String>,
     conversion_action: Option<String>,
     tiktok_event: Option<String>,
+    snapchat_event: Option<String>,
+    pinterest_event: Option<String>,
     on_delete: OnDelete,
     /// Set once a DELETE could not be matched to this rule's conversion (reported once per process).
     delete_unmatched: std::sync::atomic::AtomicBool,
@@ -190,6 +192,8 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            snapchat_event: rule.snapchat.event.clone(),
+            pinterest_event: rule.pinterest.event.clone(),
             on_delete: rule.on_delete,
             delete_unmatched: std::sync::atomic::AtomicBool::new(false),
             conversion_name: rule.microsoft.conversion_name.clone(),
@@ -746,7 +750,8 @@ impl Rules {
                 // The goal name travels where Google's conversion action does, so that dispatch
                 // hands it to adjustments the same way.
                 Platform::MicrosoftAds => payload.conversion_action = rule.conversion_name.clone(),
-                Platform::Snapchat | Platform::Pinterest => {}
+                Platform::Snapchat => payload.platform_event = rule.snapchat_event.clone(),
+                Platform::Pinterest => payload.platform_event = rule.pinterest_event.clone(),
             }
             let (state, last_error) = if consent {
                 let (keys, dropped) = identity.match_keys(*platform, fields.event_time);

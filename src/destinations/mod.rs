@@ -9,11 +9,14 @@
 //! for one bad event, so their modules bisect rejected batches ([`isolate`]) until the bad events stand
 //! alone; Google Ads and Microsoft Advertising answer per row by index.
 
+mod event_fields;
 pub mod google_ads;
 pub mod google_auth;
 pub mod google_data_manager;
 pub mod meta;
 pub mod microsoft_ads;
+pub mod pinterest;
+pub mod snapchat;
 pub mod tiktok;
 
 use crate::config::{DestinationConfig, DispatchConfig};
@@ -196,13 +199,8 @@ pub fn build(
         Platform::MicrosoftAds => {
             Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
         }
-        // Placeholder until the destination seam lands (issue 14, phase 2).
-        Platform::Snapchat | Platform::Pinterest => {
-            return Err(DestinationError::Credentials {
-                destination: name.to_string(),
-                message: format!("{} is not built yet", config.platform.as_str()),
-            })
-        }
+        Platform::Snapchat => Box::new(snapchat::Snapchat::new(name, config, dispatch)?),
+        Platform::Pinterest => Box::new(pinterest::Pinterest::new(name, config, dispatch)?),
     })
 }
 
@@ -531,6 +529,8 @@ pub(crate) mod test_support {
             access_token: None,
             test_event_code: None,
             pixel_code: None,
+            ad_account_id: None,
+            test_mode: false,
             crm_event_set_id: None,
             account_id: None,
             customer_id: None,

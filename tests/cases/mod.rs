@@ -20,5 +20,6 @@ mod observe;
 mod operate;
 mod outbox;
 mod recover;
+mod snapchat_pinterest;
 mod source;
 mod toast;

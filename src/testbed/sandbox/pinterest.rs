@@ -14,6 +14,8 @@
 //!   `{num_events_received, num_events_processed, events: [{status, error_message,
 //!   warning_message}]}` in request order. The processed events of a 422 are recorded.
 //!
+//! Stricter than the published schema (a string): `event_source_url` must be an http(s) URL.
+//!
 //! `user_data` needs `em`, `hashed_maids`, or `client_ip_address` with `client_user_agent` (the
 //! published minimum; `ph` or `click_id` alone are not enough). Hashed keys are arrays of SHA-256
 //! hex. `custom_data.value` is a **string**. `event_time` is Unix **seconds**; Pinterest publishes
@@ -334,6 +336,12 @@ fn check_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
     if time < now - MAX_AGE_SECS {
         return Err("Invalid event_timestamp parameter. Given timestamp is in the past".into());
     }
+    if ev
+        .get("event_source_url")
+        .is_some_and(|u| !u.as_str().is_some_and(is_http_url))
+    {
+        return Err("event_source_url must be an http(s) URL".into());
+    }
     let user = ev.get("user_data").and_then(Value::as_object);
     let user = user.expect("checked by the schema");
     for key in HASHED_KEYS {
@@ -370,6 +378,14 @@ fn check_event(ev: &Map<String, Value>, now: i64) -> Result<(), String> {
         return Err("custom_data.currency must be an upper-case ISO 4217 code".into());
     }
     Ok(())
+}
+
+/// True for `http://…` or `https://…` with a host and no whitespace.
+fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) && !url.contains(char::is_whitespace)
 }
 
 /// Dedups and stores the processed events; counts the failed ones as rejected.

@@ -113,6 +113,9 @@ async fn content_errors_fail_their_event() {
     let mut value = checkout("x");
     value["custom_data"]["value"] = json!("forty");
     cases.push((value, "custom_data.value"));
+    let mut page = checkout("x");
+    page["event_source_url"] = json!("shop.example.com/orders/1");
+    cases.push((page, "event_source_url"));
     for (event, expected) in cases {
         let (status, reply) = post(&sandbox, vec![event]).await;
         assert_eq!(status, 422, "{expected}: {reply}");
