@@ -1,16 +1,16 @@
 //! What the event platforms with per-event answers share (Snapchat, Pinterest): the `user_data`
 //! object of a row's match keys, the `value`/`currency` pair, one `{"data": […]}` request per batch,
-//! and spreading the per-event statuses of its answer over the rows.
+//! and spreading the per-event statuses of its answer over the rows (no bisection: these platforms
+//! name the bad events themselves).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::{
-    observe_request, retry_after, transport_error, value_number, BatchAnswer, Outcome, Picked,
-    PlannedRequest, Preview,
-};
+use super::batch::{observe_request, BatchAnswer, Plan, Request};
+use super::http::{transport_error, Answer};
+use super::{value_number, Outcome};
 use crate::event::Delivery;
 use crate::identity::MatchKey;
 
@@ -78,90 +78,56 @@ pub(crate) fn spread(
         .collect()
 }
 
-/// A batch encoded for one request: each row's event (`Null` where none), the rows the request
-/// carries, and the rows decided without a request.
-pub(crate) struct Encoded {
-    /// One event per row of the batch.
-    pub events: Vec<Value>,
-    /// The rows sent.
-    pub rows: Vec<usize>,
-    /// The rows not sent, with their outcome.
-    pub outcomes: Vec<(usize, Outcome)>,
-}
-
-/// Encodes every row of `batch` with the platform's `encode`.
-pub(crate) fn encode_all(
+/// The plan of a batch: every row `encode`d as of `now`, all sent in one `{"data": […]}` request
+/// to `url` (the dispatcher never hands over more rows than the platform takes at once).
+pub(crate) fn plan(
     batch: &[Delivery],
     now: DateTime<Utc>,
+    url: &str,
     encode: fn(&Delivery, DateTime<Utc>) -> Result<Value, Outcome>,
-) -> Encoded {
-    let mut encoded = Encoded {
-        events: Vec::with_capacity(batch.len()),
-        rows: Vec::with_capacity(batch.len()),
-        outcomes: Vec::new(),
-    };
-    for (i, d) in batch.iter().enumerate() {
-        match encode(d, now) {
-            Ok(event) => {
-                encoded.events.push(event);
-                encoded.rows.push(i);
-            }
-            Err(outcome) => {
-                encoded.events.push(Value::Null);
-                encoded.outcomes.push((i, outcome));
-            }
-        }
-    }
-    encoded
+) -> Plan {
+    Plan::encode(
+        batch,
+        |d| encode(d, now).map(|event| ((), event)),
+        |()| Request::new(url, "data"),
+    )
 }
 
 /// The platform's verdict on one request: status, `Retry-After`, body and the rows it carried.
 pub(crate) type Classify =
     fn(reqwest::StatusCode, Option<Duration>, &str, &[usize]) -> Vec<(usize, Outcome)>;
 
-/// Sends `{"data": [the events of rows]}` with `request` (URL and credentials set) and spreads the
-/// answer over the rows; a transport error retries them all. Counted in the request metrics.
-pub(crate) async fn post_events(
+/// Sends each request of `plan` with `request` (the platform's URL, query and credentials) and
+/// spreads the answers over the rows; a transport error retries them all. Counted in the request
+/// metrics.
+pub(crate) async fn send_plan(
     destination: &str,
     platform: &str,
-    request: reqwest::RequestBuilder,
-    encoded: &Encoded,
+    plan: &Plan,
+    request: impl Fn(&Request) -> reqwest::RequestBuilder,
     classify: Classify,
 ) -> Vec<(usize, Outcome)> {
-    if encoded.rows.is_empty() {
-        return Vec::new();
+    let mut out = Vec::with_capacity(plan.items.len());
+    for req in &plan.requests {
+        let started = std::time::Instant::now();
+        let outcomes = match request(req)
+            .json(&req.body(&plan.items, &req.rows))
+            .send()
+            .await
+        {
+            Err(e) => {
+                let retry = transport_error(platform, e).outcome();
+                req.rows.iter().map(|&i| (i, retry.clone())).collect()
+            }
+            Ok(response) => {
+                let answer = Answer::read(response).await;
+                classify(answer.status, answer.retry_after, &answer.text, &req.rows)
+            }
+        };
+        observe_request(destination, started, &summary(&outcomes));
+        out.extend(outcomes);
     }
-    let started = std::time::Instant::now();
-    let body = DataEnvelope {
-        data: Picked {
-            items: &encoded.events,
-            indices: &encoded.rows,
-        },
-    };
-    let outcomes = match request.json(&body).send().await {
-        Err(e) => {
-            let error = match transport_error(platform, e) {
-                BatchAnswer::Retry { error, .. } => error,
-                other => format!("{other:?}"),
-            };
-            let retry = Outcome::retry(error);
-            encoded.rows.iter().map(|&i| (i, retry.clone())).collect()
-        }
-        Ok(response) => {
-            let status = response.status();
-            let delay = retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            classify(status, delay, &text, &encoded.rows)
-        }
-    };
-    observe_request(destination, started, &summary(&outcomes));
-    outcomes
-}
-
-/// `{"data": [...]}`, the events borrowed from the encoded batch.
-#[derive(serde::Serialize)]
-struct DataEnvelope<'a> {
-    data: Picked<'a>,
+    out
 }
 
 /// The request as one answer, for the request metrics: retried if any row is, rejected if any failed.
@@ -176,27 +142,5 @@ fn summary(outcomes: &[(usize, Outcome)]) -> BatchAnswer {
         BatchAnswer::Rejected(String::new())
     } else {
         BatchAnswer::Sent(None)
-    }
-}
-
-/// The dry-run view of an encoded batch: its one request, and the rows decided without it.
-pub(crate) fn preview(url: String, encoded: Encoded) -> Preview {
-    let requests = if encoded.rows.is_empty() {
-        Vec::new()
-    } else {
-        let data: Vec<Value> = encoded
-            .rows
-            .iter()
-            .map(|&i| encoded.events[i].clone())
-            .collect();
-        vec![PlannedRequest {
-            url,
-            rows: encoded.rows,
-            body: json!({ "data": data }),
-        }]
-    };
-    Preview {
-        requests,
-        not_sent: encoded.outcomes,
     }
 }

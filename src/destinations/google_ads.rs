@@ -6,11 +6,13 @@
 //! index. An OAuth2 access token is obtained from the refresh token and cached until shortly before it
 //! expires.
 
+use super::batch::{bisect, in_order, observe_request, BatchAnswer, Plan, Request};
 use super::google_auth::{GoogleAuth, ADS_SCOPE};
+use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, transport_error, Answer};
 use super::{
-    base_url, batch_size, excerpt, in_order, is_retryable_status, required, retry_after,
-    transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, required, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Secret};
 use crate::event::{Delivery, Kind};
@@ -47,6 +49,10 @@ pub const MAX_ADJUSTMENT_AGE_DAYS: i64 = 54;
 pub struct GoogleAds {
     /// The config name.
     name: String,
+    /// The API host, without a trailing slash.
+    base: String,
+    /// The customer id, digits only.
+    customer_id: String,
     /// `{endpoint}/{version}/customers/{customer_id}`.
     customer_url: String,
     /// Access tokens.
@@ -76,7 +82,7 @@ impl GoogleAds {
         dispatch: &DispatchConfig,
     ) -> Result<GoogleAds, DestinationError> {
         let customer_id = digits_only(required(name, "customer_id", &config.customer_id)?);
-        let http = super::http_client(name, dispatch)?;
+        let http = super::http::http_client(name, dispatch)?;
         let auth = GoogleAuth::from_config(name, config, &[ADS_SCOPE], http.clone())?;
         Ok(GoogleAds::with_auth(
             name,
@@ -103,6 +109,8 @@ impl GoogleAds {
         GoogleAds {
             name: name.to_string(),
             customer_url: format!("{base}/{version}/customers/{customer_id}"),
+            customer_id: customer_id.to_string(),
+            base,
             auth,
             developer_token: config
                 .developer_token
@@ -271,8 +279,9 @@ pub fn encode_adjustment(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
     Ok(Value::Object(a))
 }
 
-/// Which upload a group of rows goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which upload a group of rows goes to; conversions go first, so that a batch's conversion is
+/// there before its adjustment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Upload {
     /// `:uploadClickConversions` with `conversions`.
     Conversions,
@@ -298,35 +307,6 @@ impl Upload {
     }
 }
 
-/// The request body: the rows, `partialFailure: true` and `validateOnly` when configured.
-pub fn request_body(upload: Upload, rows: Vec<Value>, validate_only: bool) -> Value {
-    let mut body = json!({ upload.collection(): rows, "partialFailure": true });
-    if validate_only {
-        body["validateOnly"] = json!(true);
-    }
-    body
-}
-
-/// [`request_body`] as sent: the rows borrowed from the encoded batch.
-struct Envelope<'a> {
-    upload: Upload,
-    rows: Picked<'a>,
-    validate_only: bool,
-}
-
-impl serde::Serialize for Envelope<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry(self.upload.collection(), &self.rows)?;
-        map.serialize_entry("partialFailure", &true)?;
-        if self.validate_only {
-            map.serialize_entry("validateOnly", &true)?;
-        }
-        map.end()
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
@@ -346,17 +326,35 @@ impl GoogleAds {
         self.auth.access_token().await
     }
 
-    /// Sends one upload request with `rows`.
-    async fn post(&self, upload: Upload, rows: Picked<'_>, sent: &[&Delivery]) -> UploadAnswer {
+    /// A POST to `url` with the token and the developer and login customer headers.
+    fn authorized(&self, url: &str, token: &Secret) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(url).bearer_auth(token.expose());
+        if let Some(developer) = &self.developer_token {
+            request = request.header("developer-token", developer.expose());
+        }
+        if let Some(login) = &self.login_customer_id {
+            request = request.header("login-customer-id", login);
+        }
+        request
+    }
+
+    /// Sends one upload request carrying `rows` of `items`.
+    async fn post(
+        &self,
+        request: &Request,
+        items: &[Value],
+        rows: &[usize],
+        sent: &[&Delivery],
+    ) -> UploadAnswer {
         let started = std::time::Instant::now();
-        let answer = self.post_untimed(upload, rows, sent).await;
+        let answer = self.post_untimed(request, items, rows, sent).await;
         match &answer {
             UploadAnswer::Rows(_) => crate::metrics::dispatch_request(
                 &self.name,
                 crate::metrics::RequestOutcome::Accepted,
                 started.elapsed(),
             ),
-            UploadAnswer::Batch(batch) => super::observe_request(&self.name, started, batch),
+            UploadAnswer::Batch(batch) => observe_request(&self.name, started, batch),
         }
         answer
     }
@@ -364,97 +362,78 @@ impl GoogleAds {
     /// [`GoogleAds::post`] without the metrics.
     async fn post_untimed(
         &self,
-        upload: Upload,
-        rows: Picked<'_>,
+        request: &Request,
+        items: &[Value],
+        rows: &[usize],
         sent: &[&Delivery],
     ) -> UploadAnswer {
         let token = match self.access_token().await {
             Ok(t) => t,
             Err(answer) => return UploadAnswer::Batch(answer),
         };
-        let mut request = self
-            .http
-            .post(format!("{}:{}", self.customer_url, upload.method()))
-            .bearer_auth(token.expose());
-        if let Some(developer) = &self.developer_token {
-            request = request.header("developer-token", developer.expose());
-        }
-        if let Some(login) = &self.login_customer_id {
-            request = request.header("login-customer-id", login);
-        }
-        let body = Envelope {
-            upload,
-            rows,
-            validate_only: self.validate_only,
-        };
-        let response = match request.json(&body).send().await {
-            Ok(r) => r,
+        let response = self
+            .authorized(&request.url, &token)
+            .json(&request.body(items, rows))
+            .send()
+            .await;
+        let answer = match response {
+            Ok(r) => Answer::read(r).await,
             Err(e) => return UploadAnswer::Batch(transport_error("google ads", e)),
         };
-        let status = response.status();
-        let delay = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
+        if answer.status == reqwest::StatusCode::UNAUTHORIZED {
             // The token may have been revoked or expired early: fetch a new one next time.
             self.auth.invalidate().await;
         }
-        classify(status, delay, &text, sent, Utc::now())
+        classify(
+            answer.status,
+            answer.retry_after,
+            &answer.text,
+            sent,
+            Utc::now(),
+        )
     }
 
-    /// Sends `indices` of `rows` (one upload kind), bisecting requests refused because of a row.
+    /// Sends the rows of `request`, bisecting requests refused because of a row.
     async fn upload(
         &self,
-        upload: Upload,
+        request: &Request,
         batch: &[Delivery],
-        rows: &[Value],
-        indices: Vec<usize>,
+        items: &[Value],
     ) -> Vec<(usize, Outcome)> {
-        let mut out = Vec::with_capacity(indices.len());
-        let mut todo = vec![indices];
+        let mut out = Vec::with_capacity(request.rows.len());
+        let mut todo = vec![request.rows.clone()];
         while let Some(part) = todo.pop() {
             if part.is_empty() {
                 continue;
             }
             let sent: Vec<&Delivery> = part.iter().map(|&i| &batch[i]).collect();
-            let body_rows = Picked {
-                items: rows,
-                indices: &part,
-            };
-            match self.post(upload, body_rows, &sent).await {
+            match self.post(request, items, &part, &sent).await {
                 UploadAnswer::Rows(outcomes) => out.extend(part.into_iter().zip(outcomes)),
                 UploadAnswer::Batch(BatchAnswer::Rejected(error)) if part.len() == 1 => {
                     out.push((part[0], Outcome::Failed { error }))
                 }
-                UploadAnswer::Batch(BatchAnswer::Rejected(_)) => {
-                    let mut first = part;
-                    let second = first.split_off(first.len() / 2);
-                    todo.push(second);
-                    todo.push(first);
-                }
-                UploadAnswer::Batch(BatchAnswer::Retry { error, retry_after }) => {
-                    out.extend(part.into_iter().map(|i| {
-                        (
-                            i,
-                            Outcome::Retry {
-                                error: error.clone(),
-                                retry_after,
-                            },
-                        )
-                    }))
-                }
-                UploadAnswer::Batch(BatchAnswer::Sent(platform_ref)) => {
-                    out.extend(part.into_iter().map(|i| {
-                        (
-                            i,
-                            Outcome::Sent {
-                                platform_ref: platform_ref.clone(),
-                            },
-                        )
-                    }))
+                UploadAnswer::Batch(BatchAnswer::Rejected(_)) => bisect(part, &mut todo),
+                UploadAnswer::Batch(answer) => {
+                    let outcome = answer.outcome();
+                    out.extend(part.into_iter().map(|i| (i, outcome.clone())));
                 }
             }
         }
         out
+    }
+
+    /// The request of one upload kind.
+    fn request(&self, upload: Upload) -> Request {
+        let request = Request::new(
+            format!("{}:{}", self.customer_url, upload.method()),
+            upload.collection(),
+        )
+        .with("partialFailure", true);
+        if self.validate_only {
+            request.with("validateOnly", true)
+        } else {
+            request
+        }
     }
 }
 
@@ -473,21 +452,12 @@ impl Destination for GoogleAds {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Plan {
-                rows,
-                conversions,
-                adjustments,
-                mut outcomes,
-            } = plan(batch, Utc::now());
-            outcomes.extend(
-                self.upload(Upload::Conversions, batch, &rows, conversions)
-                    .await,
-            );
-            outcomes.extend(
-                self.upload(Upload::Adjustments, batch, &rows, adjustments)
-                    .await,
-            );
-            let outcomes = in_order(batch.len(), outcomes);
+            let plan = self.plan(batch, Utc::now());
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for request in &plan.requests {
+                outcomes.extend(self.upload(request, batch, &plan.items).await);
+            }
+            let outcomes = in_order(batch.len(), outcomes.into_iter().chain(plan.not_sent));
             if self.validate_only {
                 // Google checked the rows and recorded nothing: they were not delivered.
                 return outcomes.into_iter().map(validated_only).collect();
@@ -496,34 +466,145 @@ impl Destination for GoogleAds {
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let Plan {
-            rows,
-            conversions,
-            adjustments,
-            outcomes,
-        } = plan(batch, Utc::now());
-        let requests = [
-            (Upload::Conversions, conversions),
-            (Upload::Adjustments, adjustments),
-        ]
-        .into_iter()
-        .filter(|(_, indices)| !indices.is_empty())
-        .map(|(upload, indices)| super::PlannedRequest {
-            url: format!("{}:{}", self.customer_url, upload.method()),
-            body: request_body(
-                upload,
-                indices.iter().map(|&i| rows[i].clone()).collect(),
-                self.validate_only,
-            ),
-            rows: indices,
+    /// Conversions to `uploadClickConversions`, then retractions and restatements to
+    /// `uploadConversionAdjustments`, both with `partialFailure` (and `validateOnly` when set).
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        Plan::encode(
+            batch,
+            |d| match d.kind {
+                Kind::Conversion => encode_conversion(d, now).map(|r| (Upload::Conversions, r)),
+                Kind::Retraction | Kind::Restatement => {
+                    encode_adjustment(d, now).map(|r| (Upload::Adjustments, r))
+                }
+            },
+            |&upload| self.request(upload),
+        )
+    }
+
+    fn healthcheck<'a>(&'a self, probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let (ok, text) = self.check(probe.conversion_action()).await;
+            Health::only(ok, text)
         })
-        .collect();
-        super::Preview {
-            requests,
-            not_sent: outcomes,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health check
+// ---------------------------------------------------------------------------------------------
+
+impl GoogleAds {
+    /// The health check: the OAuth exchange, then an `uploadClickConversions` of one synthetic
+    /// conversion with `validateOnly: true` (Google validates it and records nothing), to the
+    /// conversion `action` of a rule that sends to the destination.
+    async fn check(&self, action: Option<&str>) -> (bool, String) {
+        let token = match self.access_token().await {
+            Ok(token) => token,
+            Err(answer) => return (false, self.auth.refusal(answer)),
+        };
+        let Some(action) = action else {
+            return (
+                true,
+                "OAuth refresh token accepted; no rule gives this destination a conversion action, \
+                 so no validateOnly upload was tried"
+                    .into(),
+            );
+        };
+        let plan = self.plan(&[synthetic(&self.name, Some(action))], Utc::now());
+        if let Some((_, outcome)) = plan.not_sent.first() {
+            return (
+                false,
+                format!("cannot build the test conversion: {outcome:?}"),
+            );
+        }
+        let request = plan.requests[0].clone().with("validateOnly", true);
+        let response = self
+            .authorized(&request.url, &token)
+            .json(&request.body(&plan.items, &request.rows))
+            .send()
+            .await;
+        match response {
+            Ok(r) => self.judge_check(action, Answer::read(r).await),
+            Err(e) => (false, unreachable(&self.base, e)),
         }
     }
+
+    /// What the answer to the health check's upload says.
+    fn judge_check(&self, action: &str, answer: Answer) -> (bool, String) {
+        let (status, body) = (answer.status, answer.json());
+        if status.is_success() {
+            let failure = body.get("partialFailureError").unwrap_or(&Value::Null);
+            let row_errors = error_words(failure);
+            if let Some(e) = row_errors.iter().find(|e| e.starts_with(NOT_ALLOWLISTED)) {
+                return (false, format!("{NOT_ALLOWLISTED_ADVICE} ({e})"));
+            }
+            if let Some(e) = row_errors.iter().find(|e| e.contains("CONVERSION_ACTION")) {
+                return (
+                    false,
+                    format!("conversion action {action} refused in a validateOnly upload: {e}"),
+                );
+            }
+            let credentials = match self.auth.describe() {
+                kind if kind.starts_with("user OAuth") => "OAuth",
+                kind => kind,
+            };
+            let developer = if self.developer_token.is_some() {
+                ", developer token"
+            } else {
+                ""
+            };
+            let mut text = format!(
+                "{credentials}{developer} and customer {} accepted a validateOnly upload of one \
+                 synthetic conversion (nothing recorded)",
+                self.customer_id
+            );
+            if let Some(e) = row_errors.first() {
+                text.push_str(&format!(
+                    "; the synthetic row itself was refused ({e}), as made-up data may be"
+                ));
+            }
+            return (true, text);
+        }
+        let error = body.get("error").unwrap_or(&Value::Null);
+        let codes = error_words(error);
+        if codes.iter().any(|c| c.starts_with(NOT_ALLOWLISTED)) {
+            let codes = codes.join("; ");
+            return (
+                false,
+                format!("{NOT_ALLOWLISTED_ADVICE} (HTTP {status}: {codes})"),
+            );
+        }
+        let detail = if codes.is_empty() {
+            field(error, "message").to_string()
+        } else {
+            codes.join("; ")
+        };
+        let what = if codes.iter().any(|c| c.starts_with("DEVELOPER_TOKEN")) {
+            "developer token rejected"
+        } else if status == reqwest::StatusCode::UNAUTHORIZED {
+            "access token rejected"
+        } else if status == reqwest::StatusCode::FORBIDDEN {
+            "no access to this customer"
+        } else {
+            "validateOnly upload refused"
+        };
+        (false, format!("{what} (HTTP {status}: {detail})"))
+    }
+}
+
+/// `CODE: message` of each error in a Google Ads failure (`details[].errors[]`).
+fn error_words(status: &Value) -> Vec<String> {
+    ads_errors(status)
+        .into_iter()
+        .map(|e| {
+            let code = if e.code.is_empty() {
+                "UNKNOWN"
+            } else {
+                &e.code
+            };
+            format!("{code}: {}", e.message)
+        })
+        .collect()
 }
 
 /// The reason recorded for rows Google accepted under `validate_only`.
@@ -535,45 +616,6 @@ fn validated_only(outcome: Outcome) -> Outcome {
     match outcome {
         Outcome::Sent { .. } => Outcome::skipped(VALIDATE_ONLY_REASON),
         other => other,
-    }
-}
-
-/// A batch encoded for sending: each row's upload row (`Null` where none), the conversion and
-/// adjustment rows to upload, and the outcomes of the rows decided without sending.
-struct Plan {
-    rows: Vec<Value>,
-    conversions: Vec<usize>,
-    adjustments: Vec<usize>,
-    outcomes: Vec<(usize, Outcome)>,
-}
-
-/// Encodes `batch` as of `now`.
-fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut conversions = Vec::new();
-    let mut adjustments = Vec::new();
-    for (i, d) in batch.iter().enumerate() {
-        let (encoded, group) = match d.kind {
-            Kind::Conversion => (encode_conversion(d, now), &mut conversions),
-            Kind::Retraction | Kind::Restatement => (encode_adjustment(d, now), &mut adjustments),
-        };
-        match encoded {
-            Ok(row) => {
-                rows.push(row);
-                group.push(i);
-            }
-            Err(outcome) => {
-                rows.push(Value::Null);
-                outcomes.push((i, outcome));
-            }
-        }
-    }
-    Plan {
-        rows,
-        conversions,
-        adjustments,
-        outcomes,
     }
 }
 
@@ -923,7 +965,12 @@ pub(crate) mod tests {
         // AND a rule without a consent column sends no consent at all
         d.payload.consent_column = false;
         assert!(encode_conversion(&d, now).unwrap().get("consent").is_none());
-        let body = request_body(Upload::Conversions, vec![c], true);
+        let config = DestinationConfig {
+            validate_only: true,
+            ..tests::config("http://google.test")
+        };
+        let g = GoogleAds::new("google", &config, &DispatchConfig::default()).unwrap();
+        let body = g.plan(&[d], now).preview().requests[0].body.clone();
         assert_eq!(body["partialFailure"], true);
         assert_eq!(body["validateOnly"], true);
         assert_eq!(body["conversions"].as_array().unwrap().len(), 1);

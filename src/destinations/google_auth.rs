@@ -13,7 +13,8 @@
 //! access token is cached until a minute before it expires; [`GoogleAuth::invalidate`] drops it after
 //! a 401 so that the next request fetches a new one. Nothing here ever logs or returns a secret.
 
-use super::{excerpt, is_retryable_status, retry_after, transport_error, BatchAnswer};
+use super::batch::BatchAnswer;
+use super::http::{excerpt, is_retryable_status, retry_after, transport_error};
 use super::{DestinationError, OPERATOR_RETRY_FLOOR};
 use crate::config::{DestinationConfig, Secret};
 use serde_json::Value;
@@ -155,6 +156,22 @@ impl GoogleAuth {
     /// What kind of credentials are used.
     pub fn describe(&self) -> &'static str {
         self.credentials.describe()
+    }
+
+    /// What a refused token request means, then Google's words (for `pgcapi check`).
+    pub fn refusal(&self, answer: BatchAnswer) -> String {
+        let words = answer.error();
+        let user = matches!(self.credentials, Credentials::UserOAuth { .. });
+        let what = if words.contains("invalid_client") {
+            "OAuth client id or client secret rejected"
+        } else if words.contains("invalid_grant") && user {
+            "OAuth refresh token rejected (expired or revoked)"
+        } else if words.contains("invalid_grant") {
+            "service account key rejected (deleted, disabled, or the JWT was refused)"
+        } else {
+            "no access token"
+        };
+        format!("{what} ({words})")
     }
 
     /// Forgets the cached token (after a 401: it may have been revoked or expired early).

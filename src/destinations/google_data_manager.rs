@@ -19,12 +19,14 @@
 //! through [`GoogleAds`] with the same credentials (`retract`), a restatement to 0 (`restate_zero`),
 //! or `skipped` (`skip`).
 
+use super::batch::{in_order, observe_request, BatchAnswer, Body, Plan, Request};
 use super::google_ads::{self, GoogleAds};
 use super::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
+use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, transport_error, Answer};
 use super::{
-    base_url, batch_size, excerpt, in_order, is_retryable_status, required, retry_after,
-    transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
-    Preview, SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, required, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, GoogleRefunds};
 use crate::event::{Delivery, Kind};
@@ -53,6 +55,8 @@ pub const CANNOT_RETRACT: &str =
 pub struct GoogleDataManager {
     /// The config name.
     name: String,
+    /// The API host, without a trailing slash.
+    base: String,
     /// `{endpoint}/v1/events:ingest`.
     ingest_url: String,
     /// The operating account (digits).
@@ -218,7 +222,7 @@ impl GoogleDataManager {
             "operating_account",
             &config.operating_account,
         )?);
-        let http = super::http_client(name, dispatch)?;
+        let http = super::http::http_client(name, dispatch)?;
         let retract = config.refunds == GoogleRefunds::Retract;
         let scopes: &[&str] = if retract {
             &[DATA_MANAGER_SCOPE, ADS_SCOPE]
@@ -265,6 +269,7 @@ impl GoogleDataManager {
         Ok(GoogleDataManager {
             name: name.to_string(),
             ingest_url: format!("{base}/v1/events:ingest"),
+            base,
             operating_account,
             login_account: config
                 .login_account
@@ -425,28 +430,15 @@ pub fn encode_event(
     Ok(Value::Object(e))
 }
 
-/// What becomes of each row of a batch: an event to ingest, a retraction for the Google Ads API, or
-/// an outcome decided without a request.
-struct Plan {
-    /// Each row's event (`Null` where none).
-    events: Vec<Value>,
-    /// Rows to ingest, per product destination id, in row order.
-    groups: BTreeMap<String, Vec<usize>>,
-    /// Rows to retract through the Google Ads API.
-    retractions: Vec<usize>,
-    /// Rows decided without sending.
-    outcomes: Vec<(usize, Outcome)>,
-}
-
 impl GoogleDataManager {
-    /// Encodes `batch` as of `now`.
-    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+    /// Encodes `batch` as of `now`: the ingest requests (one per product destination, of the last
+    /// event of each transaction) and the rows to retract through the Google Ads API.
+    fn encode(&self, batch: &[Delivery], now: DateTime<Utc>) -> (Plan, Vec<usize>) {
         let mut plan = Plan {
-            events: Vec::with_capacity(batch.len()),
-            groups: BTreeMap::new(),
-            retractions: Vec::new(),
-            outcomes: Vec::new(),
+            items: Vec::with_capacity(batch.len()),
+            ..Plan::default()
         };
+        let mut retractions = Vec::new();
         // The last row of each (destination id, transaction id) in the batch: earlier ones would
         // be overwritten by it at Google (restatements of one conversion, last wins).
         let mut last: HashMap<(&str, &str), usize> = HashMap::new();
@@ -455,8 +447,8 @@ impl GoogleDataManager {
                 (Kind::Retraction, GoogleRefunds::Skip) => Err(Outcome::skipped(CANNOT_RETRACT)),
                 (Kind::Retraction, GoogleRefunds::Retract) => match destination_id(d) {
                     Ok(_) => {
-                        plan.retractions.push(i);
-                        plan.events.push(Value::Null);
+                        retractions.push(i);
+                        plan.items.push(Value::Null);
                         continue;
                     }
                     Err(o) => Err(o),
@@ -480,97 +472,56 @@ impl GoogleDataManager {
                 Ok(event) => {
                     let id = destination_id(d).unwrap_or_default();
                     if let Some(earlier) = last.insert((id, d.event_id.as_str()), i) {
-                        plan.outcomes.push((
+                        plan.not_sent.push((
                             earlier,
                             Outcome::skipped(
                                 "superseded by a later restatement of the same conversion in \
                                  the same batch (Data Manager keeps the last value)",
                             ),
                         ));
-                        plan.events[earlier] = Value::Null;
+                        plan.items[earlier] = Value::Null;
                     }
-                    plan.events.push(event);
+                    plan.items.push(event);
                 }
                 Err(outcome) => {
-                    plan.events.push(Value::Null);
-                    plan.outcomes.push((i, outcome));
+                    plan.items.push(Value::Null);
+                    plan.not_sent.push((i, outcome));
                 }
             }
         }
         let mut kept: Vec<(&(&str, &str), &usize)> = last.iter().collect();
         kept.sort_by_key(|(_, i)| **i);
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for ((id, _), i) in kept {
-            plan.groups.entry((*id).to_string()).or_default().push(*i);
+            groups.entry(id).or_default().push(*i);
         }
-        plan
+        plan.requests = groups
+            .into_iter()
+            .map(|(id, rows)| Request {
+                rows,
+                ..self.request(id)
+            })
+            .collect();
+        (plan, retractions)
     }
 
-    /// The `Destination` of product destination `id`.
-    fn destination(&self, id: &str) -> Value {
-        request_body(
-            &self.operating_account,
-            self.login_account.as_deref(),
-            id,
-            Vec::new(),
-            false,
-        )["destinations"][0]
-            .take()
-    }
-
-    /// The request body for `indices` of `events`, all to product destination `id`.
-    fn body<'a>(&'a self, id: &str, events: &'a [Value], indices: &'a [usize]) -> Envelope<'a> {
-        Envelope {
-            destinations: vec![self.destination(id)],
-            events: Picked {
-                items: events,
-                indices,
-            },
-            validate_only: self.validate_only,
+    /// The `IngestEventsRequest` of events to product destination `id`.
+    fn request(&self, id: &str) -> Request {
+        let mut destination = json!({
+            "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": self.operating_account},
+            "productDestinationId": id,
+        });
+        if let Some(login) = &self.login_account {
+            destination["loginAccount"] = json!({"accountType": "GOOGLE_ADS", "accountId": login});
         }
-    }
-}
-
-/// An `IngestEventsRequest` of `events` to product destination `id` of `operating_account` (what
-/// `pgcapi check` sends; [`GoogleDataManager`] builds the same without copying its events).
-pub fn request_body(
-    operating_account: &str,
-    login_account: Option<&str>,
-    id: &str,
-    events: Vec<Value>,
-    validate_only: bool,
-) -> Value {
-    let mut dest = json!({
-        "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": operating_account},
-        "productDestinationId": id,
-    });
-    if let Some(login) = login_account {
-        dest["loginAccount"] = json!({"accountType": "GOOGLE_ADS", "accountId": login});
-    }
-    let mut body = json!({"destinations": [dest], "events": events, "encoding": "HEX"});
-    if validate_only {
-        body["validateOnly"] = json!(true);
-    }
-    body
-}
-
-/// An `IngestEventsRequest` as sent: the events borrowed from the encoded batch.
-struct Envelope<'a> {
-    destinations: Vec<Value>,
-    events: Picked<'a>,
-    validate_only: bool,
-}
-
-impl serde::Serialize for Envelope<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("destinations", &self.destinations)?;
-        map.serialize_entry("events", &self.events)?;
-        map.serialize_entry("encoding", "HEX")?;
+        let request = Request::new(&self.ingest_url, "events")
+            .with("destinations", json!([destination]))
+            .with("encoding", "HEX");
         if self.validate_only {
-            map.serialize_entry("validateOnly", &true)?;
+            request.with("validateOnly", true)
+        } else {
+            request
         }
-        map.end()
     }
 }
 
@@ -640,23 +591,8 @@ pub fn classify(
     }
     if status == reqwest::StatusCode::BAD_REQUEST {
         let mut invalid: Vec<(usize, String)> = Vec::new();
-        let violations = error
-            .get("details")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .flat_map(|d| {
-                d.get("fieldViolations")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-            });
-        for v in violations {
-            let field = v.get("field").and_then(Value::as_str).unwrap_or_default();
-            let description = v
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+        for v in violations(error) {
+            let (field, description) = (field(v, "field"), field(v, "description"));
             let reason = v.get("reason").and_then(Value::as_str);
             if let Some(i) = event_index(field).filter(|&i| i < len) {
                 let words = match reason {
@@ -685,7 +621,7 @@ pub fn classify(
 
 impl GoogleDataManager {
     /// Sends one ingest request, refreshing the token once on a 401.
-    async fn ingest(&self, body: &Envelope<'_>, len: usize) -> IngestAnswer {
+    async fn ingest(&self, body: &Body<'_>) -> IngestAnswer {
         let started = std::time::Instant::now();
         let mut refreshed = false;
         let answer = loop {
@@ -723,10 +659,13 @@ impl GoogleDataManager {
                     },
                 },
                 Ok(r) => {
-                    let status = r.status();
-                    let delay = retry_after(r.headers());
-                    let text = r.text().await.unwrap_or_default();
-                    classify(status, delay, &text, len)
+                    let answer = Answer::read(r).await;
+                    classify(
+                        answer.status,
+                        answer.retry_after,
+                        &answer.text,
+                        body.items(),
+                    )
                 }
             };
             match answer {
@@ -755,18 +694,14 @@ impl GoogleDataManager {
                 retry_after: None,
             },
         };
-        super::observe_request(&self.name, started, &observed);
+        observe_request(&self.name, started, &observed);
         answer
     }
 
-    /// Ingests `indices` of `events` to product destination `id`; events Google names as invalid
-    /// fail, the others are sent again without them.
-    async fn ingest_group(
-        &self,
-        id: &str,
-        events: &[Value],
-        mut indices: Vec<usize>,
-    ) -> Vec<(usize, Outcome)> {
+    /// Ingests the rows of `request` (`items` being the batch's events); events Google names as
+    /// invalid fail, the others are sent again without them.
+    async fn ingest_group(&self, request: &Request, items: &[Value]) -> Vec<(usize, Outcome)> {
+        let mut indices = request.rows.clone();
         let mut out = Vec::with_capacity(indices.len());
         while !indices.is_empty() {
             let mut part = indices;
@@ -776,8 +711,7 @@ impl GoogleDataManager {
                 Vec::new()
             };
             loop {
-                let body = self.body(id, events, &part);
-                match self.ingest(&body, part.len()).await {
+                match self.ingest(&request.body(items, &part)).await {
                     IngestAnswer::Accepted(request_id) => {
                         if let Some(id) = request_id.as_ref().filter(|_| !self.validate_only) {
                             self.statuses.push(id.clone());
@@ -913,14 +847,10 @@ impl Destination for GoogleDataManager {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Plan {
-                events,
-                groups,
-                retractions,
-                mut outcomes,
-            } = self.plan(batch, Utc::now());
-            for (id, indices) in groups {
-                outcomes.extend(self.ingest_group(&id, &events, indices).await);
+            let (plan, retractions) = self.encode(batch, Utc::now());
+            let mut outcomes = plan.not_sent;
+            for request in &plan.requests {
+                outcomes.extend(self.ingest_group(request, &plan.items).await);
             }
             if !retractions.is_empty() {
                 outcomes.extend(self.retract(batch, &retractions).await);
@@ -933,33 +863,144 @@ impl Destination for GoogleDataManager {
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> Preview {
-        let Plan {
-            events,
-            groups,
-            retractions,
-            outcomes,
-        } = self.plan(batch, Utc::now());
-        let mut requests: Vec<super::PlannedRequest> = groups
-            .iter()
-            .map(|(id, indices)| super::PlannedRequest {
-                url: self.ingest_url.clone(),
-                rows: indices.clone(),
-                body: serde_json::to_value(self.body(id, &events, indices)).unwrap_or(Value::Null),
-            })
-            .collect();
-        if let Some(ads) = &self.ads {
-            let rows = self.ads_rows(batch, &retractions);
-            for mut request in ads.preview(&rows).requests {
-                request.rows = request.rows.iter().map(|&j| retractions[j]).collect();
-                requests.push(request);
+    /// One ingest request per product destination, then the Google Ads API's adjustments of full
+    /// refunds under `refunds = "retract"`.
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        let (mut plan, retractions) = self.encode(batch, now);
+        match &self.ads {
+            Some(ads) => {
+                let rows = self.ads_rows(batch, &retractions);
+                plan.merge(ads.plan(&rows, now), &retractions);
+            }
+            None => plan.not_sent.extend(
+                retractions
+                    .iter()
+                    .map(|&i| (i, Outcome::skipped(CANNOT_RETRACT))),
+            ),
+        }
+        plan
+    }
+
+    fn healthcheck<'a>(&'a self, probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(self.check(probe.conversion_action()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health check
+// ---------------------------------------------------------------------------------------------
+
+impl GoogleDataManager {
+    /// The health check: the token, then a `validateOnly` ingest of one synthetic event to the
+    /// conversion `action` of a rule, reported as three lines: the token, the operating account,
+    /// the conversion action.
+    async fn check(&self, action: Option<&str>) -> Vec<Health> {
+        let account = &self.operating_account;
+        let token = match self.auth.access_token().await {
+            Ok(token) => token,
+            Err(answer) => {
+                return Health::only(false, format!("token: {}", self.auth.refusal(answer)))
+            }
+        };
+        let mut out = vec![Health::pass(format!(
+            "token: obtained with {} (scope datamanager)",
+            self.auth.describe()
+        ))];
+        let Some(action) = action else {
+            out.push(Health::pass(format!(
+                "account {account}: not tried (no rule gives this destination a conversion \
+                 action, so no validateOnly request was sent)"
+            )));
+            return out;
+        };
+        let Some(id) = product_destination_id(action) else {
+            out.push(Health::fail(format!(
+                "conversion action {action}: not a conversion action id"
+            )));
+            return out;
+        };
+        let event = match encode_event(
+            &synthetic(&self.name, Some(action)),
+            Some(0.into()),
+            Utc::now(),
+        ) {
+            Ok(event) => event,
+            Err(outcome) => {
+                out.push(Health::fail(format!(
+                    "cannot build the test event: {outcome:?}"
+                )));
+                return out;
+            }
+        };
+        let request = self.request(id).with("validateOnly", true);
+        let response = self
+            .http
+            .post(&request.url)
+            .bearer_auth(token.expose())
+            .json(&request.body(&[event], &[0]))
+            .send()
+            .await;
+        match response {
+            Ok(r) => self.judge_check(id, Answer::read(r).await, out),
+            Err(e) => {
+                out.push(Health::fail(unreachable(&self.base, e)));
+                out
             }
         }
-        Preview {
-            requests,
-            not_sent: outcomes,
-        }
     }
+
+    /// Adds to `out` (the token line) what the answer to the health check's ingest says.
+    fn judge_check(&self, id: &str, answer: Answer, mut out: Vec<Health>) -> Vec<Health> {
+        let account = &self.operating_account;
+        let (status, body) = (answer.status, answer.json());
+        if status.is_success() {
+            out.push(Health::pass(format!(
+                "account {account}: accepted a validateOnly request (nothing recorded)"
+            )));
+            out.push(Health::pass(format!(
+                "conversion action {id}: accepted as product destination"
+            )));
+            return out;
+        }
+        let error = body.get("error").unwrap_or(&Value::Null);
+        let mut words = vec![format!(
+            "HTTP {status} {}: {}",
+            field(error, "status"),
+            field(error, "message")
+        )];
+        words.extend(
+            violations(error)
+                .map(|v| format!("{}: {}", field(v, "field"), field(v, "description"))),
+        );
+        let text = words.join("; ");
+        let lower = text.to_ascii_lowercase();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            out[0] = Health::fail(format!("token: refused by Data Manager ({text})"));
+        } else if lower.contains("product_destination") || lower.contains("productdestination") {
+            out.push(Health::pass(format!("account {account}: reachable")));
+            out.push(Health::fail(format!(
+                "conversion action {id}: refused ({text})"
+            )));
+        } else if lower.contains("account") || status == reqwest::StatusCode::FORBIDDEN {
+            out.push(Health::fail(format!("account {account}: refused ({text})")));
+        } else {
+            out.push(Health::fail(format!(
+                "validateOnly request refused ({text})"
+            )));
+        }
+        out
+    }
+}
+
+/// The field violations of a Google error (`details[].fieldViolations[]`).
+fn violations(error: &Value) -> impl Iterator<Item = &Value> {
+    error
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.get("fieldViolations").and_then(Value::as_array))
+        .flatten()
 }
 
 #[cfg(test)]
@@ -1115,23 +1156,23 @@ mod tests {
                 &DispatchConfig::default(),
             )
             .unwrap();
-            let plan = d.plan(&batch, now);
+            let (plan, retractions) = d.encode(&batch, now);
             // The first restatement is superseded by the second
             assert!(matches!(
-                plan.outcomes.iter().find(|(i, _)| *i == 0),
+                plan.not_sent.iter().find(|(i, _)| *i == 0),
                 Some((_, Outcome::Skipped { .. }))
             ));
-            assert_eq!(plan.events[1]["conversionValue"], 20.0);
+            assert_eq!(plan.items[1]["conversionValue"], 20.0);
             match expect {
                 "skip" => assert_eq!(
-                    plan.outcomes.iter().find(|(i, _)| *i == 2).unwrap().1,
+                    plan.not_sent.iter().find(|(i, _)| *i == 2).unwrap().1,
                     Outcome::skipped(CANNOT_RETRACT)
                 ),
                 "zero" => {
-                    assert_eq!(plan.events[2]["conversionValue"], 0);
-                    assert_eq!(plan.events[2]["transactionId"], "order-9");
+                    assert_eq!(plan.items[2]["conversionValue"], 0);
+                    assert_eq!(plan.items[2]["transactionId"], "order-9");
                 }
-                _ => assert_eq!(plan.retractions, vec![2]),
+                _ => assert_eq!(retractions, vec![2]),
             }
         }
     }

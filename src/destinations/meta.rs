@@ -4,9 +4,11 @@
 //! so events are checked before sending (age, usable match keys, website fields) and rejected batches
 //! are bisected until the bad events stand alone. Meta cannot retract an event (§1.12, §7).
 
+use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::health::{field, unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
+    batch_size, event_name, required, value_number, Destination, DestinationError, Outcome,
     SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Secret};
@@ -35,6 +37,12 @@ pub const MAX_AGE_PHYSICAL_STORE_DAYS: i64 = 62;
 pub struct Meta {
     /// The config name.
     name: String,
+    /// The Graph API host, without a trailing slash.
+    base: String,
+    /// `{version}/{pixel_id}`: the dataset read by the health check.
+    pixel_path: String,
+    /// The pixel (dataset) id.
+    pixel_id: String,
     /// The events endpoint.
     url: String,
     /// The access token.
@@ -57,16 +65,17 @@ impl Meta {
         let pixel_id = required(name, "pixel_id", &config.pixel_id)?;
         let access_token = required(name, "access_token", &config.access_token)?.clone();
         let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let base = base_url(&config.endpoint, DEFAULT_ENDPOINT);
         Ok(Meta {
             name: name.to_string(),
-            url: format!(
-                "{}/{version}/{pixel_id}/events",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
+            url: format!("{base}/{version}/{pixel_id}/events"),
+            pixel_path: format!("{version}/{pixel_id}"),
+            pixel_id: pixel_id.clone(),
+            base,
             access_token,
             test_event_code: config.test_event_code.clone(),
             max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -201,23 +210,6 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     Ok(Value::Object(event))
 }
 
-/// The request body (the token travels in the query string, as Meta documents it).
-pub fn request_body(events: Vec<Value>, test_event_code: Option<&str>) -> Value {
-    let mut body = json!({ "data": events });
-    if let Some(code) = test_event_code {
-        body["test_event_code"] = json!(code);
-    }
-    body
-}
-
-/// [`request_body`] as sent: the events borrowed from the encoded batch.
-#[derive(serde::Serialize)]
-struct Envelope<'a> {
-    data: Picked<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    test_event_code: Option<&'a str>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
@@ -227,47 +219,79 @@ impl Meta {
     /// behind Meta's lets a stale event through the checks: Meta then rejects the whole request and
     /// bisection fails that event alone.
     async fn send_at(&self, batch: &[Delivery], now: DateTime<Utc>) -> Vec<Outcome> {
-        let Plan {
-            events,
-            to_send,
-            mut outcomes,
-        } = plan(batch, now);
-        let events = &events;
-        outcomes.extend(
-            isolate(
-                to_send,
-                |part| async move { self.post(events, &part).await },
-            )
-            .await,
-        );
-        in_order(batch.len(), outcomes)
+        let plan = self.plan(batch, now);
+        let items = &plan.items;
+        let sent = send_isolated(&plan, |request, part| async move {
+            self.post(request, items, &part).await
+        })
+        .await;
+        in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
     }
 
-    /// Sends one request with the events at `indices` of `events`.
-    async fn post(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
+    /// Sends one request with the events at `rows` of `items`.
+    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
         let started = std::time::Instant::now();
-        let answer = self.post_untimed(events, indices).await;
-        super::observe_request(&self.name, started, &answer);
+        let response = self
+            .http
+            .post(&request.url)
+            .query(&[("access_token", self.access_token.expose())])
+            .json(&request.body(items, rows))
+            .send()
+            .await;
+        let answer = read_answer("meta", response, classify).await;
+        observe_request(&self.name, started, &answer);
         answer
     }
 
-    /// [`Meta::post`] without the metrics.
-    async fn post_untimed(&self, events: &[Value], indices: &[usize]) -> BatchAnswer {
-        let body = Envelope {
-            data: Picked {
-                items: events,
-                indices,
-            },
-            test_event_code: self.test_event_code.as_deref(),
-        };
+    /// The health check: a read of the pixel with the token (`GET /{version}/{pixel}?fields=id`),
+    /// so nothing is sent even when `test_event_code` is set (Meta does not promise that test events
+    /// stay out of reporting).
+    async fn check(&self) -> (bool, String) {
+        let (base, path, pixel) = (&self.base, &self.pixel_path, &self.pixel_id);
         let response = self
             .http
-            .post(&self.url)
-            .query(&[("access_token", self.access_token.expose())])
-            .json(&body)
+            .get(format!("{base}/{path}"))
+            .query(&[
+                ("fields", "id"),
+                ("access_token", self.access_token.expose()),
+            ])
             .send()
             .await;
-        read_answer("meta", response, classify).await
+        let answer = match response {
+            Ok(r) => Answer::read(r).await,
+            Err(e) => return (false, unreachable(base, e)),
+        };
+        let (status, body) = (answer.status, answer.json());
+        if status.is_success() {
+            if field(&body, "id") != pixel {
+                return (
+                    false,
+                    format!("GET /{path} answered without the pixel's id"),
+                );
+            }
+            let mut text = format!(
+                "access token accepted, pixel {pixel} readable (GET /{path}?fields=id; nothing sent)"
+            );
+            if let Some(code) = &self.test_event_code {
+                text.push_str(&format!(
+                    "; test_event_code {code} is set: events go to the Test Events tool"
+                ));
+            }
+            return (true, text);
+        }
+        let error = body.get("error").unwrap_or(&Value::Null);
+        let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let graph = format!("Graph error {code}: {}", field(error, "message"));
+        let text = match code {
+            102 | 104 | 190 => format!("access token rejected ({graph})"),
+            100 | 803 => {
+                format!("pixel {pixel} not found or not readable with this token ({graph})")
+            }
+            10 | 200..=299 => format!("the token lacks permission on pixel {pixel} ({graph})"),
+            0 => format!("HTTP {status} from {base}: not a Graph API answer"),
+            _ => format!("HTTP {status}: {graph}"),
+        };
+        (false, text)
     }
 }
 
@@ -288,59 +312,27 @@ impl Destination for Meta {
         Box::pin(self.send_at(batch, Utc::now()))
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let Plan {
-            events,
-            to_send,
-            outcomes,
-        } = plan(batch, Utc::now());
-        let mut requests = Vec::new();
-        if !to_send.is_empty() {
-            requests.push(super::PlannedRequest {
-                url: self.url.clone(),
-                body: request_body(
-                    to_send.iter().map(|&i| events[i].clone()).collect(),
-                    self.test_event_code.as_deref(),
-                ),
-                rows: to_send,
-            });
-        }
-        super::Preview {
-            requests,
-            not_sent: outcomes,
-        }
+    /// One request with every event that passed the checks; the token travels in the query string,
+    /// as Meta documents it.
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        Plan::encode(
+            batch,
+            |d| encode_event(d, now).map(|event| ((), event)),
+            |()| {
+                let request = Request::new(&self.url, "data");
+                match &self.test_event_code {
+                    Some(code) => request.with("test_event_code", code.as_str()),
+                    None => request,
+                }
+            },
+        )
     }
-}
 
-/// A batch encoded for sending: each row's event (`Null` where none), the rows to send, and the
-/// outcomes of the rows decided without sending.
-struct Plan {
-    events: Vec<Value>,
-    to_send: Vec<usize>,
-    outcomes: Vec<(usize, Outcome)>,
-}
-
-/// Encodes `batch` as of `now`.
-fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut events = Vec::with_capacity(batch.len());
-    let mut to_send = Vec::new();
-    for (i, d) in batch.iter().enumerate() {
-        match encode_event(d, now) {
-            Ok(event) => {
-                to_send.push(i);
-                events.push(event);
-            }
-            Err(outcome) => {
-                outcomes.push((i, outcome));
-                events.push(Value::Null);
-            }
-        }
-    }
-    Plan {
-        events,
-        to_send,
-        outcomes,
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let (ok, text) = self.check().await;
+            Health::only(ok, text)
+        })
     }
 }
 
@@ -471,9 +463,17 @@ mod tests {
                 "custom_data": {"value": 49.9, "currency": "eur"},
             })
         );
-        let body = request_body(vec![event], Some("TEST123"));
+        let config = DestinationConfig {
+            pixel_id: Some("123".into()),
+            access_token: Some(Secret::new("tok")),
+            test_event_code: Some("TEST123".into()),
+            ..empty_config(Platform::Meta)
+        };
+        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let preview = meta.plan(&[d], t0() + TimeDelta::hours(1)).preview();
+        let body = &preview.requests[0].body;
         assert_eq!(body["test_event_code"], "TEST123");
-        assert_eq!(body["data"].as_array().unwrap().len(), 1);
+        assert_eq!(body["data"], json!([event]));
     }
 
     #[test]

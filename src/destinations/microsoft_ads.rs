@@ -15,10 +15,12 @@
 //! Answers are read from the body whatever the status: a 200 may carry a fault. `PartialErrors` name
 //! the failed rows by `Index`; error 117 `CallRateExceeded` is retried after 60 seconds.
 
+use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
+use super::health::{Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, retry_after, transport_error};
 use super::{
-    base_url, batch_size, excerpt, in_order, is_retryable_status, required, retry_after,
-    transport_error, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, required, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Secret};
 use crate::event::{Delivery, Kind};
@@ -115,7 +117,7 @@ impl MicrosoftAds {
                 .trim()
                 .to_string(),
             max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            http: super::http::http_client(name, dispatch)?,
             token: tokio::sync::Mutex::new(TokenState {
                 refresh_token: required(name, "refresh_token", &config.refresh_token)?.clone(),
                 cached: None,
@@ -270,8 +272,8 @@ pub fn encode_adjustment(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
     Ok(Value::Object(a))
 }
 
-/// Which operation a group of rows goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which operation a group of rows goes to; conversions go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Operation {
     /// `OfflineConversions/Apply`.
     Conversions,
@@ -295,57 +297,6 @@ impl Operation {
             Operation::Adjustments => "OfflineConversionAdjustments",
         }
     }
-}
-
-/// [`Operation`]'s request body as sent: the rows borrowed from the encoded batch.
-struct Envelope<'a> {
-    operation: Operation,
-    rows: Picked<'a>,
-}
-
-impl serde::Serialize for Envelope<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry(self.operation.collection(), &self.rows)?;
-        map.end()
-    }
-}
-
-/// A batch encoded for sending: each row's item (`Null` where none), the conversion and adjustment
-/// rows, and the outcomes of the rows decided without sending.
-struct Plan {
-    rows: Vec<Value>,
-    conversions: Vec<usize>,
-    adjustments: Vec<usize>,
-    outcomes: Vec<(usize, Outcome)>,
-}
-
-/// Encodes `batch` as of `now`.
-fn plan(batch: &[Delivery], now: DateTime<Utc>) -> Plan {
-    let mut p = Plan {
-        rows: Vec::with_capacity(batch.len()),
-        conversions: Vec::new(),
-        adjustments: Vec::new(),
-        outcomes: Vec::new(),
-    };
-    for (i, d) in batch.iter().enumerate() {
-        let (encoded, group) = match d.kind {
-            Kind::Conversion => (encode_conversion(d, now), &mut p.conversions),
-            Kind::Retraction | Kind::Restatement => (encode_adjustment(d, now), &mut p.adjustments),
-        };
-        match encoded {
-            Ok(row) => {
-                p.rows.push(row);
-                group.push(i);
-            }
-            Err(outcome) => {
-                p.rows.push(Value::Null);
-                p.outcomes.push((i, outcome));
-            }
-        }
-    }
-    p
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,42 +390,41 @@ impl MicrosoftAds {
         }
     }
 
-    /// The headers every Campaign Management call carries.
-    pub fn request(&self, path: &str, token: &Secret) -> reqwest::RequestBuilder {
+    /// A POST to `url` with the headers every Campaign Management call carries.
+    fn authorized(&self, url: &str, token: &Secret) -> reqwest::RequestBuilder {
         self.http
-            .post(format!("{}{path}", self.base))
+            .post(url)
             .bearer_auth(token.expose())
             .header("DeveloperToken", self.developer_token.expose())
             .header("CustomerId", &self.customer_id)
             .header("CustomerAccountId", &self.account_id)
     }
 
-    /// Sends one request carrying `rows` and classifies the answer.
-    async fn post(&self, operation: Operation, rows: Picked<'_>) -> Answer {
+    /// Sends one request carrying `rows` of `items` and classifies the answer.
+    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> Answer {
         let started = Instant::now();
-        let answer = self.post_untimed(operation, rows).await;
+        let answer = self.post_untimed(request, items, rows).await;
         match &answer {
             Answer::Rows(_) => crate::metrics::dispatch_request(
                 &self.name,
                 crate::metrics::RequestOutcome::Accepted,
                 started.elapsed(),
             ),
-            Answer::Batch(batch) => super::observe_request(&self.name, started, batch),
+            Answer::Batch(batch) => observe_request(&self.name, started, batch),
         }
         answer
     }
 
     /// [`MicrosoftAds::post`] without the metrics.
-    async fn post_untimed(&self, operation: Operation, rows: Picked<'_>) -> Answer {
-        let count = rows.indices.len();
+    async fn post_untimed(&self, request: &Request, items: &[Value], rows: &[usize]) -> Answer {
+        let count = rows.len();
         let token = match self.access_token().await {
             Ok(t) => t,
             Err(answer) => return Answer::Batch(answer),
         };
-        let body = Envelope { operation, rows };
         let response = match self
-            .request(operation.path(), &token)
-            .json(&body)
+            .authorized(&request.url, &token)
+            .json(&request.body(items, rows))
             .send()
             .await
         {
@@ -498,31 +448,14 @@ impl MicrosoftAds {
         answer
     }
 
-    /// Sends `indices` of `rows` (one operation) in one request.
-    async fn apply(
-        &self,
-        operation: Operation,
-        rows: &[Value],
-        indices: Vec<usize>,
-    ) -> Vec<(usize, Outcome)> {
-        if indices.is_empty() {
-            return Vec::new();
-        }
-        let picked = Picked {
-            items: rows,
-            indices: &indices,
-        };
-        match self.post(operation, picked).await {
-            Answer::Rows(outcomes) => indices.into_iter().zip(outcomes).collect(),
+    /// Sends the rows of `request` in one request.
+    async fn apply(&self, request: &Request, items: &[Value]) -> Vec<(usize, Outcome)> {
+        let rows = &request.rows;
+        match self.post(request, items, rows).await {
+            Answer::Rows(outcomes) => rows.iter().copied().zip(outcomes).collect(),
             Answer::Batch(answer) => {
-                let outcome = match answer {
-                    BatchAnswer::Sent(platform_ref) => Outcome::Sent { platform_ref },
-                    BatchAnswer::Retry { error, retry_after } => {
-                        Outcome::Retry { error, retry_after }
-                    }
-                    BatchAnswer::Rejected(error) => Outcome::Failed { error },
-                };
-                indices.into_iter().map(|i| (i, outcome.clone())).collect()
+                let outcome = answer.outcome();
+                rows.iter().map(|&i| (i, outcome.clone())).collect()
             }
         }
     }
@@ -543,134 +476,124 @@ impl Destination for MicrosoftAds {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Plan {
-                rows,
-                conversions,
-                adjustments,
-                mut outcomes,
-            } = plan(batch, Utc::now());
-            outcomes.extend(self.apply(Operation::Conversions, &rows, conversions).await);
-            outcomes.extend(self.apply(Operation::Adjustments, &rows, adjustments).await);
+            let plan = self.plan(batch, Utc::now());
+            let mut outcomes = plan.not_sent.clone();
+            for request in &plan.requests {
+                outcomes.extend(self.apply(request, &plan.items).await);
+            }
             in_order(batch.len(), outcomes)
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let Plan {
-            rows,
-            conversions,
-            adjustments,
-            outcomes,
-        } = plan(batch, Utc::now());
-        let requests = [
-            (Operation::Conversions, conversions),
-            (Operation::Adjustments, adjustments),
-        ]
-        .into_iter()
-        .filter(|(_, indices)| !indices.is_empty())
-        .map(|(operation, indices)| super::PlannedRequest {
-            url: format!("{}{}", self.base, operation.path()),
-            body: json!({
-                operation.collection(): indices.iter().map(|&i| rows[i].clone()).collect::<Vec<_>>()
-            }),
-            rows: indices,
+    /// Conversions to `OfflineConversions/Apply`, then adjustments to
+    /// `OfflineConversionAdjustments/Apply`.
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        Plan::encode(
+            batch,
+            |d| match d.kind {
+                Kind::Conversion => {
+                    encode_conversion(d, now).map(|row| (Operation::Conversions, row))
+                }
+                Kind::Retraction | Kind::Restatement => {
+                    encode_adjustment(d, now).map(|row| (Operation::Adjustments, row))
+                }
+            },
+            |&operation| {
+                Request::new(
+                    format!("{}{}", self.base, operation.path()),
+                    operation.collection(),
+                )
+            },
+        )
+    }
+
+    fn healthcheck<'a>(&'a self, probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let wanted: std::collections::BTreeSet<&str> = probe
+                .rules
+                .iter()
+                .filter_map(|r| r.microsoft.conversion_name.as_deref())
+                .collect();
+            let (ok, text) = self.check(wanted).await;
+            Health::only(ok, text)
         })
-        .collect();
-        super::Preview {
-            requests,
-            not_sent: outcomes,
-        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// `pgcapi check`
+// Health check
 // ---------------------------------------------------------------------------------------------
 
-/// `pgcapi check` for a Microsoft destination: obtains an access token, then reads the customer's
-/// offline conversion goals (`ConversionGoals/QueryByIds` with no ids and type `OfflineConversion`),
-/// which sends nothing, proves the developer token, customer and account ids, and shows whether
-/// every goal the rules name exists.
-pub async fn check(
-    config: &crate::config::Config,
-    name: &str,
-    dest: &DestinationConfig,
-) -> (bool, String) {
-    let ms = match MicrosoftAds::new(name, dest, &DispatchConfig::default()) {
-        Ok(ms) => ms,
-        Err(e) => return (false, e.to_string()),
-    };
-    let token = match ms.access_token().await {
-        Ok(token) => token,
-        Err(BatchAnswer::Retry { error, .. } | BatchAnswer::Rejected(error)) => {
-            return (false, error)
-        }
-        Err(BatchAnswer::Sent(_)) => return (false, "microsoft oauth: no token".into()),
-    };
-    let request = json!({"ConversionGoalIds": null, "ConversionGoalTypes": "OfflineConversion"});
-    let response = match ms.request(GOALS_PATH, &token).json(&request).send().await {
-        Ok(r) => r,
-        Err(e) => {
+impl MicrosoftAds {
+    /// The health check: obtains an access token, then reads the customer's offline conversion
+    /// goals (`ConversionGoals/QueryByIds` with no ids and type `OfflineConversion`), which sends
+    /// nothing, proves the developer token, customer and account ids, and shows whether every goal
+    /// the rules name (`wanted`) exists.
+    async fn check(&self, wanted: std::collections::BTreeSet<&str>) -> (bool, String) {
+        let token = match self.access_token().await {
+            Ok(token) => token,
+            Err(answer) => return (false, answer.error()),
+        };
+        let request =
+            json!({"ConversionGoalIds": null, "ConversionGoalTypes": "OfflineConversion"});
+        let url = format!("{}{GOALS_PATH}", self.base);
+        let response = match self.authorized(&url, &token).json(&request).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    false,
+                    format!("microsoft ads: request failed: {}", e.without_url()),
+                )
+            }
+        };
+        let answer = super::http::Answer::read(response).await;
+        let body = answer.json();
+        let faults: Vec<MsError> = ["Errors", "OperationErrors", "BatchErrors"]
+            .iter()
+            .flat_map(|f| errors(&body, f))
+            .collect();
+        let Some(goals) = body.get("ConversionGoals").and_then(Value::as_array) else {
+            let why = faults
+                .first()
+                .map(MsError::describe)
+                .unwrap_or_else(|| excerpt(&answer.text));
             return (
                 false,
-                format!("microsoft ads: request failed: {}", e.without_url()),
-            )
-        }
-    };
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let faults: Vec<MsError> = ["Errors", "OperationErrors", "BatchErrors"]
-        .iter()
-        .flat_map(|f| errors(&body, f))
-        .collect();
-    let Some(goals) = body.get("ConversionGoals").and_then(Value::as_array) else {
-        let why = faults
-            .first()
-            .map(MsError::describe)
-            .unwrap_or_else(|| excerpt(&text));
-        return (
-            false,
-            format!(
-                "cannot read the offline conversion goals: HTTP {}: {why}",
-                status.as_u16()
-            ),
-        );
-    };
-    let names: Vec<&str> = goals
-        .iter()
-        .filter_map(|g| g.get("Name").and_then(Value::as_str))
-        .collect();
-    let wanted: std::collections::BTreeSet<&str> = config
-        .rules
-        .iter()
-        .filter(|r| r.destinations.iter().any(|d| d == name))
-        .filter_map(|r| r.microsoft.conversion_name.as_deref())
-        .collect();
-    let missing: Vec<&str> = wanted
-        .iter()
-        .copied()
-        .filter(|w| !names.contains(w))
-        .collect();
-    if missing.is_empty() {
-        (
+                format!(
+                    "cannot read the offline conversion goals: HTTP {}: {why}",
+                    answer.status.as_u16()
+                ),
+            );
+        };
+        let names: Vec<&str> = goals
+            .iter()
+            .filter_map(|g| g.get("Name").and_then(Value::as_str))
+            .collect();
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|w| !names.contains(w))
+            .collect();
+        if missing.is_empty() {
+            (
             true,
             format!(
                 "token, developer token, customer {} and account {} accepted; offline goals found: {}",
-                ms.customer_id,
-                ms.account_id,
+                self.customer_id,
+                self.account_id,
                 wanted.into_iter().collect::<Vec<_>>().join(", ")
             ),
         )
-    } else {
-        (
-            false,
-            format!(
-                "no offline conversion goal named {} (the account has: {})",
-                missing.join(", "),
-                names.join(", ")
-            ),
-        )
+        } else {
+            (
+                false,
+                format!(
+                    "no offline conversion goal named {} (the account has: {})",
+                    missing.join(", "),
+                    names.join(", ")
+                ),
+            )
+        }
     }
 }
 

@@ -5,19 +5,55 @@
 //! dispatcher records the outcomes. Values in [`Delivery::payload`] are already normalized and hashed
 //! where the platform wants hashes; destinations only map them to the platform's field names.
 //!
-//! Platforms differ in how a batch fails (platforms.md §8 item 9): Meta and TikTok reject a whole request
-//! for one bad event, so their modules bisect rejected batches ([`isolate`]) until the bad events stand
-//! alone; Google Ads and Microsoft Advertising answer per row by index.
+//! # The seam
+//!
+//! Everything the rest of pgcapi knows of a platform goes through [`Destination`]:
+//! - [`send`](Destination::send) sends a batch and returns one [`Outcome`] per row, in order (the
+//!   contract is on the trait). How it gets there is the platform's: Meta and TikTok reject a whole
+//!   request for one bad event, so they bisect rejected requests ([`batch::isolate`]); Google Ads
+//!   and Microsoft Advertising answer per row by index; Data Manager names the invalid events.
+//! - [`plan`](Destination::plan) encodes a batch into a [`Plan`]: each row's item, the [`Request`]s
+//!   of the first attempt (URL, rows, body fields) and the rows decided without a request. `send`
+//!   sends the plan's requests; [`preview`](Destination::preview) (`pgcapi run --dry-run`) is
+//!   provided once from it, so what is previewed is what is sent.
+//! - [`healthcheck`](Destination::healthcheck) is the platform's part of `pgcapi check`: proves the
+//!   credentials and the account without recording a conversion, with the same token and request
+//!   code as `send`, given a [`Probe`] (the rules sending to the destination). `check` prints each
+//!   [`Health`] line after the destination's name.
+//! - [`build`] is the one `match` from a config to a destination.
+//!
+//! Shared code: [`http`] (client, reading answers, `Retry-After`, status classes, transport errors),
+//! [`batch`] (plans, bisection, order), [`health`] (probe, synthetic event), [`google_auth`] (Google
+//! credentials of both Google platforms).
+//!
+//! # Adding a platform
+//!
+//! 1. `src/platform.rs`: its [`Platform`] variant (name, whether it can retract).
+//! 2. Its config variant and its required keys (`config`).
+//! 3. The match keys it accepts (`identity`).
+//! 4. Its module here, `NAME.rs` or, past ~600 lines, a folder `NAME/{mod, encoder, classify, ...}`:
+//!    `new(name, config, dispatch)`, `impl Destination` with `send`, `plan` and `healthcheck`;
+//!    requests through [`http`], batches through [`batch`], unit tests against a fake server.
+//! 5. Its arm in [`build`].
+//! 6. Its sandbox module (`testbed::sandbox`) and the integration cases against it.
+//!
+//! Nothing else: dispatch, dry-run and check only see the trait.
 
+pub mod batch;
 mod event_fields;
 pub mod google_ads;
 pub mod google_auth;
 pub mod google_data_manager;
+pub mod health;
+pub mod http;
 pub mod meta;
 pub mod microsoft_ads;
 pub mod pinterest;
 pub mod snapchat;
 pub mod tiktok;
+
+pub use batch::{Plan, PlannedRequest, Preview, Request};
+pub use health::{Health, HealthFuture, Probe};
 
 use crate::config::{DestinationConfig, DispatchConfig};
 use crate::event::Delivery;
@@ -115,42 +151,27 @@ pub trait Destination: Send + Sync {
     }
     /// Sends `batch` and classifies the answer, one [`Outcome`] per row in order.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
-    /// What [`send`](Destination::send) would do with `batch`, without sending anything: the requests
-    /// of its first attempt (before any bisection), built exactly as `send` builds them, and the rows it
-    /// would decide without a request. Used by `pgcapi run --dry-run`.
-    fn preview(&self, batch: &[Delivery]) -> Preview {
-        Preview {
-            requests: Vec::new(),
-            not_sent: (0..batch.len())
-                .map(|i| {
-                    (
-                        i,
-                        Outcome::skipped("this destination cannot show its requests"),
-                    )
-                })
-                .collect(),
-        }
+    /// Encodes `batch` as of `now`: the requests of [`send`](Destination::send)'s first attempt
+    /// (before any bisection or retry), built exactly as `send` builds them, and the rows it would
+    /// decide without a request. The default sends nothing (a wrapper that cannot show its requests).
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        let _ = now;
+        Plan::none(
+            batch.len(),
+            Outcome::skipped("this destination cannot show its requests"),
+        )
     }
-}
-
-/// One request a destination would send, as `pgcapi run --dry-run` shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedRequest {
-    /// The URL posted to, without credentials (they travel in headers or the query string).
-    pub url: String,
-    /// The rows the request carries (indices into the batch).
-    pub rows: Vec<usize>,
-    /// The JSON body, exactly as it would be sent.
-    pub body: serde_json::Value,
-}
-
-/// What a destination would do with a batch (see [`Destination::preview`]).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Preview {
-    /// The requests it would send.
-    pub requests: Vec<PlannedRequest>,
-    /// Rows decided without a request (too old, no usable match key, cannot retract, ...).
-    pub not_sent: Vec<(usize, Outcome)>,
+    /// What [`send`](Destination::send) would do with `batch`, without sending anything (`pgcapi run
+    /// --dry-run`): the [`plan`](Destination::plan) with each request's body as sent.
+    fn preview(&self, batch: &[Delivery]) -> Preview {
+        self.plan(batch, Utc::now()).preview()
+    }
+    /// The platform's part of `pgcapi check`: credentials, account and whatever the [`Probe`]'s rules
+    /// need, proven without recording a conversion. One or more lines; never a secret.
+    fn healthcheck<'a>(&'a self, probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        let _ = probe;
+        Box::pin(async { Health::only(false, "this destination has no health check") })
+    }
 }
 
 /// A destination could not be built from its config.
@@ -216,27 +237,8 @@ pub fn build_all(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared plumbing for the platform modules
+// Small helpers of the platform modules (HTTP in [`http`], batches in [`batch`])
 // ---------------------------------------------------------------------------------------------
-
-/// The HTTP client every destination uses: the dispatch request timeout (which also bounds a hung
-/// platform, turning it into a retry) and a user agent naming pgcapi.
-pub(crate) fn http_client(
-    destination: &str,
-    dispatch: &DispatchConfig,
-) -> Result<reqwest::Client, DestinationError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_millis(dispatch.request_timeout_ms.max(1)))
-        .connect_timeout(Duration::from_millis(
-            dispatch.request_timeout_ms.clamp(1, 10_000),
-        ))
-        .user_agent(concat!("pgcapi/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|source| DestinationError::Client {
-            destination: destination.to_string(),
-            source,
-        })
-}
 
 /// A required config value, or the error naming its key.
 pub(crate) fn required<'a, T>(
@@ -250,197 +252,12 @@ pub(crate) fn required<'a, T>(
     })
 }
 
-/// `endpoint` without a trailing slash, or the platform's production default.
-pub(crate) fn base_url(endpoint: &Option<String>, default: &str) -> String {
-    endpoint
-        .as_deref()
-        .unwrap_or(default)
-        .trim_end_matches('/')
-        .to_string()
-}
-
-/// Some of a batch's encoded items, serialized as a JSON array in the order of `indices` without
-/// copying them (a request body borrows the items instead of cloning each one).
-pub(crate) struct Picked<'a> {
-    /// Every encoded item of the batch.
-    pub items: &'a [serde_json::Value],
-    /// The items the request carries.
-    pub indices: &'a [usize],
-}
-
-impl serde::Serialize for Picked<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.indices.iter().map(|&i| &self.items[i]))
-    }
-}
-
 /// The batch size: the configured `batch_max_events`, capped by the platform's limit, at least 1.
 pub(crate) fn batch_size(config: &DestinationConfig, platform_limit: usize) -> usize {
     config
         .batch_max_events
         .unwrap_or(platform_limit)
         .clamp(1, platform_limit)
-}
-
-/// What one HTTP request carrying a whole batch came to, before it is spread over its rows.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BatchAnswer {
-    /// Every event accepted.
-    Sent(Option<String>),
-    /// Temporary: retry the whole batch.
-    Retry {
-        /// What went wrong.
-        error: String,
-        /// The delay the platform asked for.
-        retry_after: Option<Duration>,
-    },
-    /// Rejected, possibly because of one event: bisect to find it. Alone, the event failed.
-    Rejected(String),
-}
-
-/// Sends `rows` (indices into the caller's batch) with `send_one`, bisecting rejected batches until the
-/// rejected events stand alone, so that one bad event only fails itself. Returns one outcome per index.
-///
-/// Halves are sent one after the other; a batch of n events with one bad event costs about 2·log₂ n
-/// extra requests. A retry answer for any part applies to that part only.
-pub(crate) async fn isolate<'a, F, Fut>(rows: Vec<usize>, send_one: F) -> Vec<(usize, Outcome)>
-where
-    F: Fn(Vec<usize>) -> Fut + 'a,
-    Fut: Future<Output = BatchAnswer> + 'a,
-{
-    let mut out = Vec::with_capacity(rows.len());
-    let mut todo = vec![rows];
-    while let Some(part) = todo.pop() {
-        if part.is_empty() {
-            continue;
-        }
-        match send_one(part.clone()).await {
-            BatchAnswer::Sent(platform_ref) => out.extend(part.into_iter().map(|i| {
-                (
-                    i,
-                    Outcome::Sent {
-                        platform_ref: platform_ref.clone(),
-                    },
-                )
-            })),
-            BatchAnswer::Retry { error, retry_after } => out.extend(part.into_iter().map(|i| {
-                (
-                    i,
-                    Outcome::Retry {
-                        error: error.clone(),
-                        retry_after,
-                    },
-                )
-            })),
-            BatchAnswer::Rejected(error) if part.len() == 1 => {
-                out.push((part[0], Outcome::Failed { error }))
-            }
-            BatchAnswer::Rejected(_) => {
-                let mut first = part;
-                let second = first.split_off(first.len() / 2);
-                // Pushed second-half first so that the first half is sent first.
-                todo.push(second);
-                todo.push(first);
-            }
-        }
-    }
-    out
-}
-
-/// Counts one platform request of `destination` that started at `started` and came to `answer`.
-pub(crate) fn observe_request(
-    destination: &str,
-    started: std::time::Instant,
-    answer: &BatchAnswer,
-) {
-    let outcome = match answer {
-        BatchAnswer::Sent(_) => crate::metrics::RequestOutcome::Accepted,
-        BatchAnswer::Rejected(_) => crate::metrics::RequestOutcome::Rejected,
-        BatchAnswer::Retry { .. } => crate::metrics::RequestOutcome::Retry,
-    };
-    crate::metrics::dispatch_request(destination, outcome, started.elapsed());
-}
-
-/// Puts per-index outcomes back into row order; any index without an outcome (a bug) becomes a retry,
-/// so that a row is never lost.
-pub(crate) fn in_order(
-    len: usize,
-    outcomes: impl IntoIterator<Item = (usize, Outcome)>,
-) -> Vec<Outcome> {
-    let mut slots: Vec<Option<Outcome>> = vec![None; len];
-    for (i, outcome) in outcomes {
-        if let Some(slot) = slots.get_mut(i) {
-            *slot = Some(outcome);
-        }
-    }
-    slots
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::retry("internal: no outcome recorded for this row")))
-        .collect()
-}
-
-/// The classification of a transport error (no answer from the platform): always retryable. The message
-/// never carries the URL, which may hold a token (Meta's `access_token` query parameter).
-pub(crate) fn transport_error(platform: &str, err: reqwest::Error) -> BatchAnswer {
-    let what = if err.is_timeout() {
-        "request timed out".to_string()
-    } else if err.is_connect() {
-        format!("connection failed: {}", err.without_url())
-    } else {
-        format!("request failed: {}", err.without_url())
-    };
-    BatchAnswer::Retry {
-        error: format!("{platform}: {what}"),
-        retry_after: None,
-    }
-}
-
-/// Reads a platform's answer to one request and classifies it with the platform's `classify`: a
-/// transport error (no answer) is retryable; otherwise the status, `Retry-After` and body decide.
-pub(crate) async fn read_answer(
-    platform: &str,
-    response: Result<reqwest::Response, reqwest::Error>,
-    classify: fn(reqwest::StatusCode, Option<Duration>, &str) -> BatchAnswer,
-) -> BatchAnswer {
-    match response {
-        Err(e) => transport_error(platform, e),
-        Ok(r) => {
-            let status = r.status();
-            let delay = retry_after(r.headers());
-            let text = r.text().await.unwrap_or_default();
-            classify(status, delay, &text)
-        }
-    }
-}
-
-/// Parses a `Retry-After` header: delay seconds or an HTTP date.
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    parse_retry_after(value, Utc::now())
-}
-
-/// Parses a `Retry-After` value relative to `now`; an HTTP date in the past means no delay.
-pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.with_timezone(&Utc) - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// True for HTTP statuses worth retrying: 408, 429 and 5xx.
-pub(crate) fn is_retryable_status(status: reqwest::StatusCode) -> bool {
-    status.is_server_error()
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        || status == reqwest::StatusCode::REQUEST_TIMEOUT
 }
 
 /// The row's value as a JSON number; `Err` names the problem (never the value).
@@ -454,15 +271,6 @@ pub(crate) fn value_number(d: &Delivery) -> Result<Option<serde_json::Number>, S
         .and_then(serde_json::Number::from_f64)
         .map(Some)
         .ok_or_else(|| "value is not a finite number".to_string())
-}
-
-/// A short, single-line excerpt of an unparseable response body for `last_error`.
-pub(crate) fn excerpt(body: &str) -> String {
-    let line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    match line.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &line[..at]),
-        None => line,
-    }
 }
 
 /// The event name sent to the platform: the platform-specific override, else the rule's event.
@@ -554,69 +362,6 @@ pub(crate) mod test_support {
     /// A fixed instant: 2026-03-01 12:00:00 UTC.
     pub fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-    use std::sync::Mutex;
-
-    #[test]
-    fn retry_after_accepts_seconds_and_http_dates() {
-        let now = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Sun, 01 Mar 2026 12:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 01 Mar 2026 11:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
-    #[tokio::test]
-    async fn isolate_fails_only_the_rejected_events_and_sends_the_rest() {
-        // GIVEN a platform that rejects any batch containing rows 3 or 6
-        let requests = Mutex::new(0);
-        let out = isolate((0..8).collect(), |part: Vec<usize>| {
-            *requests.lock().unwrap() += 1;
-            async move {
-                if part.contains(&3) || part.contains(&6) {
-                    BatchAnswer::Rejected(format!("bad event in {part:?}"))
-                } else {
-                    BatchAnswer::Sent(Some("ref".into()))
-                }
-            }
-        })
-        .await;
-        // THEN exactly rows 3 and 6 failed, with the platform's message for them alone
-        let out = in_order(8, out);
-        for (i, o) in out.iter().enumerate() {
-            match i {
-                3 | 6 => assert_eq!(o, &Outcome::failed(format!("bad event in [{i}]"))),
-                _ => assert!(matches!(o, Outcome::Sent { .. }), "{i}: {o:?}"),
-            }
-        }
-        assert!(*requests.lock().unwrap() <= 11);
-    }
-
-    #[test]
-    fn a_missing_outcome_becomes_a_retry_not_a_lost_row() {
-        let out = in_order(2, vec![(1, Outcome::skipped("x"))]);
-        assert!(matches!(out[0], Outcome::Retry { .. }));
-        assert_eq!(out[1], Outcome::skipped("x"));
-    }
-
-    #[test]
-    fn excerpts_are_single_line_and_bounded() {
-        let long = "a\nb ".repeat(300);
-        let e = excerpt(&long);
-        assert!(!e.contains('\n'));
-        assert!(e.chars().count() <= 201);
     }
 }
 

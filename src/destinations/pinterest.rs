@@ -22,10 +22,13 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
+use super::batch::in_order;
 use super::event_fields;
+use super::health::synthetic;
+use super::http::{base_url, excerpt, http_client, is_retryable_status};
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, required,
-    Destination, DestinationError, Outcome, Preview, SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, required, Destination, DestinationError, Health, HealthFuture, Outcome,
+    Plan, Probe, SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Secret};
 use crate::event::{Delivery, Kind};
@@ -256,46 +259,45 @@ impl Pinterest {
             access_token: required(name, "access_token", &config.access_token)?.clone(),
             test_mode: config.test_mode,
             max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            http: http_client(name, dispatch)?,
         })
     }
 
-    /// The events URL, with `?test=true` in test mode.
-    fn events_url(&self, test: bool) -> String {
+    /// The plan of `batch`, to the events URL with `?test=true` when `test`.
+    fn plan_for(&self, batch: &[Delivery], now: DateTime<Utc>, test: bool) -> Plan {
         let query = if test { "?test=true" } else { "" };
-        format!("{}{query}", self.url)
+        let url = format!("{}{query}", self.url);
+        event_fields::plan(batch, now, &url, encode_event)
     }
 
-    /// Sends one synthetic `page_visit` in test mode, timed now: proves the token and the ad account
-    /// and records nothing (Pinterest has no read that a conversion token is sure to be allowed).
-    pub async fn healthcheck(&self) -> Result<String, String> {
-        let body = json!({"data": [{
-            "event_name": "page_visit",
-            "action_source": "web",
-            "event_time": Utc::now().timestamp(),
-            "event_id": format!("pgcapi-check-{}", Utc::now().timestamp_millis()),
-            "user_data": {"client_ip_address": "192.0.2.1", "client_user_agent": "pgcapi check"},
-        }]});
-        let response = self
-            .http
-            .post(self.events_url(true))
-            .bearer_auth(self.access_token.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("pinterest: {}", e.without_url()))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        match classify(status, None, &text, &[0]).pop() {
-            Some((_, Outcome::Sent { .. })) => {
-                Ok("token and ad account accepted (one test event, nothing recorded)".into())
-            }
-            Some((_, Outcome::Failed { error } | Outcome::Retry { error, .. })) => Err(error),
-            _ => Err(format!(
-                "pinterest: HTTP {}: {}",
-                status.as_u16(),
-                excerpt(&text)
-            )),
+    /// Sends the requests of `plan` with the bearer token.
+    async fn send_plan(&self, plan: &Plan) -> Vec<(usize, Outcome)> {
+        let token = self.access_token.expose();
+        let request = |r: &super::Request| self.http.post(&r.url).bearer_auth(token);
+        event_fields::send_plan(&self.name, "pinterest", plan, request, classify).await
+    }
+
+    /// Sends one synthetic `page_visit` (a hashed `.invalid` email, timed now) in test mode, as `send`
+    /// sends: proves the token and the ad account and records nothing (Pinterest has no read that a
+    /// conversion token is sure to be allowed).
+    async fn check(&self) -> Health {
+        let mut probe = synthetic(&self.name, None);
+        probe.payload.platform_event = Some("page_visit".into());
+        let plan = self.plan_for(std::slice::from_ref(&probe), Utc::now(), true);
+        let outcome = match self.send_plan(&plan).await.pop() {
+            Some((_, outcome)) => outcome,
+            None => plan
+                .not_sent
+                .into_iter()
+                .next()
+                .map_or(Outcome::retry("no request"), |(_, o)| o),
+        };
+        match outcome {
+            Outcome::Sent { .. } => Health::pass(
+                "token and ad account accepted (one test event with test=true, nothing recorded)",
+            ),
+            Outcome::Failed { error } | Outcome::Retry { error, .. } => Health::fail(error),
+            Outcome::Skipped { reason } => Health::fail(format!("pinterest: {reason}")),
         }
     }
 }
@@ -315,21 +317,18 @@ impl Destination for Pinterest {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let encoded = event_fields::encode_all(batch, Utc::now(), encode_event);
-            let request = self
-                .http
-                .post(self.events_url(self.test_mode))
-                .bearer_auth(self.access_token.expose());
-            let sent =
-                event_fields::post_events(&self.name, "pinterest", request, &encoded, classify)
-                    .await;
-            in_order(batch.len(), encoded.outcomes.into_iter().chain(sent))
+            let plan = self.plan(batch, Utc::now());
+            let sent = self.send_plan(&plan).await;
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> Preview {
-        let encoded = event_fields::encode_all(batch, Utc::now(), encode_event);
-        event_fields::preview(self.events_url(self.test_mode), encoded)
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        self.plan_for(batch, now, self.test_mode)
+    }
+
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move { vec![self.check().await] })
     }
 }
 

@@ -21,10 +21,13 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
+use super::batch::in_order;
 use super::event_fields;
+use super::health::unreachable;
+use super::http::{base_url, excerpt, http_client, is_retryable_status, Answer};
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, required,
-    Destination, DestinationError, Outcome, Preview, SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, required, Destination, DestinationError, Health, HealthFuture, Outcome,
+    Plan, Probe, SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Secret};
 use crate::event::{Delivery, Kind};
@@ -264,7 +267,7 @@ impl Snapchat {
             access_token: required(name, "access_token", &config.access_token)?.clone(),
             test_mode: config.test_mode,
             max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            http: http_client(name, dispatch)?,
         })
     }
 
@@ -275,24 +278,29 @@ impl Snapchat {
     }
 
     /// Reads the test-event stats of the pixel: proves the token and the pixel id, records nothing.
-    pub async fn healthcheck(&self) -> Result<String, String> {
+    async fn check(&self) -> Health {
         let url = format!("{}/events/validate/stats", self.base);
         let response = self
             .http
             .get(url)
             .query(&[("access_token", self.access_token.expose())])
             .send()
-            .await
-            .map_err(|e| format!("snapchat: {}", e.without_url()))?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        if status.is_success() {
-            Ok("token and pixel accepted (read the test-event stats; nothing recorded)".into())
+            .await;
+        let answer = match response {
+            Ok(r) => Answer::read(r).await,
+            Err(e) => return Health::fail(unreachable(&self.base, e)),
+        };
+        if answer.status.is_success() {
+            let mode = if self.test_mode { ", test_mode on" } else { "" };
+            Health::pass(format!(
+                "token and pixel accepted (read the test-event stats, nothing recorded{mode})"
+            ))
         } else {
-            Err(format!(
-                "snapchat: HTTP {}: {}",
-                status.as_u16(),
-                excerpt(&body)
+            let reason = answer.json()["reason"].as_str().map(str::to_string);
+            let reason = reason.unwrap_or_else(|| excerpt(&answer.text));
+            Health::fail(format!(
+                "snapchat: HTTP {}: {reason}",
+                answer.status.as_u16()
             ))
         }
     }
@@ -313,21 +321,21 @@ impl Destination for Snapchat {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let encoded = event_fields::encode_all(batch, Utc::now(), encode_event);
-            let request = self
-                .http
-                .post(self.events_url())
-                .query(&[("access_token", self.access_token.expose())]);
+            let plan = self.plan(batch, Utc::now());
+            let token = [("access_token", self.access_token.expose())];
+            let request = |r: &super::Request| self.http.post(&r.url).query(&token);
             let sent =
-                event_fields::post_events(&self.name, "snapchat", request, &encoded, classify)
-                    .await;
-            in_order(batch.len(), encoded.outcomes.into_iter().chain(sent))
+                event_fields::send_plan(&self.name, "snapchat", &plan, request, classify).await;
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> Preview {
-        let encoded = event_fields::encode_all(batch, Utc::now(), encode_event);
-        event_fields::preview(self.events_url(), encoded)
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        event_fields::plan(batch, now, &self.events_url(), encode_event)
+    }
+
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move { vec![self.check().await] })
     }
 }
 

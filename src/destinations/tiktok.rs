@@ -11,9 +11,11 @@
 //! names are `Purchase` and `Lead` (renamed from `CompletePayment` and `SubmitForm` in May 2025; the
 //! legacy names are still converted by TikTok), so a rule's `Purchase` needs no override.
 
+use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
+use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
 use super::{
-    base_url, batch_size, event_name, excerpt, in_order, is_retryable_status, isolate, read_answer,
-    required, value_number, BatchAnswer, Destination, DestinationError, Outcome, Picked,
+    batch_size, event_name, required, value_number, Destination, DestinationError, Outcome,
     SendFuture, OPERATOR_RETRY_FLOOR,
 };
 use crate::config::{DestinationConfig, DispatchConfig, Secret};
@@ -46,6 +48,8 @@ const CODE_RATE_LIMIT: i64 = 40_100;
 pub struct Tiktok {
     /// The config name.
     name: String,
+    /// The Business API host, without a trailing slash.
+    base: String,
     /// The events endpoint.
     url: String,
     /// The access token.
@@ -70,12 +74,11 @@ impl Tiktok {
         dispatch: &DispatchConfig,
     ) -> Result<Tiktok, DestinationError> {
         let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let base = base_url(&config.endpoint, DEFAULT_ENDPOINT);
         Ok(Tiktok {
             name: name.to_string(),
-            url: format!(
-                "{}/open_api/{version}/event/track/",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
+            url: format!("{base}/open_api/{version}/event/track/"),
+            base,
             access_token: required(name, "access_token", &config.access_token)?.clone(),
             pixel_code: required(name, "pixel_code", &config.pixel_code)?.clone(),
             crm_event_set_id: config
@@ -84,7 +87,7 @@ impl Tiktok {
                 .filter(|s| !s.trim().is_empty()),
             test_event_code: config.test_event_code.clone(),
             max_batch: batch_size(config, MAX_EVENTS),
-            http: super::http_client(name, dispatch)?,
+            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -199,74 +202,105 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     Ok(Value::Object(event))
 }
 
-/// The request envelope for events of one `event_source`.
-pub fn request_body(
-    source: &str,
-    pixel_code: &str,
-    test_event_code: Option<&str>,
-    events: Vec<Value>,
-) -> Value {
-    let mut body = json!({
-        "event_source": source,
-        "event_source_id": pixel_code,
-        "data": events,
-    });
-    if let Some(code) = test_event_code {
-        body["test_event_code"] = json!(code);
-    }
-    body
-}
-
-/// [`request_body`] as sent: the events borrowed from the encoded batch.
-#[derive(serde::Serialize)]
-struct Envelope<'a> {
-    event_source: &'a str,
-    event_source_id: &'a str,
-    data: Picked<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    test_event_code: Option<&'a str>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
 
 impl Tiktok {
-    /// The `event_source_id` of a group: the CRM event set for `crm`, else the pixel.
-    fn event_source_id(&self, source: &str) -> &str {
-        match (source, &self.crm_event_set_id) {
-            ("crm", Some(set)) => set,
-            _ => &self.pixel_code,
-        }
-    }
-
-    /// Sends one request with the events at `indices`, all of event source `source`.
-    async fn post(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
+    /// Sends one request with the events at `rows` of `items`.
+    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
         let started = std::time::Instant::now();
-        let answer = self.post_untimed(source, events, indices).await;
-        super::observe_request(&self.name, started, &answer);
+        let response = self
+            .http
+            .post(&request.url)
+            .header("Access-Token", self.access_token.expose())
+            .json(&request.body(items, rows))
+            .send()
+            .await;
+        let answer = read_answer("tiktok", response, classify).await;
+        observe_request(&self.name, started, &answer);
         answer
     }
 
-    /// [`Tiktok::post`] without the metrics.
-    async fn post_untimed(&self, source: &str, events: &[Value], indices: &[usize]) -> BatchAnswer {
-        let body = Envelope {
-            event_source: source,
-            event_source_id: self.event_source_id(source),
-            data: Picked {
-                items: events,
-                indices,
-            },
-            test_event_code: self.test_event_code.as_deref(),
+    /// The request of web events (`crm` false: to the pixel) or CRM events (to the CRM event set).
+    fn request(&self, crm: bool) -> Request {
+        let (source, id) = match (crm, &self.crm_event_set_id) {
+            (true, Some(set)) => ("crm", set),
+            (true, None) => ("crm", &self.pixel_code),
+            (false, _) => ("web", &self.pixel_code),
         };
+        let request = Request::new(&self.url, "data")
+            .with("event_source", source)
+            .with("event_source_id", id.as_str());
+        match &self.test_event_code {
+            Some(code) => request.with("test_event_code", code.as_str()),
+            None => request,
+        }
+    }
+
+    /// The health check. TikTok documents no read-only call: with `test_event_code` set, one
+    /// synthetic event is sent with that code (it shows in the Test Events tool only); without it
+    /// only the endpoint is reached and the token's presence is checked, and the line says the token
+    /// was not verified.
+    async fn check(&self) -> (bool, String) {
+        let (base, pixel) = (&self.base, &self.pixel_code);
+        let token = self.access_token.expose();
+        if token.trim().is_empty() || token.chars().any(char::is_whitespace) {
+            return (false, "access token is empty or contains whitespace".into());
+        }
+        let Some(code) = &self.test_event_code else {
+            return match self.http.get(&self.url).send().await {
+                Ok(r) => (
+                    true,
+                    format!(
+                        "endpoint {base} reachable (HTTP {}); access token present but NOT \
+                         verified: TikTok documents no read-only call; set test_event_code to \
+                         verify it with a test event",
+                        r.status().as_u16()
+                    ),
+                ),
+                Err(e) => (false, unreachable(base, e)),
+            };
+        };
+        let plan = self.plan(&[synthetic(&self.name, None)], Utc::now());
+        if let Some((_, outcome)) = plan.not_sent.first() {
+            return (false, format!("cannot build the test event: {outcome:?}"));
+        }
+        let request = &plan.requests[0];
         let response = self
             .http
-            .post(&self.url)
-            .header("Access-Token", self.access_token.expose())
-            .json(&body)
+            .post(&request.url)
+            .header("Access-Token", token)
+            .json(&request.body(&plan.items, &request.rows))
             .send()
             .await;
-        read_answer("tiktok", response, classify).await
+        let answer = match response {
+            Ok(r) => Answer::read(r).await,
+            Err(e) => return (false, unreachable(base, e)),
+        };
+        let body = answer.json();
+        let message = field(&body, "message");
+        match body.get("code").and_then(Value::as_i64) {
+            Some(0) => (
+                true,
+                format!(
+                    "access token and pixel {pixel} accepted one synthetic test event \
+                     (test_event_code {code}: it shows in the Test Events tool only)"
+                ),
+            ),
+            Some(c @ 40001) => (
+                false,
+                format!("access token rejected (code {c}: {message})"),
+            ),
+            Some(c) => (false, format!("test event refused (code {c}: {message})")),
+            None => (
+                false,
+                format!(
+                    "HTTP {} from {base}: not an Events API answer",
+                    answer.status
+                ),
+            ),
+        }
     }
 }
 
@@ -285,91 +319,41 @@ impl Destination for Tiktok {
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
-            let Plan {
-                events,
-                groups,
-                mut outcomes,
-            } = plan(batch, Utc::now(), self.crm_event_set_id.is_some());
-            let events = &events;
-            for (source, rows) in groups {
-                outcomes.extend(
-                    isolate(rows, |part| async move {
-                        self.post(source, events, &part).await
-                    })
-                    .await,
-                );
-            }
-            in_order(batch.len(), outcomes)
+            let plan = self.plan(batch, Utc::now());
+            let items = &plan.items;
+            let sent = send_isolated(&plan, |request, part| async move {
+                self.post(request, items, &part).await
+            })
+            .await;
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
 
-    fn preview(&self, batch: &[Delivery]) -> super::Preview {
-        let Plan {
-            events,
-            groups,
-            outcomes,
-        } = plan(batch, Utc::now(), self.crm_event_set_id.is_some());
-        let requests = groups
-            .into_iter()
-            .filter(|(_, rows)| !rows.is_empty())
-            .map(|(source, rows)| super::PlannedRequest {
-                url: self.url.clone(),
-                body: request_body(
-                    source,
-                    self.event_source_id(source),
-                    self.test_event_code.as_deref(),
-                    rows.iter().map(|&i| events[i].clone()).collect(),
-                ),
-                rows,
-            })
-            .collect();
-        super::Preview {
-            requests,
-            not_sent: outcomes,
-        }
-    }
-}
-
-/// A batch encoded for sending: each row's event (`Null` where none), the rows to send per
-/// `event_source` (`web`, then `crm`), and the outcomes of the rows decided without sending.
-struct Plan {
-    events: Vec<Value>,
-    groups: [(&'static str, Vec<usize>); 2],
-    outcomes: Vec<(usize, Outcome)>,
-}
-
-/// Encodes `batch` as of `now`; CRM events fail without a CRM event set (`crm_set`).
-fn plan(batch: &[Delivery], now: DateTime<Utc>, crm_set: bool) -> Plan {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut events = Vec::with_capacity(batch.len());
-    let mut web = Vec::new();
-    let mut crm = Vec::new();
-    for (i, d) in batch.iter().enumerate() {
-        let encoded = match encode_event(d, now) {
-            Ok(_) if event_source(d) == "crm" && !crm_set => Err(Outcome::failed(
-                "tiktok: a CRM event (action_source system_generated) goes to a CRM event set: \
-                 set crm_event_set_id in the destination",
-            )),
-            other => other,
-        };
-        match encoded {
-            Ok(event) => {
-                events.push(event);
-                match event_source(d) {
-                    "crm" => crm.push(i),
-                    _ => web.push(i),
+    /// Web events, then CRM events: `event_source` is an envelope field, so they travel apart. CRM
+    /// events fail without a CRM event set.
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        let crm_set = self.crm_event_set_id.is_some();
+        Plan::encode(
+            batch,
+            |d| {
+                let crm = event_source(d) == "crm";
+                match encode_event(d, now) {
+                    Ok(_) if crm && !crm_set => Err(Outcome::failed(
+                        "tiktok: a CRM event (action_source system_generated) goes to a CRM event \
+                         set: set crm_event_set_id in the destination",
+                    )),
+                    encoded => encoded.map(|event| (crm, event)),
                 }
-            }
-            Err(outcome) => {
-                events.push(Value::Null);
-                outcomes.push((i, outcome));
-            }
-        }
+            },
+            |&crm| self.request(crm),
+        )
     }
-    Plan {
-        events,
-        groups: [("web", web), ("crm", crm)],
-        outcomes,
+
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move {
+            let (ok, text) = self.check().await;
+            Health::only(ok, text)
+        })
     }
 }
 
@@ -456,8 +440,13 @@ mod tests {
         // GIVEN a website purchase: the rule's `Purchase` is TikTok's current standard name
         let d = purchase(7, t0());
         // WHEN it is encoded into a request
-        let event = encode_event(&d, t0()).unwrap();
-        let body = request_body(event_source(&d), "CTEST12345", None, vec![event]);
+        let config = DestinationConfig {
+            pixel_code: Some("CTEST12345".into()),
+            access_token: Some(Secret::new("tok")),
+            ..empty_config(Platform::Tiktok)
+        };
+        let tiktok = Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let body = tiktok.plan(&[d], t0()).preview().requests[0].body.clone();
         // THEN names, seconds, plain click id/IP/UA, hashed email/phone and uppercase currency are as TikTok wants
         assert_eq!(
             body,
@@ -608,11 +597,21 @@ mod tests {
         );
         assert!(event["user"].get("lead_id").is_none());
         // AND it goes to the CRM event set, or fails saying the key is missing
-        let planned = plan(std::slice::from_ref(&d), t0(), true);
-        assert_eq!(planned.groups[1].1, vec![0]);
-        let refused = plan(&[d], t0(), false);
+        let tiktok = |crm_event_set_id: Option<&str>| {
+            let config = DestinationConfig {
+                pixel_code: Some("CPIX".into()),
+                crm_event_set_id: crm_event_set_id.map(str::to_string),
+                access_token: Some(Secret::new("tok")),
+                ..empty_config(Platform::Tiktok)
+            };
+            Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap()
+        };
+        let planned = tiktok(Some("CRMSET")).plan(std::slice::from_ref(&d), t0());
+        assert_eq!(planned.requests[0].rows, vec![0]);
+        assert_eq!(planned.requests[0].fields["event_source_id"], "CRMSET");
+        let refused = tiktok(None).plan(&[d], t0());
         assert!(
-            matches!(&refused.outcomes[0].1, Outcome::Failed { error } if error.contains("crm_event_set_id"))
+            matches!(&refused.not_sent[0].1, Outcome::Failed { error } if error.contains("crm_event_set_id"))
         );
         // AND a web event never sends the lead id
         let mut web = purchase(4, t0());

@@ -443,14 +443,13 @@ async fn check_reads_the_offline_goals_and_sends_nothing() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let config = config_from(CONFIG, &env);
-    let dest = &config.destinations["microsoft"];
     // GIVEN the goal the rules name exists: the check passes
-    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    let (ok, text) = healthcheck(&config, "microsoft").await;
     assert!(ok, "{text}");
     assert!(text.contains("Offline purchase"), "{text}");
     // GIVEN it does not: the check fails and names it
     sandbox.microsoft_goals(&["Store visit"]);
-    let (ok, text) = pgcapi::destinations::microsoft_ads::check(&config, "microsoft", dest).await;
+    let (ok, text) = healthcheck(&config, "microsoft").await;
     assert!(!ok);
     assert!(
         text.contains("no offline conversion goal named Offline purchase"),
@@ -461,6 +460,17 @@ async fn check_reads_the_offline_goals_and_sends_nothing() {
     let records = sandbox.records().microsoft_ads;
     assert_eq!(records.counters.requests, 0);
     assert_eq!(records.tokens_issued, 2);
+}
+
+/// The health check of destination `name`, built afresh (as `pgcapi check` builds it): its one line.
+async fn healthcheck(config: &pgcapi::config::Config, name: &str) -> (bool, String) {
+    let dest =
+        pgcapi::destinations::build(name, &config.destinations[name], &config.dispatch).unwrap();
+    let probe = pgcapi::destinations::Probe::new(config, name);
+    let mut lines = dest.healthcheck(&probe).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = lines.remove(0);
+    (line.ok, line.text)
 }
 
 /// Calls the sandbox's Microsoft Apply `path` with a fresh token and `body`; returns status and JSON.

@@ -335,3 +335,51 @@ async fn kill_9_mid_delivery_counts_every_snapchat_conversion_once() {
 async fn kill_9_mid_delivery_counts_every_pinterest_conversion_once() {
     kill_9_counts_each_order_once(PINTEREST).await;
 }
+
+/// The one health line of destination `ads` of the platform's config, with token `token`.
+async fn health(spec: Spec, sandbox: &SandboxHandle, token: &str) -> (bool, String) {
+    let toml = RULES.replace("{click}", spec.click_column) + spec.destination;
+    let env: Vec<(String, String)> = vec![
+        ("PGCAPI_DATABASE_URL".into(), "postgres://unused/db".into()),
+        ("ADS_TOKEN".into(), token.into()),
+        ("ADS_ENDPOINT".into(), sandbox.base_url()),
+    ];
+    let config = config_from(&toml, &env);
+    let dest =
+        pgcapi::destinations::build("ads", &config.destinations["ads"], &config.dispatch).unwrap();
+    let probe = pgcapi::destinations::Probe::new(&config, "ads");
+    let mut lines = dest.healthcheck(&probe).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = lines.remove(0);
+    (line.ok, line.text)
+}
+
+#[tokio::test]
+async fn check_proves_each_token_and_records_no_conversion() {
+    let sandbox = Sandbox::start_with_config(
+        "127.0.0.1:0".parse().unwrap(),
+        pgcapi::testbed::sandbox::SandboxConfig {
+            snapchat_access_token: Some("right-s3cr3t".into()),
+            pinterest_access_token: Some("right-s3cr3t".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for spec in [SNAPCHAT, PINTEREST] {
+        let (ok, text) = health(spec, &sandbox, "right-s3cr3t").await;
+        assert!(ok, "{text}");
+        assert!(text.contains("nothing recorded"), "{text}");
+        let (ok, text) = health(spec, &sandbox, "wrong-s3cr3t").await;
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("HTTP 401") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+    let records = sandbox.records();
+    assert!(records.snapchat.events.is_empty() && records.pinterest.events.is_empty());
+    // Snapchat's check is a read; Pinterest's one synthetic event went to test mode.
+    assert_eq!(records.snapchat.counters.requests, 0);
+    assert_eq!(records.pinterest.tested, 1);
+}
