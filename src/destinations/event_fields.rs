@@ -144,3 +144,54 @@ fn summary(outcomes: &[(usize, Outcome)]) -> BatchAnswer {
         BatchAnswer::Sent(None)
     }
 }
+
+/// Under `test_mode` an accepted row was checked, not recorded: it becomes a skip saying so, rather
+/// than a claim that it was sent.
+pub(crate) fn tested_only(
+    outcomes: Vec<(usize, Outcome)>,
+    test_mode: bool,
+    platform: &str,
+) -> Vec<(usize, Outcome)> {
+    if !test_mode {
+        return outcomes;
+    }
+    let reason = format!("test_mode: {platform} checked the event and recorded nothing");
+    outcomes
+        .into_iter()
+        .map(|(i, o)| match o {
+            Outcome::Sent { .. } => (i, Outcome::skipped(reason.clone())),
+            other => (i, other),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_mode_turns_accepted_rows_into_skips_and_keeps_failures() {
+        let outcomes = vec![
+            (0, Outcome::Sent { platform_ref: None }),
+            (1, Outcome::failed("pinterest: bad")),
+        ];
+        assert_eq!(tested_only(outcomes.clone(), false, "pinterest"), outcomes);
+        let tested = tested_only(outcomes, true, "pinterest");
+        assert_eq!(
+            tested[0].1,
+            Outcome::skipped("test_mode: pinterest checked the event and recorded nothing")
+        );
+        assert_eq!(tested[1].1, Outcome::failed("pinterest: bad"));
+    }
+
+    #[test]
+    fn rows_the_answer_does_not_mention_are_retried() {
+        let out = spread(
+            &[4, 7],
+            vec![Some(Outcome::Sent { platform_ref: None }), None],
+            "snapchat",
+        );
+        assert_eq!(out[0], (4, Outcome::Sent { platform_ref: None }));
+        assert!(matches!(out[1], (7, Outcome::Retry { .. })));
+    }
+}

@@ -16,7 +16,7 @@
 //! otherwise; Pinterest cannot deduplicate offline events, so a resent offline row may count twice.
 //!
 //! `test_mode = true` adds `?test=true`: "events will not be recorded but the API will still return
-//! the same response messages". `check` sends one synthetic event that way, timed now (a stale time
+//! the same response messages"; accepted rows are `skipped` with `test_mode: …`. `check` sends one synthetic event that way, timed now (a stale time
 //! in a health check is a known 422).
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -319,6 +319,7 @@ impl Destination for Pinterest {
         Box::pin(async move {
             let plan = self.plan(batch, Utc::now());
             let sent = self.send_plan(&plan).await;
+            let sent = event_fields::tested_only(sent, self.test_mode, "pinterest");
             in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }

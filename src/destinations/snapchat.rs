@@ -8,7 +8,8 @@
 //! of a sent conversion is skipped. Events older than 37 days are skipped before any request.
 //!
 //! `test_mode = true` sends to `/v3/{pixel_id}/events/validate` (Snap's test-events tool): the same
-//! checks and answers, nothing recorded. The token travels in the query string, which the HTTP client
+//! checks and answers, nothing recorded, so accepted rows are `skipped` with `test_mode: …` rather
+//! than `sent`. The token travels in the query string, which the HTTP client
 //! never puts in an error message.
 //!
 //! Event names: a rule's event that already is a Snap name (`PURCHASE`, `SIGN_UP`, …) is sent as is;
@@ -326,6 +327,7 @@ impl Destination for Snapchat {
             let request = |r: &super::Request| self.http.post(&r.url).query(&token);
             let sent =
                 event_fields::send_plan(&self.name, "snapchat", &plan, request, classify).await;
+            let sent = event_fields::tested_only(sent, self.test_mode, "snapchat");
             in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
     }
