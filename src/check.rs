@@ -127,17 +127,7 @@ impl Checklist {
         let mut secrets: Vec<&Secret> = vec![&config.source.url];
         secrets.extend(config.source.control_url.as_ref());
         for dest in config.destinations.values() {
-            secrets.extend(
-                [
-                    &dest.access_token,
-                    &dest.developer_token,
-                    &dest.client_id,
-                    &dest.client_secret,
-                    &dest.refresh_token,
-                ]
-                .into_iter()
-                .flatten(),
-            );
+            secrets.extend(dest.secrets());
         }
         for secret in secrets {
             let value = secret.expose();
@@ -199,7 +189,7 @@ pub async fn check_config(config: &Config, list: &mut Checklist) {
         ..config.dispatch.clone()
     };
     for (name, dest) in &config.destinations {
-        let label = format!("{name} ({})", dest.platform.as_str());
+        let label = format!("{name} ({})", dest.platform().as_str());
         match destinations::build(name, dest, &dispatch) {
             Ok(destination) => {
                 let probe = Probe::new(config, name);

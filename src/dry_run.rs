@@ -22,9 +22,8 @@
 
 use crate::config::Config;
 use crate::destinations::{Destination, Outcome, Preview};
-use crate::dispatch::{read_delivery, Claimed};
 use crate::event::{Delivery, Kind};
-use crate::outbox::quote_ident;
+use crate::outbox::{Outbox, Unreadable};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -163,45 +162,30 @@ async fn show_batch(
     after: i64,
 ) -> Result<Option<(i64, bool)>, String> {
     let limit = dest.max_batch();
-    let sql = format!(
-        "select id, rule, destination, event_id, kind, adjusts_rule, event_name, event_time, \
-           value::text, currency, action_source, payload::text, attempts, created_at \
-         from {}.deliveries where destination = $1 and state = 'pending' and id > $2 \
-         order by id limit $3",
-        quote_ident(schema)
-    );
-    let rows = client
-        .query(
-            &sql,
-            &[
-                &dest.name(),
-                &after,
-                &i64::try_from(limit).unwrap_or(i64::MAX),
-            ],
-        )
+    let rows = Outbox::new(schema)
+        .pending_after(client, dest.name(), after, limit)
         .await
-        .map_err(|e| {
-            format!(
-                "reading pending deliveries: {}",
-                crate::pg::client::describe(&e)
-            )
-        })?;
-    let Some(last) = rows.last().map(|r| r.get::<_, i64>(0)) else {
+        .map_err(|e| e.to_string())?;
+    let Some(last) = rows.last().map(|r| match r {
+        Ok(d) => d.id,
+        Err(u) => u.id,
+    }) else {
         return Ok(None);
     };
     let mut conversions = Vec::new();
     let mut not_sent = Vec::new();
-    for row in &rows {
-        match read_delivery(row) {
-            Claimed::Row(d) if d.kind == Kind::Conversion => conversions.push(*d),
-            Claimed::Row(d) => not_sent.push(json!({
+    let count = rows.len();
+    for row in rows {
+        match row {
+            Ok(d) if d.kind == Kind::Conversion => conversions.push(d),
+            Ok(d) => not_sent.push(json!({
                 "event_id": d.event_id,
                 "kind": d.kind.as_str(),
                 "outcome": "resolved when sent",
                 "reason": "an adjustment is resolved against its conversion when sent for real \
                            (a dry run does not guess)",
             })),
-            Claimed::Unreadable { id, error } => not_sent.push(json!({
+            Err(Unreadable { id, error }) => not_sent.push(json!({
                 "id": id,
                 "outcome": "failed",
                 "reason": error,
@@ -218,12 +202,12 @@ async fn show_batch(
         .write(dest.name(), &line.to_string())
         .map_err(|e| format!("writing the dry-run output: {e}"))?;
     info!(
-        rows = rows.len(),
+        rows = count,
         requests = preview.requests.len(),
         not_sent = line["not_sent"].as_array().map_or(0, Vec::len),
         "dry run: batch written instead of sent"
     );
-    Ok(Some((last, rows.len() >= limit)))
+    Ok(Some((last, count >= limit)))
 }
 
 /// The JSON line of one batch.

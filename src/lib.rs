@@ -14,10 +14,12 @@
 //! - [`decode`]: pure pgoutput v1 decoder and text-value parsing by column type.
 //! - [`rules`]: a row change → conversion or retraction events.
 //! - [`identity`]: per-platform normalization and SHA-256 hashing of match keys.
-//! - [`outbox`]: the control table (`pgcapi.deliveries`) and the stored slot position.
+//! - [`outbox`]: the control schema and the only SQL on it (write, lease, requeue, purge, health,
+//!   migrations), behind an `Outbox` handle.
 //! - [`capture`]: the worker that drives source → outbox and confirms LSNs; supervised in `run` so that a
 //!   change it cannot apply leaves dispatch running (`capture_state` says why).
-//! - [`dispatch`]: per-destination workers that claim, send and record control-table rows.
+//! - [`dispatch`]: per-destination workers that claim, send and record control-table rows (worker,
+//!   round, adjustments, retry).
 //! - [`destinations`]: one module per platform: request building and response classification.
 //! - [`setup`]: installs the control schema, publication and slot.
 //! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters, for

@@ -33,7 +33,6 @@
 //! database half of `/readyz`.
 
 use crate::config::Config;
-use crate::outbox::quote_ident;
 use crate::status::{FlowThresholds, Problem, Reason};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -659,23 +658,16 @@ impl Probe {
                 Some(open(config.source.control_url().expose(), "control database").await?);
         }
         let client = self.control.as_ref().expect("just opened");
-        let sql = format!(
-            "select destination, count(*) from {}.deliveries where state = 'pending' \
-             group by destination",
-            quote_ident(&config.source.schema)
-        );
-        let rows = client.query(&sql, &[]).await.map_err(|e| {
-            format!(
-                "control database: counting pending deliveries: {}",
-                crate::pg::client::describe(&e)
-            )
-        })?;
+        let rows = crate::outbox::Outbox::new(&config.source.schema)
+            .pending_per_destination(client)
+            .await
+            .map_err(|e| format!("control database: {e}"))?;
         let m = global();
         for name in config.destinations.keys() {
             let n = rows
                 .iter()
-                .find(|r| r.get::<_, String>(0) == *name)
-                .map_or(0, |r| r.get::<_, i64>(1));
+                .find(|(destination, _)| destination == name)
+                .map_or(0, |(_, n)| *n);
             m.pending
                 .get_or_create(&DestinationLabels {
                     destination: name.clone(),

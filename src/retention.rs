@@ -16,10 +16,9 @@
 //! nothing waits on a row another process holds), with `batch_pause_ms` between batches.
 
 use crate::config::Config;
-use crate::outbox::quote_ident;
-use crate::platform::Platform;
+pub use crate::outbox::{Batching, PurgeReport, Target, RETRACTABLE_KEEP};
+use crate::outbox::{Outbox, OutboxError};
 use crate::repair::Filters;
-use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,20 +26,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// The least age of a `sent` conversion to a platform that can retract it before it is deleted.
-pub const RETRACTABLE_KEEP: Duration = Duration::from_secs(55 * 86_400);
-
 /// How often `pgcapi run` purges.
 pub const PERIOD: Duration = Duration::from_secs(3_600);
-
-/// How rows are deleted: batch size and pause.
-#[derive(Debug, Clone, Copy)]
-pub struct Batching {
-    /// Most rows per delete statement.
-    pub rows: usize,
-    /// Pause between statements.
-    pub pause: Duration,
-}
 
 impl Batching {
     /// The batching of `[retention]`.
@@ -52,31 +39,6 @@ impl Batching {
     }
 }
 
-/// Which rows a purge deletes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// `sent`, `skipped` and `cancelled` rows whose state is older than this.
-    Finished {
-        /// The retention age.
-        keep: Duration,
-    },
-    /// `failed` rows (only ever on explicit request).
-    Failed,
-}
-
-/// What a purge did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PurgeReport {
-    /// `finished` (sent, skipped, cancelled) or `failed`.
-    pub target: &'static str,
-    /// True when nothing was deleted on purpose.
-    pub dry_run: bool,
-    /// Rows deleted (or that would be, in a dry run).
-    pub deleted: u64,
-    /// Delete statements run.
-    pub batches: u32,
-}
-
 /// A purge failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RetentionError {
@@ -84,50 +46,12 @@ pub enum RetentionError {
     #[error("{0}")]
     Usage(String),
     /// A statement failed.
-    #[error("{what}: {}", crate::pg::client::describe(source))]
-    Sql {
-        /// What was being done.
-        what: &'static str,
-        /// The database error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-}
-
-/// The condition of `target` on `d` and its own parameters (numbered from `$1`).
-fn target_condition(
-    target: Target,
-) -> (
-    String,
-    Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
-) {
-    match target {
-        Target::Finished { keep } => {
-            let retractable: Vec<String> = Platform::ALL
-                .into_iter()
-                .filter(|p| p.can_retract())
-                .map(|p| p.as_str().to_string())
-                .collect();
-            let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
-            (
-                "d.state in ('sent', 'skipped', 'cancelled') \
-                 and d.updated_at < now() - $1::bigint * interval '1 second' \
-                 and not (d.kind = 'conversion' and d.state = 'sent' and d.platform = any($2::text[]) \
-                   and d.updated_at >= now() - $3::bigint * interval '1 second')"
-                    .to_string(),
-                vec![
-                    Box::new(secs(keep)),
-                    Box::new(retractable),
-                    Box::new(secs(RETRACTABLE_KEEP)),
-                ],
-            )
-        }
-        Target::Failed => ("d.state = 'failed'".to_string(), Vec::new()),
-    }
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
 }
 
 /// Deletes the rows of `target` matching `filters`, batch by batch, retiring their keys. In a dry run,
-/// counts them instead.
+/// counts them instead (see [`Outbox::purge`]).
 pub async fn purge(
     client: &tokio_postgres::Client,
     schema: &str,
@@ -136,71 +60,9 @@ pub async fn purge(
     batching: Batching,
     dry_run: bool,
 ) -> Result<PurgeReport, RetentionError> {
-    let s = quote_ident(schema);
-    let (condition, own) = target_condition(target);
-    let filter_at = own.len() + 1;
-    let limit_at = filter_at + 7;
-    let condition = format!("{condition} and {}", Filters::condition(filter_at));
-    let filter_params = filters.params();
-    let limit = i64::try_from(batching.rows.max(1)).unwrap_or(i64::MAX);
-    let mut values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = own
-        .iter()
-        .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    values.extend(filter_params.as_refs());
-    let mut report = PurgeReport {
-        target: match target {
-            Target::Finished { .. } => "finished",
-            Target::Failed => "failed",
-        },
-        dry_run,
-        deleted: 0,
-        batches: 0,
-    };
-    if dry_run {
-        let count = format!("select count(*) from {s}.deliveries d where {condition}");
-        let n: i64 = client
-            .query_one(&count, &values)
-            .await
-            .map_err(|source| RetentionError::Sql {
-                what: "counting rows to purge",
-                source,
-            })?
-            .get(0);
-        report.deleted = u64::try_from(n).unwrap_or(0);
-        return Ok(report);
-    }
-    let delete = format!(
-        "with doomed as ( \
-           select d.id from {s}.deliveries d where {condition} \
-           limit ${limit_at} for update of d skip locked), \
-         gone as ( \
-           delete from {s}.deliveries x using doomed where x.id = doomed.id \
-           returning x.rule, x.destination, x.event_id, x.kind, x.state), \
-         retired as ( \
-           insert into {s}.retired (rule, destination, event_id, kind, state) \
-           select rule, destination, event_id, kind, state from gone \
-           on conflict (rule, destination, event_id) \
-             do update set state = excluded.state, retired_at = now()) \
-         select count(*) from gone"
-    );
-    values.push(&limit);
-    loop {
-        let n: i64 = client
-            .query_one(&delete, &values)
-            .await
-            .map_err(|source| RetentionError::Sql {
-                what: "deleting old rows",
-                source,
-            })?
-            .get(0);
-        report.batches += 1;
-        report.deleted += u64::try_from(n).unwrap_or(0);
-        if n < limit {
-            return Ok(report);
-        }
-        tokio::time::sleep(batching.pause).await;
-    }
+    Ok(Outbox::new(schema)
+        .purge(client, target, filters, batching, dry_run)
+        .await?)
 }
 
 /// One retention pass with the config's settings: connects to the control database and purges finished

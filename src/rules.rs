@@ -185,7 +185,7 @@ impl Compiled {
             destinations: rule
                 .destinations
                 .iter()
-                .filter_map(|d| Some((d.clone(), config.destinations.get(d)?.platform)))
+                .filter_map(|d| Some((d.clone(), config.destinations.get(d)?.platform())))
                 .collect(),
             raw_fields,
             lead_event_source: rule.meta.lead_event_source.clone(),

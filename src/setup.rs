@@ -12,7 +12,7 @@
 //! fails on the missing publication.
 
 use crate::config::{split_table, Config, Problem};
-use crate::outbox::{quote_ident, MIGRATIONS};
+use crate::outbox::quote_ident;
 use crate::pg::ConnInfo;
 use crate::rules::Rules;
 use std::fmt::Write as _;
@@ -255,21 +255,16 @@ pub async fn connect(url: &str, what: &'static str) -> Result<Client, SetupError
         })
 }
 
-/// Installs the control schema in `client`'s database under `schema` (idempotent).
+/// Installs the control schema in `client`'s database under `schema` (idempotent; see
+/// [`Outbox::install`](crate::outbox::Outbox::install)).
 pub async fn install_control_schema(client: &Client, schema: &str) -> Result<(), SetupError> {
-    for (name, text) in MIGRATIONS {
-        let text = text
-            .replace("pgcapi.", &format!("{}.", quote_ident(schema)))
-            .replace(
-                "create schema if not exists pgcapi;",
-                &format!("create schema if not exists {};", quote_ident(schema)),
-            );
-        client
-            .batch_execute(&text)
-            .await
-            .map_err(sql(format!("installing {name}")))?;
-    }
-    Ok(())
+    crate::outbox::Outbox::new(schema)
+        .install(client)
+        .await
+        .map_err(|e| SetupError::Sql {
+            what: format!("installing {}", e.file),
+            source: e.source,
+        })
 }
 
 /// Checks the watched tables' columns against the rules; returns every problem.

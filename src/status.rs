@@ -22,7 +22,8 @@
 
 use crate::config::Config;
 use crate::lsn::Lsn;
-use crate::outbox::{quote_ident, CapturePhase, CaptureReport};
+use crate::outbox::{quote_ident, CapturePhase, CaptureReport, Outbox};
+pub use crate::outbox::{DestinationFlow, DestinationHealth, FailureLine, UnusableReason};
 use crate::report::{clip, table};
 use crate::units::{format_bytes, format_secs};
 use chrono::{DateTime, Utc};
@@ -155,23 +156,6 @@ pub struct Problem {
     pub message: String,
 }
 
-/// A destination's recent deliveries, as [`judge_flow`] needs them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DestinationFlow {
-    /// The destination.
-    pub destination: String,
-    /// Rows in state `pending`.
-    pub pending: i64,
-    /// How long the oldest of them has waited (since it was queued), in seconds.
-    pub oldest_pending_secs: Option<i64>,
-    /// Rows sent within the window (`failing_after`).
-    pub sent_in_window: i64,
-    /// Rows whose latest attempt within the window failed (retryable: pending again; or `failed`).
-    pub failed_in_window: i64,
-    /// The newest of those failures' messages.
-    pub last_error: Option<String>,
-}
-
 /// What [`judge_flow`] judges, read by [`observe`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
@@ -212,99 +196,6 @@ pub struct SlotStatus {
     pub checkpoint_at: Option<DateTime<Utc>>,
     /// Seconds since then.
     pub secs_since_checkpoint: Option<i64>,
-}
-
-/// One line of the `health` view.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DestinationHealth {
-    /// The destination name.
-    pub destination: String,
-    /// Its platform.
-    pub platform: String,
-    /// Rows waiting to be sent.
-    pub pending: i64,
-    /// Pending rows that were tried at least once.
-    pub retrying: i64,
-    /// Age of the oldest pending row.
-    pub oldest_pending_secs: Option<i64>,
-    /// Failed rows waiting for retry or purge.
-    pub failed: i64,
-    /// Rows that reached `sent` in the last hour.
-    pub sent_1h: i64,
-    /// ... `failed` in the last hour.
-    pub failed_1h: i64,
-    /// ... `skipped` in the last hour.
-    pub skipped_1h: i64,
-    /// ... `cancelled` in the last hour.
-    pub cancelled_1h: i64,
-    /// Rows that reached `sent` in the last 24 hours.
-    pub sent_24h: i64,
-    /// ... `failed` in the last 24 hours.
-    pub failed_24h: i64,
-    /// ... `skipped` in the last 24 hours.
-    pub skipped_24h: i64,
-    /// ... `cancelled` in the last 24 hours.
-    pub cancelled_24h: i64,
-    /// The latest successful send.
-    pub last_sent_at: Option<DateTime<Utc>>,
-    /// Conversions with consent recorded in the last 24 hours (the base of the shares and score).
-    pub events_24h: i64,
-    /// Share of them with an email (0..1).
-    pub email_share: Option<f64>,
-    /// ... with a phone.
-    pub phone_share: Option<f64>,
-    /// ... with first and last name.
-    pub name_share: Option<f64>,
-    /// ... with city, state or zip.
-    pub address_share: Option<f64>,
-    /// ... with a click id.
-    pub click_id_share: Option<f64>,
-    /// ... with client IP and user agent.
-    pub ip_ua_share: Option<f64>,
-    /// ... with an external id or lead id.
-    pub external_id_share: Option<f64>,
-    /// ... with a browser id (fbp, ttp).
-    pub browser_id_share: Option<f64>,
-    /// Estimated match quality, 0..10 (formula in `sql/views.sql` and the README).
-    pub match_score: Option<f64>,
-    /// The newest platform error (failed or retrying rows).
-    pub last_error: Option<String>,
-    /// When it was recorded.
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// Events the platform accepted in the last 24 hours but reported later it could not use.
-    pub platform_unusable_24h: i64,
-    /// The same, per the platform's reason (most first).
-    pub platform_unusable_reasons: Vec<UnusableReason>,
-}
-
-/// Events a platform could not use for one reason.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UnusableReason {
-    /// The platform's reason, e.g. `PROCESSING_ERROR_REASON_EVENT_TOO_OLD`.
-    pub reason: String,
-    /// How many events.
-    pub events: i64,
-}
-
-/// One recent failure from the send log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FailureLine {
-    /// `deliveries.id` (for `pgcapi retry --id`).
-    pub id: i64,
-    /// When it failed.
-    pub failed_at: DateTime<Utc>,
-    /// The destination.
-    pub destination: String,
-    /// The rule.
-    pub rule: String,
-    /// conversion, retraction or restatement.
-    pub kind: String,
-    /// The event id.
-    pub event_id: String,
-    /// Attempts made.
-    pub attempts: i32,
-    /// The platform's message.
-    pub last_error: Option<String>,
 }
 
 /// Everything `pgcapi status` reports.
@@ -384,17 +275,8 @@ pub async fn status(config: &Config, options: &StatusOptions) -> Result<StatusRe
     };
     let control = control_owned.as_ref().unwrap_or(&source);
     let schema = &config.source.schema;
-    let s = quote_ident(schema);
-
-    let installed: bool = control
-        .query_one(
-            "select to_regclass($1) is not null",
-            &[&format!("{s}.health")],
-        )
-        .await
-        .map_err(sql("looking for the control schema"))?
-        .get(0);
-    if !installed {
+    let outbox = Outbox::new(schema);
+    if !outbox.is_installed(control).await? {
         return Err(StatusError::NotInstalled(format!(
             "the control schema {schema:?} (with its views) is not installed in the control database: \
              run `pgcapi setup --config FILE`"
@@ -409,8 +291,8 @@ pub async fn status(config: &Config, options: &StatusOptions) -> Result<StatusRe
         options.flow.failing_after,
     )
     .await?;
-    let destinations = read_health(control, &s, config).await?;
-    let recent_failures = read_failures(control, &s, options.recent_failures).await?;
+    let destinations = read_health(control, &outbox, config).await?;
+    let recent_failures = outbox.failures(control, options.recent_failures).await?;
     let (problems, warnings) = judge(&observation, &destinations, options);
     Ok(StatusReport {
         healthy: problems.is_empty(),
@@ -433,15 +315,15 @@ pub async fn observe(
     slot: &str,
     window: Duration,
 ) -> Result<Observation, StatusError> {
-    let s = quote_ident(schema);
-    let slot_status = read_slot(source, control, &s, slot).await?;
+    let outbox = Outbox::new(schema);
+    let slot_status = read_slot(source, control, &outbox, slot).await?;
     let capture = crate::outbox::load_capture_report(control, schema, slot).await?;
     let now: DateTime<Utc> = control
         .query_one("select now()", &[])
         .await
         .map_err(sql("reading the control database's clock"))?
         .get(0);
-    let destinations = read_flows(control, &s, window).await?;
+    let destinations = outbox.flows(control, window).await?;
     Ok(Observation {
         now,
         slot: slot_status,
@@ -449,55 +331,6 @@ pub async fn observe(
         destinations,
         schema: schema.to_string(),
     })
-}
-
-/// Per destination: pending rows and the outcomes of the last `window`. Reads the pending rows and the
-/// rows finished within the window only (both indexed: `deliveries_due_order_idx`,
-/// `deliveries_finished_idx`).
-async fn read_flows(
-    control: &tokio_postgres::Client,
-    s: &str,
-    window: Duration,
-) -> Result<Vec<DestinationFlow>, StatusError> {
-    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-    let rows = control
-        .query(
-            &format!(
-                "with recent as ( \
-                   select destination, state, attempts, queued_at, sent_at, updated_at, last_error, \
-                     updated_at >= now() - $1::bigint * interval '1 millisecond' as in_window \
-                   from {s}.deliveries \
-                   where state = 'pending' \
-                      or (state <> 'pending' \
-                          and updated_at >= now() - $1::bigint * interval '1 millisecond')), \
-                 flagged as ( \
-                   select *, in_window and (state = 'failed' \
-                       or (state = 'pending' and attempts > 0 and last_error is not null)) as failure \
-                   from recent) \
-                 select destination, \
-                   count(*) filter (where state = 'pending'), \
-                   extract(epoch from now() - min(queued_at) filter (where state = 'pending'))::bigint, \
-                   count(*) filter (where state = 'sent' \
-                     and sent_at >= now() - $1::bigint * interval '1 millisecond'), \
-                   count(*) filter (where failure), \
-                   (array_agg(last_error order by updated_at desc) filter (where failure))[1] \
-                 from flagged group by destination order by destination"
-            ),
-            &[&window_ms],
-        )
-        .await
-        .map_err(sql("reading the recent deliveries"))?;
-    Ok(rows
-        .iter()
-        .map(|r| DestinationFlow {
-            destination: r.get(0),
-            pending: r.get(1),
-            oldest_pending_secs: r.get(2),
-            sent_in_window: r.get(3),
-            failed_in_window: r.get(4),
-            last_error: r.get(5),
-        })
-        .collect())
 }
 
 /// Seconds from `since` to `now` (0 when `since` is later).
@@ -653,7 +486,7 @@ pub fn judge_flow(observation: &Observation, thresholds: &FlowThresholds) -> Vec
 async fn read_slot(
     source: &tokio_postgres::Client,
     control: &tokio_postgres::Client,
-    s: &str,
+    outbox: &Outbox,
     name: &str,
 ) -> Result<SlotStatus, StatusError> {
     let row = source
@@ -666,16 +499,7 @@ async fn read_slot(
         )
         .await
         .map_err(sql("reading the replication slot"))?;
-    let checkpoint = control
-        .query_opt(
-            &format!(
-                "select lsn::text, updated_at, extract(epoch from now() - updated_at)::bigint \
-                 from {s}.checkpoints where slot = $1"
-            ),
-            &[&name],
-        )
-        .await
-        .map_err(sql("reading the stored position"))?;
+    let checkpoint = outbox.stored_checkpoint(control, name).await?;
     Ok(SlotStatus {
         name: name.to_string(),
         exists: row.is_some(),
@@ -685,67 +509,19 @@ async fn read_slot(
         safe_wal_size: row.as_ref().and_then(|r| r.get(3)),
         wal_retained_bytes: row.as_ref().and_then(|r| r.get(4)),
         confirmed_flush_lsn: row.as_ref().and_then(|r| r.get(5)),
-        checkpoint_lsn: checkpoint.as_ref().map(|r| r.get(0)),
-        checkpoint_at: checkpoint.as_ref().map(|r| r.get(1)),
-        secs_since_checkpoint: checkpoint.as_ref().map(|r| r.get(2)),
+        checkpoint_lsn: checkpoint.as_ref().map(|c| c.lsn.clone()),
+        checkpoint_at: checkpoint.as_ref().map(|c| c.updated_at),
+        secs_since_checkpoint: checkpoint.as_ref().map(|c| c.secs_since),
     })
 }
 
 /// The `health` view, plus configured destinations that have no row yet.
 async fn read_health(
     control: &tokio_postgres::Client,
-    s: &str,
+    outbox: &Outbox,
     config: &Config,
 ) -> Result<Vec<DestinationHealth>, StatusError> {
-    let rows = control
-        .query(
-            &format!(
-                "select destination, platform, pending, retrying, oldest_pending_secs, failed, \
-                   sent_1h, failed_1h, skipped_1h, cancelled_1h, sent_24h, failed_24h, skipped_24h, \
-                   cancelled_24h, last_sent_at, events_24h, email_share::float8, phone_share::float8, \
-                   name_share::float8, address_share::float8, click_id_share::float8, \
-                   ip_ua_share::float8, external_id_share::float8, browser_id_share::float8, \
-                   match_score::float8, last_error, last_error_at, platform_unusable_24h \
-                 from {s}.health order by destination"
-            ),
-            &[],
-        )
-        .await
-        .map_err(sql("reading the health view"))?;
-    let mut out: Vec<DestinationHealth> = rows
-        .iter()
-        .map(|r| DestinationHealth {
-            destination: r.get(0),
-            platform: r.get(1),
-            pending: r.get(2),
-            retrying: r.get(3),
-            oldest_pending_secs: r.get(4),
-            failed: r.get(5),
-            sent_1h: r.get(6),
-            failed_1h: r.get(7),
-            skipped_1h: r.get(8),
-            cancelled_1h: r.get(9),
-            sent_24h: r.get(10),
-            failed_24h: r.get(11),
-            skipped_24h: r.get(12),
-            cancelled_24h: r.get(13),
-            last_sent_at: r.get(14),
-            events_24h: r.get(15),
-            email_share: r.get(16),
-            phone_share: r.get(17),
-            name_share: r.get(18),
-            address_share: r.get(19),
-            click_id_share: r.get(20),
-            ip_ua_share: r.get(21),
-            external_id_share: r.get(22),
-            browser_id_share: r.get(23),
-            match_score: r.get(24),
-            last_error: r.get(25),
-            last_error_at: r.get(26),
-            platform_unusable_24h: r.get(27),
-            platform_unusable_reasons: Vec::new(),
-        })
-        .collect();
+    let mut out = outbox.health_view(control).await?;
     let mut reasons = crate::outbox::load_unusable_24h(control, &config.source.schema).await?;
     for d in &mut out {
         if let Some(list) = reasons.remove(&d.destination) {
@@ -757,7 +533,7 @@ async fn read_health(
     }
     for (name, dest) in &config.destinations {
         if !out.iter().any(|d| &d.destination == name) {
-            out.push(DestinationHealth::empty(name, dest.platform.as_str()));
+            out.push(DestinationHealth::empty(name, dest.platform().as_str()));
         }
     }
     out.sort_by(|a, b| a.destination.cmp(&b.destination));
@@ -799,38 +575,6 @@ impl DestinationHealth {
             platform_unusable_reasons: Vec::new(),
         }
     }
-}
-
-/// The newest failed rows of the send log.
-async fn read_failures(
-    control: &tokio_postgres::Client,
-    s: &str,
-    limit: usize,
-) -> Result<Vec<FailureLine>, StatusError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = control
-        .query(
-            &format!(
-                "select id, updated_at, destination, rule, kind, event_id, attempts, last_error \
-                 from {s}.send_log where state = 'failed' order by updated_at desc, id desc limit $1"
-            ),
-            &[&limit],
-        )
-        .await
-        .map_err(sql("reading recent failures"))?;
-    Ok(rows
-        .iter()
-        .map(|r| FailureLine {
-            id: r.get(0),
-            failed_at: r.get(1),
-            destination: r.get(2),
-            rule: r.get(3),
-            kind: r.get(4),
-            event_id: r.get(5),
-            attempts: r.get(6),
-            last_error: r.get(7),
-        })
-        .collect())
 }
 
 /// The reasons for being unhealthy (those of [`judge_flow`], then status's own thresholds) and the

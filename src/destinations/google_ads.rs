@@ -11,10 +11,10 @@ use super::google_auth::{GoogleAuth, ADS_SCOPE};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
 use super::http::{base_url, excerpt, is_retryable_status, transport_error, Answer};
 use super::{
-    batch_size, required, value_number, Destination, DestinationError, Outcome, SendFuture,
+    batch_size, value_number, Destination, DestinationError, Outcome, SendFuture,
     OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, GoogleAdsConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -75,37 +75,37 @@ pub(crate) fn digits_only(id: &str) -> String {
 }
 
 impl GoogleAds {
-    /// Builds the destination; the customer id is required, credentials as [`GoogleAuth::from_config`].
+    /// Builds the destination `name` at `api` (or Google's) for the customer of `config`, with the
+    /// credentials of [`GoogleAuth::from_config`].
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &GoogleAdsConfig,
         dispatch: &DispatchConfig,
     ) -> Result<GoogleAds, DestinationError> {
-        let customer_id = digits_only(required(name, "customer_id", &config.customer_id)?);
         let http = super::http::http_client(name, dispatch)?;
-        let auth = GoogleAuth::from_config(name, config, &[ADS_SCOPE], http.clone())?;
+        let auth = GoogleAuth::from_config(name, &config.auth, &[ADS_SCOPE], http.clone())?;
         Ok(GoogleAds::with_auth(
             name,
-            &customer_id,
+            api,
             config,
-            config.endpoint.as_deref(),
             Arc::new(auth),
             http,
         ))
     }
 
-    /// The destination for `customer_id` at `endpoint` (or Google's), with `auth`; the developer
-    /// token, login customer, version, `validate_only` and batch size come from `config`.
+    /// The destination at `api` (or Google's) for the customer of `config`, with `auth` (`config`'s
+    /// own credentials are not read: Data Manager shares its token for retractions).
     pub(crate) fn with_auth(
         name: &str,
-        customer_id: &str,
-        config: &DestinationConfig,
-        endpoint: Option<&str>,
+        api: &ApiConfig,
+        config: &GoogleAdsConfig,
         auth: Arc<GoogleAuth>,
         http: reqwest::Client,
     ) -> GoogleAds {
-        let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
-        let base = base_url(&endpoint.map(str::to_string), DEFAULT_ENDPOINT);
+        let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
+        let customer_id = digits_only(&config.customer_id);
         GoogleAds {
             name: name.to_string(),
             customer_url: format!("{base}/{version}/customers/{customer_id}"),
@@ -122,7 +122,7 @@ impl GoogleAds {
                 .map(digits_only)
                 .filter(|s| !s.is_empty()),
             validate_only: config.validate_only,
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http,
         }
     }
@@ -925,7 +925,8 @@ fn describe(status: reqwest::StatusCode, error: &Value, body: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use crate::config::{GoogleAuthConfig, GoogleCredentials};
+    use crate::destinations::test_support::{h, purchase, t0};
     use axum::extract::State;
     use axum::http::HeaderMap;
     use axum::routing::post;
@@ -965,11 +966,8 @@ pub(crate) mod tests {
         // AND a rule without a consent column sends no consent at all
         d.payload.consent_column = false;
         assert!(encode_conversion(&d, now).unwrap().get("consent").is_none());
-        let config = DestinationConfig {
-            validate_only: true,
-            ..tests::config("http://google.test")
-        };
-        let g = GoogleAds::new("google", &config, &DispatchConfig::default()).unwrap();
+        let mut g = google_ads("http://google.test");
+        g.validate_only = true;
         let body = g.plan(&[d], now).preview().requests[0].body.clone();
         assert_eq!(body["partialFailure"], true);
         assert_eq!(body["validateOnly"], true);
@@ -1227,18 +1225,26 @@ pub(crate) mod tests {
     }
 
     /// A Google destination pointed at `endpoint`.
-    pub(crate) fn config(endpoint: &str) -> DestinationConfig {
-        DestinationConfig {
+    fn google_ads(endpoint: &str) -> GoogleAds {
+        let api = ApiConfig {
             endpoint: Some(endpoint.to_string()),
-            token_endpoint: Some(format!("{endpoint}/token")),
-            customer_id: Some("123-456-7890".into()),
+            ..ApiConfig::default()
+        };
+        let config = GoogleAdsConfig {
+            customer_id: "123-456-7890".into(),
             login_customer_id: Some("111-222-3333".into()),
             developer_token: Some(Secret::new("dev")),
-            client_id: Some(Secret::new("cid")),
-            client_secret: Some(Secret::new("cs")),
-            refresh_token: Some(Secret::new("rt")),
-            ..empty_config(Platform::GoogleAds)
-        }
+            validate_only: false,
+            auth: GoogleAuthConfig {
+                credentials: GoogleCredentials::OAuth {
+                    client_id: Secret::new("cid"),
+                    client_secret: Secret::new("cs"),
+                    refresh_token: Secret::new("rt"),
+                },
+                token_endpoint: Some(format!("{endpoint}/token")),
+            },
+        };
+        GoogleAds::new("google", &api, &config, &DispatchConfig::default()).unwrap()
     }
 
     #[tokio::test]
@@ -1246,7 +1252,7 @@ pub(crate) mod tests {
         // GIVEN a fake Google and a batch with two conversions and a retraction
         let seen = Arc::new(Mutex::new(Seen::default()));
         let endpoint = fake_google(seen.clone()).await;
-        let g = GoogleAds::new("google", &config(&endpoint), &DispatchConfig::default()).unwrap();
+        let g = google_ads(&endpoint);
         let now = Utc::now();
         let mut batch: Vec<Delivery> = (0..3).map(|i| purchase(i, now)).collect();
         batch.iter_mut().for_each(google);

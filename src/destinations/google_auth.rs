@@ -16,7 +16,7 @@
 use super::batch::BatchAnswer;
 use super::http::{excerpt, is_retryable_status, retry_after, transport_error};
 use super::{DestinationError, OPERATOR_RETRY_FLOOR};
-use crate::config::{DestinationConfig, Secret};
+use crate::config::{GoogleAuthConfig, GoogleCredentials, Secret};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -107,38 +107,26 @@ impl GoogleAuth {
     /// The credentials `config` describes (see the module docs), asking for `scopes`.
     pub fn from_config(
         name: &str,
-        config: &DestinationConfig,
+        config: &GoogleAuthConfig,
         scopes: &[&str],
         http: reqwest::Client,
     ) -> Result<GoogleAuth, DestinationError> {
-        let credentials = match (
-            &config.client_id,
-            &config.client_secret,
-            &config.refresh_token,
-            &config.service_account_key,
-        ) {
-            (Some(id), Some(secret), Some(refresh), None) => Credentials::UserOAuth {
-                client_id: id.clone(),
-                client_secret: secret.clone(),
-                refresh_token: refresh.clone(),
-                token_uri: config
-                    .token_endpoint
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT.to_string()),
+        let token_endpoint = config.token_endpoint.as_deref();
+        let credentials = match &config.credentials {
+            GoogleCredentials::OAuth {
+                client_id,
+                client_secret,
+                refresh_token,
+            } => Credentials::UserOAuth {
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+                refresh_token: refresh_token.clone(),
+                token_uri: token_endpoint.unwrap_or(DEFAULT_TOKEN_ENDPOINT).to_string(),
             },
-            (None, None, None, Some(path)) => {
-                key_file(name, Path::new(path), config.token_endpoint.as_deref())?
+            GoogleCredentials::ServiceAccountKey(path) => {
+                key_file(name, Path::new(path), token_endpoint)?
             }
-            (None, None, None, None) => {
-                application_default(name, config.token_endpoint.as_deref())?
-            }
-            _ => {
-                return Err(credentials_error(
-                    name,
-                    "set the OAuth client (client_id, client_secret, refresh_token) or \
-                     service_account_key, or neither for Application Default Credentials",
-                ))
-            }
+            GoogleCredentials::ApplicationDefault => application_default(name, token_endpoint)?,
         };
         Ok(GoogleAuth::new(credentials, scopes, http))
     }

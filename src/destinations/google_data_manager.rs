@@ -25,10 +25,12 @@ use super::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
 use super::http::{base_url, excerpt, is_retryable_status, transport_error, Answer};
 use super::{
-    batch_size, required, value_number, Destination, DestinationError, Outcome, SendFuture,
+    batch_size, value_number, Destination, DestinationError, Outcome, SendFuture,
     OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, GoogleRefunds};
+use crate::config::{
+    ApiConfig, DispatchConfig, GoogleAdsConfig, GoogleDataManagerConfig, GoogleRefunds,
+};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -210,18 +212,15 @@ impl StatusPoller {
 }
 
 impl GoogleDataManager {
-    /// Builds the destination; `operating_account` is required, credentials as
-    /// [`GoogleAuth::from_config`].
+    /// Builds the destination `name` at `api` (or Google's) for the account of `config`, with the
+    /// credentials of [`GoogleAuth::from_config`].
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &GoogleDataManagerConfig,
         dispatch: &DispatchConfig,
     ) -> Result<GoogleDataManager, DestinationError> {
-        let operating_account = google_ads::digits_only(required(
-            name,
-            "operating_account",
-            &config.operating_account,
-        )?);
+        let operating_account = google_ads::digits_only(&config.operating_account);
         let http = super::http::http_client(name, dispatch)?;
         let retract = config.refunds == GoogleRefunds::Retract;
         let scopes: &[&str] = if retract {
@@ -229,8 +228,13 @@ impl GoogleDataManager {
         } else {
             &[DATA_MANAGER_SCOPE]
         };
-        let auth = Arc::new(GoogleAuth::from_config(name, config, scopes, http.clone())?);
-        let base = base_url(&config.endpoint, DEFAULT_ENDPOINT);
+        let auth = Arc::new(GoogleAuth::from_config(
+            name,
+            &config.auth,
+            scopes,
+            http.clone(),
+        )?);
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         let statuses = Arc::new(StatusPoller {
             name: name.to_string(),
             url: format!("{base}/v1/requestStatus:retrieve"),
@@ -257,14 +261,20 @@ impl GoogleDataManager {
             }
         }
         let ads = retract.then(|| {
-            GoogleAds::with_auth(
-                name,
-                &operating_account,
-                config,
-                config.ads_endpoint.as_deref(),
-                auth.clone(),
-                http.clone(),
-            )
+            // Retractions go through the Google Ads API, as the operating account, with this
+            // destination's token, developer token, version and batch size.
+            let ads_api = ApiConfig {
+                endpoint: config.ads_endpoint.clone(),
+                ..api.clone()
+            };
+            let ads_config = GoogleAdsConfig {
+                customer_id: operating_account.clone(),
+                login_customer_id: None,
+                developer_token: config.developer_token.clone(),
+                validate_only: config.validate_only,
+                auth: config.auth.clone(),
+            };
+            GoogleAds::with_auth(name, &ads_api, &ads_config, auth.clone(), http.clone())
         });
         Ok(GoogleDataManager {
             name: name.to_string(),
@@ -280,7 +290,7 @@ impl GoogleDataManager {
             validate_only: config.validate_only,
             refunds: config.refunds,
             ads,
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http,
             statuses,
         })
@@ -1007,15 +1017,26 @@ fn violations(error: &Value) -> impl Iterator<Item = &Value> {
 mod tests {
     use super::*;
     use crate::config::Secret;
-    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use crate::config::{GoogleAuthConfig, GoogleCredentials};
+    use crate::destinations::test_support::{h, purchase, t0};
 
-    fn config() -> DestinationConfig {
-        DestinationConfig {
-            operating_account: Some("123-456-7890".into()),
-            client_id: Some(Secret::new("id")),
-            client_secret: Some(Secret::new("secret")),
-            refresh_token: Some(Secret::new("rt")),
-            ..empty_config(Platform::GoogleDataManager)
+    fn config() -> GoogleDataManagerConfig {
+        GoogleDataManagerConfig {
+            operating_account: "123-456-7890".into(),
+            login_account: None,
+            refunds: GoogleRefunds::default(),
+            ads_endpoint: None,
+            developer_token: None,
+            validate_only: false,
+            status_poll_ms: None,
+            auth: GoogleAuthConfig {
+                credentials: GoogleCredentials::OAuth {
+                    client_id: Secret::new("id"),
+                    client_secret: Secret::new("secret"),
+                    refresh_token: Secret::new("rt"),
+                },
+                token_endpoint: None,
+            },
         }
     }
 
@@ -1149,7 +1170,8 @@ mod tests {
         ] {
             let d = GoogleDataManager::new(
                 "g",
-                &DestinationConfig {
+                &ApiConfig::default(),
+                &GoogleDataManagerConfig {
                     refunds,
                     ..config()
                 },
@@ -1181,7 +1203,8 @@ mod tests {
     fn a_preview_shows_the_ingest_request_without_a_developer_token() {
         let d = GoogleDataManager::new(
             "g",
-            &DestinationConfig {
+            &ApiConfig::default(),
+            &GoogleDataManagerConfig {
                 validate_only: true,
                 login_account: Some("111-222-3333".into()),
                 ..config()
@@ -1216,14 +1239,19 @@ mod tests {
             .await
             .unwrap();
         let base = sandbox.base_url();
+        let mut settings = GoogleDataManagerConfig {
+            refunds: GoogleRefunds::Skip,
+            ..config()
+        };
+        settings.auth.token_endpoint = Some(format!("{base}/token"));
+        let api = ApiConfig {
+            endpoint: Some(base.clone()),
+            ..ApiConfig::default()
+        };
         let mut d = GoogleDataManager::new(
             "dm-status-test",
-            &DestinationConfig {
-                endpoint: Some(base.clone()),
-                token_endpoint: Some(format!("{base}/token")),
-                refunds: GoogleRefunds::Skip,
-                ..config()
-            },
+            &api,
+            &settings,
             &DispatchConfig::default(),
         )
         .unwrap();

@@ -8,10 +8,10 @@ use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, 
 use super::health::{field, unreachable, Health, HealthFuture, Probe};
 use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
 use super::{
-    batch_size, event_name, required, value_number, Destination, DestinationError, Outcome,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, MetaConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -56,16 +56,17 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Builds the destination; `pixel_id` and `access_token` are required.
+    /// Builds the destination `name` at `api` (or Meta's) for the dataset of `config`.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &MetaConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Meta, DestinationError> {
-        let pixel_id = required(name, "pixel_id", &config.pixel_id)?;
-        let access_token = required(name, "access_token", &config.access_token)?.clone();
-        let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
-        let base = base_url(&config.endpoint, DEFAULT_ENDPOINT);
+        let pixel_id = &config.pixel_id;
+        let access_token = config.access_token.clone();
+        let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Meta {
             name: name.to_string(),
             url: format!("{base}/{version}/{pixel_id}/events"),
@@ -74,7 +75,7 @@ impl Meta {
             base,
             access_token,
             test_event_code: config.test_event_code.clone(),
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http: super::http::http_client(name, dispatch)?,
         })
     }
@@ -432,7 +433,7 @@ fn describe(status: reqwest::StatusCode, error: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use crate::destinations::test_support::{h, purchase, t0};
     use axum::extract::State;
     use axum::routing::post;
     use axum::{Json, Router};
@@ -463,13 +464,18 @@ mod tests {
                 "custom_data": {"value": 49.9, "currency": "eur"},
             })
         );
-        let config = DestinationConfig {
-            pixel_id: Some("123".into()),
-            access_token: Some(Secret::new("tok")),
+        let config = MetaConfig {
+            pixel_id: "123".into(),
+            access_token: Secret::new("tok"),
             test_event_code: Some("TEST123".into()),
-            ..empty_config(Platform::Meta)
         };
-        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let meta = Meta::new(
+            "meta",
+            &ApiConfig::default(),
+            &config,
+            &DispatchConfig::default(),
+        )
+        .unwrap();
         let preview = meta.plan(&[d], t0() + TimeDelta::hours(1)).preview();
         let body = &preview.requests[0].body;
         assert_eq!(body["test_event_code"], "TEST123");
@@ -597,6 +603,20 @@ mod tests {
         tokens: Vec<String>,
     }
 
+    /// A Meta destination at `endpoint` for dataset 1234567890.
+    fn test_meta(endpoint: &str) -> Meta {
+        let api = ApiConfig {
+            endpoint: Some(endpoint.to_string()),
+            ..ApiConfig::default()
+        };
+        let config = MetaConfig {
+            pixel_id: "1234567890".into(),
+            access_token: Secret::new("tok"),
+            test_event_code: None,
+        };
+        Meta::new("meta", &api, &config, &DispatchConfig::default()).unwrap()
+    }
+
     /// A fake Meta that rejects every batch containing the event id `order-3`, as Meta does.
     async fn fake_meta(seen: Arc<Mutex<Seen>>) -> String {
         async fn events(
@@ -647,13 +667,7 @@ mod tests {
         // GIVEN a fake Meta that rejects any batch holding event order-3
         let seen = Arc::new(Mutex::new(Seen::default()));
         let endpoint = fake_meta(seen.clone()).await;
-        let config = DestinationConfig {
-            endpoint: Some(endpoint),
-            pixel_id: Some("1234567890".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Meta)
-        };
-        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let meta = test_meta(&endpoint);
         let now = Utc::now();
         let batch: Vec<Delivery> = (0..6).map(|i| purchase(i, now)).collect();
         // WHEN the batch of six is sent
@@ -699,13 +713,7 @@ mod tests {
         let sandbox = crate::testbed::sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let config = DestinationConfig {
-            endpoint: Some(sandbox.base_url()),
-            pixel_id: Some("1234567890".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Meta)
-        };
-        let meta = Meta::new("meta", &config, &DispatchConfig::default()).unwrap();
+        let meta = test_meta(&sandbox.base_url());
         let now = Utc::now();
         let mut batch: Vec<Delivery> = (0..6).map(|i| purchase(i, now)).collect();
         batch[2].event_time = now - TimeDelta::days(7) - TimeDelta::hours(1);

@@ -19,10 +19,10 @@ use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
 use super::health::{Health, HealthFuture, Probe};
 use super::http::{base_url, excerpt, is_retryable_status, retry_after, transport_error};
 use super::{
-    batch_size, required, value_number, Destination, DestinationError, Outcome, SendFuture,
+    batch_size, value_number, Destination, DestinationError, Outcome, SendFuture,
     OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, MicrosoftAdsConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -94,32 +94,29 @@ struct TokenState {
 }
 
 impl MicrosoftAds {
-    /// Builds the destination; customer id, account id, developer token, client id and refresh token are required.
+    /// Builds the destination `name` at `api` (or Microsoft's) for the account of `config`.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &MicrosoftAdsConfig,
         dispatch: &DispatchConfig,
     ) -> Result<MicrosoftAds, DestinationError> {
         Ok(MicrosoftAds {
             name: name.to_string(),
-            base: base_url(&config.endpoint, DEFAULT_ENDPOINT),
+            base: base_url(&api.endpoint, DEFAULT_ENDPOINT),
             token_endpoint: config
                 .token_endpoint
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TOKEN_ENDPOINT.to_string()),
-            client_id: required(name, "client_id", &config.client_id)?.clone(),
+            client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
-            developer_token: required(name, "developer_token", &config.developer_token)?.clone(),
-            customer_id: required(name, "customer_id", &config.customer_id)?
-                .trim()
-                .to_string(),
-            account_id: required(name, "account_id", &config.account_id)?
-                .trim()
-                .to_string(),
-            max_batch: batch_size(config, MAX_EVENTS),
+            developer_token: config.developer_token.clone(),
+            customer_id: config.customer_id.trim().to_string(),
+            account_id: config.account_id.trim().to_string(),
+            max_batch: batch_size(api, MAX_EVENTS),
             http: super::http::http_client(name, dispatch)?,
             token: tokio::sync::Mutex::new(TokenState {
-                refresh_token: required(name, "refresh_token", &config.refresh_token)?.clone(),
+                refresh_token: config.refresh_token.clone(),
                 cached: None,
             }),
         })
@@ -958,16 +955,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let config = DestinationConfig {
+        let config = MicrosoftAdsConfig {
             token_endpoint: Some(format!("http://{addr}/token")),
-            customer_id: Some("1234567".into()),
-            account_id: Some("7654321".into()),
-            developer_token: Some(Secret::new("dev")),
-            client_id: Some(Secret::new("cid")),
-            refresh_token: Some(Secret::new("rt-0")),
-            ..crate::destinations::test_support::empty_config(Platform::MicrosoftAds)
+            customer_id: "1234567".into(),
+            account_id: "7654321".into(),
+            developer_token: Secret::new("dev"),
+            client_id: Secret::new("cid"),
+            client_secret: None,
+            refresh_token: Secret::new("rt-0"),
         };
-        let ms = MicrosoftAds::new("microsoft", &config, &DispatchConfig::default()).unwrap();
+        let api = ApiConfig::default();
+        let ms = MicrosoftAds::new("microsoft", &api, &config, &DispatchConfig::default()).unwrap();
         // WHEN a token is fetched, cached, and fetched again after the cache is dropped
         assert_eq!(ms.access_token().await.unwrap().expose(), "at-1");
         assert_eq!(ms.access_token().await.unwrap().expose(), "at-1");

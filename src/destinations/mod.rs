@@ -55,7 +55,7 @@ pub mod tiktok;
 pub use batch::{Plan, PlannedRequest, Preview, Request};
 pub use health::{Health, HealthFuture, Probe};
 
-use crate::config::{DestinationConfig, DispatchConfig};
+use crate::config::{ApiConfig, DestinationConfig, DispatchConfig, PlatformConfig};
 use crate::event::Delivery;
 use crate::platform::Platform;
 use chrono::{DateTime, Utc};
@@ -177,14 +177,6 @@ pub trait Destination: Send + Sync {
 /// A destination could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
-    /// A key the platform needs is missing.
-    #[error("destinations.{destination}: missing {key}")]
-    Missing {
-        /// The destination's name.
-        destination: String,
-        /// The missing key.
-        key: &'static str,
-    },
     /// The Google credentials cannot be used (a key file that cannot be read, ...). Never a secret.
     #[error("destinations.{destination}: credentials: {message}")]
     Credentials {
@@ -210,18 +202,27 @@ pub fn build(
     config: &DestinationConfig,
     dispatch: &DispatchConfig,
 ) -> Result<Box<dyn Destination>, DestinationError> {
-    Ok(match config.platform {
-        Platform::Meta => Box::new(meta::Meta::new(name, config, dispatch)?),
-        Platform::GoogleAds => Box::new(google_ads::GoogleAds::new(name, config, dispatch)?),
-        Platform::Tiktok => Box::new(tiktok::Tiktok::new(name, config, dispatch)?),
-        Platform::GoogleDataManager => Box::new(google_data_manager::GoogleDataManager::new(
-            name, config, dispatch,
-        )?),
-        Platform::MicrosoftAds => {
-            Box::new(microsoft_ads::MicrosoftAds::new(name, config, dispatch)?)
+    let api = &config.api;
+    Ok(match &config.settings {
+        PlatformConfig::Meta(meta) => Box::new(meta::Meta::new(name, api, meta, dispatch)?),
+        PlatformConfig::GoogleAds(google) => {
+            Box::new(google_ads::GoogleAds::new(name, api, google, dispatch)?)
         }
-        Platform::Snapchat => Box::new(snapchat::Snapchat::new(name, config, dispatch)?),
-        Platform::Pinterest => Box::new(pinterest::Pinterest::new(name, config, dispatch)?),
+        PlatformConfig::Tiktok(tiktok) => {
+            Box::new(tiktok::Tiktok::new(name, api, tiktok, dispatch)?)
+        }
+        PlatformConfig::GoogleDataManager(dm) => Box::new(
+            google_data_manager::GoogleDataManager::new(name, api, dm, dispatch)?,
+        ),
+        PlatformConfig::MicrosoftAds(ms) => {
+            Box::new(microsoft_ads::MicrosoftAds::new(name, api, ms, dispatch)?)
+        }
+        PlatformConfig::Snapchat(snap) => {
+            Box::new(snapchat::Snapchat::new(name, api, snap, dispatch)?)
+        }
+        PlatformConfig::Pinterest(pin) => {
+            Box::new(pinterest::Pinterest::new(name, api, pin, dispatch)?)
+        }
     })
 }
 
@@ -240,20 +241,8 @@ pub fn build_all(
 // Small helpers of the platform modules (HTTP in [`http`], batches in [`batch`])
 // ---------------------------------------------------------------------------------------------
 
-/// A required config value, or the error naming its key.
-pub(crate) fn required<'a, T>(
-    destination: &str,
-    key: &'static str,
-    value: &'a Option<T>,
-) -> Result<&'a T, DestinationError> {
-    value.as_ref().ok_or_else(|| DestinationError::Missing {
-        destination: destination.to_string(),
-        key,
-    })
-}
-
 /// The batch size: the configured `batch_max_events`, capped by the platform's limit, at least 1.
-pub(crate) fn batch_size(config: &DestinationConfig, platform_limit: usize) -> usize {
+pub(crate) fn batch_size(config: &ApiConfig, platform_limit: usize) -> usize {
     config
         .batch_max_events
         .unwrap_or(platform_limit)
@@ -327,38 +316,6 @@ pub(crate) mod test_support {
         }
     }
 
-    /// A destination config with only the platform set.
-    pub fn empty_config(platform: crate::platform::Platform) -> crate::config::DestinationConfig {
-        crate::config::DestinationConfig {
-            platform,
-            endpoint: None,
-            api_version: None,
-            pixel_id: None,
-            access_token: None,
-            test_event_code: None,
-            pixel_code: None,
-            ad_account_id: None,
-            test_mode: false,
-            crm_event_set_id: None,
-            account_id: None,
-            customer_id: None,
-            login_customer_id: None,
-            developer_token: None,
-            client_id: None,
-            client_secret: None,
-            refresh_token: None,
-            token_endpoint: None,
-            validate_only: false,
-            service_account_key: None,
-            operating_account: None,
-            login_account: None,
-            refunds: crate::config::GoogleRefunds::default(),
-            ads_endpoint: None,
-            batch_max_events: None,
-            status_poll_ms: None,
-        }
-    }
-
     /// A fixed instant: 2026-03-01 12:00:00 UTC.
     pub fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
@@ -367,20 +324,22 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod preview_tests {
-    use super::test_support::{empty_config, purchase};
+    use super::test_support::purchase;
     use super::*;
-    use crate::config::Secret;
+    use crate::config::{
+        GoogleAdsConfig, GoogleAuthConfig, GoogleCredentials, MetaConfig, Secret, TiktokConfig,
+    };
     use crate::event::Kind;
     use serde_json::{json, Value};
 
     fn meta_config() -> DestinationConfig {
-        DestinationConfig {
-            endpoint: Some("http://sandbox.test/".into()),
-            pixel_id: Some("123".into()),
-            access_token: Some(Secret::new("tok-s3cr3t")),
+        let mut config = DestinationConfig::new(PlatformConfig::Meta(MetaConfig {
+            pixel_id: "123".into(),
+            access_token: Secret::new("tok-s3cr3t"),
             test_event_code: Some("T1".into()),
-            ..empty_config(Platform::Meta)
-        }
+        }));
+        config.api.endpoint = Some("http://sandbox.test/".into());
+        config
     }
 
     #[test]
@@ -406,15 +365,20 @@ mod preview_tests {
 
     #[test]
     fn a_google_preview_splits_uploads_and_carries_validate_only() {
-        let config = DestinationConfig {
-            customer_id: Some("123-456-7890".into()),
+        let config = DestinationConfig::new(PlatformConfig::GoogleAds(GoogleAdsConfig {
+            customer_id: "123-456-7890".into(),
+            login_customer_id: None,
             developer_token: Some(Secret::new("dev")),
-            client_id: Some(Secret::new("id")),
-            client_secret: Some(Secret::new("secret")),
-            refresh_token: Some(Secret::new("rt")),
             validate_only: true,
-            ..empty_config(Platform::GoogleAds)
-        };
+            auth: GoogleAuthConfig {
+                credentials: GoogleCredentials::OAuth {
+                    client_id: Secret::new("id"),
+                    client_secret: Secret::new("secret"),
+                    refresh_token: Secret::new("rt"),
+                },
+                token_endpoint: None,
+            },
+        }));
         let google = build("google", &config, &DispatchConfig::default()).unwrap();
         // A minute old: an adjustment must come after its conversion's second.
         let mut conversion = purchase(1, Utc::now() - chrono::Duration::minutes(1));
@@ -440,12 +404,12 @@ mod preview_tests {
 
     #[test]
     fn a_tiktok_preview_sends_web_and_crm_events_apart() {
-        let config = DestinationConfig {
-            pixel_code: Some("CPIX".into()),
+        let config = DestinationConfig::new(PlatformConfig::Tiktok(TiktokConfig {
+            pixel_code: "CPIX".into(),
             crm_event_set_id: Some("CRMSET".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Tiktok)
-        };
+            access_token: Secret::new("tok"),
+            test_event_code: None,
+        }));
         let tiktok = build("tiktok", &config, &DispatchConfig::default()).unwrap();
         let web = purchase(1, Utc::now());
         let mut crm = purchase(2, Utc::now());

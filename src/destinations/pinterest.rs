@@ -27,10 +27,10 @@ use super::event_fields;
 use super::health::synthetic;
 use super::http::{base_url, excerpt, http_client, is_retryable_status};
 use super::{
-    batch_size, event_name, required, Destination, DestinationError, Health, HealthFuture, Outcome,
-    Plan, Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
+    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, PinterestConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -243,22 +243,20 @@ pub struct Pinterest {
 }
 
 impl Pinterest {
-    /// Builds the destination; `ad_account_id` and `access_token` are required.
+    /// Builds the destination from its API keys and its settings.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &PinterestConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Pinterest, DestinationError> {
-        let account = required(name, "ad_account_id", &config.ad_account_id)?;
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Pinterest {
             name: name.to_string(),
-            url: format!(
-                "{}/v5/ad_accounts/{account}/events",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
-            access_token: required(name, "access_token", &config.access_token)?.clone(),
+            url: format!("{base}/v5/ad_accounts/{}/events", config.ad_account_id),
+            access_token: config.access_token.clone(),
             test_mode: config.test_mode,
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http: http_client(name, dispatch)?,
         })
     }

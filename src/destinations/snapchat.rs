@@ -27,10 +27,10 @@ use super::event_fields;
 use super::health::unreachable;
 use super::http::{base_url, excerpt, http_client, is_retryable_status, Answer};
 use super::{
-    batch_size, event_name, required, Destination, DestinationError, Health, HealthFuture, Outcome,
-    Plan, Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
+    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, Secret, SnapchatConfig};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -252,22 +252,20 @@ pub struct Snapchat {
 }
 
 impl Snapchat {
-    /// Builds the destination; `pixel_id` and `access_token` are required.
+    /// Builds the destination from its API keys and its settings.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &SnapchatConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Snapchat, DestinationError> {
-        let pixel = required(name, "pixel_id", &config.pixel_id)?;
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Snapchat {
             name: name.to_string(),
-            base: format!(
-                "{}/v3/{pixel}",
-                base_url(&config.endpoint, DEFAULT_ENDPOINT)
-            ),
-            access_token: required(name, "access_token", &config.access_token)?.clone(),
+            base: format!("{base}/v3/{}", config.pixel_id),
+            access_token: config.access_token.clone(),
             test_mode: config.test_mode,
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http: http_client(name, dispatch)?,
         })
     }

@@ -15,10 +15,10 @@ use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, 
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
 use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
 use super::{
-    batch_size, event_name, required, value_number, Destination, DestinationError, Outcome,
-    SendFuture, OPERATOR_RETRY_FLOOR,
+    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
+    OPERATOR_RETRY_FLOOR,
 };
-use crate::config::{DestinationConfig, DispatchConfig, Secret};
+use crate::config::{ApiConfig, DispatchConfig, Secret, TiktokConfig};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
 use crate::platform::Platform;
@@ -67,26 +67,27 @@ pub struct Tiktok {
 }
 
 impl Tiktok {
-    /// Builds the destination; `pixel_code` and `access_token` are required.
+    /// Builds the destination `name` at `api` (or TikTok's) for the pixel of `config`.
     pub fn new(
         name: &str,
-        config: &DestinationConfig,
+        api: &ApiConfig,
+        config: &TiktokConfig,
         dispatch: &DispatchConfig,
     ) -> Result<Tiktok, DestinationError> {
-        let version = config.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
-        let base = base_url(&config.endpoint, DEFAULT_ENDPOINT);
+        let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Tiktok {
             name: name.to_string(),
             url: format!("{base}/open_api/{version}/event/track/"),
             base,
-            access_token: required(name, "access_token", &config.access_token)?.clone(),
-            pixel_code: required(name, "pixel_code", &config.pixel_code)?.clone(),
+            access_token: config.access_token.clone(),
+            pixel_code: config.pixel_code.clone(),
             crm_event_set_id: config
                 .crm_event_set_id
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             test_event_code: config.test_event_code.clone(),
-            max_batch: batch_size(config, MAX_EVENTS),
+            max_batch: batch_size(api, MAX_EVENTS),
             http: super::http::http_client(name, dispatch)?,
         })
     }
@@ -428,7 +429,7 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destinations::test_support::{empty_config, h, purchase, t0};
+    use crate::destinations::test_support::{h, purchase, t0};
     use axum::http::HeaderMap;
     use axum::routing::post;
     use axum::{Json, Router};
@@ -440,12 +441,19 @@ mod tests {
         // GIVEN a website purchase: the rule's `Purchase` is TikTok's current standard name
         let d = purchase(7, t0());
         // WHEN it is encoded into a request
-        let config = DestinationConfig {
-            pixel_code: Some("CTEST12345".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Tiktok)
+        let config = TiktokConfig {
+            pixel_code: "CTEST12345".into(),
+            crm_event_set_id: None,
+            access_token: Secret::new("tok"),
+            test_event_code: None,
         };
-        let tiktok = Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let tiktok = Tiktok::new(
+            "tiktok",
+            &ApiConfig::default(),
+            &config,
+            &DispatchConfig::default(),
+        )
+        .unwrap();
         let body = tiktok.plan(&[d], t0()).preview().requests[0].body.clone();
         // THEN names, seconds, plain click id/IP/UA, hashed email/phone and uppercase currency are as TikTok wants
         assert_eq!(
@@ -553,14 +561,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let config = DestinationConfig {
+        let api = ApiConfig {
             endpoint: Some(format!("http://{addr}")),
-            pixel_code: Some("CTEST".into()),
-            crm_event_set_id: Some("CRMSET1".into()),
-            access_token: Some(Secret::new("tok")),
-            ..empty_config(Platform::Tiktok)
+            ..ApiConfig::default()
         };
-        let t = Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap();
+        let config = TiktokConfig {
+            pixel_code: "CTEST".into(),
+            crm_event_set_id: Some("CRMSET1".into()),
+            access_token: Secret::new("tok"),
+            test_event_code: None,
+        };
+        let t = Tiktok::new("tiktok", &api, &config, &DispatchConfig::default()).unwrap();
         let now = Utc::now();
         let mut batch: Vec<Delivery> = (0..5).map(|i| purchase(i, now)).collect();
         batch[4].action_source = Some("system_generated".into());
@@ -598,13 +609,14 @@ mod tests {
         assert!(event["user"].get("lead_id").is_none());
         // AND it goes to the CRM event set, or fails saying the key is missing
         let tiktok = |crm_event_set_id: Option<&str>| {
-            let config = DestinationConfig {
-                pixel_code: Some("CPIX".into()),
+            let config = TiktokConfig {
+                pixel_code: "CPIX".into(),
                 crm_event_set_id: crm_event_set_id.map(str::to_string),
-                access_token: Some(Secret::new("tok")),
-                ..empty_config(Platform::Tiktok)
+                access_token: Secret::new("tok"),
+                test_event_code: None,
             };
-            Tiktok::new("tiktok", &config, &DispatchConfig::default()).unwrap()
+            let api = ApiConfig::default();
+            Tiktok::new("tiktok", &api, &config, &DispatchConfig::default()).unwrap()
         };
         let planned = tiktok(Some("CRMSET")).plan(std::slice::from_ref(&d), t0());
         assert_eq!(planned.requests[0].rows, vec![0]);

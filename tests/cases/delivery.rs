@@ -95,7 +95,7 @@ async fn shop(batch: usize) -> (SandboxHandle, TestDb, Client, Config) {
     config.dispatch.retry_max_ms = 200;
     config.dispatch.request_timeout_ms = 5_000;
     for destination in config.destinations.values_mut() {
-        destination.batch_max_events = Some(batch);
+        destination.api.batch_max_events = Some(batch);
     }
     (sandbox, db, client, config)
 }

@@ -1,101 +1,10 @@
-//! The control table: `pgcapi.deliveries` rows and the stored slot position (`pgcapi.checkpoints`).
-//!
-//! Capture writes a group of [`NewDelivery`] rows and the new checkpoint in one transaction
-//! ([`write_group`]); the unique key `(event_id, destination, rule)` turns replays after a crash into
-//! no-ops. Dispatch reads [`Delivery`] rows back.
+//! Capture's write path: delivery rows and the slot checkpoint, committed in one transaction (group
+//! commit), so that the control table and the stored position always agree.
 
-use crate::event::{is_deletion_rule, Kind, NewDelivery, ProcessingReport};
+use super::{db, quote_ident, OutboxError};
+use crate::event::{is_deletion_rule, Kind, NewDelivery};
 use crate::lsn::Lsn;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
-
-/// The control schema's SQL files, in the order they are applied.
-pub const MIGRATIONS: &[(&str, &str)] = &[
-    (
-        "001_control_schema.sql",
-        include_str!("../sql/001_control_schema.sql"),
-    ),
-    ("003_retired.sql", include_str!("../sql/003_retired.sql")),
-    (
-        "004_queued_at.sql",
-        include_str!("../sql/004_queued_at.sql"),
-    ),
-    (
-        "005_dispatch_hot.sql",
-        include_str!("../sql/005_dispatch_hot.sql"),
-    ),
-    (
-        "006_cheaper_writes.sql",
-        include_str!("../sql/006_cheaper_writes.sql"),
-    ),
-    (
-        "007_capture_state.sql",
-        include_str!("../sql/007_capture_state.sql"),
-    ),
-    (
-        "008_source_key.sql",
-        include_str!("../sql/008_source_key.sql"),
-    ),
-    (
-        "009_platform_processing.sql",
-        include_str!("../sql/009_platform_processing.sql"),
-    ),
-    // Last, so that a numbered file may drop a view to change a column it reads.
-    ("views.sql", include_str!("../sql/views.sql")),
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    /// The database refused or the connection broke.
-    #[error("control table ({what}): {}", crate::pg::client::describe(source))]
-    Db {
-        /// What was being done.
-        what: &'static str,
-        /// The database error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// A stored value could not be read back.
-    #[error("control table row {id}: {message}")]
-    Corrupt {
-        /// The row.
-        id: i64,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl OutboxError {
-    /// True when the error is a lost or refused connection (retry later), not a statement error.
-    pub fn is_connection_error(&self) -> bool {
-        match self {
-            OutboxError::Db { source, .. } => {
-                source.is_closed()
-                    || source
-                        .as_db_error()
-                        .is_none_or(|e| ends_the_connection(e.code().code()))
-            }
-            OutboxError::Corrupt { .. } => false,
-        }
-    }
-}
-
-/// True for SQLSTATEs the server sends when it ends the session: connection exceptions (class 08) and
-/// shutdowns (`57P01` admin shutdown, e.g. `pg_ctl restart -m fast` or `pg_terminate_backend`; `57P02`
-/// crash shutdown; `57P03` cannot connect now). A statement that gets one was not refused: the
-/// connection is gone and a new one will do.
-pub fn ends_the_connection(sqlstate: &str) -> bool {
-    sqlstate.starts_with("08") || matches!(sqlstate, "57P01" | "57P02" | "57P03")
-}
-
-fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> OutboxError {
-    move |source| OutboxError::Db { what, source }
-}
-
-/// Quotes an identifier for SQL.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 /// Inserts `rows` (ignoring ones already recorded, and ones whose key was retired by retention) and returns
 /// how many were new. One statement per call: the rows travel as parallel arrays and are expanded with
@@ -239,6 +148,39 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
         source_lsn.push(r.source_lsn.to_string());
         commit_time.push(r.commit_time);
     }
+    let sql = insert_sql(schema, duplicates, matching);
+    client
+        .execute(
+            &sql,
+            &[
+                &rule,
+                &destination,
+                &platform,
+                &event_id,
+                &kind,
+                &adjusts,
+                &event_name,
+                &event_time,
+                &value,
+                &currency,
+                &action_source,
+                &payload,
+                &match_keys,
+                &state,
+                &last_error,
+                &source_table,
+                &source_lsn,
+                &commit_time,
+                &source_key,
+            ],
+        )
+        .await
+        .map_err(db("inserting deliveries"))
+}
+
+/// The text of an insert statement of [`insert_statement`]: one row per element of its 19 parallel
+/// arrays, without retired keys, and as `duplicates` and `matching` say.
+fn insert_sql(schema: &str, duplicates: Duplicates, matching: Match) -> String {
     let (recorded, on_conflict) = match duplicates {
         Duplicates::OnConflict => ("", "on conflict (event_id, destination, rule) do nothing"),
         Duplicates::AntiJoin => (
@@ -295,7 +237,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
             "",
         ),
     };
-    let sql = format!(
+    format!(
         "insert into {{s}}.deliveries ({columns}) \
          select rule, destination, platform, event_id, kind, adjusts_rule, event_name, event_time, \
            value::numeric, currency, action_source, payload, \
@@ -306,34 +248,7 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
            and r.destination = t.destination and r.event_id = t.event_id) \
          {converted} {recorded} {on_conflict}"
     )
-    .replace("{s}", &quote_ident(schema));
-    client
-        .execute(
-            &sql,
-            &[
-                &rule,
-                &destination,
-                &platform,
-                &event_id,
-                &kind,
-                &adjusts,
-                &event_name,
-                &event_time,
-                &value,
-                &currency,
-                &action_source,
-                &payload,
-                &match_keys,
-                &state,
-                &last_error,
-                &source_table,
-                &source_lsn,
-                &commit_time,
-                &source_key,
-            ],
-        )
-        .await
-        .map_err(db("inserting deliveries"))
+    .replace("{s}", &quote_ident(schema))
 }
 
 /// Stores the slot position up to which every change is recorded.
@@ -504,7 +419,10 @@ impl OpenGroup {
         save_checkpoint(client, schema, slot, lsn).await?;
         if self.inserted > 0 {
             client
-                .execute("select pg_notify($1, '')", &[&notify_channel(schema)])
+                .execute(
+                    "select pg_notify($1, '')",
+                    &[&super::notify_channel(schema)],
+                )
                 .await
                 .map_err(db("notifying dispatchers"))?;
         }
@@ -514,190 +432,4 @@ impl OpenGroup {
             .map_err(db("committing"))?;
         Ok(self.inserted)
     }
-}
-
-/// Notifies dispatchers listening on `{schema}_deliveries` that new rows are due.
-pub fn notify_channel(schema: &str) -> String {
-    format!("{schema}_deliveries")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ends_the_connection;
-
-    #[test]
-    fn shutdowns_and_connection_exceptions_end_the_connection_statement_errors_do_not() {
-        for code in ["57P01", "57P02", "57P03", "08006", "08003"] {
-            assert!(ends_the_connection(code), "{code}");
-        }
-        for code in ["23505", "42P01", "22P02", "57014", "40001"] {
-            assert!(!ends_the_connection(code), "{code}");
-        }
-    }
-}
-
-/// What capture is doing, as stored in `capture_state` (see `sql/007_capture_state.sql`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapturePhase {
-    /// Holding the slot and recording changes.
-    Streaming,
-    /// Waiting out an outage (connection lost or refused); it resumes by itself.
-    Retrying,
-    /// A change it cannot apply until an operator acts; `error` says what and `error_lsn` where.
-    Stuck,
-}
-
-impl CapturePhase {
-    /// The name stored in `capture_state.state`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CapturePhase::Streaming => "streaming",
-            CapturePhase::Retrying => "retrying",
-            CapturePhase::Stuck => "stuck",
-        }
-    }
-
-    /// Parses the stored name.
-    pub fn from_name(name: &str) -> Option<CapturePhase> {
-        [
-            CapturePhase::Streaming,
-            CapturePhase::Retrying,
-            CapturePhase::Stuck,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == name)
-    }
-}
-
-/// One slot's row of `capture_state`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CaptureReport {
-    /// What capture is doing.
-    pub phase: CapturePhase,
-    /// Why it is not streaming.
-    pub error: Option<String>,
-    /// The WAL position of the change it is stuck on.
-    #[serde(serialize_with = "crate::lsn::serialize_opt")]
-    pub error_lsn: Option<Lsn>,
-    /// When the current problem started.
-    pub error_since: Option<chrono::DateTime<chrono::Utc>>,
-    /// When a capture process last wrote the row.
-    pub seen_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Records what capture of `slot` is doing. `error_since` is kept while the phase stays the same, so it
-/// tells how long the problem has lasted; streaming clears the error. Called at each change of phase and
-/// at least every 30 s while capture runs (that refreshes `seen_at`).
-pub async fn report_capture(
-    client: &impl GenericClient,
-    schema: &str,
-    slot: &str,
-    phase: CapturePhase,
-    error: Option<&str>,
-    error_lsn: Option<Lsn>,
-) -> Result<(), OutboxError> {
-    let sql = format!(
-        "insert into {s}.capture_state as c (slot, state, error, error_lsn, error_since, seen_at) \
-         values ($1, $2, $3, $4::text::pg_lsn, case when $2 = 'streaming' then null else now() end, now()) \
-         on conflict (slot) do update set state = excluded.state, error = excluded.error, \
-           error_lsn = excluded.error_lsn, seen_at = now(), \
-           error_since = case when excluded.state = 'streaming' then null \
-                              when c.state = excluded.state then coalesce(c.error_since, now()) \
-                              else now() end",
-        s = quote_ident(schema)
-    );
-    let error_lsn = error_lsn.map(|l| l.to_string());
-    client
-        .execute(&sql, &[&slot, &phase.as_str(), &error, &error_lsn])
-        .await
-        .map(drop)
-        .map_err(db("recording the capture state"))
-}
-
-/// The stored state of `slot`'s capture, if a capture process ever recorded one.
-pub async fn load_capture_report(
-    client: &impl GenericClient,
-    schema: &str,
-    slot: &str,
-) -> Result<Option<CaptureReport>, OutboxError> {
-    let sql = format!(
-        "select state, error, error_lsn::text, error_since, seen_at from {}.capture_state \
-         where slot = $1",
-        quote_ident(schema)
-    );
-    let row = client
-        .query_opt(&sql, &[&slot])
-        .await
-        .map_err(db("reading the capture state"))?;
-    Ok(row.map(|r| CaptureReport {
-        phase: CapturePhase::from_name(r.get::<_, &str>(0)).unwrap_or(CapturePhase::Retrying),
-        error: r.get(1),
-        error_lsn: r.get::<_, Option<String>>(2).and_then(|l| l.parse().ok()),
-        error_since: r.get(3),
-        seen_at: r.get(4),
-    }))
-}
-
-/// Records a final processing report once (a repeat of the same request changes nothing).
-pub async fn record_processing(
-    client: &impl GenericClient,
-    schema: &str,
-    report: &ProcessingReport,
-) -> Result<(), OutboxError> {
-    let sql = format!(
-        "insert into {}.platform_processing (destination, request_id, reason, events) \
-         values ($1, $2, $3, $4) on conflict do nothing",
-        quote_ident(schema)
-    );
-    for (reason, events) in &report.unusable {
-        client
-            .execute(
-                &sql,
-                &[&report.destination, &report.request_id, reason, events],
-            )
-            .await
-            .map_err(db("recording the platform's processing report"))?;
-    }
-    Ok(())
-}
-
-/// Per destination, the events the platform reported it could not use in the last 24 hours, per reason
-/// (most first).
-pub async fn load_unusable_24h(
-    client: &impl GenericClient,
-    schema: &str,
-) -> Result<std::collections::BTreeMap<String, Vec<(String, i64)>>, OutboxError> {
-    let sql = format!(
-        "select destination, reason, sum(events)::bigint from {}.platform_processing \
-         where recorded_at >= now() - interval '1 day' \
-         group by destination, reason order by destination, 3 desc, reason",
-        quote_ident(schema)
-    );
-    let rows = client
-        .query(&sql, &[])
-        .await
-        .map_err(db("reading the platforms' processing reports"))?;
-    let mut out = std::collections::BTreeMap::<String, Vec<(String, i64)>>::new();
-    for r in rows {
-        out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
-    }
-    Ok(out)
-}
-
-/// Deletes processing reports recorded more than `keep` ago.
-pub async fn purge_processing(
-    client: &impl GenericClient,
-    schema: &str,
-    keep: std::time::Duration,
-) -> Result<u64, OutboxError> {
-    let sql = format!(
-        "delete from {}.platform_processing \
-         where recorded_at < now() - make_interval(secs => $1)",
-        quote_ident(schema)
-    );
-    client
-        .execute(&sql, &[&keep.as_secs_f64()])
-        .await
-        .map_err(db("deleting old processing reports"))
 }
