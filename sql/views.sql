@@ -89,8 +89,8 @@ with flagged as (
         d.match_keys && array['phone'] as has_phone,
         d.match_keys @> array['first_name', 'last_name'] as has_name,
         d.match_keys && array['city', 'state', 'zip'] as has_address,
-        d.match_keys && array['fbc', 'gclid', 'gbraid', 'wbraid', 'ttclid', 'msclkid', 'li_fat_id', 'rdt_cid']
-            as has_click_id,
+        d.match_keys && array['fbc', 'gclid', 'gbraid', 'wbraid', 'ttclid', 'msclkid', 'li_fat_id', 'rdt_cid',
+            'sc_click_id', 'epik', 'ob_click_id', 'taboola_click_id'] as has_click_id,
         d.match_keys @> array['client_ip', 'user_agent'] as has_ip_ua,
         d.match_keys && array['external_id', 'lead_id'] as has_external_id,
         d.match_keys && array['fbp', 'ttp'] as has_browser_id

@@ -26,11 +26,15 @@ pub enum Platform {
     Linkedin,
     /// Reddit Conversions API v3 (`/api/v3/pixels/{pixel_id}/conversion_events`).
     Reddit,
+    /// Snapchat Conversions API v3.
+    Snapchat,
+    /// Pinterest Conversions API (v5).
+    Pinterest,
 }
 
 impl Platform {
     /// Every platform, in a stable order.
-    pub const ALL: [Platform; 9] = [
+    pub const ALL: [Platform; 11] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
@@ -40,6 +44,8 @@ impl Platform {
         Platform::Taboola,
         Platform::Linkedin,
         Platform::Reddit,
+        Platform::Snapchat,
+        Platform::Pinterest,
     ];
 
     /// The stable name used in config, logs, metrics and the control table.
@@ -54,6 +60,8 @@ impl Platform {
             Platform::Taboola => "taboola",
             Platform::Linkedin => "linkedin",
             Platform::Reddit => "reddit",
+            Platform::Snapchat => "snapchat",
+            Platform::Pinterest => "pinterest",
         }
     }
 

@@ -17,13 +17,14 @@ mod validate;
 pub use destination::{
     ApiConfig, DestinationConfig, GoogleAdsConfig, GoogleAuthConfig, GoogleCredentials,
     GoogleDataManagerConfig, GoogleRefunds, LinkedinConfig, MetaConfig, MicrosoftAdsConfig,
-    OutbrainConfig, PlatformConfig, RedditConfig, TaboolaConfig, TiktokConfig,
+    OutbrainConfig, PinterestConfig, PlatformConfig, RedditConfig, SnapchatConfig, TaboolaConfig,
+    TiktokConfig,
 };
 pub use env::expand;
 pub use rule::{
-    EventNameRuleConfig, GoogleRuleConfig, LinkedinRuleConfig, MetaRuleConfig, MicrosoftRuleConfig,
-    OnDelete, RedditRuleConfig, RuleConfig, Scalar, Template, TemplatePart, TiktokRuleConfig,
-    WhenValue, EXTRA_MATCH_NAMES,
+    EventNameRuleConfig, EventRuleConfig, GoogleRuleConfig, LinkedinRuleConfig, MetaRuleConfig,
+    MicrosoftRuleConfig, OnDelete, RedditRuleConfig, RuleConfig, Scalar, Template, TemplatePart,
+    TiktokRuleConfig, WhenValue, EXTRA_MATCH_NAMES,
 };
 pub use sections::{
     CaptureConfig, Defaults, DispatchConfig, MetricsConfig, RetentionConfig, SourceConfig,

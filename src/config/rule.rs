@@ -117,6 +117,10 @@ pub struct RuleConfig {
     pub linkedin: LinkedinRuleConfig,
     /// Reddit-specific settings.
     pub reddit: RedditRuleConfig,
+    /// Snapchat-specific settings.
+    pub snapchat: EventRuleConfig,
+    /// Pinterest-specific settings.
+    pub pinterest: EventRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -170,6 +174,14 @@ pub struct GoogleRuleConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TiktokRuleConfig {
     /// The TikTok event name (`CompletePayment`, ...).
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+/// `[rules.snapchat]` and `[rules.pinterest]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EventRuleConfig {
+    /// The platform's event name (`PURCHASE`, `checkout`, ...) when the rule's `event` maps to none.
     #[serde(default)]
     pub event: Option<String>,
 }

@@ -113,6 +113,7 @@ fn user_data_field(key: MatchKey) -> Option<&'static str> {
         | MatchKey::ObClickId
         | MatchKey::TaboolaClickId => return None,
         MatchKey::LiFatId | MatchKey::RdtCid => return None,
+        MatchKey::ScClickId | MatchKey::Epik => return None,
     })
 }
 

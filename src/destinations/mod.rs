@@ -41,6 +41,7 @@
 //! Nothing else: dispatch, dry-run and check only see the trait.
 
 pub mod batch;
+mod event_fields;
 pub mod google_ads;
 pub mod google_auth;
 pub mod google_data_manager;
@@ -50,7 +51,9 @@ pub mod linkedin;
 pub mod meta;
 pub mod microsoft_ads;
 pub mod outbrain;
+pub mod pinterest;
 pub mod reddit;
+pub mod snapchat;
 pub mod taboola;
 pub mod tiktok;
 
@@ -223,6 +226,12 @@ pub fn build(
         PlatformConfig::Taboola(tb) => Box::new(taboola::Taboola::new(name, api, tb, dispatch)?),
         PlatformConfig::Linkedin(li) => Box::new(linkedin::Linkedin::new(name, api, li, dispatch)?),
         PlatformConfig::Reddit(rd) => Box::new(reddit::Reddit::new(name, api, rd, dispatch)?),
+        PlatformConfig::Snapchat(snap) => {
+            Box::new(snapchat::Snapchat::new(name, api, snap, dispatch)?)
+        }
+        PlatformConfig::Pinterest(pin) => {
+            Box::new(pinterest::Pinterest::new(name, api, pin, dispatch)?)
+        }
     })
 }
 

@@ -103,7 +103,9 @@ pub(crate) fn city_checked(platform: Platform, raw: &str) -> Result<String, Reas
         | Platform::Outbrain
         | Platform::Taboola
         | Platform::Linkedin
-        | Platform::Reddit => retain(&lower(&cleaned), |c| {
+        | Platform::Reddit
+        | Platform::Snapchat
+        | Platform::Pinterest => retain(&lower(&cleaned), |c| {
             !is_separator_like(c) && !c.is_numeric()
         }),
     }
@@ -126,7 +128,9 @@ pub(crate) fn state_checked(platform: Platform, raw: &str) -> Result<String, Rea
         | Platform::Outbrain
         | Platform::Taboola
         | Platform::Linkedin
-        | Platform::Reddit => match STATE_BY_NAME.get(&fold(&cleaned)) {
+        | Platform::Reddit
+        | Platform::Snapchat
+        | Platform::Pinterest => match STATE_BY_NAME.get(&fold(&cleaned)) {
             Some(code) => Ok((*code).to_owned()),
             None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
         },
@@ -151,17 +155,23 @@ pub(crate) fn zip_checked(platform: Platform, raw: &str, region: &str) -> Result
         .take_while(|c| *c != '-')
         .filter(|c| !c.is_whitespace())
         .collect());
-    let zip = if region.eq_ignore_ascii_case("US") {
+    let zip: String = if region.eq_ignore_ascii_case("US") {
         compact.chars().take(5).collect()
     } else {
         compact
     };
     if zip.is_empty() {
         Err(EMPTY)
+    } else if platform == Platform::Pinterest && !zip.bytes().all(|b| b.is_ascii_digit()) {
+        // Pinterest takes "only digits"; stripping the letters of `SW1A 1AA` would hash a fragment.
+        Err(NOT_NUMERIC_ZIP)
     } else {
         Ok(zip)
     }
 }
+
+/// Reason for a postal code with letters, for Pinterest (whose `zp` is digits only).
+const NOT_NUMERIC_ZIP: Reason = "zip is not numeric";
 
 /// Normalizes a postal code: Meta/TikTok lowercase, whitespace removed, cut at the first `-`, and the
 /// first five characters for US rows (`94105-1234` → `94105`, `SW1A 1AA` → `sw1a1aa`); Google trimmed.

@@ -294,7 +294,9 @@ pub(crate) fn country_checked(platform: Platform, raw: &str) -> Result<String, R
         | Platform::Outbrain
         | Platform::Taboola
         | Platform::Linkedin
-        | Platform::Reddit => code.to_ascii_lowercase(),
+        | Platform::Reddit
+        | Platform::Snapchat
+        | Platform::Pinterest => code.to_ascii_lowercase(),
     })
 }
 

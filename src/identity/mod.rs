@@ -19,6 +19,8 @@
 //! | Taboola | — | taboola_click_id |
 //! | LinkedIn | email | first/last name (`userInfo`, both or neither), li_fat_id |
 //! | Reddit | email, phone, external_id | client_ip, user_agent, rdt_cid |
+//! | Snapchat | email, phone, first/last name, city, state, zip, country, gender | client_ip, user_agent, sc_click_id |
+//! | Pinterest | email, phone, first/last name, city, state, zip, country, external_id, date_of_birth, gender | client_ip, user_agent, epik |
 //!
 //! Microsoft's `microsoft` profile: email trimmed and lowercased, phone E.164 with its `+`, then
 //! SHA-256 (`HashedEmailAddress`, `HashedPhoneNumber`). Microsoft publishes no finer rule
@@ -43,6 +45,10 @@
 //! phone E.164 **with** `+`; external id as for every platform; all three SHA-256. Reddit also takes
 //! IP and user agent hashed, but normalization.md keeps them as stored for every platform, which
 //! Reddit accepts. The `rdt_cid` click id is sent as stored.
+//! Snapchat and Pinterest use Meta's rules (`snap/pinterest` profile, platforms-next.md §8.2): email
+//! trimmed and lowercased; phone as the E.164 digits without `+` (so no `00` prefix and no national
+//! trunk `0`); names, city and state as Meta's. Pinterest's zip is "only digits": a postcode that
+//! has letters once Meta's zip rule has run is left out rather than hashed as a fragment.
 //!
 //! Google Ads click uploads accept only `hashed_email` and `hashed_phone_number` as user identifiers
 //! (§2.1); names and address parts are accepted only by ENHANCEMENT adjustments (§2.3), which pgcapi does
@@ -136,6 +142,10 @@ pub struct RawIdentity {
     pub li_fat_id: Option<String>,
     /// Reddit click id (`rdt_cid` URL parameter).
     pub rdt_cid: Option<String>,
+    /// Snapchat click id (the `ScCid` landing-page parameter).
+    pub sc_click_id: Option<String>,
+    /// Pinterest click id (the `_epik` cookie or `epik` landing-page parameter).
+    pub epik: Option<String>,
     /// Platform lead id (Meta lead ads, TikTok CRM).
     pub lead_id: Option<String>,
     /// When the ad was clicked; used as the `fbc` creation time when building it from `fbclid`.
@@ -171,6 +181,8 @@ impl RawIdentity {
             MatchKey::TaboolaClickId => &self.taboola_click_id,
             MatchKey::LiFatId => &self.li_fat_id,
             MatchKey::RdtCid => &self.rdt_cid,
+            MatchKey::ScClickId => &self.sc_click_id,
+            MatchKey::Epik => &self.epik,
             MatchKey::LeadId => &self.lead_id,
         };
         value.as_deref()
@@ -253,13 +265,17 @@ pub enum MatchKey {
     LiFatId,
     /// Reddit click id.
     RdtCid,
+    /// Snapchat click id (`ScCid`).
+    ScClickId,
+    /// Pinterest click id (`_epik`).
+    Epik,
     /// Platform lead id.
     LeadId,
 }
 
 impl MatchKey {
     /// Every key, in declaration (and `Ord`) order.
-    pub const ALL: [MatchKey; 26] = [
+    pub const ALL: [MatchKey; 28] = [
         MatchKey::Email,
         MatchKey::Phone,
         MatchKey::FirstName,
@@ -285,6 +301,8 @@ impl MatchKey {
         MatchKey::TaboolaClickId,
         MatchKey::LiFatId,
         MatchKey::RdtCid,
+        MatchKey::ScClickId,
+        MatchKey::Epik,
         MatchKey::LeadId,
     ];
 
@@ -316,6 +334,8 @@ impl MatchKey {
             MatchKey::TaboolaClickId => "taboola_click_id",
             MatchKey::LiFatId => "li_fat_id",
             MatchKey::RdtCid => "rdt_cid",
+            MatchKey::ScClickId => "sc_click_id",
+            MatchKey::Epik => "epik",
             MatchKey::LeadId => "lead_id",
         }
     }
@@ -455,6 +475,42 @@ const REDDIT_KEYS: &[MatchKey] = &[
     MatchKey::RdtCid,
 ];
 
+/// The keys Snapchat's `user_data` takes (platforms-next.md §2: the hashed keys of the v3 SDK, the
+/// click id and the browser's IP and user agent). `external_id` and `db` appear only in third-party
+/// schemas, so they are left out.
+const SNAPCHAT_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::City,
+    MatchKey::State,
+    MatchKey::Zip,
+    MatchKey::Country,
+    MatchKey::Gender,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::ScClickId,
+];
+
+/// The keys Pinterest's `user_data` takes (platforms-next.md §3, from its OpenAPI description).
+const PINTEREST_KEYS: &[MatchKey] = &[
+    MatchKey::Email,
+    MatchKey::Phone,
+    MatchKey::FirstName,
+    MatchKey::LastName,
+    MatchKey::City,
+    MatchKey::State,
+    MatchKey::Zip,
+    MatchKey::Country,
+    MatchKey::ExternalId,
+    MatchKey::DateOfBirth,
+    MatchKey::Gender,
+    MatchKey::ClientIp,
+    MatchKey::UserAgent,
+    MatchKey::Epik,
+];
+
 /// The keys [`match_keys`] can produce for a platform, in `MatchKey` order.
 pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
     match platform {
@@ -467,6 +523,8 @@ pub fn accepted_keys(platform: Platform) -> &'static [MatchKey] {
         Platform::Taboola => TABOOLA_KEYS,
         Platform::Linkedin => LINKEDIN_KEYS,
         Platform::Reddit => REDDIT_KEYS,
+        Platform::Snapchat => SNAPCHAT_KEYS,
+        Platform::Pinterest => PINTEREST_KEYS,
     }
 }
 
@@ -715,6 +773,8 @@ pub fn normalize_key(
         | MatchKey::Ttp
         | MatchKey::LiFatId
         | MatchKey::RdtCid
+        | MatchKey::ScClickId
+        | MatchKey::Epik
         | MatchKey::LeadId => click::as_stored_checked(raw),
     }
 }
@@ -764,3 +824,5 @@ mod vectors;
 
 #[cfg(test)]
 mod profile_vectors;
+#[cfg(test)]
+mod snap_pinterest_tests;

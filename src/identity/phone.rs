@@ -313,7 +313,8 @@ pub(crate) fn phone_e164(raw: &str, region: &str) -> Result<String, Reason> {
     Ok(number.format().mode(Mode::E164).to_string())
 }
 
-/// E.164 as a platform takes it: Meta without the `+`, Google, TikTok and Microsoft with it.
+/// E.164 as a platform takes it: Meta, Snapchat and Pinterest without the `+`; Google, TikTok and
+/// Microsoft with it.
 pub(crate) fn for_platform(platform: Platform, e164: &str) -> String {
     platform_form(platform, e164).to_owned()
 }
@@ -321,7 +322,7 @@ pub(crate) fn for_platform(platform: Platform, e164: &str) -> String {
 /// [`for_platform`] without the copy.
 pub(crate) fn platform_form(platform: Platform, e164: &str) -> &str {
     match platform {
-        Platform::Meta => e164.trim_start_matches('+'),
+        Platform::Meta | Platform::Snapchat | Platform::Pinterest => e164.trim_start_matches('+'),
         // LinkedIn takes no phone; with the `+` is the rule that would apply.
         Platform::GoogleAds
         | Platform::GoogleDataManager

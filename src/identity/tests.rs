@@ -162,6 +162,8 @@ fn full_row() -> RawIdentity {
         taboola_click_id: Some(TABOOLA_CLICK.into()),
         li_fat_id: Some("df5gf5-gh6t7-ph4j7h".into()),
         rdt_cid: Some("t2_rdtcidvalue".into()),
+        sc_click_id: Some("5e6f7a8b-0c1d-4e2f-9a3b-4c5d6e7f8a9b".into()),
+        epik: Some("dj0yJnU9ZXBpa3ZhbHVlJm49MSZtPTE".into()),
         lead_id: Some("123456789012345".into()),
         click_time: Some(Utc.with_ymd_and_hms(2024, 4, 30, 8, 0, 0).unwrap()),
     }

@@ -165,7 +165,9 @@ pub(crate) fn name_checked(platform: Platform, raw: &str) -> Result<String, Reas
         | Platform::MicrosoftAds
         | Platform::Outbrain
         | Platform::Taboola
-        | Platform::Reddit => retain(&lower(&cleaned), |c| !is_separator_like(c)),
+        | Platform::Reddit
+        | Platform::Snapchat
+        | Platform::Pinterest => retain(&lower(&cleaned), |c| !is_separator_like(c)),
     }
 }
 

@@ -62,6 +62,8 @@ pub(super) struct Compiled {
     pub(super) meta_event: Option<String>,
     pub(super) conversion_action: Option<String>,
     pub(super) tiktok_event: Option<String>,
+    pub(super) snapchat_event: Option<String>,
+    pub(super) pinterest_event: Option<String>,
     /// `[rules.outbrain] event`.
     pub(super) outbrain_event: Option<String>,
     /// `[rules.taboola] event`.
@@ -135,6 +137,8 @@ impl Compiled {
             meta_event: rule.meta.event.clone(),
             conversion_action: rule.google.conversion_action.clone(),
             tiktok_event: rule.tiktok.event.clone(),
+            snapchat_event: rule.snapchat.event.clone(),
+            pinterest_event: rule.pinterest.event.clone(),
             outbrain_event: rule.outbrain.event.clone(),
             taboola_event: rule.taboola.event.clone(),
             on_delete: rule.on_delete,

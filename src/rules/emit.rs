@@ -239,7 +239,9 @@ impl Rules {
                         | Platform::Tiktok
                         | Platform::Outbrain
                         | Platform::Taboola
-                        | Platform::Reddit => None,
+                        | Platform::Reddit
+                        | Platform::Snapchat
+                        | Platform::Pinterest => None,
                     },
                     consent: true,
                     ..Payload::default()
@@ -323,6 +325,8 @@ fn platform_fields(
         // LinkedIn's conversion rule travels in the same slot.
         Platform::Linkedin => payload.conversion_action = rule.linkedin_rule.clone(),
         Platform::Reddit => payload.platform_event = rule.reddit_event.clone(),
+        Platform::Snapchat => payload.platform_event = rule.snapchat_event.clone(),
+        Platform::Pinterest => payload.platform_event = rule.pinterest_event.clone(),
     }
     Ok(())
 }

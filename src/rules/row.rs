@@ -374,6 +374,8 @@ impl RowView<'_> {
                     MatchKey::TaboolaClickId => &mut raw.taboola_click_id,
                     MatchKey::LiFatId => &mut raw.li_fat_id,
                     MatchKey::RdtCid => &mut raw.rdt_cid,
+                    MatchKey::ScClickId => &mut raw.sc_click_id,
+                    MatchKey::Epik => &mut raw.epik,
                     MatchKey::LeadId => &mut raw.lead_id,
                 },
             };

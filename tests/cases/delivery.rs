@@ -220,6 +220,18 @@ fn counted_ids(sandbox: &SandboxHandle, platform: Platform) -> Vec<String> {
         Platform::Tiktok => event_ids(&records.tiktok),
         Platform::Linkedin => event_ids(&records.linkedin),
         Platform::Reddit => event_ids(&records.reddit),
+        Platform::Snapchat => records
+            .snapchat
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect(),
+        Platform::Pinterest => records
+            .pinterest
+            .events
+            .iter()
+            .filter_map(|e| e.event_id.clone())
+            .collect(),
         Platform::GoogleAds => records
             .google_ads
             .conversions

@@ -164,6 +164,12 @@ fn destination(
         Platform::Taboola => "platform = \"taboola\"\naccount_id = \"1234567\"",
         Platform::Linkedin => "platform = \"linkedin\"\naccess_token = \"tok\"",
         Platform::Reddit => "platform = \"reddit\"\npixel_id = \"a2_test\"\naccess_token = \"tok\"",
+        Platform::Snapchat => {
+            "platform = \"snapchat\"\npixel_id = \"snap-pixel\"\naccess_token = \"tok\""
+        }
+        Platform::Pinterest => {
+            "platform = \"pinterest\"\nad_account_id = \"549755885175\"\naccess_token = \"tok\""
+        }
     };
     let text = format!(
         "{specific}\nendpoint = \"{endpoint}\"\ntoken_endpoint = \"{endpoint}/token\"\n{extra}"

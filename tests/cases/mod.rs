@@ -22,5 +22,6 @@ mod operate;
 mod outbox;
 mod outbrain_taboola;
 mod recover;
+mod snapchat_pinterest;
 mod source;
 mod toast;

@@ -272,5 +272,7 @@ pub fn sandbox_api(platform: pgcapi::platform::Platform) -> pgcapi::testbed::san
         P::Taboola => S::Taboola,
         P::Linkedin => S::Linkedin,
         P::Reddit => S::Reddit,
+        P::Snapchat => S::Snapchat,
+        P::Pinterest => S::Pinterest,
     }
 }

@@ -16,7 +16,9 @@ mod linkedin;
 mod meta;
 mod microsoft_ads;
 mod outbrain;
+mod pinterest;
 mod reddit;
+mod snapchat;
 mod taboola;
 mod tiktok;
 
@@ -27,7 +29,9 @@ pub use linkedin::LinkedinConfig;
 pub use meta::MetaConfig;
 pub use microsoft_ads::MicrosoftAdsConfig;
 pub use outbrain::OutbrainConfig;
+pub use pinterest::PinterestConfig;
 pub use reddit::RedditConfig;
+pub use snapchat::SnapchatConfig;
 pub use taboola::TaboolaConfig;
 pub use tiktok::TiktokConfig;
 
@@ -82,6 +86,10 @@ pub enum PlatformConfig {
     Linkedin(LinkedinConfig),
     /// `platform = "reddit"`.
     Reddit(RedditConfig),
+    /// `platform = "snapchat"`.
+    Snapchat(SnapchatConfig),
+    /// `platform = "pinterest"`.
+    Pinterest(PinterestConfig),
 }
 
 /// What each platform's settings struct provides to the reader and to `pgcapi check`.
@@ -105,6 +113,8 @@ impl PlatformConfig {
             PlatformConfig::Taboola(_) => Platform::Taboola,
             PlatformConfig::Linkedin(_) => Platform::Linkedin,
             PlatformConfig::Reddit(_) => Platform::Reddit,
+            PlatformConfig::Snapchat(_) => Platform::Snapchat,
+            PlatformConfig::Pinterest(_) => Platform::Pinterest,
         }
     }
 
@@ -121,6 +131,8 @@ impl PlatformConfig {
             Platform::Taboola => PlatformConfig::Taboola(Settings::read(reader)?),
             Platform::Linkedin => PlatformConfig::Linkedin(Settings::read(reader)?),
             Platform::Reddit => PlatformConfig::Reddit(Settings::read(reader)?),
+            Platform::Snapchat => PlatformConfig::Snapchat(Settings::read(reader)?),
+            Platform::Pinterest => PlatformConfig::Pinterest(Settings::read(reader)?),
         })
     }
 
@@ -135,6 +147,8 @@ impl PlatformConfig {
             PlatformConfig::Taboola(c) => c.secrets(),
             PlatformConfig::Linkedin(c) => c.secrets(),
             PlatformConfig::Reddit(c) => c.secrets(),
+            PlatformConfig::Snapchat(c) => c.secrets(),
+            PlatformConfig::Pinterest(c) => c.secrets(),
         }
     }
 }

@@ -253,6 +253,8 @@ fn server_error(platform: Platform) -> Response {
         }),
         Platform::Linkedin => crate::testbed::sandbox::linkedin::server_error_body(),
         Platform::Reddit => crate::testbed::sandbox::reddit::server_error_body(),
+        Platform::Snapchat => json!({"status": "INVALID", "reason": "Internal server error"}),
+        Platform::Pinterest => json!({"code": 0, "message": "Internal server error."}),
     };
     (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
 }
@@ -279,6 +281,10 @@ fn throttled(platform: Platform, retry_after_secs: u64) -> Response {
         Platform::Outbrain | Platform::Taboola => json!({"error": "too many requests (sandbox)"}),
         Platform::Linkedin => crate::testbed::sandbox::linkedin::throttled_body(),
         Platform::Reddit => crate::testbed::sandbox::reddit::throttled_body(),
+        Platform::Snapchat => json!({"status": "INVALID", "reason": "Too many requests"}),
+        Platform::Pinterest => {
+            json!({"code": 8, "message": "Too many requests: rate limit exceeded."})
+        }
     };
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response

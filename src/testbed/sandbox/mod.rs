@@ -15,6 +15,8 @@
 //! | Taboola | `GET /actions-handler/log/3/s2s-action?click-id=…&name=…`, `POST /{account_id}/log/3/bulk-s2s-action` (see `taboola.rs`) |
 //! | LinkedIn | `POST /rest/conversionEvents`, `GET /rest/adAccounts/{id}`, `GET /rest/conversions/{id}` (see `linkedin.rs`) |
 //! | Reddit | `POST /api/v3/pixels/{pixel_id}/conversion_events` (see `reddit.rs`) |
+//! | Snapchat | `POST /v3/{asset_id}/events`, `POST /v3/{asset_id}/events/validate`, `GET /v3/{asset_id}/events/validate/stats` (see `snapchat.rs`) |
+//! | Pinterest | `POST /v5/ad_accounts/{ad_account_id}/events[?test=true]` (see `pinterest.rs`) |
 //!
 //! Admin endpoints: `GET /_sandbox/records`, `GET /_sandbox/stats` (counters only),
 //! `POST /_sandbox/reset`, `GET|POST /_sandbox/faults`, `GET /_sandbox/health`.
@@ -43,9 +45,11 @@ mod linkedin;
 mod meta;
 mod microsoft_ads;
 mod outbrain;
+mod pinterest;
 mod platform;
 mod records;
 mod reddit;
+mod snapchat;
 mod taboola;
 mod tiktok;
 
@@ -127,6 +131,13 @@ pub struct SandboxConfig {
     /// Reddit conversion access token (bearer).
     pub reddit_access_token: Option<String>,
     /// Meta, TikTok, LinkedIn and Reddit dedup window (48 hours on both platforms).
+    /// Snapchat CAPI token (`access_token` query parameter or bearer header).
+    pub snapchat_access_token: Option<String>,
+    /// Pinterest conversion token (bearer header).
+    pub pinterest_access_token: Option<String>,
+    /// The Pinterest ad account the token may write to; `None` accepts any numeric id.
+    pub pinterest_ad_account_id: Option<String>,
+    /// Meta, TikTok, Snapchat and Pinterest dedup window (48 hours).
     pub dedup_window: Duration,
     /// Faults active from the start.
     pub faults: Faults,
@@ -147,6 +158,9 @@ impl Default for SandboxConfig {
             microsoft_refresh_token: None,
             linkedin_access_token: None,
             reddit_access_token: None,
+            snapchat_access_token: None,
+            pinterest_access_token: None,
+            pinterest_ad_account_id: None,
             dedup_window: Duration::from_secs(48 * 3600),
             faults: Faults::default(),
         }
@@ -336,6 +350,10 @@ pub(crate) struct SandboxState {
     pub(crate) linkedin: EventMemory,
     /// Reddit dedup memory (event type + action source + `conversion_id`).
     pub(crate) reddit: EventMemory,
+    /// Snapchat dedup memory.
+    pub(crate) snapchat: EventMemory,
+    /// Pinterest dedup memory.
+    pub(crate) pinterest: EventMemory,
 }
 
 impl Shared {
@@ -394,6 +412,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(taboola::routes())
         .merge(linkedin::routes())
         .merge(reddit::routes())
+        .merge(snapchat::routes())
+        .merge(pinterest::routes())
         .route("/_sandbox/health", get(|| async { "ok" }))
         .route("/_sandbox/records", get(get_records))
         .route("/_sandbox/stats", get(get_stats))
@@ -526,6 +546,83 @@ pub(crate) fn is_decimal_text(s: &str) -> bool {
         && !frac.is_empty()
         && whole.bytes().all(|b| b.is_ascii_digit())
         && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A hashed user field as its digests: one SHA-256 hex string or a non-empty array of them; `None`
+/// for anything else (a raw value, a number, an empty list).
+pub(crate) fn sha256_values(value: &serde_json::Value) -> Option<Vec<String>> {
+    let items = match value {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(serde_json::Value::as_str)
+            .collect::<Option<Vec<&str>>>()?,
+        _ => return None,
+    };
+    items
+        .into_iter()
+        .map(|s| is_sha256_hex(s).then(|| s.to_string()))
+        .collect()
+}
+
+/// The hashed and plain identifiers of a `user_data` object, by field name, for the records.
+pub(crate) fn user_fields(
+    user: Option<&serde_json::Map<String, serde_json::Value>>,
+    hashed_keys: &[&str],
+    plain_keys: &[&str],
+) -> (
+    std::collections::BTreeMap<String, Vec<String>>,
+    std::collections::BTreeMap<String, String>,
+) {
+    let (mut hashed, mut plain) = Default::default();
+    let Some(user) = user else {
+        return (hashed, plain);
+    };
+    for key in hashed_keys {
+        if let Some(values) = user.get(*key).and_then(sha256_values) {
+            hashed.insert(key.to_string(), values);
+        }
+    }
+    for key in plain_keys {
+        if let Some(v) = user.get(*key).and_then(serde_json::Value::as_str) {
+            plain.insert(key.to_string(), v.to_string());
+        }
+    }
+    (hashed, plain)
+}
+
+/// The record of one counted event in the shape Snapchat and Pinterest share (`event_name`,
+/// `event_id`, `event_time` in seconds, `action_source`, `user_data`, `custom_data` with `value`,
+/// `currency` and `order_id`, which is kept among the plain fields).
+pub(crate) fn capi_event(
+    ev: &serde_json::Map<String, serde_json::Value>,
+    now: DateTime<Utc>,
+    hashed_keys: &[&str],
+    plain_keys: &[&str],
+) -> AcceptedEvent {
+    use serde_json::Value;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let user = ev.get("user_data").and_then(Value::as_object);
+    let (hashed, mut plain) = user_fields(user, hashed_keys, plain_keys);
+    let custom = ev.get("custom_data");
+    if let Some(order_id) = text(custom.and_then(|c| c.get("order_id"))) {
+        plain.insert("order_id".into(), order_id);
+    }
+    AcceptedEvent {
+        event_name: text(ev.get("event_name")).unwrap_or_default(),
+        event_id: text(ev.get("event_id")),
+        event_time: ev
+            .get("event_time")
+            .and_then(Value::as_i64)
+            .unwrap_or_default(),
+        source: text(ev.get("action_source")).unwrap_or_default(),
+        hashed,
+        plain,
+        value: custom.and_then(|c| c.get("value")).and_then(as_number),
+        currency: text(custom.and_then(|c| c.get("currency"))),
+        test_event_code: None,
+        received_at: now,
+    }
 }
 
 /// Reads a JSON value as a number (a JSON number or a numeric string).

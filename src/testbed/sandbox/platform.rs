@@ -22,11 +22,15 @@ pub enum Platform {
     Linkedin,
     /// Reddit Conversions API v3.
     Reddit,
+    /// Snapchat Conversions API v3.
+    Snapchat,
+    /// Pinterest Conversions API (v5).
+    Pinterest,
 }
 
 impl Platform {
     /// Every emulated platform.
-    pub const ALL: [Platform; 9] = [
+    pub const ALL: [Platform; 11] = [
         Platform::Meta,
         Platform::GoogleAds,
         Platform::Tiktok,
@@ -36,5 +40,7 @@ impl Platform {
         Platform::Taboola,
         Platform::Linkedin,
         Platform::Reddit,
+        Platform::Snapchat,
+        Platform::Pinterest,
     ];
 }

@@ -33,6 +33,10 @@ pub struct Records {
     pub linkedin: EventRecords,
     /// Reddit Conversions API events (`event_id` is `metadata.conversion_id`).
     pub reddit: EventRecords,
+    /// Snapchat Conversions API v3.
+    pub snapchat: EventRecords,
+    /// Pinterest Conversions API.
+    pub pinterest: EventRecords,
 }
 
 impl Records {
@@ -48,6 +52,8 @@ impl Records {
             Platform::Taboola => &self.taboola.counters,
             Platform::Linkedin => &self.linkedin.counters,
             Platform::Reddit => &self.reddit.counters,
+            Platform::Snapchat => &self.snapchat.counters,
+            Platform::Pinterest => &self.pinterest.counters,
         }
     }
 
@@ -63,6 +69,8 @@ impl Records {
             Platform::Taboola => &mut self.taboola.counters,
             Platform::Linkedin => &mut self.linkedin.counters,
             Platform::Reddit => &mut self.reddit.counters,
+            Platform::Snapchat => &mut self.snapchat.counters,
+            Platform::Pinterest => &mut self.pinterest.counters,
         }
     }
 }
@@ -129,6 +137,10 @@ pub struct Stats {
     pub linkedin: Counters,
     /// Reddit Conversions API.
     pub reddit: Counters,
+    /// Snapchat Conversions API v3.
+    pub snapchat: Counters,
+    /// Pinterest Conversions API.
+    pub pinterest: Counters,
 }
 
 impl Stats {
@@ -144,6 +156,8 @@ impl Stats {
             taboola: records.taboola.counters,
             linkedin: records.linkedin.counters,
             reddit: records.reddit.counters,
+            snapchat: records.snapchat.counters,
+            pinterest: records.pinterest.counters,
         }
     }
 
@@ -159,17 +173,24 @@ impl Stats {
             Platform::Taboola => &self.taboola,
             Platform::Linkedin => &self.linkedin,
             Platform::Reddit => &self.reddit,
+            Platform::Snapchat => &self.snapchat,
+            Platform::Pinterest => &self.pinterest,
         }
     }
 }
 
 /// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit).
+/// Accepted events of an event platform (Meta, TikTok, Snapchat, Pinterest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRecords {
     /// Counters.
     pub counters: Counters,
     /// Every event the platform counted, in arrival order.
     pub events: Vec<AcceptedEvent>,
+    /// Valid events received in the platform's test mode (Snapchat `/events/validate`, Pinterest
+    /// `?test=true`): answered like real ones, never recorded or counted.
+    #[serde(default)]
+    pub tested: u64,
 }
 
 /// One event counted by Meta or TikTok.
@@ -373,7 +394,7 @@ impl SendLog {
     }
 }
 
-/// Dedup state of an event platform (Meta, TikTok, LinkedIn, Reddit).
+/// Dedup state of an event platform (Meta, TikTok, LinkedIn, Reddit, Snapchat, Pinterest).
 #[derive(Debug, Default)]
 pub(crate) struct EventMemory {
     /// Arrival-time dedup on name + event id.
@@ -411,6 +432,30 @@ impl EventMemory {
         }
         self.dedup.remember(key, now);
         counters.accepted += 1;
+        true
+    }
+
+    /// Passes one event of a valid request through the dedup on `key`, updating `counters`; true
+    /// when the platform counts it (never seen, or seen before the window).
+    pub(crate) fn admit(
+        &mut self,
+        key: String,
+        now: DateTime<Utc>,
+        window: Duration,
+        counters: &mut Counters,
+    ) -> bool {
+        if self.sends.note(&key) {
+            counters.duplicate_sends += 1;
+        }
+        match self.dedup.check(&key, now, window) {
+            Seen::WithinWindow => {
+                counters.deduplicated += 1;
+                return false;
+            }
+            Seen::New => counters.unique += 1,
+            Seen::OutsideWindow => {}
+        }
+        self.dedup.remember(key, now);
         true
     }
 }

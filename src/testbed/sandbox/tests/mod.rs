@@ -6,7 +6,9 @@ mod google_data_manager;
 mod linkedin;
 mod meta;
 mod outbrain;
+mod pinterest;
 mod reddit;
+mod snapchat;
 mod taboola;
 mod tiktok;
 

@@ -1,0 +1,435 @@
+//! Snapchat Conversions API v3: `POST {endpoint}/v3/{pixel_id}/events?access_token=…`
+//! (platforms-next.md §2).
+//!
+//! Up to 2,000 events a request, `event_time` in Unix **seconds**, hashed `user_data` under the
+//! `snap/pinterest` profile (phone digits without `+`), the Snap click id (`ScCid`) as `sc_click_id`.
+//! Snap answers per event, so one bad event fails alone and the others are sent. Dedup is Snap's: the
+//! row's event id is the `event_id` (and, on purchases, the `order_id`). Snap cannot retract: a refund
+//! of a sent conversion is skipped. Events older than 37 days are skipped before any request.
+//!
+//! `test_mode = true` sends to `/v3/{pixel_id}/events/validate` (Snap's test-events tool): the same
+//! checks and answers, nothing recorded, so accepted rows are `skipped` with `test_mode: …` rather
+//! than `sent`. The token travels in the query string, which the HTTP client
+//! never puts in an error message.
+//!
+//! Event names: a rule's event that already is a Snap name (`PURCHASE`, `SIGN_UP`, …) is sent as is;
+//! the usual Meta-style names map to Snap's (`Purchase` → `PURCHASE`, `Lead` → `SIGN_UP`, …); the
+//! `[rules.snapchat] event` override wins.
+//!
+//! `check`: `GET /v3/{pixel_id}/events/validate/stats`, a read of the test-event stats, proves the
+//! token and the pixel without recording anything.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{json, Map, Value};
+
+use super::batch::in_order;
+use super::event_fields;
+use super::health::unreachable;
+use super::http::{base_url, excerpt, http_client, is_retryable_status, Answer};
+use super::{
+    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
+    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+};
+use crate::config::{ApiConfig, DispatchConfig, Secret, SnapchatConfig};
+use crate::event::{Delivery, Kind};
+use crate::identity::MatchKey;
+use crate::platform::Platform;
+
+/// Production host.
+pub const DEFAULT_ENDPOINT: &str = "https://tr.snapchat.com";
+/// Events per request.
+pub const MAX_EVENTS: usize = 2_000;
+/// Oldest event Snap attributes, in days.
+pub const MAX_AGE_DAYS: i64 = 37;
+
+/// Snap's standard event names (the ones pgcapi's rules can produce).
+const SNAP_NAMES: &[&str] = &[
+    "PURCHASE",
+    "SIGN_UP",
+    "ADD_CART",
+    "START_CHECKOUT",
+    "ADD_BILLING",
+    "SUBSCRIBE",
+    "START_TRIAL",
+    "VIEW_CONTENT",
+    "PAGE_VIEW",
+    "SEARCH",
+    "ADD_TO_WISHLIST",
+    "SAVE",
+    "RESERVE",
+    "LOGIN",
+    "CUSTOM_EVENT_1",
+    "CUSTOM_EVENT_2",
+    "CUSTOM_EVENT_3",
+    "CUSTOM_EVENT_4",
+    "CUSTOM_EVENT_5",
+];
+
+/// Meta-style rule events and Snap's names for them.
+const NAME_MAP: &[(&str, &str)] = &[
+    ("Purchase", "PURCHASE"),
+    ("Lead", "SIGN_UP"),
+    ("CompleteRegistration", "SIGN_UP"),
+    ("AddToCart", "ADD_CART"),
+    ("InitiateCheckout", "START_CHECKOUT"),
+    ("AddPaymentInfo", "ADD_BILLING"),
+    ("Subscribe", "SUBSCRIBE"),
+    ("StartTrial", "START_TRIAL"),
+    ("ViewContent", "VIEW_CONTENT"),
+    ("PageView", "PAGE_VIEW"),
+    ("Search", "SEARCH"),
+    ("AddToWishlist", "ADD_TO_WISHLIST"),
+];
+
+/// The Snap event name of a row: the override, a Snap name, or the mapped Meta-style name.
+pub fn snap_event_name(d: &Delivery) -> Option<&'static str> {
+    let name = event_name(d)?.trim();
+    SNAP_NAMES
+        .iter()
+        .find(|n| **n == name)
+        .or_else(|| NAME_MAP.iter().find(|(m, _)| *m == name).map(|(_, s)| s))
+        .copied()
+}
+
+/// Snap's `user_data` field of a match key, and whether its value is a hash (sent as a list).
+fn user_field(key: MatchKey) -> Option<(&'static str, bool)> {
+    Some(match key {
+        MatchKey::Email => ("em", true),
+        MatchKey::Phone => ("ph", true),
+        MatchKey::FirstName => ("fn", true),
+        MatchKey::LastName => ("ln", true),
+        MatchKey::City => ("ct", true),
+        MatchKey::State => ("st", true),
+        MatchKey::Zip => ("zp", true),
+        MatchKey::Country => ("country", true),
+        MatchKey::Gender => ("ge", true),
+        MatchKey::ClientIp => ("client_ip_address", false),
+        MatchKey::UserAgent => ("client_user_agent", false),
+        MatchKey::ScClickId => ("sc_click_id", false),
+        _ => return None,
+    })
+}
+
+/// `action_source`: `WEB` for website events with a page URL (Snap requires one), `MOBILE_APP` for
+/// app events, `OFFLINE` for everything else (orders and deals recorded in a database).
+fn action_source(d: &Delivery) -> &'static str {
+    let url = d.payload.event_source_url.is_some();
+    match d.action_source.as_deref() {
+        Some("app") => "MOBILE_APP",
+        Some("website") | None if url => "WEB",
+        _ => "OFFLINE",
+    }
+}
+
+/// Builds one event, or the outcome that replaces sending it.
+pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
+    if d.kind != Kind::Conversion {
+        return Err(Outcome::skipped("platform cannot retract"));
+    }
+    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
+        return Err(Outcome::skipped(format!(
+            "too old for snapchat ({MAX_AGE_DAYS} days)"
+        )));
+    }
+    let Some(name) = snap_event_name(d) else {
+        return Err(Outcome::failed(
+            "snapchat: the rule's event has no Snap name: set [rules.snapchat] event (PURCHASE, SIGN_UP, …)",
+        ));
+    };
+    let user = event_fields::user_data(d, user_field);
+    let has = |k: &str| user.contains_key(k);
+    if !(has("em")
+        || has("ph")
+        || has("sc_click_id")
+        || has("client_ip_address") && has("client_user_agent"))
+    {
+        return Err(Outcome::skipped("no usable match key for snapchat"));
+    }
+    let mut event = Map::new();
+    event.insert("event_name".into(), json!(name));
+    event.insert("event_time".into(), json!(d.event_time.timestamp()));
+    event.insert("event_id".into(), json!(d.event_id));
+    let source = action_source(d);
+    event.insert("action_source".into(), json!(source));
+    if let Some(url) = d.payload.event_source_url.as_deref() {
+        event.insert("event_source_url".into(), json!(url));
+    }
+    event.insert("user_data".into(), Value::Object(user));
+    let mut custom = event_fields::custom_value(d, "snapchat", false)?;
+    if name == "PURCHASE" {
+        if !(custom.contains_key("value") && custom.contains_key("currency")) {
+            return Err(Outcome::failed(
+                "snapchat: a PURCHASE needs a value and a currency",
+            ));
+        }
+        // Snap's purchase dedup also looks at the transaction id.
+        custom.insert("order_id".into(), json!(d.event_id));
+    }
+    if !custom.is_empty() {
+        event.insert("custom_data".into(), Value::Object(custom));
+    }
+    Ok(Value::Object(event))
+}
+
+/// Spreads Snap's answer to a request carrying `rows` over those rows.
+///
+/// HTTP 200 carries one status per event by index (`VALID` sent, `INVALID` failed with Snap's reason).
+/// 401/403 wait for the operator; 429 and 5xx are retried; any other status fails the request's rows
+/// with Snap's reason (the encoder already checks what Snap checks, so this is a bug, not one event).
+pub fn classify(
+    status: reqwest::StatusCode,
+    retry_after: Option<std::time::Duration>,
+    body: &str,
+    rows: &[usize],
+) -> Vec<(usize, Outcome)> {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let reason = parsed
+        .as_ref()
+        .and_then(|v| v.get("reason"))
+        .and_then(Value::as_str)
+        .map_or_else(|| excerpt(body), str::to_string);
+    let all = |outcome: Outcome| rows.iter().map(|&i| (i, outcome.clone())).collect();
+    let message = format!("snapchat: HTTP {}: {reason}", status.as_u16());
+    if matches!(status.as_u16(), 401 | 403) {
+        let wait = retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR);
+        return all(Outcome::Retry {
+            error: message,
+            retry_after: Some(wait),
+        });
+    }
+    if is_retryable_status(status) {
+        return all(Outcome::Retry {
+            error: message,
+            retry_after,
+        });
+    }
+    if !status.is_success() {
+        return all(Outcome::failed(message));
+    }
+    let statuses = parsed
+        .as_ref()
+        .and_then(|v| v.get("events"))
+        .and_then(Value::as_array);
+    let Some(statuses) = statuses else {
+        // A 200 without per-event statuses: Snap took the request.
+        return all(Outcome::Sent { platform_ref: None });
+    };
+    let mut slots: Vec<Option<Outcome>> = vec![None; rows.len()];
+    for item in statuses {
+        let index = item.get("event").and_then(Value::as_u64);
+        let Some(slot) = index.and_then(|i| slots.get_mut(i as usize)) else {
+            continue;
+        };
+        *slot = Some(match item.get("status").and_then(Value::as_str) {
+            Some("VALID") => Outcome::Sent { platform_ref: None },
+            _ => {
+                let why = item.get("reason").and_then(Value::as_str);
+                Outcome::failed(format!("snapchat: {}", why.unwrap_or("INVALID")))
+            }
+        });
+    }
+    event_fields::spread(rows, slots, "snapchat")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+/// A Snap pixel and the CAPI token that may write to it.
+pub struct Snapchat {
+    /// The config name.
+    name: String,
+    /// `{endpoint}/v3/{pixel_id}`.
+    base: String,
+    /// The CAPI token (a query parameter on every call).
+    access_token: Secret,
+    /// Send to `/events/validate` instead of `/events`.
+    test_mode: bool,
+    /// Events per request.
+    max_batch: usize,
+    /// The HTTP client.
+    http: reqwest::Client,
+}
+
+impl Snapchat {
+    /// Builds the destination from its API keys and its settings.
+    pub fn new(
+        name: &str,
+        api: &ApiConfig,
+        config: &SnapchatConfig,
+        dispatch: &DispatchConfig,
+    ) -> Result<Snapchat, DestinationError> {
+        let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
+        Ok(Snapchat {
+            name: name.to_string(),
+            base: format!("{base}/v3/{}", config.pixel_id),
+            access_token: config.access_token.clone(),
+            test_mode: config.test_mode,
+            max_batch: batch_size(api, MAX_EVENTS),
+            http: http_client(name, dispatch)?,
+        })
+    }
+
+    /// The events URL (without the token): `/events`, or `/events/validate` in test mode.
+    fn events_url(&self) -> String {
+        let suffix = if self.test_mode { "/validate" } else { "" };
+        format!("{}/events{suffix}", self.base)
+    }
+
+    /// Reads the test-event stats of the pixel: proves the token and the pixel id, records nothing.
+    async fn check(&self) -> Health {
+        let url = format!("{}/events/validate/stats", self.base);
+        let response = self
+            .http
+            .get(url)
+            .query(&[("access_token", self.access_token.expose())])
+            .send()
+            .await;
+        let answer = match response {
+            Ok(r) => Answer::read(r).await,
+            Err(e) => return Health::fail(unreachable(&self.base, e)),
+        };
+        if answer.status.is_success() {
+            let mode = if self.test_mode { ", test_mode on" } else { "" };
+            Health::pass(format!(
+                "token and pixel accepted (read the test-event stats, nothing recorded{mode})"
+            ))
+        } else {
+            let reason = answer.json()["reason"].as_str().map(str::to_string);
+            let reason = reason.unwrap_or_else(|| excerpt(&answer.text));
+            Health::fail(format!(
+                "snapchat: HTTP {}: {reason}",
+                answer.status.as_u16()
+            ))
+        }
+    }
+}
+
+impl Destination for Snapchat {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn platform(&self) -> Platform {
+        Platform::Snapchat
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
+        Box::pin(async move {
+            let plan = self.plan(batch, Utc::now());
+            let token = [("access_token", self.access_token.expose())];
+            let request = |r: &super::Request| self.http.post(&r.url).query(&token);
+            let sent =
+                event_fields::send_plan(&self.name, "snapchat", &plan, request, classify).await;
+            let sent = event_fields::tested_only(sent, self.test_mode, "snapchat");
+            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
+        })
+    }
+
+    fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
+        event_fields::plan(batch, now, &self.events_url(), encode_event)
+    }
+
+    fn healthcheck<'a>(&'a self, _probe: &'a Probe<'a>) -> HealthFuture<'a> {
+        Box::pin(async move { vec![self.check().await] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destinations::test_support::{h, purchase, t0};
+    use reqwest::StatusCode;
+
+    #[test]
+    fn a_website_purchase_becomes_snap_s_event_in_seconds() {
+        let mut d = purchase(7, t0());
+        d.payload
+            .keys
+            .insert(MatchKey::ScClickId, "5e6f-click".into());
+        let event = encode_event(&d, t0()).unwrap();
+        assert_eq!(event["event_name"], "PURCHASE");
+        assert_eq!(event["event_time"], json!(t0().timestamp()));
+        assert_eq!(event["event_time"].to_string().len(), 10);
+        assert_eq!(event["action_source"], "WEB");
+        assert_eq!(event["event_id"], "order-7");
+        assert_eq!(event["user_data"]["em"], json!([h('a')]));
+        assert_eq!(event["user_data"]["ph"], json!([h('b')]));
+        assert_eq!(event["user_data"]["sc_click_id"], "5e6f-click");
+        assert_eq!(event["user_data"]["client_ip_address"], "203.0.113.7");
+        assert!(event["user_data"].get("gclid").is_none());
+        assert_eq!(event["custom_data"]["value"], json!(49.9));
+        assert_eq!(event["custom_data"]["currency"], "EUR");
+        assert_eq!(event["custom_data"]["order_id"], "order-7");
+    }
+
+    #[test]
+    fn refunds_old_events_and_anonymous_rows_are_not_sent() {
+        let mut refund = purchase(1, t0());
+        refund.kind = Kind::Retraction;
+        assert_eq!(
+            encode_event(&refund, t0()),
+            Err(Outcome::skipped("platform cannot retract"))
+        );
+        let old = purchase(2, t0() - TimeDelta::days(38));
+        assert_eq!(
+            encode_event(&old, t0()),
+            Err(Outcome::skipped("too old for snapchat (37 days)"))
+        );
+        let mut anonymous = purchase(3, t0());
+        anonymous.payload.keys.clear();
+        assert_eq!(
+            encode_event(&anonymous, t0()),
+            Err(Outcome::skipped("no usable match key for snapchat"))
+        );
+        let mut unnamed = purchase(4, t0());
+        unnamed.event_name = Some("Refund".into());
+        assert!(matches!(
+            encode_event(&unnamed, t0()),
+            Err(Outcome::Failed { .. })
+        ));
+        unnamed.payload.platform_event = Some("CUSTOM_EVENT_1".into());
+        assert_eq!(
+            encode_event(&unnamed, t0()).unwrap()["event_name"],
+            "CUSTOM_EVENT_1"
+        );
+    }
+
+    #[test]
+    fn a_row_without_a_page_is_an_offline_event() {
+        let mut d = purchase(5, t0());
+        d.payload.event_source_url = None;
+        assert_eq!(encode_event(&d, t0()).unwrap()["action_source"], "OFFLINE");
+    }
+
+    #[test]
+    fn snap_s_answer_is_spread_per_event() {
+        let body = json!({"status": "INVALID", "events": [
+            {"status": "VALID", "event": 0},
+            {"status": "INVALID", "event": 1, "reason": "custom_data.currency must be an upper-case ISO 4217 code"},
+        ]})
+        .to_string();
+        let out = classify(StatusCode::OK, None, &body, &[3, 5, 8]);
+        assert_eq!(out[0], (3, Outcome::Sent { platform_ref: None }));
+        assert_eq!(
+            out[1],
+            (
+                5,
+                Outcome::failed(
+                    "snapchat: custom_data.currency must be an upper-case ISO 4217 code"
+                )
+            )
+        );
+        assert!(matches!(out[2], (8, Outcome::Retry { .. })));
+        let denied = classify(StatusCode::UNAUTHORIZED, None, "{}", &[1]);
+        assert!(
+            matches!(&denied[0].1, Outcome::Retry { retry_after: Some(d), .. } if *d >= OPERATOR_RETRY_FLOOR)
+        );
+        let busy = classify(StatusCode::TOO_MANY_REQUESTS, None, "{}", &[1]);
+        assert!(matches!(busy[0].1, Outcome::Retry { .. }));
+    }
+}
