@@ -22,9 +22,9 @@ pub use destination::{
 };
 pub use env::expand;
 pub use rule::{
-    EventNameRuleConfig, EventRuleConfig, GoogleRuleConfig, LinkedinRuleConfig, MetaRuleConfig,
-    MicrosoftRuleConfig, OnDelete, RedditRuleConfig, RuleConfig, Scalar, Template, TemplatePart,
-    TiktokRuleConfig, WhenValue, EXTRA_MATCH_NAMES,
+    EventNameRuleConfig, GoogleRuleConfig, LinkedinRuleConfig, MetaRuleConfig, MicrosoftRuleConfig,
+    OnDelete, RedditRuleConfig, RuleConfig, Scalar, Template, TemplatePart, TiktokRuleConfig,
+    WhenValue, EXTRA_MATCH_NAMES,
 };
 pub use sections::{
     CaptureConfig, Defaults, DispatchConfig, MetricsConfig, RetentionConfig, SourceConfig,

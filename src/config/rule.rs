@@ -114,13 +114,17 @@ pub struct RuleConfig {
     #[serde(default)]
     pub taboola: EventNameRuleConfig,
     /// LinkedIn-specific settings.
+    #[serde(default)]
     pub linkedin: LinkedinRuleConfig,
     /// Reddit-specific settings.
+    #[serde(default)]
     pub reddit: RedditRuleConfig,
     /// Snapchat-specific settings.
-    pub snapchat: EventRuleConfig,
+    #[serde(default)]
+    pub snapchat: EventNameRuleConfig,
     /// Pinterest-specific settings.
-    pub pinterest: EventRuleConfig,
+    #[serde(default)]
+    pub pinterest: EventNameRuleConfig,
     /// The rule whose conversions this rule retracts (refunds).
     #[serde(default)]
     pub retracts: Option<String>,
@@ -178,14 +182,6 @@ pub struct TiktokRuleConfig {
     pub event: Option<String>,
 }
 
-/// `[rules.snapchat]` and `[rules.pinterest]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct EventRuleConfig {
-    /// The platform's event name (`PURCHASE`, `checkout`, ...) when the rule's `event` maps to none.
-    #[serde(default)]
-    pub event: Option<String>,
-}
-
 /// `[rules.microsoft]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct MicrosoftRuleConfig {
@@ -194,11 +190,13 @@ pub struct MicrosoftRuleConfig {
     pub conversion_name: Option<String>,
 }
 
-/// `[rules.outbrain]`, `[rules.taboola]`.
+/// `[rules.outbrain]`, `[rules.taboola]`, `[rules.snapchat]`, `[rules.pinterest]`: the event name the
+/// platform knows the conversion by.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct EventNameRuleConfig {
-    /// The event name exactly as defined in the platform (case-sensitive: Outbrain's event-based
-    /// conversion name, Taboola's conversion rule Event Name); defaults to the rule's `event`.
+    /// The event name exactly as the platform knows it (case-sensitive: Outbrain's event-based
+    /// conversion name, Taboola's conversion rule Event Name, Snap's `PURCHASE`, Pinterest's
+    /// `checkout`); by default the rule's `event`, mapped where the platform has standard names.
     #[serde(default)]
     pub event: Option<String>,
 }
