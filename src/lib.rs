@@ -7,9 +7,19 @@
 //!  (slot)                 protocol   pgoutput   match,     normalize,   control    claim,       meta,
 //!                         framing,   messages,  consent,   hash         table +    batch,       google_ads,
 //!                         feedback   values     events                  slot LSN   send, record google_data_manager,
-//!                                                                                               microsoft_ads, tiktok
+//!                                                                                               microsoft_ads, tiktok,
+//!                                                                                               snapchat, pinterest,
+//!                                                                                               linkedin, reddit,
+//!                                                                                               outbrain, taboola
 //! ```
 //!
+//! Imports go one way, leaf → vocabulary → plumbing → stages → workers → ops → surface
+//! (`tests/cases/architecture.rs` enforces it; README "Development" has the table).
+//!
+//! - [`platform`], [`event`], [`report`], [`lsn`]: the shared vocabulary (platforms, the events capture
+//!   writes and dispatch sends, text tables, WAL positions).
+//! - [`config`]: the TOML, validated: one typed config per platform under `config/destination/`.
+//! - [`pg`]: every SQL connection, conninfo and TLS, catalog and slot reads, how server errors read.
 //! - [`source`]: our replication connection (startup, auth, TLS, CopyBoth, status updates).
 //! - [`decode`]: pure pgoutput v1 decoder and text-value parsing by column type.
 //! - [`rules`]: a row change → conversion or retraction events.
@@ -20,7 +30,8 @@
 //!   change it cannot apply leaves dispatch running (`capture_state` says why).
 //! - [`dispatch`]: per-destination workers that claim, send and record control-table rows (worker,
 //!   round, adjustments, retry).
-//! - [`destinations`]: one module per platform: request building and response classification.
+//! - [`destinations`]: one module per platform behind the `Destination` trait (`send`, `plan`,
+//!   `healthcheck`); shared HTTP (`http`) and batch (`batch`) helpers.
 //! - [`pipeline`]: `pgcapi run` assembled: metrics server, capture, dispatch or dry run, retention.
 //! - [`cli`]: parses the command line, one file per command; prints and chooses the exit code.
 //! - [`ops`]: operating a deployment: `setup`, `check`, `status`, `repair` (retry, replay),
@@ -35,6 +46,7 @@
 //!   every long-running task (and [`shutdown::every`] for periodic ones).
 //! - [`units`]: human durations, sizes and timestamps.
 //! - [`bench`]: `pgcapi bench`, throughput, latency and memory against `pg_recvlogical`.
+//! - [`demo`]: `pgcapi demo`, the contract end to end on a throwaway cluster and the sandbox.
 
 pub mod bench;
 pub mod capture;
