@@ -2,6 +2,7 @@
 //! delivering offline conversions, retractions and restatements to the sandbox's Microsoft module.
 
 use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb, SHOP_SQL};
+use crate::support::{deliveries as rows, settled};
 use chrono::Utc;
 use pgcapi::testbed::sandbox::{Sandbox, SandboxHandle};
 use tokio_postgres::Client;
@@ -116,30 +117,6 @@ async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
         env,
         path,
     }
-}
-
-/// The (state, last_error) of each row of `kind`, by event id.
-async fn rows(client: &Client, kind: &str) -> Vec<(String, String, Option<String>)> {
-    client
-        .query(
-            "select event_id, state, last_error from pgcapi.deliveries where kind = $1 order by event_id",
-            &[&kind],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-}
-
-async fn settled(client: &Client, kind: &str, n: i64) {
-    let sql = format!(
-        "select count(*) from pgcapi.deliveries where kind = '{kind}' and state <> 'pending'"
-    );
-    wait_for(30, &format!("{n} {kind} rows to settle"), || async {
-        (count(client, &sql).await == n).then_some(())
-    })
-    .await;
 }
 
 const CLICK: &str = "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1c0";

@@ -1,7 +1,8 @@
 //! Outbrain and Taboola end to end: `pgcapi run` on a real PostgreSQL delivering paid orders to the
 //! sandbox's Outbrain postback and Taboola bulk endpoint by their click ids alone.
 
-use crate::support::{count, spawn_run, wait_for, KillOnDrop, Shop};
+use crate::support::settled;
+use crate::support::{count, spawn_run, KillOnDrop, Shop};
 use tokio_postgres::Client;
 
 /// Both destinations and the order rules; the sandbox stands in for both hosts.
@@ -88,17 +89,6 @@ async fn rows(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
-}
-
-/// Waits until `n` rows of `kind` (over both destinations) are no longer pending.
-async fn settled(client: &Client, kind: &str, n: i64) {
-    let sql = format!(
-        "select count(*) from pgcapi.deliveries where kind = '{kind}' and state <> 'pending'"
-    );
-    wait_for(60, &format!("{n} {kind} rows to settle"), || async {
-        (count(client, &sql).await == n).then_some(())
-    })
-    .await;
 }
 
 /// The state and error of the row of `event_id` in `rows`.

@@ -5,7 +5,8 @@
 //! event in a batch fails alone (both answer per event), a refund of a sent conversion is skipped
 //! ("platform cannot retract"), and after `kill -9` mid-delivery the sandbox counts every order once.
 
-use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb, SHOP_SQL};
+use crate::support::{config_from, count, spawn_run, KillOnDrop, TestDb, SHOP_SQL};
+use crate::support::{deliveries as rows, settled};
 use pgcapi::testbed::sandbox::{AcceptedEvent, Counters, Faults, Sandbox, SandboxHandle};
 use tokio_postgres::Client;
 
@@ -157,31 +158,6 @@ async fn start(spec: Spec, dispatch_extra: &str) -> Setup {
         env,
         path,
     }
-}
-
-/// (event id, state, last_error) of each row of `kind`.
-async fn rows(client: &Client, kind: &str) -> Vec<(String, String, Option<String>)> {
-    client
-        .query(
-            "select event_id, state, last_error from pgcapi.deliveries where kind = $1 order by event_id",
-            &[&kind],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect()
-}
-
-/// Waits until `n` rows of `kind` are no longer pending.
-async fn settled(client: &Client, kind: &str, n: i64) {
-    let sql = format!(
-        "select count(*) from pgcapi.deliveries where kind = '{kind}' and state <> 'pending'"
-    );
-    wait_for(30, &format!("{n} {kind} rows to settle"), || async {
-        (count(client, &sql).await == n).then_some(())
-    })
-    .await;
 }
 
 /// Hashes equal to the profile's vectors, one bad event failing alone, a refund skipped.
