@@ -765,10 +765,12 @@ async fn restart_postgres(db: &TestDb, supervisor: &Mutex<Supervisor>) -> Durati
     wait_for_slot(&url, &mut s, since, true, "before the restart").await;
     let pid = s.child.as_ref().unwrap().id();
     let started = Instant::now();
+    // Taken before the restart: pgcapi may reconnect before `pg_ctl restart` returns (pg_ctl polls),
+    // and every backend that outlives the restart started after this instant.
+    let restarting_at = Utc::now();
     tokio::task::block_in_place(|| db.cluster.restart_with_mode("fast"))
         .unwrap_or_else(|e| panic!("pg_ctl restart -m fast: {e}"));
-    let restarted_at = Utc::now();
-    wait_for_slot(&url, &mut s, restarted_at, false, "after the restart").await;
+    wait_for_slot(&url, &mut s, restarting_at, false, "after the restart").await;
     let back = started.elapsed();
     let alive = s.child.as_mut().unwrap().try_wait().unwrap().is_none();
     assert!(
