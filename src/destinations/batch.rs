@@ -232,13 +232,23 @@ pub enum BatchAnswer {
     },
     /// Rejected, possibly because of one event: bisect to find it. Alone, the event failed.
     Rejected(String),
+    /// No event is to blame and an operator must act first: every row stays pending
+    /// ([`Outcome::NeedsOperator`]).
+    NeedsOperator {
+        /// What the operator must fix.
+        error: String,
+        /// The delay the platform asked for, if any.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl BatchAnswer {
     /// The answer's error words (`Sent` has none: the caller expected a refusal).
     pub fn error(self) -> String {
         match self {
-            BatchAnswer::Retry { error, .. } | BatchAnswer::Rejected(error) => error,
+            BatchAnswer::Retry { error, .. }
+            | BatchAnswer::NeedsOperator { error, .. }
+            | BatchAnswer::Rejected(error) => error,
             BatchAnswer::Sent(_) => "no error".into(),
         }
     }
@@ -249,6 +259,9 @@ impl BatchAnswer {
             BatchAnswer::Sent(platform_ref) => Outcome::Sent { platform_ref },
             BatchAnswer::Retry { error, retry_after } => Outcome::Retry { error, retry_after },
             BatchAnswer::Rejected(error) => Outcome::Failed { error },
+            BatchAnswer::NeedsOperator { error, retry_after } => {
+                Outcome::NeedsOperator { error, retry_after }
+            }
         }
     }
 }
@@ -314,7 +327,9 @@ pub(crate) fn observe_request(
     let outcome = match answer {
         BatchAnswer::Sent(_) => crate::metrics::RequestOutcome::Accepted,
         BatchAnswer::Rejected(_) => crate::metrics::RequestOutcome::Rejected,
-        BatchAnswer::Retry { .. } => crate::metrics::RequestOutcome::Retry,
+        BatchAnswer::Retry { .. } | BatchAnswer::NeedsOperator { .. } => {
+            crate::metrics::RequestOutcome::Retry
+        }
     };
     crate::metrics::dispatch_request(destination, outcome, started.elapsed());
 }

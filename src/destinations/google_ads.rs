@@ -758,7 +758,7 @@ fn worst(a: Outcome, b: Outcome) -> Outcome {
     fn rank(o: &Outcome) -> u8 {
         match o {
             Outcome::Failed { .. } => 3,
-            Outcome::Retry { .. } => 2,
+            Outcome::Retry { .. } | Outcome::NeedsOperator { .. } => 2,
             Outcome::Skipped { .. } => 1,
             Outcome::Sent { .. } => 0,
         }

@@ -656,7 +656,8 @@ impl GoogleDataManager {
                 .await;
             let answer = match response {
                 Err(e) => match transport_error("google data manager", e) {
-                    BatchAnswer::Retry { error, retry_after } => {
+                    BatchAnswer::Retry { error, retry_after }
+                    | BatchAnswer::NeedsOperator { error, retry_after } => {
                         IngestAnswer::Retry { error, retry_after }
                     }
                     BatchAnswer::Rejected(error) => IngestAnswer::Retry {

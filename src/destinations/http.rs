@@ -125,14 +125,7 @@ pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Durat
 /// A retry held back for an operator (credentials, permissions, a switched-off API version): hammering
 /// the platform helps nobody, but the rows stay pending so that fixing the config loses nothing.
 pub(crate) fn operator_retry(error: String, retry_after: Option<Duration>) -> BatchAnswer {
-    BatchAnswer::Retry {
-        error,
-        retry_after: Some(
-            retry_after
-                .unwrap_or_default()
-                .max(super::OPERATOR_RETRY_FLOOR),
-        ),
-    }
+    BatchAnswer::NeedsOperator { error, retry_after }
 }
 
 /// True for HTTP statuses worth retrying: 408, 429 and 5xx.

@@ -103,6 +103,15 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// Nothing can be sent until an operator acts: credentials, permissions, a refused account or
+    /// request setting, a switched-off API version. No event is to blame, so the row stays pending;
+    /// `dispatch/retry` decides how long to hold it back (at least its operator floor).
+    NeedsOperator {
+        /// What the operator must fix, in the platform's words.
+        error: String,
+        /// A delay the platform asked for on top, if any.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl Outcome {
@@ -123,6 +132,14 @@ impl Outcome {
     /// A retry without a platform-given delay.
     pub fn retry(error: impl Into<String>) -> Outcome {
         Outcome::Retry {
+            error: error.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A wait for an operator, without a platform-given delay.
+    pub fn needs_operator(error: impl Into<String>) -> Outcome {
+        Outcome::NeedsOperator {
             error: error.into(),
             retry_after: None,
         }

@@ -294,7 +294,9 @@ impl Pinterest {
             Outcome::Sent { .. } => Health::pass(
                 "token and ad account accepted (one test event with test=true, nothing recorded)",
             ),
-            Outcome::Failed { error } | Outcome::Retry { error, .. } => Health::fail(error),
+            Outcome::Failed { error }
+            | Outcome::Retry { error, .. }
+            | Outcome::NeedsOperator { error, .. } => Health::fail(error),
             Outcome::Skipped { reason } => Health::fail(format!("pinterest: {reason}")),
         }
     }

@@ -3,14 +3,15 @@
 //! - **Sent, failed, skipped** are recorded as they are (an attempt counts for sent and failed).
 //! - **Retry** goes back to pending after [`backoff`]: exponential from `dispatch.retry_initial_ms`,
 //!   capped at `dispatch.retry_max_ms`, with full jitter, and never shorter than the delay the
-//!   destination gave: the platform's `Retry-After`, or [`OPERATOR_RETRY_FLOOR`] when an operator
-//!   must act first (credentials, permissions, a quota), which the destinations set today.
+//!   destination gave: the platform's `Retry-After`.
+//! - **Needs an operator** (credentials, permissions, a refused setting) is a retry held back at least
+//!   [`OPERATOR_RETRY_FLOOR`]: the destinations only say that an operator must act, this module says
+//!   how long that means.
 //! - **Give-up**: a retry (or a wait) of a row queued more than `dispatch.give_up_after_secs` ago is
 //!   recorded as failed, "gave up after N s". The record statement decides it ([`Outbox::record`]),
 //!   by the control database's clock at the moment the outcome is written, so that one clock judges
 //!   every row whichever process sent it.
 //!
-//! [`OPERATOR_RETRY_FLOOR`]: crate::destinations::OPERATOR_RETRY_FLOOR
 //! [`Outbox::record`]: crate::outbox::Outbox::record
 
 use crate::config::DispatchConfig;
@@ -19,6 +20,12 @@ use crate::event::Delivery;
 use crate::outbox::{Record, Recorded};
 use rand::Rng;
 use std::time::Duration;
+
+/// How long to wait at least before retrying after an error no event is to blame for (authentication,
+/// permissions, a refused account or request setting): it needs an operator, so hammering the platform
+/// helps nobody, but the rows stay pending (until `give_up_after_secs`) so that fixing the config loses
+/// nothing.
+pub const OPERATOR_RETRY_FLOOR: Duration = Duration::from_secs(60);
 
 /// The record of one sent row's outcome.
 pub(super) fn record(config: &DispatchConfig, d: &Delivery, outcome: Outcome) -> Record {
@@ -33,7 +40,17 @@ pub(super) fn record(config: &DispatchConfig, d: &Delivery, outcome: Outcome) ->
             delay: backoff(config, d.attempts, retry_after),
             ..Record::new(d.id, Recorded::Retry, Some(error), 1)
         },
+        Outcome::NeedsOperator { error, retry_after } => Record {
+            delay: backoff(config, d.attempts, Some(operator_delay(retry_after))),
+            ..Record::new(d.id, Recorded::Retry, Some(error), 1)
+        },
     }
+}
+
+/// How long a row waiting for an operator is held back at least: the platform's delay, and never
+/// less than [`OPERATOR_RETRY_FLOOR`].
+pub fn operator_delay(retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)
 }
 
 /// How the platform answered a batch, as the worker's outage detection needs it.
@@ -60,6 +77,11 @@ impl Answers {
                     None => self.backed_off.push(id),
                     Some(after) => self.retry_after = self.retry_after.max(Some(*after)),
                 }
+            }
+            Outcome::NeedsOperator { retry_after, .. } => {
+                self.unanswered = true;
+                let after = operator_delay(*retry_after);
+                self.retry_after = self.retry_after.max(Some(after));
             }
             Outcome::Failed { .. } | Outcome::Skipped { .. } => {}
         }
@@ -174,17 +196,21 @@ mod tests {
         );
         assert_eq!((plain.state, plain.attempted), (Recorded::Retry, 1));
         assert!(plain.delay <= Duration::from_millis(1_000));
-        // The operator floor a destination sets for a problem only an operator can fix.
-        let floor = crate::destinations::OPERATOR_RETRY_FLOOR;
-        let operator = record(
-            &c,
-            &row(0),
-            Outcome::Retry {
-                error: "token expired".into(),
-                retry_after: Some(floor),
-            },
-        );
-        assert_eq!(operator.delay, floor);
+        // A problem only an operator can fix waits at least the floor, or longer if the platform asks.
+        let operator = record(&c, &row(0), Outcome::needs_operator("token expired"));
+        assert_eq!(operator.delay, OPERATOR_RETRY_FLOOR);
+        assert_eq!(operator.state, Recorded::Retry);
+        assert_eq!(operator.attempted, 1);
+        let longer = Duration::from_secs(600);
+        let asked = Outcome::NeedsOperator {
+            error: "quota".into(),
+            retry_after: Some(longer),
+        };
+        assert_eq!(record(&c, &row(0), asked).delay, longer);
+        let mut answers = Answers::default();
+        answers.observe(7, &Outcome::needs_operator("permission denied"));
+        assert!(answers.unanswered && !answers.answered);
+        assert_eq!(answers.retry_after, Some(OPERATOR_RETRY_FLOOR));
     }
 
     #[test]

@@ -253,6 +253,7 @@ fn render(
             Outcome::Skipped { reason } => ("skipped", reason.as_str()),
             Outcome::Failed { error } => ("failed", error.as_str()),
             Outcome::Retry { error, .. } => ("retry", error.as_str()),
+            Outcome::NeedsOperator { error, .. } => ("needs an operator", error.as_str()),
             Outcome::Sent { .. } => ("sent", ""),
         };
         not_sent.push(json!({

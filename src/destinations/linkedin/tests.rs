@@ -129,7 +129,7 @@ fn a_switched_off_version_is_one_operator_error_naming_the_key() {
         2,
         ("li", "202401"),
     );
-    let Reply::Whole(BatchAnswer::Retry { error, retry_after }) = answer else {
+    let Reply::Whole(BatchAnswer::NeedsOperator { error, retry_after }) = answer else {
         panic!("{answer:?}");
     };
     assert!(
@@ -140,11 +140,11 @@ fn a_switched_off_version_is_one_operator_error_naming_the_key() {
         error.contains("set api_version in destinations.li"),
         "{error}"
     );
-    assert_eq!(retry_after, Some(crate::destinations::OPERATOR_RETRY_FLOOR));
+    assert_eq!(retry_after, None);
     let unauthorized = classify(StatusCode::UNAUTHORIZED, None, "{}", 1, ("li", "202611"));
     assert!(matches!(
         unauthorized,
-        Reply::Whole(BatchAnswer::Retry { retry_after: Some(d), .. }) if d >= crate::destinations::OPERATOR_RETRY_FLOOR
+        Reply::Whole(BatchAnswer::NeedsOperator { .. })
     ));
     let server = classify(StatusCode::BAD_GATEWAY, None, "", 1, ("li", "202611"));
     assert!(matches!(

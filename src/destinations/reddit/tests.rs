@@ -119,8 +119,5 @@ fn answers_are_classified_for_bisection_retry_or_the_operator() {
         None,
         r#"{"message":"Missing adsconversions scope"}"#,
     );
-    assert!(matches!(
-        forbidden,
-        BatchAnswer::Retry { retry_after: Some(d), .. } if d >= crate::destinations::OPERATOR_RETRY_FLOOR
-    ));
+    assert!(matches!(forbidden, BatchAnswer::NeedsOperator { .. }));
 }
