@@ -93,6 +93,24 @@ pub(super) struct Verdict {
     pub(super) sent_then_refunded: usize,
 }
 
+/// The row of `(rule, dest, id)`, if the control table holds one.
+fn row<'a>(
+    rows: &'a HashMap<RowKey, ControlRow>,
+    rule: &str,
+    dest: &str,
+    id: &str,
+) -> Option<&'a ControlRow> {
+    rows.get(&(rule.to_string(), dest.to_string(), id.to_string()))
+}
+
+/// What the model implies the control table holds: how many rows, and how many failed rows per (rule,
+/// reason) of changes that cannot become events.
+#[derive(Default)]
+struct Implied {
+    rows: usize,
+    invalid: HashMap<(&'static str, &'static str), usize>,
+}
+
 impl Verdict {
     pub(super) fn check(
         workload: &Workload,
@@ -101,97 +119,124 @@ impl Verdict {
     ) -> Verdict {
         let counted = Counted::from(records);
         let mut v = Verdict::default();
-        let mut expected_rows = 0usize;
-        let mut invalid_rows: HashMap<(&str, &str), usize> = HashMap::new();
-        let get = |rule: &str, dest: &str, id: &str| {
-            rows.get(&(rule.to_string(), dest.to_string(), id.to_string()))
-        };
-
+        let mut implied = Implied::default();
         for o in &workload.orders {
             let id = o.event_id();
             for dest in ORDER_DESTINATIONS {
-                let conv = get("order_paid", dest, &id);
-                let retr = get("order_refunded", dest, &id);
-                let times = counted.times(dest, &id);
-                let what = format!("order {id} at {dest} ({:?})", o.kind);
-                match o.kind {
-                    OrderKind::Paid | OrderKind::PaidLargeUserAgent => {
-                        v.expect_sent(&what, conv, times)
-                    }
-                    OrderKind::PaidNoUserAgent if dest == "meta" => {
-                        v.expect(&what, conv, "failed", "client_user_agent", times)
-                    }
-                    OrderKind::PaidNoUserAgent => v.expect_sent(&what, conv, times),
-                    OrderKind::RefundedSoon
-                    | OrderKind::RefundedLater
-                    | OrderKind::PaidRefundedOneTx => {
-                        v.expect_refunded(&what, dest, conv, retr, times, &counted, &id)
-                    }
-                    OrderKind::ConsentDenied
-                    | OrderKind::ConsentUnknown
-                    | OrderKind::DeniedThenRefunded => {
-                        v.expect(&what, conv, "skipped", "no consent", times)
-                    }
-                    OrderKind::NoMatchKey => {
-                        v.expect(&what, conv, "skipped", "no match keys", times)
-                    }
-                    OrderKind::BadCurrency | OrderKind::BadValue | OrderKind::RefundedUnpaid => {
-                        v.expect_absent(&what, conv, times)
-                    }
-                }
-                if o.kind == OrderKind::DeniedThenRefunded {
-                    v.expect(
-                        &format!("{what} retraction"),
-                        retr,
-                        "skipped",
-                        "the conversion was skipped, not sent: nothing to retract",
-                        0,
-                    );
-                } else if o.kind == OrderKind::RefundedUnpaid {
-                    v.expect(
-                        &format!("{what} retraction"),
-                        retr,
-                        "skipped",
-                        "no conversion to retract",
-                        0,
-                    );
-                } else if !o.kind.refunded() && retr.is_some() {
-                    v.problems
-                        .push(format!("{what}: a retraction row exists without a refund"));
-                }
-                if o.kind.invalid() {
-                    *invalid_rows
-                        .entry((
-                            "order_paid",
-                            if o.kind == OrderKind::BadCurrency {
-                                "currency"
-                            } else {
-                                "column \"total\": invalid numeric value"
-                            },
-                        ))
-                        .or_default() += 1;
-                }
-                expected_rows += usize::from(o.kind.paid()) + usize::from(o.kind.refunded());
+                v.check_order_at(o, &id, dest, rows, &counted, &mut implied);
             }
-            if o.kind == OrderKind::RefundedSoon
-                || o.kind == OrderKind::RefundedLater
-                || o.kind == OrderKind::PaidRefundedOneTx
-            {
-                let google = get("order_refunded", "google", &id).map(|r| r.state.as_str());
-                let retracted = counted.retractions.get(&id).copied().unwrap_or(0);
-                let expected = usize::from(google == Some("sent"));
-                if retracted != expected {
-                    v.problems.push(format!(
-                        "order {id}: Google recorded {retracted} retraction(s), expected {expected}"
-                    ));
-                }
-            } else if counted.retractions.contains_key(&id) {
-                v.problems
-                    .push(format!("order {id}: Google retraction without a refund"));
+            v.check_google_retractions(o, &id, rows, &counted);
+        }
+        v.check_large_user_agents(workload, records);
+        for l in &workload.leads {
+            let id = l.event_id();
+            for dest in LEAD_DESTINATIONS {
+                v.check_lead_at(l, &id, dest, rows, &counted, &mut implied);
             }
         }
+        v.check_totals(rows, &counted, &implied);
+        v
+    }
 
-        // The user agents read back reached Meta and TikTok exactly as stored.
+    /// One order at one destination: its conversion and retraction rows, and what the platform counted.
+    fn check_order_at(
+        &mut self,
+        o: &Order,
+        id: &str,
+        dest: &str,
+        rows: &HashMap<RowKey, ControlRow>,
+        counted: &Counted,
+        implied: &mut Implied,
+    ) {
+        let v = self;
+        let conv = row(rows, "order_paid", dest, id);
+        let retr = row(rows, "order_refunded", dest, id);
+        let times = counted.times(dest, id);
+        let what = format!("order {id} at {dest} ({:?})", o.kind);
+        match o.kind {
+            OrderKind::Paid | OrderKind::PaidLargeUserAgent => v.expect_sent(&what, conv, times),
+            OrderKind::PaidNoUserAgent if dest == "meta" => {
+                v.expect(&what, conv, "failed", "client_user_agent", times)
+            }
+            OrderKind::PaidNoUserAgent => v.expect_sent(&what, conv, times),
+            OrderKind::RefundedSoon | OrderKind::RefundedLater | OrderKind::PaidRefundedOneTx => {
+                v.expect_refunded(&what, dest, conv, retr, times, counted, id)
+            }
+            OrderKind::ConsentDenied
+            | OrderKind::ConsentUnknown
+            | OrderKind::DeniedThenRefunded => {
+                v.expect(&what, conv, "skipped", "no consent", times)
+            }
+            OrderKind::NoMatchKey => v.expect(&what, conv, "skipped", "no match keys", times),
+            OrderKind::BadCurrency | OrderKind::BadValue | OrderKind::RefundedUnpaid => {
+                v.expect_absent(&what, conv, times)
+            }
+        }
+        if o.kind == OrderKind::DeniedThenRefunded {
+            v.expect(
+                &format!("{what} retraction"),
+                retr,
+                "skipped",
+                "the conversion was skipped, not sent: nothing to retract",
+                0,
+            );
+        } else if o.kind == OrderKind::RefundedUnpaid {
+            v.expect(
+                &format!("{what} retraction"),
+                retr,
+                "skipped",
+                "no conversion to retract",
+                0,
+            );
+        } else if !o.kind.refunded() && retr.is_some() {
+            v.problems
+                .push(format!("{what}: a retraction row exists without a refund"));
+        }
+        if o.kind.invalid() {
+            *implied
+                .invalid
+                .entry((
+                    "order_paid",
+                    if o.kind == OrderKind::BadCurrency {
+                        "currency"
+                    } else {
+                        "column \"total\": invalid numeric value"
+                    },
+                ))
+                .or_default() += 1;
+        }
+        implied.rows += usize::from(o.kind.paid()) + usize::from(o.kind.refunded());
+    }
+
+    /// Google recorded one retraction of a refunded order exactly when its retraction row was sent, and
+    /// none of any other order.
+    fn check_google_retractions(
+        &mut self,
+        o: &Order,
+        id: &str,
+        rows: &HashMap<RowKey, ControlRow>,
+        counted: &Counted,
+    ) {
+        if o.kind == OrderKind::RefundedSoon
+            || o.kind == OrderKind::RefundedLater
+            || o.kind == OrderKind::PaidRefundedOneTx
+        {
+            let google = row(rows, "order_refunded", "google", id).map(|r| r.state.as_str());
+            let retracted = counted.retractions.get(id).copied().unwrap_or(0);
+            let expected = usize::from(google == Some("sent"));
+            if retracted != expected {
+                self.problems.push(format!(
+                    "order {id}: Google recorded {retracted} retraction(s), expected {expected}"
+                ));
+            }
+        } else if counted.retractions.contains_key(id) {
+            self.problems
+                .push(format!("order {id}: Google retraction without a refund"));
+        }
+    }
+
+    /// The user agents read back reached Meta and TikTok exactly as stored.
+    fn check_large_user_agents(&mut self, workload: &Workload, records: &Records) {
         let large: HashMap<String, &str> = workload
             .orders
             .iter()
@@ -207,54 +252,70 @@ impl Verdict {
                     continue;
                 };
                 if e.plain.get(field).map(String::as_str) != Some(*expected) {
-                    v.problems.push(format!(
+                    self.problems.push(format!(
                         "{dest} {:?}: {field} is not the stored (TOASTed) user agent",
                         e.event_id
                     ));
                 }
             }
         }
+    }
 
-        for l in &workload.leads {
-            let id = l.event_id();
-            for dest in LEAD_DESTINATIONS {
-                let conv = get("deal_won", dest, &id);
-                let times = counted.times(dest, &id);
-                let what = format!("lead {id} at {dest} ({:?})", l.kind);
-                match l.kind {
-                    LeadKind::Won => v.expect_sent(&what, conv, times),
-                    LeadKind::WonNoValue if dest == "meta" => {
-                        v.expect(&what, conv, "failed", "custom_data.value", times)
-                    }
-                    LeadKind::WonNoValue => v.expect_sent(&what, conv, times),
-                    LeadKind::WonDenied | LeadKind::WonUnknownConsent => {
-                        v.expect(&what, conv, "skipped", "no consent", times)
-                    }
-                    LeadKind::WonNoMatchKey => {
-                        v.expect(&what, conv, "skipped", "no match keys", times)
-                    }
-                    LeadKind::WonBadCurrency | LeadKind::WonBadValue | LeadKind::Lost => {
-                        v.expect_absent(&what, conv, times)
-                    }
-                }
-                if l.kind.invalid() {
-                    *invalid_rows
-                        .entry((
-                            "deal_won",
-                            if l.kind == LeadKind::WonBadCurrency {
-                                "currency"
-                            } else {
-                                "column \"deal_value\": invalid numeric value"
-                            },
-                        ))
-                        .or_default() += 1;
-                }
-                expected_rows += usize::from(l.kind != LeadKind::Lost);
+    /// One lead at one destination: its conversion row, and what the platform counted.
+    fn check_lead_at(
+        &mut self,
+        l: &Lead,
+        id: &str,
+        dest: &str,
+        rows: &HashMap<RowKey, ControlRow>,
+        counted: &Counted,
+        implied: &mut Implied,
+    ) {
+        let v = self;
+        let conv = row(rows, "deal_won", dest, id);
+        let times = counted.times(dest, id);
+        let what = format!("lead {id} at {dest} ({:?})", l.kind);
+        match l.kind {
+            LeadKind::Won => v.expect_sent(&what, conv, times),
+            LeadKind::WonNoValue if dest == "meta" => {
+                v.expect(&what, conv, "failed", "custom_data.value", times)
+            }
+            LeadKind::WonNoValue => v.expect_sent(&what, conv, times),
+            LeadKind::WonDenied | LeadKind::WonUnknownConsent => {
+                v.expect(&what, conv, "skipped", "no consent", times)
+            }
+            LeadKind::WonNoMatchKey => v.expect(&what, conv, "skipped", "no match keys", times),
+            LeadKind::WonBadCurrency | LeadKind::WonBadValue | LeadKind::Lost => {
+                v.expect_absent(&what, conv, times)
             }
         }
+        if l.kind.invalid() {
+            *implied
+                .invalid
+                .entry((
+                    "deal_won",
+                    if l.kind == LeadKind::WonBadCurrency {
+                        "currency"
+                    } else {
+                        "column \"deal_value\": invalid numeric value"
+                    },
+                ))
+                .or_default() += 1;
+        }
+        implied.rows += usize::from(l.kind != LeadKind::Lost);
+    }
 
+    /// The control table as a whole: the failed rows of invalid changes, its size, and that everything
+    /// the platforms counted is recorded as sent.
+    fn check_totals(
+        &mut self,
+        rows: &HashMap<RowKey, ControlRow>,
+        counted: &Counted,
+        implied: &Implied,
+    ) {
+        let v = self;
         // Rows of changes that cannot become events: failed, visible, with the reason.
-        for ((rule, reason), expected) in &invalid_rows {
+        for ((rule, reason), expected) in &implied.invalid {
             let found = rows
                 .iter()
                 .filter(|((r, _, id), row)| {
@@ -271,6 +332,7 @@ impl Verdict {
             }
         }
         // Nothing more and nothing less in the control table.
+        let expected_rows = implied.rows;
         if rows.len() != expected_rows {
             v.problems.push(format!(
                 "control table holds {} rows, the workload implies {expected_rows}",
@@ -285,7 +347,7 @@ impl Verdict {
             } else {
                 "order_paid"
             };
-            match get(rule, dest, id) {
+            match row(rows, rule, dest, id) {
                 Some(row) if row.state == "sent" => {}
                 other => v.problems.push(format!(
                     "{dest} counted {id} {times} time(s), but the control table says {:?}",
@@ -299,7 +361,6 @@ impl Verdict {
                 counted.other_adjustments
             ));
         }
-        v
     }
 
     pub(super) fn expect(
