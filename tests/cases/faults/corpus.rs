@@ -67,22 +67,113 @@ event = "CompletePayment"
 /// One corpus row: column name → value (absent columns are NULL).
 pub(super) type CorpusRow = Vec<(&'static str, Option<String>)>;
 
+/// A row every rule accepts, with the id `r`.
+fn good(r: &str) -> CorpusRow {
+    vec![
+        ("ref", Some(r.to_string())),
+        ("email", Some(format!("{r}@example.com"))),
+        ("ua", Some("Mozilla/5.0 corpus".into())),
+        ("amount", Some("10.00".into())),
+        ("consent", Some("granted".into())),
+    ]
+}
+
+/// [`good`] with `col` set to `value`.
+fn with(r: &str, col: &'static str, value: Option<String>) -> CorpusRow {
+    let mut row = good(r);
+    row.retain(|(c, _)| *c != col);
+    row.push((col, value));
+    row
+}
+
+/// One row a value, `col` set to it, with the ids `{prefix}-{i}`.
+fn each(rows: &mut Vec<CorpusRow>, prefix: &str, col: &'static str, values: &[&str]) {
+    for (i, value) in values.iter().enumerate() {
+        rows.push(with(&format!("{prefix}-{i}"), col, Some(value.to_string())));
+    }
+}
+
+/// Text that looks like other encodings, control and invisible characters.
+const ENCODINGS: &[&str] = &[
+    "Ã©Ã¨Ã ",
+    "\u{FFFD}\u{FFFD}",
+    "\\xff\\xfe\\x00",
+    "caf\u{0065}\u{0301}",
+    "\u{202E}evil\u{202C}",
+    "zero\u{200B}width",
+    "\u{1}\u{2}\u{7f}",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀",
+    "Ð¿Ñ€Ð¸Ð²ÐµÑ‚",
+    "'; drop table sales; --",
+];
+
+/// Emails of every broken shape.
+const EMAILS: &[&str] = &[
+    "",
+    " ",
+    "@",
+    "a@",
+    "@b.com",
+    "a@b",
+    "a@@b.com",
+    "a b@c.com",
+    "a@b..com",
+    ".a@b.com",
+    "a@b.c",
+    "mailto:a@b.com",
+    "\"q\"@x.com",
+    "a@[127.0.0.1]",
+    "ÜNÏCØDÉ@exämple.com",
+    "<a@b.com>",
+    "a@b.com, c@d.com",
+    "a@b.com\n",
+];
+
+/// Phones of every broken shape.
+const PHONES: &[&str] = &[
+    "",
+    "+",
+    "0",
+    "000",
+    "abc",
+    "+1 (650) 555-12",
+    "++16505551212",
+    "1111111111111111111111111111111111111111",
+    "+999 123",
+    "☎ 650 555 1212",
+    "６５０５５５１２１２",
+    "+44 20 7946 0958 ext. 12",
+    "650-555-1212 or 650-555-1213",
+    "+1-650-555-1212;ext=9",
+    "tel:+16505551212",
+    "-1",
+    "1e10",
+];
+
+/// Non-numeric and odd values in the text column mapped to `value`.
+const AMOUNTS: &[&str] = &[
+    "abc",
+    "12,50",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "",
+    " ",
+    "$10",
+    "10 USD",
+    "0x10",
+    "1_000",
+    "½",
+    "١٠",
+    "  42  ",
+    "-5",
+    "0",
+    "1e-9",
+    "99999999999999999999999999",
+];
+
 pub(super) fn corpus() -> Vec<CorpusRow> {
-    let good = |r: &str| -> CorpusRow {
-        vec![
-            ("ref", Some(r.to_string())),
-            ("email", Some(format!("{r}@example.com"))),
-            ("ua", Some("Mozilla/5.0 corpus".into())),
-            ("amount", Some("10.00".into())),
-            ("consent", Some("granted".into())),
-        ]
-    };
-    let with = |r: &str, col: &'static str, value: Option<String>| -> CorpusRow {
-        let mut row = good(r);
-        row.retain(|(c, _)| *c != col);
-        row.push((col, value));
-        row
-    };
     // NULLs everywhere, and empty or blank ids.
     let mut rows: Vec<CorpusRow> = vec![
         vec![],
@@ -93,22 +184,7 @@ pub(super) fn corpus() -> Vec<CorpusRow> {
         with("null-amount", "amount", None),
         with("null-currency", "currency", None),
     ];
-    // Text that looks like other encodings, control and invisible characters.
-    for (i, text) in [
-        "Ã©Ã¨Ã ",
-        "\u{FFFD}\u{FFFD}",
-        "\\xff\\xfe\\x00",
-        "caf\u{0065}\u{0301}",
-        "\u{202E}evil\u{202C}",
-        "zero\u{200B}width",
-        "\u{1}\u{2}\u{7f}",
-        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀",
-        "Ð¿Ñ€Ð¸Ð²ÐµÑ‚",
-        "'; drop table sales; --",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, text) in ENCODINGS.iter().enumerate() {
         let mut row = good(&format!("enc-{i}"));
         for col in ["first_name", "last_name", "city", "zip", "country"] {
             row.push((col, Some(text.to_string())));
@@ -130,125 +206,25 @@ pub(super) fn corpus() -> Vec<CorpusRow> {
             Some("yes".into()),
         ));
     }
-    // Emails of every broken shape.
-    for (i, email) in [
-        "",
-        " ",
-        "@",
-        "a@",
-        "@b.com",
-        "a@b",
-        "a@@b.com",
-        "a b@c.com",
-        "a@b..com",
-        ".a@b.com",
-        "a@b.c",
-        "mailto:a@b.com",
-        "\"q\"@x.com",
-        "a@[127.0.0.1]",
-        "ÜNÏCØDÉ@exämple.com",
-        "<a@b.com>",
-        "a@b.com, c@d.com",
-        "a@b.com\n",
-    ]
-    .iter()
-    .enumerate()
-    {
-        rows.push(with(
-            &format!("email-{i}"),
-            "email",
-            Some(email.to_string()),
-        ));
-    }
+    each(&mut rows, "email", "email", EMAILS);
     rows.push(with(
         "email-long",
         "email",
         Some(format!("{}@example.com", "x".repeat(5_000))),
     ));
-    // Phones of every broken shape.
-    for (i, phone) in [
-        "",
-        "+",
-        "0",
-        "000",
-        "abc",
-        "+1 (650) 555-12",
-        "++16505551212",
-        &"1".repeat(40),
-        "+999 123",
-        "☎ 650 555 1212",
-        "６５０５５５１２１２",
-        "+44 20 7946 0958 ext. 12",
-        "650-555-1212 or 650-555-1213",
-        "+1-650-555-1212;ext=9",
-        "tel:+16505551212",
-        "-1",
-        "1e10",
-    ]
-    .iter()
-    .enumerate()
-    {
-        rows.push(with(
-            &format!("phone-{i}"),
-            "phone",
-            Some(phone.to_string()),
-        ));
-    }
-    // Non-numeric and odd values in the text column mapped to `value`.
-    for (i, amount) in [
-        "abc",
-        "12,50",
-        "NaN",
-        "Infinity",
-        "-Infinity",
-        "1e400",
-        "",
-        " ",
-        "$10",
-        "10 USD",
-        "0x10",
-        "1_000",
-        "½",
-        "١٠",
-        "  42  ",
-        "-5",
-        "0",
-        "1e-9",
-        "99999999999999999999999999",
-    ]
-    .iter()
-    .enumerate()
-    {
-        rows.push(with(
-            &format!("amount-{i}"),
-            "amount",
-            Some(amount.to_string()),
-        ));
-    }
+    each(&mut rows, "phone", "phone", PHONES);
+    each(&mut rows, "amount", "amount", AMOUNTS);
     // Currencies, consent values, IPs and user agents that are not what they should be.
-    for (i, currency) in ["usd", "US", "EURO", "€€€", "", "12", " eur "]
-        .iter()
-        .enumerate()
-    {
-        rows.push(with(
-            &format!("currency-{i}"),
-            "currency",
-            Some(currency.to_string()),
-        ));
-    }
-    for (i, consent) in ["", "TRUE", "nope", "grantedx", "✓"].iter().enumerate() {
-        rows.push(with(
-            &format!("consent-{i}"),
-            "consent",
-            Some(consent.to_string()),
-        ));
-    }
-    for (i, ip) in ["999.1.1.1", "::g", "localhost", "203.0.113.7/24", ""]
-        .iter()
-        .enumerate()
-    {
-        rows.push(with(&format!("ip-{i}"), "ip", Some(ip.to_string())));
-    }
+    let currencies = ["usd", "US", "EURO", "€€€", "", "12", " eur "];
+    each(&mut rows, "currency", "currency", &currencies);
+    each(
+        &mut rows,
+        "consent",
+        "consent",
+        &["", "TRUE", "nope", "grantedx", "✓"],
+    );
+    let ips = ["999.1.1.1", "::g", "localhost", "203.0.113.7/24", ""];
+    each(&mut rows, "ip", "ip", &ips);
     // Huge values.
     rows.push(with("huge-ua", "ua", Some("U".repeat(200_000))));
     rows.push(with("huge-name", "first_name", Some("N".repeat(1_000_000))));

@@ -6,6 +6,7 @@ use chrono::Utc;
 use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::testbed::sandbox::Sandbox;
 use std::time::Duration;
+use tokio_postgres::Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_never_crashes_and_is_never_lost() {
@@ -28,6 +29,38 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
 
     // WHEN every corpus row is inserted as a finished sale, one transaction each and some together.
     let rows = corpus();
+    insert(&client, &rows).await;
+
+    // THEN every row ends with one row per destination, none pending, and the process is still up.
+    let expected = (rows.len() * 3) as i64;
+    settle_or_explain(&client, &mut supervisor, expected).await;
+    supervisor.stop();
+    assert_eq!(
+        count(&client, "select count(*) from pgcapi.deliveries").await,
+        expected,
+        "one control row per corpus row and destination"
+    );
+    failed_rows_say_why(&client).await;
+    no_raw_identifier_stored(&client).await;
+    // What the platforms counted is exactly what the control table says was sent.
+    let records = sandbox.records();
+    let counted = Counted::from(&records);
+    let sent = count(
+        &client,
+        "select count(*) from pgcapi.deliveries where state = 'sent'",
+    )
+    .await;
+    assert_eq!(counted.items.values().sum::<usize>() as i64, sent);
+    eprintln!(
+        "malformed corpus: {} rows -> {} control rows: {}",
+        rows.len(),
+        expected,
+        states(&client).await.join(" ")
+    );
+}
+
+/// Inserts every corpus row as a finished sale, one transaction each (a third without `sold_at`).
+async fn insert(client: &Client, rows: &[CorpusRow]) {
     for (i, row) in rows.iter().enumerate() {
         let mut columns = vec!["status".to_string(), "sold_at".to_string()];
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
@@ -52,14 +85,17 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
             .await
             .unwrap_or_else(|e| panic!("corpus row {i}: {e}"));
     }
+}
 
-    // THEN every row ends with one row per destination, none pending, and the process is still up.
-    let expected = (rows.len() * 3) as i64;
+/// Waits up to 120 s for every row to be recorded and settled; checks that `pgcapi run` never exited,
+/// and on a timeout panics with the rows still pending and the log.
+async fn settle_or_explain(client: &Client, supervisor: &mut Supervisor, expected: i64) {
     let outcome = tokio::time::timeout(
         Duration::from_secs(120),
-        wait_for(120, "every corpus row to be recorded and settled", || {
-            let client = &client;
-            async move {
+        wait_for(
+            120,
+            "every corpus row to be recorded and settled",
+            || async move {
                 let total = count(client, "select count(*) from pgcapi.deliveries").await;
                 let pending = count(
                     client,
@@ -67,8 +103,8 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
                 )
                 .await;
                 (total >= expected && pending == 0).then_some(())
-            }
-        }),
+            },
+        ),
     )
     .await;
     supervisor.check_alive();
@@ -101,20 +137,18 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
             .collect::<Vec<_>>();
         panic!(
             "not settled: {} control rows of {expected}; pending:\n{}\npgcapi log:\n{log}",
-            count(&client, "select count(*) from pgcapi.deliveries").await,
+            count(client, "select count(*) from pgcapi.deliveries").await,
             left.join("\n")
         );
     }
-    supervisor.stop();
-    assert_eq!(
-        count(&client, "select count(*) from pgcapi.deliveries").await,
-        expected,
-        "one control row per corpus row and destination"
-    );
+}
+
+/// Every row that was not sent says why, and the reasons are the expected ones, each row on its own.
+async fn failed_rows_say_why(client: &Client) {
     // Every row that was not sent says why.
     assert_eq!(
         count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where state <> 'sent' and coalesce(last_error, '') = ''"
         )
         .await,
@@ -142,7 +176,7 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
     ] {
         assert_eq!(
             count(
-                &client,
+                client,
                 &format!(
                     "select count(*) from pgcapi.deliveries where state = 'failed' \
                      and last_error like '%{reason}%'"
@@ -155,18 +189,21 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
     }
     assert_eq!(
         count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where event_id = 'sale-null-consent' \
              and state = 'skipped' and last_error = 'no consent'"
         )
         .await,
         3
     );
-    // No raw identifier reached the control table (user agents travel unhashed, as the platforms want).
+}
+
+/// No raw identifier reached the control table (user agents travel unhashed, as the platforms want).
+async fn no_raw_identifier_stored(client: &Client) {
     for raw in ["xxxxxxxxxx@example.com", "NNNNNNNNNN", "650 555"] {
         assert_eq!(
             count(
-                &client,
+                client,
                 &format!(
                     "select count(*) from pgcapi.deliveries where payload::text like '%{raw}%' \
                      or coalesce(last_error, '') like '%{raw}%'"
@@ -177,16 +214,11 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
             "{raw:?} in the control table"
         );
     }
-    // What the platforms counted is exactly what the control table says was sent.
-    let records = sandbox.records();
-    let counted = Counted::from(&records);
-    let sent = count(
-        &client,
-        "select count(*) from pgcapi.deliveries where state = 'sent'",
-    )
-    .await;
-    assert_eq!(counted.items.values().sum::<usize>() as i64, sent);
-    let states = client
+}
+
+/// The control table's row count per destination and state, as `destination/state=n` words.
+async fn states(client: &Client) -> Vec<String> {
+    client
         .query(
             "select destination, state, count(*) from pgcapi.deliveries group by 1, 2 order by 1, 2",
             &[],
@@ -202,11 +234,5 @@ async fn malformed_input_never_crashes_and_is_never_lost() {
                 r.get::<_, i64>(2)
             )
         })
-        .collect::<Vec<_>>();
-    eprintln!(
-        "malformed corpus: {} rows -> {} control rows: {}",
-        rows.len(),
-        expected,
-        states.join(" ")
-    );
+        .collect::<Vec<_>>()
 }
