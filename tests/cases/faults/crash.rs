@@ -3,9 +3,12 @@
 use crate::support::{
     config_from, connect_url, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
 };
+use pgcapi::config::Config;
 use pgcapi::ops::setup::{setup, SetupOptions};
 use pgcapi::testbed::sandbox::Sandbox;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
 
 /// A destination that sends, then never answers: the process "dies" after the platform got the batch
 /// and before the outcome is recorded.
@@ -32,6 +35,50 @@ impl pgcapi::destinations::Destination for SendThenHang {
     }
 }
 
+/// Capture running on a shop database, with every destination at `endpoint`.
+struct Capturing {
+    db: TestDb,
+    client: Client,
+    config: Config,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<Result<(), pgcapi::capture::CaptureError>>,
+}
+
+impl Capturing {
+    async fn start(endpoint: &str) -> Capturing {
+        let db = TestDb::start().await;
+        let client = db.connect().await;
+        client.batch_execute(SHOP_SQL).await.unwrap();
+        let config = config_from(CONTRACT_TOML, &contract_env(&db.url(), endpoint));
+        setup(&config, SetupOptions::default()).await.unwrap();
+        let capture = pgcapi::capture::Capture::new(Arc::new(config.clone())).unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { capture.run(stop_rx).await });
+        Capturing {
+            db,
+            client,
+            config,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until the control table holds `n` rows.
+    async fn wait_rows(&self, what: &str, n: i64) {
+        let client = &self.client;
+        wait_for(30, what, || async move {
+            (count(client, "select count(*) from pgcapi.deliveries").await == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops capture, which must end without an error.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+    }
+}
+
 /// Found by the suite: a conversion whose batch reached Google just before a `kill -9` (so no outcome
 /// was recorded: attempts 0, the dead process's lease left behind) was cancelled by the refund that
 /// came next as if it had never been sent, and Google kept counting the refunded order.
@@ -41,14 +88,8 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
     let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SHOP_SQL).await.unwrap();
-    let config = config_from(CONTRACT_TOML, &contract_env(&db.url(), &sandbox.base_url()));
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let capture = pgcapi::capture::Capture::new(Arc::new(config.clone())).unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+    let capturing = Capturing::start(&sandbox.base_url()).await;
+    let client = &capturing.client;
     client
         .batch_execute(
             "insert into orders (order_number, email, user_agent, total, status, ad_consent, paid_at)
@@ -56,28 +97,15 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
         )
         .await
         .unwrap();
-    let rows = |sql: &'static str, n: i64| {
-        let client = &client;
-        move || async move { (count(client, sql).await == n).then_some(()) }
-    };
-    wait_for(
-        30,
-        "the conversions",
-        rows("select count(*) from pgcapi.deliveries", 3),
-    )
-    .await;
+    capturing.wait_rows("the conversions", 3).await;
 
     // AND a pgcapi whose Google batch reached the platform, then died before recording the outcome.
     let google = || {
+        let config = &capturing.config;
         pgcapi::destinations::build("google", &config.destinations["google"], &config.dispatch)
             .unwrap()
     };
-    let dying = pgcapi::dispatch::Dispatcher::new(
-        connect_url(&db.url()).await,
-        "pgcapi",
-        config.dispatch.clone(),
-        vec![Box::new(SendThenHang(google()))],
-    );
+    let dying = dispatcher(&capturing, Box::new(SendThenHang(google()))).await;
     let round = tokio::spawn(async move { dying.run_once().await });
     wait_for(30, "Google to count the conversion", || async {
         (sandbox.records().google_ads.conversions.len() == 1).then_some(())
@@ -98,20 +126,10 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
         .batch_execute("update orders set status = 'refunded' where order_number = 'c1'")
         .await
         .unwrap();
-    wait_for(
-        30,
-        "the retractions",
-        rows("select count(*) from pgcapi.deliveries", 6),
-    )
-    .await;
-    let live = pgcapi::dispatch::Dispatcher::new(
-        connect_url(&db.url()).await,
-        "pgcapi",
-        config.dispatch.clone(),
-        vec![google()],
-    );
+    capturing.wait_rows("the retractions", 6).await;
+    let live = dispatcher(&capturing, google()).await;
     wait_for(30, "Google's rows to settle", || {
-        let (client, live) = (&client, &live);
+        let live = &live;
         async move {
             live.run_once().await.unwrap();
             (count(
@@ -126,17 +144,7 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
     .await;
 
     // THEN Google's conversion is recorded as sent, and retracted there.
-    let google_rows: Vec<(String, String, String)> = client
-        .query(
-            "select kind, state, coalesce(last_error, '') from pgcapi.deliveries
-             where destination = 'google' order by kind",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let google_rows = google_rows(client).await;
     assert_eq!(
         google_rows
             .iter()
@@ -152,8 +160,35 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
         records.google_ads.adjustments[0].order_id.as_deref(),
         Some("order-c1")
     );
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    capturing.stop().await;
+}
+
+/// A dispatcher of its own connection for the one destination `google`.
+async fn dispatcher(
+    capturing: &Capturing,
+    google: Box<dyn pgcapi::destinations::Destination>,
+) -> pgcapi::dispatch::Dispatcher {
+    pgcapi::dispatch::Dispatcher::new(
+        connect_url(&capturing.db.url()).await,
+        "pgcapi",
+        capturing.config.dispatch.clone(),
+        vec![google],
+    )
+}
+
+/// Google's control-table rows: (kind, state, last error), by kind.
+async fn google_rows(client: &Client) -> Vec<(String, String, String)> {
+    client
+        .query(
+            "select kind, state, coalesce(last_error, '') from pgcapi.deliveries
+             where destination = 'google' order by kind",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
 }
 
 /// Found by the suite: when PostgreSQL restarted (fast shutdown) while capture was writing, the control
@@ -162,63 +197,33 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
 /// again and again while orders flow: capture must reconnect every time and lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_reconnects_when_its_control_connection_is_terminated() {
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SHOP_SQL).await.unwrap();
-    let config = config_from(
-        CONTRACT_TOML,
-        &contract_env(&db.url(), "http://127.0.0.1:9"),
-    );
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let capture = pgcapi::capture::Capture::new(Arc::new(config)).unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+    let capturing = Capturing::start("http://127.0.0.1:9").await;
+    let client = &capturing.client;
 
     // WHEN orders are paid in many small transactions while capture's control connection is
     // terminated again and again, each time once capture is busy writing again.
-    let writer = db.connect().await;
+    let writer = capturing.db.connect().await;
     let writer_pid: i32 = writer
         .query_one("select pg_backend_pid()", &[])
         .await
         .unwrap()
         .get(0);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let inserts = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut n: i64 = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                writer
-                    .execute(
-                        "insert into orders (order_number, email, user_agent, total, status,
-                                             ad_consent, paid_at)
-                         values ($1, 'a@example.com', 'ua', 10, 'paid', true, now())",
-                        &[&format!("t{n}")],
-                    )
-                    .await
-                    .unwrap();
-                n += 1;
-            }
-            n
-        })
-    };
+    let inserts = pay_orders_until(writer, done.clone());
     let control_backends = "select pid from pg_stat_activity
          where datname = current_database() and pid not in (pg_backend_pid(), $1)
            and backend_type = 'client backend'";
     for round in 0..4 {
-        let before = count(&client, "select count(*) from pgcapi.deliveries").await;
-        wait_for(30, "capture to reconnect and write", || {
-            let client = &client;
-            async move {
-                let connected = !client
-                    .query(control_backends, &[&writer_pid])
-                    .await
-                    .unwrap()
-                    .is_empty();
-                let writing =
-                    count(client, "select count(*) from pgcapi.deliveries").await > before + 30;
-                (connected && writing).then_some(())
-            }
+        let before = count(client, "select count(*) from pgcapi.deliveries").await;
+        wait_for(30, "capture to reconnect and write", || async move {
+            let connected = !client
+                .query(control_backends, &[&writer_pid])
+                .await
+                .unwrap()
+                .is_empty();
+            let writing =
+                count(client, "select count(*) from pgcapi.deliveries").await > before + 30;
+            (connected && writing).then_some(())
         })
         .await;
         client
@@ -229,7 +234,7 @@ async fn capture_reconnects_when_its_control_connection_is_terminated() {
             .await
             .unwrap();
         assert!(
-            !task.is_finished(),
+            !capturing.task.is_finished(),
             "capture stopped after {round} terminations"
         );
     }
@@ -237,15 +242,30 @@ async fn capture_reconnects_when_its_control_connection_is_terminated() {
     let orders = inserts.await.unwrap();
 
     // THEN capture is still running and recorded every order.
-    wait_for(60, "every order", || {
-        let client = &client;
-        async move {
-            (count(client, "select count(*) from pgcapi.deliveries").await == orders * 3)
-                .then_some(())
-        }
+    wait_for(60, "every order", || async move {
+        (count(client, "select count(*) from pgcapi.deliveries").await == orders * 3).then_some(())
     })
     .await;
-    assert!(!task.is_finished(), "capture stopped");
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    assert!(!capturing.task.is_finished(), "capture stopped");
+    capturing.stop().await;
+}
+
+/// Pays a new order at a time on `writer` until `done`; the task returns how many.
+fn pay_orders_until(writer: Client, done: Arc<std::sync::atomic::AtomicBool>) -> JoinHandle<i64> {
+    tokio::spawn(async move {
+        let mut n: i64 = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            writer
+                .execute(
+                    "insert into orders (order_number, email, user_agent, total, status,
+                                         ad_consent, paid_at)
+                     values ($1, 'a@example.com', 'ua', 10, 'paid', true, now())",
+                    &[&format!("t{n}")],
+                )
+                .await
+                .unwrap();
+            n += 1;
+        }
+        n
+    })
 }
