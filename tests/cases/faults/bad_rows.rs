@@ -1,68 +1,42 @@
 //! Rows no platform can take (an over-long or empty event id, a NaN total, an infinite time) fail alone.
 
 use super::*;
-use crate::support::{config_from, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL};
-use pgcapi::ops::setup::{setup, SetupOptions};
-use std::sync::Arc;
+use crate::support::{count, CONTRACT_TOML, SHOP_SQL};
 
 /// Found by the corpus: an event id too long for the control table's unique index stopped capture for
 /// good (every restart failed on the same insert). Now that row fails, visibly, and capture goes on.
 #[tokio::test]
 async fn an_event_id_too_long_to_index_fails_its_row_and_capture_goes_on() {
     // GIVEN capture running on a rule over the text table.
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SALES_SQL).await.unwrap();
-    let config = config_from(
-        &corpus_config(),
-        &contract_env(&db.url(), "http://127.0.0.1:9"),
-    );
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let capture = pgcapi::capture::Capture::new(Arc::new(config)).unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+    let capturing = Capturing::start(SALES_SQL, &corpus_config(), "http://127.0.0.1:9").await;
+    let client = &capturing.client;
 
     // WHEN a sale with a 4,000-character (incompressible) reference is done, then a normal one.
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let huge: String = (0..4_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect();
+    let huge = noise(0x2545_F491_4F6C_DD1D, 4_000);
     let done = "insert into sales (ref, email, ua, amount, consent, status)
                 values ($1, 'a@example.com', 'ua', '10', 'granted', 'done')";
     client.execute(done, &[&huge]).await.unwrap();
     client.execute(done, &[&"after-huge"]).await.unwrap();
 
     // THEN the normal sale is recorded, the long one is failed with a reason, and capture still runs.
-    wait_for(30, "the sale after the long one", || {
-        let client = &client;
-        async move {
-            (count(
-                client,
-                "select count(*) from pgcapi.deliveries where event_id = 'sale-after-huge'",
-            )
-            .await
-                == 3)
-                .then_some(())
-        }
-    })
-    .await;
+    capturing
+        .wait_count(
+            "the sale after the long one",
+            "select count(*) from pgcapi.deliveries where event_id = 'sale-after-huge'",
+            3,
+        )
+        .await;
     assert_eq!(
         count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where state = 'failed' \
              and last_error like '%event_id from column(s) ref is 4005 bytes long%'"
         )
         .await,
         3
     );
-    assert!(!task.is_finished(), "capture stopped");
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    assert!(!capturing.task.is_finished(), "capture stopped");
+    capturing.stop().await;
 }
 
 /// Found by the corpus: with a template like `sale-{ref}`, an empty or blank `ref` rendered the id
@@ -70,17 +44,8 @@ async fn an_event_id_too_long_to_index_fails_its_row_and_capture_goes_on() {
 /// of them fails with the reason.
 #[tokio::test]
 async fn an_empty_id_column_fails_the_row_instead_of_sharing_an_event_id() {
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SALES_SQL).await.unwrap();
-    let config = config_from(
-        &corpus_config(),
-        &contract_env(&db.url(), "http://127.0.0.1:9"),
-    );
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let capture = pgcapi::capture::Capture::new(Arc::new(config)).unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+    let capturing = Capturing::start(SALES_SQL, &corpus_config(), "http://127.0.0.1:9").await;
+    let client = &capturing.client;
 
     // WHEN two sales with an empty and a blank reference are done, then a normal one.
     for reference in ["", "  ", "after-blank"] {
@@ -95,22 +60,16 @@ async fn an_empty_id_column_fails_the_row_instead_of_sharing_an_event_id() {
     }
 
     // THEN each blank one has its own three failed rows, and none became the event `sale-`.
-    wait_for(30, "the sale after the blank ones", || {
-        let client = &client;
-        async move {
-            (count(
-                client,
-                "select count(*) from pgcapi.deliveries where event_id = 'sale-after-blank'",
-            )
-            .await
-                == 3)
-                .then_some(())
-        }
-    })
-    .await;
+    capturing
+        .wait_count(
+            "the sale after the blank ones",
+            "select count(*) from pgcapi.deliveries where event_id = 'sale-after-blank'",
+            3,
+        )
+        .await;
     assert_eq!(
         count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where state = 'failed' \
              and last_error like '%event_id needs column(s) ref and one is NULL or empty%'"
         )
@@ -119,14 +78,13 @@ async fn an_empty_id_column_fails_the_row_instead_of_sharing_an_event_id() {
     );
     assert_eq!(
         count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where event_id = 'sale-'"
         )
         .await,
         0
     );
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    capturing.stop().await;
 }
 
 /// Found by the suite: a `NaN` total (or an infinite `paid_at`), which PostgreSQL stores happily, stopped
@@ -134,17 +92,8 @@ async fn an_empty_id_column_fails_the_row_instead_of_sharing_an_event_id() {
 /// fails with the reason, and the next order goes through.
 #[tokio::test]
 async fn a_nan_total_or_infinite_time_fails_its_row_and_capture_goes_on() {
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    client.batch_execute(SHOP_SQL).await.unwrap();
-    let config = config_from(
-        CONTRACT_TOML,
-        &contract_env(&db.url(), "http://127.0.0.1:9"),
-    );
-    setup(&config, SetupOptions::default()).await.unwrap();
-    let capture = pgcapi::capture::Capture::new(Arc::new(config)).unwrap();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move { capture.run(stop_rx).await });
+    let capturing = Capturing::start(SHOP_SQL, CONTRACT_TOML, "http://127.0.0.1:9").await;
+    let client = &capturing.client;
 
     // WHEN an order with total NaN, one paid at 'infinity', and a normal one are paid.
     client
@@ -158,23 +107,17 @@ async fn a_nan_total_or_infinite_time_fails_its_row_and_capture_goes_on() {
         .unwrap();
 
     // THEN the normal order is recorded, the two others are failed with reasons naming the column.
-    wait_for(30, "the normal order", || {
-        let client = &client;
-        async move {
-            (count(
-                client,
-                "select count(*) from pgcapi.deliveries where event_id = 'order-fine'",
-            )
-            .await
-                == 3)
-                .then_some(())
-        }
-    })
-    .await;
+    capturing
+        .wait_count(
+            "the normal order",
+            "select count(*) from pgcapi.deliveries where event_id = 'order-fine'",
+            3,
+        )
+        .await;
     for column in ["total", "paid_at"] {
         assert_eq!(
             count(
-                &client,
+                client,
                 &format!(
                     "select count(*) from pgcapi.deliveries where state = 'failed' \
                      and event_id like 'invalid-%' and last_error like '%column \"{column}\"%'"
@@ -185,7 +128,6 @@ async fn a_nan_total_or_infinite_time_fails_its_row_and_capture_goes_on() {
             "{column}"
         );
     }
-    assert!(!task.is_finished(), "capture stopped");
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    assert!(!capturing.task.is_finished(), "capture stopped");
+    capturing.stop().await;
 }

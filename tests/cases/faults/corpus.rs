@@ -230,15 +230,19 @@ pub(super) fn corpus() -> Vec<CorpusRow> {
     rows.push(with("huge-name", "first_name", Some("N".repeat(1_000_000))));
     rows.push(with("huge-amount", "amount", Some("9".repeat(10_000))));
     // An id far longer than any index entry can hold, and not compressible.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let noise: String = (0..4_000)
+    let noise = noise(0x9E37_79B9_7F4A_7C15, 4_000);
+    rows.push(with(&format!("huge-ref-{noise}"), "zip", None));
+    rows
+}
+
+/// `len` letters from a xorshift generator seeded with `x`: text that does not compress.
+pub(super) fn noise(mut x: u64, len: usize) -> String {
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             char::from(b'a' + (x % 26) as u8)
         })
-        .collect();
-    rows.push(with(&format!("huge-ref-{noise}"), "zip", None));
-    rows
+        .collect()
 }

@@ -1,10 +1,7 @@
 //! Crashes at the worst moments: right after a send, and the control connection terminated under capture.
 
-use crate::support::{
-    config_from, connect_url, contract_env, count, wait_for, TestDb, CONTRACT_TOML, SHOP_SQL,
-};
-use pgcapi::config::Config;
-use pgcapi::ops::setup::{setup, SetupOptions};
+use super::*;
+use crate::support::{connect_url, count, wait_for, CONTRACT_TOML, SHOP_SQL};
 use pgcapi::testbed::sandbox::Sandbox;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -35,50 +32,6 @@ impl pgcapi::destinations::Destination for SendThenHang {
     }
 }
 
-/// Capture running on a shop database, with every destination at `endpoint`.
-struct Capturing {
-    db: TestDb,
-    client: Client,
-    config: Config,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: JoinHandle<Result<(), pgcapi::capture::CaptureError>>,
-}
-
-impl Capturing {
-    async fn start(endpoint: &str) -> Capturing {
-        let db = TestDb::start().await;
-        let client = db.connect().await;
-        client.batch_execute(SHOP_SQL).await.unwrap();
-        let config = config_from(CONTRACT_TOML, &contract_env(&db.url(), endpoint));
-        setup(&config, SetupOptions::default()).await.unwrap();
-        let capture = pgcapi::capture::Capture::new(Arc::new(config.clone())).unwrap();
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move { capture.run(stop_rx).await });
-        Capturing {
-            db,
-            client,
-            config,
-            stop,
-            task,
-        }
-    }
-
-    /// Waits until the control table holds `n` rows.
-    async fn wait_rows(&self, what: &str, n: i64) {
-        let client = &self.client;
-        wait_for(30, what, || async move {
-            (count(client, "select count(*) from pgcapi.deliveries").await == n).then_some(())
-        })
-        .await;
-    }
-
-    /// Stops capture, which must end without an error.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 /// Found by the suite: a conversion whose batch reached Google just before a `kill -9` (so no outcome
 /// was recorded: attempts 0, the dead process's lease left behind) was cancelled by the refund that
 /// came next as if it had never been sent, and Google kept counting the refunded order.
@@ -88,7 +41,7 @@ async fn a_conversion_sent_just_before_a_crash_is_retracted_when_refunded() {
     let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let capturing = Capturing::start(&sandbox.base_url()).await;
+    let capturing = Capturing::start(SHOP_SQL, CONTRACT_TOML, &sandbox.base_url()).await;
     let client = &capturing.client;
     client
         .batch_execute(
@@ -197,7 +150,7 @@ async fn google_rows(client: &Client) -> Vec<(String, String, String)> {
 /// again and again while orders flow: capture must reconnect every time and lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_reconnects_when_its_control_connection_is_terminated() {
-    let capturing = Capturing::start("http://127.0.0.1:9").await;
+    let capturing = Capturing::start(SHOP_SQL, CONTRACT_TOML, "http://127.0.0.1:9").await;
     let client = &capturing.client;
 
     // WHEN orders are paid in many small transactions while capture's control connection is

@@ -1,11 +1,15 @@
 //! The process under test in the fault suite: `pgcapi run` killed with SIGKILL and restarted, PostgreSQL restarted.
 
-use crate::support::{connect_url, count, TestDb};
+use crate::support::{config_from, connect_url, contract_env, count, wait_for, TestDb};
 use chrono::{DateTime, Utc};
+use pgcapi::config::Config;
+use pgcapi::ops::setup::{setup, SetupOptions};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 /// `pgcapi run` as a child process, killed and restarted on demand; every incarnation logs to a file.
@@ -220,4 +224,54 @@ pub(super) async fn progress(client: &Client) -> String {
         "slot behind {} kB, rows {rows}, pending {pending}",
         (w - c) / 1024
     )
+}
+
+/// Capture running on a database of `schema`, for the config `toml` with every destination at `endpoint`.
+pub(super) struct Capturing {
+    pub(super) db: TestDb,
+    pub(super) client: Client,
+    pub(super) config: Config,
+    stop: tokio::sync::watch::Sender<bool>,
+    pub(super) task: JoinHandle<Result<(), pgcapi::capture::CaptureError>>,
+}
+
+impl Capturing {
+    pub(super) async fn start(schema: &str, toml: &str, endpoint: &str) -> Capturing {
+        let db = TestDb::start().await;
+        let client = db.connect().await;
+        client.batch_execute(schema).await.unwrap();
+        let config = config_from(toml, &contract_env(&db.url(), endpoint));
+        setup(&config, SetupOptions::default()).await.unwrap();
+        let capture = pgcapi::capture::Capture::new(Arc::new(config.clone())).unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { capture.run(stop_rx).await });
+        Capturing {
+            db,
+            client,
+            config,
+            stop,
+            task,
+        }
+    }
+
+    /// Waits until the control table holds `n` rows.
+    pub(super) async fn wait_rows(&self, what: &str, n: i64) {
+        self.wait_count(what, "select count(*) from pgcapi.deliveries", n)
+            .await;
+    }
+
+    /// Waits (30 s at most) until the count `sql` is `n`.
+    pub(super) async fn wait_count(&self, what: &str, sql: &str, n: i64) {
+        let client = &self.client;
+        wait_for(30, what, || async move {
+            (count(client, sql).await == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops capture, which must end without an error.
+    pub(super) async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+    }
 }
