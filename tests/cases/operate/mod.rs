@@ -30,10 +30,6 @@ mod retry;
 mod status;
 mod views;
 
-// ---------------------------------------------------------------------------------------------
-// Harness
-// ---------------------------------------------------------------------------------------------
-
 /// An in-process capture or dispatch worker and the switch that stops it.
 struct Worker {
     stop: watch::Sender<bool>,

@@ -6,6 +6,7 @@ use crate::support::{count, wait_for, CONTRACT_TOML};
 use pgcapi::identity::hash;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tokio_postgres::Client;
 
 #[tokio::test]
 async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() {
@@ -33,7 +34,54 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
     let dispatch = Worker::dispatch(&shop.db, &shop.config, Duration::from_millis(200)).await;
     settled(c, "pgcapi").await;
     dispatch.stop().await;
-    // The rarer states by SQL: one Meta row failed just now, one skipped two hours ago.
+    fail_and_age_two_meta_rows(c).await;
+
+    // THEN the send log has one line per delivery, with masked keys only.
+    the_send_log_is_masked(&shop).await;
+
+    // AND the health view counts outcomes by when they were reached, per destination.
+    health_counts_outcomes_per_destination(c).await;
+
+    // AND the README's example queries run as written.
+    the_readme_queries_run(c).await;
+
+    // AND the lag view shows the slot, its stored position, and the WAL it retains, which grows by what
+    // is written while nothing reads the slot.
+    capture.stop().await;
+    lag_shows_the_slot_and_the_wal_it_retains(c).await;
+    // Another tool's pgoutput slot and a stored position whose slot is gone show as such.
+    c.batch_execute(
+        "select pg_create_logical_replication_slot('other_tool', 'pgoutput');
+         insert into pgcapi.checkpoints (slot, lsn) values ('ghost', '0/0')",
+    )
+    .await
+    .unwrap();
+    let other = c
+        .query_one(
+            "select slot_exists, pgcapi_slot from pgcapi.lag where slot = 'other_tool'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.get::<_, bool>(0), other.get::<_, bool>(1)),
+        (true, false)
+    );
+    let ghost = c
+        .query_one(
+            "select slot_exists, pgcapi_slot from pgcapi.lag where slot = 'ghost'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (ghost.get::<_, bool>(0), ghost.get::<_, bool>(1)),
+        (false, true)
+    );
+}
+
+/// The rarer states by SQL: one Meta row failed just now, one skipped two hours ago.
+async fn fail_and_age_two_meta_rows(c: &Client) {
     c.batch_execute(
         "update pgcapi.deliveries set state = 'failed', updated_at = now(), \
            last_error = 'meta: HTTP 400 OAuthException code 100: scripted for the test' \
@@ -43,8 +91,11 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
     )
     .await
     .unwrap();
+}
 
-    // THEN the send log has one line per delivery, with masked keys only.
+/// The send log has one line per delivery, with masked keys only.
+async fn the_send_log_is_masked(shop: &Shop) {
+    let c = &shop.client;
     assert_eq!(
         shop.count("select count(*) from pgcapi.send_log").await,
         shop.count("select count(*) from pgcapi.deliveries").await
@@ -111,8 +162,10 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
         "{masked:?}"
     );
     assert_eq!(row.get::<_, String>(2), "sent");
+}
 
-    // AND the health view counts outcomes by when they were reached, per destination.
+/// The health view counts outcomes by when they were reached, per destination.
+async fn health_counts_outcomes_per_destination(c: &Client) {
     let health = |dest: &'static str| async move {
         c.query_one(
             "select pending, failed, sent_1h, failed_1h, skipped_1h, cancelled_1h, sent_24h, \
@@ -174,8 +227,10 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
             );
         }
     }
+}
 
-    // AND the README's example queries run as written.
+/// The README's example queries run as written.
+async fn the_readme_queries_run(c: &Client) {
     for (sql, rows) in [
         (
             "select id, destination, kind, state, attempts, sent_at, last_error, match_keys \
@@ -195,10 +250,11 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
     ] {
         assert_eq!(c.query(sql, &[]).await.unwrap().len(), rows, "{sql}");
     }
+}
 
-    // AND the lag view shows the slot, its stored position, and the WAL it retains, which grows by what
-    // is written while nothing reads the slot.
-    capture.stop().await;
+/// The lag view shows the slot, its stored position, and the WAL it retains, which grows by what is
+/// written while nothing reads the slot.
+async fn lag_shows_the_slot_and_the_wal_it_retains(c: &Client) {
     let lag = "select slot_exists, pgcapi_slot, wal_status, wal_retained_bytes, \
                  checkpoint_lsn::text, secs_since_checkpoint, active \
                from pgcapi.lag where slot = 'pgcapi'";
@@ -229,34 +285,5 @@ async fn the_views_show_a_masked_send_log_per_destination_health_and_slot_lag() 
     assert!(
         retained_after - retained_before > 2_000_000,
         "retained {retained_before} then {retained_after} bytes"
-    );
-    // Another tool's pgoutput slot and a stored position whose slot is gone show as such.
-    c.batch_execute(
-        "select pg_create_logical_replication_slot('other_tool', 'pgoutput');
-         insert into pgcapi.checkpoints (slot, lsn) values ('ghost', '0/0')",
-    )
-    .await
-    .unwrap();
-    let other = c
-        .query_one(
-            "select slot_exists, pgcapi_slot from pgcapi.lag where slot = 'other_tool'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (other.get::<_, bool>(0), other.get::<_, bool>(1)),
-        (true, false)
-    );
-    let ghost = c
-        .query_one(
-            "select slot_exists, pgcapi_slot from pgcapi.lag where slot = 'ghost'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (ghost.get::<_, bool>(0), ghost.get::<_, bool>(1)),
-        (false, true)
     );
 }
