@@ -22,65 +22,12 @@ async fn status_is_healthy_then_unhealthy_for_a_recent_failure_retained_wal_and_
             .then_some(())
     })
     .await;
-    let options = StatusOptions::default();
 
     // THEN status is healthy (exit 0), with the slot active and one send per destination this hour.
-    let report = status::status(&shop.config, &options).await.unwrap();
-    assert!(report.healthy, "{}", report.render());
-    assert_eq!(report.exit_code(), 0);
-    assert!(
-        report.slot.exists && report.slot.active == Some(true),
-        "{:?}",
-        report.slot
-    );
-    assert!(report.slot.checkpoint_lsn.is_some());
-    let names: Vec<&str> = report
-        .destinations
-        .iter()
-        .map(|d| d.destination.as_str())
-        .collect();
-    assert_eq!(names, ["google", "meta", "tiktok"]);
-    assert!(report
-        .destinations
-        .iter()
-        .all(|d| d.sent_1h == 1 && d.failed_1h == 0));
-    let json = serde_json::to_value(&report).unwrap();
-    assert_eq!(json["healthy"], true);
-    assert_eq!(json["destinations"][1]["sent_1h"], 1);
-    let text = report.render();
-    assert!(text.starts_with("pgcapi status: HEALTHY"), "{text}");
+    healthy_with_one_send_per_destination(&shop).await;
 
     // WHEN a delivery failed in the last hour
-    let failed_id: i64 = c
-        .query_one(
-            "update pgcapi.deliveries set state = 'failed', updated_at = now(), \
-               last_error = 'meta: HTTP 400: scripted' where destination = 'meta' returning id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    // THEN status is unhealthy (exit 2) and says why, listing the failure; --allow-failures accepts it.
-    let report = status::status(&shop.config, &options).await.unwrap();
-    assert_eq!(report.exit_code(), 2);
-    assert!(
-        report.reasons[0].starts_with("1 delivery(ies) failed in the last hour (meta 1)"),
-        "{:?}",
-        report.reasons
-    );
-    assert_eq!(report.recent_failures.len(), 1);
-    assert_eq!(report.recent_failures[0].id, failed_id);
-    assert_eq!(
-        report.recent_failures[0].last_error.as_deref(),
-        Some("meta: HTTP 400: scripted")
-    );
-    assert!(report.render().contains("meta: HTTP 400: scripted"));
-    let allowing = StatusOptions {
-        allow_failures: true,
-        ..StatusOptions::default()
-    };
-    let report = status::status(&shop.config, &allowing).await.unwrap();
-    assert!(report.healthy && report.warnings[0].contains("failed in the last hour"));
+    unhealthy_for_a_recent_failure(&shop).await;
 
     // WHEN pgcapi stops and WAL piles up beyond the threshold
     dispatch.stop().await;
@@ -101,21 +48,13 @@ async fn status_is_healthy_then_unhealthy_for_a_recent_failure_retained_wal_and_
     })
     .await;
     // THEN status is unhealthy for the retained WAL, and because nothing reads the slot.
-    assert_eq!(report.exit_code(), 2);
-    assert!(
-        report
-            .reasons
-            .iter()
-            .any(|r| r.contains("of WAL, over the limit of 64.0 KiB")),
-        "{:?}",
-        report.reasons
-    );
-    assert!(report
-        .reasons
-        .iter()
-        .any(|r| r.starts_with("no process reads replication slot \"pgcapi\"")));
+    unhealthy_for_retained_wal_and_an_unread_slot(&report);
 
     // WHEN the slot is dropped
+    let allowing = StatusOptions {
+        allow_failures: true,
+        ..StatusOptions::default()
+    };
     c.batch_execute("select pg_drop_replication_slot('pgcapi')")
         .await
         .unwrap();
@@ -128,6 +67,11 @@ async fn status_is_healthy_then_unhealthy_for_a_recent_failure_retained_wal_and_
     );
 
     // AND the built binary says the same: exit code 2, JSON on stdout, readable text without --json.
+    the_binary_says_unhealthy(&shop).await;
+}
+
+/// The built binary says the same: exit code 2, JSON on stdout, readable text without --json.
+async fn the_binary_says_unhealthy(shop: &Shop) {
     let dir = tempfile::tempdir().unwrap();
     let path = shop.config_file(dir.path(), CONTRACT_TOML);
     let output = shop
@@ -162,4 +106,87 @@ async fn status_is_healthy_then_unhealthy_for_a_recent_failure_retained_wal_and_
     for secret in [String::from("s3cr3t"), shop.db.url()] {
         assert!(!text.contains(secret.as_str()));
     }
+}
+
+/// Status is healthy (exit 0), with the slot active and one send per destination this hour.
+async fn healthy_with_one_send_per_destination(shop: &Shop) {
+    let options = StatusOptions::default();
+    let report = status::status(&shop.config, &options).await.unwrap();
+    assert!(report.healthy, "{}", report.render());
+    assert_eq!(report.exit_code(), 0);
+    assert!(
+        report.slot.exists && report.slot.active == Some(true),
+        "{:?}",
+        report.slot
+    );
+    assert!(report.slot.checkpoint_lsn.is_some());
+    let names: Vec<&str> = report
+        .destinations
+        .iter()
+        .map(|d| d.destination.as_str())
+        .collect();
+    assert_eq!(names, ["google", "meta", "tiktok"]);
+    assert!(report
+        .destinations
+        .iter()
+        .all(|d| d.sent_1h == 1 && d.failed_1h == 0));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["healthy"], true);
+    assert_eq!(json["destinations"][1]["sent_1h"], 1);
+    let text = report.render();
+    assert!(text.starts_with("pgcapi status: HEALTHY"), "{text}");
+}
+
+/// After a delivery failed in the last hour, status is unhealthy (exit 2) and says why, listing the
+/// failure; `--allow-failures` accepts it.
+async fn unhealthy_for_a_recent_failure(shop: &Shop) {
+    let c = &shop.client;
+    let options = StatusOptions::default();
+    let failed_id: i64 = c
+        .query_one(
+            "update pgcapi.deliveries set state = 'failed', updated_at = now(), \
+               last_error = 'meta: HTTP 400: scripted' where destination = 'meta' returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // THEN status is unhealthy (exit 2) and says why, listing the failure; --allow-failures accepts it.
+    let report = status::status(&shop.config, &options).await.unwrap();
+    assert_eq!(report.exit_code(), 2);
+    assert!(
+        report.reasons[0].starts_with("1 delivery(ies) failed in the last hour (meta 1)"),
+        "{:?}",
+        report.reasons
+    );
+    assert_eq!(report.recent_failures.len(), 1);
+    assert_eq!(report.recent_failures[0].id, failed_id);
+    assert_eq!(
+        report.recent_failures[0].last_error.as_deref(),
+        Some("meta: HTTP 400: scripted")
+    );
+    assert!(report.render().contains("meta: HTTP 400: scripted"));
+    let allowing = StatusOptions {
+        allow_failures: true,
+        ..StatusOptions::default()
+    };
+    let report = status::status(&shop.config, &allowing).await.unwrap();
+    assert!(report.healthy && report.warnings[0].contains("failed in the last hour"));
+}
+
+/// Status is unhealthy for the retained WAL, and because nothing reads the slot.
+fn unhealthy_for_retained_wal_and_an_unread_slot(report: &status::StatusReport) {
+    assert_eq!(report.exit_code(), 2);
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("of WAL, over the limit of 64.0 KiB")),
+        "{:?}",
+        report.reasons
+    );
+    assert!(report
+        .reasons
+        .iter()
+        .any(|r| r.starts_with("no process reads replication slot \"pgcapi\"")));
 }
