@@ -11,182 +11,132 @@ use pgcapi::units::TimeRef;
 use std::time::Duration;
 use tokio_postgres::Client;
 
-#[tokio::test]
-async fn retry_requeues_failed_rows_by_each_filter_and_dry_run_changes_nothing() {
-    // GIVEN failed rows of several destinations, rules and ages, a failed conversion that was refunded,
-    // a failed invalid row (recorded without consent), and a sent row.
-    let (db, c) = control_db().await;
-    let conv =
-        |rule: &str, dest: &str, p: Platform, e: &str| delivery(rule, dest, p, e, Kind::Conversion);
-    let old_meta = put(
-        &c,
-        conv("order_paid", "meta", Platform::Meta, "o-1"),
-        "failed",
+/// The failed conversions of the retry test: rule, destination, platform, event id, age, last error.
+const FAILED: [(&str, &str, Platform, &str, &str, &str); 5] = [
+    (
+        "order_paid",
+        "meta",
+        Platform::Meta,
+        "o-1",
         "3 hours",
-        Some("meta: HTTP 400 old"),
-    )
-    .await;
-    let meta = put(
-        &c,
-        conv("order_paid", "meta", Platform::Meta, "o-2"),
-        "failed",
+        "meta: HTTP 400 old",
+    ),
+    (
+        "order_paid",
+        "meta",
+        Platform::Meta,
+        "o-2",
         "30 minutes",
-        Some("meta: HTTP 400"),
-    )
-    .await;
-    let google = put(
-        &c,
-        conv("order_paid", "google", Platform::GoogleAds, "o-2"),
-        "failed",
+        "meta: HTTP 400",
+    ),
+    (
+        "order_paid",
+        "google",
+        Platform::GoogleAds,
+        "o-2",
         "30 minutes",
-        Some("google: INVALID"),
-    )
-    .await;
-    let deal = put(
-        &c,
-        conv("deal_won", "tiktok", Platform::Tiktok, "d-1"),
-        "failed",
+        "google: INVALID",
+    ),
+    (
+        "deal_won",
+        "tiktok",
+        Platform::Tiktok,
+        "d-1",
         "10 minutes",
-        Some("tiktok: 40002"),
-    )
-    .await;
-    let refunded = put(
-        &c,
-        conv("order_paid", "meta", Platform::Meta, "o-3"),
-        "failed",
+        "tiktok: 40002",
+    ),
+    (
+        "order_paid",
+        "meta",
+        Platform::Meta,
+        "o-3",
         "20 minutes",
-        Some("meta: HTTP 400"),
-    )
-    .await;
-    put(
-        &c,
-        delivery(
+        "meta: HTTP 400",
+    ),
+];
+
+/// The rows of the retry test, by id.
+#[derive(Clone, Copy)]
+struct Rows {
+    old_meta: i64,
+    meta: i64,
+    google: i64,
+    deal: i64,
+    refunded: i64,
+    invalid: i64,
+    sent: i64,
+}
+
+impl Rows {
+    /// Failed rows of several destinations, rules and ages, a failed conversion that was refunded, a
+    /// failed invalid row (recorded without consent), and a sent row.
+    async fn put(c: &Client) -> Rows {
+        let conv = |rule: &str, dest: &str, p: Platform, e: &str| {
+            delivery(rule, dest, p, e, Kind::Conversion)
+        };
+        let mut failed = Vec::new();
+        for (rule, dest, platform, event_id, age, error) in FAILED {
+            let row = conv(rule, dest, platform, event_id);
+            failed.push(put(c, row, "failed", age, Some(error)).await);
+        }
+        let retraction = delivery(
             "order_refunded",
             "meta",
             Platform::Meta,
             "o-3",
             Kind::Retraction,
-        ),
-        "skipped",
-        "5 minutes",
-        Some("no conversion to retract"),
-    )
-    .await;
-    let mut invalid_row = conv("order_paid", "meta", Platform::Meta, "invalid-0/1-0");
-    invalid_row.payload = Payload::default();
-    let invalid = put(
-        &c,
-        invalid_row,
-        "failed",
-        "20 minutes",
-        Some("invalid row: bad value"),
-    )
-    .await;
-    let sent = put(
-        &c,
-        conv("order_paid", "meta", Platform::Meta, "o-4"),
-        "sent",
-        "5 minutes",
-        None,
-    )
-    .await;
+        );
+        put(
+            c,
+            retraction,
+            "skipped",
+            "5 minutes",
+            Some("no conversion to retract"),
+        )
+        .await;
+        let mut invalid_row = conv("order_paid", "meta", Platform::Meta, "invalid-0/1-0");
+        invalid_row.payload = Payload::default();
+        let invalid = put(
+            c,
+            invalid_row,
+            "failed",
+            "20 minutes",
+            Some("invalid row: bad value"),
+        )
+        .await;
+        let sent_row = conv("order_paid", "meta", Platform::Meta, "o-4");
+        let sent = put(c, sent_row, "sent", "5 minutes", None).await;
+        Rows {
+            old_meta: failed[0],
+            meta: failed[1],
+            google: failed[2],
+            deal: failed[3],
+            refunded: failed[4],
+            invalid,
+            sent,
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_requeues_failed_rows_by_each_filter_and_dry_run_changes_nothing() {
+    // GIVEN failed rows of several destinations, rules and ages, a failed conversion that was refunded,
+    // a failed invalid row (recorded without consent), and a sent row.
+    let (db, c) = control_db().await;
+    let rows = Rows::put(&c).await;
+    let Rows {
+        old_meta,
+        meta,
+        google,
+        deal,
+        refunded,
+        invalid,
+        sent,
+    } = rows;
     let (listener, mut notes) = listen(&db, "pgcapi_deliveries").await;
     let mut client = db.connect().await;
 
-    // WHEN dry runs select rows by each filter
-    let all = dry(&mut client, Filters::default()).await;
-    // THEN they list the failed rows, hold back the refunded conversion and the invalid row
-    assert_eq!(ids(&all.requeued), set([old_meta, meta, google, deal]));
-    assert_eq!(ids(&all.held_back), set([refunded, invalid]));
-    let reasons: Vec<&str> = all
-        .held_back
-        .iter()
-        .map(|l| l.held_back_because.as_deref().unwrap())
-        .collect();
-    assert!(
-        reasons.iter().any(|r| r.contains("retracted")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("without consent")),
-        "{reasons:?}"
-    );
-    assert!(all.dry_run && all.render().contains("would requeue 4 row(s)"));
-    let by_id = dry(
-        &mut client,
-        Filters {
-            ids: vec![old_meta, deal, sent],
-            ..Filters::default()
-        },
-    )
-    .await;
-    assert_eq!(
-        ids(&by_id.requeued),
-        set([old_meta, deal]),
-        "a sent row is never retried"
-    );
-    let by_dest = dry(
-        &mut client,
-        Filters {
-            destination: Some("meta".into()),
-            ..Filters::default()
-        },
-    )
-    .await;
-    assert_eq!(ids(&by_dest.requeued), set([old_meta, meta]));
-    let by_rule = dry(
-        &mut client,
-        Filters {
-            rule: Some("deal_won".into()),
-            ..Filters::default()
-        },
-    )
-    .await;
-    assert_eq!(ids(&by_rule.requeued), set([deal]));
-    let recent = dry(
-        &mut client,
-        Filters {
-            since: Some("1h".parse().unwrap()),
-            ..Filters::default()
-        },
-    )
-    .await;
-    assert_eq!(ids(&recent.requeued), set([meta, google, deal]));
-    let an_hour_ago: chrono::DateTime<Utc> = c
-        .query_one("select now() - interval '1 hour'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let window = dry(
-        &mut client,
-        Filters {
-            since: Some(TimeRef::At(an_hour_ago)),
-            before: Some("15m".parse().unwrap()),
-            ..Filters::default()
-        },
-    )
-    .await;
-    assert_eq!(ids(&window.requeued), set([meta, google]));
-    let combined = dry(
-        &mut client,
-        Filters {
-            destination: Some("meta".into()),
-            rule: Some("order_paid".into()),
-            since: Some("2h".parse().unwrap()),
-            ..Filters::default()
-        },
-    )
-    .await;
-    assert_eq!(ids(&combined.requeued), set([meta]));
-    // AND nothing changed.
-    assert_eq!(
-        count(
-            &c,
-            "select count(*) from pgcapi.deliveries where state = 'failed'"
-        )
-        .await,
-        6
-    );
+    dry_runs_select_by_each_filter(&c, &mut client, rows).await;
 
     // WHEN the Google row is retried for real
     let before: (i32, Option<String>) = {
@@ -284,14 +234,7 @@ async fn a_row_rejected_for_a_wrong_pixel_is_sent_exactly_once_after_the_fix_and
     .await;
     settled(c, "pgcapi").await;
     let meta_row = "select state, last_error from pgcapi.deliveries where destination = 'meta'";
-    let r = c.query_one(meta_row, &[]).await.unwrap();
-    assert_eq!(r.get::<_, String>(0), "failed");
-    assert!(
-        r.get::<_, String>(1).contains("does not exist"),
-        "{:?}",
-        r.get::<_, String>(1)
-    );
-    assert!(shop.sandbox.records().meta.events.is_empty());
+    meta_failed_it_as_permanent(&shop, meta_row).await;
     dispatch.stop().await;
 
     // WHEN the setting is fixed (pgcapi restarted with the right pixel; it polls only every minute, so
@@ -345,6 +288,132 @@ async fn a_row_rejected_for_a_wrong_pixel_is_sent_exactly_once_after_the_fix_and
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("retry: no row to requeue"));
 
     // WHEN the sent row is replayed (as after a wrong destination setting)
+    a_replayed_row_is_deduplicated_by_meta(&shop).await;
+    dispatch.stop().await;
+    capture.stop().await;
+}
+
+/// Dry runs select rows by each filter: they list the failed rows, hold back the refunded conversion
+/// and the invalid row, and change nothing.
+async fn dry_runs_select_by_each_filter(c: &Client, client: &mut Client, rows: Rows) {
+    let Rows {
+        old_meta,
+        meta,
+        google,
+        deal,
+        refunded,
+        invalid,
+        sent,
+    } = rows;
+    // WHEN dry runs select rows by each filter
+    let all = dry(client, Filters::default()).await;
+    // THEN they list the failed rows, hold back the refunded conversion and the invalid row
+    assert_eq!(ids(&all.requeued), set([old_meta, meta, google, deal]));
+    assert_eq!(ids(&all.held_back), set([refunded, invalid]));
+    let reasons: Vec<&str> = all
+        .held_back
+        .iter()
+        .map(|l| l.held_back_because.as_deref().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("retracted")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("without consent")),
+        "{reasons:?}"
+    );
+    assert!(all.dry_run && all.render().contains("would requeue 4 row(s)"));
+    let by_id = dry(
+        client,
+        Filters {
+            ids: vec![old_meta, deal, sent],
+            ..Filters::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        ids(&by_id.requeued),
+        set([old_meta, deal]),
+        "a sent row is never retried"
+    );
+    let by_dest = dry(
+        client,
+        Filters {
+            destination: Some("meta".into()),
+            ..Filters::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&by_dest.requeued), set([old_meta, meta]));
+    let by_rule = dry(
+        client,
+        Filters {
+            rule: Some("deal_won".into()),
+            ..Filters::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&by_rule.requeued), set([deal]));
+    dry_runs_by_time(c, client, rows).await;
+}
+
+/// Dry runs by time (since, a window, combined with other filters) select by when rows failed; and
+/// none of the dry runs changed anything.
+async fn dry_runs_by_time(c: &Client, client: &mut Client, rows: Rows) {
+    let Rows {
+        meta, google, deal, ..
+    } = rows;
+    let recent = dry(
+        client,
+        Filters {
+            since: Some("1h".parse().unwrap()),
+            ..Filters::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&recent.requeued), set([meta, google, deal]));
+    let an_hour_ago: chrono::DateTime<Utc> = c
+        .query_one("select now() - interval '1 hour'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let window = dry(
+        client,
+        Filters {
+            since: Some(TimeRef::At(an_hour_ago)),
+            before: Some("15m".parse().unwrap()),
+            ..Filters::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&window.requeued), set([meta, google]));
+    let combined = dry(
+        client,
+        Filters {
+            destination: Some("meta".into()),
+            rule: Some("order_paid".into()),
+            since: Some("2h".parse().unwrap()),
+            ..Filters::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&combined.requeued), set([meta]));
+    // AND nothing changed.
+    assert_eq!(
+        count(
+            c,
+            "select count(*) from pgcapi.deliveries where state = 'failed'"
+        )
+        .await,
+        6
+    );
+}
+
+/// When the sent row is replayed (as after a wrong destination setting), Meta receives it again and
+/// deduplicates it on the event id, as the help text warns.
+async fn a_replayed_row_is_deduplicated_by_meta(shop: &Shop) {
+    let c = &shop.client;
     let mut client = shop.db.connect().await;
     let report = repair::replay(
         &mut client,
@@ -366,6 +435,17 @@ async fn a_row_rejected_for_a_wrong_pixel_is_sent_exactly_once_after_the_fix_and
     assert_eq!(meta.counters.duplicate_sends, 1);
     assert_eq!(meta.counters.deduplicated, 1);
     assert_eq!(meta.events.len(), 1);
-    dispatch.stop().await;
-    capture.stop().await;
+}
+
+/// The Meta row failed for the pixel the platform does not know, and Meta counted nothing.
+async fn meta_failed_it_as_permanent(shop: &Shop, meta_row: &str) {
+    let c = &shop.client;
+    let r = c.query_one(meta_row, &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), "failed");
+    assert!(
+        r.get::<_, String>(1).contains("does not exist"),
+        "{:?}",
+        r.get::<_, String>(1)
+    );
+    assert!(shop.sandbox.records().meta.events.is_empty());
 }
