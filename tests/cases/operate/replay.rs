@@ -6,72 +6,15 @@ use pgcapi::ops::repair::{self, Filters, RepairError, ReplayState};
 use pgcapi::platform::Platform;
 use pgcapi::units::TimeRef;
 use std::time::Duration;
+use tokio_postgres::Client;
 
 #[tokio::test]
 async fn replay_requeues_skipped_and_failed_rows_since_a_time_and_never_cancelled_or_retracted_ones(
 ) {
     // GIVEN rows in every state for Meta
     let (db, c) = control_db().await;
-    let conv = |e: &str| delivery("order_paid", "meta", Platform::Meta, e, Kind::Conversion);
-    let skipped = put(
-        &c,
-        conv("r-1"),
-        "skipped",
-        "30 minutes",
-        Some("event too old for meta"),
-    )
-    .await;
-    let failed = put(
-        &c,
-        conv("r-2"),
-        "failed",
-        "30 minutes",
-        Some("meta: HTTP 400"),
-    )
-    .await;
-    let sent = put(&c, conv("r-3"), "sent", "30 minutes", None).await;
-    let cancelled = put(
-        &c,
-        conv("r-4"),
-        "cancelled",
-        "30 minutes",
-        Some("retracted before it was sent"),
-    )
-    .await;
-    let retracted = put(&c, conv("r-5"), "sent", "30 minutes", None).await;
-    let retraction = put(
-        &c,
-        delivery(
-            "order_refunded",
-            "meta",
-            Platform::Meta,
-            "r-5",
-            Kind::Retraction,
-        ),
-        "skipped",
-        "20 minutes",
-        Some("meta cannot retract"),
-    )
-    .await;
-    let mut no_consent_row = conv("r-6");
-    no_consent_row.payload = Payload::default();
-    let no_consent = put(
-        &c,
-        no_consent_row,
-        "skipped",
-        "30 minutes",
-        Some("no consent"),
-    )
-    .await;
-    let old = put(
-        &c,
-        conv("r-7"),
-        "skipped",
-        "3 hours",
-        Some("event too old for meta"),
-    )
-    .await;
-    let pending = put(&c, conv("r-8"), "pending", "1 minute", None).await;
+    let [skipped, failed, sent, cancelled, retracted, retraction, no_consent, old, pending] =
+        rows_in_every_state(&c).await;
     let mut client = db.connect().await;
     let since = |t: &str| Filters {
         since: Some(t.parse().unwrap()),
@@ -144,6 +87,47 @@ async fn replay_requeues_skipped_and_failed_rows_since_a_time_and_never_cancelle
     ] {
         assert_eq!(state_of(&c, id).await, state, "row {id}");
     }
+}
+
+/// Meta rows in every state, by id: skipped, failed, sent, cancelled, a sent conversion then retracted,
+/// its retraction, skipped for no consent, skipped long ago, pending.
+async fn rows_in_every_state(c: &Client) -> [i64; 9] {
+    let conv = |e: &str| delivery("order_paid", "meta", Platform::Meta, e, Kind::Conversion);
+    let retraction = delivery(
+        "order_refunded",
+        "meta",
+        Platform::Meta,
+        "r-5",
+        Kind::Retraction,
+    );
+    let mut no_consent = conv("r-6");
+    no_consent.payload = Payload::default();
+    let too_old = Some("event too old for meta");
+    let mut ids = Vec::new();
+    for (row, state, age, error) in [
+        (conv("r-1"), "skipped", "30 minutes", too_old),
+        (conv("r-2"), "failed", "30 minutes", Some("meta: HTTP 400")),
+        (conv("r-3"), "sent", "30 minutes", None),
+        (
+            conv("r-4"),
+            "cancelled",
+            "30 minutes",
+            Some("retracted before it was sent"),
+        ),
+        (conv("r-5"), "sent", "30 minutes", None),
+        (
+            retraction,
+            "skipped",
+            "20 minutes",
+            Some("meta cannot retract"),
+        ),
+        (no_consent, "skipped", "30 minutes", Some("no consent")),
+        (conv("r-7"), "skipped", "3 hours", too_old),
+        (conv("r-8"), "pending", "1 minute", None),
+    ] {
+        ids.push(put(c, row, state, age, error).await);
+    }
+    ids.try_into().unwrap()
 }
 
 #[test]
