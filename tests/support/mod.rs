@@ -152,6 +152,14 @@ pub async fn settled(client: &Client, kind: &str, n: i64) {
     .await;
 }
 
+/// Waits (`secs` at most) until the query `sql`, returning one bigint, returns `n`.
+pub async fn wait_count(client: &Client, secs: u64, what: &str, sql: &str, n: i64) {
+    wait_for(secs, what, || async {
+        (count(client, sql).await == n).then_some(())
+    })
+    .await;
+}
+
 /// Counts rows of a query returning one bigint.
 pub async fn count(client: &Client, sql: &str) -> i64 {
     client

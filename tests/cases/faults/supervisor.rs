@@ -1,6 +1,6 @@
 //! The process under test in the fault suite: `pgcapi run` killed with SIGKILL and restarted, PostgreSQL restarted.
 
-use crate::support::{config_from, connect_url, contract_env, count, wait_for, TestDb};
+use crate::support::{config_from, connect_url, contract_env, count, wait_count, TestDb};
 use chrono::{DateTime, Utc};
 use pgcapi::config::Config;
 use pgcapi::ops::setup::{setup, SetupOptions};
@@ -262,11 +262,7 @@ impl Capturing {
 
     /// Waits (30 s at most) until the count `sql` is `n`.
     pub(super) async fn wait_count(&self, what: &str, sql: &str, n: i64) {
-        let client = &self.client;
-        wait_for(30, what, || async move {
-            (count(client, sql).await == n).then_some(())
-        })
-        .await;
+        wait_count(&self.client, 30, what, sql, n).await;
     }
 
     /// Stops capture, which must end without an error.

@@ -1,7 +1,7 @@
 //! Retention: old finished rows deleted in batches, failed ones kept, their keys retired.
 
 use super::*;
-use crate::support::{count, wait_for, CONTRACT_TOML};
+use crate::support::{count, wait_count, wait_for, CONTRACT_TOML};
 use crate::support::{KillOnDrop, Shop};
 use pgcapi::event::Kind;
 use pgcapi::ops::repair::Filters;
@@ -11,86 +11,15 @@ use pgcapi::outbox;
 use pgcapi::platform::Platform;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tokio_postgres::Client;
 
 #[tokio::test]
 async fn retention_deletes_old_finished_rows_in_batches_keeps_failed_ones_and_retires_their_keys() {
     // GIVEN rows of every state, old and recent
     let (_db, c) = control_db().await;
+    let ([old_failed, old_pending, recent_sent, google_40], doomed) = rows_of_every_age(&c).await;
     let conv =
         |dest: &str, p: Platform, e: &str| delivery("order_paid", dest, p, e, Kind::Conversion);
-    let mut doomed = Vec::new();
-    for (e, state) in [("k-1", "sent"), ("k-2", "skipped"), ("k-3", "cancelled")] {
-        doomed.push(put(&c, conv("meta", Platform::Meta, e), state, "40 days", None).await);
-    }
-    let old_failed = put(
-        &c,
-        conv("meta", Platform::Meta, "k-4"),
-        "failed",
-        "40 days",
-        Some("x"),
-    )
-    .await;
-    let old_pending = put(
-        &c,
-        conv("meta", Platform::Meta, "k-5"),
-        "pending",
-        "40 days",
-        None,
-    )
-    .await;
-    let recent_sent = put(
-        &c,
-        conv("meta", Platform::Meta, "k-6"),
-        "sent",
-        "10 days",
-        None,
-    )
-    .await;
-    // Google can still retract a 40-day-old conversion, so it stays; a 60-day-old one goes.
-    let google_40 = put(
-        &c,
-        conv("google", Platform::GoogleAds, "k-7"),
-        "sent",
-        "40 days",
-        None,
-    )
-    .await;
-    doomed.push(
-        put(
-            &c,
-            conv("google", Platform::GoogleAds, "k-8"),
-            "sent",
-            "60 days",
-            None,
-        )
-        .await,
-    );
-    doomed.push(
-        put(
-            &c,
-            conv("google", Platform::GoogleAds, "k-9"),
-            "skipped",
-            "40 days",
-            None,
-        )
-        .await,
-    );
-    doomed.push(
-        put(
-            &c,
-            delivery(
-                "order_refunded",
-                "google",
-                Platform::GoogleAds,
-                "k-7",
-                Kind::Retraction,
-            ),
-            "sent",
-            "40 days",
-            None,
-        )
-        .await,
-    );
     let keep = Target::Finished {
         keep: Duration::from_secs(30 * 86_400),
     };
@@ -141,38 +70,51 @@ async fn retention_deletes_old_finished_rows_in_batches_keeps_failed_ones_and_re
     );
 
     // WHEN failed rows are purged explicitly, for one destination
-    put(
-        &c,
-        conv("tiktok", Platform::Tiktok, "k-10"),
-        "failed",
-        "1 hour",
-        Some("y"),
-    )
-    .await;
-    let report = retention::purge(
-        &c,
-        "pgcapi",
-        Target::Failed,
-        &Filters {
-            destination: Some("tiktok".into()),
-            ..Filters::default()
-        },
-        batching,
-        false,
-    )
-    .await
-    .unwrap();
-    // THEN only that one goes; Meta's old failed row stays.
-    assert_eq!(report.deleted, 1);
-    assert_eq!(state_of(&c, old_failed).await, "failed");
-    assert_eq!(
-        count(
-            &c,
-            "select count(*) from pgcapi.deliveries where destination = 'tiktok'"
+    purging_failed_rows_of_one_destination(&c, old_failed, batching).await;
+}
+
+/// Rows of every state, old and recent: destination, platform, event id, kind, state, age, last error,
+/// and whether retention deletes it.
+#[rustfmt::skip]
+const AGES: [(&str, Platform, &str, Kind, &str, &str, Option<&str>, bool); 10] = [
+    ("meta", Platform::Meta, "k-1", Kind::Conversion, "sent", "40 days", None, true),
+    ("meta", Platform::Meta, "k-2", Kind::Conversion, "skipped", "40 days", None, true),
+    ("meta", Platform::Meta, "k-3", Kind::Conversion, "cancelled", "40 days", None, true),
+    ("meta", Platform::Meta, "k-4", Kind::Conversion, "failed", "40 days", Some("x"), false),
+    ("meta", Platform::Meta, "k-5", Kind::Conversion, "pending", "40 days", None, false),
+    ("meta", Platform::Meta, "k-6", Kind::Conversion, "sent", "10 days", None, false),
+    ("google", Platform::GoogleAds, "k-7", Kind::Conversion, "sent", "40 days", None, false),
+    ("google", Platform::GoogleAds, "k-8", Kind::Conversion, "sent", "60 days", None, true),
+    ("google", Platform::GoogleAds, "k-9", Kind::Conversion, "skipped", "40 days", None, true),
+    ("google", Platform::GoogleAds, "k-7", Kind::Retraction, "sent", "40 days", None, true),
+];
+
+/// Rows of every state, old and recent, by id: the four retention keeps (Meta's old failed and old
+/// pending rows, its recent sent row, Google's 40-day-old conversion, which Google can still retract),
+/// and the six it deletes (a 60-day-old Google conversion goes).
+async fn rows_of_every_age(c: &Client) -> ([i64; 4], Vec<i64>) {
+    let (mut kept, mut doomed) = (Vec::new(), Vec::new());
+    for (dest, platform, e, kind, state, age, error, goes) in AGES {
+        let rule = if kind == Kind::Conversion {
+            "order_paid"
+        } else {
+            "order_refunded"
+        };
+        let id = put(
+            c,
+            delivery(rule, dest, platform, e, kind),
+            state,
+            age,
+            error,
         )
-        .await,
-        0
-    );
+        .await;
+        if goes {
+            doomed.push(id)
+        } else {
+            kept.push(id)
+        }
+    }
+    (kept.try_into().unwrap(), doomed)
 }
 
 #[tokio::test]
@@ -207,32 +149,9 @@ async fn pgcapi_run_purges_old_rows_at_start_and_a_later_update_of_the_order_sen
     };
     let first = run("first.log");
     c.execute(PAID_ORDER, &[&"9001", &true]).await.unwrap();
-    wait_for(30, "three sent rows", || async {
-        (count(
-            c,
-            "select count(*) from ops.deliveries where state = 'sent'",
-        )
-        .await
-            == 3)
-            .then_some(())
-    })
-    .await;
-    assert_eq!(
-        count(c, "select count(*) from ops.send_log where state = 'sent'").await,
-        3
-    );
-    assert_eq!(
-        count(c, "select sum(sent_1h)::bigint from ops.health").await,
-        3
-    );
-    assert_eq!(
-        count(
-            c,
-            "select count(*) from ops.lag where slot = 'pgcapi' and pgcapi_slot"
-        )
-        .await,
-        1
-    );
+    let sent = "select count(*) from ops.deliveries where state = 'sent'";
+    wait_count(c, 30, "three sent rows", sent, 3).await;
+    the_views_live_under_ops(c).await;
     drop(first);
 
     // WHEN the rows are 40 days old and pgcapi starts again
@@ -256,17 +175,78 @@ async fn pgcapi_run_purges_old_rows_at_start_and_a_later_update_of_the_order_sen
         .await
         .unwrap();
     c.execute(PAID_ORDER, &[&"9002", &true]).await.unwrap();
-    wait_for(30, "the new order to be sent", || async {
-        (count(
-            c,
-            "select count(*) from ops.deliveries where event_id = 'order-9002' and state = 'sent'",
-        )
-        .await
-            == 3)
-            .then_some(())
-    })
-    .await;
+    let sent =
+        "select count(*) from ops.deliveries where event_id = 'order-9002' and state = 'sent'";
+    wait_count(c, 30, "the new order to be sent", sent, 3).await;
     // THEN the edit recorded nothing, and each platform counted order 9001 once.
+    the_edit_recorded_nothing(&shop).await;
+
+    // AND `pgcapi purge` reports what it would delete.
+    purge_reports_what_it_would_delete(&shop, &path).await;
+}
+
+/// When failed rows are purged explicitly, for one destination, only that one goes; Meta's old failed row
+/// stays.
+async fn purging_failed_rows_of_one_destination(c: &Client, old_failed: i64, batching: Batching) {
+    let conv =
+        |dest: &str, p: Platform, e: &str| delivery("order_paid", dest, p, e, Kind::Conversion);
+    put(
+        c,
+        conv("tiktok", Platform::Tiktok, "k-10"),
+        "failed",
+        "1 hour",
+        Some("y"),
+    )
+    .await;
+    let report = retention::purge(
+        c,
+        "pgcapi",
+        Target::Failed,
+        &Filters {
+            destination: Some("tiktok".into()),
+            ..Filters::default()
+        },
+        batching,
+        false,
+    )
+    .await
+    .unwrap();
+    // THEN only that one goes; Meta's old failed row stays.
+    assert_eq!(report.deleted, 1);
+    assert_eq!(state_of(c, old_failed).await, "failed");
+    assert_eq!(
+        count(
+            c,
+            "select count(*) from pgcapi.deliveries where destination = 'tiktok'"
+        )
+        .await,
+        0
+    );
+}
+
+/// The views live in the configured schema too: the send log, health and lag under `ops`.
+async fn the_views_live_under_ops(c: &Client) {
+    assert_eq!(
+        count(c, "select count(*) from ops.send_log where state = 'sent'").await,
+        3
+    );
+    assert_eq!(
+        count(c, "select sum(sent_1h)::bigint from ops.health").await,
+        3
+    );
+    assert_eq!(
+        count(
+            c,
+            "select count(*) from ops.lag where slot = 'pgcapi' and pgcapi_slot"
+        )
+        .await,
+        1
+    );
+}
+
+/// The edit recorded nothing, and each platform counted order 9001 once.
+async fn the_edit_recorded_nothing(shop: &Shop) {
+    let c = &shop.client;
     assert_eq!(
         count(
             c,
@@ -290,9 +270,12 @@ async fn pgcapi_run_purges_old_rows_at_start_and_a_later_update_of_the_order_sen
         .count();
     assert_eq!((meta_9001, tiktok_9001), (1, 1));
     assert_eq!(records.meta.counters.duplicate_sends, 0);
+}
 
-    // AND `pgcapi purge` (on demand, with its own age) reports what it would delete: order 9002's Meta
-    // and TikTok rows once they are two days old (Google's are kept for retractions).
+/// `pgcapi purge` (on demand, with its own age) reports what it would delete: order 9002's Meta and TikTok
+/// rows once they are two days old (Google's are kept for retractions).
+async fn purge_reports_what_it_would_delete(shop: &Shop, path: &std::path::Path) {
+    let c = &shop.client;
     c.batch_execute(
         "update ops.deliveries set updated_at = now() - interval '2 days' \
                        where event_id = 'order-9002'",
