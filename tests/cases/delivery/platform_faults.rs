@@ -3,8 +3,9 @@
 use super::*;
 use crate::support::count;
 use pgcapi::platform::Platform;
-use pgcapi::testbed::sandbox::{Faults, Stats};
+use pgcapi::testbed::sandbox::{Faults, SandboxHandle, Stats};
 use std::time::{Duration, Instant};
+use tokio_postgres::Client;
 
 #[tokio::test]
 async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_once() {
@@ -57,44 +58,15 @@ async fn under_500s_429s_and_lost_answers_every_conversion_is_sent_and_counted_o
     );
     let stats: Stats = sandbox.stats();
     for ((destination, rows), (_, platform)) in expected.into_iter().zip(DESTINATIONS) {
-        let counters = *stats.platform(crate::support::sandbox_api(platform));
-        // AND the platform counted each event exactly once, whatever was sent twice
-        let ids = counted_ids(&sandbox, platform);
-        let mut distinct = ids.clone();
-        distinct.sort();
-        distinct.dedup();
-        assert_eq!((ids.len(), distinct.len()), (rows, rows), "{destination}");
-        assert_eq!(
-            (counters.unique, counters.accepted),
-            (rows as u64, rows as u64),
-            "{destination}: {counters:?}"
-        );
-        assert!(counters.faulted > 0, "{destination}: {counters:?}");
-        // AND the control table accounts for every request: one attempt per request, and every
-        // attempt but the last of each row met a fault
-        let row = client
-            .query_one(
-                "select sum(attempts)::bigint, count(*) filter (where attempts > 1),
-                        min(attempts)
-                 from pgcapi.deliveries where destination = $1",
-                &[&destination],
-            )
-            .await
-            .unwrap();
-        let (attempts, retried, min): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
-        assert_eq!(
-            attempts as u64, counters.requests,
-            "{destination}: {counters:?}"
-        );
-        assert_eq!(
-            attempts as u64 - rows as u64,
-            counters.faulted,
-            "{destination}: {counters:?}"
-        );
-        assert!(
-            retried > 0 && min >= 1,
-            "{destination}: {retried} retried, min {min}"
-        );
+        counted_once_and_every_request_accounted(
+            &client,
+            &sandbox,
+            &stats,
+            destination,
+            platform,
+            rows,
+        )
+        .await;
     }
     // AND answers lost after processing made pgcapi send some events again, which the platforms'
     // dedup absorbed
@@ -182,4 +154,55 @@ async fn after_an_outage_only_probes_meet_it_and_the_backlog_drains_at_full_spee
         during.meta.faulted, during.google_ads.faulted, during.tiktok.faulted
     );
     pipeline.stop().await;
+}
+
+/// The platform counted each of `destination`'s `rows` events exactly once, whatever was sent twice;
+/// and the control table accounts for every request: one attempt per request, and every attempt but
+/// the last of each row met a fault.
+async fn counted_once_and_every_request_accounted(
+    client: &Client,
+    sandbox: &SandboxHandle,
+    stats: &Stats,
+    destination: &str,
+    platform: Platform,
+    rows: usize,
+) {
+    let counters = *stats.platform(crate::support::sandbox_api(platform));
+    // AND the platform counted each event exactly once, whatever was sent twice
+    let ids = counted_ids(&sandbox, platform);
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!((ids.len(), distinct.len()), (rows, rows), "{destination}");
+    assert_eq!(
+        (counters.unique, counters.accepted),
+        (rows as u64, rows as u64),
+        "{destination}: {counters:?}"
+    );
+    assert!(counters.faulted > 0, "{destination}: {counters:?}");
+    // AND the control table accounts for every request: one attempt per request, and every
+    // attempt but the last of each row met a fault
+    let row = client
+        .query_one(
+            "select sum(attempts)::bigint, count(*) filter (where attempts > 1),
+                    min(attempts)
+             from pgcapi.deliveries where destination = $1",
+            &[&destination],
+        )
+        .await
+        .unwrap();
+    let (attempts, retried, min): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        attempts as u64, counters.requests,
+        "{destination}: {counters:?}"
+    );
+    assert_eq!(
+        attempts as u64 - rows as u64,
+        counters.faulted,
+        "{destination}: {counters:?}"
+    );
+    assert!(
+        retried > 0 && min >= 1,
+        "{destination}: {retried} retried, min {min}"
+    );
 }
