@@ -48,6 +48,47 @@ async fn deleting_a_sent_order_retracts_it_where_the_platform_can(
     assert_eq!(adjustments[0].order_id.as_deref(), Some(event_id.as_str()));
 }
 
+/// The rows of `event_ids` are `n`, every conversion cancelled as deleted before it was sent and every
+/// retraction as having nothing sent to retract.
+async fn cancelled_as_deleted(client: &Client, event_ids: &[&str], n: usize) {
+    let rows: Vec<(String, String, Option<String>)> = client
+        .query(
+            "select kind, state, last_error from pgcapi.deliveries
+             where event_id = any($1) order by kind, destination",
+            &[&event_ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows.len(), n, "{rows:?}");
+    for (kind, state, error) in &rows {
+        let reason = if kind == "conversion" {
+            "source row deleted before it was sent"
+        } else {
+            "conversion was not sent yet"
+        };
+        assert_eq!(
+            (state.as_str(), error.as_deref()),
+            ("cancelled", Some(reason)),
+            "{rows:?}"
+        );
+    }
+}
+
+/// Every platform counted each of `present` and none of `absent`.
+fn counted_only(sandbox: &SandboxHandle, present: &[&str], absent: &[&str]) {
+    for (destination, platform) in DESTINATIONS {
+        let ids = counted_ids(sandbox, platform);
+        assert!(
+            absent.iter().all(|id| !ids.contains(&id.to_string()))
+                && present.iter().all(|id| ids.contains(&id.to_string())),
+            "{destination}: {ids:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
     // GIVEN capture and dispatch running; orders under REPLICA IDENTITY FULL (the event id reads
@@ -88,30 +129,7 @@ async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
     // THEN the deleted paid order is cancelled everywhere with its reason and never sent, the
     // unpaid one left no row, and the other order and the deal (ignore) are sent
     settled(&client, 6 + 3 + 2, 30).await;
-    let d1: Vec<(String, String, Option<String>)> = client
-        .query(
-            "select kind, state, last_error from pgcapi.deliveries where event_id = 'order-d1'
-             order by kind, destination",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(d1.len(), 6, "{d1:?}");
-    for (kind, state, error) in &d1 {
-        let reason = if kind == "conversion" {
-            "source row deleted before it was sent"
-        } else {
-            "conversion was not sent yet"
-        };
-        assert_eq!(
-            (state.as_str(), error.as_deref()),
-            ("cancelled", Some(reason)),
-            "{d1:?}"
-        );
-    }
+    cancelled_as_deleted(&client, &["order-d1"], 6).await;
     assert_eq!(
         count(
             &client,
@@ -128,13 +146,7 @@ async fn a_deleted_order_is_cancelled_before_it_is_sent_and_retracted_after() {
         .await,
         5
     );
-    for (destination, platform) in DESTINATIONS {
-        let ids = counted_ids(&sandbox, platform);
-        assert!(
-            !ids.contains(&"order-d1".to_string()) && ids.contains(&"order-d3".to_string()),
-            "{destination}: {ids:?}"
-        );
-    }
+    counted_only(&sandbox, &["order-d3"], &["order-d1"]);
 
     // WHEN the sent order is deleted, THEN Google retracts it, and Meta and TikTok say they cannot
     deleting_a_sent_order_retracts_it_where_the_platform_can(&client, &sandbox, "d3", 14).await;
@@ -168,30 +180,7 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
     // ids from the conversions) and never sent, the unpaid one left no row, the other order is
     // sent, and the conversions hold their row's key
     settled(&client, 2 * 6 + 3, 30).await;
-    let k1: Vec<(String, String, Option<String>)> = client
-        .query(
-            "select kind, state, last_error from pgcapi.deliveries
-             where event_id in ('order-k1', 'order-k4') order by kind, destination",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    assert_eq!(k1.len(), 12, "{k1:?}");
-    for (kind, state, error) in &k1 {
-        let reason = if kind == "conversion" {
-            "source row deleted before it was sent"
-        } else {
-            "conversion was not sent yet"
-        };
-        assert_eq!(
-            (state.as_str(), error.as_deref()),
-            ("cancelled", Some(reason)),
-            "{k1:?}"
-        );
-    }
+    cancelled_as_deleted(&client, &["order-k1", "order-k4"], 12).await;
     assert_eq!(
         count(
             &client,
@@ -219,15 +208,7 @@ async fn a_deleted_order_is_cancelled_and_retracted_under_the_default_replica_id
         .await,
         3
     );
-    for (destination, platform) in DESTINATIONS {
-        let ids = counted_ids(&sandbox, platform);
-        assert!(
-            !ids.contains(&"order-k1".to_string())
-                && !ids.contains(&"order-k4".to_string())
-                && ids.contains(&"order-k3".to_string()),
-            "{destination}: {ids:?}"
-        );
-    }
+    counted_only(&sandbox, &["order-k3"], &["order-k1", "order-k4"]);
 
     // WHEN the sent order is deleted, THEN Google retracts it, and Meta and TikTok say they cannot
     deleting_a_sent_order_retracts_it_where_the_platform_can(&client, &sandbox, "k3", 18).await;

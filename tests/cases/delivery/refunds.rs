@@ -99,51 +99,7 @@ async fn a_refund_after_a_lost_answer_leaves_the_control_table_agreeing_with_the
     settled(&client, 60, 30).await;
     let retractions = sandbox.records().google_ads.adjustments;
     for (destination, platform) in DESTINATIONS {
-        let by_state = states(&client, destination).await;
-        let get = |kind: &str, state: &str| {
-            by_state
-                .get(&(kind.to_string(), state.to_string()))
-                .copied()
-                .unwrap_or(0)
-        };
-        assert_eq!(get("conversion", "sent"), 10, "{destination}: {by_state:?}");
-        let refund_state = if platform == Platform::GoogleAds {
-            "sent"
-        } else {
-            "skipped"
-        };
-        assert_eq!(
-            get("retraction", refund_state),
-            10,
-            "{destination}: {by_state:?}"
-        );
-        if platform != Platform::GoogleAds {
-            let with_reason = count(
-                &client,
-                &format!(
-                    "select count(*) from pgcapi.deliveries where destination = '{destination}'
-                       and kind = 'retraction' and last_error = 'platform cannot retract'"
-                ),
-            )
-            .await;
-            assert_eq!(with_reason, 10, "{destination}");
-        }
-        // AND what the platform counts is exactly what the control table says it holds
-        let mut ids = counted_ids(&sandbox, platform);
-        ids.sort();
-        let mut sent: Vec<String> = client
-            .query(
-                "select event_id from pgcapi.deliveries
-                 where destination = $1 and kind = 'conversion' and state = 'sent'",
-                &[&destination],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        sent.sort();
-        assert_eq!(ids, sent, "{destination}");
+        agrees_with_the_platform(&client, &sandbox, destination, platform).await;
     }
     let mut retracted: Vec<String> = retractions
         .iter()
@@ -160,4 +116,60 @@ async fn a_refund_after_a_lost_answer_leaves_the_control_table_agreeing_with_the
         assert!(c.responses_lost > 0 && c.duplicate_sends >= 10, "{stats:?}");
     }
     pipeline.stop().await;
+}
+
+/// At `destination`, the ten conversions are sent and their refunds retracted (Google) or skipped
+/// saying why (Meta, TikTok); and what the platform counts is exactly what the control table says it
+/// holds.
+async fn agrees_with_the_platform(
+    client: &Client,
+    sandbox: &SandboxHandle,
+    destination: &str,
+    platform: Platform,
+) {
+    let by_state = states(client, destination).await;
+    let get = |kind: &str, state: &str| {
+        by_state
+            .get(&(kind.to_string(), state.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(get("conversion", "sent"), 10, "{destination}: {by_state:?}");
+    let refund_state = if platform == Platform::GoogleAds {
+        "sent"
+    } else {
+        "skipped"
+    };
+    assert_eq!(
+        get("retraction", refund_state),
+        10,
+        "{destination}: {by_state:?}"
+    );
+    if platform != Platform::GoogleAds {
+        let with_reason = count(
+            client,
+            &format!(
+                "select count(*) from pgcapi.deliveries where destination = '{destination}'
+                   and kind = 'retraction' and last_error = 'platform cannot retract'"
+            ),
+        )
+        .await;
+        assert_eq!(with_reason, 10, "{destination}");
+    }
+    // AND what the platform counts is exactly what the control table says it holds
+    let mut ids = counted_ids(sandbox, platform);
+    ids.sort();
+    let mut sent: Vec<String> = client
+        .query(
+            "select event_id from pgcapi.deliveries
+             where destination = $1 and kind = 'conversion' and state = 'sent'",
+            &[&destination],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    sent.sort();
+    assert_eq!(ids, sent, "{destination}");
 }
