@@ -47,78 +47,10 @@ async fn metrics_match_the_control_table_and_readyz_follows_capture_and_the_data
         zero.then_some(scrape)
     })
     .await;
-    for dest in ["meta", "google", "tiktok"] {
-        let sent = count(
-            &shop.client,
-            &format!(
-                "select count(*) from pgcapi.deliveries where destination = '{dest}' and state = 'sent'"
-            ),
-        )
-        .await;
-        assert!(sent >= 2, "{dest}: {sent}");
-        assert_eq!(
-            sample(
-                &scrape,
-                &format!("pgcapi_deliveries_total{{destination=\"{dest}\",state=\"sent\"}}")
-            ),
-            sent as f64,
-            "{dest} sent\n{scrape}"
-        );
-        assert!(
-            sample(
-                &scrape,
-                &format!(
-                    "pgcapi_dispatch_requests_total{{destination=\"{dest}\",outcome=\"accepted\"}}"
-                )
-            ) >= 1.0,
-            "{scrape}"
-        );
-        assert!(
-            scrape.contains(&format!(
-                "pgcapi_dispatch_request_duration_seconds_count{{destination=\"{dest}\"}}"
-            )),
-            "{scrape}"
-        );
-    }
-    // Meta cannot retract: dispatch skipped its retraction (consent skips are decided by capture).
-    let meta_skipped = count(
-        &shop.client,
-        "select count(*) from pgcapi.deliveries where destination = 'meta' and state = 'skipped'
-         and kind = 'retraction'",
-    )
-    .await;
-    assert_eq!(meta_skipped, 1);
-    assert_eq!(
-        sample(
-            &scrape,
-            "pgcapi_deliveries_total{destination=\"meta\",state=\"skipped\"}"
-        ),
-        1.0,
-        "{scrape}"
-    );
-    let rows = count(&shop.client, "select count(*) from pgcapi.deliveries").await;
-    assert_eq!(sample(&scrape, "pgcapi_events_captured_total"), rows as f64);
-    assert!(sample(&scrape, "pgcapi_transactions_total") >= 4.0);
-    assert!(sample(&scrape, "pgcapi_changes_decoded_total") >= 4.0);
-    assert_eq!(sample(&scrape, "pgcapi_capture_active"), 1.0);
-    assert!(sample(&scrape, "pgcapi_confirmed_flush_lsn") > 0.0);
-    assert!(scrape.contains("pgcapi_replication_lag_bytes "), "{scrape}");
-    assert!(
-        scrape.contains("pgcapi_dispatch_latency_seconds_count{destination=\"meta\"} 2"),
-        "{scrape}"
-    );
-    assert!(!scrape.contains("order-7001"), "an event id became a label");
+    counters_match_the_control_table(&shop, &scrape).await;
 
     // WHEN a second process starts on the same slot, THEN it is a ready standby, not capturing
-    let standby = shop.run(&[], "standby.log");
-    let standby_url = standby.metrics_url().await;
-    wait_for(30, "the standby to be ready", || async {
-        (get(&format!("{standby_url}/readyz")).await?.0 == 200).then_some(())
-    })
-    .await;
-    let (_, standby_scrape) = get(&format!("{standby_url}/metrics")).await.unwrap();
-    assert_eq!(sample(&standby_scrape, "pgcapi_capture_active"), 0.0);
-    drop(standby);
+    a_second_process_is_a_ready_standby(&shop).await;
 
     // WHEN the database goes down, THEN /readyz answers 503 and says why, and /healthz stays 200
     shop.db.cluster.stop("fast").unwrap();
@@ -193,4 +125,82 @@ async fn json_logs_name_their_workers_and_hold_no_identifier_or_secret() {
     for secret in secrets {
         assert!(!text.contains(secret), "a secret was logged");
     }
+}
+
+/// The counters of `scrape` equal what the control table says this process did.
+async fn counters_match_the_control_table(shop: &Shop, scrape: &str) {
+    for dest in ["meta", "google", "tiktok"] {
+        let sent = count(
+            &shop.client,
+            &format!(
+                "select count(*) from pgcapi.deliveries where destination = '{dest}' and state = 'sent'"
+            ),
+        )
+        .await;
+        assert!(sent >= 2, "{dest}: {sent}");
+        assert_eq!(
+            sample(
+                scrape,
+                &format!("pgcapi_deliveries_total{{destination=\"{dest}\",state=\"sent\"}}")
+            ),
+            sent as f64,
+            "{dest} sent\n{scrape}"
+        );
+        assert!(
+            sample(
+                scrape,
+                &format!(
+                    "pgcapi_dispatch_requests_total{{destination=\"{dest}\",outcome=\"accepted\"}}"
+                )
+            ) >= 1.0,
+            "{scrape}"
+        );
+        assert!(
+            scrape.contains(&format!(
+                "pgcapi_dispatch_request_duration_seconds_count{{destination=\"{dest}\"}}"
+            )),
+            "{scrape}"
+        );
+    }
+    // Meta cannot retract: dispatch skipped its retraction (consent skips are decided by capture).
+    let meta_skipped = count(
+        &shop.client,
+        "select count(*) from pgcapi.deliveries where destination = 'meta' and state = 'skipped'
+         and kind = 'retraction'",
+    )
+    .await;
+    assert_eq!(meta_skipped, 1);
+    assert_eq!(
+        sample(
+            scrape,
+            "pgcapi_deliveries_total{destination=\"meta\",state=\"skipped\"}"
+        ),
+        1.0,
+        "{scrape}"
+    );
+    let rows = count(&shop.client, "select count(*) from pgcapi.deliveries").await;
+    assert_eq!(sample(scrape, "pgcapi_events_captured_total"), rows as f64);
+    assert!(sample(scrape, "pgcapi_transactions_total") >= 4.0);
+    assert!(sample(scrape, "pgcapi_changes_decoded_total") >= 4.0);
+    assert_eq!(sample(scrape, "pgcapi_capture_active"), 1.0);
+    assert!(sample(scrape, "pgcapi_confirmed_flush_lsn") > 0.0);
+    assert!(scrape.contains("pgcapi_replication_lag_bytes "), "{scrape}");
+    assert!(
+        scrape.contains("pgcapi_dispatch_latency_seconds_count{destination=\"meta\"} 2"),
+        "{scrape}"
+    );
+    assert!(!scrape.contains("order-7001"), "an event id became a label");
+}
+
+/// A second process on the same slot is a ready standby, not capturing.
+async fn a_second_process_is_a_ready_standby(shop: &Shop) {
+    let standby = shop.run(&[], "standby.log");
+    let standby_url = standby.metrics_url().await;
+    wait_for(30, "the standby to be ready", || async {
+        (get(&format!("{standby_url}/readyz")).await?.0 == 200).then_some(())
+    })
+    .await;
+    let (_, standby_scrape) = get(&format!("{standby_url}/metrics")).await.unwrap();
+    assert_eq!(sample(&standby_scrape, "pgcapi_capture_active"), 0.0);
+    drop(standby);
 }
