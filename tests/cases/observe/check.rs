@@ -2,7 +2,7 @@
 
 use crate::support::{config_from, contract_env, TestDb, CONTRACT_TOML, SHOP_SQL};
 use pgcapi::ops::setup::{setup, SetupOptions};
-use pgcapi::testbed::sandbox::{Sandbox, SandboxConfig};
+use pgcapi::testbed::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use std::path::Path;
 
 /// Runs `pgcapi check` on `config` with `env`; returns whether it succeeded and its stdout. (Async:
@@ -36,12 +36,11 @@ fn with(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, String
     env
 }
 
-#[tokio::test]
-async fn check_passes_against_the_sandbox_and_names_what_is_wrong() {
-    // GIVEN a sandbox that accepts only the test env's credentials, and TikTok with a test event code
+/// A sandbox that accepts only the test env's credentials.
+async fn strict_sandbox() -> SandboxHandle {
     let env0 = contract_env("", "");
     let secret = |k: &str| env0.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let sandbox = Sandbox::start_with_config(
+    Sandbox::start_with_config(
         "127.0.0.1:0".parse().unwrap(),
         SandboxConfig {
             meta_access_token: secret("META_ACCESS_TOKEN"),
@@ -54,7 +53,13 @@ async fn check_passes_against_the_sandbox_and_names_what_is_wrong() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn check_passes_against_the_sandbox_and_names_what_is_wrong() {
+    // GIVEN a sandbox that accepts only the test env's credentials, and TikTok with a test event code
+    let sandbox = strict_sandbox().await;
     let toml = CONTRACT_TOML.replace(
         "pixel_code = \"CTEST12345\"\n",
         "pixel_code = \"CTEST12345\"\ntest_event_code = \"TEST42\"\n",
@@ -113,29 +118,7 @@ async fn check_passes_against_the_sandbox_and_names_what_is_wrong() {
     );
 
     // WHEN a token is wrong or an endpoint unreachable, THEN check fails and says which and why
-    let (ok, out) = check(&path, &with(&env, "META_ACCESS_TOKEN", "wrong-token-value")).await;
-    assert!(!ok);
-    assert!(
-        out.contains("✗ meta (meta): access token rejected (Graph error 190"),
-        "{out}"
-    );
-    let (ok, out) = check(
-        &path,
-        &with(&env, "GOOGLE_ADS_REFRESH_TOKEN", "wrong-token-value"),
-    )
-    .await;
-    assert!(!ok);
-    assert!(
-        out.contains("✗ google (google_ads): OAuth refresh token rejected"),
-        "{out}"
-    );
-    let (ok, out) = check(&path, &with(&env, "TIKTOK_ENDPOINT", "http://127.0.0.1:9")).await;
-    assert!(!ok);
-    assert!(
-        out.contains("✗ tiktok (tiktok): cannot reach http://127.0.0.1:9"),
-        "{out}"
-    );
-    assert!(out.contains("✓ meta (meta)"), "{out}");
+    check_names_a_wrong_token_or_an_unreachable_endpoint(&path, &env).await;
 }
 
 /// Runs `pgcapi setup` with `RUST_LOG` as given (unset: the default level), stderr into a file (not a
@@ -194,4 +177,34 @@ async fn setup_run_again_logs_no_colours_and_no_skipping_notices_at_the_default_
             && l.contains("skipping")),
         "{text}"
     );
+}
+
+/// With a token wrong or an endpoint unreachable, check fails and says which and why.
+async fn check_names_a_wrong_token_or_an_unreachable_endpoint(
+    path: &Path,
+    env: &[(String, String)],
+) {
+    let (ok, out) = check(path, &with(env, "META_ACCESS_TOKEN", "wrong-token-value")).await;
+    assert!(!ok);
+    assert!(
+        out.contains("✗ meta (meta): access token rejected (Graph error 190"),
+        "{out}"
+    );
+    let (ok, out) = check(
+        path,
+        &with(env, "GOOGLE_ADS_REFRESH_TOKEN", "wrong-token-value"),
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        out.contains("✗ google (google_ads): OAuth refresh token rejected"),
+        "{out}"
+    );
+    let (ok, out) = check(path, &with(env, "TIKTOK_ENDPOINT", "http://127.0.0.1:9")).await;
+    assert!(!ok);
+    assert!(
+        out.contains("✗ tiktok (tiktok): cannot reach http://127.0.0.1:9"),
+        "{out}"
+    );
+    assert!(out.contains("✓ meta (meta)"), "{out}");
 }

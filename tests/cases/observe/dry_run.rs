@@ -4,6 +4,26 @@ use super::*;
 use crate::support::Shop;
 use crate::support::{count, wait_for, CONTRACT_TOML};
 use serde_json::Value;
+use std::path::Path;
+
+/// The dry-run output lines of `dest` in `out`, as JSON (none yet: empty).
+fn read(out: &Path, dest: &str) -> Vec<Value> {
+    std::fs::read_to_string(out.join(format!("{dest}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The event ids of every request of dry-run output `lines`.
+fn shown(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .flat_map(|l| l["requests"].as_array().unwrap().clone())
+        .flat_map(|r| r["event_ids"].as_array().unwrap().clone())
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect()
+}
 
 #[tokio::test]
 async fn a_dry_run_sends_nothing_writes_the_would_be_requests_and_leaves_rows_for_a_real_run() {
@@ -21,21 +41,7 @@ async fn a_dry_run_sends_nothing_writes_the_would_be_requests_and_leaves_rows_fo
     shop.pay("9002", true).await;
 
     // THEN each destination's would-be request is written, with hashes and no raw identifier
-    let read = |dest: &str| -> Vec<Value> {
-        std::fs::read_to_string(out.join(format!("{dest}.jsonl")))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let shown = |lines: &[Value]| -> Vec<String> {
-        lines
-            .iter()
-            .flat_map(|l| l["requests"].as_array().unwrap().clone())
-            .flat_map(|r| r["event_ids"].as_array().unwrap().clone())
-            .map(|id| id.as_str().unwrap().to_string())
-            .collect()
-    };
+    let read = |dest: &str| read(&out, dest);
     for dest in ["meta", "google", "tiktok"] {
         wait_for(30, &format!("the {dest} dry-run output"), || async {
             let mut ids = shown(&read(dest));
@@ -44,31 +50,7 @@ async fn a_dry_run_sends_nothing_writes_the_would_be_requests_and_leaves_rows_fo
         })
         .await;
     }
-    let email_hash = pgcapi::identity::hash("jane.doe@example.com");
-    let meta = read("meta");
-    let body = &meta[0]["requests"][0]["body"];
-    assert_eq!(body["data"][0]["user_data"]["em"], email_hash, "{body}");
-    let google = read("google");
-    let upload = &google[0]["requests"][0];
-    assert!(upload["url"]
-        .as_str()
-        .unwrap()
-        .ends_with("/customers/1234567890:uploadClickConversions"));
-    assert_eq!(
-        upload["body"]["conversions"][0]["userIdentifiers"][0]["hashedEmail"],
-        email_hash
-    );
-    let tiktok = read("tiktok");
-    assert_eq!(
-        tiktok[0]["requests"][0]["body"]["data"][0]["user"]["email"],
-        email_hash
-    );
-    for dest in ["meta", "google", "tiktok"] {
-        let text = std::fs::read_to_string(out.join(format!("{dest}.jsonl"))).unwrap();
-        for raw in RAW_PII.iter().chain(&["s3cr3t"]) {
-            assert!(!text.contains(raw), "{raw:?} in the {dest} dry-run output");
-        }
-    }
+    requests_hold_hashes_and_no_raw_identifier(&out);
     // ... nothing reached the platforms, and the rows are untouched (pending, no lease, no attempt)
     let records = sandbox.records();
     for platform in pgcapi::platform::Platform::ALL {
@@ -143,4 +125,34 @@ async fn google_validate_only_reaches_the_sandbox_and_records_nothing() {
         Some(pgcapi::destinations::google_ads::VALIDATE_ONLY_REASON)
     );
     assert_eq!(sandbox.records().meta.events.len(), 1);
+}
+
+/// Each destination's would-be request holds the hashed email and no raw identifier or secret.
+fn requests_hold_hashes_and_no_raw_identifier(out: &Path) {
+    let read = |dest: &str| read(out, dest);
+    let email_hash = pgcapi::identity::hash("jane.doe@example.com");
+    let meta = read("meta");
+    let body = &meta[0]["requests"][0]["body"];
+    assert_eq!(body["data"][0]["user_data"]["em"], email_hash, "{body}");
+    let google = read("google");
+    let upload = &google[0]["requests"][0];
+    assert!(upload["url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/customers/1234567890:uploadClickConversions"));
+    assert_eq!(
+        upload["body"]["conversions"][0]["userIdentifiers"][0]["hashedEmail"],
+        email_hash
+    );
+    let tiktok = read("tiktok");
+    assert_eq!(
+        tiktok[0]["requests"][0]["body"]["data"][0]["user"]["email"],
+        email_hash
+    );
+    for dest in ["meta", "google", "tiktok"] {
+        let text = std::fs::read_to_string(out.join(format!("{dest}.jsonl"))).unwrap();
+        for raw in RAW_PII.iter().chain(&["s3cr3t"]) {
+            assert!(!text.contains(raw), "{raw:?} in the {dest} dry-run output");
+        }
+    }
 }
