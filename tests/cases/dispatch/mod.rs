@@ -182,6 +182,19 @@ fn destination(
     destinations::build(name, &config, &dispatch_config()).unwrap()
 }
 
+/// A control database holding `rows`, and the fake platform with its endpoint.
+async fn with_rows(rows: &[NewDelivery]) -> (TestDb, Client, Arc<Fake>, String) {
+    let (db, client) = control_db().await;
+    let (fake, endpoint) = Fake::start().await;
+    insert(&client, rows).await;
+    (db, client, fake, endpoint)
+}
+
+/// A dispatcher for the Meta destination alone, at the fake platform.
+async fn meta_dispatcher(db: &TestDb, endpoint: &str) -> Dispatcher {
+    dispatcher(db, vec![destination("meta", Platform::Meta, endpoint, "")]).await
+}
+
 async fn dispatcher(db: &TestDb, dests: Vec<Box<dyn Destination>>) -> Dispatcher {
     Dispatcher::connect(&db.url(), SCHEMA, dispatch_config(), dests)
         .await

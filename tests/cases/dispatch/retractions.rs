@@ -8,17 +8,12 @@ use serde_json::json;
 #[tokio::test]
 async fn a_retraction_of_an_unsent_conversion_cancels_both_without_sending() {
     // GIVEN two pending conversions and their retractions: one claimed in the same batch, one not yet due
-    let (db, client) = control_db().await;
-    let (fake, endpoint) = Fake::start().await;
-    insert(
-        &client,
-        &[
-            conversion("meta", Platform::Meta, "order-1"),
-            retraction("meta", Platform::Meta, "order-1"),
-            conversion("meta", Platform::Meta, "order-2"),
-            retraction("meta", Platform::Meta, "order-2"),
-        ],
-    )
+    let (db, client, fake, endpoint) = with_rows(&[
+        conversion("meta", Platform::Meta, "order-1"),
+        retraction("meta", Platform::Meta, "order-1"),
+        conversion("meta", Platform::Meta, "order-2"),
+        retraction("meta", Platform::Meta, "order-2"),
+    ])
     .await;
     client
         .batch_execute(
@@ -27,11 +22,7 @@ async fn a_retraction_of_an_unsent_conversion_cancels_both_without_sending() {
         )
         .await
         .unwrap();
-    let d = dispatcher(
-        &db,
-        vec![destination("meta", Platform::Meta, &endpoint, "")],
-    )
-    .await;
+    let d = meta_dispatcher(&db, &endpoint).await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN all four rows are cancelled with their reasons, and nothing reached the platform
@@ -53,15 +44,10 @@ async fn a_retraction_of_an_unsent_conversion_cancels_both_without_sending() {
 #[tokio::test]
 async fn a_retraction_of_a_sent_conversion_is_sent_to_google_and_skipped_for_meta() {
     // GIVEN one order sent to Google and to Meta
-    let (db, client) = control_db().await;
-    let (fake, endpoint) = Fake::start().await;
-    insert(
-        &client,
-        &[
-            conversion("google", Platform::GoogleAds, "order-1"),
-            conversion("meta", Platform::Meta, "order-1"),
-        ],
-    )
+    let (db, client, fake, endpoint) = with_rows(&[
+        conversion("google", Platform::GoogleAds, "order-1"),
+        conversion("meta", Platform::Meta, "order-1"),
+    ])
     .await;
     let d = dispatcher(
         &db,
@@ -112,16 +98,11 @@ async fn a_retraction_of_a_sent_conversion_is_sent_to_google_and_skipped_for_met
 #[tokio::test]
 async fn a_retraction_waits_for_a_conversion_in_flight_and_skips_a_missing_one() {
     // GIVEN a conversion leased by another process, its retraction, and a retraction of nothing
-    let (db, client) = control_db().await;
-    let (fake, endpoint) = Fake::start().await;
-    insert(
-        &client,
-        &[
-            conversion("meta", Platform::Meta, "order-1"),
-            retraction("meta", Platform::Meta, "order-1"),
-            retraction("meta", Platform::Meta, "order-9"),
-        ],
-    )
+    let (db, client, fake, endpoint) = with_rows(&[
+        conversion("meta", Platform::Meta, "order-1"),
+        retraction("meta", Platform::Meta, "order-1"),
+        retraction("meta", Platform::Meta, "order-9"),
+    ])
     .await;
     client
         .batch_execute(
@@ -130,11 +111,7 @@ async fn a_retraction_waits_for_a_conversion_in_flight_and_skips_a_missing_one()
         )
         .await
         .unwrap();
-    let d = dispatcher(
-        &db,
-        vec![destination("meta", Platform::Meta, &endpoint, "")],
-    )
-    .await;
+    let d = meta_dispatcher(&db, &endpoint).await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN the first retraction stays pending (no attempt counted, due again shortly, lease released)
@@ -272,17 +249,12 @@ async fn a_refund_of_a_conversion_that_may_have_reached_the_platform_is_sent_fir
 ) {
     // GIVEN a Google and a Meta conversion each attempted once already (the answer was lost), back
     // to pending, and then refunded
-    let (db, client) = control_db().await;
-    let (fake, endpoint) = Fake::start().await;
-    insert(
-        &client,
-        &[
-            conversion("google", Platform::GoogleAds, "order-1"),
-            retraction("google", Platform::GoogleAds, "order-1"),
-            conversion("meta", Platform::Meta, "order-1"),
-            retraction("meta", Platform::Meta, "order-1"),
-        ],
-    )
+    let (db, client, fake, endpoint) = with_rows(&[
+        conversion("google", Platform::GoogleAds, "order-1"),
+        retraction("google", Platform::GoogleAds, "order-1"),
+        conversion("meta", Platform::Meta, "order-1"),
+        retraction("meta", Platform::Meta, "order-1"),
+    ])
     .await;
     client
         .batch_execute("update pgcapi.deliveries set attempts = 1 where rule = 'order_paid'")

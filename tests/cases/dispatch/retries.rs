@@ -15,11 +15,7 @@ async fn a_row_failing_twice_with_500_is_retried_with_backoff_then_recorded_as_s
     let (fake, endpoint) = Fake::start().await;
     fake.script([Scripted::status(500), Scripted::status(500)]);
     insert(&client, &[conversion("meta", Platform::Meta, "order-1")]).await;
-    let d = dispatcher(
-        &db,
-        vec![destination("meta", Platform::Meta, &endpoint, "")],
-    )
-    .await;
+    let d = meta_dispatcher(&db, &endpoint).await;
 
     // WHEN dispatch runs once
     assert_eq!(d.run_once().await.unwrap(), 1);
@@ -63,11 +59,7 @@ async fn a_permanent_rejection_fails_the_row_with_the_platforms_message() {
         retry_after: None,
     }]);
     insert(&client, &[conversion("meta", Platform::Meta, "order-1")]).await;
-    let d = dispatcher(
-        &db,
-        vec![destination("meta", Platform::Meta, &endpoint, "")],
-    )
-    .await;
+    let d = meta_dispatcher(&db, &endpoint).await;
     // WHEN dispatch runs
     d.run_once().await.unwrap();
     // THEN the row failed once, with Meta's code and message
@@ -180,11 +172,7 @@ async fn a_retried_old_row_gets_the_full_retry_budget_again() {
     fake.script(vec![Scripted::status(500); 2]);
 
     // WHEN dispatch meets the 500.
-    let d = dispatcher(
-        &db,
-        vec![destination("meta", Platform::Meta, &endpoint, "")],
-    )
-    .await;
+    let d = meta_dispatcher(&db, &endpoint).await;
     d.run_once().await.unwrap();
 
     // THEN the retried row waits for another try (its clock restarted at the retry), while the row
