@@ -284,3 +284,36 @@ pub fn sandbox_api(platform: pgcapi::platform::Platform) -> pgcapi::testbed::san
         P::Pinterest => S::Pinterest,
     }
 }
+
+/// A pending website purchase of 19.99 USD in `public.orders` for `destination`, as capture records it:
+/// a conversion of `order_paid` timed now, with an empty payload but consent. Tests change what they
+/// need with struct update syntax.
+pub fn purchase(
+    destination: &str,
+    platform: pgcapi::platform::Platform,
+    event_id: &str,
+) -> pgcapi::event::NewDelivery {
+    pgcapi::event::NewDelivery {
+        rule: "order_paid".into(),
+        destination: destination.into(),
+        platform,
+        event_id: event_id.into(),
+        kind: pgcapi::event::Kind::Conversion,
+        adjusts_rule: None,
+        event_name: Some("Purchase".into()),
+        event_time: chrono::Utc::now(),
+        value: Some("19.99".into()),
+        currency: Some("USD".into()),
+        action_source: Some("website".into()),
+        payload: pgcapi::event::Payload {
+            consent: true,
+            ..pgcapi::event::Payload::default()
+        },
+        state: pgcapi::event::State::Pending,
+        last_error: None,
+        source_table: "public.orders".into(),
+        source_key: None,
+        source_lsn: pgcapi::lsn::Lsn(0x16B3748),
+        commit_time: chrono::Utc::now(),
+    }
+}

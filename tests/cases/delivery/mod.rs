@@ -169,12 +169,7 @@ async fn refunds_cancelled_and_only_paid_orders_counted(
 ) {
     for (destination, platform) in DESTINATIONS {
         let by_state = states(client, destination).await;
-        let get = |kind: &str, state: &str| {
-            by_state
-                .get(&(kind.to_string(), state.to_string()))
-                .copied()
-                .unwrap_or(0)
-        };
+        let get = |kind: &str, state: &str| state_count(&by_state, kind, state);
         assert_eq!(
             get("conversion", "cancelled"),
             refunded,
@@ -195,6 +190,14 @@ async fn refunds_cancelled_and_only_paid_orders_counted(
         assert_eq!(ids.len() as i64, paid, "{destination}: {ids:?}");
         assert!(ids.iter().all(|id| paid_id(id)), "{destination}: {ids:?}");
     }
+}
+
+/// How many rows of `kind` are in `state` in `by_state` (from [`states`]).
+fn state_count(by_state: &HashMap<(String, String), i64>, kind: &str, state: &str) -> i64 {
+    by_state
+        .get(&(kind.to_string(), state.to_string()))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// How many rows of `destination` are in `state`, by kind.

@@ -169,7 +169,7 @@ async fn counted_once_and_every_request_accounted(
 ) {
     let counters = *stats.platform(crate::support::sandbox_api(platform));
     // AND the platform counted each event exactly once, whatever was sent twice
-    let ids = counted_ids(&sandbox, platform);
+    let ids = counted_ids(sandbox, platform);
     let mut distinct = ids.clone();
     distinct.sort();
     distinct.dedup();

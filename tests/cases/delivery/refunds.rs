@@ -128,12 +128,7 @@ async fn agrees_with_the_platform(
     platform: Platform,
 ) {
     let by_state = states(client, destination).await;
-    let get = |kind: &str, state: &str| {
-        by_state
-            .get(&(kind.to_string(), state.to_string()))
-            .copied()
-            .unwrap_or(0)
-    };
+    let get = |kind: &str, state: &str| state_count(&by_state, kind, state);
     assert_eq!(get("conversion", "sent"), 10, "{destination}: {by_state:?}");
     let refund_state = if platform == Platform::GoogleAds {
         "sent"

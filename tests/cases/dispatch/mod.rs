@@ -9,9 +9,8 @@ use chrono::Utc;
 use pgcapi::config::{DestinationConfig, DispatchConfig};
 use pgcapi::destinations::{self, Destination};
 use pgcapi::dispatch::Dispatcher;
-use pgcapi::event::{Kind, NewDelivery, Payload, State};
+use pgcapi::event::{Kind, NewDelivery, Payload};
 use pgcapi::identity::{MatchKey, MatchKeys};
-use pgcapi::lsn::Lsn;
 use pgcapi::outbox;
 use pgcapi::platform::Platform;
 use serde_json::{json, Value};
@@ -209,18 +208,8 @@ fn conversion(destination: &str, platform: Platform, event_id: &str) -> NewDeliv
     keys.insert(MatchKey::ClientIp, "203.0.113.9".into());
     keys.insert(MatchKey::Gclid, "Cj0-test".into());
     NewDelivery {
-        rule: "order_paid".into(),
-        destination: destination.into(),
-        platform,
-        event_id: event_id.into(),
-        kind: Kind::Conversion,
-        adjusts_rule: None,
-        event_name: Some("Purchase".into()),
         // A minute ago: a Google adjustment sent right after must be timed a second after it.
         event_time: Utc::now() - chrono::TimeDelta::minutes(1),
-        value: Some("19.99".into()),
-        currency: Some("USD".into()),
-        action_source: Some("website".into()),
         payload: Payload {
             keys,
             event_source_url: Some("https://shop.example.com/o/1".into()),
@@ -229,12 +218,7 @@ fn conversion(destination: &str, platform: Platform, event_id: &str) -> NewDeliv
             consent: true,
             ..Payload::default()
         },
-        state: State::Pending,
-        last_error: None,
-        source_table: "public.orders".into(),
-        source_key: None,
-        source_lsn: Lsn(0x16B3748),
-        commit_time: Utc::now(),
+        ..crate::support::purchase(destination, platform, event_id)
     }
 }
 

@@ -111,6 +111,19 @@ struct Implied {
     invalid: HashMap<(&'static str, &'static str), usize>,
 }
 
+/// How the run ended: the control table's rows and what the platforms counted.
+struct Ends<'a> {
+    rows: &'a HashMap<RowKey, ControlRow>,
+    counted: &'a Counted,
+}
+
+impl Implied {
+    /// One more failed row of `rule` for `reason`.
+    fn fail(&mut self, rule: &'static str, reason: &'static str) {
+        *self.invalid.entry((rule, reason)).or_default() += 1;
+    }
+}
+
 impl Verdict {
     pub(super) fn check(
         workload: &Workload,
@@ -120,18 +133,21 @@ impl Verdict {
         let counted = Counted::from(records);
         let mut v = Verdict::default();
         let mut implied = Implied::default();
+        let ends = Ends {
+            rows,
+            counted: &counted,
+        };
         for o in &workload.orders {
             let id = o.event_id();
             for dest in ORDER_DESTINATIONS {
-                v.check_order_at(o, &id, dest, rows, &counted, &mut implied);
+                v.check_order_at(o, dest, &ends, &mut implied);
             }
             v.check_google_retractions(o, &id, rows, &counted);
         }
         v.check_large_user_agents(workload, records);
         for l in &workload.leads {
-            let id = l.event_id();
             for dest in LEAD_DESTINATIONS {
-                v.check_lead_at(l, &id, dest, rows, &counted, &mut implied);
+                v.check_lead_at(l, dest, &ends, &mut implied);
             }
         }
         v.check_totals(rows, &counted, &implied);
@@ -139,16 +155,8 @@ impl Verdict {
     }
 
     /// One order at one destination: its conversion and retraction rows, and what the platform counted.
-    fn check_order_at(
-        &mut self,
-        o: &Order,
-        id: &str,
-        dest: &str,
-        rows: &HashMap<RowKey, ControlRow>,
-        counted: &Counted,
-        implied: &mut Implied,
-    ) {
-        let v = self;
+    fn check_order_at(&mut self, o: &Order, dest: &str, ends: &Ends, implied: &mut Implied) {
+        let (v, id, rows, counted) = (self, &o.event_id(), ends.rows, ends.counted);
         let conv = row(rows, "order_paid", dest, id);
         let retr = row(rows, "order_refunded", dest, id);
         let times = counted.times(dest, id);
@@ -193,17 +201,14 @@ impl Verdict {
                 .push(format!("{what}: a retraction row exists without a refund"));
         }
         if o.kind.invalid() {
-            *implied
-                .invalid
-                .entry((
-                    "order_paid",
-                    if o.kind == OrderKind::BadCurrency {
-                        "currency"
-                    } else {
-                        "column \"total\": invalid numeric value"
-                    },
-                ))
-                .or_default() += 1;
+            implied.fail(
+                "order_paid",
+                if o.kind == OrderKind::BadCurrency {
+                    "currency"
+                } else {
+                    "column \"total\": invalid numeric value"
+                },
+            );
         }
         implied.rows += usize::from(o.kind.paid()) + usize::from(o.kind.refunded());
     }
@@ -262,16 +267,8 @@ impl Verdict {
     }
 
     /// One lead at one destination: its conversion row, and what the platform counted.
-    fn check_lead_at(
-        &mut self,
-        l: &Lead,
-        id: &str,
-        dest: &str,
-        rows: &HashMap<RowKey, ControlRow>,
-        counted: &Counted,
-        implied: &mut Implied,
-    ) {
-        let v = self;
+    fn check_lead_at(&mut self, l: &Lead, dest: &str, ends: &Ends, implied: &mut Implied) {
+        let (v, id, rows, counted) = (self, &l.event_id(), ends.rows, ends.counted);
         let conv = row(rows, "deal_won", dest, id);
         let times = counted.times(dest, id);
         let what = format!("lead {id} at {dest} ({:?})", l.kind);
@@ -290,17 +287,14 @@ impl Verdict {
             }
         }
         if l.kind.invalid() {
-            *implied
-                .invalid
-                .entry((
-                    "deal_won",
-                    if l.kind == LeadKind::WonBadCurrency {
-                        "currency"
-                    } else {
-                        "column \"deal_value\": invalid numeric value"
-                    },
-                ))
-                .or_default() += 1;
+            implied.fail(
+                "deal_won",
+                if l.kind == LeadKind::WonBadCurrency {
+                    "currency"
+                } else {
+                    "column \"deal_value\": invalid numeric value"
+                },
+            );
         }
         implied.rows += usize::from(l.kind != LeadKind::Lost);
     }

@@ -4,13 +4,11 @@
 
 use crate::support::Shop;
 use crate::support::{count, wait_for, TestDb};
-use chrono::Utc;
 use pgcapi::capture::Capture;
 use pgcapi::config::Config;
 use pgcapi::dispatch::Dispatcher;
-use pgcapi::event::{Kind, NewDelivery, Payload, State};
+use pgcapi::event::{Kind, NewDelivery, Payload};
 use pgcapi::identity::{hash, MatchKey, MatchKeys};
-use pgcapi::lsn::Lsn;
 use pgcapi::ops::repair;
 use pgcapi::ops::setup::install_control_schema;
 use pgcapi::outbox;
@@ -142,16 +140,8 @@ fn delivery(
     keys.insert(MatchKey::UserAgent, "Mozilla/5.0".into());
     NewDelivery {
         rule: rule.into(),
-        destination: destination.into(),
-        platform,
-        event_id: event_id.into(),
         kind,
         adjusts_rule: (kind != Kind::Conversion).then(|| "order_paid".to_string()),
-        event_name: Some("Purchase".into()),
-        event_time: Utc::now(),
-        value: Some("19.99".into()),
-        currency: Some("USD".into()),
-        action_source: Some("website".into()),
         payload: Payload {
             keys: if kind == Kind::Conversion {
                 keys
@@ -161,12 +151,7 @@ fn delivery(
             consent: true,
             ..Payload::default()
         },
-        state: State::Pending,
-        last_error: None,
-        source_table: "public.orders".into(),
-        source_key: None,
-        source_lsn: Lsn(0x16B3748),
-        commit_time: Utc::now(),
+        ..crate::support::purchase(destination, platform, event_id)
     }
 }
 

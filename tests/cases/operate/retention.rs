@@ -73,10 +73,22 @@ async fn retention_deletes_old_finished_rows_in_batches_keeps_failed_ones_and_re
     purging_failed_rows_of_one_destination(&c, old_failed, batching).await;
 }
 
+/// A row of [`AGES`].
+type Aged = (
+    &'static str,
+    Platform,
+    &'static str,
+    Kind,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    bool,
+);
+
 /// Rows of every state, old and recent: destination, platform, event id, kind, state, age, last error,
 /// and whether retention deletes it.
 #[rustfmt::skip]
-const AGES: [(&str, Platform, &str, Kind, &str, &str, Option<&str>, bool); 10] = [
+const AGES: [Aged; 10] = [
     ("meta", Platform::Meta, "k-1", Kind::Conversion, "sent", "40 days", None, true),
     ("meta", Platform::Meta, "k-2", Kind::Conversion, "skipped", "40 days", None, true),
     ("meta", Platform::Meta, "k-3", Kind::Conversion, "cancelled", "40 days", None, true),
@@ -285,7 +297,7 @@ async fn purge_reports_what_it_would_delete(shop: &Shop, path: &std::path::Path)
     let output = shop
         .binary()
         .args(["purge", "--keep", "1d", "--dry-run", "-c"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -124,15 +124,6 @@ async fn retry_requeues_failed_rows_by_each_filter_and_dry_run_changes_nothing()
     // a failed invalid row (recorded without consent), and a sent row.
     let (db, c) = control_db().await;
     let rows = Rows::put(&c).await;
-    let Rows {
-        old_meta,
-        meta,
-        google,
-        deal,
-        refunded,
-        invalid,
-        sent,
-    } = rows;
     let (listener, mut notes) = listen(&db, "pgcapi_deliveries").await;
     let mut client = db.connect().await;
 
@@ -143,7 +134,7 @@ async fn retry_requeues_failed_rows_by_each_filter_and_dry_run_changes_nothing()
         let r = c
             .query_one(
                 "select attempts, last_error from pgcapi.deliveries where id = $1",
-                &[&google],
+                &[&rows.google],
             )
             .await
             .unwrap();
@@ -162,12 +153,12 @@ async fn retry_requeues_failed_rows_by_each_filter_and_dry_run_changes_nothing()
     .unwrap();
     // THEN only it is pending, due now, with its attempts and last message kept, and dispatchers were
     // notified exactly once (the dry runs notified nobody).
-    assert_eq!(ids(&report.requeued), set([google]));
+    assert_eq!(ids(&report.requeued), set([rows.google]));
     let r = c
         .query_one(
             "select state, next_attempt_at <= now(), attempts, last_error, lease_owner is null \
              from pgcapi.deliveries where id = $1",
-            &[&google],
+            &[&rows.google],
         )
         .await
         .unwrap();
@@ -185,14 +176,17 @@ async fn retry_requeues_failed_rows_by_each_filter_and_dry_run_changes_nothing()
         .await
         .unwrap();
     // THEN the remaining failed rows are pending, and the held-back rows still failed.
-    assert_eq!(ids(&report.requeued), set([old_meta, meta, deal]));
-    for id in [old_meta, meta, deal] {
+    assert_eq!(
+        ids(&report.requeued),
+        set([rows.old_meta, rows.meta, rows.deal])
+    );
+    for id in [rows.old_meta, rows.meta, rows.deal] {
         assert_eq!(state_of(&c, id).await, "pending");
     }
-    for id in [refunded, invalid] {
+    for id in [rows.refunded, rows.invalid] {
         assert_eq!(state_of(&c, id).await, "failed");
     }
-    assert_eq!(state_of(&c, sent).await, "sent");
+    assert_eq!(state_of(&c, rows.sent).await, "sent");
 }
 
 /// Waits until the in-process dispatcher has finished its first rounds and sleeps: its connection is
