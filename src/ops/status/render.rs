@@ -31,6 +31,15 @@ impl StatusReport {
         for warning in &self.warnings {
             let _ = writeln!(out, "  warning: {warning}");
         }
+        self.render_slot(&mut out);
+        self.render_capture(&mut out);
+        self.render_destinations(&mut out);
+        self.render_failures(&mut out);
+        out
+    }
+
+    /// The replication slot, as the source database sees it.
+    fn render_slot(&self, out: &mut String) {
         let slot = &self.slot;
         let yes_no = |b: Option<bool>| match b {
             Some(true) => "yes",
@@ -67,6 +76,10 @@ impl StatusReport {
                     .map_or("-".into(), |s| format!("{} ago", format_secs(s))),
             ]],
         ));
+    }
+
+    /// Capture's last report.
+    fn render_capture(&self, out: &mut String) {
         out.push_str("\nCapture (as it last reported)\n");
         match &self.capture {
             None => out.push_str("  no capture process has reported yet\n"),
@@ -81,6 +94,10 @@ impl StatusReport {
                 ]],
             )),
         }
+    }
+
+    /// One row per destination, then the last error of each that has one.
+    fn render_destinations(&self, out: &mut String) {
         out.push_str("\nDestinations (outcomes counted by when they were reached)\n");
         let rows: Vec<Vec<String>> = self
             .destinations
@@ -134,6 +151,10 @@ impl StatusReport {
             out.push_str("\nLast error per destination\n");
             out.push_str(&table(&["destination", "at", "message"], &errors));
         }
+    }
+
+    /// The latest failures, newest first.
+    fn render_failures(&self, out: &mut String) {
         out.push_str("\nRecent failures (requeue with `pgcapi retry --id ID`)\n");
         if self.recent_failures.is_empty() {
             out.push_str("  none\n");
@@ -168,6 +189,5 @@ impl StatusReport {
                 &rows,
             ));
         }
-        out
     }
 }

@@ -17,9 +17,20 @@ fn secs_between(since: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
 pub fn judge_flow(observation: &Observation, thresholds: &FlowThresholds) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut push = |reason, message: String| problems.push(Problem { reason, message });
+    slot_problems(observation, &mut push);
+    let slot = &observation.slot;
+    // A missing or lost slot is the problem; what capture says about it adds nothing.
+    if slot.exists && slot.wal_status.as_deref() != Some("lost") {
+        capture_problems(observation, thresholds, &mut push);
+    }
+    destination_problems(observation, thresholds, &mut push);
+    problems
+}
+
+/// The slot is missing, lost or about to be, or ahead of the stored checkpoint.
+fn slot_problems(observation: &Observation, push: &mut impl FnMut(Reason, String)) {
     let slot = &observation.slot;
     let name = &slot.name;
-    let now = observation.now;
     if !slot.exists {
         push(
             Reason::SlotMissing,
@@ -71,68 +82,82 @@ pub fn judge_flow(observation: &Observation, thresholds: &FlowThresholds) -> Vec
             );
         }
     }
-    let lost = slot.wal_status.as_deref() == Some("lost");
-    if slot.exists && !lost {
-        let report = observation.capture.as_ref();
-        let silent = report.map(|r| secs_between(r.seen_at, now));
-        let fresh = silent.is_some_and(|s| s <= thresholds.capture_silent_after.as_secs() as i64);
-        // A capture that streams holds the slot: an inactive slot with "streaming" as the last
-        // report means that process stopped or died (an outage or a stuck change is reported first).
-        let streamed = report.is_some_and(|r| r.phase == CapturePhase::Streaming);
-        if slot.active == Some(false) && (!fresh || streamed) {
-            let last = match (report, silent) {
-                (Some(r), Some(secs)) => format!(
-                    "capture last reported {} ago ({}{})",
-                    format_secs(secs),
-                    r.phase.as_str(),
-                    r.error
-                        .as_deref()
-                        .map(|e| format!(": {}", clip(e, 200)))
-                        .unwrap_or_default()
-                ),
-                _ => "no capture ever reported".to_string(),
-            };
-            push(
-                Reason::CaptureNotRunning,
+}
+
+/// Capture is not running, stuck, or retrying for too long (on a slot that exists and is not lost).
+fn capture_problems(
+    observation: &Observation,
+    thresholds: &FlowThresholds,
+    push: &mut impl FnMut(Reason, String),
+) {
+    let slot = &observation.slot;
+    let name = &slot.name;
+    let now = observation.now;
+    let report = observation.capture.as_ref();
+    let silent = report.map(|r| secs_between(r.seen_at, now));
+    let fresh = silent.is_some_and(|s| s <= thresholds.capture_silent_after.as_secs() as i64);
+    // A capture that streams holds the slot: an inactive slot with "streaming" as the last
+    // report means that process stopped or died (an outage or a stuck change is reported first).
+    let streamed = report.is_some_and(|r| r.phase == CapturePhase::Streaming);
+    if slot.active == Some(false) && (!fresh || streamed) {
+        let last = match (report, silent) {
+            (Some(r), Some(secs)) => format!(
+                "capture last reported {} ago ({}{})",
+                format_secs(secs),
+                r.phase.as_str(),
+                r.error
+                    .as_deref()
+                    .map(|e| format!(": {}", clip(e, 200)))
+                    .unwrap_or_default()
+            ),
+            _ => "no capture ever reported".to_string(),
+        };
+        push(
+            Reason::CaptureNotRunning,
+            format!(
+                "no process reads replication slot {name:?} (inactive; {last}), so no change is \
+                 captured: start `pgcapi run` (or see why it stopped in its log)"
+            ),
+        );
+    } else if let Some(r) = report.filter(|_| fresh) {
+        let since = r
+            .error_since
+            .map(|t| (t, secs_between(t, now)))
+            .unwrap_or((now, 0));
+        let error = clip(r.error.as_deref().unwrap_or("no reason recorded"), 300);
+        match r.phase {
+            CapturePhase::Stuck => push(
+                Reason::CaptureStuck,
                 format!(
-                    "no process reads replication slot {name:?} (inactive; {last}), so no change is \
-                     captured: start `pgcapi run` (or see why it stopped in its log)"
+                    "capture is stuck at LSN {} since {} UTC ({} ago): {error}; nothing after \
+                     that change is captured until it is fixed as the message says (capture \
+                     retries by itself; dispatch goes on)",
+                    r.error_lsn.map_or("unknown".into(), |l| l.to_string()),
+                    since.0.format("%Y-%m-%d %H:%M:%S"),
+                    format_secs(since.1)
                 ),
-            );
-        } else if let Some(r) = report.filter(|_| fresh) {
-            let since = r
-                .error_since
-                .map(|t| (t, secs_between(t, now)))
-                .unwrap_or((now, 0));
-            let error = clip(r.error.as_deref().unwrap_or("no reason recorded"), 300);
-            match r.phase {
-                CapturePhase::Stuck => push(
-                    Reason::CaptureStuck,
-                    format!(
-                        "capture is stuck at LSN {} since {} UTC ({} ago): {error}; nothing after \
-                         that change is captured until it is fixed as the message says (capture \
-                         retries by itself; dispatch goes on)",
-                        r.error_lsn.map_or("unknown".into(), |l| l.to_string()),
-                        since.0.format("%Y-%m-%d %H:%M:%S"),
-                        format_secs(since.1)
-                    ),
+            ),
+            CapturePhase::Retrying if since.1 > thresholds.retrying_after.as_secs() as i64 => push(
+                Reason::CaptureRetrying,
+                format!(
+                    "capture has been retrying for {} (since {} UTC): {error}; check that \
+                         the source and control databases are reachable and accept pgcapi's \
+                         connections",
+                    format_secs(since.1),
+                    since.0.format("%Y-%m-%d %H:%M:%S")
                 ),
-                CapturePhase::Retrying if since.1 > thresholds.retrying_after.as_secs() as i64 => {
-                    push(
-                        Reason::CaptureRetrying,
-                        format!(
-                            "capture has been retrying for {} (since {} UTC): {error}; check that \
-                             the source and control databases are reachable and accept pgcapi's \
-                             connections",
-                            format_secs(since.1),
-                            since.0.format("%Y-%m-%d %H:%M:%S")
-                        ),
-                    )
-                }
-                _ => {}
-            }
+            ),
+            _ => {}
         }
     }
+}
+
+/// Destinations whose rows waited the whole window while every attempt failed.
+fn destination_problems(
+    observation: &Observation,
+    thresholds: &FlowThresholds,
+    push: &mut impl FnMut(Reason, String),
+) {
     let window = thresholds.failing_after.as_secs() as i64;
     for d in &observation.destinations {
         let waited = d.oldest_pending_secs.unwrap_or(0);
@@ -153,7 +178,6 @@ pub fn judge_flow(observation: &Observation, thresholds: &FlowThresholds) -> Vec
             );
         }
     }
-    problems
 }
 
 /// The reasons for being unhealthy (those of [`judge_flow`], then status's own thresholds) and the
