@@ -11,13 +11,23 @@
 //! publication exists: decoding a change made between the slot's creation and the publication's
 //! fails on the missing publication.
 
-use crate::config::{split_table, Config, Problem};
+use crate::config::{Config, Problem};
 use crate::outbox::quote_ident;
 use crate::pg::catalog::{self, CatalogError};
 use crate::pg::ConnInfo;
 use crate::rules::Rules;
 use std::fmt::Write as _;
 use tokio_postgres::Client;
+
+mod role;
+mod tables;
+
+use role::insufficient_privilege;
+pub use role::{privileges, publication_refusal, Privileges};
+pub use tables::{
+    alter_publication_sql, create_publication_sql, qualified, rule_columns, toast_advice,
+    toast_advice_text,
+};
 
 /// Setup could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -120,124 +130,6 @@ impl Report {
     }
 }
 
-/// `schema.table` quoted for SQL.
-pub fn qualified(table: &str) -> String {
-    let (schema, name) = split_table(table);
-    format!("{}.{}", quote_ident(schema), quote_ident(name))
-}
-
-/// The `CREATE PUBLICATION` statement for `tables`.
-pub fn create_publication_sql(publication: &str, tables: &[String]) -> String {
-    format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete');",
-        quote_ident(publication),
-        tables
-            .iter()
-            .map(|t| qualified(t))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
-/// The `ALTER PUBLICATION … SET TABLE` statement for `tables`.
-pub fn alter_publication_sql(publication: &str, tables: &[String]) -> String {
-    format!(
-        "ALTER PUBLICATION {} SET TABLE {};",
-        quote_ident(publication),
-        tables
-            .iter()
-            .map(|t| qualified(t))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
-/// What the connected role may do to the watched tables and the publication.
-#[derive(Debug, Clone)]
-pub struct Privileges {
-    /// The role.
-    pub user: String,
-    /// The database connected to.
-    pub database: String,
-    /// `CREATE` on the database (needed to create a publication or a schema).
-    pub create_on_database: bool,
-    /// Watched tables the role does not own (as member or superuser), each with its owner.
-    pub not_owned: Vec<(String, String)>,
-    /// The publication's owner, when it exists and the role is not (a member of) it.
-    pub publication_owner: Option<String>,
-}
-
-impl Privileges {
-    /// Whether the role may create or change the publication for the watched tables.
-    pub fn may_manage_publication(&self) -> bool {
-        self.create_on_database && self.not_owned.is_empty() && self.publication_owner.is_none()
-    }
-
-    /// Who may run a statement on the publication or the tables.
-    pub fn who(&self) -> String {
-        let mut owners: Vec<&str> = self.not_owned.iter().map(|(_, o)| o.as_str()).collect();
-        owners.extend(self.publication_owner.as_deref());
-        owners.sort_unstable();
-        owners.dedup();
-        match owners.as_slice() {
-            [one] => format!("role {one} (the owner of the tables) or a superuser"),
-            [] => "a superuser, or a role with CREATE on the database owning the tables".into(),
-            _ => format!(
-                "a superuser (the tables have different owners: {})",
-                owners.join(", ")
-            ),
-        }
-    }
-}
-
-/// Reads what the connected role may do on `tables` (existing ones) and `publication`.
-pub async fn privileges(
-    client: &Client,
-    tables: &[String],
-    publication: &str,
-) -> Result<Privileges, SetupError> {
-    let row = client
-        .query_one(
-            "select current_user::text, \
-               has_database_privilege(current_database(), 'CREATE'), \
-               (select pg_get_userbyid(pubowner)::text from pg_publication \
-                 where pubname = $1 and not pg_has_role(current_user, pubowner, 'USAGE')), \
-               current_database()::text",
-            &[&publication],
-        )
-        .await
-        .map_err(sql("reading the role's privileges"))?;
-    let mut not_owned = Vec::new();
-    for table in tables {
-        let (schema, name) = split_table(table);
-        let owner = client
-            .query_opt(
-                "select pg_get_userbyid(c.relowner)::text from pg_class c \
-                 join pg_namespace n on n.oid = c.relnamespace \
-                 where n.nspname = $1 and c.relname = $2 \
-                   and not pg_has_role(current_user, c.relowner, 'USAGE')",
-                &[&schema, &name],
-            )
-            .await
-            .map_err(sql(format!("reading the owner of {table}")))?;
-        if let Some(owner) = owner {
-            not_owned.push((table.clone(), owner.get(0)));
-        }
-    }
-    Ok(Privileges {
-        user: row.get(0),
-        create_on_database: row.get(1),
-        not_owned,
-        publication_owner: row.get(2),
-        database: row.get(3),
-    })
-}
-
-/// Whether a statement was refused for lack of privilege (SQLSTATE 42501).
-fn insufficient_privilege(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-}
-
 /// Options of `pgcapi setup`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetupOptions {
@@ -275,80 +167,6 @@ pub async fn install_control_schema(client: &Client, schema: &str) -> Result<(),
 pub async fn check_columns(client: &Client, rules: &Rules) -> Result<Vec<Problem>, SetupError> {
     Ok(catalog::check_columns(client, &rules.tables(), |t| rules.columns_of(t)).await?)
 }
-
-/// The advice on large values for `table` (`schema.table`), given the `columns` the rules read from it:
-/// `Some` when some of them can hold out-of-line (TOASTed) values (a varlena type whose storage is not
-/// `plain`: text, varchar, jsonb, bytea, ...) and the replica identity is DEFAULT or USING INDEX, so
-/// that an UPDATE leaving such a value unchanged does not write it to the WAL. Types whose values never
-/// exceed the 24-odd bytes below which PostgreSQL never moves a value out of line are left out: `inet`,
-/// `cidr`, `numeric` of precision up to 28, `char(n)` / `varchar(n)` up to 5.
-pub async fn toast_advice(
-    client: &Client,
-    table: &str,
-    columns: &[String],
-) -> Result<Option<String>, SetupError> {
-    let (schema, name) = split_table(table);
-    let row = client
-        .query_opt(
-            "select c.relreplident::text, \
-               coalesce(array_agg(a.attname::text order by a.attnum) \
-                 filter (where a.attname is not null), '{}') \
-             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
-             left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 \
-               and not a.attisdropped and a.attlen = -1 and a.attstorage <> 'p' \
-               and a.attname = any($3) \
-               and a.atttypid not in ('inet'::regtype, 'cidr'::regtype) \
-               and not (a.atttypid = 'numeric'::regtype and a.atttypmod >= 4 \
-                 and ((a.atttypmod - 4) >> 16) <= 28) \
-               and not (a.atttypid in ('varchar'::regtype, 'bpchar'::regtype) \
-                 and a.atttypmod between 5 and 9) \
-             where n.nspname = $1 and c.relname = $2 \
-             group by c.relreplident",
-            &[&schema, &name, &columns],
-        )
-        .await
-        .map_err(sql(format!("reading the column types of {table}")))?;
-    let Some(row) = row else { return Ok(None) };
-    let (identity, toastable): (String, Vec<String>) = (row.get(0), row.get(1));
-    let identity = match identity.as_str() {
-        "d" => "DEFAULT",
-        "i" => "USING INDEX",
-        _ => return Ok(None),
-    };
-    if toastable.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(toast_advice_text(table, identity, &toastable)))
-}
-
-/// The text of [`toast_advice`].
-pub fn toast_advice_text(table: &str, identity: &str, columns: &[String]) -> String {
-    let (schema, name) = split_table(table);
-    format!(
-        "{table}: mapped column(s) {} can hold large (TOASTed) values, and under replica identity \
-         {identity} an UPDATE that leaves such a value unchanged does not write it to the WAL. pgcapi \
-         then reads it back by the table's key: one extra query per such change, and the value read \
-         is the row's current one (newer than the change if the row changed since; none if it was \
-         deleted, and the event goes without it). To have exact values from the WAL instead, at the \
-         cost of more WAL per UPDATE (the whole old row is written): ALTER TABLE {}.{} REPLICA \
-         IDENTITY FULL;",
-        columns.join(", "),
-        quote_ident(schema),
-        quote_ident(name)
-    )
-}
-
-/// The distinct columns the rules read from `table`, in first-use order.
-pub fn rule_columns(rules: &Rules, table: &str) -> Vec<String> {
-    let mut columns: Vec<String> = Vec::new();
-    for (_, _, column) in rules.columns_of(table) {
-        if !columns.contains(&column) {
-            columns.push(column);
-        }
-    }
-    columns
-}
-
 /// Runs setup: checks, control schema, publication, slot. A second run changes nothing.
 pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, SetupError> {
     let mut report = Report::default();
@@ -640,32 +458,4 @@ pub async fn setup(config: &Config, options: SetupOptions) -> Result<Report, Set
         );
     }
     Ok(report)
-}
-
-/// Why the role may not create or change the publication, in words.
-pub fn publication_refusal(privileges: &Privileges) -> String {
-    let mut why = Vec::new();
-    if !privileges.not_owned.is_empty() {
-        why.push(format!(
-            "PostgreSQL requires the owner of every table of a publication, and role {} does not \
-             own {}",
-            privileges.user,
-            privileges
-                .not_owned
-                .iter()
-                .map(|(t, o)| format!("{t} (owner {o})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if let Some(owner) = &privileges.publication_owner {
-        why.push(format!("the publication belongs to role {owner}"));
-    }
-    if !privileges.create_on_database {
-        why.push(format!(
-            "role {} lacks CREATE on the database",
-            privileges.user
-        ));
-    }
-    why.join("; ")
 }
