@@ -13,16 +13,21 @@ pub fn qualified(table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// `tables` quoted and comma-separated, as a publication names them.
+fn table_list(tables: &[String]) -> String {
+    tables
+        .iter()
+        .map(|t| qualified(t))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The `CREATE PUBLICATION` statement for `tables`.
 pub fn create_publication_sql(publication: &str, tables: &[String]) -> String {
     format!(
         "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete');",
         quote_ident(publication),
-        tables
-            .iter()
-            .map(|t| qualified(t))
-            .collect::<Vec<_>>()
-            .join(", ")
+        table_list(tables)
     )
 }
 
@@ -31,11 +36,7 @@ pub fn alter_publication_sql(publication: &str, tables: &[String]) -> String {
     format!(
         "ALTER PUBLICATION {} SET TABLE {};",
         quote_ident(publication),
-        tables
-            .iter()
-            .map(|t| qualified(t))
-            .collect::<Vec<_>>()
-            .join(", ")
+        table_list(tables)
     )
 }
 
