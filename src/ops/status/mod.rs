@@ -309,10 +309,7 @@ pub async fn run_status(args: StatusArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| crate::pg::error_chain(&e))?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        crate::ops::print_json(&report)?;
     } else {
         print!("{}", report.render());
     }
