@@ -15,22 +15,7 @@ impl Bench<'_> {
         small: bool,
     ) -> Result<RatioResult, String> {
         let tag = format!("{measure}_{}", if small { "a" } else { "b" });
-        let mut slots = Vec::new();
-        for k in 0..self.repeats {
-            for program in ["recv", "cap"] {
-                let slot = format!("bench_{tag}_{program}_{k}");
-                client
-                    .execute(
-                        "select pg_create_logical_replication_slot($1, 'pgoutput')",
-                        &[&slot],
-                    )
-                    .await
-                    .map_err(|e| {
-                        format!("creating slot {slot}: {}", crate::pg::client::describe(&e))
-                    })?;
-                slots.push(slot);
-            }
-        }
+        let slots = self.create_slots(client, &tag).await?;
         let total = if small {
             self.write_small_txs(client, &tag, rows).await?
         } else {
@@ -58,19 +43,7 @@ impl Bench<'_> {
             let (run, report) = self
                 .time_capture(client, &format!("bench_{tag}_cap_{k}"), &end)
                 .await?;
-            if report.changes != total as u64 {
-                return Err(format!(
-                    "pgcapi capture decoded {} changes of {total} before {end}",
-                    report.changes
-                ));
-            }
-            let expected = if rows == Rows::Paid { total as u64 } else { 0 };
-            if report.rows_inserted != expected {
-                return Err(format!(
-                    "pgcapi capture wrote {} control rows, expected {expected}",
-                    report.rows_inserted
-                ));
-            }
+            check_capture(&report, total, rows, &end)?;
             peak = peak.max(report.peak_rss_kib);
             if best_cap.as_ref().is_none_or(|(b, _)| run.secs < b.secs) {
                 best_cap = Some((run, report));
@@ -104,6 +77,28 @@ impl Bench<'_> {
         })
     }
 
+    /// One slot per program and repeat, created before the workload is written so that every run
+    /// reads the same WAL.
+    async fn create_slots(&self, client: &Client, tag: &str) -> Result<Vec<String>, String> {
+        let mut slots = Vec::new();
+        for k in 0..self.repeats {
+            for program in ["recv", "cap"] {
+                let slot = format!("bench_{tag}_{program}_{k}");
+                client
+                    .execute(
+                        "select pg_create_logical_replication_slot($1, 'pgoutput')",
+                        &[&slot],
+                    )
+                    .await
+                    .map_err(|e| {
+                        format!("creating slot {slot}: {}", crate::pg::client::describe(&e))
+                    })?;
+                slots.push(slot);
+            }
+        }
+        Ok(slots)
+    }
+
     /// (a): many transactions of `rows_per_tx` rows, committed one by one in a `DO` block.
     pub(super) async fn write_small_txs(
         &self,
@@ -112,19 +107,7 @@ impl Bench<'_> {
         rows: Rows,
     ) -> Result<usize, String> {
         let (txs, per) = (self.sizes.small_txs, self.sizes.rows_per_tx);
-        let select = order_select(tag, rows, "g");
-        let sql = format!(
-            "do $$ begin for t in 0..{last} loop \
-               insert into orders {COLUMNS} {select} \
-               from generate_series(t * {per} + 1, (t + 1) * {per}) g; \
-               commit; \
-             end loop; end $$",
-            last = txs - 1
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| e.to_string())?;
+        commit_one_by_one(client, &order_select(tag, rows, "g"), txs, per).await?;
         Ok(txs * per)
     }
 
@@ -291,70 +274,20 @@ impl Bench<'_> {
         let (client, config) = self
             .prepared_database(admin, &database, &slot, names)
             .await?;
-        let n = self.sizes.e2e_conversions;
         let per = 100;
-        client
-            .batch_execute(&format!(
-                "do $$ begin for t in 0..{last} loop \
-                   insert into orders {COLUMNS} {select} \
-                   from generate_series(t * {per} + 1, (t + 1) * {per}) g; \
-                   commit; \
-                 end loop; end $$",
-                last = n / per - 1,
-                select = order_select("e2e", Rows::Paid, "g")
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
-        let n = n / per * per;
+        let n = self.sizes.e2e_conversions / per;
+        commit_one_by_one(&client, &order_select("e2e", Rows::Paid, "g"), n, per).await?;
+        let n = n * per;
         self.sandbox.reset();
         let log = format!("{database}.log");
         let started: DateTime<Utc> = Utc::now();
-        let child = self
-            .pgcapi(
-                &database,
-                &["run", "--config", config.to_str().unwrap_or_default()],
-                &log,
-            )?
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting pgcapi run: {e}"))?;
-        let mut child = ChildGuard(Some(child));
+        let mut child = self.start_run(&database, &config, &log)?;
         let expected = (n * destinations) as i64;
-        let deadline = Instant::now() + Duration::from_secs(1800);
         let hz = clock_ticks_per_second();
         let bench_cpu_before = process_cpu_ticks("/proc/self/stat").unwrap_or(0.0) / hz;
         let mut seen = HashMap::new();
-        // Cheap polls (primary key and the partial index of pending rows), so that measuring adds
-        // little work to the server being measured.
-        loop {
-            let row = client
-                .query_one(
-                    "select (select coalesce(max(id), 0) from pgcapi.deliveries), \
-                       (select count(*) from pgcapi.deliveries where state = 'pending')",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let (recorded, pending): (i64, i64) = (row.get(0), row.get(1));
-            sample_server_cpu(&client, hz, &mut seen).await?;
-            if recorded >= expected && pending == 0 {
-                break;
-            }
-            if let Some(status) = child.exited() {
-                return Err(format!(
-                    "pgcapi run exited ({status}) with {recorded} of {expected} rows recorded, \
-                     {pending} pending: {}",
-                    self.log_tail(&log)
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "end-to-end run timed out with {recorded} of {expected} rows recorded, \
-                     {pending} pending"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        self.wait_delivered(&client, &mut child, expected, &log, hz, &mut seen)
+            .await?;
         let pgcapi_cpu = child
             .id()
             .and_then(|pid| process_cpu_ticks(&format!("/proc/{pid}/stat")))
@@ -372,19 +305,7 @@ impl Bench<'_> {
         let (captured, sent): (DateTime<Utc>, Option<DateTime<Utc>>) = (row.get(0), row.get(1));
         let (not_sent, total): (i64, i64) = (row.get(2), row.get(3));
         child.stop();
-        // Statistics reach the shared view when backends flush them (at the latest on exit): shown as a
-        // diagnostic of how many dispatch updates were HOT (no new index entries).
-        if let Ok(row) = client
-            .query_one(
-                "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables \
-                 where schemaname = 'pgcapi' and relname = 'deliveries'",
-                &[],
-            )
-            .await
-        {
-            let (updates, hot): (i64, i64) = (row.get(0), row.get(1));
-            eprintln!("bench: deliveries updates: {updates}, of them HOT: {hot}");
-        }
+        print_hot_updates(&client).await;
         drop(client);
         self.drop_database(admin, &database, &slot).await?;
         if total != expected {
@@ -405,6 +326,65 @@ impl Bench<'_> {
         })
     }
 
+    /// Starts `pgcapi run` on the config at `config` (stderr to `log`).
+    fn start_run(&self, database: &str, config: &Path, log: &str) -> Result<ChildGuard, String> {
+        let child = self
+            .pgcapi(
+                database,
+                &["run", "--config", config.to_str().unwrap_or_default()],
+                log,
+            )?
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting pgcapi run: {e}"))?;
+        Ok(ChildGuard(Some(child)))
+    }
+
+    /// Waits until `expected` control rows are recorded and none is pending, sampling the server's CPU
+    /// into `seen` at every poll.
+    async fn wait_delivered(
+        &self,
+        client: &Client,
+        child: &mut ChildGuard,
+        expected: i64,
+        log: &str,
+        hz: f64,
+        seen: &mut HashMap<i32, (bool, f64)>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        // Cheap polls (primary key and the partial index of pending rows), so that measuring adds
+        // little work to the server being measured.
+        loop {
+            let row = client
+                .query_one(
+                    "select (select coalesce(max(id), 0) from pgcapi.deliveries), \
+                       (select count(*) from pgcapi.deliveries where state = 'pending')",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let (recorded, pending): (i64, i64) = (row.get(0), row.get(1));
+            sample_server_cpu(client, hz, seen).await?;
+            if recorded >= expected && pending == 0 {
+                return Ok(());
+            }
+            if let Some(status) = child.exited() {
+                return Err(format!(
+                    "pgcapi run exited ({status}) with {recorded} of {expected} rows recorded, \
+                     {pending} pending: {}",
+                    self.log_tail(log)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "end-to-end run timed out with {recorded} of {expected} rows recorded, \
+                     {pending} pending"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Latency at a steady 1,000 changes/s: 10 paid orders every 10 ms, commit time against the time the
     /// sandbox received each event.
     pub(super) async fn latency(&self, admin: &Client) -> Result<Latency, String> {
@@ -415,16 +395,7 @@ impl Bench<'_> {
             .await?;
         self.sandbox.reset();
         let log = "latency.log";
-        let child = self
-            .pgcapi(
-                database,
-                &["run", "--config", config.to_str().unwrap_or_default()],
-                log,
-            )?
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting pgcapi run: {e}"))?;
-        let mut child = ChildGuard(Some(child));
+        let mut child = self.start_run(database, &config, log)?;
         // As an application would commit: flushed at commit, so the walsender sees it at once (the
         // throwaway cluster defaults to synchronous_commit = off, which delays WAL by up to
         // wal_writer_delay; fsync stays off, so the flush costs no disk wait).
@@ -443,44 +414,12 @@ impl Bench<'_> {
             .await
             .map_err(|e| e.to_string())?;
         self.wait_sent(&client, 1, &mut child, log).await?;
-        let mut committed: HashMap<i32, DateTime<Utc>> = HashMap::new();
-        let mut ticker = tokio::time::interval(Duration::from_millis(10));
-        let until = Instant::now() + Duration::from_secs(self.sizes.latency_secs);
-        let started = Instant::now();
-        let mut next = 1i32;
-        while Instant::now() < until {
-            ticker.tick().await;
-            client
-                .execute(&insert, &[&next, &(next + 9)])
-                .await
-                .map_err(|e| e.to_string())?;
-            let at = Utc::now();
-            for g in next..next + 10 {
-                committed.insert(g, at);
-            }
-            next += 10;
-        }
+        let (committed, rate) = self.produce(&client, &insert).await?;
         let produced = committed.len();
-        let rate = produced as f64 / started.elapsed().as_secs_f64();
         self.wait_sent(&client, produced as i64 + 1, &mut child, log)
             .await?;
         child.stop();
-        let records = self.sandbox.records();
-        let mut latencies: Vec<f64> = records
-            .meta
-            .events
-            .iter()
-            .filter_map(|e| {
-                let g: i32 = e
-                    .event_id
-                    .as_deref()?
-                    .strip_prefix("order-lat-")?
-                    .parse()
-                    .ok()?;
-                let at = committed.get(&g)?;
-                Some((e.received_at - *at).num_microseconds()? as f64 / 1000.0)
-            })
-            .collect();
+        let mut latencies = self.latencies_ms(&committed);
         drop(client);
         self.drop_database(admin, database, slot).await?;
         if latencies.len() != produced {
@@ -500,6 +439,54 @@ impl Bench<'_> {
             p99_ms: at(0.99),
             max_ms: at(1.0),
         })
+    }
+
+    /// The steady load: 10 paid orders (`insert`) every 10 ms for the run's length; returns when each
+    /// order's commit returned and the rate achieved.
+    async fn produce(
+        &self,
+        client: &Client,
+        insert: &tokio_postgres::Statement,
+    ) -> Result<(HashMap<i32, DateTime<Utc>>, f64), String> {
+        let mut committed: HashMap<i32, DateTime<Utc>> = HashMap::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(10));
+        let until = Instant::now() + Duration::from_secs(self.sizes.latency_secs);
+        let started = Instant::now();
+        let mut next = 1i32;
+        while Instant::now() < until {
+            ticker.tick().await;
+            client
+                .execute(insert, &[&next, &(next + 9)])
+                .await
+                .map_err(|e| e.to_string())?;
+            let at = Utc::now();
+            for g in next..next + 10 {
+                committed.insert(g, at);
+            }
+            next += 10;
+        }
+        let rate = committed.len() as f64 / started.elapsed().as_secs_f64();
+        Ok((committed, rate))
+    }
+
+    /// Each latency event the sandbox received, in milliseconds from its order's commit.
+    fn latencies_ms(&self, committed: &HashMap<i32, DateTime<Utc>>) -> Vec<f64> {
+        let records = self.sandbox.records();
+        records
+            .meta
+            .events
+            .iter()
+            .filter_map(|e| {
+                let g: i32 = e
+                    .event_id
+                    .as_deref()?
+                    .strip_prefix("order-lat-")?
+                    .parse()
+                    .ok()?;
+                let at = committed.get(&g)?;
+                Some((e.received_at - *at).num_microseconds()? as f64 / 1000.0)
+            })
+            .collect()
     }
 
     /// Waits until `expected` control rows are `sent`.
@@ -556,4 +543,62 @@ pub(super) fn order_select(tag: &str, rows: Rows, g: &str) -> String {
            'fb.1.1700000000000.AbCdEf' || {g}, 'fb.1.1700000000000.' || {g}, 'Cj0KCQiA-gclid-' || {g}, \
            'E.C.P.ttclid' || {g}, ({g} % 1000) + 0.99, '{status}', true, now()"
     )
+}
+
+/// A capture run decoded every change up to `end` and wrote a control row for each matching one.
+fn check_capture(
+    report: &CaptureReport,
+    total: usize,
+    rows: Rows,
+    end: &str,
+) -> Result<(), String> {
+    if report.changes != total as u64 {
+        return Err(format!(
+            "pgcapi capture decoded {} changes of {total} before {end}",
+            report.changes
+        ));
+    }
+    let expected = if rows == Rows::Paid { total as u64 } else { 0 };
+    if report.rows_inserted != expected {
+        return Err(format!(
+            "pgcapi capture wrote {} control rows, expected {expected}",
+            report.rows_inserted
+        ));
+    }
+    Ok(())
+}
+
+/// Inserts `txs` transactions of `per` rows of `select` (over the series column `g`), committed one by
+/// one in a `DO` block.
+async fn commit_one_by_one(
+    client: &Client,
+    select: &str,
+    txs: usize,
+    per: usize,
+) -> Result<(), String> {
+    let sql = format!(
+        "do $$ begin for t in 0..{last} loop \
+           insert into orders {COLUMNS} {select} \
+           from generate_series(t * {per} + 1, (t + 1) * {per}) g; \
+           commit; \
+         end loop; end $$",
+        last = txs - 1
+    );
+    client.batch_execute(&sql).await.map_err(|e| e.to_string())
+}
+
+/// Prints how many updates of the control table were HOT (no new index entries), a diagnostic of
+/// dispatch. Statistics reach the shared view when backends flush them (at the latest on exit).
+async fn print_hot_updates(client: &Client) {
+    if let Ok(row) = client
+        .query_one(
+            "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables \
+             where schemaname = 'pgcapi' and relname = 'deliveries'",
+            &[],
+        )
+        .await
+    {
+        let (updates, hot): (i64, i64) = (row.get(0), row.get(1));
+        eprintln!("bench: deliveries updates: {updates}, of them HOT: {hot}");
+    }
 }
