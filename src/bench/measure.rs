@@ -151,7 +151,77 @@ impl Results {
         );
         let _ = writeln!(out, "| # | measure | workload | measured | target | |");
         let _ = writeln!(out, "|---|---|---|---|---|---|");
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        self.render_throughput(&mut out);
+        self.render_latency_and_memory(&mut out, sizes);
+        if !self.ratios.is_empty() {
+            table_head(
+                &mut out,
+                "Where the time of the ratio runs goes (CPU seconds; server processes sampled from /proc):",
+                "| run | wall s | client CPU s | walsender CPU s | backend CPU s | busy cores |",
+            );
+            for r in &self.ratios {
+                for (who, wall, client, server) in [
+                    (
+                        "pg_recvlogical",
+                        r.recvlogical_secs,
+                        None,
+                        r.recvlogical_server,
+                    ),
+                    (
+                        "pgcapi",
+                        r.pgcapi_secs,
+                        Some(r.pgcapi_cpu_secs),
+                        r.capture_server,
+                    ),
+                ] {
+                    let total = client.unwrap_or(0.0) + server.walsender + server.backends;
+                    let _ = writeln!(
+                        out,
+                        "| {} {}, {who} | {wall:.2} | {} | {:.2} | {:.2} | {:.2} |",
+                        r.measure,
+                        r.workload,
+                        client.map_or("—".to_string(), |c| format!("{c:.2}")),
+                        server.walsender,
+                        server.backends,
+                        total / wall,
+                    );
+                }
+            }
+        }
+        if !self.e2e.is_empty() {
+            table_head(
+                &mut out,
+                "Where the time of the end-to-end runs goes (CPU seconds):",
+                "| run | wall s | pgcapi run | sandbox + bench | walsender | backends | busy cores |",
+            );
+            for e in &self.e2e {
+                let total = e.pgcapi_cpu + e.sandbox_cpu + e.server.walsender + e.server.backends;
+                let _ = writeln!(
+                    out,
+                    "| {} destination(s) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    e.destinations,
+                    e.sent_secs,
+                    e.pgcapi_cpu,
+                    e.sandbox_cpu,
+                    e.server.walsender,
+                    e.server.backends,
+                    total / e.sent_secs
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nRatios: pgcapi rows/s divided by pg_recvlogical rows/s on the same WAL \
+             (best of {} run(s) each, timed from spawn to exit). Cluster: fsync, synchronous_commit and \
+             full_page_writes off; {}.",
+            options.repeats.max(1),
+            CLUSTER_SETTINGS.join(", ")
+        );
+        out
+    }
+
+    /// Rows 1 to 3 of the table: the ratios and the end-to-end throughput, against their targets.
+    fn render_throughput(&self, out: &mut String) {
         for r in &self.ratios {
             let (n, target) = match (r.measure, r.small) {
                 ("decode", _) => ("1", Some(0.9)),
@@ -195,6 +265,10 @@ impl Results {
                 verdict(rate >= target && e.not_sent == 0),
             );
         }
+    }
+
+    /// Rows 4 and 5 of the table: latency and capture's peak memory, against their targets.
+    fn render_latency_and_memory(&self, out: &mut String, sizes: Sizes) {
         if let Some(l) = &self.latency {
             let _ = writeln!(
                 out,
@@ -223,78 +297,22 @@ impl Results {
                 verdict(mib <= 64.0),
             );
         }
-        if !self.ratios.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nWhere the time of the ratio runs goes (CPU seconds; server processes sampled from /proc):\n"
-            );
-            let _ = writeln!(
-                out,
-                "| run | wall s | client CPU s | walsender CPU s | backend CPU s | busy cores |"
-            );
-            let _ = writeln!(out, "|---|---|---|---|---|---|");
-            for r in &self.ratios {
-                for (who, wall, client, server) in [
-                    (
-                        "pg_recvlogical",
-                        r.recvlogical_secs,
-                        None,
-                        r.recvlogical_server,
-                    ),
-                    (
-                        "pgcapi",
-                        r.pgcapi_secs,
-                        Some(r.pgcapi_cpu_secs),
-                        r.capture_server,
-                    ),
-                ] {
-                    let total = client.unwrap_or(0.0) + server.walsender + server.backends;
-                    let _ = writeln!(
-                        out,
-                        "| {} {}, {who} | {wall:.2} | {} | {:.2} | {:.2} | {:.2} |",
-                        r.measure,
-                        r.workload,
-                        client.map_or("—".to_string(), |c| format!("{c:.2}")),
-                        server.walsender,
-                        server.backends,
-                        total / wall,
-                    );
-                }
-            }
-        }
-        if !self.e2e.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nWhere the time of the end-to-end runs goes (CPU seconds):\n"
-            );
-            let _ = writeln!(
-                out,
-                "| run | wall s | pgcapi run | sandbox + bench | walsender | backends | busy cores |"
-            );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-            for e in &self.e2e {
-                let total = e.pgcapi_cpu + e.sandbox_cpu + e.server.walsender + e.server.backends;
-                let _ = writeln!(
-                    out,
-                    "| {} destination(s) | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                    e.destinations,
-                    e.sent_secs,
-                    e.pgcapi_cpu,
-                    e.sandbox_cpu,
-                    e.server.walsender,
-                    e.server.backends,
-                    total / e.sent_secs
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "\nRatios: pgcapi rows/s divided by pg_recvlogical rows/s on the same WAL \
-             (best of {} run(s) each, timed from spawn to exit). Cluster: fsync, synchronous_commit and \
-             full_page_writes off; {}.",
-            options.repeats.max(1),
-            CLUSTER_SETTINGS.join(", ")
-        );
-        out
     }
+}
+
+/// "met" or "MISSED".
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// The title of a Markdown table (between blank lines), its header and the rule under the header.
+fn table_head(out: &mut String, title: &str, header: &str) {
+    let _ = writeln!(out, "\n{title}\n");
+    let _ = writeln!(out, "{header}");
+    let columns = header.matches('|').count().saturating_sub(1);
+    let _ = writeln!(out, "|{}", "---|".repeat(columns));
 }

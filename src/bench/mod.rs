@@ -19,6 +19,7 @@
 //! to exit by this process.
 
 mod measure;
+mod pipeline;
 mod workload;
 
 use measure::ServerCpu;

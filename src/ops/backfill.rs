@@ -10,7 +10,7 @@
 //! Values are read with the simple query protocol, which returns each column in its type's text
 //! output: the same text pgoutput sends, so a backfilled row and a captured one give the same event.
 
-use crate::config::{split_table, Config};
+use crate::config::{split_table, Config, RuleConfig};
 use crate::decode::{Datum, Relation, RelationColumn, Tuple};
 use crate::event::NewDelivery;
 use crate::lsn::Lsn;
@@ -19,7 +19,7 @@ use crate::rules::{DropCounts, Rules, TxContext};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 /// Rows fetched from the cursor per round trip.
 const FETCH_ROWS: usize = 1_000;
@@ -126,24 +126,7 @@ pub async fn backfill(
     config: &Config,
     options: &BackfillOptions,
 ) -> Result<BackfillReport, BackfillError> {
-    let rule = config.rule(&options.rule).ok_or_else(|| {
-        let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
-        BackfillError::Invalid(format!(
-            "no rule named {:?} (rules: {})",
-            options.rule,
-            names.join(", ")
-        ))
-    })?;
-    let column = match &options.column {
-        Some(c) => c.clone(),
-        None => default_column(config, &rule.name).ok_or_else(|| {
-            BackfillError::Invalid(format!(
-                "rule {:?} has no single-column event_time to filter on; pass --column with a \
-                 timestamp column of {}",
-                rule.name, rule.table
-            ))
-        })?,
-    };
+    let (rule, column) = rule_and_column(config, options)?;
     let (schema, name) = split_table(&rule.table);
     let table = format!("{schema}.{name}");
     let source = crate::ops::setup::connect(config.source.url.expose(), "source database").await?;
@@ -177,32 +160,7 @@ pub async fn backfill(
         )
     };
     let control_schema = &config.source.schema;
-
-    let columns: Vec<String> = relation
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    // The time is ours (parsed above), printed as RFC 3339: safe to inline in the simple protocol.
-    let query = format!(
-        "declare pgcapi_backfill no scroll cursor for select {} from {}.{} where {} >= '{}'::timestamptz",
-        columns.join(", "),
-        quote_ident(schema),
-        quote_ident(name),
-        quote_ident(&column),
-        options.since.to_rfc3339()
-    );
-    source
-        .batch_execute(
-            "begin isolation level repeatable read read only; set local datestyle = ISO; \
-             set local timezone = UTC; set local extra_float_digits = 3",
-        )
-        .await
-        .map_err(db("starting the read transaction"))?;
-    source
-        .batch_execute(&query)
-        .await
-        .map_err(db(format!("reading {table}")))?;
+    open_cursor(&source, &relation, &column, options.since).await?;
 
     let mut report = BackfillReport {
         table: table.clone(),
@@ -223,38 +181,17 @@ pub async fn backfill(
                 continue;
             };
             fetched += 1;
-            let tuple = Tuple(
-                (0..row.len())
-                    .map(|i| match row.get(i) {
-                        Some(text) => Datum::Text(bytes::Bytes::copy_from_slice(text.as_bytes())),
-                        None => Datum::Null,
-                    })
-                    .collect(),
-            );
-            let produced =
-                rules.evaluate(&bound, &tuple, tx_context, report.rows_read, &mut drops)?;
+            let produced = rules.evaluate(
+                &bound,
+                &tuple(&row),
+                tx_context,
+                report.rows_read,
+                &mut drops,
+            )?;
             report.rows_read += 1;
             batch.extend(produced.into_iter().filter(|d| d.rule == rule.name));
         }
-        report.deliveries += batch.len() as u64;
-        for d in &batch {
-            *report
-                .by_state
-                .entry(d.state.as_str().to_string())
-                .or_default() += 1;
-        }
-        if let Some(control) = &control {
-            if !batch.is_empty() {
-                report.inserted += insert_deliveries(control, control_schema, &batch).await?;
-                control
-                    .execute(
-                        "select pg_notify($1, '')",
-                        &[&notify_channel(control_schema)],
-                    )
-                    .await
-                    .map_err(db("notifying dispatchers"))?;
-            }
-        }
+        record(control.as_ref(), control_schema, &batch, &mut report).await?;
         if fetched < FETCH_ROWS {
             break;
         }
@@ -264,6 +201,110 @@ pub async fn backfill(
         .await
         .map_err(db("ending the read transaction"))?;
     Ok(report)
+}
+
+/// The rule `options` name, and the column to filter on (`--column`, or the rule's event time).
+fn rule_and_column<'c>(
+    config: &'c Config,
+    options: &BackfillOptions,
+) -> Result<(&'c RuleConfig, String), BackfillError> {
+    let rule = config.rule(&options.rule).ok_or_else(|| {
+        let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+        BackfillError::Invalid(format!(
+            "no rule named {:?} (rules: {})",
+            options.rule,
+            names.join(", ")
+        ))
+    })?;
+    let column = match &options.column {
+        Some(c) => c.clone(),
+        None => default_column(config, &rule.name).ok_or_else(|| {
+            BackfillError::Invalid(format!(
+                "rule {:?} has no single-column event_time to filter on; pass --column with a \
+                 timestamp column of {}",
+                rule.name, rule.table
+            ))
+        })?,
+    };
+    Ok((rule, column))
+}
+
+/// Starts a read-only snapshot on `source` and declares the cursor over the rows of `relation` whose
+/// `column` is at or after `since`, with the settings under which values read as pgoutput sends them.
+async fn open_cursor(
+    source: &Client,
+    relation: &Relation,
+    column: &str,
+    since: DateTime<Utc>,
+) -> Result<(), BackfillError> {
+    let (schema, name) = (&relation.namespace, &relation.name);
+    let columns: Vec<String> = relation
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    // The time is ours (parsed above), printed as RFC 3339: safe to inline in the simple protocol.
+    let query = format!(
+        "declare pgcapi_backfill no scroll cursor for select {} from {}.{} where {} >= '{}'::timestamptz",
+        columns.join(", "),
+        quote_ident(schema),
+        quote_ident(name),
+        quote_ident(column),
+        since.to_rfc3339()
+    );
+    source
+        .batch_execute(
+            "begin isolation level repeatable read read only; set local datestyle = ISO; \
+             set local timezone = UTC; set local extra_float_digits = 3",
+        )
+        .await
+        .map_err(db("starting the read transaction"))?;
+    source
+        .batch_execute(&query)
+        .await
+        .map_err(db(format!("reading {schema}.{name}")))
+}
+
+/// A fetched row as the tuple a captured change would carry (every value in its text form).
+fn tuple(row: &SimpleQueryRow) -> Tuple {
+    Tuple(
+        (0..row.len())
+            .map(|i| match row.get(i) {
+                Some(text) => Datum::Text(bytes::Bytes::copy_from_slice(text.as_bytes())),
+                None => Datum::Null,
+            })
+            .collect(),
+    )
+}
+
+/// Counts `batch` into `report` and, unless this is a dry run (`control` is `None`), writes it to the
+/// control table and wakes the dispatchers.
+async fn record(
+    control: Option<&Client>,
+    control_schema: &str,
+    batch: &[NewDelivery],
+    report: &mut BackfillReport,
+) -> Result<(), BackfillError> {
+    report.deliveries += batch.len() as u64;
+    for d in batch {
+        *report
+            .by_state
+            .entry(d.state.as_str().to_string())
+            .or_default() += 1;
+    }
+    if let Some(control) = control {
+        if !batch.is_empty() {
+            report.inserted += insert_deliveries(control, control_schema, batch).await?;
+            control
+                .execute(
+                    "select pg_notify($1, '')",
+                    &[&notify_channel(control_schema)],
+                )
+                .await
+                .map_err(db("notifying dispatchers"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The column of `rule`'s event time (for an adjustment, the adjusted rule's).

@@ -18,12 +18,13 @@
 
 use crate::config::{Config, DispatchConfig, Secret};
 use crate::destinations::{self, Probe};
-use crate::ops::setup;
+use crate::ops::setup::{self, Privileges};
 use crate::outbox::quote_ident;
 use crate::pg::catalog;
 use crate::rules::Rules;
 use std::fmt::Write as _;
 use std::path::Path;
+use tokio_postgres::Client;
 
 /// Longest wait for one platform request, in milliseconds.
 const REQUEST_TIMEOUT_MS: u64 = 15_000;
@@ -216,7 +217,28 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         }
     };
     list.pass("connected to the source database");
-    match catalog::wal_level(&source).await {
+    check_server(&source, list).await;
+    let rules = Rules::new(config);
+    let tables = rules.tables();
+    let missing = check_columns(&source, &rules, list).await;
+    let publication = &config.source.publication;
+    let privileges = match setup::privileges(&source, &tables, publication).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            list.fail(crate::pg::error_chain(&e));
+            None
+        }
+    };
+    check_replica_identities(&source, &rules, &missing, privileges.as_ref(), list).await;
+    let publication_exists =
+        check_publication(&source, publication, &tables, privileges.as_ref(), list).await;
+    check_slot(&source, config, publication_exists, list).await;
+    check_control_schema(config, &source, list).await;
+}
+
+/// `wal_level` and the role's REPLICATION attribute.
+async fn check_server(source: &Client, list: &mut Checklist) {
+    match catalog::wal_level(source).await {
         Ok(level) if level == "logical" => list.pass("wal_level = logical"),
         Ok(level) => list.fail(format!(
             "wal_level is {level}; logical replication needs ALTER SYSTEM SET wal_level = logical; \
@@ -224,7 +246,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         )),
         Err(e) => list.fail(e.to_string()),
     }
-    match catalog::replication_role(&source).await {
+    match catalog::replication_role(source).await {
         Ok((true, user)) => list.pass(format!("role {user} may open replication connections")),
         Ok((false, user)) => list.fail(format!(
             "role {user} lacks the REPLICATION attribute: ALTER ROLE {} WITH REPLICATION;",
@@ -232,10 +254,13 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         )),
         Err(e) => list.fail(e.to_string()),
     }
-    let rules = Rules::new(config);
+}
+
+/// Every table and column the rules read; returns the problem paths of the missing tables.
+async fn check_columns(source: &Client, rules: &Rules, list: &mut Checklist) -> Vec<String> {
     let tables = rules.tables();
     let mut missing = Vec::new();
-    match setup::check_columns(&source, &rules).await {
+    match setup::check_columns(source, rules).await {
         Ok(problems) if problems.is_empty() => list.pass(format!(
             "tables {} have every column the rules read",
             tables.join(", ")
@@ -250,29 +275,31 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         }
         Err(e) => list.fail(e.to_string()),
     }
-    let publication = &config.source.publication;
-    let privileges = match setup::privileges(&source, &tables, publication).await {
-        Ok(p) => Some(p),
-        Err(e) => {
-            list.fail(crate::pg::error_chain(&e));
-            None
-        }
-    };
-    for table in &tables {
+    missing
+}
+
+/// Each existing table's replica identity, with the advice on large values.
+async fn check_replica_identities(
+    source: &Client,
+    rules: &Rules,
+    missing: &[String],
+    privileges: Option<&Privileges>,
+    list: &mut Checklist,
+) {
+    for table in &rules.tables() {
         if missing.contains(&format!("rules (table {table})")) {
             continue;
         }
         let owner = privileges
-            .as_ref()
             .and_then(|p| p.not_owned.iter().find(|(t, _)| t == table))
             .map(|(_, o)| o.clone());
-        match catalog::replica_identity(&source, table).await {
+        match catalog::replica_identity(source, table).await {
             Ok((identity, true)) => {
                 list.pass(format!(
                     "{table}: replica identity {identity} lets its UPDATEs be published"
                 ));
-                let columns = setup::rule_columns(&rules, table);
-                match setup::toast_advice(&source, table, &columns).await {
+                let columns = setup::rule_columns(rules, table);
+                match setup::toast_advice(source, table, &columns).await {
                     Ok(Some(advice)) => list.warn(advice),
                     Ok(None) => {}
                     Err(e) => list.fail(e.to_string()),
@@ -293,8 +320,18 @@ async fn check_database(config: &Config, list: &mut Checklist) {
             Err(e) => list.fail(e.to_string()),
         }
     }
+}
+
+/// The publication covers exactly the rules' `tables`; returns whether it exists.
+async fn check_publication(
+    source: &Client,
+    publication: &str,
+    tables: &[String],
+    privileges: Option<&Privileges>,
+    list: &mut Checklist,
+) -> bool {
     // Who can fix the publication: pgcapi setup when its role may, else the DBA with the SQL.
-    let fix = |statement: String| match &privileges {
+    let fix = |statement: String| match privileges {
         Some(p) if !p.may_manage_publication() => format!(
             "{}; so {} runs: {statement}",
             setup::publication_refusal(p),
@@ -303,7 +340,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         _ => "run pgcapi setup".to_string(),
     };
     let mut publication_exists = false;
-    match catalog::publication_tables(&source, publication).await {
+    match catalog::publication_tables(source, publication).await {
         Ok(Some(covered)) if covered == tables => {
             publication_exists = true;
             list.pass(format!(
@@ -317,17 +354,28 @@ async fn check_database(config: &Config, list: &mut Checklist) {
                 "publication {publication} covers [{}] but the rules read [{}]: {}",
                 covered.join(", "),
                 tables.join(", "),
-                fix(setup::alter_publication_sql(publication, &tables))
+                fix(setup::alter_publication_sql(publication, tables))
             ))
         }
         Ok(None) => list.fail(format!(
             "publication {publication} does not exist: {}",
-            fix(setup::create_publication_sql(publication, &tables))
+            fix(setup::create_publication_sql(publication, tables))
         )),
         Err(e) => list.fail(e.to_string()),
     }
+    publication_exists
+}
+
+/// The slot exists, is pgoutput on this database and is not lost.
+async fn check_slot(
+    source: &Client,
+    config: &Config,
+    publication_exists: bool,
+    list: &mut Checklist,
+) {
     let slot = &config.source.slot;
-    match catalog::slot(&source, slot).await {
+    let publication = &config.source.publication;
+    match catalog::slot(source, slot).await {
         Ok(Some(s)) if s.plugin != "pgoutput" || s.database != s.current_database => {
             list.fail(format!(
                 "slot {slot} uses plugin {} on database {}; pgcapi needs a pgoutput slot on {}",
@@ -347,6 +395,10 @@ async fn check_database(config: &Config, list: &mut Checklist) {
         )),
         Err(e) => list.fail(e.to_string()),
     }
+}
+
+/// The control schema is installed in the control database (the source unless it is separate).
+async fn check_control_schema(config: &Config, source: &Client, list: &mut Checklist) {
     let separate;
     let control = if config.source.control_url.is_some() {
         match setup::connect(config.source.control_url().expose(), "control database").await {
@@ -361,7 +413,7 @@ async fn check_database(config: &Config, list: &mut Checklist) {
             }
         }
     } else {
-        &source
+        source
     };
     let schema = &config.source.schema;
     let found = control

@@ -18,3 +18,11 @@ pub mod repair;
 pub mod retention;
 pub mod setup;
 pub mod status;
+
+/// Prints `report` as indented JSON on standard output (`--json` of `status`, `retry`, `replay`,
+/// `purge`).
+pub(crate) fn print_json(report: &impl serde::Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}

@@ -265,8 +265,7 @@ pub(crate) async fn connect_control(config: &Config) -> Result<tokio_postgres::C
 /// Prints `report` as asked.
 fn print(report: &RepairReport, json: bool) -> Result<(), String> {
     if json {
-        let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-        println!("{text}");
+        crate::ops::print_json(report)?;
     } else {
         print!("{}", report.render());
     }

@@ -178,10 +178,7 @@ pub async fn run_purge(args: PurgeArgs) -> Result<ExitCode, String> {
     .await
     .map_err(|e| crate::pg::error_chain(&e))?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        crate::ops::print_json(&report)?;
     } else {
         let what = match target {
             Target::Finished { keep } => format!(
