@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-const SHOP_SQL: &str = include_str!("../examples/shop.sql");
-const CONTRACT_TOML: &str = include_str!("../examples/pgcapi.toml");
+const SHOP_SQL: &str = include_str!("../../examples/shop.sql");
+const CONTRACT_TOML: &str = include_str!("../../examples/pgcapi.toml");
 
 /// The story, one step at a time: (what happens, SQL).
 const STORY: &[(&str, &str)] = &[
