@@ -1,28 +1,81 @@
-//! `pgcapi demo`: a throwaway PostgreSQL, the sandbox, the contract config and a short story.
+//! `pgcapi demo`: a throwaway PostgreSQL, the sandbox, the contract config (or the all-platforms one)
+//! and a short story.
+
+mod received;
 
 use crate::capture::Capture;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::ops::setup::{self, SetupOptions};
-use crate::testbed::cluster::{Cluster, ClusterOptions};
-use crate::testbed::sandbox::{Sandbox, SandboxHandle};
+use crate::testbed::cluster::ClusterOptions;
+use crate::testbed::stage::Stage;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 const SHOP_SQL: &str = include_str!("../../examples/shop.sql");
 const CONTRACT_TOML: &str = include_str!("../../examples/pgcapi.toml");
+const ALL_PLATFORMS_TOML: &str = include_str!("../../examples/all-platforms.toml");
+const ALL_PLATFORMS_SQL: &str = include_str!("../../examples/all-platforms.sql");
 
-/// The story, one step at a time: (what happens, SQL).
+/// Which config the demo runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `examples/pgcapi.toml`, the contract: Meta, Google, TikTok and Microsoft Advertising.
+    Contract,
+    /// `examples/all-platforms.toml`: the contract plus Snapchat, Pinterest, LinkedIn, Reddit,
+    /// Outbrain and Taboola, with the click-id columns of `examples/all-platforms.sql`.
+    AllPlatforms,
+}
+
+impl Scope {
+    /// The config's file name and text.
+    fn config(self) -> (&'static str, &'static str) {
+        match self {
+            Scope::Contract => ("examples/pgcapi.toml", CONTRACT_TOML),
+            Scope::AllPlatforms => ("examples/all-platforms.toml", ALL_PLATFORMS_TOML),
+        }
+    }
+
+    /// The SQL run after `shop.sql`, before the set-up.
+    fn schema(self) -> &'static str {
+        match self {
+            Scope::Contract => "",
+            Scope::AllPlatforms => ALL_PLATFORMS_SQL,
+        }
+    }
+
+    /// The columns and values order 1001 has beyond the contract's (the six platforms' click ids), and
+    /// what the story says of them.
+    fn click_ids(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Scope::Contract => ("", "", ""),
+            Scope::AllPlatforms => (
+                " and a click id for each of the six others",
+                ", sc_click_id, epik, li_fat_id, rdt_cid, ob_click_id, taboola_click_id",
+                ", 'demo-sc-click-id', 'dj0yJnU9demo-epik', 'demo-li-fat-id', 'demo-rdt-cid',
+                 '00ab12cd34ef56ab78cd90ef12',
+                 'GiDxLZcEVjwEqkGfKQMQndUYMIeZXFHmZ0DrHIJhGS6kKiDzkGUos9GzkpqG-YHQATC_demo'",
+            ),
+        }
+    }
+}
+
+/// The story, one step at a time: (what happens, SQL). `{more_columns}` and `{more_values}` are the
+/// scope's click ids ([`Scope::click_ids`]).
 const STORY: &[(&str, &str)] = &[
     (
         "order 1001 is paid by a customer who consented (email, phone, gclid, fbc, ttclid)",
         "insert into orders (order_number, email, phone, first_name, last_name, city, region, postal_code,
-           country, client_ip, user_agent, fbc, fbp, gclid, ttclid, total, status, ad_consent, paid_at)
+           country, client_ip, user_agent, fbc, fbp, gclid, ttclid, total, status, ad_consent, paid_at
+           {more_columns})
          values ('1001', 'Jane.Doe@Example.com', '(650) 555-1212', 'Jane', 'Doe', 'San Francisco',
            'California', '94105', 'US', '203.0.113.7', 'Mozilla/5.0 (demo)', 'fb.1.1700000000000.AbCd123',
-           'fb.1.1700000000000.42', 'Cj0KCQiA-demo_gclid', 'E.C.P.demo', 120.00, 'paid', true, now())",
+           'fb.1.1700000000000.42', 'Cj0KCQiA-demo_gclid', 'E.C.P.demo', 120.00, 'paid', true, now()
+           {more_values})",
     ),
     (
         "order 1002 is paid by a customer who did not consent",
@@ -51,18 +104,11 @@ const STORY: &[(&str, &str)] = &[
 ];
 
 /// Runs the demo and returns the report to print.
-pub async fn run() -> Result<String, String> {
+pub async fn run(scope: Scope) -> Result<String, String> {
     let started = Instant::now();
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("starting a throwaway PostgreSQL: {e}"))?;
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .map_err(|e| format!("starting the sandbox: {e}"))?;
-    let result = story(&cluster, &sandbox).await;
-    sandbox.shutdown().await;
-    drop(cluster);
+    let stage = Stage::start(ClusterOptions::default()).await?;
+    let result = play(&stage, scope).await;
+    stage.stop().await;
     let mut report = result?;
     let _ = writeln!(
         report,
@@ -72,72 +118,30 @@ pub async fn run() -> Result<String, String> {
     Ok(report)
 }
 
-async fn story(cluster: &Cluster, sandbox: &SandboxHandle) -> Result<String, String> {
-    let admin = setup::connect(&cluster.url("postgres"), "demo database")
-        .await
-        .map_err(|e| e.to_string())?;
-    admin
-        .batch_execute("create database shop")
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = cluster.url("shop");
-    let client = setup::connect(&url, "demo database")
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .batch_execute(SHOP_SQL)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base = sandbox.base_url();
-    let env = |name: &str| -> Option<String> {
-        Some(match name {
-            "PGCAPI_DATABASE_URL" => url.clone(),
-            "META_ENDPOINT" | "GOOGLE_ADS_ENDPOINT" | "GOOGLE_DM_ENDPOINT" | "TIKTOK_ENDPOINT" => {
-                base.clone()
-            }
-            "GOOGLE_OAUTH_ENDPOINT" => format!("{base}/token"),
-            "MSADS_ENDPOINT" => base.clone(),
-            "MSADS_OAUTH_ENDPOINT" => format!("{base}/common/oauth2/v2.0/token"),
-            _ => "demo-secret".to_string(),
-        })
-    };
-    let config = Config::from_toml(CONTRACT_TOML, "examples/pgcapi.toml", &env)
-        .map_err(|e| e.to_string())?;
-    let report = setup::setup(&config, SetupOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = String::from(
-        "pgcapi demo: throwaway PostgreSQL + platform sandbox + examples/pgcapi.toml\n\nsetup:\n",
-    );
-    out.push_str(&report.render());
-    let config = Arc::new(config);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
-    let capture_task = tokio::spawn({
-        let rx = stop_rx.clone();
-        async move { capture.run(rx).await }
-    });
-    let destinations = crate::destinations::build_all(&config.destinations, &config.dispatch)
-        .map_err(|e| e.to_string())?;
-    let info: crate::pg::ConnInfo = url.parse().map_err(|e| format!("{e}"))?;
-    let (dispatch_client, connection) = crate::pg::client::connect_parts(&info)
-        .await
-        .map_err(|e| e.to_string())?;
-    let dispatcher = Dispatcher::with_connection(
-        dispatch_client,
-        connection,
-        &config.source.schema,
-        config.dispatch.clone(),
-        destinations,
-    );
-    let dispatch_task = tokio::spawn(dispatcher.run(stop_rx));
-
+/// Sets the shop up, tells the story with capture and dispatch running, and reports.
+async fn play(stage: &Stage, scope: Scope) -> Result<String, String> {
+    let (client, config, mut out) = prepare(stage, scope).await?;
+    // Every refund retracts order_paid at each of its destinations (sent, skipped or cancelled).
+    let fanout = config
+        .rules
+        .iter()
+        .find(|r| r.name == "order_paid")
+        .map_or(0, |r| r.destinations.len() as i64);
+    let workers = Workers::start(Arc::new(config), &stage.cluster.url("shop")).await?;
     out.push_str("\nthe story:\n");
-    for (what, sql) in STORY {
-        let _ = writeln!(out, "  - {what}");
-        client.batch_execute(sql).await.map_err(|e| e.to_string())?;
+    let (more_columns, more_values, more_said) = scope.click_ids();
+    for (i, (what, sql)) in STORY.iter().enumerate() {
+        let more_said = if i == 0 { more_said } else { "" };
+        let _ = writeln!(out, "  - {what}{more_said}");
+        let sql = sql
+            .replace("{more_columns}", more_columns)
+            .replace("{more_values}", more_values);
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| e.to_string())?;
     }
-    settle(&client, 2).await?;
+    settle(&client, fanout).await?;
     let _ = writeln!(
         out,
         "  - order 1001 is refunded after its conversion was sent"
@@ -146,14 +150,99 @@ async fn story(cluster: &Cluster, sandbox: &SandboxHandle) -> Result<String, Str
         .batch_execute("update orders set status = 'refunded' where order_number = '1001'")
         .await
         .map_err(|e| e.to_string())?;
-    settle(&client, 6).await?;
-
-    let _ = stop.send(true);
-    let _ = capture_task.await;
-    let _ = dispatch_task.await;
-    out.push_str(&received(sandbox));
+    settle(&client, 2 * fanout).await?;
+    workers.stop().await;
+    out.push_str(&received::render(&stage.sandbox.records()));
     out.push_str(&rows(&client).await?);
     Ok(out)
+}
+
+/// Creates the shop database with the scope's schema, loads the scope's config with every endpoint on
+/// the sandbox, and sets pgcapi up; returns a connection, the config and the report's beginning.
+async fn prepare(stage: &Stage, scope: Scope) -> Result<(Client, Config, String), String> {
+    let admin = setup::connect(&stage.cluster.url("postgres"), "demo database")
+        .await
+        .map_err(|e| e.to_string())?;
+    admin
+        .batch_execute("create database shop")
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = stage.cluster.url("shop");
+    let client = setup::connect(&url, "demo database")
+        .await
+        .map_err(|e| e.to_string())?;
+    for sql in [SHOP_SQL, scope.schema()] {
+        client.batch_execute(sql).await.map_err(|e| e.to_string())?;
+    }
+    let base = stage.sandbox.base_url();
+    let env = |name: &str| -> Option<String> {
+        Some(match name {
+            "PGCAPI_DATABASE_URL" => url.clone(),
+            "GOOGLE_OAUTH_ENDPOINT" => format!("{base}/token"),
+            "MSADS_OAUTH_ENDPOINT" => format!("{base}/common/oauth2/v2.0/token"),
+            // Every platform's endpoint: the demo never reaches a real platform.
+            n if n.ends_with("_ENDPOINT") => base.clone(),
+            _ => "demo-secret".to_string(),
+        })
+    };
+    let (file, toml) = scope.config();
+    let config = Config::from_toml(toml, file, &env).map_err(|e| e.to_string())?;
+    let report = setup::setup(&config, SetupOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out =
+        format!("pgcapi demo: throwaway PostgreSQL + platform sandbox + {file}\n\nsetup:\n");
+    out.push_str(&report.render());
+    Ok((client, config, out))
+}
+
+/// Capture and dispatch, running until [`Workers::stop`].
+struct Workers {
+    stop: watch::Sender<bool>,
+    capture: JoinHandle<()>,
+    dispatch: JoinHandle<()>,
+}
+
+impl Workers {
+    /// Starts both on `config`, dispatch with its own connection to `url`.
+    async fn start(config: Arc<Config>, url: &str) -> Result<Workers, String> {
+        let (stop, stop_rx) = watch::channel(false);
+        let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
+        let capture = tokio::spawn({
+            let rx = stop_rx.clone();
+            async move {
+                let _ = capture.run(rx).await;
+            }
+        });
+        let destinations = crate::destinations::build_all(&config.destinations, &config.dispatch)
+            .map_err(|e| e.to_string())?;
+        let info: crate::pg::ConnInfo = url.parse().map_err(|e| format!("{e}"))?;
+        let (client, connection) = crate::pg::client::connect_parts(&info)
+            .await
+            .map_err(|e| e.to_string())?;
+        let dispatcher = Dispatcher::with_connection(
+            client,
+            connection,
+            &config.source.schema,
+            config.dispatch.clone(),
+            destinations,
+        );
+        let dispatch = tokio::spawn(async move {
+            let _ = dispatcher.run(stop_rx).await;
+        });
+        Ok(Workers {
+            stop,
+            capture,
+            dispatch,
+        })
+    }
+
+    /// Asks both to stop and waits for them.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.capture.await;
+        let _ = self.dispatch.await;
+    }
 }
 
 /// Waits until no row is pending and at least `retractions` retraction rows exist.
@@ -182,98 +271,6 @@ async fn settle(client: &Client, retractions: i64) -> Result<(), String> {
     }
 }
 
-fn received(sandbox: &SandboxHandle) -> String {
-    let records = sandbox.records();
-    let mut out = String::from("\nwhat each platform received (hashes shortened):\n");
-    let short = |h: &str| h.chars().take(12).collect::<String>();
-    for (platform, events) in [
-        ("meta", &records.meta.events),
-        ("tiktok", &records.tiktok.events),
-    ] {
-        for e in events {
-            let keys: Vec<String> = e
-                .hashed
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{k}={}…",
-                        short(v.first().map(String::as_str).unwrap_or(""))
-                    )
-                })
-                .chain(e.plain.keys().map(|k| format!("{k}=(as stored)")))
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {platform:<7} {:<16} {:<18} value={:<8} {}",
-                e.event_name,
-                e.event_id.as_deref().unwrap_or("-"),
-                e.value.map(|v| v.to_string()).unwrap_or_default(),
-                keys.join(" ")
-            );
-        }
-    }
-    for c in &records.google_ads.conversions {
-        let _ = writeln!(
-            out,
-            "  {:<7} {:<16} {:<18} gclid={}",
-            "google",
-            "conversion",
-            c.order_id.as_deref().unwrap_or("-"),
-            c.gclid.as_deref().unwrap_or("-")
-        );
-    }
-    // Google through the Data Manager API (the contract's path since June 2026): the conversions
-    // as Google keeps them, with every value they had.
-    for c in &records.google_data_manager.conversions {
-        let values: Vec<String> = c
-            .history
-            .iter()
-            .map(|v| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into()))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  {:<7} {:<16} {:<18} value={}",
-            "google",
-            "dm conversion",
-            c.transaction_id,
-            values.join(" → ")
-        );
-    }
-    for a in &records.google_ads.adjustments {
-        let _ = writeln!(
-            out,
-            "  {:<7} {:<16} {:<18}",
-            "google",
-            a.adjustment_type,
-            a.order_id.as_deref().unwrap_or("-")
-        );
-    }
-    let microsoft = &records.microsoft_ads;
-    for c in &microsoft.conversions {
-        let _ = writeln!(
-            out,
-            "  {:<7} {:<16} {:<18} msclkid={} time={}",
-            "msads",
-            "conversion",
-            c.conversion_name,
-            c.microsoft_click_id.as_deref().unwrap_or("-"),
-            c.conversion_time
-        );
-    }
-    for a in &microsoft.adjustments {
-        let _ = writeln!(
-            out,
-            "  {:<7} {:<16} {:<18} msclkid={} time={}",
-            "msads",
-            a.adjustment_type,
-            a.conversion_name,
-            a.microsoft_click_id.as_deref().unwrap_or("-"),
-            a.conversion_time
-        );
-    }
-    out
-}
-
 async fn rows(client: &Client) -> Result<String, String> {
     let rows = client
         .query(
@@ -287,13 +284,13 @@ async fn rows(client: &Client) -> Result<String, String> {
     let mut out = String::from("\npgcapi.deliveries:\n");
     let _ = writeln!(
         out,
-        "  {:<10} {:<15} {:<8} {:<11} {:<9} {:<3} {:<40} keys",
+        "  {:<10} {:<15} {:<9} {:<11} {:<9} {:<3} {:<40} keys",
         "event_id", "rule", "dest", "kind", "state", "try", "last_error"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "  {:<10} {:<15} {:<8} {:<11} {:<9} {:<3} {:<40} {}",
+            "  {:<10} {:<15} {:<9} {:<11} {:<9} {:<3} {:<40} {}",
             r.get::<_, String>(0),
             r.get::<_, String>(1),
             r.get::<_, String>(2),
@@ -305,4 +302,46 @@ async fn rows(client: &Client) -> Result<String, String> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The six platforms `examples/all-platforms.toml` adds.
+    const SIX: [&str; 6] = [
+        "snapchat",
+        "pinterest",
+        "linkedin",
+        "reddit",
+        "outbrain",
+        "taboola",
+    ];
+
+    #[test]
+    fn all_platforms_is_the_contract_plus_six_destinations_on_order_paid() {
+        let contract: toml::Table = toml::from_str(CONTRACT_TOML).unwrap();
+        let mut all: toml::Table = toml::from_str(ALL_PLATFORMS_TOML).unwrap();
+        // WHEN the six destinations and what order_paid has for them are taken away
+        let destinations = all["destinations"].as_table_mut().unwrap();
+        for name in SIX {
+            assert!(destinations.remove(name).is_some(), "{name}");
+        }
+        let paid = all["rules"].as_array_mut().unwrap()[0]
+            .as_table_mut()
+            .unwrap();
+        assert_eq!(paid["name"].as_str(), Some("order_paid"));
+        let to = paid["destinations"].as_array_mut().unwrap();
+        to.retain(|d| !SIX.contains(&d.as_str().unwrap()));
+        let keys = paid["match"].as_table_mut().unwrap();
+        for key in ALL_PLATFORMS_SQL.split("add column ").skip(1) {
+            let column = key.split_whitespace().next().unwrap();
+            assert_eq!(keys.remove(column).unwrap().as_str(), Some(column));
+        }
+        for section in ["linkedin", "outbrain", "taboola"] {
+            assert!(paid.remove(section).is_some(), "{section}");
+        }
+        // THEN what is left is the contract
+        assert_eq!(all, contract);
+    }
 }
