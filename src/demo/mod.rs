@@ -48,8 +48,8 @@ impl Scope {
         }
     }
 
-    /// The columns and values order 1001 has beyond the contract's (the six platforms' click ids), and
-    /// what the story says of them.
+    /// What order 1001 has beyond the contract's, the six platforms' click ids: what the story says
+    /// of them, their columns and their values.
     fn click_ids(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Scope::Contract => ("", "", ""),
@@ -128,20 +128,29 @@ async fn play(stage: &Stage, scope: Scope) -> Result<String, String> {
         .find(|r| r.name == "order_paid")
         .map_or(0, |r| r.destinations.len() as i64);
     let workers = Workers::start(Arc::new(config), &stage.cluster.url("shop")).await?;
+    let told = tell(&client, scope, fanout, &mut out).await;
+    // Stopped before anything is returned, so that no worker outlives the cluster.
+    workers.stop().await;
+    told?;
+    out.push_str(&received::render(&stage.sandbox.records()));
+    out.push_str(&rows(&client).await?);
+    Ok(out)
+}
+
+/// Plays the story with the workers running, and waits after each part until nothing is pending and
+/// each refund's `fanout` retractions are written.
+async fn tell(client: &Client, scope: Scope, fanout: i64, out: &mut String) -> Result<(), String> {
     out.push_str("\nthe story:\n");
-    let (more_columns, more_values, more_said) = scope.click_ids();
+    let (more_said, more_columns, more_values) = scope.click_ids();
     for (i, (what, sql)) in STORY.iter().enumerate() {
         let more_said = if i == 0 { more_said } else { "" };
         let _ = writeln!(out, "  - {what}{more_said}");
         let sql = sql
             .replace("{more_columns}", more_columns)
             .replace("{more_values}", more_values);
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| e.to_string())?;
+        client.batch_execute(&sql).await.map_err(sql_error)?;
     }
-    settle(&client, fanout).await?;
+    settle(client, fanout).await?;
     let _ = writeln!(
         out,
         "  - order 1001 is refunded after its conversion was sent"
@@ -149,12 +158,8 @@ async fn play(stage: &Stage, scope: Scope) -> Result<String, String> {
     client
         .batch_execute("update orders set status = 'refunded' where order_number = '1001'")
         .await
-        .map_err(|e| e.to_string())?;
-    settle(&client, 2 * fanout).await?;
-    workers.stop().await;
-    out.push_str(&received::render(&stage.sandbox.records()));
-    out.push_str(&rows(&client).await?);
-    Ok(out)
+        .map_err(sql_error)?;
+    settle(client, 2 * fanout).await
 }
 
 /// Creates the shop database with the scope's schema, loads the scope's config with every endpoint on
@@ -166,13 +171,13 @@ async fn prepare(stage: &Stage, scope: Scope) -> Result<(Client, Config, String)
     admin
         .batch_execute("create database shop")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(sql_error)?;
     let url = stage.cluster.url("shop");
     let client = setup::connect(&url, "demo database")
         .await
         .map_err(|e| e.to_string())?;
     for sql in [SHOP_SQL, scope.schema()] {
-        client.batch_execute(sql).await.map_err(|e| e.to_string())?;
+        client.batch_execute(sql).await.map_err(sql_error)?;
     }
     let base = stage.sandbox.base_url();
     let env = |name: &str| -> Option<String> {
@@ -245,6 +250,11 @@ impl Workers {
     }
 }
 
+/// A SQL error with the server's message (tokio-postgres alone says `db error`).
+fn sql_error(e: tokio_postgres::Error) -> String {
+    crate::pg::error_chain(&e)
+}
+
 /// Waits until no row is pending and at least `retractions` retraction rows exist.
 async fn settle(client: &Client, retractions: i64) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -257,7 +267,7 @@ async fn settle(client: &Client, retractions: i64) -> Result<(), String> {
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(sql_error)?;
         let (pending, retracts, all): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         if pending == 0 && retracts >= retractions && all > 0 {
             return Ok(());
@@ -280,7 +290,7 @@ async fn rows(client: &Client) -> Result<String, String> {
             &[],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(sql_error)?;
     let mut out = String::from("\npgcapi.deliveries:\n");
     let _ = writeln!(
         out,
