@@ -319,14 +319,7 @@ mod tests {
     use super::*;
 
     /// The six platforms `examples/all-platforms.toml` adds.
-    const SIX: [&str; 6] = [
-        "snapchat",
-        "pinterest",
-        "linkedin",
-        "reddit",
-        "outbrain",
-        "taboola",
-    ];
+    const SIX: &str = "snapchat pinterest linkedin reddit outbrain taboola";
 
     #[test]
     fn all_platforms_is_the_contract_plus_six_destinations_on_order_paid() {
@@ -334,7 +327,7 @@ mod tests {
         let mut all: toml::Table = toml::from_str(ALL_PLATFORMS_TOML).unwrap();
         // WHEN the six destinations and what order_paid has for them are taken away
         let destinations = all["destinations"].as_table_mut().unwrap();
-        for name in SIX {
+        for name in SIX.split(' ') {
             assert!(destinations.remove(name).is_some(), "{name}");
         }
         let paid = all["rules"].as_array_mut().unwrap()[0]
@@ -342,7 +335,7 @@ mod tests {
             .unwrap();
         assert_eq!(paid["name"].as_str(), Some("order_paid"));
         let to = paid["destinations"].as_array_mut().unwrap();
-        to.retain(|d| !SIX.contains(&d.as_str().unwrap()));
+        to.retain(|d| !SIX.split(' ').any(|six| d.as_str() == Some(six)));
         let keys = paid["match"].as_table_mut().unwrap();
         for key in ALL_PLATFORMS_SQL.split("add column ").skip(1) {
             let column = key.split_whitespace().next().unwrap();
