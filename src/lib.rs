@@ -36,8 +36,8 @@
 //! - [`cli`]: parses the command line, one file per command; prints and chooses the exit code.
 //! - [`ops`]: operating a deployment: `setup`, `check`, `status`, `repair` (retry, replay),
 //!   `retention` (purge), `backfill`, `dry_run`.
-//! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters, for
-//!   `demo` and tests; independent of the product code.
+//! - [`testbed`]: the sandbox (the platforms' rules, as an HTTP server) and throwaway clusters (both
+//!   together: `stage`), for `demo`, `bench` and tests; independent of the product code.
 //! - [`metrics`]: the Prometheus registry and the functions capture, dispatch and destinations record with
 //!   (a leaf: imports nothing of pgcapi).
 //! - [`telemetry`]: the `/metrics`, `/healthz`, `/readyz` server and the database probe behind readiness
@@ -46,7 +46,8 @@
 //!   every long-running task (and [`shutdown::every`] for periodic ones).
 //! - [`units`]: human durations, sizes and timestamps.
 //! - [`bench`]: `pgcapi bench`, throughput, latency and memory against `pg_recvlogical`.
-//! - [`demo`]: `pgcapi demo`, the contract end to end on a throwaway cluster and the sandbox.
+//! - [`demo`]: `pgcapi demo`, the contract (or all 11 platforms) end to end on a throwaway cluster and
+//!   the sandbox.
 
 pub mod bench;
 pub mod capture;

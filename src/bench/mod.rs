@@ -29,7 +29,8 @@ use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::ops::setup::{self, SetupOptions};
 use crate::testbed::cluster::{Cluster, ClusterOptions};
-use crate::testbed::sandbox::{Sandbox, SandboxHandle};
+use crate::testbed::sandbox::SandboxHandle;
+use crate::testbed::stage::Stage;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -209,22 +210,15 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         .filter(|p| p.is_file())
         .ok_or("pg_recvlogical not found beside initdb (install the PostgreSQL client tools)")?;
     eprintln!("bench: starting a throwaway PostgreSQL");
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(ClusterOptions {
-            extra_conf: CLUSTER_SETTINGS.iter().map(|s| s.to_string()).collect(),
-            ..ClusterOptions::default()
-        })
+    let stage = Stage::start(ClusterOptions {
+        extra_conf: CLUSTER_SETTINGS.iter().map(|s| s.to_string()).collect(),
+        ..ClusterOptions::default()
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("starting a throwaway PostgreSQL: {e}"))?;
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().expect("address"))
-        .await
-        .map_err(|e| format!("starting the sandbox: {e}"))?;
+    .await?;
     let work = tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
     let bench = Bench {
-        cluster: &cluster,
-        sandbox: &sandbox,
+        cluster: &stage.cluster,
+        sandbox: &stage.sandbox,
         exe,
         recvlogical,
         dir: work.path().to_path_buf(),
@@ -233,8 +227,7 @@ pub async fn run(options: BenchOptions) -> Result<String, String> {
         options: options.clone(),
     };
     let result = bench.all().await;
-    sandbox.shutdown().await;
-    drop(cluster);
+    stage.stop().await;
     Ok(result?.render(&options, sizes))
 }
 

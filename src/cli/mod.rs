@@ -64,7 +64,11 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run the demo: a throwaway PostgreSQL, the sandbox, the example config and a short story.
-    Demo,
+    Demo {
+        /// Send to all 11 platforms (examples/all-platforms.toml), not only the contract's four.
+        #[arg(long)]
+        all_platforms: bool,
+    },
     /// Serve the platform sandbox (Meta, Google Ads, TikTok rules) for tests and trials.
     Sandbox {
         /// Address to listen on.
@@ -191,8 +195,12 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox { listen } => done(sandbox::run(listen).await),
-        Command::Demo => {
-            print!("{}", crate::demo::run().await?);
+        Command::Demo { all_platforms } => {
+            let scope = match all_platforms {
+                true => crate::demo::Scope::AllPlatforms,
+                false => crate::demo::Scope::Contract,
+            };
+            print!("{}", crate::demo::run(scope).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
