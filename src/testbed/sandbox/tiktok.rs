@@ -26,12 +26,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
-use super::records::{AcceptedEvent, Seen};
-use super::Shared;
+use super::records::AcceptedEvent;
 use super::{
     as_number, as_unix_seconds, credential_ok, is_ip_address, is_sha256_hex, json_response,
     random_id,
 };
+use super::{hashed_as_sent, Shared};
 use crate::testbed::sandbox::Platform;
 
 /// Events per request (§3).
@@ -381,7 +381,8 @@ fn process(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), Viol
 /// Dedups on `event` + `event_id` and stores the counted events.
 fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
     let window = shared.config.dedup_window;
-    let mut state = shared.lock();
+    let mut guard = shared.lock();
+    let state = &mut *guard;
     state.records.tiktok.counters.received += env.events.len() as u64;
     for ev in &env.events {
         let name = ev
@@ -393,25 +394,14 @@ fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
             .get("event_id")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let Some(id) = &event_id {
-            let key = format!("{name}\u{1f}{id}");
-            if state.tiktok.sends.note(&key) {
-                state.records.tiktok.counters.duplicate_sends += 1;
-            }
-            match state.tiktok.dedup.check(&key, now, window) {
-                Seen::WithinWindow => {
-                    state.records.tiktok.counters.deduplicated += 1;
-                    continue;
-                }
-                Seen::New => state.records.tiktok.counters.unique += 1,
-                Seen::OutsideWindow => {}
-            }
-            state.tiktok.dedup.remember(key, now);
-        } else {
-            state.records.tiktok.counters.unique += 1;
+        let key = event_id.as_ref().map(|id| format!("{name}\u{1f}{id}"));
+        if !state
+            .tiktok
+            .count(&mut state.records.tiktok.counters, key, now, window)
+        {
+            continue;
         }
         let accepted = accepted_event(ev, name, event_id, env, now);
-        state.records.tiktok.counters.accepted += 1;
         state.records.tiktok.events.push(accepted);
     }
 }
@@ -427,17 +417,7 @@ fn accepted_event(
     let mut hashed = BTreeMap::new();
     let mut plain = BTreeMap::new();
     if let Some(user) = ev.get("user").and_then(Value::as_object) {
-        for key in HASHED_KEYS {
-            let values: Vec<String> = match user.get(*key) {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                _ => continue,
-            };
-            hashed.insert(key.to_string(), values);
-        }
+        hashed = hashed_as_sent(user, HASHED_KEYS);
         for key in PLAIN_KEYS {
             if let Some(v) = user.get(*key).and_then(Value::as_str) {
                 plain.insert(key.to_string(), v.to_string());

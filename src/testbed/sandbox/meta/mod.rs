@@ -22,9 +22,9 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
-use super::records::{AcceptedEvent, Seen};
+use super::records::AcceptedEvent;
 use super::{as_number, as_unix_seconds, credential_ok, json_response, parse_form};
-use super::{random_id, Shared};
+use super::{hashed_as_sent, random_id, Shared};
 use crate::testbed::sandbox::Platform;
 use rules::{events_of, validate_event, Violation, HASHED_KEYS, PLAIN_KEYS, SUB_INVALID};
 
@@ -276,7 +276,8 @@ fn record(
     now: chrono::DateTime<Utc>,
 ) {
     let window = shared.config.dedup_window;
-    let mut state = shared.lock();
+    let mut guard = shared.lock();
+    let state = &mut *guard;
     for ev in events {
         let name = ev
             .get("event_name")
@@ -287,25 +288,14 @@ fn record(
             Value::String(s) => s.clone(),
             other => other.to_string(),
         });
-        if let Some(id) = &event_id {
-            let key = format!("{name}\u{1f}{id}");
-            if state.meta.sends.note(&key) {
-                state.records.meta.counters.duplicate_sends += 1;
-            }
-            match state.meta.dedup.check(&key, now, window) {
-                Seen::WithinWindow => {
-                    state.records.meta.counters.deduplicated += 1;
-                    continue;
-                }
-                Seen::New => state.records.meta.counters.unique += 1,
-                Seen::OutsideWindow => {}
-            }
-            state.meta.dedup.remember(key, now);
-        } else {
-            state.records.meta.counters.unique += 1;
+        let key = event_id.as_ref().map(|id| format!("{name}\u{1f}{id}"));
+        if !state
+            .meta
+            .count(&mut state.records.meta.counters, key, now, window)
+        {
+            continue;
         }
         let accepted = accepted_event(ev, name, event_id, test_event_code.clone(), now);
-        state.records.meta.counters.accepted += 1;
         state.records.meta.events.push(accepted);
     }
 }
@@ -322,17 +312,7 @@ fn accepted_event(
     let mut hashed = BTreeMap::new();
     let mut plain = BTreeMap::new();
     if let Some(user) = user {
-        for key in HASHED_KEYS {
-            let values: Vec<String> = match user.get(*key) {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                _ => continue,
-            };
-            hashed.insert(key.to_string(), values);
-        }
+        hashed = hashed_as_sent(user, HASHED_KEYS);
         for key in PLAIN_KEYS {
             if let Some(v) = user.get(*key) {
                 plain.insert(
