@@ -94,7 +94,7 @@ use records::EventMemory;
 pub(crate) use wire::{
     as_number, as_unix_seconds, bearer, credential_ok, epoch_millis, hashed_as_sent,
     is_decimal_text, is_ip_address, is_sha256_hex, json_response, parse_form, random_id,
-    sha256_values, user_fields,
+    sha256_values, user_fields, FUTURE_TOLERANCE_SECS,
 };
 
 /// Largest request body accepted; well above a full batch of any platform.

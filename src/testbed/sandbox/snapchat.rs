@@ -43,13 +43,12 @@ use super::{
     as_number, credential_ok, is_ip_address, json_response, parse_form, sha256_values, Shared,
 };
 use crate::testbed::sandbox::Platform;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 /// Events per request.
 const MAX_EVENTS: usize = 2_000;
 /// Oldest accepted event, in seconds (37 days).
 const MAX_AGE_SECS: i64 = 37 * 24 * 3600;
-/// How far in the future an `event_time` may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// Snap's standard event names.
 const EVENT_NAMES: &[&str] = &[
     "PAGE_VIEW",

@@ -28,18 +28,17 @@ use serde_json::{json, Map, Value};
 use super::faults::{self, ConnControl, Gate};
 use super::records::AcceptedEvent;
 use super::{
-    as_number, as_unix_seconds, credential_ok, is_ip_address, is_sha256_hex, json_response,
-    random_id,
+    as_number, as_unix_seconds, credential_ok, is_ip_address, json_response, random_id,
+    sha256_values,
 };
 use super::{hashed_as_sent, Shared};
 use crate::testbed::sandbox::Platform;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 /// Events per request (§3).
 const MAX_EVENTS: usize = 1_000;
 /// Maximum event age applied by the sandbox, 7 days.
 const MAX_AGE_SECS: i64 = 7 * 24 * 3600;
-/// How far in the future an `event_time` may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// `event_source` values (§3).
 const EVENT_SOURCES: &[&str] = &["web", "app", "offline", "crm"];
 /// `user` keys that must be SHA-256 hex, as a string or a list of strings.
@@ -242,17 +241,7 @@ fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
 /// Checks hashed keys and unhashed identifiers (an event whose lead names the person needs no more).
 fn validate_user_fields(user: &Map<String, Value>) -> Result<(), String> {
     for key in HASHED_KEYS {
-        let Some(value) = user.get(*key) else {
-            continue;
-        };
-        let ok = match value {
-            Value::String(s) => is_sha256_hex(s),
-            Value::Array(items) => {
-                !items.is_empty() && items.iter().all(|v| v.as_str().is_some_and(is_sha256_hex))
-            }
-            _ => false,
-        };
-        if !ok {
+        if user.get(*key).is_some_and(|v| sha256_values(v).is_none()) {
             return Err(format!(
                 "user.{key} must be a SHA-256 hash (64 lowercase hex characters)"
             ));

@@ -9,6 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rand::distr::{Alphanumeric, SampleString};
 
+/// How far in the future an event time may be, in seconds: the clock skew every platform of the
+/// sandbox allows.
+pub(crate) const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
+
 /// Checks a presented credential against a configured one (`None` accepts any non-empty value).
 pub(crate) fn credential_ok(expected: &Option<String>, presented: Option<&str>) -> bool {
     match (expected, presented) {

@@ -10,11 +10,12 @@ use axum::response::Response;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
+use super::upload::{RowOutcome, UploadEnvelope};
 use super::{
-    action_id, click_key, currency_ok, not_in_future, parse_date_time, schema, upload_response,
-    Call, Ledger, RowError, UploadEnvelope,
+    action_id, click_key, currency_ok, not_in_future, parse_date_time, schema, Call, Ledger,
+    RowError,
 };
-use crate::testbed::sandbox::records::AcceptedAdjustment;
+use crate::testbed::sandbox::records::{AcceptedAdjustment, GoogleAdsRecords};
 use crate::testbed::sandbox::{as_number, is_sha256_hex, Shared};
 
 /// Adjustments per request (§2.2).
@@ -371,25 +372,8 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
             "The request contains more than 2000 adjustments.",
         ),
     };
-    let request = match envelope.check(shared, ctx, body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
-    let rows = envelope.rows(&request);
-    let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
-    let now = Utc::now();
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let mut scratch = None;
-    let ledger = if validate_only {
-        scratch.insert(state.google.clone())
-    } else {
-        &mut state.google
-    };
     let mut in_request = HashSet::new();
-    let (mut results, mut errors, mut applied) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ignored, mut resent) = (0u64, 0u64);
-    for (i, raw) in rows.iter().enumerate() {
+    let row = |ledger: &mut Ledger, raw: &Value, now, resent: &mut u64| {
         let checked = raw
             .as_object()
             .ok_or_else(|| {
@@ -403,7 +387,7 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
             .and_then(|obj| check_row(obj, now));
         let outcome = checked.and_then(|row| {
             let key = adjustment_key(&row);
-            resent += u64::from(ledger.sends.note(&key));
+            *resent += u64::from(ledger.sends.note(&key));
             if !in_request.insert(key) {
                 return Err(RowError::new(
                     FAMILY,
@@ -415,14 +399,8 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
             resolve(ledger, &row, now).map(|effect| (row, effect))
         });
         match outcome {
-            Err(e) => {
-                errors.push((i, e));
-                results.push(json!({}));
-            }
-            Ok((row, Effect::Ignore)) => {
-                ignored += 1;
-                results.push(result_of(&row));
-            }
+            Err(e) => RowOutcome::Failed(e),
+            Ok((row, Effect::Ignore)) => RowOutcome::Ignored(result_of(&row)),
             Ok((row, Effect::Apply(index))) => {
                 let conversion = &mut ledger.conversions[index];
                 match row.kind {
@@ -433,27 +411,12 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
                     }
                     _ => {}
                 }
-                results.push(result_of(&row));
-                applied.push(record_of(ctx, &row, now));
+                RowOutcome::Counted(result_of(&row), record_of(ctx, &row, now))
             }
         }
-    }
-    if !validate_only {
-        let records = &mut state.records.google_ads;
-        let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
-        records.counters.accepted += applied.len() as u64;
-        records.counters.unique += applied.len() as u64;
-        records.counters.received += rows.len() as u64;
-        records.counters.deduplicated += duplicates + ignored;
-        records.counters.rejected += errors.len() as u64 - duplicates;
-        records.counters.duplicate_sends += resent;
-        records.adjustments.extend(applied);
-    }
-    drop(guard);
-    let job_id = request
-        .get("jobId")
-        .and_then(crate::testbed::sandbox::as_unix_seconds);
-    upload_response(ctx, COLLECTION, results, &errors, job_id)
+    };
+    let keep = |records: &mut GoogleAdsRecords, applied| records.adjustments.extend(applied);
+    envelope.run(shared, ctx, body, row, keep)
 }
 
 // ---------------------------------------------------------------------------------------------

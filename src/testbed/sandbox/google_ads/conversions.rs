@@ -6,11 +6,12 @@ use axum::response::Response;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
+use super::upload::{RowOutcome, UploadEnvelope};
 use super::{
     action_id, check_user_identifiers, click_key, currency_ok, not_in_future, parse_date_time,
-    schema, upload_response, Call, Ledger, RowError, StoredConversion, UploadEnvelope,
+    schema, Call, Ledger, RowError, StoredConversion,
 };
-use crate::testbed::sandbox::records::AcceptedConversion;
+use crate::testbed::sandbox::records::{AcceptedConversion, GoogleAdsRecords};
 use crate::testbed::sandbox::{as_number, Shared};
 
 /// Conversions per request (§2.1).
@@ -321,28 +322,9 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
             "The request contains more than 2000 conversions.",
         ),
     };
-    let request = match envelope.check(shared, ctx, body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
-    let rows = envelope.rows(&request);
-    let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
-    let now = Utc::now();
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let mut scratch = None;
-    let ledger = if validate_only {
-        scratch.insert(state.google.clone())
-    } else {
-        &mut state.google
-    };
     let mut in_request = HashSet::new();
-    let mut results = Vec::with_capacity(rows.len());
-    let mut errors = Vec::new();
-    let mut accepted = Vec::new();
-    let mut resent = 0;
-    for (i, row) in rows.iter().enumerate() {
-        let outcome = row
+    let row = |ledger: &mut Ledger, raw: &Value, now, resent: &mut u64| {
+        let outcome = raw
             .as_object()
             .ok_or_else(|| {
                 RowError::new(
@@ -355,39 +337,18 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
             .and_then(|obj| check_row(obj, now).map(|checked| (obj, checked)));
         let (obj, checked) = match outcome {
             Ok(pair) => pair,
-            Err(e) => {
-                errors.push((i, e));
-                results.push(json!({}));
-                continue;
-            }
+            Err(e) => return RowOutcome::Failed(e),
         };
         let (was_sent, verdict) = dedup(ledger, &checked, &mut in_request);
-        resent += u64::from(was_sent);
+        *resent += u64::from(was_sent);
         if let Err(e) = verdict {
-            errors.push((i, e));
-            results.push(json!({}));
-            continue;
+            return RowOutcome::Failed(e);
         }
         store(ledger, &checked);
-        results.push(result_of(&checked));
-        accepted.push(record_of(ctx, obj, &checked, now));
-    }
-    if !validate_only {
-        let records = &mut state.records.google_ads;
-        let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
-        records.counters.accepted += accepted.len() as u64;
-        records.counters.unique += accepted.len() as u64;
-        records.counters.received += rows.len() as u64;
-        records.counters.deduplicated += duplicates;
-        records.counters.rejected += errors.len() as u64 - duplicates;
-        records.counters.duplicate_sends += resent;
-        records.conversions.extend(accepted);
-    }
-    drop(guard);
-    let job_id = request
-        .get("jobId")
-        .and_then(crate::testbed::sandbox::as_unix_seconds);
-    upload_response(ctx, COLLECTION, results, &errors, job_id)
+        RowOutcome::Counted(result_of(&checked), record_of(ctx, obj, &checked, now))
+    };
+    let keep = |records: &mut GoogleAdsRecords, accepted| records.conversions.extend(accepted);
+    envelope.run(shared, ctx, body, row, keep)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Map, Value};
 
 use super::ingest::{Bad, Dest};
-use super::{FUTURE_TOLERANCE_SECS, MAX_IDENTIFIERS};
+use super::MAX_IDENTIFIERS;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 /// The fields an event may carry.
 const KNOWN: &[&str] = &[

@@ -47,8 +47,6 @@ const MAX_EVENTS: usize = 2_000;
 const MAX_DESTINATIONS: usize = 10;
 /// User identifiers per event.
 const MAX_IDENTIFIERS: usize = 10;
-/// How far in the future an event timestamp may be.
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// The scope a service account token needs.
 const SCOPE: &str = "https://www.googleapis.com/auth/datamanager";
 
