@@ -434,13 +434,11 @@ fn accepted_event(
             plain.insert("content_ids".into(), ids.join(","));
         }
     }
+    let event_time = ev.get("event_time").and_then(as_unix_seconds);
     AcceptedEvent {
         event_name,
         event_id,
-        event_time: ev
-            .get("event_time")
-            .and_then(as_unix_seconds)
-            .unwrap_or_default(),
+        event_time: event_time.unwrap_or_default(),
         source: env.event_source.clone(),
         hashed,
         plain,

@@ -23,7 +23,7 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, FixedOffset, Utc};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
 use super::records::SendLog;
@@ -167,6 +167,66 @@ fn action_id(resource: &str) -> Option<&str> {
     let id = rest.strip_prefix("conversionActions/")?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     (digits(cid) && digits(id)).then_some(id)
+}
+
+/// A string field of a row.
+fn text<'a>(row: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    row.get(key).and_then(Value::as_str)
+}
+
+/// `REQUIRED`: a required `field` of a row is missing.
+fn required(field: &'static str) -> RowError {
+    RowError::new(
+        "fieldError",
+        "REQUIRED",
+        Some(field),
+        "The required field was not present.",
+    )
+}
+
+/// A date-time `field` not in Google's `yyyy-mm-dd hh:mm:ss+hh:mm` form.
+fn bad_time(field: &'static str) -> RowError {
+    RowError::new(
+        "dateError",
+        "INVALID_STRING_DATE_TIME_SECONDS_WITH_OFFSET",
+        Some(field),
+        "The string date time must be in the format yyyy-mm-dd hh:mm:ss+|-hh:mm.",
+    )
+}
+
+/// The row's `conversionAction` and its numeric id.
+fn check_action(row: &Map<String, Value>) -> Result<(&str, &str), RowError> {
+    let action = text(row, "conversionAction").ok_or_else(|| required("conversion_action"))?;
+    let id = action_id(action).ok_or_else(|| {
+        RowError::new(
+            "requestError",
+            "RESOURCE_NAME_MALFORMED",
+            Some("conversion_action"),
+            "The resource name must be customers/{customer_id}/conversionActions/{action_id}.",
+        )
+    })?;
+    Ok((action, id))
+}
+
+/// The row's date-time `key` (proto name `field`): present, well formed, not in the future; as
+/// sent and parsed.
+fn check_date_time<'a>(
+    row: &'a Map<String, Value>,
+    key: &str,
+    field: &'static str,
+    now: DateTime<Utc>,
+) -> Result<(&'a str, DateTime<FixedOffset>), RowError> {
+    let time_text = text(row, key).ok_or_else(|| required(field))?;
+    let time = parse_date_time(time_text).ok_or_else(|| bad_time(field))?;
+    if !not_in_future(&time, now) {
+        return Err(RowError::new(
+            "dateError",
+            "LATER_THAN_MAXIMUM_DATE",
+            Some(field),
+            "The date time is in the future.",
+        ));
+    }
+    Ok((time_text, time))
 }
 
 /// Checks a date-time is not later than now plus the tolerance.

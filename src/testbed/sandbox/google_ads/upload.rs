@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::{fail, failure_type, invalid_argument, schema, Call, Ledger, RowError};
 use crate::testbed::sandbox::records::GoogleAdsRecords;
@@ -22,6 +22,8 @@ pub(super) struct UploadEnvelope<'a> {
     /// The field path Google names in its errors.
     pub(super) collection: &'a str,
     pub(super) max: usize,
+    /// The message for a row that is not a JSON object.
+    pub(super) not_object: &'a str,
     /// The error family and code, and the message, for more than `max` rows.
     pub(super) too_many: (&'a str, &'a str, &'a str),
 }
@@ -172,7 +174,7 @@ impl UploadEnvelope<'_> {
         shared: &Shared,
         ctx: &Call<'_>,
         body: &[u8],
-        mut row: impl FnMut(&mut Ledger, &Value, DateTime<Utc>, &mut u64) -> RowOutcome<T>,
+        mut row: impl FnMut(&mut Ledger, &Map<String, Value>, DateTime<Utc>, &mut u64) -> RowOutcome<T>,
         keep: impl FnOnce(&mut GoogleAdsRecords, Vec<T>),
     ) -> Response {
         let request = match self.check(shared, ctx, body) {
@@ -193,7 +195,16 @@ impl UploadEnvelope<'_> {
         let (mut results, mut errors, mut counted) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ignored, mut resent) = (0u64, 0u64);
         for (i, raw) in rows.iter().enumerate() {
-            match row(ledger, raw, now, &mut resent) {
+            let outcome = match raw.as_object() {
+                Some(obj) => row(ledger, obj, now, &mut resent),
+                None => RowOutcome::Failed(RowError::new(
+                    "fieldError",
+                    "REQUIRED",
+                    None,
+                    self.not_object.to_string(),
+                )),
+            };
+            match outcome {
                 RowOutcome::Failed(e) => {
                     errors.push((i, e));
                     results.push(json!({}));

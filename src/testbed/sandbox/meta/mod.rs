@@ -206,41 +206,8 @@ fn process(
         _ => 0,
     };
     shared.lock().records.meta.counters.received += count as u64;
-    match token.as_deref() {
-        None | Some("") => {
-            return reject(
-                count,
-                auth_error(104, "An access token is required to request this resource."),
-            )
-        }
-        t if !credential_ok(&shared.config.meta_access_token, t) => {
-            return reject(
-                count,
-                auth_error(
-                    190,
-                    "Invalid OAuth access token - Cannot parse access token",
-                ),
-            )
-        }
-        _ => {}
-    }
-    if !version_is_valid(version) {
-        return reject(
-            count,
-            graph_error(
-                StatusCode::BAD_REQUEST,
-                2500,
-                None,
-                "Unknown path components: invalid API version",
-            ),
-        );
-    }
-    if pixel_id.is_empty() || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
-        let msg = "Unsupported post request. Object with the given ID does not exist, cannot be loaded due to missing permissions, or does not support this operation.";
-        return reject(
-            count,
-            graph_error(StatusCode::BAD_REQUEST, 100, Some(33), msg),
-        );
+    if let Err(response) = check_access(shared, version, pixel_id, token.as_deref()) {
+        return reject(count, *response);
     }
     let events = match events_of(env.data) {
         Ok(events) => events,
@@ -254,6 +221,44 @@ fn process(
     }
     record(shared, &events, env.test_event_code, now);
     success(events.len())
+}
+
+/// The token, the API version and the pixel id of a request; the Graph error otherwise.
+fn check_access(
+    shared: &Shared,
+    version: &str,
+    pixel_id: &str,
+    token: Option<&str>,
+) -> Result<(), Box<Response>> {
+    let refused = |response: Response| Err(Box::new(response));
+    match token {
+        None | Some("") => {
+            return refused(auth_error(
+                104,
+                "An access token is required to request this resource.",
+            ));
+        }
+        t if !credential_ok(&shared.config.meta_access_token, t) => {
+            return refused(auth_error(
+                190,
+                "Invalid OAuth access token - Cannot parse access token",
+            ));
+        }
+        _ => {}
+    }
+    if !version_is_valid(version) {
+        return refused(graph_error(
+            StatusCode::BAD_REQUEST,
+            2500,
+            None,
+            "Unknown path components: invalid API version",
+        ));
+    }
+    if pixel_id.is_empty() || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
+        let msg = "Unsupported post request. Object with the given ID does not exist, cannot be loaded due to missing permissions, or does not support this operation.";
+        return refused(graph_error(StatusCode::BAD_REQUEST, 100, Some(33), msg));
+    }
+    Ok(())
 }
 
 /// `v` followed by `major.minor`, e.g. `v21.0`.
@@ -323,13 +328,11 @@ fn accepted_event(
         }
     }
     let custom = ev.get("custom_data");
+    let event_time = ev.get("event_time").and_then(as_unix_seconds);
     AcceptedEvent {
         event_name,
         event_id,
-        event_time: ev
-            .get("event_time")
-            .and_then(as_unix_seconds)
-            .unwrap_or_default(),
+        event_time: event_time.unwrap_or_default(),
         source: ev
             .get("action_source")
             .and_then(Value::as_str)
