@@ -34,6 +34,10 @@
 //! start ([`SandboxConfig::faults`]), from Rust ([`SandboxHandle::set_faults`]) or over HTTP
 //! (`POST /_sandbox/faults`); a `seed` makes the dice reproducible.
 //!
+//! Shared by the platform modules: [`SandboxConfig`] (`config.rs`), the wire-format readers and
+//! answers (`wire.rs`), the records, counters and dedup memory (`records.rs`), the faults
+//! (`faults.rs`), and the event shape Snapchat and Pinterest share (`capi.rs`).
+//!
 //! Every platform's [`Counters`] separate raw traffic (`requests`, `received`) from what the platform
 //! counted once after its dedup (`unique`); [`SandboxHandle::stats`] and `GET /_sandbox/stats` serve
 //! them without the records.

@@ -23,6 +23,21 @@ pub(super) struct Dest {
     value: Value,
 }
 
+impl Dest {
+    /// The record of event `e` as this destination received it.
+    fn event(&self, e: &Value, request_id: &str, encoding: &str) -> DataManagerEvent {
+        DataManagerEvent {
+            request_id: request_id.to_string(),
+            operating_account: self.operating_account.clone(),
+            login_account: self.login_account.clone(),
+            product_destination_id: self.product_destination_id.clone(),
+            encoding: encoding.to_string(),
+            event: e.clone(),
+            received_at: Utc::now(),
+        }
+    }
+}
+
 /// Validates and applies one ingest request.
 pub(super) fn ingest(shared: &Shared, body: &[u8]) -> Response {
     let reject = |response: Response, events: usize| {
@@ -277,15 +292,7 @@ fn apply(
     let records = &mut state.records.google_data_manager;
     records.counters.received += 1;
     records.counters.accepted += 1;
-    records.events.push(DataManagerEvent {
-        request_id: request_id.to_string(),
-        operating_account: d.operating_account.clone(),
-        login_account: d.login_account.clone(),
-        product_destination_id: d.product_destination_id.clone(),
-        encoding: encoding.to_string(),
-        event: e.clone(),
-        received_at: Utc::now(),
-    });
+    records.events.push(d.event(e, request_id, encoding));
     let value = e.get("conversionValue").and_then(Value::as_f64);
     let currency = e
         .get("currency")
