@@ -39,14 +39,13 @@ pub struct SandboxConfig {
     pub linkedin_access_token: Option<String>,
     /// Reddit conversion access token (bearer).
     pub reddit_access_token: Option<String>,
-    /// Meta, TikTok, LinkedIn and Reddit dedup window (48 hours on both platforms).
     /// Snapchat CAPI token (`access_token` query parameter or bearer header).
     pub snapchat_access_token: Option<String>,
     /// Pinterest conversion token (bearer header).
     pub pinterest_access_token: Option<String>,
     /// The Pinterest ad account the token may write to; `None` accepts any numeric id.
     pub pinterest_ad_account_id: Option<String>,
-    /// Meta, TikTok, Snapchat and Pinterest dedup window (48 hours).
+    /// The dedup window of Meta, TikTok, LinkedIn, Reddit, Snapchat and Pinterest (48 hours).
     pub dedup_window: Duration,
     /// Faults active from the start.
     pub faults: Faults,

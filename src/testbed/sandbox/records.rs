@@ -179,8 +179,7 @@ impl Stats {
     }
 }
 
-/// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit).
-/// Accepted events of an event platform (Meta, TikTok, Snapchat, Pinterest).
+/// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit, Snapchat, Pinterest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRecords {
     /// Counters.
