@@ -168,24 +168,7 @@ impl Cluster {
     /// Restarts a running server in one step (`pg_ctl restart -m {mode}`) and waits until it accepts
     /// connections again. With `fast`, every client is disconnected and open transactions roll back.
     pub fn restart_with_mode(&self, mode: &str) -> Result<(), ClusterError> {
-        let data = self.data_dir();
-        let log = self.dir.path().join("server.log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&data),
-                "-l",
-                path_str(&log),
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                "60",
-                "restart",
-            ],
-        )
-        .map(drop)
+        self.pg_ctl(&["-m", mode, "-w", "-t", "60", "restart"])
     }
 
     /// The last `lines` lines of the server log, for error messages.
@@ -226,6 +209,18 @@ impl Cluster {
         if self.as_postgres_user {
             chown_to_postgres(&socket_dir)?;
         }
+        let conf = self.server_conf(&socket_dir)?;
+        append_file(&data.join("postgresql.conf"), &(conf.join("\n") + "\n"))?;
+        // Replication connections need their own pg_hba lines.
+        let hba =
+            format!("local replication all trust\nhost replication all 127.0.0.1/32 {auth_host}\n");
+        append_file(&data.join("pg_hba.conf"), &hba)
+    }
+
+    /// The lines `init` adds to `postgresql.conf`: loopback only, logical replication, no
+    /// durability (a throwaway cluster), the password encryption of the chosen auth, TLS when asked
+    /// (the certificate and key copied where the server may read them), then the caller's extras.
+    fn server_conf(&self, socket_dir: &Path) -> Result<Vec<String>, ClusterError> {
         let encryption = if self.options.auth == Auth::Md5 {
             "md5"
         } else {
@@ -260,11 +255,7 @@ impl Cluster {
             conf.push(format!("ssl_key_file = '{}'", key_copy.display()));
         }
         conf.extend(self.options.extra_conf.iter().cloned());
-        append_file(&data.join("postgresql.conf"), &(conf.join("\n") + "\n"))?;
-        // Replication connections need their own pg_hba lines.
-        let hba =
-            format!("local replication all trust\nhost replication all 127.0.0.1/32 {auth_host}\n");
-        append_file(&data.join("pg_hba.conf"), &hba)
+        Ok(conf)
     }
 
     fn write_port(&self) -> Result<(), ClusterError> {
@@ -274,35 +265,29 @@ impl Cluster {
         )
     }
 
-    fn pg_ctl_start(&self) -> Result<(), ClusterError> {
+    /// Runs `pg_ctl` on this cluster's data directory and server log with `args` after them.
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), ClusterError> {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path_str(&data),
-                "-l",
-                path_str(&log),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )
-        .map(drop)
-        .map_err(|e| match e {
-            ClusterError::Command {
-                command,
-                status,
-                output,
-            } => ClusterError::Command {
-                command,
-                status,
-                output: format!("{output}\nserver log:\n{}", self.log_tail(20)),
-            },
-            other => other,
-        })
+        let mut all = vec!["-D", path_str(&data), "-l", path_str(&log)];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all).map(drop)
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(&["-w", "-t", "60", "start"])
+            .map_err(|e| match e {
+                ClusterError::Command {
+                    command,
+                    status,
+                    output,
+                } => ClusterError::Command {
+                    command,
+                    status,
+                    output: format!("{output}\nserver log:\n{}", self.log_tail(20)),
+                },
+                other => other,
+            })
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<Output, ClusterError> {

@@ -34,10 +34,16 @@
 //! start ([`SandboxConfig::faults`]), from Rust ([`SandboxHandle::set_faults`]) or over HTTP
 //! (`POST /_sandbox/faults`); a `seed` makes the dice reproducible.
 //!
+//! Shared by the platform modules: [`SandboxConfig`] (`config.rs`), the wire-format readers and
+//! answers (`wire.rs`), the records, counters and dedup memory (`records.rs`), the faults
+//! (`faults.rs`), and the event shape Snapchat and Pinterest share (`capi.rs`).
+//!
 //! Every platform's [`Counters`] separate raw traffic (`requests`, `received`) from what the platform
 //! counted once after its dedup (`unique`); [`SandboxHandle::stats`] and `GET /_sandbox/stats` serve
 //! them without the records.
 
+mod capi;
+mod config;
 mod faults;
 mod google_ads;
 mod google_data_manager;
@@ -52,6 +58,7 @@ mod reddit;
 mod snapchat;
 mod taboola;
 mod tiktok;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -69,12 +76,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use config::SandboxConfig;
 pub use faults::Faults;
 pub use linkedin::version_active as linkedin_version_active;
 pub use microsoft_ads::{MicrosoftAdsRecords, MsAdjustment, MsConversion};
@@ -88,94 +95,17 @@ pub use taboola::{TaboolaConversion, TaboolaRecords, TaboolaRejection};
 
 use faults::{ConnControl, KillableListener};
 use records::EventMemory;
+pub(crate) use wire::{
+    as_number, as_unix_seconds, bearer, credential_ok, epoch_millis, hashed_as_sent,
+    is_decimal_text, is_ip_address, is_sha256_hex, json_response, parse_form, random_id,
+    sha256_values, user_fields, FUTURE_TOLERANCE_SECS,
+};
 
 /// Largest request body accepted; well above a full batch of any platform.
 const BODY_LIMIT_BYTES: usize = 32 * 1024 * 1024;
 
 /// How long [`SandboxHandle::shutdown`] waits for open connections before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Which credentials the sandbox accepts, and its dedup window.
-///
-/// Every credential is `None` by default, meaning "any non-empty value"; set one to make a wrong
-/// value testable. Google access tokens are always the ones the sandbox's own `/token` endpoint
-/// issued, as with the real OAuth flow.
-#[derive(Debug, Clone)]
-pub struct SandboxConfig {
-    /// Meta `access_token`.
-    pub meta_access_token: Option<String>,
-    /// Google OAuth `client_id`.
-    pub google_client_id: Option<String>,
-    /// Google OAuth `client_secret`.
-    pub google_client_secret: Option<String>,
-    /// Google OAuth `refresh_token`.
-    pub google_refresh_token: Option<String>,
-    /// Google Ads `developer-token` header; `None` accepts any value or none (since September 2026
-    /// the header is optional).
-    pub google_developer_token: Option<String>,
-    /// Whether the Google Ads API takes click conversion uploads from this access; `false` answers
-    /// them with `CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE`, as Google does for new users since
-    /// 15 June 2026.
-    pub google_ads_click_uploads_allowlisted: bool,
-    /// A service account's public key (PEM): when set, JWT bearer assertions must be signed with
-    /// its private key; otherwise only their shape and claims are checked.
-    pub google_service_account_public_key: Option<String>,
-    /// TikTok `Access-Token` header.
-    pub tiktok_access_token: Option<String>,
-    /// Microsoft Advertising `DeveloperToken` header.
-    pub microsoft_developer_token: Option<String>,
-    /// Microsoft OAuth refresh token (rotated ones the sandbox issued are accepted too).
-    pub microsoft_refresh_token: Option<String>,
-    /// LinkedIn bearer access token.
-    pub linkedin_access_token: Option<String>,
-    /// Reddit conversion access token (bearer).
-    pub reddit_access_token: Option<String>,
-    /// Meta, TikTok, LinkedIn and Reddit dedup window (48 hours on both platforms).
-    /// Snapchat CAPI token (`access_token` query parameter or bearer header).
-    pub snapchat_access_token: Option<String>,
-    /// Pinterest conversion token (bearer header).
-    pub pinterest_access_token: Option<String>,
-    /// The Pinterest ad account the token may write to; `None` accepts any numeric id.
-    pub pinterest_ad_account_id: Option<String>,
-    /// Meta, TikTok, Snapchat and Pinterest dedup window (48 hours).
-    pub dedup_window: Duration,
-    /// Faults active from the start.
-    pub faults: Faults,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        SandboxConfig {
-            meta_access_token: None,
-            google_client_id: None,
-            google_client_secret: None,
-            google_refresh_token: None,
-            google_developer_token: None,
-            google_ads_click_uploads_allowlisted: true,
-            google_service_account_public_key: None,
-            tiktok_access_token: None,
-            microsoft_developer_token: None,
-            microsoft_refresh_token: None,
-            linkedin_access_token: None,
-            reddit_access_token: None,
-            snapchat_access_token: None,
-            pinterest_access_token: None,
-            pinterest_ad_account_id: None,
-            dedup_window: Duration::from_secs(48 * 3600),
-            faults: Faults::default(),
-        }
-    }
-}
-
-/// Checks a presented credential against a configured one (`None` accepts any non-empty value).
-pub(crate) fn credential_ok(expected: &Option<String>, presented: Option<&str>) -> bool {
-    match (expected, presented) {
-        (_, None) => false,
-        (_, Some("")) => false,
-        (None, Some(_)) => true,
-        (Some(want), Some(got)) => want == got,
-    }
-}
 
 /// The platform sandbox server.
 pub struct Sandbox;
@@ -468,182 +398,4 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         json!({"error": "no such endpoint in the pgcapi platform sandbox"}),
     )
-}
-
-/// A JSON response with `status`.
-pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, Json(body)).into_response()
-}
-
-/// A random alphanumeric id (trace ids, request ids, tokens).
-pub(crate) fn random_id(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
-
-/// True for a SHA-256 digest written as 64 lowercase hex characters.
-pub(crate) fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Parses an `application/x-www-form-urlencoded` body; `None` if it is not valid UTF-8.
-pub(crate) fn parse_form(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut pairs = Vec::new();
-    for part in text.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = part.split_once('=').unwrap_or((part, ""));
-        pairs.push((percent_decode(key)?, percent_decode(value)?));
-    }
-    Some(pairs)
-}
-
-/// Decodes `+` and `%XX` escapes; `None` on a bad escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// True for a JSON string holding a plain IPv4 or IPv6 address (a hashed IP is not one).
-pub(crate) fn is_ip_address(value: &serde_json::Value) -> bool {
-    value
-        .as_str()
-        .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok())
-}
-
-/// Reads a JSON value as a Unix-seconds integer (a JSON integer or a string of digits).
-pub(crate) fn as_unix_seconds(value: &serde_json::Value) -> Option<i64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
-        }
-        _ => None,
-    }
-}
-
-/// True for `10`, `9.99`, `-1.5`: digits with at most one point, no exponent, no `+` (the plain
-/// decimal of a query-string parameter).
-pub(crate) fn is_decimal_text(s: &str) -> bool {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    let (whole, frac) = digits.split_once('.').unwrap_or((digits, "0"));
-    !whole.is_empty()
-        && !frac.is_empty()
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A hashed user field as its digests: one SHA-256 hex string or a non-empty array of them; `None`
-/// for anything else (a raw value, a number, an empty list).
-pub(crate) fn sha256_values(value: &serde_json::Value) -> Option<Vec<String>> {
-    let items = match value {
-        serde_json::Value::String(s) => vec![s.as_str()],
-        serde_json::Value::Array(items) if !items.is_empty() => items
-            .iter()
-            .map(serde_json::Value::as_str)
-            .collect::<Option<Vec<&str>>>()?,
-        _ => return None,
-    };
-    items
-        .into_iter()
-        .map(|s| is_sha256_hex(s).then(|| s.to_string()))
-        .collect()
-}
-
-/// The hashed and plain identifiers of a `user_data` object, by field name, for the records.
-pub(crate) fn user_fields(
-    user: Option<&serde_json::Map<String, serde_json::Value>>,
-    hashed_keys: &[&str],
-    plain_keys: &[&str],
-) -> (
-    std::collections::BTreeMap<String, Vec<String>>,
-    std::collections::BTreeMap<String, String>,
-) {
-    let (mut hashed, mut plain) = Default::default();
-    let Some(user) = user else {
-        return (hashed, plain);
-    };
-    for key in hashed_keys {
-        if let Some(values) = user.get(*key).and_then(sha256_values) {
-            hashed.insert(key.to_string(), values);
-        }
-    }
-    for key in plain_keys {
-        if let Some(v) = user.get(*key).and_then(serde_json::Value::as_str) {
-            plain.insert(key.to_string(), v.to_string());
-        }
-    }
-    (hashed, plain)
-}
-
-/// The record of one counted event in the shape Snapchat and Pinterest share (`event_name`,
-/// `event_id`, `event_time` in seconds, `action_source`, `user_data`, `custom_data` with `value`,
-/// `currency` and `order_id`, which is kept among the plain fields).
-pub(crate) fn capi_event(
-    ev: &serde_json::Map<String, serde_json::Value>,
-    now: DateTime<Utc>,
-    hashed_keys: &[&str],
-    plain_keys: &[&str],
-) -> AcceptedEvent {
-    use serde_json::Value;
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
-    let user = ev.get("user_data").and_then(Value::as_object);
-    let (hashed, mut plain) = user_fields(user, hashed_keys, plain_keys);
-    let custom = ev.get("custom_data");
-    if let Some(order_id) = text(custom.and_then(|c| c.get("order_id"))) {
-        plain.insert("order_id".into(), order_id);
-    }
-    AcceptedEvent {
-        event_name: text(ev.get("event_name")).unwrap_or_default(),
-        event_id: text(ev.get("event_id")),
-        event_time: ev
-            .get("event_time")
-            .and_then(Value::as_i64)
-            .unwrap_or_default(),
-        source: text(ev.get("action_source")).unwrap_or_default(),
-        hashed,
-        plain,
-        value: custom.and_then(|c| c.get("value")).and_then(as_number),
-        currency: text(custom.and_then(|c| c.get("currency"))),
-        test_event_code: None,
-        received_at: now,
-    }
-}
-
-/// Reads a JSON value as a number (a JSON number or a numeric string).
-pub(crate) fn as_number(value: &serde_json::Value) -> Option<f64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
-        _ => None,
-    }
-}
-
-/// The token of an `Authorization: Bearer …` header.
-pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// Reads a JSON integer as epoch milliseconds; `None` for anything else, including a value below
-/// 10^12 (before 2001-09-09 in milliseconds: that is seconds sent by mistake).
-pub(crate) fn epoch_millis(value: &serde_json::Value) -> Option<i64> {
-    value.as_i64().filter(|ms| *ms >= 1_000_000_000_000)
 }

@@ -35,22 +35,21 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
+use super::capi::{judge_and_record, refuse_request, Shape};
 use super::faults::{self, ConnControl, Gate};
+use super::records::{AcceptedEvent, Counters, EventMemory};
 use super::{
-    as_number, capi_event, credential_ok, is_ip_address, json_response, parse_form, sha256_values,
-    Shared,
+    as_number, credential_ok, is_ip_address, json_response, parse_form, sha256_values, Shared,
 };
 use crate::testbed::sandbox::Platform;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 /// Events per request.
 const MAX_EVENTS: usize = 1_000;
 /// Oldest accepted event, in seconds (7 days: an assumption, see the module notes).
 const MAX_AGE_SECS: i64 = 7 * 24 * 3600;
-/// How far in the future an `event_time` may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// `event_name` values.
 const EVENT_NAMES: &[&str] = &[
     "add_payment_info",
@@ -139,6 +138,13 @@ const CODE_PAST: u32 = 953;
 /// The code of other event failures (Pinterest's per-failure codes are not published).
 const CODE_INVALID_EVENT: u32 = 4;
 
+/// Where Pinterest's events go, and its `user_data` keys.
+const SHAPE: Shape = Shape {
+    slot: |state| (&mut state.records.pinterest, &mut state.pinterest),
+    hashed_keys: HASHED_KEYS,
+    plain_keys: PLAIN_KEYS,
+};
+
 /// The route.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new().route(
@@ -186,13 +192,7 @@ fn process(
     test: bool,
 ) -> Response {
     let refused = |status, code, message: &str, count: usize| {
-        let mut state = shared.lock();
-        let counters = &mut state.records.pinterest.counters;
-        counters.rejected_requests += 1;
-        if !test {
-            counters.received += count as u64;
-            counters.rejected += count as u64;
-        }
+        refuse_request(&mut shared.lock().records.pinterest.counters, test, count);
         error(status, code, message)
     };
     if !credential_ok(&shared.config.pinterest_access_token, token) {
@@ -214,17 +214,18 @@ fn process(
             return refused(StatusCode::BAD_REQUEST, 1, &message, count);
         }
     };
-    let now = Utc::now();
-    let verdicts: Vec<Result<(), String>> = events
-        .iter()
-        .map(|ev| check_event(ev, now.timestamp()))
-        .collect();
-    if test {
-        let valid = verdicts.iter().filter(|v| v.is_ok()).count();
-        shared.lock().records.pinterest.tested += valid as u64;
-    } else {
-        record(shared, account, &events, &verdicts, now);
-    }
+    let window = shared.config.dedup_window;
+    let count = |memory: &mut EventMemory, counters: &mut Counters, ev: &AcceptedEvent, now| {
+        let id = ev.event_id.as_deref().unwrap_or_default();
+        let key = format!("{account}\u{1f}{}\u{1f}{id}", ev.event_name);
+        if ev.source == "offline" {
+            // Offline events cannot be deduplicated: each copy counts.
+            memory.count_every(counters, &key);
+            return true;
+        }
+        memory.count(counters, Some(key), now, window)
+    };
+    let verdicts = judge_and_record(shared, &SHAPE, &events, test, check_event, count);
     reply(&verdicts)
 }
 
@@ -386,45 +387,6 @@ fn is_http_url(url: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));
     rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) && !url.contains(char::is_whitespace)
-}
-
-/// Dedups and stores the processed events; counts the failed ones as rejected.
-fn record(
-    shared: &Shared,
-    account: &str,
-    events: &[Map<String, Value>],
-    verdicts: &[Result<(), String>],
-    now: DateTime<Utc>,
-) {
-    let window = shared.config.dedup_window;
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let records = &mut state.records.pinterest;
-    records.counters.received += events.len() as u64;
-    for (ev, verdict) in events.iter().zip(verdicts) {
-        if verdict.is_err() {
-            records.counters.rejected += 1;
-            continue;
-        }
-        let accepted = capi_event(ev, now, HASHED_KEYS, PLAIN_KEYS);
-        let id = accepted.event_id.as_deref().unwrap_or_default();
-        let key = format!("{account}\u{1f}{}\u{1f}{id}", accepted.event_name);
-        if accepted.source == "offline" {
-            // Offline events cannot be deduplicated: each copy counts.
-            if state.pinterest.sends.note(&key) {
-                records.counters.duplicate_sends += 1;
-            } else {
-                records.counters.unique += 1;
-            }
-        } else if !state
-            .pinterest
-            .admit(key, now, window, &mut records.counters)
-        {
-            continue;
-        }
-        records.counters.accepted += 1;
-        records.events.push(accepted);
-    }
 }
 
 /// 200 when every event was processed, else 422 with the same report under `details`.

@@ -179,8 +179,7 @@ impl Stats {
     }
 }
 
-/// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit).
-/// Accepted events of an event platform (Meta, TikTok, Snapchat, Pinterest).
+/// Accepted events of an event platform (Meta, TikTok, LinkedIn, Reddit, Snapchat, Pinterest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventRecords {
     /// Counters.
@@ -414,48 +413,35 @@ impl EventMemory {
         now: DateTime<Utc>,
         window: Duration,
     ) -> bool {
-        let Some(key) = key else {
-            counters.unique += 1;
-            counters.accepted += 1;
-            return true;
-        };
-        if self.sends.note(&key) {
-            counters.duplicate_sends += 1;
-        }
-        match self.dedup.check(&key, now, window) {
-            Seen::WithinWindow => {
-                counters.deduplicated += 1;
-                return false;
+        match key {
+            None => counters.unique += 1,
+            Some(key) => {
+                if self.sends.note(&key) {
+                    counters.duplicate_sends += 1;
+                }
+                match self.dedup.check(&key, now, window) {
+                    Seen::WithinWindow => {
+                        counters.deduplicated += 1;
+                        return false;
+                    }
+                    Seen::New => counters.unique += 1,
+                    Seen::OutsideWindow => {}
+                }
+                self.dedup.remember(key, now);
             }
-            Seen::New => counters.unique += 1,
-            Seen::OutsideWindow => {}
         }
-        self.dedup.remember(key, now);
         counters.accepted += 1;
         true
     }
 
-    /// Passes one event of a valid request through the dedup on `key`, updating `counters`; true
-    /// when the platform counts it (never seen, or seen before the window).
-    pub(crate) fn admit(
-        &mut self,
-        key: String,
-        now: DateTime<Utc>,
-        window: Duration,
-        counters: &mut Counters,
-    ) -> bool {
-        if self.sends.note(&key) {
+    /// Counts one valid event the platform cannot deduplicate (every copy counts): `key` only
+    /// tells a resend (`duplicate_sends`) from a first send (`unique`).
+    pub(crate) fn count_every(&mut self, counters: &mut Counters, key: &str) {
+        if self.sends.note(key) {
             counters.duplicate_sends += 1;
+        } else {
+            counters.unique += 1;
         }
-        match self.dedup.check(&key, now, window) {
-            Seen::WithinWindow => {
-                counters.deduplicated += 1;
-                return false;
-            }
-            Seen::New => counters.unique += 1,
-            Seen::OutsideWindow => {}
-        }
-        self.dedup.remember(key, now);
-        true
+        counters.accepted += 1;
     }
 }

@@ -34,22 +34,21 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
+use super::capi::{judge_and_record, refuse_request, Shape};
 use super::faults::{self, ConnControl, Gate};
+use super::records::{AcceptedEvent, Counters, EventMemory};
 use super::{
-    as_number, capi_event, credential_ok, is_ip_address, json_response, parse_form, sha256_values,
-    Shared,
+    as_number, credential_ok, is_ip_address, json_response, parse_form, sha256_values, Shared,
 };
 use crate::testbed::sandbox::Platform;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 /// Events per request.
 const MAX_EVENTS: usize = 2_000;
 /// Oldest accepted event, in seconds (37 days).
 const MAX_AGE_SECS: i64 = 37 * 24 * 3600;
-/// How far in the future an `event_time` may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// Snap's standard event names.
 const EVENT_NAMES: &[&str] = &[
     "PAGE_VIEW",
@@ -126,6 +125,13 @@ const PLAIN_KEYS: &[&str] = &[
 ];
 /// Keys that identify a person on their own.
 const IDENTIFIERS: &[&str] = &["em", "ph", "sc_click_id", "sc_cookie1", "madid"];
+
+/// Where Snapchat's events go, and its `user_data` keys.
+const SHAPE: Shape = Shape {
+    slot: |state| (&mut state.records.snapchat, &mut state.snapchat),
+    hashed_keys: HASHED_KEYS,
+    plain_keys: PLAIN_KEYS,
+};
 
 /// The routes.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -210,13 +216,11 @@ fn process(
     validate: bool,
 ) -> Response {
     let refused = |status, reason: &str, count: usize| {
-        let mut state = shared.lock();
-        let counters = &mut state.records.snapchat.counters;
-        counters.rejected_requests += 1;
-        if !validate {
-            counters.received += count as u64;
-            counters.rejected += count as u64;
-        }
+        refuse_request(
+            &mut shared.lock().records.snapchat.counters,
+            validate,
+            count,
+        );
         refuse(status, reason)
     };
     if !credential_ok(&shared.config.snapchat_access_token, token) {
@@ -230,17 +234,13 @@ fn process(
         Ok(events) => events,
         Err((reason, count)) => return refused(StatusCode::BAD_REQUEST, &reason, count),
     };
-    let now = Utc::now();
-    let verdicts: Vec<Result<(), String>> = events
-        .iter()
-        .map(|ev| validate_event(ev, now.timestamp()))
-        .collect();
-    if validate {
-        let valid = verdicts.iter().filter(|v| v.is_ok()).count();
-        shared.lock().records.snapchat.tested += valid as u64;
-    } else {
-        record(shared, asset_id, &events, &verdicts, now);
-    }
+    let window = shared.config.dedup_window;
+    let count = |memory: &mut EventMemory, counters: &mut Counters, ev: &AcceptedEvent, now| {
+        let key =
+            (ev.event_id.as_ref()).map(|id| format!("{asset_id}\u{1f}{}\u{1f}{id}", ev.event_name));
+        memory.count(counters, key, now, window)
+    };
+    let verdicts = judge_and_record(shared, &SHAPE, &events, validate, validate_event, count);
     reply(&verdicts)
 }
 
@@ -380,41 +380,6 @@ fn validate_custom(custom: Option<&Value>, purchase: bool) -> Result<(), String>
         Some(_) => Err("custom_data.currency must be an upper-case ISO 4217 code".into()),
         None if purchase => Err("custom_data.currency is required for PURCHASE".into()),
         None => Ok(()),
-    }
-}
-
-/// Dedups and stores the valid events; counts the invalid ones as rejected.
-fn record(
-    shared: &Shared,
-    asset_id: &str,
-    events: &[Map<String, Value>],
-    verdicts: &[Result<(), String>],
-    now: DateTime<Utc>,
-) {
-    let window = shared.config.dedup_window;
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let records = &mut state.records.snapchat;
-    records.counters.received += events.len() as u64;
-    for (ev, verdict) in events.iter().zip(verdicts) {
-        if verdict.is_err() {
-            records.counters.rejected += 1;
-            continue;
-        }
-        let accepted = capi_event(ev, now, HASHED_KEYS, PLAIN_KEYS);
-        if let Some(id) = &accepted.event_id {
-            let key = format!("{asset_id}\u{1f}{}\u{1f}{id}", accepted.event_name);
-            if !state
-                .snapchat
-                .admit(key, now, window, &mut records.counters)
-            {
-                continue;
-            }
-        } else {
-            records.counters.unique += 1;
-        }
-        records.counters.accepted += 1;
-        records.events.push(accepted);
     }
 }
 

@@ -26,20 +26,19 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
-use super::records::{AcceptedEvent, Seen};
-use super::Shared;
+use super::records::AcceptedEvent;
 use super::{
-    as_number, as_unix_seconds, credential_ok, is_ip_address, is_sha256_hex, json_response,
-    random_id,
+    as_number, as_unix_seconds, credential_ok, is_ip_address, json_response, random_id,
+    sha256_values,
 };
+use super::{hashed_as_sent, Shared};
 use crate::testbed::sandbox::Platform;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 /// Events per request (§3).
 const MAX_EVENTS: usize = 1_000;
 /// Maximum event age applied by the sandbox, 7 days.
 const MAX_AGE_SECS: i64 = 7 * 24 * 3600;
-/// How far in the future an `event_time` may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// `event_source` values (§3).
 const EVENT_SOURCES: &[&str] = &["web", "app", "offline", "crm"];
 /// `user` keys that must be SHA-256 hex, as a string or a list of strings.
@@ -242,17 +241,7 @@ fn validate_user(user: &Map<String, Value>) -> Result<(), String> {
 /// Checks hashed keys and unhashed identifiers (an event whose lead names the person needs no more).
 fn validate_user_fields(user: &Map<String, Value>) -> Result<(), String> {
     for key in HASHED_KEYS {
-        let Some(value) = user.get(*key) else {
-            continue;
-        };
-        let ok = match value {
-            Value::String(s) => is_sha256_hex(s),
-            Value::Array(items) => {
-                !items.is_empty() && items.iter().all(|v| v.as_str().is_some_and(is_sha256_hex))
-            }
-            _ => false,
-        };
-        if !ok {
+        if user.get(*key).is_some_and(|v| sha256_values(v).is_none()) {
             return Err(format!(
                 "user.{key} must be a SHA-256 hash (64 lowercase hex characters)"
             ));
@@ -381,7 +370,8 @@ fn process(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<(), Viol
 /// Dedups on `event` + `event_id` and stores the counted events.
 fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
     let window = shared.config.dedup_window;
-    let mut state = shared.lock();
+    let mut guard = shared.lock();
+    let state = &mut *guard;
     state.records.tiktok.counters.received += env.events.len() as u64;
     for ev in &env.events {
         let name = ev
@@ -393,25 +383,14 @@ fn record(shared: &Shared, env: &Envelope, now: DateTime<Utc>) {
             .get("event_id")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let Some(id) = &event_id {
-            let key = format!("{name}\u{1f}{id}");
-            if state.tiktok.sends.note(&key) {
-                state.records.tiktok.counters.duplicate_sends += 1;
-            }
-            match state.tiktok.dedup.check(&key, now, window) {
-                Seen::WithinWindow => {
-                    state.records.tiktok.counters.deduplicated += 1;
-                    continue;
-                }
-                Seen::New => state.records.tiktok.counters.unique += 1,
-                Seen::OutsideWindow => {}
-            }
-            state.tiktok.dedup.remember(key, now);
-        } else {
-            state.records.tiktok.counters.unique += 1;
+        let key = event_id.as_ref().map(|id| format!("{name}\u{1f}{id}"));
+        if !state
+            .tiktok
+            .count(&mut state.records.tiktok.counters, key, now, window)
+        {
+            continue;
         }
         let accepted = accepted_event(ev, name, event_id, env, now);
-        state.records.tiktok.counters.accepted += 1;
         state.records.tiktok.events.push(accepted);
     }
 }
@@ -427,17 +406,7 @@ fn accepted_event(
     let mut hashed = BTreeMap::new();
     let mut plain = BTreeMap::new();
     if let Some(user) = ev.get("user").and_then(Value::as_object) {
-        for key in HASHED_KEYS {
-            let values: Vec<String> = match user.get(*key) {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                _ => continue,
-            };
-            hashed.insert(key.to_string(), values);
-        }
+        hashed = hashed_as_sent(user, HASHED_KEYS);
         for key in PLAIN_KEYS {
             if let Some(v) = user.get(*key).and_then(Value::as_str) {
                 plain.insert(key.to_string(), v.to_string());
@@ -465,13 +434,11 @@ fn accepted_event(
             plain.insert("content_ids".into(), ids.join(","));
         }
     }
+    let event_time = ev.get("event_time").and_then(as_unix_seconds);
     AcceptedEvent {
         event_name,
         event_id,
-        event_time: ev
-            .get("event_time")
-            .and_then(as_unix_seconds)
-            .unwrap_or_default(),
+        event_time: event_time.unwrap_or_default(),
         source: env.event_source.clone(),
         hashed,
         plain,

@@ -10,11 +10,12 @@ use axum::response::Response;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
+use super::upload::{RowOutcome, UploadEnvelope};
 use super::{
-    action_id, click_key, currency_ok, not_in_future, parse_date_time, schema, upload_response,
-    Call, Ledger, RowError, UploadEnvelope,
+    bad_time, check_action, check_date_time, click_key, currency_ok, parse_date_time, required,
+    schema, text, Call, Ledger, RowError,
 };
-use crate::testbed::sandbox::records::AcceptedAdjustment;
+use crate::testbed::sandbox::records::{AcceptedAdjustment, GoogleAdsRecords};
 use crate::testbed::sandbox::{as_number, is_sha256_hex, Shared};
 
 /// Adjustments per request (§2.2).
@@ -69,63 +70,41 @@ struct Row<'a> {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-/// A string field of a row.
-fn text<'a>(row: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    row.get(key).and_then(Value::as_str)
-}
-
 /// Applies the per-row rules that need no memory of earlier conversions.
 fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, RowError> {
-    let err = RowError::new;
-    let required = |field: &'static str| {
-        err(
-            "fieldError",
-            "REQUIRED",
-            Some(field),
-            "The required field was not present.",
-        )
-    };
-    let bad_time = |field: &'static str| {
-        err(
-            "dateError",
-            "INVALID_STRING_DATE_TIME_SECONDS_WITH_OFFSET",
-            Some(field),
-            "The string date time must be in the format yyyy-mm-dd hh:mm:ss+|-hh:mm.",
-        )
-    };
-    let action = text(row, "conversionAction").ok_or_else(|| required("conversion_action"))?;
-    let id = action_id(action).ok_or_else(|| {
-        err(
-            "requestError",
-            "RESOURCE_NAME_MALFORMED",
-            Some("conversion_action"),
-            "The resource name must be customers/{customer_id}/conversionActions/{action_id}.",
-        )
-    })?;
+    let (action, id) = check_action(row)?;
     let kind = text(row, "adjustmentType").ok_or_else(|| required("adjustment_type"))?;
     if !matches!(kind, "RETRACTION" | "RESTATEMENT" | "ENHANCEMENT") {
-        return Err(err(
+        return Err(RowError::new(
             "fieldError",
             "INVALID_VALUE",
             Some("adjustment_type"),
             "The adjustment type must be RETRACTION, RESTATEMENT or ENHANCEMENT.",
         ));
     }
-    let time_text =
-        text(row, "adjustmentDateTime").ok_or_else(|| required("adjustment_date_time"))?;
-    let time = parse_date_time(time_text).ok_or_else(|| bad_time("adjustment_date_time"))?;
-    if !not_in_future(&time, now) {
-        return Err(err(
-            "dateError",
-            "LATER_THAN_MAXIMUM_DATE",
-            Some("adjustment_date_time"),
-            "The date time is in the future.",
-        ));
-    }
+    let (time_text, time) =
+        check_date_time(row, "adjustmentDateTime", "adjustment_date_time", now)?;
+    let target = check_target(row)?;
+    let (adjusted_value, currency) = check_restatement(row, kind)?;
+    check_enhancement(row, kind, &target)?;
+    Ok(Row {
+        action,
+        action_id: id,
+        kind,
+        time_text,
+        time,
+        target,
+        adjusted_value,
+        currency,
+    })
+}
+
+/// The original conversion: an order id or a gclid/date-time pair, not both.
+fn check_target(row: &Map<String, Value>) -> Result<Target<'_>, RowError> {
     let pair = row.get("gclidDateTimePair").filter(|p| !p.is_null());
     let target = match (text(row, "orderId"), pair) {
         (Some(_), Some(_)) => {
-            return Err(err(
+            return Err(RowError::new(
                 FAMILY,
                 "GCLID_DATE_TIME_PAIR_AND_ORDER_ID_BOTH_SET",
                 Some("order_id"),
@@ -152,6 +131,15 @@ fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, Ro
             }
         }
     };
+    Ok(target)
+}
+
+/// A restatement's value (required, not below zero) and currency; other kinds set neither.
+fn check_restatement<'a>(
+    row: &'a Map<String, Value>,
+    kind: &str,
+) -> Result<(Option<f64>, Option<&'a str>), RowError> {
+    let err = RowError::new;
     let restatement = row.get("restatementValue").filter(|v| !v.is_null());
     let adjusted_value = restatement
         .and_then(|r| r.get("adjustedValue"))
@@ -194,17 +182,7 @@ fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, Ro
             "The currency code must be an uppercase ISO 4217 code.",
         ));
     }
-    check_enhancement(row, kind, &target)?;
-    Ok(Row {
-        action,
-        action_id: id,
-        kind,
-        time_text,
-        time,
-        target,
-        adjusted_value,
-        currency,
-    })
+    Ok((adjusted_value, currency))
 }
 
 /// User identifiers belong to enhancements only: ≤ 5, hashes as SHA-256 lowercase hex.
@@ -365,45 +343,18 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
         field: "conversionAdjustments",
         collection: COLLECTION,
         max: MAX_ADJUSTMENTS,
+        not_object: "An adjustment must be an object.",
         too_many: (
             FAMILY,
             "TOO_MANY_ADJUSTMENTS_IN_REQUEST",
             "The request contains more than 2000 adjustments.",
         ),
     };
-    let request = match envelope.check(shared, ctx, body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
-    let rows = envelope.rows(&request);
-    let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
-    let now = Utc::now();
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let mut scratch = None;
-    let ledger = if validate_only {
-        scratch.insert(state.google.clone())
-    } else {
-        &mut state.google
-    };
     let mut in_request = HashSet::new();
-    let (mut results, mut errors, mut applied) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ignored, mut resent) = (0u64, 0u64);
-    for (i, raw) in rows.iter().enumerate() {
-        let checked = raw
-            .as_object()
-            .ok_or_else(|| {
-                RowError::new(
-                    "fieldError",
-                    "REQUIRED",
-                    None,
-                    "An adjustment must be an object.",
-                )
-            })
-            .and_then(|obj| check_row(obj, now));
-        let outcome = checked.and_then(|row| {
+    let row = |ledger: &mut Ledger, obj: &Map<String, Value>, now, resent: &mut u64| {
+        let outcome = check_row(obj, now).and_then(|row| {
             let key = adjustment_key(&row);
-            resent += u64::from(ledger.sends.note(&key));
+            *resent += u64::from(ledger.sends.note(&key));
             if !in_request.insert(key) {
                 return Err(RowError::new(
                     FAMILY,
@@ -415,14 +366,8 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
             resolve(ledger, &row, now).map(|effect| (row, effect))
         });
         match outcome {
-            Err(e) => {
-                errors.push((i, e));
-                results.push(json!({}));
-            }
-            Ok((row, Effect::Ignore)) => {
-                ignored += 1;
-                results.push(result_of(&row));
-            }
+            Err(e) => RowOutcome::Failed(e),
+            Ok((row, Effect::Ignore)) => RowOutcome::Ignored(result_of(&row)),
             Ok((row, Effect::Apply(index))) => {
                 let conversion = &mut ledger.conversions[index];
                 match row.kind {
@@ -433,27 +378,12 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
                     }
                     _ => {}
                 }
-                results.push(result_of(&row));
-                applied.push(record_of(ctx, &row, now));
+                RowOutcome::Counted(result_of(&row), record_of(ctx, &row, now))
             }
         }
-    }
-    if !validate_only {
-        let records = &mut state.records.google_ads;
-        let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
-        records.counters.accepted += applied.len() as u64;
-        records.counters.unique += applied.len() as u64;
-        records.counters.received += rows.len() as u64;
-        records.counters.deduplicated += duplicates + ignored;
-        records.counters.rejected += errors.len() as u64 - duplicates;
-        records.counters.duplicate_sends += resent;
-        records.adjustments.extend(applied);
-    }
-    drop(guard);
-    let job_id = request
-        .get("jobId")
-        .and_then(crate::testbed::sandbox::as_unix_seconds);
-    upload_response(ctx, COLLECTION, results, &errors, job_id)
+    };
+    let keep = |records: &mut GoogleAdsRecords, applied| records.adjustments.extend(applied);
+    envelope.run(shared, ctx, body, row, keep)
 }
 
 // ---------------------------------------------------------------------------------------------

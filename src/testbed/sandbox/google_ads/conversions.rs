@@ -6,11 +6,12 @@ use axum::response::Response;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Map, Value};
 
+use super::upload::{RowOutcome, UploadEnvelope};
 use super::{
-    action_id, check_user_identifiers, click_key, currency_ok, not_in_future, parse_date_time,
-    schema, upload_response, Call, Ledger, RowError, StoredConversion, UploadEnvelope,
+    check_action, check_date_time, check_user_identifiers, click_key, currency_ok, schema, text,
+    Call, Ledger, RowError, StoredConversion,
 };
-use crate::testbed::sandbox::records::AcceptedConversion;
+use crate::testbed::sandbox::records::{AcceptedConversion, GoogleAdsRecords};
 use crate::testbed::sandbox::{as_number, Shared};
 
 /// Conversions per request (§2.1).
@@ -59,11 +60,6 @@ impl Row<'_> {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-/// A non-empty string field of a row.
-fn text<'a>(row: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    row.get(key).and_then(Value::as_str)
-}
-
 /// Characters Google click ids are made of (URL-safe base64).
 fn click_id_ok(id: &str) -> bool {
     !id.is_empty()
@@ -74,51 +70,49 @@ fn click_id_ok(id: &str) -> bool {
 
 /// Applies the per-row rules of §2.1 (everything except dedup).
 fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, RowError> {
-    let err = RowError::new;
-    let action = text(row, "conversionAction").ok_or_else(|| {
-        err(
-            "fieldError",
-            "REQUIRED",
-            Some("conversion_action"),
-            "The required field was not present.",
-        )
-    })?;
-    let id = action_id(action).ok_or_else(|| {
-        err(
-            "requestError",
-            "RESOURCE_NAME_MALFORMED",
-            Some("conversion_action"),
-            "The resource name must be customers/{customer_id}/conversionActions/{action_id}.",
-        )
-    })?;
-    let time_text = text(row, "conversionDateTime").ok_or_else(|| {
-        err(
-            "fieldError",
-            "REQUIRED",
-            Some("conversion_date_time"),
-            "The required field was not present.",
-        )
-    })?;
-    let time = parse_date_time(time_text).ok_or_else(|| {
-        err(
-            "dateError",
-            "INVALID_STRING_DATE_TIME_SECONDS_WITH_OFFSET",
-            Some("conversion_date_time"),
-            "The string date time must be in the format yyyy-mm-dd hh:mm:ss+|-hh:mm.",
-        )
-    })?;
+    let (action, id) = check_action(row)?;
+    let (time_text, time) =
+        check_date_time(row, "conversionDateTime", "conversion_date_time", now)?;
     if now - time.with_timezone(&Utc) > chrono::Duration::days(MAX_AGE_DAYS) {
-        return Err(err("conversionUploadError", "EXPIRED_EVENT", Some("conversion_date_time"),
+        return Err(RowError::new("conversionUploadError", "EXPIRED_EVENT", Some("conversion_date_time"),
             "The click associated with the given identifier or iOS URL parameter occurred too long ago to be attributed."));
     }
-    if !not_in_future(&time, now) {
-        return Err(err(
-            "dateError",
-            "LATER_THAN_MAXIMUM_DATE",
-            Some("conversion_date_time"),
-            "The date time is in the future.",
+    let (gclid, gbraid, wbraid) = check_click_ids(row)?;
+    let (emails, phones) = check_user_identifiers(row.get("userIdentifiers"))?;
+    if gclid.is_none()
+        && gbraid.is_none()
+        && wbraid.is_none()
+        && emails.is_empty()
+        && phones.is_empty()
+    {
+        return Err(RowError::new(
+            "fieldError",
+            "REQUIRED",
+            Some("gclid"),
+            "A click id (gclid, gbraid or wbraid) or user identifiers are required.",
         ));
     }
+    let order_id = check_order_and_value(row)?;
+    Ok(Row {
+        action,
+        action_id: id,
+        time_text,
+        time,
+        order_id,
+        gclid,
+        gbraid,
+        wbraid,
+        emails,
+        phones,
+    })
+}
+
+/// The click ids: at most one of gclid, gbraid and wbraid, each decodable.
+#[allow(clippy::type_complexity)]
+fn check_click_ids(
+    row: &Map<String, Value>,
+) -> Result<(Option<&str>, Option<&str>, Option<&str>), RowError> {
+    let err = RowError::new;
     let (gclid, gbraid, wbraid) = (text(row, "gclid"), text(row, "gbraid"), text(row, "wbraid"));
     if gbraid.is_some() && wbraid.is_some() {
         return Err(err(
@@ -151,20 +145,12 @@ fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, Ro
             ));
         }
     }
-    let (emails, phones) = check_user_identifiers(row.get("userIdentifiers"))?;
-    if gclid.is_none()
-        && gbraid.is_none()
-        && wbraid.is_none()
-        && emails.is_empty()
-        && phones.is_empty()
-    {
-        return Err(err(
-            "fieldError",
-            "REQUIRED",
-            Some("gclid"),
-            "A click id (gclid, gbraid or wbraid) or user identifiers are required.",
-        ));
-    }
+    Ok((gclid, gbraid, wbraid))
+}
+
+/// The order id (not empty, no email address in it), a value not below zero and the currency.
+fn check_order_and_value(row: &Map<String, Value>) -> Result<Option<&str>, RowError> {
+    let err = RowError::new;
     let order_id = text(row, "orderId");
     if order_id.is_some_and(|o| o.trim().is_empty()) {
         return Err(err(
@@ -202,18 +188,7 @@ fn check_row(row: &Map<String, Value>, now: DateTime<Utc>) -> Result<Row<'_>, Ro
             "The currency code must be an uppercase ISO 4217 code.",
         ));
     }
-    Ok(Row {
-        action,
-        action_id: id,
-        time_text,
-        time,
-        order_id,
-        gclid,
-        gbraid,
-        wbraid,
-        emails,
-        phones,
-    })
+    Ok(order_id)
 }
 
 /// Google's dedup: order id per action forever, else click + action + time (§2.1, §8 item 10).
@@ -315,79 +290,29 @@ pub(super) fn process(shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Response 
         field: "conversions",
         collection: COLLECTION,
         max: MAX_CONVERSIONS,
+        not_object: "A conversion must be an object.",
         too_many: (
             "conversionUploadError",
             "TOO_MANY_CONVERSIONS_IN_REQUEST",
             "The request contains more than 2000 conversions.",
         ),
     };
-    let request = match envelope.check(shared, ctx, body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
-    let rows = envelope.rows(&request);
-    let validate_only = request.get("validateOnly") == Some(&Value::Bool(true));
-    let now = Utc::now();
-    let mut guard = shared.lock();
-    let state = &mut *guard;
-    let mut scratch = None;
-    let ledger = if validate_only {
-        scratch.insert(state.google.clone())
-    } else {
-        &mut state.google
-    };
     let mut in_request = HashSet::new();
-    let mut results = Vec::with_capacity(rows.len());
-    let mut errors = Vec::new();
-    let mut accepted = Vec::new();
-    let mut resent = 0;
-    for (i, row) in rows.iter().enumerate() {
-        let outcome = row
-            .as_object()
-            .ok_or_else(|| {
-                RowError::new(
-                    "fieldError",
-                    "REQUIRED",
-                    None,
-                    "A conversion must be an object.",
-                )
-            })
-            .and_then(|obj| check_row(obj, now).map(|checked| (obj, checked)));
-        let (obj, checked) = match outcome {
-            Ok(pair) => pair,
-            Err(e) => {
-                errors.push((i, e));
-                results.push(json!({}));
-                continue;
-            }
+    let row = |ledger: &mut Ledger, obj: &Map<String, Value>, now, resent: &mut u64| {
+        let checked = match check_row(obj, now) {
+            Ok(checked) => checked,
+            Err(e) => return RowOutcome::Failed(e),
         };
         let (was_sent, verdict) = dedup(ledger, &checked, &mut in_request);
-        resent += u64::from(was_sent);
+        *resent += u64::from(was_sent);
         if let Err(e) = verdict {
-            errors.push((i, e));
-            results.push(json!({}));
-            continue;
+            return RowOutcome::Failed(e);
         }
         store(ledger, &checked);
-        results.push(result_of(&checked));
-        accepted.push(record_of(ctx, obj, &checked, now));
-    }
-    if !validate_only {
-        let records = &mut state.records.google_ads;
-        let duplicates = errors.iter().filter(|(_, e)| e.is_duplicate()).count() as u64;
-        records.counters.accepted += accepted.len() as u64;
-        records.counters.unique += accepted.len() as u64;
-        records.counters.received += rows.len() as u64;
-        records.counters.deduplicated += duplicates;
-        records.counters.rejected += errors.len() as u64 - duplicates;
-        records.counters.duplicate_sends += resent;
-        records.conversions.extend(accepted);
-    }
-    drop(guard);
-    let job_id = request
-        .get("jobId")
-        .and_then(crate::testbed::sandbox::as_unix_seconds);
-    upload_response(ctx, COLLECTION, results, &errors, job_id)
+        RowOutcome::Counted(result_of(&checked), record_of(ctx, obj, &checked, now))
+    };
+    let keep = |records: &mut GoogleAdsRecords, accepted| records.conversions.extend(accepted);
+    envelope.run(shared, ctx, body, row, keep)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ mod adjustments;
 mod conversions;
 mod oauth;
 mod schema;
+mod upload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,16 +23,13 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
 use chrono::{DateTime, FixedOffset, Utc};
-use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
 use super::records::SendLog;
 use super::{credential_ok, json_response, random_id, Shared};
 use crate::testbed::sandbox::Platform;
-
-/// How far in the future a date-time may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
 
 // ---------------------------------------------------------------------------------------------
 // Request types
@@ -169,6 +167,66 @@ fn action_id(resource: &str) -> Option<&str> {
     let id = rest.strip_prefix("conversionActions/")?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     (digits(cid) && digits(id)).then_some(id)
+}
+
+/// A string field of a row.
+fn text<'a>(row: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    row.get(key).and_then(Value::as_str)
+}
+
+/// `REQUIRED`: a required `field` of a row is missing.
+fn required(field: &'static str) -> RowError {
+    RowError::new(
+        "fieldError",
+        "REQUIRED",
+        Some(field),
+        "The required field was not present.",
+    )
+}
+
+/// A date-time `field` not in Google's `yyyy-mm-dd hh:mm:ss+hh:mm` form.
+fn bad_time(field: &'static str) -> RowError {
+    RowError::new(
+        "dateError",
+        "INVALID_STRING_DATE_TIME_SECONDS_WITH_OFFSET",
+        Some(field),
+        "The string date time must be in the format yyyy-mm-dd hh:mm:ss+|-hh:mm.",
+    )
+}
+
+/// The row's `conversionAction` and its numeric id.
+fn check_action(row: &Map<String, Value>) -> Result<(&str, &str), RowError> {
+    let action = text(row, "conversionAction").ok_or_else(|| required("conversion_action"))?;
+    let id = action_id(action).ok_or_else(|| {
+        RowError::new(
+            "requestError",
+            "RESOURCE_NAME_MALFORMED",
+            Some("conversion_action"),
+            "The resource name must be customers/{customer_id}/conversionActions/{action_id}.",
+        )
+    })?;
+    Ok((action, id))
+}
+
+/// The row's date-time `key` (proto name `field`): present, well formed, not in the future; as
+/// sent and parsed.
+fn check_date_time<'a>(
+    row: &'a Map<String, Value>,
+    key: &str,
+    field: &'static str,
+    now: DateTime<Utc>,
+) -> Result<(&'a str, DateTime<FixedOffset>), RowError> {
+    let time_text = text(row, key).ok_or_else(|| required(field))?;
+    let time = parse_date_time(time_text).ok_or_else(|| bad_time(field))?;
+    if !not_in_future(&time, now) {
+        return Err(RowError::new(
+            "dateError",
+            "LATER_THAN_MAXIMUM_DATE",
+            Some(field),
+            "The date time is in the future.",
+        ));
+    }
+    Ok((time_text, time))
 }
 
 /// Checks a date-time is not later than now plus the tolerance.
@@ -368,50 +426,9 @@ fn authenticate(shared: &Shared, ctx: &Call<'_>, headers: &HeaderMap) -> Result<
     if !customer_id_ok(ctx.customer_id) || !login_ok {
         let detail = json!({"errorCode": {"requestError": "INVALID_CUSTOMER_ID"},
             "message": "Customer ids must be 10 digits without dashes (path and login-customer-id)."});
-        return fail(error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
-            "Request contains an invalid argument.",
-            &[detail],
-        ));
+        return fail(invalid_argument(ctx, detail));
     }
     Ok(())
-}
-
-/// Parses, camel-cases and shape-checks an upload body; `Err` is a whole-request 400.
-fn parse_body(ctx: &Call<'_>, body: &[u8], kind: &schema::Kind) -> Result<Value, Box<Response>> {
-    let bad_request = |message: String| {
-        let violation = json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
-            "fieldViolations": [{"description": message}]});
-        json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": {
-                "code": 400, "message": message, "status": "INVALID_ARGUMENT", "details": [violation],
-            }}),
-        )
-    };
-    let value = match serde_json::from_slice::<Value>(body) {
-        Ok(v @ Value::Object(_)) => schema::camelize_keys(v),
-        _ => {
-            return fail(bad_request(
-                "Invalid JSON payload received. Expected a JSON object.".into(),
-            ))
-        }
-    };
-    schema::check(&value, kind, "").map_err(|m| Box::new(bad_request(m)))?;
-    if value.get("partialFailure") != Some(&Value::Bool(true)) {
-        let detail = json!({"errorCode": {"partialFailureError": "PARTIAL_FAILURE_MODE_REQUIRED"},
-            "message": "The partial failure field must be set to true."});
-        return fail(error(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
-            "Request contains an invalid argument.",
-            &[detail],
-        ));
-    }
-    Ok(value)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,81 +461,8 @@ fn error(
     json_response(status, body)
 }
 
-/// A 401 with an `authenticationError`.
-fn auth_failure(ctx: &Call<'_>, code: &str, message: &str) -> Response {
-    let detail = json!({"errorCode": {"authenticationError": code}, "message": message});
-    error(ctx, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED",
-        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
-        &[detail])
-}
-
-/// What an upload endpoint checks before its rows: the body's shape, then that its `collection` array
-/// (`conversions` or `conversionAdjustments`) holds 1 to `max` rows. A refused request is counted and
-/// answered with Google's request-level error.
-struct UploadEnvelope<'a> {
-    kind: &'a schema::Kind,
-    /// The JSON field holding the rows.
-    field: &'a str,
-    /// The field path Google names in its errors.
-    collection: &'a str,
-    max: usize,
-    /// The error family and code, and the message, for more than `max` rows.
-    too_many: (&'a str, &'a str, &'a str),
-}
-
-impl UploadEnvelope<'_> {
-    /// The parsed request when its envelope is valid.
-    fn check(&self, shared: &Shared, ctx: &Call<'_>, body: &[u8]) -> Result<Value, Box<Response>> {
-        let reject = |response: Response| {
-            shared.lock().records.google_ads.counters.rejected_requests += 1;
-            Box::new(response)
-        };
-        let request = parse_body(ctx, body, self.kind).map_err(|r| reject(*r))?;
-        let rows = request
-            .get(self.field)
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        if rows == 0 {
-            return Err(reject(collection_error(
-                ctx,
-                self.collection,
-                "fieldError",
-                "REQUIRED",
-                "The required field was not present.",
-            )));
-        }
-        if rows > self.max {
-            let (family, code, message) = self.too_many;
-            return Err(reject(collection_error(
-                ctx,
-                self.collection,
-                family,
-                code,
-                message,
-            )));
-        }
-        Ok(request)
-    }
-
-    /// The rows of a request [`UploadEnvelope::check`] accepted.
-    fn rows<'v>(&self, request: &'v Value) -> &'v [Value] {
-        request
-            .get(self.field)
-            .and_then(Value::as_array)
-            .map_or(&[], Vec::as_slice)
-    }
-}
-
-/// A request-level error with one GoogleAdsFailure error located at the collection.
-fn collection_error(
-    ctx: &Call<'_>,
-    collection: &str,
-    family: &str,
-    code: &str,
-    message: &str,
-) -> Response {
-    let detail = json!({"errorCode": {family: code}, "message": message,
-        "location": {"fieldPathElements": [{"fieldName": collection}]}});
+/// A 400 `INVALID_ARGUMENT` with one GoogleAdsFailure error.
+fn invalid_argument(ctx: &Call<'_>, detail: Value) -> Response {
     error(
         ctx,
         StatusCode::BAD_REQUEST,
@@ -528,42 +472,12 @@ fn collection_error(
     )
 }
 
-/// The success body: `results` (empty objects for failed rows) and `partialFailureError` if any row failed.
-fn upload_response(
-    ctx: &Call<'_>,
-    collection: &str,
-    results: Vec<Value>,
-    errors: &[(usize, RowError)],
-    job_id: Option<i64>,
-) -> Response {
-    let mut body = json!({ "results": results });
-    if !errors.is_empty() {
-        let mut details = Vec::with_capacity(errors.len());
-        let mut summary = Vec::with_capacity(errors.len());
-        for (index, err) in errors {
-            let mut path = vec![json!({"fieldName": collection, "index": index})];
-            let mut at = format!("{collection}[{index}]");
-            if let Some(field) = err.field {
-                path.push(json!({"fieldName": field}));
-                at = format!("{at}.{field}");
-            }
-            summary.push(format!("{}, at {at}", err.message));
-            details.push(json!({
-                "errorCode": {err.family: err.code},
-                "message": err.message,
-                "location": {"fieldPathElements": path},
-            }));
-        }
-        body["partialFailureError"] = json!({
-            "code": 3,
-            "message": summary.join(", "),
-            "details": [{"@type": failure_type(ctx), "errors": details, "requestId": random_id(22)}],
-        });
-    }
-    // Google assigns a job id when the request did not set one; int64 is a string in proto JSON.
-    let job = job_id.unwrap_or_else(|| rand::rng().random_range(1..i64::from(i32::MAX)));
-    body["jobId"] = json!(job.to_string());
-    json_response(StatusCode::OK, body)
+/// A 401 with an `authenticationError`.
+fn auth_failure(ctx: &Call<'_>, code: &str, message: &str) -> Response {
+    let detail = json!({"errorCode": {"authenticationError": code}, "message": message});
+    error(ctx, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+        &[detail])
 }
 
 /// Google's 404 for an unknown method or version.

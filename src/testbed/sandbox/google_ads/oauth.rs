@@ -99,25 +99,30 @@ fn jwt_grant(shared: &Shared, assertion: Option<&str>) -> Response {
 /// Lifetime of issued access tokens, as Google's token endpoint reports it.
 const TOKEN_LIFETIME_SECS: i64 = 3599;
 
+/// The string fields of a token request: a JSON object or a form, as the content type says.
+fn token_fields(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        serde_json::from_slice::<HashMap<String, Value>>(body)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+            .collect()
+    } else {
+        parse_form(body).unwrap_or_default().into_iter().collect()
+    }
+}
+
 /// `POST /token`: exchanges a refresh token for an access token.
 pub(super) async fn handle_token(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
-    let fields: HashMap<String, String> = if is_json {
-        serde_json::from_slice::<HashMap<String, Value>>(&body)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
-            .collect()
-    } else {
-        parse_form(&body).unwrap_or_default().into_iter().collect()
-    };
+    let fields = token_fields(&headers, &body);
     let field = |k: &str| fields.get(k).map(String::as_str);
     let oauth_error = |status: StatusCode, error: &str, description: &str| {
         json_response(

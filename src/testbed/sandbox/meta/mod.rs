@@ -22,9 +22,9 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 
 use super::faults::{self, ConnControl, Gate};
-use super::records::{AcceptedEvent, Seen};
+use super::records::AcceptedEvent;
 use super::{as_number, as_unix_seconds, credential_ok, json_response, parse_form};
-use super::{random_id, Shared};
+use super::{hashed_as_sent, random_id, Shared};
 use crate::testbed::sandbox::Platform;
 use rules::{events_of, validate_event, Violation, HASHED_KEYS, PLAIN_KEYS, SUB_INVALID};
 
@@ -206,41 +206,8 @@ fn process(
         _ => 0,
     };
     shared.lock().records.meta.counters.received += count as u64;
-    match token.as_deref() {
-        None | Some("") => {
-            return reject(
-                count,
-                auth_error(104, "An access token is required to request this resource."),
-            )
-        }
-        t if !credential_ok(&shared.config.meta_access_token, t) => {
-            return reject(
-                count,
-                auth_error(
-                    190,
-                    "Invalid OAuth access token - Cannot parse access token",
-                ),
-            )
-        }
-        _ => {}
-    }
-    if !version_is_valid(version) {
-        return reject(
-            count,
-            graph_error(
-                StatusCode::BAD_REQUEST,
-                2500,
-                None,
-                "Unknown path components: invalid API version",
-            ),
-        );
-    }
-    if pixel_id.is_empty() || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
-        let msg = "Unsupported post request. Object with the given ID does not exist, cannot be loaded due to missing permissions, or does not support this operation.";
-        return reject(
-            count,
-            graph_error(StatusCode::BAD_REQUEST, 100, Some(33), msg),
-        );
+    if let Err(response) = check_access(shared, version, pixel_id, token.as_deref()) {
+        return reject(count, *response);
     }
     let events = match events_of(env.data) {
         Ok(events) => events,
@@ -254,6 +221,44 @@ fn process(
     }
     record(shared, &events, env.test_event_code, now);
     success(events.len())
+}
+
+/// The token, the API version and the pixel id of a request; the Graph error otherwise.
+fn check_access(
+    shared: &Shared,
+    version: &str,
+    pixel_id: &str,
+    token: Option<&str>,
+) -> Result<(), Box<Response>> {
+    let refused = |response: Response| Err(Box::new(response));
+    match token {
+        None | Some("") => {
+            return refused(auth_error(
+                104,
+                "An access token is required to request this resource.",
+            ));
+        }
+        t if !credential_ok(&shared.config.meta_access_token, t) => {
+            return refused(auth_error(
+                190,
+                "Invalid OAuth access token - Cannot parse access token",
+            ));
+        }
+        _ => {}
+    }
+    if !version_is_valid(version) {
+        return refused(graph_error(
+            StatusCode::BAD_REQUEST,
+            2500,
+            None,
+            "Unknown path components: invalid API version",
+        ));
+    }
+    if pixel_id.is_empty() || !pixel_id.bytes().all(|b| b.is_ascii_digit()) {
+        let msg = "Unsupported post request. Object with the given ID does not exist, cannot be loaded due to missing permissions, or does not support this operation.";
+        return refused(graph_error(StatusCode::BAD_REQUEST, 100, Some(33), msg));
+    }
+    Ok(())
 }
 
 /// `v` followed by `major.minor`, e.g. `v21.0`.
@@ -276,7 +281,8 @@ fn record(
     now: chrono::DateTime<Utc>,
 ) {
     let window = shared.config.dedup_window;
-    let mut state = shared.lock();
+    let mut guard = shared.lock();
+    let state = &mut *guard;
     for ev in events {
         let name = ev
             .get("event_name")
@@ -287,25 +293,14 @@ fn record(
             Value::String(s) => s.clone(),
             other => other.to_string(),
         });
-        if let Some(id) = &event_id {
-            let key = format!("{name}\u{1f}{id}");
-            if state.meta.sends.note(&key) {
-                state.records.meta.counters.duplicate_sends += 1;
-            }
-            match state.meta.dedup.check(&key, now, window) {
-                Seen::WithinWindow => {
-                    state.records.meta.counters.deduplicated += 1;
-                    continue;
-                }
-                Seen::New => state.records.meta.counters.unique += 1,
-                Seen::OutsideWindow => {}
-            }
-            state.meta.dedup.remember(key, now);
-        } else {
-            state.records.meta.counters.unique += 1;
+        let key = event_id.as_ref().map(|id| format!("{name}\u{1f}{id}"));
+        if !state
+            .meta
+            .count(&mut state.records.meta.counters, key, now, window)
+        {
+            continue;
         }
         let accepted = accepted_event(ev, name, event_id, test_event_code.clone(), now);
-        state.records.meta.counters.accepted += 1;
         state.records.meta.events.push(accepted);
     }
 }
@@ -322,17 +317,7 @@ fn accepted_event(
     let mut hashed = BTreeMap::new();
     let mut plain = BTreeMap::new();
     if let Some(user) = user {
-        for key in HASHED_KEYS {
-            let values: Vec<String> = match user.get(*key) {
-                Some(Value::String(s)) => vec![s.clone()],
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                _ => continue,
-            };
-            hashed.insert(key.to_string(), values);
-        }
+        hashed = hashed_as_sent(user, HASHED_KEYS);
         for key in PLAIN_KEYS {
             if let Some(v) = user.get(*key) {
                 plain.insert(
@@ -343,13 +328,11 @@ fn accepted_event(
         }
     }
     let custom = ev.get("custom_data");
+    let event_time = ev.get("event_time").and_then(as_unix_seconds);
     AcceptedEvent {
         event_name,
         event_id,
-        event_time: ev
-            .get("event_time")
-            .and_then(as_unix_seconds)
-            .unwrap_or_default(),
+        event_time: event_time.unwrap_or_default(),
         source: ev
             .get("action_source")
             .and_then(Value::as_str)

@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::testbed::sandbox::{as_number, as_unix_seconds, is_ip_address, is_sha256_hex};
+use crate::testbed::sandbox::FUTURE_TOLERANCE_SECS;
+use crate::testbed::sandbox::{as_number, as_unix_seconds, is_ip_address, sha256_values};
 
 /// Events per request (§1.2).
 const MAX_EVENTS: usize = 1_000;
@@ -11,8 +12,6 @@ const MAX_EVENTS: usize = 1_000;
 const MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 /// Maximum age of `physical_store` events, 62 days (§1.3).
 const MAX_AGE_PHYSICAL_STORE_SECS: i64 = 62 * 24 * 3600;
-/// How far in the future an `event_time` may be (clock skew allowance).
-const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 /// `action_source` values (§1.3).
 const ACTION_SOURCES: &[&str] = &[
     "website",
@@ -248,17 +247,7 @@ pub(super) fn validate_event(i: usize, ev: &Map<String, Value>, now: i64) -> Res
 /// Checks hashed keys, unhashed identifiers and the minimum matching requirement (§1.5, §1.6).
 fn validate_user_data(i: usize, user: &Map<String, Value>) -> Result<(), Violation> {
     for key in HASHED_KEYS {
-        let Some(value) = user.get(*key) else {
-            continue;
-        };
-        let ok = match value {
-            Value::String(s) => is_sha256_hex(s),
-            Value::Array(items) => {
-                !items.is_empty() && items.iter().all(|v| v.as_str().is_some_and(is_sha256_hex))
-            }
-            _ => false,
-        };
-        if !ok {
+        if user.get(*key).is_some_and(|v| sha256_values(v).is_none()) {
             return Err(Violation::event(
                 i,
                 SUB_INVALID,

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{client, now_secs, sha, start};
-use crate::testbed::sandbox::{Faults, Records, SandboxHandle};
+use super::{client, json_of, now_secs, sha, start};
+use crate::testbed::sandbox::{Counters, Faults, Records, SandboxHandle};
 
 /// A minimal valid Meta request body.
 fn meta_body() -> Value {
@@ -38,14 +38,8 @@ async fn send_meta(sandbox: &SandboxHandle) -> reqwest::Result<reqwest::Response
 async fn the_records_endpoint_matches_the_snapshot_and_reset_clears_it() {
     let sandbox = start().await;
     send_meta(&sandbox).await.unwrap();
-    let served: Records = client()
-        .get(format!("{}/_sandbox/records", sandbox.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Records =
+        json_of(client().get(format!("{}/_sandbox/records", sandbox.base_url()))).await;
     assert_eq!(served, sandbox.records());
     assert_eq!(served.meta.events.len(), 1);
 
@@ -128,15 +122,23 @@ async fn an_injected_429_carries_retry_after_in_each_platform_shape() {
     sandbox.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_dropped_connection_is_a_client_error_and_records_nothing() {
+/// Starts a sandbox with `faults`, sends one Meta batch whose answer the fault must lose, and
+/// returns the sandbox with Meta's counters after it.
+async fn meta_send_lost(faults: Faults) -> (SandboxHandle, Counters) {
     let sandbox = start().await;
-    sandbox.set_faults(Faults {
-        drop_connection_ratio: 1.0,
-        ..Faults::default()
-    });
+    sandbox.set_faults(faults);
     assert!(send_meta(&sandbox).await.is_err());
     let counters = sandbox.records().meta.counters;
+    (sandbox, counters)
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_a_client_error_and_records_nothing() {
+    let (sandbox, counters) = meta_send_lost(Faults {
+        drop_connection_ratio: 1.0,
+        ..Faults::default()
+    })
+    .await;
     assert_eq!((counters.faulted, counters.accepted), (1, 0));
     // The server keeps serving once the fault is lifted.
     sandbox.set_faults(Faults::none());
@@ -146,13 +148,11 @@ async fn a_dropped_connection_is_a_client_error_and_records_nothing() {
 
 #[tokio::test]
 async fn accept_then_drop_records_the_events_but_loses_the_response() {
-    let sandbox = start().await;
-    sandbox.set_faults(Faults {
+    let (sandbox, counters) = meta_send_lost(Faults {
         accept_then_drop_ratio: 1.0,
         ..Faults::default()
-    });
-    assert!(send_meta(&sandbox).await.is_err());
-    let counters = sandbox.records().meta.counters;
+    })
+    .await;
     assert_eq!((counters.faulted, counters.accepted), (1, 1));
     assert_eq!(counters.responses_lost, 1);
     sandbox.shutdown().await;
@@ -393,14 +393,8 @@ async fn stats_count_raw_traffic_apart_from_unique_events() {
     assert_eq!((meta.deduplicated, meta.duplicate_sends), (3, 3));
     assert_eq!(stats.tiktok, Default::default());
 
-    let served: crate::testbed::sandbox::Stats = client()
-        .get(format!("{}/_sandbox/stats", sandbox.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/_sandbox/stats", sandbox.base_url());
+    let served: crate::testbed::sandbox::Stats = json_of(client().get(url)).await;
     assert_eq!(served, stats);
     assert_eq!(sandbox.records().meta.counters, meta);
     sandbox.shutdown().await;

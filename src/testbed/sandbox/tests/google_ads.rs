@@ -3,7 +3,7 @@
 use chrono::{Duration, Utc};
 use serde_json::{json, Value};
 
-use super::{client, sha, start, start_with};
+use super::{client, google_token, sha, start, start_with};
 use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// The conversion action used throughout.
@@ -30,31 +30,9 @@ fn conversion(order: &str) -> Value {
     })
 }
 
-/// Fetches an access token from the sandbox's OAuth endpoint.
-async fn token(sandbox: &SandboxHandle) -> String {
-    let response = client()
-        .post(format!("{}/token", sandbox.base_url()))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", "id"),
-            ("client_secret", "secret"),
-            ("refresh_token", "refresh"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        (body["expires_in"].as_u64(), body["token_type"].as_str()),
-        (Some(3599), Some("Bearer"))
-    );
-    body["access_token"].as_str().unwrap().to_string()
-}
-
 /// Calls `method` with a fresh token and developer token; returns status and JSON body.
 async fn call(sandbox: &SandboxHandle, method: &str, body: &Value) -> (u16, Value) {
-    let bearer = token(sandbox).await;
+    let bearer = google_token(sandbox).await;
     let response = client()
         .post(format!(
             "{}/v21/customers/1234567890:{method}",
@@ -387,7 +365,7 @@ async fn bad_credentials_get_google_auth_errors() {
         (status, request_error(&reply).as_str()),
         (401, "OAUTH_TOKEN_INVALID")
     );
-    let bearer = token(&sandbox).await;
+    let bearer = google_token(&sandbox).await;
     // Since September 2026 the developer token is optional: a request without one is taken.
     let (status, _) = send(Some(bearer.clone()), None).await;
     assert_eq!(status, 200);

@@ -2,31 +2,12 @@
 
 use serde_json::{json, Value};
 
-use super::{client, sha, start, start_with};
+use super::{client, google_token, json_of, sha, start, start_with};
 use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// A test-only RSA key pair (tests/data), standing for a service account's.
 const KEY: &str = include_str!("../../../../tests/data/test_service_account_key.pem");
 const PUBLIC_KEY: &str = include_str!("../../../../tests/data/test_service_account_key.pub.pem");
-
-/// A token from the refresh-token grant.
-async fn token(sandbox: &SandboxHandle) -> String {
-    let reply: Value = client()
-        .post(format!("{}/token", sandbox.base_url()))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", "id"),
-            ("client_secret", "secret"),
-            ("refresh_token", "refresh"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reply["access_token"].as_str().unwrap().to_string()
-}
 
 /// A valid event with a hashed email and a gclid.
 fn event(id: &str) -> Value {
@@ -82,7 +63,7 @@ fn fields(reply: &Value) -> Vec<String> {
 #[tokio::test]
 async fn one_invalid_event_fails_the_whole_request_with_its_field_path() {
     let sandbox = start().await;
-    let bearer = token(&sandbox).await;
+    let bearer = google_token(&sandbox).await;
     let mut bad = event("t-2");
     bad["userData"]["userIdentifiers"] = json!([
         {"address": {"givenName": sha("jane"), "familyName": sha("doe"),
@@ -122,7 +103,7 @@ async fn one_invalid_event_fails_the_whole_request_with_its_field_path() {
 #[tokio::test]
 async fn a_repeated_transaction_id_restates_and_the_same_value_changes_nothing() {
     let sandbox = start().await;
-    let bearer = token(&sandbox).await;
+    let bearer = google_token(&sandbox).await;
     for value in [10.0, 10.0, 7.5] {
         let mut e = event("t-1");
         e["conversionValue"] = json!(value);
@@ -149,16 +130,13 @@ async fn a_repeated_transaction_id_restates_and_the_same_value_changes_nothing()
     let id = sandbox.records().google_data_manager.events[0]
         .request_id
         .clone();
-    let reply: Value = client()
-        .get(format!("{}/v1/requestStatus:retrieve", sandbox.base_url()))
-        .query(&[("requestId", id.as_str())])
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply: Value = json_of(
+        client()
+            .get(format!("{}/v1/requestStatus:retrieve", sandbox.base_url()))
+            .query(&[("requestId", id.as_str())])
+            .bearer_auth(&bearer),
+    )
+    .await;
     assert_eq!(
         reply["requestStatusPerDestination"][0]["requestStatus"],
         "SUCCESS"

@@ -241,38 +241,17 @@ async fn credentials_batch_size_and_reads_are_checked() {
     let too_many = vec![event("e-1"); 5_001];
     let (status, _) = post_batch(&sandbox, too_many, &auth).await;
     assert_eq!(status, 400);
-    let read = |path: &'static str, token: &'static str| {
-        client()
+    let read = |path: &str, token: &str| {
+        let request = client()
             .get(format!("{}{path}", sandbox.base_url()))
             .header("Authorization", format!("Bearer {token}"))
             .header("X-Restli-Protocol-Version", "2.0.0")
-            .header("LinkedIn-Version", version())
-            .send()
+            .header("LinkedIn-Version", version());
+        async move { request.send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(
-        read("/rest/adAccounts/507404993", "right")
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(
-        read("/rest/conversions/104012", "right")
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(
-        read("/rest/adAccounts/507404993", "wrong")
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        401
-    );
+    assert_eq!(read("/rest/adAccounts/507404993", "right").await, 200);
+    assert_eq!(read("/rest/conversions/104012", "right").await, 200);
+    assert_eq!(read("/rest/adAccounts/507404993", "wrong").await, 401);
     assert_eq!(sandbox.records().linkedin.counters.accepted, 0);
     sandbox.shutdown().await;
 }

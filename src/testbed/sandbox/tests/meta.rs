@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{client, now_secs, sha, start, start_with};
+use super::{client, now_secs, refusal_counts, sha, start, start_with};
 use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// A valid website purchase event with id `id`.
@@ -49,6 +49,14 @@ fn graph_error(body: &Value) -> &Value {
     assert!(error["fbtrace_id"].is_string(), "{body}");
     assert!(error["message"].is_string(), "{body}");
     error
+}
+
+/// Posts `event` alone and asserts the batch is refused with a message naming `what`.
+async fn assert_refused_naming(sandbox: &SandboxHandle, event: Value, what: &str) {
+    let (status, reply) = post(sandbox, Some("token"), &json!({"data": [event]})).await;
+    assert_eq!(status, 400, "{what}");
+    let message = graph_error(&reply)["message"].as_str().unwrap().to_string();
+    assert!(message.contains(what), "{what}: {reply}");
 }
 
 #[tokio::test]
@@ -114,14 +122,7 @@ async fn an_unhashed_email_rejects_the_whole_batch_naming_its_index() {
         "the message must not echo the value"
     );
     let counters = sandbox.records().meta.counters;
-    assert_eq!(
-        (
-            counters.accepted,
-            counters.rejected,
-            counters.rejected_requests
-        ),
-        (0, 2, 1)
-    );
+    assert_eq!(refusal_counts(&counters), (0, 2, 1));
     sandbox.shutdown().await;
 }
 
@@ -169,15 +170,7 @@ async fn each_missing_required_field_is_named() {
     ] {
         let mut bad = purchase("order-1");
         bad.as_object_mut().unwrap().remove(field);
-        let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
-        assert_eq!(status, 400, "{field}");
-        assert!(
-            graph_error(&reply)["message"]
-                .as_str()
-                .unwrap()
-                .contains(field),
-            "{field}: {reply}"
-        );
+        assert_refused_naming(&sandbox, bad, field).await;
     }
     sandbox.shutdown().await;
 }
@@ -217,12 +210,7 @@ async fn a_millisecond_event_time_is_rejected_as_future() {
     let sandbox = start().await;
     let mut bad = purchase("ms");
     bad["event_time"] = json!(now_secs() * 1000);
-    let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
-    assert_eq!(status, 400);
-    assert!(graph_error(&reply)["message"]
-        .as_str()
-        .unwrap()
-        .contains("future"));
+    assert_refused_naming(&sandbox, bad, "future").await;
     sandbox.shutdown().await;
 }
 
@@ -239,15 +227,7 @@ async fn malformed_identifiers_are_rejected() {
     for (field, value) in cases {
         let mut bad = purchase("id");
         bad["user_data"][field] = value;
-        let (status, reply) = post(&sandbox, Some("token"), &json!({"data": [bad]})).await;
-        assert_eq!(status, 400, "{field}");
-        assert!(
-            graph_error(&reply)["message"]
-                .as_str()
-                .unwrap()
-                .contains(field),
-            "{reply}"
-        );
+        assert_refused_naming(&sandbox, bad, field).await;
     }
     sandbox.shutdown().await;
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{client, now_secs, sha, start, start_with};
+use super::{client, now_secs, refusal_counts, sha, start, start_with};
 use crate::testbed::sandbox::{SandboxConfig, SandboxHandle};
 
 /// A valid web `CompletePayment` event with id `id`.
@@ -87,14 +87,7 @@ async fn an_unhashed_email_rejects_the_whole_batch_with_code_40002() {
     );
     assert!(!message.contains("john.doe"));
     let counters = sandbox.records().tiktok.counters;
-    assert_eq!(
-        (
-            counters.accepted,
-            counters.rejected,
-            counters.rejected_requests
-        ),
-        (0, 2, 1)
-    );
+    assert_eq!(refusal_counts(&counters), (0, 2, 1));
     sandbox.shutdown().await;
 }
 
