@@ -30,6 +30,7 @@ pub use write::{
     insert_deliveries, load_checkpoint, save_checkpoint, write_group, OpenGroup, WRITE_CHUNK_ROWS,
 };
 
+use crate::error::{Action, Error, Fault};
 use crate::event::{Delivery, Kind, Payload};
 use tokio_postgres::Row;
 
@@ -154,16 +155,25 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// What the failure was, for the retry policy ([`crate::error`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            OutboxError::Db { source, .. } => crate::pg::fault(source),
+            OutboxError::Corrupt { .. } => Fault::Refused,
+        }
+    }
+
     /// True when the error is a lost or refused connection (retry later), not a statement error.
     pub fn is_connection_error(&self) -> bool {
-        match self {
-            OutboxError::Db { source, .. } => {
-                source.is_closed()
-                    || source
-                        .as_db_error()
-                        .is_none_or(|e| crate::pg::is_connection_loss(e.code().code()))
-            }
-            OutboxError::Corrupt { .. } => false,
+        matches!(self.fault().action(), Action::Retry { .. })
+    }
+}
+
+impl From<OutboxError> for Error {
+    fn from(e: OutboxError) -> Self {
+        Error::Database {
+            fault: e.fault(),
+            message: crate::pg::error_chain(&e),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! `/readyz` answers from memory.
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::metrics::{global, FlowProblem};
 use crate::ops::status::{FlowThresholds, Problem, Reason};
 use axum::http::{header, StatusCode};
@@ -41,16 +42,20 @@ impl MetricsServer {
 pub async fn start(
     config: Arc<Config>,
     shutdown: watch::Receiver<bool>,
-) -> Result<Option<MetricsServer>, String> {
+) -> Result<Option<MetricsServer>, Error> {
     let Some(settings) = config.metrics.clone() else {
         return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| format!("metrics.listen {}: cannot listen: {e}", settings.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("metrics.listen {}: {e}", settings.listen))?;
+        .map_err(|source| Error::Io {
+            context: format!("metrics.listen {}: cannot listen", settings.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: format!("metrics.listen {}", settings.listen),
+        source,
+    })?;
     let span = info_span!("metrics", %addr);
     info!(parent: &span, %addr, "metrics server listening");
     let app = Router::new()
