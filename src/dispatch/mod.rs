@@ -39,8 +39,7 @@ pub use worker::{PROBE_MAX_INTERVAL, PROBE_ROWS};
 use crate::config::DispatchConfig;
 use crate::destinations::Destination;
 use crate::error::{Action, Error, Fault};
-use crate::event::Delivery;
-use crate::outbox::{Outbox, OutboxError, Unreadable};
+use crate::outbox::{Outbox, OutboxError};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -299,9 +298,6 @@ impl Dispatcher {
         Ok(total)
     }
 }
-
-/// A claimed row, or the id of one that cannot be read back (it fails without being sent).
-pub(crate) type Claimed = Result<Delivery, Unreadable>;
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes
 /// on every `NOTIFY`, and its sender is dropped when the connection ends.

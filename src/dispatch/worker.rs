@@ -149,8 +149,8 @@ impl Dispatcher {
                 return Ok(Some(ROUND_ERROR_PAUSE));
             }
         };
-        let full = claimed.len() >= limit && !w.availability.is_down();
-        if !claimed.is_empty() {
+        let full = claimed.rows.len() >= limit && !w.availability.is_down();
+        if !claimed.rows.is_empty() {
             w.next_connection += 1;
             let this = w.connections[w.next_connection % w.connections.len()].clone();
             let dest = w.dest.clone();

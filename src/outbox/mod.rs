@@ -22,7 +22,7 @@ pub use health::{
 pub use health::{
     DestinationFlow, DestinationHealth, FailureLine, StoredCheckpoint, UnusableReason,
 };
-pub use lease::{AdjustedConversion, Conversion, Record, Recorded};
+pub use lease::{AdjustedConversion, Conversion, Lease, Record, Recorded};
 pub use migrations::{InstallError, MIGRATIONS};
 pub use purge::{purge_processing, Batching, PurgeReport, Target, RETRACTABLE_KEEP};
 pub use requeue::{Filters, Requeued, RowLine};
@@ -84,6 +84,9 @@ impl Delivery {
         "d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
                d.event_time, d.value::text, d.currency, d.action_source, d.payload::text, d.attempts, \
                d.created_at";
+
+    /// How many columns [`Delivery::COLUMNS`] has: a statement's next column is at this index.
+    pub const COLUMN_COUNT: usize = 14;
 
     /// Reads a row selected with [`Delivery::COLUMNS`]; a kind or payload that cannot be read is an
     /// [`Unreadable`] row.
