@@ -146,28 +146,16 @@ impl Error {
 
     /// The same error, its message preceded by `what` (`what: message`): what was being done, written
     /// in the code, never a connection string or a value.
-    pub fn context(self, what: impl std::fmt::Display) -> Error {
-        let prefix = |message: String| format!("{what}: {message}");
-        match self {
-            Error::Config(m) => Error::Config(prefix(m)),
-            Error::Database { message, fault } => Error::Database {
-                message: prefix(message),
-                fault,
-            },
-            Error::Replication { message, fault } => Error::Replication {
-                message: prefix(message),
-                fault,
-            },
-            Error::Platform { message, fault } => Error::Platform {
-                message: prefix(message),
-                fault,
-            },
-            Error::Io { context, source } => Error::Io {
-                context: prefix(context),
-                source,
-            },
-            Error::Failed(m) => Error::Failed(prefix(m)),
+    pub fn context(mut self, what: impl std::fmt::Display) -> Error {
+        match &mut self {
+            Error::Config(text)
+            | Error::Failed(text)
+            | Error::Database { message: text, .. }
+            | Error::Replication { message: text, .. }
+            | Error::Platform { message: text, .. }
+            | Error::Io { context: text, .. } => *text = format!("{what}: {text}"),
         }
+        self
     }
 
     /// A failure a command reports in its own words.
@@ -188,6 +176,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 mod tests {
     use super::*;
 
+    fn replication(message: &str, fault: Fault) -> Error {
+        Error::Replication {
+            message: message.into(),
+            fault,
+        }
+    }
+
     fn db(fault: Fault) -> Error {
         Error::Database {
             message: "control table (claiming due deliveries): …".into(),
@@ -201,19 +196,16 @@ mod tests {
         for code in ["57P01", "08006", "53300"] {
             assert_eq!(db(Fault::Server(code.into())).action(), Action::RETRY);
         }
-        let lost = Error::Replication {
-            message: "replication connection I/O failed".into(),
-            fault: Fault::Lost,
-        };
+        let lost = replication("replication connection I/O failed", Fault::Lost);
         assert_eq!(lost.action(), Action::RETRY);
     }
 
     #[test]
     fn a_busy_peer_retries_after_the_wait_it_named() {
-        let busy = Error::Replication {
-            message: "slot is active for another process".into(),
-            fault: Fault::Busy(Duration::from_secs(1)),
-        };
+        let busy = replication(
+            "slot is active for another process",
+            Fault::Busy(Duration::from_secs(1)),
+        );
         assert_eq!(
             busy.action(),
             Action::Retry {
@@ -225,14 +217,11 @@ mod tests {
     #[test]
     fn a_config_permission_or_refused_change_halts() {
         assert_eq!(Error::config("source.url: bad").action(), Action::Halt);
-        // permission denied, undefined table, a serialization failure is the statement's business.
+        // permission denied, undefined table, a password the server refused.
         for code in ["42501", "42P01", "28P01"] {
             assert_eq!(db(Fault::Server(code.into())).action(), Action::Halt);
         }
-        let rule = Error::Replication {
-            message: "column \"total\" was dropped".into(),
-            fault: Fault::Refused,
-        };
+        let rule = replication("column \"total\" was dropped", Fault::Refused);
         assert_eq!(rule.action(), Action::Halt);
         let io = Error::Io {
             context: "reading /etc/pgcapi.toml".into(),

@@ -174,22 +174,11 @@ async fn execute(command: Command) -> Result<ExitCode, Error> {
             dry_run,
             dry_run_output,
         } => run::run(&config, dry_run, dry_run_output).await,
-        // The operations' commands still report in text (`ops/` owns their signatures).
-        Command::Check { config } => {
-            done(crate::ops::check::run(&config).await.map_err(Error::Failed))
-        }
-        Command::Status(args) => crate::ops::status::run_status(args)
-            .await
-            .map_err(Error::Failed),
-        Command::Retry(args) => crate::ops::repair::run_retry(args)
-            .await
-            .map_err(Error::Failed),
-        Command::Replay(args) => crate::ops::repair::run_replay(args)
-            .await
-            .map_err(Error::Failed),
-        Command::Purge(args) => crate::ops::retention::run_purge(args)
-            .await
-            .map_err(Error::Failed),
+        Command::Check { config } => done(text(crate::ops::check::run(&config).await)),
+        Command::Status(args) => text(crate::ops::status::run_status(args).await),
+        Command::Retry(args) => text(crate::ops::repair::run_retry(args).await),
+        Command::Replay(args) => text(crate::ops::repair::run_replay(args).await),
+        Command::Purge(args) => text(crate::ops::retention::run_purge(args).await),
         Command::Backfill {
             config,
             rule,
@@ -204,7 +193,7 @@ async fn execute(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Sandbox { listen } => done(sandbox::run(listen).await),
         Command::Demo => {
-            print!("{}", crate::demo::run().await.map_err(Error::Failed)?);
+            print!("{}", text(crate::demo::run().await)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -234,6 +223,11 @@ async fn execute(command: Command) -> Result<ExitCode, Error> {
 /// Exit code 0 for a command that succeeded without choosing one.
 fn done(result: Result<(), Error>) -> Result<ExitCode, Error> {
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// A command that still reports its failure as text (the operations of `ops/`, demo, bench).
+fn text<T>(result: Result<T, String>) -> Result<T, Error> {
+    result.map_err(Error::Failed)
 }
 
 /// Loads and validates the config file at `path` (every problem, with its key path, in one message).

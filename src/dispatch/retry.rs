@@ -129,10 +129,11 @@ pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Durat
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn config(initial: u64, max: u64) -> DispatchConfig {
+    /// A dispatch config with these retry bounds (also for the worker's tests).
+    pub(in crate::dispatch) fn config(initial: u64, max: u64) -> DispatchConfig {
         DispatchConfig {
             retry_initial_ms: initial,
             retry_max_ms: max,

@@ -384,15 +384,8 @@ fn finished(
 
 #[cfg(test)]
 mod tests {
+    use super::super::retry::tests::config;
     use super::*;
-
-    fn config(initial: u64, max: u64) -> DispatchConfig {
-        DispatchConfig {
-            retry_initial_ms: initial,
-            retry_max_ms: max,
-            ..DispatchConfig::default()
-        }
-    }
 
     fn batch(answered: bool, backed_off: &[i64], retry_after: Option<Duration>) -> Summary {
         Summary {
