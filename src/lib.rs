@@ -42,6 +42,7 @@
 //!   (a leaf: imports nothing of pgcapi).
 //! - [`telemetry`]: the `/metrics`, `/healthz`, `/readyz` server and the database probe behind readiness
 //!   ([`telemetry::server`]), and the log subscriber ([`telemetry::logging`]).
+//! - [`error`]: the top-level [`error::Error`] and the one retry-or-halt policy ([`error::Error::action`]).
 //! - [`shutdown`]: the shutdown signal and [`shutdown::supervise`], the one restart-with-backoff loop of
 //!   every long-running task (and [`shutdown::every`] for periodic ones).
 //! - [`units`]: human durations, sizes and timestamps.
@@ -57,6 +58,7 @@ pub mod decode;
 pub mod demo;
 pub mod destinations;
 pub mod dispatch;
+pub mod error;
 pub mod event;
 pub mod identity;
 pub mod lsn;

@@ -6,7 +6,8 @@
 
 use crate::capture::Capture;
 use crate::config::Config;
-use crate::shutdown::{supervise, Action, Policy, Shutdown};
+use crate::error::Error;
+use crate::shutdown::{never_halt, supervise, Policy, Shutdown};
 use std::sync::Arc;
 use tracing::{error, info, Instrument};
 
@@ -22,8 +23,8 @@ pub async fn run(
     config: Arc<Config>,
     dry_run: Option<crate::ops::dry_run::Output>,
     shutdown_rx: Shutdown,
-) -> Result<(), String> {
-    let capture = Capture::new(config.clone()).map_err(|e| e.to_string())?;
+) -> Result<(), Error> {
+    let capture = Capture::new(config.clone()).map_err(Error::from)?;
     let metrics = crate::telemetry::server::start(config.clone(), shutdown_rx.clone()).await?;
     let span = tracing::info_span!("capture", slot = %config.source.slot);
     // Retention deletes finished rows; a dry run changes nothing, so it runs without it.
@@ -66,45 +67,32 @@ pub async fn run(
 }
 
 /// Dispatches pending deliveries until shutdown, reconnecting after control-database outages (and
-/// after any other failure: dispatch never gives up while the process runs).
+/// after any other failure: dispatch never gives up while the process runs, see [`never_halt`]).
 async fn run_dispatch(config: Arc<Config>, shutdown: Shutdown) {
     let attempt = || dispatch_session(&config, shutdown.clone());
     let _ = supervise(
         "dispatch",
         Policy::OUTAGE,
         shutdown.clone(),
-        |e: &String, delay| {
-            error!(error = %e, retry_in_ms = delay.as_millis() as u64, "dispatch interrupted");
-            Action::RETRY
-        },
+        never_halt("dispatch"),
         attempt,
     )
     .await;
 }
 
 /// One dispatch session: connects to the control database and dispatches until shutdown or a failure.
-async fn dispatch_session(config: &Config, shutdown: Shutdown) -> Result<(), String> {
-    let info: crate::pg::ConnInfo = config
-        .source
-        .control_url()
-        .expose()
-        .parse()
-        .map_err(|e| format!("source.control_url: {e}"))?;
+async fn dispatch_session(config: &Config, shutdown: Shutdown) -> Result<(), Error> {
+    let info = crate::pg::client::control_info(config)?;
     let destinations = crate::destinations::build_all(&config.destinations, &config.dispatch)
-        .map_err(|e| crate::pg::error_chain(&e))?;
-    let (client, connection) = crate::pg::client::connect_parts(&info)
-        .await
-        .map_err(|e| crate::pg::error_chain(&e))?;
+        .map_err(|e| Error::config(crate::pg::error_chain(&e)))?;
+    let (client, connection) = crate::pg::client::connect_parts(&info).await?;
     // One control connection per destination worker, so that their statements run in parallel server
     // processes.
     let mut worker_clients = Vec::new();
     for _ in 1..destinations.len() {
-        let client = crate::pg::client::connect(&info)
-            .await
-            .map_err(|e| crate::pg::error_chain(&e))?;
-        worker_clients.push(client);
+        worker_clients.push(crate::pg::client::connect(&info).await?);
     }
-    crate::dispatch::Dispatcher::with_connection(
+    Ok(crate::dispatch::Dispatcher::with_connection(
         client,
         connection,
         &config.source.schema,
@@ -113,6 +101,5 @@ async fn dispatch_session(config: &Config, shutdown: Shutdown) -> Result<(), Str
     )
     .with_worker_clients(worker_clients)
     .run(shutdown)
-    .await
-    .map_err(|e| crate::pg::error_chain(&e))
+    .await?)
 }

@@ -39,22 +39,8 @@ async fn pause(delay: Duration, shutdown: &mut Shutdown) {
     }
 }
 
-/// What to do after a supervised task failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Run the task again after `after`, or after the backoff's next wait when `None`.
-    Retry {
-        /// A wait chosen by the caller (a standby polling for the slot), instead of the backoff's.
-        after: Option<Duration>,
-    },
-    /// Give up: [`supervise`] returns the error.
-    Halt,
-}
-
-impl Action {
-    /// Retry after the backoff's next wait.
-    pub const RETRY: Action = Action::Retry { after: None };
-}
+pub use crate::error::Action;
+use crate::error::Error;
 
 /// How a supervised task is restarted: waits growing from `first` to `max`, started over once a run
 /// lasted `healthy` (the failure is then a new one, not the previous one going on).
@@ -135,6 +121,25 @@ where
             "restarting"
         );
         pause(delay, &mut shutdown).await;
+    }
+}
+
+/// The `classify` of a task that never gives up while the process runs (dispatch, the dry run): an error
+/// the policy retries ([`Error::action`]) is retried as it says; one it would halt on (a statement the
+/// server refuses, a worker that stopped) is logged as needing an operator and retried after the
+/// backoff too, so that fixing it (a grant, a table) resumes the task without a restart.
+pub fn never_halt(task: &'static str) -> impl FnMut(&Error, Duration) -> Action {
+    move |error, delay| match error.action() {
+        Action::Retry { after } => {
+            let wait = after.unwrap_or(delay);
+            warn!(task, %error, retry_in_ms = wait.as_millis() as u64, "interrupted; retrying");
+            Action::Retry { after }
+        }
+        Action::Halt => {
+            tracing::error!(task, %error, retry_in_ms = delay.as_millis() as u64,
+                "failed on something an operator must fix; retrying");
+            Action::RETRY
+        }
     }
 }
 

@@ -29,13 +29,14 @@ use session::SessionEnd;
 
 use crate::config::Config;
 use crate::decode::{self, fill_unchanged_toast, PgOutput, RelationCache};
+use crate::error::{Action, Error, Fault};
 use crate::event::NewDelivery;
 use crate::lsn::Lsn;
 use crate::outbox::CapturePhase;
 use crate::outbox::{self, OutboxError};
 use crate::pg::catalog;
 use crate::rules::{Bound, DropCounts, Recovered, RuleError, Rules, TxContext};
-use crate::shutdown::{supervise, Action, Policy};
+use crate::shutdown::{supervise, Policy};
 use crate::source::{
     ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
 };
@@ -131,14 +132,48 @@ impl CaptureError {
         }
     }
 
-    /// True for outages worth waiting out (connections lost or refused); false for problems that need an
-    /// operator (config, schema, data).
-    pub fn is_retryable(&self) -> bool {
+    /// What the failure was, for the retry policy ([`crate::error`]): connections lost or refused are
+    /// outages; a change, a slot or a config that does not fit is refused (it needs an operator).
+    pub fn fault(&self) -> Fault {
         match self {
-            CaptureError::Source(e) => e.is_retryable(),
-            CaptureError::Outbox(e) => e.is_connection_error(),
-            CaptureError::Db(_) | CaptureError::ReadBack(_) => true,
-            _ => false,
+            CaptureError::Source(e) => source_fault(e),
+            CaptureError::Outbox(e) => e.fault(),
+            CaptureError::Db(_) | CaptureError::ReadBack(_) => Fault::Lost,
+            CaptureError::Decode(_)
+            | CaptureError::Rule { .. }
+            | CaptureError::SlotAhead { .. }
+            | CaptureError::NoSlot(_)
+            | CaptureError::Protocol(_)
+            | CaptureError::Tables(_) => Fault::Refused,
+        }
+    }
+
+    /// Retry or halt, by the one policy ([`Fault::action`]).
+    pub fn action(&self) -> Action {
+        self.fault().action()
+    }
+}
+
+/// What a replication connection's failure was: the socket or a timeout is a lost connection, a server
+/// error is its SQLSTATE, and TLS, credentials and protocol problems are refused.
+fn source_fault(e: &SourceError) -> Fault {
+    match e {
+        SourceError::Io(_) | SourceError::Timeout(_) => Fault::Lost,
+        SourceError::Server { code, .. } => Fault::Server(code.clone()),
+        SourceError::Tls(_)
+        | SourceError::Auth(_)
+        | SourceError::Protocol(_)
+        | SourceError::InvalidArgument(_) => Fault::Refused,
+    }
+}
+
+impl From<CaptureError> for Error {
+    fn from(e: CaptureError) -> Self {
+        let message = crate::pg::error_chain(&e);
+        let fault = e.fault();
+        match e {
+            CaptureError::Db(_) | CaptureError::Outbox(_) => Error::Database { message, fault },
+            _ => Error::Replication { message, fault },
         }
     }
 }
@@ -364,7 +399,7 @@ impl Capture {
     /// Reports why capture cannot go on, for [`Capture::run_supervised`], which tries again after `delay`.
     fn on_stuck(&self, e: &CaptureError, delay: Duration) -> Action {
         let reason = crate::pg::error_chain(e);
-        if e.is_retryable() {
+        if e.action() != Action::Halt {
             // Only the table check gets here with an outage (`run` waits those out itself).
             self.report(Some(CapturePhase::Retrying), Some(reason.clone()), None);
             crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
@@ -474,11 +509,9 @@ impl Capture {
                 self.report(None, None, None);
                 crate::metrics::set_capture_state(crate::metrics::CaptureState::Standby);
                 info!(slot = %self.config.source.slot, "another process holds the slot; waiting to take over");
-                Action::Retry {
-                    after: Some(STANDBY_POLL),
-                }
+                Fault::Busy(STANDBY_POLL).action()
             }
-            SessionEnd::Error(e) if e.is_retryable() => {
+            SessionEnd::Error(e) if e.action() != Action::Halt => {
                 self.report(
                     Some(CapturePhase::Retrying),
                     Some(crate::pg::error_chain(e)),
@@ -486,7 +519,7 @@ impl Capture {
                 );
                 crate::metrics::set_capture_state(crate::metrics::CaptureState::Reconnecting);
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "capture interrupted; reconnecting");
-                Action::RETRY
+                e.action()
             }
             SessionEnd::Error(_) => Action::Halt,
         }

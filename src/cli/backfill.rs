@@ -1,6 +1,6 @@
 //! `pgcapi backfill`: conversions for rows that existed before the slot.
 
-use crate::config::Config;
+use crate::error::Error;
 use crate::ops::backfill::{backfill, BackfillOptions};
 use crate::units::TimeRef;
 use std::path::Path;
@@ -13,8 +13,8 @@ pub(super) async fn run(
     since: TimeRef,
     column: Option<String>,
     dry_run: bool,
-) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+) -> Result<ExitCode, Error> {
+    let config = super::load(path)?;
     let options = BackfillOptions {
         rule,
         since: since.resolve(chrono::Utc::now()),
@@ -23,7 +23,7 @@ pub(super) async fn run(
     };
     let report = backfill(&config, &options)
         .await
-        .map_err(|e| crate::pg::error_chain(&e))?;
+        .map_err(|e| Error::failed(crate::pg::error_chain(&e)))?;
     print!("{}", report.render());
     Ok(ExitCode::SUCCESS)
 }

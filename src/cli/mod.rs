@@ -10,6 +10,7 @@ mod run;
 mod sandbox;
 mod setup;
 
+use crate::error::Error;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -158,15 +159,15 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(execute(cli.command)) {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// Runs one command; `Ok` holds the exit code, `Err` a message for stderr (exit code 1).
-async fn execute(command: Command) -> Result<ExitCode, String> {
+/// Runs one command; `Ok` holds the exit code, `Err` what went wrong, for stderr (exit code 1).
+async fn execute(command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Setup {
             config,
@@ -177,11 +178,11 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             dry_run,
             dry_run_output,
         } => run::run(&config, dry_run, dry_run_output).await,
-        Command::Check { config } => done(crate::ops::check::run(&config).await),
-        Command::Status(args) => crate::ops::status::run_status(args).await,
-        Command::Retry(args) => crate::ops::repair::run_retry(args).await,
-        Command::Replay(args) => crate::ops::repair::run_replay(args).await,
-        Command::Purge(args) => crate::ops::retention::run_purge(args).await,
+        Command::Check { config } => done(text(crate::ops::check::run(&config).await)),
+        Command::Status(args) => text(crate::ops::status::run_status(args).await),
+        Command::Retry(args) => text(crate::ops::repair::run_retry(args).await),
+        Command::Replay(args) => text(crate::ops::repair::run_replay(args).await),
+        Command::Purge(args) => text(crate::ops::retention::run_purge(args).await),
         Command::Backfill {
             config,
             rule,
@@ -190,7 +191,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             dry_run,
         } => backfill::run(&config, rule, since, column, dry_run).await,
         Command::Validate { config } => {
-            crate::config::Config::load(&config).map_err(|e| e.to_string())?;
+            load(&config)?;
             println!("{}: ok", config.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -200,7 +201,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 true => crate::demo::Scope::AllPlatforms,
                 false => crate::demo::Scope::Contract,
             };
-            print!("{}", crate::demo::run(scope).await?);
+            print!("{}", text(crate::demo::run(scope).await)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -213,18 +214,33 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 repeats,
                 only,
             };
-            print!("{}", crate::bench::run(options).await?);
+            print!(
+                "{}",
+                crate::bench::run(options).await.map_err(Error::Failed)?
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchCapture { config, stop_at } => {
-            done(crate::bench::capture_child(&config, &stop_at).await)
-        }
+        Command::BenchCapture { config, stop_at } => done(
+            crate::bench::capture_child(&config, &stop_at)
+                .await
+                .map_err(Error::Failed),
+        ),
     }
 }
 
 /// Exit code 0 for a command that succeeded without choosing one.
-fn done(result: Result<(), String>) -> Result<ExitCode, String> {
+fn done(result: Result<(), Error>) -> Result<ExitCode, Error> {
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// A command that still reports its failure as text (the operations of `ops/`, demo, bench).
+fn text<T>(result: Result<T, String>) -> Result<T, Error> {
+    result.map_err(Error::Failed)
+}
+
+/// Loads and validates the config file at `path` (every problem, with its key path, in one message).
+fn load(path: &std::path::Path) -> Result<crate::config::Config, Error> {
+    crate::config::Config::load(path).map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Resolves on SIGTERM or SIGINT.

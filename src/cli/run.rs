@@ -1,6 +1,6 @@
 //! `pgcapi run` (and `--dry-run`): turns SIGTERM and SIGINT into the pipeline's shutdown.
 
-use crate::config::Config;
+use crate::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ pub(super) async fn run(
     path: &Path,
     dry_run: bool,
     dry_run_output: Option<PathBuf>,
-) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+) -> Result<ExitCode, Error> {
+    let config = super::load(path)?;
     let dry_run = dry_run.then(|| crate::ops::dry_run::Output::from_option(dry_run_output));
     let (shutdown_tx, shutdown) = crate::shutdown::channel();
     // Held until the pipeline returns, so that its tasks never see the channel closed before they stop.

@@ -1,13 +1,13 @@
 //! `pgcapi setup`: installs what pgcapi needs and prints what is left for the DBA.
 
-use crate::config::Config;
+use crate::error::Error;
 use crate::ops::setup::{setup, SetupOptions};
 use std::path::Path;
 use std::process::ExitCode;
 
 /// Runs setup with the config at `path`; exits 3 when something is left for the DBA.
-pub(super) async fn run(path: &Path, set_replica_identity_full: bool) -> Result<ExitCode, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+pub(super) async fn run(path: &Path, set_replica_identity_full: bool) -> Result<ExitCode, Error> {
+    let config = super::load(path)?;
     let report = setup(
         &config,
         SetupOptions {
@@ -15,7 +15,7 @@ pub(super) async fn run(path: &Path, set_replica_identity_full: bool) -> Result<
         },
     )
     .await
-    .map_err(|e| crate::pg::error_chain(&e))?;
+    .map_err(|e| Error::failed(crate::pg::error_chain(&e)))?;
     print!("{}", report.render());
     Ok(ExitCode::from(report.exit_code()))
 }

@@ -38,8 +38,8 @@ pub use worker::{PROBE_MAX_INTERVAL, PROBE_ROWS};
 
 use crate::config::DispatchConfig;
 use crate::destinations::Destination;
-use crate::event::Delivery;
-use crate::outbox::{Outbox, OutboxError, Unreadable};
+use crate::error::{Action, Error, Fault};
+use crate::outbox::{Outbox, OutboxError};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,12 +78,28 @@ pub enum DispatchError {
 }
 
 impl DispatchError {
+    /// What the failure was, for the retry policy ([`crate::error`]). A connection that could not be
+    /// opened counts as lost: dispatch connects again.
+    pub fn fault(&self) -> Fault {
+        match self {
+            DispatchError::Control(e) => e.fault(),
+            DispatchError::Connect(_) => Fault::Lost,
+            DispatchError::Worker { .. } => Fault::Refused,
+        }
+    }
+
     /// True when the control connection is gone: dispatch must be restarted with a new one.
     pub fn is_connection_error(&self) -> bool {
-        match self {
-            DispatchError::Control(e) => e.is_connection_error(),
-            DispatchError::Connect(_) => true,
-            DispatchError::Worker { .. } => false,
+        matches!(self.fault().action(), Action::Retry { .. })
+    }
+}
+
+impl From<DispatchError> for Error {
+    fn from(e: DispatchError) -> Self {
+        let message = crate::pg::error_chain(&e);
+        match e.fault() {
+            Fault::Refused => Error::Failed(message),
+            fault => Error::Database { message, fault },
         }
     }
 }
@@ -282,9 +298,6 @@ impl Dispatcher {
         Ok(total)
     }
 }
-
-/// A claimed row, or the id of one that cannot be read back (it fails without being sent).
-pub(crate) type Claimed = Result<Delivery, Unreadable>;
 
 /// Drives a control connection in the background and counts its notifications; the receiver changes
 /// on every `NOTIFY`, and its sender is dropped when the connection ends.

@@ -7,18 +7,20 @@
 //! - **Needs an operator** (credentials, permissions, a refused setting) is a retry held back at least
 //!   [`OPERATOR_RETRY_FLOOR`]: the destinations only say that an operator must act, this module says
 //!   how long that means.
-//! - **Give-up**: a retry (or a wait) of a row queued more than `dispatch.give_up_after_secs` ago is
-//!   recorded as failed, "gave up after N s". The record statement decides it ([`Outbox::record`]),
-//!   by the control database's clock at the moment the outcome is written, so that one clock judges
-//!   every row whichever process sent it.
+//! - **Give-up** ([`give_up`]): a retry (or a wait) of a row queued more than
+//!   `dispatch.give_up_after_secs` ago is recorded as failed, "gave up after N s". The age is the
+//!   control database's: the claim reads how long each row had been queued by the server's clock
+//!   ([`Lease::queued`]), and the time since the claim is added, so that one clock judges every row
+//!   whichever process sent it. The record statement writes what it is told.
 //!
-//! [`Outbox::record`]: crate::outbox::Outbox::record
+//! [`Lease::queued`]: crate::outbox::Lease::queued
 
 use crate::config::DispatchConfig;
 use crate::destinations::Outcome;
 use crate::event::Delivery;
 use crate::outbox::{Record, Recorded};
 use rand::Rng;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long to wait at least before retrying after an error no event is to blame for (authentication,
@@ -51,6 +53,30 @@ pub(super) fn record(config: &DispatchConfig, d: &Delivery, outcome: Outcome) ->
 /// less than [`OPERATOR_RETRY_FLOOR`].
 pub fn operator_delay(retry_after: Option<Duration>) -> Duration {
     retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)
+}
+
+/// Gives up the rows that have waited long enough: a retry or a wait among `records` of a row queued
+/// at least `give_up_after_secs` ago (its age at the claim, `queued`, plus `since_claim`) becomes a
+/// failure, "gave up after N s: " and the reason it was going to be retried. A row without a known age
+/// is kept.
+pub(super) fn give_up(
+    config: &DispatchConfig,
+    records: &mut [Record],
+    queued: &HashMap<i64, Duration>,
+    since_claim: Duration,
+) {
+    let limit = Duration::from_secs(config.give_up_after_secs);
+    for r in records.iter_mut() {
+        let waited = queued.get(&r.id).map(|age| *age + since_claim);
+        if r.state.is_rescheduled() && waited.is_some_and(|w| w >= limit) {
+            r.state = Recorded::Failed;
+            r.error = Some(format!(
+                "gave up after {} s: {}",
+                config.give_up_after_secs,
+                r.error.as_deref().unwrap_or_default()
+            ));
+        }
+    }
 }
 
 /// How the platform answered a batch, as the worker's outage detection needs it.
@@ -103,10 +129,11 @@ pub fn backoff(config: &DispatchConfig, attempts: i32, retry_after: Option<Durat
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn config(initial: u64, max: u64) -> DispatchConfig {
+    /// A dispatch config with these retry bounds (also for the worker's tests).
+    pub(in crate::dispatch) fn config(initial: u64, max: u64) -> DispatchConfig {
         DispatchConfig {
             retry_initial_ms: initial,
             retry_max_ms: max,
@@ -211,6 +238,45 @@ mod tests {
         answers.observe(7, &Outcome::needs_operator("permission denied"));
         assert!(answers.unanswered && !answers.answered);
         assert_eq!(answers.retry_after, Some(OPERATOR_RETRY_FLOOR));
+    }
+
+    #[test]
+    fn a_retry_or_wait_of_a_row_queued_past_the_limit_fails_and_says_why() {
+        let c = DispatchConfig {
+            give_up_after_secs: 60,
+            ..config(100, 1_000)
+        };
+        let retry = |id| Record::new(id, Recorded::Retry, Some("meta: HTTP 503".into()), 1);
+        let mut records = vec![
+            retry(1),
+            retry(2),
+            Record::new(3, Recorded::Wait, Some("waiting".into()), 0),
+            Record::new(4, Recorded::Sent, None, 1),
+            retry(5),
+        ];
+        let queued: HashMap<i64, Duration> = [
+            (1, Duration::from_secs(59)),
+            (2, Duration::from_secs(10)),
+            (3, Duration::from_secs(120)),
+            (4, Duration::from_secs(120)),
+        ]
+        .into();
+        // One second passed since the claim: row 1 reaches the minute.
+        give_up(&c, &mut records, &queued, Duration::from_secs(1));
+        let got: Vec<(Recorded, &str)> = records
+            .iter()
+            .map(|r| (r.state, r.error.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Recorded::Failed, "gave up after 60 s: meta: HTTP 503"),
+                (Recorded::Retry, "meta: HTTP 503"),
+                (Recorded::Failed, "gave up after 60 s: waiting"),
+                (Recorded::Sent, ""),
+                (Recorded::Retry, "meta: HTTP 503"),
+            ]
+        );
     }
 
     #[test]

@@ -8,10 +8,10 @@
 use super::adjustments::{as_sent, resolve, ConversionView, Resolution};
 use super::retry::{self, Answers};
 use super::worker::{Progress, Summary};
-use super::{Claimed, DispatchError, Dispatcher, WAIT_FOR_IN_FLIGHT};
+use super::{DispatchError, Dispatcher, WAIT_FOR_IN_FLIGHT};
 use crate::destinations::Destination;
 use crate::event::{Delivery, Kind};
-use crate::outbox::{AdjustedConversion, Record, Recorded, Unreadable};
+use crate::outbox::{AdjustedConversion, Lease, Record, Recorded, Unreadable};
 use std::collections::HashSet;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -20,7 +20,7 @@ impl Dispatcher {
     /// Claims, resolves, sends and records one batch for `dest`; returns how many rows were claimed.
     pub(super) async fn round(&self, dest: &dyn Destination) -> Result<usize, DispatchError> {
         let claimed = self.claim(dest.name(), dest.max_batch()).await?;
-        if claimed.is_empty() {
+        if claimed.rows.is_empty() {
             return Ok(0);
         }
         Ok(self.process(dest, claimed).await?.claimed)
@@ -32,7 +32,7 @@ impl Dispatcher {
         &self,
         destination: &str,
         limit: usize,
-    ) -> Result<Vec<Claimed>, DispatchError> {
+    ) -> Result<Lease, DispatchError> {
         let claimed = self
             .outbox
             .claim(
@@ -43,7 +43,7 @@ impl Dispatcher {
                 limit,
             )
             .await?;
-        debug!(claimed = claimed.len(), "claimed deliveries");
+        debug!(claimed = claimed.rows.len(), "claimed deliveries");
         Ok(claimed)
     }
 
@@ -51,12 +51,12 @@ impl Dispatcher {
     pub(super) async fn process(
         &self,
         dest: &dyn Destination,
-        claimed: Vec<Claimed>,
+        claimed: Lease,
     ) -> Result<Processed, DispatchError> {
-        let count = claimed.len();
+        let count = claimed.rows.len();
         let mut records = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
-        for c in claimed {
+        for c in claimed.rows {
             match c {
                 Ok(d) => rows.push(d),
                 Err(Unreadable { id, error }) => {
@@ -79,6 +79,12 @@ impl Dispatcher {
             }
             records.push(retry::record(&self.config, d, outcome));
         }
+        retry::give_up(
+            &self.config,
+            &mut records,
+            &claimed.queued,
+            claimed.at.elapsed(),
+        );
         self.write(&records).await?;
         Ok(report(
             dest.name(),
@@ -199,12 +205,7 @@ impl Dispatcher {
     async fn write(&self, records: &[Record]) -> Result<(), DispatchError> {
         let updated = self
             .outbox
-            .record(
-                &self.client,
-                &self.owner,
-                self.config.give_up_after_secs,
-                records,
-            )
+            .record(&self.client, &self.owner, records)
             .await?;
         if updated < records.len() as u64 {
             warn!(

@@ -149,8 +149,8 @@ impl Dispatcher {
                 return Ok(Some(ROUND_ERROR_PAUSE));
             }
         };
-        let full = claimed.len() >= limit && !w.availability.is_down();
-        if !claimed.is_empty() {
+        let full = claimed.rows.len() >= limit && !w.availability.is_down();
+        if !claimed.rows.is_empty() {
             w.next_connection += 1;
             let this = w.connections[w.next_connection % w.connections.len()].clone();
             let dest = w.dest.clone();
@@ -384,15 +384,8 @@ fn finished(
 
 #[cfg(test)]
 mod tests {
+    use super::super::retry::tests::config;
     use super::*;
-
-    fn config(initial: u64, max: u64) -> DispatchConfig {
-        DispatchConfig {
-            retry_initial_ms: initial,
-            retry_max_ms: max,
-            ..DispatchConfig::default()
-        }
-    }
 
     fn batch(answered: bool, backed_off: &[i64], retry_after: Option<Duration>) -> Summary {
         Summary {

@@ -22,6 +22,7 @@
 
 use crate::config::Config;
 use crate::destinations::{Destination, Outcome, Preview};
+use crate::error::Error;
 use crate::event::{Delivery, Kind};
 use crate::outbox::{Outbox, Unreadable};
 use serde_json::{json, Value};
@@ -116,10 +117,7 @@ async fn worker(
         "dry run",
         crate::shutdown::Policy::OUTAGE,
         shutdown.clone(),
-        |e: &String, delay| {
-            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "dry run round failed");
-            crate::shutdown::Action::RETRY
-        },
+        crate::shutdown::never_halt("dry run"),
         session,
     )
     .await;
@@ -132,16 +130,8 @@ async fn session(
     output: &Output,
     after: &AtomicI64,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let info: crate::pg::ConnInfo = config
-        .source
-        .control_url()
-        .expose()
-        .parse()
-        .map_err(|e| format!("source.control_url: {e}"))?;
-    let client = crate::pg::client::connect(&info)
-        .await
-        .map_err(|e| crate::pg::error_chain(&e))?;
+) -> Result<(), Error> {
+    let client = crate::pg::client::connect(&crate::pg::client::control_info(config)?).await?;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -180,12 +170,11 @@ async fn show_batch(
     dest: &dyn Destination,
     output: &Output,
     after: i64,
-) -> Result<Option<(i64, bool)>, String> {
+) -> Result<Option<(i64, bool)>, Error> {
     let limit = dest.max_batch();
     let rows = Outbox::new(schema)
         .pending_after(client, dest.name(), after, limit)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let Some(last) = rows.last().map(|r| match r {
         Ok(d) => d.id,
         Err(u) => u.id,
@@ -220,7 +209,10 @@ async fn show_batch(
     let line = render(dest, &conversions, &preview, not_sent);
     output
         .write(dest.name(), &line.to_string())
-        .map_err(|e| format!("writing the dry-run output: {e}"))?;
+        .map_err(|source| Error::Io {
+            context: "writing the dry-run output".into(),
+            source,
+        })?;
     info!(
         rows = count,
         requests = preview.requests.len(),

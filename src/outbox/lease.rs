@@ -7,7 +7,8 @@
 
 use super::{db, Outbox, OutboxError, Unreadable};
 use crate::event::{is_deletion_rule, Delivery, Payload, State};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 /// A row's new state, as [`Outbox::record`] writes it.
@@ -75,6 +76,19 @@ impl Record {
             attempted,
         }
     }
+}
+
+/// A claimed batch ([`Outbox::claim`]): its rows, and how long each had been queued, by the control
+/// database's clock, when the claim answered at `at`. Dispatch judges giving up from these ages (plus
+/// the time since `at`), so that one clock judges every row whichever process sends it.
+#[derive(Debug)]
+pub struct Lease {
+    /// The claimed rows, in id order; a row that cannot be read back is an [`Unreadable`].
+    pub rows: Vec<Result<Delivery, Unreadable>>,
+    /// Row id → how long since it was queued (`queued_at`: captured, or requeued by an operator).
+    pub queued: HashMap<i64, Duration>,
+    /// When the claim answered.
+    pub at: Instant,
 }
 
 /// An adjustment row and the conversion it adjusts, if that exists.
@@ -183,7 +197,7 @@ impl Outbox {
         owner: &str,
         lease_secs: u64,
         limit: usize,
-    ) -> Result<Vec<Result<Delivery, Unreadable>>, OutboxError> {
+    ) -> Result<Lease, OutboxError> {
         let sql = format!(
             "update {s}.deliveries d \
                set lease_owner = $2, lease_until = now() + $3::bigint * interval '1 second', \
@@ -200,7 +214,7 @@ impl Outbox {
                 order by x.next_attempt_at, x.id \
                 limit $4 \
                 for update skip locked)) \
-             returning {columns}",
+             returning {columns}, extract(epoch from now() - d.queued_at)::float8",
             s = self.s(),
             columns = Delivery::COLUMNS,
         );
@@ -210,6 +224,14 @@ impl Outbox {
             .query(&sql, &[&destination, &owner, &lease, &limit])
             .await
             .map_err(db("claiming due deliveries"))?;
+        let at = Instant::now();
+        let queued = rows
+            .iter()
+            .map(|r| {
+                let secs: f64 = r.get(Delivery::COLUMN_COUNT);
+                (r.get::<_, i64>(0), Duration::from_secs_f64(secs.max(0.0)))
+            })
+            .collect();
         let mut claimed: Vec<Result<Delivery, Unreadable>> =
             rows.iter().map(Delivery::from_row).collect();
         // `returning` does not keep the subquery's order: restore it (ids grow with time).
@@ -217,7 +239,11 @@ impl Outbox {
             Ok(d) => d.id,
             Err(u) => u.id,
         });
-        Ok(claimed)
+        Ok(Lease {
+            rows: claimed,
+            queued,
+            at,
+        })
     }
 
     /// Up to `limit` pending rows of `destination` after id `after`, in id order, unclaimed (what a
@@ -369,14 +395,13 @@ impl Outbox {
 
     /// Writes every record of a round in one statement and releases `owner`'s leases; returns how many
     /// rows were updated. Rows whose lease was lost (expired and claimed by another process) are left
-    /// alone: the new owner records them. A [`Recorded::Retry`] or [`Recorded::Wait`] of a row queued
-    /// more than `give_up_after_secs` ago (by the server's clock, when the outcome is written) fails
-    /// it instead, "gave up after N s".
+    /// alone: the new owner records them. A [`Recorded::Retry`] or [`Recorded::Wait`] goes back to
+    /// pending, due after its delay; every other state is written as it is (giving up is decided
+    /// before, in `dispatch::retry`, from the ages the claim read: [`Lease::queued`]).
     pub async fn record(
         &self,
         client: &Client,
         owner: &str,
-        give_up_after_secs: u64,
         records: &[Record],
     ) -> Result<u64, OutboxError> {
         if records.is_empty() {
@@ -384,26 +409,19 @@ impl Outbox {
         }
         let sql = format!(
             "update {s}.deliveries d set \
-               state = case when u.state in ('retry', 'wait') then \
-                   case when d.queued_at <= now() - $2::bigint * interval '1 second' \
-                     then 'failed' else 'pending' end \
-                 else u.state end, \
-               last_error = case when u.state in ('retry', 'wait') \
-                   and d.queued_at <= now() - $2::bigint * interval '1 second' \
-                 then 'gave up after ' || $2::bigint || ' s: ' || coalesce(u.error, '') \
-                 else u.error end, \
+               state = case when u.state in ('retry', 'wait') then 'pending' else u.state end, \
+               last_error = u.error, \
                attempts = d.attempts + u.attempted, \
                platform_ref = coalesce(u.platform_ref, d.platform_ref), \
                sent_at = case when u.state = 'sent' then now() else d.sent_at end, \
                next_attempt_at = case when u.state in ('retry', 'wait') \
                  then now() + u.delay_ms * interval '1 millisecond' else d.next_attempt_at end, \
                lease_owner = null, lease_until = null, updated_at = now() \
-             from unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int4[]) \
+             from unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int4[]) \
                as u(id, state, error, platform_ref, delay_ms, attempted) \
              where d.id = u.id and d.lease_owner = $1 and d.state = 'pending'",
             s = self.s()
         );
-        let give_up = i64::try_from(give_up_after_secs).unwrap_or(i64::MAX);
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
         let states: Vec<&str> = records.iter().map(|r| r.state.as_str()).collect();
         let errors: Vec<Option<&str>> = records.iter().map(|r| r.error.as_deref()).collect();
@@ -416,9 +434,7 @@ impl Outbox {
         client
             .execute(
                 &sql,
-                &[
-                    &owner, &give_up, &ids, &states, &errors, &refs, &delays, &attempted,
-                ],
+                &[&owner, &ids, &states, &errors, &refs, &delays, &attempted],
             )
             .await
             .map_err(db("recording delivery outcomes"))

@@ -22,7 +22,7 @@ pub use health::{
 pub use health::{
     DestinationFlow, DestinationHealth, FailureLine, StoredCheckpoint, UnusableReason,
 };
-pub use lease::{AdjustedConversion, Conversion, Record, Recorded};
+pub use lease::{AdjustedConversion, Conversion, Lease, Record, Recorded};
 pub use migrations::{InstallError, MIGRATIONS};
 pub use purge::{purge_processing, Batching, PurgeReport, Target, RETRACTABLE_KEEP};
 pub use requeue::{Filters, Requeued, RowLine};
@@ -30,6 +30,7 @@ pub use write::{
     insert_deliveries, load_checkpoint, save_checkpoint, write_group, OpenGroup, WRITE_CHUNK_ROWS,
 };
 
+use crate::error::{Action, Error, Fault};
 use crate::event::{Delivery, Kind, Payload};
 use tokio_postgres::Row;
 
@@ -83,6 +84,9 @@ impl Delivery {
         "d.id, d.rule, d.destination, d.event_id, d.kind, d.adjusts_rule, d.event_name, \
                d.event_time, d.value::text, d.currency, d.action_source, d.payload::text, d.attempts, \
                d.created_at";
+
+    /// How many columns [`Delivery::COLUMNS`] has: a statement's next column is at this index.
+    pub const COLUMN_COUNT: usize = 14;
 
     /// Reads a row selected with [`Delivery::COLUMNS`]; a kind or payload that cannot be read is an
     /// [`Unreadable`] row.
@@ -154,16 +158,25 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// What the failure was, for the retry policy ([`crate::error`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            OutboxError::Db { source, .. } => crate::pg::fault(source),
+            OutboxError::Corrupt { .. } => Fault::Refused,
+        }
+    }
+
     /// True when the error is a lost or refused connection (retry later), not a statement error.
     pub fn is_connection_error(&self) -> bool {
-        match self {
-            OutboxError::Db { source, .. } => {
-                source.is_closed()
-                    || source
-                        .as_db_error()
-                        .is_none_or(|e| crate::pg::is_connection_loss(e.code().code()))
-            }
-            OutboxError::Corrupt { .. } => false,
+        matches!(self.fault().action(), Action::Retry { .. })
+    }
+}
+
+impl From<OutboxError> for Error {
+    fn from(e: OutboxError) -> Self {
+        Error::Database {
+            fault: e.fault(),
+            message: crate::pg::error_chain(&e),
         }
     }
 }

@@ -35,6 +35,32 @@ impl DbError {
     }
 }
 
+impl From<DbError> for crate::error::Error {
+    fn from(e: DbError) -> Self {
+        let fault = match &e {
+            // Settings that cannot be read: waiting changes nothing.
+            DbError::Tls(_) => crate::error::Fault::Refused,
+            DbError::Connect(e) => super::fault(e),
+            DbError::Timeout => crate::error::Fault::Lost,
+        };
+        crate::error::Error::Database {
+            message: super::error_chain(&e),
+            fault,
+        }
+    }
+}
+
+/// The control database's settings from the config (`source.control_url`, the source's when unset); a
+/// URL that cannot be read is a config error naming the key, never the URL.
+pub fn control_info(config: &crate::config::Config) -> Result<ConnInfo, crate::error::Error> {
+    config
+        .source
+        .control_url()
+        .expose()
+        .parse()
+        .map_err(|e| crate::error::Error::Config(format!("source.control_url: {e}")))
+}
+
 /// A database error as one line for operators: for an error the server sent, its message with the
 /// SQLSTATE, detail and hint (`permission denied for schema shop (SQLSTATE 42501)`); otherwise the
 /// driver's own description with its cause. tokio-postgres prints only `db error` for the former.

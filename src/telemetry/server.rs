@@ -7,6 +7,7 @@
 //! `/readyz` answers from memory.
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::metrics::{global, FlowProblem};
 use crate::ops::status::{FlowThresholds, Problem, Reason};
 use axum::http::{header, StatusCode};
@@ -41,16 +42,20 @@ impl MetricsServer {
 pub async fn start(
     config: Arc<Config>,
     shutdown: watch::Receiver<bool>,
-) -> Result<Option<MetricsServer>, String> {
+) -> Result<Option<MetricsServer>, Error> {
     let Some(settings) = config.metrics.clone() else {
         return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .map_err(|e| format!("metrics.listen {}: cannot listen: {e}", settings.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("metrics.listen {}: {e}", settings.listen))?;
+        .map_err(|source| Error::Io {
+            context: format!("metrics.listen {}: cannot listen", settings.listen),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Io {
+        context: format!("metrics.listen {}", settings.listen),
+        source,
+    })?;
     let span = info_span!("metrics", %addr);
     info!(parent: &span, %addr, "metrics server listening");
     let app = Router::new()
@@ -136,7 +141,7 @@ impl Probe {
     async fn round(&mut self, config: &Config, limit: Duration) {
         let control = match tokio::time::timeout(limit, self.control_round(config)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(reason),
+            Ok(Err(reason)) => Err(reason.to_string()),
             Err(_) => Err(format!(
                 "the control database did not answer within {} ms",
                 limit.as_millis()
@@ -159,7 +164,7 @@ impl Probe {
             Ok(Ok(problems)) => Ok(problems),
             Ok(Err(reason)) => {
                 debug!(%reason, "flow probe failed");
-                Err(reason)
+                Err(reason.to_string())
             }
             Err(_) => Err(format!(
                 "reading the slot and capture state took longer than {} ms",
@@ -175,16 +180,26 @@ impl Probe {
 }
 
 /// Opens a connection for `url` (a config value that is never printed).
-async fn open(url: &str, what: &str) -> Result<tokio_postgres::Client, String> {
-    let info: crate::pg::ConnInfo = url.parse().map_err(|e| format!("{what}: {e}"))?;
+async fn open(url: &str, what: &str) -> Result<tokio_postgres::Client, Error> {
+    let info: crate::pg::ConnInfo = url
+        .parse()
+        .map_err(|e| Error::config(format!("{what}: {e}")))?;
     crate::pg::client::connect(&info)
         .await
-        .map_err(|e| format!("{what} unreachable: {}", crate::pg::error_chain(&e)))
+        .map_err(|e| Error::from(e).context(format_args!("{what} unreachable")))
+}
+
+/// A probe's connection that is not open (it failed earlier this round).
+fn not_connected(message: &str) -> Error {
+    Error::Database {
+        message: message.into(),
+        fault: crate::error::Fault::Lost,
+    }
 }
 
 impl Probe {
     /// Counts pending rows per destination.
-    async fn control_round(&mut self, config: &Config) -> Result<(), String> {
+    async fn control_round(&mut self, config: &Config) -> Result<(), Error> {
         if self.control.is_none() {
             self.control =
                 Some(open(config.source.control_url().expose(), "control database").await?);
@@ -193,7 +208,7 @@ impl Probe {
         let pending = crate::outbox::Outbox::new(&config.source.schema)
             .pending_per_destination(client)
             .await
-            .map_err(|e| format!("control database: {}", crate::pg::error_chain(&e)))?;
+            .map_err(|e| Error::from(e).context("control database"))?;
         for name in config.destinations.keys() {
             let n = pending
                 .iter()
@@ -205,15 +220,15 @@ impl Probe {
     }
 
     /// Judges whether conversions flow, exactly as `pgcapi status` does.
-    async fn flow_round(&mut self, config: &Config) -> Result<Vec<Problem>, String> {
+    async fn flow_round(&mut self, config: &Config) -> Result<Vec<Problem>, Error> {
         let shared = config.source.control_url.is_none();
         let (Some(control), source) = (self.control.as_ref(), self.source.as_ref()) else {
-            return Err("the control database is not connected".into());
+            return Err(not_connected("the control database is not connected"));
         };
         let source = if shared {
             control
         } else {
-            source.ok_or("the source database is not connected")?
+            source.ok_or_else(|| not_connected("the source database is not connected"))?
         };
         let observation = crate::ops::status::observe(
             source,
@@ -223,7 +238,7 @@ impl Probe {
             FlowThresholds::from_config(config).failing_after,
         )
         .await
-        .map_err(|e| crate::pg::error_chain(&e))?;
+        .map_err(|e| Error::failed(crate::pg::error_chain(&e)))?;
         Ok(crate::ops::status::judge_flow(
             &observation,
             &FlowThresholds::from_config(config),
@@ -231,7 +246,7 @@ impl Probe {
     }
 
     /// Reads the slot's confirmed position and how much WAL it retains.
-    async fn slot_round(&mut self, config: &Config) -> Result<(), String> {
+    async fn slot_round(&mut self, config: &Config) -> Result<(), Error> {
         let shared = config.source.control_url.is_none();
         if shared && self.control.is_some() {
             self.source = None;
@@ -244,7 +259,7 @@ impl Probe {
             self.source.as_ref()
         };
         let Some(client) = client else {
-            return Err("source database not connected".into());
+            return Err(not_connected("source database not connected"));
         };
         let row = client
             .query_opt(
@@ -255,7 +270,10 @@ impl Probe {
                 &[&config.source.slot],
             )
             .await
-            .map_err(|e| format!("reading the slot: {}", crate::pg::client::describe(&e)))?;
+            .map_err(|e| Error::Database {
+                message: format!("reading the slot: {}", crate::pg::client::describe(&e)),
+                fault: crate::pg::fault(&e),
+            })?;
         if let Some(row) = row {
             crate::metrics::set_slot(row.get(0), row.get(1));
         }
