@@ -19,19 +19,18 @@
 //! the same response messages"; accepted rows are `skipped` with `test_mode: …`. `check` sends one synthetic event that way, timed now (a stale time
 //! in a health check is a known 422).
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::batch::in_order;
-use super::event_fields;
+use super::batch::{in_order, Body, Request};
+use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::synthetic;
-use super::http::{base_url, excerpt, http_client, is_retryable_status};
+use super::http::{base_url, excerpt};
 use super::{
-    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
-    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+    Destination, DestinationError, Health, HealthFuture, Outcome, Plan, Probe, SendFuture,
 };
 use crate::config::{ApiConfig, DispatchConfig, PinterestConfig, Secret};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 
@@ -79,12 +78,7 @@ const NAME_MAP: &[(&str, &str)] = &[
 
 /// The Pinterest event name of a row: the override, a Pinterest name, or the mapped Meta-style name.
 pub fn pinterest_event_name(d: &Delivery) -> Option<&'static str> {
-    let name = event_name(d)?.trim();
-    PINTEREST_NAMES
-        .iter()
-        .find(|n| **n == name)
-        .or_else(|| NAME_MAP.iter().find(|(m, _)| *m == name).map(|(_, p)| p))
-        .copied()
+    event_fields::native_name(d, PINTEREST_NAMES, NAME_MAP)
 }
 
 /// Pinterest's `user_data` field of a match key, and whether its value is a hash (sent as a list).
@@ -119,14 +113,7 @@ fn action_source(d: &Delivery) -> &'static str {
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for pinterest ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "pinterest", MAX_AGE_DAYS)?;
     let Some(name) = pinterest_event_name(d) else {
         return Err(Outcome::failed(
             "pinterest: the rule's event has no Pinterest name: set [rules.pinterest] event (checkout, lead, …)",
@@ -180,23 +167,10 @@ pub fn classify(
         _ => format!("pinterest: HTTP {}: {}", status.as_u16(), excerpt(body)),
     };
     let all = |outcome: Outcome| rows.iter().map(|&i| (i, outcome.clone())).collect();
-    if matches!(status.as_u16(), 401 | 403) {
-        let wait = retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR);
-        return all(Outcome::Retry {
-            error: message,
-            retry_after: Some(wait),
-        });
-    }
-    if is_retryable_status(status) {
-        return all(Outcome::Retry {
-            error: message,
-            retry_after,
-        });
-    }
     let report = match status.as_u16() {
         200 => parsed.as_ref(),
         422 => field("details"),
-        _ => return all(Outcome::failed(message)),
+        _ => return all(by_status(status, retry_after, message, &[401, 403]).outcome()),
     };
     let statuses = report
         .and_then(|r| r.get("events"))
@@ -228,18 +202,14 @@ pub fn classify(
 
 /// A Pinterest ad account and the conversion token that may write to it.
 pub struct Pinterest {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// `{endpoint}/v5/ad_accounts/{ad_account_id}/events`.
     url: String,
     /// The conversion token (a bearer header).
     access_token: Secret,
     /// Add `?test=true`.
     test_mode: bool,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Pinterest {
@@ -252,12 +222,10 @@ impl Pinterest {
     ) -> Result<Pinterest, DestinationError> {
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Pinterest {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             url: format!("{base}/v5/ad_accounts/{}/events", config.ad_account_id),
             access_token: config.access_token.clone(),
             test_mode: config.test_mode,
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: http_client(name, dispatch)?,
         })
     }
 
@@ -271,15 +239,23 @@ impl Pinterest {
     /// Sends the requests of `plan` with the bearer token.
     async fn send_plan(&self, plan: &Plan) -> Vec<(usize, Outcome)> {
         let token = self.access_token.expose();
-        let request = |r: &super::Request| self.http.post(&r.url).bearer_auth(token);
-        event_fields::send_plan(&self.name, "pinterest", plan, request, classify).await
+        let build = |r: &Request, body: Body<'_>| {
+            self.account
+                .http
+                .post(&r.url)
+                .bearer_auth(token)
+                .json(&body)
+        };
+        (self.account)
+            .send_per_event("pinterest", plan, build, classify)
+            .await
     }
 
     /// Sends one synthetic `page_visit` (a hashed `.invalid` email, timed now) in test mode, as `send`
     /// sends: proves the token and the ad account and records nothing (Pinterest has no read that a
     /// conversion token is sure to be allowed).
     async fn check(&self) -> Health {
-        let mut probe = synthetic(&self.name, None);
+        let mut probe = synthetic(&self.account.name, None);
         probe.payload.platform_event = Some("page_visit".into());
         let plan = self.plan_for(std::slice::from_ref(&probe), Utc::now(), true);
         let outcome = match self.send_plan(&plan).await.pop() {
@@ -303,17 +279,7 @@ impl Pinterest {
 }
 
 impl Destination for Pinterest {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Pinterest
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Pinterest);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
@@ -337,6 +303,8 @@ impl Destination for Pinterest {
 mod tests {
     use super::*;
     use crate::destinations::test_support::{h, purchase, t0};
+    use crate::event::Kind;
+    use chrono::TimeDelta;
     use reqwest::StatusCode;
 
     #[test]
@@ -405,8 +373,8 @@ mod tests {
         );
         assert!(matches!(
             denied[0].1,
-            Outcome::Retry {
-                retry_after: Some(_),
+            Outcome::NeedsOperator {
+                retry_after: None,
                 ..
             }
         ));

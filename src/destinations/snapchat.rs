@@ -19,19 +19,18 @@
 //! `check`: `GET /v3/{pixel_id}/events/validate/stats`, a read of the test-event stats, proves the
 //! token and the pixel without recording anything.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::batch::in_order;
-use super::event_fields;
+use super::batch::{in_order, Body, Request};
+use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::unreachable;
-use super::http::{base_url, excerpt, http_client, is_retryable_status, Answer};
+use super::http::{base_url, excerpt, Answer};
 use super::{
-    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
-    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+    Destination, DestinationError, Health, HealthFuture, Outcome, Plan, Probe, SendFuture,
 };
 use crate::config::{ApiConfig, DispatchConfig, Secret, SnapchatConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 
@@ -83,12 +82,7 @@ const NAME_MAP: &[(&str, &str)] = &[
 
 /// The Snap event name of a row: the override, a Snap name, or the mapped Meta-style name.
 pub fn snap_event_name(d: &Delivery) -> Option<&'static str> {
-    let name = event_name(d)?.trim();
-    SNAP_NAMES
-        .iter()
-        .find(|n| **n == name)
-        .or_else(|| NAME_MAP.iter().find(|(m, _)| *m == name).map(|(_, s)| s))
-        .copied()
+    event_fields::native_name(d, SNAP_NAMES, NAME_MAP)
 }
 
 /// Snap's `user_data` field of a match key, and whether its value is a hash (sent as a list).
@@ -123,14 +117,7 @@ fn action_source(d: &Delivery) -> &'static str {
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for snapchat ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "snapchat", MAX_AGE_DAYS)?;
     let Some(name) = snap_event_name(d) else {
         return Err(Outcome::failed(
             "snapchat: the rule's event has no Snap name: set [rules.snapchat] event (PURCHASE, SIGN_UP, …)",
@@ -189,22 +176,9 @@ pub fn classify(
         .and_then(Value::as_str)
         .map_or_else(|| excerpt(body), str::to_string);
     let all = |outcome: Outcome| rows.iter().map(|&i| (i, outcome.clone())).collect();
-    let message = format!("snapchat: HTTP {}: {reason}", status.as_u16());
-    if matches!(status.as_u16(), 401 | 403) {
-        let wait = retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR);
-        return all(Outcome::Retry {
-            error: message,
-            retry_after: Some(wait),
-        });
-    }
-    if is_retryable_status(status) {
-        return all(Outcome::Retry {
-            error: message,
-            retry_after,
-        });
-    }
     if !status.is_success() {
-        return all(Outcome::failed(message));
+        let message = format!("snapchat: HTTP {}: {reason}", status.as_u16());
+        return all(by_status(status, retry_after, message, &[401, 403]).outcome());
     }
     let statuses = parsed
         .as_ref()
@@ -237,18 +211,14 @@ pub fn classify(
 
 /// A Snap pixel and the CAPI token that may write to it.
 pub struct Snapchat {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// `{endpoint}/v3/{pixel_id}`.
     base: String,
     /// The CAPI token (a query parameter on every call).
     access_token: Secret,
     /// Send to `/events/validate` instead of `/events`.
     test_mode: bool,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Snapchat {
@@ -261,12 +231,10 @@ impl Snapchat {
     ) -> Result<Snapchat, DestinationError> {
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Snapchat {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             base: format!("{base}/v3/{}", config.pixel_id),
             access_token: config.access_token.clone(),
             test_mode: config.test_mode,
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: http_client(name, dispatch)?,
         })
     }
 
@@ -279,8 +247,7 @@ impl Snapchat {
     /// Reads the test-event stats of the pixel: proves the token and the pixel id, records nothing.
     async fn check(&self) -> Health {
         let url = format!("{}/events/validate/stats", self.base);
-        let response = self
-            .http
+        let response = (self.account.http)
             .get(url)
             .query(&[("access_token", self.access_token.expose())])
             .send()
@@ -306,25 +273,18 @@ impl Snapchat {
 }
 
 impl Destination for Snapchat {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Snapchat
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Snapchat);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {
             let plan = self.plan(batch, Utc::now());
             let token = [("access_token", self.access_token.expose())];
-            let request = |r: &super::Request| self.http.post(&r.url).query(&token);
-            let sent =
-                event_fields::send_plan(&self.name, "snapchat", &plan, request, classify).await;
+            let build = |r: &Request, body: Body<'_>| {
+                self.account.http.post(&r.url).query(&token).json(&body)
+            };
+            let sent = (self.account)
+                .send_per_event("snapchat", &plan, build, classify)
+                .await;
             let sent = event_fields::tested_only(sent, self.test_mode, "snapchat");
             in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
         })
@@ -343,6 +303,8 @@ impl Destination for Snapchat {
 mod tests {
     use super::*;
     use crate::destinations::test_support::{h, purchase, t0};
+    use crate::event::Kind;
+    use chrono::TimeDelta;
     use reqwest::StatusCode;
 
     #[test]
@@ -426,9 +388,10 @@ mod tests {
         );
         assert!(matches!(out[2], (8, Outcome::Retry { .. })));
         let denied = classify(StatusCode::UNAUTHORIZED, None, "{}", &[1]);
-        assert!(
-            matches!(&denied[0].1, Outcome::Retry { retry_after: Some(d), .. } if *d >= OPERATOR_RETRY_FLOOR)
-        );
+        assert!(matches!(
+            &denied[0].1,
+            Outcome::NeedsOperator { retry_after: None, error } if error.starts_with("snapchat: HTTP 401")
+        ));
         let busy = classify(StatusCode::TOO_MANY_REQUESTS, None, "{}", &[1]);
         assert!(matches!(busy[0].1, Outcome::Retry { .. }));
     }

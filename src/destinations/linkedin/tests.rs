@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::destinations::test_support::{h, purchase};
+use crate::event::Kind;
 
 /// A purchase for LinkedIn: a hashed email, a li_fat_id and both names, for rule 104012.
 fn row() -> Delivery {

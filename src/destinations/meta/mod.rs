@@ -4,18 +4,16 @@
 //! so events are checked before sending (age, usable match keys, website fields) and rejected batches
 //! are bisected until the bad events stand alone. Meta cannot retract an event (§1.12, §7).
 
-use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::batch::{BatchAnswer, Body, Plan, Request};
+use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::{field, unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
-use super::{
-    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
-};
+use super::http::{base_url, excerpt, is_retryable_status, Answer};
+use super::{event_name, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, MetaConfig, Secret};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -35,8 +33,8 @@ pub const MAX_AGE_PHYSICAL_STORE_DAYS: i64 = 62;
 
 /// A Meta dataset (pixel) and the token that may write to it.
 pub struct Meta {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// The Graph API host, without a trailing slash.
     base: String,
     /// `{version}/{pixel_id}`: the dataset read by the health check.
@@ -49,10 +47,6 @@ pub struct Meta {
     access_token: Secret,
     /// Routes events to the platform's test tool.
     test_event_code: Option<String>,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Meta {
@@ -68,15 +62,13 @@ impl Meta {
         let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Meta {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             url: format!("{base}/{version}/{pixel_id}/events"),
             pixel_path: format!("{version}/{pixel_id}"),
             pixel_id: pixel_id.clone(),
             base,
             access_token,
             test_event_code: config.test_event_code.clone(),
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -141,29 +133,17 @@ fn action_source(d: &Delivery) -> &str {
 /// Builds one server event, or the outcome that replaces sending it (checked as Meta would, so that
 /// one bad event does not poison its batch).
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
     let source = action_source(d);
     let max_age = if source == "physical_store" {
         MAX_AGE_PHYSICAL_STORE_DAYS
     } else {
         MAX_AGE_DAYS
     };
-    if d.event_time < now - TimeDelta::days(max_age) {
-        return Err(Outcome::skipped(format!(
-            "too old for meta ({max_age} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "meta", max_age)?;
     let Some(name) = event_name(d) else {
         return Err(Outcome::failed("meta needs an event name (rule event)"));
     };
-    let mut user = Map::new();
-    for (key, value) in &d.payload.keys {
-        if let Some(field) = user_data_field(*key) {
-            user.insert(field.to_string(), Value::String(value.clone()));
-        }
-    }
+    let user = event_fields::plain_user(d, user_data_field);
     if !has_usable_match_key(&user) {
         return Err(Outcome::skipped("no usable match key for meta"));
     }
@@ -188,17 +168,10 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
         event.insert("event_source_url".into(), json!(url));
     }
     event.insert("user_data".into(), Value::Object(user));
-    let mut custom = Map::new();
-    match value_number(d) {
-        Ok(Some(v)) => {
-            custom.insert("value".into(), Value::Number(v));
-        }
-        Ok(None) => {}
-        Err(e) => return Err(Outcome::failed(format!("meta: {e}"))),
-    }
-    if let Some(c) = d.currency.as_deref().filter(|c| !c.is_empty()) {
+    let mut custom = event_fields::custom_value(d, "meta", false)?;
+    if let Some(Value::String(c)) = custom.get_mut("currency") {
         // Meta's SDK sends ISO 4217 codes lowercased (§1.4, §8 item 19).
-        custom.insert("currency".into(), json!(c.to_ascii_lowercase()));
+        *c = c.to_ascii_lowercase();
     }
     if source == "system_generated" {
         // CRM / Conversion Leads events (§1.11).
@@ -223,27 +196,12 @@ impl Meta {
     /// bisection fails that event alone.
     async fn send_at(&self, batch: &[Delivery], now: DateTime<Utc>) -> Vec<Outcome> {
         let plan = self.plan(batch, now);
-        let items = &plan.items;
-        let sent = send_isolated(&plan, |request, part| async move {
-            self.post(request, items, &part).await
-        })
-        .await;
-        in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-    }
-
-    /// Sends one request with the events at `rows` of `items`.
-    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
-        let started = std::time::Instant::now();
-        let response = self
-            .http
-            .post(&request.url)
-            .query(&[("access_token", self.access_token.expose())])
-            .json(&request.body(items, rows))
-            .send()
-            .await;
-        let answer = read_answer("meta", response, classify).await;
-        observe_request(&self.name, started, &answer);
-        answer
+        let token = [("access_token", self.access_token.expose())];
+        let build =
+            |r: &Request, body: Body<'_>| self.account.http.post(&r.url).query(&token).json(&body);
+        (self.account)
+            .send_bisected("meta", batch.len(), plan, build, classify)
+            .await
     }
 
     /// The health check: a read of the pixel with the token (`GET /{version}/{pixel}?fields=id`),
@@ -251,8 +209,7 @@ impl Meta {
     /// stay out of reporting).
     async fn check(&self) -> (bool, String) {
         let (base, path, pixel) = (&self.base, &self.pixel_path, &self.pixel_id);
-        let response = self
-            .http
+        let response = (self.account.http)
             .get(format!("{base}/{path}"))
             .query(&[
                 ("fields", "id"),
@@ -299,17 +256,7 @@ impl Meta {
 }
 
 impl Destination for Meta {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Meta
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Meta);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(self.send_at(batch, Utc::now()))
@@ -373,14 +320,7 @@ pub fn classify(
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     let Some(error) = error else {
         let message = format!("meta: HTTP {}: {}", status.as_u16(), excerpt(body));
-        return if is_retryable_status(status) {
-            BatchAnswer::Retry {
-                error: message,
-                retry_after,
-            }
-        } else {
-            BatchAnswer::Rejected(message)
-        };
+        return by_status(status, retry_after, message, &[]);
     };
     let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
     let message = describe(status, error);
@@ -391,9 +331,9 @@ pub fn classify(
             retry_after,
         }
     } else if is_auth_code(code) || status == reqwest::StatusCode::UNAUTHORIZED {
-        BatchAnswer::Retry {
+        BatchAnswer::NeedsOperator {
             error: message,
-            retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
+            retry_after,
         }
     } else {
         BatchAnswer::Rejected(message)

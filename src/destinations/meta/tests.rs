@@ -2,9 +2,11 @@
 
 use super::*;
 use crate::destinations::test_support::{h, purchase, t0};
+use crate::event::Kind;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use chrono::TimeDelta;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,7 +152,7 @@ fn throttling_and_server_errors_are_retried_with_retry_after() {
     );
     assert!(matches!(
         token,
-        BatchAnswer::Retry { retry_after: Some(d), .. } if d >= OPERATOR_RETRY_FLOOR
+        BatchAnswer::NeedsOperator { retry_after: None, ref error } if error.contains("code 190")
     ));
 }
 

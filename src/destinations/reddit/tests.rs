@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::destinations::test_support::{h, purchase};
+use crate::event::Kind;
 
 /// A website purchase for Reddit: hashed email and phone, IP, user agent and an rdt_cid.
 fn row() -> Delivery {

@@ -100,7 +100,7 @@ fn the_status_decides_the_batch() {
     ));
     assert!(matches!(
         classify(StatusCode::NOT_FOUND, None, ""),
-        BatchAnswer::Retry { retry_after: Some(d), ref error } if d == OPERATOR_RETRY_FLOOR && error.contains("account_id")
+        BatchAnswer::NeedsOperator { retry_after: None, ref error } if error.contains("account_id")
     ));
     assert_eq!(
         classify(StatusCode::BAD_REQUEST, None, "{\"error\":\"bad\"}"),

@@ -11,18 +11,16 @@
 //! names are `Purchase` and `Lead` (renamed from `CompletePayment` and `SubmitForm` in May 2025; the
 //! legacy names are still converted by TikTok), so a rule's `Purchase` needs no override.
 
-use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::batch::{BatchAnswer, Body, Plan, Request};
+use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, read_answer, Answer};
-use super::{
-    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
-};
+use super::http::{base_url, excerpt, Answer};
+use super::{event_name, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, Secret, TiktokConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -46,8 +44,8 @@ const CODE_RATE_LIMIT: i64 = 40_100;
 
 /// A TikTok pixel and the token that may write to it.
 pub struct Tiktok {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// The Business API host, without a trailing slash.
     base: String,
     /// The events endpoint.
@@ -60,10 +58,6 @@ pub struct Tiktok {
     crm_event_set_id: Option<String>,
     /// Routes events to the platform's test tool.
     test_event_code: Option<String>,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Tiktok {
@@ -77,7 +71,7 @@ impl Tiktok {
         let version = api.api_version.as_deref().unwrap_or(DEFAULT_API_VERSION);
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Tiktok {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             url: format!("{base}/open_api/{version}/event/track/"),
             base,
             access_token: config.access_token.clone(),
@@ -87,8 +81,6 @@ impl Tiktok {
                 .clone()
                 .filter(|s| !s.trim().is_empty()),
             test_event_code: config.test_event_code.clone(),
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -122,23 +114,11 @@ pub fn event_source(d: &Delivery) -> &'static str {
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for tiktok ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "tiktok", MAX_AGE_DAYS)?;
     let Some(name) = event_name(d) else {
         return Err(Outcome::failed("tiktok needs an event name (rule event)"));
     };
-    let mut user = Map::new();
-    for (key, value) in &d.payload.keys {
-        if let Some(field) = user_field(*key) {
-            user.insert(field.to_string(), json!(value));
-        }
-    }
+    let user = event_fields::plain_user(d, user_field);
     // A CRM event names TikTok's lead in `lead`, not in `user`.
     let lead = match (event_source(d), d.payload.keys.get(&MatchKey::LeadId)) {
         ("crm", Some(lead_id)) => {
@@ -168,17 +148,7 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     if let Some(lead) = lead {
         event.insert("lead".into(), lead);
     }
-    let mut properties = Map::new();
-    match value_number(d) {
-        Ok(Some(v)) => {
-            properties.insert("value".into(), Value::Number(v));
-        }
-        Ok(None) => {}
-        Err(e) => return Err(Outcome::failed(format!("tiktok: {e}"))),
-    }
-    if let Some(c) = d.currency.as_deref().filter(|c| !c.is_empty()) {
-        properties.insert("currency".into(), json!(c.to_ascii_uppercase()));
-    }
+    let mut properties = event_fields::custom_value(d, "tiktok", false)?;
     // Recommended Purchase parameters, when the rule maps them: the items and their type.
     if let Some(ids) = d.payload.content_ids.as_deref() {
         let contents: Vec<Value> = ids
@@ -208,19 +178,11 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
 // ---------------------------------------------------------------------------------------------
 
 impl Tiktok {
-    /// Sends one request with the events at `rows` of `items`.
-    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
-        let started = std::time::Instant::now();
-        let response = self
-            .http
-            .post(&request.url)
+    /// The HTTP request of `request` carrying `body`, with the token in TikTok's header.
+    fn build(&self, request: &Request, body: Body<'_>) -> reqwest::RequestBuilder {
+        (self.account.http.post(&request.url))
             .header("Access-Token", self.access_token.expose())
-            .json(&request.body(items, rows))
-            .send()
-            .await;
-        let answer = read_answer("tiktok", response, classify).await;
-        observe_request(&self.name, started, &answer);
-        answer
+            .json(&body)
     }
 
     /// The request of web events (`crm` false: to the pixel) or CRM events (to the CRM event set).
@@ -250,7 +212,7 @@ impl Tiktok {
             return (false, "access token is empty or contains whitespace".into());
         }
         let Some(code) = &self.test_event_code else {
-            return match self.http.get(&self.url).send().await {
+            return match self.account.http.get(&self.url).send().await {
                 Ok(r) => (
                     true,
                     format!(
@@ -263,18 +225,13 @@ impl Tiktok {
                 Err(e) => (false, unreachable(base, e)),
             };
         };
-        let plan = self.plan(&[synthetic(&self.name, None)], Utc::now());
+        let plan = self.plan(&[synthetic(&self.account.name, None)], Utc::now());
         if let Some((_, outcome)) = plan.not_sent.first() {
             return (false, format!("cannot build the test event: {outcome:?}"));
         }
         let request = &plan.requests[0];
-        let response = self
-            .http
-            .post(&request.url)
-            .header("Access-Token", token)
-            .json(&request.body(&plan.items, &request.rows))
-            .send()
-            .await;
+        let body = request.body(&plan.items, &request.rows);
+        let response = self.build(request, body).send().await;
         let answer = match response {
             Ok(r) => Answer::read(r).await,
             Err(e) => return (false, unreachable(base, e)),
@@ -306,28 +263,15 @@ impl Tiktok {
 }
 
 impl Destination for Tiktok {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Tiktok
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Tiktok);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let plan = self.plan(batch, Utc::now());
-            let items = &plan.items;
-            let sent = send_isolated(&plan, |request, part| async move {
-                self.post(request, items, &part).await
-            })
-            .await;
-            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-        })
+        let plan = self.plan(batch, Utc::now());
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        Box::pin(
+            self.account
+                .send_bisected("tiktok", batch.len(), plan, build, classify),
+        )
     }
 
     /// Web events, then CRM events: `event_source` is an envelope field, so they travel apart. CRM
@@ -383,19 +327,7 @@ pub fn classify(
             Some(m) => format!("tiktok: HTTP {}: {m}", status.as_u16()),
             None => format!("tiktok: HTTP {}: {}", status.as_u16(), excerpt(body)),
         };
-        return if is_retryable_status(status) {
-            BatchAnswer::Retry {
-                error: message,
-                retry_after,
-            }
-        } else if matches!(status.as_u16(), 401 | 403) {
-            BatchAnswer::Retry {
-                error: message,
-                retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
-            }
-        } else {
-            BatchAnswer::Rejected(message)
-        };
+        return by_status(status, retry_after, message, &[401, 403]);
     };
     let field = |k: &str| {
         parsed
@@ -418,9 +350,9 @@ pub fn classify(
             error: message,
             retry_after,
         },
-        CODE_AUTH => BatchAnswer::Retry {
+        CODE_AUTH => BatchAnswer::NeedsOperator {
             error: message,
-            retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
+            retry_after,
         },
         _ => BatchAnswer::Rejected(message),
     }

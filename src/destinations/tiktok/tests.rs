@@ -2,9 +2,11 @@
 
 use super::*;
 use crate::destinations::test_support::{h, purchase, t0};
+use crate::event::Kind;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
+use chrono::TimeDelta;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,6 +105,27 @@ fn the_code_in_a_200_body_decides_the_outcome() {
     assert!(matches!(
         throttled,
         BatchAnswer::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(5)
+    ));
+    let token = classify(
+        reqwest::StatusCode::OK,
+        None,
+        r#"{"code":40001,"message":"Access token is incorrect"}"#,
+    );
+    assert!(matches!(
+        token,
+        BatchAnswer::NeedsOperator {
+            retry_after: None,
+            ..
+        }
+    ));
+    let denied = classify(
+        reqwest::StatusCode::FORBIDDEN,
+        Some(Duration::from_secs(3)),
+        "",
+    );
+    assert!(matches!(
+        denied,
+        BatchAnswer::NeedsOperator { retry_after: Some(d), .. } if d == Duration::from_secs(3)
     ));
 }
 
