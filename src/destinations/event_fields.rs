@@ -182,19 +182,83 @@ pub(crate) fn fresh_conversion(
     Ok(())
 }
 
+/// The usual Meta-style rule events, and Snap's and Pinterest's names for them (`""`: none).
+pub(crate) type EventNames = (&'static str, &'static str, &'static str);
+
+/// The [`EventNames`] pgcapi knows.
+const EVENT_NAMES: &[EventNames] = &[
+    ("Purchase", "PURCHASE", "checkout"),
+    ("Lead", "SIGN_UP", "lead"),
+    ("CompleteRegistration", "SIGN_UP", "signup"),
+    ("AddToCart", "ADD_CART", "add_to_cart"),
+    ("InitiateCheckout", "START_CHECKOUT", "initiate_checkout"),
+    ("AddPaymentInfo", "ADD_BILLING", "add_payment_info"),
+    ("Subscribe", "SUBSCRIBE", "subscribe"),
+    ("StartTrial", "START_TRIAL", ""),
+    ("ViewContent", "VIEW_CONTENT", "view_content"),
+    ("PageView", "PAGE_VIEW", "page_visit"),
+    ("Search", "SEARCH", "search"),
+    ("AddToWishlist", "ADD_TO_WISHLIST", "add_to_wishlist"),
+    ("Contact", "", "contact"),
+];
+
+/// What a click-id postback platform (Outbrain, Taboola) needs of a row: a conversion (it cannot
+/// retract), its click id (`key`, else the row is skipped) and an event name (else it fails).
+pub(crate) fn click_and_name<'d>(
+    d: &'d Delivery,
+    key: MatchKey,
+    platform: &str,
+) -> Result<(&'d str, &'d str), Outcome> {
+    if d.kind != Kind::Conversion {
+        return Err(Outcome::skipped("platform cannot retract"));
+    }
+    let Some(click) = d.payload.keys.get(&key) else {
+        return Err(Outcome::skipped("no click id"));
+    };
+    match event_name(d) {
+        Some(name) => Ok((click, name)),
+        None => Err(Outcome::failed(format!(
+            "{platform} needs an event name (the rule's event or [rules.{platform}] event)"
+        ))),
+    }
+}
+
 /// The platform's name of a row's event: the rule's (or override) when it already is one of the
-/// platform's `native` names, else the platform's name for a usual Meta-style name (`meta_style`).
+/// platform's `native` names (separated by white space), else the platform's name (`column` of
+/// [`EVENT_NAMES`]) for a usual Meta-style name.
 pub(crate) fn native_name(
     d: &Delivery,
-    native: &[&'static str],
-    meta_style: &[(&str, &'static str)],
+    native: &'static str,
+    column: fn(&EventNames) -> &'static str,
 ) -> Option<&'static str> {
     let name = event_name(d)?.trim();
+    let meta_style = || EVENT_NAMES.iter().find(|n| n.0 == name).map(column);
     native
-        .iter()
-        .find(|n| **n == name)
-        .or_else(|| meta_style.iter().find(|(m, _)| *m == name).map(|(_, p)| p))
-        .copied()
+        .split_whitespace()
+        .find(|n| *n == name)
+        .or_else(meta_style)
+        .filter(|n| !n.is_empty())
+}
+
+/// The name that the Conversions APIs of Meta, Snap and Pinterest share for a match key (`em`,
+/// `ph`, …), and whether its value is a hash; `None` for the platforms' own ids.
+pub(crate) fn capi_field(key: MatchKey) -> Option<(&'static str, bool)> {
+    Some(match key {
+        MatchKey::Email => ("em", true),
+        MatchKey::Phone => ("ph", true),
+        MatchKey::FirstName => ("fn", true),
+        MatchKey::LastName => ("ln", true),
+        MatchKey::City => ("ct", true),
+        MatchKey::State => ("st", true),
+        MatchKey::Zip => ("zp", true),
+        MatchKey::Country => ("country", true),
+        MatchKey::ExternalId => ("external_id", true),
+        MatchKey::DateOfBirth => ("db", true),
+        MatchKey::Gender => ("ge", true),
+        MatchKey::ClientIp => ("client_ip_address", false),
+        MatchKey::UserAgent => ("client_user_agent", false),
+        _ => return None,
+    })
 }
 
 /// The `user_data` object of a row: each key the platform names (`field` gives its name and whether
@@ -352,6 +416,42 @@ pub(crate) fn tested_only(
             other => (i, other),
         })
         .collect()
+}
+
+/// Rows and checks the platforms' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_rows {
+    use super::*;
+    use crate::destinations::test_support::purchase;
+    use chrono::TimeZone;
+
+    /// A purchase at 2026-12-01 10:30:15 UTC whose only key is the click id `click` (as `key`).
+    pub fn click_only(id: i64, key: MatchKey, click: &str) -> Delivery {
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 10, 30, 15).unwrap();
+        let mut d = purchase(id, at);
+        d.payload.keys.clear();
+        d.payload.keys.insert(key, click.to_string());
+        d
+    }
+
+    /// Asserts that `encode` skips a retraction of `row`, and `row` once older than `max_age_days`,
+    /// in the words of `platform`.
+    pub fn assert_refunds_and_old_events_skipped(
+        encode: fn(&Delivery, DateTime<Utc>) -> Result<Value, Outcome>,
+        row: &Delivery,
+        platform: &str,
+        max_age_days: i64,
+    ) {
+        let mut refund = row.clone();
+        refund.kind = Kind::Retraction;
+        assert_eq!(
+            encode(&refund, row.event_time),
+            Err(Outcome::skipped("platform cannot retract"))
+        );
+        let later = row.event_time + TimeDelta::days(max_age_days) + TimeDelta::seconds(1);
+        let too_old = format!("too old for {platform} ({max_age_days} days)");
+        assert_eq!(encode(row, later), Err(Outcome::skipped(too_old)));
+    }
 }
 
 #[cfg(test)]

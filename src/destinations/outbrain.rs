@@ -23,12 +23,12 @@
 //! ("platform cannot retract"). `check` has nothing to verify: the postback takes no credential.
 
 use super::batch::{in_order, BatchAnswer, Plan, Request};
-use super::event_fields::{account_accessors, by_status, http_error, Account};
+use super::event_fields::{self, account_accessors, by_status, http_error, Account};
 use super::health::{Health, HealthFuture, Probe};
 use super::http::base_url;
-use super::{event_name, Destination, DestinationError, Outcome, SendFuture};
+use super::{Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, OutbrainConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 use chrono::{DateTime, Utc};
@@ -76,19 +76,9 @@ impl Outbrain {
 
 /// The query parameters of one postback, in order, or the outcome that replaces sending it.
 pub fn encode_postback(d: &Delivery) -> Result<Vec<(&'static str, String)>, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    let Some(click) = d.payload.keys.get(&MatchKey::ObClickId) else {
-        return Err(Outcome::skipped("no click id"));
-    };
-    let Some(name) = event_name(d) else {
-        return Err(Outcome::failed(
-            "outbrain needs an event name (the rule's event or [rules.outbrain] event)",
-        ));
-    };
+    let (click, name) = event_fields::click_and_name(d, MatchKey::ObClickId, "outbrain")?;
     let mut params = vec![
-        ("ob_click_id", click.clone()),
+        ("ob_click_id", click.to_string()),
         ("name", name.to_string()),
         ("orderId", d.event_id.clone()),
     ];

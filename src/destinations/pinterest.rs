@@ -42,64 +42,22 @@ pub const MAX_EVENTS: usize = 1_000;
 pub const MAX_AGE_DAYS: i64 = 7;
 
 /// Pinterest's event names.
-const PINTEREST_NAMES: &[&str] = &[
-    "add_payment_info",
-    "add_to_cart",
-    "add_to_wishlist",
-    "checkout",
-    "contact",
-    "custom",
-    "initiate_checkout",
-    "lead",
-    "page_visit",
-    "search",
-    "signup",
-    "subscribe",
-    "view_category",
-    "view_content",
-    "watch_video",
-];
+const PINTEREST_NAMES: &str = "add_payment_info add_to_cart add_to_wishlist checkout contact custom \
+    initiate_checkout lead page_visit search signup subscribe view_category view_content watch_video";
 
-/// Meta-style rule events and Pinterest's names for them.
-const NAME_MAP: &[(&str, &str)] = &[
-    ("Purchase", "checkout"),
-    ("Lead", "lead"),
-    ("CompleteRegistration", "signup"),
-    ("AddToCart", "add_to_cart"),
-    ("InitiateCheckout", "initiate_checkout"),
-    ("AddPaymentInfo", "add_payment_info"),
-    ("Subscribe", "subscribe"),
-    ("ViewContent", "view_content"),
-    ("PageView", "page_visit"),
-    ("Search", "search"),
-    ("AddToWishlist", "add_to_wishlist"),
-    ("Contact", "contact"),
-];
-
-/// The Pinterest event name of a row: the override, a Pinterest name, or the mapped Meta-style name.
+/// The Pinterest event name of a row: the override, a Pinterest name, or Pinterest's name for a
+/// Meta-style one.
 pub fn pinterest_event_name(d: &Delivery) -> Option<&'static str> {
-    event_fields::native_name(d, PINTEREST_NAMES, NAME_MAP)
+    event_fields::native_name(d, PINTEREST_NAMES, |(_, _, pinterest)| pinterest)
 }
 
-/// Pinterest's `user_data` field of a match key, and whether its value is a hash (sent as a list).
+/// Pinterest's `user_data` field of a match key, and whether its value is a hash (sent as a list):
+/// the shared Conversions-API names, and the `_epik` click id.
 fn user_field(key: MatchKey) -> Option<(&'static str, bool)> {
-    Some(match key {
-        MatchKey::Email => ("em", true),
-        MatchKey::Phone => ("ph", true),
-        MatchKey::FirstName => ("fn", true),
-        MatchKey::LastName => ("ln", true),
-        MatchKey::City => ("ct", true),
-        MatchKey::State => ("st", true),
-        MatchKey::Zip => ("zp", true),
-        MatchKey::Country => ("country", true),
-        MatchKey::ExternalId => ("external_id", true),
-        MatchKey::DateOfBirth => ("db", true),
-        MatchKey::Gender => ("ge", true),
-        MatchKey::ClientIp => ("client_ip_address", false),
-        MatchKey::UserAgent => ("client_user_agent", false),
-        MatchKey::Epik => ("click_id", false),
-        _ => return None,
-    })
+    match key {
+        MatchKey::Epik => Some(("click_id", false)),
+        _ => event_fields::capi_field(key),
+    }
 }
 
 /// `action_source`: `web` for website events (the rule's, or a page URL without one), else `offline`.

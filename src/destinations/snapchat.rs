@@ -42,66 +42,24 @@ pub const MAX_EVENTS: usize = 2_000;
 pub const MAX_AGE_DAYS: i64 = 37;
 
 /// Snap's standard event names (the ones pgcapi's rules can produce).
-const SNAP_NAMES: &[&str] = &[
-    "PURCHASE",
-    "SIGN_UP",
-    "ADD_CART",
-    "START_CHECKOUT",
-    "ADD_BILLING",
-    "SUBSCRIBE",
-    "START_TRIAL",
-    "VIEW_CONTENT",
-    "PAGE_VIEW",
-    "SEARCH",
-    "ADD_TO_WISHLIST",
-    "SAVE",
-    "RESERVE",
-    "LOGIN",
-    "CUSTOM_EVENT_1",
-    "CUSTOM_EVENT_2",
-    "CUSTOM_EVENT_3",
-    "CUSTOM_EVENT_4",
-    "CUSTOM_EVENT_5",
-];
+const SNAP_NAMES: &str =
+    "PURCHASE SIGN_UP ADD_CART START_CHECKOUT ADD_BILLING SUBSCRIBE START_TRIAL \
+    VIEW_CONTENT PAGE_VIEW SEARCH ADD_TO_WISHLIST SAVE RESERVE LOGIN CUSTOM_EVENT_1 CUSTOM_EVENT_2 \
+    CUSTOM_EVENT_3 CUSTOM_EVENT_4 CUSTOM_EVENT_5";
 
-/// Meta-style rule events and Snap's names for them.
-const NAME_MAP: &[(&str, &str)] = &[
-    ("Purchase", "PURCHASE"),
-    ("Lead", "SIGN_UP"),
-    ("CompleteRegistration", "SIGN_UP"),
-    ("AddToCart", "ADD_CART"),
-    ("InitiateCheckout", "START_CHECKOUT"),
-    ("AddPaymentInfo", "ADD_BILLING"),
-    ("Subscribe", "SUBSCRIBE"),
-    ("StartTrial", "START_TRIAL"),
-    ("ViewContent", "VIEW_CONTENT"),
-    ("PageView", "PAGE_VIEW"),
-    ("Search", "SEARCH"),
-    ("AddToWishlist", "ADD_TO_WISHLIST"),
-];
-
-/// The Snap event name of a row: the override, a Snap name, or the mapped Meta-style name.
+/// The Snap event name of a row: the override, a Snap name, or Snap's name for a Meta-style one.
 pub fn snap_event_name(d: &Delivery) -> Option<&'static str> {
-    event_fields::native_name(d, SNAP_NAMES, NAME_MAP)
+    event_fields::native_name(d, SNAP_NAMES, |(_, snap, _)| snap)
 }
 
-/// Snap's `user_data` field of a match key, and whether its value is a hash (sent as a list).
+/// Snap's `user_data` field of a match key, and whether its value is a hash (sent as a list): the
+/// shared Conversions-API names but the external id and birth date, and the Snap click id.
 fn user_field(key: MatchKey) -> Option<(&'static str, bool)> {
-    Some(match key {
-        MatchKey::Email => ("em", true),
-        MatchKey::Phone => ("ph", true),
-        MatchKey::FirstName => ("fn", true),
-        MatchKey::LastName => ("ln", true),
-        MatchKey::City => ("ct", true),
-        MatchKey::State => ("st", true),
-        MatchKey::Zip => ("zp", true),
-        MatchKey::Country => ("country", true),
-        MatchKey::Gender => ("ge", true),
-        MatchKey::ClientIp => ("client_ip_address", false),
-        MatchKey::UserAgent => ("client_user_agent", false),
-        MatchKey::ScClickId => ("sc_click_id", false),
-        _ => return None,
-    })
+    match key {
+        MatchKey::ScClickId => Some(("sc_click_id", false)),
+        MatchKey::ExternalId | MatchKey::DateOfBirth => None,
+        _ => event_fields::capi_field(key),
+    }
 }
 
 /// `action_source`: `WEB` for website events with a page URL (Snap requires one), `MOBILE_APP` for
@@ -302,9 +260,8 @@ impl Destination for Snapchat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destinations::event_fields::test_rows::assert_refunds_and_old_events_skipped;
     use crate::destinations::test_support::{h, purchase, t0};
-    use crate::event::Kind;
-    use chrono::TimeDelta;
     use reqwest::StatusCode;
 
     #[test]
@@ -331,17 +288,7 @@ mod tests {
 
     #[test]
     fn refunds_old_events_and_anonymous_rows_are_not_sent() {
-        let mut refund = purchase(1, t0());
-        refund.kind = Kind::Retraction;
-        assert_eq!(
-            encode_event(&refund, t0()),
-            Err(Outcome::skipped("platform cannot retract"))
-        );
-        let old = purchase(2, t0() - TimeDelta::days(38));
-        assert_eq!(
-            encode_event(&old, t0()),
-            Err(Outcome::skipped("too old for snapchat (37 days)"))
-        );
+        assert_refunds_and_old_events_skipped(encode_event, &purchase(1, t0()), "snapchat", 37);
         let mut anonymous = purchase(3, t0());
         anonymous.payload.keys.clear();
         assert_eq!(

@@ -28,12 +28,12 @@
 //! so none is applied. `check` has nothing to verify: no credential exists.
 
 use super::batch::{BatchAnswer, Body, Plan, Request};
-use super::event_fields::{account_accessors, by_status, http_error, Account};
+use super::event_fields::{self, account_accessors, by_status, http_error, Account};
 use super::health::{Health, HealthFuture, Probe};
 use super::http::base_url;
-use super::{event_name, value_number, Destination, DestinationError, Outcome, SendFuture};
+use super::{value_number, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, TaboolaConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 use chrono::{DateTime, Utc};
@@ -88,17 +88,7 @@ pub fn bulk_url(base: &str, account: &str) -> String {
 
 /// Builds one bulk action, or the outcome that replaces sending it.
 pub fn encode_action(d: &Delivery) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    let Some(click) = d.payload.keys.get(&MatchKey::TaboolaClickId) else {
-        return Err(Outcome::skipped("no click id"));
-    };
-    let Some(name) = event_name(d) else {
-        return Err(Outcome::failed(
-            "taboola needs an event name (the rule's event or [rules.taboola] event)",
-        ));
-    };
+    let (click, name) = event_fields::click_and_name(d, MatchKey::TaboolaClickId, "taboola")?;
     let mut action = Map::new();
     action.insert("click-id".into(), json!(click));
     action.insert("timestamp".into(), json!(d.event_time.timestamp_millis()));

@@ -4,10 +4,10 @@
 //! so events are checked before sending (age, usable match keys, website fields) and rejected batches
 //! are bisected until the bad events stand alone. Meta cannot retract an event (§1.12, §7).
 
-use super::batch::{BatchAnswer, Body, Plan, Request};
-use super::event_fields::{self, account_accessors, by_status, Account};
+use super::batch::{Body, Plan, Request};
+use super::event_fields::{self, account_accessors, Account};
 use super::health::{field, unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, Answer};
+use super::http::{base_url, Answer};
 use super::{event_name, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, MetaConfig, Secret};
 use crate::event::Delivery;
@@ -78,35 +78,14 @@ impl Meta {
 // ---------------------------------------------------------------------------------------------
 
 /// Meta's `user_data` name for a match key; `None` for keys Meta has no use for (other platforms' ids).
+/// Meta sends every value as a string, hashes too.
 fn user_data_field(key: MatchKey) -> Option<&'static str> {
-    Some(match key {
-        MatchKey::Email => "em",
-        MatchKey::Phone => "ph",
-        MatchKey::FirstName => "fn",
-        MatchKey::LastName => "ln",
-        MatchKey::City => "ct",
-        MatchKey::State => "st",
-        MatchKey::Zip => "zp",
-        MatchKey::Country => "country",
-        MatchKey::ExternalId => "external_id",
-        MatchKey::DateOfBirth => "db",
-        MatchKey::Gender => "ge",
-        MatchKey::ClientIp => "client_ip_address",
-        MatchKey::UserAgent => "client_user_agent",
-        MatchKey::Fbc => "fbc",
-        MatchKey::Fbp => "fbp",
-        MatchKey::LeadId => "lead_id",
-        MatchKey::Gclid
-        | MatchKey::Gbraid
-        | MatchKey::Wbraid
-        | MatchKey::Ttclid
-        | MatchKey::Ttp
-        | MatchKey::Msclkid
-        | MatchKey::ObClickId
-        | MatchKey::TaboolaClickId => return None,
-        MatchKey::LiFatId | MatchKey::RdtCid => return None,
-        MatchKey::ScClickId | MatchKey::Epik => return None,
-    })
+    match key {
+        MatchKey::Fbc => Some("fbc"),
+        MatchKey::Fbp => Some("fbp"),
+        MatchKey::LeadId => Some("lead_id"),
+        _ => event_fields::capi_field(key).map(|(name, _)| name),
+    }
 }
 
 /// Whether `user_data` meets Meta's minimum matching requirement (§1.5): one identifying key, or IP with
@@ -286,91 +265,8 @@ impl Destination for Meta {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Response classification
-// ---------------------------------------------------------------------------------------------
-
-/// Graph error codes that mean "try again later": unknown/temporary errors and throttling (§1.7).
-fn is_transient_code(code: i64) -> bool {
-    matches!(code, 1 | 2 | 4 | 17 | 32 | 341 | 613) || (80_000..=80_099).contains(&code)
-}
-
-/// Graph error codes about the token or its permissions: no event is to blame.
-fn is_auth_code(code: i64) -> bool {
-    matches!(code, 10 | 102 | 190) || (200..=299).contains(&code)
-}
-
-/// Turns Meta's answer into a batch answer. A 200 accepts the whole batch; a Graph error envelope is
-/// retried when transient, held back (auth) when the token is at fault, and otherwise blamed on the
-/// batch's events (to be bisected).
-pub fn classify(
-    status: reqwest::StatusCode,
-    retry_after: Option<std::time::Duration>,
-    body: &str,
-) -> BatchAnswer {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    if status.is_success() {
-        let trace = parsed
-            .as_ref()
-            .and_then(|v| v.get("fbtrace_id"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        return BatchAnswer::Sent(trace);
-    }
-    let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let Some(error) = error else {
-        let message = format!("meta: HTTP {}: {}", status.as_u16(), excerpt(body));
-        return by_status(status, retry_after, message, &[]);
-    };
-    let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
-    let message = describe(status, error);
-    let transient = error.get("is_transient").and_then(Value::as_bool) == Some(true);
-    if is_retryable_status(status) || transient || is_transient_code(code) {
-        BatchAnswer::Retry {
-            error: message,
-            retry_after,
-        }
-    } else if is_auth_code(code) || status == reqwest::StatusCode::UNAUTHORIZED {
-        BatchAnswer::NeedsOperator {
-            error: message,
-            retry_after,
-        }
-    } else {
-        BatchAnswer::Rejected(message)
-    }
-}
-
-/// Meta's error, verbatim: type, code, subcode, message and the user-facing title and text.
-fn describe(status: reqwest::StatusCode, error: &Value) -> String {
-    let s = |k: &str| {
-        error
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    let n = |k: &str| error.get(k).and_then(Value::as_i64);
-    let mut out = format!("meta: HTTP {}", status.as_u16());
-    if let Some(t) = s("type") {
-        out.push_str(&format!(" {t}"));
-    }
-    if let Some(c) = n("code") {
-        out.push_str(&format!(" code {c}"));
-    }
-    if let Some(c) = n("error_subcode") {
-        out.push_str(&format!(" subcode {c}"));
-    }
-    out.push_str(": ");
-    out.push_str(s("message").unwrap_or("(no message)"));
-    match (s("error_user_title"), s("error_user_msg")) {
-        (Some(t), Some(m)) => out.push_str(&format!(" ({t}: {m})")),
-        (None, Some(m)) | (Some(m), None) => out.push_str(&format!(" ({m})")),
-        (None, None) => {}
-    }
-    if let Some(t) = s("fbtrace_id") {
-        out.push_str(&format!(" [fbtrace_id {t}]"));
-    }
-    out
-}
+mod classify;
+pub use classify::classify;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Meta encoder, classification and bisection tests (against a fake Meta and the sandbox).
 
 use super::*;
+use crate::destinations::batch::BatchAnswer;
 use crate::destinations::test_support::{h, purchase, t0};
 use crate::event::Kind;
 use axum::extract::State;

@@ -11,10 +11,10 @@
 //! names are `Purchase` and `Lead` (renamed from `CompletePayment` and `SubmitForm` in May 2025; the
 //! legacy names are still converted by TikTok), so a rule's `Purchase` needs no override.
 
-use super::batch::{BatchAnswer, Body, Plan, Request};
-use super::event_fields::{self, account_accessors, by_status, Account};
+use super::batch::{Body, Plan, Request};
+use super::event_fields::{self, account_accessors, Account};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, Answer};
+use super::http::{base_url, Answer};
 use super::{event_name, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, Secret, TiktokConfig};
 use crate::event::Delivery;
@@ -302,61 +302,8 @@ impl Destination for Tiktok {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Response classification
-// ---------------------------------------------------------------------------------------------
-
-/// Turns TikTok's answer into a batch answer: the body's `code` decides (0 sent, 40100 and 5xxxx system
-/// errors retried, 40001 held back for the operator, anything else blamed on the events and bisected).
-pub fn classify(
-    status: reqwest::StatusCode,
-    retry_after: Option<std::time::Duration>,
-    body: &str,
-) -> BatchAnswer {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let code = parsed
-        .as_ref()
-        .and_then(|v| v.get("code"))
-        .and_then(Value::as_i64);
-    let (Some(code), true) = (code, status.is_success()) else {
-        let message = match parsed
-            .as_ref()
-            .and_then(|v| v.get("message"))
-            .and_then(Value::as_str)
-        {
-            Some(m) => format!("tiktok: HTTP {}: {m}", status.as_u16()),
-            None => format!("tiktok: HTTP {}: {}", status.as_u16(), excerpt(body)),
-        };
-        return by_status(status, retry_after, message, &[401, 403]);
-    };
-    let field = |k: &str| {
-        parsed
-            .as_ref()
-            .and_then(|v| v.get(k))
-            .and_then(Value::as_str)
-    };
-    if code == CODE_OK {
-        return BatchAnswer::Sent(field("request_id").map(str::to_string));
-    }
-    let mut message = format!(
-        "tiktok: code {code}: {}",
-        field("message").unwrap_or("(no message)")
-    );
-    if let Some(id) = field("request_id") {
-        message.push_str(&format!(" [request_id {id}]"));
-    }
-    match code {
-        CODE_RATE_LIMIT | 50_000..=59_999 => BatchAnswer::Retry {
-            error: message,
-            retry_after,
-        },
-        CODE_AUTH => BatchAnswer::NeedsOperator {
-            error: message,
-            retry_after,
-        },
-        _ => BatchAnswer::Rejected(message),
-    }
-}
+mod classify;
+pub use classify::classify;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! TikTok encoder, classification and request-splitting tests (against a fake TikTok).
 
 use super::*;
+use crate::destinations::batch::BatchAnswer;
 use crate::destinations::test_support::{h, purchase, t0};
 use crate::event::Kind;
 use axum::http::HeaderMap;
