@@ -202,6 +202,30 @@ const EVENT_NAMES: &[EventNames] = &[
     ("Contact", "", "contact"),
 ];
 
+/// A Conversions-API event as Meta, Snap and Pinterest take it: name, time in seconds, id, action
+/// source, the page when known, `user_data`, and `custom_data` unless empty.
+pub(crate) fn capi_event(
+    d: &Delivery,
+    name: &str,
+    source: &str,
+    user: Map<String, Value>,
+    custom: Map<String, Value>,
+) -> Value {
+    let mut event = Map::new();
+    event.insert("event_name".into(), json!(name));
+    event.insert("event_time".into(), json!(d.event_time.timestamp()));
+    event.insert("event_id".into(), json!(d.event_id));
+    event.insert("action_source".into(), json!(source));
+    if let Some(url) = d.payload.event_source_url.as_deref() {
+        event.insert("event_source_url".into(), json!(url));
+    }
+    event.insert("user_data".into(), Value::Object(user));
+    if !custom.is_empty() {
+        event.insert("custom_data".into(), Value::Object(custom));
+    }
+    Value::Object(event)
+}
+
 /// What a click-id postback platform (Outbrain, Taboola) needs of a row: a conversion (it cannot
 /// retract), its click id (`key`, else the row is skipped) and an event name (else it fails).
 pub(crate) fn click_and_name<'d>(

@@ -20,7 +20,7 @@
 //! in a health check is a known 422).
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::batch::{in_order, Body, Request};
 use super::event_fields::{self, account_accessors, by_status, Account};
@@ -88,19 +88,13 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     if name == "checkout" {
         custom.insert("order_id".into(), json!(d.event_id));
     }
-    let mut event = Map::new();
-    event.insert("event_name".into(), json!(name));
-    event.insert("action_source".into(), json!(action_source(d)));
-    event.insert("event_time".into(), json!(d.event_time.timestamp()));
-    event.insert("event_id".into(), json!(d.event_id));
-    if let Some(url) = d.payload.event_source_url.as_deref() {
-        event.insert("event_source_url".into(), json!(url));
-    }
-    event.insert("user_data".into(), Value::Object(user));
-    if !custom.is_empty() {
-        event.insert("custom_data".into(), Value::Object(custom));
-    }
-    Ok(Value::Object(event))
+    Ok(event_fields::capi_event(
+        d,
+        name,
+        action_source(d),
+        user,
+        custom,
+    ))
 }
 
 /// Spreads Pinterest's answer to a request carrying `rows` over those rows.

@@ -20,7 +20,7 @@
 //! token and the pixel without recording anything.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::batch::{in_order, Body, Request};
 use super::event_fields::{self, account_accessors, by_status, Account};
@@ -90,16 +90,6 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     {
         return Err(Outcome::skipped("no usable match key for snapchat"));
     }
-    let mut event = Map::new();
-    event.insert("event_name".into(), json!(name));
-    event.insert("event_time".into(), json!(d.event_time.timestamp()));
-    event.insert("event_id".into(), json!(d.event_id));
-    let source = action_source(d);
-    event.insert("action_source".into(), json!(source));
-    if let Some(url) = d.payload.event_source_url.as_deref() {
-        event.insert("event_source_url".into(), json!(url));
-    }
-    event.insert("user_data".into(), Value::Object(user));
     let mut custom = event_fields::custom_value(d, "snapchat", false)?;
     if name == "PURCHASE" {
         if !(custom.contains_key("value") && custom.contains_key("currency")) {
@@ -110,10 +100,13 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
         // Snap's purchase dedup also looks at the transaction id.
         custom.insert("order_id".into(), json!(d.event_id));
     }
-    if !custom.is_empty() {
-        event.insert("custom_data".into(), Value::Object(custom));
-    }
-    Ok(Value::Object(event))
+    Ok(event_fields::capi_event(
+        d,
+        name,
+        action_source(d),
+        user,
+        custom,
+    ))
 }
 
 /// Spreads Snap's answer to a request carrying `rows` over those rows.
@@ -127,22 +120,14 @@ pub fn classify(
     body: &str,
     rows: &[usize],
 ) -> Vec<(usize, Outcome)> {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let reason = parsed
-        .as_ref()
-        .and_then(|v| v.get("reason"))
-        .and_then(Value::as_str)
-        .map_or_else(|| excerpt(body), str::to_string);
     let all = |outcome: Outcome| rows.iter().map(|&i| (i, outcome.clone())).collect();
     if !status.is_success() {
+        let reason = event_fields::said(body, "reason");
         let message = format!("snapchat: HTTP {}: {reason}", status.as_u16());
         return all(by_status(status, retry_after, message, &[401, 403]).outcome());
     }
-    let statuses = parsed
-        .as_ref()
-        .and_then(|v| v.get("events"))
-        .and_then(Value::as_array);
-    let Some(statuses) = statuses else {
+    let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let Some(statuses) = answer["events"].as_array() else {
         // A 200 without per-event statuses: Snap took the request.
         return all(Outcome::Sent { platform_ref: None });
     };

@@ -126,27 +126,18 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     if !has_usable_match_key(&user) {
         return Err(Outcome::skipped("no usable match key for meta"));
     }
-    let mut event = Map::new();
-    event.insert("event_name".into(), json!(name));
-    event.insert("event_time".into(), json!(d.event_time.timestamp()));
-    event.insert("event_id".into(), json!(d.event_id));
-    event.insert("action_source".into(), json!(source));
     if source == "website" {
-        let Some(url) = d.payload.event_source_url.as_deref() else {
+        if d.payload.event_source_url.is_none() {
             return Err(Outcome::failed(
                 "meta website events need event_source_url (rule event_source_url)",
             ));
-        };
+        }
         if !user.contains_key("client_user_agent") {
             return Err(Outcome::failed(
                 "meta website events need client_user_agent (match key user_agent)",
             ));
         }
-        event.insert("event_source_url".into(), json!(url));
-    } else if let Some(url) = d.payload.event_source_url.as_deref() {
-        event.insert("event_source_url".into(), json!(url));
     }
-    event.insert("user_data".into(), Value::Object(user));
     let mut custom = event_fields::custom_value(d, "meta", false)?;
     if let Some(Value::String(c)) = custom.get_mut("currency") {
         // Meta's SDK sends ISO 4217 codes lowercased (§1.4, §8 item 19).
@@ -159,10 +150,7 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
             custom.insert("lead_event_source".into(), json!(s));
         }
     }
-    if !custom.is_empty() {
-        event.insert("custom_data".into(), Value::Object(custom));
-    }
-    Ok(Value::Object(event))
+    Ok(event_fields::capi_event(d, name, source, user, custom))
 }
 
 // ---------------------------------------------------------------------------------------------
