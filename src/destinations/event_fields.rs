@@ -377,6 +377,22 @@ pub(crate) type Classify =
     fn(reqwest::StatusCode, Option<Duration>, &str, &[usize]) -> Vec<(usize, Outcome)>;
 
 impl Account {
+    /// The `send` of Snap and Pinterest: [`Account::send_per_event`], with accepted rows turned
+    /// into skips under `test_mode` ([`tested_only`]); one outcome per row of the batch of `len`
+    /// rows, in order.
+    pub async fn send_tested(
+        &self,
+        platform: &str,
+        (len, plan): (usize, Plan),
+        test_mode: bool,
+        build: impl Fn(&Request, Body<'_>) -> reqwest::RequestBuilder,
+        classify: Classify,
+    ) -> Vec<Outcome> {
+        let sent = self.send_per_event(platform, &plan, build, classify).await;
+        let sent = tested_only(sent, test_mode, platform);
+        in_order(len, sent.into_iter().chain(plan.not_sent))
+    }
+
     /// The `send` of the platforms with per-event answers: each request of `plan` goes out built by
     /// `build` and its answer is spread over its rows by `classify`; a transport error retries them
     /// all. Counted in the request metrics. The plan's `not_sent` are the caller's to add.
@@ -448,6 +464,14 @@ pub(crate) mod test_rows {
     use super::*;
     use crate::destinations::test_support::purchase;
     use chrono::TimeZone;
+
+    /// Serves `app` (a fake platform) on a free local port; its base URL.
+    pub async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
 
     /// A purchase at 2026-12-01 10:30:15 UTC whose only key is the click id `click` (as `key`).
     pub fn click_only(id: i64, key: MatchKey, click: &str) -> Delivery {

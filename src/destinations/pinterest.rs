@@ -22,7 +22,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::batch::{in_order, Body, Request};
+use super::batch::{Body, Request};
 use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::synthetic;
 use super::http::{base_url, excerpt};
@@ -60,15 +60,6 @@ fn user_field(key: MatchKey) -> Option<(&'static str, bool)> {
     }
 }
 
-/// `action_source`: `web` for website events (the rule's, or a page URL without one), else `offline`.
-fn action_source(d: &Delivery) -> &'static str {
-    match d.action_source.as_deref() {
-        Some("website") => "web",
-        None if d.payload.event_source_url.is_some() => "web",
-        _ => "offline",
-    }
-}
-
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
     event_fields::fresh_conversion(d, now, "pinterest", MAX_AGE_DAYS)?;
@@ -95,6 +86,15 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
         user,
         custom,
     ))
+}
+
+/// `action_source`: `web` for website events (the rule's, or a page URL without one), else `offline`.
+fn action_source(d: &Delivery) -> &'static str {
+    match d.action_source.as_deref() {
+        Some("website") => "web",
+        None if d.payload.event_source_url.is_some() => "web",
+        _ => "offline",
+    }
 }
 
 /// Spreads Pinterest's answer to a request carrying `rows` over those rows.
@@ -188,19 +188,11 @@ impl Pinterest {
         event_fields::plan(batch, now, &url, encode_event)
     }
 
-    /// Sends the requests of `plan` with the bearer token.
-    async fn send_plan(&self, plan: &Plan) -> Vec<(usize, Outcome)> {
-        let token = self.access_token.expose();
-        let build = |r: &Request, body: Body<'_>| {
-            self.account
-                .http
-                .post(&r.url)
-                .bearer_auth(token)
-                .json(&body)
-        };
-        (self.account)
-            .send_per_event("pinterest", plan, build, classify)
-            .await
+    /// The HTTP request of `request` carrying `body`, with the bearer token.
+    fn build(&self, request: &Request, body: Body<'_>) -> reqwest::RequestBuilder {
+        (self.account.http.post(&request.url))
+            .bearer_auth(self.access_token.expose())
+            .json(&body)
     }
 
     /// Sends one synthetic `page_visit` (a hashed `.invalid` email, timed now) in test mode, as `send`
@@ -210,7 +202,9 @@ impl Pinterest {
         let mut probe = synthetic(&self.account.name, None);
         probe.payload.platform_event = Some("page_visit".into());
         let plan = self.plan_for(std::slice::from_ref(&probe), Utc::now(), true);
-        let outcome = match self.send_plan(&plan).await.pop() {
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        let sent = (self.account).send_per_event("pinterest", &plan, build, classify);
+        let outcome = match sent.await.pop() {
             Some((_, outcome)) => outcome,
             None => plan
                 .not_sent
@@ -234,12 +228,10 @@ impl Destination for Pinterest {
     account_accessors!(Platform::Pinterest);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let plan = self.plan(batch, Utc::now());
-            let sent = self.send_plan(&plan).await;
-            let sent = event_fields::tested_only(sent, self.test_mode, "pinterest");
-            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-        })
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        let account = &self.account;
+        Box::pin(account.send_tested("pinterest", plan, self.test_mode, build, classify))
     }
 
     fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
@@ -252,83 +244,4 @@ impl Destination for Pinterest {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::destinations::test_support::{h, purchase, t0};
-    use crate::event::Kind;
-    use chrono::TimeDelta;
-    use reqwest::StatusCode;
-
-    #[test]
-    fn a_website_purchase_becomes_a_pinterest_checkout_with_a_string_value() {
-        let mut d = purchase(7, t0());
-        d.payload.keys.insert(MatchKey::Epik, "dj0yJnU9".into());
-        let event = encode_event(&d, t0()).unwrap();
-        assert_eq!(event["event_name"], "checkout");
-        assert_eq!(event["action_source"], "web");
-        assert_eq!(event["event_time"], json!(t0().timestamp()));
-        assert_eq!(event["event_id"], "order-7");
-        assert_eq!(event["user_data"]["em"], json!([h('a')]));
-        assert_eq!(event["user_data"]["click_id"], "dj0yJnU9");
-        assert_eq!(event["custom_data"]["value"], "49.9");
-        assert_eq!(event["custom_data"]["order_id"], "order-7");
-    }
-
-    #[test]
-    fn refunds_old_events_and_rows_without_email_or_browser_are_not_sent() {
-        let mut refund = purchase(1, t0());
-        refund.kind = Kind::Restatement;
-        assert_eq!(
-            encode_event(&refund, t0()),
-            Err(Outcome::skipped("platform cannot retract"))
-        );
-        let old = purchase(2, t0() - TimeDelta::days(8));
-        assert_eq!(
-            encode_event(&old, t0()),
-            Err(Outcome::skipped("too old for pinterest (7 days)"))
-        );
-        let mut phone_only = purchase(3, t0());
-        phone_only.payload.keys.retain(|k, _| *k == MatchKey::Phone);
-        assert!(matches!(
-            encode_event(&phone_only, t0()),
-            Err(Outcome::Skipped { .. })
-        ));
-    }
-
-    #[test]
-    fn a_422_fails_only_the_failed_events() {
-        let report = json!({"num_events_received": 2, "num_events_processed": 1, "events": [
-            {"status": "processed", "error_message": null},
-            {"status": "failed", "error_message": "custom_data.currency must be an upper-case ISO 4217 code"},
-        ]});
-        let body = json!({"code": 4, "message": "x", "details": report}).to_string();
-        let out = classify(StatusCode::UNPROCESSABLE_ENTITY, None, &body, &[2, 4]);
-        assert_eq!(out[0], (2, Outcome::Sent { platform_ref: None }));
-        assert!(matches!(&out[1], (4, Outcome::Failed { error }) if error.contains("currency")));
-        let ok = classify(StatusCode::OK, None, &report.to_string(), &[9]);
-        assert_eq!(ok[0], (9, Outcome::Sent { platform_ref: None }));
-        let schema = classify(
-            StatusCode::BAD_REQUEST,
-            None,
-            r#"{"code":1,"message":"bad"}"#,
-            &[1, 2],
-        );
-        assert_eq!(
-            schema[1],
-            (2, Outcome::failed("pinterest: HTTP 400: code 1: bad"))
-        );
-        let denied = classify(
-            StatusCode::FORBIDDEN,
-            None,
-            r#"{"code":29,"message":"no"}"#,
-            &[1],
-        );
-        assert!(matches!(
-            denied[0].1,
-            Outcome::NeedsOperator {
-                retry_after: None,
-                ..
-            }
-        ));
-    }
-}
+mod tests;

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::destinations::batch::BatchAnswer;
+use crate::destinations::event_fields::test_rows::serve;
 use crate::destinations::test_support::{h, purchase, t0};
 use crate::event::Kind;
 use axum::extract::State;
@@ -227,10 +228,7 @@ async fn fake_meta(seen: Arc<Mutex<Seen>>) -> String {
     let app = Router::new()
         .route("/{version}/{pixel}/events", post(events))
         .with_state(seen);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    serve(app).await
 }
 
 #[tokio::test]

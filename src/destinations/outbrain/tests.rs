@@ -5,10 +5,8 @@ use crate::destinations::event_fields::test_rows::click_only;
 use crate::event::Kind;
 use reqwest::StatusCode;
 
-/// An Outbrain click id.
+/// An Outbrain click id, and (`row`) a purchase whose only key it is.
 const CLICK: &str = "00ab12cd34ef56ab78cd90ef12ab34cd56";
-
-/// A purchase whose only key is an Outbrain click id.
 fn row(id: i64) -> Delivery {
     click_only(id, MatchKey::ObClickId, CLICK)
 }

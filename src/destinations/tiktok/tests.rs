@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::destinations::batch::BatchAnswer;
+use crate::destinations::event_fields::test_rows::serve;
 use crate::destinations::test_support::{h, purchase, t0};
 use crate::event::Kind;
 use axum::http::HeaderMap;
@@ -154,11 +155,8 @@ async fn a_rejected_batch_is_split_and_web_and_crm_events_travel_separately() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let api = ApiConfig {
-        endpoint: Some(format!("http://{addr}")),
+        endpoint: Some(serve(app).await),
         ..ApiConfig::default()
     };
     let config = TiktokConfig {
