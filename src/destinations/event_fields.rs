@@ -74,8 +74,7 @@ impl Account {
     pub async fn send_bisected(
         &self,
         platform: &str,
-        len: usize,
-        plan: Plan,
+        (len, plan): (usize, Plan),
         build: impl Fn(&Request, Body<'_>) -> reqwest::RequestBuilder,
         classify: ClassifyWhole,
     ) -> Vec<Outcome> {

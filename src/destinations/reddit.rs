@@ -209,12 +209,9 @@ impl Destination for Reddit {
     account_accessors!(Platform::Reddit);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        let plan = self.plan(batch, Utc::now());
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
         let build = |r: &Request, body: Body<'_>| self.build(r, body);
-        Box::pin(
-            self.account
-                .send_bisected("reddit", batch.len(), plan, build, classify),
-        )
+        Box::pin(self.account.send_bisected("reddit", plan, build, classify))
     }
 
     /// One request with every event that can be sent (and the test id, in test mode).

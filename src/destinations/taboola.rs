@@ -156,12 +156,9 @@ impl Destination for Taboola {
 
     /// One bulk request, no credential; a rejected one is bisected.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        let plan = self.plan(batch, Utc::now());
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
         let build = |r: &Request, body: Body<'_>| self.account.http.post(&r.url).json(&body);
-        Box::pin(
-            self.account
-                .send_bisected("taboola", batch.len(), plan, build, classify),
-        )
+        Box::pin(self.account.send_bisected("taboola", plan, build, classify))
     }
 
     /// One bulk request for every row Taboola can use.

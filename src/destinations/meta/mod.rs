@@ -162,12 +162,12 @@ impl Meta {
     /// behind Meta's lets a stale event through the checks: Meta then rejects the whole request and
     /// bisection fails that event alone.
     async fn send_at(&self, batch: &[Delivery], now: DateTime<Utc>) -> Vec<Outcome> {
-        let plan = self.plan(batch, now);
+        let plan = (batch.len(), self.plan(batch, now));
         let token = [("access_token", self.access_token.expose())];
         let build =
             |r: &Request, body: Body<'_>| self.account.http.post(&r.url).query(&token).json(&body);
         (self.account)
-            .send_bisected("meta", batch.len(), plan, build, classify)
+            .send_bisected("meta", plan, build, classify)
             .await
     }
 

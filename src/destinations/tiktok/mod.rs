@@ -265,15 +265,6 @@ impl Tiktok {
 impl Destination for Tiktok {
     account_accessors!(Platform::Tiktok);
 
-    fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        let plan = self.plan(batch, Utc::now());
-        let build = |r: &Request, body: Body<'_>| self.build(r, body);
-        Box::pin(
-            self.account
-                .send_bisected("tiktok", batch.len(), plan, build, classify),
-        )
-    }
-
     /// Web events, then CRM events: `event_source` is an envelope field, so they travel apart. CRM
     /// events fail without a CRM event set.
     fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
@@ -299,6 +290,13 @@ impl Destination for Tiktok {
             let (ok, text) = self.check().await;
             Health::only(ok, text)
         })
+    }
+
+    /// The planned requests, bisected when TikTok rejects one.
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        Box::pin(self.account.send_bisected("tiktok", plan, build, classify))
     }
 }
 
