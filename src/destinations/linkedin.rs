@@ -14,15 +14,16 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
+use super::event_fields::{self, account_accessors, by_status, said, Account};
 use super::health::{unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, operator_retry, transport_error};
-use super::{batch_size, value_number, Destination, DestinationError, Outcome, SendFuture};
+use super::http::{base_url, excerpt, operator_retry, transport_error};
+use super::{value_number, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, LinkedinConfig, Secret};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 
@@ -40,8 +41,8 @@ const RULE_PREFIX: &str = "urn:lla:llaPartnerConversion:";
 
 /// A LinkedIn ad account's conversion rules, reached with one member's token.
 pub struct Linkedin {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// The API host, without a trailing slash.
     base: String,
     /// `LinkedIn-Version`.
@@ -50,10 +51,6 @@ pub struct Linkedin {
     access_token: Secret,
     /// The ad account owning the conversion rules, named when `check` reads them.
     ad_account_id: Option<String>,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Linkedin {
@@ -65,7 +62,7 @@ impl Linkedin {
         dispatch: &DispatchConfig,
     ) -> Result<Linkedin, DestinationError> {
         Ok(Linkedin {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             base: base_url(&api.endpoint, DEFAULT_ENDPOINT),
             version: api
                 .api_version
@@ -74,14 +71,12 @@ impl Linkedin {
                 .unwrap_or_else(|| DEFAULT_VERSION.to_string()),
             access_token: config.access_token.clone(),
             ad_account_id: config.ad_account_id.clone(),
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: super::http::http_client(name, dispatch)?,
         })
     }
 
     /// A request with the headers every LinkedIn call needs.
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
+        (self.account.http)
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(self.access_token.expose())
             .header("LinkedIn-Version", &self.version)
@@ -145,14 +140,7 @@ fn user(d: &Delivery) -> Result<Value, Outcome> {
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for linkedin ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "linkedin", MAX_AGE_DAYS)?;
     let mut event = Map::new();
     event.insert("conversion".into(), json!(rule_urn(d)?));
     event.insert(
@@ -208,11 +196,11 @@ pub fn classify(
     (destination, version): (&str, &str),
 ) -> Reply {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let message = parsed["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| excerpt(body));
-    let error = format!("linkedin: HTTP {}: {message}", status.as_u16());
+    let error = format!(
+        "linkedin: HTTP {}: {}",
+        status.as_u16(),
+        said(body, "message")
+    );
     let whole = match status.as_u16() {
         200 | 201 => match parsed["elements"].as_array() {
             Some(elements) if elements.len() == count => {
@@ -232,12 +220,7 @@ pub fn classify(
             ),
             delay,
         ),
-        401 | 403 => operator_retry(error, delay),
-        _ if is_retryable_status(status) => BatchAnswer::Retry {
-            error,
-            retry_after: delay,
-        },
-        _ => BatchAnswer::Rejected(error),
+        _ => by_status(status, delay, error, &[401, 403]),
     };
     Reply::Whole(whole)
 }
@@ -278,7 +261,7 @@ impl Linkedin {
             Err(e) => Reply::Whole(transport_error("linkedin", e)),
             Ok(r) => {
                 let read = super::http::Answer::read(r).await;
-                let context = (self.name.as_str(), self.version.as_str());
+                let context = (self.account.name.as_str(), self.version.as_str());
                 let count = request.rows.len();
                 classify(read.status, read.retry_after, &read.text, count, context)
             }
@@ -291,11 +274,11 @@ impl Linkedin {
                 } else {
                     BatchAnswer::Rejected(String::new())
                 };
-                observe_request(&self.name, started, &counted);
+                observe_request(&self.account.name, started, &counted);
                 outcomes
             }
             Reply::Whole(whole) => {
-                observe_request(&self.name, started, &whole);
+                observe_request(&self.account.name, started, &whole);
                 vec![whole.outcome(); request.rows.len()]
             }
         }
@@ -318,7 +301,7 @@ impl Linkedin {
                 self.version
             ));
         }
-        let context = (self.name.as_str(), self.version.as_str());
+        let context = (self.account.name.as_str(), self.version.as_str());
         match classify(response.status, None, &response.text, 0, context) {
             Reply::Whole(answer) => {
                 Health::fail(format!("conversion rule {id}: {}", answer.error()))
@@ -331,17 +314,7 @@ impl Linkedin {
 }
 
 impl Destination for Linkedin {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Linkedin
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Linkedin);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {

@@ -22,12 +22,13 @@
 //! no hashed identifiers. Refunds: Outbrain cannot retract; a refund of a sent conversion is `skipped`
 //! ("platform cannot retract"). `check` has nothing to verify: the postback takes no credential.
 
-use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
-use super::health::{unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, read_answer};
-use super::{batch_size, event_name, Destination, DestinationError, Outcome, SendFuture};
+use super::batch::{in_order, BatchAnswer, Plan, Request};
+use super::event_fields::{self, account_accessors, by_status, http_error, Account};
+use super::health::{Health, HealthFuture, Probe};
+use super::http::base_url;
+use super::{Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, OutbrainConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 use chrono::{DateTime, Utc};
@@ -47,16 +48,12 @@ pub const CONCURRENCY: usize = MAX_BATCH;
 
 /// An Outbrain marketer's S2S conversions.
 pub struct Outbrain {
-    /// The config name.
-    name: String,
+    /// Name, batch size (rows per batch) and client.
+    account: Account,
     /// The API base, for messages.
     base: String,
     /// The postback URL, without a query.
     url: String,
-    /// Rows per batch.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Outbrain {
@@ -70,30 +67,18 @@ impl Outbrain {
     ) -> Result<Outbrain, DestinationError> {
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Outbrain {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_BATCH, dispatch)?,
             url: format!("{base}/unifiedPixel"),
             base,
-            max_batch: batch_size(api, MAX_BATCH),
-            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
 
 /// The query parameters of one postback, in order, or the outcome that replaces sending it.
 pub fn encode_postback(d: &Delivery) -> Result<Vec<(&'static str, String)>, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    let Some(click) = d.payload.keys.get(&MatchKey::ObClickId) else {
-        return Err(Outcome::skipped("no click id"));
-    };
-    let Some(name) = event_name(d) else {
-        return Err(Outcome::failed(
-            "outbrain needs an event name (the rule's event or [rules.outbrain] event)",
-        ));
-    };
+    let (click, name) = event_fields::click_and_name(d, MatchKey::ObClickId, "outbrain")?;
     let mut params = vec![
-        ("ob_click_id", click.clone()),
+        ("ob_click_id", click.to_string()),
         ("name", name.to_string()),
         ("orderId", d.event_id.clone()),
     ];
@@ -145,27 +130,20 @@ pub fn classify(
     if status.is_success() {
         return BatchAnswer::Sent(None);
     }
-    let text = excerpt(body);
-    let error = if text.is_empty() {
-        format!("outbrain: HTTP {}", status.as_u16())
-    } else {
-        format!("outbrain: HTTP {}: {text}", status.as_u16())
-    };
-    if is_retryable_status(status) {
-        BatchAnswer::Retry { error, retry_after }
-    } else {
-        BatchAnswer::Rejected(error)
-    }
+    by_status(
+        status,
+        retry_after,
+        http_error("outbrain", status, body),
+        &[],
+    )
 }
 
 impl Outbrain {
     /// Sends the postback of `request` (its URL carries the query) and turns the answer into the
     /// outcome of its one row.
     async fn postback(&self, request: &Request) -> (usize, Outcome) {
-        let started = std::time::Instant::now();
-        let response = self.http.get(&request.url).send().await;
-        let answer = read_answer("outbrain", response, classify).await;
-        observe_request(&self.name, started, &answer);
+        let get = self.account.http.get(&request.url);
+        let answer = self.account.post("outbrain", get, classify).await;
         (request.rows[0], answer.outcome())
     }
 
@@ -173,30 +151,19 @@ impl Outbrain {
     /// without recording something, so there is nothing to verify: only the host is reached (its
     /// root, not the pixel, so that nothing is recorded).
     async fn check(&self) -> Health {
-        match self.http.get(format!("{}/", self.base)).send().await {
-            Ok(r) => Health::pass(format!(
-                "host {} reachable (HTTP {}); nothing to verify: Outbrain's S2S postback takes no \
-                 credential, and no call checks the conversion names without recording one",
-                self.base,
-                r.status().as_u16()
-            )),
-            Err(e) => Health::fail(unreachable(&self.base, e)),
-        }
+        let base = &self.base;
+        let text = |status| {
+            format!(
+                "host {base} reachable (HTTP {status}); nothing to verify: Outbrain's S2S postback \
+                 takes no credential, and no call checks the conversion names without recording one"
+            )
+        };
+        self.account.reach(&format!("{base}/"), base, text).await
     }
 }
 
 impl Destination for Outbrain {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Outbrain
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Outbrain);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
         Box::pin(async move {

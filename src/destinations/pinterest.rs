@@ -19,19 +19,18 @@
 //! the same response messages"; accepted rows are `skipped` with `test_mode: …`. `check` sends one synthetic event that way, timed now (a stale time
 //! in a health check is a known 422).
 
-use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{json, Map, Value};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
 
-use super::batch::in_order;
-use super::event_fields;
+use super::batch::{Body, Request};
+use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::synthetic;
-use super::http::{base_url, excerpt, http_client, is_retryable_status};
+use super::http::{base_url, excerpt};
 use super::{
-    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
-    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+    Destination, DestinationError, Health, HealthFuture, Outcome, Plan, Probe, SendFuture,
 };
 use crate::config::{ApiConfig, DispatchConfig, PinterestConfig, Secret};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 
@@ -43,90 +42,27 @@ pub const MAX_EVENTS: usize = 1_000;
 pub const MAX_AGE_DAYS: i64 = 7;
 
 /// Pinterest's event names.
-const PINTEREST_NAMES: &[&str] = &[
-    "add_payment_info",
-    "add_to_cart",
-    "add_to_wishlist",
-    "checkout",
-    "contact",
-    "custom",
-    "initiate_checkout",
-    "lead",
-    "page_visit",
-    "search",
-    "signup",
-    "subscribe",
-    "view_category",
-    "view_content",
-    "watch_video",
-];
+const PINTEREST_NAMES: &str = "add_payment_info add_to_cart add_to_wishlist checkout contact custom \
+    initiate_checkout lead page_visit search signup subscribe view_category view_content watch_video";
 
-/// Meta-style rule events and Pinterest's names for them.
-const NAME_MAP: &[(&str, &str)] = &[
-    ("Purchase", "checkout"),
-    ("Lead", "lead"),
-    ("CompleteRegistration", "signup"),
-    ("AddToCart", "add_to_cart"),
-    ("InitiateCheckout", "initiate_checkout"),
-    ("AddPaymentInfo", "add_payment_info"),
-    ("Subscribe", "subscribe"),
-    ("ViewContent", "view_content"),
-    ("PageView", "page_visit"),
-    ("Search", "search"),
-    ("AddToWishlist", "add_to_wishlist"),
-    ("Contact", "contact"),
-];
-
-/// The Pinterest event name of a row: the override, a Pinterest name, or the mapped Meta-style name.
+/// The Pinterest event name of a row: the override, a Pinterest name, or Pinterest's name for a
+/// Meta-style one.
 pub fn pinterest_event_name(d: &Delivery) -> Option<&'static str> {
-    let name = event_name(d)?.trim();
-    PINTEREST_NAMES
-        .iter()
-        .find(|n| **n == name)
-        .or_else(|| NAME_MAP.iter().find(|(m, _)| *m == name).map(|(_, p)| p))
-        .copied()
+    event_fields::native_name(d, PINTEREST_NAMES, |(_, _, pinterest)| pinterest)
 }
 
-/// Pinterest's `user_data` field of a match key, and whether its value is a hash (sent as a list).
+/// Pinterest's `user_data` field of a match key, and whether its value is a hash (sent as a list):
+/// the shared Conversions-API names, and the `_epik` click id.
 fn user_field(key: MatchKey) -> Option<(&'static str, bool)> {
-    Some(match key {
-        MatchKey::Email => ("em", true),
-        MatchKey::Phone => ("ph", true),
-        MatchKey::FirstName => ("fn", true),
-        MatchKey::LastName => ("ln", true),
-        MatchKey::City => ("ct", true),
-        MatchKey::State => ("st", true),
-        MatchKey::Zip => ("zp", true),
-        MatchKey::Country => ("country", true),
-        MatchKey::ExternalId => ("external_id", true),
-        MatchKey::DateOfBirth => ("db", true),
-        MatchKey::Gender => ("ge", true),
-        MatchKey::ClientIp => ("client_ip_address", false),
-        MatchKey::UserAgent => ("client_user_agent", false),
-        MatchKey::Epik => ("click_id", false),
-        _ => return None,
-    })
-}
-
-/// `action_source`: `web` for website events (the rule's, or a page URL without one), else `offline`.
-fn action_source(d: &Delivery) -> &'static str {
-    match d.action_source.as_deref() {
-        Some("website") => "web",
-        None if d.payload.event_source_url.is_some() => "web",
-        _ => "offline",
+    match key {
+        MatchKey::Epik => Some(("click_id", false)),
+        _ => event_fields::capi_field(key),
     }
 }
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for pinterest ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "pinterest", MAX_AGE_DAYS)?;
     let Some(name) = pinterest_event_name(d) else {
         return Err(Outcome::failed(
             "pinterest: the rule's event has no Pinterest name: set [rules.pinterest] event (checkout, lead, …)",
@@ -143,19 +79,22 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     if name == "checkout" {
         custom.insert("order_id".into(), json!(d.event_id));
     }
-    let mut event = Map::new();
-    event.insert("event_name".into(), json!(name));
-    event.insert("action_source".into(), json!(action_source(d)));
-    event.insert("event_time".into(), json!(d.event_time.timestamp()));
-    event.insert("event_id".into(), json!(d.event_id));
-    if let Some(url) = d.payload.event_source_url.as_deref() {
-        event.insert("event_source_url".into(), json!(url));
+    Ok(event_fields::capi_event(
+        d,
+        name,
+        action_source(d),
+        user,
+        custom,
+    ))
+}
+
+/// `action_source`: `web` for website events (the rule's, or a page URL without one), else `offline`.
+fn action_source(d: &Delivery) -> &'static str {
+    match d.action_source.as_deref() {
+        Some("website") => "web",
+        None if d.payload.event_source_url.is_some() => "web",
+        _ => "offline",
     }
-    event.insert("user_data".into(), Value::Object(user));
-    if !custom.is_empty() {
-        event.insert("custom_data".into(), Value::Object(custom));
-    }
-    Ok(Value::Object(event))
 }
 
 /// Spreads Pinterest's answer to a request carrying `rows` over those rows.
@@ -180,23 +119,10 @@ pub fn classify(
         _ => format!("pinterest: HTTP {}: {}", status.as_u16(), excerpt(body)),
     };
     let all = |outcome: Outcome| rows.iter().map(|&i| (i, outcome.clone())).collect();
-    if matches!(status.as_u16(), 401 | 403) {
-        let wait = retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR);
-        return all(Outcome::Retry {
-            error: message,
-            retry_after: Some(wait),
-        });
-    }
-    if is_retryable_status(status) {
-        return all(Outcome::Retry {
-            error: message,
-            retry_after,
-        });
-    }
     let report = match status.as_u16() {
         200 => parsed.as_ref(),
         422 => field("details"),
-        _ => return all(Outcome::failed(message)),
+        _ => return all(by_status(status, retry_after, message, &[401, 403]).outcome()),
     };
     let statuses = report
         .and_then(|r| r.get("events"))
@@ -228,18 +154,14 @@ pub fn classify(
 
 /// A Pinterest ad account and the conversion token that may write to it.
 pub struct Pinterest {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// `{endpoint}/v5/ad_accounts/{ad_account_id}/events`.
     url: String,
     /// The conversion token (a bearer header).
     access_token: Secret,
     /// Add `?test=true`.
     test_mode: bool,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Pinterest {
@@ -252,12 +174,10 @@ impl Pinterest {
     ) -> Result<Pinterest, DestinationError> {
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Pinterest {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             url: format!("{base}/v5/ad_accounts/{}/events", config.ad_account_id),
             access_token: config.access_token.clone(),
             test_mode: config.test_mode,
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: http_client(name, dispatch)?,
         })
     }
 
@@ -268,21 +188,23 @@ impl Pinterest {
         event_fields::plan(batch, now, &url, encode_event)
     }
 
-    /// Sends the requests of `plan` with the bearer token.
-    async fn send_plan(&self, plan: &Plan) -> Vec<(usize, Outcome)> {
-        let token = self.access_token.expose();
-        let request = |r: &super::Request| self.http.post(&r.url).bearer_auth(token);
-        event_fields::send_plan(&self.name, "pinterest", plan, request, classify).await
+    /// The HTTP request of `request` carrying `body`, with the bearer token.
+    fn build(&self, request: &Request, body: Body<'_>) -> reqwest::RequestBuilder {
+        (self.account.http.post(&request.url))
+            .bearer_auth(self.access_token.expose())
+            .json(&body)
     }
 
     /// Sends one synthetic `page_visit` (a hashed `.invalid` email, timed now) in test mode, as `send`
     /// sends: proves the token and the ad account and records nothing (Pinterest has no read that a
     /// conversion token is sure to be allowed).
     async fn check(&self) -> Health {
-        let mut probe = synthetic(&self.name, None);
+        let mut probe = synthetic(&self.account.name, None);
         probe.payload.platform_event = Some("page_visit".into());
         let plan = self.plan_for(std::slice::from_ref(&probe), Utc::now(), true);
-        let outcome = match self.send_plan(&plan).await.pop() {
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        let sent = (self.account).send_per_event("pinterest", &plan, build, classify);
+        let outcome = match sent.await.pop() {
             Some((_, outcome)) => outcome,
             None => plan
                 .not_sent
@@ -303,25 +225,13 @@ impl Pinterest {
 }
 
 impl Destination for Pinterest {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Pinterest
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Pinterest);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let plan = self.plan(batch, Utc::now());
-            let sent = self.send_plan(&plan).await;
-            let sent = event_fields::tested_only(sent, self.test_mode, "pinterest");
-            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-        })
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        let account = &self.account;
+        Box::pin(account.send_tested("pinterest", plan, self.test_mode, build, classify))
     }
 
     fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
@@ -334,81 +244,4 @@ impl Destination for Pinterest {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::destinations::test_support::{h, purchase, t0};
-    use reqwest::StatusCode;
-
-    #[test]
-    fn a_website_purchase_becomes_a_pinterest_checkout_with_a_string_value() {
-        let mut d = purchase(7, t0());
-        d.payload.keys.insert(MatchKey::Epik, "dj0yJnU9".into());
-        let event = encode_event(&d, t0()).unwrap();
-        assert_eq!(event["event_name"], "checkout");
-        assert_eq!(event["action_source"], "web");
-        assert_eq!(event["event_time"], json!(t0().timestamp()));
-        assert_eq!(event["event_id"], "order-7");
-        assert_eq!(event["user_data"]["em"], json!([h('a')]));
-        assert_eq!(event["user_data"]["click_id"], "dj0yJnU9");
-        assert_eq!(event["custom_data"]["value"], "49.9");
-        assert_eq!(event["custom_data"]["order_id"], "order-7");
-    }
-
-    #[test]
-    fn refunds_old_events_and_rows_without_email_or_browser_are_not_sent() {
-        let mut refund = purchase(1, t0());
-        refund.kind = Kind::Restatement;
-        assert_eq!(
-            encode_event(&refund, t0()),
-            Err(Outcome::skipped("platform cannot retract"))
-        );
-        let old = purchase(2, t0() - TimeDelta::days(8));
-        assert_eq!(
-            encode_event(&old, t0()),
-            Err(Outcome::skipped("too old for pinterest (7 days)"))
-        );
-        let mut phone_only = purchase(3, t0());
-        phone_only.payload.keys.retain(|k, _| *k == MatchKey::Phone);
-        assert!(matches!(
-            encode_event(&phone_only, t0()),
-            Err(Outcome::Skipped { .. })
-        ));
-    }
-
-    #[test]
-    fn a_422_fails_only_the_failed_events() {
-        let report = json!({"num_events_received": 2, "num_events_processed": 1, "events": [
-            {"status": "processed", "error_message": null},
-            {"status": "failed", "error_message": "custom_data.currency must be an upper-case ISO 4217 code"},
-        ]});
-        let body = json!({"code": 4, "message": "x", "details": report}).to_string();
-        let out = classify(StatusCode::UNPROCESSABLE_ENTITY, None, &body, &[2, 4]);
-        assert_eq!(out[0], (2, Outcome::Sent { platform_ref: None }));
-        assert!(matches!(&out[1], (4, Outcome::Failed { error }) if error.contains("currency")));
-        let ok = classify(StatusCode::OK, None, &report.to_string(), &[9]);
-        assert_eq!(ok[0], (9, Outcome::Sent { platform_ref: None }));
-        let schema = classify(
-            StatusCode::BAD_REQUEST,
-            None,
-            r#"{"code":1,"message":"bad"}"#,
-            &[1, 2],
-        );
-        assert_eq!(
-            schema[1],
-            (2, Outcome::failed("pinterest: HTTP 400: code 1: bad"))
-        );
-        let denied = classify(
-            StatusCode::FORBIDDEN,
-            None,
-            r#"{"code":29,"message":"no"}"#,
-            &[1],
-        );
-        assert!(matches!(
-            denied[0].1,
-            Outcome::Retry {
-                retry_after: Some(_),
-                ..
-            }
-        ));
-    }
-}
+mod tests;

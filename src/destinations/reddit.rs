@@ -12,18 +12,16 @@
 //! (Reddit takes none older); Reddit cannot retract, so a refund of a sent conversion is skipped.
 //! `test_event_code` is sent as `test_id` (Ads Manager → Event Testing).
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
+use super::batch::{BatchAnswer, Body, Plan, Request};
+use super::event_fields::{self, account_accessors, by_status, said, Account};
 use super::health::{synthetic, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, operator_retry, read_answer};
-use super::{
-    batch_size, event_name, value_number, Destination, DestinationError, Outcome, Preview,
-    SendFuture,
-};
+use super::http::base_url;
+use super::{event_name, Destination, DestinationError, Outcome, Preview, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, RedditConfig, Secret};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 
@@ -51,18 +49,14 @@ const TRACKING_TYPES: &[(&str, &str)] = &[
 
 /// A Reddit pixel and its conversion access token.
 pub struct Reddit {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// The conversion events URL.
     url: String,
     /// The conversion access token.
     access_token: Secret,
     /// Sent as `test_id`: routes events to Event Testing.
     test_id: Option<String>,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Reddit {
@@ -74,7 +68,7 @@ impl Reddit {
         dispatch: &DispatchConfig,
     ) -> Result<Reddit, DestinationError> {
         Ok(Reddit {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             url: format!(
                 "{}/api/v3/pixels/{}/conversion_events",
                 base_url(&api.endpoint, DEFAULT_ENDPOINT),
@@ -85,8 +79,6 @@ impl Reddit {
                 .test_event_code
                 .clone()
                 .filter(|c| !c.trim().is_empty()),
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -138,23 +130,11 @@ fn user_field(key: MatchKey) -> Option<&'static str> {
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for reddit ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "reddit", MAX_AGE_DAYS)?;
     let Some(name) = event_name(d) else {
         return Err(Outcome::failed("reddit needs an event name (rule event)"));
     };
-    let mut user = Map::new();
-    for (key, value) in &d.payload.keys {
-        if let Some(field) = user_field(*key) {
-            user.insert(field.into(), json!(value));
-        }
-    }
+    let user = event_fields::plain_user(d, user_field);
     let click = d.payload.keys.get(&MatchKey::RdtCid);
     let has = |k: &str| user.contains_key(k);
     let usable = click.is_some()
@@ -165,23 +145,8 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     if !usable {
         return Err(Outcome::skipped("no usable match key for reddit"));
     }
-    let mut metadata = Map::new();
+    let mut metadata = event_fields::custom_value(d, "reddit", false)?;
     metadata.insert("conversion_id".into(), json!(d.event_id));
-    match value_number(d) {
-        Ok(Some(value)) => {
-            metadata.insert("value".into(), Value::Number(value));
-        }
-        Ok(None) => {}
-        Err(e) => return Err(Outcome::failed(format!("reddit: {e}"))),
-    }
-    if let Some(c) = d
-        .currency
-        .as_deref()
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-    {
-        metadata.insert("currency".into(), json!(c.to_ascii_uppercase()));
-    }
     let mut event = Map::new();
     event.insert("event_at".into(), json!(d.event_time.timestamp_millis()));
     event.insert("action_source".into(), json!(action_source(d)));
@@ -213,19 +178,12 @@ pub fn classify(
     if status.is_success() {
         return BatchAnswer::Sent(None);
     }
-    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let message = parsed["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| excerpt(body));
-    let error = format!("reddit: HTTP {}: {message}", status.as_u16());
-    if is_retryable_status(status) {
-        BatchAnswer::Retry { error, retry_after }
-    } else if matches!(status.as_u16(), 401 | 403) {
-        operator_retry(error, retry_after)
-    } else {
-        BatchAnswer::Rejected(error)
-    }
+    let error = format!(
+        "reddit: HTTP {}: {}",
+        status.as_u16(),
+        said(body, "message")
+    );
+    by_status(status, retry_after, error, &[401, 403])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,47 +197,21 @@ struct Wrapped<T> {
 }
 
 impl Reddit {
-    /// Sends `rows` of `request` in one request.
-    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
-        let started = std::time::Instant::now();
-        let response = self
-            .http
-            .post(&request.url)
+    /// The HTTP request of `request` carrying `body` wrapped in `data`, with the bearer token.
+    fn build(&self, request: &Request, body: Body<'_>) -> reqwest::RequestBuilder {
+        (self.account.http.post(&request.url))
             .bearer_auth(self.access_token.expose())
-            .json(&Wrapped {
-                data: request.body(items, rows),
-            })
-            .send()
-            .await;
-        let answer = read_answer("reddit", response, classify).await;
-        observe_request(&self.name, started, &answer);
-        answer
+            .json(&Wrapped { data: body })
     }
 }
 
 impl Destination for Reddit {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Reddit
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Reddit);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let plan = self.plan(batch, Utc::now());
-            let items = &plan.items;
-            let sent = send_isolated(&plan, |request, part| async move {
-                self.post(request, items, &part).await
-            })
-            .await;
-            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-        })
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
+        let build = |r: &Request, body: Body<'_>| self.build(r, body);
+        Box::pin(self.account.send_bisected("reddit", plan, build, classify))
     }
 
     /// One request with every event that can be sent (and the test id, in test mode).
@@ -295,7 +227,7 @@ impl Destination for Reddit {
         )
     }
 
-    /// The plan's requests, each body wrapped in `data` as [`Reddit::post`] sends it.
+    /// The plan's requests, each body wrapped in `data` as [`Reddit::build`] sends it.
     fn preview(&self, batch: &[Delivery]) -> Preview {
         let mut preview = self.plan(batch, Utc::now()).preview();
         for request in &mut preview.requests {
@@ -317,14 +249,19 @@ impl Destination for Reddit {
                      Testing event",
                 );
             };
-            let plan = self.plan(&[synthetic(&self.name, None)], Utc::now());
+            let plan = self.plan(&[synthetic(&self.account.name, None)], Utc::now());
             let Some(request) = plan.requests.first() else {
                 return Health::only(
                     false,
                     format!("cannot build the test event: {:?}", plan.not_sent),
                 );
             };
-            match self.post(request, &plan.items, &request.rows).await {
+            let body = request.body(&plan.items, &request.rows);
+            match self
+                .account
+                .post("reddit", self.build(request, body), classify)
+                .await
+            {
                 BatchAnswer::Sent(_) => Health::only(
                     true,
                     format!(

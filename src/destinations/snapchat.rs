@@ -19,19 +19,18 @@
 //! `check`: `GET /v3/{pixel_id}/events/validate/stats`, a read of the test-event stats, proves the
 //! token and the pixel without recording anything.
 
-use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::{json, Map, Value};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
 
-use super::batch::in_order;
-use super::event_fields;
+use super::batch::{Body, Request};
+use super::event_fields::{self, account_accessors, by_status, Account};
 use super::health::unreachable;
-use super::http::{base_url, excerpt, http_client, is_retryable_status, Answer};
+use super::http::{base_url, Answer};
 use super::{
-    batch_size, event_name, Destination, DestinationError, Health, HealthFuture, Outcome, Plan,
-    Probe, SendFuture, OPERATOR_RETRY_FLOOR,
+    Destination, DestinationError, Health, HealthFuture, Outcome, Plan, Probe, SendFuture,
 };
 use crate::config::{ApiConfig, DispatchConfig, Secret, SnapchatConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 
@@ -43,71 +42,24 @@ pub const MAX_EVENTS: usize = 2_000;
 pub const MAX_AGE_DAYS: i64 = 37;
 
 /// Snap's standard event names (the ones pgcapi's rules can produce).
-const SNAP_NAMES: &[&str] = &[
-    "PURCHASE",
-    "SIGN_UP",
-    "ADD_CART",
-    "START_CHECKOUT",
-    "ADD_BILLING",
-    "SUBSCRIBE",
-    "START_TRIAL",
-    "VIEW_CONTENT",
-    "PAGE_VIEW",
-    "SEARCH",
-    "ADD_TO_WISHLIST",
-    "SAVE",
-    "RESERVE",
-    "LOGIN",
-    "CUSTOM_EVENT_1",
-    "CUSTOM_EVENT_2",
-    "CUSTOM_EVENT_3",
-    "CUSTOM_EVENT_4",
-    "CUSTOM_EVENT_5",
-];
+const SNAP_NAMES: &str =
+    "PURCHASE SIGN_UP ADD_CART START_CHECKOUT ADD_BILLING SUBSCRIBE START_TRIAL \
+    VIEW_CONTENT PAGE_VIEW SEARCH ADD_TO_WISHLIST SAVE RESERVE LOGIN CUSTOM_EVENT_1 CUSTOM_EVENT_2 \
+    CUSTOM_EVENT_3 CUSTOM_EVENT_4 CUSTOM_EVENT_5";
 
-/// Meta-style rule events and Snap's names for them.
-const NAME_MAP: &[(&str, &str)] = &[
-    ("Purchase", "PURCHASE"),
-    ("Lead", "SIGN_UP"),
-    ("CompleteRegistration", "SIGN_UP"),
-    ("AddToCart", "ADD_CART"),
-    ("InitiateCheckout", "START_CHECKOUT"),
-    ("AddPaymentInfo", "ADD_BILLING"),
-    ("Subscribe", "SUBSCRIBE"),
-    ("StartTrial", "START_TRIAL"),
-    ("ViewContent", "VIEW_CONTENT"),
-    ("PageView", "PAGE_VIEW"),
-    ("Search", "SEARCH"),
-    ("AddToWishlist", "ADD_TO_WISHLIST"),
-];
-
-/// The Snap event name of a row: the override, a Snap name, or the mapped Meta-style name.
+/// The Snap event name of a row: the override, a Snap name, or Snap's name for a Meta-style one.
 pub fn snap_event_name(d: &Delivery) -> Option<&'static str> {
-    let name = event_name(d)?.trim();
-    SNAP_NAMES
-        .iter()
-        .find(|n| **n == name)
-        .or_else(|| NAME_MAP.iter().find(|(m, _)| *m == name).map(|(_, s)| s))
-        .copied()
+    event_fields::native_name(d, SNAP_NAMES, |(_, snap, _)| snap)
 }
 
-/// Snap's `user_data` field of a match key, and whether its value is a hash (sent as a list).
+/// Snap's `user_data` field of a match key, and whether its value is a hash (sent as a list): the
+/// shared Conversions-API names but the external id and birth date, and the Snap click id.
 fn user_field(key: MatchKey) -> Option<(&'static str, bool)> {
-    Some(match key {
-        MatchKey::Email => ("em", true),
-        MatchKey::Phone => ("ph", true),
-        MatchKey::FirstName => ("fn", true),
-        MatchKey::LastName => ("ln", true),
-        MatchKey::City => ("ct", true),
-        MatchKey::State => ("st", true),
-        MatchKey::Zip => ("zp", true),
-        MatchKey::Country => ("country", true),
-        MatchKey::Gender => ("ge", true),
-        MatchKey::ClientIp => ("client_ip_address", false),
-        MatchKey::UserAgent => ("client_user_agent", false),
-        MatchKey::ScClickId => ("sc_click_id", false),
-        _ => return None,
-    })
+    match key {
+        MatchKey::ScClickId => Some(("sc_click_id", false)),
+        MatchKey::ExternalId | MatchKey::DateOfBirth => None,
+        _ => event_fields::capi_field(key),
+    }
 }
 
 /// `action_source`: `WEB` for website events with a page URL (Snap requires one), `MOBILE_APP` for
@@ -123,14 +75,7 @@ fn action_source(d: &Delivery) -> &'static str {
 
 /// Builds one event, or the outcome that replaces sending it.
 pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    if d.event_time < now - TimeDelta::days(MAX_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for snapchat ({MAX_AGE_DAYS} days)"
-        )));
-    }
+    event_fields::fresh_conversion(d, now, "snapchat", MAX_AGE_DAYS)?;
     let Some(name) = snap_event_name(d) else {
         return Err(Outcome::failed(
             "snapchat: the rule's event has no Snap name: set [rules.snapchat] event (PURCHASE, SIGN_UP, …)",
@@ -145,16 +90,6 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
     {
         return Err(Outcome::skipped("no usable match key for snapchat"));
     }
-    let mut event = Map::new();
-    event.insert("event_name".into(), json!(name));
-    event.insert("event_time".into(), json!(d.event_time.timestamp()));
-    event.insert("event_id".into(), json!(d.event_id));
-    let source = action_source(d);
-    event.insert("action_source".into(), json!(source));
-    if let Some(url) = d.payload.event_source_url.as_deref() {
-        event.insert("event_source_url".into(), json!(url));
-    }
-    event.insert("user_data".into(), Value::Object(user));
     let mut custom = event_fields::custom_value(d, "snapchat", false)?;
     if name == "PURCHASE" {
         if !(custom.contains_key("value") && custom.contains_key("currency")) {
@@ -165,10 +100,13 @@ pub fn encode_event(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> 
         // Snap's purchase dedup also looks at the transaction id.
         custom.insert("order_id".into(), json!(d.event_id));
     }
-    if !custom.is_empty() {
-        event.insert("custom_data".into(), Value::Object(custom));
-    }
-    Ok(Value::Object(event))
+    Ok(event_fields::capi_event(
+        d,
+        name,
+        action_source(d),
+        user,
+        custom,
+    ))
 }
 
 /// Spreads Snap's answer to a request carrying `rows` over those rows.
@@ -182,35 +120,14 @@ pub fn classify(
     body: &str,
     rows: &[usize],
 ) -> Vec<(usize, Outcome)> {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let reason = parsed
-        .as_ref()
-        .and_then(|v| v.get("reason"))
-        .and_then(Value::as_str)
-        .map_or_else(|| excerpt(body), str::to_string);
     let all = |outcome: Outcome| rows.iter().map(|&i| (i, outcome.clone())).collect();
-    let message = format!("snapchat: HTTP {}: {reason}", status.as_u16());
-    if matches!(status.as_u16(), 401 | 403) {
-        let wait = retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR);
-        return all(Outcome::Retry {
-            error: message,
-            retry_after: Some(wait),
-        });
-    }
-    if is_retryable_status(status) {
-        return all(Outcome::Retry {
-            error: message,
-            retry_after,
-        });
-    }
     if !status.is_success() {
-        return all(Outcome::failed(message));
+        let reason = event_fields::said(body, "reason");
+        let message = format!("snapchat: HTTP {}: {reason}", status.as_u16());
+        return all(by_status(status, retry_after, message, &[401, 403]).outcome());
     }
-    let statuses = parsed
-        .as_ref()
-        .and_then(|v| v.get("events"))
-        .and_then(Value::as_array);
-    let Some(statuses) = statuses else {
+    let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let Some(statuses) = answer["events"].as_array() else {
         // A 200 without per-event statuses: Snap took the request.
         return all(Outcome::Sent { platform_ref: None });
     };
@@ -237,18 +154,14 @@ pub fn classify(
 
 /// A Snap pixel and the CAPI token that may write to it.
 pub struct Snapchat {
-    /// The config name.
-    name: String,
+    /// Name, batch size and client.
+    account: Account,
     /// `{endpoint}/v3/{pixel_id}`.
     base: String,
     /// The CAPI token (a query parameter on every call).
     access_token: Secret,
     /// Send to `/events/validate` instead of `/events`.
     test_mode: bool,
-    /// Events per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Snapchat {
@@ -261,12 +174,10 @@ impl Snapchat {
     ) -> Result<Snapchat, DestinationError> {
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Snapchat {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_EVENTS, dispatch)?,
             base: format!("{base}/v3/{}", config.pixel_id),
             access_token: config.access_token.clone(),
             test_mode: config.test_mode,
-            max_batch: batch_size(api, MAX_EVENTS),
-            http: http_client(name, dispatch)?,
         })
     }
 
@@ -279,8 +190,7 @@ impl Snapchat {
     /// Reads the test-event stats of the pixel: proves the token and the pixel id, records nothing.
     async fn check(&self) -> Health {
         let url = format!("{}/events/validate/stats", self.base);
-        let response = self
-            .http
+        let response = (self.account.http)
             .get(url)
             .query(&[("access_token", self.access_token.expose())])
             .send()
@@ -295,8 +205,7 @@ impl Snapchat {
                 "token and pixel accepted (read the test-event stats, nothing recorded{mode})"
             ))
         } else {
-            let reason = answer.json()["reason"].as_str().map(str::to_string);
-            let reason = reason.unwrap_or_else(|| excerpt(&answer.text));
+            let reason = event_fields::said(&answer.text, "reason");
             Health::fail(format!(
                 "snapchat: HTTP {}: {reason}",
                 answer.status.as_u16()
@@ -306,28 +215,18 @@ impl Snapchat {
 }
 
 impl Destination for Snapchat {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn platform(&self) -> Platform {
-        Platform::Snapchat
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
+    account_accessors!(Platform::Snapchat);
 
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let plan = self.plan(batch, Utc::now());
-            let token = [("access_token", self.access_token.expose())];
-            let request = |r: &super::Request| self.http.post(&r.url).query(&token);
-            let sent =
-                event_fields::send_plan(&self.name, "snapchat", &plan, request, classify).await;
-            let sent = event_fields::tested_only(sent, self.test_mode, "snapchat");
-            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-        })
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
+        let token = [("access_token", self.access_token.expose())];
+        let build = move |r: &Request, body: Body<'_>| {
+            self.account.http.post(&r.url).query(&token).json(&body)
+        };
+        Box::pin(
+            self.account
+                .send_tested("snapchat", plan, self.test_mode, build, classify),
+        )
     }
 
     fn plan(&self, batch: &[Delivery], now: DateTime<Utc>) -> Plan {
@@ -340,96 +239,4 @@ impl Destination for Snapchat {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::destinations::test_support::{h, purchase, t0};
-    use reqwest::StatusCode;
-
-    #[test]
-    fn a_website_purchase_becomes_snap_s_event_in_seconds() {
-        let mut d = purchase(7, t0());
-        d.payload
-            .keys
-            .insert(MatchKey::ScClickId, "5e6f-click".into());
-        let event = encode_event(&d, t0()).unwrap();
-        assert_eq!(event["event_name"], "PURCHASE");
-        assert_eq!(event["event_time"], json!(t0().timestamp()));
-        assert_eq!(event["event_time"].to_string().len(), 10);
-        assert_eq!(event["action_source"], "WEB");
-        assert_eq!(event["event_id"], "order-7");
-        assert_eq!(event["user_data"]["em"], json!([h('a')]));
-        assert_eq!(event["user_data"]["ph"], json!([h('b')]));
-        assert_eq!(event["user_data"]["sc_click_id"], "5e6f-click");
-        assert_eq!(event["user_data"]["client_ip_address"], "203.0.113.7");
-        assert!(event["user_data"].get("gclid").is_none());
-        assert_eq!(event["custom_data"]["value"], json!(49.9));
-        assert_eq!(event["custom_data"]["currency"], "EUR");
-        assert_eq!(event["custom_data"]["order_id"], "order-7");
-    }
-
-    #[test]
-    fn refunds_old_events_and_anonymous_rows_are_not_sent() {
-        let mut refund = purchase(1, t0());
-        refund.kind = Kind::Retraction;
-        assert_eq!(
-            encode_event(&refund, t0()),
-            Err(Outcome::skipped("platform cannot retract"))
-        );
-        let old = purchase(2, t0() - TimeDelta::days(38));
-        assert_eq!(
-            encode_event(&old, t0()),
-            Err(Outcome::skipped("too old for snapchat (37 days)"))
-        );
-        let mut anonymous = purchase(3, t0());
-        anonymous.payload.keys.clear();
-        assert_eq!(
-            encode_event(&anonymous, t0()),
-            Err(Outcome::skipped("no usable match key for snapchat"))
-        );
-        let mut unnamed = purchase(4, t0());
-        unnamed.event_name = Some("Refund".into());
-        assert!(matches!(
-            encode_event(&unnamed, t0()),
-            Err(Outcome::Failed { .. })
-        ));
-        unnamed.payload.platform_event = Some("CUSTOM_EVENT_1".into());
-        assert_eq!(
-            encode_event(&unnamed, t0()).unwrap()["event_name"],
-            "CUSTOM_EVENT_1"
-        );
-    }
-
-    #[test]
-    fn a_row_without_a_page_is_an_offline_event() {
-        let mut d = purchase(5, t0());
-        d.payload.event_source_url = None;
-        assert_eq!(encode_event(&d, t0()).unwrap()["action_source"], "OFFLINE");
-    }
-
-    #[test]
-    fn snap_s_answer_is_spread_per_event() {
-        let body = json!({"status": "INVALID", "events": [
-            {"status": "VALID", "event": 0},
-            {"status": "INVALID", "event": 1, "reason": "custom_data.currency must be an upper-case ISO 4217 code"},
-        ]})
-        .to_string();
-        let out = classify(StatusCode::OK, None, &body, &[3, 5, 8]);
-        assert_eq!(out[0], (3, Outcome::Sent { platform_ref: None }));
-        assert_eq!(
-            out[1],
-            (
-                5,
-                Outcome::failed(
-                    "snapchat: custom_data.currency must be an upper-case ISO 4217 code"
-                )
-            )
-        );
-        assert!(matches!(out[2], (8, Outcome::Retry { .. })));
-        let denied = classify(StatusCode::UNAUTHORIZED, None, "{}", &[1]);
-        assert!(
-            matches!(&denied[0].1, Outcome::Retry { retry_after: Some(d), .. } if *d >= OPERATOR_RETRY_FLOOR)
-        );
-        let busy = classify(StatusCode::TOO_MANY_REQUESTS, None, "{}", &[1]);
-        assert!(matches!(busy[0].1, Outcome::Retry { .. }));
-    }
-}
+mod tests;

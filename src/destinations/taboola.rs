@@ -27,15 +27,13 @@
 //! retract"). No event-age limit is published (conversion windows are set per rule in Taboola Ads),
 //! so none is applied. `check` has nothing to verify: no credential exists.
 
-use super::batch::{in_order, observe_request, send_isolated, BatchAnswer, Plan, Request};
-use super::health::{unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, read_answer};
-use super::{
-    batch_size, event_name, value_number, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
-};
+use super::batch::{BatchAnswer, Body, Plan, Request};
+use super::event_fields::{self, account_accessors, by_status, http_error, Account};
+use super::health::{Health, HealthFuture, Probe};
+use super::http::base_url;
+use super::{value_number, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, TaboolaConfig};
-use crate::event::{Delivery, Kind};
+use crate::event::Delivery;
 use crate::identity::MatchKey;
 use crate::platform::Platform;
 use chrono::{DateTime, Utc};
@@ -54,16 +52,12 @@ pub const CURRENCIES: [&str; 19] = [
 
 /// A Taboola advertiser account.
 pub struct Taboola {
-    /// The config name.
-    name: String,
+    /// Name, batch size (actions per request) and client.
+    account: Account,
     /// The API base, for messages.
     base: String,
     /// The bulk endpoint of the account.
     url: String,
-    /// Actions per request.
-    max_batch: usize,
-    /// The HTTP client.
-    http: reqwest::Client,
 }
 
 impl Taboola {
@@ -76,11 +70,9 @@ impl Taboola {
     ) -> Result<Taboola, DestinationError> {
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
         Ok(Taboola {
-            name: name.to_string(),
+            account: Account::new(name, api, MAX_ACTIONS, dispatch)?,
             url: bulk_url(&base, &config.account_id),
             base,
-            max_batch: batch_size(api, MAX_ACTIONS),
-            http: super::http::http_client(name, dispatch)?,
         })
     }
 }
@@ -96,17 +88,7 @@ pub fn bulk_url(base: &str, account: &str) -> String {
 
 /// Builds one bulk action, or the outcome that replaces sending it.
 pub fn encode_action(d: &Delivery) -> Result<Value, Outcome> {
-    if d.kind != Kind::Conversion {
-        return Err(Outcome::skipped("platform cannot retract"));
-    }
-    let Some(click) = d.payload.keys.get(&MatchKey::TaboolaClickId) else {
-        return Err(Outcome::skipped("no click id"));
-    };
-    let Some(name) = event_name(d) else {
-        return Err(Outcome::failed(
-            "taboola needs an event name (the rule's event or [rules.taboola] event)",
-        ));
-    };
+    let (click, name) = event_fields::click_and_name(d, MatchKey::TaboolaClickId, "taboola")?;
     let mut action = Map::new();
     action.insert("click-id".into(), json!(click));
     action.insert("timestamp".into(), json!(d.event_time.timestamp_millis()));
@@ -137,30 +119,15 @@ pub fn classify(
     retry_after: Option<Duration>,
     body: &str,
 ) -> BatchAnswer {
-    let said = || {
-        let text = excerpt(body);
-        if text.is_empty() {
-            format!("taboola: HTTP {}", status.as_u16())
-        } else {
-            format!("taboola: HTTP {}: {text}", status.as_u16())
-        }
-    };
     if status.is_success() {
         return BatchAnswer::Sent(None);
     }
-    if is_retryable_status(status) {
-        return BatchAnswer::Retry {
-            error: said(),
-            retry_after,
-        };
+    let mut error = http_error("taboola", status, body);
+    let operator = [401, 403, 404];
+    if operator.contains(&status.as_u16()) {
+        error.push_str(" (check the destination's account_id)");
     }
-    if matches!(status.as_u16(), 401 | 403 | 404) {
-        return BatchAnswer::Retry {
-            error: format!("{} (check the destination's account_id)", said()),
-            retry_after: Some(OPERATOR_RETRY_FLOOR),
-        };
-    }
-    BatchAnswer::Rejected(said())
+    by_status(status, retry_after, error, &operator)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,60 +135,30 @@ pub fn classify(
 // ---------------------------------------------------------------------------------------------
 
 impl Taboola {
-    /// Sends the actions at `rows` of `items` in one bulk request.
-    async fn post(&self, request: &Request, items: &[Value], rows: &[usize]) -> BatchAnswer {
-        let started = std::time::Instant::now();
-        let response = self
-            .http
-            .post(&request.url)
-            .json(&request.body(items, rows))
-            .send()
-            .await;
-        let answer = read_answer("taboola", response, classify).await;
-        observe_request(&self.name, started, &answer);
-        answer
-    }
-
     /// The health check. Taboola's S2S endpoints take no credential, and none of them answers
     /// without recording a conversion (or checks the account id or an event name), so there is
     /// nothing to verify: the endpoint is only reached, with a GET the bulk endpoint does not serve.
     async fn check(&self) -> Health {
-        match self.http.get(&self.url).send().await {
-            Ok(r) => Health::pass(format!(
-                "endpoint {} reachable (HTTP {}); nothing to verify: Taboola's S2S endpoints take \
-                 no credential, and no call checks the account id or the event names without \
-                 recording a conversion",
-                self.base,
-                r.status().as_u16()
-            )),
-            Err(e) => Health::fail(unreachable(&self.base, e)),
-        }
+        let base = &self.base;
+        let text = |status| {
+            format!(
+                "endpoint {base} reachable (HTTP {status}); nothing to verify: Taboola's S2S \
+                 endpoints take no credential, and no call checks the account id or the event \
+                 names without recording a conversion"
+            )
+        };
+        self.account.reach(&self.url, base, text).await
     }
 }
 
 impl Destination for Taboola {
-    fn name(&self) -> &str {
-        &self.name
-    }
+    account_accessors!(Platform::Taboola);
 
-    fn platform(&self) -> Platform {
-        Platform::Taboola
-    }
-
-    fn max_batch(&self) -> usize {
-        self.max_batch
-    }
-
+    /// One bulk request, no credential; a rejected one is bisected.
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a> {
-        Box::pin(async move {
-            let plan = self.plan(batch, Utc::now());
-            let items = &plan.items;
-            let sent = send_isolated(&plan, |request, part| async move {
-                self.post(request, items, &part).await
-            })
-            .await;
-            in_order(batch.len(), sent.into_iter().chain(plan.not_sent))
-        })
+        let plan = (batch.len(), self.plan(batch, Utc::now()));
+        let build = |r: &Request, body: Body<'_>| self.account.http.post(&r.url).json(&body);
+        Box::pin(self.account.send_bisected("taboola", plan, build, classify))
     }
 
     /// One bulk request for every row Taboola can use.

@@ -1,6 +1,6 @@
 //! `platform = "meta"`: a Meta dataset (pixel) and the Conversions API token that writes to it.
 
-use super::{Reader, Settings};
+use super::Settings;
 use crate::config::Secret;
 use serde::Deserialize;
 
@@ -17,10 +17,6 @@ pub struct MetaConfig {
 }
 
 impl Settings for MetaConfig {
-    fn read(reader: &mut Reader) -> Option<Self> {
-        reader.part()
-    }
-
     fn secrets(&self) -> Vec<&Secret> {
         vec![&self.access_token]
     }

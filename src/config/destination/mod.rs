@@ -93,9 +93,12 @@ pub enum PlatformConfig {
 }
 
 /// What each platform's settings struct provides to the reader and to `pgcapi check`.
-trait Settings: Sized {
+trait Settings: Sized + DeserializeOwned {
     /// Reads the settings from the destination's table; `None` when they cannot be built at all.
-    fn read(reader: &mut Reader) -> Option<Self>;
+    /// By default the table as it is; a platform with checks of its own reads it and checks.
+    fn read(reader: &mut Reader) -> Option<Self> {
+        reader.part()
+    }
     /// Every secret the settings hold, so that `pgcapi check` can scrub them from what it prints.
     fn secrets(&self) -> Vec<&Secret>;
 }

@@ -1,7 +1,7 @@
 //! `platform = "outbrain"`: Outbrain's S2S conversion postback. It has no key of its own: the
 //! postback carries no credential and no account, the click id says whose conversion it is.
 
-use super::{Reader, Settings};
+use super::Settings;
 use crate::config::Secret;
 use serde::Deserialize;
 
@@ -10,10 +10,6 @@ use serde::Deserialize;
 pub struct OutbrainConfig {}
 
 impl Settings for OutbrainConfig {
-    fn read(reader: &mut Reader) -> Option<Self> {
-        reader.part()
-    }
-
     fn secrets(&self) -> Vec<&Secret> {
         Vec::new()
     }

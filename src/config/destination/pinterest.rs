@@ -1,6 +1,6 @@
 //! `platform = "pinterest"`: a Pinterest ad account and its conversion access token.
 
-use super::{Reader, Settings};
+use super::Settings;
 use crate::config::Secret;
 use serde::Deserialize;
 
@@ -17,10 +17,6 @@ pub struct PinterestConfig {
 }
 
 impl Settings for PinterestConfig {
-    fn read(reader: &mut Reader) -> Option<Self> {
-        reader.part()
-    }
-
     fn secrets(&self) -> Vec<&Secret> {
         vec![&self.access_token]
     }

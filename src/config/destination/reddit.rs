@@ -1,6 +1,6 @@
 //! `platform = "reddit"`: a Reddit pixel and its conversion access token.
 
-use super::{Reader, Settings};
+use super::Settings;
 use crate::config::Secret;
 use serde::Deserialize;
 
@@ -17,10 +17,6 @@ pub struct RedditConfig {
 }
 
 impl Settings for RedditConfig {
-    fn read(reader: &mut Reader) -> Option<Self> {
-        reader.part()
-    }
-
     fn secrets(&self) -> Vec<&Secret> {
         vec![&self.access_token]
     }

@@ -1,6 +1,6 @@
 //! `platform = "snapchat"`: a Snap pixel (or Snap app id) and its Conversions API token.
 
-use super::{Reader, Settings};
+use super::Settings;
 use crate::config::Secret;
 use serde::Deserialize;
 
@@ -17,10 +17,6 @@ pub struct SnapchatConfig {
 }
 
 impl Settings for SnapchatConfig {
-    fn read(reader: &mut Reader) -> Option<Self> {
-        reader.part()
-    }
-
     fn secrets(&self) -> Vec<&Secret> {
         vec![&self.access_token]
     }

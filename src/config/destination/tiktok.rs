@@ -1,7 +1,7 @@
 //! `platform = "tiktok"`: a TikTok pixel (web events), optionally a CRM event set (CRM events), and
 //! the Events API token.
 
-use super::{Reader, Settings};
+use super::Settings;
 use crate::config::Secret;
 use serde::Deserialize;
 
@@ -22,10 +22,6 @@ pub struct TiktokConfig {
 }
 
 impl Settings for TiktokConfig {
-    fn read(reader: &mut Reader) -> Option<Self> {
-        reader.part()
-    }
-
     fn secrets(&self) -> Vec<&Secret> {
         vec![&self.access_token]
     }

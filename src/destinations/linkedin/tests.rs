@@ -5,6 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use super::*;
+use crate::destinations::event_fields::test_rows::assert_refunds_and_old_events_skipped;
 use crate::destinations::test_support::{h, purchase};
 
 /// A purchase for LinkedIn: a hashed email, a li_fat_id and both names, for rule 104012.
@@ -70,18 +71,7 @@ fn user_info_needs_both_names_and_user_ids_are_always_there() {
 
 #[test]
 fn refunds_old_events_and_missing_rules_are_not_sent() {
-    let mut refund = row();
-    refund.kind = Kind::Retraction;
-    assert_eq!(
-        encode_event(&refund, Utc::now()),
-        Err(Outcome::skipped("platform cannot retract"))
-    );
-    let old = row();
-    let later = old.event_time + TimeDelta::days(91);
-    assert_eq!(
-        encode_event(&old, later),
-        Err(Outcome::skipped("too old for linkedin (90 days)"))
-    );
+    assert_refunds_and_old_events_skipped(encode_event, &row(), "linkedin", 90);
     let mut no_rule = row();
     no_rule.payload.conversion_action = None;
     assert!(matches!(

@@ -1,22 +1,14 @@
 //! Outbrain encoder and answer tests (the requests against the sandbox are in tests/cases).
 
 use super::*;
-use crate::destinations::test_support::purchase;
-use chrono::{TimeZone, Utc};
+use crate::destinations::event_fields::test_rows::click_only;
+use crate::event::Kind;
 use reqwest::StatusCode;
 
-/// An Outbrain click id.
+/// An Outbrain click id, and (`row`) a purchase whose only key it is.
 const CLICK: &str = "00ab12cd34ef56ab78cd90ef12ab34cd56";
-
-/// A purchase whose only key is an Outbrain click id.
 fn row(id: i64) -> Delivery {
-    let at = Utc.with_ymd_and_hms(2026, 12, 1, 10, 30, 15).unwrap();
-    let mut d = purchase(id, at);
-    d.payload.keys.clear();
-    d.payload
-        .keys
-        .insert(MatchKey::ObClickId, CLICK.to_string());
-    d
+    click_only(id, MatchKey::ObClickId, CLICK)
 }
 
 #[test]

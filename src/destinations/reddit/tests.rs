@@ -5,6 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use super::*;
+use crate::destinations::event_fields::test_rows::assert_refunds_and_old_events_skipped;
 use crate::destinations::test_support::{h, purchase};
 
 /// A website purchase for Reddit: hashed email and phone, IP, user agent and an rdt_cid.
@@ -71,17 +72,7 @@ fn event_names_map_to_tracking_types_or_custom_events() {
 
 #[test]
 fn refunds_old_events_and_rows_without_match_keys_are_not_sent() {
-    let mut refund = row();
-    refund.kind = Kind::Retraction;
-    assert_eq!(
-        encode_event(&refund, Utc::now()),
-        Err(Outcome::skipped("platform cannot retract"))
-    );
-    let old = row();
-    assert_eq!(
-        encode_event(&old, old.event_time + TimeDelta::days(8)),
-        Err(Outcome::skipped("too old for reddit (7 days)"))
-    );
+    assert_refunds_and_old_events_skipped(encode_event, &row(), "reddit", 7);
     let mut bare = row();
     bare.payload.keys.clear();
     bare.payload

@@ -2,8 +2,9 @@
 
 use super::*;
 use crate::config::{ApiConfig, DispatchConfig, TaboolaConfig};
-use crate::destinations::test_support::purchase;
-use chrono::{TimeZone, Utc};
+use crate::destinations::event_fields::test_rows::click_only;
+use crate::event::Kind;
+use chrono::Utc;
 use reqwest::StatusCode;
 
 /// Taboola's sample click id.
@@ -11,13 +12,7 @@ const CLICK: &str = "GiDxLZcEVjwEqkGfKQMQndUYMIeZXFHmZ0DrHIJhGS6kKiDzkGUos9Gzkpq
 
 /// A purchase whose only key is a Taboola click id.
 fn row(id: i64) -> Delivery {
-    let at = Utc.with_ymd_and_hms(2026, 12, 1, 10, 30, 15).unwrap();
-    let mut d = purchase(id, at);
-    d.payload.keys.clear();
-    d.payload
-        .keys
-        .insert(MatchKey::TaboolaClickId, CLICK.to_string());
-    d
+    click_only(id, MatchKey::TaboolaClickId, CLICK)
 }
 
 #[test]
@@ -100,7 +95,7 @@ fn the_status_decides_the_batch() {
     ));
     assert!(matches!(
         classify(StatusCode::NOT_FOUND, None, ""),
-        BatchAnswer::Retry { retry_after: Some(d), ref error } if d == OPERATOR_RETRY_FLOOR && error.contains("account_id")
+        BatchAnswer::NeedsOperator { retry_after: None, ref error } if error.contains("account_id")
     ));
     assert_eq!(
         classify(StatusCode::BAD_REQUEST, None, "{\"error\":\"bad\"}"),
