@@ -478,7 +478,13 @@ pub fn is_sha256_hex(value: &str) -> bool {
 #[cfg(test)]
 mod click_id_tests;
 #[cfg(test)]
+mod idempotence_tests;
+#[cfg(test)]
+mod rules_doc_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unicode_tests;
 
 #[cfg(test)]
 mod vectors;
