@@ -155,15 +155,14 @@ fn when() -> DateTime<Utc> {
 
 /// One or more instances of every message kind, with the variants that change the layout.
 fn samples() -> Vec<PgOutput> {
-    let row = Tuple(vec![
-        t("42"),
-        Datum::Null,
-        Datum::UnchangedToast,
-        Datum::Binary(Bytes::from_static(&[0, 1, 2])),
-        t(""),
-        t("ünïcode"),
-    ]);
-    let key = Tuple(vec![t("42"), Datum::Null, Datum::Null]);
+    let mut all = transaction_samples();
+    all.extend(row_samples());
+    all.extend(message_samples());
+    all
+}
+
+/// Begin, Commit, Origin, Relation and Type: the messages around and about the rows.
+fn transaction_samples() -> Vec<PgOutput> {
     vec![
         PgOutput::Begin(Begin {
             final_lsn: Lsn(0x16_B374_D848),
@@ -212,6 +211,21 @@ fn samples() -> Vec<PgOutput> {
             namespace: "public".into(),
             name: "mood".into(),
         }),
+    ]
+}
+
+/// Insert, Update, Delete and Truncate, with every kind of datum and old tuple.
+fn row_samples() -> Vec<PgOutput> {
+    let row = Tuple(vec![
+        t("42"),
+        Datum::Null,
+        Datum::UnchangedToast,
+        Datum::Binary(Bytes::from_static(&[0, 1, 2])),
+        t(""),
+        t("ünïcode"),
+    ]);
+    let key = Tuple(vec![t("42"), Datum::Null, Datum::Null]);
+    vec![
         PgOutput::Insert(Insert {
             relation: 16384,
             new: row.clone(),
@@ -251,6 +265,12 @@ fn samples() -> Vec<PgOutput> {
             options: 0,
             relations: vec![],
         }),
+    ]
+}
+
+/// Logical decoding messages, transactional or not.
+fn message_samples() -> Vec<PgOutput> {
+    vec![
         PgOutput::Message(LogicalMessage {
             transactional: true,
             lsn: Lsn(0x1_0000_0001),
