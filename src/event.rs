@@ -313,7 +313,6 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
 }
 
-/// A control-table operation failed.
 /// What a platform reported, after accepting a request, about events it could not use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessingReport {

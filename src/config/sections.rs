@@ -1,5 +1,7 @@
 //! The plain sections of the config (`[source]`, `[defaults]`, `[capture]`, `[dispatch]`,
 //! `[retention]`, `[metrics]`), each with its defaults as `DEFAULT_*` constants next to its fields.
+//! A section marked `#[serde(default)]` takes each missing field from its `Default`, built from those
+//! constants.
 
 use super::Secret;
 use serde::Deserialize;
@@ -58,12 +60,11 @@ impl SourceConfig {
 
 /// `[defaults]`.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct Defaults {
     /// ISO 3166-1 alpha-2 region for phone numbers without a country.
-    #[serde(default = "Defaults::default_region")]
     pub region: String,
     /// ISO 4217 currency for rows without one.
-    #[serde(default = "Defaults::default_currency")]
     pub currency: String,
 }
 
@@ -72,35 +73,26 @@ impl Defaults {
     pub const DEFAULT_REGION: &'static str = "US";
     /// Default of `currency`.
     pub const DEFAULT_CURRENCY: &'static str = "USD";
-
-    fn default_region() -> String {
-        Self::DEFAULT_REGION.to_string()
-    }
-    fn default_currency() -> String {
-        Self::DEFAULT_CURRENCY.to_string()
-    }
 }
 
 impl Default for Defaults {
     fn default() -> Self {
         Defaults {
-            region: Self::default_region(),
-            currency: Self::default_currency(),
+            region: Self::DEFAULT_REGION.to_string(),
+            currency: Self::DEFAULT_CURRENCY.to_string(),
         }
     }
 }
 
 /// `[capture]`: group commit and flow control.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct CaptureConfig {
     /// Most control-table rows written in one control transaction.
-    #[serde(default = "CaptureConfig::default_group_max_rows")]
     pub group_max_rows: usize,
     /// Longest a finished source transaction waits for others to share its control transaction.
-    #[serde(default = "CaptureConfig::default_group_max_ms")]
     pub group_max_ms: u64,
     /// How often a standby status update is sent when nothing else prompts one.
-    #[serde(default = "CaptureConfig::default_status_interval_ms")]
     pub status_interval_ms: u64,
 }
 
@@ -111,16 +103,6 @@ impl CaptureConfig {
     pub const DEFAULT_GROUP_MAX_MS: u64 = 5;
     /// Default of `status_interval_ms`.
     pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
-
-    fn default_group_max_rows() -> usize {
-        Self::DEFAULT_GROUP_MAX_ROWS
-    }
-    fn default_group_max_ms() -> u64 {
-        Self::DEFAULT_GROUP_MAX_MS
-    }
-    fn default_status_interval_ms() -> u64 {
-        Self::DEFAULT_STATUS_INTERVAL_MS
-    }
 }
 
 impl Default for CaptureConfig {
@@ -135,25 +117,20 @@ impl Default for CaptureConfig {
 
 /// `[dispatch]`: retries and leases.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct DispatchConfig {
     /// How long a claimed row is reserved for the process that claimed it.
-    #[serde(default = "DispatchConfig::default_lease_secs")]
     pub lease_secs: u64,
     /// After this age a row that still fails with retryable errors becomes `failed`.
-    #[serde(default = "DispatchConfig::default_give_up_after_secs")]
     pub give_up_after_secs: u64,
     /// First retry delay.
-    #[serde(default = "DispatchConfig::default_retry_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest retry delay.
-    #[serde(default = "DispatchConfig::default_retry_max_ms")]
     pub retry_max_ms: u64,
     /// Per-request timeout.
-    #[serde(default = "DispatchConfig::default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// `status` and `/readyz` call a destination failing once rows have waited this long while every
     /// attempt in that time failed and nothing was sent.
-    #[serde(default = "DispatchConfig::default_failing_after_secs")]
     pub failing_after_secs: u64,
 }
 
@@ -170,25 +147,6 @@ impl DispatchConfig {
     pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
     /// Default of `failing_after_secs`: ten minutes.
     pub const DEFAULT_FAILING_AFTER_SECS: u64 = 600;
-
-    fn default_lease_secs() -> u64 {
-        Self::DEFAULT_LEASE_SECS
-    }
-    fn default_give_up_after_secs() -> u64 {
-        Self::DEFAULT_GIVE_UP_AFTER_SECS
-    }
-    fn default_retry_initial_ms() -> u64 {
-        Self::DEFAULT_RETRY_INITIAL_MS
-    }
-    fn default_retry_max_ms() -> u64 {
-        Self::DEFAULT_RETRY_MAX_MS
-    }
-    fn default_request_timeout_ms() -> u64 {
-        Self::DEFAULT_REQUEST_TIMEOUT_MS
-    }
-    fn default_failing_after_secs() -> u64 {
-        Self::DEFAULT_FAILING_AFTER_SECS
-    }
 }
 
 impl Default for DispatchConfig {
@@ -207,15 +165,13 @@ impl Default for DispatchConfig {
 /// `[retention]`: how long `sent`, `skipped` and `cancelled` rows stay in the control table (failed rows
 /// stay until retried or purged explicitly). See [`crate::ops::retention`].
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct RetentionConfig {
     /// Age after which finished rows are deleted (`30d`, `12h`, ...); `0` or `off` keeps them forever.
-    #[serde(default = "RetentionConfig::default_keep")]
     pub keep: String,
     /// Most rows deleted by one statement.
-    #[serde(default = "RetentionConfig::default_batch_rows")]
     pub batch_rows: usize,
     /// Pause between two delete statements, so that retention never holds the table busy.
-    #[serde(default = "RetentionConfig::default_batch_pause_ms")]
     pub batch_pause_ms: u64,
 }
 
@@ -226,16 +182,6 @@ impl RetentionConfig {
     pub const DEFAULT_BATCH_ROWS: usize = 1_000;
     /// Default of `batch_pause_ms`.
     pub const DEFAULT_BATCH_PAUSE_MS: u64 = 100;
-
-    fn default_keep() -> String {
-        Self::DEFAULT_KEEP.to_string()
-    }
-    fn default_batch_rows() -> usize {
-        Self::DEFAULT_BATCH_ROWS
-    }
-    fn default_batch_pause_ms() -> u64 {
-        Self::DEFAULT_BATCH_PAUSE_MS
-    }
 
     /// The retention age, or `None` when retention is off. Validation has checked `keep`.
     pub fn keep(&self) -> Result<Option<std::time::Duration>, String> {
@@ -249,7 +195,7 @@ impl RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
-            keep: Self::default_keep(),
+            keep: Self::DEFAULT_KEEP.to_string(),
             batch_rows: Self::DEFAULT_BATCH_ROWS,
             batch_pause_ms: Self::DEFAULT_BATCH_PAUSE_MS,
         }

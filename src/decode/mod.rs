@@ -8,6 +8,8 @@
 mod reader;
 mod relation;
 #[cfg(test)]
+mod test_encoder;
+#[cfg(test)]
 mod tests;
 pub mod value;
 

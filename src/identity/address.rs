@@ -95,19 +95,13 @@ static STATE_BY_NAME: LazyLock<HashMap<String, &'static str>> = LazyLock::new(||
 /// Normalizes a city, or says why it is left out.
 pub(crate) fn city_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
-    match platform {
-        Platform::GoogleAds | Platform::GoogleDataManager => lower_words(&cleaned),
-        Platform::Meta
-        | Platform::Tiktok
-        | Platform::MicrosoftAds
-        | Platform::Outbrain
-        | Platform::Taboola
-        | Platform::Linkedin
-        | Platform::Reddit
-        | Platform::Snapchat
-        | Platform::Pinterest => retain(&lower(&cleaned), |c| {
+    // Google has its own address rule; every other platform that takes a city uses Meta's.
+    if platform.is_google() {
+        lower_words(&cleaned)
+    } else {
+        retain(&lower(&cleaned), |c| {
             !is_separator_like(c) && !c.is_numeric()
-        }),
+        })
     }
 }
 
@@ -120,20 +114,13 @@ pub fn normalize_city(platform: Platform, raw: &str) -> Option<String> {
 /// Normalizes a state, or says why it is left out.
 pub(crate) fn state_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
-    match platform {
-        Platform::GoogleAds | Platform::GoogleDataManager => lower_words(&cleaned),
-        Platform::Meta
-        | Platform::Tiktok
-        | Platform::MicrosoftAds
-        | Platform::Outbrain
-        | Platform::Taboola
-        | Platform::Linkedin
-        | Platform::Reddit
-        | Platform::Snapchat
-        | Platform::Pinterest => match STATE_BY_NAME.get(&fold(&cleaned)) {
-            Some(code) => Ok((*code).to_owned()),
-            None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
-        },
+    // As for cities: Google's rule, else Meta's (which maps state names to codes).
+    if platform.is_google() {
+        return lower_words(&cleaned);
+    }
+    match STATE_BY_NAME.get(&fold(&cleaned)) {
+        Some(code) => Ok((*code).to_owned()),
+        None => retain(&lower(&cleaned), |c| !is_separator_like(c)),
     }
 }
 
@@ -250,34 +237,22 @@ mod tests {
 
     #[test]
     fn zips_follow_the_published_examples() {
-        assert_eq!(
-            normalize_zip(Platform::Meta, "94105-1234", "US").as_deref(),
-            Some("94105")
-        );
-        assert_eq!(
-            normalize_zip(Platform::Meta, "941051234", "US").as_deref(),
-            Some("94105")
-        );
-        assert_eq!(
-            normalize_zip(Platform::Meta, "SW1A 1AA", "GB").as_deref(),
-            Some("sw1a1aa")
-        );
-        assert_eq!(
-            normalize_zip(Platform::Meta, " 02134 ", "US").as_deref(),
-            Some("02134")
-        );
-        assert_eq!(
-            normalize_zip(Platform::Meta, "1234-567", "PT").as_deref(),
-            Some("1234")
-        );
-        assert_eq!(
-            normalize_zip(Platform::GoogleAds, " 94105-1234 ", "US").as_deref(),
-            Some("94105-1234")
-        );
-        assert_eq!(
-            normalize_zip(Platform::GoogleAds, "SW1A 1AA", "GB").as_deref(),
-            Some("SW1A 1AA")
-        );
+        let cases = [
+            (Platform::Meta, "94105-1234", "US", "94105"),
+            (Platform::Meta, "941051234", "US", "94105"),
+            (Platform::Meta, "SW1A 1AA", "GB", "sw1a1aa"),
+            (Platform::Meta, " 02134 ", "US", "02134"),
+            (Platform::Meta, "1234-567", "PT", "1234"),
+            (Platform::GoogleAds, " 94105-1234 ", "US", "94105-1234"),
+            (Platform::GoogleAds, "SW1A 1AA", "GB", "SW1A 1AA"),
+        ];
+        for (platform, raw, region, expected) in cases {
+            assert_eq!(
+                normalize_zip(platform, raw, region).as_deref(),
+                Some(expected),
+                "{platform:?} {raw:?} in {region}"
+            );
+        }
         assert_eq!(zip_checked(Platform::Meta, "-1234", "US"), Err(EMPTY));
         // Found by proptest: removing the space between "k" and U+0301 must re-compose them.
         assert_eq!(

@@ -285,18 +285,11 @@ pub fn country_code(raw: &str) -> Option<&'static str> {
 pub(crate) fn country_checked(platform: Platform, raw: &str) -> Result<String, Reason> {
     let cleaned = clean(raw).ok_or(EMPTY)?;
     let code = country_code(&cleaned).ok_or(UNKNOWN)?;
-    Ok(match platform {
-        // Google's region code is uppercase; Meta hashes the lowercase code.
-        Platform::GoogleAds | Platform::GoogleDataManager => code.to_owned(),
-        Platform::Meta
-        | Platform::Tiktok
-        | Platform::MicrosoftAds
-        | Platform::Outbrain
-        | Platform::Taboola
-        | Platform::Linkedin
-        | Platform::Reddit
-        | Platform::Snapchat
-        | Platform::Pinterest => code.to_ascii_lowercase(),
+    // Google's region code is uppercase; every other platform hashes the lowercase code, as Meta.
+    Ok(if platform.is_google() {
+        code.to_owned()
+    } else {
+        code.to_ascii_lowercase()
     })
 }
 

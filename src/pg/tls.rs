@@ -49,14 +49,18 @@ pub enum TlsError {
 /// `sslrootcert` verifies the chain like `verify-ca` (libpq's backward-compatible behaviour).
 pub fn client_config(info: &ConnInfo) -> Result<Option<Arc<ClientConfig>>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match info.sslmode {
+    let no_name_check = |chain| -> Arc<dyn ServerCertVerifier> {
+        Arc::new(NoNameCheck {
+            chain,
+            provider: provider.clone(),
+        })
+    };
+    let verifier = match info.sslmode {
         SslMode::Disable => return Ok(None),
-        SslMode::Prefer => Arc::new(NoVerification(provider.clone())),
-        SslMode::Require if info.sslrootcert.is_none() => {
-            Arc::new(NoVerification(provider.clone()))
-        }
+        SslMode::Prefer => no_name_check(None),
+        SslMode::Require if info.sslrootcert.is_none() => no_name_check(None),
         SslMode::Require | SslMode::VerifyCa => {
-            Arc::new(ChainOnly(webpki_verifier(info, provider.clone())?))
+            no_name_check(Some(webpki_verifier(info, provider.clone())?))
         }
         SslMode::VerifyFull => webpki_verifier(info, provider.clone())?,
     };
@@ -116,11 +120,20 @@ fn root_store(info: &ConnInfo) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-/// Checks the chain against the roots but accepts any host name (`verify-ca`).
+/// The verifier of the modes that do not check the host name. With `chain` (`verify-ca`, and
+/// `require` with roots) the chain is checked against the roots but any host name is accepted;
+/// without (`prefer`, `require`) any certificate is accepted: encryption against passive
+/// eavesdroppers only. Either way the handshake signatures are checked, with the algorithms the
+/// standard verifier uses (the provider's), so the server must hold the key of the certificate it sent.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct NoNameCheck {
+    /// The standard verifier whose chain check is kept, if any.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// The provider of the signature algorithms.
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NoNameCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -129,10 +142,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             // The name check runs only after the chain has verified, so this error means a good chain.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -147,7 +160,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -156,61 +170,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// Accepts any certificate (`prefer`, `require`): encryption against passive eavesdroppers only. The
-/// handshake signatures are still checked, so the server must hold the key of the certificate it sent.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -152,36 +152,29 @@ impl Compiled {
     /// The columns evaluating a change reads: a conversion's every column; an adjustment's condition,
     /// value and currency, and the id, time and page of the conversion it adjusts (not its identifiers).
     pub(super) fn evaluated_columns(&self) -> Vec<&str> {
-        let Some(target) = &self.adjusts else {
-            let mut out: Vec<&str> = self.when.iter().map(|(c, _)| c.as_str()).collect();
-            for t in [&self.event_id, &self.currency, &self.event_source_url]
-                .into_iter()
-                .flatten()
-            {
-                out.extend(t.columns());
-            }
-            out.extend(
-                [&self.event_time, &self.value, &self.consent]
-                    .into_iter()
-                    .flatten()
-                    .map(String::as_str),
-            );
-            out.extend(self.raw_fields.iter().map(|(_, c)| c.as_str()));
-            return out;
+        // The id, time and page come from the adjusted conversion; consent and identifiers are read
+        // for a conversion only.
+        static NO_CONSENT: Option<String> = None;
+        let (event, consent) = match &self.adjusts {
+            None => (self, &self.consent),
+            Some(target) => (target.as_ref(), &NO_CONSENT),
         };
         let mut out: Vec<&str> = self.when.iter().map(|(c, _)| c.as_str()).collect();
-        for t in [&target.event_id, &self.currency, &target.event_source_url]
+        for t in [&event.event_id, &self.currency, &event.event_source_url]
             .into_iter()
             .flatten()
         {
             out.extend(t.columns());
         }
         out.extend(
-            [&target.event_time, &self.value]
+            [&event.event_time, &self.value, consent]
                 .into_iter()
                 .flatten()
                 .map(String::as_str),
         );
+        if self.adjusts.is_none() {
+            out.extend(self.raw_fields.iter().map(|(_, c)| c.as_str()));
+        }
         out
     }
 

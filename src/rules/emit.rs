@@ -131,18 +131,12 @@ impl Rules {
         // Parsed and hashed once for all destinations.
         let mut identity = EventIdentity::new(&raw, &self.default_region)
             .for_destinations(rule.destinations.len());
-        let last = rule.destinations.len().saturating_sub(1);
+        let count = rule.destinations.len();
         for (i, (destination, platform)) in rule.destinations.iter().enumerate() {
             // The last destination takes the row's own values instead of copies.
-            let take = |value: &mut Option<String>| {
-                if i == last {
-                    value.take()
-                } else {
-                    value.clone()
-                }
-            };
+            let last = i + 1 == count;
             let mut payload = Payload {
-                event_source_url: take(&mut fields.event_source_url),
+                event_source_url: take_or_clone(&mut fields.event_source_url, last),
                 lead_event_source: rule.lead_event_source.clone(),
                 click_time: raw.click_time,
                 consent,
@@ -159,22 +153,17 @@ impl Rules {
             } else {
                 (State::Skipped, Some("no consent".to_string()))
             };
-            let event_id = if i == last {
-                std::mem::take(&mut fields.event_id)
-            } else {
-                fields.event_id.clone()
-            };
             out.push(NewDelivery {
                 rule: rule.name.clone(),
                 destination: destination.clone(),
                 platform: *platform,
-                event_id,
+                event_id: take_or_clone(&mut fields.event_id, last),
                 kind: Kind::Conversion,
                 adjusts_rule: None,
                 event_name: rule.event.clone(),
                 event_time: fields.event_time,
-                value: take(&mut fields.value),
-                currency: take(&mut fields.currency),
+                value: take_or_clone(&mut fields.value, last),
+                currency: take_or_clone(&mut fields.currency, last),
                 action_source: rule.action_source.clone(),
                 payload,
                 state,
@@ -255,6 +244,15 @@ impl Rules {
             });
         }
         Ok(())
+    }
+}
+
+/// The value itself for the `last` user, leaving the default behind; a copy for the others.
+fn take_or_clone<T: Clone + Default>(value: &mut T, last: bool) -> T {
+    if last {
+        std::mem::take(value)
+    } else {
+        value.clone()
     }
 }
 

@@ -272,21 +272,8 @@ impl Rules {
         drops: &mut DropCounts,
     ) -> Result<Vec<NewDelivery>, RuleError> {
         let mut out = Vec::new();
-        self.evaluate_into(bound, new, tx, ordinal, drops, &mut out)?;
+        self.evaluate_unresolved_into(bound, new, None, tx, ordinal, drops, &mut out)?;
         Ok(out)
-    }
-
-    /// [`Rules::evaluate`], appending the rows to `out`; on an error `out` is left as it was.
-    pub fn evaluate_into(
-        &self,
-        bound: &Bound,
-        new: &Tuple,
-        tx: TxContext,
-        ordinal: u64,
-        drops: &mut DropCounts,
-        out: &mut Vec<NewDelivery>,
-    ) -> Result<(), RuleError> {
-        self.evaluate_unresolved_into(bound, new, None, tx, ordinal, drops, out)
     }
 
     /// The positions of the columns that `new` holds as unchanged TOAST (the value is not in the WAL)
@@ -325,8 +312,9 @@ impl Rules {
         needed
     }
 
-    /// [`Rules::evaluate_into`] for a change whose unchanged TOAST values could not all be read back
-    /// (`unresolved` says why): a match key still unknown is left out of the event and counted in
+    /// [`Rules::evaluate`], appending the rows to `out` (on an error `out` is left as it was), for a
+    /// change whose unchanged TOAST values could not all be read back (`unresolved` says why; `None`
+    /// when they all were or there were none): a match key still unknown is left out of the event and counted in
     /// `drops`; any other column still unknown fails the row with the reason. Never stops capture.
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate_unresolved_into(
