@@ -25,7 +25,7 @@
 //!
 //! Shared code: [`http`] (client, reading answers, `Retry-After`, status classes, transport errors),
 //! [`batch`] (plans, bisection, order), [`health`] (probe, synthetic event), [`google_auth`] (Google
-//! credentials of both Google platforms).
+//! credentials of both Google platforms), `oauth` (the token exchange of Google and Microsoft).
 //!
 //! # Adding a platform
 //!
@@ -50,6 +50,7 @@ pub mod http;
 pub mod linkedin;
 pub mod meta;
 pub mod microsoft_ads;
+pub(crate) mod oauth;
 pub mod outbrain;
 pub mod pinterest;
 pub mod reddit;

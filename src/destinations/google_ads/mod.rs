@@ -9,11 +9,10 @@
 use super::batch::{bisect, in_order, observe_request, BatchAnswer, Plan, Request};
 use super::google_auth::{GoogleAuth, ADS_SCOPE};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, transport_error, Answer};
-use super::{
-    batch_size, value_number, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
+use super::http::{
+    base_url, excerpt, is_retryable_status, operator_retry, transport_error, Answer,
 };
+use super::{batch_size, value_number, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, GoogleAdsConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
@@ -895,10 +894,7 @@ pub fn classify(
     if status == reqwest::StatusCode::BAD_REQUEST && names_a_row {
         UploadAnswer::Batch(BatchAnswer::Rejected(message))
     } else {
-        UploadAnswer::Batch(BatchAnswer::Retry {
-            error: message,
-            retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
-        })
+        UploadAnswer::Batch(operator_retry(message, retry_after))
     }
 }
 
@@ -1171,11 +1167,11 @@ pub(crate) mod tests {
         );
         assert_eq!(
             developer,
-            UploadAnswer::Batch(BatchAnswer::Retry {
+            UploadAnswer::Batch(BatchAnswer::NeedsOperator {
                 error: "google ads: HTTP 401 UNAUTHENTICATED: Request had invalid authentication credentials. \
                         [DEVELOPER_TOKEN_INVALID: The developer token is not valid.]"
                     .into(),
-                retry_after: Some(OPERATOR_RETRY_FLOOR),
+                retry_after: None,
             })
         );
     }

@@ -23,11 +23,10 @@ use super::batch::{in_order, observe_request, BatchAnswer, Body, Plan, Request};
 use super::google_ads::{self, GoogleAds};
 use super::google_auth::{GoogleAuth, ADS_SCOPE, DATA_MANAGER_SCOPE};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, transport_error, Answer};
-use super::{
-    batch_size, value_number, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
+use super::http::{
+    base_url, excerpt, is_retryable_status, operator_retry, transport_error, Answer,
 };
+use super::{batch_size, value_number, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{
     ApiConfig, DispatchConfig, GoogleAdsConfig, GoogleDataManagerConfig, GoogleRefunds,
 };
@@ -546,13 +545,9 @@ pub enum IngestAnswer {
     Accepted(Option<String>),
     /// Refused because of these events (indices into the request's events), with Google's words.
     Invalid(Vec<(usize, String)>),
-    /// Refused as a whole, or no answer: retry (after an operator floor where the setup is at fault).
-    Retry {
-        /// What went wrong.
-        error: String,
-        /// The earliest moment worth retrying.
-        retry_after: Option<Duration>,
-    },
+    /// Refused as a whole, or no answer: a retry, or [`BatchAnswer::NeedsOperator`] where the setup
+    /// is at fault.
+    Whole(BatchAnswer),
     /// 401: the token was refused.
     Unauthorized(String),
 }
@@ -594,10 +589,10 @@ pub fn classify(
         return IngestAnswer::Unauthorized(message);
     }
     if is_retryable_status(status) {
-        return IngestAnswer::Retry {
+        return IngestAnswer::Whole(BatchAnswer::Retry {
             error: message,
             retry_after,
-        };
+        });
     }
     if status == reqwest::StatusCode::BAD_REQUEST {
         let mut invalid: Vec<(usize, String)> = Vec::new();
@@ -623,10 +618,7 @@ pub fn classify(
         }
     }
     // The request as a whole (destination, account, permission, terms): an operator must act.
-    IngestAnswer::Retry {
-        error: message,
-        retry_after: Some(retry_after.unwrap_or_default().max(OPERATOR_RETRY_FLOOR)),
-    }
+    IngestAnswer::Whole(operator_retry(message, retry_after))
 }
 
 impl GoogleDataManager {
@@ -637,15 +629,7 @@ impl GoogleDataManager {
         let answer = loop {
             let token = match self.auth.access_token().await {
                 Ok(t) => t,
-                Err(BatchAnswer::Retry { error, retry_after }) => {
-                    break IngestAnswer::Retry { error, retry_after }
-                }
-                Err(other) => {
-                    break IngestAnswer::Retry {
-                        error: format!("google oauth: {other:?}"),
-                        retry_after: None,
-                    }
-                }
+                Err(answer) => break IngestAnswer::Whole(answer),
             };
             let response = self
                 .http
@@ -655,20 +639,8 @@ impl GoogleDataManager {
                 .send()
                 .await;
             let answer = match response {
-                Err(e) => match transport_error("google data manager", e) {
-                    BatchAnswer::Retry { error, retry_after }
-                    | BatchAnswer::NeedsOperator { error, retry_after } => {
-                        IngestAnswer::Retry { error, retry_after }
-                    }
-                    BatchAnswer::Rejected(error) => IngestAnswer::Retry {
-                        error,
-                        retry_after: None,
-                    },
-                    BatchAnswer::Sent(_) => IngestAnswer::Retry {
-                        error: "google data manager: no answer".into(),
-                        retry_after: None,
-                    },
-                },
+                // No answer: a retry (transport errors blame no event).
+                Err(e) => IngestAnswer::Whole(transport_error("google data manager", e)),
                 Ok(r) => {
                     let answer = Answer::read(r).await;
                     classify(
@@ -683,10 +655,7 @@ impl GoogleDataManager {
                 IngestAnswer::Unauthorized(error) => {
                     self.auth.invalidate().await;
                     if refreshed {
-                        break IngestAnswer::Retry {
-                            error,
-                            retry_after: Some(OPERATOR_RETRY_FLOOR),
-                        };
+                        break IngestAnswer::Whole(operator_retry(error, None));
                     }
                     refreshed = true;
                 }
@@ -696,10 +665,7 @@ impl GoogleDataManager {
         let observed = match &answer {
             IngestAnswer::Accepted(id) => BatchAnswer::Sent(id.clone()),
             IngestAnswer::Invalid(_) => BatchAnswer::Rejected(String::new()),
-            IngestAnswer::Retry { error, retry_after } => BatchAnswer::Retry {
-                error: error.clone(),
-                retry_after: *retry_after,
-            },
+            IngestAnswer::Whole(answer) => answer.clone(),
             IngestAnswer::Unauthorized(e) => BatchAnswer::Retry {
                 error: e.clone(),
                 retry_after: None,
@@ -752,28 +718,14 @@ impl GoogleDataManager {
                             break;
                         }
                     }
-                    IngestAnswer::Retry { error, retry_after } => {
-                        out.extend(part.iter().map(|&i| {
-                            (
-                                i,
-                                Outcome::Retry {
-                                    error: error.clone(),
-                                    retry_after,
-                                },
-                            )
-                        }));
+                    IngestAnswer::Whole(answer) => {
+                        let outcome = answer.outcome();
+                        out.extend(part.iter().map(|&i| (i, outcome.clone())));
                         break;
                     }
                     IngestAnswer::Unauthorized(error) => {
-                        out.extend(part.iter().map(|&i| {
-                            (
-                                i,
-                                Outcome::Retry {
-                                    error: error.clone(),
-                                    retry_after: Some(OPERATOR_RETRY_FLOOR),
-                                },
-                            )
-                        }));
+                        let outcome = Outcome::needs_operator(error);
+                        out.extend(part.iter().map(|&i| (i, outcome.clone())));
                         break;
                     }
                 }
@@ -1129,9 +1081,13 @@ mod tests {
             r#"{"error":{"code":400,"message":"bad destination","status":"INVALID_ARGUMENT"}}"#,
             3,
         );
-        assert!(
-            matches!(whole, IngestAnswer::Retry { retry_after: Some(d), .. } if d >= OPERATOR_RETRY_FLOOR)
-        );
+        assert!(matches!(
+            whole,
+            IngestAnswer::Whole(BatchAnswer::NeedsOperator {
+                retry_after: None,
+                ..
+            })
+        ));
         let quota = classify(
             reqwest::StatusCode::TOO_MANY_REQUESTS,
             Some(Duration::from_secs(7)),
@@ -1140,10 +1096,10 @@ mod tests {
         );
         assert_eq!(
             quota,
-            IngestAnswer::Retry {
+            IngestAnswer::Whole(BatchAnswer::Retry {
                 error: "google data manager: HTTP 429 RESOURCE_EXHAUSTED: quota".into(),
                 retry_after: Some(Duration::from_secs(7))
-            }
+            })
         );
     }
 

@@ -17,11 +17,9 @@
 
 use super::batch::{in_order, observe_request, BatchAnswer, Plan, Request};
 use super::health::{Health, HealthFuture, Probe};
-use super::http::{base_url, excerpt, is_retryable_status, retry_after, transport_error};
-use super::{
-    batch_size, value_number, Destination, DestinationError, Outcome, SendFuture,
-    OPERATOR_RETRY_FLOOR,
-};
+use super::http::{base_url, excerpt, is_retryable_status, operator_retry, transport_error};
+use super::oauth::{self, first_line, Token};
+use super::{batch_size, value_number, Destination, DestinationError, Outcome, SendFuture};
 use crate::config::{ApiConfig, DispatchConfig, MicrosoftAdsConfig, Secret};
 use crate::event::{Delivery, Kind};
 use crate::identity::MatchKey;
@@ -55,8 +53,6 @@ pub const MAX_AGE_DAYS: i64 = 90;
 pub const THROTTLE_DELAY: Duration = Duration::from_secs(60);
 /// `OfflineConversionNotAcceptedForGoal`: a goal takes two hours to accept conversions.
 pub const GOAL_NOT_READY_DELAY: Duration = Duration::from_secs(30 * 60);
-/// A cached access token is renewed this long before Microsoft says it expires.
-const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
 /// A Microsoft Advertising account reached with an OAuth refresh token and a developer token.
 pub struct MicrosoftAds {
@@ -90,7 +86,7 @@ struct TokenState {
     /// process's lifetime).
     refresh_token: Secret,
     /// The access token and when to stop using it.
-    cached: Option<(Secret, Instant)>,
+    cached: Option<Token>,
 }
 
 impl MicrosoftAds {
@@ -314,8 +310,8 @@ impl MicrosoftAds {
     /// token in the answer replaces the one in use for the rest of the process.
     pub async fn access_token(&self) -> Result<Secret, BatchAnswer> {
         let mut state = self.token.lock().await;
-        if let Some((token, _)) = state.cached.as_ref().filter(|(_, at)| *at > Instant::now()) {
-            return Ok(token.clone());
+        if let Some(token) = state.cached.as_ref().and_then(Token::fresh) {
+            return Ok(token);
         }
         let mut form = vec![
             ("grant_type", "refresh_token"),
@@ -326,65 +322,20 @@ impl MicrosoftAds {
         if let Some(secret) = &self.client_secret {
             form.push(("client_secret", secret.expose()));
         }
-        let response = self
-            .http
-            .post(&self.token_endpoint)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error("microsoft oauth", e))?;
-        let status = response.status();
-        let delay = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let s = |k: &str| body.get(k).and_then(Value::as_str);
-        match s("access_token") {
-            Some(token) if status.is_success() => {
-                let lifetime = body
-                    .get("expires_in")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(3600);
-                let token = Secret::new(token);
-                if let Some(rotated) = s("refresh_token").filter(|r| !r.is_empty()) {
-                    if rotated != state.refresh_token.expose() {
-                        tracing::info!(
-                            destination = %self.name,
-                            "microsoft oauth returned a new refresh token; it is used until pgcapi stops \
-                             (store it in the config's secret to keep it across restarts)"
-                        );
-                        state.refresh_token = Secret::new(rotated);
-                    }
-                }
-                state.cached = Some((
-                    token.clone(),
-                    Instant::now() + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN),
-                ));
-                Ok(token)
-            }
-            _ => {
-                let error = match (s("error"), s("error_description")) {
-                    (Some(e), Some(d)) => {
-                        format!(
-                            "microsoft oauth: HTTP {}: {e}: {}",
-                            status.as_u16(),
-                            first_line(d)
-                        )
-                    }
-                    (Some(e), None) => format!("microsoft oauth: HTTP {}: {e}", status.as_u16()),
-                    _ => format!(
-                        "microsoft oauth: HTTP {}: {}",
-                        status.as_u16(),
-                        excerpt(&text)
-                    ),
-                };
-                let retry_after = if is_retryable_status(status) {
-                    delay
-                } else {
-                    Some(delay.unwrap_or_default().max(OPERATOR_RETRY_FLOOR))
-                };
-                Err(BatchAnswer::Retry { error, retry_after })
+        let request = self.http.post(&self.token_endpoint).form(&form);
+        let grant = oauth::exchange(request, "microsoft oauth").await?;
+        if let Some(rotated) = grant.refresh_token {
+            if rotated != state.refresh_token.expose() {
+                tracing::info!(
+                    destination = %self.name,
+                    "microsoft oauth returned a new refresh token; it is used until pgcapi stops \
+                     (store it in the config's secret to keep it across restarts)"
+                );
+                state.refresh_token = Secret::new(rotated);
             }
         }
+        state.cached = Some(grant.token.clone());
+        Ok(grant.token.token)
     }
 
     /// A POST to `url` with the headers every Campaign Management call carries.
@@ -436,7 +387,10 @@ impl MicrosoftAds {
             .map(str::to_string);
         let text = response.text().await.unwrap_or_default();
         let answer = classify(status, tracking, &text, count);
-        if let Answer::Batch(BatchAnswer::Retry { error, .. }) = &answer {
+        if let Answer::Batch(
+            BatchAnswer::Retry { error, .. } | BatchAnswer::NeedsOperator { error, .. },
+        ) = &answer
+        {
             if status == reqwest::StatusCode::UNAUTHORIZED || is_expired_token(error) {
                 // Revoked or expired early: fetch a new access token next time.
                 self.token.lock().await.cached = None;
@@ -656,11 +610,6 @@ fn errors(body: &Value, field: &str) -> Vec<MsError> {
         .collect()
 }
 
-/// The first line of a message, trimmed (control-table errors are single lines).
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().trim().to_string()
-}
-
 /// Whether an error text says the access token expired (Microsoft answers this even with HTTP 200).
 fn is_expired_token(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
@@ -751,13 +700,25 @@ pub fn classify(
             && request_errors
                 .iter()
                 .all(|e| e.error_code.is_empty() || e.error_code == "InternalError");
-        let retry_after = (!is_expired_token(&error) && !temporary).then_some(OPERATOR_RETRY_FLOOR);
-        return Answer::Batch(BatchAnswer::Retry { error, retry_after });
+        return Answer::Batch(if is_expired_token(&error) || temporary {
+            BatchAnswer::Retry {
+                error,
+                retry_after: None,
+            }
+        } else {
+            operator_retry(error, None)
+        });
     }
     if !status.is_success() && row_errors.is_empty() {
         let error = format!("microsoft ads: HTTP {}: {}", status.as_u16(), excerpt(body));
-        let retry_after = (!is_retryable_status(status)).then_some(OPERATOR_RETRY_FLOOR);
-        return Answer::Batch(BatchAnswer::Retry { error, retry_after });
+        return Answer::Batch(if is_retryable_status(status) {
+            BatchAnswer::Retry {
+                error,
+                retry_after: None,
+            }
+        } else {
+            operator_retry(error, None)
+        });
     }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
     let mut unplaced = Vec::new();
@@ -785,10 +746,7 @@ pub fn classify(
         // An error naming no row of this request: no row can be said to have been applied.
         let error = format!("microsoft ads: {}", e.describe());
         for slot in outcomes.iter_mut().filter(|s| s.is_none()) {
-            *slot = Some(Outcome::Retry {
-                error: error.clone(),
-                retry_after: Some(OPERATOR_RETRY_FLOOR),
-            });
+            *slot = Some(Outcome::needs_operator(error.clone()));
         }
     }
     Answer::Rows(
@@ -1065,8 +1023,8 @@ mod tests {
         .to_string();
         assert!(matches!(
             classify(reqwest::StatusCode::UNAUTHORIZED, None, &developer, 1),
-            Answer::Batch(BatchAnswer::Retry {
-                retry_after: Some(OPERATOR_RETRY_FLOOR),
+            Answer::Batch(BatchAnswer::NeedsOperator {
+                retry_after: None,
                 ..
             })
         ));
