@@ -152,11 +152,103 @@ fn worst(a: Outcome, b: Outcome) -> Outcome {
     }
 }
 
+/// A 200: each `partialFailureError` error goes to its row by index (rows without one are sent);
+/// errors naming no row fail the rows Google returned no result for.
+fn accepted(parsed: &Value, sent: &[&Delivery], now: DateTime<Utc>) -> UploadAnswer {
+    let platform_ref = parsed
+        .get("jobId")
+        .map(|j| match j {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .or_else(|| {
+            parsed
+                .get("results")
+                .is_none()
+                .then(|| "validate_only".to_string())
+        });
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; sent.len()];
+    if let Some(failure) = parsed.get("partialFailureError").filter(|f| !f.is_null()) {
+        let errors = ads_errors(failure);
+        let mut unplaced = Vec::new();
+        for e in &errors {
+            match e.index.filter(|&i| i < sent.len()) {
+                Some(i) => {
+                    let o = row_outcome(e, sent[i], &platform_ref, now);
+                    outcomes[i] = Some(match outcomes[i].take() {
+                        Some(prev) => worst(prev, o),
+                        None => o,
+                    });
+                }
+                None => unplaced.push(e),
+            }
+        }
+        let summary = failure
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("partial failure")
+            .to_string();
+        let results = parsed.get("results").and_then(Value::as_array);
+        if errors.is_empty() || !unplaced.is_empty() {
+            // Errors that name no row: blame the rows Google returned no result for.
+            let message = unplaced
+                .first()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or(summary);
+            for (i, slot) in outcomes.iter_mut().enumerate() {
+                let empty = results
+                    .and_then(|r| r.get(i))
+                    .is_none_or(|r| r.as_object().is_none_or(Map::is_empty));
+                if slot.is_none() && empty {
+                    *slot = Some(Outcome::failed(message.clone()));
+                }
+            }
+        }
+    }
+    UploadAnswer::Rows(
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| Outcome::Sent {
+                    platform_ref: platform_ref.clone(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Whether a refused request's field violations point into the rows (`conversions[i]`, ...).
+fn violations_name_a_row(error: &Value) -> bool {
+    error
+        .get("details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|d| {
+            d.get("fieldViolations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .any(|v| {
+            let text = format!(
+                "{} {}",
+                v.get("field").and_then(Value::as_str).unwrap_or_default(),
+                v.get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            );
+            text.contains("conversions[")
+                || text.contains("conversion_adjustments[")
+                || text.contains("conversionAdjustments[")
+        })
+}
+
 /// Turns Google's answer to an upload of `sent` into per-row outcomes, or a whole-request answer.
 ///
 /// A 200 maps each `partialFailureError` error to its row by index (rows without one are sent). A
-/// refused request is retried when temporary (5xx, 429) or when the credentials or account settings are
-/// at fault (no row named), and bisected when its error names a row.
+/// refused request is retried when temporary (5xx, 429), left for an operator when the credentials
+/// or account settings are at fault (no row named), and bisected when its error names a row.
 pub fn classify(
     status: reqwest::StatusCode,
     retry_after: Option<Duration>,
@@ -166,66 +258,7 @@ pub fn classify(
 ) -> UploadAnswer {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     if status.is_success() {
-        let platform_ref = parsed
-            .get("jobId")
-            .map(|j| match j {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .or_else(|| {
-                parsed
-                    .get("results")
-                    .is_none()
-                    .then(|| "validate_only".to_string())
-            });
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; sent.len()];
-        if let Some(failure) = parsed.get("partialFailureError").filter(|f| !f.is_null()) {
-            let errors = ads_errors(failure);
-            let mut unplaced = Vec::new();
-            for e in &errors {
-                match e.index.filter(|&i| i < sent.len()) {
-                    Some(i) => {
-                        let o = row_outcome(e, sent[i], &platform_ref, now);
-                        outcomes[i] = Some(match outcomes[i].take() {
-                            Some(prev) => worst(prev, o),
-                            None => o,
-                        });
-                    }
-                    None => unplaced.push(e),
-                }
-            }
-            let summary = failure
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("partial failure")
-                .to_string();
-            let results = parsed.get("results").and_then(Value::as_array);
-            if errors.is_empty() || !unplaced.is_empty() {
-                // Errors that name no row: blame the rows Google returned no result for.
-                let message = unplaced
-                    .first()
-                    .map(|e| format!("{}: {}", e.code, e.message))
-                    .unwrap_or(summary);
-                for (i, slot) in outcomes.iter_mut().enumerate() {
-                    let empty = results
-                        .and_then(|r| r.get(i))
-                        .is_none_or(|r| r.as_object().is_none_or(Map::is_empty));
-                    if slot.is_none() && empty {
-                        *slot = Some(Outcome::failed(message.clone()));
-                    }
-                }
-            }
-        }
-        return UploadAnswer::Rows(
-            outcomes
-                .into_iter()
-                .map(|o| {
-                    o.unwrap_or_else(|| Outcome::Sent {
-                        platform_ref: platform_ref.clone(),
-                    })
-                })
-                .collect(),
-        );
+        return accepted(&parsed, sent, now);
     }
     let error = parsed.get("error").unwrap_or(&Value::Null);
     let message = describe(status, error, body);
@@ -248,30 +281,7 @@ pub fn classify(
             retry_after: None,
         });
     }
-    let names_a_row = errors.iter().any(|e| e.index.is_some())
-        || error
-            .get("details")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .flat_map(|d| {
-                d.get("fieldViolations")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-            })
-            .any(|v| {
-                let text = format!(
-                    "{} {}",
-                    v.get("field").and_then(Value::as_str).unwrap_or_default(),
-                    v.get("description")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                );
-                text.contains("conversions[")
-                    || text.contains("conversion_adjustments[")
-                    || text.contains("conversionAdjustments[")
-            });
+    let names_a_row = errors.iter().any(|e| e.index.is_some()) || violations_name_a_row(error);
     if status == reqwest::StatusCode::BAD_REQUEST && names_a_row {
         UploadAnswer::Batch(BatchAnswer::Rejected(message))
     } else {

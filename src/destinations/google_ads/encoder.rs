@@ -80,14 +80,8 @@ pub fn encode_conversion(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
     if !identifiers.is_empty() {
         c.insert("userIdentifiers".into(), Value::Array(identifiers));
     }
-    // Consent only from a real consent column: without one, the account default applies.
-    if d.payload.consent_column {
-        let consent = if d.payload.consent {
-            "GRANTED"
-        } else {
-            "DENIED"
-        };
-        c.insert("consent".into(), json!({ "adUserData": consent }));
+    if let Some(consent) = ad_user_data_consent(d, ["GRANTED", "DENIED"]) {
+        c.insert("consent".into(), consent);
     }
     Ok(Value::Object(c))
 }
@@ -143,4 +137,13 @@ pub fn encode_adjustment(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outc
         Kind::Conversion => return Err(Outcome::failed("internal: not an adjustment")),
     }
     Ok(Value::Object(a))
+}
+
+/// A Google row's `consent`: `adUserData` as `granted` or `denied` (Google Ads and Data Manager spell
+/// them differently). Only from a real consent column: without one, the account default applies.
+pub(crate) fn ad_user_data_consent(d: &Delivery, [granted, denied]: [&str; 2]) -> Option<Value> {
+    d.payload.consent_column.then(|| {
+        let consent = if d.payload.consent { granted } else { denied };
+        json!({ "adUserData": consent })
+    })
 }

@@ -9,7 +9,7 @@
 //! Here: the destination, its requests and `send`; `encoder` (rows to uploads), `classify`
 //! (answers to outcomes), `health` (`pgcapi check`), `tests`.
 
-use super::batch::{bisect, in_order, observe_request, BatchAnswer, Plan, Request};
+use super::batch::{bisect, in_order, observe_request, BatchAnswer, Body, Plan, Request};
 use super::google_auth::{GoogleAuth, ADS_SCOPE};
 use super::health::{field, synthetic, unreachable, Health, HealthFuture, Probe};
 use super::http::{
@@ -155,19 +155,11 @@ pub enum Upload {
 }
 
 impl Upload {
-    /// The REST method of the upload.
-    fn method(self) -> &'static str {
+    /// The REST method of the upload and the request field holding the rows.
+    fn route(self) -> (&'static str, &'static str) {
         match self {
-            Upload::Conversions => "uploadClickConversions",
-            Upload::Adjustments => "uploadConversionAdjustments",
-        }
-    }
-
-    /// The request field holding the rows.
-    fn collection(self) -> &'static str {
-        match self {
-            Upload::Conversions => "conversions",
-            Upload::Adjustments => "conversionAdjustments",
+            Upload::Conversions => ("uploadClickConversions", "conversions"),
+            Upload::Adjustments => ("uploadConversionAdjustments", "conversionAdjustments"),
         }
     }
 }
@@ -212,7 +204,9 @@ impl GoogleAds {
         sent: &[&Delivery],
     ) -> UploadAnswer {
         let started = std::time::Instant::now();
-        let answer = self.post_untimed(request, items, rows, sent).await;
+        let answer = self
+            .post_untimed(&request.url, &request.body(items, rows), sent)
+            .await;
         match &answer {
             UploadAnswer::Rows(_) => crate::metrics::dispatch_request(
                 &self.name,
@@ -224,23 +218,13 @@ impl GoogleAds {
         answer
     }
 
-    /// [`GoogleAds::post`] without the metrics.
-    async fn post_untimed(
-        &self,
-        request: &Request,
-        items: &[Value],
-        rows: &[usize],
-        sent: &[&Delivery],
-    ) -> UploadAnswer {
+    /// [`GoogleAds::post`] without the metrics: `body` to `url`, answered for the rows `sent`.
+    async fn post_untimed(&self, url: &str, body: &Body<'_>, sent: &[&Delivery]) -> UploadAnswer {
         let token = match self.access_token().await {
             Ok(t) => t,
             Err(answer) => return UploadAnswer::Batch(answer),
         };
-        let response = self
-            .authorized(&request.url, &token)
-            .json(&request.body(items, rows))
-            .send()
-            .await;
+        let response = self.authorized(url, &token).json(body).send().await;
         let answer = match response {
             Ok(r) => Answer::read(r).await,
             Err(e) => return UploadAnswer::Batch(transport_error("google ads", e)),
@@ -289,11 +273,9 @@ impl GoogleAds {
 
     /// The request of one upload kind.
     fn request(&self, upload: Upload) -> Request {
-        let request = Request::new(
-            format!("{}:{}", self.customer_url, upload.method()),
-            upload.collection(),
-        )
-        .with("partialFailure", true);
+        let (method, collection) = upload.route();
+        let request = Request::new(format!("{}:{method}", self.customer_url), collection)
+            .with("partialFailure", true);
         if self.validate_only {
             request.with("validateOnly", true)
         } else {

@@ -2,8 +2,7 @@
 //! for the uploads and the token cache.
 
 use super::*;
-use crate::config::{GoogleAuthConfig, GoogleCredentials};
-use crate::destinations::test_support::{h, purchase, t0};
+use crate::destinations::test_support::{google_oauth, h, purchase, t0};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -309,14 +308,7 @@ fn google_ads(endpoint: &str) -> GoogleAds {
         login_customer_id: Some("111-222-3333".into()),
         developer_token: Some(Secret::new("dev")),
         validate_only: false,
-        auth: GoogleAuthConfig {
-            credentials: GoogleCredentials::OAuth {
-                client_id: Secret::new("cid"),
-                client_secret: Secret::new("cs"),
-                refresh_token: Secret::new("rt"),
-            },
-            token_endpoint: Some(format!("{endpoint}/token")),
-        },
+        auth: google_oauth(Some(format!("{endpoint}/token"))),
     };
     GoogleAds::new("google", &api, &config, &DispatchConfig::default()).unwrap()
 }

@@ -427,14 +427,9 @@ pub fn encode_event(
     if !ids.is_empty() {
         e.insert("userData".into(), json!({ "userIdentifiers": ids }));
     }
-    // Consent only from a real consent column: without one, the account default applies.
-    if d.payload.consent_column {
-        let status = if d.payload.consent {
-            "CONSENT_GRANTED"
-        } else {
-            "CONSENT_DENIED"
-        };
-        e.insert("consent".into(), json!({ "adUserData": status }));
+    let consent = google_ads::ad_user_data_consent(d, ["CONSENT_GRANTED", "CONSENT_DENIED"]);
+    if let Some(consent) = consent {
+        e.insert("consent".into(), consent);
     }
     Ok(Value::Object(e))
 }
@@ -969,9 +964,7 @@ fn violations(error: &Value) -> impl Iterator<Item = &Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
-    use crate::config::{GoogleAuthConfig, GoogleCredentials};
-    use crate::destinations::test_support::{h, purchase, t0};
+    use crate::destinations::test_support::{google_oauth, h, purchase, t0};
 
     fn config() -> GoogleDataManagerConfig {
         GoogleDataManagerConfig {
@@ -982,14 +975,7 @@ mod tests {
             developer_token: None,
             validate_only: false,
             status_poll_ms: None,
-            auth: GoogleAuthConfig {
-                credentials: GoogleCredentials::OAuth {
-                    client_id: Secret::new("id"),
-                    client_secret: Secret::new("secret"),
-                    refresh_token: Secret::new("rt"),
-                },
-                token_endpoint: None,
-            },
+            auth: google_oauth(None),
         }
     }
 

@@ -275,19 +275,11 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// The path under the endpoint.
-    pub fn path(self) -> &'static str {
+    /// The path under the endpoint and the request field holding the rows.
+    pub fn route(self) -> (&'static str, &'static str) {
         match self {
-            Operation::Conversions => CONVERSIONS_PATH,
-            Operation::Adjustments => ADJUSTMENTS_PATH,
-        }
-    }
-
-    /// The request field holding the rows.
-    pub fn collection(self) -> &'static str {
-        match self {
-            Operation::Conversions => "OfflineConversions",
-            Operation::Adjustments => "OfflineConversionAdjustments",
+            Operation::Conversions => (CONVERSIONS_PATH, "OfflineConversions"),
+            Operation::Adjustments => (ADJUSTMENTS_PATH, "OfflineConversionAdjustments"),
         }
     }
 }
@@ -450,10 +442,8 @@ impl Destination for MicrosoftAds {
                 }
             },
             |&operation| {
-                Request::new(
-                    format!("{}{}", self.base, operation.path()),
-                    operation.collection(),
-                )
+                let (path, collection) = operation.route();
+                Request::new(format!("{}{path}", self.base), collection)
             },
         )
     }
