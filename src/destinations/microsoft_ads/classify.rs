@@ -114,10 +114,28 @@ pub fn classify(
     // names nothing against are not known to be applied.
     let failed_call = !fault_rows.is_empty() || !status.is_success();
     row_errors.extend(fault_rows);
-    let all = request_errors.iter().chain(&row_errors);
+    if let Some(answer) = whole_request(status, &parsed, body, &request_errors, &row_errors) {
+        return Answer::Batch(answer);
+    }
+    let sent = Outcome::Sent {
+        platform_ref: tracking,
+    };
+    Answer::Rows(per_row(status, &row_errors, count, failed_call, sent))
+}
+
+/// The answer for the whole request, when no row is to blame: throttling, a fault (a request-level
+/// error, an authentication error, or no JSON at all), or a refused call naming no row.
+fn whole_request(
+    status: reqwest::StatusCode,
+    parsed: &Value,
+    body: &str,
+    request_errors: &[MsError],
+    row_errors: &[MsError],
+) -> Option<BatchAnswer> {
+    let all = request_errors.iter().chain(row_errors);
     if all.clone().any(MsError::is_throttle) {
         let first = all.clone().find(|e| e.is_throttle()).map(MsError::describe);
-        return Answer::Batch(BatchAnswer::Retry {
+        return Some(BatchAnswer::Retry {
             error: format!(
                 "microsoft ads: HTTP {}: {}",
                 status.as_u16(),
@@ -151,29 +169,42 @@ pub fn classify(
             && request_errors
                 .iter()
                 .all(|e| e.error_code.is_empty() || e.error_code == "InternalError");
-        return Answer::Batch(if is_expired_token(&error) || temporary {
-            BatchAnswer::Retry {
-                error,
-                retry_after: None,
-            }
-        } else {
-            operator_retry(error, None)
-        });
+        return Some(retry_or_operator(
+            is_expired_token(&error) || temporary,
+            error,
+        ));
     }
     if !status.is_success() && row_errors.is_empty() {
         let error = format!("microsoft ads: HTTP {}: {}", status.as_u16(), excerpt(body));
-        return Answer::Batch(if is_retryable_status(status) {
-            BatchAnswer::Retry {
-                error,
-                retry_after: None,
-            }
-        } else {
-            operator_retry(error, None)
-        });
+        return Some(retry_or_operator(is_retryable_status(status), error));
     }
+    None
+}
+
+/// A retry when `temporary`, else a wait for an operator.
+fn retry_or_operator(temporary: bool, error: String) -> BatchAnswer {
+    if temporary {
+        BatchAnswer::Retry {
+            error,
+            retry_after: None,
+        }
+    } else {
+        operator_retry(error, None)
+    }
+}
+
+/// One outcome per row of a request Microsoft processed: each row error on its row by `Index`, the
+/// rows without one `sent` (or retried when the call failed for other rows).
+fn per_row(
+    status: reqwest::StatusCode,
+    row_errors: &[MsError],
+    count: usize,
+    failed_call: bool,
+    sent: Outcome,
+) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
     let mut unplaced = Vec::new();
-    for e in &row_errors {
+    for e in row_errors {
         match e.index.filter(|&i| i < count) {
             Some(i) => {
                 let o = row_outcome(e);
@@ -200,24 +231,20 @@ pub fn classify(
             *slot = Some(Outcome::needs_operator(error.clone()));
         }
     }
-    Answer::Rows(
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    if failed_call {
-                        // Resending is safe: Microsoft ignores a conversion it already has.
-                        Outcome::retry(format!(
-                            "microsoft ads: HTTP {}: the call failed for other rows of the request",
-                            status.as_u16()
-                        ))
-                    } else {
-                        Outcome::Sent {
-                            platform_ref: tracking.clone(),
-                        }
-                    }
-                })
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                if failed_call {
+                    // Resending is safe: Microsoft ignores a conversion it already has.
+                    Outcome::retry(format!(
+                        "microsoft ads: HTTP {}: the call failed for other rows of the request",
+                        status.as_u16()
+                    ))
+                } else {
+                    sent.clone()
+                }
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
