@@ -2,6 +2,7 @@
 //! product destination, and the full refunds that go to the Google Ads API instead.
 
 use super::*;
+use crate::identity::MatchKeys;
 
 /// The product destination id of a conversion action: the id of
 /// `customers/{cid}/conversionActions/{id}`, or a bare id as is.
@@ -63,6 +64,35 @@ pub fn encode_event(
     if let Some(source) = event_source(d.action_source.as_deref()) {
         e.insert("eventSource".into(), json!(source));
     }
+    let (clicked_by, ad) = ad_identifiers(keys);
+    let ids = user_identifiers(keys);
+    if !clicked_by && ids.is_empty() {
+        return Err(Outcome::skipped(
+            "no usable match key for google data manager",
+        ));
+    }
+    let clicked = d.payload.click_time.unwrap_or(d.event_time);
+    if d.kind == Kind::Conversion && clicked < now - TimeDelta::days(MAX_CLICK_AGE_DAYS) {
+        return Err(Outcome::skipped(format!(
+            "too old for google data manager ({MAX_CLICK_AGE_DAYS} days)"
+        )));
+    }
+    if !ad.is_empty() {
+        e.insert("adIdentifiers".into(), Value::Object(ad));
+    }
+    if !ids.is_empty() {
+        e.insert("userData".into(), json!({ "userIdentifiers": ids }));
+    }
+    let consent = google_ads::ad_user_data_consent(d, ["CONSENT_GRANTED", "CONSENT_DENIED"]);
+    if let Some(consent) = consent {
+        e.insert("consent".into(), consent);
+    }
+    Ok(Value::Object(e))
+}
+
+/// A row's `adIdentifiers`: one click id (gclid, else gbraid, else wbraid) and the landing page's
+/// device; `true` when there is a click id.
+fn ad_identifiers(keys: &MatchKeys) -> (bool, Map<String, Value>) {
     // One click id: gclid, else gbraid, else wbraid.
     let click = [
         (MatchKey::Gclid, "gclid"),
@@ -85,6 +115,11 @@ pub fn encode_event(
     if !device.is_empty() {
         ad.insert("landingPageDeviceInfo".into(), Value::Object(device));
     }
+    (click.is_some(), ad)
+}
+
+/// A row's `userIdentifiers`: email, phone, and an address when all four parts are known.
+fn user_identifiers(keys: &MatchKeys) -> Vec<Value> {
     let mut ids = Vec::new();
     if let Some(v) = keys.get(&MatchKey::Email) {
         ids.push(json!({ "emailAddress": v }));
@@ -103,28 +138,7 @@ pub fn encode_event(
             "givenName": given, "familyName": family, "regionCode": region, "postalCode": postal,
         }}));
     }
-    if click.is_none() && ids.is_empty() {
-        return Err(Outcome::skipped(
-            "no usable match key for google data manager",
-        ));
-    }
-    let clicked = d.payload.click_time.unwrap_or(d.event_time);
-    if d.kind == Kind::Conversion && clicked < now - TimeDelta::days(MAX_CLICK_AGE_DAYS) {
-        return Err(Outcome::skipped(format!(
-            "too old for google data manager ({MAX_CLICK_AGE_DAYS} days)"
-        )));
-    }
-    if !ad.is_empty() {
-        e.insert("adIdentifiers".into(), Value::Object(ad));
-    }
-    if !ids.is_empty() {
-        e.insert("userData".into(), json!({ "userIdentifiers": ids }));
-    }
-    let consent = google_ads::ad_user_data_consent(d, ["CONSENT_GRANTED", "CONSENT_DENIED"]);
-    if let Some(consent) = consent {
-        e.insert("consent".into(), consent);
-    }
-    Ok(Value::Object(e))
+    ids
 }
 
 impl GoogleDataManager {

@@ -118,31 +118,13 @@ impl GoogleDataManager {
             http.clone(),
         )?);
         let base = base_url(&api.endpoint, DEFAULT_ENDPOINT);
-        let statuses = Arc::new(StatusPoller {
-            name: name.to_string(),
-            url: format!("{base}/v1/requestStatus:retrieve"),
-            auth: auth.clone(),
-            http: http.clone(),
-            queue: std::sync::Mutex::new(Vec::new()),
-            interval: config.status_poll_ms.map_or(STATUS_POLL_INTERVAL, |ms| {
-                Duration::from_millis(ms.max(100))
-            }),
-            reports: std::sync::Mutex::new(Vec::new()),
-        });
-        if !config.validate_only {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                // Ends with the destination: it holds only a weak reference.
-                let weak = Arc::downgrade(&statuses);
-                let interval = statuses.interval;
-                runtime.spawn(async move {
-                    loop {
-                        tokio::time::sleep(interval).await;
-                        let Some(poller) = weak.upgrade() else { break };
-                        poller.poll_due().await;
-                    }
-                });
-            }
-        }
+        let statuses = StatusPoller::start(
+            name,
+            format!("{base}/v1/requestStatus:retrieve"),
+            (auth.clone(), http.clone()),
+            config.status_poll_ms,
+            !config.validate_only,
+        );
         let ads = retract.then(|| {
             // Retractions go through the Google Ads API, as the operating account, with this
             // destination's token, developer token, version and batch size.

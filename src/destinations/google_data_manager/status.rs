@@ -23,6 +23,43 @@ pub struct StatusPoller {
 }
 
 impl StatusPoller {
+    /// The poller of destination `name`, asking `url` with `auth` over `http` every `poll_ms`
+    /// (default [`STATUS_POLL_INTERVAL`]); with `poll`, a task polls while the destination lives.
+    pub(super) fn start(
+        name: &str,
+        url: String,
+        (auth, http): (Arc<GoogleAuth>, reqwest::Client),
+        poll_ms: Option<u64>,
+        poll: bool,
+    ) -> Arc<StatusPoller> {
+        let statuses = Arc::new(StatusPoller {
+            name: name.to_string(),
+            url,
+            auth,
+            http,
+            queue: std::sync::Mutex::new(Vec::new()),
+            interval: poll_ms.map_or(STATUS_POLL_INTERVAL, |ms| {
+                Duration::from_millis(ms.max(100))
+            }),
+            reports: std::sync::Mutex::new(Vec::new()),
+        });
+        if poll {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // Ends with the destination: it holds only a weak reference.
+                let weak = Arc::downgrade(&statuses);
+                let interval = statuses.interval;
+                runtime.spawn(async move {
+                    loop {
+                        tokio::time::sleep(interval).await;
+                        let Some(poller) = weak.upgrade() else { break };
+                        poller.poll_due().await;
+                    }
+                });
+            }
+        }
+        statuses
+    }
+
     /// Remembers an accepted request.
     pub(super) fn push(&self, request_id: String) {
         let at = std::time::Instant::now() + self.interval;
