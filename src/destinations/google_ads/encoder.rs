@@ -23,14 +23,7 @@ fn conversion_action(d: &Delivery) -> Result<&str, Outcome> {
 pub fn encode_conversion(d: &Delivery, now: DateTime<Utc>) -> Result<Value, Outcome> {
     let action = conversion_action(d)?;
     let keys = &d.payload.keys;
-    // One click id only: gclid, else gbraid, else wbraid (never both braids, §2.1).
-    let click = [
-        (MatchKey::Gclid, "gclid"),
-        (MatchKey::Gbraid, "gbraid"),
-        (MatchKey::Wbraid, "wbraid"),
-    ]
-    .into_iter()
-    .find_map(|(key, field)| keys.get(&key).map(|v| (field, v)));
+    let click = click_id(keys);
     let mut identifiers = Vec::new();
     for (key, field) in [
         (MatchKey::Email, "hashedEmail"),
@@ -146,4 +139,16 @@ pub(crate) fn ad_user_data_consent(d: &Delivery, [granted, denied]: [&str; 2]) -
         let consent = if d.payload.consent { granted } else { denied };
         json!({ "adUserData": consent })
     })
+}
+
+/// A row's one Google click id and its field: gclid, else gbraid, else wbraid (never both braids,
+/// §2.1).
+pub(crate) fn click_id(keys: &crate::identity::MatchKeys) -> Option<(&'static str, &String)> {
+    [
+        (MatchKey::Gclid, "gclid"),
+        (MatchKey::Gbraid, "gbraid"),
+        (MatchKey::Wbraid, "wbraid"),
+    ]
+    .into_iter()
+    .find_map(|(key, field)| keys.get(&key).map(|v| (field, v)))
 }

@@ -93,14 +93,7 @@ pub fn encode_event(
 /// A row's `adIdentifiers`: one click id (gclid, else gbraid, else wbraid) and the landing page's
 /// device; `true` when there is a click id.
 fn ad_identifiers(keys: &MatchKeys) -> (bool, Map<String, Value>) {
-    // One click id: gclid, else gbraid, else wbraid.
-    let click = [
-        (MatchKey::Gclid, "gclid"),
-        (MatchKey::Gbraid, "gbraid"),
-        (MatchKey::Wbraid, "wbraid"),
-    ]
-    .into_iter()
-    .find_map(|(key, field)| keys.get(&key).map(|v| (field, v)));
+    let click = google_ads::click_id(keys);
     let mut ad = Map::new();
     if let Some((field, v)) = click {
         ad.insert(field.into(), json!(v));
