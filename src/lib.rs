@@ -31,7 +31,7 @@
 //! - [`dispatch`]: per-destination workers that claim, send and record control-table rows (worker,
 //!   round, adjustments, retry).
 //! - [`destinations`]: one module per platform behind the `Destination` trait (`send`, `plan`,
-//!   `healthcheck`); shared HTTP (`http`) and batch (`batch`) helpers.
+//!   `healthcheck`); shared HTTP (`http`), batch (`batch`) and OAuth token exchange (`oauth`) helpers.
 //! - [`pipeline`]: `pgcapi run` assembled: metrics server, capture, dispatch or dry run, retention.
 //! - [`cli`]: parses the command line, one file per command; prints and chooses the exit code.
 //! - [`ops`]: operating a deployment: `setup`, `check`, `status`, `repair` (retry, replay),

@@ -14,12 +14,11 @@
 //! a 401 so that the next request fetches a new one. Nothing here ever logs or returns a secret.
 
 use super::batch::BatchAnswer;
-use super::http::{excerpt, is_retryable_status, retry_after, transport_error};
-use super::{DestinationError, OPERATOR_RETRY_FLOOR};
+use super::oauth::{self, Token};
+use super::DestinationError;
 use crate::config::{GoogleAuthConfig, GoogleCredentials, Secret};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// Google's OAuth2 token endpoint.
 pub const DEFAULT_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
@@ -31,8 +30,6 @@ pub const DATA_MANAGER_SCOPE: &str = "https://www.googleapis.com/auth/datamanage
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// The metadata server's token URL on Google Cloud (host replaceable with `GCE_METADATA_HOST`).
 const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
-/// A cached access token is renewed this long before Google says it expires.
-const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Lifetime asked for in a service account's JWT (Google's maximum).
 const JWT_LIFETIME_SECS: i64 = 3600;
 
@@ -78,12 +75,6 @@ impl Credentials {
     }
 }
 
-/// An access token and when to stop using it.
-struct CachedToken {
-    token: Secret,
-    renew_at: Instant,
-}
-
 /// Credentials, the scopes asked for, and the cached token.
 pub struct GoogleAuth {
     credentials: Credentials,
@@ -92,7 +83,7 @@ pub struct GoogleAuth {
     scopes: String,
     http: reqwest::Client,
     /// The cached token; the lock also keeps concurrent senders from fetching twice.
-    token: tokio::sync::Mutex<Option<CachedToken>>,
+    token: tokio::sync::Mutex<Option<Token>>,
 }
 
 /// The config error for destination `name`.
@@ -167,12 +158,12 @@ impl GoogleAuth {
         *self.token.lock().await = None;
     }
 
-    /// A valid access token: the cached one, or a fresh one. A refusal is a retry (after at least
-    /// [`OPERATOR_RETRY_FLOOR`] when an operator must fix the credentials).
+    /// A valid access token: the cached one, or a fresh one. A refusal is a retry, or
+    /// [`BatchAnswer::NeedsOperator`] when an operator must fix the credentials.
     pub async fn access_token(&self) -> Result<Secret, BatchAnswer> {
         let mut cached = self.token.lock().await;
-        if let Some(c) = cached.as_ref().filter(|c| c.renew_at > Instant::now()) {
-            return Ok(c.token.clone());
+        if let Some(token) = cached.as_ref().and_then(Token::fresh) {
+            return Ok(token);
         }
         let request = match &self.credentials {
             Credentials::UserOAuth {
@@ -193,9 +184,9 @@ impl GoogleAuth {
                 token_uri,
             } => {
                 let assertion = signed_jwt(client_email, key_id, key, token_uri, &self.scopes)
-                    .map_err(|e| BatchAnswer::Retry {
+                    .map_err(|e| BatchAnswer::NeedsOperator {
                         error: format!("google oauth: cannot sign the service account JWT: {e}"),
-                        retry_after: Some(OPERATOR_RETRY_FLOOR),
+                        retry_after: None,
                     })?;
                 self.http.post(token_uri).form(&[
                     ("grant_type", JWT_BEARER_GRANT),
@@ -208,45 +199,10 @@ impl GoogleAuth {
                 .query(&[("scopes", self.scopes.as_str())])
                 .header("Metadata-Flavor", "Google"),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error("google oauth", e))?;
-        let status = response.status();
-        let delay = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        match body.get("access_token").and_then(Value::as_str) {
-            Some(token) if status.is_success() => {
-                let lifetime = body
-                    .get("expires_in")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(3600);
-                let token = Secret::new(token);
-                *cached = Some(CachedToken {
-                    token: token.clone(),
-                    renew_at: Instant::now()
-                        + Duration::from_secs(lifetime).saturating_sub(TOKEN_MARGIN),
-                });
-                Ok(token)
-            }
-            _ => {
-                let s = |k: &str| body.get(k).and_then(Value::as_str);
-                let code = status.as_u16();
-                let kind = self.credentials.describe();
-                let error = match (s("error"), s("error_description")) {
-                    (Some(e), Some(d)) => format!("google oauth ({kind}): HTTP {code}: {e}: {d}"),
-                    (Some(e), None) => format!("google oauth ({kind}): HTTP {code}: {e}"),
-                    _ => format!("google oauth ({kind}): HTTP {code}: {}", excerpt(&text)),
-                };
-                let retry_after = if is_retryable_status(status) {
-                    delay
-                } else {
-                    Some(delay.unwrap_or_default().max(OPERATOR_RETRY_FLOOR))
-                };
-                Err(BatchAnswer::Retry { error, retry_after })
-            }
-        }
+        let who = format!("google oauth ({})", self.credentials.describe());
+        let grant = oauth::exchange(request, &who).await?;
+        *cached = Some(grant.token.clone());
+        Ok(grant.token.token)
     }
 }
 

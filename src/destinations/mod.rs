@@ -25,7 +25,7 @@
 //!
 //! Shared code: [`http`] (client, reading answers, `Retry-After`, status classes, transport errors),
 //! [`batch`] (plans, bisection, order), [`health`] (probe, synthetic event), [`google_auth`] (Google
-//! credentials of both Google platforms).
+//! credentials of both Google platforms), `oauth` (the token exchange of Google and Microsoft).
 //!
 //! # Adding a platform
 //!
@@ -50,6 +50,7 @@ pub mod http;
 pub mod linkedin;
 pub mod meta;
 pub mod microsoft_ads;
+pub(crate) mod oauth;
 pub mod outbrain;
 pub mod pinterest;
 pub mod reddit;
@@ -346,15 +347,25 @@ pub(crate) mod test_support {
     pub fn t0() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
     }
+
+    /// Google user OAuth credentials (made-up values), exchanged at `token_endpoint` or Google's.
+    pub fn google_oauth(token_endpoint: Option<String>) -> crate::config::GoogleAuthConfig {
+        crate::config::GoogleAuthConfig {
+            credentials: crate::config::GoogleCredentials::OAuth {
+                client_id: crate::config::Secret::new("id"),
+                client_secret: crate::config::Secret::new("secret"),
+                refresh_token: crate::config::Secret::new("rt"),
+            },
+            token_endpoint,
+        }
+    }
 }
 
 #[cfg(test)]
 mod preview_tests {
     use super::test_support::purchase;
     use super::*;
-    use crate::config::{
-        GoogleAdsConfig, GoogleAuthConfig, GoogleCredentials, MetaConfig, Secret, TiktokConfig,
-    };
+    use crate::config::{GoogleAdsConfig, MetaConfig, Secret, TiktokConfig};
     use crate::event::Kind;
     use serde_json::{json, Value};
 
@@ -396,14 +407,7 @@ mod preview_tests {
             login_customer_id: None,
             developer_token: Some(Secret::new("dev")),
             validate_only: true,
-            auth: GoogleAuthConfig {
-                credentials: GoogleCredentials::OAuth {
-                    client_id: Secret::new("id"),
-                    client_secret: Secret::new("secret"),
-                    refresh_token: Secret::new("rt"),
-                },
-                token_endpoint: None,
-            },
+            auth: test_support::google_oauth(None),
         }));
         let google = build("google", &config, &DispatchConfig::default()).unwrap();
         // A minute old: an adjustment must come after its conversion's second.
