@@ -70,12 +70,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-/// How long to wait at least before retrying after an error no event is to blame for (authentication,
-/// permissions, a refused account or request setting): it needs an operator, so hammering the platform
-/// helps nobody, but the rows stay pending (until `give_up_after_secs`) so that fixing the config loses
-/// nothing.
-pub const OPERATOR_RETRY_FLOOR: Duration = Duration::from_secs(60);
-
 /// A boxed future, so that [`Destination`] stays object-safe without the `async_trait` crate.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Vec<Outcome>> + Send + 'a>>;
 
