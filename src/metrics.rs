@@ -164,7 +164,6 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("pgcapi");
         let m = Metrics {
             registry: Registry::default(),
             changes_decoded: Counter::default(),
@@ -186,79 +185,90 @@ impl Metrics {
             healthy: Gauge::default(),
             flow: Mutex::new(None),
         };
+        let registry = m.registry_of_all();
+        Metrics { registry, ..m }
+    }
+
+    /// A registry (prefix `pgcapi`) holding every metric of `self`, with its help text.
+    fn registry_of_all(&self) -> Registry {
+        let mut registry = Registry::with_prefix("pgcapi");
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "changes_decoded",
             "Row changes decoded from the replication stream",
-            m.changes_decoded.clone(),
+            self.changes_decoded.clone(),
         );
         registry.register(
             "transactions",
             "Source transactions whose commit was decoded",
-            m.transactions.clone(),
+            self.transactions.clone(),
         );
         registry.register(
             "events_captured",
             "Control-table rows (one per event and destination) newly written by capture",
-            m.events_captured.clone(),
+            self.events_captured.clone(),
         );
         registry.register(
             "toast_read_backs",
             "Changes whose unchanged TOAST values were read back from the source, by outcome",
-            m.toast_read_backs.clone(),
+            self.toast_read_backs.clone(),
         );
         registry.register(
             "deliveries",
             "Delivery outcomes recorded by this process",
-            m.deliveries.clone(),
+            self.deliveries.clone(),
         );
         registry.register(
             "dispatch_requests",
             "Requests sent to a platform, by outcome",
-            m.requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "dispatch_request_duration_seconds",
             "Duration of one platform request",
-            m.request_duration.clone(),
+            self.request_duration.clone(),
         );
         registry.register(
             "dispatch_latency_seconds",
             "From the row's creation in the control table to the platform's acceptance, per sent row",
-            m.dispatch_latency.clone(),
+            self.dispatch_latency.clone(),
         );
         registry.register(
             "replication_lag_bytes",
             "WAL retained by the slot: current WAL position minus confirmed_flush_lsn",
-            m.replication_lag_bytes.clone(),
+            self.replication_lag_bytes.clone(),
         );
         registry.register(
             "confirmed_flush_lsn",
             "The slot's confirmed_flush_lsn as a byte position",
-            m.confirmed_flush_lsn.clone(),
+            self.confirmed_flush_lsn.clone(),
         );
         registry.register(
             "pending_deliveries",
             "Control-table rows in state pending",
-            m.pending.clone(),
+            self.pending.clone(),
         );
         registry.register(
             "capture_active",
             "1 while this process holds the slot and streams",
-            m.capture_active.clone(),
+            self.capture_active.clone(),
         );
         registry.register(
             "unhealthy",
             "1 while pgcapi status would report this reason, else 0",
-            m.unhealthy.clone(),
+            self.unhealthy.clone(),
         );
-        registry.register("healthy", "1 while /readyz answers 200", m.healthy.clone());
+        registry.register(
+            "healthy",
+            "1 while /readyz answers 200",
+            self.healthy.clone(),
+        );
         registry.register(
             "google_processing_errors",
             "Events Data Manager accepted but then could not use, by reason (requestStatus:retrieve)",
-            m.google_processing_errors.clone(),
+            self.google_processing_errors.clone(),
         );
-        Metrics { registry, ..m }
+        registry
     }
 
     /// The metrics in the OpenMetrics text format.

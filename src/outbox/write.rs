@@ -99,40 +99,82 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
     if rows.is_empty() {
         return Ok(0);
     }
-    let n = rows.len();
-    let mut rule = Vec::with_capacity(n);
-    let mut destination = Vec::with_capacity(n);
-    let mut platform = Vec::with_capacity(n);
-    let mut event_id = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut adjusts = Vec::with_capacity(n);
-    let mut event_name = Vec::with_capacity(n);
-    let mut event_time = Vec::with_capacity(n);
-    let mut value = Vec::with_capacity(n);
-    let mut currency = Vec::with_capacity(n);
-    let mut action_source = Vec::with_capacity(n);
-    let mut payload = Vec::with_capacity(n);
-    let mut match_keys = Vec::with_capacity(n);
-    let mut state = Vec::with_capacity(n);
-    let mut last_error = Vec::with_capacity(n);
-    let mut source_table = Vec::with_capacity(n);
-    let mut source_key = Vec::with_capacity(n);
-    let mut source_lsn = Vec::with_capacity(n);
-    let mut commit_time = Vec::with_capacity(n);
-    for r in rows {
-        let r: &NewDelivery = r.borrow();
-        rule.push(r.rule.as_str());
-        destination.push(r.destination.as_str());
-        platform.push(r.platform.as_str());
-        event_id.push(r.event_id.as_str());
-        kind.push(r.kind.as_str());
-        adjusts.push(r.adjusts_rule.as_deref());
-        event_name.push(r.event_name.as_deref());
-        event_time.push(r.event_time);
-        value.push(r.value.as_deref());
-        currency.push(r.currency.as_deref());
-        action_source.push(r.action_source.as_deref());
-        payload.push(r.payload.to_json());
+    let columns = Columns::of(rows);
+    let sql = insert_sql(schema, duplicates, matching);
+    client
+        .execute(&sql, &columns.params())
+        .await
+        .map_err(db("inserting deliveries"))
+}
+
+/// The rows of one insert as 19 parallel arrays, one per column: the statement unnests them, so that
+/// a batch of any size is one statement with 19 parameters.
+struct Columns<'a> {
+    rule: Vec<&'a str>,
+    destination: Vec<&'a str>,
+    platform: Vec<&'a str>,
+    event_id: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    adjusts: Vec<Option<&'a str>>,
+    event_name: Vec<Option<&'a str>>,
+    event_time: Vec<chrono::DateTime<chrono::Utc>>,
+    value: Vec<Option<&'a str>>,
+    currency: Vec<Option<&'a str>>,
+    action_source: Vec<Option<&'a str>>,
+    payload: Vec<String>,
+    match_keys: Vec<String>,
+    state: Vec<&'a str>,
+    last_error: Vec<Option<&'a str>>,
+    source_table: Vec<&'a str>,
+    source_key: Vec<Option<&'a str>>,
+    source_lsn: Vec<String>,
+    commit_time: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns of `rows`, in row order.
+    fn of<R: std::borrow::Borrow<NewDelivery>>(rows: &'a [R]) -> Columns<'a> {
+        let n = rows.len();
+        let mut c = Columns {
+            rule: Vec::with_capacity(n),
+            destination: Vec::with_capacity(n),
+            platform: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            adjusts: Vec::with_capacity(n),
+            event_name: Vec::with_capacity(n),
+            event_time: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+            currency: Vec::with_capacity(n),
+            action_source: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            match_keys: Vec::with_capacity(n),
+            state: Vec::with_capacity(n),
+            last_error: Vec::with_capacity(n),
+            source_table: Vec::with_capacity(n),
+            source_key: Vec::with_capacity(n),
+            source_lsn: Vec::with_capacity(n),
+            commit_time: Vec::with_capacity(n),
+        };
+        for r in rows {
+            c.push(r.borrow());
+        }
+        c
+    }
+
+    fn push(&mut self, r: &'a NewDelivery) {
+        self.rule.push(r.rule.as_str());
+        self.destination.push(r.destination.as_str());
+        self.platform.push(r.platform.as_str());
+        self.event_id.push(r.event_id.as_str());
+        self.kind.push(r.kind.as_str());
+        self.adjusts.push(r.adjusts_rule.as_deref());
+        self.event_name.push(r.event_name.as_deref());
+        self.event_time.push(r.event_time);
+        self.value.push(r.value.as_deref());
+        self.currency.push(r.currency.as_deref());
+        self.action_source.push(r.action_source.as_deref());
+        self.payload.push(r.payload.to_json());
         let mut names = String::with_capacity(r.payload.keys.len() * 10);
         for (i, key) in r.payload.keys.keys().enumerate() {
             if i > 0 {
@@ -140,42 +182,39 @@ async fn insert_statement<R: std::borrow::Borrow<NewDelivery>>(
             }
             names.push_str(key.as_str());
         }
-        match_keys.push(names);
-        state.push(r.state.as_str());
-        last_error.push(r.last_error.as_deref());
-        source_table.push(r.source_table.as_str());
-        source_key.push(r.source_key.as_deref());
-        source_lsn.push(r.source_lsn.to_string());
-        commit_time.push(r.commit_time);
+        self.match_keys.push(names);
+        self.state.push(r.state.as_str());
+        self.last_error.push(r.last_error.as_deref());
+        self.source_table.push(r.source_table.as_str());
+        self.source_key.push(r.source_key.as_deref());
+        self.source_lsn.push(r.source_lsn.to_string());
+        self.commit_time.push(r.commit_time);
     }
-    let sql = insert_sql(schema, duplicates, matching);
-    client
-        .execute(
-            &sql,
-            &[
-                &rule,
-                &destination,
-                &platform,
-                &event_id,
-                &kind,
-                &adjusts,
-                &event_name,
-                &event_time,
-                &value,
-                &currency,
-                &action_source,
-                &payload,
-                &match_keys,
-                &state,
-                &last_error,
-                &source_table,
-                &source_lsn,
-                &commit_time,
-                &source_key,
-            ],
-        )
-        .await
-        .map_err(db("inserting deliveries"))
+
+    /// The statement's parameters, in the order of [`insert_sql`]'s `$1`…`$19`.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 19] {
+        [
+            &self.rule,
+            &self.destination,
+            &self.platform,
+            &self.event_id,
+            &self.kind,
+            &self.adjusts,
+            &self.event_name,
+            &self.event_time,
+            &self.value,
+            &self.currency,
+            &self.action_source,
+            &self.payload,
+            &self.match_keys,
+            &self.state,
+            &self.last_error,
+            &self.source_table,
+            &self.source_lsn,
+            &self.commit_time,
+            &self.source_key,
+        ]
+    }
 }
 
 /// The text of an insert statement of [`insert_statement`]: one row per element of its 19 parallel

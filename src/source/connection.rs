@@ -248,6 +248,39 @@ async fn negotiate_tls(
 
 /// Sends the startup message and answers authentication requests until the server is ready.
 async fn startup(framed: &mut Framed, info: &ConnInfo, options: &str) -> Result<(), SourceError> {
+    frontend::startup_message(startup_params(info, options)?, &mut framed.wbuf)?;
+    framed.send().await?;
+    let mut auth = Authentication { info, scram: None };
+    loop {
+        let message = match framed.read_message().await? {
+            Backend::Message(m) => m,
+            Backend::CopyBothResponse => {
+                return Err(SourceError::Protocol(
+                    "unexpected CopyBothResponse at startup".into(),
+                ))
+            }
+        };
+        match message {
+            Message::AuthenticationOk
+            | Message::ParameterStatus(_)
+            | Message::BackendKeyData(_) => {}
+            Message::ErrorResponse(body) => return Err(server_error(&body)),
+            Message::NoticeResponse(body) => log_notice(&body),
+            Message::ReadyForQuery(_) => return Ok(()),
+            other => {
+                if auth.answer(other, &mut framed.wbuf)? {
+                    framed.send().await?;
+                }
+            }
+        }
+    }
+}
+
+/// The startup message's parameters: a replication connection to `info`'s database.
+fn startup_params<'a>(
+    info: &'a ConnInfo,
+    options: &'a str,
+) -> Result<Vec<(&'a str, &'a str)>, SourceError> {
     let mut params: Vec<(&str, &str)> = vec![
         ("user", &info.user),
         ("database", &info.dbname),
@@ -265,34 +298,26 @@ async fn startup(framed: &mut Framed, info: &ConnInfo, options: &str) -> Result<
             "a connection setting contains a NUL byte",
         ));
     }
-    frontend::startup_message(params, &mut framed.wbuf)?;
-    framed.send().await?;
+    Ok(params)
+}
 
-    let password = || {
-        info.password.as_deref().map(str::as_bytes).ok_or_else(|| {
-            SourceError::Auth("the server asks for a password but none is configured".into())
-        })
-    };
-    let mut scram: Option<sasl::ScramSha256> = None;
-    loop {
-        let message = match framed.read_message().await? {
-            Backend::Message(m) => m,
-            Backend::CopyBothResponse => {
-                return Err(SourceError::Protocol(
-                    "unexpected CopyBothResponse at startup".into(),
-                ))
-            }
-        };
+/// The client side of the authentication exchange: cleartext, md5 and SCRAM-SHA-256.
+struct Authentication<'a> {
+    info: &'a ConnInfo,
+    /// The SCRAM exchange under way, between the SASL start and its final message.
+    scram: Option<sasl::ScramSha256>,
+}
+
+impl Authentication<'_> {
+    /// Answers one authentication request into `out`; true when there is something to send.
+    fn answer(&mut self, message: Message, out: &mut bytes::BytesMut) -> Result<bool, SourceError> {
         match message {
-            Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
-                frontend::password_message(password()?, &mut framed.wbuf)?;
-                framed.send().await?;
+                frontend::password_message(self.password()?, out)?;
             }
             Message::AuthenticationMd5Password(body) => {
-                let hash = md5_hash(info.user.as_bytes(), password()?, body.salt());
-                frontend::password_message(hash.as_bytes(), &mut framed.wbuf)?;
-                framed.send().await?;
+                let hash = md5_hash(self.info.user.as_bytes(), self.password()?, body.salt());
+                frontend::password_message(hash.as_bytes(), out)?;
             }
             Message::AuthenticationSasl(body) => {
                 let mut mechanisms = body.mechanisms();
@@ -307,32 +332,27 @@ async fn startup(framed: &mut Framed, info: &ConnInfo, options: &str) -> Result<
                 }
                 // Without channel binding ("n"): accepted by every server, also over TLS.
                 let client =
-                    sasl::ScramSha256::new(password()?, sasl::ChannelBinding::unsupported());
-                frontend::sasl_initial_response(
-                    sasl::SCRAM_SHA_256,
-                    client.message(),
-                    &mut framed.wbuf,
-                )?;
-                framed.send().await?;
-                scram = Some(client);
+                    sasl::ScramSha256::new(self.password()?, sasl::ChannelBinding::unsupported());
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, client.message(), out)?;
+                self.scram = Some(client);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let client = scram.as_mut().ok_or_else(|| {
+                let client = self.scram.as_mut().ok_or_else(|| {
                     SourceError::Protocol("SASL continue without a SASL exchange".into())
                 })?;
                 client.update(body.data()).map_err(|_| {
                     SourceError::Auth("the server's SCRAM challenge is invalid".into())
                 })?;
-                frontend::sasl_response(client.message(), &mut framed.wbuf)?;
-                framed.send().await?;
+                frontend::sasl_response(client.message(), out)?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let client = scram.as_mut().ok_or_else(|| {
+                let client = self.scram.as_mut().ok_or_else(|| {
                     SourceError::Protocol("SASL final without a SASL exchange".into())
                 })?;
                 client.finish(body.data()).map_err(|_| {
                     SourceError::Auth("the server's SCRAM signature does not verify".into())
                 })?;
+                return Ok(false);
             }
             Message::AuthenticationGss
             | Message::AuthenticationKerberosV5
@@ -345,16 +365,24 @@ async fn startup(framed: &mut Framed, info: &ConnInfo, options: &str) -> Result<
                         .into(),
                 ))
             }
-            Message::ErrorResponse(body) => return Err(server_error(&body)),
-            Message::NoticeResponse(body) => log_notice(&body),
-            Message::ParameterStatus(_) | Message::BackendKeyData(_) => {}
-            Message::ReadyForQuery(_) => return Ok(()),
             _ => {
                 return Err(SourceError::Protocol(
                     "unexpected message during connection startup".into(),
                 ))
             }
         }
+        Ok(true)
+    }
+
+    /// The configured password, which the server has just asked for.
+    fn password(&self) -> Result<&[u8], SourceError> {
+        self.info
+            .password
+            .as_deref()
+            .map(str::as_bytes)
+            .ok_or_else(|| {
+                SourceError::Auth("the server asks for a password but none is configured".into())
+            })
     }
 }
 
