@@ -5,7 +5,8 @@
 //! by hand where this file needs a state a healthy capture does not reach.
 
 use crate::support::{
-    contract_env, count, pgcapi_command, spawn_run, wait_for, Shop, TestDb, CONTRACT_TOML, SHOP_SQL,
+    contract_env, count, pgcapi_command, spawn_run, wait_count, wait_for, Shop, TestDb,
+    CONTRACT_TOML, SHOP_SQL,
 };
 use pgcapi::ops::status::{self, FlowThresholds, Reason, StatusOptions, StatusReport};
 use pgcapi::testbed::sandbox::{Faults, Sandbox};
@@ -198,16 +199,9 @@ async fn status_says_when_the_slot_is_ahead_of_the_stored_position() {
     })
     .await;
     run.kill();
-    wait_for(30, "the slot to be released", || async {
-        (count(
-            &shop.client,
-            "select count(*) from pg_replication_slots where slot_name = 'pgcapi' and not active",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
-    .await;
+    let released =
+        "select count(*) from pg_replication_slots where slot_name = 'pgcapi' and not active";
+    wait_count(&shop.client, 30, "the slot to be released", released, 1).await;
     // WHEN orders are paid meanwhile and someone advances the slot past them
     shop.client.execute(PAID, &[&"9102"]).await.unwrap();
     shop.client
@@ -368,12 +362,16 @@ async fn status_readyz_and_the_metric_say_when_a_destination_only_fails() {
     );
 }
 
-#[tokio::test]
-async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_ran() {
-    // GIVEN the shop, owned by the superuser, and the role the README documents: LOGIN REPLICATION,
-    // SELECT on the tables, CREATE on the database
-    let db = TestDb::start().await;
-    let admin = db.connect().await;
+/// A command's exit code and output.
+type Answer = (Option<i32>, String);
+
+/// The publication's SQL that setup prints for the tables' owner.
+const CREATE_PUBLICATION: &str =
+    "CREATE PUBLICATION \"pgcapi\" FOR TABLE \"public\".\"leads\", \"public\".\"orders\" \
+     WITH (publish = 'insert, update, delete');";
+
+/// The shop and the README's role without its CREATE on the database; returns the role's URL.
+async fn shop_and_app_role(db: &TestDb, admin: &tokio_postgres::Client) -> String {
     admin.batch_execute(SHOP_SQL).await.unwrap();
     admin
         .batch_execute(
@@ -390,17 +388,15 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
         db.url(),
         "the test expects the superuser's URL without a password"
     );
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let env = contract_env(&role_url, &sandbox.base_url());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgcapi.toml");
-    std::fs::write(&path, CONTRACT_TOML).unwrap();
-    let command = |args: &'static [&'static str]| pgcapi(&env, args, &path);
+    role_url
+}
 
-    // (WHEN the CREATE on the database is missing, THEN setup says so with the GRANT for the DBA)
-    let (code, out) = command(&["setup"]).await;
+/// Setup without the CREATE on the database says so with the GRANT, which the DBA then runs.
+async fn setup_asks_for_create_on_the_database(
+    db: &TestDb,
+    admin: &tokio_postgres::Client,
+    (code, out): Answer,
+) {
     assert_eq!(code, Some(3), "{out}");
     let grant = format!(
         "GRANT CREATE ON DATABASE \"{}\" TO \"pgcapi_app\";",
@@ -416,15 +412,12 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
         "{out}"
     );
     admin.batch_execute(&grant).await.unwrap();
+}
 
-    // WHEN setup runs as that role
-    let (code, out) = command(&["setup"]).await;
-    // THEN it installs the control schema, exits 3 and prints the publication's SQL and who runs it
+/// Setup as the role exited 3 with the publication's SQL and who runs it; check names the same.
+fn setup_printed_the_publication_sql((code, out): Answer, check: Answer) {
     assert_eq!(code, Some(3), "{out}");
-    let create =
-        "CREATE PUBLICATION \"pgcapi\" FOR TABLE \"public\".\"leads\", \"public\".\"orders\" \
-                  WITH (publish = 'insert, update, delete');";
-    assert!(out.contains(create), "{out}");
+    assert!(out.contains(CREATE_PUBLICATION), "{out}");
     assert!(
         out.contains("-- run as role postgres (the owner of the tables) or a superuser:"),
         "{out}"
@@ -434,23 +427,44 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
         "{out}"
     );
     assert!(!out.contains("db error"), "{out}");
-    // AND the slot waits for the publication
-    assert_eq!(
-        count(&admin, "select count(*) from pg_replication_slots").await,
-        0
-    );
-    // AND check names the missing SQL and who runs it, instead of "run pgcapi setup"
-    let (code, out) = command(&["check"]).await;
+    let (code, out) = check;
     assert_ne!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!(
             "✗ publication pgcapi does not exist: PostgreSQL requires the owner of every table of a \
              publication, and role pgcapi_app does not own public.leads (owner postgres), \
              public.orders (owner postgres); so role postgres (the owner of the tables) or a \
-             superuser runs: {create}"
+             superuser runs: {CREATE_PUBLICATION}"
         )),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_ran() {
+    // GIVEN the shop, owned by the superuser, and the role the README documents: LOGIN REPLICATION,
+    // SELECT on the tables, CREATE on the database
+    let db = TestDb::start().await;
+    let admin = db.connect().await;
+    let role_url = shop_and_app_role(&db, &admin).await;
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let env = contract_env(&role_url, &sandbox.base_url());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgcapi.toml");
+    std::fs::write(&path, CONTRACT_TOML).unwrap();
+    let command = |args: &'static [&'static str]| pgcapi(&env, args, &path);
+
+    // (WHEN the CREATE on the database is missing, THEN setup says so with the GRANT for the DBA)
+    setup_asks_for_create_on_the_database(&db, &admin, command(&["setup"]).await).await;
+
+    // WHEN setup runs as that role, THEN it installs the control schema, exits 3 and prints the
+    // publication's SQL and who runs it, the slot waits, and check names the SQL (not "run setup")
+    let setup = command(&["setup"]).await;
+    let slots = count(&admin, "select count(*) from pg_replication_slots").await;
+    assert_eq!(slots, 0);
+    setup_printed_the_publication_sql(setup, command(&["check"]).await);
 
     // WHEN the DBA runs the printed SQL as the tables' owner
     let sql: String = command(&["setup"])
@@ -460,7 +474,7 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
         .filter(|l| l.starts_with("CREATE ") || l.starts_with("ALTER ") || l.starts_with("GRANT "))
         .collect::<Vec<_>>()
         .join("\n");
-    assert_eq!(sql, create);
+    assert_eq!(sql, CREATE_PUBLICATION);
     admin.batch_execute(&sql).await.unwrap();
 
     // THEN setup completes (slot created), check passes the database items
@@ -476,16 +490,8 @@ async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_
     // AND run, as that role, delivers an order to every destination
     let _run = spawn_run(&path, &env);
     admin.execute(PAID, &[&"9301"]).await.unwrap();
-    wait_for(60, "three sent rows", || async {
-        (count(
-            &admin,
-            "select count(*) from pgcapi.deliveries where state = 'sent'",
-        )
-        .await
-            == 3)
-            .then_some(())
-    })
-    .await;
+    let sent = "select count(*) from pgcapi.deliveries where state = 'sent'";
+    wait_count(&admin, 60, "three sent rows", sent, 3).await;
 }
 
 #[tokio::test]
