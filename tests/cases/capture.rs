@@ -80,23 +80,9 @@ const PAID_ORDER: &str =
     'fb.1.1700000000000.AbCdEf', 'fb.1.1700000000000.123456', 'Cj0KCQ-test-gclid', 'tt-click-1', \
     123.45, 'USD', 'paid', $2, now())";
 
-#[tokio::test]
-async fn shop_changes_become_exactly_the_expected_deliveries() {
-    // GIVEN the contract config on a shop database, capture running.
-    let (_db, client, config) = shop().await;
-    let running = Running::start(&config);
-
-    // WHEN orders are paid (with, without and with unknown consent), a pending order is paid later,
-    // a paid order is updated again and again, one is refunded, and leads are won.
-    for (number, consent) in [("1001", Some(true)), ("1002", Some(false)), ("1003", None)] {
-        client
-            .execute(PAID_ORDER, &[&number, &consent])
-            .await
-            .unwrap();
-    }
-    client
-        .batch_execute(
-            "insert into orders (order_number, email, total) values ('1004', 'x@example.com', 10);
+/// A pending order paid later, a paid order updated again and again, an order without usable keys,
+/// a refund, and leads won with and without consent and one only qualified.
+const SHOP_CHANGES: &str = "insert into orders (order_number, email, total) values ('1004', 'x@example.com', 10);
              update orders set status = 'paid', ad_consent = true, paid_at = now() where order_number = '1004';
              update orders set notes = 'first' where order_number = '1001';
              update orders set notes = 'second' where order_number = '1001';
@@ -109,31 +95,32 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
                values ('lead@example.org', '+44 20 7946 0958', 'Ann', 'Lee', 'GB', 'gclid-lead',
                        'IwAR-fbclid', now() - interval '1 day', '1234567', 'won', 5000, 'GRANTED', now());
              insert into leads (email, stage, deal_value, consent) values ('no@example.org', 'won', 10, 'denied');
-             insert into leads (email, stage, deal_value, consent) values ('q@example.org', 'qualified', 10, 'granted');",
-        )
-        .await
-        .unwrap();
+             insert into leads (email, stage, deal_value, consent) values ('q@example.org', 'qualified', 10, 'granted');";
 
-    // THEN exactly these rows exist (3 destinations per order, 2 per lead).
-    let expected_rows = 3 * 5 + 3 + 2 * 2;
+/// Waits until capture has written `expected` control-table rows (failing early if it stops) and
+/// checks that it wrote no more.
+async fn wait_all_captured(client: &Client, running: &mut Running, expected: i64) {
     let settled = wait_for(20, "all deliveries", || async {
-        let n = count(&client, "select count(*) from pgcapi.deliveries").await;
+        let n = count(client, "select count(*) from pgcapi.deliveries").await;
         if running.task.is_finished() {
             return Some(-1);
         }
-        (n >= expected_rows).then_some(n)
+        (n >= expected).then_some(n)
     })
     .await;
     if settled == -1 {
-        panic!("capture stopped early: {:?}", running.task.await);
+        panic!("capture stopped early: {:?}", (&mut running.task).await);
     }
-    assert_eq!(settled, expected_rows, "{:#?}", deliveries(&client).await);
+    assert_eq!(settled, expected, "{:#?}", deliveries(client).await);
     wait_for(20, "all deliveries", || async {
-        (count(&client, "select count(*) from pgcapi.deliveries").await == expected_rows)
-            .then_some(())
+        (count(client, "select count(*) from pgcapi.deliveries").await == expected).then_some(())
     })
     .await;
-    let rows = deliveries(&client).await;
+}
+
+/// Each order and lead got the row its consent, keys and status call for.
+async fn assert_expected_rows(client: &Client) {
+    let rows = deliveries(client).await;
     let find = |event_id: &str, rule: &str, dest: &str| {
         rows.iter()
             .find(|r| r.2 == event_id && r.0 == rule && r.1 == dest)
@@ -183,8 +170,10 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
         .filter(|r| r.0 == "deal_won" && r.5.as_deref() == Some("no consent"))
         .collect();
     assert_eq!(denied.len(), 2, "{rows:#?}");
+}
 
-    // AND repeated updates of a paid order add nothing, even after more changes flow through.
+/// Another update of order 1001 adds nothing, even after a new order flows through behind it.
+async fn assert_repeated_updates_add_nothing(client: &Client, expected_rows: i64) {
     client
         .batch_execute("update orders set notes = 'again' where order_number = '1001'")
         .await
@@ -194,18 +183,43 @@ async fn shop_changes_become_exactly_the_expected_deliveries() {
         .await
         .unwrap();
     wait_for(20, "order 1006", || async {
-        (count(&client, "select count(*) from pgcapi.deliveries").await == expected_rows + 3)
+        (count(client, "select count(*) from pgcapi.deliveries").await == expected_rows + 3)
             .then_some(())
     })
     .await;
     assert_eq!(
         count(
-            &client,
+            client,
             "select count(*) from pgcapi.deliveries where event_id = 'order-1001'"
         )
         .await,
         3
     );
+}
+
+#[tokio::test]
+async fn shop_changes_become_exactly_the_expected_deliveries() {
+    // GIVEN the contract config on a shop database, capture running.
+    let (_db, client, config) = shop().await;
+    let mut running = Running::start(&config);
+
+    // WHEN orders are paid (with, without and with unknown consent), a pending order is paid later,
+    // a paid order is updated again and again, one is refunded, and leads are won.
+    for (number, consent) in [("1001", Some(true)), ("1002", Some(false)), ("1003", None)] {
+        client
+            .execute(PAID_ORDER, &[&number, &consent])
+            .await
+            .unwrap();
+    }
+    client.batch_execute(SHOP_CHANGES).await.unwrap();
+
+    // THEN exactly these rows exist (3 destinations per order, 2 per lead).
+    let expected_rows = 3 * 5 + 3 + 2 * 2;
+    wait_all_captured(&client, &mut running, expected_rows).await;
+    assert_expected_rows(&client).await;
+
+    // AND repeated updates of a paid order add nothing, even after more changes flow through.
+    assert_repeated_updates_add_nothing(&client, expected_rows).await;
     running.stop().await.expect("clean stop");
 }
 

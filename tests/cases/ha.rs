@@ -4,6 +4,7 @@
 
 use crate::support::Shop;
 use crate::support::{count, spawn_run, wait_for, CONTRACT_TOML};
+use pgcapi::testbed::sandbox::Records;
 use std::time::Instant;
 use tokio_postgres::Client;
 
@@ -31,6 +32,77 @@ async fn pay_orders(client: &Client, from: i32, n: i32) {
             )
             .await
             .unwrap();
+    }
+}
+
+/// Waits up to 60 s until `expected` deliveries are sent, panicking with a per-destination
+/// summary of the control table otherwise.
+async fn wait_all_sent(client: &Client, expected: i64) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while count(
+        client,
+        "select count(*) from pgcapi.deliveries where state = 'sent'",
+    )
+    .await
+        != expected
+    {
+        if Instant::now() > deadline {
+            let rows = client
+                .query(
+                    "select destination, state, coalesce(last_error, ''), count(*)
+                     from pgcapi.deliveries group by 1, 2, 3 order by 1, 2",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let summary: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {:?}: {}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, i64>(3)
+                    )
+                })
+                .collect();
+            panic!("not every conversion was sent within 60 s: {summary:#?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Each platform counted each of the 600 orders exactly once.
+fn assert_each_order_counted_once(records: &Records) {
+    let mut meta: Vec<_> = records
+        .meta
+        .events
+        .iter()
+        .filter_map(|e| e.event_id.clone())
+        .collect();
+    let mut tiktok: Vec<_> = records
+        .tiktok
+        .events
+        .iter()
+        .filter_map(|e| e.event_id.clone())
+        .collect();
+    let mut google: Vec<_> = records
+        .google_ads
+        .conversions
+        .iter()
+        .filter_map(|c| c.order_id.clone())
+        .collect();
+    for (platform, ids) in [
+        ("meta", &mut meta),
+        ("tiktok", &mut tiktok),
+        ("google", &mut google),
+    ] {
+        ids.sort();
+        let total = ids.len();
+        ids.dedup();
+        assert_eq!(total, ids.len(), "{platform} counted an order twice");
+        assert_eq!(ids.len(), 600, "{platform} counted every order");
     }
 }
 
@@ -80,39 +152,7 @@ async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_noth
 
     // … every conversion is recorded once and sent (3 platforms per order) …
     let expected = 600 * 3;
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while count(
-        client,
-        "select count(*) from pgcapi.deliveries where state = 'sent'",
-    )
-    .await
-        != expected
-    {
-        if Instant::now() > deadline {
-            let rows = client
-                .query(
-                    "select destination, state, coalesce(last_error, ''), count(*)
-                     from pgcapi.deliveries group by 1, 2, 3 order by 1, 2",
-                    &[],
-                )
-                .await
-                .unwrap();
-            let summary: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{} {} {:?}: {}",
-                        r.get::<_, String>(0),
-                        r.get::<_, String>(1),
-                        r.get::<_, String>(2),
-                        r.get::<_, i64>(3)
-                    )
-                })
-                .collect();
-            panic!("not every conversion was sent within 60 s: {summary:#?}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_all_sent(client, expected).await;
     assert_eq!(
         count(client, "select count(*) from pgcapi.deliveries").await,
         expected,
@@ -121,35 +161,7 @@ async fn killing_the_capturing_process_hands_the_slot_to_the_standby_losing_noth
 
     // … and each platform counted each order exactly once.
     let records = sandbox.records();
-    let mut meta: Vec<_> = records
-        .meta
-        .events
-        .iter()
-        .filter_map(|e| e.event_id.clone())
-        .collect();
-    let mut tiktok: Vec<_> = records
-        .tiktok
-        .events
-        .iter()
-        .filter_map(|e| e.event_id.clone())
-        .collect();
-    let mut google: Vec<_> = records
-        .google_ads
-        .conversions
-        .iter()
-        .filter_map(|c| c.order_id.clone())
-        .collect();
-    for (platform, ids) in [
-        ("meta", &mut meta),
-        ("tiktok", &mut tiktok),
-        ("google", &mut google),
-    ] {
-        ids.sort();
-        let total = ids.len();
-        ids.dedup();
-        assert_eq!(total, ids.len(), "{platform} counted an order twice");
-        assert_eq!(ids.len(), 600, "{platform} counted every order");
-    }
+    assert_each_order_counted_once(&records);
     eprintln!(
         "takeover after {takeover:?}; raw duplicate sends: meta {}, google {}, tiktok {}",
         records.meta.counters.duplicate_sends,

@@ -100,16 +100,13 @@ fn row<'a>(rows: &'a [(String, String, Option<String>)], event_id: &str) -> (&'a
     (state.as_str(), error.as_deref().unwrap_or_default())
 }
 
-#[tokio::test]
-async fn click_ids_carry_the_conversions_rows_without_are_skipped_and_refunds_are_not_retracted() {
-    let shop = Shop::start_after(CONFIG, COLUMNS).await;
-    let _run = spawn_run(&shop.config_path, &shop.env);
-    // WHEN four orders are paid in one transaction: one with both click ids, one with none, one in a
-    // currency Taboola does not list, one whose negative value Outbrain refuses
+/// Pays four orders in one transaction: T1 with both click ids, T2 with none, T3 in a currency
+/// Taboola does not list, T4 with a negative value Outbrain refuses.
+async fn pay_four_orders(client: &Client) {
     let (ob1, tb1) = (ob_click("1"), taboola_click("1"));
     let (ob3, tb3) = (ob_click("3"), taboola_click("3"));
     let (ob4, tb4) = (ob_click("4"), taboola_click("4"));
-    shop.client
+    client
         .batch_execute(&format!(
             "begin;
              insert into orders (order_number, ob_click_id, taboola_click_id, total, currency, status, ad_consent, paid_at)
@@ -121,9 +118,11 @@ async fn click_ids_carry_the_conversions_rows_without_are_skipped_and_refunds_ar
         ))
         .await
         .unwrap();
-    settled(&shop.client, "conversion", 8).await;
+}
 
-    // THEN Outbrain gets one postback per order with a click id, and fails only the one it refused
+/// Outbrain got one postback per order with a click id, and failed only the one it refused.
+async fn assert_outbrain_postbacks(shop: &Shop) {
+    let ob1 = ob_click("1");
     let outbrain = rows(&shop.client, "outbrain", "conversion").await;
     assert_eq!(row(&outbrain, "order-T1"), ("sent", ""));
     assert_eq!(row(&outbrain, "order-T2"), ("skipped", "no click id"));
@@ -145,8 +144,11 @@ async fn click_ids_carry_the_conversions_rows_without_are_skipped_and_refunds_ar
     assert_eq!(first.name, "Purchase S2S");
     assert_eq!(first.order_value, Some(120.5));
     assert_eq!(first.currency.as_deref(), Some("EUR"));
+}
 
-    // AND Taboola gets the usable rows in one bulk request, and the CHF one fails before any request
+/// Taboola got the usable rows in one bulk request, and the CHF one failed before any request.
+async fn assert_taboola_bulk(shop: &Shop) {
+    let (tb1, tb4) = (taboola_click("1"), taboola_click("4"));
     let taboola = rows(&shop.client, "taboola", "conversion").await;
     assert_eq!(row(&taboola, "order-T1"), ("sent", ""));
     assert_eq!(row(&taboola, "order-T2"), ("skipped", "no click id"));
@@ -194,6 +196,22 @@ async fn click_ids_carry_the_conversions_rows_without_are_skipped_and_refunds_ar
         Some(paid_ms),
         "milliseconds, not seconds"
     );
+}
+
+#[tokio::test]
+async fn click_ids_carry_the_conversions_rows_without_are_skipped_and_refunds_are_not_retracted() {
+    let shop = Shop::start_after(CONFIG, COLUMNS).await;
+    let _run = spawn_run(&shop.config_path, &shop.env);
+    // WHEN four orders are paid in one transaction: one with both click ids, one with none, one in a
+    // currency Taboola does not list, one whose negative value Outbrain refuses
+    pay_four_orders(&shop.client).await;
+    settled(&shop.client, "conversion", 8).await;
+
+    // THEN Outbrain gets one postback per order with a click id, and fails only the one it refused
+    assert_outbrain_postbacks(&shop).await;
+
+    // AND Taboola gets the usable rows in one bulk request, and the CHF one fails before any request
+    assert_taboola_bulk(&shop).await;
 
     // WHEN the sent order is refunded
     shop.client

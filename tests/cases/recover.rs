@@ -153,6 +153,65 @@ fn received(shop: &Shop, order: &str) -> (usize, usize, usize, bool) {
     (meta.len(), google, tiktok, !meta.is_empty() && with_email)
 }
 
+/// Waits until capture says it is stuck, and checks that it says why, at the LSN of the change after
+/// `before` (not 0/0). Returns that state.
+async fn assert_stuck_at_the_change(client: &Client, before: &str) -> State {
+    let stuck = wait_for_state(client, 30, "stuck").await;
+    let error = stuck.1.clone().unwrap_or_default();
+    for part in [
+        "ttclid",
+        "order_paid",
+        "public.orders",
+        "rename the column back",
+    ] {
+        assert!(error.contains(part), "{part:?} missing from {error:?}");
+    }
+    let lsn = stuck.2.clone().expect("error_lsn");
+    assert!(lsn_after(client, &lsn, before).await, "{lsn} <= {before}");
+    assert!(
+        error.contains(&lsn),
+        "the message names the LSN {lsn}: {error:?}"
+    );
+    assert!(!error.contains("0/0 "), "{error:?}");
+    stuck
+}
+
+/// Once the platforms are back, the pending rows are sent, each once, while `run` keeps running and
+/// records nothing of order 7003; the state stays stuck, keeps its start time and is refreshed.
+async fn dispatch_goes_on_while_stuck(
+    shop: &Shop,
+    run: &mut KillOnDrop,
+    stuck: &State,
+    log: &Path,
+) {
+    let client = &shop.client;
+    shop.sandbox.set_faults(Faults::default());
+    for order in ["7001", "7002"] {
+        wait_sent(client, 60, order).await;
+        assert_eq!(received(shop, order), (1, 1, 1, true), "order {order}");
+    }
+    assert!(
+        alive(run),
+        "pgcapi run must keep running while capture is stuck"
+    );
+    assert_eq!(
+        count(
+            client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-7003'"
+        )
+        .await,
+        0
+    );
+    // AND the state stays stuck, keeps its start time and is refreshed (capture retries meanwhile).
+    wait_for(40, "capture_state to be refreshed", || async {
+        let now = capture_state(client).await?;
+        (now.0 == "stuck" && now.3 == stuck.3 && now.4 > stuck.4).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("capture is stuck"), "{text}");
+}
+
 #[tokio::test]
 async fn a_stuck_capture_leaves_dispatch_running_and_re_adding_the_column_unblocks_it() {
     // GIVEN pgcapi run, with every platform failing so that what capture records stays pending.
@@ -187,50 +246,10 @@ async fn a_stuck_capture_leaves_dispatch_running_and_re_adding_the_column_unbloc
         .unwrap();
 
     // THEN capture says it is stuck, why, and at the LSN of that change (not 0/0).
-    let stuck = wait_for_state(client, 30, "stuck").await;
-    let error = stuck.1.clone().unwrap_or_default();
-    for part in [
-        "ttclid",
-        "order_paid",
-        "public.orders",
-        "rename the column back",
-    ] {
-        assert!(error.contains(part), "{part:?} missing from {error:?}");
-    }
-    let lsn = stuck.2.clone().expect("error_lsn");
-    assert!(lsn_after(client, &lsn, &before).await, "{lsn} <= {before}");
-    assert!(
-        error.contains(&lsn),
-        "the message names the LSN {lsn}: {error:?}"
-    );
-    assert!(!error.contains("0/0 "), "{error:?}");
+    let stuck = assert_stuck_at_the_change(client, &before).await;
 
     // AND dispatch goes on: once the platforms are back, the pending rows are sent, each once.
-    shop.sandbox.set_faults(Faults::default());
-    for order in ["7001", "7002"] {
-        wait_sent(client, 60, order).await;
-        assert_eq!(received(&shop, order), (1, 1, 1, true), "order {order}");
-    }
-    assert!(
-        alive(&mut run),
-        "pgcapi run must keep running while capture is stuck"
-    );
-    assert_eq!(
-        count(
-            client,
-            "select count(*) from pgcapi.deliveries where event_id = 'order-7003'"
-        )
-        .await,
-        0
-    );
-    // AND the state stays stuck, keeps its start time and is refreshed (capture retries meanwhile).
-    wait_for(40, "capture_state to be refreshed", || async {
-        let now = capture_state(client).await?;
-        (now.0 == "stuck" && now.3 == stuck.3 && now.4 > stuck.4).then_some(())
-    })
-    .await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("capture is stuck"), "{text}");
+    dispatch_goes_on_while_stuck(&shop, &mut run, &stuck, &log).await;
 
     // WHEN the column is re-added (what the message advises).
     client

@@ -10,6 +10,7 @@ use pgcapi::source::{
 use pgcapi::testbed::cluster::{Auth, ClusterOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio_postgres::Client;
 
 /// The startup options the capture worker will use.
 const OPTIONS: &str =
@@ -193,6 +194,52 @@ async fn sql_uses_ssl(info: &ConnInfo) -> Result<bool, db::DbError> {
     Ok(row.get(0))
 }
 
+/// Connects with each of `cases` on both connections and checks the outcome: Some(encrypted?) or
+/// None for a refused connection.
+async fn assert_each_mode(cases: impl IntoIterator<Item = (ConnInfo, Option<bool>)>) {
+    for (settings, expected) in cases {
+        let what = format!("{:?} {:?}", settings.sslmode, settings.host);
+        let replication = replication_uses_ssl(&settings).await;
+        let sql = sql_uses_ssl(&settings).await;
+        match expected {
+            Some(encrypted) => {
+                assert_eq!(replication.unwrap(), encrypted, "replication {what}");
+                assert_eq!(sql.unwrap(), encrypted, "sql {what}");
+            }
+            None => {
+                let err = replication.unwrap_err();
+                assert!(
+                    matches!(err, SourceError::Tls(_)),
+                    "replication {what}: {err:?}"
+                );
+                let err = sql.unwrap_err();
+                assert!(chain(&err).contains("TLS"), "sql {what}: {}", chain(&err));
+            }
+        }
+    }
+}
+
+/// Require fails against a server without TLS, and prefer falls back to plain text there.
+async fn without_tls_require_fails_and_prefer_falls_back() {
+    let plain = TestDb::start().await;
+    let settings = ConnInfo {
+        sslmode: SslMode::Require,
+        ..info(&plain)
+    };
+    let err = ReplicationConnection::connect(&settings, OPTIONS)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Tls(_)), "{err:?}");
+    assert!(db::connect(&settings).await.is_err());
+    // AND prefer falls back to plain text there
+    let settings = ConnInfo {
+        sslmode: SslMode::Prefer,
+        ..info(&plain)
+    };
+    assert!(!replication_uses_ssl(&settings).await.unwrap());
+    assert!(!sql_uses_ssl(&settings).await.unwrap());
+}
+
 #[tokio::test]
 async fn tls_modes_behave_as_in_libpq_for_both_connections() {
     // GIVEN a TLS-enabled SCRAM cluster whose certificate names `localhost`, signed by our test CA
@@ -237,45 +284,10 @@ async fn tls_modes_behave_as_in_libpq_for_both_connections() {
             None,
         ),
     ];
-    for (settings, expected) in cases {
-        let what = format!("{:?} {:?}", settings.sslmode, settings.host);
-        let replication = replication_uses_ssl(&settings).await;
-        let sql = sql_uses_ssl(&settings).await;
-        match expected {
-            Some(encrypted) => {
-                assert_eq!(replication.unwrap(), encrypted, "replication {what}");
-                assert_eq!(sql.unwrap(), encrypted, "sql {what}");
-            }
-            None => {
-                let err = replication.unwrap_err();
-                assert!(
-                    matches!(err, SourceError::Tls(_)),
-                    "replication {what}: {err:?}"
-                );
-                let err = sql.unwrap_err();
-                assert!(chain(&err).contains("TLS"), "sql {what}: {}", chain(&err));
-            }
-        }
-    }
+    assert_each_mode(cases).await;
 
-    // AND require fails against a server without TLS
-    let plain = TestDb::start().await;
-    let settings = ConnInfo {
-        sslmode: SslMode::Require,
-        ..info(&plain)
-    };
-    let err = ReplicationConnection::connect(&settings, OPTIONS)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, SourceError::Tls(_)), "{err:?}");
-    assert!(db::connect(&settings).await.is_err());
-    // AND prefer falls back to plain text there
-    let settings = ConnInfo {
-        sslmode: SslMode::Prefer,
-        ..info(&plain)
-    };
-    assert!(!replication_uses_ssl(&settings).await.unwrap());
-    assert!(!sql_uses_ssl(&settings).await.unwrap());
+    // AND require fails against a server without TLS, and prefer falls back to plain text there
+    without_tls_require_fails_and_prefer_falls_back().await;
 }
 
 /// Reads messages until `pred` accepts one, failing at the deadline.
@@ -297,50 +309,24 @@ async fn next_until(
     }
 }
 
-#[tokio::test]
-async fn a_committed_insert_streams_as_begin_relation_insert_commit_and_feedback_advances_the_slot()
-{
-    // GIVEN a table, a publication and a pgoutput slot
-    let db = TestDb::start().await;
-    let client = db.connect().await;
-    for sql in [
-        "create table orders (id int primary key, email text)",
-        "create publication \"pub lication\" for table orders",
-        "select pg_create_logical_replication_slot('s', 'pgoutput')",
-    ] {
-        client.batch_execute(sql).await.unwrap();
-    }
-    let slot_flush = || async {
-        client
-            .query_one(
-                "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 's'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, String>(0)
-            .parse::<Lsn>()
-            .unwrap()
-    };
-    let initial_flush = slot_flush().await;
-
-    // WHEN we start replication and insert a row
-    let conn = ReplicationConnection::connect(&info(&db), OPTIONS)
-        .await
-        .unwrap();
-    let mut stream = conn
-        .start_logical("s", Lsn::ZERO, "pub lication")
-        .await
-        .unwrap();
+/// The confirmed flush LSN of slot `s`.
+async fn slot_flush(client: &Client) -> Lsn {
     client
-        .execute("insert into orders values (1, 'a@example.com')", &[])
+        .query_one(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = 's'",
+            &[],
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .get::<_, String>(0)
+        .parse::<Lsn>()
+        .unwrap()
+}
 
-    // THEN the payloads begin with B, R, I, C in order (keepalives may come in between)
+/// Reads one transaction's payloads up to its commit: their first bytes, and the commit's end LSN.
+async fn read_transaction(stream: &mut ReplicationStream) -> (Vec<u8>, Lsn) {
     let mut tags = Vec::new();
-    let mut commit = None;
-    while commit.is_none() {
+    loop {
         // Racing next() against a short timeout checks that a cancelled call loses nothing.
         let message = match tokio::time::timeout(Duration::from_millis(1), stream.next()).await {
             Err(_) => continue,
@@ -350,20 +336,20 @@ async fn a_committed_insert_streams_as_begin_relation_insert_commit_and_feedback
             tags.push(data[0]);
             if data[0] == b'C' {
                 // Commit: flags (1), commit LSN (8), end LSN (8), timestamp (8).
-                commit = Some(Lsn(u64::from_be_bytes(data[10..18].try_into().unwrap())));
+                let end = Lsn(u64::from_be_bytes(data[10..18].try_into().unwrap()));
+                return (tags, end);
             }
         }
     }
-    assert_eq!(tags, b"BRIC");
-    let end = commit.unwrap();
-    assert!(end > initial_flush);
+}
 
-    // AND a keepalive we ask for arrives and can be answered
+/// Asks for a keepalive and checks that it arrives, reporting a WAL end at or past `end`.
+async fn keepalive_arrives(stream: &mut ReplicationStream, end: Lsn) {
     stream
         .send_status(Lsn::ZERO, Lsn::ZERO, Lsn::ZERO, true)
         .await
         .unwrap();
-    let keepalive = next_until(&mut stream, |m| {
+    let keepalive = next_until(stream, |m| {
         matches!(m, ReplicationMessage::Keepalive { .. })
     })
     .await;
@@ -371,12 +357,14 @@ async fn a_committed_insert_streams_as_begin_relation_insert_commit_and_feedback
         unreachable!()
     };
     assert!(wal_end >= end);
+}
 
-    // AND a status update with the commit's end LSN advances confirmed_flush_lsn
+/// Sends a status update with `end` and waits until the slot's confirmed_flush_lsn reaches it.
+async fn feedback_advances_the_slot(stream: &mut ReplicationStream, client: &Client, end: Lsn) {
     stream.send_status(end, end, end, false).await.unwrap();
     let deadline = Instant::now() + DEADLINE;
     loop {
-        if slot_flush().await >= end {
+        if slot_flush(client).await >= end {
             break;
         }
         assert!(
@@ -386,19 +374,10 @@ async fn a_committed_insert_streams_as_begin_relation_insert_commit_and_feedback
         // Keep reading so the server is never blocked writing to us; a short wait bounds each poll.
         let _ = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
     }
+}
 
-    // AND a second consumer of the same slot is told it is in use
-    let second = ReplicationConnection::connect(&info(&db), OPTIONS)
-        .await
-        .unwrap();
-    let err = second
-        .start_logical("s", Lsn::ZERO, "pub lication")
-        .await
-        .unwrap_err();
-    assert!(err.is_slot_in_use(), "{err:?}");
-
-    // AND finishing the stream ends the session cleanly, freeing the slot
-    stream.finish().await.unwrap();
+/// Waits until slot `s` is no longer active.
+async fn wait_slot_inactive(client: &Client) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let active: bool = client
@@ -415,4 +394,58 @@ async fn a_committed_insert_streams_as_begin_relation_insert_commit_and_feedback
         assert!(Instant::now() < deadline, "the slot stayed active");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn a_committed_insert_streams_as_begin_relation_insert_commit_and_feedback_advances_the_slot()
+{
+    // GIVEN a table, a publication and a pgoutput slot
+    let db = TestDb::start().await;
+    let client = db.connect().await;
+    for sql in [
+        "create table orders (id int primary key, email text)",
+        "create publication \"pub lication\" for table orders",
+        "select pg_create_logical_replication_slot('s', 'pgoutput')",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let initial_flush = slot_flush(&client).await;
+
+    // WHEN we start replication and insert a row
+    let conn = ReplicationConnection::connect(&info(&db), OPTIONS)
+        .await
+        .unwrap();
+    let mut stream = conn
+        .start_logical("s", Lsn::ZERO, "pub lication")
+        .await
+        .unwrap();
+    client
+        .execute("insert into orders values (1, 'a@example.com')", &[])
+        .await
+        .unwrap();
+
+    // THEN the payloads begin with B, R, I, C in order (keepalives may come in between)
+    let (tags, end) = read_transaction(&mut stream).await;
+    assert_eq!(tags, b"BRIC");
+    assert!(end > initial_flush);
+
+    // AND a keepalive we ask for arrives and can be answered
+    keepalive_arrives(&mut stream, end).await;
+
+    // AND a status update with the commit's end LSN advances confirmed_flush_lsn
+    feedback_advances_the_slot(&mut stream, &client, end).await;
+
+    // AND a second consumer of the same slot is told it is in use
+    let second = ReplicationConnection::connect(&info(&db), OPTIONS)
+        .await
+        .unwrap();
+    let err = second
+        .start_logical("s", Lsn::ZERO, "pub lication")
+        .await
+        .unwrap_err();
+    assert!(err.is_slot_in_use(), "{err:?}");
+
+    // AND finishing the stream ends the session cleanly, freeing the slot
+    stream.finish().await.unwrap();
+    wait_slot_inactive(&client).await;
 }

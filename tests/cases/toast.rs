@@ -2,8 +2,9 @@
 //! default replica identity the WAL then carries no copy of that value; capture reads it back by the
 //! primary key, and when the row is gone records the event without it. Capture never stops over it.
 
-use crate::support::{count, wait_for, KillOnDrop, Shop, CONTRACT_TOML};
+use crate::support::{count, wait_count, wait_for, KillOnDrop, Shop, CONTRACT_TOML};
 use pgcapi::capture::Capture;
+use pgcapi::testbed::sandbox::Records;
 use rand::distr::{Alphanumeric, SampleString};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -54,30 +55,20 @@ async fn replica_identity(client: &Client) -> String {
         .get(0)
 }
 
-#[tokio::test]
-async fn a_status_only_update_of_an_order_with_large_identifiers_is_delivered_with_them() {
-    // GIVEN the shop under the default replica identity, and orders with an 8 KB random user agent and
-    // a 3 KB junk email, stored out of line, while `pgcapi run` delivers to the sandbox.
-    let shop = Shop::start(CONTRACT_TOML).await;
-    let client = &shop.client;
-    assert_eq!(replica_identity(client).await, "d");
-    insert_large_order(client, "T-1", 8 * 1024, 3 * 1024).await;
-    insert_large_order(client, "T-2", 8 * 1024, 3 * 1024).await;
-    assert!(
-        toasted_bytes(client).await > 0,
-        "the values must be TOASTed"
-    );
-    let log = shop.dir.path().join("pgcapi.log");
+/// Starts `pgcapi run` on `shop` with debug logging into `log`.
+fn spawn_logged_run(shop: &Shop, log: &std::path::Path) -> KillOnDrop {
     let mut command = crate::support::pgcapi_command(&shop.env);
     command
         .args(["run", "--config"])
         .arg(&shop.config_path)
         .env("RUST_LOG", "pgcapi=debug")
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-    let mut run = KillOnDrop(command.spawn().unwrap());
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    KillOnDrop(command.spawn().unwrap())
+}
 
-    // WHEN each is paid by an UPDATE that changes only `status` (one of them alone in its transaction,
-    // the other next to an ordinary order).
+/// Pays T-1 by an UPDATE that changes only `status`, alone in its transaction, and T-2 the same way
+/// next to an ordinary order (T-3).
+async fn pay_by_status_only_updates(client: &Client) {
     client
         .batch_execute("update orders set status = 'paid' where order_number = 'T-1'")
         .await
@@ -94,24 +85,10 @@ async fn a_status_only_update_of_an_order_with_large_identifiers_is_delivered_wi
         )
         .await
         .unwrap();
+}
 
-    // THEN capture goes on and every order reaches every platform, the large ones with their
-    // identifiers exactly as stored.
-    wait_for(60, "the three orders to be sent everywhere", || async {
-        (count(
-            client,
-            "select count(*) from pgcapi.deliveries where state = 'sent'",
-        )
-        .await
-            == 9)
-            .then_some(())
-    })
-    .await;
-    assert!(
-        run.0.try_wait().unwrap().is_none(),
-        "pgcapi run must still be running"
-    );
-    let records = shop.sandbox.records();
+/// Each platform received T-1 and T-2 once, with their identifiers exactly as stored.
+async fn assert_large_identifiers_delivered(client: &Client, records: &Records) {
     for number in ["T-1", "T-2"] {
         let row = client
             .query_one(
@@ -158,6 +135,44 @@ async fn a_status_only_update_of_an_order_with_large_identifiers_is_delivered_wi
         assert_eq!(google.len(), 1, "google {id}");
         assert_eq!(google[0].hashed_emails, vec![email_hash]);
     }
+}
+
+#[tokio::test]
+async fn a_status_only_update_of_an_order_with_large_identifiers_is_delivered_with_them() {
+    // GIVEN the shop under the default replica identity, and orders with an 8 KB random user agent and
+    // a 3 KB junk email, stored out of line, while `pgcapi run` delivers to the sandbox.
+    let shop = Shop::start(CONTRACT_TOML).await;
+    let client = &shop.client;
+    assert_eq!(replica_identity(client).await, "d");
+    insert_large_order(client, "T-1", 8 * 1024, 3 * 1024).await;
+    insert_large_order(client, "T-2", 8 * 1024, 3 * 1024).await;
+    assert!(
+        toasted_bytes(client).await > 0,
+        "the values must be TOASTed"
+    );
+    let log = shop.dir.path().join("pgcapi.log");
+    let mut run = spawn_logged_run(&shop, &log);
+
+    // WHEN each is paid by an UPDATE that changes only `status` (one of them alone in its transaction,
+    // the other next to an ordinary order).
+    pay_by_status_only_updates(client).await;
+
+    // THEN capture goes on and every order reaches every platform, the large ones with their
+    // identifiers exactly as stored.
+    let sent = "select count(*) from pgcapi.deliveries where state = 'sent'";
+    wait_count(
+        client,
+        60,
+        "the three orders to be sent everywhere",
+        sent,
+        9,
+    )
+    .await;
+    assert!(
+        run.0.try_wait().unwrap().is_none(),
+        "pgcapi run must still be running"
+    );
+    assert_large_identifiers_delivered(client, &shop.sandbox.records()).await;
     // AND the read-back is what made it: two rows read back, none left unresolved.
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
@@ -168,6 +183,39 @@ async fn a_status_only_update_of_an_order_with_large_identifiers_is_delivered_wi
     );
     assert!(!text.contains("could not be read back"), "{text}");
     run.kill();
+}
+
+/// D-1's DELETE retracts it (3 rows), and its conversions are pending with the phone the WAL
+/// carried but without the email and user agent it could not read back.
+async fn assert_deleted_order_recorded_without_them(client: &Client) {
+    assert_eq!(
+        count(
+            client,
+            "select count(*) from pgcapi.deliveries where event_id = 'order-D-1' \
+             and kind = 'retraction'"
+        )
+        .await,
+        3
+    );
+    let rows = client
+        .query(
+            "select destination, state, array_to_string(match_keys, ',') from pgcapi.deliveries
+             where event_id = 'order-D-1' and kind = 'conversion' order by destination",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let (destination, state, keys): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        assert_eq!(state, "pending", "{destination}");
+        assert!(keys.contains("phone"), "{destination}: {keys}");
+        assert!(
+            !keys.contains("email") && !keys.contains("user_agent"),
+            "{destination}: {keys}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -201,34 +249,7 @@ async fn a_row_deleted_before_it_is_read_back_is_recorded_without_the_value_and_
         (count(client, "select count(*) from pgcapi.deliveries").await == 6 + 3).then_some(())
     })
     .await;
-    assert_eq!(
-        count(
-            client,
-            "select count(*) from pgcapi.deliveries where event_id = 'order-D-1' \
-             and kind = 'retraction'"
-        )
-        .await,
-        3
-    );
-    let rows = client
-        .query(
-            "select destination, state, array_to_string(match_keys, ',') from pgcapi.deliveries
-             where event_id = 'order-D-1' and kind = 'conversion' order by destination",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 3);
-    for row in &rows {
-        let (destination, state, keys): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        assert_eq!(state, "pending", "{destination}");
-        assert!(keys.contains("phone"), "{destination}: {keys}");
-        assert!(
-            !keys.contains("email") && !keys.contains("user_agent"),
-            "{destination}: {keys}"
-        );
-    }
+    assert_deleted_order_recorded_without_them(client).await;
     let seen = stats.borrow().clone();
     assert_eq!(seen.toast_read_backs, 1, "{seen:?}");
     assert_eq!(seen.toast_unresolved, 1, "{seen:?}");
@@ -240,16 +261,8 @@ async fn a_row_deleted_before_it_is_read_back_is_recorded_without_the_value_and_
         )
         .await
         .unwrap();
-    wait_for(30, "a later order recorded", || async {
-        (count(
-            client,
-            "select count(*) from pgcapi.deliveries where event_id = 'order-D-3'",
-        )
-        .await
-            == 3)
-            .then_some(())
-    })
-    .await;
+    let d3 = "select count(*) from pgcapi.deliveries where event_id = 'order-D-3'";
+    wait_count(client, 30, "a later order recorded", d3, 3).await;
     assert!(!task.is_finished(), "capture must still run");
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();

@@ -4,7 +4,9 @@
 
 use crate::support::{contract_env, count, spawn_run, wait_for, KillOnDrop, TestDb};
 use pgcapi::identity::hash;
-use pgcapi::testbed::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use pgcapi::testbed::sandbox::{
+    DataManagerConversion, Records, Sandbox, SandboxConfig, SandboxHandle,
+};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
@@ -95,18 +97,20 @@ fn event(sandbox: &SandboxHandle, id: &str) -> Value {
         .unwrap_or_else(|| panic!("no event {id}"))
 }
 
-#[tokio::test]
-async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
-    // GIVEN pgcapi running the contract config, Google through Data Manager with refunds = "retract"
-    let g = start(CONTRACT, SandboxConfig::default(), &[]).await;
-    let c = &g.client;
-    // WHEN two orders are paid
-    c.execute(PAID, &[&"7001", &"100.00", &"USD"])
-        .await
-        .unwrap();
-    c.execute(PAID, &[&"7002", &"80.00", &"USD"]).await.unwrap();
-    wait_state(c, "google", "conversion", "sent", 2).await;
-    // THEN each is one Data Manager event, hashed as normalization.md says, with the consent column's value
+/// The Data Manager conversion the sandbox keeps for transaction `id`.
+fn dm_conversion(records: &Records, id: &str) -> DataManagerConversion {
+    records
+        .google_data_manager
+        .conversions
+        .iter()
+        .find(|c| c.transaction_id == id)
+        .cloned()
+        .unwrap()
+}
+
+/// Order 7001 is one Data Manager event, hashed as normalization.md says, with the consent
+/// column's value, and its row's platform reference is the request id.
+async fn assert_sent_hashed_with_request_id(g: &Google) {
     let e = event(&g.sandbox, "order-7001");
     assert_eq!(e["conversionValue"], 100.0);
     assert_eq!(e["currency"], "USD");
@@ -135,8 +139,8 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
     assert!(dm.events.iter().all(|e| e.encoding == "HEX"
         && e.operating_account == "1234567890"
         && e.product_destination_id == "1001"));
-    // AND the row's platform reference is the request id
-    let reference: Option<String> = c
+    let reference: Option<String> = g
+        .client
         .query_one(
             "select platform_ref from pgcapi.deliveries where destination = 'google' \
              and event_id = 'order-7001' and kind = 'conversion'",
@@ -146,25 +150,19 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
         .unwrap()
         .get(0);
     assert_eq!(reference.as_deref(), Some(dm.events[0].request_id.as_str()));
+}
 
-    // WHEN order 7001 is partially refunded to 70
+/// Partially refunds order 7001 to 70 then to 50 and checks that Data Manager restates it each time
+/// (same transaction id, the new value, the original identifiers), keeping the last value.
+async fn partial_refunds_restate(g: &Google) {
+    let c = &g.client;
     c.batch_execute(
         "update orders set net_total = 70, status = 'partially_refunded' where order_number = '7001'",
     )
     .await
     .unwrap();
     wait_state(c, "google", "restatement", "sent", 1).await;
-    // THEN Data Manager restates it: same transaction id, the new value, the original identifiers
-    let conversion = |records: &pgcapi::testbed::sandbox::Records, id: &str| {
-        records
-            .google_data_manager
-            .conversions
-            .iter()
-            .find(|c| c.transaction_id == id)
-            .cloned()
-            .unwrap()
-    };
-    let restated = conversion(&g.sandbox.records(), "order-7001");
+    let restated = dm_conversion(&g.sandbox.records(), "order-7001");
     assert_eq!(restated.value, Some(70.0));
     assert_eq!(restated.restatements, 1);
     assert_eq!(
@@ -172,17 +170,16 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
         json!({"emailAddress": hash("jane.doe@example.com")})
     );
 
-    // WHEN it is partially refunded again, to 50 (the status stays partially_refunded)
+    // The second partial refund keeps the status partially_refunded.
     c.batch_execute("update orders set net_total = 50 where order_number = '7001'")
         .await
         .unwrap();
-    // THEN it is restated again, and the last value is the one Google keeps
     wait_for(30, "the second restatement", || async {
-        let c = conversion(&g.sandbox.records(), "order-7001");
+        let c = dm_conversion(&g.sandbox.records(), "order-7001");
         (c.restatements == 2).then_some(c)
     })
     .await;
-    let restated = conversion(&g.sandbox.records(), "order-7001");
+    let restated = dm_conversion(&g.sandbox.records(), "order-7001");
     assert_eq!(restated.history, [Some(100.0), Some(70.0), Some(50.0)]);
     wait_state(c, "google", "restatement", "sent", 1).await;
     let value: String = c
@@ -195,14 +192,11 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
         .unwrap()
         .get(0);
     assert_eq!(value, "50.00");
+}
 
-    // WHEN order 7002 is refunded in full
-    c.batch_execute("update orders set status = 'refunded' where order_number = '7002'")
-        .await
-        .unwrap();
-    wait_state(c, "google", "retraction", "sent", 1).await;
-    // THEN a Google Ads API RETRACTION by order id = the transaction id, and Data Manager is untouched
-    let records = g.sandbox.records();
+/// Order 7002's full refund is a Google Ads API RETRACTION by order id = the transaction id, Data
+/// Manager is untouched, and every conversion is counted once.
+fn assert_full_refund_retracted(records: &Records) {
     let adjustments = &records.google_ads.adjustments;
     assert_eq!(adjustments.len(), 1, "{adjustments:?}");
     assert_eq!(adjustments[0].adjustment_type, "RETRACTION");
@@ -211,10 +205,35 @@ async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
         adjustments[0].conversion_action,
         "customers/1234567890/conversionActions/1001"
     );
-    assert_eq!(conversion(&records, "order-7002").restatements, 0);
-    // AND every conversion is counted once
+    assert_eq!(dm_conversion(records, "order-7002").restatements, 0);
     assert_eq!(records.google_data_manager.counters.unique, 2);
     assert!(records.google_ads.conversions.is_empty());
+}
+
+#[tokio::test]
+async fn orders_reach_data_manager_hashed_and_refunds_restate_then_retract() {
+    // GIVEN pgcapi running the contract config, Google through Data Manager with refunds = "retract"
+    let g = start(CONTRACT, SandboxConfig::default(), &[]).await;
+    let c = &g.client;
+    // WHEN two orders are paid
+    c.execute(PAID, &[&"7001", &"100.00", &"USD"])
+        .await
+        .unwrap();
+    c.execute(PAID, &[&"7002", &"80.00", &"USD"]).await.unwrap();
+    wait_state(c, "google", "conversion", "sent", 2).await;
+    // THEN each is one Data Manager event, hashed, with the consent column's value and request id
+    assert_sent_hashed_with_request_id(&g).await;
+
+    // WHEN order 7001 is partially refunded to 70, then to 50, THEN Data Manager restates it
+    partial_refunds_restate(&g).await;
+
+    // WHEN order 7002 is refunded in full
+    c.batch_execute("update orders set status = 'refunded' where order_number = '7002'")
+        .await
+        .unwrap();
+    wait_state(c, "google", "retraction", "sent", 1).await;
+    // THEN a Google Ads API RETRACTION, Data Manager untouched, every conversion counted once
+    assert_full_refund_retracted(&g.sandbox.records());
 }
 
 #[tokio::test]
@@ -455,26 +474,9 @@ async fn lost_answers_resend_but_data_manager_counts_each_conversion_once_and_re
     assert!(records.conversions.iter().all(|c| c.restatements == 0));
 }
 
-#[tokio::test]
-async fn events_google_could_not_use_show_in_status_and_health() {
-    // GIVEN pgcapi running the contract config, asking Data Manager for processing results every 200 ms
-    let toml = CONTRACT.replacen(
-        "platform = \"google_data_manager\"",
-        "platform = \"google_data_manager\"\nstatus_poll_ms = 200",
-        1,
-    );
-    assert_ne!(toml, CONTRACT);
-    let g = start(&toml, SandboxConfig::default(), &[]).await;
-    let c = &g.client;
-    // WHEN two orders are paid, one with a click Google does not know
-    c.execute(PAID, &[&"7301", &"10", &"USD"]).await.unwrap();
-    let unknown_click = PAID.replace("'Cj0KCQiA-test_gclid'", "'unknown-click'");
-    assert_ne!(unknown_click, PAID);
-    c.execute(&unknown_click, &[&"7302", &"20", &"USD"])
-        .await
-        .unwrap();
-    wait_state(c, "google", "conversion", "sent", 2).await;
-    // THEN once Google's processing result is read, the health view counts the unusable event
+/// Waits until the health view counts one unusable event for Google, which the processing view
+/// gives as an invalid GCLID.
+async fn wait_health_counts_the_unusable_event(c: &Client) {
     wait_for(30, "platform_unusable_24h = 1", || async {
         let rows = c
             .query(
@@ -500,7 +502,10 @@ async fn events_google_could_not_use_show_in_status_and_health() {
         reasons,
         [("PROCESSING_ERROR_REASON_INVALID_GCLID".to_string(), 1)]
     );
-    // AND `pgcapi status` warns with the reason, without calling the connector unhealthy for it
+}
+
+/// `pgcapi status` (text and JSON) warns with the reason, without calling the connector unhealthy.
+fn assert_status_warns_not_unhealthy(g: &Google) {
     let status = |json: bool| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pgcapi"));
         command.arg("status");
@@ -546,4 +551,29 @@ async fn events_google_could_not_use_show_in_status_and_health() {
             .any(|w| w.as_str().unwrap().contains("could not use 1 of them")),
         "{json}"
     );
+}
+
+#[tokio::test]
+async fn events_google_could_not_use_show_in_status_and_health() {
+    // GIVEN pgcapi running the contract config, asking Data Manager for processing results every 200 ms
+    let toml = CONTRACT.replacen(
+        "platform = \"google_data_manager\"",
+        "platform = \"google_data_manager\"\nstatus_poll_ms = 200",
+        1,
+    );
+    assert_ne!(toml, CONTRACT);
+    let g = start(&toml, SandboxConfig::default(), &[]).await;
+    let c = &g.client;
+    // WHEN two orders are paid, one with a click Google does not know
+    c.execute(PAID, &[&"7301", &"10", &"USD"]).await.unwrap();
+    let unknown_click = PAID.replace("'Cj0KCQiA-test_gclid'", "'unknown-click'");
+    assert_ne!(unknown_click, PAID);
+    c.execute(&unknown_click, &[&"7302", &"20", &"USD"])
+        .await
+        .unwrap();
+    wait_state(c, "google", "conversion", "sent", 2).await;
+    // THEN once Google's processing result is read, the health view counts the unusable event
+    wait_health_counts_the_unusable_event(c).await;
+    // AND `pgcapi status` warns with the reason, without calling the connector unhealthy for it
+    assert_status_warns_not_unhealthy(&g);
 }

@@ -2,6 +2,7 @@
 //! holds requests to Microsoft's rules.
 
 use super::*;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn check_reads_the_offline_goals_and_sends_nothing() {
@@ -110,20 +111,26 @@ async fn apply(
     (status, response.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn the_sandbox_holds_microsoft_to_its_rules() {
-    use serde_json::json;
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let time = (Utc::now() - chrono::Duration::hours(1))
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let conversion = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
-        "MicrosoftClickId": CLICK, "ConversionValue": 10.0, "ConversionCurrencyCode": "USD"});
-    // A good row, an unknown field, an unknown goal, a bad click id: item errors by index, HTTP 200
+/// The (index, error code) of each of an Apply answer's partial errors.
+fn partial_errors(body: &Value) -> Vec<(u64, &str)> {
+    body["PartialErrors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["Index"].as_u64().unwrap(),
+                e["ErrorCode"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A good row, an unknown field, an unknown goal, a bad click id: item errors by index, HTTP 200;
+/// the duplicate (same goal, time and click) is ignored without an error.
+async fn conversions_fail_item_by_item(sandbox: &SandboxHandle, time: &str, conversion: &Value) {
     let (status, body) = apply(
-        &sandbox,
+        sandbox,
         "OfflineConversions/Apply",
         json!({"OfflineConversions": [
             conversion,
@@ -135,17 +142,7 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
     )
     .await;
     assert_eq!(status, 200);
-    let errors: Vec<(u64, &str)> = body["PartialErrors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["Index"].as_u64().unwrap(),
-                e["ErrorCode"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let errors = partial_errors(&body);
     assert_eq!(
         errors,
         [
@@ -158,7 +155,11 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
     let records = sandbox.records().microsoft_ads;
     assert_eq!(records.conversions.len(), 1);
     assert_eq!(records.counters.deduplicated, 1);
-    // Adjustments: Retract with a value, Restate without one, and one matching no conversion are refused
+}
+
+/// Adjustments: Retract with a value, Restate without one, and one matching no conversion are
+/// refused item by item; the good Restate restates the conversion.
+async fn adjustments_fail_item_by_item(sandbox: &SandboxHandle, time: &str) {
     let now = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let adjust = |kind: &str, extra: serde_json::Value, click: &str| {
         let mut a = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
@@ -169,7 +170,7 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
         a
     };
     let (status, body) = apply(
-        &sandbox,
+        sandbox,
         "OfflineConversionAdjustments/Apply",
         json!({"OfflineConversionAdjustments": [
             adjust("Retract", json!({"AdjustmentValue": 1.0}), CLICK),
@@ -180,17 +181,7 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
     )
     .await;
     assert_eq!(status, 200);
-    let errors: Vec<(u64, &str)> = body["PartialErrors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["Index"].as_u64().unwrap(),
-                e["ErrorCode"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let errors = partial_errors(&body);
     assert_eq!(
         errors,
         [
@@ -203,9 +194,12 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
         sandbox.records().microsoft_ads.conversions[0].restated_value,
         Some(4.5)
     );
-    // An unknown request key and a missing bearer token are refused as a whole
+}
+
+/// An unknown request key and a missing bearer token are refused as a whole.
+async fn whole_requests_are_refused(sandbox: &SandboxHandle, conversion: &Value) {
     let (status, body) = apply(
-        &sandbox,
+        sandbox,
         "OfflineConversions/Apply",
         json!({"OfflineConversions": [conversion], "PartialFailure": true}),
     )
@@ -221,4 +215,22 @@ async fn the_sandbox_holds_microsoft_to_its_rules() {
         .await
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
+}
+
+#[tokio::test]
+async fn the_sandbox_holds_microsoft_to_its_rules() {
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let time = (Utc::now() - chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let conversion = json!({"ConversionName": "Offline purchase", "ConversionTime": time,
+        "MicrosoftClickId": CLICK, "ConversionValue": 10.0, "ConversionCurrencyCode": "USD"});
+    // A good row, an unknown field, an unknown goal, a bad click id: item errors by index, HTTP 200
+    conversions_fail_item_by_item(&sandbox, &time, &conversion).await;
+    // Adjustments: Retract with a value, Restate without one, and one matching no conversion are refused
+    adjustments_fail_item_by_item(&sandbox, &time).await;
+    // An unknown request key and a missing bearer token are refused as a whole
+    whole_requests_are_refused(&sandbox, &conversion).await;
 }

@@ -4,7 +4,7 @@
 use crate::support::{config_from, count, spawn_run, wait_for, KillOnDrop, TestDb, SHOP_SQL};
 use crate::support::{deliveries as rows, settled};
 use chrono::Utc;
-use pgcapi::testbed::sandbox::{Sandbox, SandboxHandle};
+use pgcapi::testbed::sandbox::{MicrosoftAdsRecords, Sandbox, SandboxHandle};
 use tokio_postgres::Client;
 
 mod check;
@@ -124,16 +124,10 @@ async fn start(toml: &str, extra_env: &[(&str, &str)]) -> Setup {
 const CLICK: &str = "3d5a6b0c9e2f41a8b7c6d5e4f3a2b1c0";
 const LATE_CLICK: &str = "0123456789abcdef0123456789abcdef";
 
-#[tokio::test]
-async fn orders_become_offline_conversions_and_refunds_retract_or_restate_them() {
-    let s = start(CONFIG, &[]).await;
-    // A click the sandbox knows happened after the order below says it was paid: Microsoft refuses it.
-    s.sandbox
-        .microsoft_click(LATE_CLICK, Utc::now() + chrono::Duration::hours(1));
-
-    // WHEN three orders are paid in one transaction: one with an msclkid as the UET cookie stores it,
-    // one with only an email, and one whose conversion is timed before its click
-    s.client
+/// Pays three orders in one transaction: 7001 with an msclkid as the UET cookie stores it, 7002
+/// with only an email, and 7003 whose conversion is timed before its click.
+async fn pay_three_orders(client: &Client) {
+    client
         .batch_execute(&format!(
             "begin;
              insert into orders (order_number, msclkid, total, status, ad_consent, paid_at)
@@ -146,9 +140,11 @@ async fn orders_become_offline_conversions_and_refunds_retract_or_restate_them()
         ))
         .await
         .unwrap();
+}
 
-    // THEN two conversions are sent and the bad one failed with Microsoft's own words
-    settled(&s.client, "conversion", 3).await;
+/// Two conversions were sent, as stored, and the late one failed with Microsoft's own words.
+/// Returns the conversion times of the msclkid and of the email-only conversion.
+async fn assert_sent_as_stored_but_the_late_one(s: &Setup) -> (String, String) {
     let conversions = rows(&s.client, "conversion").await;
     assert_eq!(conversions[0].1, "sent", "{conversions:?}");
     assert_eq!(conversions[1].1, "sent", "{conversions:?}");
@@ -193,6 +189,58 @@ async fn orders_become_offline_conversions_and_refunds_retract_or_restate_them()
         .get(0);
     assert_eq!(by_click.conversion_time, paid_at);
 
+    (
+        by_click.conversion_time.clone(),
+        by_email.conversion_time.clone(),
+    )
+}
+
+/// Microsoft got a Retract of the msclkid conversion and a Restate of the email-only one that match
+/// the recorded conversions (of `click_time` and `email_time`) exactly, each counted once.
+fn assert_adjustments_match(records: MicrosoftAdsRecords, click_time: &str, email_time: &str) {
+    assert_eq!(records.adjustments.len(), 2, "{records:?}");
+    let retract = records
+        .adjustments
+        .iter()
+        .find(|a| a.adjustment_type == "Retract")
+        .unwrap();
+    assert_eq!(retract.microsoft_click_id.as_deref(), Some(CLICK));
+    assert_eq!(retract.conversion_time, click_time);
+    assert_eq!(retract.conversion_name, "Offline purchase");
+    assert_eq!(retract.value, None);
+    let restate = records
+        .adjustments
+        .iter()
+        .find(|a| a.adjustment_type == "Restate")
+        .unwrap();
+    assert_eq!(restate.conversion_time, email_time);
+    assert_eq!(restate.value, Some(30.0));
+    assert_eq!(restate.currency.as_deref(), Some("EUR"));
+    let conversions = records.conversions;
+    assert!(conversions
+        .iter()
+        .any(|c| c.microsoft_click_id.as_deref() == Some(CLICK) && c.retracted));
+    assert!(conversions.iter().any(|c| c.restated_value == Some(30.0)));
+    // Counted once each: nothing was sent twice.
+    assert_eq!(records.counters.unique, 4);
+    assert_eq!(records.counters.duplicate_sends, 0);
+}
+
+#[tokio::test]
+async fn orders_become_offline_conversions_and_refunds_retract_or_restate_them() {
+    let s = start(CONFIG, &[]).await;
+    // A click the sandbox knows happened after the order below says it was paid: Microsoft refuses it.
+    s.sandbox
+        .microsoft_click(LATE_CLICK, Utc::now() + chrono::Duration::hours(1));
+
+    // WHEN three orders are paid in one transaction: one with an msclkid as the UET cookie stores it,
+    // one with only an email, and one whose conversion is timed before its click
+    pay_three_orders(&s.client).await;
+
+    // THEN two conversions are sent and the bad one failed with Microsoft's own words
+    settled(&s.client, "conversion", 3).await;
+    let (click_time, email_time) = assert_sent_as_stored_but_the_late_one(&s).await;
+
     // WHEN the first order is refunded in full and the second in part
     s.client
         .batch_execute(
@@ -207,33 +255,7 @@ async fn orders_become_offline_conversions_and_refunds_retract_or_restate_them()
     settled(&s.client, "restatement", 1).await;
     assert_eq!(rows(&s.client, "retraction").await[0].1, "sent");
     assert_eq!(rows(&s.client, "restatement").await[0].1, "sent");
-    let records = s.sandbox.records().microsoft_ads;
-    assert_eq!(records.adjustments.len(), 2, "{records:?}");
-    let retract = records
-        .adjustments
-        .iter()
-        .find(|a| a.adjustment_type == "Retract")
-        .unwrap();
-    assert_eq!(retract.microsoft_click_id.as_deref(), Some(CLICK));
-    assert_eq!(retract.conversion_time, by_click.conversion_time);
-    assert_eq!(retract.conversion_name, "Offline purchase");
-    assert_eq!(retract.value, None);
-    let restate = records
-        .adjustments
-        .iter()
-        .find(|a| a.adjustment_type == "Restate")
-        .unwrap();
-    assert_eq!(restate.conversion_time, by_email.conversion_time);
-    assert_eq!(restate.value, Some(30.0));
-    assert_eq!(restate.currency.as_deref(), Some("EUR"));
-    let conversions = records.conversions;
-    assert!(conversions
-        .iter()
-        .any(|c| c.microsoft_click_id.as_deref() == Some(CLICK) && c.retracted));
-    assert!(conversions.iter().any(|c| c.restated_value == Some(30.0)));
-    // Counted once each: nothing was sent twice.
-    assert_eq!(records.counters.unique, 4);
-    assert_eq!(records.counters.duplicate_sends, 0);
+    assert_adjustments_match(s.sandbox.records().microsoft_ads, &click_time, &email_time);
 }
 
 #[tokio::test]
@@ -443,19 +465,9 @@ async fn lost_answers_are_resent_and_microsoft_counts_each_conversion_once() {
     );
 }
 
-#[tokio::test]
-async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund_retracts_once() {
-    // GIVEN short leases and a slow Microsoft (requests in flight when the process dies)
-    let toml = CONFIG.replace("[dispatch]\n", "[dispatch]\nlease_secs = 2\n");
-    let mut s = start(&toml, &[]).await;
-    s.sandbox.set_faults(pgcapi::testbed::sandbox::Faults {
-        latency_ms: (20, 120),
-        seed: Some(13),
-        ..pgcapi::testbed::sandbox::Faults::default()
-    });
-    // WHEN orders are paid in many small transactions while pgcapi is killed with SIGKILL and restarted
-    let orders: i64 = 240;
-    let rounds = 6;
+/// Pays `orders` orders in `rounds` rounds of small transactions, killing `pgcapi run` with SIGKILL
+/// and restarting it after each round.
+async fn pay_while_killing(s: &mut Setup, orders: i64, rounds: i64) {
     for round in 0..rounds {
         for i in 0..orders / rounds {
             let n = round * (orders / rounds) + i;
@@ -472,8 +484,11 @@ async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund
         s._run.kill();
         s._run = spawn_run(&s.path, &s.env);
     }
-    // THEN every conversion is sent, none is lost, and Microsoft counts each exactly once
-    settled(&s.client, "conversion", orders).await;
+}
+
+/// Every conversion was sent, none lost, and Microsoft counted each exactly once; resends are raw
+/// resends of re-claimed rows.
+async fn assert_each_conversion_counted_once(s: &Setup, orders: i64, rounds: i64) {
     let states = rows(&s.client, "conversion").await;
     assert_eq!(states.len(), orders as usize);
     let unsent: Vec<_> = states
@@ -523,15 +538,10 @@ async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund
         counters.duplicate_sends
     );
     eprintln!("kill -9 x{rounds}: {counters:?}, re-claims {reclaims}");
+}
 
-    // WHEN one of the orders is refunded after the kills
-    s.client
-        .batch_execute("update orders set status = 'refunded' where order_number = '70007'")
-        .await
-        .unwrap();
-    // THEN exactly one Retract is applied, matching that order's conversion
-    settled(&s.client, "retraction", 1).await;
-    assert_eq!(rows(&s.client, "retraction").await[0].1, "sent");
+/// Exactly one Retract was applied, matching order 70007's conversion.
+async fn assert_one_retract_of_70007(s: &Setup, orders: i64) {
     let records = s.sandbox.records().microsoft_ads;
     let click: String = s
         .client
@@ -551,4 +561,33 @@ async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund
     );
     assert_eq!(retracted[0].conversion_time, retract.conversion_time);
     assert_eq!(records.counters.unique, orders as u64 + 1);
+}
+
+#[tokio::test]
+async fn kill_9_mid_delivery_counts_every_microsoft_conversion_once_and_a_refund_retracts_once() {
+    // GIVEN short leases and a slow Microsoft (requests in flight when the process dies)
+    let toml = CONFIG.replace("[dispatch]\n", "[dispatch]\nlease_secs = 2\n");
+    let mut s = start(&toml, &[]).await;
+    s.sandbox.set_faults(pgcapi::testbed::sandbox::Faults {
+        latency_ms: (20, 120),
+        seed: Some(13),
+        ..pgcapi::testbed::sandbox::Faults::default()
+    });
+    // WHEN orders are paid in many small transactions while pgcapi is killed with SIGKILL and restarted
+    let orders: i64 = 240;
+    let rounds = 6;
+    pay_while_killing(&mut s, orders, rounds).await;
+    // THEN every conversion is sent, none is lost, and Microsoft counts each exactly once
+    settled(&s.client, "conversion", orders).await;
+    assert_each_conversion_counted_once(&s, orders, rounds).await;
+
+    // WHEN one of the orders is refunded after the kills
+    s.client
+        .batch_execute("update orders set status = 'refunded' where order_number = '70007'")
+        .await
+        .unwrap();
+    // THEN exactly one Retract is applied, matching that order's conversion
+    settled(&s.client, "retraction", 1).await;
+    assert_eq!(rows(&s.client, "retraction").await[0].1, "sent");
+    assert_one_retract_of_70007(&s, orders).await;
 }

@@ -5,12 +5,15 @@
 //! by hand where this file needs a state a healthy capture does not reach.
 
 use crate::support::{
-    contract_env, count, pgcapi_command, spawn_run, wait_for, Shop, TestDb, CONTRACT_TOML, SHOP_SQL,
+    contract_env, count, pgcapi_command, spawn_run, wait_count, wait_for, Shop, TestDb,
+    CONTRACT_TOML, SHOP_SQL,
 };
 use pgcapi::ops::status::{self, FlowThresholds, Reason, StatusOptions, StatusReport};
 use pgcapi::testbed::sandbox::{Faults, Sandbox};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+mod least_privilege;
 
 /// A paid order; `$1` is the order number.
 const PAID: &str =
@@ -96,6 +99,59 @@ impl Shop {
     }
 }
 
+/// A last report 20 s old of retrying is fine; "streaming" with nothing holding the slot, or any
+/// report 90 s old, means capture is not running, and the last report is quoted.
+async fn last_reports_show_whether_capture_runs(shop: &Shop, opts: &StatusOptions) {
+    shop.report_capture("retrying", "now()", "now() - interval '20 seconds'")
+        .await;
+    assert!(shop.status(opts).await.healthy);
+    // WHEN the last report says "streaming" but nothing holds the slot, THEN that process is gone
+    shop.report_capture("streaming", "null", "now() - interval '20 seconds'")
+        .await;
+    assert_eq!(
+        reasons(&shop.status(opts).await),
+        [Reason::CaptureNotRunning]
+    );
+    shop.report_capture("stuck", "now()", "now() - interval '90 seconds'")
+        .await;
+    let report = shop.status(opts).await;
+    assert_eq!(reasons(&report), [Reason::CaptureNotRunning]);
+    assert!(
+        message(&report, Reason::CaptureNotRunning).contains("(stuck: column \"email\""),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// A stuck report is a problem at once (with the error, the LSN and since when); retrying an
+/// outage is one after 2 minutes, not after 30 s.
+async fn stuck_and_long_retries_are_problems(shop: &Shop, opts: &StatusOptions) {
+    shop.report_capture("stuck", "now() - interval '5 minutes'", "now()")
+        .await;
+    let report = shop.status(opts).await;
+    assert_eq!(reasons(&report), [Reason::CaptureStuck]);
+    let text = message(&report, Reason::CaptureStuck);
+    assert!(
+        text.contains("stuck at LSN 0/1234ABC since ")
+            && text.contains("(5m ago)")
+            && text.contains("column \"email\" of table orders was dropped"),
+        "{text}"
+    );
+    assert!(report
+        .render()
+        .contains("Capture (as it last reported)\n  state"));
+
+    // WHEN capture retries an outage for 30 s, THEN that is fine; for 2 minutes it is not
+    shop.report_capture("retrying", "now() - interval '30 seconds'", "now()")
+        .await;
+    assert!(shop.status(opts).await.healthy);
+    shop.report_capture("retrying", "now() - interval '2 minutes'", "now()")
+        .await;
+    let report = shop.status(opts).await;
+    assert_eq!(reasons(&report), [Reason::CaptureRetrying]);
+    assert!(message(&report, Reason::CaptureRetrying).contains("retrying for 2m"));
+}
+
 #[tokio::test]
 async fn status_says_when_capture_is_not_running_stuck_or_retrying() {
     // GIVEN a database set up, with no pgcapi running
@@ -131,53 +187,10 @@ async fn status_says_when_capture_is_not_running_stuck_or_retrying() {
 
     // WHEN a capture process reported 20 s ago that it retries an outage (between two connections),
     // THEN that is fine; 90 s ago it is not running, and the last report is quoted
-    shop.report_capture("retrying", "now()", "now() - interval '20 seconds'")
-        .await;
-    assert!(shop.status(&opts).await.healthy);
-    // WHEN the last report says "streaming" but nothing holds the slot, THEN that process is gone
-    shop.report_capture("streaming", "null", "now() - interval '20 seconds'")
-        .await;
-    assert_eq!(
-        reasons(&shop.status(&opts).await),
-        [Reason::CaptureNotRunning]
-    );
-    shop.report_capture("stuck", "now()", "now() - interval '90 seconds'")
-        .await;
-    let report = shop.status(&opts).await;
-    assert_eq!(reasons(&report), [Reason::CaptureNotRunning]);
-    assert!(
-        message(&report, Reason::CaptureNotRunning).contains("(stuck: column \"email\""),
-        "{:?}",
-        report.problems
-    );
-
+    last_reports_show_whether_capture_runs(&shop, &opts).await;
     // WHEN capture reports it is stuck on a change, THEN status says so at once, with the error, the
     // LSN and since when
-    shop.report_capture("stuck", "now() - interval '5 minutes'", "now()")
-        .await;
-    let report = shop.status(&opts).await;
-    assert_eq!(reasons(&report), [Reason::CaptureStuck]);
-    let text = message(&report, Reason::CaptureStuck);
-    assert!(
-        text.contains("stuck at LSN 0/1234ABC since ")
-            && text.contains("(5m ago)")
-            && text.contains("column \"email\" of table orders was dropped"),
-        "{text}"
-    );
-    assert!(report
-        .render()
-        .contains("Capture (as it last reported)\n  state"));
-
-    // WHEN capture retries an outage for 30 s, THEN that is fine; for 2 minutes it is not
-    shop.report_capture("retrying", "now() - interval '30 seconds'", "now()")
-        .await;
-    assert!(shop.status(&opts).await.healthy);
-    shop.report_capture("retrying", "now() - interval '2 minutes'", "now()")
-        .await;
-    let report = shop.status(&opts).await;
-    assert_eq!(reasons(&report), [Reason::CaptureRetrying]);
-    assert!(message(&report, Reason::CaptureRetrying).contains("retrying for 2m"));
-
+    stuck_and_long_retries_are_problems(&shop, &opts).await;
     // AND the binary exits 2 with the same problems in JSON, and the capture report
     let (code, json) = shop.status_json(&[]);
     assert_eq!(code, Some(2), "{json}");
@@ -198,16 +211,9 @@ async fn status_says_when_the_slot_is_ahead_of_the_stored_position() {
     })
     .await;
     run.kill();
-    wait_for(30, "the slot to be released", || async {
-        (count(
-            &shop.client,
-            "select count(*) from pg_replication_slots where slot_name = 'pgcapi' and not active",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
-    .await;
+    let released =
+        "select count(*) from pg_replication_slots where slot_name = 'pgcapi' and not active";
+    wait_count(&shop.client, 30, "the slot to be released", released, 1).await;
     // WHEN orders are paid meanwhile and someone advances the slot past them
     shop.client.execute(PAID, &[&"9102"]).await.unwrap();
     shop.client
@@ -284,17 +290,51 @@ async fn get(url: &str) -> Option<(u16, String)> {
     Some((status, response.text().await.unwrap_or_default()))
 }
 
-#[tokio::test]
-async fn status_readyz_and_the_metric_say_when_a_destination_only_fails() {
-    // GIVEN pgcapi running with a metrics server, destinations called failing after 3 s
-    let port = free_port();
-    let toml = format!(
+/// The contract config with a metrics server on `port` and destinations called failing after 3 s.
+fn failing_after_3s_with_metrics(port: u16) -> String {
+    format!(
         "{}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nrefresh_ms = 200\n",
         CONTRACT_TOML.replace(
             "[destinations.meta]",
             "[dispatch]\nfailing_after_secs = 3\n\n[destinations.meta]"
         )
+    )
+}
+
+/// The binary reads the failing window from the config, or from --failing-after.
+fn binary_reads_the_window(shop: &Shop) {
+    let (code, json) = shop.status_json(&[]);
+    assert_eq!(code, Some(2), "{json}");
+    assert!(json["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["reason"] == "destination_failing"));
+    let (code, json) = shop.status_json(&["--failing-after", "1h"]);
+    assert_eq!(code, Some(0), "{json}");
+}
+
+/// /readyz (at `url`) answers 503 with the failing message, and the metric names the reason.
+async fn readyz_and_metric_say_failing(url: &str) {
+    let body = wait_for(30, "/readyz to answer 503", || async {
+        let (status, body) = get(&format!("{url}/readyz")).await?;
+        (status == 503 && body.contains("has delivered nothing")).then_some(body)
+    })
+    .await;
+    assert!(body.starts_with("not ready: "), "{body}");
+    let scrape = get(&format!("{url}/metrics")).await.unwrap().1;
+    assert!(
+        scrape.contains(r#"pgcapi_unhealthy{reason="destination_failing"} 1"#),
+        "{scrape}"
     );
+    assert!(scrape.contains("pgcapi_healthy 0"), "{scrape}");
+}
+
+#[tokio::test]
+async fn status_readyz_and_the_metric_say_when_a_destination_only_fails() {
+    // GIVEN pgcapi running with a metrics server, destinations called failing after 3 s
+    let port = free_port();
+    let toml = failing_after_3s_with_metrics(port);
     let shop = Shop::start(&toml).await;
     let url = format!("http://127.0.0.1:{port}");
     let _run = spawn_run(&shop.config_path, &shop.env);
@@ -331,29 +371,9 @@ async fn status_readyz_and_the_metric_say_when_a_destination_only_fails() {
         "{text}"
     );
     // AND the binary reads the window from the config, or from --failing-after
-    let (code, json) = shop.status_json(&[]);
-    assert_eq!(code, Some(2), "{json}");
-    assert!(json["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["reason"] == "destination_failing"));
-    let (code, json) = shop.status_json(&["--failing-after", "1h"]);
-    assert_eq!(code, Some(0), "{json}");
+    binary_reads_the_window(&shop);
     // AND /readyz answers 503 with the same message, and the metric names the reason
-    let body = wait_for(30, "/readyz to answer 503", || async {
-        let (status, body) = get(&format!("{url}/readyz")).await?;
-        (status == 503 && body.contains("has delivered nothing")).then_some(body)
-    })
-    .await;
-    assert!(body.starts_with("not ready: "), "{body}");
-    let scrape = get(&format!("{url}/metrics")).await.unwrap().1;
-    assert!(
-        scrape.contains(r#"pgcapi_unhealthy{reason="destination_failing"} 1"#),
-        "{scrape}"
-    );
-    assert!(scrape.contains("pgcapi_healthy 0"), "{scrape}");
-
+    readyz_and_metric_say_failing(&url).await;
     // WHEN the platforms recover, THEN the rows are sent and everything is healthy again
     shop.sandbox.set_faults(Faults::default());
     wait_for(60, "three sent rows, healthy status and readyz", || async {
@@ -366,163 +386,6 @@ async fn status_readyz_and_the_metric_say_when_a_destination_only_fails() {
         scrape.contains(r#"pgcapi_unhealthy{reason="destination_failing"} 0"#),
         "{scrape}"
     );
-}
-
-#[tokio::test]
-async fn setup_as_a_role_that_owns_nothing_prints_the_sql_then_succeeds_once_it_ran() {
-    // GIVEN the shop, owned by the superuser, and the role the README documents: LOGIN REPLICATION,
-    // SELECT on the tables, CREATE on the database
-    let db = TestDb::start().await;
-    let admin = db.connect().await;
-    admin.batch_execute(SHOP_SQL).await.unwrap();
-    admin
-        .batch_execute(
-            "create role pgcapi_app login replication; \
-             grant select on all tables in schema public to pgcapi_app;",
-        )
-        .await
-        .unwrap();
-    let role_url = db
-        .url()
-        .replacen("postgres://postgres@", "postgres://pgcapi_app@", 1);
-    assert_ne!(
-        role_url,
-        db.url(),
-        "the test expects the superuser's URL without a password"
-    );
-    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let env = contract_env(&role_url, &sandbox.base_url());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pgcapi.toml");
-    std::fs::write(&path, CONTRACT_TOML).unwrap();
-    let command = |args: &'static [&'static str]| pgcapi(&env, args, &path);
-
-    // (WHEN the CREATE on the database is missing, THEN setup says so with the GRANT for the DBA)
-    let (code, out) = command(&["setup"]).await;
-    assert_eq!(code, Some(3), "{out}");
-    let grant = format!(
-        "GRANT CREATE ON DATABASE \"{}\" TO \"pgcapi_app\";",
-        db.name
-    );
-    assert!(
-        out.contains(&grant)
-            && out.contains("permission denied for database")
-            && out.contains(&format!(
-                "-- run as the owner of database {} or a superuser:",
-                db.name
-            )),
-        "{out}"
-    );
-    admin.batch_execute(&grant).await.unwrap();
-
-    // WHEN setup runs as that role
-    let (code, out) = command(&["setup"]).await;
-    // THEN it installs the control schema, exits 3 and prints the publication's SQL and who runs it
-    assert_eq!(code, Some(3), "{out}");
-    let create =
-        "CREATE PUBLICATION \"pgcapi\" FOR TABLE \"public\".\"leads\", \"public\".\"orders\" \
-                  WITH (publish = 'insert, update, delete');";
-    assert!(out.contains(create), "{out}");
-    assert!(
-        out.contains("-- run as role postgres (the owner of the tables) or a superuser:"),
-        "{out}"
-    );
-    assert!(
-        out.contains("ok    control schema pgcapi installed"),
-        "{out}"
-    );
-    assert!(!out.contains("db error"), "{out}");
-    // AND the slot waits for the publication
-    assert_eq!(
-        count(&admin, "select count(*) from pg_replication_slots").await,
-        0
-    );
-    // AND check names the missing SQL and who runs it, instead of "run pgcapi setup"
-    let (code, out) = command(&["check"]).await;
-    assert_ne!(code, Some(0), "{out}");
-    assert!(
-        out.contains(&format!(
-            "✗ publication pgcapi does not exist: PostgreSQL requires the owner of every table of a \
-             publication, and role pgcapi_app does not own public.leads (owner postgres), \
-             public.orders (owner postgres); so role postgres (the owner of the tables) or a \
-             superuser runs: {create}"
-        )),
-        "{out}"
-    );
-
-    // WHEN the DBA runs the printed SQL as the tables' owner
-    let sql: String = command(&["setup"])
-        .await
-        .1
-        .lines()
-        .filter(|l| l.starts_with("CREATE ") || l.starts_with("ALTER ") || l.starts_with("GRANT "))
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert_eq!(sql, create);
-    admin.batch_execute(&sql).await.unwrap();
-
-    // THEN setup completes (slot created), check passes the database items
-    let (code, out) = command(&["setup"]).await;
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("replication slot pgcapi created"), "{out}");
-    let (_, out) = command(&["check"]).await;
-    assert!(
-        !out.contains("✗ publication") && !out.contains("✗ replication slot"),
-        "{out}"
-    );
-
-    // AND run, as that role, delivers an order to every destination
-    let _run = spawn_run(&path, &env);
-    admin.execute(PAID, &[&"9301"]).await.unwrap();
-    wait_for(60, "three sent rows", || async {
-        (count(
-            &admin,
-            "select count(*) from pgcapi.deliveries where state = 'sent'",
-        )
-        .await
-            == 3)
-            .then_some(())
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn check_shows_the_servers_message_for_a_permission_problem() {
-    // GIVEN the control schema installed by the superuser, and a role that may not read it
-    let shop = Shop::start(CONTRACT_TOML).await;
-    shop.client
-        .batch_execute(&format!(
-            "create role pgcapi_reader login replication; \
-             grant select on all tables in schema public to pgcapi_reader; \
-             grant create on database {} to pgcapi_reader;",
-            shop.db.name
-        ))
-        .await
-        .unwrap();
-    let url = shop
-        .db
-        .url()
-        .replacen("postgres://postgres@", "postgres://pgcapi_reader@", 1);
-    let env: Vec<(String, String)> = shop
-        .env
-        .iter()
-        .map(|(k, v)| match k.as_str() {
-            "PGCAPI_DATABASE_URL" => (k.clone(), url.clone()),
-            _ => (k.clone(), v.clone()),
-        })
-        .collect();
-    // WHEN check runs as that role
-    let (_, out) = pgcapi(&env, &["check"], &shop.config_path).await;
-    // THEN it quotes the server: which schema, and the SQLSTATE; never a bare "db error"
-    assert!(
-        out.contains(
-            "✗ reading the control schema: permission denied for schema pgcapi (SQLSTATE 42501)"
-        ),
-        "{out}"
-    );
-    assert!(!out.contains("db error"), "{out}");
 }
 
 #[tokio::test]
