@@ -345,11 +345,13 @@ async fn kill_9_counts_once(toml: &str, platform: Platform, click: &str) {
     let toml = toml.replace("[dispatch]\n", "[dispatch]\nlease_secs = 2\n");
     let (shop, mut run) = start(&toml).await;
     // Slow answers, and a third of them lost after the platform recorded the events: resends of
-    // events the platform already has are certain, not left to the timing of the kills.
+    // events the platform already has are certain, not left to the timing of the kills. Seed 6 loses
+    // five of the first six answers (seed 17 lost only the second, which a kill could cancel while
+    // it waited out its latency, and then nothing was resent).
     shop.sandbox.set_faults(pgcapi::testbed::sandbox::Faults {
         latency_ms: (20, 120),
         accept_then_drop_ratio: 0.3,
-        seed: Some(17),
+        seed: Some(6),
         ..pgcapi::testbed::sandbox::Faults::default()
     });
     let (orders, rounds) = (120_i64, 4);
